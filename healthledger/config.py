@@ -1,0 +1,71 @@
+"""One typed settings object, read from HEALTHLEDGER_* environment variables and an optional file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A file of settings (JSON, keys as the field names below) may be named by this variable;
+# environment variables override what the file says.
+SETTINGS_FILE_ENV = "HEALTHLEDGER_SETTINGS_FILE"
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Embedded defaults run on a fresh machine with nothing set."""
+
+    model_config = SettingsConfigDict(env_prefix="HEALTHLEDGER_", extra="ignore", frozen=True)
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(default=Path("var"), description="SQLite file, key file and chain state")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite under data_dir")
+    tenant: str = Field(default="default", description="tenant bound into every ciphertext's AAD")
+    base_url: str = Field(default="", description="public base URL for absolute links; empty = from request")
+
+    # --- keys ---------------------------------------------------------------------------
+    key_provider: str = Field(default="file", description="key-encryption-key provider: 'file'")
+
+    # --- FHIR API -----------------------------------------------------------------------
+    dev_token: str = Field(default="dev-token", description="bearer token accepted as the development client")
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, description="payloads above this get 413")
+    default_page_size: int = Field(default=50)
+    max_page_size: int = Field(default=500)
+    load_demo_data: bool = Field(default=True, description="load generated demo patients on first start")
+    # Benchmarks only: store resources unencrypted and without blind indexes, to measure the cost of privacy.
+    privacy_off_for_benchmark: bool = Field(default=False)
+
+    # --- chain --------------------------------------------------------------------------
+    chain_url: str = Field(default="", description="JSON-RPC URL; empty = embedded persistent EVM under data_dir")
+    chain_confirmations: int = Field(default=0, description="blocks before an event or receipt counts")
+    chain_poll_seconds: float = Field(default=2.0)
+
+    # --- server -------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1")
+    port: int = Field(default=8080)
+    workers: int = Field(default=2)
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> "Settings":
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'healthledger.db').resolve()}")
+        return self
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> "Settings":
+        """Settings from the optional file, then the environment, then explicit overrides."""
+        values: dict[str, Any] = {}
+        path = os.environ.get(SETTINGS_FILE_ENV)
+        if path:
+            values.update(json.loads(Path(path).read_text()))
+        env = cls()  # environment (and defaults)
+        merged = {**values, **{k: v for k, v in env.model_dump().items() if k in env.model_fields_set}}
+        merged.update(overrides)
+        return cls(**merged) if merged else env

@@ -1,0 +1,105 @@
+"""One exception hierarchy; every message is safe to show a caller (never PHI).
+
+It is turned into a FHIR OperationOutcome in one place (`healthledger.api.outcomes`).
+Issue codes are from http://hl7.org/fhir/R4/valueset-issue-type.html.
+"""
+
+from __future__ import annotations
+
+
+class HealthLedgerError(Exception):
+    """Root of every error we raise on purpose. `str(e)` is safe to show a caller."""
+
+    status: int = 500
+    code: str = "exception"  # FHIR IssueType
+
+    def __init__(self, message: str, *, expression: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expression = expression
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(HealthLedgerError, ValueError):
+    status = 400
+    code = "invalid"
+
+
+class InvalidResource(BadRequest):
+    """A resource failed validation; `expression` names the failing path."""
+
+    status = 400
+    code = "structure"
+
+
+class Unprocessable(BadRequest):
+    status = 422
+    code = "processing"
+
+
+class NotFound(HealthLedgerError, LookupError):
+    status = 404
+    code = "not-found"
+
+
+class Gone(HealthLedgerError, LookupError):
+    status = 410
+    code = "deleted"
+
+
+class Conflict(HealthLedgerError):
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailed(HealthLedgerError):
+    status = 412
+    code = "conflict"
+
+
+class PayloadTooLarge(HealthLedgerError):
+    status = 413
+    code = "too-costly"
+
+
+class UnsupportedMediaType(HealthLedgerError):
+    status = 415
+    code = "not-supported"
+
+
+class Unauthorized(HealthLedgerError, PermissionError):
+    status = 401
+    code = "login"
+
+
+class Forbidden(HealthLedgerError, PermissionError):
+    status = 403
+    code = "forbidden"
+
+
+class NotSupported(HealthLedgerError):
+    status = 501
+    code = "not-supported"
+
+
+class DecryptionError(HealthLedgerError):
+    """Opaque: a ciphertext did not open (wrong key, wrong AAD, tampered, or shredded key)."""
+
+    status = 500
+    code = "exception"
+
+    def __init__(self, message: str = "ciphertext could not be opened") -> None:
+        super().__init__(message)
+
+
+class ChainError(HealthLedgerError):
+    """The chain could not be reached or refused a transaction."""
+
+    status = 503
+    code = "transient"
+
+
+class ConfigurationError(HealthLedgerError):
+    status = 500
+    code = "exception"

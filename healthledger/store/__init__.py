@@ -1,0 +1,1 @@
+"""Encrypted FHIR resource store: models, envelope encryption, blind indexes, key management."""

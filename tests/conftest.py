@@ -1,0 +1,76 @@
+"""Shared fixtures: settings on a temporary data dir, and a per-run PostgreSQL schema."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from healthledger.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+NODE_BIN = ROOT / "node_modules" / ".bin"
+
+# PostgreSQL on this machine (trust auth). Each test run gets its own schema, dropped at the end.
+POSTGRES_URL = os.environ.get("HEALTHLEDGER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_reachable() -> bool:
+    try:
+        eng = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with eng.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        eng.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"shared fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    """Embedded defaults on a fresh data directory (SQLite, local key file, embedded chain)."""
+    return Settings(data_dir=tmp_path / "var", load_demo_data=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_schema_url() -> Iterator[tuple[str, str]]:
+    """(url, schema): a fresh schema in database `test`, used through search_path; dropped afterwards.
+
+    In CI a missing PostgreSQL is a failure, not a skip: the suite promises to run on it.
+    """
+    if not _postgres_reachable():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL at 127.0.0.1:5432 is required in CI")
+        pytest.skip("PostgreSQL not reachable")
+    schema = f"hl_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    try:
+        yield url, schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def node_tool(name: str) -> Path:
+    """A pinned npm tool from node_modules/.bin; fails (not skips) when missing: `make test` installs them."""
+    path = NODE_BIN / name
+    if not path.exists() or shutil.which("node") is None:
+        pytest.fail(f"{name} missing: run `make test` (it runs `npm ci`)")
+    return path

@@ -1,0 +1,35 @@
+"""The skeleton: settings resolve, the schema migrates, the app answers."""
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from healthledger.app import bootstrap, create_app
+from healthledger.cli import cli
+from healthledger.config import Settings
+
+
+def test_default_database_is_sqlite_under_data_dir(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path / "d")
+    assert s.database_url == f"sqlite:///{(tmp_path / 'd' / 'healthledger.db').resolve()}"
+
+
+def test_env_overrides(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HEALTHLEDGER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HEALTHLEDGER_DATABASE_URL", "postgresql://x@127.0.0.1/y")
+    s = Settings.load()
+    assert s.data_dir == tmp_path and s.database_url == "postgresql://x@127.0.0.1/y"
+
+
+def test_bootstrap_and_healthz(settings: Settings) -> None:
+    bootstrap(settings)
+    assert (settings.data_dir / "healthledger.db").exists()
+    resp = create_app(settings).test_client().get("/healthz")
+    assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}
+
+
+def test_cli_init(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HEALTHLEDGER_DATA_DIR", str(tmp_path / "v"))
+    result = CliRunner().invoke(cli, ["init"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "v" / "healthledger.db").exists()
