@@ -1,0 +1,90 @@
+"""Poseidon hash over the BN254 scalar field, bit-compatible with circomlib's `poseidon.circom`.
+
+Reference: Grassi et al., "Poseidon: A New Hash Function for Zero-Knowledge Proof Systems"
+(eprint 2019/458), HADES design; parameters as in circomlib / circomlibjs 0.1.7 (`poseidon_reference.js`):
+width t = n_inputs + 1 (state[0] is the capacity, initialised to 0), 8 full rounds (4 before, 4 after
+the partial rounds), partial rounds by t-2 below, S-box x^5, round constants C and MDS matrices M from
+circomlibjs' `src/poseidon_constants.json`. That file is copied verbatim to `zk/poseidon_constants.json`
+and its SHA-256 is checked when the constants are first loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from zk.errors import MalformedInput
+from zk.field import R
+
+FULL_ROUNDS = 8
+PARTIAL_ROUNDS = (56, 57, 56, 60, 60, 63, 64, 63, 60, 66, 60, 65, 70, 60, 64, 68)  # by t - 2
+MAX_INPUTS = len(PARTIAL_ROUNDS)  # 16 inputs, t = 17
+
+CONSTANTS_FILE = Path(__file__).with_name("poseidon_constants.json")
+# SHA-256 of circomlibjs 0.1.7 src/poseidon_constants.json (tests compare it with node_modules too).
+CONSTANTS_SHA256 = "354f31bbed9d9a8b884d8f2181e339cb425b6e3e4cc7240bd3dd22f0070f3f2c"
+
+
+@lru_cache(maxsize=1)
+def _all_constants() -> tuple[list[list[int]], list[list[list[int]]]]:
+    raw = CONSTANTS_FILE.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != CONSTANTS_SHA256:
+        raise RuntimeError(f"{CONSTANTS_FILE.name} does not match circomlibjs 0.1.7 (SHA-256 mismatch)")
+    data = json.loads(raw)
+    c = [[int(x, 16) for x in row] for row in data["C"]]
+    m = [[[int(x, 16) for x in row] for row in mat] for mat in data["M"]]
+    if len(c) != MAX_INPUTS or len(m) != MAX_INPUTS:
+        raise RuntimeError("Poseidon constants: expected parameters for t = 2..17")
+    for t_minus_2, (ct, mt) in enumerate(zip(c, m, strict=True)):
+        t = t_minus_2 + 2
+        if len(ct) != t * (FULL_ROUNDS + PARTIAL_ROUNDS[t_minus_2]) or len(mt) != t:
+            raise RuntimeError(f"Poseidon constants for t = {t} have the wrong shape")
+        if any(x >= R for x in ct) or any(len(row) != t or any(x >= R for x in row) for row in mt):
+            raise RuntimeError(f"Poseidon constants for t = {t} are not field elements")
+    return c, m
+
+
+@lru_cache(maxsize=MAX_INPUTS)
+def _parameters(t: int) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """(round constants per round, MDS rows) for width t."""
+    c, m = _all_constants()
+    ct = c[t - 2]
+    rounds = FULL_ROUNDS + PARTIAL_ROUNDS[t - 2]
+    per_round = tuple(tuple(ct[r * t : (r + 1) * t]) for r in range(rounds))
+    return per_round, tuple(tuple(row) for row in m[t - 2])
+
+
+def poseidon(inputs: Sequence[int]) -> int:
+    """Poseidon of 1..16 field elements, as circomlib's `Poseidon(n)` template / circomlibjs `poseidon`.
+
+    Inputs must be canonical field elements (ints in [0, R)); reduce with `zk.field.to_field` first if
+    needed. Raises MalformedInput otherwise or for an unsupported arity.
+    """
+    n = len(inputs)
+    if not 1 <= n <= MAX_INPUTS:
+        raise MalformedInput(f"poseidon: takes 1 to {MAX_INPUTS} inputs, got {n}")
+    for i, x in enumerate(inputs):
+        if type(x) is not int or not 0 <= x < R:
+            raise MalformedInput(f"poseidon: input {i} is not a field element in [0, R)")
+    t = n + 1
+    round_constants, mds = _parameters(t)
+    half_full = FULL_ROUNDS // 2
+    last_partial = half_full + PARTIAL_ROUNDS[t - 2]
+    p = R
+    state = [0, *inputs]
+    for r, rc in enumerate(round_constants):
+        state = [(s + c) % p for s, c in zip(state, rc, strict=True)]
+        if r < half_full or r >= last_partial:
+            state = [pow(s, 5, p) for s in state]
+        else:
+            state[0] = pow(state[0], 5, p)
+        state = [sum(mij * s for mij, s in zip(row, state, strict=True)) % p for row in mds]
+    return state[0]
+
+
+def hash2(left: int, right: int) -> int:
+    """Poseidon of two field elements (the Merkle node hash)."""
+    return poseidon((left, right))
