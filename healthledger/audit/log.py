@@ -1,0 +1,295 @@
+"""The access log over the database: append in the caller's transaction, sequence, prove, verify.
+
+Appending is one INSERT inside the transaction that made the access decision, so an entry commits
+with the decision or not at all. A sequencer (`integrate`, run by the anchoring worker and before
+proofs are served) then gives committed entries their leaf indexes and stores the Merkle nodes they
+complete; this keeps the request path free of tree work and of a global lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from healthledger.audit.entries import AccessEntry, encode_entry, entry_leaf_hash
+from healthledger.audit.merkle import (
+    EMPTY_ROOT,
+    MerkleFrontier,
+    NodeReader,
+    consistency_proof,
+    inclusion_proof,
+    root_hash,
+)
+from healthledger.audit.models import AccessLogEntry, AuditCheckpoint, AuditHead, AuditNode
+from healthledger.errors import NotFound
+
+DEFAULT_LOG = "access"
+
+
+def record_access(session: Session, entry: AccessEntry, *, log_id: str = DEFAULT_LOG) -> int:
+    """Append `entry` inside the caller's transaction; returns its row id (not yet its leaf index)."""
+    row = AccessLogEntry(log_id=log_id, body=encode_entry(entry), recorded_at=entry.time)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+class _CachedNodes:
+    """A NodeReader over `audit_nodes` with a per-call cache; misses are fetched one at a time."""
+
+    def __init__(self, session: Session, log_id: str) -> None:
+        self._session = session
+        self._log_id = log_id
+        self._cache: dict[tuple[int, int], bytes] = {}
+
+    def prefetch(self, keys: Iterable[tuple[int, int]]) -> None:
+        wanted = [k for k in keys if k not in self._cache]
+        for chunk_start in range(0, len(wanted), 500):
+            chunk = wanted[chunk_start : chunk_start + 500]
+            rows = self._session.execute(
+                select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
+                    AuditNode.log_id == self._log_id, tuple_(AuditNode.level, AuditNode.idx).in_(chunk)
+                )
+            )
+            for level, idx, h in rows:
+                self._cache[(level, idx)] = h
+
+    def __call__(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        if key not in self._cache:
+            h = self._session.scalar(
+                select(AuditNode.hash).where(
+                    AuditNode.log_id == self._log_id, AuditNode.level == level, AuditNode.idx == index
+                )
+            )
+            if h is None:
+                raise NotFound(f"Merkle node {level}/{index} of log {self._log_id!r} is missing")
+            self._cache[key] = h
+        return self._cache[key]
+
+    def put(self, level: int, index: int, h: bytes) -> None:
+        self._cache[(level, index)] = h
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    log_id: str
+    size: int
+    root: bytes
+
+
+def _head_row(session: Session, log_id: str, *, lock: bool) -> AuditHead | None:
+    stmt = select(AuditHead).where(AuditHead.log_id == log_id)
+    if lock:
+        stmt = stmt.with_for_update()  # PostgreSQL serialises sequencers here; SQLite's writer lock does
+    return session.scalar(stmt)
+
+
+def tree_head(session: Session, *, log_id: str = DEFAULT_LOG) -> TreeHead:
+    row = _head_row(session, log_id, lock=False)
+    return TreeHead(log_id, 0, EMPTY_ROOT) if row is None else TreeHead(log_id, row.size, row.root)
+
+
+def integrate(session: Session, now: datetime, *, log_id: str = DEFAULT_LOG, limit: int = 10_000) -> TreeHead:
+    """Sequence up to `limit` committed, unsequenced entries (by row id) into the tree, in this transaction."""
+    head = _head_row(session, log_id, lock=True)
+    if head is None:
+        head = AuditHead(log_id=log_id, size=0, root=EMPTY_ROOT, updated_at=now)
+        session.add(head)
+        session.flush()
+    pending = session.execute(
+        select(AccessLogEntry)
+        .where(AccessLogEntry.log_id == log_id, AccessLogEntry.leaf_index.is_(None))
+        .order_by(AccessLogEntry.id)
+        .limit(limit)
+    ).scalars().all()
+    if not pending:
+        return TreeHead(log_id, head.size, head.root)
+    nodes = _CachedNodes(session, log_id)
+    frontier = MerkleFrontier.from_nodes(head.size, nodes)
+    new_nodes: list[dict[str, object]] = []
+    for row in pending:
+        row.leaf_index = frontier.size
+        for level, idx, h in frontier.append(entry_leaf_hash(row.body)):
+            new_nodes.append({"log_id": log_id, "level": level, "idx": idx, "hash": h})
+    session.flush()
+    session.execute(AuditNode.__table__.insert(), new_nodes)
+    head.size = frontier.size
+    head.root = frontier.root()
+    head.updated_at = now
+    session.flush()
+    return TreeHead(log_id, head.size, head.root)
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    log_id: str
+    leaf_index: int
+    tree_size: int
+    leaf_hash: bytes
+    root: bytes
+    path: list[bytes]
+
+
+def prove_inclusion(
+    session: Session, entry_id: int, *, tree_size: int | None = None, log_id: str = DEFAULT_LOG
+) -> InclusionProof:
+    """Inclusion proof of a sequenced entry in the tree of `tree_size` (default: the current head)."""
+    row = session.get(AccessLogEntry, entry_id)
+    if row is None or row.log_id != log_id:
+        raise NotFound("no such access-log entry")
+    if row.leaf_index is None:
+        raise NotFound("access-log entry is not sequenced yet")
+    size = tree_head(session, log_id=log_id).size if tree_size is None else tree_size
+    if not row.leaf_index < size:
+        raise NotFound("access-log entry is not in a tree of that size")
+    nodes = _CachedNodes(session, log_id)
+    return InclusionProof(
+        log_id=log_id,
+        leaf_index=row.leaf_index,
+        tree_size=size,
+        leaf_hash=entry_leaf_hash(row.body),
+        root=root_hash(size, nodes),
+        path=inclusion_proof(row.leaf_index, size, nodes),
+    )
+
+
+def prove_consistency(session: Session, size1: int, size2: int, *, log_id: str = DEFAULT_LOG) -> list[bytes]:
+    if size2 > tree_head(session, log_id=log_id).size:
+        raise NotFound("tree size beyond the current head")
+    return consistency_proof(size1, size2, _CachedNodes(session, log_id))
+
+
+def checkpoint(session: Session, now: datetime, *, log_id: str = DEFAULT_LOG) -> AuditCheckpoint | None:
+    """Sequence what is pending and record the head as a checkpoint to anchor; None if nothing new."""
+    head = integrate(session, now, log_id=log_id)
+    last = session.scalar(
+        select(AuditCheckpoint).where(AuditCheckpoint.log_id == log_id).order_by(AuditCheckpoint.size.desc()).limit(1)
+    )
+    if head.size == 0 or (last is not None and last.size >= head.size):
+        return None
+    cp = AuditCheckpoint(log_id=log_id, size=head.size, root=head.root, created_at=now)
+    session.add(cp)
+    session.flush()
+    return cp
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verification: recompute everything from stored entries and compare with anchored heads.
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A tree head attested elsewhere (on-chain): the log had `root` when it had `size` leaves."""
+
+    size: int
+    root: bytes
+    where: str = ""  # e.g. "block 123 tx 0xabc"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # altered | missing | reordered | truncated | anchor-mismatch | unknown-leaf
+    message: str
+    leaf_index: int | None = None
+    entry_id: int | None = None
+    anchor: Anchor | None = None
+    expected: bytes | None = None
+    calculated: bytes | None = None
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    entries_checked: int
+    anchors_checked: int
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify_log(session: Session, anchors: Sequence[Anchor], *, log_id: str = DEFAULT_LOG) -> VerificationReport:
+    """Recompute the log from the database and check every anchor; report the first problem found.
+
+    Leaves are recomputed from entry bodies; stored level-0 nodes (written when each entry was
+    sequenced) let us name the first entry that was altered, removed or moved, while the anchors
+    (which an attacker with the database cannot change) decide whether the log is intact at all.
+    """
+    rows = session.execute(
+        select(AccessLogEntry.id, AccessLogEntry.leaf_index, AccessLogEntry.body)
+        .where(AccessLogEntry.log_id == log_id, AccessLogEntry.leaf_index.is_not(None))
+        .order_by(AccessLogEntry.leaf_index)
+    ).all()
+    stored_leaves = dict(
+        session.execute(select(AuditNode.idx, AuditNode.hash).where(AuditNode.log_id == log_id, AuditNode.level == 0)).all()
+    )
+    index_of_stored = {h: i for i, h in stored_leaves.items()}
+
+    # First local inconsistency, if any: names the entry; anchors decide below.
+    suspect: Problem | None = None
+    leaves: list[bytes] = []
+    ids: list[int] = []
+    for expected_index, (entry_id, leaf_index, body) in enumerate(rows):
+        if leaf_index != expected_index:
+            suspect = suspect or Problem(
+                "missing", f"entry at leaf {expected_index} is missing (next present is leaf {leaf_index})",
+                leaf_index=expected_index,
+            )
+            break
+        h = entry_leaf_hash(body)
+        if suspect is None and stored_leaves.get(leaf_index) != h:
+            moved_from = index_of_stored.get(h)
+            if moved_from is not None:
+                suspect = Problem(
+                    "reordered", f"entry {entry_id} sits at leaf {leaf_index} but was sequenced at leaf {moved_from}",
+                    leaf_index=leaf_index, entry_id=entry_id,
+                )
+            else:
+                suspect = Problem(
+                    "altered", f"entry {entry_id} at leaf {leaf_index} does not match the hash recorded for it",
+                    leaf_index=leaf_index, entry_id=entry_id, expected=stored_leaves.get(leaf_index), calculated=h,
+                )
+        leaves.append(h)
+        ids.append(entry_id)
+
+    frontier = MerkleFrontier()
+    checked = 0
+    previous_size = 0
+    for anchor in sorted(anchors, key=lambda a: a.size):
+        if anchor.size > len(leaves):
+            where = suspect if suspect is not None else None
+            return VerificationReport(
+                len(leaves), checked,
+                where or Problem(
+                    "truncated",
+                    f"anchored tree has {anchor.size} entries but the database holds {len(leaves)}",
+                    leaf_index=len(leaves), anchor=anchor,
+                ),
+            )
+        while frontier.size < anchor.size:
+            frontier.append(leaves[frontier.size])
+        root = frontier.root()
+        checked += 1
+        if root != anchor.root:
+            if suspect is not None and suspect.leaf_index is not None and suspect.leaf_index < anchor.size:
+                named = suspect
+            else:
+                named = Problem(
+                    "altered", f"an entry between leaf {previous_size} and {anchor.size - 1} was changed",
+                    leaf_index=previous_size,
+                )
+            return VerificationReport(
+                len(leaves), checked,
+                Problem(
+                    named.kind, f"{named.message}; contradicts the anchor of size {anchor.size} {anchor.where}".rstrip(),
+                    leaf_index=named.leaf_index, entry_id=named.entry_id, anchor=anchor,
+                    expected=anchor.root, calculated=root,
+                ),
+            )
+        previous_size = anchor.size
+    return VerificationReport(len(leaves), checked, suspect)
