@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, node_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, node_tool
 from zk.errors import MalformedInput
 from zk.field import R, to_field
 from zk.poseidon import CONSTANTS_FILE, CONSTANTS_SHA256, MAX_INPUTS, hash2, poseidon
