@@ -1,0 +1,274 @@
+"""Parse and validate FHIR JSON against the R4B (4.3.0) models of `fhir.resources`, keeping what the client sent.
+
+Why R4B and not the package default: `fhir.resources` 8 defaults to R5 and ships no 4.0.1 models; R4 JSON
+(e.g. Synthea Encounters, whose `class` is a Coding, a list in R5) fails R5 and passes R4B. See docs/fhir-r4b.md.
+
+Round-trip fidelity: the pydantic models are used only to *check* the JSON. `parse_resource` returns the
+client's own JSON (key order, strings, decimal text), normalised only as FHIR allows (FHIR R4 2.6.2 "JSON":
+`null` is not a value and empty objects/arrays are not allowed, so such properties are dropped). The models
+would otherwise re-serialise decimals (`1.50` -> `1.5`, precision is significant in FHIR, 2.24.0.1 decimal).
+Decimals whose text a Python float would not reproduce are kept as `FhirDecimal` (a float that remembers its
+text): stock `json.dumps` still works on the result, `dumps_resource` writes the exact text back.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Self
+
+from fhir_adapters.errors import InvalidResource, MalformedJson, UnknownResourceType
+
+# All concrete resource types of FHIR 4.3.0 (R4B), as modelled by fhir.resources.R4B (checked by a test).
+_R4B_RESOURCE_TYPE_NAMES: Final = """
+    Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance Appointment
+    AppointmentResponse AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure Bundle
+    CapabilityStatement CarePlan CareTeam CatalogEntry ChargeItem ChargeItemDefinition Citation Claim
+    ClaimResponse ClinicalImpression ClinicalUseDefinition CodeSystem Communication CommunicationRequest
+    CompartmentDefinition Composition ConceptMap Condition Consent Contract Coverage CoverageEligibilityRequest
+    CoverageEligibilityResponse DetectedIssue Device DeviceDefinition DeviceMetric DeviceRequest
+    DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference Encounter Endpoint EnrollmentRequest
+    EnrollmentResponse EpisodeOfCare EventDefinition Evidence EvidenceReport EvidenceVariable ExampleScenario
+    ExplanationOfBenefit FamilyMemberHistory Flag Goal GraphDefinition Group GuidanceResponse HealthcareService
+    ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation ImplementationGuide Ingredient
+    InsurancePlan Invoice Library Linkage List Location ManufacturedItemDefinition Measure MeasureReport Media
+    Medication MedicationAdministration MedicationDispense MedicationKnowledge MedicationRequest
+    MedicationStatement MedicinalProductDefinition MessageDefinition MessageHeader MolecularSequence
+    NamingSystem NutritionOrder NutritionProduct Observation ObservationDefinition OperationDefinition
+    OperationOutcome Organization OrganizationAffiliation PackagedProductDefinition Parameters Patient
+    PaymentNotice PaymentReconciliation Person PlanDefinition Practitioner PractitionerRole Procedure
+    Provenance Questionnaire QuestionnaireResponse RegulatedAuthorization RelatedPerson RequestGroup
+    ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject RiskAssessment Schedule
+    SearchParameter ServiceRequest Slot Specimen SpecimenDefinition StructureDefinition StructureMap
+    Subscription SubscriptionStatus SubscriptionTopic Substance SubstanceDefinition SupplyDelivery
+    SupplyRequest Task TerminologyCapabilities TestReport TestScript ValueSet VerificationResult
+    VisionPrescription
+"""
+RESOURCE_TYPES: Final[frozenset[str]] = frozenset(_R4B_RESOURCE_TYPE_NAMES.split())
+
+MAX_ERRORS_NAMED: Final = 1  # the first failing path is named; the count of the rest is reported
+_NAME = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]*$")
+
+
+def is_resource_type(name: str) -> bool:
+    """True for every concrete FHIR R4B resource type name (case-sensitive, as FHIR requires)."""
+    return name in RESOURCE_TYPES
+
+
+class FhirDecimal(float):
+    """A JSON decimal whose text a float would not reproduce (`1.50`, `1e3`, 25 digits); `text` is exact."""
+
+    text: str
+
+    def __new__(cls, text: str) -> Self:
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    return value if repr(value) == text else FhirDecimal(text)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_json(raw: bytes | str) -> Any:
+    """Parse JSON (RFC 8259) keeping decimal text; raise MalformedJson (no PHI) on any failure."""
+    try:
+        text = raw.decode("utf-8-sig") if isinstance(raw, bytes | bytearray) else raw
+        return json.loads(text, parse_float=_parse_float, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise MalformedJson("Request body is not valid UTF-8") from None
+    except RecursionError:
+        raise MalformedJson("JSON nesting is too deep") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedJson(f"Malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError:
+        raise MalformedJson("Malformed JSON: NaN and Infinity are not JSON numbers") from None
+
+
+def _float_text(value: float) -> str:
+    if isinstance(value, FhirDecimal):
+        return value.text
+    if not math.isfinite(value):
+        raise ValueError("NaN and Infinity are not FHIR decimals")
+    return float.__repr__(value)
+
+
+def dumps_resource(resource: Mapping[str, Any]) -> str:
+    """Compact JSON with decimals written exactly as received (stock `json.dumps` would write `1.5` for `1.50`)."""
+    iterencode: Callable[[Any, int], Any] = json.encoder._make_iterencode(  # type: ignore[attr-defined]
+        {},  # markers: detect cycles
+        _unserialisable,
+        json.encoder.encode_basestring_ascii,
+        None,  # indent
+        _float_text,
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        True,  # _one_shot
+    )
+    return "".join(iterencode(resource, 0))
+
+
+def _unserialisable(value: object) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def parse_resource(raw: bytes | str | Mapping[str, Any], expected_type: str | None = None) -> dict[str, Any]:
+    """Validate one resource with the R4B models and return it as a JSON dict (see module docstring).
+
+    Raises MalformedJson (not a JSON object), InvalidResource (400, `expression` = first failing path,
+    also for a `resourceType` that differs from `expected_type`), UnknownResourceType (`expected_type`
+    unknown: 404; body `resourceType` unknown: 400).
+    """
+    if expected_type is not None and not is_resource_type(expected_type):
+        raise UnknownResourceType(f"Unknown resource type '{_clip(expected_type)}'", expression=None)
+    data = loads_json(raw) if isinstance(raw, bytes | bytearray | str) else raw
+    if not isinstance(data, Mapping):
+        raise MalformedJson(f"A FHIR resource must be a JSON object, not {_json_kind(data)}")
+    resource_type = data.get("resourceType")
+    if resource_type is None:
+        raise InvalidResource("Missing 'resourceType'", expression="resourceType")
+    if not isinstance(resource_type, str):
+        raise InvalidResource("'resourceType' must be a string", expression="resourceType")
+    if not is_resource_type(resource_type):
+        raise UnknownResourceType(
+            f"Unknown resource type '{_clip(resource_type)}'", expression="resourceType", status=400
+        )
+    if expected_type is not None and resource_type != expected_type:
+        raise InvalidResource(
+            f"Expected a {expected_type} resource but got {resource_type}", expression="resourceType"
+        )
+    cleaned = _drop_empty(data, resource_type)
+    if not isinstance(cleaned, dict):  # pragma: no cover - resourceType keeps it non-empty
+        raise InvalidResource("Empty resource", expression=resource_type)
+    _validate_model(cleaned, resource_type)
+    return cleaned
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def _clip(name: str) -> str:
+    """A type name from input, made safe to echo: only identifier characters, at most 64."""
+    return name[:64] if _NAME.match(name) else "(not a name)"
+
+
+def _drop_empty(value: Any, path: str) -> Any:
+    """Drop null / {} / [] object properties (FHIR R4 2.6.2); check nested `resourceType`s. None if empty."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):  # only possible for a dict built in Python
+                raise InvalidResource("Property names must be strings", expression=path)
+            child = _drop_empty(item, f"{path}.{key}")
+            if child is not None:
+                out[key] = child
+        nested_type = out.get("resourceType")
+        if nested_type is not None and (
+            not isinstance(nested_type, str) or not is_resource_type(nested_type)
+        ):
+            raise InvalidResource(
+                "Unknown resourceType in a nested resource", expression=f"{path}.resourceType"
+            )
+        return out or None
+    if isinstance(value, list):
+        # Nulls inside arrays are kept: they align primitive values with their `_name` extension arrays.
+        # An emptied object stays `{}` in place so positions keep lining up.
+        items = [
+            None
+            if item is None
+            else _drop_empty(item, f"{path}[{i}]") or ({} if isinstance(item, Mapping) else None)
+            for i, item in enumerate(value)
+        ]
+        return items if any(item is not None for item in items) else None
+    return value
+
+
+def _validate_model(data: dict[str, Any], resource_type: str) -> None:
+    from fhir.resources.R4B import get_fhir_model_class  # heavy import, done on first use
+    from pydantic import ValidationError
+
+    model = get_fhir_model_class(resource_type)
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid_from_pydantic(exc, resource_type) from None
+    except RecursionError:
+        raise InvalidResource("Resource nesting is too deep", expression=resource_type) from None
+    except Exception:  # noqa: BLE001 - fhir_core raises KeyError/TypeError on some malformed nested input
+        raise InvalidResource(f"Invalid {resource_type} resource", expression=resource_type) from None
+
+
+def error_expression(resource_type: str, loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a FHIRPath-ish expression: `Patient.name[0].given[1]`."""
+    out = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        if part == "resource_type":
+            part = "resourceType"
+        elif part.endswith("__ext"):  # fhir_core's name for the `_element` extension sibling
+            part = "_" + part[: -len("__ext")]
+        if _NAME.match(part):
+            out += f".{part}"
+    return out
+
+
+_SAFE_MESSAGES: Final[Mapping[str, str]] = {
+    "missing": "required element is missing",
+    "model_field_validation.missing": "required element is missing",
+    "extra_forbidden": "unknown element (not in FHIR R4B)",
+    "list_type": "must be an array",
+    "model_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "string_type": "must be a string",
+    "bool_type": "must be a boolean",
+    "bool_parsing": "must be a boolean",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "decimal_type": "must be a number",
+    "string_pattern_mismatch": "value does not match the FHIR format of this type",
+    "string_too_short": "must not be empty",
+}
+
+
+def _invalid_from_pydantic(exc: Any, resource_type: str) -> InvalidResource:
+    errors = exc.errors(include_url=False, include_input=True)
+    first = errors[0]
+    expression = error_expression(resource_type, tuple(first.get("loc", ())))
+    kind = str(first.get("type", ""))
+    detail = _SAFE_MESSAGES.get(kind) or _scrub(str(first.get("msg", "invalid value")), first.get("input"))
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return InvalidResource(f"Invalid {resource_type} at {expression}: {detail}{more}", expression=expression)
+
+
+def _scrub(message: str, offending: object) -> str:
+    """Keep a library message but never echo the offending value (it may be PHI)."""
+    message = message.removeprefix("Value error, ")
+    if isinstance(offending, str | int | float) and len(str(offending)) >= 2:
+        message = message.replace(str(offending), "<value>")
+    return message[:200]
