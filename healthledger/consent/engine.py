@@ -1,0 +1,263 @@
+"""The consent decision engine: pure code, (request, consents, grant states, policy, now) -> decision.
+
+Order of evaluation (each step documented in docs/consent-semantics.md):
+1. Break-the-glass: a principal whose role may break the glass, asking with the emergency purpose and
+   a stated reason, is permitted, always, and the outcome is flagged. Without a reason: denied.
+2. The patient's own data: the patient is permitted (policy `patient_sees_own`).
+3. Fail closed: if the consent index is older than `policy.max_index_age_seconds`, deny.
+4. The patient's active Consents that apply: any deny -> DENY (deny wins); else a permit whose on-chain
+   grant is live -> PERMIT; a permit whose grant is not live does not count (the chain is the
+   authority on revocation).
+5. Policy defaults (configurable): treating roles of the patient's own care organisation with a
+   treatment purpose are permitted; otherwise NOT_APPLICABLE, which enforcement treats as deny.
+
+Unknown facts are read conservatively: a deny rule that asks about something the resource does not say
+(e.g. its date) applies; a permit rule in the same position does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+from fhir_adapters.consent import DENY, PERMIT, Coding, ConsentRules, Provision
+
+# HL7 v3 PurposeOfUse (http://terminology.hl7.org/CodeSystem/v3-ActReason).
+TREAT, ETREAT, HRESCH = "TREAT", "ETREAT", "HRESCH"
+
+# Our actions -> FHIR consentaction codes (http://terminology.hl7.org/CodeSystem/consentaction).
+CONSENT_ACTION = {
+    "read": "access", "vread": "access", "search": "access", "history": "access",
+    "export": "use", "create": "collect", "update": "correct", "delete": "correct",
+}
+WRITE_ACTIONS = frozenset({"create", "update", "delete"})
+
+
+class Decision(str, Enum):
+    PERMIT = "permit"
+    DENY = "deny"
+    NOT_APPLICABLE = "not-applicable"
+
+
+class GrantStatus(str, Enum):
+    """State of the on-chain grant that backs a permit Consent (from the event index)."""
+
+    LIVE = "live"
+    PENDING = "pending"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    actor_id: str
+    role: str  # patient | clinician | researcher | auditor | system
+    organization: str = ""  # "Organization/{id}"
+    purpose: str = TREAT
+    patient_id: str = ""  # set for a patient acting for themselves
+    references: frozenset[str] = frozenset()  # FHIR references that identify the actor, e.g. Practitioner/1
+    break_glass_reason: str = ""
+
+    def identities(self) -> frozenset[str]:
+        return self.references | {self.organization} if self.organization else self.references
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceFacts:
+    resource_type: str
+    resource_id: str
+    patient_id: str  # "" when the resource is in no patient compartment
+    security_labels: frozenset[Coding] = frozenset()  # Resource.meta.security
+    element_labels: frozenset[Coding] = frozenset()  # inline labels on elements (redactable)
+    codes: frozenset[Coding] = frozenset()
+    date_range: tuple[datetime, datetime] | None = None  # clinically relevant time, [low, high)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    rule: str  # e.g. consent, policy:own-data, policy:treating-organisation, break-glass, index-stale
+    consent_id: str = ""
+    provision: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    kind: str  # redact-security-labels | de-identify
+    labels: frozenset[Coding] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision: Decision
+    reasons: tuple[Reason, ...]
+    obligations: tuple[Obligation, ...] = ()
+    break_glass: bool = False
+
+    @property
+    def permitted(self) -> bool:
+        return self.decision is Decision.PERMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Configurable defaults (not code paths)."""
+
+    patient_sees_own: bool = True
+    treating_roles: frozenset[str] = frozenset({"clinician", "system"})
+    treating_purposes: frozenset[str] = frozenset({TREAT})
+    writer_roles: frozenset[str] = frozenset({"clinician", "system"})
+    break_glass_roles: frozenset[str] = frozenset({"clinician"})
+    break_glass_purpose: str = ETREAT
+    deidentify_purposes: frozenset[str] = frozenset({HRESCH})
+    max_index_age_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class PatientContext:
+    """What the engine knows about one patient: their Consents, grant states, care organisations."""
+
+    patient_id: str
+    consents: Sequence[ConsentRules] = ()
+    grants: Mapping[str, GrantStatus] = field(default_factory=dict)  # consent id -> on-chain state
+    care_organizations: frozenset[str] = frozenset()  # "Organization/{id}"
+    index_age_seconds: float = 0.0
+
+
+def decide(
+    principal: Principal, action: str, resource: ResourceFacts, ctx: PatientContext, policy: Policy, now: datetime
+) -> Outcome:
+    """Decide one access. Pure; see the module docstring for the order of evaluation."""
+    consent_action = CONSENT_ACTION.get(action)
+    if consent_action is None:
+        return Outcome(Decision.DENY, (Reason("unknown-action", detail=action),))
+
+    if principal.purpose == policy.break_glass_purpose:
+        if principal.role not in policy.break_glass_roles:
+            return Outcome(Decision.DENY, (Reason("break-glass", detail="role may not break the glass"),))
+        if not principal.break_glass_reason.strip():
+            return Outcome(Decision.DENY, (Reason("break-glass", detail="a reason is required"),))
+        return Outcome(Decision.PERMIT, (Reason("break-glass"),), break_glass=True)
+
+    if not resource.patient_id:
+        return Outcome(Decision.NOT_APPLICABLE, (Reason("no-patient-compartment"),))
+    if resource.patient_id != ctx.patient_id:
+        raise ValueError("patient context does not belong to the resource's patient")
+
+    if policy.patient_sees_own and principal.role == "patient" and principal.patient_id == resource.patient_id:
+        return Outcome(Decision.PERMIT, (Reason("policy:own-data"),))
+
+    if ctx.index_age_seconds > policy.max_index_age_seconds:
+        return Outcome(Decision.DENY, (Reason("index-stale", detail="consent state is not fresh enough"),))
+
+    identities = principal.identities()
+    denies: list[Reason] = []
+    permits: list[Reason] = []
+    not_live: list[Reason] = []
+    redactions: set[Coding] = set()
+    for consent in ctx.consents:
+        if consent.status != "active" or consent.patient_id != resource.patient_id:
+            continue
+        result = _evaluate(consent.root, principal, identities, consent_action, resource, now)
+        if result is None:
+            continue
+        decision, path, labels = result
+        redactions |= labels  # the patient's wish to hide labelled elements holds whoever permits
+        if decision == DENY:
+            denies.append(Reason("consent", consent.consent_id, path))
+            continue
+        if decision == REDACT:
+            continue
+        state = ctx.grants.get(consent.consent_id, GrantStatus.UNKNOWN)
+        if state is GrantStatus.LIVE:
+            permits.append(Reason("consent", consent.consent_id, path))
+        else:
+            not_live.append(Reason("consent-grant-not-live", consent.consent_id, path, state.value))
+
+    if denies:
+        return Outcome(Decision.DENY, tuple(denies))
+    if permits:
+        return Outcome(Decision.PERMIT, tuple(permits), _obligations(principal, redactions, policy))
+
+    if (
+        resource.patient_id
+        and principal.organization in ctx.care_organizations
+        and principal.purpose in policy.treating_purposes
+        and principal.role in (policy.writer_roles if action in WRITE_ACTIONS else policy.treating_roles)
+    ):
+        return Outcome(Decision.PERMIT, (Reason("policy:treating-organisation"),), _obligations(principal, redactions, policy))
+    return Outcome(Decision.NOT_APPLICABLE, tuple(not_live) or (Reason("no-applicable-consent"),))
+
+
+def _obligations(principal: Principal, redactions: set[Coding], policy: Policy) -> tuple[Obligation, ...]:
+    out: list[Obligation] = []
+    if redactions:
+        out.append(Obligation("redact-security-labels", frozenset(redactions)))
+    if principal.purpose in policy.deidentify_purposes:
+        out.append(Obligation("de-identify"))
+    return tuple(out)
+
+
+def _coding_match(rule: frozenset[Coding], facts: frozenset[Coding]) -> bool:
+    for system, code in rule:
+        for fsys, fcode in facts:
+            if fcode == code and (not system or system == fsys):
+                return True
+    return False
+
+
+# Result of a provision that applies: (permit | deny | redact, provision path, element labels to redact).
+# "redact" is not a decision: a deny that matched only element-level labels asks for those elements to
+# be removed and leaves the decision to its parent, other consents or the policy defaults.
+REDACT = "redact"
+_Result = tuple[str, str, frozenset[Coding]]
+
+
+def _evaluate(
+    p: Provision, principal: Principal, identities: frozenset[str], action: str, res: ResourceFacts, now: datetime
+) -> _Result | None:
+    """The result of provision `p` for this request, nested provisions as exceptions; None if it does not apply."""
+    deny = p.type == DENY
+    if p.period is not None and not p.period.contains(now):
+        return None
+    if p.actor_refs and not (p.actor_refs & identities):
+        return None
+    if p.actions and action not in p.actions:
+        return None
+    if p.purposes and principal.purpose not in p.purposes:
+        return None
+    if p.classes and res.resource_type not in p.classes:
+        return None
+    if p.codes and not _coding_match(p.codes, res.codes):
+        return None
+    if p.data_refs and f"{res.resource_type}/{res.resource_id}" not in p.data_refs:
+        return None
+    if p.data_period is not None:
+        if res.date_range is None:
+            if not deny:
+                return None  # unknown date: a permit cannot vouch for it, a deny still applies
+        elif not p.data_period.covers(*res.date_range):
+            return None
+    if p.security_labels and not _coding_match(p.security_labels, res.security_labels):
+        labelled = frozenset(f for f in res.element_labels if _coding_match(p.security_labels, frozenset((f,))))
+        if deny and labelled:
+            return (REDACT, p.path, labelled)
+        return None
+
+    redactions: frozenset[Coding] = frozenset()
+    permitted_by: str | None = None
+    for child in p.children:
+        r = _evaluate(child, principal, identities, action, res, now)
+        if r is None:
+            continue
+        if r[0] == DENY:
+            return r  # deny wins among exceptions
+        redactions |= r[2]
+        if r[0] == PERMIT and permitted_by is None:
+            permitted_by = r[1]
+    if permitted_by is not None:
+        return (PERMIT, permitted_by, redactions)
+    return (p.type, p.path, redactions)
