@@ -1,0 +1,1 @@
+"""Chain backends: the persistent in-process EVM and its loopback JSON-RPC server."""
