@@ -53,7 +53,11 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
 
 def _register() -> None:
     # Each package owns its commands; add one line here per package.
-    pass
+    from healthledger.store import commands as store_commands
+
+    for command in (store_commands.import_command, store_commands.rotate_keys_command,
+                    store_commands.erase_patient_command):
+        cli.add_command(command)
 
 
 def main() -> None:

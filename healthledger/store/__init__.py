@@ -1,1 +1,1 @@
-"""Encrypted FHIR resource store: models, envelope encryption, blind indexes, key management."""
+"""Encrypted FHIR store: versioned resources sealed per patient compartment, searched by blind index."""

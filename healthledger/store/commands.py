@@ -1,0 +1,140 @@
+"""CLI commands of the store: `import`, `rotate-keys`, `erase-patient`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from healthledger.config import Settings
+from healthledger.errors import HealthLedgerError
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from healthledger.store.repository import open_store
+
+    settings = Settings.load()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return open_store(settings)
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--show", "show", default=20, show_default=True, help="skipped/rejected entries listed per file")
+def import_command(paths: tuple[Path, ...], show: int) -> None:
+    """Import FHIR Bundle (.json) and Bulk Data NDJSON (.ndjson) files, or folders of them."""
+    from healthledger.store.importer import Importer, discover
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise click.ClickException(f"no such file or folder: {', '.join(missing)}")
+    files = discover(paths)
+    if not files:
+        raise click.ClickException("no .json or .ndjson files found")
+    store = _store()
+    importer = Importer(store)
+    console = Console(stderr=True)
+    reports = []
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        ) as progress:
+            task = progress.add_task("importing", total=total)
+            for path in files:
+                progress.update(task, description=f"importing {path.name}")
+                before = progress.tasks[0].completed
+                reports.append(importer.import_file(path, lambda n: progress.advance(task, n)))
+                progress.update(task, completed=before + (path.stat().st_size if path.is_file() else 0))
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        store.engine.dispose()
+    from healthledger.store.importer import ImportReport
+
+    report = ImportReport(reports)
+    _print_import_summary(Console(), report, show)
+    if report.failed:
+        raise click.ClickException("nothing was imported" if not any(f.unreadable for f in reports)
+                                   else "some files could not be read")
+
+
+def _print_import_summary(console: Console, report, show: int) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title="Import summary")
+    table.add_column("file")
+    table.add_column("imported", justify="right")
+    table.add_column("skipped", justify="right")
+    table.add_column("rejected", justify="right")
+    for f in report.files:
+        name = Path(f.path).name
+        if f.unreadable:
+            table.add_row(name, "-", "-", "-", style="red")
+            continue
+        table.add_row(name, str(f.imported), str(f.skipped), str(f.rejected))
+    table.add_row("total", str(report.imported), str(report.skipped), str(report.rejected), style="bold")
+    console.print(table)
+    for f in report.files:
+        name = Path(f.path).name
+        if f.unreadable:
+            console.print(f"[red]{name}: {f.unreadable}[/red]")
+        for where, kind, reason in f.problems[:show]:
+            console.print(f"{name} {where}: {kind}: {reason}", markup=False, highlight=False)
+        if len(f.problems) > show:
+            console.print(f"{name}: ... and {len(f.problems) - show} more")
+
+
+@click.command("rotate-keys")
+@click.option("--retire-old", is_flag=True, help="remove old key-encryption keys once nothing depends on them")
+def rotate_keys_command(retire_old: bool) -> None:
+    """Create a new key-encryption key and rewrap every data key with it (no re-encryption, no downtime)."""
+    store = _store()
+    try:
+        report = store.rotate_keys(retire_old=retire_old)
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        store.engine.dispose()
+    click.echo(f"new key-encryption key: {report.new_kek_id}")
+    click.echo(f"data keys rewrapped: {report.rewrapped}")
+    if report.remaining_on_old:
+        click.echo(f"keys still under an old key-encryption key: {report.remaining_on_old} (run again)")
+    if retire_old:
+        if report.retired:
+            click.echo(f"retired: {', '.join(report.retired)}")
+        else:
+            click.echo("nothing retired")
+
+
+@click.command("erase-patient")
+@click.argument("patient_id")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def erase_patient_command(patient_id: str, yes: bool) -> None:
+    """Crypto-shred every record of a patient: their data key is destroyed; reads then say gone."""
+    from healthledger.store.repository import check_id
+
+    try:
+        check_id(patient_id)
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    if not yes:
+        click.confirm(
+            f"Destroy the data key of Patient/{patient_id}? Their records become unreadable for good.", abort=True
+        )
+    store = _store()
+    try:
+        report = store.erase_patient(patient_id)
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        store.engine.dispose()
+    click.echo(f"erased Patient/{patient_id}: data key {'destroyed' if report.key_destroyed else 'already destroyed'}")
+    for resource_type, n in report.resources.items():
+        click.echo(f"  {resource_type}: {n}")
+    click.echo(f"  versions made unreadable (history included): {report.versions}")

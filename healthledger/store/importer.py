@@ -1,0 +1,273 @@
+"""Bulk import of FHIR Bundles and NDJSON files: validated, sealed and indexed in batched transactions."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from fhir_adapters import bundles as fhir_bundles
+from fhir_adapters import validation as fhir_validation
+from fhir_adapters.errors import FhirInputError
+from healthledger.errors import HealthLedgerError
+from healthledger.store.access import Principal
+from healthledger.store.models import resources_table as res_t
+from healthledger.store.repository import ResourceStore, UnitOfWork, _NewVersion, check_id
+
+CHUNK = 500  # resources per transaction: large enough to amortise commits, small enough to stay responsive
+SUFFIXES = (".ndjson", ".json")
+
+Progress = Callable[[int], None]  # called with the number of bytes just processed
+
+
+@dataclass
+class FileReport:
+    path: str
+    imported: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    unreadable: str | None = None
+    # (where in the file, reason): every skipped or rejected entry, with a message safe to show
+    problems: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def reject(self, where: str, reason: str) -> None:
+        self.rejected += 1
+        self.problems.append((where, "rejected", reason))
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped += 1
+        self.problems.append((where, "skipped", reason))
+
+
+@dataclass
+class ImportReport:
+    files: list[FileReport]
+
+    @property
+    def imported(self) -> int:
+        return sum(f.imported for f in self.files)
+
+    @property
+    def skipped(self) -> int:
+        return sum(f.skipped for f in self.files)
+
+    @property
+    def rejected(self) -> int:
+        return sum(f.rejected for f in self.files)
+
+    @property
+    def failed(self) -> bool:
+        """True when a file was unreadable or nothing at all could be imported (the CLI exits non-zero)."""
+        if any(f.unreadable for f in self.files):
+            return True
+        return self.imported == 0 and self.skipped == 0 and self.rejected > 0
+
+
+def discover(paths: Iterable[Path]) -> list[Path]:
+    """The files to import: given files as they are, folders searched (recursively) for .json/.ndjson."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, FhirInputError | HealthLedgerError):
+        where = f" ({exc.expression})" if exc.expression else ""
+        return f"{exc.message}{where}"
+    return "unexpected error"
+
+
+class Importer:
+    """Imports files into a store. Resources that carry an id keep it (references between them stay
+    valid); a resource whose id is already stored is skipped, so importing twice is harmless."""
+
+    def __init__(self, store: ResourceStore, *, principal: Principal | None = None, chunk_size: int = CHUNK):
+        self.store = store
+        self.principal = principal
+        self.chunk_size = chunk_size
+
+    def import_paths(self, paths: Iterable[Path], progress: Progress | None = None) -> ImportReport:
+        return ImportReport([self.import_file(p, progress) for p in discover(paths)])
+
+    def import_file(self, path: Path, progress: Progress | None = None) -> FileReport:
+        report = FileReport(str(path))
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            report.unreadable = f"cannot read file: {exc.strerror or 'I/O error'}"
+            return report
+        if path.suffix.lower() == ".ndjson":
+            self._import_ndjson(raw, report, progress)
+        else:
+            self._import_json(raw, report)
+            if progress:
+                progress(len(raw))
+        return report
+
+    # -- NDJSON (FHIR Bulk Data: one resource per line) ------------------------------------------
+    def _import_ndjson(self, raw: bytes, report: FileReport, progress: Progress | None) -> None:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            report.unreadable = "file is not UTF-8 text"
+            return
+        lines = text.splitlines()
+        items: Iterator[tuple[str, dict[str, Any] | Exception, int]] = (
+            (f"line {line_no}", item, len(lines[line_no - 1].encode()) + 1 if 0 < line_no <= len(lines) else 0)
+            for line_no, item in fhir_bundles.read_ndjson(lines)
+        )
+        self._import_resources(items, report, progress)
+
+    # -- JSON: a Bundle or a single resource ---------------------------------------------------
+    def _import_json(self, raw: bytes, report: FileReport) -> None:
+        try:
+            data = fhir_validation.loads_json(raw)
+        except FhirInputError as exc:
+            report.unreadable = f"not valid JSON: {exc.message}"
+            return
+        if not isinstance(data, dict):
+            report.reject("file", "a FHIR JSON file must hold one resource or Bundle object")
+            return
+        if data.get("resourceType") == "Bundle" and data.get("type") in ("transaction", "batch"):
+            self._import_bundle(data, report)
+            return
+        if data.get("resourceType") == "Bundle" and isinstance(data.get("entry"), list):
+            entries = data["entry"]
+            items = (
+                (f"entry {i}", e.get("resource") if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+                 else ValueError("entry has no resource"), 0)
+                for i, e in enumerate(entries)
+            )
+            self._import_resources(items, report, None)
+            return
+        self._import_resources(iter([("resource", data, 0)]), report, None)
+
+    def _import_bundle(self, bundle: dict[str, Any], report: FileReport) -> None:
+        entries = bundle.get("entry") if isinstance(bundle.get("entry"), list) else []
+        try:
+            response = self.store.execute_bundle(bundle, principal=self.principal)
+        except (HealthLedgerError, FhirInputError) as exc:
+            # A transaction is all-or-nothing: every entry is rejected with the one reason.
+            reason = f"transaction rolled back: {_reason(exc)}"
+            for i in range(max(len(entries), 1)):
+                report.reject(f"entry {i}", reason)
+            return
+        for i, entry in enumerate(response.get("entry", [])):
+            status = str(entry.get("response", {}).get("status", ""))
+            if status.startswith("2"):
+                report.imported += 1
+            else:
+                outcome = entry.get("response", {}).get("outcome") or {}
+                issues = outcome.get("issue") or [{}]
+                report.reject(f"entry {i}", f"{status}: {issues[0].get('diagnostics', 'failed')}")
+
+    # -- the fast path: many resources, batched ------------------------------------------------
+    def _import_resources(
+        self,
+        items: Iterator[tuple[str, Any, int]],
+        report: FileReport,
+        progress: Progress | None,
+    ) -> None:
+        while True:
+            chunk = list(itertools.islice(items, self.chunk_size))
+            if not chunk:
+                return
+            valid: list[tuple[str, dict[str, Any]]] = []
+            for where, item, _ in chunk:
+                if isinstance(item, Exception):
+                    report.reject(where, _reason(item))
+                    continue
+                try:
+                    resource = fhir_validation.parse_resource(item)
+                    if "id" in resource:
+                        check_id(resource["id"])
+                except (FhirInputError, HealthLedgerError) as exc:
+                    report.reject(where, _reason(exc))
+                    continue
+                valid.append((where, resource))
+            if valid:
+                self._write_chunk(valid, report)
+            if progress:
+                progress(sum(size for _, _, size in chunk))
+
+    def _write_chunk(self, valid: list[tuple[str, dict[str, Any]]], report: FileReport) -> None:
+        try:
+            with self.store.unit_of_work(self.principal) as uow:
+                imported = self._write_in(uow, valid, report)
+        except (HealthLedgerError, FhirInputError) as exc:
+            # Something failed for the chunk as a whole (e.g. an erased compartment): retry one by one
+            # so one bad resource does not reject its neighbours.
+            if len(valid) == 1:
+                report.reject(valid[0][0], _reason(exc))
+                return
+            for one in valid:
+                self._write_chunk([one], report)
+            return
+        report.imported += imported
+
+    def _write_in(self, uow: UnitOfWork, valid: list[tuple[str, dict[str, Any]]], report: FileReport) -> int:
+        by_type: dict[str, set[str]] = {}
+        for _, r in valid:
+            if "id" in r:
+                by_type.setdefault(r["resourceType"], set()).add(r["id"])
+        existing: dict[tuple[str, str], Any] = {}
+        for resource_type, ids in by_type.items():
+            for row in uow.conn.execute(
+                sa.select(res_t.c.row_id, res_t.c.resource_id, res_t.c.version_id, res_t.c.deleted, res_t.c.erased)
+                .where(
+                    res_t.c.tenant == uow.tenant,
+                    res_t.c.resource_type == resource_type,
+                    res_t.c.is_current.is_(True),
+                    res_t.c.resource_id.in_(sorted(ids)),
+                )
+            ):
+                existing[(resource_type, row.resource_id)] = row
+        versions: list[_NewVersion] = []
+        supersede: list[int] = []
+        seen: set[tuple[str, str]] = set()
+        for where, resource in valid:
+            resource_type = resource["resourceType"]
+            resource_id = resource.get("id") or uow.store.new_id()
+            key = (resource_type, resource_id)
+            if key in seen:
+                report.skip(where, f"{resource_type}/{resource_id} appears twice; the first was imported")
+                continue
+            seen.add(key)
+            row = existing.get(key)
+            if row is not None and row.erased:
+                report.reject(where, f"{resource_type}/{resource_id} was erased")
+                continue
+            if row is not None and not row.deleted:
+                report.skip(where, f"{resource_type}/{resource_id} is already stored")
+                continue
+            uow._check("create", resource_type, resource)
+            version, _ = uow.prepare_version(
+                resource_type, resource_id, 1 if row is None else row.version_id + 1, resource
+            )
+            versions.append(version)
+            if row is not None:
+                supersede.append(row.row_id)
+        uow.write_versions(versions, supersede=supersede)
+        return len(versions)
+
+
+def summarise_json(report: ImportReport) -> str:
+    """The report as JSON (for scripts)."""
+    return json.dumps(
+        {
+            "imported": report.imported,
+            "skipped": report.skipped,
+            "rejected": report.rejected,
+            "files": [f.__dict__ for f in report.files],
+        },
+        indent=2,
+    )

@@ -1,0 +1,662 @@
+"""The encrypted FHIR resource repository: versioned, sealed per patient compartment, searched by blind index.
+
+Every version of a resource is one row whose payload is the resource JSON sealed with AES-256-GCM under
+the data key of its patient compartment (or of its resource type outside any compartment); the AAD binds
+tenant, type, id and version. Search terms come from `fhir_adapters.search.index_terms` and are stored
+only as truncated HMACs with one key per (type, parameter); candidates found by term are decrypted and
+checked with `fhir_adapters.search.matches`, so the index may over-approximate but results are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from fhir_adapters import compartment as fhir_compartment
+from fhir_adapters import search as fhir_search
+from fhir_adapters import validation as fhir_validation
+from fhir_adapters.errors import FhirInputError
+from healthledger import crypto
+from healthledger.config import Settings
+from healthledger.errors import (
+    BadRequest,
+    Gone,
+    HealthLedgerError,
+    InvalidResource,
+    NotFound,
+    PreconditionFailed,
+)
+from healthledger.keys import KeyProvider
+from healthledger.store import envelope
+from healthledger.store.access import SYSTEM, AccessPolicy, Action, DevelopmentPolicy, Principal
+from healthledger.store.keyring import PATIENT, TYPE, DataKeyRef, Keyring
+from healthledger.store.models import resources_table as res_t
+from healthledger.store.models import terms_table as terms_t
+
+# FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64} (http://hl7.org/fhir/R4/datatypes.html#id)
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_SCAN_BATCH = 200
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, fhir_validation.FhirDecimal):
+        return orjson.Fragment(value.text)  # the decimal exactly as the client wrote it (FHIR 2.24.0.1)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dump_resource(resource: dict[str, Any]) -> bytes:
+    return orjson.dumps(resource, default=_json_default)
+
+
+def load_resource(raw: bytes) -> dict[str, Any]:
+    # fhir_adapters' loader keeps decimal text (`1.50` stays `1.50`); orjson would not.
+    return fhir_validation.loads_json(raw)  # type: ignore[no-any-return]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One version of a resource as the store returns it; `resource` is None for a tombstone."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    resource: dict[str, Any] | None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def location(self) -> str:
+        return f"{self.resource_type}/{self.id}/_history/{self.version_id}"
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    items: list[StoredResource]
+    total: int | None
+    next_offset: int | None
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    items: list[StoredResource]
+    total: int | None
+    next_offset: int | None
+
+
+def fhir_instant(moment: datetime) -> str:
+    """FHIR `instant` (http://hl7.org/fhir/R4/datatypes.html#instant), UTC with milliseconds."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands DateTime(timezone=True) back naive; every stored moment is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def as_store_error(exc: FhirInputError) -> HealthLedgerError:
+    """The healthledger error for an input error of fhir_adapters (same message, path and status)."""
+    cls: type[HealthLedgerError] = NotFound if exc.status == 404 else InvalidResource if exc.status == 400 else BadRequest
+    err = cls(exc.message, expression=exc.expression, status=exc.status)
+    err.code = exc.code
+    return err
+
+
+@contextmanager
+def fhir_errors() -> Iterator[None]:
+    try:
+        yield
+    except FhirInputError as exc:
+        raise as_store_error(exc) from None
+
+
+def check_id(resource_id: str) -> str:
+    if not isinstance(resource_id, str) or not _ID.fullmatch(resource_id):
+        raise BadRequest("resource id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'")
+    return resource_id
+
+
+class ResourceStore:
+    """Versioned, encrypted FHIR resources. Each public method runs in its own transaction;
+    `unit_of_work()` runs several in one."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        key_provider: KeyProvider,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        policy: AccessPolicy | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.tenant = settings.tenant
+        self.privacy = not settings.privacy_off_for_benchmark
+        self.clock = clock
+        self.new_id = new_id
+        self.policy: AccessPolicy = policy or DevelopmentPolicy()
+        self.keyring = Keyring(key_provider, self.tenant, clock)
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    # -- transactions -----------------------------------------------------------------------
+    def _ensure_master(self) -> None:
+        if self.privacy and not self.keyring.master_loaded:
+            with self.engine.begin() as conn:
+                self.keyring.load_master(conn)
+
+    @contextmanager
+    def unit_of_work(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
+        """One database transaction for several operations: all commit, or none does."""
+        self._ensure_master()
+        with self.engine.begin() as conn:
+            if self._sqlite:
+                # Take the write lock up front: a read-then-write SQLite transaction cannot upgrade
+                # its lock once another writer committed (SQLITE_BUSY without waiting).
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield UnitOfWork(self, conn, principal or SYSTEM)
+
+    @contextmanager
+    def reading(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
+        """A read-only view (no write lock)."""
+        self._ensure_master()
+        with self.engine.connect() as conn:
+            yield UnitOfWork(self, conn, principal or SYSTEM)
+
+    # -- one operation, one transaction ----------------------------------------------------
+    def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        if_none_exist: list[tuple[str, str]] | None = None,
+        principal: Principal | None = None,
+    ) -> tuple[StoredResource, bool]:
+        with self.unit_of_work(principal) as uow:
+            return uow.create(resource, if_none_exist=if_none_exist)
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None = None,
+        principal: Principal | None = None,
+    ) -> tuple[StoredResource, bool]:
+        with self.unit_of_work(principal) as uow:
+            return uow.update(resource_type, resource_id, resource, if_match=if_match)
+
+    def delete(self, resource_type: str, resource_id: str, *, principal: Principal | None = None) -> StoredResource | None:
+        with self.unit_of_work(principal) as uow:
+            return uow.delete(resource_type, resource_id)
+
+    def read(self, resource_type: str, resource_id: str, *, principal: Principal | None = None) -> StoredResource:
+        with self.reading(principal) as uow:
+            return uow.read(resource_type, resource_id)
+
+    def vread(
+        self, resource_type: str, resource_id: str, version_id: int, *, principal: Principal | None = None
+    ) -> StoredResource:
+        with self.reading(principal) as uow:
+            return uow.vread(resource_type, resource_id, version_id)
+
+    def history(
+        self,
+        resource_type: str,
+        resource_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        count: int = 50,
+        offset: int = 0,
+        principal: Principal | None = None,
+    ) -> HistoryPage:
+        with self.reading(principal) as uow:
+            return uow.history(resource_type, resource_id, since=since, count=count, offset=offset)
+
+    def search(
+        self,
+        resource_type: str,
+        query: Any,
+        *,
+        count: int = 50,
+        offset: int = 0,
+        principal: Principal | None = None,
+    ) -> SearchPage:
+        with self.reading(principal) as uow:
+            return uow.search(resource_type, query, count=count, offset=offset)
+
+    def search_params(
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        count: int = 50,
+        offset: int = 0,
+        principal: Principal | None = None,
+    ) -> SearchPage:
+        """Search from raw `(name, value)` pairs (parsed with fhir_adapters.search.parse_search)."""
+        with fhir_errors():
+            query = fhir_search.parse_search(resource_type, params)
+        return self.search(resource_type, query, count=count, offset=offset, principal=principal)
+
+    def execute_bundle(self, bundle: dict[str, Any], *, principal: Principal | None = None) -> dict[str, Any]:
+        from healthledger.store.bundles import execute_bundle
+
+        return execute_bundle(self, bundle, principal=principal)
+
+    def rotate_keys(self, *, retire_old: bool = False, batch_size: int = 500) -> Any:
+        from healthledger.store.maintenance import rotate_keys
+
+        return rotate_keys(self, retire_old=retire_old, batch_size=batch_size)
+
+    def erase_patient(self, patient_id: str) -> Any:
+        from healthledger.store.maintenance import erase_patient
+
+        return erase_patient(self, patient_id)
+
+
+@dataclass
+class _NewVersion:
+    """A version about to be written (prepared outside SQL so bulk imports can batch them)."""
+
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    compartment: bytes | None
+    data_key_id: str | None
+    payload: bytes | None
+    terms: list[tuple[str, bytes]]
+
+
+class UnitOfWork:
+    """The store's operations on one open connection (one transaction when opened for writing)."""
+
+    def __init__(self, store: ResourceStore, conn: Connection, principal: Principal) -> None:
+        self.store = store
+        self.conn = conn
+        self.principal = principal
+        self.tenant = store.tenant
+        self.keyring = store.keyring
+        self._keys: dict[tuple[str, bytes | None], DataKeyRef] = {}
+
+    def _check(self, action: Action, resource_type: str, resource: dict[str, Any] | None) -> None:
+        self.store.policy.check(self.principal, action, resource_type, resource)
+
+    # -- encryption and indexing -----------------------------------------------------------------
+    def _compartment_of(self, resource: dict[str, Any]) -> str | None:
+        with fhir_errors():
+            return fhir_compartment.patient_compartment(resource)
+
+    def _seal_key(self, resource_type: str, patient_id: str | None) -> tuple[bytes | None, str, bytes]:
+        """(compartment blind index, data key id, data key) for a resource of this type/compartment."""
+        if patient_id is not None:
+            comp: bytes | None = self.keyring.compartment_index(self.conn, patient_id)
+            key_class, scope = PATIENT, comp
+        else:
+            comp, key_class, scope = None, TYPE, resource_type.encode()
+        # Within one transaction a key found live stays live for us (an erasure would have to wait
+        # for our write lock on SQLite); caching it saves one query per resource in bulk imports.
+        ref = self._keys.get((key_class, scope))
+        if ref is None:
+            ref = self.keyring.key_for_scope(self.conn, key_class, scope)  # type: ignore[arg-type]
+            self._keys[(key_class, scope)] = ref
+        return comp, ref.key_id, ref.key
+
+    def _blind_terms(self, resource_type: str, resource: dict[str, Any]) -> list[tuple[str, bytes]]:
+        with fhir_errors():
+            terms = fhir_search.index_terms(resource)
+        out: list[tuple[str, bytes]] = []
+        for param, values in terms.items():
+            if not values:
+                continue
+            key = self.keyring.index_key(self.conn, resource_type, param) if self.store.privacy else None
+            for value in values:
+                out.append((param, self._term(key, value)))
+        return out
+
+    @staticmethod
+    def _term(key: bytes | None, value: str) -> bytes:
+        if key is None:
+            # Privacy off (benchmarks only): an unkeyed digest keeps search working without a secret.
+            return hashlib.sha256(value.encode()).digest()[: envelope.BLIND_TERM_BYTES]
+        return envelope.blind_term(key, value)
+
+    def _query_terms(self, resource_type: str, param: str, values: Iterable[str]) -> list[bytes]:
+        key = self.keyring.index_key(self.conn, resource_type, param) if self.store.privacy else None
+        return [self._term(key, v) for v in values]
+
+    def prepare_version(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version_id: int,
+        resource: dict[str, Any] | None,
+        *,
+        previous_compartment: bytes | None = None,
+        patient_id: str | None = None,
+    ) -> tuple[_NewVersion, dict[str, Any] | None]:
+        """Stamp meta, seal and index one version. `resource` None writes a tombstone."""
+        now = self.store.clock()
+        if resource is None:
+            return (
+                _NewVersion(resource_type, resource_id, version_id, now, True, previous_compartment, None, None, []),
+                None,
+            )
+        resource = dict(resource)
+        resource["id"] = resource_id
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version_id)
+        meta["lastUpdated"] = fhir_instant(now)
+        resource["meta"] = meta
+        plaintext = dump_resource(resource)
+        if not self.store.privacy:
+            terms = self._blind_terms(resource_type, resource)
+            return _NewVersion(resource_type, resource_id, version_id, now, False, None, None, plaintext, terms), resource
+        if patient_id is None:
+            patient_id = self._compartment_of(resource)
+        comp, key_id, key = self._seal_key(resource_type, patient_id)
+        aad = envelope.resource_aad(self.tenant, resource_type, resource_id, version_id)
+        payload = crypto.seal(key, plaintext, aad)
+        terms = self._blind_terms(resource_type, resource)
+        return _NewVersion(resource_type, resource_id, version_id, now, False, comp, key_id, payload, terms), resource
+
+    def write_versions(self, versions: Sequence[_NewVersion], supersede: Sequence[int] = ()) -> list[int]:
+        """Insert prepared versions (marking `supersede` rows no longer current); returns new row ids."""
+        if supersede:
+            self.conn.execute(sa.update(res_t).where(res_t.c.row_id.in_(supersede)).values(is_current=False))
+            self.conn.execute(sa.delete(terms_t).where(terms_t.c.row_id.in_(supersede)))
+        if not versions:
+            return []
+        rows = [
+            {
+                "tenant": self.tenant, "resource_type": v.resource_type, "resource_id": v.resource_id,
+                "version_id": v.version_id, "last_updated": v.last_updated, "deleted": v.deleted, "is_current": True,
+                "erased": False, "compartment": v.compartment, "data_key_id": v.data_key_id, "payload": v.payload,
+            }
+            for v in versions
+        ]
+        if len(rows) == 1:
+            row_ids = [self.conn.execute(sa.insert(res_t).values(**rows[0]).returning(res_t.c.row_id)).scalar_one()]
+        else:
+            result = self.conn.execute(
+                sa.insert(res_t).returning(res_t.c.row_id, sort_by_parameter_order=True), rows
+            )
+            row_ids = [r[0] for r in result]
+        term_rows = [
+            {"row_id": row_id, "param": param, "term": term}
+            for row_id, v in zip(row_ids, versions)
+            for param, term in dict.fromkeys(v.terms)
+        ]
+        if term_rows:
+            self.conn.execute(sa.insert(terms_t), term_rows)
+        return row_ids
+
+    def _open(self, row: Any) -> dict[str, Any]:
+        """Decrypt one row's payload (AAD rebuilt from the row's own tenant/type/id/version)."""
+        if row.data_key_id is None:
+            return load_resource(bytes(row.payload))
+        key = self.keyring.key_by_id(self.conn, row.data_key_id)
+        aad = envelope.resource_aad(self.tenant, row.resource_type, row.resource_id, row.version_id)
+        return load_resource(crypto.open_(key, bytes(row.payload), aad))
+
+    def _to_stored(self, row: Any) -> StoredResource:
+        resource = None if row.deleted or row.payload is None else self._open(row)
+        return StoredResource(
+            row.resource_type, row.resource_id, row.version_id, _aware(row.last_updated), row.deleted, resource
+        )
+
+    _COLUMNS = (
+        res_t.c.row_id, res_t.c.resource_type, res_t.c.resource_id, res_t.c.version_id, res_t.c.last_updated,
+        res_t.c.deleted, res_t.c.erased, res_t.c.compartment, res_t.c.data_key_id, res_t.c.payload,
+    )
+
+    def _current_row(self, resource_type: str, resource_id: str) -> Any:
+        return self.conn.execute(
+            sa.select(*self._COLUMNS).where(
+                res_t.c.tenant == self.tenant,
+                res_t.c.resource_type == resource_type,
+                res_t.c.resource_id == resource_id,
+                res_t.c.is_current.is_(True),
+            )
+        ).first()
+
+    # -- validation --------------------------------------------------------------------------------
+    def _validated(self, resource: dict[str, Any], resource_type: str | None) -> dict[str, Any]:
+        with fhir_errors():
+            return fhir_validation.parse_resource(resource, expected_type=resource_type)
+
+    # -- operations -------------------------------------------------------------------------------
+    def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        if_none_exist: list[tuple[str, str]] | None = None,
+        resource_id: str | None = None,
+    ) -> tuple[StoredResource, bool]:
+        """FHIR create (http://hl7.org/fhir/R4/http.html#create): the server assigns the id.
+
+        Conditional create (`If-None-Exist`, R4 3.1.0.8.1): no match creates, one match returns it
+        unchanged (created False), several matches fail with 412.
+        """
+        resource = self._validated(resource, None)
+        resource_type = resource["resourceType"]
+        self._check("create", resource_type, resource)
+        if if_none_exist:
+            with fhir_errors():
+                query = fhir_search.parse_search(resource_type, if_none_exist)
+            found = self.search(resource_type, query, count=2, offset=0, check=False)
+            if len(found.items) > 1 or (found.total or 0) > 1:
+                raise PreconditionFailed("conditional create matched more than one resource")
+            if found.items:
+                return found.items[0], False
+        new_id = resource_id or self.store.new_id()
+        version, stamped = self.prepare_version(resource_type, new_id, 1, resource)
+        self.write_versions([version])
+        return self._stored(version, stamped), True
+
+    @staticmethod
+    def _stored(version: _NewVersion, resource: dict[str, Any] | None) -> StoredResource:
+        return StoredResource(
+            version.resource_type, version.resource_id, version.version_id, version.last_updated,
+            version.deleted, resource,
+        )
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None = None,
+    ) -> tuple[StoredResource, bool]:
+        """FHIR update (R4 3.1.0.4); update of an unknown id creates it (update-as-create)."""
+        check_id(resource_id)
+        body_id = resource.get("id") if isinstance(resource, dict) else None
+        if body_id is not None and body_id != resource_id:
+            raise InvalidResource("the resource id does not match the id in the URL", expression=f"{resource_type}.id")
+        resource = self._validated(resource, resource_type)
+        current = self._current_row(resource_type, resource_id)
+        self._check("update" if current is not None else "create", resource_type, resource)
+        if current is not None and current.erased:
+            raise Gone(f"{resource_type}/{resource_id} was erased")
+        if if_match is not None and (current is None or current.version_id != if_match):
+            raise PreconditionFailed("version mismatch: the resource was changed by someone else (If-Match)")
+        next_version = 1 if current is None else current.version_id + 1
+        version, stamped = self.prepare_version(resource_type, resource_id, next_version, resource)
+        self.write_versions([version], supersede=[current.row_id] if current is not None else [])
+        created = current is None or current.deleted
+        return self._stored(version, stamped), created
+
+    def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        """Soft delete (R4 3.1.0.7): a tombstone version; deleting a missing or deleted resource is fine."""
+        check_id(resource_id)
+        self._check("delete", resource_type, None)
+        current = self._current_row(resource_type, resource_id)
+        if current is None:
+            return None
+        if current.deleted or current.erased:
+            return StoredResource(resource_type, resource_id, current.version_id, _aware(current.last_updated), True, None)
+        version, _ = self.prepare_version(
+            resource_type, resource_id, current.version_id + 1, None, previous_compartment=current.compartment
+        )
+        self.write_versions([version], supersede=[current.row_id])
+        return self._stored(version, None)
+
+    def read(self, resource_type: str, resource_id: str) -> StoredResource:
+        check_id(resource_id)
+        row = self._current_row(resource_type, resource_id)
+        if row is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if row.erased:
+            raise Gone(f"{resource_type}/{resource_id} was erased")
+        if row.deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted")
+        stored = self._to_stored(row)
+        self._check("read", resource_type, stored.resource)
+        return stored
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
+        check_id(resource_id)
+        row = self.conn.execute(
+            sa.select(*self._COLUMNS).where(
+                res_t.c.tenant == self.tenant,
+                res_t.c.resource_type == resource_type,
+                res_t.c.resource_id == resource_id,
+                res_t.c.version_id == version_id,
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
+        if row.erased:
+            raise Gone(f"{resource_type}/{resource_id} was erased")
+        if row.deleted:
+            raise Gone(f"{resource_type}/{resource_id} version {version_id} is a deletion")
+        stored = self._to_stored(row)
+        self._check("vread", resource_type, stored.resource)
+        return stored
+
+    def history(
+        self,
+        resource_type: str,
+        resource_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> HistoryPage:
+        """Instance or type history (R4 3.1.0.10), newest first; tombstones appear with no resource."""
+        self._check("history", resource_type, None)
+        where = [res_t.c.tenant == self.tenant, res_t.c.resource_type == resource_type, res_t.c.erased.is_(False)]
+        if resource_id is not None:
+            check_id(resource_id)
+            first = self.conn.execute(
+                sa.select(res_t.c.erased).where(
+                    res_t.c.tenant == self.tenant,
+                    res_t.c.resource_type == resource_type,
+                    res_t.c.resource_id == resource_id,
+                ).limit(1)
+            ).first()
+            if first is None:
+                raise NotFound(f"{resource_type}/{resource_id} is not known")
+            if first.erased:
+                raise Gone(f"{resource_type}/{resource_id} was erased")
+            where.append(res_t.c.resource_id == resource_id)
+        if since is not None:
+            where.append(res_t.c.last_updated >= since)
+        total = self.conn.execute(sa.select(sa.func.count()).select_from(res_t).where(*where)).scalar_one()
+        rows = self.conn.execute(
+            sa.select(*self._COLUMNS)
+            .where(*where)
+            .order_by(res_t.c.last_updated.desc(), res_t.c.row_id.desc())
+            .limit(count)
+            .offset(offset)
+        ).all()
+        items = [self._to_stored(r) for r in rows]
+        next_offset = offset + count if offset + count < total else None
+        return HistoryPage(items, total, next_offset)
+
+    def _candidates(self, resource_type: str, query: Any) -> sa.Select[Any]:
+        stmt = sa.select(*self._COLUMNS).where(
+            res_t.c.tenant == self.tenant,
+            res_t.c.resource_type == resource_type,
+            res_t.c.is_current.is_(True),
+            res_t.c.deleted.is_(False),
+            res_t.c.erased.is_(False),
+        )
+        with fhir_errors():
+            filters = fhir_search.candidate_filters(query)
+        for f in filters:
+            if f.param == "_id":
+                stmt = stmt.where(res_t.c.resource_id.in_(sorted(f.any_of)))
+                continue
+            terms = self._query_terms(resource_type, f.param, sorted(f.any_of))
+            stmt = stmt.where(
+                res_t.c.row_id.in_(sa.select(terms_t.c.row_id).where(terms_t.c.param == f.param, terms_t.c.term.in_(terms)))
+            )
+        return stmt
+
+    def search(self, resource_type: str, query: Any, *, count: int = 50, offset: int = 0, check: bool = True) -> SearchPage:
+        """Search current, live resources; stable order by id; exact total (after decryption and matching)."""
+        if check:
+            self._check("search", resource_type, None)
+        stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
+        if not _has_criteria(query):
+            total = self.conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
+            rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
+            items = [self._to_stored(r) for r in rows]
+        else:
+            matched: list[StoredResource] = []
+            total = 0
+            for row in self.conn.execute(stmt.execution_options(yield_per=_SCAN_BATCH)):
+                stored = self._to_stored(row)
+                assert stored.resource is not None
+                meta = fhir_search.ResourceMeta(id=stored.id, last_updated=stored.last_updated)
+                with fhir_errors():
+                    ok = fhir_search.matches(stored.resource, query, meta)
+                if ok:
+                    if offset <= total < offset + count:
+                        matched.append(stored)
+                    total += 1
+            items = matched
+        next_offset = offset + count if offset + count < total else None
+        return SearchPage(items, total, next_offset)
+
+
+def _has_criteria(query: Any) -> bool:
+    """Whether the query has any search criteria (not only result controls such as _count)."""
+    for name in ("criteria", "params", "parameters", "terms"):
+        value = getattr(query, name, None)
+        if value is not None:
+            return bool(value)
+    return True
+
+
+def open_store(settings: Settings, *, upgrade_schema: bool = True) -> ResourceStore:
+    """A store on the configured database and key provider (schema brought up to date first)."""
+    from healthledger.db import make_engine, upgrade
+    from healthledger.keys import key_provider_for
+
+    engine = make_engine(settings.database_url)
+    if upgrade_schema:
+        upgrade(engine)
+    return ResourceStore(engine, key_provider_for(settings.key_provider, settings.keys_dir), settings)

@@ -1,0 +1,113 @@
+"""Key rotation without downtime and crypto-shredding of a patient (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from healthledger.errors import Gone, NotFound
+from healthledger.store.models import data_keys_table, resources_table, terms_table
+from healthledger.store.repository import ResourceStore
+from tests.store.test_repository import observation, patient
+
+
+def _kek_ids_in_db(store: ResourceStore) -> set[str]:
+    with store.engine.connect() as conn:
+        return {r[0] for r in conn.execute(sa.select(data_keys_table.c.kek_id).where(data_keys_table.c.wrapped.is_not(None)))}
+
+
+def test_rotation_rewraps_without_reencrypting(store: ResourceStore) -> None:
+    a, _ = store.create(patient())
+    obs, _ = store.create(observation(a.id))
+    org, _ = store.create({"resourceType": "Organization", "name": "General Hospital"})
+    provider = store.keyring.provider
+    old_kek = provider.active_kek_id()
+    with store.engine.connect() as conn:
+        payloads_before = dict(conn.execute(sa.select(resources_table.c.row_id, resources_table.c.payload)).all())
+
+    # Mid-rotation: a new KEK is active, nothing rewrapped yet; reads and writes keep working.
+    provider.rotate()
+    assert store.read("Observation", obs.id).resource is not None
+    store.create(observation(a.id, value=80))
+
+    report = store.rotate_keys(retire_old=True)
+    assert report.rewrapped >= 3 and report.remaining_on_old == 0
+    assert old_kek in report.retired and old_kek not in provider.kek_ids()
+    assert _kek_ids_in_db(store) == {report.new_kek_id}
+    key_file = json.loads((store.settings.keys_dir / "kek.json").read_text())
+    assert set(key_file["keys"]) == {report.new_kek_id}
+
+    with store.engine.connect() as conn:
+        payloads_after = dict(conn.execute(sa.select(resources_table.c.row_id, resources_table.c.payload)).all())
+    for row_id, payload in payloads_before.items():
+        assert payloads_after[row_id] == payload  # ciphertexts untouched
+
+    # A fresh process (empty key cache) reads everything with the new KEK alone.
+    fresh = ResourceStore(store.engine, type(provider)(store.settings.keys_dir), store.settings)
+    assert fresh.read("Patient", a.id).resource["name"][0]["family"] == "Quarrington"  # type: ignore[index]
+    assert fresh.read("Organization", org.id).resource is not None
+    assert fresh.search_params("Observation", [("patient", a.id)]).total == 2
+
+
+def test_rotation_without_retire_keeps_old_kek(store: ResourceStore) -> None:
+    store.create(patient())
+    old_kek = store.keyring.provider.active_kek_id()
+    report = store.rotate_keys()
+    assert report.retired == [] and old_kek in store.keyring.provider.kek_ids()
+
+
+def test_erase_patient_shreds_the_compartment(store: ResourceStore) -> None:
+    a, _ = store.create(patient())
+    b, _ = store.create(patient(family="Keeper", mrn="MRN-99"))
+    o1, _ = store.create(observation(a.id))
+    store.update("Observation", o1.id, observation(a.id, value=90))
+    store.create(observation(a.id, code="29463-7"))
+    kept, _ = store.create(observation(b.id))
+
+    report = store.erase_patient(a.id)
+    assert report.resources == {"Observation": 2, "Patient": 1}
+    assert report.versions == 4 and report.key_destroyed
+
+    for resource_type, rid in (("Patient", a.id), ("Observation", o1.id)):
+        with pytest.raises(Gone):
+            store.read(resource_type, rid)
+    with pytest.raises(Gone):
+        store.vread("Observation", o1.id, 1)
+    with pytest.raises(Gone):
+        store.history("Observation", o1.id)
+    assert store.search_params("Observation", [("patient", a.id)]).total == 0
+    assert store.search_params("Patient", [("identifier", "MRN-77")]).total == 0
+    assert {r.id for r in store.search_params("Observation", []).items} == {kept.id}
+    assert store.read("Patient", b.id).resource is not None
+
+    with store.engine.connect() as conn:
+        destroyed = conn.execute(
+            sa.select(data_keys_table).where(data_keys_table.c.destroyed_at.is_not(None))
+        ).all()
+        assert len(destroyed) == 1 and destroyed[0].wrapped is None and destroyed[0].kek_id is None
+        erased_rows = conn.execute(
+            sa.select(resources_table.c.row_id).where(resources_table.c.erased.is_(True))
+        ).scalars().all()
+        assert len(erased_rows) == 4
+        assert conn.execute(
+            sa.select(sa.func.count()).select_from(terms_table).where(terms_table.c.row_id.in_(erased_rows))
+        ).scalar_one() == 0
+
+    # New records for an erased patient are refused; a second erasure reports nothing left.
+    with pytest.raises(Gone):
+        store.create(observation(a.id))
+    again = store.erase_patient(a.id)
+    assert again.resources == {} and not again.key_destroyed
+    with pytest.raises(NotFound):
+        store.erase_patient("nobody-here")
+
+
+def test_erasure_is_seen_by_another_process_with_a_warm_cache(store: ResourceStore) -> None:
+    a, _ = store.create(patient())
+    other = ResourceStore(store.engine, store.keyring.provider, store.settings)
+    assert other.read("Patient", a.id).resource is not None  # warms its key cache
+    store.erase_patient(a.id)
+    with pytest.raises(Gone):
+        other.read("Patient", a.id)
