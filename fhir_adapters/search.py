@@ -771,6 +771,11 @@ def _walk(node: Any, segments: Sequence[str]) -> Iterator[Any]:
         yield from _walk(node[head], rest)
 
 
+def values_at(resource: Mapping[str, Any], path: str) -> Iterator[Any]:
+    """Elements at a dotted path (`subject`, `name.given`, `effective[x]`), arrays flattened, nulls skipped."""
+    return _walk(resource, path.split("."))
+
+
 def element_values(resource: Mapping[str, Any], definition: SearchParamDef) -> list[Any]:
     """The raw elements a parameter reads (arrays flattened)."""
     out: list[Any] = []
