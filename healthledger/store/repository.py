@@ -609,6 +609,8 @@ class UnitOfWork:
             if f.param == "_id":
                 stmt = stmt.where(res_t.c.resource_id.in_(sorted(f.any_of)))
                 continue
+            if f.param in fhir_search.COMMON_PARAMETERS:
+                continue  # _lastUpdated is not in the blind index: matches() decides it
             terms = self._query_terms(resource_type, f.param, sorted(f.any_of))
             stmt = stmt.where(
                 res_t.c.row_id.in_(sa.select(terms_t.c.row_id).where(terms_t.c.param == f.param, terms_t.c.term.in_(terms)))
@@ -643,12 +645,9 @@ class UnitOfWork:
 
 
 def _has_criteria(query: Any) -> bool:
-    """Whether the query has any search criteria (not only result controls such as _count)."""
-    for name in ("criteria", "params", "parameters", "terms"):
-        value = getattr(query, name, None)
-        if value is not None:
-            return bool(value)
-    return True
+    """Whether the query selects anything (not only result controls such as _count)."""
+    return bool(query.criteria)
+
 
 
 def open_store(settings: Settings, *, upgrade_schema: bool = True) -> ResourceStore:

@@ -1,0 +1,330 @@
+"""Batch and transaction Bundles (FHIR R4 3.1.0.11) executed against the store.
+
+A batch runs each entry in its own transaction and reports each outcome; a transaction runs every entry
+in ONE database transaction, in the spec's processing order (DELETE, POST, PUT/PATCH, GET; 3.1.0.11.2),
+after assigning ids to new resources and rewriting `urn:uuid:` and conditional references
+(`Patient?identifier=x`) in every resource, and fails whole, naming the entry, on any error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from fhir_adapters import bundles as fhir_bundles
+from fhir_adapters import outcome as fhir_outcome
+from fhir_adapters import search as fhir_search
+from fhir_adapters.errors import FhirInputError
+from healthledger.errors import (
+    BadRequest,
+    HealthLedgerError,
+    NotSupported,
+    PreconditionFailed,
+)
+from healthledger.store.access import Principal
+from healthledger.store.repository import (
+    StoredResource,
+    UnitOfWork,
+    as_store_error,
+    fhir_errors,
+    fhir_instant,
+)
+
+if TYPE_CHECKING:
+    from healthledger.store.repository import ResourceStore
+
+_REASON = {200: "OK", 201: "Created", 204: "No Content"}
+_INSTANCE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/(?P<vid>[0-9]+))?$")
+_TYPE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)$")
+_ETAG = re.compile(r'^(?:W/)?"?(?P<v>[0-9]+)"?$')
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an entry's request URL points: a type, an instance (maybe a version) or a conditional search."""
+
+    resource_type: str
+    id: str | None = None
+    version: int | None = None
+    params: list[tuple[str, str]] | None = None  # conditional / search URL: `Type?name=value`
+
+
+def parse_target(url: str) -> Target:
+    """The target of a relative request URL (R4 3.1.0.11.1: relative to the server base)."""
+    path, _, query = url.partition("?")
+    path = path.strip("/")
+    if query or "?" in url:
+        m = _TYPE.match(path)
+        if not m:
+            raise BadRequest("request URL is not 'Type?parameters'")
+        return Target(m["type"], params=parse_qsl(query, keep_blank_values=True))
+    m = _INSTANCE.match(path)
+    if m:
+        return Target(m["type"], m["id"], int(m["vid"]) if m["vid"] else None)
+    m = _TYPE.match(path)
+    if m:
+        return Target(m["type"])
+    raise NotSupported("request URL is not a supported interaction (operations such as $lookup are not supported)")
+
+
+def parse_etag(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    m = _ETAG.match(str(value).strip())
+    if not m:
+        raise PreconditionFailed("If-Match does not name a version of this server (expected W/\"<n>\")")
+    return int(m["v"])
+
+
+def _response_entry(status: int, stored: StoredResource | None = None, *, resource: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": f"{status} {_REASON.get(status, '')}".strip()}
+    entry: dict[str, Any] = {}
+    if stored is not None:
+        response["location"] = stored.location
+        response["etag"] = stored.etag
+        response["lastModified"] = fhir_instant(stored.last_updated)
+        if stored.resource is not None:
+            entry["fullUrl"] = f"{stored.resource_type}/{stored.id}"
+            entry["resource"] = stored.resource
+    if resource is not None:
+        entry["resource"] = resource
+    entry["response"] = response
+    return entry
+
+
+def _error_entry(exc: HealthLedgerError) -> dict[str, Any]:
+    outcome = fhir_outcome.operation_outcome("error", exc.code, exc.message, exc.expression)
+    return {"response": {"status": str(exc.status), "outcome": outcome}}
+
+
+def _searchset(page: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": page.total,
+        "entry": [
+            {"fullUrl": f"{r.resource_type}/{r.id}", "resource": r.resource, "search": {"mode": "match"}}
+            for r in page.items
+        ],
+    }
+
+
+def _entry_error(exc: Exception, index: int, method: str, resource_type: str | None) -> HealthLedgerError:
+    """The same error, its message prefixed with the entry (never its URL: search values may be PHI)."""
+    base = as_store_error(exc) if isinstance(exc, FhirInputError) else exc
+    assert isinstance(base, HealthLedgerError)
+    what = f"{method} {resource_type}" if resource_type else method
+    expression = base.expression or ""
+    if not expression.startswith("Bundle.entry"):
+        expression = f"Bundle.entry[{index}]" + (f".resource ({expression})" if expression else "")
+    err = type(base).__new__(type(base))
+    Exception.__init__(err, f"entry {index} ({what}): {base.message}")
+    err.message = f"entry {index} ({what}): {base.message}"
+    err.expression = expression
+    err.status = base.status
+    err.code = base.code
+    return err
+
+
+def _single_match(uow: UnitOfWork, target: Target, what: str) -> StoredResource | None:
+    """The one resource a conditional URL names; None when none; 412 when several (R4 3.1.0.4.3)."""
+    with fhir_errors():
+        query = fhir_search.parse_search(target.resource_type, target.params or [])
+    page = uow.search(target.resource_type, query, count=2, offset=0)
+    if (page.total or 0) > 1:
+        raise PreconditionFailed(f"conditional {what} matched more than one resource")
+    return page.items[0] if page.items else None
+
+
+class _Executor:
+    """Runs one entry's interaction on a unit of work."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+
+    def run(self, entry: Any, resource: dict[str, Any] | None, assigned: dict[int, str]) -> dict[str, Any]:
+        method = entry.method.upper()
+        target = parse_target(entry.url)
+        uow = self.uow
+        if method == "GET":
+            if target.params is not None or target.id is None:
+                with fhir_errors():
+                    query = fhir_search.parse_search(target.resource_type, target.params or [])
+                page = uow.search(target.resource_type, query, count=uow.store.settings.default_page_size)
+                return _response_entry(200, resource=_searchset(page))
+            if target.version is not None:
+                return _response_entry(200, uow.vread(target.resource_type, target.id, target.version))
+            return _response_entry(200, uow.read(target.resource_type, target.id))
+        if method == "DELETE":
+            if target.params is not None:
+                match = _single_match(uow, target, "delete")
+                if match is not None:
+                    uow.delete(target.resource_type, match.id)
+                return _response_entry(204)
+            if target.id is None:
+                raise BadRequest("DELETE needs 'Type/id' or 'Type?parameters'")
+            uow.delete(target.resource_type, target.id)
+            return _response_entry(204)
+        if resource is None:
+            raise BadRequest(f"{method} needs a resource")
+        if method == "POST":
+            if target.id is not None or target.params is not None:
+                raise NotSupported("POST to an instance or with parameters (operations) is not supported")
+            if entry.index in assigned and assigned[entry.index].startswith("existing:"):
+                existing_id = assigned[entry.index].removeprefix("existing:")
+                return _response_entry(200, uow.read(target.resource_type, existing_id))
+            if_none_exist = None
+            if entry.if_none_exist and entry.index not in assigned:
+                if_none_exist = parse_qsl(entry.if_none_exist.lstrip("?"), keep_blank_values=True)
+            stored, created = uow.create(resource, if_none_exist=if_none_exist, resource_id=assigned.get(entry.index))
+            return _response_entry(201 if created else 200, stored)
+        if method == "PUT":
+            if_match = parse_etag(getattr(entry, "if_match", None))
+            if target.params is not None:
+                resource_id = assigned.get(entry.index)
+                if resource_id is None:
+                    match = _single_match(uow, target, "update")
+                    resource_id = match.id if match is not None else (resource.get("id") or uow.store.new_id())
+                body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
+                stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match)
+                return _response_entry(201 if created else 200, stored)
+            if target.id is None or target.version is not None:
+                raise BadRequest("PUT needs 'Type/id' or 'Type?parameters'")
+            stored, created = uow.update(target.resource_type, target.id, resource, if_match=if_match)
+            return _response_entry(201 if created else 200, stored)
+        raise NotSupported(f"{method} is not supported in bundles")
+
+
+def execute_bundle(store: ResourceStore, bundle: dict[str, Any], *, principal: Principal | None = None) -> dict[str, Any]:
+    """Run a batch or transaction Bundle; returns the batch-response / transaction-response Bundle.
+
+    A failing transaction raises the entry's error (message and expression name the entry); nothing
+    of it is stored.
+    """
+    with fhir_errors():
+        plan = fhir_bundles.plan_bundle(bundle)
+    if plan.type == "batch":
+        return _batch(store, plan, principal)
+    return _transaction(store, plan, principal)
+
+
+def _batch(store: ResourceStore, plan: Any, principal: Principal | None) -> dict[str, Any]:
+    responses: dict[int, dict[str, Any]] = {}
+    for entry in plan.entries:
+        try:
+            with store.unit_of_work(principal) as uow:
+                responses[entry.index] = _Executor(uow).run(entry, entry.resource, {})
+        except (HealthLedgerError, FhirInputError) as exc:
+            responses[entry.index] = _error_entry(_entry_error(exc, entry.index, entry.method, _type_of(entry)))
+    for index, problem in getattr(plan, "invalid", {}).items():
+        responses[index] = _error_entry(as_store_error(problem) if isinstance(problem, FhirInputError) else problem)
+    return {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [responses[i] for i in sorted(responses)],
+    }
+
+
+def _type_of(entry: Any) -> str | None:
+    return getattr(entry, "resource_type", None)
+
+
+def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -> dict[str, Any]:
+    responses: dict[int, dict[str, Any]] = {}
+    with store.unit_of_work(principal) as uow:
+        assigned: dict[int, str] = {}
+        mapping: dict[str, str] = {}
+        touched: dict[tuple[str, str], int] = {}
+        # 1. Ids for new resources (and matches of conditional create/update), so references resolve.
+        for entry in plan.entries:
+            try:
+                _assign(uow, entry, assigned, mapping, touched)
+            except (HealthLedgerError, FhirInputError) as exc:
+                raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
+        # 2. Rewrite urn:uuid and conditional references in every resource.
+        resources: dict[int, dict[str, Any] | None] = {}
+        for entry in plan.entries:
+            try:
+                resources[entry.index] = _rewritten(uow, entry.resource, mapping)
+            except (HealthLedgerError, FhirInputError) as exc:
+                raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
+        # 3. Execute in processing order; any failure rolls the whole transaction back.
+        executor = _Executor(uow)
+        for entry in plan.entries:
+            try:
+                responses[entry.index] = executor.run(entry, resources[entry.index], assigned)
+            except (HealthLedgerError, FhirInputError) as exc:
+                raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [responses[i] for i in sorted(responses)],
+    }
+
+
+def _assign(
+    uow: UnitOfWork, entry: Any, assigned: dict[int, str], mapping: dict[str, str], touched: dict[tuple[str, str], int]
+) -> None:
+    method = entry.method.upper()
+    if method not in ("POST", "PUT", "DELETE"):
+        return
+    target = parse_target(entry.url)
+    resource_id: str | None = None
+    if method == "POST" and target.id is None and target.params is None:
+        resource_id = uow.store.new_id()
+        if entry.if_none_exist:
+            params = parse_qsl(entry.if_none_exist.lstrip("?"), keep_blank_values=True)
+            match = _single_match(uow, fhir_target(target.resource_type, params), "create")
+            if match is not None:
+                assigned[entry.index] = "existing:" + match.id
+                resource_id = match.id
+            else:
+                assigned[entry.index] = resource_id
+        else:
+            assigned[entry.index] = resource_id
+    elif method == "PUT" and target.params is not None:
+        match = _single_match(uow, target, "update")
+        body_id = (entry.resource or {}).get("id")
+        resource_id = match.id if match is not None else (body_id or uow.store.new_id())
+        assigned[entry.index] = resource_id
+    elif method == "DELETE" and target.params is not None:
+        match = _single_match(uow, target, "delete")
+        resource_id = match.id if match is not None else None
+    else:
+        resource_id = target.id
+    if resource_id is not None:
+        key = (target.resource_type, resource_id)
+        if key in touched:
+            # R4 3.1.0.11.2: a resource can be the subject of only one entry of a transaction.
+            raise BadRequest(f"{target.resource_type} is changed by entries {touched[key]} and {entry.index}")
+        touched[key] = entry.index
+    full_url = getattr(entry, "full_url", None)
+    if full_url and resource_id is not None:
+        mapping[full_url] = f"{target.resource_type}/{resource_id}"
+
+
+def fhir_target(resource_type: str, params: list[tuple[str, str]]) -> Target:
+    return Target(resource_type, params=params)
+
+
+def _rewritten(uow: UnitOfWork, resource: dict[str, Any] | None, mapping: dict[str, str]) -> dict[str, Any] | None:
+    if resource is None:
+        return None
+    local = dict(mapping)
+    for _path, reference in fhir_bundles.references_in(resource):
+        if reference in local:
+            continue
+        if reference.startswith("urn:uuid:") or reference.startswith("urn:oid:"):
+            raise BadRequest("a reference names a urn:uuid that is not the fullUrl of any entry")
+        if "?" in reference:
+            target = parse_target(reference)
+            match = _single_match(uow, target, "reference")
+            if match is None:
+                raise PreconditionFailed("a conditional reference matched no resource")
+            local[reference] = f"{target.resource_type}/{match.id}"
+    with fhir_errors():
+        return fhir_bundles.rewrite_references(resource, local)  # type: ignore[no-any-return]
