@@ -58,6 +58,9 @@ def _register() -> None:
     for command in (store_commands.import_command, store_commands.rotate_keys_command,
                     store_commands.erase_patient_command):
         cli.add_command(command)
+    from zk.cli import build_zk_group
+
+    cli.add_command(build_zk_group(), "zk")
 
 
 def main() -> None:

@@ -1,0 +1,5 @@
+"""`python -m zk`: the `zk` command group without the HealthLedger service."""
+
+from zk.cli import main
+
+main()
