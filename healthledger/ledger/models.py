@@ -54,6 +54,9 @@ class OutboxItem(Base):
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[str] = mapped_column(Text)  # canonical JSON, no PHI (pseudonyms and keyed hashes only)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    # Items with the same ordering key are submitted one after another, in id order (e.g. a grant before
+    # its revoke: the revoke's signature carries the nonce the grant leaves behind).
+    ordering_key: Mapped[str | None] = mapped_column(String(200), index=True, nullable=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Double, index=True)

@@ -1,4 +1,5 @@
 """Patient master keys: password wrap, 2-of-2 recovery, password change, per-grantee pseudonyms."""
+# ruff: noqa: F401, F811  (pytest fixtures imported from fixtures_relay are used as arguments)
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from healthledger.errors import BadRequest
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.ledger import patient_keys as pk
 from healthledger.ledger.models import PatientKeyRecord, PatientPseudonym
-from tests.ledger.fixtures_relay import key_provider, relay_db  # noqa: F401
+from tests.ledger.fixtures_relay import key_provider, relay_db
 
 # Cheap argon2id parameters for tests only; production uses pk.DEFAULT_ARGON2 (RFC 9106 §4).
 FAST = pk.Argon2Params(time_cost=1, memory_kib=1024, parallelism=1)
@@ -26,7 +27,7 @@ def _create(session, provider, ref="patient-1", password="correct horse"):  # ty
     return pk.create_patient_key(session, ref, password, provider, now=NOW, params=FAST)
 
 
-def test_password_unlocks_and_wrong_password_is_one_opaque_error(relay_db, key_provider) -> None:  # noqa: F811
+def test_password_unlocks_and_wrong_password_is_one_opaque_error(relay_db, key_provider) -> None:
     with relay_db.begin() as s:
         _create(s, key_provider)
     with relay_db() as s:
@@ -40,7 +41,7 @@ def test_password_unlocks_and_wrong_password_is_one_opaque_error(relay_db, key_p
         assert "horse" not in str(wrong.value)
 
 
-def test_stored_record_holds_no_key_material_in_clear(relay_db, key_provider) -> None:  # noqa: F811
+def test_stored_record_holds_no_key_material_in_clear(relay_db, key_provider) -> None:
     with relay_db.begin() as s:
         _create(s, key_provider)
     with relay_db() as s:
@@ -52,7 +53,7 @@ def test_stored_record_holds_no_key_material_in_clear(relay_db, key_provider) ->
         assert (rec.kdf_time_cost, rec.kdf_memory_kib, rec.kdf_parallelism) == (1, 1024, 1)
 
 
-def test_password_change_rewraps_same_key(relay_db, key_provider) -> None:  # noqa: F811
+def test_password_change_rewraps_same_key(relay_db, key_provider) -> None:
     with relay_db.begin() as s:
         _create(s, key_provider)
         before = pk.unlock(s, "patient-1", "correct horse")
@@ -69,7 +70,7 @@ def test_password_change_rewraps_same_key(relay_db, key_provider) -> None:  # no
             pk.change_password(s, "patient-1", "battery staple", "short", now=NOW, params=FAST)
 
 
-def test_recovery_needs_both_the_code_and_the_hospital_kek(relay_db, key_provider, tmp_path: Path) -> None:  # noqa: F811
+def test_recovery_needs_both_the_code_and_the_hospital_kek(relay_db, key_provider, tmp_path: Path) -> None:
     with relay_db.begin() as s:
         code = _create(s, key_provider)
         master = pk.unlock(s, "patient-1", "correct horse")
@@ -102,7 +103,7 @@ def test_recovery_needs_both_the_code_and_the_hospital_kek(relay_db, key_provide
             pk.recover(s, "patient-1", code, "new password 2", key_provider, now=NOW, params=FAST)
 
 
-def test_recovery_wrap_survives_kek_rotation(relay_db, key_provider) -> None:  # noqa: F811
+def test_recovery_wrap_survives_kek_rotation(relay_db, key_provider) -> None:
     with relay_db.begin() as s:
         code = _create(s, key_provider)
     old = key_provider.active_kek_id()
@@ -115,7 +116,7 @@ def test_recovery_wrap_survives_kek_rotation(relay_db, key_provider) -> None:  #
         pk.recover(s, "patient-1", code, "new password 1", key_provider, now=NOW, params=FAST)
 
 
-def test_create_rejects_short_password_and_duplicates(relay_db, key_provider) -> None:  # noqa: F811
+def test_create_rejects_short_password_and_duplicates(relay_db, key_provider) -> None:
     with relay_db.begin() as s:
         with pytest.raises(BadRequest):
             _create(s, key_provider, password="short")
@@ -124,7 +125,7 @@ def test_create_rejects_short_password_and_duplicates(relay_db, key_provider) ->
             _create(s, key_provider)
 
 
-def test_pseudonyms_per_grantee_recorded_and_reverse_mapped(relay_db, key_provider) -> None:  # noqa: F811
+def test_pseudonyms_per_grantee_recorded_and_reverse_mapped(relay_db, key_provider) -> None:
     with relay_db.begin() as s:
         _create(s, key_provider)
         master = pk.unlock(s, "patient-1", "correct horse")

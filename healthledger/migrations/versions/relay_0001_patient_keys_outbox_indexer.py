@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
         sa.Column("dedupe_key", sa.String(200), nullable=True),
+        sa.Column("ordering_key", sa.String(200), nullable=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.Double(), nullable=False),
@@ -74,6 +75,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("dedupe_key", name="uq_chain_outbox_dedupe_key"),
     )
     op.create_index("ix_chain_outbox_state", "chain_outbox", ["state"])
+    op.create_index("ix_chain_outbox_ordering_key", "chain_outbox", ["ordering_key"])
     op.create_index("ix_chain_outbox_next_attempt_at", "chain_outbox", ["next_attempt_at"])
     op.create_table(
         "chain_nonces",
