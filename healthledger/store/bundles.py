@@ -318,7 +318,7 @@ def _rewritten(uow: UnitOfWork, resource: dict[str, Any] | None, mapping: dict[s
     for _path, reference in fhir_bundles.references_in(resource):
         if reference in local:
             continue
-        if reference.startswith("urn:uuid:") or reference.startswith("urn:oid:"):
+        if reference.startswith(("urn:uuid:", "urn:oid:")):
             raise BadRequest("a reference names a urn:uuid that is not the fullUrl of any entry")
         if "?" in reference:
             target = parse_target(reference)

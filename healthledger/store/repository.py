@@ -30,6 +30,7 @@ from healthledger import crypto
 from healthledger.config import Settings
 from healthledger.errors import (
     BadRequest,
+    Conflict,
     Gone,
     HealthLedgerError,
     InvalidResource,
@@ -167,12 +168,16 @@ class ResourceStore:
     def unit_of_work(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
         """One database transaction for several operations: all commit, or none does."""
         self._ensure_master()
-        with self.engine.begin() as conn:
-            if self._sqlite:
-                # Take the write lock up front: a read-then-write SQLite transaction cannot upgrade
-                # its lock once another writer committed (SQLITE_BUSY without waiting).
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            yield UnitOfWork(self, conn, principal or SYSTEM)
+        try:
+            with self.engine.begin() as conn:
+                if self._sqlite:
+                    # Take the write lock up front: a read-then-write SQLite transaction cannot upgrade
+                    # its lock once another writer committed (SQLITE_BUSY without waiting).
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                yield UnitOfWork(self, conn, principal or SYSTEM)
+        except sa.exc.IntegrityError:
+            # Two writers created the same new version at once (e.g. concurrent update-as-create).
+            raise Conflict("the resource was changed concurrently; retry the request") from None
 
     @contextmanager
     def reading(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
@@ -430,15 +435,21 @@ class UnitOfWork:
         res_t.c.deleted, res_t.c.erased, res_t.c.compartment, res_t.c.data_key_id, res_t.c.payload,
     )
 
-    def _current_row(self, resource_type: str, resource_id: str) -> Any:
-        return self.conn.execute(
-            sa.select(*self._COLUMNS).where(
-                res_t.c.tenant == self.tenant,
-                res_t.c.resource_type == resource_type,
-                res_t.c.resource_id == resource_id,
-                res_t.c.is_current.is_(True),
+    def _current_row(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Any:
+        if for_update and self.conn.dialect.name == "postgresql":
+            # Serialise writers of one resource (creates included) until commit; the next statement
+            # then sees the winner's version (READ COMMITTED). SQLite writers serialise on BEGIN IMMEDIATE.
+            self.conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                {"k": f"healthledger/store|{self.tenant}|{resource_type}|{resource_id}"},
             )
-        ).first()
+        stmt = sa.select(*self._COLUMNS).where(
+            res_t.c.tenant == self.tenant,
+            res_t.c.resource_type == resource_type,
+            res_t.c.resource_id == resource_id,
+            res_t.c.is_current.is_(True),
+        )
+        return self.conn.execute(stmt).first()
 
     # -- validation --------------------------------------------------------------------------------
     def _validated(self, resource: dict[str, Any], resource_type: str | None) -> dict[str, Any]:
@@ -495,7 +506,7 @@ class UnitOfWork:
         if body_id is not None and body_id != resource_id:
             raise InvalidResource("the resource id does not match the id in the URL", expression=f"{resource_type}.id")
         resource = self._validated(resource, resource_type)
-        current = self._current_row(resource_type, resource_id)
+        current = self._current_row(resource_type, resource_id, for_update=True)
         self._check("update" if current is not None else "create", resource_type, resource)
         if current is not None and current.erased:
             raise Gone(f"{resource_type}/{resource_id} was erased")
@@ -511,7 +522,7 @@ class UnitOfWork:
         """Soft delete (R4 3.1.0.7): a tombstone version; deleting a missing or deleted resource is fine."""
         check_id(resource_id)
         self._check("delete", resource_type, None)
-        current = self._current_row(resource_type, resource_id)
+        current = self._current_row(resource_type, resource_id, for_update=True)
         if current is None:
             return None
         if current.deleted or current.erased:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,18 @@ class TickingClock:
 
 
 @pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An upgraded, empty SQLite database, copied for each test (migrations run once per session)."""
+    db = tmp_path_factory.mktemp("store-template") / "template.db"
+    engine = make_engine(f"sqlite:///{db}")
+    upgrade(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return db
+
+
+@pytest.fixture(scope="session")
 def _pg_engine(postgres_schema_url: tuple[str, str]) -> Iterator[sa.Engine]:
     url, _schema = postgres_schema_url
     engine = make_engine(url)
@@ -45,8 +58,9 @@ def make_store(engine: sa.Engine, tmp_path: Path, **settings: object) -> Resourc
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     """An empty store schema on the backend (PostgreSQL: one schema per run, tables emptied per test)."""
     if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
-        upgrade(engine)
+        db = tmp_path / "store.db"
+        shutil.copyfile(request.getfixturevalue("_sqlite_template"), db)
+        engine = make_engine(f"sqlite:///{db}")
         yield engine
         engine.dispose()
         return
