@@ -355,11 +355,16 @@ def compile_criteria(document: object, reference_date: date,
     )
 
 
+def _validation_only(code: str) -> int:
+    return len(code)  # stand-in for the keyed hash: evaluate compares plain codes
+
+
 def evaluate(document: object, patient: PatientAttributes, reference_date: date) -> bool:
     """Reference semantics in plain Python: does `patient` meet the criteria at `reference_date`?
 
     Validates the document like `compile_criteria` (raises CriteriaError for the same documents).
     """
+    compile_criteria(document, reference_date, _validation_only)  # rejects exactly what compile rejects
     ops = _operators(document)
     age = age_in_years(patient.birth_date, reference_date)
     if age < 0:
