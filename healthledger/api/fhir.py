@@ -1,0 +1,399 @@
+"""The FHIR R4 REST API under /fhir (http://hl7.org/fhir/R4/http.html): thin handlers over ResourceStore.
+
+Handlers parse HTTP, call the store with the authenticated principal, and render results. Validation
+and search semantics live in `fhir_adapters`; encryption, versioning and access checks in the store;
+error-to-OperationOutcome mapping in `healthledger.api.outcomes`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+import orjson
+from flask import Blueprint, Request, Response, request
+
+from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
+from fhir_adapters.search import parse_search
+from fhir_adapters.validation import is_resource_type
+from healthledger.api import negotiation as http
+from healthledger.api.auth_seam import authenticate
+from healthledger.api.outcomes import operation_outcome
+from healthledger.api.paging import (
+    CURSOR_PARAM,
+    HistoryEntry,
+    PageLinks,
+    decode_cursor,
+    history_bundle,
+    parse_count,
+    searchset_bundle,
+)
+from healthledger.config import Settings
+from healthledger.errors import BadRequest, InvalidResource, NotFound, UnsupportedMediaType
+from healthledger.store.access import Principal
+from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
+
+# FHIR R4 datatypes.html#id
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+_VID = re.compile(r"^[0-9]{1,9}$")
+
+# What the API really does; the CapabilityStatement is built from these, so it cannot claim more.
+TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
+SYSTEM_INTERACTIONS = ("transaction", "batch")
+# Controls this module handles itself; everything else goes to fhir_adapters.search.parse_search.
+_API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_summary"})
+# Result controls the parser understands but this API does not honour: refused rather than ignored,
+# so a client never mistakes an unsorted or unfiltered page for what it asked (FHIR R4 search.html#errors).
+_REFUSED_CONTROLS = frozenset({"_sort", "_elements", "_page", "_include", "_revinclude", "_contained"})
+_HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
+
+F = TypeVar("F", bound=Callable[..., Response])
+
+
+def fhir_blueprint(store: ResourceStore, settings: Settings) -> Blueprint:
+    """The /fhir blueprint bound to one store; no module-level state."""
+    bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+    api = _FhirApi(store, settings)
+
+    bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
+    bp.add_url_rule("", "system", api.system_bundle, methods=["POST"])
+    bp.add_url_rule("/", "system_slash", api.system_bundle, methods=["POST"])
+    bp.add_url_rule("/<resource_type>", "type", api.type_endpoint, methods=["GET", "POST"])
+    bp.add_url_rule("/<resource_type>/_search", "search_post", api.search_post, methods=["POST"])
+    bp.add_url_rule("/<resource_type>/_history", "type_history", api.type_history, methods=["GET"])
+    bp.add_url_rule("/<resource_type>/<resource_id>", "instance", api.instance, methods=["GET", "PUT", "DELETE"])
+    bp.add_url_rule("/<resource_type>/<resource_id>/_history", "instance_history", api.instance_history, methods=["GET"])
+    bp.add_url_rule("/<resource_type>/<resource_id>/_history/<version_id>", "vread", api.vread, methods=["GET"])
+    return bp
+
+
+class _FhirApi:
+    def __init__(self, store: ResourceStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._capability: bytes | None = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _base(self) -> str:
+        root = self.settings.base_url.rstrip("/") if self.settings.base_url else request.host_url.rstrip("/")
+        return f"{root}/fhir"
+
+    def _principal(self) -> Principal:
+        return authenticate(request.headers, self.settings)
+
+    def _body_resource(self) -> dict[str, Any]:
+        http.require_json_body(request)
+        return http.parse_json_object(http.read_body(request, self.settings.max_request_bytes))
+
+    def _respond(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        response = Response(dump_resource(payload), status=status, content_type=http.FHIR_JSON)
+        if headers:
+            response.headers.update(headers)
+        return response
+
+    def _resource_headers(self, stored: StoredResource, *, location: bool = False) -> dict[str, str]:
+        headers = {"ETag": http.etag(stored.version_id), "Last-Modified": http.http_date(stored.last_updated)}
+        if location:
+            headers["Location"] = (
+                f"{self._base()}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+            )
+        return headers
+
+    def _write_response(self, stored: StoredResource, status: int) -> Response:
+        """Prefer: return=minimal | representation | OperationOutcome (FHIR R4 http.html#ops)."""
+        headers = self._resource_headers(stored, location=True)
+        prefer = _prefer_return(request.headers.get("Prefer", ""))
+        if prefer == "minimal":
+            response = Response(b"", status=status)
+            response.headers.update(headers)
+            return response
+        if prefer == "OperationOutcome":
+            verb = "created" if status == 201 else "updated"
+            outcome = operation_outcome(
+                f"{stored.resource_type}/{stored.id} {verb} (version {stored.version_id})",
+                code="informational",
+                severity="information",
+            )
+            return self._respond(outcome, status, headers)
+        return self._respond(_with_meta(stored), status, headers)
+
+    # -- endpoints -----------------------------------------------------------------------------
+    def metadata(self) -> Response:
+        http.check_response_format(request)
+        if self._capability is None:
+            from fhir_adapters.capability import capability_statement
+
+            self._capability = orjson.dumps(
+                capability_statement(
+                    interactions=TYPE_INTERACTIONS,
+                    system_interactions=SYSTEM_INTERACTIONS,
+                    formats=("application/fhir+json", "application/json"),
+                    software_name="HealthLedger",
+                )
+            )
+        return Response(self._capability, status=200, content_type=http.FHIR_JSON)
+
+    def system_bundle(self) -> Response:
+        principal = self._principal()
+        http.check_response_format(request)
+        bundle = self._body_resource()
+        if bundle.get("resourceType") != "Bundle":
+            raise BadRequest("POST /fhir takes a Bundle of type batch or transaction", expression="Bundle")
+        result = self.store.execute_bundle(bundle, principal=principal)
+        return self._respond(result, 200)
+
+    def type_endpoint(self, resource_type: str) -> Response:
+        _check_type(resource_type)
+        principal = self._principal()
+        http.check_response_format(request)
+        if request.method == "POST":
+            return self._create(resource_type, principal)
+        return self._search(resource_type, principal, list(request.args.items(multi=True)))
+
+    def search_post(self, resource_type: str) -> Response:
+        _check_type(resource_type)
+        principal = self._principal()
+        http.check_response_format(request)
+        kind = http.media_type(request.headers.get("Content-Type"))
+        if kind != http.FORM_MEDIA_TYPE:
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
+        raw = http.read_body(request, self.settings.max_request_bytes)
+        try:
+            form = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=1000)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("search parameters are not valid form-encoded UTF-8") from None
+        return self._search(resource_type, principal, [*request.args.items(multi=True), *form])
+
+    def type_history(self, resource_type: str) -> Response:
+        _check_type(resource_type)
+        principal = self._principal()
+        http.check_response_format(request)
+        return self._history(resource_type, None, principal)
+
+    def instance(self, resource_type: str, resource_id: str) -> Response:
+        _check_type(resource_type)
+        principal = self._principal()
+        http.check_response_format(request)
+        if request.method == "PUT":
+            return self._update(resource_type, resource_id, principal)
+        _check_id(resource_id)
+        if request.method == "DELETE":
+            return self._delete(resource_type, resource_id, principal)
+        stored = self.store.read(resource_type, resource_id, principal=principal)
+        return self._respond(_with_meta(stored), 200, self._resource_headers(stored))
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> Response:
+        _check_type(resource_type)
+        principal = self._principal()
+        http.check_response_format(request)
+        _check_id(resource_id)
+        if not _VID.match(version_id):
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id[:20]!r}")
+        stored = self.store.vread(resource_type, resource_id, int(version_id), principal=principal)
+        return self._respond(_with_meta(stored), 200, self._resource_headers(stored))
+
+    def instance_history(self, resource_type: str, resource_id: str) -> Response:
+        _check_type(resource_type)
+        principal = self._principal()
+        http.check_response_format(request)
+        _check_id(resource_id)
+        return self._history(resource_type, resource_id, principal)
+
+    # -- interactions --------------------------------------------------------------------------
+    def _create(self, resource_type: str, principal: Principal) -> Response:
+        resource = self._body_resource()
+        _check_body_type(resource, resource_type)
+        if_none_exist = None
+        header = request.headers.get("If-None-Exist")
+        if header is not None:
+            if_none_exist = _parse_condition(header)
+        stored, created = self.store.create(resource, if_none_exist=if_none_exist, principal=principal)
+        if not created:
+            # Conditional create matched one resource: 200 OK with it, nothing written (http.html#ccreate).
+            return self._respond(_with_meta(stored), 200, self._resource_headers(stored, location=True))
+        return self._write_response(stored, 201)
+
+    def _update(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
+        if not _ID.match(resource_id):
+            raise BadRequest("the id in the URL is not a valid FHIR id ([A-Za-z0-9-.]{1,64})")
+        resource = self._body_resource()
+        _check_body_type(resource, resource_type)
+        body_id = resource.get("id")
+        if body_id is None:
+            raise InvalidResource("the resource must carry an id equal to the id in the URL", expression=f"{resource_type}.id")
+        if body_id != resource_id:
+            raise InvalidResource("the id in the resource does not match the id in the URL", expression=f"{resource_type}.id")
+        if_match = None
+        header = request.headers.get("If-Match")
+        if header is not None:
+            if_match = http.parse_etag(header)
+        stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match, principal=principal)
+        return self._write_response(stored, 201 if created else 200)
+
+    def _delete(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
+        stored = self.store.delete(resource_type, resource_id, principal=principal)
+        response = Response(b"", status=204)
+        if stored is not None:
+            response.headers["ETag"] = http.etag(stored.version_id)
+        return response
+
+    def _search(self, resource_type: str, principal: Principal, params: list[tuple[str, str]]) -> Response:
+        controls: dict[str, list[str]] = {}
+        criteria: list[tuple[str, str]] = []
+        for name, value in params:
+            if name.partition(":")[0] in _REFUSED_CONTROLS:
+                raise UnsupportedSearch(f"'{name.partition(':')[0]}' is not supported by this server")
+            if name in _API_CONTROLS:
+                controls.setdefault(name, []).append(value)
+            else:
+                criteria.append((name, value))
+        count = parse_count(
+            controls.get("_count", []),
+            default=self.settings.default_page_size,
+            maximum=self.settings.max_page_size,
+        )
+        summary = _parse_summary(controls.get("_summary", []))
+        offset = 0
+        if CURSOR_PARAM in controls:
+            offset = decode_cursor(controls[CURSOR_PARAM][-1])
+        elif "_offset" in controls:
+            offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
+        query = parse_search(resource_type, criteria)
+        endpoint = f"{self._base()}/{resource_type}"
+        kept = [(n, v) for n, v in criteria]
+        if summary == "count":
+            kept.append(("_summary", "count"))
+        if summary == "count" or count == 0:
+            page = self.store.search(resource_type, query, count=0, offset=0, principal=principal)
+            links = PageLinks(endpoint, tuple(kept), count, 0).links(None)[:1]
+            return self._respond(searchset_bundle([], total=page.total, links=links))
+        page = self.store.search(resource_type, query, count=count, offset=offset, principal=principal)
+        base = self._base()
+        entries = [(f"{base}/{item.resource_type}/{item.id}", _with_meta(item)) for item in page.items]
+        links = PageLinks(endpoint, tuple(kept), count, offset).links(page.next_offset)
+        return self._respond(searchset_bundle(entries, total=page.total, links=links))
+
+    def _history(self, resource_type: str, resource_id: str | None, principal: Principal) -> Response:
+        params = list(request.args.items(multi=True))
+        unknown = sorted({name for name, _ in params if name not in _HISTORY_PARAMS})
+        if unknown:
+            raise BadRequest(f"unsupported history parameter {unknown[0][:40]!r} (supported: _since, _count)")
+        args = request.args
+        count = parse_count(
+            args.getlist("_count"), default=self.settings.default_page_size, maximum=self.settings.max_page_size
+        )
+        offset = decode_cursor(args[CURSOR_PARAM]) if CURSOR_PARAM in args else 0
+        since = _parse_instant(args["_since"], "_since") if "_since" in args else None
+        page = self.store.history(
+            resource_type, resource_id, since=since, count=count, offset=offset, principal=principal
+        )
+        base = self._base()
+        entries = []
+        for item in page.items:
+            url = f"{item.resource_type}/{item.id}"
+            if item.deleted:
+                method, status = "DELETE", "204 No Content"
+            elif item.version_id == 1:
+                method, status = "POST", "201 Created"
+            else:
+                method, status = "PUT", "200 OK"
+            entries.append(
+                HistoryEntry(
+                    full_url=f"{base}/{url}",
+                    request_url=item.resource_type if method == "POST" else url,
+                    method=method,
+                    status=status,
+                    version_id=item.version_id,
+                    last_modified=http.fhir_instant(item.last_updated),
+                    resource=None if item.deleted or item.resource is None else _with_meta(item),
+                )
+            )
+        kept = [(n, v) for n, v in params if n == "_since"]
+        endpoint = f"{base}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
+        links = PageLinks(endpoint, tuple(kept), count, offset).links(page.next_offset)
+        return self._respond(history_bundle(entries, total=page.total, links=links))
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+def _check_type(resource_type: str) -> None:
+    if not _TYPE.match(resource_type) or not is_resource_type(resource_type):
+        shown = resource_type[:40] if resource_type.isprintable() else "?"
+        raise UnknownResourceType(f"unknown resource type {shown!r}")
+
+
+def _check_id(resource_id: str) -> None:
+    if not _ID.match(resource_id):
+        raise NotFound("no resource with that id (ids are [A-Za-z0-9-.]{1,64})")
+
+
+def _check_body_type(resource: dict[str, Any], resource_type: str) -> None:
+    body_type = resource.get("resourceType")
+    if body_type != resource_type:
+        raise InvalidResource(
+            f"resourceType in the body must be {resource_type!r} to match the URL",
+            expression="resourceType",
+        )
+
+
+def _with_meta(stored: StoredResource) -> dict[str, Any]:
+    """The stored resource with meta.versionId and meta.lastUpdated from the store (FHIR R4 resource.html#Meta)."""
+    resource = dict(stored.resource or {})
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(stored.version_id)
+    meta["lastUpdated"] = http.fhir_instant(stored.last_updated)
+    resource["meta"] = meta
+    return resource
+
+
+def _parse_condition(header: str) -> list[tuple[str, str]]:
+    """If-None-Exist carries a search query string (FHIR R4 http.html#ccreate)."""
+    text = header.strip()
+    if "?" in text:
+        text = text.split("?", 1)[1]
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=100)
+    except ValueError:
+        raise BadRequest("If-None-Exist must be a search query like identifier=system|value") from None
+    if not pairs:
+        raise BadRequest("If-None-Exist must be a search query like identifier=system|value")
+    return pairs
+
+
+def _parse_summary(values: list[str]) -> str | None:
+    if not values:
+        return None
+    value = values[-1]
+    if value == "count":
+        return "count"
+    if value == "false":
+        return None
+    raise BadRequest("_summary supports only 'count' and 'false'")
+
+
+def _parse_instant(value: str, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadRequest(f"{name} must be an instant like 2024-01-31T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _prefer_return(prefer: str) -> str:
+    # RFC 7240 §2; FHIR R4 http.html#ops: return=minimal | representation | OperationOutcome.
+    for token in prefer.split(","):
+        name, _, value = token.strip().partition("=")
+        if name.strip().lower() == "return":
+            value = value.strip().strip('"')
+            if value in {"minimal", "representation", "OperationOutcome"}:
+                return value
+    return "representation"
+
+
+def request_is_fhir(req: Request) -> bool:
+    return req.path == "/fhir" or req.path.startswith("/fhir/")

@@ -1,0 +1,109 @@
+"""The one place where errors become FHIR OperationOutcome responses (FHIR R4 §3.1.0.4, http.html#summary).
+
+Every error a caller can cause is a `HealthLedgerError` or a `fhir_adapters.errors.FhirInputError`; both
+carry a message that is safe to show (no PHI), an HTTP status and, where known, the failing path.
+Anything else is a bug: it is logged server-side with its traceback and the caller sees a generic 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from flask import Response, request
+from werkzeug.exceptions import HTTPException
+
+from fhir_adapters.errors import FhirInputError
+from healthledger.api.negotiation import FHIR_JSON
+from healthledger.errors import HealthLedgerError, Unauthorized
+
+log = structlog.get_logger("healthledger.api")
+
+# FHIR IssueType codes (http://hl7.org/fhir/R4/valueset-issue-type.html) for the statuses werkzeug raises.
+_HTTP_ISSUE_CODES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    409: "conflict",
+    410: "deleted",
+    411: "required",
+    412: "conflict",
+    413: "too-costly",
+    414: "too-costly",
+    415: "not-supported",
+    416: "invalid",
+    422: "processing",
+    429: "throttled",
+    431: "too-costly",
+}
+
+
+def operation_outcome(
+    diagnostics: str, *, code: str, severity: str = "error", expression: str | None = None
+) -> dict[str, Any]:
+    """An OperationOutcome with one issue (kept here so the API does not depend on A's builder's shape)."""
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if expression:
+        issue["expression"] = [expression]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def outcome_response(outcome: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    response = Response(orjson.dumps(outcome), status=status, content_type=FHIR_JSON)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def error_response(error: BaseException) -> Response:
+    """Map any exception to an OperationOutcome response; the only translation point for the API."""
+    if isinstance(error, HealthLedgerError):
+        status = error.status
+        if status >= 500:
+            # Our own 5xx (decryption of a shredded key is reported as Gone by the store; a ChainError is
+            # transient) keeps its safe message; only unexpected exceptions get the generic one.
+            log.error("api.error", status=status, error=type(error).__name__, route=_route())
+        headers = {}
+        if isinstance(error, Unauthorized):
+            # RFC 6750 §3: a 401 names the scheme the client must use.
+            headers["WWW-Authenticate"] = 'Bearer realm="healthledger"'
+        outcome = operation_outcome(error.message, code=error.code, expression=error.expression)
+        return outcome_response(outcome, status, headers)
+    if isinstance(error, FhirInputError):
+        outcome = operation_outcome(error.message, code=error.code, expression=error.expression)
+        return outcome_response(outcome, error.status)
+    if isinstance(error, HTTPException):
+        status = error.code or 500
+        headers = {}
+        if status == 405:
+            allowed = getattr(error, "valid_methods", None)
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        message = _HTTP_MESSAGES.get(status, error.name.lower() if error.name else "request failed")
+        outcome = operation_outcome(message, code=_HTTP_ISSUE_CODES.get(status, "exception"))
+        return outcome_response(outcome, status, headers)
+    log.exception("api.unhandled", error=type(error).__name__, route=_route())
+    return outcome_response(operation_outcome("internal server error", code="exception"), 500)
+
+
+_HTTP_MESSAGES = {
+    400: "bad request",
+    404: "no such endpoint",
+    405: "method not allowed on this endpoint",
+    413: "request body too large",
+    414: "request URI too long",
+    431: "request headers too large",
+}
+
+
+def _route() -> str:
+    # The URL rule, not the URL: ids and search values in the URL may be identifying.
+    try:
+        rule = request.url_rule
+        return f"{request.method} {rule.rule if rule else '?'}"
+    except RuntimeError:
+        return "?"

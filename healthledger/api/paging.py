@@ -1,0 +1,144 @@
+"""Search and history result Bundles with paging links (FHIR R4 bundle.html, search.html#paging, http.html#history).
+
+Paging links carry the client's parameters plus an opaque `_cursor` (the offset into the store's stable
+order), so a client only ever follows links it was given. A cursor is validated like any other input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from healthledger.api.negotiation import etag
+from healthledger.errors import BadRequest
+
+CURSOR_PARAM = "_cursor"
+_CURSOR_VERSION = 1
+_MAX_OFFSET = 10**9
+
+
+def encode_cursor(offset: int) -> str:
+    raw = orjson.dumps({"v": _CURSOR_VERSION, "o": offset})
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(token: str) -> int:
+    """The offset inside a cursor from one of our links; 400 for anything else."""
+    if len(token) > 200:
+        raise BadRequest("invalid paging cursor")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        value = orjson.loads(raw)
+    except (binascii.Error, ValueError):
+        raise BadRequest("invalid paging cursor") from None
+    if not isinstance(value, dict) or value.get("v") != _CURSOR_VERSION:
+        raise BadRequest("invalid paging cursor")
+    offset = value.get("o")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= _MAX_OFFSET:
+        raise BadRequest("invalid paging cursor")
+    return offset
+
+
+def parse_count(values: Sequence[str], *, default: int, maximum: int, name: str = "_count") -> int:
+    """`_count` (FHIR R4 search.html#count): a non-negative integer, capped at the server's maximum."""
+    if not values:
+        return default
+    if len(values) > 1:
+        raise BadRequest(f"{name} may be given only once")
+    text = values[-1].strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise BadRequest(f"{name} must be a non-negative integer")
+    return min(int(text), maximum)
+
+
+@dataclass(frozen=True)
+class PageLinks:
+    """Where a page sits: the endpoint, the client's parameters (without the cursor), count and offset."""
+
+    endpoint: str
+    params: tuple[tuple[str, str], ...]
+    count: int
+    offset: int
+
+    def url(self, offset: int) -> str:
+        params = [*self.params, ("_count", str(self.count))]
+        if offset > 0:
+            params.append((CURSOR_PARAM, encode_cursor(offset)))
+        return f"{self.endpoint}?{urlencode(params)}"
+
+    def links(self, next_offset: int | None) -> list[dict[str, str]]:
+        links = [{"relation": "self", "url": self.url(self.offset)}]
+        if next_offset is not None:
+            links.append({"relation": "next", "url": self.url(next_offset)})
+        if self.offset > 0:
+            links.append({"relation": "previous", "url": self.url(max(0, self.offset - self.count))})
+        return links
+
+
+def searchset_bundle(
+    entries: Iterable[tuple[str, dict[str, Any]]],
+    *,
+    total: int | None,
+    links: list[dict[str, str]],
+) -> dict[str, Any]:
+    """A `searchset` Bundle; entries are (fullUrl, resource), all with search.mode = match."""
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    bundle["entry"] = [
+        {"fullUrl": full_url, "resource": resource, "search": {"mode": "match"}} for full_url, resource in entries
+    ]
+    if not bundle["entry"]:
+        del bundle["entry"]
+    return bundle
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    full_url: str
+    request_url: str
+    method: str
+    status: str
+    version_id: int
+    last_modified: str
+    resource: dict[str, Any] | None
+
+
+def history_bundle(
+    entries: Iterable[HistoryEntry], *, total: int | None, links: list[dict[str, str]]
+) -> dict[str, Any]:
+    """A `history` Bundle (FHIR R4 http.html#history): newest first, deletes carry no resource."""
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    out = []
+    for item in entries:
+        entry: dict[str, Any] = {"fullUrl": item.full_url}
+        if item.resource is not None:
+            entry["resource"] = item.resource
+        entry["request"] = {"method": item.method, "url": item.request_url}
+        entry["response"] = {"status": item.status, "etag": etag(item.version_id), "lastModified": item.last_modified}
+        out.append(entry)
+    if out:
+        bundle["entry"] = out
+    return bundle
+
+
+__all__ = [
+    "CURSOR_PARAM",
+    "HistoryEntry",
+    "PageLinks",
+    "decode_cursor",
+    "encode_cursor",
+    "history_bundle",
+    "parse_count",
+    "searchset_bundle",
+]
