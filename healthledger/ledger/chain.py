@@ -123,10 +123,10 @@ class Chain:
         with translate_errors(self._errors):
             return int(self.w3.eth.block_number)
 
-    def call(self, fn_call: Any, *, block: int | str = "latest") -> Any:
-        """Run a view (or simulate a write) and return its decoded result."""
+    def call(self, fn_call: Any, *, block: int | str = "latest", sender: str | None = None) -> Any:
+        """Run a view (or simulate a write from `sender`) and return its decoded result."""
         with translate_errors(self._errors):
-            return fn_call.call({"from": self.operator.address}, block_identifier=block)
+            return fn_call.call({"from": sender or self.operator.address}, block_identifier=block)
 
     def get_logs(
         self,
@@ -169,9 +169,11 @@ class Chain:
         nonce: int | None = None,
         fees: Fees | None = None,
         value: int = 0,
+        sender: LocalAccount | None = None,
     ) -> TxParams:
-        """An unsigned EIP-1559 transaction from the operator (gas estimated when not given)."""
-        base: TxParams = {"from": self.operator.address, "chainId": self.chain_id, "value": value}
+        """An unsigned EIP-1559 transaction from the operator, or `sender` (gas estimated when not given)."""
+        sender = sender or self.operator
+        base: TxParams = {"from": sender.address, "chainId": self.chain_id, "value": value}
         with translate_errors(self._errors):
             if gas is None:
                 estimate = fn_call.estimate_gas(base)
@@ -192,12 +194,13 @@ class Chain:
             tx.pop("nonce", None)  # assigned under the nonce lock in sign_and_submit
         return tx
 
-    def sign_and_submit(self, tx: TxParams) -> HexBytes:
-        """Sign with the operator key and broadcast; a transaction without nonce gets the next one."""
+    def sign_and_submit(self, tx: TxParams, *, sender: LocalAccount | None = None) -> HexBytes:
+        """Sign with the operator key (or `sender`'s) and broadcast; no nonce = the next one."""
+        sender = sender or self.operator
         with self._nonce_lock(), translate_errors(self._errors):
             if "nonce" not in tx:
-                tx = {**tx, "nonce": self.w3.eth.get_transaction_count(self.operator.address, "pending")}
-            signed = self.operator.sign_transaction(tx)  # type: ignore[arg-type]
+                tx = {**tx, "nonce": self.w3.eth.get_transaction_count(sender.address, "pending")}
+            signed = sender.sign_transaction(tx)  # type: ignore[arg-type]
             return HexBytes(self.w3.eth.send_raw_transaction(signed.raw_transaction))
 
     def wait(self, tx_hash: HexBytes | str, *, timeout: float = RECEIPT_TIMEOUT_SECONDS) -> TxReceipt:
@@ -228,11 +231,11 @@ class Chain:
         nonce: int | None = None,
         fees: Fees | None = None,
         timeout: float = RECEIPT_TIMEOUT_SECONDS,
+        sender: LocalAccount | None = None,
     ) -> TxReceipt:
-        """build + sign_and_submit + wait: a contract write from the operator, its receipt back."""
-        return self.wait(
-            self.sign_and_submit(self.build(fn_call, gas=gas, nonce=nonce, fees=fees)), timeout=timeout
-        )
+        """build + sign_and_submit + wait: a contract write (from the operator unless `sender`)."""
+        tx = self.build(fn_call, gas=gas, nonce=nonce, fees=fees, sender=sender)
+        return self.wait(self.sign_and_submit(tx, sender=sender), timeout=timeout)
 
     def receipt(self, tx_hash: HexBytes | str) -> TxReceipt | None:
         """The receipt if the transaction is mined, else None (no waiting)."""
@@ -302,7 +305,11 @@ def decode_revert(data: str | bytes | None, table: ErrorTable | None = None) -> 
             return ContractRevert("Panic", tuple(abi_decode(["uint256"], body)), raw.hex())
         if selector in table:
             name, types = table[selector]
-            return ContractRevert(name, tuple(abi_decode(types, body)), raw.hex())
+            values = abi_decode(types, body)
+            shown = (
+                to_checksum_address(v) if t == "address" else v for t, v in zip(types, values, strict=True)
+            )
+            return ContractRevert(name, tuple(shown), raw.hex())
     except (ValueError, TypeError, OverflowError):  # data does not match the declared types: show it raw
         return ContractRevert("UnknownRevert", (), raw.hex())
     return ContractRevert("UnknownRevert" if raw else "Reverted", (), raw.hex())
