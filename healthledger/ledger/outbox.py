@@ -88,6 +88,7 @@ class OutboxPolicy:
     max_backoff_seconds: float = 300.0
     receipt_poll_seconds: float = 1.0
     bump_after_seconds: float = 30.0
+    rebroadcast_after_seconds: float = 10.0  # a node that restarted has forgotten its mempool
     fee_cap_wei: int = 500 * 10**9  # never bid above 500 gwei per gas without a human deciding to
 
 
@@ -473,7 +474,13 @@ class _Worker:
             if item.state != OutboxState.SENT.value:
                 return
             hashes: list[str] = json.loads(item.tx_hashes)
-            nonce, sender, raw, signed_at = item.nonce, item.sender, item.raw_tx, item.signed_at
+            nonce, sender, raw, signed_at, sent_at = (
+                item.nonce,
+                item.sender,
+                item.raw_tx,
+                item.signed_at,
+                item.sent_at,
+            )
         receipt = self._find_receipt(hashes)
         if receipt is None:
             assert nonce is not None and sender is not None and raw is not None
@@ -486,10 +493,19 @@ class _Worker:
             elif signed_at is not None and self.now - signed_at >= self.policy.bump_after_seconds:
                 self._bump(item_id)
                 return
+            elif sent_at is None or self.now - sent_at >= self.policy.rebroadcast_after_seconds:
+                self._broadcast(item_id, raw)  # never broadcast (crash) or the node may have lost it
+                return
             else:
-                self._broadcast(item_id, raw)  # the node may have lost it (restart, eviction)
+                self._poll_later(item_id)
                 return
         self._settle(item_id, receipt)
+
+    def _poll_later(self, item_id: int) -> None:
+        with self.sessions.begin() as session:
+            item = self._mine(session, item_id)
+            if item is not None:
+                item.next_attempt_at = self.now + self.policy.receipt_poll_seconds
 
     def _settle(self, item_id: int, receipt: Any) -> None:
         block = int(receipt["blockNumber"])
