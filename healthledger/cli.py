@@ -61,10 +61,19 @@ def _register() -> None:
     from zk.cli import build_zk_group
 
     cli.add_command(build_zk_group(), "zk")
+    from healthledger.auth.commands import clients_group
+
+    cli.add_command(clients_group)
+    from healthledger.ledger.commands import chain_group
+
+    cli.add_command(chain_group)
+
+
+# Registered when this module is imported, so `cli` is complete for `main()` and for CliRunner tests alike.
+_register()
 
 
 def main() -> None:
-    _register()
     try:
         cli(obj={})
     except KeyboardInterrupt:

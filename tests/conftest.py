@@ -74,3 +74,23 @@ def node_tool(name: str) -> Path:
     if not path.exists() or shutil.which("node") is None:
         pytest.fail(f"{name} missing: run `make test` (it runs `npm ci`)")
     return path
+
+
+@pytest.fixture(scope="session")
+def _migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file with every migration applied, copied per test (migrating each time is slow)."""
+    from healthledger.db import make_engine, upgrade
+
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture()
+def migrated_sqlite_url(_migrated_sqlite_template: Path, tmp_path: Path) -> str:
+    """A fresh, fully migrated SQLite database for this test."""
+    target = tmp_path / "db.sqlite"
+    shutil.copyfile(_migrated_sqlite_template, target)
+    return f"sqlite:///{target}"

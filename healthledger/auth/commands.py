@@ -1,0 +1,99 @@
+"""`healthledger clients ...`: register, list and disable API clients (scriptable with --json)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from healthledger.auth.models import ApiClient
+from healthledger.auth.scopes import InvalidScope
+from healthledger.auth.tokens import OAuthError, disable_client, list_clients, register_client
+from healthledger.config import Settings
+from healthledger.db import make_engine, session_factory, upgrade
+
+
+def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    return session_factory(engine)
+
+
+def _client_json(c: ApiClient) -> dict[str, Any]:
+    return {
+        "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "auth_method": c.auth_method,
+        "jwks_url": c.jwks_url, "role": c.role, "organization": c.organization,
+        "default_purpose": c.default_purpose, "disabled": c.disabled, "created_at": c.created_at.isoformat(),
+    }
+
+
+@click.group("clients")
+def clients_group() -> None:
+    """API clients (SMART Backend Services)."""
+
+
+@clients_group.command("add")
+@click.argument("name")
+@click.option("--scopes", required=True, help='SMART scopes it may be granted, e.g. "system/*.rs system/Observation.c"')
+@click.option("--role", type=click.Choice(["system", "clinician", "researcher", "auditor"]), default="system", show_default=True)
+@click.option("--organization", default="", help="Organization/{id} the client acts for")
+@click.option("--purpose", "default_purpose", default="TREAT", show_default=True, help="default PurposeOfUse")
+@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JWKS file (public keys)")
+@click.option("--jwks-url", help="URL of the client's JWKS")
+@click.option("--secret", "with_secret", is_flag=True, help="development only: a client secret instead of keys")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def add(name: str, scopes: str, role: str, organization: str, default_purpose: str, jwks_file: Path | None,
+        jwks_url: str | None, with_secret: bool, as_json: bool) -> None:
+    """Register a client. A secret, if asked for, is printed once and stored only as a hash."""
+    try:
+        jwks = json.loads(jwks_file.read_text()) if jwks_file else None
+    except ValueError:
+        raise click.ClickException(f"{jwks_file} is not JSON") from None
+    sessions = _sessions(Settings.load())
+    try:
+        with sessions.begin() as s:
+            client, secret = register_client(
+                s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
+                with_secret=with_secret, default_purpose=default_purpose, now=datetime.now(timezone.utc),
+            )
+            out = _client_json(client)
+    except (ValueError, InvalidScope) as exc:
+        raise click.ClickException(str(exc)) from None
+    if secret:
+        out["client_secret"] = secret
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(f"registered client {out['client_id']} ({name}), {out['auth_method']}")
+        if secret:
+            click.echo(f"client secret (shown once): {secret}")
+
+
+@clients_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def list_cmd(as_json: bool) -> None:
+    """List registered clients."""
+    with _sessions(Settings.load())() as s:
+        rows = [_client_json(c) for c in list_clients(s)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        state = "disabled" if r["disabled"] else "active"
+        click.echo(f"{r['client_id']}  {state:8}  {r['auth_method']:15}  {r['role']:10}  {r['name']}  [{r['scopes']}]")
+
+
+@clients_group.command("disable")
+@click.argument("client_id")
+@click.option("--json", "as_json", is_flag=True)
+def disable(client_id: str, as_json: bool) -> None:
+    """Disable a client: its tokens stop working at once."""
+    try:
+        with _sessions(Settings.load()).begin() as s:
+            out = _client_json(disable_client(s, client_id))
+    except OAuthError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(json.dumps(out) if as_json else f"disabled client {client_id}")

@@ -1,0 +1,39 @@
+"""Tables of API client registrations and of client-assertion ids seen (replay protection)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, DateTime, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from healthledger.db import Base
+
+
+class ApiClient(Base):
+    """A registered API client (hospital system, research tool)."""
+
+    __tablename__ = "api_clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[str] = mapped_column(Text)  # space-separated SMART scopes it may be granted
+    auth_method: Mapped[str] = mapped_column(String(32))  # private_key_jwt | client_secret
+    jwks: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON Web Key Set (public keys)
+    jwks_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    secret_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)  # argon2id
+    role: Mapped[str] = mapped_column(String(32))  # system | researcher | auditor | clinician
+    organization: Mapped[str] = mapped_column(String(200), default="")  # Organization/{id}
+    default_purpose: Mapped[str] = mapped_column(String(16), default="TREAT")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SeenAssertion(Base):
+    """A client assertion's `jti`, kept until the assertion expires (RFC 7523 §3 item 7)."""
+
+    __tablename__ = "auth_seen_assertions"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

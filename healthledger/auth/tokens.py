@@ -1,0 +1,361 @@
+"""OAuth 2.0 client credentials for SMART Backend Services: client authentication, access tokens.
+
+- Client authentication: `private_key_jwt` (RFC 7523 §2.2 / SMART Backend Services: an assertion
+  signed RS384 or ES384 with a key from the client's registered JWKS, `iss` = `sub` = client id,
+  `aud` = our token endpoint, `exp` at most five minutes ahead, `jti` never seen before), or a client
+  secret (`client_secret_basic` / `client_secret_post`, RFC 6749 §2.3.1) for development.
+- Access tokens are JWTs signed ES256 by a server key (wrapped by the key provider); they live
+  minutes, and a disabled client's tokens stop working at once because each use re-checks the client.
+All JWT parsing and verification is joserfc's; this module states the protocol's rules.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import requests
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+from joserfc.jwt import JWTClaimsRegistry
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from healthledger.auth.models import ApiClient, SeenAssertion
+from healthledger.auth.scopes import InvalidScope, ResourceScope, format_scopes, grant_scopes, parse_scopes
+from healthledger.errors import HealthLedgerError, Unauthorized
+from healthledger.keys import KeyProvider, WrappedKey
+
+GRANT_TYPE = "client_credentials"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ("RS384", "ES384")  # SMART Backend Services: servers SHALL support both
+MAX_ASSERTION_LIFETIME = 300  # seconds; SMART: exp no more than five minutes in the future
+CLOCK_LEEWAY = 30  # seconds
+ACCESS_TOKEN_ALGORITHM = "ES256"
+_SIGNING_KEY_FILE = "token-signing-key.json"
+_SIGNING_KEY_CONTEXT = b"healthledger/token-signing-key/v1"
+
+_hasher = PasswordHasher()  # argon2id with the library's current defaults
+
+
+class OAuthError(HealthLedgerError):
+    """An RFC 6749 §5.2 error response: `error` code and a description safe to show."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description, status=status)
+        self.error = error
+
+    def as_json(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.message}
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    grant_type: str = ""
+    scope: str = ""
+    client_assertion_type: str = ""
+    client_assertion: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    """What a valid access token lets its bearer do; the API builds its principal from this."""
+
+    client_id: str
+    scopes: tuple[ResourceScope | str, ...]
+    role: str
+    organization: str
+    default_purpose: str
+    expires_at: int
+
+
+def hash_secret(secret: str) -> str:
+    return _hasher.hash(secret)
+
+
+class TokenSigner:
+    """The server's ES256 key for access tokens, created on first use and stored wrapped by the KEK."""
+
+    def __init__(self, key: ECKey) -> None:
+        key.ensure_kid()  # the RFC 7638 thumbprint, so verifiers can pick it out of our JWKS
+        self.key = key
+
+    @classmethod
+    def load_or_create(cls, keys_dir: Path, provider: KeyProvider) -> "TokenSigner":
+        path = Path(keys_dir) / _SIGNING_KEY_FILE
+        if path.exists():
+            stored = json.loads(path.read_text())
+            wrapped = WrappedKey(stored["kek_id"], bytes.fromhex(stored["blob"]))
+            return cls(ECKey.import_key(json.loads(provider.unwrap(wrapped, _SIGNING_KEY_CONTEXT))))
+        key = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": ACCESS_TOKEN_ALGORITHM}, auto_kid=True)
+        wrapped = provider.wrap(json.dumps(key.as_dict(private=True)).encode(), _SIGNING_KEY_CONTEXT)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return cls(key)
+
+    def public_jwks(self) -> dict[str, Any]:
+        return KeySet([self.key]).as_dict(private=False)
+
+
+class JwksCache:
+    """Fetches a client's JWKS by URL (HTTPS in production), caching it for `ttl` seconds."""
+
+    def __init__(self, ttl: float = 300.0, fetch: Callable[[str], dict[str, Any]] | None = None) -> None:
+        self._ttl = ttl
+        self._fetch = fetch or self._http_get
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _http_get(url: str) -> dict[str, Any]:
+        resp = requests.get(url, timeout=5)
+        resp.raise_for_status()
+        return resp.json()  # type: ignore[no-any-return]
+
+    def get(self, url: str, *, refresh: bool = False) -> dict[str, Any]:
+        with self._lock:
+            hit = self._cache.get(url)
+            if hit and not refresh and time.monotonic() - hit[0] < self._ttl:
+                return hit[1]
+        try:
+            jwks = self._fetch(url)
+        except (requests.RequestException, ValueError) as exc:
+            raise OAuthError("invalid_client", "the client's JWKS URL could not be fetched", 401) from exc
+        with self._lock:
+            self._cache[url] = (time.monotonic(), jwks)
+        return jwks
+
+
+class TokenService:
+    """Issues and checks access tokens. Time comes from `clock` (seconds since the epoch)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker,  # type: ignore[type-arg]
+        signer: TokenSigner,
+        *,
+        issuer: str,
+        token_endpoint: str,
+        lifetime_seconds: int = 300,
+        clock: Callable[[], float] = time.time,
+        jwks_cache: JwksCache | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._signer = signer
+        self.issuer = issuer.rstrip("/")
+        self.token_endpoint = token_endpoint
+        self._lifetime = lifetime_seconds
+        self._clock = clock
+        self._jwks = jwks_cache or JwksCache()
+
+    # -- token endpoint -----------------------------------------------------------------------
+    def issue(self, req: TokenRequest) -> dict[str, Any]:
+        if req.grant_type != GRANT_TYPE:
+            raise OAuthError("unsupported_grant_type", "only grant_type=client_credentials is supported")
+        if not req.scope.strip():
+            raise OAuthError("invalid_scope", "scope is required")
+        now = int(self._clock())
+        with self._sessions.begin() as session:
+            if req.client_assertion or req.client_assertion_type:
+                client = self._authenticate_assertion(session, req, now)
+            elif req.client_id and req.client_secret:
+                client = self._authenticate_secret(session, req)
+            else:
+                raise OAuthError("invalid_client", "client authentication is required", 401)
+            try:
+                granted = grant_scopes(req.scope, client.scopes)
+            except InvalidScope as exc:
+                raise OAuthError("invalid_scope", exc.message) from exc
+            claims = {
+                "iss": self.issuer,
+                "sub": client.client_id,
+                "aud": self.issuer,
+                "iat": now,
+                "exp": now + self._lifetime,
+                "jti": secrets.token_urlsafe(16),
+                "scope": format_scopes(granted),
+            }
+        token = jwt.encode(
+            {"alg": ACCESS_TOKEN_ALGORITHM, "kid": self._signer.key.kid, "typ": "at+jwt"},
+            claims,
+            self._signer.key,
+            algorithms=[ACCESS_TOKEN_ALGORITHM],
+        )
+        return {"access_token": token, "token_type": "bearer", "expires_in": self._lifetime, "scope": claims["scope"]}
+
+    def _client(self, session: Session, client_id: str) -> ApiClient:
+        client = session.get(ApiClient, client_id) if client_id else None
+        if client is None or client.disabled:
+            raise OAuthError("invalid_client", "unknown or disabled client", 401)
+        return client
+
+    def _authenticate_secret(self, session: Session, req: TokenRequest) -> ApiClient:
+        client = self._client(session, req.client_id)
+        if client.auth_method != "client_secret" or not client.secret_hash:
+            raise OAuthError("invalid_client", "this client must authenticate with a signed JWT assertion", 401)
+        try:
+            _hasher.verify(client.secret_hash, req.client_secret)
+        except VerificationError:
+            raise OAuthError("invalid_client", "client authentication failed", 401) from None
+        return client
+
+    def _authenticate_assertion(self, session: Session, req: TokenRequest, now: int) -> ApiClient:
+        if req.client_assertion_type != ASSERTION_TYPE:
+            raise OAuthError("invalid_client", f"client_assertion_type must be {ASSERTION_TYPE}", 401)
+        try:
+            unverified = json.loads(jws.extract_compact(req.client_assertion.encode()).payload)
+            client_id = unverified.get("iss") if isinstance(unverified, dict) else None
+        except (JoseError, ValueError, UnicodeError):
+            raise OAuthError("invalid_client", "client_assertion is not a well-formed JWT", 401) from None
+        if not isinstance(client_id, str) or (req.client_id and req.client_id != client_id):
+            raise OAuthError("invalid_client", "client_assertion iss must be the client id", 401)
+        client = self._client(session, client_id)
+        if client.auth_method != "private_key_jwt":
+            raise OAuthError("invalid_client", "this client is registered for secret authentication", 401)
+        claims = self._verify_assertion(client, req.client_assertion)
+        registry = JWTClaimsRegistry(
+            now=now,
+            leeway=CLOCK_LEEWAY,
+            iss={"essential": True, "value": client.client_id},
+            sub={"essential": True, "value": client.client_id},
+            aud={"essential": True, "value": self.token_endpoint},
+            exp={"essential": True},
+            jti={"essential": True},
+        )
+        try:
+            registry.validate(claims)
+        except JoseError as exc:
+            raise OAuthError("invalid_client", f"client_assertion rejected: {exc.error}", 401) from None
+        exp = int(claims["exp"])
+        if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_LEEWAY:
+            raise OAuthError("invalid_client", "client_assertion exp is more than five minutes ahead", 401)
+        self._remember_jti(session, client.client_id, str(claims["jti"]), exp, now)
+        return client
+
+    def _verify_assertion(self, client: ApiClient, assertion: str) -> dict[str, Any]:
+        def keys(refresh: bool) -> KeySet:
+            data = self._jwks.get(client.jwks_url, refresh=refresh) if client.jwks_url else json.loads(client.jwks or "{}")
+            return KeySet.import_key_set(data)
+
+        for refresh in (False, True) if client.jwks_url else (False,):
+            try:
+                return jwt.decode(assertion, keys(refresh), algorithms=list(ASSERTION_ALGORITHMS)).claims
+            except JoseError as exc:
+                last = exc
+                continue  # a rotated key: fetch the JWKS once more before giving up
+        raise OAuthError("invalid_client", f"client_assertion signature rejected: {last.error}", 401)
+
+    def _remember_jti(self, session: Session, client_id: str, jti: str, exp: int, now: int) -> None:
+        expires = datetime.fromtimestamp(exp + CLOCK_LEEWAY, timezone.utc)
+        session.execute(
+            delete(SeenAssertion).where(SeenAssertion.expires_at < datetime.fromtimestamp(now, timezone.utc))
+        )
+        try:
+            with session.begin_nested():
+                session.add(SeenAssertion(client_id=client_id, jti=jti[:255], expires_at=expires))
+        except IntegrityError:
+            raise OAuthError("invalid_client", "client_assertion jti was already used", 401) from None
+
+    # -- resource server -----------------------------------------------------------------------
+    def authenticate(self, bearer: str) -> AccessGrant:
+        """Check an access token; Unauthorized (401) if it is not one of ours, expired, or its client is disabled."""
+        try:
+            token = jwt.decode(bearer, self._signer.key, algorithms=[ACCESS_TOKEN_ALGORITHM])
+            JWTClaimsRegistry(
+                now=int(self._clock()),
+                leeway=CLOCK_LEEWAY,
+                iss={"essential": True, "value": self.issuer},
+                aud={"essential": True, "value": self.issuer},
+                exp={"essential": True},
+                sub={"essential": True},
+            ).validate(token.claims)
+        except (JoseError, ValueError):
+            raise Unauthorized("invalid or expired access token") from None
+        with self._sessions() as session:
+            client = session.get(ApiClient, token.claims["sub"])
+            if client is None or client.disabled:
+                raise Unauthorized("the client of this access token is disabled")
+            return AccessGrant(
+                client_id=client.client_id,
+                scopes=tuple(parse_scopes(token.claims.get("scope", ""))),
+                role=client.role,
+                organization=client.organization,
+                default_purpose=client.default_purpose,
+                expires_at=int(token.claims["exp"]),
+            )
+
+
+def register_client(
+    session: Session,
+    *,
+    name: str,
+    scopes: str,
+    role: str,
+    organization: str = "",
+    jwks: dict[str, Any] | None = None,
+    jwks_url: str | None = None,
+    with_secret: bool = False,
+    default_purpose: str = "TREAT",
+    now: datetime,
+    client_id: str | None = None,
+) -> tuple[ApiClient, str | None]:
+    """Register a client; returns it and, for secret clients, the secret (shown once, stored hashed)."""
+    methods = [jwks is not None, bool(jwks_url), with_secret]
+    if sum(methods) != 1:
+        raise ValueError("give exactly one of a JWKS, a JWKS URL or --secret")
+    parse_scopes(scopes)  # raises InvalidScope on a malformed scope
+    if jwks is not None:
+        try:
+            keyset = KeySet.import_key_set(jwks)
+        except (JoseError, ValueError, TypeError, KeyError) as exc:
+            raise ValueError("the JWKS could not be read as a JSON Web Key Set") from exc
+        if any(k.is_private for k in keyset.keys):
+            raise ValueError("the JWKS holds private key material: register public keys only")
+        if any(not k.kid for k in keyset.keys):
+            raise ValueError("every key in the JWKS needs a kid")
+    secret = secrets.token_urlsafe(32) if with_secret else None
+    client = ApiClient(
+        client_id=client_id or secrets.token_hex(8),
+        name=name,
+        scopes=scopes,
+        auth_method="client_secret" if with_secret else "private_key_jwt",
+        jwks=json.dumps(jwks) if jwks is not None else None,
+        jwks_url=jwks_url,
+        secret_hash=hash_secret(secret) if secret else None,
+        role=role,
+        organization=organization,
+        default_purpose=default_purpose,
+        disabled=False,
+        created_at=now,
+    )
+    session.add(client)
+    session.flush()
+    return client, secret
+
+
+def list_clients(session: Session) -> list[ApiClient]:
+    return list(session.scalars(select(ApiClient).order_by(ApiClient.created_at, ApiClient.client_id)))
+
+
+def disable_client(session: Session, client_id: str) -> ApiClient:
+    client = session.get(ApiClient, client_id)
+    if client is None:
+        raise OAuthError("invalid_client", "no such client", 404)
+    client.disabled = True
+    return client
