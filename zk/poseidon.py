@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,7 +69,14 @@ def poseidon(inputs: Sequence[int]) -> int:
     for i, x in enumerate(inputs):
         if type(x) is not int or not 0 <= x < R:
             raise MalformedInput(f"poseidon: input {i} is not a field element in [0, R)")
-    t = n + 1
+    if n == 2:
+        return _width3()(inputs[0], inputs[1])
+    return _permutation_generic(list(inputs))
+
+
+def _permutation_generic(inputs: list[int]) -> int:
+    """The HADES permutation on [0, *inputs], first state element out (any width)."""
+    t = len(inputs) + 1
     round_constants, mds = _parameters(t)
     half_full = FULL_ROUNDS // 2
     last_partial = half_full + PARTIAL_ROUNDS[t - 2]
@@ -83,6 +90,53 @@ def poseidon(inputs: Sequence[int]) -> int:
             state[0] = pow(state[0], 5, p)
         state = [sum(mij * s for mij, s in zip(row, state, strict=True)) % p for row in mds]
     return state[0]
+
+
+@lru_cache(maxsize=1)
+def _width3() -> Callable[[int, int], int]:
+    """The same permutation unrolled for t = 3 (two inputs: Merkle nodes), about twice as fast."""
+    round_constants, mds = _parameters(3)
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = mds
+    half_full = FULL_ROUNDS // 2
+    first = round_constants[:half_full]
+    partial = round_constants[half_full : half_full + PARTIAL_ROUNDS[1]]
+    last = round_constants[half_full + PARTIAL_ROUNDS[1] :]
+    p = R
+
+    def permute(a: int, b: int) -> int:
+        s0, s1, s2 = 0, a, b
+        for full_rounds in (first, None, last):
+            if full_rounds is None:
+                for c0, c1, c2 in partial:
+                    s0 += c0
+                    t = s0 * s0 % p
+                    s0 = t * t % p * s0
+                    s1 += c1
+                    s2 += c2
+                    s0, s1, s2 = (
+                        (m00 * s0 + m01 * s1 + m02 * s2) % p,
+                        (m10 * s0 + m11 * s1 + m12 * s2) % p,
+                        (m20 * s0 + m21 * s1 + m22 * s2) % p,
+                    )
+                continue
+            for c0, c1, c2 in full_rounds:
+                s0 += c0
+                s1 += c1
+                s2 += c2
+                t = s0 * s0 % p
+                s0 = t * t % p * s0
+                t = s1 * s1 % p
+                s1 = t * t % p * s1
+                t = s2 * s2 % p
+                s2 = t * t % p * s2
+                s0, s1, s2 = (
+                    (m00 * s0 + m01 * s1 + m02 * s2) % p,
+                    (m10 * s0 + m11 * s1 + m12 * s2) % p,
+                    (m20 * s0 + m21 * s1 + m22 * s2) % p,
+                )
+        return s0
+
+    return permute
 
 
 def hash2(left: int, right: int) -> int:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from zk.errors import MalformedInput
 from zk.field import R, to_field
-from zk.poseidon import CONSTANTS_FILE, CONSTANTS_SHA256, MAX_INPUTS, hash2, poseidon
+from zk.poseidon import CONSTANTS_FILE, CONSTANTS_SHA256, MAX_INPUTS, _permutation_generic, hash2, poseidon
 
 VECTORS = ROOT / "tests" / "vectors" / "zk"
 
@@ -95,3 +95,9 @@ def test_non_field_values_are_rejected(bad: object) -> None:
 def test_arity_bounds(n: int) -> None:
     with pytest.raises(MalformedInput, match="1 to 16 inputs"):
         poseidon([0] * n)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, R - 1), st.integers(0, R - 1))
+def test_unrolled_width3_equals_generic_permutation(a: int, b: int) -> None:
+    assert poseidon([a, b]) == _permutation_generic([a, b])
