@@ -10,6 +10,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from eth_account import Account
+
 from zk.credential import (
     EligibilityAttributes,
     PatientAttributes,
@@ -28,8 +30,10 @@ HASH_CONDITION = condition_hasher(b"test condition key: 32 bytes...")
 REFERENCE_DATE = date(2025, 6, 1)
 CODES = [f"icd10|{c}" for c in ("E11", "E11.9", "I10", "N18.3", "N18.5", "J45", "C50", "F32", "E66", "K21")]
 SEXES = ["female", "male", "other", "unknown"]
-ENROLLEE = "0x" + "5a" * 20
 STUDY_ID = 4242
+# The patient's wallet in on-chain tests (a test-only key, never a real one); proofs are bound to it.
+ENROLLEE_KEY = bytes.fromhex("5a" * 32)
+ENROLLEE = Account.from_key(ENROLLEE_KEY).address
 
 DIABETES_STUDY = {
     "age": {"$between": [40, 75]},
