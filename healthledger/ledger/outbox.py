@@ -598,11 +598,22 @@ class _Worker:
         self._broadcast(item_id, raw)
 
 
-def _allocate_nonce(session: Session, sender: str, pending_nonce: int) -> int:
-    """Next nonce for `sender`: max(database counter, node's pending count), then the counter moves on.
+def choose_nonce(db_next: int, pending_nonce: int, held: set[int]) -> tuple[int, int]:
+    """(nonce to use, new database counter) given the counter, the node's pending count and the nonces
+    held by items already sent. The lowest free nonce at or above the node's count is taken: normally
+    the counter itself; below it only when the node lost transactions we no longer hold (a chain reset
+    or reorganisation), which would otherwise leave a gap that stalls every later transaction.
+    """
+    nonce = pending_nonce
+    while nonce in held:
+        nonce += 1
+    return nonce, max(db_next, nonce + 1)
 
-    One UPDATE ... RETURNING: PostgreSQL row-locks it until the caller's transaction ends, SQLite holds
-    its single write lock; so two workers never get the same nonce, and a restart continues the count.
+
+def _allocate_nonce(session: Session, sender: str, pending_nonce: int) -> int:
+    """Allocate under the sender's row lock (PostgreSQL FOR UPDATE; SQLite's single write lock, taken by
+    the INSERT), in the caller's transaction, so two workers never get the same nonce and a restart
+    continues from the stored counter.
     """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -612,18 +623,20 @@ def _allocate_nonce(session: Session, sender: str, pending_nonce: int) -> int:
     session.execute(
         insert(SenderNonce).values(sender=sender, next_nonce=pending_nonce).on_conflict_do_nothing()
     )
-    from sqlalchemy import case
-
-    new_next = session.scalar(
-        update(SenderNonce)
-        .where(SenderNonce.sender == sender)
-        .values(
-            next_nonce=case(
-                (SenderNonce.next_nonce > pending_nonce, SenderNonce.next_nonce), else_=pending_nonce
+    row = session.execute(
+        select(SenderNonce).where(SenderNonce.sender == sender).with_for_update()
+    ).scalar_one()
+    held = set(
+        session.scalars(
+            select(OutboxItem.nonce).where(
+                OutboxItem.sender == sender,
+                OutboxItem.state == OutboxState.SENT.value,
+                OutboxItem.nonce >= pending_nonce,
             )
-            + 1
         )
-        .returning(SenderNonce.next_nonce)
     )
-    assert new_next is not None
-    return int(new_next) - 1
+    nonce, row.next_nonce = choose_nonce(
+        int(row.next_nonce), pending_nonce, {int(n) for n in held if n is not None}
+    )
+    session.flush()
+    return nonce

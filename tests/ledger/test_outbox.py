@@ -134,6 +134,13 @@ def test_backoff_and_replacement_fee_rules() -> None:
     assert outbox.replacement_fees(1_000, 100, 5_000, 300) == (5_000, 300)
 
 
+def test_nonce_choice_fills_gaps_left_by_a_node_and_skips_held_nonces() -> None:
+    assert outbox.choose_nonce(5, 5, set()) == (5, 6)  # the usual case
+    assert outbox.choose_nonce(5, 9, set()) == (9, 10)  # the node is ahead (key used elsewhere)
+    assert outbox.choose_nonce(9, 5, {5, 6}) == (7, 9)  # node lost 7 and 8: fill the gap, keep the counter
+    assert outbox.choose_nonce(7, 5, {5, 6}) == (7, 8)
+
+
 def test_unknown_kind_and_malformed_payload_fail_with_a_reason(relay_db, ledger_chain) -> None:
     chain, _, _ = ledger_chain
     with relay_db.begin() as s:
