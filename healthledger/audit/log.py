@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Connection, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from healthledger.audit.entries import AccessEntry, encode_entry, entry_leaf_hash
@@ -30,12 +30,15 @@ from healthledger.errors import NotFound
 DEFAULT_LOG = "access"
 
 
-def record_access(session: Session, entry: AccessEntry, *, log_id: str = DEFAULT_LOG) -> int:
-    """Append `entry` inside the caller's transaction; returns its row id (not yet its leaf index)."""
-    row = AccessLogEntry(log_id=log_id, body=encode_entry(entry), recorded_at=entry.time)
-    session.add(row)
-    session.flush()
-    return row.id
+def record_access(conn: Session | Connection, entry: AccessEntry, *, log_id: str = DEFAULT_LOG) -> int:
+    """Append `entry` inside the caller's transaction (ORM session or Core connection); returns its row id.
+
+    The leaf index comes later, from `integrate`.
+    """
+    result = conn.execute(
+        insert(AccessLogEntry).values(log_id=log_id, body=encode_entry(entry), recorded_at=entry.time)
+    )
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
 class _CachedNodes:

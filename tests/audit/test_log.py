@@ -186,3 +186,14 @@ def test_unanchored_local_tampering_is_still_reported(sessions, log_id) -> None:
     with sessions.begin() as s:
         report = verify_log(s, [], log_id=log_id)
         assert not report.ok and report.problem.kind == "altered" and report.problem.leaf_index == 4
+
+
+def test_record_access_on_a_core_connection(sessions, log_id) -> None:
+    """The store works on Core connections: an entry written there commits with its transaction."""
+    engine = sessions.kw["bind"]
+    with engine.begin() as conn:
+        first = record_access(conn, entry(1), log_id=log_id)
+        second = record_access(conn, entry(2), log_id=log_id)
+    assert second > first
+    with sessions.begin() as s:
+        assert integrate(s, T0, log_id=log_id).size == 2
