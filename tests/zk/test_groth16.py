@@ -239,13 +239,23 @@ def test_fq12_arithmetic_matches_py_ecc() -> None:
     assert fq12_frobenius(a, 2) == fq12_frobenius(fq12_frobenius(a))
 
 
-def test_final_exponentiation_matches_py_ecc() -> None:
-    rng = random.Random(7)
-    for _ in range(2):
-        f = tuple(rng.randrange(Q) for _ in range(12))
-        expected = _ints(final_exponentiate(_fq12(f)))
-        assert final_exponentiation(f) == expected
-        assert final_exponentiation_slow(f) == expected
+@settings(max_examples=3, deadline=None)
+@given(st.lists(st.integers(0, Q - 1), min_size=12, max_size=12))
+def test_final_exponentiation_matches_py_ecc(coeffs: list[int]) -> None:
+    f = tuple(coeffs)
+    if not any(f):
+        return
+    expected = _ints(final_exponentiate(_fq12(f)))
+    assert final_exponentiation(f) == expected
+    assert final_exponentiation_slow(f) == expected
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(1, R - 1), st.integers(1, R - 1))
+def test_pairing_matches_py_ecc_on_random_points(a: int, b: int) -> None:
+    ours = final_exponentiation(miller_loop([(g1_point(a), prepare_g2(g2_point(b)))]))
+    py_ml = pairing(multiply(G2, b), multiply(G1, a), final_exponentiate=False)
+    assert ours == _ints(final_exponentiate(py_ml))
 
 
 def test_pairing_matches_py_ecc_pairing() -> None:
@@ -254,6 +264,11 @@ def test_pairing_matches_py_ecc_pairing() -> None:
     ref = pairing(multiply(G2, 987654321), multiply(G1, 123456789))
     assert ours == _ints(ref)
     assert ours != FQ12_ONE
+    # the Miller loop of a product of pairs equals the product of single loops
+    q2 = g2_point(5)
+    both = miller_loop([(p, prepare_g2(q)), (g1_point(7), prepare_g2(q2))])
+    apart = fq12_mul(miller_loop([(p, prepare_g2(q))]), miller_loop([(g1_point(7), prepare_g2(q2))]))
+    assert final_exponentiation(both) == final_exponentiation(apart)
 
 
 @settings(max_examples=6, deadline=None)
