@@ -6,6 +6,12 @@ width t = n_inputs + 1 (state[0] is the capacity, initialised to 0), 8 full roun
 the partial rounds), partial rounds by t-2 below, S-box x^5, round constants C and MDS matrices M from
 circomlibjs' `src/poseidon_constants.json`. That file is copied verbatim to `zk/poseidon_constants.json`
 and its SHA-256 is checked when the constants are first loaded.
+
+Widths other than 3 use the equivalent "optimized" form of the same permutation (Poseidon paper,
+appendix B; circomlibjs `poseidon_opt.js` after filecoin's neptune): the partial rounds' MDS products
+become sparse (2t - 1 products instead of t^2), with the pre-transformed constants C, S, M, P of
+circomlibjs' `src/poseidon_constants_opt.json`, copied verbatim to `zk/poseidon_constants_opt.json`
+and hash-checked the same way. Tests hold both forms equal to the plain permutation.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from zk.errors import MalformedInput
 from zk.field import R
@@ -26,14 +33,21 @@ MAX_INPUTS = len(PARTIAL_ROUNDS)  # 16 inputs, t = 17
 CONSTANTS_FILE = Path(__file__).with_name("poseidon_constants.json")
 # SHA-256 of circomlibjs 0.1.7 src/poseidon_constants.json (tests compare it with node_modules too).
 CONSTANTS_SHA256 = "354f31bbed9d9a8b884d8f2181e339cb425b6e3e4cc7240bd3dd22f0070f3f2c"
+OPT_CONSTANTS_FILE = Path(__file__).with_name("poseidon_constants_opt.json")
+# SHA-256 of circomlibjs 0.1.7 src/poseidon_constants_opt.json.
+OPT_CONSTANTS_SHA256 = "da1b82330e196f931d30dd304b3ec547fe041c2fac2226c7204e286a5db27ed0"
+
+
+def _load_checked(path: Path, sha256: str) -> Any:
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise RuntimeError(f"{path.name} does not match circomlibjs 0.1.7 (SHA-256 mismatch)")
+    return json.loads(raw)
 
 
 @lru_cache(maxsize=1)
 def _all_constants() -> tuple[list[list[int]], list[list[list[int]]]]:
-    raw = CONSTANTS_FILE.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != CONSTANTS_SHA256:
-        raise RuntimeError(f"{CONSTANTS_FILE.name} does not match circomlibjs 0.1.7 (SHA-256 mismatch)")
-    data = json.loads(raw)
+    data = _load_checked(CONSTANTS_FILE, CONSTANTS_SHA256)
     c = [[int(x, 16) for x in row] for row in data["C"]]
     m = [[[int(x, 16) for x in row] for row in mat] for mat in data["M"]]
     if len(c) != MAX_INPUTS or len(m) != MAX_INPUTS:
@@ -71,7 +85,7 @@ def poseidon(inputs: Sequence[int]) -> int:
             raise MalformedInput(f"poseidon: input {i} is not a field element in [0, R)")
     if n == 2:
         return _width3()(inputs[0], inputs[1])
-    return _permutation_generic(list(inputs))
+    return _permutation_sparse(list(inputs))
 
 
 def _permutation_generic(inputs: list[int]) -> int:
@@ -90,6 +104,73 @@ def _permutation_generic(inputs: list[int]) -> int:
             state[0] = pow(state[0], 5, p)
         state = [sum(mij * s for mij, s in zip(row, state, strict=True)) % p for row in mds]
     return state[0]
+
+
+OptParameters = tuple[
+    tuple[int, ...],  # C: round constants, pre-transformed
+    tuple[tuple[tuple[int, ...], tuple[int, ...]], ...],  # per partial round: (first row, column tail) of S
+    tuple[tuple[int, ...], ...],  # M transposed (rows of the product)
+    tuple[tuple[int, ...], ...],  # P transposed
+]
+
+
+@lru_cache(maxsize=1)
+def _all_opt_constants() -> dict[str, Any]:
+    data = _load_checked(OPT_CONSTANTS_FILE, OPT_CONSTANTS_SHA256)
+    if not all(len(data[k]) == MAX_INPUTS for k in "CSMP"):
+        raise RuntimeError("optimized Poseidon constants: expected parameters for t = 2..17")
+    return data  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=MAX_INPUTS)
+def _opt_parameters(t: int) -> OptParameters:
+    data = _all_opt_constants()
+    c = tuple(int(x, 16) for x in data["C"][t - 2])
+    s = [int(x, 16) for x in data["S"][t - 2]]
+    m = [[int(x, 16) for x in row] for row in data["M"][t - 2]]
+    p = [[int(x, 16) for x in row] for row in data["P"][t - 2]]
+    n_partial = PARTIAL_ROUNDS[t - 2]
+    width = 2 * t - 1
+    if len(c) != t * FULL_ROUNDS + n_partial or len(s) != width * n_partial or len(m) != t or len(p) != t:
+        raise RuntimeError(f"optimized Poseidon constants for t = {t} have the wrong shape")
+    sparse = tuple((tuple(s[width * r : width * r + t]), tuple(s[width * r + t : width * (r + 1)]))
+                   for r in range(n_partial))
+    m_t = tuple(tuple(m[j][i] for j in range(t)) for i in range(t))
+    p_t = tuple(tuple(p[j][i] for j in range(t)) for i in range(t))
+    return c, sparse, m_t, p_t
+
+
+def _permutation_sparse(inputs: list[int]) -> int:
+    """The permutation in its optimized form (same output as `_permutation_generic`)."""
+    t = len(inputs) + 1
+    c, sparse, m_t, p_t = _opt_parameters(t)
+    p = R
+    half = FULL_ROUNDS // 2
+    state = [(x + c[i]) % p for i, x in enumerate([0, *inputs])]
+
+    def full_round(state: list[int], offset: int | None, rows: tuple[tuple[int, ...], ...]) -> list[int]:
+        boxed = []
+        for i, x in enumerate(state):
+            y = x * x % p
+            y = y * y % p * x
+            boxed.append(y if offset is None else y + c[offset + i])
+        return [sum([a * b for a, b in zip(row, boxed)]) % p for row in rows]
+
+    for r in range(half - 1):
+        state = full_round(state, (r + 1) * t, m_t)
+    state = full_round(state, half * t, p_t)
+    base = (half + 1) * t
+    for r, (first_row, column) in enumerate(sparse):
+        x = state[0]
+        y = x * x % p
+        s0 = (y * y % p * x + c[base + r]) % p
+        state[0] = s0
+        new0 = sum([a * b for a, b in zip(first_row, state)]) % p
+        state = [new0, *[(sk + s0 * v) % p for sk, v in zip(state[1:], column)]]
+    base += len(sparse)
+    for r in range(half - 1):
+        state = full_round(state, base + r * t, m_t)
+    return full_round(state, None, m_t)[0]
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,17 @@ from hypothesis import strategies as st
 
 from zk.errors import MalformedInput
 from zk.field import R, to_field
-from zk.poseidon import CONSTANTS_FILE, CONSTANTS_SHA256, MAX_INPUTS, _permutation_generic, hash2, poseidon
+from zk.poseidon import (
+    CONSTANTS_FILE,
+    CONSTANTS_SHA256,
+    MAX_INPUTS,
+    OPT_CONSTANTS_FILE,
+    OPT_CONSTANTS_SHA256,
+    _permutation_generic,
+    _permutation_sparse,
+    hash2,
+    poseidon,
+)
 
 VECTORS = ROOT / "tests" / "vectors" / "zk"
 
@@ -38,15 +48,17 @@ def test_committed_circomlibjs_vectors_every_arity() -> None:
     assert _check_cases(data["cases"]) >= 100
 
 
-def test_embedded_constants_file_is_untouched() -> None:
+def test_embedded_constants_files_are_untouched() -> None:
     assert hashlib.sha256(CONSTANTS_FILE.read_bytes()).hexdigest() == CONSTANTS_SHA256
+    assert hashlib.sha256(OPT_CONSTANTS_FILE.read_bytes()).hexdigest() == OPT_CONSTANTS_SHA256
 
 
 @pytest.mark.node
 def test_embedded_constants_equal_circomlibjs_package() -> None:
     node_tool("snarkjs")  # node_modules must be installed
-    npm_file = ROOT / "node_modules" / "circomlibjs" / "src" / "poseidon_constants.json"
-    assert npm_file.read_bytes() == CONSTANTS_FILE.read_bytes()
+    src = ROOT / "node_modules" / "circomlibjs" / "src"
+    assert (src / "poseidon_constants.json").read_bytes() == CONSTANTS_FILE.read_bytes()
+    assert (src / "poseidon_constants_opt.json").read_bytes() == OPT_CONSTANTS_FILE.read_bytes()
 
 
 @pytest.mark.node
@@ -101,3 +113,9 @@ def test_arity_bounds(n: int) -> None:
 @given(st.integers(0, R - 1), st.integers(0, R - 1))
 def test_unrolled_width3_equals_generic_permutation(a: int, b: int) -> None:
     assert poseidon([a, b]) == _permutation_generic([a, b])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(0, R - 1), min_size=1, max_size=MAX_INPUTS))
+def test_sparse_form_equals_generic_permutation(inputs: list[int]) -> None:
+    assert _permutation_sparse(inputs) == _permutation_generic(inputs)
