@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,7 +35,16 @@ COMPILER_SETTINGS: dict[str, Any] = {
     "evmVersion": "prague",
     "optimizer": {"enabled": True, "runs": 1_000_000},
     "metadata": {"bytecodeHash": "none", "appendCBOR": False},
-    "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
+    "outputSelection": {
+        "*": {
+            "*": [
+                "abi",
+                "evm.bytecode.object",
+                "evm.deployedBytecode.object",
+                "evm.deployedBytecode.immutableReferences",
+            ]
+        }
+    },
 }
 COMPILE_TIMEOUT_SECONDS = 300
 
@@ -51,13 +61,17 @@ class Artifact:
     abi: list[dict[str, Any]]
     bytecode: bytes
     deployed_bytecode: bytes
+    immutable_ranges: tuple[tuple[int, int], ...] = ()
 
-    @property
-    def code_hash(self) -> bytes:
-        """keccak256 of the runtime code, as EXTCODEHASH / eth_getCode would give it."""
-        from eth_utils import keccak
-
-        return keccak(self.deployed_bytecode)
+    def matches_runtime_code(self, code: bytes) -> bool:
+        """True if on-chain runtime code is this contract's, whatever its constructor wrote into
+        the immutable slots (solc leaves those bytes zero in deployedBytecode)."""
+        if len(code) != len(self.deployed_bytecode):
+            return False
+        masked = bytearray(code)
+        for start, length in self.immutable_ranges:
+            masked[start : start + length] = bytes(length)
+        return bytes(masked) == self.deployed_bytecode
 
 
 def settings_hash() -> str:
@@ -84,21 +98,28 @@ def compile_contracts(
     ).stdout.strip()
     if not version.startswith(SOLC_VERSION):
         raise CompileError(f"solcjs {SOLC_VERSION} expected, found {version or 'nothing'}")
-    proc = subprocess.run(
-        [str(solcjs), "--standard-json"],
-        input=json.dumps(standard_json_input(contracts_dir)),
-        capture_output=True,
-        text=True,
-        timeout=COMPILE_TIMEOUT_SECONDS,
-        check=False,
-        env={**os.environ, "NODE_OPTIONS": "--max-old-space-size=1024"},
-    )
+    # stdout goes to a file, not a pipe: solcjs calls process.exit(), which cuts piped output at 64 KiB.
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.run(
+            [str(solcjs), "--standard-json"],
+            input=json.dumps(standard_json_input(contracts_dir)),
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=COMPILE_TIMEOUT_SECONDS,
+            check=False,
+            env={**os.environ, "NODE_OPTIONS": "--max-old-space-size=1024"},
+        )
+        out.seek(0)
+        stdout = out.read()
     # solcjs may print notices (e.g. about SMT solvers) on stdout before the JSON document.
-    start = proc.stdout.find("{")
+    start = stdout.find("{")
     try:
-        output = json.loads(proc.stdout[start:] if start >= 0 else proc.stdout)
+        output = json.loads(stdout[start:] if start >= 0 else stdout)
     except ValueError as exc:
-        raise CompileError(f"solcjs produced no JSON output: {proc.stderr.strip()[:500]}") from exc
+        raise CompileError(
+            f"solcjs (exit {proc.returncode}) produced no JSON output: {(proc.stderr or stdout).strip()[:500]}"
+        ) from exc
     errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
     if errors:
         raise CompileError(
@@ -118,6 +139,12 @@ def compile_contracts(
                 "abi": out["abi"],
                 "bytecode": "0x" + bytecode,
                 "deployedBytecode": "0x" + out["evm"]["deployedBytecode"]["object"],
+                # Byte ranges of the runtime code that the constructor fills (Solidity immutables).
+                "immutableRanges": sorted(
+                    [ref["start"], ref["length"]]
+                    for refs in out["evm"]["deployedBytecode"].get("immutableReferences", {}).values()
+                    for ref in refs
+                ),
                 "compiler": {"name": "solcjs", "version": version},
                 "settings": COMPILER_SETTINGS,
                 "settingsHash": settings_hash(),
@@ -150,7 +177,7 @@ def artifact_differences(
             problems.append(f"{name}: no committed artifact")
             continue
         committed = json.loads(path.read_text())
-        for key in ("abi", "bytecode", "deployedBytecode", "settingsHash"):
+        for key in ("abi", "bytecode", "deployedBytecode", "immutableRanges", "settingsHash"):
             if committed.get(key) != document[key]:
                 problems.append(f"{name}: {key} differs")
     for path in sorted(artifacts_dir.glob("*.json")):
@@ -172,6 +199,9 @@ def load_artifact(name: str) -> Artifact:
         abi=document["abi"],
         bytecode=bytes.fromhex(document["bytecode"].removeprefix("0x")),
         deployed_bytecode=bytes.fromhex(document["deployedBytecode"].removeprefix("0x")),
+        immutable_ranges=tuple(
+            (int(start), int(length)) for start, length in document.get("immutableRanges", [])
+        ),
     )
 
 

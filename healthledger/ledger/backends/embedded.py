@@ -10,17 +10,18 @@ every backend.
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from eth.chains.base import MiningChain
 from eth.db.chain import ChainDB
 from eth.estimators.gas import binary_gas_search_1000_tolerance
-from eth.vm.spoof import SpoofTransaction
 from eth.exceptions import CanonicalHeadNotFound, Revert
 from eth.vm.forks import PragueVM
+from eth.vm.spoof import SpoofTransaction
 from eth_tester import EthereumTester
 from eth_tester.backends.pyevm.main import (
     PyEVMBackend,
@@ -34,6 +35,7 @@ from web3.providers.eth_tester import EthereumTesterProvider
 from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
 from web3.types import RPCEndpoint, RPCResponse
 
+from healthledger.errors import ConfigurationError
 from healthledger.ledger.evm_store import SQLiteAtomicDB
 
 # "HL" = 0x484c. Our own chain id: signatures made for this chain are useless on any other (EIP-155).
@@ -42,6 +44,7 @@ EMBEDDED_CHAIN_ID = 0x484C
 GENESIS_TIMESTAMP = 1_767_225_600
 GENESIS_OPERATOR_BALANCE = 10**24  # 1,000,000 ether of a chain where ether buys only gas
 CHAIN_DB_FILE = "chain.sqlite3"
+LOCK_FILE = "LOCK"
 
 
 def _execution_error(state: Any, transaction: Any) -> tuple[Any, int]:
@@ -155,6 +158,7 @@ class EmbeddedProvider(EthereumTesterProvider):
         super().__init__(EthereumTester(backend), api_endpoints=endpoints)
         self.backend = backend
         self.lock = threading.RLock()
+        self.lock_file: IO[str] | None = None
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         with self.lock:
@@ -177,9 +181,33 @@ class EmbeddedProvider(EthereumTesterProvider):
     def close(self) -> None:
         with self.lock:
             self.backend.db.close()
+            if self.lock_file is not None:
+                self.lock_file.close()  # releases the flock
+                self.lock_file = None
 
 
 def open_embedded_provider(chain_dir: Path, genesis_alloc: Mapping[str, int]) -> EmbeddedProvider:
-    """The provider over `chain_dir/chain.sqlite3`; genesis (funding `genesis_alloc`) only when new."""
-    db = SQLiteAtomicDB(chain_dir / CHAIN_DB_FILE)
-    return EmbeddedProvider(PersistentPyEVMBackend(db, genesis_alloc))
+    """The provider over `chain_dir/chain.sqlite3`; genesis (funding `genesis_alloc`) only when new.
+
+    An exclusive lock on `chain_dir/LOCK` keeps a second process from opening the same chain: py-evm
+    keeps the head in memory, so two writers would fork the stored state. Other processes use
+    `healthledger chain node` over JSON-RPC instead.
+    """
+    chain_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(chain_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the provider's lifetime)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigurationError(
+            f"the embedded chain in {chain_dir} is open in another process: "
+            "connect through `healthledger chain node` (HEALTHLEDGER_CHAIN_URL) instead"
+        ) from None
+    try:
+        db = SQLiteAtomicDB(chain_dir / CHAIN_DB_FILE)
+        provider = EmbeddedProvider(PersistentPyEVMBackend(db, genesis_alloc))
+    except BaseException:
+        lock.close()
+        raise
+    provider.lock_file = lock
+    return provider

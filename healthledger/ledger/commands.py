@@ -1,0 +1,139 @@
+"""`healthledger chain`: deploy the contracts, serve the embedded chain over JSON-RPC, show status."""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from healthledger.errors import HealthLedgerError
+
+
+@click.group("chain")
+def chain_group() -> None:
+    """The on-chain consent ledger: contracts and the chain they live on."""
+
+
+def _open(settings: Any) -> tuple[Any, Any]:
+    from healthledger.app import bootstrap
+    from healthledger.db import make_engine
+    from healthledger.keys import key_provider_for
+    from healthledger.ledger.chain import chain_for
+
+    bootstrap(settings)
+    chain = chain_for(settings, key_provider_for(settings.key_provider, settings.keys_dir))
+    return chain, make_engine(settings.database_url)
+
+
+@chain_group.command("deploy")
+@click.option("--admin", default=None, help="hand the admin role to this address (it must call acceptAdmin)")
+@click.option("--force", is_flag=True, help="deploy new instances even if verified ones are recorded")
+def deploy_command(admin: str | None, force: bool) -> None:
+    """Deploy ConsentRegistry and AccessLogAnchor and record them in the database."""
+    from sqlalchemy.orm import Session
+
+    from healthledger.cli import load_settings
+    from healthledger.ledger.deploy import (
+        deploy_contracts,
+        load_deployments,
+        save_deployments,
+        verify_deployment,
+    )
+
+    try:
+        chain, engine = _open(load_settings())
+        try:
+            with Session(engine) as session:
+                existing = load_deployments(session, chain.chain_id)
+                if existing and not force:
+                    verify_deployment(chain, existing)
+                    click.echo(f"already deployed on chain {chain.chain_id} (use --force to deploy again):")
+                    _print_records(existing)
+                    return
+                records = deploy_contracts(chain, admin=admin)
+                save_deployments(session, records, now=datetime.now(UTC))
+                session.commit()
+            click.echo(f"deployed on chain {chain.chain_id} by operator {chain.operator.address}:")
+            _print_records(records)
+            if admin:
+                click.echo(f"admin transfer to {admin} started: it must call acceptAdmin() on each contract")
+        finally:
+            chain.close()
+            engine.dispose()
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@chain_group.command("status")
+def status_command() -> None:
+    """Chain id, head, operator balance, and whether the recorded contracts match the shipped code."""
+    from sqlalchemy.orm import Session
+
+    from healthledger.cli import load_settings
+    from healthledger.ledger.deploy import load_deployments, verify_deployment
+
+    try:
+        chain, engine = _open(load_settings())
+        try:
+            balance = chain.w3.eth.get_balance(chain.operator.address)
+            click.echo(f"chain id {chain.chain_id}, head block {chain.head()}")
+            click.echo(f"operator {chain.operator.address}, balance {balance / 10**18:.6f} ether")
+            with Session(engine) as session:
+                records = load_deployments(session, chain.chain_id)
+            _print_records(records)
+            try:
+                verify_deployment(chain, records)
+                click.echo("contracts: verified")
+            except HealthLedgerError as exc:
+                click.echo(f"contracts: NOT usable: {exc.message}")
+        finally:
+            chain.close()
+            engine.dispose()
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@chain_group.command("node")
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface (keep it loopback)")
+@click.option("--port", default=8545, show_default=True, type=int)
+def node_command(host: str, port: int) -> None:
+    """Serve the embedded chain over JSON-RPC so several processes (gunicorn workers) can share it.
+
+    Then run the service with HEALTHLEDGER_CHAIN_URL=http://127.0.0.1:PORT.
+    """
+    from healthledger.cli import load_settings
+    from healthledger.keys import key_provider_for
+    from healthledger.ledger.backends.rpc_server import EmbeddedRPC, make_server
+    from healthledger.ledger.chain import embedded_chain
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        chain = embedded_chain(settings.data_dir, key_provider_for(settings.key_provider, settings.keys_dir))
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    server = make_server(EmbeddedRPC(chain.w3.provider), host, port)  # type: ignore[arg-type]
+    signal.signal(
+        signal.SIGTERM, _stop_on_signal
+    )  # SIGTERM ends serve_forever like Ctrl-C: state is committed per block
+    click.echo(
+        f"embedded chain {chain.chain_id} (head {chain.head()}) on http://{host}:{server.server_address[1]}"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        chain.close()
+
+
+def _stop_on_signal(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_records(records: Any) -> None:
+    for r in records:
+        click.echo(f"  {r.name:<16} {r.address}  block {r.deployment_block}  code {r.code_hash[:18]}…")

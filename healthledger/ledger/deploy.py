@@ -1,0 +1,126 @@
+"""Deploy the ledger contracts, record them in `chain_contracts`, and refuse to run on unexpected code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from eth_utils import keccak, to_checksum_address
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from healthledger.db import Base
+from healthledger.errors import ConfigurationError
+from healthledger.ledger.chain import Chain
+from healthledger.ledger.compile import load_artifact
+
+# Contract name -> the operator role the service's own operator key needs on it.
+SERVICE_CONTRACTS: dict[str, str] = {"ConsentRegistry": "RELAYER", "AccessLogAnchor": "LOG_ANCHORER"}
+
+
+class ChainContract(Base):
+    """Where a contract lives on a chain, and the runtime code we expect there."""
+
+    __tablename__ = "chain_contracts"
+    __table_args__ = (sa.UniqueConstraint("chain_id", "name", name="uq_chain_contracts_chain_id_name"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    chain_id: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    name: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    address: Mapped[str] = mapped_column(sa.String(42), nullable=False)
+    deployment_block: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    code_hash: Mapped[str] = mapped_column(sa.String(66), nullable=False)  # 0x + keccak256(runtime code)
+    deployed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    chain_id: int
+    name: str
+    address: str
+    deployment_block: int
+    code_hash: str
+
+
+def deploy_contracts(
+    chain: Chain, *, names: Sequence[str] = tuple(SERVICE_CONTRACTS), admin: str | None = None
+) -> list[DeploymentRecord]:
+    """Deploy each contract with the operator as admin, grant the operator its role, then (if
+    `admin` is another address, e.g. a multisig) start the two-step admin transfer to it."""
+    records = []
+    for name in names:
+        address, receipt = chain.deploy(name, chain.operator.address)
+        contract = chain.contract(name)
+        role = SERVICE_CONTRACTS.get(name)
+        if role is not None:
+            chain.send(contract.functions.grantRole(keccak(text=role), chain.operator.address))
+        if admin is not None and to_checksum_address(admin) != chain.operator.address:
+            chain.send(contract.functions.transferAdmin(to_checksum_address(admin)))
+        records.append(
+            DeploymentRecord(
+                chain_id=chain.chain_id,
+                name=name,
+                address=address,
+                deployment_block=int(receipt["blockNumber"]),
+                code_hash="0x" + keccak(chain.code_at(address)).hex(),
+            )
+        )
+    return records
+
+
+def save_deployments(session: Session, records: Sequence[DeploymentRecord], *, now: datetime) -> None:
+    """Insert or replace the rows of these (chain id, name) pairs; the caller commits."""
+    for record in records:
+        row = session.scalar(
+            sa.select(ChainContract).where(
+                ChainContract.chain_id == record.chain_id, ChainContract.name == record.name
+            )
+        )
+        if row is None:
+            row = ChainContract(chain_id=record.chain_id, name=record.name)
+            session.add(row)
+        row.address = record.address
+        row.deployment_block = record.deployment_block
+        row.code_hash = record.code_hash
+        row.deployed_at = now
+
+
+def load_deployments(session: Session, chain_id: int) -> list[DeploymentRecord]:
+    rows = session.scalars(
+        sa.select(ChainContract).where(ChainContract.chain_id == chain_id).order_by(ChainContract.name)
+    )
+    return [DeploymentRecord(r.chain_id, r.name, r.address, r.deployment_block, r.code_hash) for r in rows]
+
+
+def verify_deployment(
+    chain: Chain, records: Sequence[DeploymentRecord], *, required: Sequence[str] = tuple(SERVICE_CONTRACTS)
+) -> None:
+    """Raise ConfigurationError unless every required contract is recorded for this chain and the code
+    at its address is exactly the committed artifact's runtime code (so the service refuses to start)."""
+    by_name = {r.name: r for r in records if r.chain_id == chain.chain_id}
+    missing = [name for name in required if name not in by_name]
+    if missing:
+        raise ConfigurationError(
+            f"contracts {', '.join(missing)} are not deployed on chain {chain.chain_id}: run `healthledger chain deploy`"
+        )
+    for record in by_name.values():
+        code = chain.code_at(record.address)
+        if not load_artifact(record.name).matches_runtime_code(code):
+            raise ConfigurationError(
+                f"code at {record.name}'s address {record.address} on chain {chain.chain_id} is not the "
+                "contract this release ships: redeploy with `healthledger chain deploy --force`"
+            )
+        if "0x" + keccak(code).hex() != record.code_hash:
+            raise ConfigurationError(
+                f"code at {record.name}'s address {record.address} changed since it was deployed and recorded"
+            )
+
+
+def attach_deployments(chain: Chain, session: Session) -> list[DeploymentRecord]:
+    """Load, verify and register this chain's contracts so `chain.contract(name)` works."""
+    records = load_deployments(session, chain.chain_id)
+    verify_deployment(chain, records)
+    for record in records:
+        chain.register(record.name, record.address)
+    return records
