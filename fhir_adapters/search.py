@@ -981,6 +981,8 @@ def candidate_filters(query: SearchQuery) -> list[TermFilter]:
         definition = criterion.param
         if criterion.missing is not None or criterion.modifier in ("not", "contains"):
             continue
+        if definition.name == "_lastUpdated":
+            continue  # from the store's metadata, not terms: see last_updated_window
         if definition.type == "date":
             hull = _date_hull(criterion, query.now)
             if hull is None:

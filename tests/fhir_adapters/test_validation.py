@@ -62,7 +62,9 @@ def test_known_failure_still_fails_r4b() -> None:
 
 
 def test_decimal_text_is_kept_exactly() -> None:
-    raw = b'{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1.50}}'
+    raw = (
+        b'{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1.50}}'
+    )
     parsed = parse_resource(raw)
     assert dumps_resource(parsed) == raw.decode()
     assert parsed["valueQuantity"]["value"] == 1.5  # still a number for arithmetic
@@ -80,7 +82,12 @@ def test_empty_properties_are_dropped_but_array_nulls_kept() -> None:
         "resourceType": "Patient",
         "active": None,
         "identifier": [],
-        "name": [{"given": ["Ann", None], "_given": [None, {"extension": [{"url": "http://x", "valueCode": "IN"}]}]}],
+        "name": [
+            {
+                "given": ["Ann", None],
+                "_given": [None, {"extension": [{"url": "http://x", "valueCode": "IN"}]}],
+            }
+        ],
         "contact": [{}],
     }
     parsed = parse_resource(raw)
@@ -102,19 +109,35 @@ def test_empty_properties_are_dropped_but_array_nulls_kept() -> None:
         (b'{"resourceType":7}', InvalidResource, "resourceType"),
         (b'{"resourceType":"Nope"}', UnknownResourceType, "resourceType"),
         (b'{"resourceType":"patient"}', UnknownResourceType, "resourceType"),
-        (b'{"resourceType":"Patient","name":[{"given":["A",1]}]}', InvalidResource, "Patient.name[0].given[1]"),
+        (
+            b'{"resourceType":"Patient","name":[{"given":["A",1]}]}',
+            InvalidResource,
+            "Patient.name[0].given[1]",
+        ),
         (b'{"resourceType":"Patient","birthDate":"1970-13-01"}', InvalidResource, "Patient.birthDate"),
         (b'{"resourceType":"Patient","nickname":"x"}', InvalidResource, "Patient.nickname"),
         (b'{"resourceType":"Patient","id":"has space"}', InvalidResource, "Patient.id"),
-        (b'{"resourceType":"Patient","_gender":{"extension":[{"url":1}]}}', InvalidResource, "Patient._gender"),
+        (
+            b'{"resourceType":"Patient","_gender":{"extension":[{"url":1}]}}',
+            InvalidResource,
+            "Patient._gender",
+        ),
         (b'{"resourceType":"Encounter","class":{"code":"x"}}', InvalidResource, "Encounter.status"),
-        (b'{"resourceType":"Patient","contained":[{"resourceType":"Nope"}]}', InvalidResource,
-         "Patient.contained[0].resourceType"),
-        (b'{"resourceType":"Patient","contained":[{"resourceType":"Patient","birthDate":"x"}]}', InvalidResource,
-         "Patient.contained[0].birthDate"),
+        (
+            b'{"resourceType":"Patient","contained":[{"resourceType":"Nope"}]}',
+            InvalidResource,
+            "Patient.contained[0].resourceType",
+        ),
+        (
+            b'{"resourceType":"Patient","contained":[{"resourceType":"Patient","birthDate":"x"}]}',
+            InvalidResource,
+            "Patient.contained[0].birthDate",
+        ),
     ],
 )
-def test_bad_input_gets_a_clear_error(raw: bytes, error: type[FhirInputError], expression: str | None) -> None:
+def test_bad_input_gets_a_clear_error(
+    raw: bytes, error: type[FhirInputError], expression: str | None
+) -> None:
     with pytest.raises(error) as info:
         parse_resource(raw)
     assert type(info.value) is error
@@ -140,7 +163,9 @@ def test_expected_type_mismatch() -> None:
     with pytest.raises(InvalidResource) as info:
         parse_resource(b'{"resourceType":"Patient"}', expected_type="Observation")
     assert info.value.expression == "resourceType"
-    assert parse_resource(b'{"resourceType":"Patient"}', expected_type="Patient") == {"resourceType": "Patient"}
+    assert parse_resource(b'{"resourceType":"Patient"}', expected_type="Patient") == {
+        "resourceType": "Patient"
+    }
 
 
 def test_error_messages_never_echo_the_value() -> None:
@@ -175,7 +200,9 @@ def test_resource_type_list_matches_the_r4b_models() -> None:
                     found.add(name)
     assert found == RESOURCE_TYPES
     assert is_resource_type("Patient") and not is_resource_type("DomainResource")
-    assert "MedicinalProductDefinition" in RESOURCE_TYPES and "MedicinalProduct" not in RESOURCE_TYPES  # R4B-only
+    assert (
+        "MedicinalProductDefinition" in RESOURCE_TYPES and "MedicinalProduct" not in RESOURCE_TYPES
+    )  # R4B-only
 
 
 def test_nan_cannot_be_dumped() -> None:
