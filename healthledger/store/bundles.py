@@ -20,6 +20,7 @@ from fhir_adapters.errors import FhirInputError
 from healthledger.errors import (
     BadRequest,
     HealthLedgerError,
+    NotFound,
     NotSupported,
     PreconditionFailed,
 )
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from healthledger.store.repository import ResourceStore
 
 _REASON = {200: "OK", 201: "Created", 204: "No Content"}
-_INSTANCE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/(?P<vid>[0-9]+))?$")
-_TYPE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)$")
 _ETAG = re.compile(r'^(?:W/)?"?(?P<v>[0-9]+)"?$')
 
 
@@ -51,22 +50,19 @@ class Target:
     params: list[tuple[str, str]] | None = None  # conditional / search URL: `Type?name=value`
 
 
-def parse_target(url: str) -> Target:
-    """The target of a relative request URL (R4 3.1.0.11.1: relative to the server base)."""
-    path, _, query = url.partition("?")
-    path = path.strip("/")
-    if query or "?" in url:
-        m = _TYPE.match(path)
-        if not m:
-            raise BadRequest("request URL is not 'Type?parameters'")
-        return Target(m["type"], params=parse_qsl(query, keep_blank_values=True))
-    m = _INSTANCE.match(path)
-    if m:
-        return Target(m["type"], m["id"], int(m["vid"]) if m["vid"] else None)
-    m = _TYPE.match(path)
-    if m:
-        return Target(m["type"])
-    raise NotSupported("request URL is not a supported interaction (operations such as $lookup are not supported)")
+def entry_target(entry: Any) -> Target:
+    """The target of a planned entry (plan_bundle has parsed and checked the request URL)."""
+    params = list(entry.conditional) if entry.conditional is not None else None
+    version = int(entry.version_id) if entry.version_id and entry.version_id.isdigit() else None
+    if entry.version_id and version is None:
+        raise NotFound("no such version")
+    return Target(entry.resource_type, entry.id, version, params)
+
+
+def reference_target(reference: str) -> Target:
+    """The target of a conditional reference `Type?query` (plan_bundle checked it parses)."""
+    resource_type, _, query = reference.partition("?")
+    return Target(resource_type, params=parse_qsl(query, keep_blank_values=True))
 
 
 def parse_etag(value: Any) -> int | None:
@@ -148,9 +144,9 @@ class _Executor:
 
     def run(self, entry: Any, resource: dict[str, Any] | None, assigned: dict[int, str]) -> dict[str, Any]:
         method = entry.method.upper()
-        target = parse_target(entry.url)
+        target = entry_target(entry)
         uow = self.uow
-        if method == "GET":
+        if method in ("GET", "HEAD"):
             if target.params is not None or target.id is None:
                 with fhir_errors():
                     query = fhir_search.parse_search(target.resource_type, target.params or [])
@@ -180,7 +176,9 @@ class _Executor:
             if_none_exist = None
             if entry.if_none_exist and entry.index not in assigned:
                 if_none_exist = parse_qsl(entry.if_none_exist.lstrip("?"), keep_blank_values=True)
-            stored, created = uow.create(resource, if_none_exist=if_none_exist, resource_id=assigned.get(entry.index))
+            stored, created = uow.create(
+                resource, if_none_exist=if_none_exist, resource_id=assigned.get(entry.index), validated=True
+            )
             return _response_entry(201 if created else 200, stored)
         if method == "PUT":
             if_match = parse_etag(getattr(entry, "if_match", None))
@@ -190,11 +188,11 @@ class _Executor:
                     match = _single_match(uow, target, "update")
                     resource_id = match.id if match is not None else (resource.get("id") or uow.store.new_id())
                 body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
-                stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match)
+                stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match, validated=True)
                 return _response_entry(201 if created else 200, stored)
             if target.id is None or target.version is not None:
                 raise BadRequest("PUT needs 'Type/id' or 'Type?parameters'")
-            stored, created = uow.update(target.resource_type, target.id, resource, if_match=if_match)
+            stored, created = uow.update(target.resource_type, target.id, resource, if_match=if_match, validated=True)
             return _response_entry(201 if created else 200, stored)
         raise NotSupported(f"{method} is not supported in bundles")
 
@@ -215,13 +213,14 @@ def execute_bundle(store: ResourceStore, bundle: dict[str, Any], *, principal: P
 def _batch(store: ResourceStore, plan: Any, principal: Principal | None) -> dict[str, Any]:
     responses: dict[int, dict[str, Any]] = {}
     for entry in plan.entries:
+        if entry.error is not None:
+            responses[entry.index] = _error_entry(as_store_error(entry.error))
+            continue
         try:
             with store.unit_of_work(principal) as uow:
                 responses[entry.index] = _Executor(uow).run(entry, entry.resource, {})
         except (HealthLedgerError, FhirInputError) as exc:
             responses[entry.index] = _error_entry(_entry_error(exc, entry.index, entry.method, _type_of(entry)))
-    for index, problem in getattr(plan, "invalid", {}).items():
-        responses[index] = _error_entry(as_store_error(problem) if isinstance(problem, FhirInputError) else problem)
     return {
         "resourceType": "Bundle",
         "type": "batch-response",
@@ -272,7 +271,7 @@ def _assign(
     method = entry.method.upper()
     if method not in ("POST", "PUT", "DELETE"):
         return
-    target = parse_target(entry.url)
+    target = entry_target(entry)
     resource_id: str | None = None
     if method == "POST" and target.id is None and target.params is None:
         resource_id = uow.store.new_id()
@@ -321,7 +320,7 @@ def _rewritten(uow: UnitOfWork, resource: dict[str, Any] | None, mapping: dict[s
         if reference.startswith(("urn:uuid:", "urn:oid:")):
             raise BadRequest("a reference names a urn:uuid that is not the fullUrl of any entry")
         if "?" in reference:
-            target = parse_target(reference)
+            target = reference_target(reference)
             match = _single_match(uow, target, "reference")
             if match is None:
                 raise PreconditionFailed("a conditional reference matched no resource")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
+import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 
 from fhir_adapters import bundles as fhir_bundles
+from fhir_adapters import compartment as fhir_compartment
+from fhir_adapters import search as fhir_search
 from fhir_adapters import validation as fhir_validation
 from fhir_adapters.errors import FhirInputError
 from healthledger.errors import HealthLedgerError
@@ -20,6 +26,7 @@ from healthledger.store.models import resources_table as res_t
 from healthledger.store.repository import ResourceStore, UnitOfWork, _NewVersion, check_id
 
 CHUNK = 500  # resources per transaction: large enough to amortise commits, small enough to stay responsive
+SLICE = 250  # NDJSON lines per worker task
 SUFFIXES = (".ndjson", ".json")
 
 Progress = Callable[[int], None]  # called with the number of bytes just processed
@@ -86,17 +93,83 @@ def _reason(exc: Exception) -> str:
     return "unexpected error"
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One input item after validation: the resource with its index terms and compartment, or why not."""
+
+    where: str
+    resource: dict[str, Any] | None
+    reason: str | None = None
+    terms: dict[str, set[str]] | None = None
+    patient_id: str | None = None
+
+
+def prepare(where: str, item: Any) -> Prepared:
+    """Validate one resource and compute its (plaintext) index terms and compartment: pure, no keys."""
+    if isinstance(item, Exception):
+        return Prepared(where, None, _reason(item))
+    try:
+        resource = fhir_validation.parse_resource(item)
+        if "id" in resource:
+            check_id(resource["id"])
+        terms = fhir_search.index_terms(resource)
+        patient_id = fhir_compartment.patient_compartment(resource)
+    except (FhirInputError, HealthLedgerError) as exc:
+        return Prepared(where, None, _reason(exc))
+    return Prepared(where, resource, None, terms, patient_id)
+
+
+def prepare_ndjson_lines(lines: list[str], first_line_no: int) -> list[Prepared]:
+    """Worker task: parse and prepare a slice of an NDJSON file (line numbers relative to the file)."""
+    return [
+        prepare(f"line {first_line_no + n - 1}", item) for n, item in fhir_bundles.read_ndjson(lines)
+    ]
+
+
 class Importer:
     """Imports files into a store. Resources that carry an id keep it (references between them stay
     valid); a resource whose id is already stored is skipped, so importing twice is harmless."""
 
-    def __init__(self, store: ResourceStore, *, principal: Principal | None = None, chunk_size: int = CHUNK):
+    def __init__(
+        self,
+        store: ResourceStore,
+        *,
+        principal: Principal | None = None,
+        chunk_size: int = CHUNK,
+        workers: int | None = None,
+    ) -> None:
         self.store = store
         self.principal = principal
         self.chunk_size = chunk_size
+        # Validation with the R4B models costs ~1 ms per resource, more than sealing and writing it:
+        # worker processes validate NDJSON slices while this process encrypts and writes.
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _workers(self) -> ProcessPoolExecutor | None:
+        if self.workers < 2:
+            return None
+        if self._pool is None:
+            # fork: workers inherit the imported FHIR models instead of importing them again.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+        return self._pool
 
     def import_paths(self, paths: Iterable[Path], progress: Progress | None = None) -> ImportReport:
-        return ImportReport([self.import_file(p, progress) for p in discover(paths)])
+        try:
+            return ImportReport([self.import_file(p, progress) for p in discover(paths)])
+        finally:
+            self.close()
 
     def import_file(self, path: Path, progress: Progress | None = None) -> FileReport:
         report = FileReport(str(path))
@@ -121,11 +194,26 @@ class Importer:
             report.unreadable = "file is not UTF-8 text"
             return
         lines = text.splitlines()
-        items: Iterator[tuple[str, dict[str, Any] | Exception, int]] = (
-            (f"line {line_no}", item, len(lines[line_no - 1].encode()) + 1 if 0 < line_no <= len(lines) else 0)
-            for line_no, item in fhir_bundles.read_ndjson(lines)
-        )
-        self._import_resources(items, report, progress)
+        slices = [(lines[i : i + SLICE], i + 1) for i in range(0, len(lines), SLICE)]
+        pool = self._workers() if len(lines) > SLICE else None
+        if pool is None:
+            prepared_slices: Iterator[list[Prepared]] = (prepare_ndjson_lines(ls, first) for ls, first in slices)
+        else:
+            prepared_slices = _bounded_map(pool, prepare_ndjson_lines, slices, window=2 * self.workers)
+        pending: list[Prepared] = []
+        done_bytes = 0
+        for (slice_lines, _), prepared in zip(slices, prepared_slices):
+            pending.extend(prepared)
+            done_bytes += sum(len(line.encode()) + 1 for line in slice_lines)
+            if len(pending) >= self.chunk_size:
+                self._write_prepared(pending, report)
+                pending = []
+                if progress:
+                    progress(done_bytes)
+                    done_bytes = 0
+        self._write_prepared(pending, report)
+        if progress and done_bytes:
+            progress(done_bytes)
 
     # -- JSON: a Bundle or a single resource ---------------------------------------------------
     def _import_json(self, raw: bytes, report: FileReport) -> None:
@@ -181,25 +269,21 @@ class Importer:
             chunk = list(itertools.islice(items, self.chunk_size))
             if not chunk:
                 return
-            valid: list[tuple[str, dict[str, Any]]] = []
-            for where, item, _ in chunk:
-                if isinstance(item, Exception):
-                    report.reject(where, _reason(item))
-                    continue
-                try:
-                    resource = fhir_validation.parse_resource(item)
-                    if "id" in resource:
-                        check_id(resource["id"])
-                except (FhirInputError, HealthLedgerError) as exc:
-                    report.reject(where, _reason(exc))
-                    continue
-                valid.append((where, resource))
-            if valid:
-                self._write_chunk(valid, report)
+            self._write_prepared([prepare(where, item) for where, item, _ in chunk], report)
             if progress:
                 progress(sum(size for _, _, size in chunk))
 
-    def _write_chunk(self, valid: list[tuple[str, dict[str, Any]]], report: FileReport) -> None:
+    def _write_prepared(self, prepared: list[Prepared], report: FileReport) -> None:
+        valid: list[Prepared] = []
+        for p in prepared:
+            if p.resource is None:
+                report.reject(p.where, p.reason or "invalid")
+            else:
+                valid.append(p)
+        if valid:
+            self._write_chunk(valid, report)
+
+    def _write_chunk(self, valid: list[Prepared], report: FileReport) -> None:
         try:
             with self.store.unit_of_work(self.principal) as uow:
                 imported = self._write_in(uow, valid, report)
@@ -207,16 +291,18 @@ class Importer:
             # Something failed for the chunk as a whole (e.g. an erased compartment): retry one by one
             # so one bad resource does not reject its neighbours.
             if len(valid) == 1:
-                report.reject(valid[0][0], _reason(exc))
+                report.reject(valid[0].where, _reason(exc))
                 return
             for one in valid:
                 self._write_chunk([one], report)
             return
         report.imported += imported
 
-    def _write_in(self, uow: UnitOfWork, valid: list[tuple[str, dict[str, Any]]], report: FileReport) -> int:
+    def _write_in(self, uow: UnitOfWork, valid: list[Prepared], report: FileReport) -> int:
         by_type: dict[str, set[str]] = {}
-        for _, r in valid:
+        for p in valid:
+            r = p.resource
+            assert r is not None
             if "id" in r:
                 by_type.setdefault(r["resourceType"], set()).add(r["id"])
         existing: dict[tuple[str, str], Any] = {}
@@ -234,7 +320,9 @@ class Importer:
         versions: list[_NewVersion] = []
         supersede: list[int] = []
         seen: set[tuple[str, str]] = set()
-        for where, resource in valid:
+        for p in valid:
+            where, resource = p.where, p.resource
+            assert resource is not None
             resource_type = resource["resourceType"]
             resource_id = resource.get("id") or uow.store.new_id()
             key = (resource_type, resource_id)
@@ -251,7 +339,8 @@ class Importer:
                 continue
             uow._check("create", resource_type, resource)
             version, _ = uow.prepare_version(
-                resource_type, resource_id, 1 if row is None else row.version_id + 1, resource
+                resource_type, resource_id, 1 if row is None else row.version_id + 1, resource,
+                patient_id=p.patient_id, index=p.terms,
             )
             versions.append(version)
             if row is not None:
@@ -271,3 +360,18 @@ def summarise_json(report: ImportReport) -> str:
         },
         indent=2,
     )
+
+
+def _bounded_map(
+    pool: ProcessPoolExecutor, fn: Callable[..., list[Prepared]], args: list[tuple[Any, ...]], *, window: int
+) -> Iterator[list[Prepared]]:
+    """`pool.map` in order with at most `window` tasks in flight (memory stays bounded on big files)."""
+    pending: deque[Future[list[Prepared]]] = deque()
+    it = iter(args)
+    for a in itertools.islice(it, window):
+        pending.append(pool.submit(fn, *a))
+    while pending:
+        result = pending.popleft().result()
+        for a in itertools.islice(it, 1):
+            pending.append(pool.submit(fn, *a))
+        yield result
