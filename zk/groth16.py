@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from zk.errors import MalformedInput
-from zk.field import Q, R
+from zk.field import BN_U, Q, R
 from zk.pairing import (
     FQ12_ONE,
     Fq2,
@@ -34,6 +34,7 @@ from zk.pairing import (
     g2_on_curve,
     miller_loop,
     prepare_g2,
+    twist_frobenius,
 )
 from zk.snarkjs_io import G1Point, G2Point, Proof, VerificationKey
 
@@ -128,9 +129,23 @@ def g2_multiply(p: G2Point, k: int) -> G2Point:
     return result
 
 
-def g2_in_subgroup(p: G2Affine) -> bool:
+def g2_in_subgroup_by_order(p: G2Affine) -> bool:
     """Q in the order-r subgroup of the twist (which has a large cofactor): [r]Q is the point at infinity."""
     return g2_multiply(p, R) is None
+
+
+# On G2 the untwist-Frobenius-twist endomorphism psi acts as [q] = [6u^2] (q - r = 6u^2), and for BN curves
+# psi(Q) = [6u^2]Q holds only on G2 (El Housni, Guillevic, Piellard, "Co-factor clearing and subgroup
+# membership testing on pairing-friendly curves", AFRICACRYPT 2022, section 4.2; Scott, eprint 2021/1130).
+# A 128-bit scalar instead of the 254-bit r; tests hold it equal to the [r]Q check.
+PSI_EIGENVALUE = 6 * BN_U * BN_U
+if Q - R != PSI_EIGENVALUE:
+    raise ValueError("q - r should equal 6u^2")
+
+
+def g2_in_subgroup(p: G2Affine) -> bool:
+    """Q (on the twist) is in G2: psi(Q) == [6u^2]Q."""
+    return twist_frobenius(p) == g2_multiply(p, PSI_EIGENVALUE)
 
 
 # -- verification --------------------------------------------------------------------------------------------

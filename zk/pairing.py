@@ -280,7 +280,8 @@ def final_exponentiation_slow(f: Fq12) -> Fq12:
 
 
 # -- Miller loop -------------------------------------------------------------------------------------------
-def _twist_frobenius(p: G2Affine) -> G2Affine:
+def twist_frobenius(p: G2Affine) -> G2Affine:
+    """psi: the q-power Frobenius carried to the twist (untwist, Frobenius, twist)."""
     (x0, x1), (y0, y1) = p
     return fq2_mul((x0, -x1 % Q), FROB_GX), fq2_mul((y0, -y1 % Q), FROB_GY)
 
@@ -326,8 +327,8 @@ def prepare_g2(q: G2Affine) -> PreparedG2:
         if digit:
             line, r = _line_through(r, q if digit == 1 else neg_q)
             lines.append(line)
-    q1 = _twist_frobenius(q)
-    q2 = _twist_frobenius(q1)
+    q1 = twist_frobenius(q)
+    q2 = twist_frobenius(q1)
     neg_q2 = (q2[0], ((-q2[1][0]) % Q, (-q2[1][1]) % Q))
     line, r = _line_through(r, q1)
     lines.append(line)

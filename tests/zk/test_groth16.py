@@ -20,7 +20,13 @@ from zk_points import g1_point, g2_point, twist_point_outside_g2
 
 from zk.errors import MalformedInput
 from zk.field import Q, R
-from zk.groth16 import g1_linear_combination, g2_in_subgroup, verify, verify_reference
+from zk.groth16 import (
+    g1_linear_combination,
+    g2_in_subgroup,
+    g2_in_subgroup_by_order,
+    verify,
+    verify_reference,
+)
 from zk.pairing import (
     FQ12_ONE,
     final_exponentiation,
@@ -300,3 +306,12 @@ def test_g1_linear_combination_matches_py_ecc(terms: list[tuple[int, int]]) -> N
 def test_g2_subgroup_check() -> None:
     assert g2_in_subgroup(g2_point(1)) and g2_in_subgroup(g2_point(R - 5))
     assert not g2_in_subgroup(twist_point_outside_g2(7))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 10**6), st.integers(1, R - 1))
+def test_endomorphism_subgroup_check_equals_order_check(seed: int, k: int) -> None:
+    outside = twist_point_outside_g2(seed)
+    assert g2_in_subgroup(outside) == g2_in_subgroup_by_order(outside) is False
+    inside = g2_point(k)
+    assert g2_in_subgroup(inside) == g2_in_subgroup_by_order(inside) is True
