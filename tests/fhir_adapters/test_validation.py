@@ -195,9 +195,9 @@ def test_resource_type_list_matches_the_r4b_models() -> None:
             continue
         mod = importlib.import_module(f"fhir.resources.R4B.{module.name}")
         for name, cls in vars(mod).items():
-            if isinstance(cls, type) and issubclass(cls, Resource) and cls.__module__ == mod.__name__:
-                if cls.get_resource_type() == name and name not in {"Resource", "DomainResource"}:
-                    found.add(name)
+            concrete = isinstance(cls, type) and issubclass(cls, Resource) and cls.__module__ == mod.__name__
+            if concrete and cls.get_resource_type() == name and name not in {"Resource", "DomainResource"}:
+                found.add(name)
     assert found == RESOURCE_TYPES
     assert is_resource_type("Patient") and not is_resource_type("DomainResource")
     assert (

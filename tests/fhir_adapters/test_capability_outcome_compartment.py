@@ -1,0 +1,119 @@
+"""CapabilityStatement truthfulness, OperationOutcome shape, and patient compartments."""
+
+from __future__ import annotations
+
+import pytest
+
+from fhir_adapters.capability import FHIR_VERSION, capability_statement
+from fhir_adapters.compartment import patient_compartment
+from fhir_adapters.errors import InvalidResource
+from fhir_adapters.outcome import operation_outcome, outcome_for_input_error
+from fhir_adapters.search import SEARCH_PARAMETERS, parse_search
+from fhir_adapters.validation import RESOURCE_TYPES, parse_resource
+
+INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
+
+
+def test_capability_statement_is_valid_and_declares_r4() -> None:
+    cs = capability_statement(
+        interactions=INTERACTIONS,
+        system_interactions=("transaction", "batch"),
+        software_version="0.1.0",
+        conditional_create=True,
+    )
+    assert parse_resource(cs) == cs  # a valid (R4B-checked) CapabilityStatement
+    assert cs["fhirVersion"] == FHIR_VERSION == "4.0.1"
+    assert "4.3.0" in cs["implementation"]["description"]
+    rest = cs["rest"][0]
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch"}
+    resources = {r["type"]: r for r in rest["resource"]}
+    assert set(resources) == RESOURCE_TYPES
+    assert resources["Patient"]["conditionalCreate"] is True
+    assert {i["code"] for i in resources["Observation"]["interaction"]} == set(INTERACTIONS)
+
+
+def test_capability_search_params_are_exactly_the_parseable_ones() -> None:
+    cs = capability_statement(interactions=INTERACTIONS)
+    for resource in cs["rest"][0]["resource"]:
+        declared = {p["name"]: p["type"] for p in resource["searchParam"]}
+        expected = SEARCH_PARAMETERS.get(resource["type"], {"_id": None, "_lastUpdated": None})
+        assert set(declared) == set(expected)
+        for name in declared:  # each declared parameter is accepted by the parser
+            parse_search(resource["type"], [(f"{name}:missing", "true")])
+
+
+def test_capability_without_search_lists_no_search_params() -> None:
+    cs = capability_statement(interactions=("read",), resource_types=("Patient",))
+    (patient,) = cs["rest"][0]["resource"]
+    assert "searchParam" not in patient and patient["readHistory"] is False
+    with pytest.raises(ValueError):
+        capability_statement(interactions=("teleport",))
+
+
+def test_operation_outcome() -> None:
+    outcome = operation_outcome("error", "not-found", "Patient/1 is not known", "Patient.id")
+    assert parse_resource(outcome) == outcome
+    assert outcome["issue"] == [
+        {
+            "severity": "error",
+            "code": "not-found",
+            "diagnostics": "Patient/1 is not known",
+            "expression": ["Patient.id"],
+        }
+    ]
+    with pytest.raises(InvalidResource) as info:
+        parse_resource(b'{"resourceType":"Patient","birthDate":"x"}')
+    from_error = outcome_for_input_error(info.value)
+    assert from_error["issue"][0]["code"] == "structure"
+    assert from_error["issue"][0]["expression"] == ["Patient.birthDate"]
+    with pytest.raises(ValueError):
+        operation_outcome("bad", "x", "y")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ({"resourceType": "Patient", "id": "p1"}, "p1"),
+        ({"resourceType": "Patient"}, None),
+        ({"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}, "p1"),
+        (
+            {
+                "resourceType": "Observation",
+                "subject": {"reference": "https://x.example/fhir/Patient/p1/_history/2"},
+            },
+            "p1",
+        ),
+        ({"resourceType": "Observation", "subject": {"reference": "Group/g"}}, None),
+        (
+            {
+                "resourceType": "Observation",
+                "subject": {"reference": "urn:uuid:0f0a0f0a-0000-4000-8000-000000000001"},
+            },
+            None,
+        ),
+        ({"resourceType": "Consent", "patient": {"reference": "Patient/c"}}, "c"),
+        ({"resourceType": "Coverage", "beneficiary": {"reference": "Patient/b"}}, "b"),
+        (
+            {
+                "resourceType": "AuditEvent",
+                "agent": [{"who": {"reference": "Practitioner/1"}}],
+                "entity": [{"what": {"reference": "Organization/o"}}, {"what": {"reference": "Patient/a"}}],
+            },
+            "a",
+        ),
+        ({"resourceType": "Organization", "id": "o"}, None),
+        ({"resourceType": "Observation", "subject": "Patient/p1"}, None),  # malformed: not a Reference
+        ({}, None),
+    ],
+)
+def test_patient_compartment(resource: dict[str, object], expected: str | None) -> None:
+    assert patient_compartment(resource) == expected
