@@ -86,3 +86,14 @@ def test_registered_in_healthledger_cli_and_python_m_zk() -> None:
         check=False, capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("malformed input: public signals")
+
+
+def test_zk_core_does_not_import_the_service() -> None:
+    code = (
+        "import sys, zk.cli, zk.groth16, zk.merkle, zk.poseidon, zk.snarkjs_io, zk.pairing;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('healthledger', 'flask', 'sqlalchemy'));"
+        "print(','.join(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, check=True)
+    assert proc.stdout.strip() == ""

@@ -229,3 +229,17 @@ def test_bad_leaf_and_index() -> None:
         tree.insert(-1)
     with pytest.raises(MalformedInput, match="leaf index"):
         tree.path(1)
+
+
+@pytest.mark.node
+def test_committed_vectors_are_what_circomlibjs_computes() -> None:
+    import subprocess
+
+    from conftest import node_tool
+
+    node_tool("snarkjs")
+    out = subprocess.run(
+        ["node", str(ROOT / "tests" / "vectors" / "zk" / "gen_merkle.mjs")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert json.loads(out.stdout) == VECTORS
