@@ -542,8 +542,13 @@ class _Worker:
             with translate_errors():
                 tx = self.chain.w3.eth.get_transaction(receipt["transactionHash"])
                 self.chain.w3.eth.call(
-                    {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]},
-                    block_identifier=max(int(receipt["blockNumber"]) - 1, 0),
+                    {
+                        "from": tx["from"],
+                        "to": tx["to"],
+                        "data": tx.get("input", tx.get("data")),
+                        "gas": tx["gas"],
+                    },
+                    block_identifier=int(receipt["blockNumber"]),  # post-state: what made it revert
                 )
         except ChainError as exc:
             return str(exc)

@@ -159,3 +159,38 @@ def test_concurrent_workers_on_postgresql(postgres_schema_url: tuple[str, str], 
         assert len(granted_events(chain, deployed_at)) == 10
     finally:
         engine.dispose()
+
+
+def test_revert_when_mined_marks_failed_with_reason(relay_db, anvil_ledger) -> None:
+    chain, deployed_at, node = anvil_ledger
+    node.rpc("evm_setAutomine", [False])
+    msg, sig = signed_grant(chain)
+    # Another submitter gets the same signed grant into the mempool first (front-running the relayer).
+    r, vs = relayer.compact(sig)
+    registry = chain.contract("ConsentRegistry")
+    fn = registry.functions.grantBySig(
+        msg.patient,
+        msg.grantee,
+        msg.scope_hash,
+        msg.valid_from,
+        msg.valid_until,
+        msg.nonce,
+        msg.deadline,
+        r,
+        vs,
+    )
+    chain.sign_and_submit(chain.build(fn))
+    with relay_db.begin() as s:
+        item_id = relayer.submit_grant(s, domain_of(chain), msg, sig, now=time.time())
+    t0 = time.time()
+    assert outbox.process_outbox(relay_db, chain, t0, policy=FAST).broadcast >= 1  # estimate still passes
+    node.rpc("evm_mine")
+    report = outbox.process_outbox(relay_db, chain, t0 + 1, policy=FAST)
+    assert report.failed == 1
+    with relay_db() as s:
+        st = outbox.status(s, item_id)
+        assert st.state is outbox.OutboxState.FAILED
+        assert "reverted on-chain" in (st.failure_reason or "") and "InvalidNonce(1, 0)" in (
+            st.failure_reason or ""
+        )
+    assert len(granted_events(chain, deployed_at)) == 1
