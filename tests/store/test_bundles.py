@@ -1,0 +1,153 @@
+"""Batch and transaction Bundles on the store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from healthledger.errors import HealthLedgerError, NotFound, PreconditionFailed
+from healthledger.store.repository import ResourceStore
+from tests.store.test_repository import observation, patient
+
+P_URN = "urn:uuid:0c3b8a3e-8d1e-4e1e-9c55-6a0e7b0e1a01"
+O_URN = "urn:uuid:0c3b8a3e-8d1e-4e1e-9c55-6a0e7b0e1a02"
+
+
+def bundle(kind: str, *entries: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def post(resource: dict[str, Any], full_url: str | None = None, if_none_exist: str | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {"method": "POST", "url": resource["resourceType"]}
+    if if_none_exist:
+        request["ifNoneExist"] = if_none_exist
+    entry: dict[str, Any] = {"resource": resource, "request": request}
+    if full_url:
+        entry["fullUrl"] = full_url
+    return entry
+
+
+def obs_for(ref: str) -> dict[str, Any]:
+    o = observation("x")
+    o["subject"] = {"reference": ref}
+    return o
+
+
+def count(store: ResourceStore, resource_type: str) -> int:
+    return store.search_params(resource_type, []).total or 0
+
+
+def test_transaction_assigns_ids_and_rewrites_urn_references(store: ResourceStore) -> None:
+    result = store.execute_bundle(bundle("transaction", post(obs_for(P_URN), O_URN), post(patient(), P_URN)))
+    assert result["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert statuses == ["201 Created", "201 Created"]  # in the order of the request entries
+    obs_loc, pat_loc = (e["response"]["location"] for e in result["entry"])
+    pid = pat_loc.split("/")[1]
+    stored = store.read("Observation", obs_loc.split("/")[1]).resource or {}
+    assert stored["subject"]["reference"] == f"Patient/{pid}"
+    assert store.search_params("Observation", [("patient", pid)]).total == 1
+
+
+def test_failed_transaction_rolls_back_whole_and_names_the_entry(store: ResourceStore) -> None:
+    tx = bundle("transaction", post(patient(), P_URN), {"request": {"method": "GET", "url": "Patient/nope"}})
+    with pytest.raises(NotFound) as err:
+        store.execute_bundle(tx)
+    assert err.value.expression == "Bundle.entry[1]" and "entry 1" in err.value.message
+    assert count(store, "Patient") == 0
+
+
+def test_if_match_failure_rolls_back_earlier_writes(store: ResourceStore) -> None:
+    store.update("Patient", "p-1", patient())
+    tx = bundle(
+        "transaction",
+        {"request": {"method": "DELETE", "url": "Patient/p-1"}},
+        post(observation("p-1")),
+        {"resource": {**patient(), "id": "p-2"}, "request": {"method": "PUT", "url": "Patient/p-2", "ifMatch": 'W/"5"'}},
+    )
+    with pytest.raises(PreconditionFailed) as err:
+        store.execute_bundle(tx)
+    assert err.value.expression == "Bundle.entry[2]"
+    assert store.read("Patient", "p-1").version_id == 1
+    assert count(store, "Observation") == 0
+
+
+def test_conditional_references_resolve_or_fail(store: ResourceStore) -> None:
+    known, _ = store.create(patient(mrn="COND-1"))
+    ok = store.execute_bundle(bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|COND-1"))))
+    oid = ok["entry"][0]["response"]["location"].split("/")[1]
+    assert (store.read("Observation", oid).resource or {})["subject"]["reference"] == f"Patient/{known.id}"
+
+    with pytest.raises(PreconditionFailed) as none:
+        store.execute_bundle(bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|NOBODY"))))
+    assert none.value.expression == "Bundle.entry[0]"
+    store.create(patient(mrn="COND-1", family="Duplicate"))
+    with pytest.raises(PreconditionFailed):
+        store.execute_bundle(bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|COND-1"))))
+    assert count(store, "Observation") == 1
+
+
+def test_conditional_create_in_transaction_maps_fullurl_to_existing(store: ResourceStore) -> None:
+    existing, _ = store.create(patient(mrn="CC-1"))
+    result = store.execute_bundle(
+        bundle("transaction", post(patient(mrn="CC-1"), P_URN, "identifier=urn:test:mrn|CC-1"), post(obs_for(P_URN)))
+    )
+    assert [e["response"]["status"] for e in result["entry"]] == ["200 OK", "201 Created"]
+    oid = result["entry"][1]["response"]["location"].split("/")[1]
+    assert (store.read("Observation", oid).resource or {})["subject"]["reference"] == f"Patient/{existing.id}"
+    assert count(store, "Patient") == 1
+
+
+def test_conditional_update_and_delete(store: ResourceStore) -> None:
+    made, _ = store.create(patient(mrn="CU-1"))
+    put = {"resource": patient(mrn="CU-1", family="Updated"), "request": {"method": "PUT", "url": "Patient?identifier=CU-1"}}
+    result = store.execute_bundle(bundle("transaction", put))
+    assert result["entry"][0]["response"]["status"] == "200 OK"
+    assert (store.read("Patient", made.id).resource or {})["name"][0]["family"] == "Updated"
+    store.execute_bundle(bundle("transaction", {"request": {"method": "DELETE", "url": "Patient?identifier=CU-1"}}))
+    assert count(store, "Patient") == 0
+
+
+def test_batch_entries_stand_alone(store: ResourceStore) -> None:
+    store.update("Patient", "b-1", patient())
+    result = store.execute_bundle(
+        bundle(
+            "batch",
+            post(patient(mrn="B-2")),
+            {"resource": {**patient(), "id": "b-1"}, "request": {"method": "PUT", "url": "Patient/b-1", "ifMatch": 'W/"9"'}},
+            {"request": {"method": "GET", "url": "Patient/b-1"}},
+            {"request": {"method": "GET", "url": "Patient?identifier=B-2"}},
+            {"request": {"method": "POST", "url": "Patient"}},
+        )
+    )
+    assert result["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert statuses[:4] == ["201 Created", "412", "200 OK", "200 OK"] and statuses[4].startswith("400")
+    assert result["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert result["entry"][3]["resource"]["total"] == 1
+    assert count(store, "Patient") == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("Bundle-TransactionWithValidBundleEntry.json", True),
+        ("Bundle-TransactionForRollBack.json", False),
+        ("Bundle-TransactionWithConditionalReferenceInResourceBody.json", False),
+        ("Bundle-TransactionWithMultipleEntriesModifyingSameResource.json", False),
+    ],
+)
+def test_reference_transaction_bundles(store: ResourceStore, fixtures_dir: Path, name: str, ok: bool) -> None:
+    tx = json.loads((fixtures_dir / "transaction-bundles" / name).read_text(encoding="utf-8-sig"))
+    before = count(store, "Patient")
+    if ok:
+        result = store.execute_bundle(tx)
+        assert all(e["response"]["status"][0] == "2" for e in result["entry"])
+        return
+    with pytest.raises(HealthLedgerError) as err:
+        store.execute_bundle(tx)
+    assert (err.value.expression or "").startswith("Bundle.entry[")
+    assert count(store, "Patient") == before
