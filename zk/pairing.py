@@ -102,7 +102,7 @@ def g2_on_curve(p: G2Affine) -> bool:
 
 
 # -- F_q12 (py_ecc's polynomial basis) ---------------------------------------------------------------
-_LIMB_BITS = 528  # a product coefficient is < 12 * Q^2 * 18^2 < 2^528 (inputs reduced, non-negative)
+_LIMB_BITS = 528  # a product coefficient is < 12 * Q^2 < 2^511 (inputs reduced, non-negative): no carries
 _LIMB_BYTES = _LIMB_BITS // 8
 
 
