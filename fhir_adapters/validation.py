@@ -51,6 +51,7 @@ RESOURCE_TYPES: Final[frozenset[str]] = frozenset(_R4B_RESOURCE_TYPE_NAMES.split
 
 MAX_ERRORS_NAMED: Final = 1  # the first failing path is named; the count of the rest is reported
 _NAME = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]*$")
+_JSON_PROPERTY = re.compile(r"^_?[A-Za-z][A-Za-z0-9]{0,63}$")
 
 
 def is_resource_type(name: str) -> bool:
@@ -181,6 +182,14 @@ def _drop_empty(value: Any, path: str) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):  # only possible for a dict built in Python
                 raise InvalidResource("Property names must be strings", expression=path)
+            if not _JSON_PROPERTY.match(key):
+                # FHIR JSON names are `name` or `_name` (R4 2.6.2); this also refuses the models' Python aliases
+                # (`class_fhir`, `birthDate__ext`, `resource_type`, `fhir_comments`) that pydantic would accept.
+                where = f"{path}.{key}" if _NAME.match(key) and len(key) <= 64 else path
+                raise InvalidResource(
+                    f"Invalid {path.split('.')[0].split('[')[0]} at {where}: property name is not a FHIR element",
+                    expression=where,
+                )
             child = _drop_empty(item, f"{path}.{key}")
             if child is not None:
                 out[key] = child

@@ -147,6 +147,27 @@ def test_bad_input_gets_a_clear_error(
     assert info.value.message and str(info.value) == info.value.message
 
 
+@pytest.mark.parametrize(
+    ("body", "expression"),
+    [
+        (
+            {"resourceType": "Encounter", "status": "finished", "class_fhir": {"code": "x"}},
+            "Encounter.class_fhir",
+        ),
+        ({"resourceType": "Patient", "name": [{"family__ext": {"id": "a"}}]}, "Patient.name[0].family__ext"),
+        ({"resourceType": "Patient", "resource_type": "Patient"}, "Patient.resource_type"),
+        ({"resourceType": "Patient", "fhir_comments": ["x"]}, "Patient.fhir_comments"),
+        ({"resourceType": "Patient", "Zoë Smith": 1}, "Patient"),
+    ],
+)
+def test_python_aliases_of_the_models_are_not_fhir(body: dict[str, Any], expression: str) -> None:
+    """pydantic would accept the models' Python field names; FHIR JSON does not have them."""
+    with pytest.raises(InvalidResource) as info:
+        parse_resource(body)
+    assert info.value.expression == expression
+    assert "Zoë" not in info.value.message
+
+
 def test_statuses() -> None:
     with pytest.raises(UnknownResourceType) as url_type:
         parse_resource(b'{"resourceType":"Patient"}', expected_type="Nope")
