@@ -222,7 +222,11 @@ def verify(vk: VerificationKey | PreparedVerificationKey, proof: Proof, public_s
     vk_x = g1_linear_combination(key.ic, [1, *public_signals])
     pairs: list[tuple[G1Point, PreparedG2]] = []
     if proof.b is not None:
-        pairs.append((_neg_g1(proof.a), prepare_g2(proof.b)))
+        try:
+            lines_b = prepare_g2(proof.b)
+        except ValueError:  # unreachable for a point of G2 (checked above); never let it escape as a crash
+            raise MalformedInput("proof.pi_b: degenerate point") from None
+        pairs.append((_neg_g1(proof.a), lines_b))
     if prepared.gamma_lines is not None:
         pairs.append((vk_x, prepared.gamma_lines))
     if prepared.delta_lines is not None:
