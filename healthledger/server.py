@@ -25,12 +25,30 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings)
 
 
-def run_gunicorn(settings: Settings, **extra: Any) -> None:
-    options = {
+# AF_UNIX paths are limited to 108 bytes (unix(7)); leave room for the terminator.
+_MAX_SOCKET_PATH = 100
+
+
+def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """gunicorn settings for our Settings: one control socket per data directory, not one per user.
+
+    gunicorn's default control socket is `~/.gunicorn/gunicorn.ctl`, shared by every instance the user
+    runs; two HealthLedger instances (or a test beside a server) would take each other's socket.
+    """
+    options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
         "accesslog": "-",
         "timeout": 60,
-        **extra,
     }
-    _Gunicorn(settings, options).run()
+    control = (settings.data_dir / "gunicorn.ctl").resolve()
+    if len(str(control)) <= _MAX_SOCKET_PATH:
+        options["control_socket"] = str(control)
+    else:
+        options["control_socket_disable"] = True
+    options.update(extra)
+    return options
+
+
+def run_gunicorn(settings: Settings, **extra: Any) -> None:
+    _Gunicorn(settings, gunicorn_options(settings, **extra)).run()

@@ -1,0 +1,303 @@
+"""FHIR read and search latency and throughput under gunicorn on loopback, privacy on vs off, with wrk.
+
+Two servers (gunicorn, 2 workers each) run on temporary data directories holding the same generated
+patients: one stores resources encrypted with blind indexes (the product), the other with
+`privacy_off_for_benchmark=True` (plaintext, unkeyed digests). Each operation is measured on both in
+the same run, alternating, so the privacy overhead is a ratio of figures taken side by side.
+
+Usage: .venv/bin/python benchmarks/fhir_http.py [--patients 300] [--duration 10] [--connections 16]
+Needs `wrk` (Debian: apt-get install wrk); installs nothing. Writes benchmarks/results/fhir_http.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "fhir_http.json"
+TOKEN = "bench-token"
+
+# wrk Lua: requests cycle through a fixed list of paths; done() prints the summary as one JSON line.
+LUA = """
+local paths = {%(paths)s}
+local i = 0
+local headers = {["Authorization"] = "Bearer %(token)s", ["Accept"] = "application/fhir+json"}
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i], headers)
+end
+local non2xx = 0
+response = function(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1 end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, ' ..
+    '"mean_us": %%f, "socket_errors": %%d, "status_errors": %%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.mean, e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(data_dir: Path, port: int, privacy_off: bool, workers: int) -> None:
+    """Child process: gunicorn with our settings, no access log (it would dominate the measurement)."""
+    from healthledger.config import Settings
+    from healthledger.server import run_gunicorn
+
+    settings = Settings(
+        data_dir=data_dir, port=port, workers=workers, dev_token=TOKEN, load_demo_data=False,
+        privacy_off_for_benchmark=privacy_off,
+    )
+    run_gunicorn(settings, accesslog=None, errorlog="-", loglevel="warning")
+
+
+def prepare(data_dir: Path, patients: int, privacy_off: bool) -> dict[str, Any]:
+    """Schema, keys and the generated patients imported through the store's importer; returns ids to query."""
+    from healthledger.app import bootstrap
+    from healthledger.config import Settings
+    from healthledger.db import make_engine
+    from healthledger.demo import demo_resources
+    from healthledger.keys import key_provider_for
+    from healthledger.store.importer import Importer
+    from healthledger.store.repository import ResourceStore
+
+    settings = Settings(data_dir=data_dir, load_demo_data=False, privacy_off_for_benchmark=privacy_off)
+    bootstrap(settings)
+    resources = demo_resources(patients=patients, observations_per_patient=6)
+    ndjson = data_dir / "bench.ndjson"
+    ndjson.write_text("\n".join(json.dumps(r) for r in resources) + "\n")
+    engine = make_engine(settings.database_url)
+    store = ResourceStore(engine, key_provider_for(settings.key_provider, settings.keys_dir), settings)
+    started = time.perf_counter()
+    report = Importer(store).import_paths([ndjson])
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    ndjson.unlink()
+    if report.rejected or report.imported != len(resources):
+        raise SystemExit(f"import failed: {report.imported} imported, {report.rejected} rejected")
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    return {"resources": len(resources), "import_seconds": elapsed, "by_type": by_type}
+
+
+def wait_ready(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server on port {port} did not become ready")
+
+
+def check(port: int, path: str) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        if resp.status != 200:
+            raise SystemExit(f"{path} answered {resp.status}")
+
+
+def server_cpu_seconds(master_pid: int) -> float:
+    """CPU time (user + system) used so far by a gunicorn master and its workers, from /proc (proc(5))."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [master_pid]
+    try:
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15)
+    return total
+
+
+def run_wrk(
+    port: int, paths: list[str], *, duration: int, connections: int, threads: int, workdir: Path,
+    master_pid: int | None = None,
+) -> dict[str, Any]:
+    script = workdir / f"wrk-{port}.lua"
+    script.write_text(LUA % {"paths": ", ".join(json.dumps(p) for p in paths), "token": TOKEN})
+    cpu_before = server_cpu_seconds(master_pid) if master_pid else 0.0
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
+         f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True, timeout=duration + 60,
+    ).stdout
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise SystemExit(f"wrk printed no summary:\n{out}")
+    raw = json.loads(line.removeprefix("WRKJSON "))
+    seconds = raw["duration_us"] / 1e6
+    cpu = server_cpu_seconds(master_pid) - cpu_before if master_pid else 0.0
+    cpu_ms = cpu * 1000 / raw["requests"] if raw["requests"] else 0.0
+    return {
+        # Server CPU per request is independent of how busy the (shared) machine is; 2 cores divided
+        # by it is the throughput this code could reach if it had both cores to itself.
+        "server_cpu_ms_per_request": cpu_ms,
+        "cpu_bound_req_per_s_on_2_cores": 2000 / cpu_ms if cpu_ms else None,
+        "requests": raw["requests"],
+        "req_per_s": raw["requests"] / seconds,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "mean_ms": raw["mean_us"] / 1000,
+        "errors": raw["socket_errors"] + raw["status_errors"],
+    }
+
+
+def operations(by_type: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    patients = by_type["Patient"]
+    observations = by_type["Observation"]
+    return {
+        "read Patient": [f"/fhir/Patient/{p['id']}" for p in patients],
+        "read Observation": [f"/fhir/Observation/{o['id']}" for o in observations[:2000]],
+        "search Observation?patient": [f"/fhir/Observation?patient={p['id']}&_count=20" for p in patients],
+        "search Observation?patient&code": [
+            f"/fhir/Observation?patient={p['id']}&code=http://loinc.org|29463-7" for p in patients
+        ],
+        "search Patient?identifier": [
+            f"/fhir/Patient?identifier={p['identifier'][0]['system']}|{p['identifier'][0]['value']}" for p in patients
+        ],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (2 cores are shared with the server)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--serve", nargs=3, metavar=("DATA_DIR", "PORT", "PRIVACY_OFF"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve:
+        serve(Path(args.serve[0]), int(args.serve[1]), args.serve[2] == "1", args.workers)
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="hl-bench-http-") as tmp:
+        workdir = Path(tmp)
+        modes = {"privacy on": False, "privacy off": True}
+        servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        prepared: dict[str, dict[str, Any]] = {}
+        try:
+            for label, privacy_off in modes.items():
+                data_dir = workdir / label.replace(" ", "-")
+                prepared[label] = prepare(data_dir, args.patients, privacy_off)
+                port = free_port()
+                proc = subprocess.Popen(
+                    [sys.executable, __file__, "--workers", str(args.workers), "--serve", str(data_dir), str(port),
+                     "1" if privacy_off else "0"],
+                    start_new_session=True,
+                )
+                servers[label] = (proc, port)
+            for label, (_, port) in servers.items():
+                wait_ready(port)
+            ops = operations(prepared["privacy on"]["by_type"])
+            results: dict[str, dict[str, Any]] = {}
+            for op, paths in ops.items():
+                for label, (_, port) in servers.items():
+                    check(port, paths[0])  # fail early with a clear message, not a page of non-2xx
+                    for path in paths[:3]:
+                        check(port, path)
+                    # A short warm-up fills each worker's key cache and SQLite page cache.
+                    run_wrk(port, paths, duration=2, connections=args.connections, threads=args.threads,
+                            workdir=workdir)
+                    results.setdefault(op, {})[label] = run_wrk(
+                        port, paths, duration=args.duration, connections=args.connections, threads=args.threads,
+                        workdir=workdir, master_pid=servers[label][0].pid,
+                    )
+        finally:
+            for proc, _ in servers.values():
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc, _ in servers.values():
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    print(f"\nFHIR over HTTP: gunicorn {args.workers} workers, wrk {args.threads} thread(s) x {args.connections} "
+          f"connections, {args.duration}s per run, {prepared['privacy on']['resources']} resources "
+          f"({args.patients} patients)\n")
+    load = os.getloadavg()[0]
+    print(f"load average during the run: {load:.1f} on {os.cpu_count()} cores (other work shares the machine)\n")
+    header = (f"{'operation':34} {'mode':12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+              f"{'cpu ms/req':>10} {'cpu-bound req/s':>15}")
+    print(header)
+    print("-" * len(header))
+    summary: dict[str, Any] = {}
+    for op, by_mode in results.items():
+        for label, r in by_mode.items():
+            bound = r["cpu_bound_req_per_s_on_2_cores"] or 0.0
+            print(f"{op:34} {label:12} {r['req_per_s']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:7d} "
+                  f"{r['server_cpu_ms_per_request']:10.2f} {bound:15.0f}")
+        on, off = by_mode["privacy on"], by_mode["privacy off"]
+        overhead = off["req_per_s"] / on["req_per_s"] if on["req_per_s"] else float("inf")
+        cpu_overhead = (on["server_cpu_ms_per_request"] / off["server_cpu_ms_per_request"]
+                        if off["server_cpu_ms_per_request"] else None)
+        summary[op] = {**by_mode, "privacy_overhead_throughput": overhead,
+                       "privacy_overhead_p50": on["p50_ms"] / off["p50_ms"] if off["p50_ms"] else None,
+                       "privacy_overhead_cpu": cpu_overhead}
+        print(f"{'':34} {'overhead':12} {overhead:7.2f}x throughput (off/on), "
+              f"{cpu_overhead or 0:.2f}x server CPU per request (on/off)")
+    read = summary["read Patient"]["privacy on"]["req_per_s"]
+    read_bound = summary["read Patient"]["privacy on"]["cpu_bound_req_per_s_on_2_cores"] or 0.0
+    read_overhead = summary["read Patient"]["privacy_overhead_throughput"]
+    read_cpu_overhead = summary["read Patient"]["privacy_overhead_cpu"] or 0.0
+    print(f"\nread target >= 800 req/s: measured {read:.0f} ({'met' if read >= 800 else 'NOT met'}), "
+          f"CPU-bound estimate {read_bound:.0f}; privacy overhead on reads <= 1.3x: {read_overhead:.2f}x throughput, "
+          f"{read_cpu_overhead:.2f}x CPU ({'met' if read_overhead <= 1.3 else 'NOT met'})")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "fhir_http",
+        "machine": {"cpus": os.cpu_count(), "load_average_1m_at_end": load},
+        "config": {"patients": args.patients, "resources": prepared["privacy on"]["resources"],
+                   "workers": args.workers, "wrk_threads": args.threads, "connections": args.connections,
+                   "duration_s": args.duration},
+        "import_seconds": {label: p["import_seconds"] for label, p in prepared.items()},
+        "operations": summary,
+        "targets": {"read_req_per_s": {"target": 800, "measured": read, "cpu_bound_estimate": read_bound},
+                    "read_privacy_overhead": {"target": 1.3, "measured": read_overhead,
+                                              "cpu_per_request_ratio": read_cpu_overhead}},
+    }, indent=2))
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    errors = sum(r["errors"] for by_mode in results.values() for r in by_mode.values())
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
