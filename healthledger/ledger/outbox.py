@@ -335,6 +335,18 @@ class _Worker:
         self.policy = policy
         self.worker_id = worker_id
         self.report = WorkerReport()
+        self._contracts: dict[str, Any] = {}
+        self._fees: Any = None  # one fee quote per pass: blocks do not change faster than a pass
+
+    def _fn_call(self, call: ContractCall) -> Any:
+        if call.contract not in self._contracts:
+            self._contracts[call.contract] = self.chain.contract(call.contract)
+        return getattr(self._contracts[call.contract].functions, call.function)(*call.args)
+
+    def _market_fees(self) -> Any:
+        if self._fees is None:
+            self._fees = self.chain.fees()
+        return self._fees
 
     # -- item dispatch -------------------------------------------------------------------------
     def handle(self, item_id: int) -> None:
@@ -409,9 +421,9 @@ class _Worker:
         except (BadRequest, KeyError, ValueError, TypeError) as exc:
             self._fail(item_id, f"malformed payload: {exc}")
             return
-        fn_call = getattr(self.chain.contract(call.contract).functions, call.function)(*call.args)
+        fn_call = self._fn_call(call)
         try:
-            tx = self.chain.build(fn_call)  # estimates gas: a revert here is the contract's answer
+            tx = self.chain.build(fn_call, fees=self._market_fees())  # estimates gas: a revert is the answer
         except ContractRevert as exc:
             if exc.error_name in TRANSIENT_REVERTS:
                 raise ChainError(str(exc)) from exc
@@ -578,12 +590,12 @@ class _Worker:
                 json.loads(item.payload),
                 item.kind,
             )
-        current = self.chain.fees()
+        current = self.chain.fees()  # fresh: a stuck transaction means the market moved
         max_fee, tip = replacement_fees(old_fee, old_tip, int(current.max_fee), int(current.priority_fee))
         if max_fee > self.policy.fee_cap_wei:
             raise ChainError("transaction is stuck and a fee bump would exceed the fee cap")
         call = self.calls[kind](payload)
-        fn_call = getattr(self.chain.contract(call.contract).functions, call.function)(*call.args)
+        fn_call = self._fn_call(call)
         from healthledger.ledger.chain import Fees
 
         tx = self.chain.build(fn_call, gas=gas, nonce=nonce, fees=Fees(max_fee=max_fee, priority_fee=tip))
