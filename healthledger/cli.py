@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -9,7 +10,35 @@ import click
 from healthledger.config import Settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands each package contributes, imported only when used (so `healthledger import` does not load web3,
+# and a package's command module is the only place its commands are defined). "module:attribute"; an
+# attribute ending in "()" is a factory called once.
+_LAZY_COMMANDS: dict[str, str] = {
+    "import": "healthledger.store.commands:import_command",
+    "rotate-keys": "healthledger.store.commands:rotate_keys_command",
+    "erase-patient": "healthledger.store.commands:erase_patient_command",
+    "zk": "zk.cli:build_zk_group()",
+    "clients": "healthledger.auth.commands:clients_group",
+    "chain": "healthledger.ledger.commands:chain_group",
+    "relay": "healthledger.ledger.relay_commands:relay_group",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in _LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attr = _LAZY_COMMANDS[cmd_name].partition(":")
+        target = getattr(importlib.import_module(module_name), attr.removesuffix("()"))
+        command = target() if attr.endswith("()") else target
+        self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """HealthLedger: encrypted FHIR store, on-chain consent ledger, zero-knowledge eligibility."""
@@ -51,26 +80,6 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
     run_gunicorn(settings)
 
 
-def _register() -> None:
-    # Each package owns its commands; add one line here per package.
-    from healthledger.store import commands as store_commands
-
-    for command in (store_commands.import_command, store_commands.rotate_keys_command,
-                    store_commands.erase_patient_command):
-        cli.add_command(command)
-    from zk.cli import build_zk_group
-
-    cli.add_command(build_zk_group(), "zk")
-    from healthledger.auth.commands import clients_group
-
-    cli.add_command(clients_group)
-    from healthledger.ledger.commands import chain_group
-
-    cli.add_command(chain_group)
-
-
-# Registered when this module is imported, so `cli` is complete for `main()` and for CliRunner tests alike.
-_register()
 
 
 def main() -> None:

@@ -13,9 +13,7 @@ import sqlalchemy as sa
 
 from healthledger.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-NODE_BIN = ROOT / "node_modules" / ".bin"
+from support import FIXTURES, NODE_BIN, ROOT, node_tool  # noqa: F401  (re-exported for old imports)
 
 # PostgreSQL on this machine (trust auth). Each test run gets its own schema, dropped at the end.
 POSTGRES_URL = os.environ.get("HEALTHLEDGER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -66,14 +64,6 @@ def postgres_schema_url() -> Iterator[tuple[str, str]]:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
-
-
-def node_tool(name: str) -> Path:
-    """A pinned npm tool from node_modules/.bin; fails (not skips) when missing: `make test` installs them."""
-    path = NODE_BIN / name
-    if not path.exists() or shutil.which("node") is None:
-        pytest.fail(f"{name} missing: run `make test` (it runs `npm ci`)")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -33,3 +33,13 @@ def test_cli_init(tmp_path: Path, monkeypatch) -> None:
     result = CliRunner().invoke(cli, ["init"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "v" / "healthledger.db").exists()
+
+
+def test_every_command_loads_and_has_help() -> None:
+    runner = CliRunner()
+    for name in cli.list_commands(None):  # type: ignore[arg-type]
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+    assert {"serve", "init", "import", "rotate-keys", "erase-patient", "zk", "clients", "chain"} <= set(
+        cli.list_commands(None)  # type: ignore[arg-type]
+    )

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, node_tool
+from support import ROOT, node_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from py_ecc.fields import optimized_bn128_FQ12 as FQ12

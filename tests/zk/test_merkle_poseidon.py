@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -235,7 +235,7 @@ def test_bad_leaf_and_index() -> None:
 def test_committed_vectors_are_what_circomlibjs_computes() -> None:
     import subprocess
 
-    from conftest import node_tool
+    from support import node_tool
 
     node_tool("snarkjs")
     out = subprocess.run(

@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import ROOT, node_tool
+from support import ROOT, node_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

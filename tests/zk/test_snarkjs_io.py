@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zk_points import g1_point, g2_point
