@@ -1,0 +1,154 @@
+"""`healthledger relay`: the chain outbox worker and event indexer (run, inspect, requeue)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import click
+
+from healthledger.errors import HealthLedgerError
+
+
+@click.group("relay")
+def relay_group() -> None:
+    """Chain writes (durable outbox) and the event indexer that feeds the consent engine."""
+
+
+def _sessions(settings: Any) -> tuple[Any, Any]:
+    from healthledger.app import bootstrap
+    from healthledger.db import make_engine, session_factory
+
+    bootstrap(settings)
+    engine = make_engine(settings.database_url)
+    return engine, session_factory(engine)
+
+
+@relay_group.command("status")
+def status_command() -> None:
+    """Outbox items per state, the oldest pending write, and the indexer's lag."""
+    from sqlalchemy import func, select
+
+    from healthledger.cli import load_settings
+    from healthledger.ledger import indexer, outbox
+    from healthledger.ledger.models import OutboxItem
+
+    try:
+        engine, sessions = _sessions(load_settings())
+        try:
+            with sessions() as session:
+                counts = outbox.counts(session)
+                oldest = session.scalar(
+                    select(func.min(OutboxItem.created_at)).where(OutboxItem.state.in_(["queued", "sent"]))
+                )
+                lag = indexer.lag(session)
+        finally:
+            engine.dispose()
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo("outbox: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
+    if oldest is not None:
+        click.echo(f"oldest pending write: {time.time() - oldest:.0f} s old")
+    if lag is None:
+        click.echo("indexer: not run yet")
+    else:
+        click.echo(
+            f"indexer: block {lag.last_block} of {lag.head_block} ({lag.blocks} blocks, {lag.seconds} s behind)"
+        )
+
+
+@relay_group.command("show")
+@click.argument("item_id", type=int)
+def show_command(item_id: int) -> None:
+    """One chain write: state, attempts, transaction, failure reason."""
+    from healthledger.cli import load_settings
+    from healthledger.ledger import outbox
+
+    try:
+        engine, sessions = _sessions(load_settings())
+        try:
+            with sessions() as session:
+                st = outbox.status(session, item_id)
+        finally:
+            engine.dispose()
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"#{st.id} {st.kind}: {st.state.value} after {st.attempts} attempt(s)")
+    if st.tx_hash:
+        click.echo(f"  tx {st.tx_hash}" + (f" in block {st.block_number}" if st.block_number else ""))
+    if st.failure_reason:
+        click.echo(f"  failed: {st.failure_reason}")
+    if st.last_error and st.pending:
+        click.echo(f"  last error: {st.last_error}")
+
+
+@relay_group.command("requeue")
+@click.argument("item_id", type=int)
+def requeue_command(item_id: int) -> None:
+    """Queue a failed write again (after its cause, e.g. a paused contract or missing role, is fixed)."""
+    from healthledger.cli import load_settings
+    from healthledger.ledger import outbox
+
+    try:
+        engine, sessions = _sessions(load_settings())
+        try:
+            with sessions.begin() as session:
+                outbox.requeue_failed(session, item_id, now=time.time())
+        finally:
+            engine.dispose()
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"#{item_id} queued again")
+
+
+@relay_group.command("work")
+@click.option("--once", is_flag=True, help="one outbox pass and one indexer pass, then exit")
+@click.option(
+    "--interval", type=float, default=None, help="seconds between passes (default: chain_poll_seconds)"
+)
+def work_command(once: bool, interval: float | None) -> None:
+    """Submit queued chain writes and index contract events, in a loop until interrupted."""
+    from healthledger.cli import load_settings
+    from healthledger.keys import key_provider_for
+    from healthledger.ledger import indexer, outbox
+    from healthledger.ledger.chain import chain_for
+    from healthledger.ledger.deploy import attach_deployments
+
+    settings = load_settings()
+    try:
+        engine, sessions = _sessions(settings)
+        chain = chain_for(settings, key_provider_for(settings.key_provider, settings.keys_dir))
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    try:
+        with sessions() as session:
+            records = attach_deployments(chain, session)
+        follower = indexer.Indexer(sessions, chain, from_block=min(r.deployment_block for r in records))
+        pause = settings.chain_poll_seconds if interval is None else interval
+        while True:
+            try:
+                report = outbox.process_outbox(sessions, chain, time.time())
+                indexed = follower.run_once(time.time())
+                if report.claimed or indexed.to_block >= indexed.from_block:
+                    click.echo(
+                        f"outbox: {report.confirmed} confirmed, {report.failed} failed, {report.retried} retrying; "
+                        f"indexed to block {indexed.to_block}"
+                    )
+            except HealthLedgerError as exc:  # the node is down: keep the loop, say so
+                click.echo(f"chain unavailable: {exc.message}", err=True)
+            if once:
+                break
+            time.sleep(pause)
+    except KeyboardInterrupt:
+        pass
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        chain.close()
+        engine.dispose()
+
+
+def _stop_on_signal(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
