@@ -21,6 +21,8 @@ _LAZY_COMMANDS: dict[str, str] = {
     "clients": "healthledger.auth.commands:clients_group",
     "chain": "healthledger.ledger.commands:chain_group",
     "relay": "healthledger.ledger.relay_commands:relay_group",
+    "anchor": "healthledger.audit.commands:anchor_command",
+    "audit": "healthledger.audit.commands:audit_group",
 }
 
 
