@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-import orjson
 from flask import Blueprint, Request, Response, request
 
+from fhir_adapters.capability import capability_statement
 from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
 from fhir_adapters.search import parse_search
 from fhir_adapters.validation import is_resource_type
@@ -75,7 +75,7 @@ class _FhirApi:
     def __init__(self, store: ResourceStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self._capability: bytes | None = None
+        self._capability: dict[str, bytes] = {}
 
     # -- helpers -------------------------------------------------------------------------------
     def _base(self) -> str:
@@ -123,19 +123,31 @@ class _FhirApi:
 
     # -- endpoints -----------------------------------------------------------------------------
     def metadata(self) -> Response:
+        """CapabilityStatement (FHIR R4 http.html#capabilities): public, built from what this module does."""
         http.check_response_format(request)
-        if self._capability is None:
-            from fhir_adapters.capability import capability_statement
-
-            self._capability = orjson.dumps(
+        base = self._base()
+        body = self._capability.get(base)
+        if body is None:
+            body = dump_resource(
                 capability_statement(
                     interactions=TYPE_INTERACTIONS,
                     system_interactions=SYSTEM_INTERACTIONS,
-                    formats=("application/fhir+json", "application/json"),
+                    formats=tuple(sorted(http.JSON_MEDIA_TYPES - {"application/json+fhir"})) + ("json",),
                     software_name="HealthLedger",
+                    base_url=base,
+                    conditional_create=True,  # If-None-Exist on POST
+                    conditional_update=False,  # PUT /Type?query is not offered (conditional PUT only in bundles)
+                    conditional_delete="not-supported",
+                    versioning="versioned-update",  # If-Match is honoured
+                    update_create=True,  # PUT to a new id creates it
+                    security_description=(
+                        "Bearer token (RFC 6750). Development token for now; SMART Backend Services later."
+                    ),
                 )
             )
-        return Response(self._capability, status=200, content_type=http.FHIR_JSON)
+            if len(self._capability) < 16:  # one per base URL the server is reached by; bounded
+                self._capability[base] = body
+        return Response(body, status=200, content_type=http.FHIR_JSON)
 
     def system_bundle(self) -> Response:
         principal = self._principal()

@@ -2,49 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
+from fhir_api_support import api_settings, build_app, dispose
 from flask import Flask
 from flask.testing import FlaskClient
-
-from healthledger.app import bootstrap, create_app
-from healthledger.config import Settings
-
-TOKEN = "api-test-token"  # a constant: this module may be imported twice (as conftest and by name)
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-JSON_HEADERS = {**AUTH, "Content-Type": "application/fhir+json"}
-MAX_BODY = 256 * 1024
-
-
-def api_settings(data_dir: Path, database_url: str = "", **overrides: Any) -> Settings:
-    # A tenant of its own per app: tests on a shared PostgreSQL schema never see each other's rows.
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "database_url": database_url,
-        "tenant": "api-" + secrets.token_hex(4),
-        "dev_token": TOKEN,
-        "load_demo_data": False,
-        "max_request_bytes": MAX_BODY,
-        "default_page_size": 20,
-        "max_page_size": 50,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def build_app(settings: Settings) -> Flask:
-    bootstrap(settings)
-    app = create_app(settings)
-    app.testing = True
-    return app
-
-
-def dispose(app: Flask) -> None:
-    app.extensions["healthledger.engine"].dispose()
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -9,10 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
+from fhir_api_support import AUTH, JSON_HEADERS, MAX_BODY
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
-
-from tests.api.conftest import AUTH, JSON_HEADERS, MAX_BODY
 
 
 def body(resp: TestResponse) -> Any:

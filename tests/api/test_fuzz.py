@@ -7,12 +7,11 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+from fhir_api_support import AUTH, JSON_HEADERS
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
-
-from tests.api.conftest import AUTH, JSON_HEADERS
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

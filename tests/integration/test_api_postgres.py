@@ -10,9 +10,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
 from flask import Flask
-
-from tests.api.conftest import AUTH, JSON_HEADERS, api_settings, build_app, dispose
 
 pytestmark = pytest.mark.postgres
 

@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
+from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from fhir_adapters.validation import loads_json, parse_resource
 from healthledger.store.importer import Importer
-from tests.api.conftest import AUTH, JSON_HEADERS, api_settings, build_app, dispose
 
 pytestmark = pytest.mark.slow
 
