@@ -78,15 +78,15 @@ def state_from_events(events: list[ConsentEvent], now: int) -> GrantState:
     if not events:
         return GrantState(GrantStatus.UNKNOWN)
     last = max(events, key=lambda e: (e.block_number, e.log_index))
-    common = {"block_number": last.block_number, "tx_hash": last.tx_hash}
     if last.status == "revoked":
-        return GrantState(GrantStatus.REVOKED, **common)
-    bounds = {"valid_from": last.valid_from, "valid_until": last.valid_until}
+        return GrantState(GrantStatus.REVOKED, block_number=last.block_number, tx_hash=last.tx_hash)
     if now < last.valid_from:
-        return GrantState(GrantStatus.NOT_YET_VALID, **bounds, **common)
-    if now >= last.valid_until:
-        return GrantState(GrantStatus.EXPIRED, **bounds, **common)
-    return GrantState(GrantStatus.LIVE, **bounds, **common)
+        status = GrantStatus.NOT_YET_VALID
+    elif now >= last.valid_until:
+        status = GrantStatus.EXPIRED
+    else:
+        status = GrantStatus.LIVE
+    return GrantState(status, last.valid_from, last.valid_until, last.block_number, last.tx_hash)
 
 
 def common_ancestor(stored: dict[int, str], chain_hash: Any) -> int | None:
@@ -307,6 +307,8 @@ class Indexer:
     ) -> ConsentEvent:
         args = event["args"]
         key = _hex(args["grantId"])
+        grantee: str
+        scope: str
         if status == "granted":
             grantee, scope = to_checksum_address(args["grantee"]), _hex(args["scopeHash"])
         elif key in known:

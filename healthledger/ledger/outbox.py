@@ -557,7 +557,7 @@ class _Worker:
                     {
                         "from": tx["from"],
                         "to": tx["to"],
-                        "data": tx.get("input", tx.get("data")),
+                        "data": tx.get("input", tx.get("data")) or b"",
                         "gas": tx["gas"],
                     },
                     block_identifier=int(receipt["blockNumber"]),  # post-state: what made it revert
