@@ -194,3 +194,32 @@ def test_revert_when_mined_marks_failed_with_reason(relay_db, anvil_ledger) -> N
             st.failure_reason or ""
         )
     assert len(granted_events(chain, deployed_at)) == 1
+
+
+def test_confirmation_depth_keeps_items_sent_until_deep_enough(
+    relay_db, tmp_path: Path, key_provider
+) -> None:
+    from healthledger.ledger.chain import rpc_chain
+
+    node = AnvilNode().start()
+    try:
+        shallow = anvil_chain(node, key_provider, tmp_path / "keys")
+        deployed_at = deploy_ledger(shallow)
+        chain = rpc_chain(
+            node.url, key_provider, keys_dir=tmp_path / "keys", confirmations=2, poll_seconds=0.05
+        )
+        chain.register("ConsentRegistry", shallow.address_of("ConsentRegistry"))
+        with relay_db.begin() as s:
+            item_id = relayer.submit_grant(s, domain_of(chain), *signed_grant(chain), now=time.time())
+        first = outbox.process_outbox(relay_db, chain, time.time(), policy=FAST)
+        assert first.broadcast == 1 and first.confirmed == 0
+        with relay_db() as s:
+            st = outbox.status(s, item_id)
+            assert st.state is outbox.OutboxState.SENT and st.pending and st.block_number is not None
+        node.rpc("anvil_mine", [hex(1)])
+        assert outbox.process_outbox(relay_db, chain, time.time(), policy=FAST).confirmed == 0
+        node.rpc("anvil_mine", [hex(1)])
+        assert outbox.process_outbox(relay_db, chain, time.time(), policy=FAST).confirmed == 1
+        assert len(granted_events(chain, deployed_at)) == 1
+    finally:
+        node.stop()
