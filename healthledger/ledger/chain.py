@@ -417,7 +417,11 @@ def rpc_chain(
 
 
 def chain_for(settings: Any, key_provider: KeyProvider) -> Chain:
-    """The configured chain: a JSON-RPC node when `settings.chain_url` is set, else the embedded one."""
+    """The configured chain: a JSON-RPC node when `settings.chain_url` is set, else the embedded one
+    (in this process, or through the `healthledger chain node` that has it open, as gunicorn workers,
+    the relayer and the CLI do while `serve` runs)."""
+    from healthledger.ledger.backends.embedded import EmbeddedChainBusy
+
     if settings.chain_url:
         return rpc_chain(
             settings.chain_url,
@@ -426,7 +430,26 @@ def chain_for(settings: Any, key_provider: KeyProvider) -> Chain:
             confirmations=settings.chain_confirmations,
             poll_seconds=min(settings.chain_poll_seconds, 0.5),
         )
-    return embedded_chain(settings.data_dir, key_provider, keys_dir=settings.keys_dir)
+    try:
+        return embedded_chain(settings.data_dir, key_provider, keys_dir=settings.keys_dir)
+    except EmbeddedChainBusy:
+        url = running_node_url(Path(settings.data_dir) / "chain")
+        if url is None:
+            raise
+        return rpc_chain(url, key_provider, keys_dir=settings.keys_dir, poll_seconds=0.02)
+
+
+def running_node_url(chain_dir: Path) -> str | None:
+    """The loopback URL a running `healthledger chain node` advertises for this chain directory."""
+    from healthledger.ledger.backends.embedded import NODE_FILE
+
+    try:
+        document = json.loads((chain_dir / NODE_FILE).read_text())
+        os.kill(int(document["pid"]), 0)  # still alive?
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    url = document.get("url")
+    return url if isinstance(url, str) and url.startswith("http://127.0.0.1:") else None
 
 
 def _redact(url: str) -> str:

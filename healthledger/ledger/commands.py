@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 from datetime import UTC, datetime
 from typing import Any
@@ -97,7 +99,9 @@ def status_command() -> None:
 
 @chain_group.command("node")
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface (keep it loopback)")
-@click.option("--port", default=8545, show_default=True, type=int)
+@click.option(
+    "--port", default=8545, show_default=True, type=int, help="0 = any free port (see chain/node.json)"
+)
 def node_command(host: str, port: int) -> None:
     """Serve the embedded chain over JSON-RPC so several processes (gunicorn workers) can share it.
 
@@ -105,6 +109,7 @@ def node_command(host: str, port: int) -> None:
     """
     from healthledger.cli import load_settings
     from healthledger.keys import key_provider_for
+    from healthledger.ledger.backends.embedded import NODE_FILE
     from healthledger.ledger.backends.rpc_server import EmbeddedRPC, make_server
     from healthledger.ledger.chain import embedded_chain
 
@@ -115,17 +120,19 @@ def node_command(host: str, port: int) -> None:
     except HealthLedgerError as exc:
         raise click.ClickException(exc.message) from None
     server = make_server(EmbeddedRPC(chain.w3.provider), host, port)  # type: ignore[arg-type]
-    signal.signal(
-        signal.SIGTERM, _stop_on_signal
-    )  # SIGTERM ends serve_forever like Ctrl-C: state is committed per block
-    click.echo(
-        f"embedded chain {chain.chain_id} (head {chain.head()}) on http://{host}:{server.server_address[1]}"
-    )
+    url = f"http://{host}:{server.server_address[1]}"
+    # Other processes on this data dir find the node here (chain_for falls back to it).
+    node_file = settings.data_dir / "chain" / NODE_FILE
+    node_file.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    # SIGTERM ends serve_forever like Ctrl-C; the chain state is already committed block by block.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    click.echo(f"embedded chain {chain.chain_id} (head {chain.head()}) on {url}", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        node_file.unlink(missing_ok=True)
         server.server_close()
         chain.close()
 

@@ -12,6 +12,7 @@ import requests
 from eth_account import Account
 from sqlalchemy.orm import Session
 
+from healthledger.config import Settings
 from healthledger.db import make_engine, upgrade
 from healthledger.errors import ChainError, ConfigurationError
 from healthledger.keys import LocalFileKeyProvider
@@ -222,3 +223,27 @@ def test_deployment_is_recorded_and_verified(tmp_path: Path) -> None:
     finally:
         chain.close()
         engine.dispose()
+
+
+def test_sidecar_node_shares_the_embedded_chain_between_processes(settings: Settings) -> None:
+    from healthledger.ledger.backends.sidecar import chain_node_sidecar
+    from healthledger.ledger.chain import chain_for
+
+    keys = LocalFileKeyProvider(settings.keys_dir)
+    with chain_node_sidecar(settings) as url:
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        with pytest.raises(ConfigurationError, match="chain node"):
+            embedded_chain(settings.data_dir, keys)  # the node holds it
+        through_node = chain_for(settings, keys)  # falls back to the advertised node
+        assert through_node.chain_id == EMBEDDED_CHAIN_ID
+        records = deploy_contracts(through_node)
+        head = through_node.head()
+    assert not (settings.data_dir / "chain" / "node.json").exists()
+    direct = chain_for(settings, keys)  # node stopped: this process opens the chain itself
+    try:
+        assert direct.head() == head
+        verify_deployment(direct, records)
+    finally:
+        direct.close()
+    with chain_node_sidecar(settings.model_copy(update={"chain_url": "http://127.0.0.1:1"})) as none:
+        assert none is None  # an external node is configured: nothing to start

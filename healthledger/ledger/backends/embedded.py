@@ -45,6 +45,11 @@ GENESIS_TIMESTAMP = 1_767_225_600
 GENESIS_OPERATOR_BALANCE = 10**24  # 1,000,000 ether of a chain where ether buys only gas
 CHAIN_DB_FILE = "chain.sqlite3"
 LOCK_FILE = "LOCK"
+NODE_FILE = "node.json"  # written by `healthledger chain node`: {"url": ..., "pid": ...}
+
+
+class EmbeddedChainBusy(ConfigurationError):
+    """Another process (normally `healthledger chain node`) has the embedded chain open."""
 
 
 def _execution_error(state: Any, transaction: Any) -> tuple[Any, int]:
@@ -199,7 +204,7 @@ def open_embedded_provider(chain_dir: Path, genesis_alloc: Mapping[str, int]) ->
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise ConfigurationError(
+        raise EmbeddedChainBusy(
             f"the embedded chain in {chain_dir} is open in another process: "
             "connect through `healthledger chain node` (HEALTHLEDGER_CHAIN_URL) instead"
         ) from None
