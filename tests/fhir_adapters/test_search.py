@@ -441,3 +441,32 @@ def test_leakage_shape_of_terms() -> None:
     assert all(len(t) <= 2 + 8 for t in terms["given"] if t.startswith("p:"))
     assert "p:m" not in terms["given"]  # no 1-character prefixes (first-letter frequencies)
     assert "_id" not in terms
+
+
+@pytest.mark.parametrize(
+    ("period", "params"),
+    [
+        ({"start": "2020-01-01T10:00:00Z"}, [("date", "ap2020-01")]),  # open end: `*` buckets
+        ({"end": "2020-01-01T10:00:00Z"}, [("date", "ap2020-01")]),  # open start
+        ({"start": "2021-01-01", "end": "2019-01-01"}, [("date", "eq2020")]),  # inverted: contained in 2020
+        (
+            {"start": "1990-01-01", "end": "2030-01-01"},
+            [("date", "ge2000-01-01"), ("date", "lt2000-03-01")],
+        ),  # long
+        ({"start": "2019-06-01", "end": "2021-09-01"}, [("date", "ge2020-05-01"), ("date", "le2020-06-30")]),
+        ({"start": "2020-01-01T10:00:00Z"}, [("date", "ge2021-05-01"), ("date", "lt2021-06-01")]),
+    ],
+)
+def test_wide_and_open_periods_survive_narrowing(
+    period: dict[str, str], params: list[tuple[str, str]]
+) -> None:
+    """Values too wide for month/year terms carry `*` buckets, which every date window admits."""
+    encounter = {"resourceType": "Encounter", "status": "finished", "period": period}
+    assert hits(encounter, *params) is True  # hits() also asserts the candidate filters hold
+    assert candidate_filters(parse_search("Encounter", params))  # and the query was narrowed
+
+
+def test_bare_id_on_an_untargeted_reference_parameter() -> None:
+    event = {"resourceType": "AuditEvent", "agent": [{"who": {"reference": "Practitioner/9"}}]}
+    assert hits(event, ("agent", "9")) is True
+    assert [f.any_of for f in candidate_filters(parse_search("AuditEvent", [("agent", "9")]))] == [{"i:9"}]
