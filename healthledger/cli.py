@@ -19,6 +19,7 @@ _LAZY_COMMANDS: dict[str, str] = {
     "erase-patient": "healthledger.store.commands:erase_patient_command",
     "zk": "zk.cli:build_zk_group()",
     "clients": "healthledger.auth.commands:clients_group",
+    "users": "healthledger.auth.commands:users_group",
     "chain": "healthledger.ledger.commands:chain_group",
     "relay": "healthledger.ledger.relay_commands:relay_group",
     "anchor": "healthledger.audit.commands:anchor_command",

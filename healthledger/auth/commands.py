@@ -97,3 +97,88 @@ def disable(client_id: str, as_json: bool) -> None:
     except OAuthError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(json.dumps(out) if as_json else f"disabled client {client_id}")
+
+
+def _user_json(u: Any) -> dict[str, Any]:
+    return {"user_id": u.user_id, "username": u.username, "role": u.role, "organization": u.organization,
+            "patient_id": u.patient_id, "disabled": u.disabled, "created_at": u.created_at.isoformat()}
+
+
+@click.group("users")
+def users_group() -> None:
+    """People: patients, clinicians, researchers, auditors."""
+
+
+@users_group.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["patient", "clinician", "researcher", "auditor"]), required=True)
+@click.option("--organization", default="", help="Organization/{id} (clinicians and researchers)")
+@click.option("--patient", "patient_id", default="", help="the Patient resource id (patients)")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input (else one is generated)")
+@click.option("--json", "as_json", is_flag=True)
+def add_user(username: str, role: str, organization: str, patient_id: str, password_stdin: bool, as_json: bool) -> None:
+    """Create an account. A patient also gets their signing key, wrapped by the password, and a
+    recovery code printed once (keep it: with the hospital it restores the key)."""
+    import secrets
+    import sys
+    import time
+
+    from healthledger.auth.users import create_user
+    from healthledger.errors import HealthLedgerError
+    from healthledger.keys import key_provider_for
+    from healthledger.ledger.patient_keys import create_patient_key
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
+    settings = Settings.load()
+    try:
+        with _sessions(settings).begin() as s:
+            user = create_user(s, username=username, password=password, role=role, now=datetime.now(timezone.utc),
+                               organization=organization, patient_id=patient_id)
+            out = _user_json(user)
+            if role == "patient":
+                provider = key_provider_for(settings.key_provider, settings.keys_dir)
+                out["recovery_code"] = create_patient_key(s, f"Patient/{patient_id}", password, provider, now=time.time())
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    if not password_stdin:
+        out["password"] = password
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"created {role} {out['username']} ({out['user_id']})")
+    if "password" in out:
+        click.echo(f"password (shown once): {out['password']}")
+    if "recovery_code" in out:
+        click.echo(f"recovery code (shown once, give it to the patient): {out['recovery_code']}")
+
+
+@users_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def list_users_cmd(as_json: bool) -> None:
+    """List accounts."""
+    from healthledger.auth.users import list_users
+
+    with _sessions(Settings.load())() as s:
+        rows = [_user_json(u) for u in list_users(s)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        state = "disabled" if r["disabled"] else "active"
+        click.echo(f"{r['username']:24} {state:8} {r['role']:10} {r['organization'] or r['patient_id']}")
+
+
+@users_group.command("disable")
+@click.argument("username")
+@click.option("--json", "as_json", is_flag=True)
+def disable_user_cmd(username: str, as_json: bool) -> None:
+    """Disable an account."""
+    from healthledger.auth.users import disable_user
+    from healthledger.errors import HealthLedgerError
+
+    try:
+        with _sessions(Settings.load()).begin() as s:
+            out = _user_json(disable_user(s, username))
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(json.dumps(out) if as_json else f"disabled {out['username']}")
