@@ -175,10 +175,64 @@ def _clip(name: str) -> str:
     return name[:64] if _NAME.match(name) else "(not a name)"
 
 
+class _NotFhirJson(Exception):
+    """Raised by the fast cleaning pass; the slow pass then finds and names the offending path."""
+
+
+_KNOWN_PROPERTIES: set[str] = set()  # property names already checked (bounded: FHIR has a few thousand)
+
+
 def _drop_empty(value: Any, path: str) -> Any:
-    """Drop null / {} / [] object properties (FHIR R4 2.6.2); check nested `resourceType`s. None if empty."""
+    """Drop null / {} / [] object properties (FHIR R4 2.6.2); check names and nested `resourceType`s.
+
+    Returns None if everything was empty. Runs a fast pass without path bookkeeping; only when that fails is
+    the input walked again with paths, to name the problem.
+    """
+    try:
+        return _clean(value)
+    except _NotFhirJson:
+        _locate_problem(value, path)
+        raise InvalidResource("Invalid resource", expression=path) from None  # pragma: no cover
+
+
+def _clean(value: Any) -> Any:
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in _KNOWN_PROPERTIES:
+                if not isinstance(key, str) or not _JSON_PROPERTY.match(key):
+                    raise _NotFhirJson
+                if len(_KNOWN_PROPERTIES) < 10_000:
+                    _KNOWN_PROPERTIES.add(key)
+            if item is None:
+                continue
+            if isinstance(item, Mapping | list):
+                item = _clean(item)
+                if item is None:
+                    continue
+            out[key] = item
+        nested_type = out.get("resourceType")
+        if nested_type is not None and (
+            not isinstance(nested_type, str) or not is_resource_type(nested_type)
+        ):
+            raise _NotFhirJson
+        return out or None
+    if isinstance(value, list):
+        # Nulls inside arrays are kept: they align primitive values with their `_name` extension arrays.
+        # An emptied object stays `{}` in place so positions keep lining up.
+        items = [
+            item
+            if not isinstance(item, Mapping | list)
+            else (_clean(item) or ({} if isinstance(item, Mapping) else None))
+            for item in value
+        ]
+        return items if any(item is not None for item in items) else None
+    return value
+
+
+def _locate_problem(value: Any, path: str) -> None:
+    """Raise InvalidResource naming the first bad property name or nested resourceType under `path`."""
+    if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):  # only possible for a dict built in Python
                 raise InvalidResource("Property names must be strings", expression=path)
@@ -190,28 +244,17 @@ def _drop_empty(value: Any, path: str) -> Any:
                     f"Invalid {path.split('.')[0].split('[')[0]} at {where}: property name is not a FHIR element",
                     expression=where,
                 )
-            child = _drop_empty(item, f"{path}.{key}")
-            if child is not None:
-                out[key] = child
-        nested_type = out.get("resourceType")
+            _locate_problem(item, f"{path}.{key}")
+        nested_type = value.get("resourceType")
         if nested_type is not None and (
             not isinstance(nested_type, str) or not is_resource_type(nested_type)
         ):
             raise InvalidResource(
                 "Unknown resourceType in a nested resource", expression=f"{path}.resourceType"
             )
-        return out or None
-    if isinstance(value, list):
-        # Nulls inside arrays are kept: they align primitive values with their `_name` extension arrays.
-        # An emptied object stays `{}` in place so positions keep lining up.
-        items = [
-            None
-            if item is None
-            else _drop_empty(item, f"{path}[{i}]") or ({} if isinstance(item, Mapping) else None)
-            for i, item in enumerate(value)
-        ]
-        return items if any(item is not None for item in items) else None
-    return value
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _locate_problem(item, f"{path}[{i}]")
 
 
 def _validate_model(data: dict[str, Any], resource_type: str) -> None:

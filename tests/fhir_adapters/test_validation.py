@@ -92,6 +92,8 @@ def test_empty_properties_are_dropped_but_array_nulls_kept() -> None:
     }
     parsed = parse_resource(raw)
     assert "active" not in parsed and "identifier" not in parsed
+    falsy = parse_resource({"resourceType": "Patient", "active": False, "multipleBirthInteger": 0})
+    assert falsy == {"resourceType": "Patient", "active": False, "multipleBirthInteger": 0}
     assert parsed["name"][0]["given"] == ["Ann", None]
     assert parsed["name"][0]["_given"][0] is None
 
