@@ -18,7 +18,7 @@ class PatientKeyRecord(Base):
 
     __tablename__ = "patient_keys"
 
-    patient_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_ref: Mapped[str] = mapped_column(String(100), primary_key=True)
     kdf_time_cost: Mapped[int] = mapped_column(Integer)
     kdf_memory_kib: Mapped[int] = mapped_column(Integer)
     kdf_parallelism: Mapped[int] = mapped_column(Integer)
@@ -39,7 +39,7 @@ class PatientPseudonym(Base):
     )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
-    patient_ref: Mapped[str] = mapped_column(String(64), index=True)
+    patient_ref: Mapped[str] = mapped_column(String(100), index=True)
     grantee: Mapped[str] = mapped_column(String(200))
     address: Mapped[str] = mapped_column(String(42), unique=True)
     created_at: Mapped[float] = mapped_column(Double)

@@ -211,3 +211,24 @@ def test_migration_creates_relay_tables(tmp_path: Path) -> None:
         "indexer_blocks",
     } <= names
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_keys_and_pseudonyms_on_postgresql(postgres_schema_url: tuple[str, str], key_provider) -> None:
+    from healthledger.db import session_factory
+    from tests.ledger.fixtures_relay import relay_engine
+
+    engine = relay_engine(postgres_schema_url[0])
+    db = session_factory(engine)
+    ref = "Patient/" + "a" * 64  # the longest FHIR logical id
+    try:
+        with db.begin() as s:
+            pk.create_patient_key(s, ref, "correct horse", key_provider, now=NOW, params=FAST)
+            master = pk.unlock(s, ref, "correct horse")
+            address = pk.pseudonym_account(s, ref, master, "org:pg", now=NOW).address
+        with db() as s:
+            assert pk.patient_for_pseudonym(s, address) == ref
+            with pytest.raises(pk.KeyUnlockError):
+                pk.unlock(s, ref, "wrong horse!")
+    finally:
+        engine.dispose()

@@ -18,7 +18,7 @@ _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     op.create_table(
         "patient_keys",
-        sa.Column("patient_ref", sa.String(64), nullable=False),
+        sa.Column("patient_ref", sa.String(100), nullable=False),
         sa.Column("kdf_time_cost", sa.Integer(), nullable=False),
         sa.Column("kdf_memory_kib", sa.Integer(), nullable=False),
         sa.Column("kdf_parallelism", sa.Integer(), nullable=False),
@@ -33,7 +33,7 @@ def upgrade() -> None:
     op.create_table(
         "patient_pseudonyms",
         sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-        sa.Column("patient_ref", sa.String(64), nullable=False),
+        sa.Column("patient_ref", sa.String(100), nullable=False),
         sa.Column("grantee", sa.String(200), nullable=False),
         sa.Column("address", sa.String(42), nullable=False),
         sa.Column("created_at", sa.Double(), nullable=False),
