@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -301,8 +301,9 @@ def drain(
     policy: OutboxPolicy = OutboxPolicy(),
     max_passes: int = 1000,
     sleep: Callable[[float], None] | None = None,
+    items: Collection[int] | None = None,
 ) -> WorkerReport:
-    """Run passes until nothing is pending or `max_passes` is reached (bounded); returns the totals."""
+    """Run passes until nothing (or none of `items`) is pending, or `max_passes` is reached; the totals."""
     total = WorkerReport()
     for _ in range(max_passes):
         report = process_outbox(session_factory, chain, clock(), calls=calls, policy=policy)
@@ -310,9 +311,13 @@ def drain(
             setattr(total, name, getattr(total, name) + getattr(report, name))
         total.errors.extend(report.errors)
         with session_factory() as session:
-            pending = counts(session)
-        if pending[OutboxState.QUEUED.value] + pending[OutboxState.SENT.value] == 0:
-            break
+            if items is not None:
+                if not any(status(session, item_id).pending for item_id in items):
+                    break
+            else:
+                pending = counts(session)
+                if pending[OutboxState.QUEUED.value] + pending[OutboxState.SENT.value] == 0:
+                    break
         if sleep is not None and report.claimed == 0:
             sleep(policy.receipt_poll_seconds)
     return total

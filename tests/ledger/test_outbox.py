@@ -198,6 +198,17 @@ def test_grant_then_revoke_queued_together_are_mined_in_order(relay_db, ledger_c
     assert len(revoked) == 2
 
 
+def test_drain_can_wait_for_given_items_only(relay_db, ledger_chain) -> None:
+    chain, _, _ = ledger_chain
+    with relay_db.begin() as s:
+        mine = relayer.submit_anchor(s, b"\x05" * 32, 1, b"\x06" * 32, now=time.time())
+        stuck = outbox.enqueue(s, "anchor", {"x": 1}, now=time.time() + 3600)  # not due for an hour
+    report = outbox.drain(relay_db, chain, time.time, policy=FAST, max_passes=50, items=[mine])
+    assert report.confirmed == 1 and report.claimed == 1
+    with relay_db() as s:
+        assert outbox.status(s, stuck).pending
+
+
 def test_revert_marks_failed_with_the_decoded_reason(relay_db, ledger_chain) -> None:
     chain, _, _ = ledger_chain
     expired_msg, expired_sig = signed_grant(chain, deadline=int(time.time()) - 10)
