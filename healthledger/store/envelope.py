@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Mapping
+
 from healthledger import crypto
 
 # Domain-separation tags (RFC 5869 §3.2: `info` binds a derived key to its purpose).
@@ -47,3 +50,41 @@ def blind_term(key: bytes, term: str) -> bytes:
 def compartment_index(key: bytes, patient_id: str) -> bytes:
     """Blind index of a patient compartment (never the plaintext patient id)."""
     return crypto.keyed_hash(key, b"Patient/" + patient_id.encode(), BLIND_TERM_BYTES)
+
+
+class BlindIndexer:
+    """Index terms -> blind terms: HMAC under one key per (resource type, parameter), derived once.
+
+    Pure and picklable, so import workers can compute blind terms too. `master` None means privacy is
+    off (benchmarks only): an unkeyed SHA-256 keeps search working without any secret.
+    """
+
+    def __init__(self, master: bytes | None, tenant: str) -> None:
+        self._master = master
+        self._tenant = tenant
+        self._keys: dict[tuple[str, str], bytes] = {}
+
+    def key(self, resource_type: str, param: str) -> bytes | None:
+        if self._master is None:
+            return None
+        key = self._keys.get((resource_type, param))
+        if key is None:
+            key = self._keys[(resource_type, param)] = index_key(self._master, self._tenant, resource_type, param)
+        return key
+
+    @staticmethod
+    def term(key: bytes | None, value: str) -> bytes:
+        if key is None:
+            return hashlib.sha256(value.encode()).digest()[:BLIND_TERM_BYTES]
+        return blind_term(key, value)
+
+    def terms(self, resource_type: str, index: Mapping[str, Iterable[str]]) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        for param, values in index.items():
+            key = self.key(resource_type, param)
+            out.extend((param, self.term(key, value)) for value in values)
+        return out
+
+    def query_terms(self, resource_type: str, param: str, values: Iterable[str]) -> list[bytes]:
+        key = self.key(resource_type, param)
+        return [self.term(key, v) for v in values]

@@ -21,6 +21,7 @@ from fhir_adapters import search as fhir_search
 from fhir_adapters import validation as fhir_validation
 from fhir_adapters.errors import FhirInputError
 from healthledger.errors import HealthLedgerError
+from healthledger.store import envelope
 from healthledger.store.access import Principal
 from healthledger.store.models import resources_table as res_t
 from healthledger.store.repository import ResourceStore, UnitOfWork, _NewVersion, check_id
@@ -102,10 +103,20 @@ class Prepared:
     reason: str | None = None
     terms: dict[str, set[str]] | None = None
     patient_id: str | None = None
+    blind: list[tuple[str, bytes]] | None = None  # `terms` as blind-index terms, when computed by a worker
 
 
-def prepare(where: str, item: Any) -> Prepared:
-    """Validate one resource and compute its (plaintext) index terms and compartment: pure, no keys."""
+# Set in each import worker process (forked, so the indexer's keys never cross a pipe).
+_WORKER_INDEXER: envelope.BlindIndexer | None = None
+
+
+def _init_worker(indexer: envelope.BlindIndexer) -> None:
+    global _WORKER_INDEXER
+    _WORKER_INDEXER = indexer
+
+
+def prepare(where: str, item: Any, indexer: envelope.BlindIndexer | None = None) -> Prepared:
+    """Validate one resource and compute its index terms (blind ones with `indexer`) and compartment."""
     if isinstance(item, Exception):
         return Prepared(where, None, _reason(item))
     try:
@@ -116,13 +127,16 @@ def prepare(where: str, item: Any) -> Prepared:
         patient_id = fhir_compartment.patient_compartment(resource)
     except (FhirInputError, HealthLedgerError) as exc:
         return Prepared(where, None, _reason(exc))
+    if indexer is not None:
+        return Prepared(where, resource, None, None, patient_id, indexer.terms(resource["resourceType"], terms))
     return Prepared(where, resource, None, terms, patient_id)
 
 
 def prepare_ndjson_lines(lines: list[str], first_line_no: int) -> list[Prepared]:
     """Worker task: parse and prepare a slice of an NDJSON file (line numbers relative to the file)."""
     return [
-        prepare(f"line {first_line_no + n - 1}", item) for n, item in fhir_bundles.read_ndjson(lines)
+        prepare(f"line {first_line_no + n - 1}", item, _WORKER_INDEXER)
+        for n, item in fhir_bundles.read_ndjson(lines)
     ]
 
 
@@ -162,7 +176,12 @@ class Importer:
             return None
         if self._pool is None:
             # fork: workers inherit the imported FHIR models instead of importing them again.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker,
+                initargs=(self.store.indexer,),
+            )
         return self._pool
 
     def import_paths(self, paths: Iterable[Path], progress: Progress | None = None) -> ImportReport:
@@ -340,7 +359,7 @@ class Importer:
             uow._check("create", resource_type, resource)
             version, _ = uow.prepare_version(
                 resource_type, resource_id, 1 if row is None else row.version_id + 1, resource,
-                patient_id=p.patient_id, index=p.terms,
+                patient_id=p.patient_id, index=p.terms, blind=p.blind,
             )
             versions.append(version)
             if row is not None:

@@ -140,18 +140,10 @@ class Keyring:
     def master_loaded(self) -> bool:
         return self._master is not None
 
-    def master(self, conn: Connection) -> bytes:
+    def master(self, conn: Connection | None = None) -> bytes:
         if self._master is None:
             raise RuntimeError("blind-index master key not loaded (ResourceStore loads it first)")
         return self._master
-
-    def index_key(self, conn: Connection, resource_type: str, param: str) -> bytes:
-        k = ("i", resource_type, param)
-        key = self._derived.get(k)
-        if key is None:
-            key = envelope.index_key(self.master(conn), self.tenant, resource_type, param)
-            self._derived.put(k, key)
-        return key
 
     def compartment_index(self, conn: Connection, patient_id: str) -> bytes:
         key = self._derived.get("c")

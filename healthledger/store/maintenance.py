@@ -37,7 +37,7 @@ class ErasureReport:
     key_destroyed: bool
 
 
-def _rewrap_pass(store: ResourceStore, new_kek: str, batch_size: int) -> int:
+def _rewrap_pass(store: ResourceStore, new_kek: str, old_keks: list[str], batch_size: int) -> int:
     """Rewrap, batch by batch (one short transaction each), every live key not yet under `new_kek`.
 
     Resources are not re-encrypted: only the wrapped data keys change, and the unwrapped key (and
@@ -50,7 +50,7 @@ def _rewrap_pass(store: ResourceStore, new_kek: str, batch_size: int) -> int:
         with store.engine.begin() as conn:
             rows = conn.execute(
                 sa.select(keys_t.c.key_id, keys_t.c.tenant, keys_t.c.kek_id, keys_t.c.wrapped)
-                .where(keys_t.c.wrapped.is_not(None), keys_t.c.kek_id != new_kek, keys_t.c.key_id > after)
+                .where(keys_t.c.wrapped.is_not(None), keys_t.c.kek_id.in_(old_keks), keys_t.c.key_id > after)
                 .order_by(keys_t.c.key_id)
                 .limit(batch_size)
             ).all()
@@ -70,29 +70,33 @@ def _rewrap_pass(store: ResourceStore, new_kek: str, batch_size: int) -> int:
             after = rows[-1].key_id
 
 
-def _count_on_other_keks(store: ResourceStore, kek_id: str) -> int:
+def _count_on(store: ResourceStore, keks: list[str]) -> int:
     with store.engine.connect() as conn:
         return int(
             conn.execute(
-                sa.select(sa.func.count()).select_from(keys_t).where(keys_t.c.wrapped.is_not(None), keys_t.c.kek_id != kek_id)
+                sa.select(sa.func.count()).select_from(keys_t).where(keys_t.c.wrapped.is_not(None), keys_t.c.kek_id.in_(keks))
             ).scalar_one()
         )
 
 
 def rotate_keys(store: ResourceStore, *, retire_old: bool = False, batch_size: int = 500) -> RotationReport:
-    """A new KEK becomes active; every data key (all tenants) and the index master key are rewrapped.
+    """A new KEK becomes active; every data key and index master key under this provider's older KEKs
+    (all tenants that share the provider) is rewrapped.
 
     With `retire_old`, old KEKs are removed from the provider once no stored key depends on them.
     Other packages that keep keys wrapped by the same provider must have rewrapped theirs first.
     """
     provider = store.keyring.provider
     new_kek = provider.rotate()
+    # Keys of this provider's older KEKs only: a database shared with tenants that use another
+    # provider keeps their keys untouched (we could not unwrap them anyway).
+    old_keks = [k for k in provider.kek_ids() if k != new_kek]
     rewrapped = 0
     for _ in range(_MAX_PASSES):
-        rewrapped += _rewrap_pass(store, new_kek, batch_size)
-        if _count_on_other_keks(store, new_kek) == 0:
+        rewrapped += _rewrap_pass(store, new_kek, old_keks, batch_size)
+        if _count_on(store, old_keks) == 0:
             break
-    remaining = _count_on_other_keks(store, new_kek)
+    remaining = _count_on(store, old_keks)
     retired: list[str] = []
     if retire_old and remaining == 0:
         for kek_id in provider.kek_ids():

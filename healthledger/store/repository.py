@@ -9,10 +9,9 @@ checked with `fhir_adapters.search.matches`, so the index may over-approximate b
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -162,12 +161,23 @@ class ResourceStore:
         self.policy: AccessPolicy = policy or DevelopmentPolicy()
         self.keyring = Keyring(key_provider, self.tenant, clock)
         self._sqlite = engine.dialect.name == "sqlite"
+        self._indexer: envelope.BlindIndexer | None = None
 
     # -- transactions -----------------------------------------------------------------------
     def _ensure_master(self) -> None:
+        if self._indexer is not None:
+            return
         if self.privacy and not self.keyring.master_loaded:
             with self.engine.begin() as conn:
                 self.keyring.load_master(conn)
+        self._indexer = envelope.BlindIndexer(self.keyring.master(None) if self.privacy else None, self.tenant)
+
+    @property
+    def indexer(self) -> envelope.BlindIndexer:
+        """Blind-index terms for this tenant (loads the index master key on first use)."""
+        self._ensure_master()
+        assert self._indexer is not None
+        return self._indexer
 
     @contextmanager
     def unit_of_work(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
@@ -338,25 +348,7 @@ class UnitOfWork:
         if terms is None:
             with fhir_errors():
                 terms = fhir_search.index_terms(resource)
-        out: list[tuple[str, bytes]] = []
-        for param, values in terms.items():
-            if not values:
-                continue
-            key = self.keyring.index_key(self.conn, resource_type, param) if self.store.privacy else None
-            for value in values:
-                out.append((param, self._term(key, value)))
-        return out
-
-    @staticmethod
-    def _term(key: bytes | None, value: str) -> bytes:
-        if key is None:
-            # Privacy off (benchmarks only): an unkeyed digest keeps search working without a secret.
-            return hashlib.sha256(value.encode()).digest()[: envelope.BLIND_TERM_BYTES]
-        return envelope.blind_term(key, value)
-
-    def _query_terms(self, resource_type: str, param: str, values: Iterable[str]) -> list[bytes]:
-        key = self.keyring.index_key(self.conn, resource_type, param) if self.store.privacy else None
-        return [self._term(key, v) for v in values]
+        return self.store.indexer.terms(resource_type, terms)
 
     def prepare_version(
         self,
@@ -368,10 +360,12 @@ class UnitOfWork:
         previous_compartment: bytes | None = None,
         patient_id: str | None = None,
         index: dict[str, set[str]] | None = None,
+        blind: list[tuple[str, bytes]] | None = None,
     ) -> tuple[_NewVersion, dict[str, Any] | None]:
         """Stamp meta, seal and index one version. `resource` None writes a tombstone.
 
-        `patient_id` and `index` (its index_terms) may be computed beforehand, e.g. by import workers.
+        `patient_id`, `index` (its index_terms) or `blind` (those as blind terms) may be computed
+        beforehand, e.g. by import workers.
         """
         now = self.store.clock()
         if resource is None:
@@ -387,14 +381,14 @@ class UnitOfWork:
         resource["meta"] = meta
         plaintext = dump_resource(resource)
         if not self.store.privacy:
-            terms = self._blind_terms(resource_type, resource, index)
+            terms = blind if blind is not None else self._blind_terms(resource_type, resource, index)
             return _NewVersion(resource_type, resource_id, version_id, now, False, None, None, plaintext, terms), resource
         if patient_id is None:
             patient_id = self._compartment_of(resource)
         comp, key_id, key = self._seal_key(resource_type, patient_id)
         aad = envelope.resource_aad(self.tenant, resource_type, resource_id, version_id)
         payload = crypto.seal(key, plaintext, aad)
-        terms = self._blind_terms(resource_type, resource, index)
+        terms = blind if blind is not None else self._blind_terms(resource_type, resource, index)
         return _NewVersion(resource_type, resource_id, version_id, now, False, comp, key_id, payload, terms), resource
 
     def write_versions(self, versions: Sequence[_NewVersion], supersede: Sequence[int] = ()) -> list[int]:
@@ -638,7 +632,7 @@ class UnitOfWork:
                 continue
             if f.param in fhir_search.COMMON_PARAMETERS:
                 continue  # _lastUpdated is not in the blind index: matches() decides it
-            terms = self._query_terms(resource_type, f.param, sorted(f.any_of))
+            terms = self.store.indexer.query_terms(resource_type, f.param, sorted(f.any_of))
             stmt = stmt.where(
                 res_t.c.row_id.in_(sa.select(terms_t.c.row_id).where(terms_t.c.param == f.param, terms_t.c.term.in_(terms)))
             )

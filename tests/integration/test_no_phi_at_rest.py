@@ -53,7 +53,10 @@ def _inputs(fixtures_dir: Path) -> tuple[list[Path], set[str]]:
 
 
 def _import(url: str, data_dir: Path, paths: list[Path], *, privacy: bool = True, expect: int = 500) -> None:
-    settings = Settings(data_dir=data_dir, database_url=url, privacy_off_for_benchmark=not privacy, load_demo_data=False)
+    settings = Settings(
+        data_dir=data_dir, database_url=url, privacy_off_for_benchmark=not privacy, load_demo_data=False,
+        tenant=f"phi-scan-{data_dir.parent.name[-16:]}",  # the PostgreSQL schema is shared by the run
+    )
     engine = make_engine(url)
     upgrade(engine)
     store = ResourceStore(engine, LocalFileKeyProvider(settings.keys_dir), settings)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from healthledger.cli import _register, cli
+from healthledger.cli import cli
 from healthledger.demo import demo_resources, load_demo_data
 from healthledger.errors import Gone
 from healthledger.store.importer import Importer
@@ -37,7 +37,7 @@ def test_bad_lines_are_rejected_with_reasons(store: ResourceStore, tmp_path: Pat
     bad_json = '{"resourceType": "Patient", '
     invalid = json.dumps({"resourceType": "Patient", "id": "imp-2", "gender": 7})
     unknown = json.dumps({"resourceType": "Nonsense", "id": "x"})
-    (tmp_path / "mixed.ndjson").write_text("\n".join([good, bad_json, "", invalid, unknown, good]) + "\n")
+    (tmp_path / "mixed.ndjson").write_text(f"{good}\n{bad_json}\n\n{invalid}\n{unknown}\n{good}" + "\n")
     report = Importer(store, workers=0).import_paths([tmp_path / "mixed.ndjson"])
     f = report.files[0]
     assert (f.imported, f.skipped, f.rejected) == (1, 1, 3)
@@ -81,7 +81,6 @@ def test_demo_data_is_deterministic_and_loaded_once(store: ResourceStore) -> Non
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HEALTHLEDGER_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.delenv("HEALTHLEDGER_DATABASE_URL", raising=False)
-    _register()
     return tmp_path
 
 
