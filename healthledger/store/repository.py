@@ -603,6 +603,8 @@ class UnitOfWork:
                 raise Gone(f"{resource_type}/{resource_id} was erased")
             where.append(res_t.c.resource_id == resource_id)
         if since is not None:
+            # Stored moments are UTC (SQLite keeps them without an offset): compare in UTC.
+            since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
             where.append(res_t.c.last_updated >= since)
         total = self.conn.execute(sa.select(sa.func.count()).select_from(res_t).where(*where)).scalar_one()
         rows = self.conn.execute(

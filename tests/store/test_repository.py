@@ -262,3 +262,14 @@ def test_access_policy_is_consulted(store: ResourceStore) -> None:
     store.read("Patient", made.id, principal=stranger)
     store.update("Patient", made.id, patient(), principal=stranger)
     assert calls == [("stranger", "read", "Patient"), ("stranger", "update", "Patient")]
+
+
+def test_history_since_compares_in_utc(store: ResourceStore) -> None:
+    from datetime import timedelta, timezone
+
+    first, _ = store.create(patient())
+    second, _ = store.update("Patient", first.id, patient(family="Later"))
+    # the same instant as `second`, written in UTC+02:00
+    since = second.last_updated.astimezone(timezone(timedelta(hours=2)))
+    page = store.history("Patient", first.id, since=since)
+    assert [v.version_id for v in page.items] == [2]
