@@ -598,7 +598,15 @@ class _Worker:
         current = self.chain.fees()  # fresh: a stuck transaction means the market moved
         max_fee, tip = replacement_fees(old_fee, old_tip, int(current.max_fee), int(current.priority_fee))
         if max_fee > self.policy.fee_cap_wei:
-            raise ChainError("transaction is stuck and a fee bump would exceed the fee cap")
+            # Keep the current bid alive (the node may have dropped it) and say why it is not raised.
+            with self.sessions.begin() as session:
+                item = self._mine(session, item_id)
+                if item is not None:
+                    item.last_error = "transaction is stuck and a fee bump would exceed the fee cap"
+                    raw = item.raw_tx
+            if item is not None and raw is not None:
+                self._broadcast(item_id, raw)
+            return
         call = self.calls[kind](payload)
         fn_call = self._fn_call(call)
         from healthledger.ledger.chain import Fees

@@ -85,6 +85,28 @@ def test_stuck_transaction_is_replaced_with_higher_fees(relay_db, anvil_ledger) 
     assert len(events) == 1 and "0x" + bytes(events[0]["transactionHash"]).hex() == new_hash
 
 
+def test_fee_cap_stops_bumping_but_keeps_the_transaction(relay_db, anvil_ledger) -> None:
+    chain, _, node = anvil_ledger
+    node.rpc("evm_setAutomine", [False])
+    with relay_db.begin() as s:
+        item_id = relayer.submit_grant(s, domain_of(chain), *signed_grant(chain), now=time.time())
+    t0 = time.time()
+    outbox.process_outbox(relay_db, chain, t0, policy=FAST)
+    with relay_db() as s:
+        item = s.get(OutboxItem, item_id)
+        assert item is not None and item.max_fee_per_gas is not None
+        cap = item.max_fee_per_gas  # any bump (+12.5%) is above it
+    capped = outbox.OutboxPolicy(
+        base_backoff_seconds=0.0, receipt_poll_seconds=0.0, bump_after_seconds=1.0, fee_cap_wei=cap
+    )
+    assert outbox.process_outbox(relay_db, chain, t0 + 5, policy=capped).bumped == 0
+    with relay_db() as s:
+        st = outbox.status(s, item_id)
+        assert st.state is outbox.OutboxState.SENT and "fee cap" in (st.last_error or "")
+    node.rpc("evm_mine")
+    assert outbox.process_outbox(relay_db, chain, t0 + 6, policy=capped).confirmed == 1
+
+
 def test_node_outage_loses_no_write_and_sends_each_once(relay_db, anvil_ledger) -> None:
     chain, deployed_at, node = anvil_ledger
     domain = domain_of(chain)
