@@ -259,7 +259,8 @@ class Importer:
         self._import_resources(iter([("resource", data, 0)]), report, None)
 
     def _import_bundle(self, bundle: dict[str, Any], report: FileReport) -> None:
-        entries = bundle.get("entry") if isinstance(bundle.get("entry"), list) else []
+        raw_entries = bundle.get("entry")
+        entries: list[Any] = raw_entries if isinstance(raw_entries, list) else []
         try:
             response = self.store.execute_bundle(bundle, principal=self.principal)
         except (HealthLedgerError, FhirInputError) as exc:
@@ -326,7 +327,7 @@ class Importer:
                 by_type.setdefault(r["resourceType"], set()).add(r["id"])
         existing: dict[tuple[str, str], Any] = {}
         for resource_type, ids in by_type.items():
-            for row in uow.conn.execute(
+            for found in uow.conn.execute(
                 sa.select(res_t.c.row_id, res_t.c.resource_id, res_t.c.version_id, res_t.c.deleted, res_t.c.erased)
                 .where(
                     res_t.c.tenant == uow.tenant,
@@ -335,7 +336,7 @@ class Importer:
                     res_t.c.resource_id.in_(sorted(ids)),
                 )
             ):
-                existing[(resource_type, row.resource_id)] = row
+                existing[(resource_type, found.resource_id)] = found
         versions: list[_NewVersion] = []
         supersede: list[int] = []
         seen: set[tuple[str, str]] = set()

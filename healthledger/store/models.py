@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from healthledger.db import Base
@@ -80,6 +90,6 @@ class DataKey(Base):
     )
 
 
-resources_table = StoredVersion.__table__
-terms_table = SearchTerm.__table__
-data_keys_table = DataKey.__table__
+resources_table: Table = StoredVersion.__table__  # type: ignore[assignment]
+terms_table: Table = SearchTerm.__table__  # type: ignore[assignment]
+data_keys_table: Table = DataKey.__table__  # type: ignore[assignment]
