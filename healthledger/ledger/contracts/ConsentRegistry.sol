@@ -26,6 +26,9 @@ import {Roles} from "./Roles.sol";
 /// - revokeBySig is open to anyone, and revocation works while paused: revocation only ever removes
 ///   access, it is the patient's safety valve, and no operator or admin can block it.
 /// - No role can write or alter a grant: only the patient's own call or signature changes its slot.
+/// - The revocation path reads and writes its slot once and hashes in assembly: with 21,000 base gas,
+///   ~2,800 calldata, 2,100 + 2,900 storage, 3,000 ecrecover and a 3-topic log, that keeps a relayed
+///   revocation under 35,000 gas. Everything else is plain Solidity.
 contract ConsentRegistry is Roles {
     bytes32 public constant RELAYER = keccak256("RELAYER");
 
@@ -79,7 +82,7 @@ contract ConsentRegistry is Roles {
     // ---- writes ------------------------------------------------------------------------------
 
     function grant(address grantee, bytes32 scopeHash, uint64 validFrom, uint64 validUntil) external whenNotPaused {
-        _grant(msg.sender, grantee, scopeHash, validFrom, validUntil);
+        _grant(_grantId(msg.sender, grantee, scopeHash), msg.sender, grantee, scopeHash, validFrom, validUntil);
     }
 
     function grantBySig(
@@ -93,16 +96,21 @@ contract ConsentRegistry is Roles {
         bytes32 r,
         bytes32 vs
     ) external whenNotPaused onlyRole(RELAYER) {
-        _checkSignedCall(_grantId(patient, grantee, scopeHash), nonce, deadline);
+        if (patient == address(0)) revert InvalidSigner();
+        bytes32 id = _grantId(patient, grantee, scopeHash);
+        _checkSignedCall(_grants[id].nonce, nonce, deadline);
         bytes32 structHash = keccak256(
             abi.encode(GRANT_TYPEHASH, patient, grantee, scopeHash, validFrom, validUntil, nonce, deadline)
         );
         _requireSigner(structHash, r, vs, patient);
-        _grant(patient, grantee, scopeHash, validFrom, validUntil);
+        _grant(id, patient, grantee, scopeHash, validFrom, validUntil);
     }
 
     function revoke(address grantee, bytes32 scopeHash) external {
-        _revoke(msg.sender, grantee, scopeHash);
+        bytes32 id = _grantId(msg.sender, grantee, scopeHash);
+        Grant storage g = _grants[id];
+        (uint64 validUntil, uint64 expected) = _load(g);
+        _revoke(g, id, msg.sender, validUntil, expected);
     }
 
     function revokeBySig(
@@ -114,10 +122,12 @@ contract ConsentRegistry is Roles {
         bytes32 r,
         bytes32 vs
     ) external {
-        _checkSignedCall(_grantId(patient, grantee, scopeHash), nonce, deadline);
-        bytes32 structHash = keccak256(abi.encode(REVOKE_TYPEHASH, patient, grantee, scopeHash, nonce, deadline));
-        _requireSigner(structHash, r, vs, patient);
-        _revoke(patient, grantee, scopeHash);
+        bytes32 id = _grantId(patient, grantee, scopeHash);
+        Grant storage g = _grants[id];
+        (uint64 validUntil, uint64 expected) = _load(g);
+        _checkSignedCall(expected, nonce, deadline);
+        _requireSigner(_revokeStructHash(patient, grantee, scopeHash, nonce, deadline), r, vs, patient);
+        _revoke(g, id, patient, validUntil, expected);
     }
 
     // ---- views -------------------------------------------------------------------------------
@@ -153,30 +163,45 @@ contract ConsentRegistry is Roles {
 
     // ---- internals ---------------------------------------------------------------------------
 
-    function _grant(address patient, address grantee, bytes32 scopeHash, uint64 validFrom, uint64 validUntil)
-        private
-    {
+    function _grant(
+        bytes32 id,
+        address patient,
+        address grantee,
+        bytes32 scopeHash,
+        uint64 validFrom,
+        uint64 validUntil
+    ) private {
         if (grantee == address(0) || grantee == patient) revert InvalidGrantee();
         if (validUntil <= validFrom || validUntil <= block.timestamp) revert InvalidValidity();
-        bytes32 id = _grantId(patient, grantee, scopeHash);
         Grant storage g = _grants[id];
-        uint64 next = g.nonce + 1;
+        uint64 next;
+        unchecked {
+            next = g.nonce + 1; // 2^64 changes of one grant key cannot happen
+        }
         (g.validFrom, g.validUntil, g.nonce) = (validFrom, validUntil, next);
         emit ConsentGranted(id, patient, grantee, scopeHash, validFrom, validUntil);
     }
 
-    function _revoke(address patient, address grantee, bytes32 scopeHash) private {
-        bytes32 id = _grantId(patient, grantee, scopeHash);
-        Grant storage g = _grants[id];
-        if (g.validUntil == 0) revert NoSuchGrant();
-        uint64 next = g.nonce + 1;
-        (g.validFrom, g.validUntil, g.nonce) = (0, 0, next);
+    /// @dev One SLOAD for the packed slot: validFrom in bits 0-63, validUntil 64-127, nonce 128-191.
+    function _load(Grant storage g) private view returns (uint64 validUntil, uint64 nonce) {
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(g.slot)
+        }
+        return (uint64(word >> 64), uint64(word >> 128));
+    }
+
+    function _revoke(Grant storage g, bytes32 id, address patient, uint64 validUntil, uint64 nonce) private {
+        if (validUntil == 0) revert NoSuchGrant();
+        // One SSTORE of the whole slot: validity zeroed, nonce + 1 (2^64 changes of one key cannot happen).
+        assembly ("memory-safe") {
+            sstore(g.slot, shl(128, add(nonce, 1)))
+        }
         emit ConsentRevoked(id, patient);
     }
 
-    function _checkSignedCall(bytes32 id, uint64 nonce, uint64 deadline) private view {
+    function _checkSignedCall(uint64 expected, uint64 nonce, uint64 deadline) private view {
         if (block.timestamp > deadline) revert SignatureExpired(deadline);
-        uint64 expected = _grants[id].nonce;
         if (nonce != expected) revert InvalidNonce(expected, nonce);
     }
 
@@ -185,18 +210,59 @@ contract ConsentRegistry is Roles {
     /// padding. s above secp256k1n/2 is rejected (EIP-2 malleability rule).
     function _requireSigner(bytes32 structHash, bytes32 r, bytes32 vs, address patient) private view {
         bytes32 s = vs & bytes32(0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff);
-        uint8 v = uint8(uint256(vs) >> 255) + 27;
         if (uint256(s) > HALF_CURVE_ORDER) revert MalformedSignature();
-        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", DOMAIN_SEPARATOR(), structHash));
-        address signer = ecrecover(digest, v, r, s);
-        if (signer == address(0) || signer != patient) revert InvalidSigner();
+        bytes32 domainSeparator = DOMAIN_SEPARATOR();
+        address signer;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, hex"1901")
+            mstore(add(ptr, 0x02), domainSeparator)
+            mstore(add(ptr, 0x22), structHash)
+            let digest := keccak256(ptr, 0x42)
+            mstore(ptr, digest)
+            mstore(add(ptr, 0x20), add(shr(255, vs), 27))
+            mstore(add(ptr, 0x40), r)
+            mstore(add(ptr, 0x60), s)
+            mstore(0x00, 0)
+            pop(staticcall(gas(), 0x01, ptr, 0x80, 0x00, 0x20))
+            signer := mload(0x00)
+        }
+        // ecrecover yields 0 for an invalid signature: grantBySig refuses patient 0 up front, and
+        // no grant can exist for address 0, so revokeBySig then stops at NoSuchGrant.
+        if (signer != patient) revert InvalidSigner();
     }
 
     function _buildDomainSeparator() private view returns (bytes32) {
         return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
     }
 
-    function _grantId(address patient, address grantee, bytes32 scopeHash) private pure returns (bytes32) {
-        return keccak256(abi.encode(patient, grantee, scopeHash));
+    /// @dev hashStruct(Revoke) = keccak256(abi.encode(REVOKE_TYPEHASH, patient, grantee, scopeHash, nonce, deadline)).
+    function _revokeStructHash(address patient, address grantee, bytes32 scopeHash, uint64 nonce, uint64 deadline)
+        private
+        pure
+        returns (bytes32 structHash)
+    {
+        bytes32 typeHash = REVOKE_TYPEHASH;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, typeHash)
+            mstore(add(ptr, 0x20), patient)
+            mstore(add(ptr, 0x40), grantee)
+            mstore(add(ptr, 0x60), scopeHash)
+            mstore(add(ptr, 0x80), nonce)
+            mstore(add(ptr, 0xa0), deadline)
+            structHash := keccak256(ptr, 0xc0)
+        }
+    }
+
+    /// @dev keccak256(abi.encode(patient, grantee, scopeHash)), built past the free memory pointer.
+    function _grantId(address patient, address grantee, bytes32 scopeHash) private pure returns (bytes32 id) {
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, patient)
+            mstore(add(ptr, 0x20), grantee)
+            mstore(add(ptr, 0x40), scopeHash)
+            id := keccak256(ptr, 0x60)
+        }
     }
 }
