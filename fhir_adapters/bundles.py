@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 from urllib.parse import parse_qsl
 
 from fhir_adapters.errors import FhirInputError, InvalidBundle, InvalidResource, MalformedJson
@@ -130,7 +130,7 @@ def _failed_entry(index: int, entry: Any, error: InvalidBundle) -> PlannedEntry:
     url = request.get("url") if isinstance(request, Mapping) else None
     return PlannedEntry(
         index=index,
-        method=method if method in METHODS else "GET",
+        method=_as_method(method) or "GET",
         url=url if isinstance(url, str) else "",
         resource_type=None,
         id=None,
@@ -210,8 +210,8 @@ def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None) -> 
     request = entry.get("request")
     if not isinstance(request, Mapping):
         raise InvalidBundle("entry.request is missing (required in a batch or transaction)")
-    method = request.get("method")
-    if method not in METHODS:
+    method = _as_method(request.get("method"))
+    if method is None:
         raise InvalidBundle("entry.request.method must be one of GET, HEAD, POST, PUT, DELETE, PATCH")
     url = request.get("url")
     if not isinstance(url, str) or not url.strip():
@@ -261,6 +261,10 @@ def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None) -> 
         if_modified_since=_optional_text(request, "ifModifiedSince"),
         conditional=conditional,
     )
+
+
+def _as_method(value: object) -> Method | None:
+    return cast(Method, value) if isinstance(value, str) and value in METHODS else None
 
 
 def _optional_text(request: Mapping[str, Any], name: str) -> str | None:

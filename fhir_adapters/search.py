@@ -791,7 +791,8 @@ def _tokens(definition: SearchParamDef, element: Any) -> Iterator[TokenValue]:
         yield TokenValue(definition.system, element)
     elif isinstance(element, Mapping):
         if "coding" in element:  # CodeableConcept
-            for coding in element.get("coding") or ():
+            codings = element.get("coding")
+            for coding in codings if isinstance(codings, list) else ():
                 if isinstance(coding, Mapping):
                     yield from _tokens(definition, coding)
         elif "code" in element or "system" in element and "value" not in element:  # Coding

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Self
 
+from fhir_adapters.bindings import check_required_codes
 from fhir_adapters.errors import InvalidResource, MalformedJson, UnknownResourceType
 
 # All concrete resource types of FHIR 4.3.0 (R4B), as modelled by fhir.resources.R4B (checked by a test).
@@ -155,6 +156,7 @@ def parse_resource(raw: bytes | str | Mapping[str, Any], expected_type: str | No
     if not isinstance(cleaned, dict):  # pragma: no cover - resourceType keeps it non-empty
         raise InvalidResource("Empty resource", expression=resource_type)
     _validate_model(cleaned, resource_type)
+    check_required_codes(cleaned)
     return cleaned
 
 
