@@ -70,7 +70,8 @@ def serve(data_dir: Path, port: int, privacy_off: bool, workers: int) -> None:
         data_dir=data_dir, port=port, workers=workers, dev_token=TOKEN, load_demo_data=False,
         privacy_off_for_benchmark=privacy_off,
     )
-    run_gunicorn(settings, accesslog=None, errorlog="-", loglevel="warning")
+    extra = json.loads(os.environ.get("FHIR_HTTP_GUNICORN", "{}"))
+    run_gunicorn(settings, accesslog=None, errorlog="-", loglevel="warning", **extra)
 
 
 def prepare(data_dir: Path, patients: int, privacy_off: bool) -> dict[str, Any]:
@@ -191,6 +192,65 @@ def operations(by_type: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]
     }
 
 
+def _call_wsgi(app: Any, environ: dict[str, Any]) -> str:
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    b"".join(app.wsgi_app(environ, start_response))
+    return statuses[0]
+
+
+def in_process(data_dirs: dict[str, Path], ops: dict[str, list[str]], *, rounds: int = 10, per_round: int = 300,
+               privacy_off: dict[str, bool]) -> dict[str, dict[str, Any]]:
+    """CPU per request through the whole WSGI stack in this process, privacy on/off alternating in rounds.
+
+    No sockets and one thread, so the figure hardly depends on what else runs on the machine: the
+    median over rounds of process CPU time per request, and the on/off ratio of those medians.
+    """
+    import io
+    import statistics
+
+    from werkzeug.test import EnvironBuilder
+
+    from healthledger.app import create_app
+    from healthledger.config import Settings
+
+    apps = {
+        label: create_app(Settings(data_dir=d, dev_token=TOKEN, load_demo_data=False,
+                                   privacy_off_for_benchmark=privacy_off[label]))
+        for label, d in data_dirs.items()
+    }
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    out: dict[str, dict[str, Any]] = {}
+    for op, paths in ops.items():
+        environs = [EnvironBuilder(path=p.split("?")[0], query_string=p.partition("?")[2], headers=headers).get_environ()
+                    for p in paths]
+        samples: dict[str, list[float]] = {label: [] for label in apps}
+        for round_no in range(rounds):
+            order = list(apps.items())
+            if round_no % 2:
+                order.reverse()  # neither mode always runs first (caches, CPU frequency)
+            for label, app in order:
+                started = time.process_time()
+                for i in range(per_round):
+                    environ = dict(environs[i % len(environs)])
+                    environ["wsgi.input"] = io.BytesIO()
+                    status = _call_wsgi(app, environ)
+                    if not status.startswith("200"):
+                        raise SystemExit(f"{op}: {status}")
+                samples[label].append((time.process_time() - started) * 1000 / per_round)
+        medians = {label: statistics.median(v) for label, v in samples.items()}
+        out[op] = {
+            **{label: {"cpu_ms_per_request": m, "cpu_bound_req_per_s_on_2_cores": 2000 / m} for label, m in medians.items()},
+            "privacy_overhead_cpu": medians["privacy on"] / medians["privacy off"],
+        }
+    for app in apps.values():
+        app.extensions["healthledger.engine"].dispose()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=300)
@@ -250,6 +310,8 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
 
+        local = in_process({label: workdir / label.replace(" ", "-") for label in modes}, ops, privacy_off=modes)
+
     print(f"\nFHIR over HTTP: gunicorn {args.workers} workers, wrk {args.threads} thread(s) x {args.connections} "
           f"connections, {args.duration}s per run, {prepared['privacy on']['resources']} resources "
           f"({args.patients} patients)\n")
@@ -274,10 +336,21 @@ def main() -> int:
                        "privacy_overhead_cpu": cpu_overhead}
         print(f"{'':34} {'overhead':12} {overhead:7.2f}x throughput (off/on), "
               f"{cpu_overhead or 0:.2f}x server CPU per request (on/off)")
+    print("\nIn process (WSGI, one thread, no sockets; median CPU per request over rounds, privacy on/off alternating)\n")
+    header2 = f"{'operation':34} {'on ms':>8} {'off ms':>8} {'overhead':>9} {'2-core bound req/s (on)':>24}"
+    print(header2)
+    print("-" * len(header2))
+    for op, r in local.items():
+        print(f"{op:34} {r['privacy on']['cpu_ms_per_request']:8.3f} {r['privacy off']['cpu_ms_per_request']:8.3f} "
+              f"{r['privacy_overhead_cpu']:8.2f}x {r['privacy on']['cpu_bound_req_per_s_on_2_cores']:24.0f}")
     read = summary["read Patient"]["privacy on"]["req_per_s"]
     read_bound = summary["read Patient"]["privacy on"]["cpu_bound_req_per_s_on_2_cores"] or 0.0
     read_overhead = summary["read Patient"]["privacy_overhead_throughput"]
     read_cpu_overhead = summary["read Patient"]["privacy_overhead_cpu"] or 0.0
+    local_read = local["read Patient"]
+    print(f"in process: read Patient {local_read['privacy on']['cpu_ms_per_request']:.3f} ms CPU "
+          f"(~{local_read['privacy on']['cpu_bound_req_per_s_on_2_cores']:.0f} req/s on 2 cores before HTTP), "
+          f"privacy overhead {local_read['privacy_overhead_cpu']:.2f}x")
     print(f"\nread target >= 800 req/s: measured {read:.0f} ({'met' if read >= 800 else 'NOT met'}), "
           f"CPU-bound estimate {read_bound:.0f}; privacy overhead on reads <= 1.3x: {read_overhead:.2f}x throughput, "
           f"{read_cpu_overhead:.2f}x CPU ({'met' if read_overhead <= 1.3 else 'NOT met'})")
@@ -290,6 +363,7 @@ def main() -> int:
                    "duration_s": args.duration},
         "import_seconds": {label: p["import_seconds"] for label, p in prepared.items()},
         "operations": summary,
+        "in_process": local,
         "targets": {"read_req_per_s": {"target": 800, "measured": read, "cpu_bound_estimate": read_bound},
                     "read_privacy_overhead": {"target": 1.3, "measured": read_overhead,
                                               "cpu_per_request_ratio": read_cpu_overhead}},
