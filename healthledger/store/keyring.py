@@ -102,18 +102,31 @@ class Keyring:
             row = conn.execute(q).one()
         if row.destroyed_at is not None:
             raise Gone("the records of this patient were erased")
-        return DataKeyRef(row.key_id, self._unwrap_cached(row.key_id, row.kek_id, row.wrapped))
+        try:
+            return DataKeyRef(row.key_id, self._unwrap_cached(row.key_id, row.kek_id, row.wrapped))
+        except DecryptionError:
+            row = conn.execute(q).one()  # rewrapped and its old KEK retired meanwhile: read it again
+            if row.destroyed_at is not None:
+                raise Gone("the records of this patient were erased") from None
+            return DataKeyRef(row.key_id, self._unwrap_cached(row.key_id, row.kek_id, row.wrapped))
 
     def key_by_id(self, conn: Connection, key_id: str) -> bytes:
         cached = self._keys.get(key_id)
         if cached is not None:
             return cached
-        row = conn.execute(
-            sa.select(keys_t.c.kek_id, keys_t.c.wrapped, keys_t.c.destroyed_at).where(keys_t.c.key_id == key_id)
-        ).first()
-        if row is None or row.destroyed_at is not None or row.wrapped is None:
-            raise DecryptionError()
-        return self._unwrap_cached(key_id, row.kek_id, row.wrapped)
+        q = sa.select(keys_t.c.kek_id, keys_t.c.wrapped, keys_t.c.destroyed_at).where(keys_t.c.key_id == key_id)
+        for attempt in (1, 2):
+            row = conn.execute(q).first()
+            if row is None or row.destroyed_at is not None or row.wrapped is None:
+                raise DecryptionError()
+            try:
+                return self._unwrap_cached(key_id, row.kek_id, row.wrapped)
+            except DecryptionError:
+                # A rotate-keys run may have rewrapped this key and retired the KEK we read it under
+                # between our read and our unwrap: one more read sees the new wrapping.
+                if attempt == 2:
+                    raise
+        raise DecryptionError()  # pragma: no cover - the loop returns or raises
 
     def _unwrap_cached(self, key_id: str, kek_id: str, blob: bytes) -> bytes:
         cached = self._keys.get(key_id)

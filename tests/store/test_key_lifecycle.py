@@ -111,3 +111,39 @@ def test_erasure_is_seen_by_another_process_with_a_warm_cache(store: ResourceSto
     store.erase_patient(a.id)
     with pytest.raises(Gone):
         other.read("Patient", a.id)
+
+
+def test_reads_keep_working_while_rotation_runs(store: ResourceStore) -> None:
+    import threading
+
+    from healthledger.keys import LocalFileKeyProvider
+
+    ids = [store.create(patient(mrn=f"R{i}"))[0].id for i in range(12)]
+    failures: list[BaseException] = []
+    reads = 0
+    stop = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set() and reads < 2000:
+            # a cold store per round, as a freshly started worker process would be
+            other = ResourceStore(store.engine, LocalFileKeyProvider(store.settings.keys_dir), store.settings)
+            try:
+                for rid in ids:
+                    assert other.read("Patient", rid).resource is not None
+                    reads += 1
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(exc)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(3):
+            store.rotate_keys(retire_old=True, batch_size=2)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not failures, failures[:1]
+    assert reads > 0
+    assert len(store.keyring.provider.kek_ids()) == 1
