@@ -297,7 +297,7 @@ def filters_hold(resource: dict[str, Any], query: SearchQuery, meta: ResourceMet
     return True
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(resource_and_query(), st.sampled_from(["r1", "r2"]))
 def test_blind_index_never_loses_a_match(
     case: tuple[dict[str, Any], list[tuple[str, str]]], rid: str
@@ -313,7 +313,7 @@ def test_blind_index_never_loses_a_match(
         assert filters_hold(resource, query, meta), (params, index_terms(resource))
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(resource_and_query(kinds=("date",)))
 def test_date_windows_never_lose_a_match(case: tuple[dict[str, Any], list[tuple[str, str]]]) -> None:
     """The invariant again, focused on dates: open, inverted and long Periods against bounded windows."""
