@@ -39,8 +39,9 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 from fhir_adapters.errors import UnsupportedSearch
@@ -694,9 +695,8 @@ def date_range(text: str) -> Interval | None:
         return None
 
 
-def _offset(tz: str) -> Any:
-    from datetime import timezone
-
+@lru_cache(maxsize=256)
+def _offset(tz: str) -> timezone:
     sign = 1 if tz[0] == "+" else -1
     hours, minutes = int(tz[1:3]), int(tz[4:6])
     if hours > 14 or minutes > 59:
@@ -773,15 +773,20 @@ def _walk(node: Any, segments: Sequence[str]) -> Iterator[Any]:
 
 def values_at(resource: Mapping[str, Any], path: str) -> Iterator[Any]:
     """Elements at a dotted path (`subject`, `name.given`, `effective[x]`), arrays flattened, nulls skipped."""
-    return _walk(resource, path.split("."))
+    return _walk(resource, _segments(path))
 
 
 def element_values(resource: Mapping[str, Any], definition: SearchParamDef) -> list[Any]:
     """The raw elements a parameter reads (arrays flattened)."""
     out: list[Any] = []
     for path in definition.paths:
-        out.extend(_walk(resource, path.split(".")))
+        out.extend(_walk(resource, _segments(path)))
     return out
+
+
+@lru_cache(maxsize=1024)
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
 
 
 def _tokens(definition: SearchParamDef, element: Any) -> Iterator[TokenValue]:
