@@ -73,10 +73,8 @@ def test_calldata_prints_snarkjs_format() -> None:
 
 
 def test_registered_in_healthledger_cli_and_python_m_zk() -> None:
-    from healthledger.cli import _register, cli
+    from healthledger.cli import cli
 
-    if "zk" not in cli.commands:
-        _register()
     result = CliRunner().invoke(cli, ["zk", *_verify_args(INTEROP / "verification_key.json",
                                                           INTEROP / "proof.json", INTEROP / "public.json")])
     assert result.exit_code == 0, result.output
