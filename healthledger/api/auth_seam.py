@@ -9,7 +9,6 @@ is the only change the API needs for real clients.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
 
 from healthledger.config import Settings
 from healthledger.errors import Unauthorized
@@ -18,9 +17,8 @@ from healthledger.store.access import DEV_CLIENT, Principal
 _BEARER = "bearer "
 
 
-def authenticate(headers: Mapping[str, str], settings: Settings) -> Principal:
-    """The principal behind the request's credentials, or Unauthorized (401 with WWW-Authenticate)."""
-    authorization = headers.get("Authorization", "")
+def authenticate(authorization: str, settings: Settings) -> Principal:
+    """The principal behind an Authorization header value, or Unauthorized (401 with WWW-Authenticate)."""
     if not authorization:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
     if authorization[: len(_BEARER)].lower() != _BEARER:

@@ -83,7 +83,7 @@ class _FhirApi:
         return f"{root}/fhir"
 
     def _principal(self) -> Principal:
-        return authenticate(request.headers, self.settings)
+        return authenticate(request.headers.get("Authorization", ""), self.settings)
 
     def _body_resource(self) -> dict[str, Any]:
         http.require_json_body(request)
