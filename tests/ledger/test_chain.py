@@ -247,3 +247,61 @@ def test_sidecar_node_shares_the_embedded_chain_between_processes(settings: Sett
         direct.close()
     with chain_node_sidecar(settings.model_copy(update={"chain_url": "http://127.0.0.1:1"})) as none:
         assert none is None  # an external node is configured: nothing to start
+
+
+_CRASHING_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from healthledger.keys import LocalFileKeyProvider
+from healthledger.ledger.chain import embedded_chain
+data_dir = Path(sys.argv[1])
+chain = embedded_chain(data_dir, LocalFileKeyProvider(data_dir / "keys"))
+address, receipt = chain.deploy("AccessLogAnchor", chain.operator.address)
+print(address, receipt["blockNumber"], flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no close(), no clean shutdown
+"""
+
+
+def test_a_killed_process_loses_no_mined_block(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASHING_WRITER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr[-500:]
+    address, block = done.stdout.split()
+    chain = embedded_chain(
+        tmp_path, LocalFileKeyProvider(tmp_path / "keys")
+    )  # the lock died with the process
+    try:
+        assert chain.head() == int(block)
+        chain.register("AccessLogAnchor", address)
+        assert chain.call(chain.contract("AccessLogAnchor").functions.admin()) == chain.operator.address
+    finally:
+        chain.close()
+
+
+def test_deploy_and_status_commands(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from healthledger.cli import cli
+
+    env = {"HEALTHLEDGER_DATA_DIR": str(tmp_path / "var"), "HEALTHLEDGER_LOAD_DEMO_DATA": "false"}
+    runner = CliRunner(env=env)
+    first = runner.invoke(cli, ["chain", "deploy"])
+    assert first.exit_code == 0, first.output
+    assert "ConsentRegistry" in first.output and "AccessLogAnchor" in first.output
+    again = runner.invoke(cli, ["chain", "deploy"])
+    assert again.exit_code == 0 and "already deployed" in again.output
+    status = runner.invoke(cli, ["chain", "status"])
+    assert status.exit_code == 0 and "contracts: verified" in status.output
+    unreachable = runner.invoke(
+        cli, ["chain", "status"], env={**env, "HEALTHLEDGER_CHAIN_URL": f"http://127.0.0.1:{free_port()}"}
+    )
+    assert unreachable.exit_code == 1 and "unreachable" in unreachable.output
+    assert "Traceback" not in unreachable.output
