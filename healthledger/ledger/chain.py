@@ -25,13 +25,14 @@ import requests
 from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress, HexAddress, HexStr
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound, Web3Exception
 from web3.providers import HTTPProvider
-from web3.types import TxParams, TxReceipt
+from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 from healthledger.errors import ChainError, ConfigurationError, HealthLedgerError
 from healthledger.keys import KeyProvider, WrappedKey
@@ -107,13 +108,17 @@ class Chain:
             raise ConfigurationError(f"contract {name} is not deployed or not registered") from None
 
     def contract(self, name: str) -> Contract:
-        return self.w3.eth.contract(address=self.address_of(name), abi=load_artifact(name).abi)
+        return self.w3.eth.contract(
+            address=ChecksumAddress(HexAddress(HexStr(self.address_of(name)))), abi=load_artifact(name).abi
+        )
 
     def deploy(self, name: str, *args: Any, gas: int | None = None) -> tuple[str, TxReceipt]:
         """Deploy a contract from its committed artifact and register it under its name."""
         artifact = load_artifact(name)
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         receipt = self.send(factory.constructor(*args), gas=gas)
+        if receipt["contractAddress"] is None:
+            raise ChainError(f"deploying {name} created no contract")
         address = to_checksum_address(receipt["contractAddress"])
         self.register(name, address)
         return address, receipt
@@ -173,7 +178,7 @@ class Chain:
     ) -> TxParams:
         """An unsigned EIP-1559 transaction from the operator, or `sender` (gas estimated when not given)."""
         sender = sender or self.operator
-        base: TxParams = {"from": sender.address, "chainId": self.chain_id, "value": value}
+        base: TxParams = {"from": sender.address, "chainId": self.chain_id, "value": Wei(value)}
         with translate_errors(self._errors):
             if gas is None:
                 estimate = fn_call.estimate_gas(base)
@@ -189,7 +194,7 @@ class Chain:
                 }
             )
         if nonce is not None:
-            tx["nonce"] = nonce
+            tx["nonce"] = Nonce(nonce)
         else:
             tx.pop("nonce", None)  # assigned under the nonce lock in sign_and_submit
         return tx
@@ -209,7 +214,7 @@ class Chain:
         with translate_errors(self._errors):
             try:
                 receipt = self.w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=timeout, poll_latency=self.poll_seconds
+                    HexBytes(tx_hash), timeout=timeout, poll_latency=self.poll_seconds
                 )
             except TimeExhausted as exc:
                 raise ChainError("transaction was not mined in time; it may still be pending") from exc
@@ -241,7 +246,7 @@ class Chain:
         """The receipt if the transaction is mined, else None (no waiting)."""
         with translate_errors(self._errors):
             try:
-                return self.w3.eth.get_transaction_receipt(tx_hash)
+                return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
             except TransactionNotFound:
                 return None
 

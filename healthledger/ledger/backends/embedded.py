@@ -20,6 +20,7 @@ from eth.chains.base import MiningChain
 from eth.db.chain import ChainDB
 from eth.estimators.gas import binary_gas_search_1000_tolerance
 from eth.exceptions import CanonicalHeadNotFound, Revert
+from eth.typing import AccountDetails
 from eth.vm.forks import PragueVM
 from eth.vm.spoof import SpoofTransaction
 from eth_tester import EthereumTester
@@ -29,6 +30,7 @@ from eth_tester.backends.pyevm.main import (
     get_default_genesis_params,
 )
 from eth_tester.exceptions import TransactionFailed
+from eth_typing import Address, BlockNumber
 from eth_utils import to_canonical_address, to_hex
 from eth_utils.toolz import assoc
 from web3.providers.eth_tester import EthereumTesterProvider
@@ -82,7 +84,7 @@ class EmbeddedMiningChain(MiningChain):  # type: ignore[misc]
     """Post-merge Prague chain with a constant gas limit, as eth-tester's tester chain, our chain id."""
 
     chain_id = EMBEDDED_CHAIN_ID
-    vm_configuration = ((0, PragueVM),)
+    vm_configuration = ((BlockNumber(0), PragueVM),)
     gas_estimator = staticmethod(measured_gas_estimate)
 
     def create_header_from_parent(self, parent_header: Any, **header_params: Any) -> Any:
@@ -113,8 +115,10 @@ class PersistentPyEVMBackend(PyEVMBackend):  # type: ignore[misc]
             ChainDB(self._db).get_canonical_head()
         except CanonicalHeadNotFound:
             params = get_default_genesis_params(overrides={"timestamp": GENESIS_TIMESTAMP})
-            state = {
-                to_canonical_address(address): {"balance": balance, "nonce": 0, "code": b"", "storage": {}}
+            state: dict[Address, AccountDetails] = {
+                Address(to_canonical_address(address)): AccountDetails(
+                    balance=balance, nonce=0, code=b"", storage={}
+                )
                 for address, balance in self._genesis_alloc.items()
             }
             self.chain = EmbeddedMiningChain.from_genesis(self._db, params, state)

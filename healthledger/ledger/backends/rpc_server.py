@@ -134,4 +134,4 @@ def serve_in_thread(
     server = make_server(rpc, host, port)
     threading.Thread(target=server.serve_forever, name="embedded-chain-rpc", daemon=True).start()
     bound_host, bound_port = server.server_address[:2]
-    return server, f"http://{bound_host}:{bound_port}"
+    return server, f"http://{bound_host!s}:{bound_port}"
