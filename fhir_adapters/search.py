@@ -561,6 +561,8 @@ def _parse_string(definition: SearchParamDef, modifier: str | None, piece: str) 
 
 def _parse_date(definition: SearchParamDef, modifier: str | None, piece: str) -> SearchValue:
     prefix, text = _split_prefix(piece)
+    # An unencoded `+` in a query string arrives as a space (application/x-www-form-urlencoded).
+    text = re.sub(r" (\d{2}:\d{2})$", r"+\1", text)
     interval = date_range(text)
     if interval is None:
         raise UnsupportedSearch(

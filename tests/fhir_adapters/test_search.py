@@ -220,6 +220,8 @@ def test_timezones_are_compared_as_instants() -> None:
     assert hits(obs, ("date", "2019-12-31")) is True
     assert hits(obs, ("date", "2020-01-01")) is False
     assert hits(obs, ("date", "2019-12-31T23:00:00Z")) is True
+    assert hits(obs, ("date", "2020-01-01T01:00:00+02:00")) is True
+    assert hits(obs, ("date", "2020-01-01T01:00:00 02:00")) is True  # `+` decoded as a space by a form parser
 
 
 def test_date_range_precision() -> None:
