@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -42,6 +43,7 @@ def import_command(paths: tuple[Path, ...], show: int) -> None:
     console = Console(stderr=True)
     reports = []
     total = sum(f.stat().st_size for f in files if f.is_file())
+    started = time.monotonic()
     try:
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
@@ -60,7 +62,10 @@ def import_command(paths: tuple[Path, ...], show: int) -> None:
     from healthledger.store.importer import ImportReport
 
     report = ImportReport(reports)
+    elapsed = time.monotonic() - started
     _print_import_summary(Console(), report, show)
+    if report.imported:
+        click.echo(f"{report.imported} resources imported in {elapsed:.1f} s ({report.imported / elapsed:.0f}/s)")
     if report.failed:
         raise click.ClickException("nothing was imported" if not any(f.unreadable for f in reports)
                                    else "some files could not be read")
