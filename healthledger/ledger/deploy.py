@@ -124,3 +124,22 @@ def attach_deployments(chain: Chain, session: Session) -> list[DeploymentRecord]
     for record in records:
         chain.register(record.name, record.address)
     return records
+
+
+def ensure_deployment(
+    chain: Chain, session: Session, *, embedded: bool, now: datetime
+) -> list[DeploymentRecord]:
+    """Start-up check: verified records for this chain, or ConfigurationError (the service must not start).
+
+    On the embedded chain (a fresh machine with no setup) the contracts are deployed on first start;
+    on an external chain that is an operator's decision: `healthledger chain deploy`.
+    """
+    records = load_deployments(session, chain.chain_id)
+    if not records and embedded:
+        records = deploy_contracts(chain)
+        save_deployments(session, records, now=now)
+        session.commit()
+    verify_deployment(chain, records)
+    for record in records:
+        chain.register(record.name, record.address)
+    return records

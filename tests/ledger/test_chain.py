@@ -305,3 +305,26 @@ def test_deploy_and_status_commands(tmp_path: Path) -> None:
     )
     assert unreachable.exit_code == 1 and "unreachable" in unreachable.output
     assert "Traceback" not in unreachable.output
+
+
+def test_start_up_check_deploys_on_a_fresh_embedded_chain_only(tmp_path: Path, anvil_url: str) -> None:
+    from healthledger.ledger.deploy import ensure_deployment
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    upgrade(engine)
+    keys = LocalFileKeyProvider(tmp_path / "keys")
+    try:
+        chain = embedded_chain(tmp_path, keys)
+        try:
+            with Session(engine) as session:
+                first = ensure_deployment(chain, session, embedded=True, now=datetime.now(UTC))
+                assert (
+                    ensure_deployment(chain, session, embedded=True, now=datetime.now(UTC)) == first
+                )  # no redeploy
+        finally:
+            chain.close()
+        external = rpc_chain(anvil_url, keys, keys_dir=tmp_path / "keys")
+        with Session(engine) as session, pytest.raises(ConfigurationError, match="chain deploy"):
+            ensure_deployment(external, session, embedded=False, now=datetime.now(UTC))
+    finally:
+        engine.dispose()
