@@ -83,11 +83,27 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _DuplicateName(Exception):
+    pass
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; repeated names are refused (RFC 8259 4: SHOULD be unique; parsers disagree on which wins)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateName
+    return obj
+
+
 def loads_json(raw: bytes | str) -> Any:
     """Parse JSON (RFC 8259) keeping decimal text; raise MalformedJson (no PHI) on any failure."""
     try:
         text = raw.decode("utf-8-sig") if isinstance(raw, bytes | bytearray) else raw
-        return json.loads(text, parse_float=_parse_float, parse_constant=_reject_constant)
+        return json.loads(
+            text, parse_float=_parse_float, parse_constant=_reject_constant, object_pairs_hook=_object
+        )
+    except _DuplicateName:
+        raise MalformedJson("Malformed JSON: a property name is repeated in one object") from None
     except UnicodeDecodeError:
         raise MalformedJson("Request body is not valid UTF-8") from None
     except RecursionError:

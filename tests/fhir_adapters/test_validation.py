@@ -106,6 +106,7 @@ def test_empty_properties_are_dropped_but_array_nulls_kept() -> None:
         (b'"Patient"', MalformedJson, None),
         (b"\xff\xfe{", MalformedJson, None),
         (b'{"resourceType":"Patient","active":NaN}', MalformedJson, None),
+        (b'{"resourceType":"Patient","gender":"male","gender":"female"}', MalformedJson, None),
         (b"[" * 50_000, MalformedJson, None),
         (b"{}", InvalidResource, "resourceType"),
         (b'{"resourceType":7}', InvalidResource, "resourceType"),
