@@ -136,9 +136,9 @@ def ensure_deployment(
     """
     records = load_deployments(session, chain.chain_id)
     if not records and embedded:
-        records = deploy_contracts(chain)
-        save_deployments(session, records, now=now)
+        save_deployments(session, deploy_contracts(chain), now=now)
         session.commit()
+        records = load_deployments(session, chain.chain_id)
     verify_deployment(chain, records)
     for record in records:
         chain.register(record.name, record.address)
