@@ -328,3 +328,23 @@ def test_start_up_check_deploys_on_a_fresh_embedded_chain_only(tmp_path: Path, a
             ensure_deployment(external, session, embedded=False, now=datetime.now(UTC))
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_deployment_records_on_postgresql(postgres_schema_url: tuple[str, str]) -> None:
+    url, _schema = postgres_schema_url
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+        record = DeploymentRecord(
+            EMBEDDED_CHAIN_ID, "ConsentRegistry", Account.create().address, 2**40, "0x" + "ab" * 32
+        )
+        with Session(engine) as session:
+            save_deployments(session, [record], now=datetime.now(UTC))
+            session.commit()
+            moved = DeploymentRecord(**{**record.__dict__, "address": Account.create().address})
+            save_deployments(session, [moved], now=datetime.now(UTC))  # redeploy replaces the row
+            session.commit()
+            assert load_deployments(session, EMBEDDED_CHAIN_ID) == [moved]
+    finally:
+        engine.dispose()
