@@ -56,6 +56,9 @@ class ContractCall:
     contract: str
     function: str
     args: tuple[Any, ...]
+    # A known-sufficient gas limit: the worker then simulates once (eth_call) to catch reverts instead
+    # of eth_estimateGas (a binary search of many executions). Unused gas is not charged (EIP-1559).
+    gas_limit: int | None = None
 
 
 # kind -> function from the stored payload to the call (healthledger.ledger.relayer registers ours).
@@ -73,6 +76,7 @@ class ChainPort(Protocol):
     def build(
         self, fn_call: Any, *, gas: int | None = ..., nonce: int | None = ..., fees: Any = ...
     ) -> Any: ...
+    def call(self, fn_call: Any) -> Any: ...
     def fees(self) -> Any: ...
     def receipt(self, tx_hash: HexBytes | str) -> Any: ...
     def head(self) -> int: ...
@@ -428,7 +432,9 @@ class _Worker:
             return
         fn_call = self._fn_call(call)
         try:
-            tx = self.chain.build(fn_call, fees=self._market_fees())  # estimates gas: a revert is the answer
+            if call.gas_limit is not None:
+                self.chain.call(fn_call)  # a revert here is the contract's answer
+            tx = self.chain.build(fn_call, gas=call.gas_limit, fees=self._market_fees())
         except ContractRevert as exc:
             if exc.error_name in TRANSIENT_REVERTS:
                 raise ChainError(str(exc)) from exc

@@ -21,6 +21,12 @@ from healthledger.errors import BadRequest
 from healthledger.ledger import outbox
 from healthledger.ledger.eip712 import Domain, GrantMessage, RevokeMessage, compact, recover_signer
 
+# Gas limits with ample headroom over what the contracts use (benchmarks/gas.py: grant by signature
+# ~76k on a new slot, revoke ~30k, anchor ~46k on a new log); only gas used is paid.
+GRANT_GAS_LIMIT = 150_000
+REVOKE_GAS_LIMIT = 100_000
+ANCHOR_GAS_LIMIT = 120_000
+
 GRANT = "grant"
 REVOKE = "revoke"
 ANCHOR = "anchor"
@@ -149,6 +155,7 @@ def grant_call(p: Mapping[str, Any]) -> outbox.ContractCall:
             _uint(p["deadline"]),
             *compact(_bytes(p["signature"], 65)),  # EIP-2098 (r, vs), as the contract takes it
         ),
+        GRANT_GAS_LIMIT,
     )
 
 
@@ -164,6 +171,7 @@ def revoke_call(p: Mapping[str, Any]) -> outbox.ContractCall:
             _uint(p["deadline"]),
             *compact(_bytes(p["signature"], 65)),  # EIP-2098 (r, vs), as the contract takes it
         ),
+        REVOKE_GAS_LIMIT,
     )
 
 
@@ -172,6 +180,7 @@ def anchor_call(p: Mapping[str, Any]) -> outbox.ContractCall:
         "AccessLogAnchor",
         "anchor",
         (_bytes(p["log_id"], 32), _uint(p["tree_size"]), _bytes(p["root_hash"], 32)),
+        ANCHOR_GAS_LIMIT,
     )
 
 
