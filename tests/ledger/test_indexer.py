@@ -176,3 +176,41 @@ def test_reorg_rewinds_and_replays(relay_db, tmp_path: Path, key_provider, keep_
     finally:
         chain.close()
         node.stop()
+
+
+@pytest.mark.anvil
+@pytest.mark.postgres
+def test_indexer_and_reorg_on_postgresql(
+    postgres_schema_url: tuple[str, str], tmp_path: Path, key_provider
+) -> None:
+    from healthledger.db import session_factory
+    from tests.ledger.fixtures_relay import relay_engine
+
+    engine = relay_engine(postgres_schema_url[0])
+    db = session_factory(engine)
+    node = AnvilNode().start()
+    chain = anvil_chain(node, key_provider, tmp_path / "keys")
+    try:
+        deployed_at = deploy_ledger(chain)
+        idx = indexer.Indexer(db, chain, from_block=deployed_at, confirmations=0, keep_blocks=8)
+        snapshot = node.rpc("evm_snapshot")
+        _send_grant(chain, "pg:old")
+        idx.catch_up(time.time())
+        now = int(time.time())
+        with db() as s:
+            assert indexer.grant_state(s, patient("pg:old"), GRANTEE, SCOPE, now).live
+        node.rpc("evm_revert", [snapshot])
+        _send_grant(chain, "pg:new")
+        node.rpc("anvil_mine", [hex(2)])
+        idx.catch_up(time.time())
+        with db() as s:
+            assert (
+                indexer.grant_state(s, patient("pg:old"), GRANTEE, SCOPE, now).status
+                is indexer.GrantStatus.UNKNOWN
+            )
+            assert indexer.grant_state(s, patient("pg:new"), GRANTEE, SCOPE, now).live
+            assert indexer.lag(s) is not None
+    finally:
+        chain.close()
+        node.stop()
+        engine.dispose()
