@@ -97,22 +97,28 @@ def _print_import_summary(console: Console, report, show: int) -> None:  # type:
 
 @click.command("rotate-keys")
 @click.option("--retire-old", is_flag=True, help="remove old key-encryption keys once nothing depends on them")
-def rotate_keys_command(retire_old: bool) -> None:
+@click.option("--retire-only", is_flag=True, help="no new key: rewrap to the active one and retire the old ones")
+def rotate_keys_command(retire_old: bool, retire_only: bool) -> None:
     """Create a new key-encryption key and rewrap every data key with it (no re-encryption, no downtime)."""
     store = _store()
     try:
-        report = store.rotate_keys(retire_old=retire_old)
+        report = store.rotate_keys(retire_old=retire_old or retire_only, rotate=not retire_only)
     except HealthLedgerError as exc:
         raise click.ClickException(exc.message) from None
     finally:
         store.engine.dispose()
-    click.echo(f"new key-encryption key: {report.new_kek_id}")
+    click.echo(f"{'active' if retire_only else 'new'} key-encryption key: {report.new_kek_id}")
     click.echo(f"data keys rewrapped: {report.rewrapped}")
     if report.remaining_on_old:
         click.echo(f"keys still under an old key-encryption key: {report.remaining_on_old} (run again)")
-    if retire_old:
+    if retire_old or retire_only:
         if report.retired:
             click.echo(f"retired: {', '.join(report.retired)}")
+        elif report.blocked_by:
+            click.echo("old key-encryption keys NOT retired: still used outside the store by")
+            for user in report.blocked_by:
+                click.echo(f"  {user}")
+            click.echo("rewrap those with their own commands, then run: healthledger rotate-keys --retire-only")
         else:
             click.echo("nothing retired")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,6 +29,9 @@ class RotationReport:
     rewrapped: int
     retired: list[str] = field(default_factory=list)
     remaining_on_old: int = 0
+    # Keys outside the store still wrapped by an old KEK (files under keys_dir, `*kek_id` columns of
+    # other packages' tables): while any exist, old KEKs are not retired.
+    blocked_by: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,31 +83,68 @@ def _count_on(store: ResourceStore, keks: list[str]) -> int:
         )
 
 
-def rotate_keys(store: ResourceStore, *, retire_old: bool = False, batch_size: int = 500) -> RotationReport:
-    """A new KEK becomes active; every data key and index master key under this provider's older KEKs
-    (all tenants that share the provider) is rewrapped.
+def rotate_keys(
+    store: ResourceStore, *, retire_old: bool = False, rotate: bool = True, batch_size: int = 500
+) -> RotationReport:
+    """A new KEK becomes active (unless `rotate` is False); every data key and index master key under
+    this provider's older KEKs (all tenants that share the provider) is rewrapped to the active KEK.
 
-    With `retire_old`, old KEKs are removed from the provider once no stored key depends on them.
-    Other packages that keep keys wrapped by the same provider must have rewrapped theirs first.
+    With `retire_old`, old KEKs are removed from the provider once nothing depends on them: no store
+    key and no key of another package (see `external_users`). `rotate=False, retire_old=True` retires
+    after those packages have rewrapped their keys, without starting yet another rotation.
     """
     provider = store.keyring.provider
-    new_kek = provider.rotate()
+    active = provider.rotate() if rotate else provider.active_kek_id()
     # Keys of this provider's older KEKs only: a database shared with tenants that use another
     # provider keeps their keys untouched (we could not unwrap them anyway).
-    old_keks = [k for k in provider.kek_ids() if k != new_kek]
+    old_keks = [k for k in provider.kek_ids() if k != active]
     rewrapped = 0
     for _ in range(_MAX_PASSES):
-        rewrapped += _rewrap_pass(store, new_kek, old_keks, batch_size)
+        rewrapped += _rewrap_pass(store, active, old_keks, batch_size)
         if _count_on(store, old_keks) == 0:
             break
     remaining = _count_on(store, old_keks)
     retired: list[str] = []
-    if retire_old and remaining == 0:
-        for kek_id in provider.kek_ids():
-            if kek_id != new_kek:
-                provider.retire(kek_id)
-                retired.append(kek_id)
-    return RotationReport(new_kek, rewrapped, retired, remaining)
+    blocked_by = external_users(store, old_keks) if retire_old and old_keks else []
+    if retire_old and remaining == 0 and not blocked_by:
+        for kek_id in old_keks:
+            provider.retire(kek_id)
+            retired.append(kek_id)
+    return RotationReport(active, rewrapped, retired, remaining, blocked_by)
+
+
+def external_users(store: ResourceStore, keks: list[str]) -> list[str]:
+    """Where keys outside the store are still wrapped by one of `keks` (retiring them would break those).
+
+    Other packages keep KEK-wrapped keys too (token signing key, chain operator key, patient recovery
+    wraps). They are found generically: JSON files under keys_dir with a `kek_id`, and columns named
+    `*kek_id` in tables that are not the store's.
+    """
+    found: list[str] = []
+    keys_dir = store.settings.keys_dir
+    if keys_dir.is_dir():
+        for path in sorted(keys_dir.glob("*.json")):
+            try:
+                document = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(document, dict) and document.get("kek_id") in keks:
+                found.append(f"key file {path.name}")
+    inspector = sa.inspect(store.engine)
+    with store.engine.connect() as conn:
+        for table in inspector.get_table_names():
+            if table.startswith("store_"):
+                continue
+            for column in inspector.get_columns(table):
+                name = column["name"]
+                if not name.endswith("kek_id"):
+                    continue
+                n = conn.execute(
+                    sa.select(sa.func.count()).select_from(sa.table(table)).where(sa.column(name).in_(keks))
+                ).scalar_one()
+                if n:
+                    found.append(f"{n} row(s) of {table}.{name}")
+    return found
 
 
 def erase_patient(store: ResourceStore, patient_id: str) -> ErasureReport:

@@ -293,10 +293,10 @@ class ResourceStore:
 
         return execute_bundle(self, bundle, principal=principal)
 
-    def rotate_keys(self, *, retire_old: bool = False, batch_size: int = 500) -> Any:
+    def rotate_keys(self, *, retire_old: bool = False, rotate: bool = True, batch_size: int = 500) -> Any:
         from healthledger.store.maintenance import rotate_keys
 
-        return rotate_keys(self, retire_old=retire_old, batch_size=batch_size)
+        return rotate_keys(self, retire_old=retire_old, rotate=rotate, batch_size=batch_size)
 
     def erase_patient(self, patient_id: str) -> Any:
         from healthledger.store.maintenance import erase_patient

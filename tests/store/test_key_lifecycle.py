@@ -147,3 +147,23 @@ def test_reads_keep_working_while_rotation_runs(store: ResourceStore) -> None:
     assert not failures, failures[:1]
     assert reads > 0
     assert len(store.keyring.provider.kek_ids()) == 1
+
+
+def test_old_kek_is_not_retired_while_other_packages_still_use_it(store: ResourceStore) -> None:
+    store.create(patient())
+    provider = store.keyring.provider
+    old_kek = provider.active_kek_id()
+    other = provider.wrap(b"k" * 32, b"another package's key")
+    key_file = store.settings.keys_dir / "some-signing-key.json"
+    key_file.write_text(json.dumps({"kek_id": other.kek_id, "blob": other.blob.hex()}))
+
+    report = store.rotate_keys(retire_old=True)
+    assert report.retired == [] and report.blocked_by == ["key file some-signing-key.json"]
+    assert old_kek in provider.kek_ids()
+    assert provider.unwrap(other, b"another package's key") == b"k" * 32
+
+    rewrapped = provider.wrap(provider.unwrap(other, b"another package's key"), b"another package's key")
+    key_file.write_text(json.dumps({"kek_id": rewrapped.kek_id, "blob": rewrapped.blob.hex()}))
+    report = store.rotate_keys(retire_old=True, rotate=False)
+    assert report.retired == [old_kek] and report.blocked_by == []
+    assert provider.kek_ids() == [report.new_kek_id]
