@@ -54,7 +54,7 @@ def make_store(engine: sa.Engine, tmp_path: Path, **settings: object) -> Resourc
     return ResourceStore(engine, LocalFileKeyProvider(cfg.keys_dir), cfg, clock=TickingClock())
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     """An empty store schema on the backend (PostgreSQL: one schema per run, tables emptied per test)."""
     if request.param == "sqlite":
