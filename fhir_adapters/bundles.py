@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from fhir_adapters.errors import FhirInputError, InvalidBundle, InvalidResource, MalformedJson
 from fhir_adapters.search import parse_search
-from fhir_adapters.validation import is_resource_type, loads_json, parse_resource
+from fhir_adapters.validation import is_resource_type, loads_json, parse_resource, validate_element
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
@@ -139,25 +139,11 @@ def _failed_entry(index: int, entry: Any, error: InvalidBundle) -> PlannedEntry:
 
 
 def _check_bundle_shell(data: Mapping[str, Any]) -> None:
-    """Validate the Bundle minus the entries' resources (those are checked one by one, per entry)."""
-    shell = dict(data)
-    shell["entry"] = [
-        {k: v for k, v in entry.items() if k != "resource"} if isinstance(entry, Mapping) else entry
-        for entry in data.get("entry", [])
-    ]
+    """Validate the Bundle's own elements; entries are checked one by one (`_plan_entry`)."""
     try:
-        parse_resource(shell, expected_type="Bundle")
+        parse_resource({k: v for k, v in data.items() if k != "entry"}, expected_type="Bundle")
     except InvalidResource as exc:
-        index = _entry_index(exc.expression)
-        message = exc.message.replace("Invalid Bundle at ", "Invalid ")
-        if index is not None and data.get("type") == "batch":
-            return  # a batch reports it on the entry itself (_plan_entry re-checks request)
-        raise InvalidBundle(message, entry_index=index, expression=exc.expression) from None
-
-
-def _entry_index(expression: str | None) -> int | None:
-    match = re.match(r"^Bundle\.entry\[(\d+)\]", expression or "")
-    return int(match.group(1)) if match else None
+        raise InvalidBundle(exc.message, expression=exc.expression) from None
 
 
 def _check_full_urls(entries: list[Any]) -> dict[str, int]:
@@ -207,6 +193,9 @@ def _check_full_url(full_url: str) -> None:
 def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None) -> PlannedEntry:
     if not isinstance(entry, Mapping):
         raise InvalidBundle("entry must be a JSON object")
+    validate_element(
+        {k: v for k, v in entry.items() if k != "resource"}, "BundleEntry", f"Bundle.entry[{index}]"
+    )
     request = entry.get("request")
     if not isinstance(request, Mapping):
         raise InvalidBundle("entry.request is missing (required in a batch or transaction)")

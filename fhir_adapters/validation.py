@@ -275,19 +275,31 @@ def _locate_problem(value: Any, path: str) -> None:
             _locate_problem(item, f"{path}[{i}]")
 
 
-def _validate_model(data: dict[str, Any], resource_type: str) -> None:
+def validate_element(data: Mapping[str, Any], model_name: str, path: str) -> dict[str, Any]:
+    """Check a non-resource element against its R4B model (e.g. `BundleEntry` without its resource).
+
+    Same rules as parse_resource (FHIR names only, empties dropped); errors are rooted at `path`,
+    e.g. `Bundle.entry[3].request.ifMatch`.
+    """
+    cleaned = _drop_empty(data, path) or {}
+    _validate_model(cleaned, model_name, root=path)
+    return cleaned
+
+
+def _validate_model(data: dict[str, Any], resource_type: str, root: str | None = None) -> None:
     from fhir.resources.R4B import get_fhir_model_class  # heavy import, done on first use
     from pydantic import ValidationError
 
     model = get_fhir_model_class(resource_type)
+    where = root or resource_type
     try:
         model.model_validate(data)
     except ValidationError as exc:
-        raise _invalid_from_pydantic(exc, resource_type) from None
+        raise _invalid_from_pydantic(exc, where) from None
     except RecursionError:
-        raise InvalidResource("Resource nesting is too deep", expression=resource_type) from None
+        raise InvalidResource("Resource nesting is too deep", expression=where) from None
     except Exception:  # noqa: BLE001 - fhir_core raises KeyError/TypeError on some malformed nested input
-        raise InvalidResource(f"Invalid {resource_type} resource", expression=resource_type) from None
+        raise InvalidResource(f"Invalid {resource_type}", expression=where) from None
 
 
 def error_expression(resource_type: str, loc: tuple[int | str, ...]) -> str:
@@ -333,7 +345,8 @@ def _invalid_from_pydantic(exc: Any, resource_type: str) -> InvalidResource:
     kind = str(first.get("type", ""))
     detail = _SAFE_MESSAGES.get(kind) or _scrub(str(first.get("msg", "invalid value")), first.get("input"))
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return InvalidResource(f"Invalid {resource_type} at {expression}: {detail}{more}", expression=expression)
+    label = resource_type if _NAME.match(resource_type) else "element"
+    return InvalidResource(f"Invalid {label} at {expression}: {detail}{more}", expression=expression)
 
 
 def _scrub(message: str, offending: object) -> str:
