@@ -353,3 +353,27 @@ def test_bulk_ndjson_validates(corpus: dict[str, list[dict[str, Any]]]) -> None:
     # Every bulk resource, re-validated alone, is unchanged by validation (round-trip).
     for resource in corpus["Patient"][:13]:
         assert parse_resource(json.dumps(resource)) == resource
+
+
+def test_entry_elements_are_checked_per_entry() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": "Patient/1", "ifMatch": 5}},
+            {"request": {"method": "GET", "url": "Patient/1"}, "full_url": "urn:uuid:x"},
+            {"request": {"method": "GET", "url": "Patient/3"}},
+        ],
+    }
+    plan = plan_bundle(bundle)
+    assert [e.error.expression if e.error else None for e in plan.entries] == [
+        "Bundle.entry[0].request.ifMatch",
+        "Bundle.entry[1].full_url",
+        None,
+    ]
+    with pytest.raises(InvalidBundle) as info:
+        plan_bundle({**bundle, "type": "transaction"})
+    assert info.value.entry_index == 0
+    with pytest.raises(InvalidBundle) as shell:
+        plan_bundle({"resourceType": "Bundle", "type": "batch", "id": "not valid!"})
+    assert shell.value.expression == "Bundle.id" and shell.value.entry_index is None
