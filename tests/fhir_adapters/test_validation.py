@@ -232,3 +232,12 @@ def test_resource_type_list_matches_the_r4b_models() -> None:
 def test_nan_cannot_be_dumped() -> None:
     with pytest.raises(ValueError):
         dumps_resource({"resourceType": "Observation", "valueQuantity": {"value": math.nan}})
+
+
+def test_graphql_outputs_beside_the_examples_are_not_resources() -> None:
+    """The `*.json.out` files are FHIR GraphQL results (no resourceType); they are refused, cleanly."""
+    outputs = sorted(EXAMPLES.glob("*.json.out"))
+    assert len(outputs) >= 10
+    for path in outputs:
+        with pytest.raises((InvalidResource, MalformedJson)):
+            parse_resource(path.read_bytes())
