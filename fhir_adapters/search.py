@@ -42,12 +42,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from fhir_adapters.errors import UnsupportedSearch
 from fhir_adapters.validation import is_resource_type
 
 ParamType = Literal["token", "string", "date", "reference", "quantity", "uri", "number"]
+T = TypeVar("T")
 
 STRING_PREFIX_LENGTHS: Final = (2, 3, 4, 6, 8)
 DATE_MAX_YEAR_TERMS: Final = 10
@@ -345,7 +346,7 @@ class SearchControls:
     count: int | None = None
     offset: int | None = None
     summary: str | None = None
-    sort: tuple[tuple[str, bool], ...] = ()  # (param name, descending)
+    sort: tuple[tuple[str, bool], ...] = ()  # (param name, descending): apply with sort_resources
     format: str | None = None
     total: str | None = None
     elements: tuple[str, ...] = ()
@@ -1309,3 +1310,61 @@ def _number_matches(query: NumberValue, quantity: tuple[Decimal, str | None, str
 def criteria_names(query: SearchQuery) -> Iterable[str]:
     """Names of the parameters the query filters on (for logging without values)."""
     return (criterion.name for criterion in query.criteria)
+
+
+# --- _sort (R4 3.1.1.5.5) ------------------------------------------------------------------------------------
+
+
+def sort_resources(
+    items: Sequence[T],
+    resource_type: str,
+    sort: Sequence[tuple[str, bool]],
+    view: Callable[[T], tuple[Mapping[str, Any], ResourceMeta]],
+) -> list[T]:
+    """`items` in `_sort` order (`SearchQuery.controls.sort`: (name, descending) pairs, most significant first).
+
+    A parameter with several values sorts by its lowest value ascending and its highest descending (R4
+    3.1.1.5.5); resources without a value come last either way; ties keep their input order (stable).
+    `view(item)` gives the resource and its metadata.
+    """
+    definitions = search_parameters(resource_type)
+    ordered = list(items)
+    for name, descending in reversed(sort):
+        definition = definitions.get(name)
+        if definition is None:
+            raise UnsupportedSearch(f"Cannot sort by unknown parameter '{_say(name)}'")
+        keyed = [(_sort_value(definition, *view(item), descending), item) for item in ordered]
+        present = [(key, item) for key, item in keyed if key is not None]
+        present.sort(key=lambda pair: pair[0], reverse=descending)
+        ordered = [item for _, item in present] + [item for key, item in keyed if key is None]
+    return ordered
+
+
+def _sort_value(
+    definition: SearchParamDef, resource: Mapping[str, Any], meta: ResourceMeta, descending: bool
+) -> Any:
+    if definition.name == "_id":
+        return meta.id
+    elements: list[Any] = (
+        [meta.last_updated] if definition.name == "_lastUpdated" else element_values(resource, definition)
+    )
+    keys: list[Any] = []
+    for value in _present_values(definition, elements):
+        if isinstance(value, Interval):
+            bound = value.hi if descending else value.lo
+            keys.append(
+                (_MAX_US + 1 if value.hi is None else bound)
+                if descending
+                else (-1 if bound is None else bound)
+            )
+        elif isinstance(value, TokenValue):
+            keys.append(value.code or "")
+        elif isinstance(value, ReferenceValue):
+            keys.append(f"{value.type}/{value.id}" if value.type else value.url or value.id or "")
+        elif isinstance(value, tuple):
+            keys.append(value[0])
+        elif isinstance(value, str):
+            keys.append(fold(value) if definition.type == "string" else value)
+    if not keys:
+        return None
+    return max(keys) if descending else min(keys)

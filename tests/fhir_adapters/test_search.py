@@ -472,3 +472,33 @@ def test_bare_id_on_an_untargeted_reference_parameter() -> None:
     event = {"resourceType": "AuditEvent", "agent": [{"who": {"reference": "Practitioner/9"}}]}
     assert hits(event, ("agent", "9")) is True
     assert [f.any_of for f in candidate_filters(parse_search("AuditEvent", [("agent", "9")]))] == [{"i:9"}]
+
+
+def test_sort_resources() -> None:
+    from fhir_adapters.search import sort_resources
+
+    people = [
+        {"resourceType": "Patient", "id": "a", "birthDate": "1990", "name": [{"family": "Zed"}]},
+        {
+            "resourceType": "Patient",
+            "id": "b",
+            "birthDate": "1980-06-01",
+            "name": [{"family": "émile"}, {"family": "Ay"}],
+        },
+        {"resourceType": "Patient", "id": "c", "name": [{"family": "Bee"}]},
+        {"resourceType": "Patient", "id": "d", "birthDate": "1980-06-01", "name": [{"family": "Ay"}]},
+    ]
+
+    def view(p: dict[str, Any]) -> tuple[dict[str, Any], ResourceMeta]:
+        return p, ResourceMeta(p["id"], META.last_updated)
+
+    def ids(sort: list[tuple[str, bool]]) -> list[str]:
+        return [p["id"] for p in sort_resources(people, "Patient", sort, view)]
+
+    assert ids([("birthdate", False)]) == ["b", "d", "a", "c"]  # no value: last
+    assert ids([("birthdate", True)]) == ["a", "b", "d", "c"]
+    assert ids([("birthdate", False), ("_id", True)]) == ["d", "b", "a", "c"]
+    assert ids([("family", False)]) == ["b", "d", "c", "a"]  # lowest of several values, accent-folded
+    assert ids([("family", True)]) == ["a", "b", "c", "d"]  # highest: "emile" > "bee" > "ay"
+    with pytest.raises(UnsupportedSearch):
+        ids([("nickname", False)])
