@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -26,6 +27,26 @@ def bootstrap(settings: Settings) -> None:
         engine.dispose()
 
 
+def configure_logging() -> None:
+    """Structured logs with plain tracebacks, unless the host process configured structlog already.
+
+    structlog's default development renderer prints rich tracebacks *with local variables*: those hold
+    request bodies and decrypted resources, i.e. PHI, and rendering deep ones is slow. Plain tracebacks
+    name the code, not the data.
+    """
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
+        ],
+        cache_logger_on_first_use=True,
+    )
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application with every component built from `settings` (no import-time side effects)."""
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
@@ -33,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.store.repository import ResourceStore
 
     settings = settings or Settings.load()
+    configure_logging()
     app = Flask("healthledger")
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = None  # the FHIR API enforces its own limit with an OperationOutcome

@@ -103,7 +103,26 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     value = loads_json(raw)
     if not isinstance(value, dict):
         raise MalformedJson("request body must be a JSON object (a FHIR resource)")
+    check_nesting(value)
     return value
+
+
+# Real FHIR resources nest a few dozen levels at most (Questionnaire items, nested extensions, Bundles
+# of resources with contained ones); anything deeper is refused before recursive code walks it.
+MAX_JSON_DEPTH = 100
+
+
+def check_nesting(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """MalformedJson (400) when arrays/objects nest deeper than `limit`; iterative, so it cannot overflow."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise MalformedJson(f"JSON nesting is deeper than {limit} levels")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
 
 
 def parse_etag(value: str) -> int:

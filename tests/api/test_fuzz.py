@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+import pytest
 from fhir_api_support import AUTH, JSON_HEADERS
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -158,3 +159,22 @@ def test_arbitrary_url_segments(sqlite_client: FlaskClient, rtype: str, rid: str
     path = f"/fhir/{quote(rtype, safe='')}/{quote(rid, safe='')}/_history/{quote(vid, safe='')}"
     assert_clean(sqlite_client.get(path, headers=AUTH))
     assert_clean(sqlite_client.delete(f"/fhir/{quote(rtype, safe='')}/{quote(rid, safe='')}", headers=AUTH))
+
+
+@pytest.mark.parametrize("depth", [60, 400, 990, 5000, 200_000])
+@pytest.mark.parametrize("shape", ["arrays", "extensions", "bundle"])
+def test_deeply_nested_bodies_are_refused_cleanly(sqlite_client: FlaskClient, depth: int, shape: str) -> None:
+    if shape == "arrays":
+        path, raw = "/fhir/Patient", '{"resourceType":"Patient","extension":' + "[" * depth + "]" * depth + "}"
+    elif shape == "extensions":
+        path = "/fhir/Patient"
+        raw = '{"resourceType":"Patient","extension":[' + '{"url":"x","extension":[' * depth + "]}" * depth + "]}"
+    else:
+        path = "/fhir"
+        raw = ('{"resourceType":"Bundle","type":"batch","entry":[{"resource":'
+               + '{"resourceType":"Patient","contained":[' * depth + "]}" * depth
+               + ',"request":{"method":"POST","url":"Patient"}}]}')
+    resp = sqlite_client.post(path, data=raw.encode(), headers={**JSON_HEADERS, "Content-Length": str(len(raw))})
+    assert_clean(resp, allowed=(200, 201))  # 60 levels of empty arrays is a valid (emptied) Patient
+    if depth >= 400:
+        assert resp.status_code in (400, 413)
