@@ -30,13 +30,20 @@ class AccessPolicy(Protocol):
     (search, history, delete before loading). Returns None to permit; raises `Forbidden` to deny.
     The consent engine replaces the default policy; the store calls it on every operation and
     every bundle entry.
+
+    A policy with `filters_search_results = True` is also asked `check(principal, "read", type,
+    resource)` for every search match; denied matches are omitted from the page and the total.
     """
+
+    filters_search_results: bool
 
     def check(self, principal: Principal, action: Action, resource_type: str, resource: dict[str, Any] | None) -> None: ...
 
 
 class DevelopmentPolicy:
     """Permits the system and the development client; denies everyone else (fail closed)."""
+
+    filters_search_results = False
 
     def __init__(self, allowed: frozenset[str] = frozenset({SYSTEM.id, DEV_CLIENT.id})) -> None:
         self._allowed = allowed

@@ -30,6 +30,7 @@ from healthledger.config import Settings
 from healthledger.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     Gone,
     HealthLedgerError,
     InvalidResource,
@@ -644,7 +645,10 @@ class UnitOfWork:
         if check:
             self._check("search", resource_type, None)
         stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
-        if not _has_criteria(query):
+        # A policy that decides per resource (consent) sees every candidate; results it denies are left
+        # out of the page and of the total, as if they did not exist.
+        per_resource = check and bool(getattr(self.store.policy, "filters_search_results", False))
+        if not _has_criteria(query) and not per_resource:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
             rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
             items = [self._to_stored(r) for r in rows]
@@ -657,6 +661,11 @@ class UnitOfWork:
                 meta = fhir_search.ResourceMeta(id=stored.id, last_updated=stored.last_updated)
                 with fhir_errors():
                     ok = fhir_search.matches(stored.resource, query, meta)
+                if ok and per_resource:
+                    try:
+                        self._check("read", resource_type, stored.resource)
+                    except Forbidden:
+                        ok = False
                 if ok:
                     if offset <= total < offset + count:
                         matched.append(stored)

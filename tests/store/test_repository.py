@@ -273,3 +273,20 @@ def test_history_since_compares_in_utc(store: ResourceStore) -> None:
     since = second.last_updated.astimezone(timezone(timedelta(hours=2)))
     page = store.history("Patient", first.id, since=since)
     assert [v.version_id for v in page.items] == [2]
+
+
+def test_a_filtering_policy_hides_denied_search_results(store: ResourceStore) -> None:
+    keep, _ = store.create(patient(mrn="F-1", family="Visible"))
+    store.create(patient(mrn="F-2", family="Hidden"))
+
+    class OnlyVisible:
+        filters_search_results = True
+
+        def check(self, principal: Principal, action: str, resource_type: str, resource: Any) -> None:
+            if resource is not None and resource["name"][0]["family"] == "Hidden":
+                raise Forbidden("not permitted")
+
+    store.policy = OnlyVisible()
+    for params in ([], [("identifier", "urn:test:mrn|")]):
+        page = store.search_params("Patient", params)
+        assert [r.id for r in page.items] == [keep.id] and page.total == 1
