@@ -97,6 +97,88 @@ def status_command() -> None:
         raise click.ClickException(exc.message) from None
 
 
+# Which contract a role is granted on, when the command line does not say.
+_ROLE_HOME = {"RELAYER": "ConsentRegistry", "LOG_ANCHORER": "AccessLogAnchor"}
+
+
+@chain_group.command("role")
+@click.argument("action", type=click.Choice(["grant", "revoke"]))
+@click.argument("role")
+@click.argument("account")
+@click.option(
+    "--contract",
+    "contract_name",
+    default=None,
+    help="contract (default: RELAYER -> ConsentRegistry, LOG_ANCHORER -> AccessLogAnchor)",
+)
+def role_command(action: str, role: str, account: str, contract_name: str | None) -> None:
+    """Grant or revoke an operator role (e.g. another hospital's RELAYER) as the contract admin."""
+    from eth_utils import is_address, keccak, to_checksum_address
+
+    role = role.upper()
+    contract_name = contract_name or _ROLE_HOME.get(role)
+    if contract_name is None:
+        raise click.BadParameter(f"say which contract {role} is for with --contract")
+    if not is_address(account):
+        raise click.BadParameter("ACCOUNT must be a 0x-prefixed 20-byte address")
+
+    def act(chain: Any) -> str:
+        contract = chain.contract(contract_name)
+        function = contract.functions.grantRole if action == "grant" else contract.functions.revokeRole
+        receipt = chain.send(function(keccak(text=role), to_checksum_address(account)))
+        return f"{action} {role} for {to_checksum_address(account)} on {contract_name}: block {receipt['blockNumber']}"
+
+    _as_admin(act)
+
+
+@chain_group.command("pause")
+@click.option("--contract", "contract_name", default=None, help="one contract (default: both)")
+@click.option("--resume", is_flag=True, help="unpause instead")
+def pause_command(contract_name: str | None, resume: bool) -> None:
+    """Emergency stop of new grants and anchors (revocation keeps working), or --resume."""
+    from healthledger.ledger.deploy import SERVICE_CONTRACTS
+
+    def act(chain: Any) -> str:
+        lines = []
+        for name in [contract_name] if contract_name else list(SERVICE_CONTRACTS):
+            contract = chain.contract(name)
+            if bool(chain.call(contract.functions.paused())) != resume:
+                lines.append(f"{name}: already {'running' if resume else 'paused'}")
+                continue
+            chain.send(contract.functions.unpause() if resume else contract.functions.pause())
+            lines.append(f"{name}: {'running' if resume else 'paused'}")
+        return "\n".join(lines)
+
+    _as_admin(act)
+
+
+def _as_admin(act: Any) -> None:
+    """Run an admin action with the operator key on the verified, recorded contracts."""
+    from sqlalchemy.orm import Session
+
+    from healthledger.cli import load_settings
+    from healthledger.ledger.chain import ContractRevert
+    from healthledger.ledger.deploy import attach_deployments
+
+    try:
+        chain, engine = _open(load_settings())
+        try:
+            with Session(engine) as session:
+                attach_deployments(chain, session)
+            click.echo(act(chain))
+        except ContractRevert as exc:
+            if exc.error_name == "NotAdmin":
+                raise click.ClickException(
+                    f"the operator {chain.operator.address} is not the admin: use the admin's own wallet or multisig"
+                ) from None
+            raise
+        finally:
+            chain.close()
+            engine.dispose()
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+
+
 @chain_group.command("node")
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface (keep it loopback)")
 @click.option(

@@ -348,3 +348,37 @@ def test_deployment_records_on_postgresql(postgres_schema_url: tuple[str, str]) 
             assert load_deployments(session, EMBEDDED_CHAIN_ID) == [moved]
     finally:
         engine.dispose()
+
+
+def test_role_and_pause_commands(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from eth_utils import keccak
+
+    from healthledger.cli import cli
+
+    env = {"HEALTHLEDGER_DATA_DIR": str(tmp_path / "var"), "HEALTHLEDGER_LOAD_DEMO_DATA": "false"}
+    runner = CliRunner(env=env)
+    assert runner.invoke(cli, ["chain", "deploy"]).exit_code == 0
+    relayer = Account.create().address
+    granted = runner.invoke(cli, ["chain", "role", "grant", "relayer", relayer])
+    assert granted.exit_code == 0 and "ConsentRegistry" in granted.output, granted.output
+    assert runner.invoke(cli, ["chain", "role", "grant", "ISSUER", relayer]).exit_code == 2  # which contract?
+    assert runner.invoke(cli, ["chain", "role", "grant", "RELAYER", "0x1234"]).exit_code == 2
+    paused = runner.invoke(cli, ["chain", "pause"])
+    assert paused.exit_code == 0 and paused.output.count("paused") == 2, paused.output
+    assert "already paused" in runner.invoke(cli, ["chain", "pause", "--contract", "AccessLogAnchor"]).output
+    assert runner.invoke(cli, ["chain", "pause", "--resume"]).exit_code == 0
+
+    chain = embedded_chain(tmp_path / "var", LocalFileKeyProvider(tmp_path / "var" / "keys"))
+    try:
+        engine = make_engine(f"sqlite:///{(tmp_path / 'var' / 'healthledger.db').resolve()}")
+        with Session(engine) as session:
+            attach_deployments(chain, session)
+        engine.dispose()
+        registry, anchor = chain.contract("ConsentRegistry"), chain.contract("AccessLogAnchor")
+        assert chain.call(registry.functions.hasRole(keccak(text="RELAYER"), relayer))
+        assert not chain.call(registry.functions.paused()) and not chain.call(anchor.functions.paused())
+    finally:
+        chain.close()
+    revoked = runner.invoke(cli, ["chain", "role", "revoke", "RELAYER", relayer])
+    assert revoked.exit_code == 0, revoked.output
