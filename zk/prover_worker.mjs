@@ -18,6 +18,25 @@ if (!nodeModules) {
 }
 const require = createRequire(join(nodeModules, "noop.js"));
 const snarkjs = require("snarkjs");
+const { WitnessCalculatorBuilder } = require("circom_runtime");
+const { unstringifyBigInts } = require("ffjavascript").utils;
+
+// Warm state: the compiled witness calculator per wasm and the zkey bytes per path, so a request pays
+// neither the 7 MB WebAssembly compilation nor the zkey read again.
+const calculators = new Map();
+const zkeys = new Map();
+
+async function calculator(wasmPath) {
+  if (!calculators.has(wasmPath)) {
+    calculators.set(wasmPath, await WitnessCalculatorBuilder(readFileSync(wasmPath)));
+  }
+  return calculators.get(wasmPath);
+}
+
+function zkeyFile(zkeyPath) {
+  if (!zkeys.has(zkeyPath)) zkeys.set(zkeyPath, new Uint8Array(readFileSync(zkeyPath)));
+  return { type: "mem", data: zkeys.get(zkeyPath) };
+}
 
 const answer = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 console.log = (...args) => process.stderr.write(args.join(" ") + "\n");
@@ -46,10 +65,12 @@ async function handle(req) {
     return { ok: false, kind: "bad_request", error: "request needs wasm (path) and input (object)" };
   }
   const t0 = performance.now();
-  const wtns = { type: "mem" };
+  let wtns;
   try {
-    await snarkjs.wtns.calculate(req.input, req.wasm, wtns);
+    const wc = await calculator(req.wasm);
+    wtns = { type: "mem", data: await wc.calculateWTNSBin(unstringifyBigInts(req.input), 0) };
   } catch (err) {
+    calculators.delete(req.wasm); // never reuse an instance that stopped mid-computation
     const message = String(err && err.message ? err.message : err);
     return { ok: false, kind: failureKind(message), error: failureReason(message) };
   }
@@ -57,7 +78,7 @@ async function handle(req) {
   if (req.op === "witness") return { ok: true, timings: { witness_ms: t1 - t0 } };
   if (req.op !== "prove") return { ok: false, kind: "bad_request", error: `unknown op ${req.op}` };
   if (typeof req.zkey !== "string") return { ok: false, kind: "bad_request", error: "prove needs zkey (path)" };
-  const { proof, publicSignals } = await snarkjs.groth16.prove(req.zkey, wtns);
+  const { proof, publicSignals } = await snarkjs.groth16.prove(zkeyFile(req.zkey), wtns);
   const t2 = performance.now();
   return { ok: true, proof, publicSignals, timings: { witness_ms: t1 - t0, prove_ms: t2 - t1 } };
 }
