@@ -203,3 +203,26 @@ def test_root_history_and_issuer_role(registries: Registries, population: tuple[
     assert ledger.call(creg.functions.isKnownRoot(777))
     ledger.send(creg.functions.revokeRole(ledger.call(creg.functions.ISSUER()), ledger.operator.address))
     assert not ledger.call(creg.functions.isKnownRoot(777))  # a revoked issuer's roots stop counting
+
+
+def test_study_registration_rules(registries: Registries, proof: ProofResult) -> None:
+    r = registries
+    sreg, ledger = r.studies, r.chain
+    field_order = 21888242871839275222246405745257275088548364400416034343698204186575808495617
+    with reverts("MissingRole"):
+        ledger.send(sreg.functions.registerStudy(77, 1), sender=r.enrollee)
+    with reverts("StudyExists"):
+        ledger.send(sreg.functions.registerStudy(STUDY_ID, 1))
+    for study_id, criteria_hash in ((78, 0), (78, field_order), (field_order, 1)):
+        with reverts("InvalidStudy"):
+            ledger.send(sreg.functions.registerStudy(study_id, criteria_hash))
+    ledger.send(sreg.functions.closeStudy(STUDY_ID + 1))
+    assert ledger.call(sreg.functions.studies(STUDY_ID + 1))[1] is True
+    with reverts("StudyIsClosed"):
+        ledger.send(sreg.functions.enrol(*enrol_args(proof, study=STUDY_ID + 1)), gas=600_000, sender=r.enrollee)
+    with reverts("UnknownStudy"):
+        ledger.send(sreg.functions.closeStudy(79))
+    ledger.send(sreg.functions.pause())
+    with reverts("ContractPaused"):
+        ledger.send(sreg.functions.enrol(*enrol_args(proof, study=STUDY_ID + 1)), gas=600_000, sender=r.enrollee)
+    ledger.send(sreg.functions.unpause())
