@@ -258,6 +258,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (2 cores are shared with the server)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", default="", help="run only operations whose name contains this text")
     parser.add_argument("--serve", nargs=3, metavar=("DATA_DIR", "PORT", "PRIVACY_OFF"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -286,7 +287,9 @@ def main() -> int:
                 servers[label] = (proc, port)
             for label, (_, port) in servers.items():
                 wait_ready(port)
-            ops = operations(prepared["privacy on"]["by_type"])
+            ops = {op: paths for op, paths in operations(prepared["privacy on"]["by_type"]).items() if args.only in op}
+            if "read Patient" not in ops:
+                raise SystemExit("--only must keep 'read Patient' (the targets are about it)")
             results: dict[str, dict[str, Any]] = {}
             for op, paths in ops.items():
                 for label, (_, port) in servers.items():

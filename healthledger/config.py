@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1")
     port: int = Field(default=8080)
     workers: int = Field(default=2)
+    threads: int = Field(default=2, description="threads per gunicorn worker (gthread: keep-alive connections)")
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> "Settings":

@@ -41,7 +41,7 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         # Threaded workers keep HTTP/1.1 connections alive (sync workers close after every response,
         # which costs a TCP handshake per request); the store and SQLAlchemy's pool are thread-safe.
         "worker_class": "gthread",
-        "threads": 4,
+        "threads": settings.threads,
         "keepalive": 5,
         "accesslog": "-",
         "timeout": 60,

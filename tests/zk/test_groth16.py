@@ -10,12 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support import ROOT, node_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from py_ecc.fields import optimized_bn128_FQ12 as FQ12
 from py_ecc.optimized_bn128.optimized_curve import G1, G2, add, multiply, normalize
 from py_ecc.optimized_bn128.optimized_pairing import final_exponentiate, pairing
+from support import ROOT, node_tool
 from zk_points import g1_point, g2_point, twist_point_outside_g2
 
 from zk.errors import MalformedInput

@@ -7,9 +7,9 @@ import json
 import subprocess
 
 import pytest
-from support import ROOT, node_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ROOT, node_tool
 
 from zk.errors import MalformedInput
 from zk.field import R, to_field

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ROOT
 from zk_points import g1_point, g2_point
 
 from zk.errors import MalformedInput
