@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import multiprocessing
@@ -170,12 +171,15 @@ class Importer:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            gc.unfreeze()
 
     def _workers(self) -> ProcessPoolExecutor | None:
         if self.workers < 2:
             return None
         if self._pool is None:
-            # fork: workers inherit the imported FHIR models instead of importing them again.
+            # fork: workers inherit the imported FHIR models instead of importing them again;
+            # gc.freeze keeps the collector from touching (and so copying) the inherited heap.
+            gc.freeze()
             self._pool = ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context("fork"),
