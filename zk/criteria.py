@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from functools import cached_property
 
 from zk.credential import (
     DAY_EPOCH,
@@ -78,7 +79,7 @@ class CompiledCriteria:
     lab_lo: tuple[int, ...]
     lab_hi: tuple[int, ...]
 
-    @property
+    @cached_property
     def criteria_hash(self) -> int:
         return poseidon([
             CRITERIA_VERSION, self.reference_day, self.min_age_days, self.max_age_days, self.sex_mask,
