@@ -67,13 +67,33 @@ def init() -> None:
 @click.option("--port", default=None, type=int, help="port (default from settings: 8080)")
 @click.option("--workers", default=None, type=int, help="gunicorn workers")
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn")
-def serve(host: str | None, port: int | None, workers: int | None, dev: bool) -> None:
+@click.option("--ledger/--no-ledger", default=True, show_default=True,
+              help="run the chain side too: embedded chain node, contract check, outbox/indexer/anchoring worker")
+def serve(host: str | None, port: int | None, workers: int | None, dev: bool, ledger: bool) -> None:
     """Run the service (gunicorn; the Flask server only with --dev)."""
-    from healthledger.app import bootstrap, create_app
+    from healthledger.app import bootstrap
 
     overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
     settings = load_settings(**overrides)
     bootstrap(settings)  # schema, keys and demo data before any worker starts
+    if not ledger:
+        _serve_http(settings, dev)
+        return
+    from healthledger.errors import HealthLedgerError
+    from healthledger.ledger.service import ledger_sidecars
+
+    try:
+        with ledger_sidecars(settings) as run_settings:
+            chain = "embedded chain" if not settings.chain_url else "chain at the configured URL"
+            click.echo(f"ledger: {chain} at {run_settings.chain_url}, contracts verified, worker running")
+            _serve_http(run_settings, dev)
+    except HealthLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _serve_http(settings: Settings, dev: bool) -> None:
+    from healthledger.app import create_app
+
     click.echo(f"HealthLedger on http://{settings.host}:{settings.port}/  (data: {settings.data_dir.resolve()})")
     if dev:
         create_app(settings).run(host=settings.host, port=settings.port, debug=False)
@@ -81,8 +101,6 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
     from healthledger.server import run_gunicorn
 
     run_gunicorn(settings)
-
-
 
 
 def main() -> None:

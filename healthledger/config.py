@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     chain_url: str = Field(default="", description="JSON-RPC URL; empty = embedded persistent EVM under data_dir")
     chain_confirmations: int = Field(default=0, description="blocks before an event or receipt counts")
     chain_poll_seconds: float = Field(default=2.0)
+    anchor_interval_seconds: float = Field(default=60.0, description="how often serve anchors the access log")
 
     # --- server -------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1")

@@ -107,7 +107,11 @@ def requeue_command(item_id: int) -> None:
 @click.option(
     "--interval", type=float, default=None, help="seconds between passes (default: chain_poll_seconds)"
 )
-def work_command(once: bool, interval: float | None) -> None:
+@click.option(
+    "--anchor-interval", type=float, default=None,
+    help="also anchor the access log's tree head every this many seconds (default: never)",
+)
+def work_command(once: bool, interval: float | None, anchor_interval: float | None) -> None:
     """Submit queued chain writes and index contract events, in a loop until interrupted."""
     from healthledger.cli import load_settings
     from healthledger.keys import key_provider_for
@@ -127,8 +131,12 @@ def work_command(once: bool, interval: float | None) -> None:
             records = attach_deployments(chain, session)
         follower = indexer.Indexer(sessions, chain, from_block=min(r.deployment_block for r in records))
         pause = settings.chain_poll_seconds if interval is None else interval
+        next_anchor = time.monotonic()
         while True:
             try:
+                if anchor_interval is not None and time.monotonic() >= next_anchor:
+                    _queue_anchor(sessions, settings.tenant)
+                    next_anchor = time.monotonic() + anchor_interval
                 report = outbox.process_outbox(sessions, chain, time.time())
                 indexed = follower.run_once(time.time())
                 if report.claimed or indexed.to_block >= indexed.from_block:
@@ -148,6 +156,18 @@ def work_command(once: bool, interval: float | None) -> None:
     finally:
         chain.close()
         engine.dispose()
+
+
+def _queue_anchor(sessions: Any, tenant: str) -> None:
+    """Sequence the access log and queue its new tree head (if any) for anchoring."""
+    from datetime import datetime, timezone
+
+    from healthledger.audit.anchoring import anchor_batch
+
+    with sessions.begin() as session:
+        cp = anchor_batch(session, datetime.now(timezone.utc), tenant=tenant)
+        if cp is not None:
+            click.echo(f"access log: tree head of size {cp.size} queued for anchoring")
 
 
 def _stop_on_signal(_signum: int, _frame: Any) -> None:
