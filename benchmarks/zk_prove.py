@@ -68,8 +68,6 @@ def onchain_gas(kind: str, prove: NodeProver) -> dict[str, int]:
 
     from healthledger.keys import LocalFileKeyProvider
     from healthledger.ledger.chain import embedded_chain, rpc_chain
-    from zk.snarkjs_io import solidity_calldata
-
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         keys = LocalFileKeyProvider(data / "keys")
@@ -95,8 +93,7 @@ def onchain_gas(kind: str, prove: NodeProver) -> dict[str, int]:
             anchor = chain.send(creg.functions.anchorRoot(tree.root, 1))
             register = chain.send(sreg.functions.registerStudy(STUDY_ID, criteria_hash))
             result = prove.prove(inputs)
-            a, b, c, public = solidity_calldata(load_proof(result.proof), result.public_signals)
-            enrol = chain.send(sreg.functions.enrol(STUDY_ID, public[0], public[4], a, b, c), gas=600_000)
+            enrol = chain.send(sreg.functions.enrol(*result.enrol_args()), gas=600_000)
             return {"anchor_root": int(anchor["gasUsed"]), "register_study": int(register["gasUsed"]),
                     "enrol": int(enrol["gasUsed"])}
         finally:

@@ -54,6 +54,17 @@ class ProofResult:
     def public_json(self) -> list[str]:
         return [str(s) for s in self.public_signals]
 
+    def enrol_args(self) -> tuple[int, int, int, tuple[int, int], tuple[tuple[int, int], tuple[int, int]],
+                                  tuple[int, int]]:
+        """Arguments of `StudyRegistry.enrol(studyId, root, nullifier, a, b, c)` for an eligibility proof
+        (public signals [root, studyId, criteriaHash, enrollee, nullifier]; G2 in EIP-197 order)."""
+        from zk.snarkjs_io import load_proof, solidity_calldata
+
+        if len(self.public_signals) != 5:
+            raise ProverError("not an eligibility proof (expected 5 public signals)")
+        a, b, c, public = solidity_calldata(load_proof(self.proof), self.public_signals)
+        return public[1], public[0], public[4], a, b, c
+
 
 @dataclass(frozen=True)
 class CircuitFiles:

@@ -140,8 +140,8 @@ def registries(chain: Chain, population: tuple[PoseidonMerkleTree, list[IssuedCr
 
 
 def enrol_args(proof: ProofResult, **changes: int) -> tuple[object, ...]:
-    a, b, c, public = solidity_calldata(load_proof(proof.proof), proof.public_signals)
-    args = {"study": public[1], "root": public[0], "nullifier": public[4], **changes}
+    study, root, nullifier, a, b, c = proof.enrol_args()
+    args = {"study": study, "root": root, "nullifier": nullifier, **changes}
     return (args["study"], args["root"], args["nullifier"], a, b, c)
 
 
