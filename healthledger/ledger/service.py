@@ -22,11 +22,9 @@ from sqlalchemy.orm import Session
 from healthledger.config import Settings
 from healthledger.db import make_engine
 from healthledger.keys import key_provider_for
-from healthledger.ledger.backends.sidecar import chain_node_sidecar
+from healthledger.ledger.backends.sidecar import chain_node_sidecar, stop_process
 from healthledger.ledger.chain import chain_for
 from healthledger.ledger.deploy import DeploymentRecord, ensure_deployment
-
-STOP_TIMEOUT_SECONDS = 10.0
 
 
 def check_contracts(settings: Settings, *, embedded: bool) -> list[DeploymentRecord]:
@@ -54,12 +52,7 @@ def ledger_worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        stop_process(process)
 
 
 @contextmanager

@@ -37,12 +37,17 @@ def chain_node_sidecar(settings: Any) -> Iterator[str | None]:
         url = _wait_for_node(process, chain_dir)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; always reaps it."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
 
 
 def _wait_for_node(process: subprocess.Popen[bytes], chain_dir: Path) -> str:
