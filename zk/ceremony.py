@@ -64,13 +64,14 @@ def sha256_file(path: Path) -> str:
 
 
 def run_snarkjs(args: Sequence[str], node_modules: Path = DEFAULT_NODE_MODULES,
-                timeout_s: float = SNARKJS_TIMEOUT_S) -> str:
+                timeout_s: float = SNARKJS_TIMEOUT_S, stdin_text: str | None = None) -> str:
     """Run the pinned snarkjs CLI; returns its output without colour codes, raises CeremonyError on failure."""
     exe = node_modules / ".bin" / "snarkjs"
     if not exe.exists():
         raise CeremonyError(f"snarkjs not found at {exe} (run `npm ci`)")
     try:
-        done = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout_s, check=False,
+                              input=stdin_text)
     except subprocess.TimeoutExpired:
         raise CeremonyError(f"snarkjs {args[0]} {args[1] if len(args) > 1 else ''} timed out") from None
     output = _ANSI.sub("", done.stdout + done.stderr)
@@ -94,8 +95,9 @@ def contribute(zkey_in: Path, zkey_out: Path, *, name: str, entropy: bytes,
         raise MalformedInput("entropy must be at least 32 bytes")
     if not name or len(name) > 64 or not name.isprintable() or '"' in name:
         raise MalformedInput("contribution name must be 1-64 printable characters without quotes")
-    output = run_snarkjs(["zkey", "contribute", str(zkey_in), str(zkey_out), f"--name={name}",
-                          f"-e={entropy.hex()}"], node_modules)
+    # The entropy goes to snarkjs' prompt on stdin, never on the command line (where `ps` would show it).
+    output = run_snarkjs(["zkey", "contribute", str(zkey_in), str(zkey_out), f"--name={name}"], node_modules,
+                         stdin_text=entropy.hex() + "\n")
     return _hash_after(output, "Contribution Hash")
 
 
