@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -61,7 +61,8 @@ def eligibility_facts(patient: Mapping[str, Any], resources: Iterable[Mapping[st
     ref = f"Patient/{pid}"
     notes: list[str] = []
     birth = _birth_date(patient.get("birthDate"), notes)
-    sex = patient.get("gender") if patient.get("gender") in ("female", "male", "other", "unknown") else "unknown"
+    gender = patient.get("gender")
+    sex = gender if isinstance(gender, str) and gender in ("female", "male", "other", "unknown") else "unknown"
 
     conditions: set[str] = set()
     latest: dict[str, tuple[datetime, Decimal]] = {}
@@ -111,7 +112,7 @@ def _codes(concept: Any, systems: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _status(concept: Any) -> set[str]:
-    return {c.get("code") for c in (concept or {}).get("coding", []) if isinstance(c, Mapping)}
+    return {str(c.get("code")) for c in (concept or {}).get("coding", []) if isinstance(c, Mapping)}
 
 
 def _active_condition_codes(cond: Mapping[str, Any]) -> list[str]:
@@ -129,10 +130,10 @@ def _when(obs: Mapping[str, Any]) -> datetime | None:
     if not isinstance(raw, str):
         return None
     try:
-        t = datetime.fromisoformat(raw.replace("Z", "+00:00")) if len(raw) > 10 else datetime.fromisoformat(raw)
+        t = datetime.fromisoformat(raw)  # Python 3.11 reads FHIR's "Z" and partial dates
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _take_lab(obs: Mapping[str, Any], latest: dict[str, tuple[datetime, Decimal]], notes: list[str]) -> None:

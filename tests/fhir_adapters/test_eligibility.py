@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from datetime import date
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
+from support import FIXTURES
 
 from fhir_adapters.bundles import rewrite_references
 from fhir_adapters.eligibility import eligibility_facts
-from support import FIXTURES
 
 SYNTHEA = FIXTURES / "synthea"
 
@@ -79,7 +78,7 @@ def test_statuses_units_and_latest_value() -> None:
         {**obs("39156-5", 99, "kg/m2", "2025-05-01"), "subject": {"reference": "Patient/someone-else"}},
     ])
     assert facts.conditions == ("http://hl7.org/fhir/sid/icd-10-cm|E11.9", "http://snomed.info/sct|44054006")
-    assert facts.labs == {"hba1c": Decimal("7.00044"), "bmi": Decimal("31.2"), "egfr": Decimal("88")}
+    assert facts.labs == {"hba1c": Decimal("7.00044"), "bmi": Decimal("31.2"), "egfr": Decimal(88)}
     assert facts.notes == ("egfr: LOINC 33914-3 with unit not understood, left out",)
     assert "40" not in " ".join(facts.notes)  # notes never carry values
 
@@ -95,7 +94,7 @@ def test_unusable_birth_dates_are_left_out(birth: str | None, note: str) -> None
 def test_facts_from_fhir_prove_eligibility_in_the_circuit() -> None:
     """FHIR record -> facts -> credential leaf in a tree -> a witness for a study the patient meets, none for one
     it does not."""
-    from tests.zk.eligibility_fixtures import ENROLLEE, HASH_CONDITION, STUDY_ID  # noqa: PLC0415
+    from tests.zk.eligibility_fixtures import ENROLLEE, HASH_CONDITION, STUDY_ID
     from zk.credential import PatientAttributes, eligibility_inputs, encode, identity_commitment, leaf
     from zk.criteria import compile_criteria, evaluate
     from zk.errors import ProverError
