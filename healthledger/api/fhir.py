@@ -8,9 +8,8 @@ error-to-OperationOutcome mapping in `healthledger.api.outcomes`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Request, Response, request
@@ -37,9 +36,10 @@ from healthledger.store.access import Principal
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
 
 # FHIR R4 datatypes.html#id
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_VID = re.compile(r"^[0-9]{1,9}$")
+# (used with fullmatch: `$` would also accept a trailing newline)
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_VID = re.compile(r"[0-9]{1,9}")
 
 # What the API really does; the CapabilityStatement is built from these, so it cannot claim more.
 TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
@@ -50,9 +50,6 @@ _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_summa
 # so a client never mistakes an unsorted or unfiltered page for what it asked (FHIR R4 search.html#errors).
 _REFUSED_CONTROLS = frozenset({"_sort", "_elements", "_page", "_include", "_revinclude", "_contained"})
 _HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
-
-F = TypeVar("F", bound=Callable[..., Response])
-
 
 def fhir_blueprint(store: ResourceStore, settings: Settings) -> Blueprint:
     """The /fhir blueprint bound to one store; no module-level state."""
@@ -203,7 +200,7 @@ class _FhirApi:
         principal = self._principal()
         http.check_response_format(request)
         _check_id(resource_id)
-        if not _VID.match(version_id):
+        if not _VID.fullmatch(version_id):
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id[:20]!r}")
         stored = self.store.vread(resource_type, resource_id, int(version_id), principal=principal)
         return self._respond(_with_meta(stored), 200, self._resource_headers(stored))
@@ -230,7 +227,7 @@ class _FhirApi:
         return self._write_response(stored, 201)
 
     def _update(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
-        if not _ID.match(resource_id):
+        if not _ID.fullmatch(resource_id):
             raise BadRequest("the id in the URL is not a valid FHIR id ([A-Za-z0-9-.]{1,64})")
         resource = self._body_resource()
         _check_body_type(resource, resource_type)
@@ -326,19 +323,21 @@ class _FhirApi:
             )
         kept = [(n, v) for n, v in params if n == "_since"]
         endpoint = f"{base}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
-        links = PageLinks(endpoint, tuple(kept), count, offset).links(page.next_offset)
+        # `_count=0` asks for the total only: no `next` link (it would point at the same empty page forever).
+        next_offset = page.next_offset if count > 0 else None
+        links = PageLinks(endpoint, tuple(kept), count, offset).links(next_offset)
         return self._respond(history_bundle(entries, total=page.total, links=links))
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
 def _check_type(resource_type: str) -> None:
-    if not _TYPE.match(resource_type) or not is_resource_type(resource_type):
+    if not _TYPE.fullmatch(resource_type) or not is_resource_type(resource_type):
         shown = resource_type[:40] if resource_type.isprintable() else "?"
         raise UnknownResourceType(f"unknown resource type {shown!r}")
 
 
 def _check_id(resource_id: str) -> None:
-    if not _ID.match(resource_id):
+    if not _ID.fullmatch(resource_id):
         raise NotFound("no resource with that id (ids are [A-Za-z0-9-.]{1,64})")
 
 

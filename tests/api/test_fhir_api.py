@@ -65,9 +65,9 @@ def search_all(client: FlaskClient, url: str, *, limit: int = 100) -> tuple[list
         resp = client.get(url, headers=AUTH)
         assert resp.status_code == 200, resp.data[:500]
         bundle = body(resp)
-        assert bundle["type"] == "searchset"
+        assert bundle["type"] in ("searchset", "history")
         total = bundle.get("total") if total is None else total
-        resources += [e["resource"] for e in bundle.get("entry", [])]
+        resources += [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
         nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
         if not nxt:
             return resources, total
@@ -287,6 +287,12 @@ def test_search_paging_follows_next_links_without_duplicates(client: FlaskClient
     assert total == 7
     assert [r["id"] for r in found].__len__() == 7 and {r["id"] for r in found} == ids
 
+    for page_size in (1, 2, 6, 7, 8):  # exact multiples, remainders and a single page
+        paged, _ = search_all(client, f"/fhir/Patient?family={family}&_count={page_size}")
+        assert sorted(r["id"] for r in paged) == sorted(ids)
+    history, _ = search_all(client, "/fhir/Patient/_history?_count=4")  # history pages end too
+    assert len({(r["id"], r["meta"]["versionId"]) for r in history}) == len(history)
+
     nxt = next(link["url"] for link in first["link"] if link["relation"] == "next")
     parts = urlsplit(nxt)
     second = body(client.get(f"{parts.path}?{parts.query}", headers=AUTH))
@@ -388,6 +394,9 @@ def test_type_history_with_since_and_paging(client: FlaskClient) -> None:
     assert "entry" not in body(future)
     recent = body(client.get(f"/fhir/Patient/{pid}/_history?_since=2000-01-01T00:00:00Z", headers=AUTH))
     assert [e["resource"]["id"] for e in recent["entry"]] == [pid]
+    total_only = body(client.get("/fhir/Patient/_history?_count=0", headers=AUTH))
+    assert total_only["total"] >= 1 and "entry" not in total_only
+    assert [link["relation"] for link in total_only["link"]] == ["self"]
     assert_outcome(client.get("/fhir/Patient/_history?_since=yesterday", headers=AUTH), 400)
     assert_outcome(client.get("/fhir/Patient/_history?_at=2020", headers=AUTH), 400)
 
