@@ -43,7 +43,7 @@ def configure_logging() -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
         ],
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # others (tests, a host process) may reconfigure later
     )
 
 
