@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import structlog
 from flask import Response, request
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from fhir_adapters.errors import FhirInputError
@@ -86,6 +87,11 @@ def error_response(error: BaseException) -> Response:
         message = _HTTP_MESSAGES.get(status, error.name.lower() if error.name else "request failed")
         outcome = operation_outcome(message, code=_HTTP_ISSUE_CODES.get(status, "exception"))
         return outcome_response(outcome, status, headers)
+    if isinstance(error, sa_exc.OperationalError):
+        # The database is unreachable, locked past the busy timeout, or restarting: worth a retry.
+        log.exception("api.database_unavailable", route=_route())
+        outcome = operation_outcome("the database is temporarily unavailable; retry later", code="transient")
+        return outcome_response(outcome, 503, {"Retry-After": "1"})
     log.exception("api.unhandled", error=type(error).__name__, route=_route())
     return outcome_response(operation_outcome("internal server error", code="exception"), 500)
 

@@ -99,3 +99,16 @@ def test_non_fhir_paths_keep_plain_http_errors(app: Flask) -> None:
     assert resp.status_code == 404
     assert resp.content_type.startswith("text/html")
     assert app.test_client().get("/healthz").json == {"status": "ok"}
+
+
+def test_an_unavailable_database_is_a_503_to_retry(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy.exc
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        raise sqlalchemy.exc.OperationalError("SELECT ... /* Patient " + SECRET + " */", {}, Exception("locked"))
+
+    monkeypatch.setattr(app.extensions["healthledger.store"], "search", locked)
+    resp = app.test_client().get("/fhir/Patient", headers=AUTH)
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert SECRET not in resp.get_data(as_text=True)
+    assert orjson.loads(resp.data)["issue"][0]["code"] == "transient"
