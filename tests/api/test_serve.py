@@ -81,8 +81,12 @@ def test_serve_from_a_fresh_data_dir_loads_demo_data_once(tmp_path: Path) -> Non
         status, page = fetch(f"{base}/Observation?_count=2")
         assert status == 200 and len(page["entry"]) == 2
         assert any(link["relation"] == "next" for link in page["link"])
+        assert fetch(f"{base}/Patient?family=Quuxworthy-Zebedee")[0] == 200
     finally:
         stop(proc)
+    log = proc.stdout.read().decode()  # type: ignore[union-attr]
+    assert '"GET /fhir/Patient HTTP/1.1" 200' in log  # access log on, without query strings:
+    assert "Quuxworthy" not in log  # search values (names, birth dates, identifiers) stay out of logs
     assert (data_dir / "healthledger.db").exists()
     assert (data_dir / "keys" / "kek.json").stat().st_mode & 0o777 == 0o600
 
