@@ -143,6 +143,24 @@ def _unserialisable(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+# Real FHIR resources nest a few dozen levels at most (Questionnaire items, nested extensions, Bundles
+# of resources with contained ones); anything deeper is refused before recursive code walks it.
+MAX_JSON_DEPTH = 100
+
+
+def check_nesting(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """MalformedJson (400) when arrays/objects nest deeper than `limit`; iterative, so it cannot overflow."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise MalformedJson(f"JSON nesting is deeper than {limit} levels")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+
+
 def parse_resource(raw: bytes | str | Mapping[str, Any], expected_type: str | None = None) -> dict[str, Any]:
     """Validate one resource with the R4B models and return it as a JSON dict (see module docstring).
 
@@ -155,6 +173,7 @@ def parse_resource(raw: bytes | str | Mapping[str, Any], expected_type: str | No
     data = loads_json(raw) if isinstance(raw, bytes | bytearray | str) else raw
     if not isinstance(data, Mapping):
         raise MalformedJson(f"A FHIR resource must be a JSON object, not {_json_kind(data)}")
+    check_nesting(data)  # before any recursive walk (NDJSON import, bundles, API alike)
     resource_type = data.get("resourceType")
     if resource_type is None:
         raise InvalidResource("Missing 'resourceType'", expression="resourceType")

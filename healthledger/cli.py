@@ -96,11 +96,23 @@ def _serve_http(settings: Settings, dev: bool) -> None:
 
     click.echo(f"HealthLedger on http://{settings.host}:{settings.port}/  (data: {settings.data_dir.resolve()})")
     if dev:
-        create_app(settings).run(host=settings.host, port=settings.port, debug=False)
+        create_app(settings).run(host=settings.host, port=settings.port, debug=False,
+                                 request_handler=_dev_request_handler())
         return
     from healthledger.server import run_gunicorn
 
     run_gunicorn(settings)
+
+
+def _dev_request_handler() -> type:
+    """werkzeug's handler, logging the path without its query string (search values are PHI)."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class _PathOnlyLog(WSGIRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            self.log("info", '"%s %s" %s %s', self.command, self.path.split("?", 1)[0], code, size)
+
+    return _PathOnlyLog
 
 
 def main() -> None:

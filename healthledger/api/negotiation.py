@@ -9,7 +9,7 @@ from typing import Any
 from flask import Request
 
 from fhir_adapters.errors import MalformedJson
-from fhir_adapters.validation import loads_json
+from fhir_adapters.validation import check_nesting, loads_json
 from healthledger.errors import BadRequest, HealthLedgerError, PayloadTooLarge, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -105,24 +105,6 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise MalformedJson("request body must be a JSON object (a FHIR resource)")
     check_nesting(value)
     return value
-
-
-# Real FHIR resources nest a few dozen levels at most (Questionnaire items, nested extensions, Bundles
-# of resources with contained ones); anything deeper is refused before recursive code walks it.
-MAX_JSON_DEPTH = 100
-
-
-def check_nesting(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
-    """MalformedJson (400) when arrays/objects nest deeper than `limit`; iterative, so it cannot overflow."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            raise MalformedJson(f"JSON nesting is deeper than {limit} levels")
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
 
 
 def parse_etag(value: str) -> int:

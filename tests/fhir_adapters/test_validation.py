@@ -241,3 +241,15 @@ def test_graphql_outputs_beside_the_examples_are_not_resources() -> None:
     for path in outputs:
         with pytest.raises((InvalidResource, MalformedJson)):
             parse_resource(path.read_bytes())
+
+
+def test_deep_nesting_is_refused_before_any_recursion() -> None:
+    """Every path into validation (API, NDJSON import, bundles) refuses absurd nesting with a clean error."""
+    from fhir_adapters.errors import MalformedJson
+    from fhir_adapters.validation import MAX_JSON_DEPTH, parse_resource
+
+    deep: dict = {"url": "http://example.org/x", "valueString": "leaf"}
+    for _ in range(5000):
+        deep = {"url": "http://example.org/x", "extension": [deep]}
+    with pytest.raises(MalformedJson, match=str(MAX_JSON_DEPTH)):
+        parse_resource({"resourceType": "Patient", "extension": [deep]})
