@@ -12,6 +12,7 @@ All JWT parsing and verification is joserfc's; this module states the protocol's
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import time
@@ -101,16 +102,33 @@ class TokenSigner:
             wrapped = WrappedKey(stored["kek_id"], bytes.fromhex(stored["blob"]))
             return cls(ECKey.import_key(json.loads(provider.unwrap(wrapped, _SIGNING_KEY_CONTEXT))))
         key = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": ACCESS_TOKEN_ALGORITHM}, auto_kid=True)
-        wrapped = provider.wrap(json.dumps(key.as_dict(private=True)).encode(), _SIGNING_KEY_CONTEXT)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        _write_wrapped(path, provider.wrap(json.dumps(key.as_dict(private=True)).encode(), _SIGNING_KEY_CONTEXT))
         return cls(key)
+
+    @staticmethod
+    def rewrap(keys_dir: Path, provider: KeyProvider) -> bool:
+        """After a KEK rotation: wrap the signing key with the active KEK (True if it was rewrapped)."""
+        path = Path(keys_dir) / _SIGNING_KEY_FILE
+        if not path.exists():
+            return False
+        stored = json.loads(path.read_text())
+        if stored["kek_id"] == provider.active_kek_id():
+            return False
+        raw = provider.unwrap(WrappedKey(stored["kek_id"], bytes.fromhex(stored["blob"])), _SIGNING_KEY_CONTEXT)
+        _write_wrapped(path, provider.wrap(raw, _SIGNING_KEY_CONTEXT))
+        return True
 
     def public_jwks(self) -> dict[str, Any]:
         return KeySet([self.key]).as_dict(private=False)
+
+
+def _write_wrapped(path: Path, wrapped: WrappedKey) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}, handle)
+    os.replace(tmp, path)
 
 
 class JwksCache:

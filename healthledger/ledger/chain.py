@@ -367,8 +367,26 @@ def load_or_create_operator(keys_dir: Path, key_provider: KeyProvider) -> LocalA
         return account
     account = Account.create()
     wrapped = key_provider.wrap(bytes(account.key), _OPERATOR_KEY_CONTEXT)
+    _write_operator_file(path, {"address": account.address, "kek_id": wrapped.kek_id, "wrapped": wrapped.blob.hex()})
+    return account
+
+
+def rewrap_operator_key(keys_dir: Path, key_provider: KeyProvider) -> bool:
+    """After a KEK rotation: wrap the operator key with the active KEK (True if it was rewrapped)."""
+    path = Path(keys_dir) / OPERATOR_KEY_FILE
+    if not path.exists():
+        return False
+    stored = json.loads(path.read_text())
+    if stored["kek_id"] == key_provider.active_kek_id():
+        return False
+    raw = key_provider.unwrap(WrappedKey(stored["kek_id"], bytes.fromhex(stored["wrapped"])), _OPERATOR_KEY_CONTEXT)
+    fresh = key_provider.wrap(raw, _OPERATOR_KEY_CONTEXT)
+    _write_operator_file(path, {**stored, "kek_id": fresh.kek_id, "wrapped": fresh.blob.hex()})
+    return True
+
+
+def _write_operator_file(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"address": account.address, "kek_id": wrapped.kek_id, "wrapped": wrapped.blob.hex()}
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -376,7 +394,6 @@ def load_or_create_operator(keys_dir: Path, key_provider: KeyProvider) -> LocalA
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    return account
 
 
 # -- factories ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -100,9 +101,19 @@ def _print_import_summary(console: Console, report, show: int) -> None:  # type:
 @click.option("--retire-only", is_flag=True, help="no new key: rewrap to the active one and retire the old ones")
 def rotate_keys_command(retire_old: bool, retire_only: bool) -> None:
     """Create a new key-encryption key and rewrap every data key with it (no re-encryption, no downtime)."""
+    from healthledger.db import session_factory
+    from healthledger.key_rotation import rewrap_outside_store
+
     store = _store()
     try:
-        report = store.rotate_keys(retire_old=retire_old or retire_only, rotate=not retire_only)
+        report = store.rotate_keys(rotate=not retire_only)
+        # Keys of other packages (chain operator, token signing, patients' recovery wraps) move too,
+        # so the old KEKs can then be retired in the same run.
+        for moved in rewrap_outside_store(store.settings, store.keyring.provider, session_factory(store.engine)):
+            click.echo(f"rewrapped: {moved}")
+        if retire_old or retire_only:
+            retired = store.rotate_keys(retire_old=True, rotate=False)
+            report = replace(retired, new_kek_id=report.new_kek_id, rewrapped=report.rewrapped + retired.rewrapped)
     except HealthLedgerError as exc:
         raise click.ClickException(exc.message) from None
     finally:

@@ -122,3 +122,46 @@ def test_cli_errors_are_messages_not_tracebacks(cli_env: Path, tmp_path: Path) -
     assert result.exit_code != 0 and "resource id" in result.output
     result = runner.invoke(cli, ["erase-patient", "unknown-patient", "--yes"])
     assert result.exit_code != 0 and "no records" in result.output
+
+
+def test_rotate_keys_moves_keys_outside_the_store_and_retires(tmp_path: Path, monkeypatch) -> None:
+    """After `rotate-keys --retire-old` nothing anywhere needs the old KEK: operator key, token key and
+    patients' recovery wraps were rewrapped, and each still opens."""
+    import json as _json
+    import time
+
+    from healthledger.auth.tokens import TokenSigner
+    from healthledger.config import Settings
+    from healthledger.db import make_engine, session_factory, upgrade
+    from healthledger.keys import LocalFileKeyProvider
+    from healthledger.ledger.chain import load_or_create_operator
+    from healthledger.ledger.patient_keys import create_patient_key, recover
+
+    data = tmp_path / "var"
+    monkeypatch.setenv("HEALTHLEDGER_DATA_DIR", str(data))
+    settings = Settings.load()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    provider = LocalFileKeyProvider(settings.keys_dir)
+    old_kek = provider.active_kek_id()
+    operator = load_or_create_operator(settings.keys_dir, provider)
+    signer = TokenSigner.load_or_create(settings.keys_dir, provider)
+    with session_factory(engine).begin() as s:
+        code = create_patient_key(s, "Patient/p1", "a long enough password", provider, now=time.time())
+    engine.dispose()
+
+    result = CliRunner().invoke(cli, ["rotate-keys", "--retire-old"])
+    assert result.exit_code == 0, result.output
+    for line in ("rewrapped: chain operator key", "rewrapped: access-token signing key",
+                 "rewrapped: 1 patient recovery wrap(s)", f"retired: {old_kek}"):
+        assert line in result.output, result.output
+    fresh = LocalFileKeyProvider(settings.keys_dir)
+    assert old_kek not in fresh.kek_ids()
+    assert load_or_create_operator(settings.keys_dir, fresh).address == operator.address
+    assert TokenSigner.load_or_create(settings.keys_dir, fresh).key.thumbprint() == signer.key.thumbprint()
+    engine = make_engine(settings.database_url)
+    with session_factory(engine).begin() as s:
+        recover(s, "Patient/p1", code, "another long password", fresh, now=time.time())
+    engine.dispose()
+    assert all(_json.loads(p.read_text()).get("kek_id") != old_kek for p in settings.keys_dir.glob("*.json")
+               if p.name != "kek.json")
