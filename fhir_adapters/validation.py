@@ -173,7 +173,6 @@ def parse_resource(raw: bytes | str | Mapping[str, Any], expected_type: str | No
     data = loads_json(raw) if isinstance(raw, bytes | bytearray | str) else raw
     if not isinstance(data, Mapping):
         raise MalformedJson(f"A FHIR resource must be a JSON object, not {_json_kind(data)}")
-    check_nesting(data)  # before any recursive walk (NDJSON import, bundles, API alike)
     resource_type = data.get("resourceType")
     if resource_type is None:
         raise InvalidResource("Missing 'resourceType'", expression="resourceType")
@@ -226,13 +225,22 @@ def _drop_empty(value: Any, path: str) -> Any:
     the input walked again with paths, to name the problem.
     """
     try:
-        return _clean(value)
+        return _clean(value, 1)
+    except _TooDeep:
+        # The first recursive walk of every path into validation (API, NDJSON import, bundles) stops here.
+        raise MalformedJson(f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels") from None
     except _NotFhirJson:
         _locate_problem(value, path)
         raise InvalidResource("Invalid resource", expression=path) from None  # pragma: no cover
 
 
-def _clean(value: Any) -> Any:
+class _TooDeep(Exception):
+    pass
+
+
+def _clean(value: Any, depth: int) -> Any:
+    if depth > MAX_JSON_DEPTH:
+        raise _TooDeep
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
@@ -244,7 +252,7 @@ def _clean(value: Any) -> Any:
             if item is None:
                 continue
             if isinstance(item, Mapping | list):
-                item = _clean(item)
+                item = _clean(item, depth + 1)
                 if item is None:
                     continue
             out[key] = item
@@ -260,7 +268,7 @@ def _clean(value: Any) -> Any:
         items = [
             item
             if not isinstance(item, Mapping | list)
-            else (_clean(item) or ({} if isinstance(item, Mapping) else None))
+            else (_clean(item, depth + 1) or ({} if isinstance(item, Mapping) else None))
             for item in value
         ]
         return items if any(item is not None for item in items) else None
