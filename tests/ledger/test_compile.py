@@ -11,7 +11,7 @@ from healthledger.ledger.compile import (
     compile_contracts,
     load_artifact,
 )
-from tests.conftest import node_tool
+from support import node_tool
 
 
 @pytest.mark.node

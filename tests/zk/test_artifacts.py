@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import node_tool
+from support import node_tool
 from zk.build import ARTIFACTS, CONTRACTS, VERIFIER_CONTRACT
 from zk.snarkjs_io import load_verification_key
 

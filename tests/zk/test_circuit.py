@@ -14,7 +14,7 @@ from datetime import date
 
 import pytest
 
-from tests.conftest import node_tool
+from support import node_tool
 from tests.zk.eligibility_fixtures import (
     DIABETES_STUDY,
     HASH_CONDITION,

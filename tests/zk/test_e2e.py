@@ -17,7 +17,7 @@ from eth_utils import keccak
 from web3.contract import Contract
 
 from healthledger.ledger.chain import Chain, ContractRevert
-from tests.conftest import node_tool
+from support import node_tool
 from tests.ledger.conftest import anvil_url, chain, fund  # noqa: F401  (chain fixtures, embedded + anvil)
 from tests.zk.eligibility_fixtures import (
     DIABETES_STUDY,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import node_tool
+from support import node_tool
 from tests.zk.eligibility_fixtures import (
     DIABETES_STUDY,
     ENROLLEE,
