@@ -53,7 +53,7 @@ def anchor_command(submit: bool) -> None:
             if submit:
                 import time
 
-                drain(sessions, chain, time.time, max_passes=200, sleep=time.sleep)
+                drain(sessions, chain, time.time, max_passes=200, sleep=time.sleep, items=[int(item)])
                 with sessions() as s:
                     st = status(s, int(item))
                 click.echo(f"outbox item {item}: {st.state}" + (f" in tx {st.tx_hash}" if st.tx_hash else ""))
