@@ -43,3 +43,15 @@ def test_every_command_loads_and_has_help() -> None:
     assert {"serve", "init", "import", "rotate-keys", "erase-patient", "zk", "clients", "chain"} <= set(
         cli.list_commands(None)  # type: ignore[arg-type]
     )
+
+
+def test_settings_file_then_environment(monkeypatch, tmp_path: Path) -> None:
+    import json
+
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps({"data_dir": str(tmp_path / "from-file"), "tenant": "file-tenant", "port": 9000}))
+    monkeypatch.setenv("HEALTHLEDGER_SETTINGS_FILE", str(settings_file))
+    monkeypatch.setenv("HEALTHLEDGER_TENANT", "env-tenant")
+    s = Settings.load(port=9100)
+    assert s.data_dir == tmp_path / "from-file" and s.tenant == "env-tenant" and s.port == 9100
+    assert s.database_url == f"sqlite:///{(tmp_path / 'from-file' / 'healthledger.db').resolve()}"
