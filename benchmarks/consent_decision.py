@@ -11,13 +11,13 @@ import argparse
 import json
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fhir_adapters.consent import consent_rules, instant_range
 from healthledger.consent.engine import GrantStatus, PatientContext, Policy, Principal, ResourceFacts, decide
 
-NOW = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 TYPES = ["Observation", "Condition", "MedicationRequest", "Encounter", "Procedure"]
 
 

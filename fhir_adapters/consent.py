@@ -15,7 +15,7 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhir_adapters.errors import InvalidResource
@@ -59,7 +59,7 @@ class Provision:
     codes: frozenset[Coding] = frozenset()
     data_period: Period | None = None
     data_refs: frozenset[str] = frozenset()
-    children: tuple["Provision", ...] = ()
+    children: tuple[Provision, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,15 +171,15 @@ def instant_range(value: str, path: str = "dateTime") -> tuple[datetime, datetim
             y, m = int(value[:4]), int(value[5:7])
             return _utc(y, m, 1), _utc(y, m, calendar.monthrange(y, m)[1]) + timedelta(days=1)
         if len(value) == 10:
-            d = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            d = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
             return d, d + timedelta(days=1)
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        t = datetime.fromisoformat(value)  # Python 3.11 reads FHIR's "Z"
         if t.tzinfo is None:
-            t = t.replace(tzinfo=timezone.utc)
+            t = t.replace(tzinfo=UTC)
         return t, t + (timedelta(microseconds=1) if t.microsecond else timedelta(seconds=1))
     except ValueError:
         raise InvalidResource("not a valid FHIR date or dateTime", expression=path) from None
 
 
 def _utc(y: int, m: int, d: int) -> datetime:
-    return datetime(y, m, d, tzinfo=timezone.utc)
+    return datetime(y, m, d, tzinfo=UTC)

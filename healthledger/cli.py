@@ -9,7 +9,6 @@ import click
 
 from healthledger.config import Settings
 
-
 # Commands each package contributes, imported only when used (so `healthledger import` does not load web3,
 # and a package's command module is the only place its commands are defined). "module:attribute"; an
 # attribute ending in "()" is a factory called once.

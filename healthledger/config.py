@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     threads: int = Field(default=2, description="threads per gunicorn worker (gthread: keep-alive connections)")
 
     @model_validator(mode="after")
-    def _resolve_paths(self) -> "Settings":
+    def _resolve_paths(self) -> Settings:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'healthledger.db').resolve()}")
         return self
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         return self.data_dir / "keys"
 
     @classmethod
-    def load(cls, **overrides: Any) -> "Settings":
+    def load(cls, **overrides: Any) -> Settings:
         """Settings from the optional file, then the environment, then explicit overrides."""
         values: dict[str, Any] = {}
         path = os.environ.get(SETTINGS_FILE_ENV)

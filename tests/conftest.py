@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from support import FIXTURES, NODE_BIN, ROOT, node_tool  # noqa: F401  (re-exported for old imports)
 
 from healthledger.config import Settings
-
-from support import FIXTURES, NODE_BIN, ROOT, node_tool  # noqa: F401  (re-exported for old imports)
 
 # PostgreSQL on this machine (trust auth). Each test run gets its own schema, dropped at the end.
 POSTGRES_URL = os.environ.get("HEALTHLEDGER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -26,7 +25,7 @@ def _postgres_reachable() -> bool:
             conn.execute(sa.text("select 1"))
         eng.dispose()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to connect means "not reachable"
         return False
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -43,7 +43,7 @@ def anchor_command(submit: bool) -> None:
         sessions, chain, engine, _ = _open(settings)
         try:
             with sessions.begin() as s:
-                cp = anchor_batch(s, datetime.now(timezone.utc), tenant=settings.tenant)
+                cp = anchor_batch(s, datetime.now(UTC), tenant=settings.tenant)
                 summary = None if cp is None else (cp.size, cp.root.hex(), cp.outbox_item)
             if summary is None:
                 click.echo("nothing new to anchor")
@@ -123,7 +123,7 @@ def prove_command(entry_id: int, tree_size: int | None) -> None:
     engine = make_engine(settings.database_url)
     try:
         with session_factory(engine).begin() as s:
-            integrate(s, datetime.now(timezone.utc))
+            integrate(s, datetime.now(UTC))
             proof = prove_inclusion(s, entry_id, tree_size=tree_size)
     except HealthLedgerError as exc:
         raise click.ClickException(exc.message) from None

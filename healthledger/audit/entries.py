@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from healthledger.audit.merkle import leaf_hash
 
@@ -53,7 +53,7 @@ def encode_entry(entry: AccessEntry) -> bytes:
     The encoding is versioned; any change to it is a new ENCODING_VERSION so old leaves still verify.
     """
     fields = asdict(entry)
-    fields["time"] = entry.time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    fields["time"] = entry.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     fields["sealed_note"] = base64.b64encode(entry.sealed_note).decode()
     fields["v"] = ENCODING_VERSION
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
@@ -63,7 +63,7 @@ def decode_entry(body: bytes) -> AccessEntry:
     fields = json.loads(body)
     if fields.pop("v", None) != ENCODING_VERSION:
         raise ValueError("unsupported access-log entry encoding")
-    fields["time"] = datetime.strptime(fields["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    fields["time"] = datetime.strptime(fields["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     fields["sealed_note"] = base64.b64decode(fields["sealed_note"])
     return AccessEntry(**fields)
 

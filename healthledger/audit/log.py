@@ -19,7 +19,6 @@ from healthledger.audit.entries import AccessEntry, encode_entry, entry_leaf_has
 from healthledger.audit.merkle import (
     EMPTY_ROOT,
     MerkleFrontier,
-    NodeReader,
     consistency_proof,
     inclusion_proof,
     root_hash,

@@ -237,7 +237,7 @@ class MerkleFrontier:
         return h
 
     @classmethod
-    def from_nodes(cls, size: int, nodes: NodeReader) -> "MerkleFrontier":
+    def from_nodes(cls, size: int, nodes: NodeReader) -> MerkleFrontier:
         """Rebuild the frontier of a tree of `size` from stored perfect-subtree nodes."""
         peaks: list[tuple[int, bytes]] = []
         start = 0

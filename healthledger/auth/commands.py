@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def add(name: str, scopes: str, role: str, organization: str, default_purpose: s
         with sessions.begin() as s:
             client, secret = register_client(
                 s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
-                with_secret=with_secret, default_purpose=default_purpose, now=datetime.now(timezone.utc),
+                with_secret=with_secret, default_purpose=default_purpose, now=datetime.now(UTC),
             )
             out = _client_json(client)
     except (ValueError, InvalidScope) as exc:
@@ -132,7 +132,7 @@ def add_user(username: str, role: str, organization: str, patient_id: str, passw
     settings = Settings.load()
     try:
         with _sessions(settings).begin() as s:
-            user = create_user(s, username=username, password=password, role=role, now=datetime.now(timezone.utc),
+            user = create_user(s, username=username, password=password, role=role, now=datetime.now(UTC),
                                organization=organization, patient_id=patient_id)
             out = _user_json(user)
             if role == "patient":

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ class TokenSigner:
         self.key = key
 
     @classmethod
-    def load_or_create(cls, keys_dir: Path, provider: KeyProvider) -> "TokenSigner":
+    def load_or_create(cls, keys_dir: Path, provider: KeyProvider) -> TokenSigner:
         path = Path(keys_dir) / _SIGNING_KEY_FILE
         if path.exists():
             stored = json.loads(path.read_text())
@@ -280,9 +280,9 @@ class TokenService:
         raise OAuthError("invalid_client", f"client_assertion signature rejected: {last.error}", 401)
 
     def _remember_jti(self, session: Session, client_id: str, jti: str, exp: int, now: int) -> None:
-        expires = datetime.fromtimestamp(exp + CLOCK_LEEWAY, timezone.utc)
+        expires = datetime.fromtimestamp(exp + CLOCK_LEEWAY, UTC)
         session.execute(
-            delete(SeenAssertion).where(SeenAssertion.expires_at < datetime.fromtimestamp(now, timezone.utc))
+            delete(SeenAssertion).where(SeenAssertion.expires_at < datetime.fromtimestamp(now, UTC))
         )
         try:
             with session.begin_nested():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import UTC
 from typing import Any
 
 import click
@@ -160,12 +161,12 @@ def work_command(once: bool, interval: float | None, anchor_interval: float | No
 
 def _queue_anchor(sessions: Any, tenant: str) -> None:
     """Sequence the access log and queue its new tree head (if any) for anchoring."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from healthledger.audit.anchoring import anchor_batch
 
     with sessions.begin() as session:
-        cp = anchor_batch(session, datetime.now(timezone.utc), tenant=tenant)
+        cp = anchor_batch(session, datetime.now(UTC), tenant=tenant)
         if cp is not None:
             click.echo(f"access log: tree head of size {cp.size} queued for anchoring")
 

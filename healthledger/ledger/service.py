@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,7 @@ def check_contracts(settings: Settings, *, embedded: bool) -> list[DeploymentRec
     chain = chain_for(settings, key_provider_for(settings.key_provider, settings.keys_dir))
     try:
         with Session(engine) as session:
-            return ensure_deployment(chain, session, embedded=embedded, now=datetime.now(timezone.utc))
+            return ensure_deployment(chain, session, embedded=embedded, now=datetime.now(UTC))
     finally:
         chain.close()
         engine.dispose()
@@ -44,11 +44,9 @@ def ledger_worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "HEALTHLEDGER_DATA_DIR": str(settings.data_dir.resolve()),
            "HEALTHLEDGER_DATABASE_URL": settings.database_url, "HEALTHLEDGER_CHAIN_URL": settings.chain_url,
            "HEALTHLEDGER_KEY_PROVIDER": settings.key_provider, "HEALTHLEDGER_TENANT": settings.tenant}  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "healthledger.cli", "relay", "work",
-         "--anchor-interval", str(settings.anchor_interval_seconds)],  # fmt: skip
-        env=env,
-    )
+    command = [sys.executable, "-m", "healthledger.cli", "relay", "work",
+               "--anchor-interval", str(settings.anchor_interval_seconds)]  # fmt: skip
+    process = subprocess.Popen(command, env=env)
     try:
         yield process
     finally:

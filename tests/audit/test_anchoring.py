@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +20,7 @@ from healthledger.ledger.chain import embedded_chain
 from healthledger.ledger.deploy import deploy_contracts
 from healthledger.ledger.outbox import drain, status
 
-T0 = datetime(2026, 11, 23, 9, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 9, tzinfo=UTC)
 
 
 def entry(i: int) -> AccessEntry:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from healthledger.audit.entries import AccessEntry, decode_entry, encode_entry
@@ -25,7 +26,7 @@ from healthledger.audit.merkle import verify_consistency, verify_inclusion
 from healthledger.audit.models import AccessLogEntry, AuditNode
 from healthledger.db import make_engine, session_factory, upgrade
 
-T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -79,10 +80,9 @@ def test_encoding_round_trips_and_is_canonical() -> None:
 
 
 def test_rolled_back_access_leaves_no_entry(sessions, log_id) -> None:
-    with pytest.raises(RuntimeError):
-        with sessions.begin() as s:
-            record_access(s, entry(1), log_id=log_id)
-            raise RuntimeError("decision failed after logging")
+    with pytest.raises(RuntimeError), sessions.begin() as s:
+        record_access(s, entry(1), log_id=log_id)
+        raise RuntimeError("decision failed after logging")
     with sessions.begin() as s:
         assert integrate(s, T0, log_id=log_id).size == 0
 
@@ -98,7 +98,7 @@ def test_inclusion_and_consistency_proofs_verify(sessions, log_id) -> None:
         # An entry proven against an older anchored head too.
         p = prove_inclusion(s, ids[3], tree_size=anchors[0].size, log_id=log_id)
         verify_inclusion(p.leaf_index, p.tree_size, p.leaf_hash, p.path, anchors[0].root)
-        for a, b in zip(anchors, anchors[1:]):
+        for a, b in pairwise(anchors):
             verify_consistency(a.size, b.size, prove_consistency(s, a.size, b.size, log_id=log_id), a.root, b.root)
         report = verify_log(s, anchors, log_id=log_id)
         assert report.ok and report.entries_checked == 37 and report.anchors_checked == 3

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -54,9 +54,9 @@ def env(tmp_path, keys, migrated_sqlite_url):
     public = KeySet([keys["rsa"], keys["ec"]]).as_dict(private=False)
     with sessions.begin() as s:
         register_client(s, client_id="ehr", name="EHR", scopes="system/Observation.cruds system/Patient.rs",
-                        role="system", organization="Organization/h1", jwks=public, now=datetime.now(timezone.utc))
+                        role="system", organization="Organization/h1", jwks=public, now=datetime.now(UTC))
         register_client(s, client_id="other-ehr", name="Other", scopes="system/*.cruds", role="system",
-                        jwks=KeySet([keys["other"]]).as_dict(private=False), now=datetime.now(timezone.utc))
+                        jwks=KeySet([keys["other"]]).as_dict(private=False), now=datetime.now(UTC))
     yield {"client": app.test_client(), "tokens": tokens, "clock": clock, "sessions": sessions,
            "tmp": tmp_path}
     engine.dispose()
@@ -117,7 +117,7 @@ def test_bad_assertions_are_rejected(env, keys, case) -> None:
                        "exp": int(NOW0) + 60, "jti": "x"}, fake, algorithms=["HS256"])
     elif case == "alg none":
         import base64
-        enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+        enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
         a = enc({"alg": "none", "kid": keys["ec"].kid}) + "." + enc({"iss": "ehr", "sub": "ehr", "aud": TOKEN_URL,
                                                                       "exp": int(NOW0) + 60, "jti": "y"}) + "."
     elif case == "RS256":
@@ -150,7 +150,7 @@ def test_client_secret_basic_and_post(env) -> None:
     c = env["client"]
     with env["sessions"].begin() as s:  # argon2 hashing is slow on purpose: only this test pays for it
         _, secret = register_client(s, client_id="dev", name="Dev", scopes="system/*.rs", role="system",
-                                    with_secret=True, now=datetime.now(timezone.utc))
+                                    with_secret=True, now=datetime.now(UTC))
     env["secret"] = secret
     basic = base64.b64encode(f"dev:{env['secret']}".encode()).decode()
     r = c.post(TOKEN_PATH, data={"grant_type": "client_credentials", "scope": "system/Patient.rs"},
@@ -200,7 +200,7 @@ def jwks_server(keys) -> Iterator[tuple[str, dict]]:
     served = {"jwks": KeySet([keys["other"]]).as_dict(private=False)}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             body = json.dumps(served["jwks"]).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -221,7 +221,7 @@ def test_jwks_url_with_key_rotation(env, keys, jwks_server) -> None:
     url, served = jwks_server
     with env["sessions"].begin() as s:
         register_client(s, client_id="lab", name="Lab", scopes="system/Observation.c", role="system",
-                        jwks_url=url, now=datetime.now(timezone.utc))
+                        jwks_url=url, now=datetime.now(UTC))
     c = env["client"]
     assert token_request(c, assertion(keys["other"], "ES384", iss="lab"), scope="system/Observation.c").status_code == 200
     # The client rotates to a new key: the cached JWKS misses its kid, one refetch finds it.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +15,7 @@ from healthledger.cli import cli
 from healthledger.db import make_engine, session_factory
 from healthledger.errors import BadRequest, Conflict
 
-NOW = datetime(2026, 11, 23, 10, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 10, tzinfo=UTC)
 PW = "correct horse battery"
 
 
@@ -24,7 +24,7 @@ def cheap_argon2(monkeypatch):
     """argon2id at minimum cost: these tests are about the protocol, not the work factor."""
     from argon2 import PasswordHasher
 
-    import healthledger.auth.users as users
+    from healthledger.auth import users
 
     cheap = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
     monkeypatch.setattr(users, "_hasher", cheap)
@@ -59,9 +59,8 @@ def test_lockout_is_bounded(sessions) -> None:
         create_user(s, username="pat", password=PW, role="patient", now=NOW, patient_id="p1")
     t = NOW
     for _ in range(12):  # an attacker keeps failing on purpose
-        with sessions.begin() as s:
-            with pytest.raises(LoginFailed):
-                authenticate(s, "pat", "not the password", t, policy)
+        with sessions.begin() as s, pytest.raises(LoginFailed):
+            authenticate(s, "pat", "not the password", t, policy)
         t += timedelta(seconds=1)
     # Locked now: even the right password is refused...
     with sessions.begin() as s, pytest.raises(LoginFailed):

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import node_tool
 from web3.contract import Contract
 
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.ledger.chain import Chain, embedded_chain, rpc_chain
-from support import node_tool
 from tests.integration.anvil import running_anvil
 
 CHAIN_KINDS = ["embedded", "anvil"]

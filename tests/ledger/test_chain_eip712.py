@@ -15,9 +15,10 @@ from healthledger.ledger import eip712
 
 UINT64 = st.integers(min_value=0, max_value=eip712.UINT64_MAX)
 ADDRESSES = st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
-KEYS = st.integers(min_value=1, max_value=2**256 - 2**32 - 978).map(
-    lambda k: k.to_bytes(32, "big")
-)  # < secp256k1 n
+# Private keys are scalars in [1, n - 1], n the secp256k1 group order (SEC 2 v2 §2.4.1); the field
+# prime p is larger than n, so bounding by p let hypothesis draw invalid keys.
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+KEYS = st.integers(min_value=1, max_value=SECP256K1_N - 1).map(lambda k: k.to_bytes(32, "big"))
 
 
 def test_eip712_specification_mail_example() -> None:

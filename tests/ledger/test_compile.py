@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support import node_tool
 
 from healthledger.ledger.compile import (
     ARTIFACTS_DIR,
@@ -11,7 +12,6 @@ from healthledger.ledger.compile import (
     compile_contracts,
     load_artifact,
 )
-from support import node_tool
 
 
 @pytest.mark.node

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -60,7 +60,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> str:
 
 
 def _group_members(pgid: int) -> list[str]:
-    out = subprocess.run(["pgrep", "-a", "-g", str(pgid)], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-a", "-g", str(pgid)], capture_output=True, text=True, check=False).stdout
     return out.splitlines()
 
 
@@ -83,7 +83,7 @@ def test_serve_deploys_once_and_anchors_the_access_log(tmp_path: Path) -> None:
             assert [c[0] for c in contracts] == ["AccessLogAnchor", "ConsentRegistry"]
             for i in range(3):
                 record_access(conn, AccessEntry(
-                    time=datetime.now(timezone.utc), actor="ehr", organization="Organization/h", role="system",
+                    time=datetime.now(UTC), actor="ehr", organization="Organization/h", role="system",
                     purpose="TREAT", action="read", resource_type="Patient", resource_id=f"p{i}",
                     patient_pseudonym="ab" * 16, decision="permit", reason="policy"))
 

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from support import node_tool
+
 from zk.build import ARTIFACTS, CONTRACTS, VERIFIER_CONTRACT
 from zk.snarkjs_io import load_verification_key
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from support import ROOT, node_tool
+
 from zk import ceremony
 from zk.build import ARTIFACTS
 from zk.cli import build_zk_group

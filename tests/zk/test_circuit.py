@@ -13,8 +13,8 @@ from dataclasses import replace
 from datetime import date
 
 import pytest
-
 from support import node_tool
+
 from tests.zk.eligibility_fixtures import (
     DIABETES_STUDY,
     HASH_CONDITION,

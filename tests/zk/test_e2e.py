@@ -14,10 +14,10 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
+from support import node_tool
 from web3.contract import Contract
 
 from healthledger.ledger.chain import Chain, ContractRevert
-from support import node_tool
 from tests.ledger.conftest import anvil_url, chain, fund  # noqa: F401  (chain fixtures, embedded + anvil)
 from tests.zk.eligibility_fixtures import (
     DIABETES_STUDY,

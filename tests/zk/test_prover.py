@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from support import node_tool
+
 from tests.zk.eligibility_fixtures import (
     DIABETES_STUDY,
     ENROLLEE,
