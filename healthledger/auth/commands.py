@@ -99,9 +99,18 @@ def disable(client_id: str, as_json: bool) -> None:
     click.echo(json.dumps(out) if as_json else f"disabled client {client_id}")
 
 
-def _user_json(u: Any) -> dict[str, Any]:
-    return {"user_id": u.user_id, "username": u.username, "role": u.role, "organization": u.organization,
+def _user_json(u: Any, username: str) -> dict[str, Any]:
+    return {"user_id": u.user_id, "username": username, "role": u.role, "organization": u.organization,
             "patient_id": u.patient_id, "disabled": u.disabled, "created_at": u.created_at.isoformat()}
+
+
+def _accounts(settings: Settings):  # type: ignore[no-untyped-def]
+    """Sessions on the store's database and the account-name crypto that uses the store's keys."""
+    from healthledger.auth.users import AccountNames
+    from healthledger.store.repository import open_store
+
+    store = open_store(settings)
+    return session_factory(store.engine), AccountNames(store)
 
 
 @click.group("users")
@@ -130,11 +139,12 @@ def add_user(username: str, role: str, organization: str, patient_id: str, passw
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
     settings = Settings.load()
+    sessions, names = _accounts(settings)
     try:
-        with _sessions(settings).begin() as s:
-            user = create_user(s, username=username, password=password, role=role, now=datetime.now(UTC),
+        with sessions.begin() as s:
+            user = create_user(s, names, username=username, password=password, role=role, now=datetime.now(UTC),
                                organization=organization, patient_id=patient_id)
-            out = _user_json(user)
+            out = _user_json(user, names.open(s, user))
             if role == "patient":
                 provider = key_provider_for(settings.key_provider, settings.keys_dir)
                 out["recovery_code"] = create_patient_key(s, f"Patient/{patient_id}", password, provider, now=time.time())
@@ -158,8 +168,9 @@ def list_users_cmd(as_json: bool) -> None:
     """List accounts."""
     from healthledger.auth.users import list_users
 
-    with _sessions(Settings.load())() as s:
-        rows = [_user_json(u) for u in list_users(s)]
+    sessions, names = _accounts(Settings.load())
+    with sessions() as s:
+        rows = [_user_json(u, names.open(s, u)) for u in list_users(s)]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -176,9 +187,11 @@ def disable_user_cmd(username: str, as_json: bool) -> None:
     from healthledger.auth.users import disable_user
     from healthledger.errors import HealthLedgerError
 
+    sessions, names = _accounts(Settings.load())
     try:
-        with _sessions(Settings.load()).begin() as s:
-            out = _user_json(disable_user(s, username))
+        with sessions.begin() as s:
+            user = disable_user(s, names, username)
+            out = _user_json(user, names.open(s, user))
     except HealthLedgerError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(json.dumps(out) if as_json else f"disabled {out['username']}")

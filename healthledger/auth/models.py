@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, String, Text
+from sqlalchemy import Boolean, DateTime, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from healthledger.db import Base
@@ -45,7 +45,10 @@ class User(Base):
     __tablename__ = "users"
 
     user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    username: Mapped[str] = mapped_column(String(120), unique=True)  # case-folded
+    # A username may be a person's name or e-mail: stored only as a blind index (for sign-in) and
+    # sealed under the store's "accounts" data key (for listing), never in the clear.
+    username_index: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    username_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     password_hash: Mapped[str] = mapped_column(String(200))  # argon2id, PHC string
     role: Mapped[str] = mapped_column(String(32))
     organization: Mapped[str] = mapped_column(String(200), default="")

@@ -18,8 +18,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from healthledger import crypto
 from healthledger.auth.models import User
 from healthledger.errors import BadRequest, Conflict, NotFound, Unauthorized
+from healthledger.store.repository import ResourceStore
 
 ROLES = ("patient", "clinician", "researcher", "auditor")
 MIN_PASSWORD_CHARS = 12
@@ -48,6 +50,33 @@ class LoginFailed(Unauthorized):
         super().__init__("sign-in failed: check the username and password, or try again in a few minutes")
 
 
+class AccountNames:
+    """Usernames without plaintext at rest, on the store's key machinery (rotated and rewrapped with it):
+    a blind-index term under the index key of ("Account", "username") for sign-in, and a ciphertext
+    under the tenant's "accounts" data key for listing."""
+
+    KEY_CLASS = "accounts"
+
+    def __init__(self, store: ResourceStore) -> None:
+        self._store = store
+
+    def index(self, name: str) -> bytes:
+        indexer = self._store.indexer
+        return indexer.term(indexer.key("Account", "username"), name)
+
+    def seal(self, session: Session, user_id: str, name: str) -> bytes:
+        return crypto.seal(self._key(session), name.encode(), self._aad(user_id))
+
+    def open(self, session: Session, user: User) -> str:
+        return crypto.open_(self._key(session), user.username_sealed, self._aad(user.user_id)).decode()
+
+    def _key(self, session: Session) -> bytes:
+        return self._store.keyring.key_for_scope(session.connection(), self.KEY_CLASS, b"").key
+
+    def _aad(self, user_id: str) -> bytes:
+        return f"healthledger/account-username/v1|{self._store.tenant}|{user_id}".encode()
+
+
 def _normalise(username: str) -> str:
     name = username.strip().casefold()
     if not 3 <= len(name) <= 120 or any(c.isspace() for c in name):
@@ -57,6 +86,7 @@ def _normalise(username: str) -> str:
 
 def create_user(
     session: Session,
+    names: AccountNames,
     *,
     username: str,
     password: str,
@@ -74,11 +104,14 @@ def create_user(
     if len(password) < MIN_PASSWORD_CHARS:
         raise BadRequest(f"password must have at least {MIN_PASSWORD_CHARS} characters")
     name = _normalise(username)
-    if session.scalar(select(User).where(User.username == name)) is not None:
+    index = names.index(name)
+    if session.scalar(select(User).where(User.username_index == index)) is not None:
         raise Conflict("that username is taken")
+    user_id = secrets.token_hex(8)
     user = User(
-        user_id=secrets.token_hex(8), username=name, password_hash=_hasher.hash(password), role=role,
-        organization=organization, patient_id=patient_id, disabled=False, failed_logins=0, created_at=now,
+        user_id=user_id, username_index=index, username_sealed=names.seal(session, user_id, name),
+        password_hash=_hasher.hash(password), role=role, organization=organization, patient_id=patient_id,
+        disabled=False, failed_logins=0, created_at=now,
     )
     session.add(user)
     session.flush()
@@ -86,14 +119,19 @@ def create_user(
 
 
 def authenticate(
-    session: Session, username: str, password: str, now: datetime, policy: LockoutPolicy = LockoutPolicy()
+    session: Session,
+    names: AccountNames,
+    username: str,
+    password: str,
+    now: datetime,
+    policy: LockoutPolicy = LockoutPolicy(),
 ) -> User:
     """The user, or LoginFailed. Records failures and locks per `policy`; the caller commits."""
     try:
         name = _normalise(username)
     except BadRequest:
         name = ""
-    user = session.scalar(select(User).where(User.username == name)) if name else None
+    user = session.scalar(select(User).where(User.username_index == names.index(name))) if name else None
     if user is None:
         _verify(_DUMMY_HASH, password)
         raise LoginFailed()
@@ -125,11 +163,11 @@ def _aware(moment: datetime, like: datetime) -> datetime:
 
 
 def list_users(session: Session) -> list[User]:
-    return list(session.scalars(select(User).order_by(User.created_at, User.username)))
+    return list(session.scalars(select(User).order_by(User.created_at, User.user_id)))
 
 
-def disable_user(session: Session, username: str) -> User:
-    user = session.scalar(select(User).where(User.username == _normalise(username)))
+def disable_user(session: Session, names: AccountNames, username: str) -> User:
+    user = session.scalar(select(User).where(User.username_index == names.index(_normalise(username))))
     if user is None:
         raise NotFound("no such user")
     user.disabled = True

@@ -16,7 +16,8 @@ def upgrade() -> None:
     op.create_table(
         "users",
         sa.Column("user_id", sa.String(32), nullable=False),
-        sa.Column("username", sa.String(120), nullable=False),
+        sa.Column("username_index", sa.LargeBinary(32), nullable=False),
+        sa.Column("username_sealed", sa.LargeBinary(), nullable=False),
         sa.Column("password_hash", sa.String(200), nullable=False),
         sa.Column("role", sa.String(32), nullable=False),
         sa.Column("organization", sa.String(200), nullable=False),
@@ -26,7 +27,7 @@ def upgrade() -> None:
         sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("user_id", name="pk_users"),
-        sa.UniqueConstraint("username", name="uq_users_username"),
+        sa.UniqueConstraint("username_index", name="uq_users_username_index"),
     )
 
 
