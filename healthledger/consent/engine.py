@@ -23,9 +23,10 @@ from datetime import datetime
 from enum import Enum
 
 from fhir_adapters.consent import DENY, PERMIT, Coding, ConsentRules, Provision
+from healthledger.principal import ETREAT, HRESCH, TREAT, Principal
 
-# HL7 v3 PurposeOfUse (http://terminology.hl7.org/CodeSystem/v3-ActReason).
-TREAT, ETREAT, HRESCH = "TREAT", "ETREAT", "HRESCH"
+__all__ = ["Principal", "TREAT", "ETREAT", "HRESCH", "Decision", "GrantStatus", "ResourceFacts", "Reason",
+           "Obligation", "Outcome", "Policy", "PatientContext", "decide"]
 
 # Our actions -> FHIR consentaction codes (http://terminology.hl7.org/CodeSystem/consentaction).
 CONSENT_ACTION = {
@@ -49,20 +50,6 @@ class GrantStatus(str, Enum):
     REVOKED = "revoked"
     EXPIRED = "expired"
     UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    actor_id: str
-    role: str  # patient | clinician | researcher | auditor | system
-    organization: str = ""  # "Organization/{id}"
-    purpose: str = TREAT
-    patient_id: str = ""  # set for a patient acting for themselves
-    references: frozenset[str] = frozenset()  # FHIR references that identify the actor, e.g. Practitioner/1
-    break_glass_reason: str = ""
-
-    def identities(self) -> frozenset[str]:
-        return self.references | {self.organization} if self.organization else self.references
 
 
 @dataclass(frozen=True, slots=True)
