@@ -1,0 +1,456 @@
+"""Sign-in sessions for people in the web app (/app): login, logout, session lifetime, CSRF, rate limit.
+
+The session is Flask's signed cookie (itsdangerous HMAC under `SessionSecret`), HttpOnly, SameSite=Lax,
+Secure in production. It holds only the user id, a random session id, issued-at and last-seen (epoch
+seconds) and Flask-WTF's CSRF secret: never a username, a password or anything about a patient.
+Lifetimes are enforced here from those timestamps on every use (OWASP ASVS 4.0.3 V3.3.2, level 2:
+30 minutes idle, 12 hours absolute), not left to the browser, and every use re-reads the user row, so a
+disabled account's sessions stop at once. Signing in clears the old session and starts a new one (ASVS
+V3.2.1, session fixation); the CSRF secret goes with it. Signing out drops the cookie from the browser;
+nothing is kept server-side yet, so a copy of the cookie taken before then lives until its timeouts (the
+random session id is there for a sessions table that would revoke it).
+
+CSRF is a property of how a request is *authenticated*, not of which URL it hits. A browser attaches
+the session cookie to every request to our origin on its own, so any unsafe request (RFC 9110 §9.2.1)
+the cookie could authorise must prove it came from our pages with a valid token (form field
+`csrf_token` or header `X-CSRFToken`). A bearer token (RFC 6750) is never attached by a browser on its
+own: a request that carries one was composed deliberately by a client, cannot be forged cross-site
+(Authorization is not a CORS-safelisted header), and is authenticated by that token alone:
+`session_principal` ignores the cookie on such a request. That makes the rule in `csrf_required`:
+
+- under /app: always (the web app is only ever cookie-authenticated; at sign-in this stops login CSRF);
+- under /auth/token, /auth/jwks, /.well-known and /cds-services: never; they authenticate with what
+  the request itself carries (a client assertion or secret, a CDS Hooks JWT) and never read the session;
+- anywhere else, /fhir included: when the request carries the session cookie and no bearer token.
+
+So a blanket exemption of the /fhir blueprint, which would let a cookie-authenticated write through
+unchecked once the web app calls /fhir with `fetch`, is not needed, and bearer clients need nothing.
+SameSite=Lax already keeps the cookie off cross-site POSTs in current browsers; the token is the
+defence that does not depend on the browser (and covers same-site attackers on sibling subdomains).
+
+Sign-in attempts are limited per client address by Flask-Limiter in front of the per-account lockout
+(`healthledger.auth.users.LockoutPolicy`); every failure (unknown user, wrong password, locked, disabled)
+gives the same page and status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    render_template_string,
+    request,
+    session,
+    url_for,
+)
+from flask.blueprints import BlueprintSetupState
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import TooManyRequests
+from werkzeug.wrappers import Response as BaseResponse
+
+from healthledger.auth.models import User
+from healthledger.auth.scopes import parse_scopes
+from healthledger.auth.users import AccountNames, LockoutPolicy, LoginFailed, authenticate
+from healthledger.errors import ConfigurationError
+from healthledger.keys import KeyProvider, WrappedKey
+from healthledger.principal import HRESCH, TREAT, Principal
+
+log = structlog.get_logger(__name__)
+
+WEB_PREFIX = "/app"
+# Endpoints that authenticate with what the request carries and never read the session (see above).
+COOKIELESS_PATHS = ("/auth/token", "/auth/jwks", "/.well-known", "/cds-services")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
+
+# What the session cookie holds besides Flask-WTF's "csrf_token".
+_USER_ID, _SESSION_ID, _ISSUED_AT, _LAST_SEEN = "uid", "sid", "iat", "seen"
+# Last-seen is rewritten at most this often, so an active page does not re-issue its cookie per request.
+_SEEN_RESOLUTION = 60  # seconds
+_STATE = "healthledger.web"
+_DEFAULT_LOCKOUT = LockoutPolicy()
+_PRINCIPAL_CACHE = "_healthledger_session_principal"
+
+# Role -> (SMART scope context, scopes, purpose of use). Researchers act for research (HL7 v3 HRESCH),
+# which makes the consent engine de-identify what they see.
+_ROLE_ACCESS: dict[str, tuple[str, str, str]] = {
+    "patient": ("patient", "patient/*.cruds", TREAT),
+    "clinician": ("user", "user/*.cruds", TREAT),
+    "researcher": ("user", "user/*.rs", HRESCH),
+    "auditor": ("user", "user/*.rs", TREAT),
+}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- the session secret -----------------------------------------------------------------------------
+
+
+class SessionSecret:
+    """The key that signs session cookies and CSRF tokens: 32 random bytes, created on first use and
+    stored wrapped by the key provider (file mode 0600), like the token signing key."""
+
+    FILE_NAME = "web-session-secret.json"
+    CONTEXT = b"healthledger/web-session-secret/v1"
+    SIZE = 32
+
+    @classmethod
+    def load_or_create(cls, keys_dir: Path, provider: KeyProvider) -> bytes:
+        path = Path(keys_dir) / cls.FILE_NAME
+        if not path.exists():
+            secret = secrets.token_bytes(cls.SIZE)
+            if _create_exclusive(path, provider.wrap(secret, cls.CONTEXT)):
+                return secret
+            # Another worker created it between our check and our write: everyone must sign with one key.
+        return cls._read(path, provider)
+
+    @classmethod
+    def rewrap(cls, keys_dir: Path, provider: KeyProvider) -> bool:
+        """After a KEK rotation: wrap the secret with the active KEK (True if it was rewrapped)."""
+        path = Path(keys_dir) / cls.FILE_NAME
+        if not path.exists():
+            return False
+        wrapped = _read_wrapped(path)
+        if wrapped.kek_id == provider.active_kek_id():
+            return False
+        _replace(path, provider.wrap(provider.unwrap(wrapped, cls.CONTEXT), cls.CONTEXT))
+        return True
+
+    @classmethod
+    def _read(cls, path: Path, provider: KeyProvider) -> bytes:
+        secret = provider.unwrap(_read_wrapped(path), cls.CONTEXT)
+        if len(secret) != cls.SIZE:
+            raise ConfigurationError(f"session secret in {path} has the wrong length")
+        return secret
+
+
+def _read_wrapped(path: Path) -> WrappedKey:
+    try:
+        stored = json.loads(path.read_text())
+        return WrappedKey(str(stored["kek_id"]), bytes.fromhex(stored["blob"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"key file {path} is unreadable") from exc
+
+
+def _write_temp(path: Path, wrapped: WrappedKey) -> Path:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")  # mode 0600
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(name)
+
+
+def _create_exclusive(path: Path, wrapped: WrappedKey) -> bool:
+    """Write `path` only if it does not exist (link(2) is atomic and fails on an existing name)."""
+    tmp = _write_temp(path, wrapped)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
+def _replace(path: Path, wrapped: WrappedKey) -> None:
+    os.replace(_write_temp(path, wrapped), path)
+
+
+# -- pure rules -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionLifetime:
+    """How long a session lives: `idle` since its last use, `absolute` since sign-in."""
+
+    idle: timedelta = timedelta(minutes=30)
+    absolute: timedelta = timedelta(hours=12)
+
+    def alive(self, issued_at: int, last_seen: int, now: int) -> bool:
+        return now - issued_at <= self.absolute.total_seconds() and now - last_seen <= self.idle.total_seconds()
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def is_bearer(authorization: str) -> bool:
+    return authorization[:7].lower() == "bearer " and bool(authorization[7:].strip())
+
+
+def csrf_required(method: str, path: str, *, bearer: bool, session_cookie: bool) -> bool:
+    """Must this request carry a CSRF token? Yes when the session cookie could authorise it (module doc)."""
+    if method.upper() in SAFE_METHODS:
+        return False
+    if _under(path, WEB_PREFIX):
+        return True
+    if any(_under(path, prefix) for prefix in COOKIELESS_PATHS):
+        return False
+    return session_cookie and not bearer
+
+
+def principal_for(user: User) -> Principal | None:
+    """The signed-in person as a principal; None for a disabled account or a role without web access."""
+    access = _ROLE_ACCESS.get(user.role)
+    if access is None or user.disabled:
+        return None
+    context, scopes, purpose = access
+    return Principal(
+        actor_id=f"user:{user.user_id}",
+        role=user.role,
+        organization=user.organization,
+        purpose=purpose,
+        patient_id=user.patient_id if user.role == "patient" else "",
+        references=frozenset(),
+        scopes=tuple(parse_scopes(scopes)),
+        scope_context=context,
+        via="web",
+    )
+
+
+# -- the Flask shell --------------------------------------------------------------------------------
+
+
+@dataclass
+class _WebState:
+    """Per-app session settings: lifetime from init_web, clock from web_blueprint."""
+
+    lifetime: SessionLifetime | None = None
+    clock: Callable[[], datetime] = _utc_now
+
+
+def _state(app: Flask) -> _WebState:
+    state = app.extensions.setdefault(_STATE, _WebState())
+    assert isinstance(state, _WebState)
+    return state
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def init_web(
+    app: Flask, *, secret_key: bytes, secure_cookies: bool, lifetime: SessionLifetime = SessionLifetime()
+) -> None:
+    """Session cookie settings and CSRF protection for the whole app (call before serving)."""
+    if len(secret_key) < SessionSecret.SIZE:
+        raise ConfigurationError("the session secret must have at least 32 bytes")
+    app.config.update(
+        SECRET_KEY=secret_key,
+        # "__Host-" (RFC 6265bis §4.1.3.2): Secure, Path=/ and no Domain, so no subdomain can set or shadow it.
+        SESSION_COOKIE_NAME="__Host-healthledger" if secure_cookies else "healthledger_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookies,
+        SESSION_COOKIE_PATH="/",
+        SESSION_COOKIE_DOMAIN=None,
+        PERMANENT_SESSION_LIFETIME=lifetime.absolute,
+        SESSION_REFRESH_EACH_REQUEST=False,
+        WTF_CSRF_CHECK_DEFAULT=False,  # our before_request decides (csrf_required)
+        WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as its session, which has its own limits
+        WTF_CSRF_SSL_STRICT=True,  # over HTTPS, also require a same-origin Referer
+    )
+    csrf = CSRFProtect(app)
+    _state(app).lifetime = lifetime
+
+    @app.before_request
+    def _csrf_for_cookie_requests() -> None:
+        if csrf_required(
+            request.method,
+            request.path,
+            bearer=is_bearer(request.headers.get("Authorization", "")),
+            session_cookie=app.config["SESSION_COOKIE_NAME"] in request.cookies,
+        ):
+            csrf.protect(apply_exemptions=True)  # skips only unrouted requests (they 404 anyway)
+
+
+def session_principal(sessions: sessionmaker[Session]) -> Principal | None:
+    """The signed-in person for the current request, or None: not signed in, session expired, account
+    disabled since sign-in, or the request carries a bearer token (then the cookie counts for nothing).
+
+    Each call that finds a live session counts as activity for the idle timeout.
+    """
+    if _PRINCIPAL_CACHE in g:
+        cached: Principal | None = g.get(_PRINCIPAL_CACHE)
+        return cached
+    principal = _session_principal(sessions)
+    setattr(g, _PRINCIPAL_CACHE, principal)
+    return principal
+
+
+def _session_principal(sessions: sessionmaker[Session]) -> Principal | None:
+    state = _state(current_app)
+    if state.lifetime is None:
+        raise ConfigurationError("init_web(app, ...) must run before sessions are used")
+    if is_bearer(request.headers.get("Authorization", "")):
+        return None
+    user_id = session.get(_USER_ID)
+    if not isinstance(user_id, str):
+        return None
+    issued_at, last_seen = session.get(_ISSUED_AT), session.get(_LAST_SEEN)
+    now = _epoch(state.clock())
+    if not isinstance(issued_at, int) or not isinstance(last_seen, int) or not state.lifetime.alive(
+        issued_at, last_seen, now
+    ):
+        session.clear()
+        return None
+    with sessions() as db:
+        user = db.get(User, user_id)
+        principal = principal_for(user) if user is not None else None
+    if principal is None:
+        session.clear()
+        return None
+    if now - last_seen >= _SEEN_RESOLUTION:
+        session[_LAST_SEEN] = now
+    return principal
+
+
+def _sign_in(user_id: str, now: int) -> None:
+    session.clear()  # drops the pre-login session and its CSRF secret (session fixation)
+    session.permanent = True
+    session.update({_USER_ID: user_id, _SESSION_ID: secrets.token_urlsafe(16), _ISSUED_AT: now, _LAST_SEEN: now})
+    g.pop(_PRINCIPAL_CACHE, None)
+
+
+def _sign_out() -> None:
+    session.clear()
+    g.pop(_PRINCIPAL_CACHE, None)
+
+
+_HOME_PAGE = """{% extends "web_base.html" %}
+{% block title %}HealthLedger{% endblock %}
+{% block main %}
+<h1>Signed in</h1>
+<dl>
+  <dt>Account</dt><dd>{{ account }}</dd>
+  <dt>Role</dt><dd>{{ principal.role }}</dd>
+  {% if principal.organization %}<dt>Organisation</dt><dd>{{ principal.organization }}</dd>{% endif %}
+</dl>
+<form method="post" action="{{ url_for('web.sign_out') }}">
+  <input type="hidden" name="csrf_token" value="{{ csrf_token() }}">
+  <button type="submit">Sign out</button>
+</form>
+{% endblock %}
+"""
+
+_NOTICE_PAGE = """{% extends "web_base.html" %}
+{% block title %}{{ heading }} - HealthLedger{% endblock %}
+{% block main %}
+<h1>{{ heading }}</h1>
+<p role="alert">{{ message }}</p>
+<p><a href="{{ url_for('web.sign_in_form') }}">Back to sign-in</a></p>
+{% endblock %}
+"""
+
+
+def web_blueprint(
+    *,
+    sessions: sessionmaker[Session],
+    names: AccountNames,
+    limiter_storage_uri: str = "memory://",
+    login_limit: str = "10 per minute",
+    clock: Callable[[], datetime] = _utc_now,
+    lockout: LockoutPolicy = _DEFAULT_LOCKOUT,
+) -> Blueprint:
+    """The /app blueprint: sign-in form, sign-in, sign-out and a signed-in page. Needs `init_web` on the app.
+
+    `login_limit` (Flask-Limiter notation) counts sign-in attempts per client address; behind a reverse
+    proxy the app must see the client's address (werkzeug ProxyFix) or every user shares one budget.
+    """
+    bp = Blueprint("web", __name__, url_prefix=WEB_PREFIX, template_folder="templates")
+    limiter = Limiter(
+        get_remote_address, storage_uri=limiter_storage_uri, headers_enabled=True, key_prefix="healthledger-web"
+    )
+
+    @bp.record_once
+    def _attach(setup: BlueprintSetupState) -> None:
+        app = setup.app
+        assert isinstance(app, Flask)
+        limiter.init_app(app)
+        _state(app).clock = clock
+
+    @bp.after_request
+    def _page_headers(response: Response) -> Response:
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        )
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        return response
+
+    @bp.errorhandler(TooManyRequests)
+    def _too_many(_error: TooManyRequests) -> tuple[str, int]:
+        return render_template_string(
+            _NOTICE_PAGE, heading="Too many sign-in attempts",
+            message="There were too many sign-in attempts from your network. Wait a minute, then try again.",
+        ), 429
+
+    @bp.errorhandler(CSRFError)
+    def _stale_form(_error: CSRFError) -> tuple[str, int]:
+        return render_template_string(
+            _NOTICE_PAGE, heading="The form has expired",
+            message="This page was open too long or was sent from somewhere else. Go back, reload it and try again.",
+        ), 400
+
+    @bp.get("/login")
+    def sign_in_form() -> BaseResponse | str:
+        if session_principal(sessions) is not None:
+            return redirect(url_for("web.home"), 303)
+        return render_template("login.html", error=None)
+
+    @bp.post("/login")
+    @limiter.limit(login_limit)
+    def sign_in() -> BaseResponse | tuple[str, int, dict[str, str]]:
+        now = clock()
+        username, password = request.form.get("username", ""), request.form.get("password", "")
+        failure: LoginFailed | None = None
+        with sessions.begin() as db:  # commits the failure count and lock on a failed attempt too
+            try:
+                user_id = authenticate(db, names, username, password, now, lockout).user_id
+            except LoginFailed as exc:
+                failure = exc
+        if failure is not None:
+            log.info("web.sign_in_failed")
+            # RFC 9110 §15.5.2: a 401 names a scheme; browsers show the page for schemes they do not know.
+            challenge = {"WWW-Authenticate": 'Cookie realm="healthledger"'}
+            return render_template("login.html", error=failure.message), failure.status, challenge
+        _sign_in(user_id, _epoch(now))
+        log.info("web.sign_in", user_id=user_id)
+        return redirect(url_for("web.home"), 303)
+
+    @bp.post("/logout")
+    def sign_out() -> BaseResponse:
+        _sign_out()
+        return redirect(url_for("web.sign_in_form"), 303)
+
+    @bp.get("/")
+    def home() -> BaseResponse | str:
+        principal = session_principal(sessions)
+        if principal is None:
+            return redirect(url_for("web.sign_in_form"), 303)
+        return render_template_string(_HOME_PAGE, principal=principal, account=principal.actor_id)
+
+    return bp
