@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, tuple_
 from sqlalchemy.orm import Session
 
-from healthledger.audit.entries import AccessEntry, encode_entry, entry_leaf_hash
+from healthledger.audit.entries import AccessEntry, decode_entry, encode_entry, entry_leaf_hash
 from healthledger.audit.merkle import (
     EMPTY_ROOT,
     MerkleFrontier,
@@ -29,15 +30,37 @@ from healthledger.errors import NotFound
 DEFAULT_LOG = "access"
 
 
+def _row(entry: AccessEntry, log_id: str) -> dict[str, Any]:
+    # recorded_at in UTC: SQLite keeps a datetime's wall-clock digits without its offset, so date
+    # searches compare correctly only if every row is stored in one zone.
+    return {
+        "log_id": log_id,
+        "body": encode_entry(entry),
+        "recorded_at": entry.time.astimezone(UTC),
+        "patient_pseudonym": entry.patient_pseudonym or None,
+    }
+
+
 def record_access(conn: Session | Connection, entry: AccessEntry, *, log_id: str = DEFAULT_LOG) -> int:
     """Append `entry` inside the caller's transaction (ORM session or Core connection); returns its row id.
 
     The leaf index comes later, from `integrate`.
     """
-    result = conn.execute(
-        insert(AccessLogEntry).values(log_id=log_id, body=encode_entry(entry), recorded_at=entry.time)
-    )
-    return int(result.inserted_primary_key[0])  # type: ignore[index]
+    result = conn.execute(insert(AccessLogEntry).values(_row(entry, log_id)))
+    return int(result.inserted_primary_key[0])  # type: ignore[attr-defined,index]
+
+
+def record_accesses(
+    conn: Session | Connection, entries: Sequence[AccessEntry], *, log_id: str = DEFAULT_LOG
+) -> None:
+    """Append several entries in one executemany INSERT, inside the caller's transaction.
+
+    For a search that discloses (or withholds) many resources at once. Row ids, and so leaf order,
+    follow the order of `entries`.
+    """
+    if not entries:
+        return
+    conn.execute(insert(AccessLogEntry), [_row(entry, log_id) for entry in entries])
 
 
 class _CachedNodes:
@@ -221,9 +244,17 @@ def verify_log(session: Session, anchors: Sequence[Anchor], *, log_id: str = DEF
     Leaves are recomputed from entry bodies; stored level-0 nodes (written when each entry was
     sequenced) let us name the first entry that was altered, removed or moved, while the anchors
     (which an attacker with the database cannot change) decide whether the log is intact at all.
+
+    The search-index columns `patient_pseudonym` and `recorded_at` are outside the leaf, so they are
+    checked against each body instead: a row moved out of a patient's index, or to another time, would
+    vanish from AuditEvent searches while every hash still matched. Such a mismatch is reported as
+    "altered" when nothing worse is found.
     """
     rows = session.execute(
-        select(AccessLogEntry.id, AccessLogEntry.leaf_index, AccessLogEntry.body)
+        select(
+            AccessLogEntry.id, AccessLogEntry.leaf_index, AccessLogEntry.body, AccessLogEntry.patient_pseudonym,
+            AccessLogEntry.recorded_at,
+        )
         .where(AccessLogEntry.log_id == log_id, AccessLogEntry.leaf_index.is_not(None))
         .order_by(AccessLogEntry.leaf_index)
     ).all()
@@ -234,9 +265,10 @@ def verify_log(session: Session, anchors: Sequence[Anchor], *, log_id: str = DEF
 
     # First local inconsistency, if any: names the entry; anchors decide below.
     suspect: Problem | None = None
+    index_problem: Problem | None = None  # a search-index column that disagrees with its body
     leaves: list[bytes] = []
     ids: list[int] = []
-    for expected_index, (entry_id, leaf_index, body) in enumerate(rows):
+    for expected_index, (entry_id, leaf_index, body, pseudonym, recorded_at) in enumerate(rows):
         if leaf_index != expected_index:
             suspect = suspect or Problem(
                 "missing", f"entry at leaf {expected_index} is missing (next present is leaf {leaf_index})",
@@ -256,8 +288,15 @@ def verify_log(session: Session, anchors: Sequence[Anchor], *, log_id: str = DEF
                     "altered", f"entry {entry_id} at leaf {leaf_index} does not match the hash recorded for it",
                     leaf_index=leaf_index, entry_id=entry_id, expected=stored_leaves.get(leaf_index), calculated=h,
                 )
+        if index_problem is None and (column := _index_mismatch(body, pseudonym, recorded_at)) is not None:
+            index_problem = Problem(
+                "altered", f"entry {entry_id} at leaf {leaf_index}: its {column} column does not match its body",
+                leaf_index=leaf_index, entry_id=entry_id,
+            )
         leaves.append(h)
         ids.append(entry_id)
+    if index_problem is None:
+        index_problem = _unsequenced_index_problem(session, log_id)
 
     frontier = MerkleFrontier()
     checked = 0
@@ -294,4 +333,34 @@ def verify_log(session: Session, anchors: Sequence[Anchor], *, log_id: str = DEF
                 ),
             )
         previous_size = anchor.size
-    return VerificationReport(len(leaves), checked, suspect)
+    return VerificationReport(len(leaves), checked, suspect or index_problem)
+
+
+def _index_mismatch(body: bytes, pseudonym: str | None, recorded_at: datetime) -> str | None:
+    """The search-index column of a row that disagrees with its body, or None when both agree."""
+    try:
+        entry = decode_entry(body)
+    except (ValueError, KeyError, TypeError):
+        return "patient_pseudonym"  # an undecodable body: its leaf hash check names it too
+    if (pseudonym or "") != entry.patient_pseudonym:  # NULL column = no patient in the body
+        return "patient_pseudonym"
+    stored = recorded_at if recorded_at.tzinfo is not None else recorded_at.replace(tzinfo=UTC)  # SQLite: UTC
+    if stored != entry.time:
+        return "recorded_at"
+    return None
+
+
+def _unsequenced_index_problem(session: Session, log_id: str) -> Problem | None:
+    """The first committed but not yet sequenced entry whose search-index columns disagree with its body."""
+    rows = session.execute(
+        select(AccessLogEntry.id, AccessLogEntry.body, AccessLogEntry.patient_pseudonym, AccessLogEntry.recorded_at)
+        .where(AccessLogEntry.log_id == log_id, AccessLogEntry.leaf_index.is_(None))
+        .order_by(AccessLogEntry.id)
+    )
+    for entry_id, body, pseudonym, recorded_at in rows:
+        if (column := _index_mismatch(body, pseudonym, recorded_at)) is not None:
+            return Problem(
+                "altered", f"entry {entry_id} (not yet sequenced): its {column} column does not match its body",
+                entry_id=entry_id,
+            )
+    return None

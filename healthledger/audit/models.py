@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from healthledger.db import Base
@@ -14,16 +14,26 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class AccessLogEntry(Base):
-    """One access attempt. `leaf_index` is assigned by the sequencer (`integrate`), in commit order."""
+    """One access attempt. `leaf_index` is assigned by the sequencer (`integrate`), in commit order.
+
+    `patient_pseudonym` and `recorded_at` repeat fields of the body as search indexes (AuditEvent
+    search by patient and date, `recorded_at` always in UTC); the Merkle leaf commits to the body
+    only, and `verify_log` checks that both columns still agree with it.
+    """
 
     __tablename__ = "access_log"
-    __table_args__ = (UniqueConstraint("log_id", "leaf_index", name="uq_access_log_leaf"),)
+    __table_args__ = (
+        UniqueConstraint("log_id", "leaf_index", name="uq_access_log_leaf"),
+        Index("ix_access_log_recorded_at", "log_id", "recorded_at"),
+    )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     log_id: Mapped[str] = mapped_column(String(32), index=True)
     body: Mapped[bytes] = mapped_column(LargeBinary)  # canonical encoding (healthledger.audit.entries)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     leaf_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The body's patient pseudonym (hex of a keyed hash, healthledger.audit.pseudonym); NULL when it is empty.
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class AuditNode(Base):

@@ -1,0 +1,389 @@
+"""The access log as FHIR R4 AuditEvents: GET /fhir/AuditEvent (search) and /fhir/AuditEvent/{id} (read).
+
+Who sees what: a patient sees the entries about themselves (found by their pseudonym, a keyed hash the
+log stores instead of their id); auditors and the service itself see every entry; any other caller needs
+a SMART scope granting AuditEvent read/search. Reading or searching the log is itself an access, so each
+request is recorded through the injected `record` before anything is returned, permitted or not.
+
+The log holds no patient ids, so a `Patient/{id}` reference is rendered only when the request said whose
+entries it wanted (the `patient` parameter, or the patient asking); otherwise the pseudonym is shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, request
+from werkzeug.exceptions import MethodNotAllowed
+
+from fhir_adapters.audit_event import audit_event
+from fhir_adapters.errors import FhirInputError
+from fhir_adapters.search import DATE_PREFIXES, date_range, interval_datetime, parse_reference
+from healthledger.api import negotiation as http
+from healthledger.api.paging import CURSOR_PARAM, PageLinks, decode_cursor, parse_count, searchset_bundle
+from healthledger.audit.entries import AccessEntry, decode_entry
+from healthledger.audit.log import DEFAULT_LOG
+from healthledger.audit.models import AccessLogEntry
+from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.auth.scopes import scope_allows
+from healthledger.errors import BadRequest, Forbidden, HealthLedgerError, NotFound
+from healthledger.principal import Principal
+from healthledger.store.repository import ResourceStore, dump_resource
+
+RESOURCE_TYPE = "AuditEvent"
+SEARCH_PARAMS = frozenset({"patient", "date"})
+CONTROLS = frozenset({"_count", "_offset", CURSOR_PARAM, "_format"})
+ROLES_SEEING_ALL = frozenset({"auditor", "internal"})
+_ENTRY_ID = re.compile(r"[0-9]{1,18}")
+_NO_SUCH_ENTRY = "no AuditEvent with that id"
+_WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
+
+
+class RecordAccess(Protocol):
+    """Records one access to the access log (wired to the consent engine's logging)."""
+
+    def __call__(
+        self, principal: Principal, action: str, resource_id: str, patient_pseudonym: str, decision: str, reason: str,
+        /,
+    ) -> None: ...
+
+
+def audit_event_blueprint(
+    store: ResourceStore,
+    authenticate: Callable[[], Principal],
+    record: RecordAccess,
+    *,
+    log_id: str = DEFAULT_LOG,
+) -> Blueprint:
+    """The /fhir/AuditEvent blueprint over `store`'s database and blind-index keys.
+
+    `authenticate()` returns the caller or raises Unauthorized; `record(principal, action, resource_id,
+    patient_pseudonym, decision, reason)` is called once per authenticated request, action "read" or
+    "search", decision "permit", "deny" or "error". Every method under /fhir/AuditEvent is routed here
+    (writes get 405), so the generic FHIR blueprint never serves or stores AuditEvents of its own.
+    """
+    bp = Blueprint("audit_events", __name__, url_prefix="/fhir")
+    api = _AuditEventApi(store, authenticate, record, log_id)
+    methods = ["GET", *_WRITE_METHODS]
+    bp.add_url_rule(f"/{RESOURCE_TYPE}", "search", api.search, methods=methods)
+    bp.add_url_rule(f"/{RESOURCE_TYPE}/<entry_id>", "read", api.read, methods=methods)
+    bp.add_url_rule(f"/{RESOURCE_TYPE}/<path:rest>", "other", api.other, methods=methods)
+    return bp
+
+
+# -- access rules (pure) ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditAccess:
+    """What a principal may see of the access log. `patient_id` set: only that patient's entries."""
+
+    permitted: bool
+    reason: str  # machine reason, recorded with the access
+    patient_id: str = ""
+
+
+def audit_access(principal: Principal, interaction: str) -> AuditAccess:
+    """Decide an AuditEvent `interaction` ("read" or "search") for `principal`."""
+    if principal.role == "patient":
+        if not principal.patient_id:
+            return AuditAccess(False, "audit:patient-without-id")
+        return AuditAccess(True, "audit:own-entries", principal.patient_id)
+    if principal.role in ROLES_SEEING_ALL:
+        return AuditAccess(True, f"audit:role-{principal.role}")
+    if principal.unrestricted:
+        return AuditAccess(True, "audit:unrestricted")
+    if scope_allows(principal.scopes or (), principal.scope_context, RESOURCE_TYPE, interaction):
+        return AuditAccess(True, f"scope:{principal.scope_context}/{RESOURCE_TYPE}")
+    return AuditAccess(False, "scope:none-for-AuditEvent")
+
+
+# -- search parameters (pure) -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DateCondition:
+    """One `date` value: the entry time t (an instant) against the value's implicit range [lo, hi).
+
+    R4 search.html#prefix applied to a one-microsecond target: eq lo <= t < hi, ne its negation,
+    gt/sa t >= hi, lt/eb t < lo, ge t >= lo, le t < hi. None bounds are unbounded.
+    """
+
+    prefix: str
+    lo: datetime | None
+    hi: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    patients: tuple[frozenset[str], ...]  # each `patient` parameter: ids, OR-ed; parameters AND-ed
+    dates: tuple[tuple[DateCondition, ...], ...]  # each `date` parameter: values OR-ed; parameters AND-ed
+    kept: tuple[tuple[str, str], ...]  # the search parameters, for paging links
+    count: int
+    offset: int
+
+
+def parse_audit_query(params: Sequence[tuple[str, str]], *, default_count: int, max_count: int) -> AuditQuery:
+    """The search parameters AuditEvent search supports; BadRequest (400) for anything else."""
+    controls: dict[str, list[str]] = {}
+    patients: list[frozenset[str]] = []
+    dates: list[tuple[DateCondition, ...]] = []
+    kept: list[tuple[str, str]] = []
+    for name, value in params:
+        if name in CONTROLS:
+            controls.setdefault(name, []).append(value)
+        elif name == "patient":
+            patients.append(frozenset(_patient_id(piece) for piece in _pieces(name, value)))
+            kept.append((name, value))
+        elif name == "date":
+            dates.append(tuple(_date_condition(piece) for piece in _pieces(name, value)))
+            kept.append((name, value))
+        else:
+            shown = name[:40] if name.isprintable() else "?"
+            raise BadRequest(
+                f"unsupported AuditEvent search parameter {shown!r} (supported: patient, date, _count, _offset)",
+                expression=shown if shown != "?" else None,
+            )
+    count = parse_count(controls.get("_count", []), default=default_count, maximum=max_count)
+    offset = 0
+    if CURSOR_PARAM in controls:
+        offset = decode_cursor(controls[CURSOR_PARAM][-1])
+    elif "_offset" in controls:
+        offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
+    return AuditQuery(tuple(patients), tuple(dates), tuple(kept), count, offset)
+
+
+def _pieces(name: str, value: str) -> list[str]:
+    pieces = value.split(",")  # R4 search.html#combining: a comma ORs values (ids and dates have none)
+    if any(not piece.strip() for piece in pieces):
+        raise BadRequest(f"empty value in '{name}'", expression=name)
+    return [piece.strip() for piece in pieces]
+
+
+def _patient_id(piece: str) -> str:
+    ref = parse_reference(piece)
+    if ref.id is None or ref.type not in (None, "Patient"):
+        raise BadRequest("patient must be Patient/{id} or {id}", expression="patient")
+    return ref.id
+
+
+def _date_condition(piece: str) -> DateCondition:
+    prefix, text = "eq", piece
+    if piece[:2] in DATE_PREFIXES and len(piece) > 2 and not piece[2].isalpha():
+        prefix, text = piece[:2], piece[2:]
+    if prefix == "ap":
+        raise BadRequest("the 'ap' date prefix is not supported for AuditEvent", expression="date")
+    interval = date_range(text)
+    if interval is None:
+        raise BadRequest(
+            "date must be [prefix]YYYY[-MM[-DD[Thh:mm[:ss[.ffffff]][Z|+hh:mm]]]] with prefix eq, ne, gt, lt, ge, "
+            "le, sa or eb",
+            expression="date",
+        )
+    return DateCondition(prefix, _bound(interval.lo), _bound(interval.hi))
+
+
+def _bound(us: int | None) -> datetime | None:
+    if us is None:
+        return None
+    try:
+        return interval_datetime(us)
+    except OverflowError:  # the end of year 9999: unbounded
+        return None
+
+
+def _date_clause(column: Any, cond: DateCondition) -> Any:
+    after_lo = sa.true() if cond.lo is None else column >= cond.lo
+    before_hi = sa.true() if cond.hi is None else column < cond.hi
+    if cond.prefix == "eq":
+        return sa.and_(after_lo, before_hi)
+    if cond.prefix == "ne":
+        return sa.not_(sa.and_(after_lo, before_hi))
+    if cond.prefix in ("gt", "sa"):
+        return sa.false() if cond.hi is None else column >= cond.hi
+    if cond.prefix in ("lt", "eb"):
+        return sa.false() if cond.lo is None else column < cond.lo
+    if cond.prefix == "ge":
+        return after_lo
+    return before_hi  # le
+
+
+# -- the shell ------------------------------------------------------------------------------------------
+@dataclass
+class _Attempt:
+    """What gets recorded for one request; handlers fill it in as they learn it."""
+
+    resource_id: str = ""
+    patient_pseudonym: str = ""
+    decision: str = "error"
+    reason: str = "audit:bad-request"
+
+
+class _AuditEventApi:
+    def __init__(
+        self, store: ResourceStore, authenticate: Callable[[], Principal], record: RecordAccess, log_id: str
+    ) -> None:
+        self.store = store
+        self.authenticate = authenticate
+        self.record = record
+        self.log_id = log_id
+
+    def _base(self) -> str:
+        base_url = self.store.settings.base_url
+        root = base_url.rstrip("/") if base_url else request.host_url.rstrip("/")
+        return f"{root}/fhir"
+
+    def _logged(self, action: str, work: Callable[[Principal, _Attempt], Response]) -> Response:
+        """Authenticate, run `work`, and record the attempt once, whether it succeeded or was refused."""
+        principal = self.authenticate()
+        attempt = _Attempt()
+        try:
+            response = work(principal, attempt)
+        except (HealthLedgerError, FhirInputError):
+            self.record(principal, action, attempt.resource_id, attempt.patient_pseudonym, attempt.decision,
+                        attempt.reason)
+            raise
+        self.record(principal, action, attempt.resource_id, attempt.patient_pseudonym, attempt.decision,
+                    attempt.reason)
+        return response
+
+    # -- endpoints --------------------------------------------------------------------------------------
+    def search(self) -> Response:
+        _read_only()
+        return self._logged("search", self._search)
+
+    def read(self, entry_id: str) -> Response:
+        _read_only()
+        return self._logged("read", lambda principal, attempt: self._read(principal, attempt, entry_id))
+
+    def other(self, rest: str) -> Response:
+        _read_only()
+        raise NotFound("AuditEvent supports read (GET /fhir/AuditEvent/{id}) and search (GET /fhir/AuditEvent) only")
+
+    # -- interactions -----------------------------------------------------------------------------------
+    def _read(self, principal: Principal, attempt: _Attempt, entry_id: str) -> Response:
+        http.check_response_format(request)
+        access = audit_access(principal, "read")
+        attempt.resource_id = entry_id if _ENTRY_ID.fullmatch(entry_id) else ""
+        attempt.reason = access.reason
+        if not access.permitted:
+            attempt.decision = "deny"
+            raise Forbidden("this client may not read AuditEvents")
+        row = None
+        if attempt.resource_id:
+            with self.store.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(AccessLogEntry.id, AccessLogEntry.body, AccessLogEntry.leaf_index).where(
+                        AccessLogEntry.id == int(entry_id), AccessLogEntry.log_id == self.log_id
+                    )
+                ).first()
+        if row is None:
+            attempt.reason = "audit:not-found"
+            raise NotFound(_NO_SUCH_ENTRY)
+        entry = decode_entry(row.body)
+        attempt.patient_pseudonym = entry.patient_pseudonym
+        known: dict[str, str] = {}
+        if access.patient_id:
+            own = patient_pseudonym(self.store.indexer, access.patient_id)
+            # The body decides (the Merkle leaf covers it), not the index column.
+            if entry.patient_pseudonym != own:
+                attempt.decision, attempt.reason = "deny", "audit:other-patient"
+                raise NotFound(_NO_SUCH_ENTRY)  # exactly as for a missing id: existence is not disclosed
+            known[own] = access.patient_id
+        attempt.decision = "permit"
+        return _respond(self._render(row.id, entry, row.leaf_index, known))
+
+    def _search(self, principal: Principal, attempt: _Attempt) -> Response:
+        http.check_response_format(request)
+        settings = self.store.settings
+        query = parse_audit_query(
+            list(request.args.items(multi=True)),
+            default_count=settings.default_page_size,
+            max_count=settings.max_page_size,
+        )
+        access = audit_access(principal, "search")
+        attempt.reason = access.reason
+        requested = self._pseudonyms(query.patients)
+        if requested is not None and len(requested) == 1:
+            attempt.patient_pseudonym = next(iter(requested))
+        if not access.permitted:
+            attempt.decision = "deny"
+            raise Forbidden("this client may not search AuditEvents")
+
+        known = dict(requested or {})
+        visible: Iterable[str] | None = None if requested is None else requested.keys()
+        if access.patient_id:
+            own = patient_pseudonym(self.store.indexer, access.patient_id)
+            known[own] = access.patient_id
+            attempt.patient_pseudonym = own
+            if requested is not None and own not in requested:
+                # Another patient's entries: an empty result, as if there were none.
+                attempt.decision, attempt.reason = "deny", "audit:other-patient"
+                attempt.patient_pseudonym = next(iter(requested)) if len(requested) == 1 else ""
+                return self._bundle(query, [], 0, None)
+            visible = [own]
+
+        where = [AccessLogEntry.log_id == self.log_id]
+        if visible is not None:
+            where.append(AccessLogEntry.patient_pseudonym.in_(sorted(visible)))
+        for group in query.dates:
+            where.append(sa.or_(*(_date_clause(AccessLogEntry.recorded_at, cond) for cond in group)))
+        with self.store.engine.connect() as conn:
+            total = int(conn.execute(sa.select(sa.func.count()).select_from(AccessLogEntry).where(*where)).scalar_one())
+            rows: Sequence[Any] = ()
+            if query.count > 0:
+                rows = conn.execute(
+                    sa.select(AccessLogEntry.id, AccessLogEntry.body, AccessLogEntry.leaf_index)
+                    .where(*where)
+                    .order_by(AccessLogEntry.id)  # append order: pages stay put as the log grows
+                    .limit(query.count)
+                    .offset(query.offset)
+                ).all()
+        events = []
+        for row in rows:
+            entry = decode_entry(row.body)
+            if access.patient_id and entry.patient_pseudonym not in known:
+                continue  # an index column that disagrees with its body (`audit verify` reports it)
+            events.append((row.id, self._render(row.id, entry, row.leaf_index, known)))
+        attempt.decision = "permit"
+        next_offset = query.offset + query.count if query.count and query.offset + query.count < total else None
+        return self._bundle(query, events, total, next_offset)
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _pseudonyms(self, patients: tuple[frozenset[str], ...]) -> dict[str, str] | None:
+        """pseudonym -> patient id for the ids every `patient` parameter allows; None if none was given."""
+        if not patients:
+            return None
+        ids = frozenset.intersection(*patients)
+        return {patient_pseudonym(self.store.indexer, pid): pid for pid in sorted(ids)}
+
+    def _render(self, entry_id: int, entry: AccessEntry, leaf_index: int | None, known: dict[str, str]) -> dict[str, Any]:
+        patient_id = known.get(entry.patient_pseudonym) if entry.patient_pseudonym else None
+        return audit_event(
+            dataclasses.asdict(entry),
+            entry_id=entry_id,
+            leaf_index=leaf_index,
+            patient_ref=f"Patient/{patient_id}" if patient_id else None,
+        )
+
+    def _bundle(
+        self, query: AuditQuery, events: list[tuple[int, dict[str, Any]]], total: int, next_offset: int | None
+    ) -> Response:
+        base = self._base()
+        links = PageLinks(f"{base}/{RESOURCE_TYPE}", query.kept, query.count, query.offset).links(next_offset)
+        if query.count == 0:
+            links = links[:1]
+        entries = [(f"{base}/{RESOURCE_TYPE}/{entry_id}", event) for entry_id, event in events]
+        return _respond(searchset_bundle(entries, total=total, links=links))
+
+
+def _read_only() -> None:
+    if request.method != "GET":
+        # The access log is written by the server as accesses happen, never through the API.
+        raise MethodNotAllowed(valid_methods=["GET"])
+
+
+def _respond(payload: dict[str, Any]) -> Response:
+    return Response(dump_resource(payload), status=200, content_type=http.FHIR_JSON)
