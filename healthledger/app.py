@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import structlog
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from healthledger.config import Settings
@@ -49,9 +51,27 @@ def configure_logging() -> None:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application with every component built from `settings` (no import-time side effects)."""
+    from healthledger.api.audit_events import audit_event_blueprint
+    from healthledger.api.auth_seam import Authenticator
+    from healthledger.api.cds_hooks import CardSource, cds_hooks_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
     from healthledger.api.outcomes import error_response
+    from healthledger.auth.smart import TOKEN_PATH, smart_blueprint
+    from healthledger.auth.tokens import TokenService, TokenSigner
+    from healthledger.auth.users import AccountNames
+    from healthledger.consent.consult import ConsentConsultant
+    from healthledger.consent.enforcement import ConsentPolicy, policy_from_settings
+    from healthledger.consent.index import ConsentIndex
+    from healthledger.db import session_factory
+    from healthledger.principal import Principal
     from healthledger.store.repository import ResourceStore
+    from healthledger.web.sessions import (
+        SessionLifetime,
+        SessionSecret,
+        init_web,
+        session_principal,
+        web_blueprint,
+    )
 
     settings = settings or Settings.load()
     configure_logging()
@@ -62,10 +82,56 @@ def create_app(settings: Settings | None = None) -> Flask:
     engine = make_engine(settings.database_url)
     key_provider = key_provider_for(settings.key_provider, settings.keys_dir)
     store = ResourceStore(engine, key_provider, settings)
+    index = ConsentIndex(store, home_organization=settings.home_organization)
+    policy = ConsentPolicy(store, index, policy_from_settings(settings.consent_policy))
+    store.policy = policy
+    sessions = session_factory(engine)
+    issuer = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
+    tokens = TokenService(
+        sessions,
+        TokenSigner.load_or_create(settings.keys_dir, key_provider),
+        issuer=issuer,
+        token_endpoint=issuer + TOKEN_PATH,
+        lifetime_seconds=settings.token_lifetime_seconds,
+    )
     app.extensions["healthledger.engine"] = engine
     app.extensions["healthledger.store"] = store
+    app.extensions["healthledger.consent_index"] = index
+    app.extensions["healthledger.tokens"] = tokens
 
-    app.register_blueprint(fhir_blueprint(store, settings))
+    secure = settings.session_secure_cookies
+    init_web(
+        app,
+        secret_key=SessionSecret.load_or_create(settings.keys_dir, key_provider),
+        secure_cookies=settings.base_url.startswith("https://") if secure is None else secure,
+        lifetime=SessionLifetime(
+            idle=timedelta(minutes=settings.session_idle_minutes),
+            absolute=timedelta(hours=settings.session_absolute_hours),
+        ),
+    )
+    authenticate = Authenticator(settings, tokens, lambda: session_principal(sessions))
+    app.extensions["healthledger.authenticate"] = authenticate
+
+    def caller() -> Principal:
+        principal: Principal = g.healthledger_principal
+        return principal
+
+    def authenticate_cds() -> Principal:
+        g.healthledger_principal = authenticate(request)
+        return g.healthledger_principal
+
+    app.register_blueprint(smart_blueprint(tokens))
+    app.register_blueprint(web_blueprint(
+        sessions=sessions, names=AccountNames(store), limiter_storage_uri=settings.rate_limit_storage_uri,
+        login_limit=settings.login_rate_limit,
+    ))
+    app.register_blueprint(cds_hooks_blueprint(
+        ConsentConsultant(store, policy, caller), authenticate_cds,
+        source=CardSource(url=f"{issuer}/cds-services"),
+    ))
+    # Before the generic /fhir rules: every /fhir/AuditEvent path is the access log's, read-only.
+    app.register_blueprint(audit_event_blueprint(store, lambda: authenticate(request), policy.record_audit_access))
+    app.register_blueprint(fhir_blueprint(store, settings, authenticate))
 
     @app.errorhandler(Exception)
     def _fhir_errors(error: Exception) -> Response | HTTPException:

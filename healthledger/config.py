@@ -38,6 +38,27 @@ class Settings(BaseSettings):
     # Benchmarks only: store resources unencrypted and without blind indexes, to measure the cost of privacy.
     privacy_off_for_benchmark: bool = Field(default=False)
 
+    # --- identity and consent ----------------------------------------------------------
+    token_lifetime_seconds: int = Field(default=300, description="lifetime of SMART access tokens")
+    home_organization: str = Field(
+        default="", description="Organization/{id} of the hospital running this service: a care organisation of every patient"
+    )
+    consent_policy: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the consent policy defaults (healthledger.consent.engine.Policy fields), as JSON",
+    )
+
+    # --- web sessions -------------------------------------------------------------------
+    session_secure_cookies: bool | None = Field(
+        default=None, description="Secure session cookies; empty = on when base_url is https"
+    )
+    session_idle_minutes: int = Field(default=30)
+    session_absolute_hours: int = Field(default=12)
+    login_rate_limit: str = Field(default="10 per minute", description="sign-in attempts per client address")
+    rate_limit_storage_uri: str = Field(
+        default="memory://", description="flask-limiter storage; memory:// counts per worker, use redis:// to share"
+    )
+
     # --- chain --------------------------------------------------------------------------
     chain_url: str = Field(default="", description="JSON-RPC URL; empty = embedded persistent EVM under data_dir")
     chain_confirmations: int = Field(default=0, description="blocks before an event or receipt counts")

@@ -16,6 +16,7 @@ from healthledger.keys import KeyProvider
 from healthledger.ledger.chain import rewrap_operator_key
 from healthledger.ledger.models import PatientKeyRecord
 from healthledger.ledger.patient_keys import rewrap_recovery
+from healthledger.web.sessions import SessionSecret
 
 
 def rewrap_outside_store(settings: Settings, provider: KeyProvider, sessions: sessionmaker[Session]) -> list[str]:
@@ -25,6 +26,8 @@ def rewrap_outside_store(settings: Settings, provider: KeyProvider, sessions: se
         done.append("chain operator key")
     if TokenSigner.rewrap(settings.keys_dir, provider):
         done.append("access-token signing key")
+    if SessionSecret.rewrap(settings.keys_dir, provider):
+        done.append("web session secret")
     active = provider.active_kek_id()
     with sessions.begin() as session:
         refs = session.scalars(

@@ -1,34 +1,88 @@
-"""Who is calling: the one seam where API authentication plugs in (SMART Backend Services comes later).
+"""Who is calling: the one seam where API authentication plugs in.
 
-Today a configurable development bearer token (RFC 6750 §2.1) maps to the development client. The
-authenticated principal is handed to the store, whose AccessPolicy (and later the consent engine)
-decides every read, search, write and bundle entry. Replacing `authenticate` with a JWT/OAuth verifier
-is the only change the API needs for real clients.
+A request is authenticated by, in order: an `Authorization: Bearer` access token issued by our SMART
+Backend Services token endpoint (RFC 6750 §2.1), the development bearer token (when configured), or
+the web app's signed-in session. The principal's purpose of use defaults to what its registration
+says and may be stated per request with `X-Purpose-Of-Use` (an HL7 v3 PurposeOfUse code); breaking the
+glass is `X-Purpose-Of-Use: ETREAT` with the justification in `X-Break-Glass-Reason`.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from dataclasses import replace
 
+from flask import Request
+
+from healthledger.auth.tokens import TokenService
 from healthledger.config import Settings
-from healthledger.errors import Unauthorized
-from healthledger.store.access import DEV_CLIENT, Principal
+from healthledger.errors import BadRequest, Unauthorized
+from healthledger.principal import ETREAT, PURPOSES, Principal
+from healthledger.store.access import DEV_CLIENT
 
 _BEARER = "bearer "
+PURPOSE_HEADER = "X-Purpose-Of-Use"
+BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
+MAX_REASON_CHARS = 500
 
 
-def authenticate(authorization: str, settings: Settings) -> Principal:
-    """The principal behind an Authorization header value, or Unauthorized (401 with WWW-Authenticate)."""
-    if not authorization:
-        raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
-    if authorization[: len(_BEARER)].lower() != _BEARER:
-        raise Unauthorized("unsupported authorization scheme: use 'Bearer <token>'")
-    token = authorization[len(_BEARER) :].strip()
-    # Constant-time comparison so the token cannot be guessed byte by byte from response timings.
-    if not settings.dev_token or not hmac.compare_digest(token.encode(), settings.dev_token.encode()):
-        raise Unauthorized("invalid bearer token")
-    return development_principal()
+class Authenticator:
+    """Turns a request into a Principal, or raises Unauthorized (401 with WWW-Authenticate)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenService | None = None,
+        session_principal: Callable[[], Principal | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.session_principal = session_principal
+
+    def __call__(self, request: Request) -> Principal:
+        principal = self._who(request.headers.get("Authorization", ""))
+        return with_stated_purpose(principal, request.headers.get(PURPOSE_HEADER), request.headers.get(BREAK_GLASS_HEADER))
+
+    def _who(self, authorization: str) -> Principal:
+        if not authorization:
+            session = self.session_principal() if self.session_principal is not None else None
+            if session is not None:
+                return session
+            raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+        if authorization[: len(_BEARER)].lower() != _BEARER:
+            raise Unauthorized("unsupported authorization scheme: use 'Bearer <token>'")
+        token = authorization[len(_BEARER) :].strip()
+        dev = self.settings.dev_token
+        # Constant-time comparison so the token cannot be guessed byte by byte from response timings.
+        if dev and hmac.compare_digest(token.encode(), dev.encode()):
+            return DEV_CLIENT
+        if self.tokens is None or token.count(".") != 2:
+            raise Unauthorized("invalid bearer token")
+        grant = self.tokens.authenticate(token)
+        return Principal(
+            actor_id=f"client:{grant.client_id}",
+            role=grant.role,
+            organization=grant.organization,
+            purpose=grant.default_purpose,
+            scopes=tuple(grant.scopes),
+            scope_context="system",
+            via="api",
+        )
 
 
-def development_principal() -> Principal:
-    return DEV_CLIENT
+def with_stated_purpose(principal: Principal, purpose: str | None, reason: str | None) -> Principal:
+    """The principal acting for the purpose the request states (validated), with its break-glass reason."""
+    if purpose is None and reason is None:
+        return principal
+    code = (purpose or principal.purpose).strip()
+    if code not in PURPOSES:
+        raise BadRequest(f"{PURPOSE_HEADER} must be an HL7 v3 PurposeOfUse code such as TREAT, ETREAT or HRESCH")
+    text = (reason or "").strip()
+    if text and code != ETREAT:
+        raise BadRequest(f"{BREAK_GLASS_HEADER} is only for {PURPOSE_HEADER}: {ETREAT} (breaking the glass)")
+    if code == ETREAT and not text:
+        raise BadRequest(f"breaking the glass ({ETREAT}) needs a justification in {BREAK_GLASS_HEADER}")
+    if len(text) > MAX_REASON_CHARS or not text.isprintable():
+        raise BadRequest(f"{BREAK_GLASS_HEADER} must be printable text of at most {MAX_REASON_CHARS} characters")
+    return replace(principal, purpose=code, break_glass_reason=text)

@@ -19,7 +19,7 @@ from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
 from fhir_adapters.search import parse_search
 from fhir_adapters.validation import is_resource_type
 from healthledger.api import negotiation as http
-from healthledger.api.auth_seam import authenticate
+from healthledger.api.auth_seam import Authenticator
 from healthledger.api.outcomes import operation_outcome
 from healthledger.api.paging import (
     CURSOR_PARAM,
@@ -31,6 +31,7 @@ from healthledger.api.paging import (
     searchset_bundle,
 )
 from healthledger.config import Settings
+from healthledger.consent.lifecycle import chain_states, present_consent, revoke_consent, sign_consent
 from healthledger.errors import BadRequest, InvalidResource, NotFound, UnsupportedMediaType
 from healthledger.store.access import Principal
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
@@ -51,10 +52,10 @@ _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_summa
 _REFUSED_CONTROLS = frozenset({"_sort", "_elements", "_page", "_include", "_revinclude", "_contained"})
 _HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
 
-def fhir_blueprint(store: ResourceStore, settings: Settings) -> Blueprint:
+def fhir_blueprint(store: ResourceStore, settings: Settings, authenticate: Authenticator | None = None) -> Blueprint:
     """The /fhir blueprint bound to one store; no module-level state."""
     bp = Blueprint("fhir", __name__, url_prefix="/fhir")
-    api = _FhirApi(store, settings)
+    api = _FhirApi(store, settings, authenticate or Authenticator(settings))
 
     bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
     bp.add_url_rule("", "system", api.system_bundle, methods=["POST"])
@@ -65,13 +66,16 @@ def fhir_blueprint(store: ResourceStore, settings: Settings) -> Blueprint:
     bp.add_url_rule("/<resource_type>/<resource_id>", "instance", api.instance, methods=["GET", "PUT", "DELETE"])
     bp.add_url_rule("/<resource_type>/<resource_id>/_history", "instance_history", api.instance_history, methods=["GET"])
     bp.add_url_rule("/<resource_type>/<resource_id>/_history/<version_id>", "vread", api.vread, methods=["GET"])
+    bp.add_url_rule("/Consent/<resource_id>/$sign", "consent_sign", api.consent_sign, methods=["POST"])
+    bp.add_url_rule("/Consent/<resource_id>/$revoke", "consent_revoke", api.consent_revoke, methods=["POST"])
     return bp
 
 
 class _FhirApi:
-    def __init__(self, store: ResourceStore, settings: Settings) -> None:
+    def __init__(self, store: ResourceStore, settings: Settings, authenticate: Authenticator) -> None:
         self.store = store
         self.settings = settings
+        self.authenticate = authenticate
         self._capability: dict[str, bytes] = {}
 
     # -- helpers -------------------------------------------------------------------------------
@@ -80,7 +84,21 @@ class _FhirApi:
         return f"{root}/fhir"
 
     def _principal(self) -> Principal:
-        return authenticate(request.headers.get("Authorization", ""), self.settings)
+        return self.authenticate(request)
+
+    def _shown(self, stored: StoredResource) -> dict[str, Any]:
+        return self._shown_all([stored])[0]
+
+    def _shown_all(self, items: list[StoredResource]) -> list[dict[str, Any]]:
+        """Resources as returned: meta from the store; Consents with their on-chain state (one query)."""
+        bodies = [_with_meta(item) for item in items]
+        consents = [i for i, item in enumerate(items) if item.resource_type == "Consent" and item.resource]
+        if consents:
+            with self.store.engine.connect() as conn:
+                states = chain_states(conn, self.store.tenant, [items[i].id for i in consents])
+            for i in consents:
+                bodies[i] = present_consent(bodies[i], states[items[i].id])
+        return bodies
 
     def _body_resource(self) -> dict[str, Any]:
         http.require_json_body(request)
@@ -116,7 +134,7 @@ class _FhirApi:
                 severity="information",
             )
             return self._respond(outcome, status, headers)
-        return self._respond(_with_meta(stored), status, headers)
+        return self._respond(self._shown(stored), status, headers)
 
     # -- endpoints -----------------------------------------------------------------------------
     def metadata(self) -> Response:
@@ -138,7 +156,9 @@ class _FhirApi:
                     versioning="versioned-update",  # If-Match is honoured
                     update_create=True,  # PUT to a new id creates it
                     security_description=(
-                        "Bearer token (RFC 6750). Development token for now; SMART Backend Services later."
+                        "SMART on FHIR Backend Services (client credentials with private_key_jwt): bearer access "
+                        "tokens from /auth/token, discovery at /.well-known/smart-configuration. Every access is "
+                        "decided by the patient's consents and recorded in a verifiable access log."
                     ),
                 )
             )
@@ -193,7 +213,7 @@ class _FhirApi:
         if request.method == "DELETE":
             return self._delete(resource_type, resource_id, principal)
         stored = self.store.read(resource_type, resource_id, principal=principal)
-        return self._respond(_with_meta(stored), 200, self._resource_headers(stored))
+        return self._respond(self._shown(stored), 200, self._resource_headers(stored))
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> Response:
         _check_type(resource_type)
@@ -203,7 +223,7 @@ class _FhirApi:
         if not _VID.fullmatch(version_id):
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id[:20]!r}")
         stored = self.store.vread(resource_type, resource_id, int(version_id), principal=principal)
-        return self._respond(_with_meta(stored), 200, self._resource_headers(stored))
+        return self._respond(self._shown(stored), 200, self._resource_headers(stored))
 
     def instance_history(self, resource_type: str, resource_id: str) -> Response:
         _check_type(resource_type)
@@ -211,6 +231,24 @@ class _FhirApi:
         http.check_response_format(request)
         _check_id(resource_id)
         return self._history(resource_type, resource_id, principal)
+
+    # -- Consent operations: the patient's key signs or revokes its on-chain grants ----------------
+    def consent_sign(self, resource_id: str) -> Response:
+        return self._consent_operation(resource_id, sign_consent)
+
+    def consent_revoke(self, resource_id: str) -> Response:
+        return self._consent_operation(resource_id, revoke_consent)
+
+    def _consent_operation(self, resource_id: str, operation: Any) -> Response:
+        principal = self._principal()
+        http.check_response_format(request)
+        _check_id(resource_id)
+        params = self._body_resource()
+        password = _parameter(params, "password")
+        with self.store.unit_of_work(principal) as uow:
+            operation(uow, resource_id, password)
+            stored = uow.read("Consent", resource_id)
+        return self._respond(self._shown(stored), 200, self._resource_headers(stored))
 
     # -- interactions --------------------------------------------------------------------------
     def _create(self, resource_type: str, principal: Principal) -> Response:
@@ -223,7 +261,7 @@ class _FhirApi:
         stored, created = self.store.create(resource, if_none_exist=if_none_exist, principal=principal)
         if not created:
             # Conditional create matched one resource: 200 OK with it, nothing written (http.html#ccreate).
-            return self._respond(_with_meta(stored), 200, self._resource_headers(stored, location=True))
+            return self._respond(self._shown(stored), 200, self._resource_headers(stored, location=True))
         return self._write_response(stored, 201)
 
     def _update(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
@@ -282,7 +320,8 @@ class _FhirApi:
             return self._respond(searchset_bundle([], total=page.total, links=links))
         page = self.store.search(resource_type, query, count=count, offset=offset, principal=principal)
         base = self._base()
-        entries = [(f"{base}/{item.resource_type}/{item.id}", _with_meta(item)) for item in page.items]
+        shown = self._shown_all(page.items)
+        entries = [(f"{base}/{item.resource_type}/{item.id}", body) for item, body in zip(page.items, shown)]
         links = PageLinks(endpoint, tuple(kept), count, offset).links(page.next_offset)
         return self._respond(searchset_bundle(entries, total=page.total, links=links))
 
@@ -358,6 +397,19 @@ def _with_meta(stored: StoredResource) -> dict[str, Any]:
     meta["lastUpdated"] = http.fhir_instant(stored.last_updated)
     resource["meta"] = meta
     return resource
+
+
+def _parameter(params: dict[str, Any], name: str) -> str:
+    """A string parameter of a FHIR Parameters body (R4 parameters.html)."""
+    if params.get("resourceType") != "Parameters":
+        raise BadRequest("the operation takes a Parameters resource", expression="resourceType")
+    for p in params.get("parameter") or []:
+        if isinstance(p, dict) and p.get("name") == name:
+            value = p.get("valueString")
+            if isinstance(value, str) and value:
+                return value
+            raise BadRequest(f"parameter {name!r} needs a valueString", expression=f"Parameters.parameter[{name}]")
+    raise BadRequest(f"parameter {name!r} is required", expression="Parameters.parameter")
 
 
 def _parse_condition(header: str) -> list[tuple[str, str]]:

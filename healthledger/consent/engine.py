@@ -3,8 +3,8 @@
 Order of evaluation (each step documented in docs/consent-semantics.md):
 1. Break-the-glass: a principal whose role may break the glass, asking with the emergency purpose and
    a stated reason, is permitted, always, and the outcome is flagged. Without a reason: denied.
-2. The patient's own data: the patient is permitted (policy `patient_sees_own`).
-3. Fail closed: if the consent index is older than `policy.max_index_age_seconds`, deny.
+2. The patient's own data: the patient may read it, and write `patient_writable_types` (Consent) in it.
+3. Fail closed: if the consent index is older than `policy.max_index_age_seconds`, deny reads.
 4. The patient's active Consents that apply: any deny -> DENY (deny wins); else a permit whose on-chain
    grant is live -> PERMIT; a permit whose grant is not live does not count (the chain is the
    authority on revocation).
@@ -25,8 +25,21 @@ from enum import Enum
 from fhir_adapters.consent import DENY, PERMIT, Coding, ConsentRules, Provision
 from healthledger.principal import ETREAT, HRESCH, TREAT, Principal
 
-__all__ = ["Principal", "TREAT", "ETREAT", "HRESCH", "Decision", "GrantStatus", "ResourceFacts", "Reason",
-           "Obligation", "Outcome", "Policy", "PatientContext", "decide"]
+__all__ = [
+    "ETREAT",
+    "HRESCH",
+    "TREAT",
+    "Decision",
+    "GrantStatus",
+    "Obligation",
+    "Outcome",
+    "PatientContext",
+    "Policy",
+    "Principal",
+    "Reason",
+    "ResourceFacts",
+    "decide",
+]
 
 # Our actions -> FHIR consentaction codes (http://terminology.hl7.org/CodeSystem/consentaction).
 CONSENT_ACTION = {
@@ -94,6 +107,7 @@ class Policy:
     """Configurable defaults (not code paths)."""
 
     patient_sees_own: bool = True
+    patient_writable_types: frozenset[str] = frozenset({"Consent"})  # what patients may write in their record
     treating_roles: frozenset[str] = frozenset({"clinician", "system"})
     treating_purposes: frozenset[str] = frozenset({TREAT})
     writer_roles: frozenset[str] = frozenset({"clinician", "system"})
@@ -134,10 +148,16 @@ def decide(
     if resource.patient_id != ctx.patient_id:
         raise ValueError("patient context does not belong to the resource's patient")
 
-    if policy.patient_sees_own and principal.role == "patient" and principal.patient_id == resource.patient_id:
+    if (
+        policy.patient_sees_own
+        and principal.role == "patient"
+        and principal.patient_id == resource.patient_id
+        and (action not in WRITE_ACTIONS or resource.resource_type in policy.patient_writable_types)
+    ):
         return Outcome(Decision.PERMIT, (Reason("policy:own-data"),))
 
-    if ctx.index_age_seconds > policy.max_index_age_seconds:
+    if action not in WRITE_ACTIONS and ctx.index_age_seconds > policy.max_index_age_seconds:
+        # Reads rest on the chain's word that no grant was revoked; writes disclose nothing.
         return Outcome(Decision.DENY, (Reason("index-stale", detail="consent state is not fresh enough"),))
 
     identities = principal.identities()

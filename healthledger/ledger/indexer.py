@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from web3.exceptions import BlockNotFound
 
+from healthledger.consent.models import bump_generation
 from healthledger.errors import BadRequest, ChainError
 from healthledger.ledger.models import ConsentEvent, IndexedBlock, IndexerCursor, LogAnchorEvent
 from healthledger.ledger.relayer import grant_id
@@ -215,6 +216,8 @@ class Indexer:
                 row = self._consent_row(session, event, status, known)
                 known[row.grant_id] = (row.grantee, row.scope_hash)
                 session.add(row)
+            if consent:
+                bump_generation(session)  # consent decisions change with these events, in this transaction
             for event in anchored:
                 session.add(
                     LogAnchorEvent(
@@ -272,6 +275,7 @@ class Indexer:
         """Delete every derived row above `ancestor` and move the cursor there, in one transaction."""
         with self.sessions.begin() as session:
             session.execute(delete(ConsentEvent).where(ConsentEvent.block_number > ancestor))
+            bump_generation(session)
             session.execute(delete(LogAnchorEvent).where(LogAnchorEvent.block_number > ancestor))
             session.execute(
                 delete(IndexedBlock).where(IndexedBlock.name == self.name, IndexedBlock.number > ancestor)

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from healthledger.errors import Forbidden
 from healthledger.principal import SYSTEM, Principal
 
-__all__ = ["SYSTEM", "DEV_CLIENT", "Principal", "Action", "AccessPolicy", "DevelopmentPolicy"]
+__all__ = ["DEV_CLIENT", "SYSTEM", "AccessPolicy", "Action", "DevelopmentPolicy", "Principal"]
 
 Action = Literal["read", "vread", "history", "search", "create", "update", "delete"]
 

@@ -30,7 +30,6 @@ from healthledger.config import Settings
 from healthledger.errors import (
     BadRequest,
     Conflict,
-    Forbidden,
     Gone,
     HealthLedgerError,
     InvalidResource,
@@ -63,6 +62,8 @@ _SELECT_CURRENT = sa.select(*_COLUMNS).where(*_SAME_RESOURCE, res_t.c.is_current
 _SELECT_VERSION = sa.select(*_COLUMNS).where(*_SAME_RESOURCE, res_t.c.version_id == sa.bindparam("version_id"))
 _INSERT_ONE = sa.insert(res_t).returning(res_t.c.row_id)
 _INSERT_MANY = sa.insert(res_t).returning(res_t.c.row_id, sort_by_parameter_order=True)
+# Writes of these types change consent decisions (a patient's Consents and care organisations).
+CONSENT_INPUT_TYPES = frozenset({"Consent", "Patient", "Encounter"})
 
 
 def _json_default(value: object) -> object:
@@ -193,22 +194,49 @@ class ResourceStore:
 
     @contextmanager
     def unit_of_work(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
-        """One database transaction for several operations: all commit, or none does."""
+        """One database transaction for several operations: all commit, or none does.
+
+        The policy's decisions (and its access-log entries) are made on this transaction. If it rolls
+        back, the policy is handed what it recorded, to keep in a transaction of its own: a failed
+        attempt is still an attempt.
+        """
         self._ensure_master()
+        begin = getattr(self.policy, "begin", None)
+        rescued: list[Any] = []
         try:
             with self.engine.begin() as conn:
                 if self._sqlite:
                     # Take the write lock up front: a read-then-write SQLite transaction cannot upgrade
                     # its lock once another writer committed (SQLITE_BUSY without waiting).
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
-                yield UnitOfWork(self, conn, principal or SYSTEM)
+                if begin is not None:
+                    begin(conn)
+                try:
+                    yield UnitOfWork(self, conn, principal or SYSTEM)
+                except BaseException:
+                    rescued = self.policy.rescue(conn) if begin is not None else []  # type: ignore[attr-defined]
+                    raise
         except sa.exc.IntegrityError:
+            self._keep_rescued(rescued)
             # Two writers created the same new version at once (e.g. concurrent update-as-create).
             raise Conflict("the resource was changed concurrently; retry the request") from None
+        except BaseException:
+            self._keep_rescued(rescued)
+            raise
+
+    def _keep_rescued(self, rescued: list[Any]) -> None:
+        if rescued:
+            with self.engine.begin() as conn:
+                self.policy.keep(conn, rescued)  # type: ignore[attr-defined]
 
     @contextmanager
     def reading(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
-        """A read-only view (no write lock)."""
+        """A view for reads. Under a policy that logs accesses, reads write their log entries, so this
+        is a transaction like any other; otherwise a plain connection (no write lock)."""
+        if getattr(self.policy, "begin", None) is not None and (principal or SYSTEM).via != "cli":
+            with self.unit_of_work(principal) as uow:
+                yield uow
+            return
         self._ensure_master()
         with self.engine.connect() as conn:
             yield UnitOfWork(self, conn, principal or SYSTEM)
@@ -331,8 +359,39 @@ class UnitOfWork:
         self.keyring = store.keyring
         self._keys: dict[tuple[str, bytes | None], DataKeyRef] = {}
 
-    def _check(self, action: Action, resource_type: str, resource: dict[str, Any] | None) -> None:
-        self.store.policy.check(self.principal, action, resource_type, resource)
+    def _check(
+        self, action: Action, resource_type: str, resource: dict[str, Any] | None, resource_id: str = ""
+    ) -> dict[str, Any] | None:
+        """The policy's decision on one operation: the resource to hand back, or an exception."""
+        return self.store.policy.check(
+            self.principal, action, resource_type, resource, resource_id=resource_id, conn=self.conn
+        )
+
+    @property
+    def _screens(self) -> bool:
+        """Whether the policy decides searches and histories per resource."""
+        return bool(getattr(self.store.policy, "filters_search_results", False))
+
+    def _not_found(self, action: Action, resource_type: str, resource_id: str, message: str) -> NotFound:
+        """NotFound for a missing (or deleted, or erased) resource, recorded as an attempt by the policy."""
+        record = getattr(self.store.policy, "record_miss", None)
+        if record is not None:
+            record(self.principal, action, resource_type, resource_id, conn=self.conn)
+        return NotFound(message)
+
+    def _gone_or_hidden(self, action: Action, resource_type: str, resource_id: str, message: str) -> HealthLedgerError:
+        """410 Gone for callers who may see everything; to anyone else a deleted resource looks missing
+        (whether it existed is itself something a consent may withhold)."""
+        if self.principal.unrestricted:
+            return Gone(message)
+        return self._not_found(action, resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
+
+    def peek(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        """The current version without any access decision (for the service's own bookkeeping)."""
+        row = self._current_row(resource_type, resource_id)
+        if row is None or row.deleted or row.erased:
+            return None
+        return self._to_stored(row)
 
     # -- encryption and indexing -----------------------------------------------------------------
     def _compartment_of(self, resource: dict[str, Any]) -> str | None:
@@ -410,6 +469,10 @@ class UnitOfWork:
             self.conn.execute(sa.delete(terms_t).where(terms_t.c.row_id.in_(supersede)))
         if not versions:
             return []
+        if any(v.resource_type in CONSENT_INPUT_TYPES for v in versions):
+            from healthledger.consent.models import bump_generation
+
+            bump_generation(self.conn)
         rows = [
             {
                 "tenant": self.tenant, "resource_type": v.resource_type, "resource_id": v.resource_id,
@@ -491,7 +554,9 @@ class UnitOfWork:
             if len(found.items) > 1 or (found.total or 0) > 1:
                 raise PreconditionFailed("conditional create matched more than one resource")
             if found.items:
-                return found.items[0], False
+                match = found.items[0]
+                shown = self._check("read", resource_type, match.resource, match.id)
+                return _replace_resource(match, shown), False
         new_id = resource_id or self.store.new_id()
         version, stamped = self.prepare_version(resource_type, new_id, 1, resource)
         self.write_versions([version])
@@ -521,7 +586,12 @@ class UnitOfWork:
         if not validated or resource.get("resourceType") != resource_type:
             resource = self._validated(resource, resource_type)
         current = self._current_row(resource_type, resource_id, for_update=True)
-        self._check("update" if current is not None else "create", resource_type, resource)
+        if current is not None and not current.deleted and not current.erased and self._screens:
+            # Moving a resource out of a patient's record is a change to that patient's record too.
+            previous = self._to_stored(current).resource
+            if previous is not None and self._compartment_of(previous) != self._compartment_of(resource):
+                self._check("update", resource_type, previous, resource_id)
+        self._check("update" if current is not None else "create", resource_type, resource, resource_id)
         if current is not None and current.erased:
             raise Gone(f"{resource_type}/{resource_id} was erased")
         if if_match is not None and (current is None or current.version_id != if_match):
@@ -535,8 +605,9 @@ class UnitOfWork:
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         """Soft delete (R4 3.1.0.7): a tombstone version; deleting a missing or deleted resource is fine."""
         check_id(resource_id)
-        self._check("delete", resource_type, None)
         current = self._current_row(resource_type, resource_id, for_update=True)
+        live = current is not None and not current.deleted and not current.erased
+        self._check("delete", resource_type, self._to_stored(current).resource if live else None, resource_id)
         if current is None:
             return None
         if current.deleted or current.erased:
@@ -551,14 +622,13 @@ class UnitOfWork:
         check_id(resource_id)
         row = self._current_row(resource_type, resource_id)
         if row is None:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
+            raise self._not_found("read", resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
         if row.erased:
-            raise Gone(f"{resource_type}/{resource_id} was erased")
+            raise self._gone_or_hidden("read", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
         if row.deleted:
-            raise Gone(f"{resource_type}/{resource_id} was deleted")
+            raise self._gone_or_hidden("read", resource_type, resource_id, f"{resource_type}/{resource_id} was deleted")
         stored = self._to_stored(row)
-        self._check("read", resource_type, stored.resource)
-        return stored
+        return _replace_resource(stored, self._check("read", resource_type, stored.resource, resource_id))
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         check_id(resource_id)
@@ -567,14 +637,17 @@ class UnitOfWork:
             {"tenant": self.tenant, "resource_type": resource_type, "resource_id": resource_id, "version_id": version_id},
         ).first()
         if row is None:
-            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
+            raise self._not_found(
+                "vread", resource_type, resource_id, f"{resource_type}/{resource_id} has no version {version_id}"
+            )
         if row.erased:
-            raise Gone(f"{resource_type}/{resource_id} was erased")
+            raise self._gone_or_hidden("vread", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
         if row.deleted:
-            raise Gone(f"{resource_type}/{resource_id} version {version_id} is a deletion")
+            raise self._gone_or_hidden(
+                "vread", resource_type, resource_id, f"{resource_type}/{resource_id} version {version_id} is a deletion"
+            )
         stored = self._to_stored(row)
-        self._check("vread", resource_type, stored.resource)
-        return stored
+        return _replace_resource(stored, self._check("vread", resource_type, stored.resource, resource_id))
 
     def history(
         self,
@@ -588,6 +661,7 @@ class UnitOfWork:
         """Instance or type history (R4 3.1.0.10), newest first; tombstones appear with no resource."""
         self._check("history", resource_type, None)
         where = [res_t.c.tenant == self.tenant, res_t.c.resource_type == resource_type, res_t.c.erased.is_(False)]
+        screen = self._screens
         if resource_id is not None:
             check_id(resource_id)
             first = self.conn.execute(
@@ -598,25 +672,64 @@ class UnitOfWork:
                 ).limit(1)
             ).first()
             if first is None:
-                raise NotFound(f"{resource_type}/{resource_id} is not known")
+                raise self._not_found("history", resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
             if first.erased:
-                raise Gone(f"{resource_type}/{resource_id} was erased")
+                raise self._gone_or_hidden("history", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
             where.append(res_t.c.resource_id == resource_id)
+            if screen:
+                # One decision for the whole instance history, on its latest live version.
+                latest = self.conn.execute(
+                    sa.select(*_COLUMNS)
+                    .where(*where, res_t.c.deleted.is_(False))
+                    .order_by(res_t.c.version_id.desc())
+                    .limit(1)
+                ).first()
+                if latest is None and not self.principal.unrestricted:
+                    raise self._not_found("history", resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
+                self._check("history", resource_type, self._to_stored(latest).resource if latest else None, resource_id)
+                screen = False
         if since is not None:
             # Stored moments are UTC (SQLite keeps them without an offset): compare in UTC.
             since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
             where.append(res_t.c.last_updated >= since)
-        total = self.conn.execute(sa.select(sa.func.count()).select_from(res_t).where(*where)).scalar_one()
-        rows = self.conn.execute(
-            sa.select(*_COLUMNS)
-            .where(*where)
-            .order_by(res_t.c.last_updated.desc(), res_t.c.row_id.desc())
-            .limit(count)
-            .offset(offset)
-        ).all()
-        items = [self._to_stored(r) for r in rows]
+        ordered = sa.select(*_COLUMNS).where(*where).order_by(res_t.c.last_updated.desc(), res_t.c.row_id.desc())
+        if screen and not self.principal.unrestricted:
+            # Type history across patients: each version is decided like a search match; what is withheld
+            # (and tombstones, whose content cannot be decided) is left out of the page and the total.
+            items, total, disclosed, withheld = [], 0, [], []
+            for row in self.conn.execute(ordered.execution_options(yield_per=_SCAN_BATCH)):
+                if row.deleted or row.payload is None:
+                    continue
+                stored = self._to_stored(row)
+                assert stored.resource is not None
+                screened = self.store.policy.screen(self.principal, "history", resource_type, stored.resource, conn=self.conn)
+                if screened.resource is None:
+                    if len(withheld) < 1000:
+                        withheld.append(screened)
+                    continue
+                if offset <= total < offset + count:
+                    items.append(_replace_resource(stored, screened.resource))
+                    disclosed.append(screened)
+                total += 1
+            self.store.policy.record_results(self.principal, "history", resource_type, disclosed, withheld, conn=self.conn)
+        else:
+            total = self.conn.execute(sa.select(sa.func.count()).select_from(res_t).where(*where)).scalar_one()
+            rows = self.conn.execute(ordered.limit(count).offset(offset)).all()
+            items = [self._to_stored(r) for r in rows]
+            if screen:
+                self._record_unscreened("history", resource_type, items)
         next_offset = offset + count if offset + count < total else None
         return HistoryPage(items, total, next_offset)
+
+    def _record_unscreened(self, action: Action, resource_type: str, items: Sequence[StoredResource]) -> None:
+        """Record what an unrestricted caller was shown (one entry per resource, for its patient's log)."""
+        policy = self.store.policy
+        shown = [
+            policy.screen(self.principal, action, resource_type, item.resource, conn=self.conn)
+            for item in items
+            if item.resource is not None
+        ]
+        policy.record_results(self.principal, action, resource_type, shown, [], conn=self.conn)
 
     def _candidates(self, resource_type: str, query: Any) -> sa.Select[Any]:
         stmt = sa.select(*_COLUMNS).where(
@@ -647,13 +760,19 @@ class UnitOfWork:
         stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
         # A policy that decides per resource (consent) sees every candidate; results it denies are left
         # out of the page and of the total, as if they did not exist.
-        per_resource = check and bool(getattr(self.store.policy, "filters_search_results", False))
+        screen = check and self._screens
+        per_resource = screen and not self.principal.unrestricted
         if not _has_criteria(query) and not per_resource:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
             rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
             items = [self._to_stored(r) for r in rows]
+            if screen:
+                self._record_unscreened("search", resource_type, items)
         else:
+            policy = self.store.policy
             matched: list[StoredResource] = []
+            disclosed: list[Any] = []
+            withheld: list[Any] = []
             total = 0
             for row in self.conn.execute(stmt.execution_options(yield_per=_SCAN_BATCH)):
                 stored = self._to_stored(row)
@@ -661,18 +780,34 @@ class UnitOfWork:
                 meta = fhir_search.ResourceMeta(id=stored.id, last_updated=stored.last_updated)
                 with fhir_errors():
                     ok = fhir_search.matches(stored.resource, query, meta)
-                if ok and per_resource:
-                    try:
-                        self._check("read", resource_type, stored.resource)
-                    except Forbidden:
-                        ok = False
-                if ok:
-                    if offset <= total < offset + count:
-                        matched.append(stored)
-                    total += 1
+                if not ok:
+                    continue
+                if screen:
+                    screened = policy.screen(self.principal, "search", resource_type, stored.resource, conn=self.conn)
+                    if screened.resource is None:
+                        if len(withheld) < 1000:
+                            withheld.append(screened)
+                        continue
+                    stored = _replace_resource(stored, screened.resource)
+                if offset <= total < offset + count:
+                    matched.append(stored)
+                    if screen:
+                        disclosed.append(screened)
+                total += 1
             items = matched
+            if screen:
+                policy.record_results(self.principal, "search", resource_type, disclosed, withheld, conn=self.conn)
         next_offset = offset + count if offset + count < total else None
         return SearchPage(items, total, next_offset)
+
+
+def _replace_resource(stored: StoredResource, resource: dict[str, Any] | None) -> StoredResource:
+    """`stored` carrying the resource the policy handed back (e.g. redacted), if it changed."""
+    if resource is stored.resource:
+        return stored
+    return StoredResource(
+        stored.resource_type, stored.id, stored.version_id, stored.last_updated, stored.deleted, resource
+    )
 
 
 def _has_criteria(query: Any) -> bool:

@@ -18,14 +18,19 @@ SECRET = "Zebediah Quuxworth"  # stands for PHI that must never reach a response
 
 
 class RecordingPolicy:
+    filters_search_results = False
+
     def __init__(self) -> None:
         self.calls: list[tuple[Principal, str, str]] = []
         self.deny: set[str] = set()
 
-    def check(self, principal: Principal, action: str, resource_type: str, resource: dict[str, Any] | None) -> None:
+    def check(
+        self, principal: Principal, action: str, resource_type: str, resource: dict[str, Any] | None, **_: Any
+    ) -> dict[str, Any] | None:
         self.calls.append((principal, action, resource_type))
         if action in self.deny:
             raise Forbidden(f"{action} on {resource_type} is not permitted for this client")
+        return resource
 
 
 @pytest.fixture()

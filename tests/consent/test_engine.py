@@ -172,6 +172,9 @@ def test_fails_closed_when_index_is_stale() -> None:
     assert out.decision is Decision.DENY and out.reasons[0].rule == "index-stale"
     assert decide(CLINICIAN, "read", OBS, ctx(age=61), POLICY, NOW).decision is Decision.DENY
     assert decide(PATIENT, "read", OBS, ctx(age=61), POLICY, NOW).permitted
+    # Writes disclose nothing the writer did not send: a stale index does not stop them.
+    assert decide(CLINICIAN, "create", OBS, ctx(age=61), POLICY, NOW).permitted
+    assert decide(CLINICIAN, "read", OBS, ctx(age=60), POLICY, NOW).permitted
 
 
 def test_inactive_and_proposed_consents_do_not_count() -> None:

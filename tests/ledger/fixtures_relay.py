@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from healthledger.consent.models import ConsentGeneration
 from healthledger.db import Base, make_engine, session_factory
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.ledger import models
@@ -22,6 +23,7 @@ RELAY_TABLES = [
     models.LogAnchorEvent.__table__,
     models.IndexerCursor.__table__,
     models.IndexedBlock.__table__,
+    ConsentGeneration.__table__,  # the indexer tells consent indexes to reload through it
 ]
 
 

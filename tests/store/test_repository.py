@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -244,7 +245,7 @@ def test_no_plaintext_in_rows(store: ResourceStore) -> None:
 
 def test_access_policy_is_consulted(store: ResourceStore) -> None:
     made, _ = store.create(patient())
-    stranger = Principal("stranger")
+    stranger = Principal("stranger", role="researcher", scopes=())
     with pytest.raises(Forbidden):
         store.read("Patient", made.id, principal=stranger)
     with pytest.raises(Forbidden):
@@ -255,8 +256,9 @@ def test_access_policy_is_consulted(store: ResourceStore) -> None:
     calls: list[tuple[str, str, str]] = []
 
     class Recording:
-        def check(self, principal: Principal, action: str, resource_type: str, resource: Any) -> None:
+        def check(self, principal: Principal, action: str, resource_type: str, resource: Any, **_: Any) -> Any:
             calls.append((principal.id, action, resource_type))
+            return resource
 
     store.policy = Recording()
     store.read("Patient", made.id, principal=stranger)
@@ -279,14 +281,25 @@ def test_a_filtering_policy_hides_denied_search_results(store: ResourceStore) ->
     keep, _ = store.create(patient(mrn="F-1", family="Visible"))
     store.create(patient(mrn="F-2", family="Hidden"))
 
+    recorded: list[tuple[list[str], int]] = []
+
     class OnlyVisible:
         filters_search_results = True
 
-        def check(self, principal: Principal, action: str, resource_type: str, resource: Any) -> None:
-            if resource is not None and resource["name"][0]["family"] == "Hidden":
-                raise Forbidden("not permitted")
+        def check(self, principal: Principal, action: str, resource_type: str, resource: Any, **_: Any) -> Any:
+            return resource
+
+        def screen(self, principal: Principal, action: str, resource_type: str, resource: Any, **_: Any) -> Any:
+            hidden = resource["name"][0]["family"] == "Hidden"
+            return SimpleNamespace(resource=None if hidden else resource, id=resource["id"])
+
+        def record_results(self, principal: Principal, action: str, resource_type: str, disclosed: Any,
+                           withheld: Any, **_: Any) -> None:
+            recorded.append(([s.id for s in disclosed], len(withheld)))
 
     store.policy = OnlyVisible()
+    stranger = Principal("stranger", role="researcher", scopes=())
     for params in ([], [("identifier", "urn:test:mrn|")]):
-        page = store.search_params("Patient", params)
+        page = store.search_params("Patient", params, principal=stranger)
         assert [r.id for r in page.items] == [keep.id] and page.total == 1
+    assert recorded == [([keep.id], 1), ([keep.id], 1)]

@@ -1,0 +1,278 @@
+"""Consent enforcement at the store's seam: scopes, then the decision engine, and one log entry per attempt.
+
+The store calls `ConsentPolicy` inside each operation's transaction: `begin` once (index freshness),
+then `check` per operation (or `screen` per search match and `record_results` once per page). Every
+decision about an API or web caller is appended to the access log on the same connection, so it
+commits with the response's data or not at all. Denied reads answer exactly like a missing resource.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from healthledger import crypto
+from healthledger.audit.entries import AccessEntry
+from healthledger.audit.log import record_access, record_accesses
+from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.auth.scopes import scope_allows
+from healthledger.consent.engine import WRITE_ACTIONS, Decision, Obligation, Outcome, Policy, Reason, decide
+from healthledger.consent.facts import resource_facts
+from healthledger.consent.index import ConsentIndex
+from healthledger.errors import Forbidden, NotFound
+from healthledger.principal import Principal
+
+ACCESS_LOG_KEY_CLASS = "access-log"
+_AGE_KEY = "healthledger.consent.index_age"
+_PENDING_KEY = "healthledger.consent.entries"
+READ_ACTIONS = frozenset({"read", "vread", "search", "history", "export"})
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """One search or history match after its decision: `resource` is what may be shown (None: withheld)."""
+
+    resource_type: str
+    resource_id: str
+    patient_id: str
+    resource: dict[str, Any] | None
+    outcome: Outcome
+
+
+Transform = Callable[[dict[str, Any], Obligation, str], dict[str, Any]]
+
+
+class ConsentPolicy:
+    """The store's AccessPolicy backed by SMART scopes, the consent engine and the access log."""
+
+    filters_search_results = True
+
+    def __init__(
+        self,
+        store: Any,  # healthledger.store.repository.ResourceStore
+        index: ConsentIndex,
+        policy: Policy,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        obligations: Transform | None = None,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.policy = policy
+        self.clock = clock
+        self._obligations = obligations
+
+    # -- the seam -------------------------------------------------------------------------------
+    def begin(self, conn: Connection) -> None:
+        """At the start of each operation's transaction: index freshness, and a fresh list of entries."""
+        conn.info[_AGE_KEY] = self.index.refresh(conn)
+        conn.info[_PENDING_KEY] = []
+
+    def rescue(self, conn: Connection) -> list[AccessEntry]:
+        """The entries recorded in a transaction that is about to roll back."""
+        conn.info.pop(_AGE_KEY, None)
+        return list(conn.info.pop(_PENDING_KEY, []))
+
+    def keep(self, conn: Connection, entries: list[AccessEntry]) -> None:
+        """Record rescued entries in a transaction of their own (before the error reaches the caller)."""
+        record_accesses(conn, entries)
+
+    def record_miss(self, principal: Principal, action: str, resource_type: str, resource_id: str, *, conn: Connection) -> None:
+        """An attempt on a resource that is not there (or not to be admitted): logged like a denial."""
+        if principal.via == "cli":
+            return
+        self.record(conn, principal, action, resource_type, resource_id, "", _MISS)
+
+    def check(
+        self,
+        principal: Principal,
+        action: str,
+        resource_type: str,
+        resource: dict[str, Any] | None,
+        *,
+        resource_id: str = "",
+        conn: Connection | None = None,
+    ) -> dict[str, Any] | None:
+        assert conn is not None, "the consent policy decides inside the operation's transaction"
+        type_level = resource is None and action in ("search", "history")
+        if principal.unrestricted:
+            if not type_level:  # type-level results are recorded per resource by `record_results`
+                facts = resource_facts(resource_type, resource_id, resource)
+                self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, _UNRESTRICTED)
+            return resource
+        if not scope_allows(principal.scopes or (), principal.scope_context, resource_type, action):
+            outcome = Outcome(Decision.DENY, (Reason("scope", detail=f"{principal.scope_context}/{resource_type}"),))
+            self.record(conn, principal, action, resource_type, resource_id, "", outcome)
+            raise Forbidden(f"the access token's scopes do not allow {action} on {resource_type}")
+        if type_level:
+            return None  # each match is screened, and the page recorded, by the store
+        facts = resource_facts(resource_type, resource_id, resource)
+        outcome = self._decide(principal, action, facts, conn)
+        self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, outcome)
+        if not outcome.permitted:
+            if action in WRITE_ACTIONS:
+                raise Forbidden(f"{action} on {resource_type} is not permitted for this caller")
+            raise NotFound(f"{resource_type}/{facts.resource_id} is not known")
+        return self._apply(resource, outcome, facts.patient_id)
+
+    def screen(
+        self, principal: Principal, action: str, resource_type: str, resource: dict[str, Any], *, conn: Connection
+    ) -> Screened:
+        facts = resource_facts(resource_type, "", resource)
+        outcome = _UNRESTRICTED if principal.unrestricted else self._decide(principal, "read", facts, conn)
+        shown = self._apply(resource, outcome, facts.patient_id) if outcome.permitted else None
+        return Screened(resource_type, facts.resource_id, facts.patient_id, shown, outcome)
+
+    def record_results(
+        self,
+        principal: Principal,
+        action: str,
+        resource_type: str,
+        disclosed: Sequence[Screened],
+        withheld: Sequence[Screened],
+        *,
+        conn: Connection,
+    ) -> None:
+        """One entry per disclosed resource; one per patient whose matches were withheld; one if nothing matched."""
+        entries = [
+            self._entry(conn, principal, action, s.resource_type, s.resource_id, s.patient_id, s.outcome)
+            for s in disclosed
+        ]
+        seen: set[str] = set()
+        for s in withheld:
+            if s.patient_id not in seen:
+                seen.add(s.patient_id)
+                entries.append(self._entry(conn, principal, action, resource_type, "", s.patient_id, s.outcome))
+        if not entries:
+            entries.append(self._entry(conn, principal, action, resource_type, "", "", _NOTHING_MATCHED))
+        if principal.via != "cli":
+            record_accesses(conn, entries)
+            conn.info.setdefault(_PENDING_KEY, []).extend(entries)
+
+    def record_audit_access(
+        self, principal: Principal, action: str, resource_id: str, pseudonym: str, decision: str, reason: str, /
+    ) -> None:
+        """An access to the access log itself (AuditEvent read or search), decided by its own rules."""
+        if principal.via == "cli":
+            return
+        entry = AccessEntry(
+            time=self.clock(), actor=principal.actor_id, organization=principal.organization, role=principal.role,
+            purpose=principal.purpose, action=action, resource_type="AuditEvent", resource_id=resource_id,
+            patient_pseudonym=pseudonym, decision=decision, reason=reason[:500],
+        )
+        with self.store.engine.begin() as conn:
+            record_access(conn, entry)
+
+    # -- decisions ----------------------------------------------------------------------------------
+    def _decide(self, principal: Principal, action: str, facts: Any, conn: Connection) -> Outcome:
+        if not facts.patient_id:
+            # Outside every patient compartment (Organization, Practitioner, Medication...): no patient's
+            # data, so the token's scopes (already checked) decide; writes still need a writer role.
+            if action in WRITE_ACTIONS and principal.role not in self.policy.writer_roles | {"patient"}:
+                return Outcome(Decision.DENY, (Reason("policy:writer-role"),))
+            return Outcome(Decision.PERMIT, (Reason("no-patient-compartment"),))
+        if principal.scope_context == "patient" and facts.patient_id != principal.patient_id:
+            return Outcome(Decision.DENY, (Reason("scope", detail="patient scopes cover the patient's own data"),))
+        age = conn.info.get(_AGE_KEY)
+        if age is None:
+            age = self.index.refresh(conn)
+        ctx = self.index.context(conn, facts.patient_id, self.clock(), age)
+        return decide(principal, action, facts, ctx, self.policy, self.clock())
+
+    def _apply(self, resource: dict[str, Any] | None, outcome: Outcome, patient_id: str) -> dict[str, Any] | None:
+        if resource is None or not outcome.obligations:
+            return resource
+        if self._obligations is None:
+            # Nothing here can carry the obligation out: withhold rather than disclose more than allowed.
+            raise Forbidden("this access carries an obligation the server cannot fulfil")
+        for obligation in outcome.obligations:
+            resource = self._obligations(resource, obligation, patient_id)
+        return resource
+
+    # -- the access log -------------------------------------------------------------------------------
+    def _entry(
+        self,
+        conn: Connection,
+        principal: Principal,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        patient_id: str,
+        outcome: Outcome,
+    ) -> AccessEntry:
+        now = self.clock()
+        note = b""
+        if outcome.break_glass and principal.break_glass_reason:
+            key = self.store.keyring.key_for_scope(conn, ACCESS_LOG_KEY_CLASS, b"").key
+            aad = f"healthledger/break-glass/v1|{self.store.tenant}|{principal.actor_id}".encode()
+            note = crypto.seal(key, principal.break_glass_reason.encode(), aad)
+        return AccessEntry(
+            time=now,
+            actor=principal.actor_id,
+            organization=principal.organization,
+            role=principal.role,
+            purpose=principal.purpose,
+            action=action if action in _LOGGED_ACTIONS else "read",
+            resource_type=resource_type,
+            resource_id=resource_id,
+            patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id) if patient_id else "",
+            decision="permit" if outcome.permitted else "deny",
+            reason=reason_text(outcome),
+            break_glass=outcome.break_glass,
+            sealed_note=note,
+        )
+
+    def record(
+        self,
+        conn: Connection,
+        principal: Principal,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        patient_id: str,
+        outcome: Outcome,
+    ) -> None:
+        if principal.via == "cli":
+            return  # the service's own maintenance (imports, erasure) is not an access by anyone
+        entry = self._entry(conn, principal, action, resource_type, resource_id, patient_id, outcome)
+        record_access(conn, entry)
+        conn.info.setdefault(_PENDING_KEY, []).append(entry)
+
+
+_LOGGED_ACTIONS = frozenset({"read", "vread", "search", "history", "create", "update", "delete", "export", "decide"})
+_UNRESTRICTED = Outcome(Decision.PERMIT, (Reason("unrestricted"),))
+_NOTHING_MATCHED = Outcome(Decision.PERMIT, (Reason("no-match"),))
+_MISS = Outcome(Decision.DENY, (Reason("not-found"),))
+
+
+def reason_text(outcome: Outcome) -> str:
+    """The machine reason recorded in the log: rule, consent and provision; no free text, no PHI."""
+    parts = []
+    for r in outcome.reasons[:4]:
+        text = r.rule
+        if r.consent_id:
+            text += f":Consent/{r.consent_id}"
+        if r.provision:
+            text += f"#{r.provision}"
+        if r.detail and r.rule in ("scope", "index-stale", "break-glass", "consent-grant-not-live"):
+            text += f"({r.detail})"
+        parts.append(text)
+    return ";".join(parts)[:500]
+
+
+def policy_from_settings(values: dict[str, Any]) -> Policy:
+    """A Policy from the `consent_policy` setting (JSON object of Policy fields); unknown keys are an error."""
+    fields = {f for f in Policy.__dataclass_fields__}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"unknown consent policy setting(s): {', '.join(unknown)}")
+    converted = {k: (frozenset(v) if isinstance(v, (list, tuple, set)) else v) for k, v in values.items()}
+    policy = replace(Policy(), **converted)
+    if not (policy.max_index_age_seconds > 0 and math.isfinite(policy.max_index_age_seconds)):
+        raise ValueError("consent policy max_index_age_seconds must be a positive number")
+    return policy

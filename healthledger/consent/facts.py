@@ -1,0 +1,99 @@
+"""What the consent engine needs to know about a resource (ResourceFacts), read from its FHIR JSON. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from fhir_adapters import compartment as fhir_compartment
+from fhir_adapters.consent import Coding, instant_range
+from fhir_adapters.errors import FhirInputError
+from healthledger.consent.engine import ResourceFacts
+
+# CodeableConcept elements whose codes a Consent's provision.code may name (R4: "the resources are
+# about these codes"): the resource's main code first, then its classification.
+_CODE_ELEMENTS = ("code", "vaccineCode", "medicationCodeableConcept", "category", "type", "class", "reasonCode")
+# The clinically relevant time of a resource for provision.dataPeriod, in order of preference.
+_DATE_ELEMENTS = (
+    "effectiveDateTime", "effectivePeriod", "effectiveInstant", "occurrenceDateTime", "occurrencePeriod",
+    "performedDateTime", "performedPeriod", "onsetDateTime", "onsetPeriod", "recordedDate", "authoredOn",
+    "issued", "period", "date", "dateTime", "created", "birthDate",
+)
+# DS4P inline security label (http://hl7.org/fhir/uv/security-label-ds4p): labels on elements, redactable.
+INLINE_LABEL_URLS = frozenset({
+    "http://hl7.org/fhir/uv/security-label-ds4p/StructureDefinition/extension-inline-sec-label",
+})
+
+
+def patient_of(resource: Mapping[str, Any] | None) -> str:
+    """The id of the patient whose compartment holds `resource` ("" for none)."""
+    if resource is None:
+        return ""
+    try:
+        return fhir_compartment.patient_compartment(resource) or ""
+    except FhirInputError:
+        return ""
+
+
+def resource_facts(resource_type: str, resource_id: str, resource: Mapping[str, Any] | None) -> ResourceFacts:
+    if resource is None:
+        return ResourceFacts(resource_type, resource_id, "")
+    meta = resource.get("meta")
+    labels = frozenset(_codings(meta.get("security") if isinstance(meta, Mapping) else None))
+    codes: set[Coding] = set()
+    for name in _CODE_ELEMENTS:
+        value = resource.get(name)
+        for concept in value if isinstance(value, list) else [value]:
+            if isinstance(concept, Mapping):
+                codes.update(_codings(concept.get("coding")))
+    return ResourceFacts(
+        resource_type=resource_type,
+        resource_id=resource_id or str(resource.get("id", "")),
+        patient_id=patient_of(resource),
+        security_labels=labels,
+        element_labels=frozenset(_inline_labels(resource)),
+        codes=frozenset(codes),
+        date_range=_date_range(resource),
+    )
+
+
+def _codings(value: Any) -> Iterable[Coding]:
+    for c in value if isinstance(value, list) else []:
+        if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+            system = c.get("system")
+            yield (system if isinstance(system, str) else "", c["code"])
+
+
+def _inline_labels(node: Any) -> Iterable[Coding]:
+    if isinstance(node, Mapping):
+        for ext in node.get("extension") or [] if isinstance(node.get("extension"), list) else []:
+            if isinstance(ext, Mapping) and ext.get("url") in INLINE_LABEL_URLS:
+                yield from _codings([ext.get("valueCoding")])
+        for value in node.values():
+            if isinstance(value, (Mapping, list)):
+                yield from _inline_labels(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _inline_labels(item)
+
+
+def _date_range(resource: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
+    for name in _DATE_ELEMENTS:
+        value = resource.get(name)
+        try:
+            if isinstance(value, str):
+                return instant_range(value)
+            if isinstance(value, Mapping) and (value.get("start") or value.get("end")):
+                start, end = value.get("start"), value.get("end")
+                low = instant_range(start)[0] if isinstance(start, str) else None
+                high = instant_range(end)[1] if isinstance(end, str) else None
+                if low is None or high is None:
+                    # An open period: its known end stands for both (a conservative point in time).
+                    point = low or high
+                    assert point is not None
+                    return (point, point)
+                return (low, high)
+        except FhirInputError:
+            continue
+    return None

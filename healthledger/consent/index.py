@@ -1,0 +1,224 @@
+"""The in-process consent index: each patient's Consents, on-chain grant states and care organisations.
+
+Decisions must take microseconds, so each worker keeps what the engine needs per patient in memory.
+It is kept exact, not merely fresh: every change a decision depends on (a Consent, Patient or
+Encounter written; a grant event indexed from the chain) bumps one generation counter in the same
+transaction, and each operation reads that counter (one indexed row) before deciding; a new value
+empties the cache. Freshness of the chain view itself is the indexer's: the age of its last pass
+(`indexer_cursor.updated_at`) is the index age the engine fails closed on.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from fhir_adapters import search as fhir_search
+from fhir_adapters.consent import DENY, ConsentRules, consent_rules
+from fhir_adapters.errors import FhirInputError
+from healthledger.consent.engine import GrantStatus, PatientContext
+from healthledger.consent.models import ConsentBinding, ConsentGeneration
+from healthledger.ledger.indexer import DEFAULT_NAME, state_from_events
+from healthledger.ledger.indexer import GrantStatus as ChainStatus
+from healthledger.ledger.models import ConsentEvent, IndexerCursor
+
+# Consent statuses that may take effect (R4 consent-state-codes); the rest never count.
+_LIVE_STATUSES = frozenset({"active", "proposed"})
+_CHAIN_TO_ENGINE = {
+    ChainStatus.LIVE: GrantStatus.LIVE,
+    ChainStatus.NOT_YET_VALID: GrantStatus.PENDING,
+    ChainStatus.EXPIRED: GrantStatus.EXPIRED,
+    ChainStatus.REVOKED: GrantStatus.REVOKED,
+    ChainStatus.UNKNOWN: GrantStatus.PENDING,
+}
+_GENERATION = select(ConsentGeneration.generation).where(ConsentGeneration.id == 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A ConsentEvent row as the cache keeps it (the attributes `state_from_events` reads)."""
+
+    status: str
+    valid_from: int
+    valid_until: int
+    block_number: int
+    log_index: int
+    tx_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainGrant:
+    """One binding of a Consent and the indexed events of its grant."""
+
+    grantee_ref: str
+    grant_id: str
+    events: tuple[_Event, ...]
+    revoke_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PatientEntry:
+    patient_id: str
+    consents: tuple[ConsentRules, ...]
+    grants: dict[str, tuple[ChainGrant, ...]]  # consent id -> its bindings (empty: not signed)
+    care_organizations: frozenset[str]
+
+
+def consent_grant_status(bindings: Sequence[ChainGrant], now: int) -> GrantStatus:
+    """A Consent's grant is live only while every one of its on-chain grants is live."""
+    if not bindings:
+        return GrantStatus.PENDING
+    states = [_CHAIN_TO_ENGINE[state_from_events(list(b.events), now).status] for b in bindings]  # type: ignore[arg-type]
+    for worst in (GrantStatus.REVOKED, GrantStatus.EXPIRED, GrantStatus.PENDING):
+        if worst in states:
+            return worst
+    return GrantStatus.LIVE
+
+
+def effective_rules(rules: ConsentRules, signed: bool) -> ConsentRules:
+    """The status the engine should see. A permitting Consent needs the patient's key: until it is
+    signed it stays `proposed` (even if a client wrote `active`); a denying one (the root rule is deny)
+    takes effect as soon as it is recorded, by anyone, because it can only take access away."""
+    if rules.status not in _LIVE_STATUSES:
+        return rules
+    active = rules.root.type == DENY or signed
+    status = "active" if active else "proposed"
+    if status == rules.status:
+        return rules
+    return ConsentRules(rules.consent_id, rules.patient_id, status, rules.scopes, rules.root)
+
+
+class ConsentIndex:
+    """Per-worker cache of PatientEntry, invalidated by the generation counter (thread-safe)."""
+
+    def __init__(
+        self,
+        store: Any,  # healthledger.store.repository.ResourceStore
+        *,
+        home_organization: str = "",
+        indexer_name: str = DEFAULT_NAME,
+        max_patients: int = 20_000,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.home_organization = home_organization
+        self.indexer_name = indexer_name
+        self.max_patients = max_patients
+        self.wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._entries: OrderedDict[str, PatientEntry] = OrderedDict()
+        self.loads = 0  # how many patients were (re)loaded: for tests and metrics
+
+    # -- freshness --------------------------------------------------------------------------------
+    def refresh(self, conn: Connection) -> float:
+        """Empty the cache if anything changed since it was filled; return the index age in seconds."""
+        generation = conn.execute(_GENERATION).scalar()
+        updated = conn.execute(
+            select(IndexerCursor.updated_at).where(IndexerCursor.name == self.indexer_name)
+        ).scalar()
+        with self._lock:
+            if generation != self._generation:
+                self._entries.clear()
+                self._generation = generation
+        return math.inf if updated is None else max(0.0, self.wall_clock() - float(updated))
+
+    # -- per patient ------------------------------------------------------------------------------
+    def entry(self, conn: Connection, patient_id: str) -> PatientEntry:
+        with self._lock:
+            found = self._entries.get(patient_id)
+            if found is not None:
+                self._entries.move_to_end(patient_id)
+                return found
+        loaded = self._load(conn, patient_id)
+        with self._lock:
+            self._entries[patient_id] = loaded
+            while len(self._entries) > self.max_patients:
+                self._entries.popitem(last=False)
+        return loaded
+
+    def context(self, conn: Connection, patient_id: str, now: datetime, index_age: float) -> PatientContext:
+        entry = self.entry(conn, patient_id)
+        epoch = int(now.timestamp())
+        return PatientContext(
+            patient_id=patient_id,
+            consents=entry.consents,
+            grants={cid: consent_grant_status(b, epoch) for cid, b in entry.grants.items()},
+            care_organizations=entry.care_organizations,
+            index_age_seconds=index_age,
+        )
+
+    def _load(self, conn: Connection, patient_id: str) -> PatientEntry:
+        from healthledger.principal import SYSTEM
+        from healthledger.store.repository import UnitOfWork
+
+        self.loads += 1
+        uow = UnitOfWork(self.store, conn, SYSTEM)
+        ref = f"Patient/{patient_id}"
+        care: set[str] = {self.home_organization} if self.home_organization else set()
+        patient = uow.peek("Patient", patient_id)
+        if patient is not None and patient.resource is not None:
+            care |= _references(patient.resource, ("managingOrganization", "generalPractitioner"))
+        for encounter in _all(uow, "Encounter", [("patient", ref)]):
+            care |= _references(encounter, ("serviceProvider",))
+
+        compiled: list[ConsentRules] = []
+        for consent in _all(uow, "Consent", [("patient", ref)]):
+            try:
+                compiled.append(consent_rules(consent))
+            except FhirInputError:
+                continue  # validated on write; an unusable one grants nothing
+        bindings: dict[str, list[ConsentBinding]] = {}
+        if compiled:
+            rows = conn.execute(
+                select(ConsentBinding).where(
+                    ConsentBinding.tenant == self.store.tenant,
+                    ConsentBinding.consent_id.in_([c.consent_id for c in compiled]),
+                )
+            ).all()
+            for row in rows:
+                bindings.setdefault(row.consent_id, []).append(row)
+        events: dict[str, list[_Event]] = {}
+        grant_ids = [b.grant_id for rows in bindings.values() for b in rows]
+        for start in range(0, len(grant_ids), 500):
+            for e in conn.execute(
+                select(ConsentEvent).where(ConsentEvent.grant_id.in_(grant_ids[start : start + 500]))
+            ).all():
+                events.setdefault(e.grant_id, []).append(
+                    _Event(e.status, e.valid_from, e.valid_until, e.block_number, e.log_index, e.tx_hash)
+                )
+        grants = {
+            c.consent_id: tuple(
+                ChainGrant(b.grantee_ref, b.grant_id, tuple(events.get(b.grant_id, ())), b.revoke_item is not None)
+                for b in bindings.get(c.consent_id, [])
+            )
+            for c in compiled
+        }
+        consents = tuple(effective_rules(c, bool(grants[c.consent_id])) for c in compiled)
+        care.discard("")
+        return PatientEntry(patient_id, consents, grants, frozenset(care))
+
+
+def _all(uow: Any, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    query = fhir_search.parse_search(resource_type, params)
+    page = uow.search(resource_type, query, count=100_000, offset=0, check=False)
+    return [item.resource for item in page.items if item.resource is not None]
+
+
+def _references(resource: dict[str, Any], elements: Sequence[str]) -> set[str]:
+    out: set[str] = set()
+    for name in elements:
+        value = resource.get(name)
+        for ref in value if isinstance(value, list) else [value]:
+            if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                out.add(ref["reference"])
+    return out

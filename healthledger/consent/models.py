@@ -1,0 +1,48 @@
+"""Tables of consent enforcement: the index generation counter and each Consent's on-chain grants."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Connection, Double, Integer, String, UniqueConstraint, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from healthledger.db import Base
+
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ConsentGeneration(Base):
+    """One row: bumped in the same transaction as any change a consent decision depends on (a Consent,
+    a Patient or an Encounter written, a grant event indexed), so every worker's in-process consent
+    index knows, with one read, when it must reload."""
+
+    __tablename__ = "consent_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ConsentBinding(Base):
+    """One on-chain grant backing a Consent: the patient's pseudonym towards one grantee, and the
+    keyed scope hash. A permit Consent is live only while every one of its grants is live on-chain."""
+
+    __tablename__ = "consent_bindings"
+    __table_args__ = (UniqueConstraint("tenant", "consent_id", "grantee_ref", name="uq_consent_bindings_grant"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    consent_id: Mapped[str] = mapped_column(String(64), index=True)
+    grantee_ref: Mapped[str] = mapped_column(String(200))  # Organization/x, Practitioner/y, or "*" (anyone)
+    patient_address: Mapped[str] = mapped_column(String(42))  # the patient's pseudonym towards this grantee
+    grantee_address: Mapped[str] = mapped_column(String(42))  # keyed address of grantee_ref
+    scope_hash: Mapped[str] = mapped_column(String(66))  # keyed hash of the Consent's identity
+    grant_id: Mapped[str] = mapped_column(String(66), index=True)  # ConsentRegistry's key
+    grant_item: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # outbox item of the grant
+    revoke_item: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # outbox item of the revoke
+    valid_until: Mapped[int] = mapped_column(BigInteger)
+    signed_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+def bump_generation(conn: Connection | Session) -> None:
+    """Tell every consent index to reload: call in the transaction of the change."""
+    conn.execute(update(ConsentGeneration).where(ConsentGeneration.id == 1).values(generation=ConsentGeneration.generation + 1))

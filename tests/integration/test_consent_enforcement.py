@@ -1,0 +1,303 @@
+"""Consent enforcement end to end: SMART tokens, the patient's session and key, the embedded chain, the log.
+
+One small hospital (tests/consent_world.py) per module: patients Ann (cared for by the hospital) and
+Bob (by another hospital), a clinic, a university, the hospital's EHR, an auditor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from consent_world import (
+    CLINIC,
+    HOSPITAL,
+    UNIVERSITY,
+    World,
+    deny_consent,
+    password_parameters,
+    permit_consent,
+)
+from sqlalchemy import select
+
+from healthledger.consent.lifecycle import CHAIN_STATE_URL
+from healthledger.ledger.models import ConsentEvent, OutboxItem
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    built = World.build(tmp_path_factory.mktemp("consent-world"))
+    yield built
+    built.close()
+
+
+def status(resp) -> int:  # type: ignore[no-untyped-def]
+    return int(resp.status_code)
+
+
+def chain_state(consent: dict) -> str:  # type: ignore[type-arg]
+    ext = next(e for e in consent["extension"] if e["url"] == CHAIN_STATE_URL)
+    return str(next(e["valueCode"] for e in ext["extension"] if e["url"] == "state"))
+
+
+def test_treating_organisation_reads_its_patients_and_nobody_elses(world: World) -> None:
+    ann, bob = world.observations["ann"], world.observations["bob"]
+    assert status(world.client.get(f"/fhir/Observation/{ann}", headers=world.headers("ehr"))) == 200
+    denied = world.client.get(f"/fhir/Observation/{bob}", headers=world.headers("ehr"))
+    missing = world.client.get("/fhir/Observation/no-such-id", headers=world.headers("ehr"))
+    assert status(denied) == status(missing) == 404
+    # Same answer as a missing resource, apart from the id it names.
+    assert orjson.loads(denied.data)["issue"][0]["code"] == orjson.loads(missing.data)["issue"][0]["code"]
+
+
+def test_searches_leave_out_what_is_denied_without_counting_it(world: World) -> None:
+    body = orjson.loads(world.client.get("/fhir/Observation", headers=world.headers("ehr")).data)
+    ids = {e["resource"]["id"] for e in body.get("entry", [])}
+    assert world.observations["ann"] in ids and world.observations["bob"] not in ids
+    assert body["total"] == len(ids)
+    count = orjson.loads(world.client.get("/fhir/Observation?_summary=count", headers=world.headers("ehr")).data)
+    assert count["total"] == len(ids)
+    # A clinic with no consent sees nothing, and the total says zero.
+    none = orjson.loads(world.client.get("/fhir/Observation", headers=world.headers("clinic")).data)
+    assert none["total"] == 0 and "entry" not in none
+
+
+def test_scopes_bound_the_token(world: World) -> None:
+    resp = world.client.get(f"/fhir/Observation/{world.observations['ann']}", headers=world.headers("narrow"))
+    assert status(resp) == 403
+    assert status(world.client.get(f"/fhir/Patient/{world.patients['ann']}", headers=world.headers("narrow"))) == 200
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": f"Patient/{world.patients['ann']}"}}
+    resp = world.client.post("/fhir/Observation", data=orjson.dumps(obs), headers={
+        **world.headers("research"), "Content-Type": "application/fhir+json"})
+    assert status(resp) == 403  # research tokens are read-only (system/*.rs)
+
+
+def test_patient_sees_own_record_only(world: World) -> None:
+    ann = world.patient_session("ann")
+    assert status(ann.get(f"Observation/{world.observations['ann']}")) == 200
+    assert status(ann.get(f"Observation/{world.observations['bob']}")) == 404
+    body = orjson.loads(ann.get("Observation").data)
+    assert {e["resource"]["id"] for e in body["entry"]} == {world.observations["ann"]}
+
+
+def test_cookie_writes_need_the_csrf_token(world: World) -> None:
+    ann = world.patient_session("ann")
+    resp = ann.post("Consent", permit_consent(world.patients["ann"], CLINIC), csrf=False)
+    assert status(resp) == 400
+
+
+def test_consent_lifecycle_proposed_signed_active_revoked(world: World) -> None:
+    ann = world.patient_session("ann")
+    obs = f"/fhir/Observation/{world.observations['ann']}"
+    created = ann.post("Consent", permit_consent(world.patients["ann"], CLINIC, classes=("Observation",)))
+    assert status(created) == 201, created.get_data(as_text=True)
+    consent = orjson.loads(created.data)
+    cid = consent["id"]
+    assert consent["status"] == "proposed" and chain_state(consent) == "unsigned"
+    assert status(world.client.get(obs, headers=world.headers("clinic"))) == 404
+
+    assert status(ann.post(f"Consent/{cid}/$sign", password_parameters("not the password at all"))) == 403
+    signed = ann.post(f"Consent/{cid}/$sign", password_parameters())
+    assert status(signed) == 200 and chain_state(orjson.loads(signed.data)) == "pending"
+    assert status(world.client.get(obs, headers=world.headers("clinic"))) == 404  # not on-chain yet
+    assert status(ann.post(f"Consent/{cid}/$sign", password_parameters())) == 409  # signed once
+
+    world.sync()
+    shown = orjson.loads(ann.get(f"Consent/{cid}").data)
+    assert shown["status"] == "active" and chain_state(shown) == "active"
+    grant = next(e for e in shown["extension"] if e["url"] == CHAIN_STATE_URL)["extension"][1]["extension"]
+    assert {e["url"] for e in grant} >= {"grantee", "state", "block", "transaction"}
+    assert status(world.client.get(obs, headers=world.headers("clinic"))) == 200
+    # The consent names the clinic and Observations only.
+    assert status(world.client.get(f"/fhir/Patient/{world.patients['ann']}", headers=world.headers("clinic"))) == 404
+    assert status(world.client.get(obs, headers=world.headers("research"))) == 404
+
+    revoked = ann.post(f"Consent/{cid}/$revoke", password_parameters())
+    assert status(revoked) == 200 and orjson.loads(revoked.data)["status"] == "inactive"
+    assert status(world.client.get(obs, headers=world.headers("clinic"))) == 404  # at once, off-chain
+    world.sync()
+    shown = orjson.loads(ann.get(f"Consent/{cid}").data)
+    assert shown["status"] == "inactive" and chain_state(shown) == "revoked"
+
+
+def test_staff_may_record_a_paper_consent_but_only_the_patients_key_activates_it(world: World) -> None:
+    paper = permit_consent(world.patients["ann"], UNIVERSITY, classes=("Patient",), status="active")
+    resp = world.client.post("/fhir/Consent", data=orjson.dumps(paper),
+                             headers={**world.headers("ehr"), "Content-Type": "application/fhir+json"})
+    assert status(resp) == 201
+    consent = orjson.loads(resp.data)
+    assert consent["status"] == "proposed"  # whatever the hospital wrote
+    world.sync()
+    patient = f"/fhir/Patient/{world.patients['ann']}"
+    assert status(world.client.get(patient, headers=world.headers("research"))) == 404
+    # The hospital cannot sign for the patient: it does not know the patient's password.
+    resp = world.client.post(f"/fhir/Consent/{consent['id']}/$sign", data=orjson.dumps(password_parameters("guess-guess-guess")),
+                             headers={**world.headers("ehr"), "Content-Type": "application/fhir+json"})
+    assert status(resp) == 403
+    ann = world.patient_session("ann")
+    assert status(ann.post(f"Consent/{consent['id']}/$sign", password_parameters())) == 200
+    world.sync()
+    resp = world.client.get(patient, headers=world.headers("research"))
+    assert status(resp) == 200
+    # Research purpose: de-identified (no name, birth date reduced to the year).
+    body = orjson.loads(resp.data)
+    assert "name" not in body and body.get("birthDate", "1970") == "1970"
+
+
+def test_a_revocation_on_chain_takes_effect_within_one_indexer_poll(world: World) -> None:
+    """Revoked on-chain behind the API's back (the chain is the authority): reads stop after one poll."""
+    ann = world.patient_session("ann")
+    obs = f"/fhir/Observation/{world.observations['ann']}"
+    cid = orjson.loads(ann.post("Consent", permit_consent(world.patients["ann"], CLINIC)).data)["id"]
+    ann.post(f"Consent/{cid}/$sign", password_parameters())
+    world.sync()
+    assert status(world.client.get(obs, headers=world.headers("clinic"))) == 200
+    # Revoke directly through the relayer (as any holder of the patient's signature could), leaving the
+    # FHIR Consent untouched: only the chain knows.
+    from healthledger.consent import lifecycle
+
+    store = world.app.extensions["healthledger.store"]
+    with store.unit_of_work() as uow:
+        from sqlalchemy.orm import Session as OrmSession
+
+        from healthledger.consent.models import ConsentBinding
+        from healthledger.ledger import eip712, patient_keys, relayer
+
+        with OrmSession(bind=uow.conn, join_transaction_mode="create_savepoint") as s:
+            binding = s.scalars(select(ConsentBinding).where(ConsentBinding.consent_id == cid)).one()
+            master = patient_keys.unlock(s, f"Patient/{world.patients['ann']}", "correct horse battery staple")
+            account = patient_keys.pseudonym_for(master, binding.grantee_ref)
+            domain = lifecycle.registry_domain(uow.conn)
+            msg = eip712.RevokeMessage(account.address, binding.grantee_address, bytes.fromhex(binding.scope_hash[2:]),
+                                       1, int(time.time()) + 600)
+            item = relayer.submit_revoke(s, domain, msg, eip712.sign(bytes(account.key), domain, msg), now=time.time())
+            s.commit()  # releases the savepoint into the store's transaction
+    from healthledger.ledger import outbox
+
+    outbox.drain(world.sessions, world.chain, time.time)  # mined: the chain says revoked
+    with world.sessions() as s:
+        assert outbox.status(s, item).state.value == "confirmed"
+    assert status(world.client.get(obs, headers=world.headers("clinic"))) == 200  # the index has not polled yet
+    started = time.perf_counter()
+    world.indexer.run_once(time.time())  # one poll
+    resp = world.client.get(obs, headers=world.headers("clinic"))
+    elapsed = time.perf_counter() - started
+    assert status(resp) == 404
+    with world.sessions() as s:
+        assert s.scalar(select(ConsentEvent.status).order_by(ConsentEvent.id.desc()).limit(1)) == "revoked"
+    print(f"revocation reached reads {elapsed * 1000:.1f} ms after the indexer's pass began")
+
+
+def test_a_denying_consent_applies_at_once_and_wins(world: World) -> None:
+    bob_session = world.patient_session("bob")
+    # Bob's hospital is not ours, so give the clinic a live permit first, then deny Observations to it.
+    cid = orjson.loads(bob_session.post("Consent", permit_consent(world.patients["bob"], CLINIC)).data)["id"]
+    bob_session.post(f"Consent/{cid}/$sign", password_parameters())
+    world.sync()
+    obs = f"/fhir/Observation/{world.observations['bob']}"
+    assert status(world.client.get(obs, headers=world.headers("clinic"))) == 200
+    resp = bob_session.post("Consent", deny_consent(world.patients["bob"], CLINIC, classes=("Observation",)))
+    assert status(resp) == 201 and orjson.loads(resp.data)["status"] == "active"  # no signature needed
+    assert status(world.client.get(obs, headers=world.headers("clinic"))) == 404
+    assert status(world.client.get(f"/fhir/Patient/{world.patients['bob']}", headers=world.headers("clinic"))) == 200
+
+
+def test_break_the_glass_is_allowed_for_clinicians_flagged_and_sealed(world: World) -> None:
+    obs = f"/fhir/Observation/{world.observations['bob']}"
+    before = world.log_size()
+    reason = "unconscious in the emergency department"
+    missing_reason = world.client.get(obs, headers=world.headers("clinic", **{"X-Purpose-Of-Use": "ETREAT"}))
+    assert status(missing_reason) == 400
+    resp = world.client.get(obs, headers=world.headers(
+        "clinic", **{"X-Purpose-Of-Use": "ETREAT", "X-Break-Glass-Reason": reason}))
+    assert status(resp) == 200
+    entries = world.log_since(before)
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry.break_glass and entry.purpose == "ETREAT" and entry.decision == "permit"
+    assert entry.sealed_note and reason.encode() not in entry.sealed_note
+    # Systems and researchers cannot break the glass.
+    resp = world.client.get(obs, headers=world.headers(
+        "research", **{"X-Purpose-Of-Use": "ETREAT", "X-Break-Glass-Reason": reason}))
+    assert status(resp) == 404
+
+
+def test_a_stale_consent_index_fails_closed_except_for_emergencies(world: World) -> None:
+    obs = f"/fhir/Observation/{world.observations['ann']}"
+    try:
+        world.make_index_stale()
+        before = world.log_size()
+        assert status(world.client.get(obs, headers=world.headers("ehr"))) == 404
+        [entry] = world.log_since(before)
+        assert entry.decision == "deny" and entry.reason.startswith("index-stale")
+        assert status(world.client.get(obs, headers=world.headers(
+            "clinic", **{"X-Purpose-Of-Use": "ETREAT", "X-Break-Glass-Reason": "cardiac arrest"}))) == 200
+        assert status(world.patient_session("ann").get(f"Observation/{world.observations['ann']}")) == 200
+    finally:
+        world.indexer.run_once(time.time())
+    assert status(world.client.get(obs, headers=world.headers("ehr"))) == 200
+
+
+def test_every_attempt_is_logged_once_including_misses_and_failed_transactions(world: World) -> None:
+    before = world.log_size()
+    world.client.get(f"/fhir/Observation/{world.observations['ann']}", headers=world.headers("ehr"))
+    world.client.get(f"/fhir/Observation/{world.observations['bob']}", headers=world.headers("ehr"))
+    world.client.get("/fhir/Observation/does-not-exist", headers=world.headers("ehr"))
+    # A transaction that fails on its second entry: the first entry's decision is rolled back with
+    # its data, but both attempts are still in the log.
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"Observation/{world.observations['ann']}"}},
+        {"request": {"method": "GET", "url": f"Observation/{world.observations['bob']}"}},
+    ]}
+    resp = world.client.post("/fhir", data=orjson.dumps(bundle),
+                             headers={**world.headers("ehr"), "Content-Type": "application/fhir+json"})
+    assert status(resp) == 404
+    entries = world.log_since(before)
+    assert [(e.decision, e.resource_id) for e in entries] == [
+        ("permit", world.observations["ann"]), ("deny", world.observations["bob"]), ("deny", "does-not-exist"),
+        ("permit", world.observations["ann"]), ("deny", world.observations["bob"]),
+    ]
+    assert all(e.actor == "client:ehr" and e.organization == HOSPITAL for e in entries)
+
+
+def test_no_phi_in_the_access_log_or_on_chain(world: World) -> None:
+    from healthledger.audit.models import AccessLogEntry
+
+    with world.sessions() as s:
+        bodies = b"".join(s.scalars(select(AccessLogEntry.body)).all())
+        payloads = "".join(s.scalars(select(OutboxItem.payload)).all())
+    # Log entries name resources by id (server-assigned, never an MRN) and patients by keyed pseudonym only.
+    for secret in ("Testperson-ann", "Testperson-bob", "1970-03-04"):
+        assert secret.encode() not in bodies, secret
+    for secret in ("Testperson-ann", "Testperson-bob", "1970-03-04", world.patients["ann"], world.patients["bob"]):
+        assert secret not in payloads, secret
+    assert f"Patient/{world.patients['ann']}".encode() not in bodies
+    # and none in any transaction the chain holds
+    w3 = world.chain.w3
+    for number in range(w3.eth.block_number + 1):
+        for tx in w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            data = bytes(tx.get("input", tx.get("data", b"")))
+            receipt = w3.eth.get_transaction_receipt(tx["hash"])
+            data += b"".join(bytes(log["data"]) + b"".join(bytes(t) for t in log["topics"]) for log in receipt["logs"])
+            for secret in ("Testperson-ann", "1970-03-04", world.patients["ann"], "city-clinic", "Organization"):
+                assert secret.encode() not in data
+
+
+def test_expired_grants_stop_counting(world: World) -> None:
+    bob_session = world.patient_session("bob")
+    end = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cid = orjson.loads(bob_session.post(
+        "Consent", permit_consent(world.patients["bob"], UNIVERSITY, classes=("Patient",), period_end=end)).data)["id"]
+    assert status(bob_session.post(f"Consent/{cid}/$sign", password_parameters())) == 200
+    world.sync()
+    patient = f"/fhir/Patient/{world.patients['bob']}"
+    assert status(world.client.get(patient, headers=world.headers("research"))) == 200
+    time.sleep(max(0.0, datetime.fromisoformat(end).timestamp() - time.time()) + 1.1)
+    world.indexer.run_once(time.time())
+    assert status(world.client.get(patient, headers=world.headers("research"))) == 404
+    shown = orjson.loads(bob_session.get(f"Consent/{cid}").data)
+    assert chain_state(shown) == "expired" and shown["status"] == "inactive"
