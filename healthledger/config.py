@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     load_demo_data: bool = Field(default=True, description="load generated demo patients on first start")
     # Benchmarks only: store resources unencrypted and without blind indexes, to measure the cost of privacy.
     privacy_off_for_benchmark: bool = Field(default=False)
+    # Benchmarks only: no consent decisions and no access log (the development token still works), to
+    # measure what enforcement costs. Every other caller is refused.
+    enforcement_off_for_benchmark: bool = Field(default=False)
 
     # --- identity and consent ----------------------------------------------------------
     token_lifetime_seconds: int = Field(default=300, description="lifetime of SMART access tokens")
