@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.consent.consult import ConsentConsultant
     from healthledger.consent.enforcement import ConsentPolicy, policy_from_settings
     from healthledger.consent.index import ConsentIndex
+    from healthledger.consent.obligations import Obligations
     from healthledger.db import session_factory
     from healthledger.principal import Principal
     from healthledger.store.repository import ResourceStore
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     key_provider = key_provider_for(settings.key_provider, settings.keys_dir)
     store = ResourceStore(engine, key_provider, settings)
     index = ConsentIndex(store, home_organization=settings.home_organization)
-    policy = ConsentPolicy(store, index, policy_from_settings(settings.consent_policy))
+    policy = ConsentPolicy(store, index, policy_from_settings(settings.consent_policy), obligations=Obligations(store))
     if not settings.enforcement_off_for_benchmark:
         store.policy = policy
     sessions = session_factory(engine)

@@ -39,6 +39,8 @@ OTHER_HOSPITAL = "Organization/other-hospital"
 CLINIC = "Organization/city-clinic"
 UNIVERSITY = "Organization/university"
 PASSWORD = "correct horse battery staple"
+MRN_SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
+ORG_SYSTEM = "urn:ietf:rfc:3986"
 FHIR = "application/fhir+json"
 
 # client id -> (role, organisation, registered scopes, default purpose)
@@ -71,7 +73,6 @@ class World:
         settings = api_settings(data_dir, database_url, login_rate_limit="10000 per minute")
         app = build_app(settings)
         engine = app.extensions["healthledger.engine"]
-        store = app.extensions["healthledger.store"]
         sessions = session_factory(engine)
         from healthledger.keys import key_provider_for
 
@@ -90,24 +91,37 @@ class World:
                 assert secret is not None
                 secrets[client_id] = secret
         world = cls(app, app.test_client(), chain, indexer, sessions, secrets)
-        for name, org in (("ann", HOSPITAL), ("bob", OTHER_HOSPITAL)):
-            pid = world.dev_create({"resourceType": "Patient", "managingOrganization": {"reference": org},
-                                    "name": [{"family": f"Testperson-{name}", "given": [name.title()]}],
-                                    "birthDate": "1970-03-04"})
-            world.patients[name] = pid
-            world.observations[name] = world.dev_create({
-                "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},
-                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
-                "effectiveDateTime": "2024-05-01", "valueQuantity": {"value": 6.1, "unit": "%"},
-            })
-        names = AccountNames(store)
-        with sessions.begin() as s:
-            for name, pid in world.patients.items():
-                create_user(s, names, username=name, password=PASSWORD, role="patient", now=datetime.now(UTC),
-                            patient_id=pid)
-                create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
+        for org in (HOSPITAL, OTHER_HOSPITAL, CLINIC, UNIVERSITY):
+            org_id = org.removeprefix("Organization/")
+            world.dev_put({"resourceType": "Organization", "id": org_id, "name": org_id,
+                           "identifier": [{"system": ORG_SYSTEM, "value": org_id}]})
+        world.add_patient("ann", HOSPITAL)
+        world.add_patient("bob", OTHER_HOSPITAL)
         world.sync()
         return world
+
+    def add_patient(self, name: str, organization: str) -> str:
+        """A Patient (MRN `MRN-{name}`) with one Observation, a user account `name` and a signing key."""
+        pid = self.dev_create({"resourceType": "Patient", "managingOrganization": {"reference": organization},
+                               "identifier": [{"system": MRN_SYSTEM, "value": f"MRN-{name}"}],
+                               "name": [{"family": f"Testperson-{name}", "given": [name.title()]}],
+                               "birthDate": "1970-03-04"})
+        self.patients[name] = pid
+        self.observations[name] = self.dev_create({
+            "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+            "effectiveDateTime": "2024-05-01", "valueQuantity": {"value": 6.1, "unit": "%"},
+        })
+        store = self.app.extensions["healthledger.store"]
+        settings = self.app.config["SETTINGS"]
+        from healthledger.keys import key_provider_for
+
+        provider = key_provider_for(settings.key_provider, settings.keys_dir)
+        with self.sessions.begin() as s:
+            create_user(s, AccountNames(store), username=name, password=PASSWORD, role="patient",
+                        now=datetime.now(UTC), patient_id=pid)
+            create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
+        return pid
 
     def close(self) -> None:
         self.chain.close()
@@ -158,6 +172,11 @@ class World:
         resp = self.client.post(f"/fhir/{resource['resourceType']}", data=orjson.dumps(resource), headers=JSON_HEADERS)
         assert resp.status_code == 201, resp.get_data(as_text=True)
         return str(orjson.loads(resp.data)["id"])
+
+    def dev_put(self, resource: dict[str, Any]) -> None:
+        resp = self.client.put(f"/fhir/{resource['resourceType']}/{resource['id']}", data=orjson.dumps(resource),
+                               headers=JSON_HEADERS)
+        assert resp.status_code in (200, 201), resp.get_data(as_text=True)
 
     def dev_read(self, path: str) -> dict[str, Any]:
         resp = self.client.get(f"/fhir/{path}", headers=AUTH)

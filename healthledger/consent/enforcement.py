@@ -44,7 +44,7 @@ class Screened:
     outcome: Outcome
 
 
-Transform = Callable[[dict[str, Any], Obligation, str], dict[str, Any]]
+Transform = Callable[[dict[str, Any], Obligation, Principal], dict[str, Any]]
 
 
 class ConsentPolicy:
@@ -118,14 +118,14 @@ class ConsentPolicy:
             if action in WRITE_ACTIONS:
                 raise Forbidden(f"{action} on {resource_type} is not permitted for this caller")
             raise NotFound(f"{resource_type}/{facts.resource_id} is not known")
-        return self._apply(resource, outcome, facts.patient_id)
+        return self._apply(resource, outcome, principal)
 
     def screen(
         self, principal: Principal, action: str, resource_type: str, resource: dict[str, Any], *, conn: Connection
     ) -> Screened:
         facts = resource_facts(resource_type, "", resource)
         outcome = _UNRESTRICTED if principal.unrestricted else self._decide(principal, "read", facts, conn)
-        shown = self._apply(resource, outcome, facts.patient_id) if outcome.permitted else None
+        shown = self._apply(resource, outcome, principal) if outcome.permitted else None
         return Screened(resource_type, facts.resource_id, facts.patient_id, shown, outcome)
 
     def record_results(
@@ -184,14 +184,14 @@ class ConsentPolicy:
         ctx = self.index.context(conn, facts.patient_id, self.clock(), age)
         return decide(principal, action, facts, ctx, self.policy, self.clock())
 
-    def _apply(self, resource: dict[str, Any] | None, outcome: Outcome, patient_id: str) -> dict[str, Any] | None:
+    def _apply(self, resource: dict[str, Any] | None, outcome: Outcome, principal: Principal) -> dict[str, Any] | None:
         if resource is None or not outcome.obligations:
             return resource
         if self._obligations is None:
             # Nothing here can carry the obligation out: withhold rather than disclose more than allowed.
             raise Forbidden("this access carries an obligation the server cannot fulfil")
         for obligation in outcome.obligations:
-            resource = self._obligations(resource, obligation, patient_id)
+            resource = self._obligations(resource, obligation, principal)
         return resource
 
     # -- the access log -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 from fhir_adapters import compartment as fhir_compartment
 from fhir_adapters.consent import Coding, instant_range
+from fhir_adapters.deidentify import element_labels
 from fhir_adapters.errors import FhirInputError
 from healthledger.consent.engine import ResourceFacts
 
@@ -20,12 +21,6 @@ _DATE_ELEMENTS = (
     "performedDateTime", "performedPeriod", "onsetDateTime", "onsetPeriod", "recordedDate", "authoredOn",
     "issued", "period", "date", "dateTime", "created", "birthDate",
 )
-# DS4P inline security label (http://hl7.org/fhir/uv/security-label-ds4p): labels on elements, redactable.
-INLINE_LABEL_URLS = frozenset({
-    "http://hl7.org/fhir/uv/security-label-ds4p/StructureDefinition/extension-inline-sec-label",
-})
-
-
 def patient_of(resource: Mapping[str, Any] | None) -> str:
     """The id of the patient whose compartment holds `resource` ("" for none)."""
     if resource is None:
@@ -52,7 +47,7 @@ def resource_facts(resource_type: str, resource_id: str, resource: Mapping[str, 
         resource_id=resource_id or str(resource.get("id", "")),
         patient_id=patient_of(resource),
         security_labels=labels,
-        element_labels=frozenset(_inline_labels(resource)),
+        element_labels=element_labels(resource),
         codes=frozenset(codes),
         date_range=_date_range(resource),
     )
@@ -63,19 +58,6 @@ def _codings(value: Any) -> Iterable[Coding]:
         if isinstance(c, Mapping) and isinstance(c.get("code"), str):
             system = c.get("system")
             yield (system if isinstance(system, str) else "", c["code"])
-
-
-def _inline_labels(node: Any) -> Iterable[Coding]:
-    if isinstance(node, Mapping):
-        for ext in node.get("extension") or [] if isinstance(node.get("extension"), list) else []:
-            if isinstance(ext, Mapping) and ext.get("url") in INLINE_LABEL_URLS:
-                yield from _codings([ext.get("valueCoding")])
-        for value in node.values():
-            if isinstance(value, (Mapping, list)):
-                yield from _inline_labels(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _inline_labels(item)
 
 
 def _date_range(resource: Mapping[str, Any]) -> tuple[datetime, datetime] | None:

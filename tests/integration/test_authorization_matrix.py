@@ -119,6 +119,9 @@ def attempt(world: World, caller: str, situation: str, action: str, pid: str, ob
         body = orjson.loads(resp.data)
         found = [e["resource"]["id"] for e in body.get("entry", [])]
         assert body["total"] == len(found)  # no count that reveals what was withheld
+        if caller == "researcher" and found:
+            assert found != [obs]  # de-identified for research: the id is a pseudonym
+            return 200 if len(found) == 1 else 404
         return 200 if found == [obs] else 404
     body = {"resourceType": "Observation", "id": obs, "status": "final", "code": {"text": "HbA1c"},
             "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": "2025-01-02"}

@@ -15,6 +15,9 @@ import pytest
 from consent_world import (
     CLINIC,
     HOSPITAL,
+    MRN_SYSTEM,
+    ORG_SYSTEM,
+    OTHER_HOSPITAL,
     UNIVERSITY,
     World,
     deny_consent,
@@ -289,7 +292,7 @@ def test_no_phi_in_the_access_log_or_on_chain(world: World) -> None:
 
 def test_expired_grants_stop_counting(world: World) -> None:
     bob_session = world.patient_session("bob")
-    end = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = (datetime.now(UTC) + timedelta(seconds=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
     cid = orjson.loads(bob_session.post(
         "Consent", permit_consent(world.patients["bob"], UNIVERSITY, classes=("Patient",), period_end=end)).data)["id"]
     assert status(bob_session.post(f"Consent/{cid}/$sign", password_parameters())) == 200
@@ -301,3 +304,75 @@ def test_expired_grants_stop_counting(world: World) -> None:
     assert status(world.client.get(patient, headers=world.headers("research"))) == 404
     shown = orjson.loads(bob_session.get(f"Consent/{cid}").data)
     assert chain_state(shown) == "expired" and shown["status"] == "inactive"
+
+
+def consult(world: World, client_id: str, patient: str, actor: str, classes: tuple[str, ...],
+            purpose: str = "TREAT") -> dict:  # type: ignore[type-arg]
+    body = {
+        "hook": "patient-consent-consult", "hookInstance": "9f1c4c0e-7a3b-4f55-8f0b-2a8d1e6c1d01",
+        "context": {
+            "patientId": [{"system": MRN_SYSTEM, "value": f"MRN-{patient}"}],
+            "scope": "patient-privacy",
+            "purposeOfUse": [purpose],
+            "actor": [{"system": ORG_SYSTEM, "value": actor}],
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": c} for c in classes],
+        },
+    }
+    resp = world.client.post("/cds-services/patient-consent-consult", data=orjson.dumps(body),
+                             headers={"Authorization": f"Bearer {world.token(client_id)}",
+                                      "Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return orjson.loads(resp.data)  # type: ignore[no-any-return]
+
+
+def test_cds_hooks_consult_gives_the_engines_answer_and_is_logged(world: World) -> None:
+    pid = world.add_patient("cara", HOSPITAL)
+    cara = world.patient_session("cara")
+    cid = orjson.loads(cara.post("Consent", permit_consent(pid, CLINIC, classes=("Observation",))).data)["id"]
+    assert world.client.get("/cds-services").get_json()["services"][0]["hook"] == "patient-consent-consult"
+
+    before = world.log_size()
+    assert consult(world, "ehr", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
+    [entry] = world.log_since(before)
+    assert entry.action == "decide" and entry.actor == "client:ehr" and entry.patient_pseudonym
+
+    cara.post(f"Consent/{cid}/$sign", password_parameters())
+    world.sync()
+    assert consult(world, "ehr", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "CONSENT_PERMIT"
+    # Not for other classes, and not for organisations the consent does not name.
+    assert consult(world, "ehr", "cara", "city-clinic", ("Patient",))["cards"][0]["summary"] == "NO_CONSENT"
+    assert consult(world, "ehr", "cara", "university", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
+    cara.post("Consent", deny_consent(pid, CLINIC, classes=("Observation",)))
+    assert consult(world, "ehr", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "CONSENT_DENY"
+    # An unknown patient answers like a patient without consent.
+    assert consult(world, "ehr", "nobody", "city-clinic", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
+    # Asking needs a token that may read Consents.
+    resp = world.client.post("/cds-services/patient-consent-consult", data=b"{}", headers={
+        "Authorization": f"Bearer {world.token('auditor')}", "Content-Type": "application/json"})
+    assert resp.status_code in (400, 403)
+
+
+def test_patients_see_who_accessed_their_record_including_break_the_glass(world: World) -> None:
+    pid = world.add_patient("dora", OTHER_HOSPITAL)
+    obs = world.observations["dora"]
+    world.client.get(f"/fhir/Observation/{obs}", headers=world.headers("clinic"))  # denied
+    world.client.get(f"/fhir/Observation/{obs}", headers=world.headers(
+        "clinic", **{"X-Purpose-Of-Use": "ETREAT", "X-Break-Glass-Reason": "anaphylaxis"}))  # permitted, flagged
+    dora = world.patient_session("dora")
+    resp = dora.get(f"AuditEvent?patient=Patient/{pid}")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    events = [e["resource"] for e in orjson.loads(resp.data).get("entry", [])]
+    by_clinic = [e for e in events if any(
+        a.get("who", {}).get("identifier", {}).get("value") == "client:clinic" for a in e.get("agent", []))]
+    assert len(by_clinic) == 2
+    assert {e["outcome"] for e in by_clinic} == {"0", "4"}
+    flagged = [e for e in by_clinic if any(c.get("code") == "BTG" for p in e.get("purposeOfEvent", [])
+                                           for c in p.get("coding", []))]
+    assert len(flagged) == 1
+    assert "anaphylaxis" not in resp.get_data(as_text=True)  # the reason is sealed
+    # Another patient sees none of Dora's entries, and an auditor sees them all.
+    other = orjson.loads(world.patient_session("ann").get(f"AuditEvent?patient=Patient/{pid}").data)
+    assert other["total"] == 0 and "entry" not in other
+    audit = orjson.loads(world.client.get(f"/fhir/AuditEvent?patient=Patient/{pid}",
+                                          headers=world.headers("auditor")).data)
+    assert audit["total"] >= 2

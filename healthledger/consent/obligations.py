@@ -1,0 +1,38 @@
+"""Carrying out the consent engine's obligations on a resource before it is returned.
+
+- `redact-security-labels`: elements carrying one of the labels (DS4P inline labels) are removed.
+- `de-identify` (research purposes): HIPAA Safe Harbor de-identification (fhir_adapters.deidentify),
+  with references and ids replaced by pseudonyms keyed per recipient, so one researcher sees the same
+  pseudonym for the same patient every time and two researchers cannot link their data sets.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_adapters.deidentify import deidentify, redact_labelled
+from healthledger.consent.engine import Obligation
+from healthledger.principal import Principal
+
+PSEUDONYM_TYPE = "Deidentified"  # blind-index key family: one key per recipient (the param)
+
+
+class Obligations:
+    """The ConsentPolicy's `obligations` callable, over the store's keyed blind indexer."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __call__(self, resource: dict[str, Any], obligation: Obligation, principal: Principal) -> dict[str, Any]:
+        if obligation.kind == "redact-security-labels":
+            return redact_labelled(resource, obligation.labels)
+        if obligation.kind == "de-identify":
+            indexer = self.store.indexer
+            key = indexer.key(PSEUDONYM_TYPE, principal.actor_id)
+
+            def pseudonym(reference: str) -> str:
+                return indexer.term(key, reference).hex()
+
+            return deidentify(resource, pseudonym=pseudonym, now_year=datetime.now(UTC).year)
+        raise ValueError(f"unknown obligation {obligation.kind!r}")
