@@ -44,7 +44,7 @@ _GENERATION = select(ConsentGeneration.generation).where(ConsentGeneration.id ==
 
 
 @dataclass(frozen=True, slots=True)
-class _Event:
+class IndexedEvent:
     """A ConsentEvent row as the cache keeps it (the attributes `state_from_events` reads)."""
 
     status: str
@@ -61,7 +61,7 @@ class ChainGrant:
 
     grantee_ref: str
     grant_id: str
-    events: tuple[_Event, ...]
+    events: tuple[IndexedEvent, ...]
     revoke_requested: bool
 
 
@@ -187,14 +187,14 @@ class ConsentIndex:
             ).all()
             for row in rows:
                 bindings.setdefault(row.consent_id, []).append(row)
-        events: dict[str, list[_Event]] = {}
+        events: dict[str, list[IndexedEvent]] = {}
         grant_ids = [b.grant_id for rows in bindings.values() for b in rows]
         for start in range(0, len(grant_ids), 500):
             for e in conn.execute(
                 select(ConsentEvent).where(ConsentEvent.grant_id.in_(grant_ids[start : start + 500]))
             ).all():
                 events.setdefault(e.grant_id, []).append(
-                    _Event(e.status, e.valid_from, e.valid_until, e.block_number, e.log_index, e.tx_hash)
+                    IndexedEvent(e.status, e.valid_from, e.valid_until, e.block_number, e.log_index, e.tx_hash)
                 )
         grants = {
             c.consent_id: tuple(

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from fhir_adapters.consent import PERMIT, ConsentRules, Provision, consent_rules
 from fhir_adapters.errors import FhirInputError
 from healthledger import crypto
-from healthledger.consent.index import ChainGrant, _Event, consent_grant_status
+from healthledger.consent.index import ChainGrant, IndexedEvent, consent_grant_status
 from healthledger.consent.models import ConsentBinding, bump_generation
 from healthledger.errors import BadRequest, ChainError, Conflict, Forbidden
 from healthledger.ledger import eip712, patient_keys, relayer
@@ -114,7 +114,7 @@ def sign_consent(uow: Any, consent_id: str, password: str, *, now: float | None 
     """Sign and queue the grants of a proposed Consent with the patient's key (in `uow`'s transaction)."""
     now = time.time() if now is None else now
     stored = uow.read("Consent", consent_id)  # the caller must be allowed to read it (consent engine)
-    uow._check("update", "Consent", stored.resource, consent_id)  # ... and to change it
+    uow.authorize("update", "Consent", stored.resource, consent_id)  # ... and to change it
     resource = stored.resource
     rules = _rules(resource)
     if rules.status not in ("proposed", "active"):
@@ -165,7 +165,7 @@ def revoke_consent(uow: Any, consent_id: str, password: str, *, now: float | Non
     """Mark the Consent inactive now and sign and queue the revocation of each of its grants."""
     now = time.time() if now is None else now
     stored = uow.read("Consent", consent_id)
-    uow._check("update", "Consent", stored.resource, consent_id)
+    uow.authorize("update", "Consent", stored.resource, consent_id)
     rules = _rules(stored.resource)
     conn: Connection = uow.conn
     session = _session(conn)
@@ -232,7 +232,7 @@ def chain_states(conn: Connection, tenant: str, consent_ids: Iterable[str]) -> d
         evs = sorted(events.get(b.grant_id, []), key=lambda e: (e.block_number, e.log_index))
         chain_grant = ChainGrant(
             b.grantee_ref, b.grant_id,
-            tuple(_Event(e.status, e.valid_from, e.valid_until, e.block_number, e.log_index, e.tx_hash) for e in evs),
+            tuple(IndexedEvent(e.status, e.valid_from, e.valid_until, e.block_number, e.log_index, e.tx_hash) for e in evs),
             b.revoke_item is not None,
         )
         per_consent.setdefault(b.consent_id, []).append(chain_grant)

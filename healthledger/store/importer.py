@@ -361,7 +361,7 @@ class Importer:
             if row is not None and not row.deleted:
                 report.skip(where, f"{resource_type}/{resource_id} is already stored")
                 continue
-            uow._check("create", resource_type, resource)
+            uow.authorize("create", resource_type, resource)
             version, _ = uow.prepare_version(
                 resource_type, resource_id, 1 if row is None else row.version_id + 1, resource,
                 patient_id=p.patient_id, index=p.terms, blind=p.blind,

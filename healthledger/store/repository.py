@@ -359,7 +359,7 @@ class UnitOfWork:
         self.keyring = store.keyring
         self._keys: dict[tuple[str, bytes | None], DataKeyRef] = {}
 
-    def _check(
+    def authorize(
         self, action: Action, resource_type: str, resource: dict[str, Any] | None, resource_id: str = ""
     ) -> dict[str, Any] | None:
         """The policy's decision on one operation: the resource to hand back, or an exception."""
@@ -546,7 +546,7 @@ class UnitOfWork:
         if not validated:  # `validated`: already the output of parse_resource (e.g. from plan_bundle)
             resource = self._validated(resource, None)
         resource_type = resource["resourceType"]
-        self._check("create", resource_type, resource)
+        self.authorize("create", resource_type, resource)
         if if_none_exist:
             with fhir_errors():
                 query = fhir_search.parse_search(resource_type, if_none_exist)
@@ -555,7 +555,7 @@ class UnitOfWork:
                 raise PreconditionFailed("conditional create matched more than one resource")
             if found.items:
                 match = found.items[0]
-                shown = self._check("read", resource_type, match.resource, match.id)
+                shown = self.authorize("read", resource_type, match.resource, match.id)
                 return _replace_resource(match, shown), False
         new_id = resource_id or self.store.new_id()
         version, stamped = self.prepare_version(resource_type, new_id, 1, resource)
@@ -590,8 +590,8 @@ class UnitOfWork:
             # Moving a resource out of a patient's record is a change to that patient's record too.
             previous = self._to_stored(current).resource
             if previous is not None and self._compartment_of(previous) != self._compartment_of(resource):
-                self._check("update", resource_type, previous, resource_id)
-        self._check("update" if current is not None else "create", resource_type, resource, resource_id)
+                self.authorize("update", resource_type, previous, resource_id)
+        self.authorize("update" if current is not None else "create", resource_type, resource, resource_id)
         if current is not None and current.erased:
             raise Gone(f"{resource_type}/{resource_id} was erased")
         if if_match is not None and (current is None or current.version_id != if_match):
@@ -607,7 +607,7 @@ class UnitOfWork:
         check_id(resource_id)
         current = self._current_row(resource_type, resource_id, for_update=True)
         live = current is not None and not current.deleted and not current.erased
-        self._check("delete", resource_type, self._to_stored(current).resource if live else None, resource_id)
+        self.authorize("delete", resource_type, self._to_stored(current).resource if live else None, resource_id)
         if current is None:
             return None
         if current.deleted or current.erased:
@@ -628,7 +628,7 @@ class UnitOfWork:
         if row.deleted:
             raise self._gone_or_hidden("read", resource_type, resource_id, f"{resource_type}/{resource_id} was deleted")
         stored = self._to_stored(row)
-        return _replace_resource(stored, self._check("read", resource_type, stored.resource, resource_id))
+        return _replace_resource(stored, self.authorize("read", resource_type, stored.resource, resource_id))
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         check_id(resource_id)
@@ -647,7 +647,7 @@ class UnitOfWork:
                 "vread", resource_type, resource_id, f"{resource_type}/{resource_id} version {version_id} is a deletion"
             )
         stored = self._to_stored(row)
-        return _replace_resource(stored, self._check("vread", resource_type, stored.resource, resource_id))
+        return _replace_resource(stored, self.authorize("vread", resource_type, stored.resource, resource_id))
 
     def history(
         self,
@@ -659,7 +659,7 @@ class UnitOfWork:
         offset: int = 0,
     ) -> HistoryPage:
         """Instance or type history (R4 3.1.0.10), newest first; tombstones appear with no resource."""
-        self._check("history", resource_type, None)
+        self.authorize("history", resource_type, None)
         where = [res_t.c.tenant == self.tenant, res_t.c.resource_type == resource_type, res_t.c.erased.is_(False)]
         screen = self._screens
         if resource_id is not None:
@@ -686,7 +686,7 @@ class UnitOfWork:
                 ).first()
                 if latest is None and not self.principal.unrestricted:
                     raise self._not_found("history", resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
-                self._check("history", resource_type, self._to_stored(latest).resource if latest else None, resource_id)
+                self.authorize("history", resource_type, self._to_stored(latest).resource if latest else None, resource_id)
                 screen = False
         if since is not None:
             # Stored moments are UTC (SQLite keeps them without an offset): compare in UTC.
@@ -756,7 +756,7 @@ class UnitOfWork:
     def search(self, resource_type: str, query: Any, *, count: int = 50, offset: int = 0, check: bool = True) -> SearchPage:
         """Search current, live resources; stable order by id; exact total (after decryption and matching)."""
         if check:
-            self._check("search", resource_type, None)
+            self.authorize("search", resource_type, None)
         stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
         # A policy that decides per resource (consent) sees every candidate; results it denies are left
         # out of the page and of the total, as if they did not exist.
