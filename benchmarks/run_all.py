@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py [--skip NAME ...]
 
-The HTTP benchmark needs `wrk` (Debian: apt-get install wrk); it is reported as skipped without it.
+The HTTP benchmarks need `wrk` (Debian: apt-get install wrk); they are reported as skipped without it.
 Run on an otherwise idle machine: every figure here is wall-clock on 2 cores.
 """
 
@@ -24,7 +24,9 @@ BENCHMARKS = [
     ("import_throughput", []),
     ("outbox_throughput", []),
     ("fhir_http", []),
+    ("consent_enforcement", []),
 ]
+NEEDS_WRK = frozenset({"fhir_http", "consent_enforcement"})
 
 
 def main() -> int:
@@ -35,7 +37,7 @@ def main() -> int:
     for name, extra in BENCHMARKS:
         if name in args.skip:
             continue
-        if name == "fhir_http" and shutil.which("wrk") is None:
+        if name in NEEDS_WRK and shutil.which("wrk") is None:
             print(f"== {name}: skipped (wrk not installed: apt-get install wrk)")
             continue
         print(f"== {name}", flush=True)

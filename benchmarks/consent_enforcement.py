@@ -1,0 +1,474 @@
+"""FHIR read throughput under gunicorn on loopback, consent enforcement on vs off, with wrk (target: <= 1.2x).
+
+Two servers run the same generated patients, each started the way `healthledger serve` starts it
+(embedded chain node and ledger worker beside gunicorn, which keeps the consent index fresh; only
+gunicorn's request log is left out, as in fhir_http.py):
+
+- on: the product. Requests carry a SMART access token of a registered backend client (role
+  `system`, organisation = `home_organization`, so every patient is under its care). Every read goes
+  through the token, the scopes, the consent engine (the patient's Consents, then the treating-
+  organisation default) and one access-log entry written in the request's transaction.
+- off: `enforcement_off_for_benchmark=True` with the development token: the store's development
+  policy, no decision, no access log.
+
+A third, diagnostic mode sends the development token to the *on* server: an unrestricted principal
+still opens a write transaction and appends its access-log entry, but has no JWT to verify and no
+decision to take, which splits "access log" from "token + decision" in the overhead.
+
+Before measuring, it checks that the on server answers 200 on every operation (a denial is a 404:
+its body is printed), that its searches return as many matches as off, and that a short run appends
+one access-log entry per request; afterwards, that no entry of the whole run is a denial (the index
+stayed fresh). Modes alternate over repeats and each keeps its best run, as in fhir_http.py.
+
+Usage: .venv/bin/python benchmarks/consent_enforcement.py [--patients 300] [--duration 5] [--repeats 3]
+Needs `wrk` (Debian: apt-get install wrk); installs nothing. Writes benchmarks/results/consent_enforcement.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fhir_http
+from fhir_http import ROOT, free_port, operations, prepare, run_wrk, wait_ready
+
+RESULTS = ROOT / "benchmarks" / "results" / "consent_enforcement.json"
+DECISION_RESULTS = ROOT / "benchmarks" / "results" / "consent_decision.json"
+ORGANIZATION = "Organization/bench-hospital"
+SCOPE = "system/*.rs"
+TOKEN_LIFETIME_SECONDS = 3600
+TARGET_OVERHEAD = 1.2
+OPERATIONS = ("read Patient", "read Observation", "search Observation?patient")
+READS = ("read Patient", "read Observation")  # the target is about these; the search is reported, no target
+ON, OFF, ON_DEV = "on", "off", "on, dev token"
+
+
+def settings_for(data_dir: Path, port: int, mode: str, workers: int) -> Any:
+    from healthledger.config import Settings
+
+    common: dict[str, Any] = {"data_dir": data_dir, "port": port, "workers": workers,
+                              "dev_token": fhir_http.TOKEN, "load_demo_data": False}
+    if mode == OFF:
+        return Settings(**common, enforcement_off_for_benchmark=True)
+    return Settings(**common, home_organization=ORGANIZATION, token_lifetime_seconds=TOKEN_LIFETIME_SECONDS)
+
+
+def serve(data_dir: Path, port: int, mode: str, workers: int) -> None:
+    """Child process: what `healthledger serve` does (bootstrap, ledger sidecars, gunicorn), no request log."""
+    from healthledger.app import bootstrap
+    from healthledger.ledger.service import ledger_sidecars
+    from healthledger.server import run_gunicorn
+
+    settings = settings_for(data_dir, port, mode, workers)
+    bootstrap(settings)
+    with ledger_sidecars(settings) as run_settings:
+        run_gunicorn(run_settings, accesslog=None, errorlog="-", loglevel="warning")
+
+
+def register_bench_client(data_dir: Path) -> tuple[str, str]:
+    """A backend client of the patients' care organisation, with a (development) secret."""
+    from healthledger.auth.tokens import register_client
+    from healthledger.config import Settings
+    from healthledger.db import make_engine, session_factory
+
+    engine = make_engine(Settings(data_dir=data_dir, load_demo_data=False).database_url)
+    try:
+        with session_factory(engine).begin() as session:
+            client, secret = register_client(
+                session, name="consent enforcement benchmark", scopes=SCOPE, role="system",
+                organization=ORGANIZATION, with_secret=True, now=datetime.now(UTC),
+            )
+            assert secret is not None
+            return client.client_id, secret
+    finally:
+        engine.dispose()
+
+
+def access_token(port: int, client_id: str, secret: str) -> str:
+    """POST /auth/token, client credentials (client_secret_post)."""
+    form = urllib.parse.urlencode({"grant_type": "client_credentials", "scope": SCOPE,
+                                   "client_id": client_id, "client_secret": secret}).encode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/auth/token", data=form, timeout=10) as resp:
+        body = json.loads(resp.read())
+    if body.get("scope") != SCOPE or int(body.get("expires_in", 0)) < TOKEN_LIFETIME_SECONDS:
+        raise SystemExit(f"unexpected token response: scope {body.get('scope')!r}, expires_in {body.get('expires_in')}")
+    return str(body["access_token"])
+
+
+def fetch(port: int, path: str, token: str) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def run_wrk_as(token: str, port: int, paths: list[str], **kwargs: Any) -> dict[str, Any]:
+    """fhir_http.run_wrk with another bearer token (its Lua script takes the module's TOKEN)."""
+    saved = fhir_http.TOKEN
+    fhir_http.TOKEN = token
+    try:
+        return run_wrk(port, paths, **kwargs)
+    finally:
+        fhir_http.TOKEN = saved
+
+
+class AccessLog:
+    """Read-only view of a server's `access_log` table (SQLite, beside the running server)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "healthledger.db"
+
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30) as db:
+            return db.execute(sql).fetchall()
+
+    def last_id(self) -> int:
+        return int(self._query("SELECT coalesce(max(id), 0) FROM access_log")[0][0])
+
+    def tally_since(self, after_id: int) -> Counter[str]:
+        """Entries appended after row `after_id`, counted by actor, decision and reason."""
+        from healthledger.audit.entries import decode_entry
+
+        counts: Counter[str] = Counter()
+        for (body,) in self._query(f"SELECT body FROM access_log WHERE id > {int(after_id)}"):
+            e = decode_entry(body)
+            counts[f"{e.actor} {e.action} {e.decision} ({e.reason})"] += 1
+        return counts
+
+    def index_age_seconds(self) -> float | None:
+        """Age of the indexer's last pass (what the consent engine fails closed on), None if it never ran."""
+        rows = self._query("SELECT max(updated_at) FROM indexer_cursor")
+        return None if rows[0][0] is None else time.time() - float(rows[0][0])
+
+
+def wait_fresh(log: AccessLog, max_age: float, timeout: float = 60.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        age = log.index_age_seconds()
+        if age is not None and age <= max_age:
+            return age
+        time.sleep(0.5)
+    raise SystemExit(f"the ledger worker has not indexed the chain within {timeout:.0f} s (index age {age})")
+
+
+def verify(servers: dict[str, tuple[int, str]], ops: dict[str, list[str]]) -> None:
+    """on answers 200 (a denial is a 404) and its searches find what off finds; off answers 200 too."""
+    on_port, on_token = servers[ON]
+    off_port, off_token = servers[OFF]
+    for op, paths in ops.items():
+        for path in paths[:3]:
+            status, body = fetch(on_port, path, on_token)
+            if status != 200:
+                raise SystemExit(f"on: {path} answered {status} (a 404 is a denial): {json.dumps(body)[:600]}")
+            off_status, off_body = fetch(off_port, path, off_token)
+            if off_status != 200:
+                raise SystemExit(f"off: {path} answered {off_status}: {json.dumps(off_body)[:600]}")
+            if body.get("resourceType") == "Bundle":
+                found, expected = len(body.get("entry", [])), len(off_body.get("entry", []))
+                if found != expected or not expected:
+                    raise SystemExit(f"on: {path} returned {found} matches, off {expected}: results withheld")
+        print(f"  {op}: on (SMART token) and off answer 200 on {paths[0].split('?')[0]}...", flush=True)
+
+
+def consent_decision_median_us() -> float | None:
+    """benchmarks/consent_decision.py (the pure engine, 20 Consents), run as it is, its median in µs."""
+    code = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "consent_decision.py")],
+                          cwd=ROOT, check=False, timeout=120).returncode
+    if code or not DECISION_RESULTS.exists():
+        return None
+    return float(json.loads(DECISION_RESULTS.read_text())["median_us"])
+
+
+def in_process(
+    apps: dict[str, tuple[Any, str]], ops: dict[str, list[str]], *, rounds: int = 6, per_round: int = 200
+) -> dict[str, Any]:
+    """CPU per request through the whole WSGI stack in this process, one thread, modes alternating in rounds.
+
+    No HTTP, no sockets and no second writer waiting on SQLite's lock: what each mode costs in CPU
+    alone (the median over rounds), to set against the throughput measured under load.
+    """
+    import io
+    import statistics
+
+    from werkzeug.test import EnvironBuilder
+
+    out: dict[str, Any] = {}
+    for op, paths in ops.items():
+        environs = {
+            mode: [EnvironBuilder(path=p, headers={"Authorization": f"Bearer {token}"}).get_environ() for p in paths]
+            for mode, (_, token) in apps.items()
+        }
+        samples: dict[str, list[float]] = {mode: [] for mode in apps}
+        for round_no in range(rounds):
+            order = list(apps.items()) if round_no % 2 == 0 else list(apps.items())[::-1]
+            for mode, (app, _) in order:
+                started = time.process_time()
+                for i in range(per_round):
+                    environ = dict(environs[mode][i % len(paths)])
+                    environ["wsgi.input"] = io.BytesIO()
+                    status = fhir_http._call_wsgi(app, environ)
+                    if not status.startswith("200"):
+                        raise SystemExit(f"in process, {mode}: {op} answered {status}")
+                samples[mode].append((time.process_time() - started) * 1000 / per_round)
+        out[op] = {mode: statistics.median(v) for mode, v in samples.items()}
+    return out
+
+
+def token_check_ms(app: Any, token: str, rounds: int = 1000) -> float:
+    """CPU of TokenService.authenticate alone (ES256 signature, claims, the client's row), per call."""
+    tokens = app.extensions["healthledger.tokens"]
+    started = time.process_time()
+    for _ in range(rounds):
+        tokens.authenticate(token)
+    return (time.process_time() - started) * 1000 / rounds
+
+
+def git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"),
+            "healthledger_modified": bool(git("status", "--porcelain", "--", "healthledger", "fhir_adapters"))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per operation and mode (best is kept)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (2 cores are shared with the server)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-split", action="store_true",
+                        help="leave out the diagnostic mode (development token on the enforcing server)")
+    parser.add_argument("--no-decision", action="store_true", help="do not run benchmarks/consent_decision.py")
+    parser.add_argument("--serve", nargs=3, metavar=("DATA_DIR", "PORT", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve:
+        serve(Path(args.serve[0]), int(args.serve[1]), args.serve[2], args.workers)
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    from healthledger.consent.engine import Policy
+
+    max_age = Policy().max_index_age_seconds
+    started_at = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hl-bench-consent-") as tmp:
+        workdir = Path(tmp)
+        procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        try:
+            prepared: dict[str, dict[str, Any]] = {}
+            for mode in (ON, OFF):
+                data_dir = workdir / mode
+                prepared[mode] = prepare(data_dir, args.patients, privacy_off=False)
+                if mode == ON:
+                    client_id, secret = register_bench_client(data_dir)  # before the server starts
+                port = free_port()
+                procs[mode] = (subprocess.Popen(
+                    [sys.executable, __file__, "--workers", str(args.workers), "--serve", str(data_dir), str(port), mode],
+                    start_new_session=True,
+                ), port)
+            for mode, (_, port) in procs.items():
+                wait_ready(port, timeout=180)  # the chain node and the contracts come first
+            print(f"\nservers ready after {time.monotonic() - started_at:.0f} s "
+                  f"({prepared[ON]['resources']} resources each)", flush=True)
+            on_port, off_port = procs[ON][1], procs[OFF][1]
+            smart_token = access_token(on_port, client_id, secret)
+            servers = {ON: (on_port, smart_token), OFF: (off_port, fhir_http.TOKEN)}
+            modes = [ON, OFF] if args.no_split else [ON, OFF, ON_DEV]
+            servers[ON_DEV] = (on_port, fhir_http.TOKEN)
+            logs = {ON: AccessLog(workdir / ON), OFF: AccessLog(workdir / OFF)}
+
+            age = wait_fresh(logs[ON], max_age)
+            print(f"consent index (on): indexer last ran {age:.1f} s ago (reads fail closed past {max_age:.0f} s)")
+            ops = {op: paths for op, paths in operations(prepared[ON]["by_type"]).items() if op in OPERATIONS}
+            verify(servers, ops)
+
+            # One access-log entry per request, in the request's transaction: counted around a short run.
+            first_id = {mode: log.last_id() for mode, log in logs.items()}
+            wrk_args = {"connections": args.connections, "threads": args.threads, "workdir": workdir}
+            for op, paths in ops.items():
+                for mode in modes if op in READS else [ON, OFF]:
+                    port, token = servers[mode]
+                    before = {m: log.last_id() for m, log in logs.items()}
+                    warm = run_wrk_as(token, port, paths, duration=2, **wrk_args)  # warms caches too
+                    if op == "read Patient" and mode in (ON, OFF):
+                        added = logs[mode].last_id() - before[mode]
+                        print(f"  access log ({mode}): {added} entries appended during a 2 s run of {op} that "
+                              f"completed {warm['requests']} requests ({warm['errors']} errors)")
+                        if mode == ON and not warm["requests"] <= added <= warm["requests"] + args.connections:
+                            raise SystemExit("on: reads are not logged one entry each")
+                        if mode == OFF and added:
+                            raise SystemExit("off: reads were logged")
+            tally = logs[ON].tally_since(first_id[ON])
+            print("  access log (on) during the warm-up runs, by actor, decision and reason:")
+            for key, n in tally.most_common():
+                print(f"    {n:7d}  {key}")
+
+            # Modes alternate (in turned order on every other repeat) so that someone else's burst of
+            # work on this shared machine hits one run, not one mode; each mode keeps its best run.
+            for op, paths in ops.items():
+                op_modes = modes if op in READS else [ON, OFF]
+                for repeat in range(args.repeats):
+                    for mode in op_modes if repeat % 2 == 0 else op_modes[::-1]:
+                        port, token = servers[mode]
+                        run = run_wrk_as(token, port, paths, duration=args.duration,
+                                         master_pid=procs[OFF if mode == OFF else ON][0].pid, **wrk_args)
+                        runs.setdefault(op, {}).setdefault(mode, []).append(run)
+                    print(f"  {op}: repeat {repeat + 1}/{args.repeats} done", flush=True)
+
+            whole = logs[ON].tally_since(first_id[ON])
+            off_logged = logs[OFF].last_id() - first_id[OFF]
+            end_age = logs[ON].index_age_seconds()
+
+            # While the servers run: their ledger worker keeps the on data's consent index fresh.
+            from healthledger.app import create_app
+
+            on_app = create_app(settings_for(workdir / ON, on_port, ON, args.workers))
+            off_app = create_app(settings_for(workdir / OFF, off_port, OFF, args.workers))
+            local = in_process({ON: (on_app, smart_token), OFF: (off_app, fhir_http.TOKEN),
+                                ON_DEV: (on_app, fhir_http.TOKEN)}, {op: ops[op] for op in READS})
+            token_ms = token_check_ms(on_app, smart_token)
+            for app in (on_app, off_app):
+                app.extensions["healthledger.engine"].dispose()
+        finally:
+            for proc, _ in procs.values():
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc, _ in procs.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    decision_us = None if args.no_decision else consent_decision_median_us()
+    load = os.getloadavg()[0]
+    best = {op: {mode: max(rs, key=lambda r: r["req_per_s"]) for mode, rs in by_mode.items()} for op, by_mode in runs.items()}
+
+    threads = settings_for(Path("."), 0, ON, args.workers).threads
+    print(f"\nConsent enforcement over HTTP: gunicorn {args.workers} workers x {threads} threads, wrk {args.threads} thread(s) x "
+          f"{args.connections} connections, best of {args.repeats} alternating {args.duration}s runs per mode, "
+          f"{prepared[ON]['resources']} resources ({args.patients} patients), both servers with the ledger sidecars")
+    print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores (wrk and both servers share them)\n")
+    header = (f"{'operation':28} {'mode':14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+              f"{'cpu ms/req':>10} {'cores busy':>10} {'runs req/s':>20}")
+    print(header)
+    print("-" * len(header))
+    summary: dict[str, Any] = {}
+    for op, by_mode in best.items():
+        for mode, r in by_mode.items():
+            all_rps = "/".join(f"{x['req_per_s']:.0f}" for x in runs[op][mode])
+            # Server CPU seconds per second: below what the cores could give, the server was waiting.
+            r["server_cores_busy"] = r["server_cpu_ms_per_request"] * r["req_per_s"] / 1000
+            print(f"{op:28} {mode:14} {r['req_per_s']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:7d} "
+                  f"{r['server_cpu_ms_per_request']:10.2f} {r['server_cores_busy']:10.2f} {all_rps:>20}")
+        on, off = by_mode[ON], by_mode[OFF]
+        entry: dict[str, Any] = {
+            **by_mode,
+            "overhead_throughput": off["req_per_s"] / on["req_per_s"],  # off/on: >1 means enforcement costs
+            "overhead_p50": on["p50_ms"] / off["p50_ms"],
+            "overhead_p99": on["p99_ms"] / off["p99_ms"],
+            "overhead_cpu": on["server_cpu_ms_per_request"] / off["server_cpu_ms_per_request"],
+        }
+        line = (f"{'':28} {'on/off':14} {entry['overhead_throughput']:7.2f}x throughput (off/on), "
+                f"{entry['overhead_p50']:.2f}x p50, {entry['overhead_cpu']:.2f}x server CPU per request")
+        if ON_DEV in by_mode:
+            dev = by_mode[ON_DEV]
+            entry["split_cpu_ms_per_request"] = {
+                "transaction_and_access_log": dev["server_cpu_ms_per_request"] - off["server_cpu_ms_per_request"],
+                "token_scopes_and_decision": on["server_cpu_ms_per_request"] - dev["server_cpu_ms_per_request"],
+            }
+            line += (f"\n{'':28} {'split':14} +{entry['split_cpu_ms_per_request']['transaction_and_access_log']:.2f} ms "
+                     f"CPU transaction + access log (dev token on 'on'), "
+                     f"+{entry['split_cpu_ms_per_request']['token_scopes_and_decision']:.2f} ms token + scopes + decision")
+        print(line)
+        summary[op] = entry
+
+    print("\nIn process (WSGI, one thread: no HTTP, no wait for SQLite's write lock; median CPU ms per request)\n")
+    header2 = f"{'operation':28} {OFF:>8} {ON_DEV:>14} {ON:>8} {'on/off':>8}  split of on - off"
+    print(header2)
+    print("-" * len(header2))
+    local_summary: dict[str, Any] = {}
+    for op, ms in local.items():
+        split = {"transaction_index_check_and_access_log": ms[ON_DEV] - ms[OFF],
+                 "token_check": token_ms,
+                 "scopes_facts_and_decision": ms[ON] - ms[ON_DEV] - token_ms}
+        local_summary[op] = {"cpu_ms_per_request": ms, "overhead_cpu": ms[ON] / ms[OFF], "split_ms": split}
+        print(f"{op:28} {ms[OFF]:8.3f} {ms[ON_DEV]:14.3f} {ms[ON]:8.3f} {ms[ON] / ms[OFF]:7.2f}x  "
+              f"{split['transaction_index_check_and_access_log']:.3f} transaction + index check + log entry, "
+              f"{token_ms:.3f} token, {split['scopes_facts_and_decision']:.3f} scopes + facts + decision")
+    print(f"(token: TokenService.authenticate alone, {token_ms:.3f} ms CPU per call)")
+
+    denials = {k: n for k, n in whole.items() if " deny " in k}
+    logged = sum(whole.values())
+    print(f"\naccess log (on): {logged} entries over the whole run, {sum(denials.values())} denials"
+          f"{': ' + str(denials) if denials else ''}; off: {off_logged} entries")
+    print(f"consent index (on): indexer last ran {end_age:.1f} s before the servers stopped" if end_age is not None
+          else "consent index (on): never indexed")
+    if decision_us is not None:
+        print(f"consent decision (pure engine, 20 Consents, benchmarks/consent_decision.py): median {decision_us:.1f} µs")
+    worst = max(summary[op]["overhead_throughput"] for op in READS)
+    print(f"\nread overhead <= {TARGET_OVERHEAD}x: read Patient {summary['read Patient']['overhead_throughput']:.2f}x, "
+          f"read Observation {summary['read Observation']['overhead_throughput']:.2f}x "
+          f"({'met' if worst <= TARGET_OVERHEAD else 'NOT met'}); "
+          f"search Observation?patient {summary['search Observation?patient']['overhead_throughput']:.2f}x (no target)")
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "consent_enforcement",
+        "git": git_commit(),
+        "machine": {"nproc": os.cpu_count(), "load_average_1m_at_end": load},
+        "config": {
+            "patients": args.patients, "resources": prepared[ON]["resources"], "workers": args.workers,
+            "threads_per_worker": threads,
+            "wrk_threads": args.threads, "connections": args.connections, "duration_s": args.duration,
+            "repeats": args.repeats, "kept": "best run per mode (highest req/s)",
+        },
+        "settings": {
+            ON: {"home_organization": ORGANIZATION, "token_lifetime_seconds": TOKEN_LIFETIME_SECONDS,
+                 "client": {"role": "system", "organization": ORGANIZATION, "scope": SCOPE, "purpose": "TREAT"},
+                 "max_index_age_seconds": max_age, "ledger": "embedded chain node + ledger worker (as healthledger serve)"},
+            OFF: {"enforcement_off_for_benchmark": True, "auth": "development token",
+                  "ledger": "embedded chain node + ledger worker (as healthledger serve)"},
+            ON_DEV: {"server": ON, "auth": "development token (unrestricted: logged, not decided)"},
+            "common": {"privacy": "on (encrypted, blind indexes)", "gunicorn_request_log": False},
+        },
+        "checks": {"access_log_entries_on": logged, "access_log_denials_on": sum(denials.values()),
+                   "access_log_entries_off": off_logged, "index_age_at_end_s": end_age},
+        "operations": summary,
+        "all_runs": runs,
+        "in_process": local_summary,
+        "token_check_cpu_ms": token_ms,
+        "consent_decision_median_us_20_consents": decision_us,
+        "target": {"read_overhead_max": TARGET_OVERHEAD, "measured_worst_read": worst,
+                   "in_process_cpu_worst_read": max(local_summary[op]["overhead_cpu"] for op in READS)},
+    }, indent=2))
+    print(f"wrote {RESULTS.relative_to(ROOT)} (total {time.monotonic() - started_at:.0f} s)")
+    errors = sum(r["errors"] for by_mode in runs.values() for rs in by_mode.values() for r in rs)
+    return 1 if errors or denials else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
