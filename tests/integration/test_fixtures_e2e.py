@@ -21,7 +21,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from fhir_adapters.consent import consent_rules
 from fhir_adapters.validation import loads_json, parse_resource
+from healthledger.consent.lifecycle import CHAIN_STATE_URL
 from healthledger.store.importer import Importer
 
 pytestmark = pytest.mark.slow
@@ -445,6 +447,11 @@ def test_official_examples_round_trip(ehr: FlaskClient, fixtures_dir: Path) -> N
             outcome = outcome_of(resp)
             assert resp.status_code == 400 and outcome["issue"][0].get("expression"), outcome
             continue
+        if rtype == "AuditEvent":
+            # /fhir/AuditEvent is the server's own access log, read-only: a client cannot plant entries in it.
+            resp = ehr.put(f"/fhir/{rtype}/{sent['id']}", data=raw, headers=JSON_HEADERS)
+            assert resp.status_code == 405 and outcome_of(resp)["issue"][0]["code"] == "not-supported"
+            continue
         if "id" in sent:
             resp = ehr.put(f"/fhir/{rtype}/{sent['id']}", data=raw, headers=JSON_HEADERS)
         else:
@@ -454,6 +461,16 @@ def test_official_examples_round_trip(ehr: FlaskClient, fixtures_dir: Path) -> N
         got = loads_json(get(ehr, f"/fhir/{rtype}/{new_id}").data)
         expected = parse_resource(raw)
         expected["id"] = new_id
+        if rtype == "Consent":
+            # Shown with its on-chain state: a permitting Consent nobody signed is still "proposed".
+            state = [e for e in got.pop("extension") if e["url"] == CHAIN_STATE_URL]
+            assert state and state[0]["extension"][0] == {"url": "state", "valueCode": "unsigned"}, path.name
+            if "extension" in expected:
+                got["extension"] = expected["extension"]
+            if expected["status"] in ("active", "proposed"):
+                permits = consent_rules(expected).root.type == "permit"
+                assert got["status"] == ("proposed" if permits else "active"), path.name
+                got["status"] = expected["status"]
         assert _comparable(got) == _comparable(expected), path.name
         checked += 1
     assert checked >= 60
