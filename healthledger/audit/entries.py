@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 
 from healthledger.audit.merkle import leaf_hash
@@ -47,12 +48,15 @@ class AccessEntry:
             raise ValueError(f"unknown action {self.action!r}")
 
 
+_FIELDS = tuple(f.name for f in dataclass_fields(AccessEntry))
+
+
 def encode_entry(entry: AccessEntry) -> bytes:
     """Canonical bytes: JSON with sorted keys, no spaces, UTC times, the sealed note in base64.
 
     The encoding is versioned; any change to it is a new ENCODING_VERSION so old leaves still verify.
     """
-    fields = asdict(entry)
+    fields = {name: getattr(entry, name) for name in _FIELDS}  # dataclasses.asdict deep-copies: 10x slower
     fields["time"] = entry.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     fields["sealed_note"] = base64.b64encode(entry.sealed_note).decode()
     fields["v"] = ENCODING_VERSION

@@ -16,6 +16,7 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
 from joserfc.jwt import JWTClaimsRegistry
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,6 +49,10 @@ _SIGNING_KEY_FILE = "token-signing-key.json"
 _SIGNING_KEY_CONTEXT = b"healthledger/token-signing-key/v1"
 
 _hasher = PasswordHasher()  # argon2id with the library's current defaults
+_VERIFIED_TOKENS = 4096  # per worker: tokens whose signature was checked (until they expire)
+_CLIENT_STATE = select(
+    ApiClient.disabled, ApiClient.role, ApiClient.organization, ApiClient.default_purpose
+).where(ApiClient.client_id == bindparam("client_id"))
 
 
 class OAuthError(HealthLedgerError):
@@ -181,6 +186,9 @@ class TokenService:
         self._lifetime = lifetime_seconds
         self._clock = clock
         self._jwks = jwks_cache or JwksCache()
+        self._engine = sessions.kw["bind"]
+        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     # -- token endpoint -----------------------------------------------------------------------
     def issue(self, req: TokenRequest) -> dict[str, Any]:
@@ -292,31 +300,50 @@ class TokenService:
 
     # -- resource server -----------------------------------------------------------------------
     def authenticate(self, bearer: str) -> AccessGrant:
-        """Check an access token; Unauthorized (401) if it is not one of ours, expired, or its client is disabled."""
-        try:
-            token = jwt.decode(bearer, self._signer.key, algorithms=[ACCESS_TOKEN_ALGORITHM])
-            JWTClaimsRegistry(
-                now=int(self._clock()),
-                leeway=CLOCK_LEEWAY,
-                iss={"essential": True, "value": self.issuer},
-                aud={"essential": True, "value": self.issuer},
-                exp={"essential": True},
-                sub={"essential": True},
-            ).validate(token.claims)
-        except (JoseError, ValueError):
-            raise Unauthorized("invalid or expired access token") from None
-        with self._sessions() as session:
-            client = session.get(ApiClient, token.claims["sub"])
-            if client is None or client.disabled:
-                raise Unauthorized("the client of this access token is disabled")
-            return AccessGrant(
-                client_id=client.client_id,
-                scopes=tuple(parse_scopes(token.claims.get("scope", ""))),
-                role=client.role,
-                organization=client.organization,
-                default_purpose=client.default_purpose,
-                expires_at=int(token.claims["exp"]),
-            )
+        """Check an access token; Unauthorized (401) if it is not one of ours, expired, or its client is disabled.
+
+        A token's signature is verified once per worker and remembered until it expires (it is on every
+        request); its client is looked up every time, so disabling a client stops its tokens at once.
+        """
+        now = int(self._clock())
+        with self._verified_lock:
+            claims = self._verified.get(bearer)
+        if claims is None:
+            try:
+                token = jwt.decode(bearer, self._signer.key, algorithms=[ACCESS_TOKEN_ALGORITHM])
+                JWTClaimsRegistry(
+                    now=now,
+                    leeway=CLOCK_LEEWAY,
+                    iss={"essential": True, "value": self.issuer},
+                    aud={"essential": True, "value": self.issuer},
+                    exp={"essential": True},
+                    sub={"essential": True},
+                ).validate(token.claims)
+                claims = {
+                    "sub": str(token.claims["sub"]),
+                    "exp": int(token.claims["exp"]),
+                    "scopes": tuple(parse_scopes(token.claims.get("scope", ""))),
+                }
+            except (JoseError, ValueError, TypeError):
+                raise Unauthorized("invalid or expired access token") from None
+            with self._verified_lock:
+                self._verified[bearer] = claims
+                while len(self._verified) > _VERIFIED_TOKENS:
+                    self._verified.popitem(last=False)
+        if now > claims["exp"] + CLOCK_LEEWAY:
+            raise Unauthorized("invalid or expired access token")
+        with self._engine.connect() as conn:
+            client = conn.execute(_CLIENT_STATE, {"client_id": claims["sub"]}).first()
+        if client is None or client.disabled:
+            raise Unauthorized("the client of this access token is disabled")
+        return AccessGrant(
+            client_id=claims["sub"],
+            scopes=claims["scopes"],
+            role=client.role,
+            organization=client.organization,
+            default_purpose=client.default_purpose,
+            expires_at=claims["exp"],
+        )
 
 
 def register_client(

@@ -30,6 +30,7 @@ from healthledger.principal import Principal
 ACCESS_LOG_KEY_CLASS = "access-log"
 _AGE_KEY = "healthledger.consent.index_age"
 _PENDING_KEY = "healthledger.consent.entries"
+_DEFER_KEY = "healthledger.consent.defer"
 READ_ACTIONS = frozenset({"read", "vread", "search", "history", "export"})
 
 
@@ -68,14 +69,21 @@ class ConsentPolicy:
         self._obligations = obligations
 
     # -- the seam -------------------------------------------------------------------------------
-    def begin(self, conn: Connection) -> None:
-        """At the start of each operation's transaction: index freshness, and a fresh list of entries."""
+    def begin(self, conn: Connection, *, defer: bool = False) -> None:
+        """At the start of each operation: index freshness, and a fresh list of entries.
+
+        `defer`: the operation runs on a read view (SQLite, whose one writer at a time would otherwise
+        serialise every read); entries are only collected, and the store records them in a short write
+        transaction of their own before anything is returned (`rescue` then `keep`).
+        """
         conn.info[_AGE_KEY] = self.index.refresh(conn)
         conn.info[_PENDING_KEY] = []
+        conn.info[_DEFER_KEY] = defer
 
     def rescue(self, conn: Connection) -> list[AccessEntry]:
         """The entries recorded in a transaction that is about to roll back."""
         conn.info.pop(_AGE_KEY, None)
+        conn.info.pop(_DEFER_KEY, None)
         return list(conn.info.pop(_PENDING_KEY, []))
 
     def keep(self, conn: Connection, entries: list[AccessEntry]) -> None:
@@ -151,7 +159,8 @@ class ConsentPolicy:
         if not entries:
             entries.append(self._entry(conn, principal, action, resource_type, "", "", _NOTHING_MATCHED))
         if principal.via != "cli":
-            record_accesses(conn, entries)
+            if not conn.info.get(_DEFER_KEY):
+                record_accesses(conn, entries)
             conn.info.setdefault(_PENDING_KEY, []).extend(entries)
 
     def record_audit_access(
@@ -208,7 +217,9 @@ class ConsentPolicy:
         now = self.clock()
         note = b""
         if outcome.break_glass and principal.break_glass_reason:
-            key = self.store.keyring.key_for_scope(conn, ACCESS_LOG_KEY_CLASS, b"").key
+            # Its own transaction: the key may be created here, and must outlive a read-only operation.
+            with self.store.engine.begin() as own:
+                key = self.store.keyring.key_for_scope(own, ACCESS_LOG_KEY_CLASS, b"").key
             aad = f"healthledger/break-glass/v1|{self.store.tenant}|{principal.actor_id}".encode()
             note = crypto.seal(key, principal.break_glass_reason.encode(), aad)
         return AccessEntry(
@@ -240,7 +251,8 @@ class ConsentPolicy:
         if principal.via == "cli":
             return  # the service's own maintenance (imports, erasure) is not an access by anyone
         entry = self._entry(conn, principal, action, resource_type, resource_id, patient_id, outcome)
-        record_access(conn, entry)
+        if not conn.info.get(_DEFER_KEY):
+            record_access(conn, entry)
         conn.info.setdefault(_PENDING_KEY, []).append(entry)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from fhir_adapters import search as fhir_search
@@ -40,7 +40,11 @@ _CHAIN_TO_ENGINE = {
     ChainStatus.REVOKED: GrantStatus.REVOKED,
     ChainStatus.UNKNOWN: GrantStatus.PENDING,
 }
-_GENERATION = select(ConsentGeneration.generation).where(ConsentGeneration.id == 1)
+# One round trip per operation: the generation and the indexer's last pass.
+_FRESHNESS = select(
+    ConsentGeneration.generation,
+    select(IndexerCursor.updated_at).where(IndexerCursor.name == bindparam("indexer")).scalar_subquery(),
+).where(ConsentGeneration.id == 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +126,8 @@ class ConsentIndex:
     # -- freshness --------------------------------------------------------------------------------
     def refresh(self, conn: Connection) -> float:
         """Empty the cache if anything changed since it was filled; return the index age in seconds."""
-        generation = conn.execute(_GENERATION).scalar()
-        updated = conn.execute(
-            select(IndexerCursor.updated_at).where(IndexerCursor.name == self.indexer_name)
-        ).scalar()
+        row = conn.execute(_FRESHNESS, {"indexer": self.indexer_name}).first()
+        generation, updated = (row[0], row[1]) if row is not None else (None, None)
         with self._lock:
             if generation != self._generation:
                 self._entries.clear()

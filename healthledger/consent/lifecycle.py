@@ -204,8 +204,10 @@ def revoke_consent(uow: Any, consent_id: str, password: str, *, now: float | Non
 # -- what readers see -----------------------------------------------------------------------------
 
 
-def chain_states(conn: Connection, tenant: str, consent_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """For each Consent id: its grants' on-chain state ("unsigned" when it has none)."""
+def chain_states(
+    conn: Connection, tenant: str, consent_ids: Iterable[str], *, now: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """For each Consent id: its grants' on-chain state at `now` ("unsigned" when it has none)."""
     ids = list(dict.fromkeys(consent_ids))
     out: dict[str, dict[str, Any]] = {cid: {"state": "unsigned", "grants": []} for cid in ids}
     if not ids:
@@ -226,7 +228,7 @@ def chain_states(conn: Connection, tenant: str, consent_ids: Iterable[str]) -> d
             )
         ).all()
     }
-    now = int(time.time())
+    at = int(time.time() if now is None else now)
     per_consent: dict[str, list[ChainGrant]] = {}
     for b in bindings:
         evs = sorted(events.get(b.grant_id, []), key=lambda e: (e.block_number, e.log_index))
@@ -241,14 +243,14 @@ def chain_states(conn: Connection, tenant: str, consent_ids: Iterable[str]) -> d
         out[b.consent_id]["grants"].append(
             {
                 "grantee": b.grantee_ref,
-                "state": _grant_label(last, b.revoke_item is not None, now),
+                "state": _grant_label(last, b.revoke_item is not None, at),
                 "block": last.block_number if last is not None else None,
                 "transaction": last.tx_hash if last is not None else None,
                 "outbox": pending_item.state if pending_item is not None else None,
             }
         )
     for cid, grants in per_consent.items():
-        status = consent_grant_status(grants, now).value  # live | pending | revoked | expired
+        status = consent_grant_status(grants, at).value  # live | pending | revoked | expired
         if status == "pending" and any(g.revoke_requested for g in grants):
             status = "revoking"
         out[cid]["state"] = "active" if status == "live" else status

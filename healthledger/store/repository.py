@@ -231,15 +231,36 @@ class ResourceStore:
 
     @contextmanager
     def reading(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
-        """A view for reads. Under a policy that logs accesses, reads write their log entries, so this
-        is a transaction like any other; otherwise a plain connection (no write lock)."""
-        if getattr(self.policy, "begin", None) is not None and (principal or SYSTEM).via != "cli":
-            with self.unit_of_work(principal) as uow:
-                yield uow
+        """A view for reads.
+
+        Under a policy that logs accesses, reads write their log entries before returning. On PostgreSQL
+        that is one transaction with the decision, like any other. SQLite has one writer at a time, and a
+        read that took the write lock would hold it through decryption and the decision, serialising
+        every reader; there the decision is made on a read view and its entries are recorded in a short
+        write transaction right after, still before the operation returns (or raises).
+        """
+        principal = principal or SYSTEM
+        begin = getattr(self.policy, "begin", None)
+        if begin is not None and principal.via != "cli":
+            if not self._sqlite:
+                with self.unit_of_work(principal) as uow:
+                    yield uow
+                return
+            self._ensure_master()
+            entries: list[Any] = []
+            try:
+                with self.engine.connect() as conn:
+                    begin(conn, defer=True)
+                    try:
+                        yield UnitOfWork(self, conn, principal)
+                    finally:
+                        entries = self.policy.rescue(conn)  # type: ignore[attr-defined]
+            finally:
+                self._keep_rescued(entries)
             return
         self._ensure_master()
         with self.engine.connect() as conn:
-            yield UnitOfWork(self, conn, principal or SYSTEM)
+            yield UnitOfWork(self, conn, principal)
 
     # -- one operation, one transaction ----------------------------------------------------
     def create(
