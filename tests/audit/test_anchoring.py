@@ -109,3 +109,20 @@ def test_cli_anchor_and_verify(tmp_path, monkeypatch) -> None:
     r = runner.invoke(cli, ["audit", "verify"])
     assert r.exit_code == 1 and "NOT INTACT (altered)" in r.output and "size 5" in r.output, r.output
     engine.dispose()
+
+
+def test_the_worker_sequences_a_backlog_larger_than_one_batch(migrated_sqlite_url) -> None:
+    from healthledger.audit.log import record_accesses
+    from healthledger.ledger import relay_commands
+
+    engine = make_engine(migrated_sqlite_url)
+    sessions = session_factory(engine)
+    backlog = relay_commands.SEQUENCE_BATCH * 2 + 7
+    with sessions.begin() as s:
+        record_accesses(s, [entry(i) for i in range(backlog)])
+    assert relay_commands._sequence_log(sessions) == backlog
+    with sessions() as s:
+        assert tree_head(s).size == backlog
+        assert verify_log(s, []).ok
+    assert relay_commands._sequence_log(sessions) == 0
+    engine.dispose()
