@@ -45,7 +45,7 @@ class Screened:
     outcome: Outcome
 
 
-Transform = Callable[[dict[str, Any], Obligation, Principal], dict[str, Any]]
+Transform = Callable[[dict[str, Any], Obligation, Principal], dict[str, Any] | None]
 
 
 class ConsentPolicy:
@@ -126,7 +126,12 @@ class ConsentPolicy:
             if action in WRITE_ACTIONS:
                 raise Forbidden(f"{action} on {resource_type} is not permitted for this caller")
             raise NotFound(f"{resource_type}/{facts.resource_id} is not known")
-        return self._apply(resource, outcome, principal)
+        if action in WRITE_ACTIONS:
+            return resource  # the writer is shown what it sent
+        shown = self._apply(resource, outcome, principal)
+        if shown is None and resource is not None:
+            raise NotFound(f"{resource_type}/{facts.resource_id} is not known")  # nothing may be shown
+        return shown
 
     def screen(
         self, principal: Principal, action: str, resource_type: str, resource: dict[str, Any], *, conn: Connection
@@ -190,8 +195,9 @@ class ConsentPolicy:
         age = conn.info.get(_AGE_KEY)
         if age is None:
             age = self.index.refresh(conn)
-        ctx = self.index.context(conn, facts.patient_id, self.clock(), age)
-        return decide(principal, action, facts, ctx, self.policy, self.clock())
+        now = self.clock()
+        ctx = self.index.context(conn, facts.patient_id, now, age)
+        return decide(principal, action, facts, ctx, self.policy, now)
 
     def _apply(self, resource: dict[str, Any] | None, outcome: Outcome, principal: Principal) -> dict[str, Any] | None:
         if resource is None or not outcome.obligations:
@@ -199,9 +205,12 @@ class ConsentPolicy:
         if self._obligations is None:
             # Nothing here can carry the obligation out: withhold rather than disclose more than allowed.
             raise Forbidden("this access carries an obligation the server cannot fulfil")
+        shown: dict[str, Any] | None = resource
         for obligation in outcome.obligations:
-            resource = self._obligations(resource, obligation, principal)
-        return resource
+            if shown is None:
+                break
+            shown = self._obligations(shown, obligation, principal)
+        return shown
 
     # -- the access log -------------------------------------------------------------------------------
     def _entry(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_adapters.deidentify import deidentify, redact_labelled
+from fhir_adapters.errors import FhirInputError
 from healthledger.consent.engine import Obligation
 from healthledger.principal import Principal
 
@@ -24,9 +25,13 @@ class Obligations:
     def __init__(self, store: Any) -> None:
         self.store = store
 
-    def __call__(self, resource: dict[str, Any], obligation: Obligation, principal: Principal) -> dict[str, Any]:
+    def __call__(self, resource: dict[str, Any], obligation: Obligation, principal: Principal) -> dict[str, Any] | None:
+        """The resource as it may be shown, or None when nothing of it may (its root carries the label)."""
         if obligation.kind == "redact-security-labels":
-            return redact_labelled(resource, obligation.labels)
+            try:
+                return redact_labelled(resource, obligation.labels)
+            except FhirInputError:
+                return None
         if obligation.kind == "de-identify":
             indexer = self.store.indexer
             key = indexer.key(PSEUDONYM_TYPE, principal.actor_id)

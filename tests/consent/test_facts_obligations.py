@@ -60,3 +60,11 @@ def test_de_identification_pseudonyms_are_stable_per_recipient_and_unlinkable_ac
     b = obligations(observation(), deid, Principal("client:uni-b", "researcher"))
     assert a1["subject"] == a2["subject"] != b["subject"]
     assert "p1" not in str(a1) and a1["code"] == observation()["code"]
+
+
+def test_a_resource_labelled_as_a_whole_is_withheld_not_failed() -> None:
+    store = SimpleNamespace(indexer=BlindIndexer(b"k" * 32, "t"))
+    labelled = observation(extension=[{"url": LABEL_URL, "valueCoding": {"system": PSY[0], "code": "PSY"}}])
+    shown = Obligations(store)(labelled, Obligation("redact-security-labels", frozenset({PSY})),
+                               Principal("dr", "clinician"))
+    assert shown is None
