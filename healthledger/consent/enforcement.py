@@ -261,7 +261,7 @@ class ConsentPolicy:
             return  # the service's own maintenance (imports, erasure) is not an access by anyone
         entry = self._entry(conn, principal, action, resource_type, resource_id, patient_id, outcome)
         if not conn.info.get(_DEFER_KEY):
-            record_access(conn, entry)
+            record_accesses(conn, [entry])
         conn.info.setdefault(_PENDING_KEY, []).append(entry)
 
 

@@ -247,16 +247,18 @@ class ResourceStore:
                     yield uow
                 return
             self._ensure_master()
-            entries: list[Any] = []
-            try:
-                with self.engine.connect() as conn:
-                    begin(conn, defer=True)
-                    try:
-                        yield UnitOfWork(self, conn, principal)
-                    finally:
-                        entries = self.policy.rescue(conn)  # type: ignore[attr-defined]
-            finally:
-                self._keep_rescued(entries)
+            with self.engine.connect() as conn:
+                begin(conn, defer=True)
+                try:
+                    yield UnitOfWork(self, conn, principal)
+                finally:
+                    # pysqlite runs SELECTs outside any transaction, so this connection holds no read
+                    # snapshot: its INSERT waits for the write lock (busy timeout) rather than failing.
+                    entries = self.policy.rescue(conn)  # type: ignore[attr-defined]
+                    conn.rollback()
+                    if entries:
+                        self.policy.keep(conn, entries)  # type: ignore[attr-defined]
+                        conn.commit()
             return
         self._ensure_master()
         with self.engine.connect() as conn:
