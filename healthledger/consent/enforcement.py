@@ -1,9 +1,11 @@
 """Consent enforcement at the store's seam: scopes, then the decision engine, and one log entry per attempt.
 
-The store calls `ConsentPolicy` inside each operation's transaction: `begin` once (index freshness),
-then `check` per operation (or `screen` per search match and `record_results` once per page). Every
-decision about an API or web caller is appended to the access log on the same connection, so it
-commits with the response's data or not at all. Denied reads answer exactly like a missing resource.
+The store calls `ConsentPolicy` inside each operation: `begin` once (index freshness), then `check` per
+operation (or `screen` per search match and `record_results` once per page). Every decision about an
+API or web caller is appended to the access log on the operation's connection: in its transaction, or,
+for reads on SQLite, in a short write transaction right after it (see ResourceStore.reading); either way
+before anything is returned, and kept when the operation fails. Denied reads answer exactly like a
+missing resource. docs/consent-semantics.md describes the whole of it.
 """
 
 from __future__ import annotations
