@@ -48,6 +48,16 @@ def postgres_schema_url() -> Iterator[tuple[str, str]]:
 
     In CI a missing PostgreSQL is a failure, not a skip: the suite promises to run on it.
     """
+    yield from _fresh_schema()
+
+
+@pytest.fixture(scope="module")
+def postgres_module_schema_url() -> Iterator[tuple[str, str]]:
+    """Like postgres_schema_url, but a schema of the test module's own (for a whole deployment per module)."""
+    yield from _fresh_schema()
+
+
+def _fresh_schema() -> Iterator[tuple[str, str]]:
     if not _postgres_reachable():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL at 127.0.0.1:5432 is required in CI")

@@ -46,9 +46,12 @@ ACCESS_ONLY = {"action": [{"coding": [{"system": "http://terminology.hl7.org/Cod
                                       "code": "access"}]}]}
 
 
-@pytest.fixture(scope="module")
-def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, dict[str, tuple[str, str]]]]:
-    world = World.build(tmp_path_factory.mktemp("matrix"))
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def matrix(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[World, dict[str, tuple[str, str]]]]:
+    url = request.getfixturevalue("postgres_module_schema_url")[0] if request.param == "postgres" else ""
+    world = World.build(tmp_path_factory.mktemp(f"matrix-{request.param}"), url)
     # One patient per situation, each with a user account and key, cared for by the hospital.
     from healthledger.auth.users import AccountNames, create_user
     from healthledger.keys import key_provider_for

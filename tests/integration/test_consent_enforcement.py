@@ -30,9 +30,13 @@ from healthledger.consent.lifecycle import CHAIN_STATE_URL, chain_states, presen
 from healthledger.ledger.models import ConsentEvent, OutboxItem
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    built = World.build(tmp_path_factory.mktemp("consent-world"))
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    url = ""
+    if request.param == "postgres":
+        # A schema of its own: a deployment (contracts, grants, the access log) per world.
+        url, _schema = request.getfixturevalue("postgres_module_schema_url")
+    built = World.build(tmp_path_factory.mktemp(f"consent-world-{request.param}"), url)
     yield built
     built.close()
 
