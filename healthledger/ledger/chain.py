@@ -27,6 +27,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexAddress, HexStr
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from eth_utils.exceptions import ValidationError as EthValidationError
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
@@ -335,6 +336,10 @@ def translate_errors(table: ErrorTable | None = None) -> Iterator[None]:
     except (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError) as exc:
         raise ChainError("chain node is unreachable") from exc
     except Web3Exception as exc:
+        raise ChainError(f"chain node refused the request: {_short(exc)}") from exc
+    except EthValidationError as exc:
+        # The embedded chain (eth-tester) refuses in-process, e.g. a nonce ahead of the account's while a
+        # concurrent worker's lower nonce is still on its way: transient, the outbox sends it again later.
         raise ChainError(f"chain node refused the request: {_short(exc)}") from exc
 
 
