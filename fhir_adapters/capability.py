@@ -60,12 +60,17 @@ def capability_statement(
     versioning: str = "versioned",
     update_create: bool = False,
     security_description: str | None = None,
+    oauth_token_url: str | None = None,
+    read_only: Mapping[str, Iterable[tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """A CapabilityStatement (kind `instance`) listing exactly the interactions and search parameters given.
 
     `interactions` are the type/instance interaction codes the API implements for every type listed in
     `resource_types` (default: every R4B resource type); search parameters come from SEARCH_PARAMETERS.
     `date` is when this capability was last changed (a parameter: the core reads no clock).
+    `oauth_token_url` declares SMART on FHIR security (App Launch 2.0 §Conformance: the
+    restful-security-service code and the oauth-uris extension). `read_only` maps types served read-only
+    (read and search-type) to their search parameters as (name, type), e.g. {"AuditEvent": [("date", "date")]}.
     """
     type_codes = sorted(set(interactions))
     unknown = set(type_codes) - TYPE_INTERACTIONS
@@ -79,7 +84,15 @@ def capability_statement(
     types = sorted(RESOURCE_TYPES if resource_types is None else set(resource_types))
     searchable = "search-type" in type_codes
     resources = []
+    read_only = dict(read_only or {})
     for resource_type in types:
+        if resource_type in read_only:
+            resources.append({
+                "type": resource_type,
+                "interaction": [{"code": "read"}, {"code": "search-type"}],
+                "searchParam": [{"name": name, "type": kind} for name, kind in read_only[resource_type]],
+            })
+            continue
         entry: dict[str, Any] = {
             "type": resource_type,
             "interaction": [{"code": code} for code in type_codes],
@@ -94,8 +107,19 @@ def capability_statement(
             entry["searchParam"] = [_search_param(d) for d in _ordered(search_parameters(resource_type))]
         resources.append(entry)
     rest: dict[str, Any] = {"mode": "server", "resource": resources}
+    security: dict[str, Any] = {}
+    if oauth_token_url:
+        security["extension"] = [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": oauth_token_url}],
+        }]
+        security["service"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR",
+        }]}]
     if security_description:
-        rest["security"] = {"description": security_description}
+        security["description"] = security_description
+    if security:
+        rest["security"] = security
     if system_codes:
         rest["interaction"] = [{"code": code} for code in system_codes]
     implementation: dict[str, Any] = {

@@ -52,10 +52,13 @@ _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_summa
 _REFUSED_CONTROLS = frozenset({"_sort", "_elements", "_page", "_include", "_revinclude", "_contained"})
 _HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
 
-def fhir_blueprint(store: ResourceStore, settings: Settings, authenticate: Authenticator | None = None) -> Blueprint:
-    """The /fhir blueprint bound to one store; no module-level state."""
+def fhir_blueprint(
+    store: ResourceStore, settings: Settings, authenticate: Authenticator | None = None, *, token_url: str | None = None
+) -> Blueprint:
+    """The /fhir blueprint bound to one store; no module-level state. `token_url`: the SMART token endpoint."""
     bp = Blueprint("fhir", __name__, url_prefix="/fhir")
     api = _FhirApi(store, settings, authenticate or Authenticator(settings))
+    api.token_url = token_url
 
     bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
     bp.add_url_rule("", "system", api.system_bundle, methods=["POST"])
@@ -76,6 +79,7 @@ class _FhirApi:
         self.store = store
         self.settings = settings
         self.authenticate = authenticate
+        self.token_url: str | None = None
         self._capability: dict[str, bytes] = {}
 
     # -- helpers -------------------------------------------------------------------------------
@@ -155,6 +159,8 @@ class _FhirApi:
                     conditional_delete="not-supported",
                     versioning="versioned-update",  # If-Match is honoured
                     update_create=True,  # PUT to a new id creates it
+                    oauth_token_url=self.token_url,
+                    read_only={"AuditEvent": (("patient", "reference"), ("date", "date"))},
                     security_description=(
                         "SMART on FHIR Backend Services (client credentials with private_key_jwt): bearer access "
                         "tokens from /auth/token, discovery at /.well-known/smart-configuration. Every access is "

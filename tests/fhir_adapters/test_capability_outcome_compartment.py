@@ -117,3 +117,21 @@ def test_operation_outcome() -> None:
 )
 def test_patient_compartment(resource: dict[str, object], expected: str | None) -> None:
     assert patient_compartment(resource) == expected
+
+
+def test_capability_declares_smart_security_and_read_only_types() -> None:
+    from fhir_adapters.capability import capability_statement
+    from fhir_adapters.validation import parse_resource
+
+    cs = capability_statement(interactions=("read", "create"), oauth_token_url="https://h.example/auth/token",
+                              read_only={"AuditEvent": (("patient", "reference"), ("date", "date"))},
+                              security_description="SMART Backend Services")
+    security = cs["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    assert security["extension"][0]["extension"] == [{"url": "token", "valueUri": "https://h.example/auth/token"}]
+    audit = next(r for r in cs["rest"][0]["resource"] if r["type"] == "AuditEvent")
+    assert [i["code"] for i in audit["interaction"]] == ["read", "search-type"]
+    assert [p["name"] for p in audit["searchParam"]] == ["patient", "date"]
+    patient = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
+    assert {i["code"] for i in patient["interaction"]} == {"read", "create"}
+    parse_resource(cs)  # still a valid R4 CapabilityStatement
