@@ -20,6 +20,13 @@ def bootstrap(settings: Settings) -> None:
     try:
         upgrade(engine)
         key_provider = key_provider_for(settings.key_provider, settings.keys_dir)  # creates the KEK file
+        # Server keys, once, before any worker forks: workers racing to create them would each sign
+        # with a key of their own.
+        from healthledger.auth.tokens import TokenSigner
+        from healthledger.web.sessions import SessionSecret
+
+        TokenSigner.load_or_create(settings.keys_dir, key_provider)
+        SessionSecret.load_or_create(settings.keys_dir, key_provider)
         if settings.load_demo_data:
             from healthledger.demo import load_demo_data
             from healthledger.store.repository import ResourceStore

@@ -55,3 +55,15 @@ def test_settings_file_then_environment(monkeypatch, tmp_path: Path) -> None:
     s = Settings.load(port=9100)
     assert s.data_dir == tmp_path / "from-file" and s.tenant == "env-tenant" and s.port == 9100
     assert s.database_url == f"sqlite:///{(tmp_path / 'from-file' / 'healthledger.db').resolve()}"
+
+
+def test_bootstrap_creates_the_server_keys_before_workers_start(tmp_path) -> None:
+    from healthledger.app import bootstrap
+    from healthledger.config import Settings
+
+    settings = Settings(data_dir=tmp_path / "var", load_demo_data=False)
+    bootstrap(settings)
+    names = {p.name for p in settings.keys_dir.iterdir()}
+    assert "token-signing-key.json" in names and any("session" in n for n in names)
+    for path in settings.keys_dir.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
