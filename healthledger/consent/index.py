@@ -1,9 +1,8 @@
 """The in-process consent index: each patient's Consents, on-chain grant states and care organisations.
 
 Decisions must take microseconds, so each worker keeps what the engine needs per patient in memory.
-It is kept exact, not merely fresh: every change a decision depends on (a Consent, Patient or
-Encounter written; a grant event indexed from the chain) bumps one generation counter in the same
-transaction, and each operation reads that counter (one indexed row) before deciding; a new value
+It is kept exact, not merely fresh: every change a decision depends on (a Consent or Patient
+written; a grant event indexed from the chain) bumps one generation counter in the same transaction, and each operation reads that counter (one indexed row) before deciding; a new value
 empties the cache. Freshness of the chain view itself is the indexer's: the age of its last pass
 (`indexer_cursor.updated_at`) is the index age the engine fails closed on.
 """
@@ -170,8 +169,6 @@ class ConsentIndex:
         patient = uow.peek("Patient", patient_id)
         if patient is not None and patient.resource is not None:
             care |= _references(patient.resource, ("managingOrganization", "generalPractitioner"))
-        for encounter in _all(uow, "Encounter", [("patient", ref)]):
-            care |= _references(encounter, ("serviceProvider",))
 
         compiled: list[ConsentRules] = []
         for consent in _all(uow, "Consent", [("patient", ref)]):

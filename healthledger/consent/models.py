@@ -12,7 +12,7 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 class ConsentGeneration(Base):
     """One row: bumped in the same transaction as any change a consent decision depends on (a Consent,
-    a Patient or an Encounter written, a grant event indexed), so every worker's in-process consent
+    a Patient written, a grant event indexed), so every worker's in-process consent
     index knows, with one read, when it must reload."""
 
     __tablename__ = "consent_generation"

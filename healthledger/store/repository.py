@@ -62,8 +62,10 @@ _SELECT_CURRENT = sa.select(*_COLUMNS).where(*_SAME_RESOURCE, res_t.c.is_current
 _SELECT_VERSION = sa.select(*_COLUMNS).where(*_SAME_RESOURCE, res_t.c.version_id == sa.bindparam("version_id"))
 _INSERT_ONE = sa.insert(res_t).returning(res_t.c.row_id)
 _INSERT_MANY = sa.insert(res_t).returning(res_t.c.row_id, sort_by_parameter_order=True)
-# Writes of these types change consent decisions (a patient's Consents and care organisations).
-CONSENT_INPUT_TYPES = frozenset({"Consent", "Patient", "Encounter"})
+# Writes of these types change consent decisions (a patient's Consents and care organisations). Only
+# these: every bump empties every worker's consent index, so the types written all day (Observation,
+# Encounter) must not be among them.
+CONSENT_INPUT_TYPES = frozenset({"Consent", "Patient"})
 
 
 def _json_default(value: object) -> object:

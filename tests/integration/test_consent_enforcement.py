@@ -388,3 +388,21 @@ def test_patients_see_who_accessed_their_record_including_break_the_glass(world:
     audit = orjson.loads(world.client.get(f"/fhir/AuditEvent?patient=Patient/{pid}",
                                           headers=world.headers("auditor")).data)
     assert audit["total"] >= 2
+
+
+def test_the_consent_index_reloads_on_consent_inputs_only(world: World) -> None:
+    index = world.app.extensions["healthledger.consent_index"]
+    obs = f"/fhir/Observation/{world.observations['ann']}"
+    world.client.get(obs, headers=world.headers("ehr"))
+    loads = index.loads
+    world.client.get(obs, headers=world.headers("ehr"))
+    assert index.loads == loads  # served from memory
+    world.dev_create({"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+                      "subject": {"reference": f"Patient/{world.patients['ann']}"}})
+    world.client.get(obs, headers=world.headers("ehr"))
+    assert index.loads == loads  # clinical data written all day does not empty the index
+    patient = world.dev_read(f"Patient/{world.patients['ann']}")
+    patient.pop("meta")
+    world.dev_put(patient)
+    world.client.get(obs, headers=world.headers("ehr"))
+    assert index.loads == loads + 1  # a Patient (care organisations) does
