@@ -160,8 +160,8 @@ def work_command(once: bool, interval: float | None, anchor_interval: float | No
         engine.dispose()
 
 
-SEQUENCE_BATCH = 1_000  # entries per transaction: SQLite's write lock is held ~0.1 s, not seconds
-SEQUENCE_BATCHES_PER_PASS = 100
+SEQUENCE_BATCH = 250  # entries per transaction (~15 ms of SQLite's write lock; ~55 us of CPU per entry)
+SEQUENCE_BATCHES_PER_PASS = 400
 
 
 def _sequence_log(sessions: Any) -> int:
