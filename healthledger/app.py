@@ -125,8 +125,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         principal: Principal = g.healthledger_principal
         return principal
 
+    # CDS Hooks callers are systems with bearer tokens; the web session is not accepted there (that path
+    # is exempt from CSRF checks because it never reads the session).
+    bearer_only = Authenticator(settings, tokens)
+
     def authenticate_cds() -> Principal:
-        g.healthledger_principal = authenticate(request)
+        g.healthledger_principal = bearer_only(request)
         return g.healthledger_principal
 
     app.register_blueprint(smart_blueprint(tokens))

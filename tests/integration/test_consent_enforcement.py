@@ -406,3 +406,13 @@ def test_the_consent_index_reloads_on_consent_inputs_only(world: World) -> None:
     world.dev_put(patient)
     world.client.get(obs, headers=world.headers("ehr"))
     assert index.loads == loads + 1  # a Patient (care organisations) does
+
+
+def test_cds_hooks_does_not_accept_the_web_session(world: World) -> None:
+    """/cds-services is exempt from CSRF checks because it never reads the session: it must not."""
+    session = world.patient_session("ann")
+    body = {"hook": "patient-consent-consult", "hookInstance": "x", "context": {
+        "patientId": [{"system": MRN_SYSTEM, "value": "MRN-ann"}], "actor": [{"value": "city-clinic"}]}}
+    resp = session.browser.post("/cds-services/patient-consent-consult", data=orjson.dumps(body),
+                                headers={"Content-Type": "application/json"})
+    assert resp.status_code == 401
