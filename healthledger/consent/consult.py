@@ -49,9 +49,8 @@ class ConsentConsultant:
                 self.policy.record(conn, caller, "decide", ",".join(request.classes)[:64], "", "", _UNKNOWN)
                 raise NotFound("no such patient")
             principal = self._asking(uow, request, caller)
-            age = self.policy.index.refresh(conn)
             now = self.policy.clock()
-            ctx = self.policy.index.context(conn, patient_id, now, age)
+            ctx = self.policy.patient_context(conn, patient_id, now)
             outcomes = [
                 decide(principal, "read", ResourceFacts(cls, "", patient_id), ctx, self.policy.policy, now)
                 for cls in classes

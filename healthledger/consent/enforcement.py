@@ -19,11 +19,20 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from healthledger import crypto
-from healthledger.audit.entries import AccessEntry
+from healthledger.audit.entries import ACTIONS, AccessEntry
 from healthledger.audit.log import record_access, record_accesses
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import scope_allows
-from healthledger.consent.engine import WRITE_ACTIONS, Decision, Obligation, Outcome, Policy, Reason, decide
+from healthledger.consent.engine import (
+    WRITE_ACTIONS,
+    Decision,
+    Obligation,
+    Outcome,
+    PatientContext,
+    Policy,
+    Reason,
+    decide,
+)
 from healthledger.consent.facts import resource_facts
 from healthledger.consent.index import ConsentIndex
 from healthledger.errors import Forbidden, NotFound
@@ -33,7 +42,6 @@ ACCESS_LOG_KEY_CLASS = "access-log"
 _AGE_KEY = "healthledger.consent.index_age"
 _PENDING_KEY = "healthledger.consent.entries"
 _DEFER_KEY = "healthledger.consent.defer"
-READ_ACTIONS = frozenset({"read", "vread", "search", "history", "export"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +202,15 @@ class ConsentPolicy:
             return Outcome(Decision.PERMIT, (Reason("no-patient-compartment"),))
         if principal.scope_context == "patient" and facts.patient_id != principal.patient_id:
             return Outcome(Decision.DENY, (Reason("scope", detail="patient scopes cover the patient's own data"),))
+        now = self.clock()
+        return decide(principal, action, facts, self.patient_context(conn, facts.patient_id, now), self.policy, now)
+
+    def patient_context(self, conn: Connection, patient_id: str, now: datetime) -> PatientContext:
+        """What the engine knows about the patient, with the index age read at the operation's start."""
         age = conn.info.get(_AGE_KEY)
         if age is None:
             age = self.index.refresh(conn)
-        now = self.clock()
-        ctx = self.index.context(conn, facts.patient_id, now, age)
-        return decide(principal, action, facts, ctx, self.policy, now)
+        return self.index.context(conn, patient_id, now, age)
 
     def _apply(self, resource: dict[str, Any] | None, outcome: Outcome, principal: Principal) -> dict[str, Any] | None:
         if resource is None or not outcome.obligations:
@@ -239,7 +250,7 @@ class ConsentPolicy:
             organization=principal.organization,
             role=principal.role,
             purpose=principal.purpose,
-            action=action if action in _LOGGED_ACTIONS else "read",
+            action=action if action in ACTIONS else "read",
             resource_type=resource_type,
             resource_id=resource_id,
             patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id) if patient_id else "",
@@ -267,7 +278,6 @@ class ConsentPolicy:
         conn.info.setdefault(_PENDING_KEY, []).append(entry)
 
 
-_LOGGED_ACTIONS = frozenset({"read", "vread", "search", "history", "create", "update", "delete", "export", "decide"})
 _UNRESTRICTED = Outcome(Decision.PERMIT, (Reason("unrestricted"),))
 _NOTHING_MATCHED = Outcome(Decision.PERMIT, (Reason("no-match"),))
 _MISS = Outcome(Decision.DENY, (Reason("not-found"),))

@@ -176,35 +176,33 @@ class ConsentIndex:
                 compiled.append(consent_rules(consent))
             except FhirInputError:
                 continue  # validated on write; an unusable one grants nothing
-        bindings: dict[str, list[ConsentBinding]] = {}
-        if compiled:
-            rows = conn.execute(
-                select(ConsentBinding).where(
-                    ConsentBinding.tenant == self.store.tenant,
-                    ConsentBinding.consent_id.in_([c.consent_id for c in compiled]),
-                )
-            ).all()
-            for row in rows:
-                bindings.setdefault(row.consent_id, []).append(row)
-        events: dict[str, list[IndexedEvent]] = {}
-        grant_ids = [b.grant_id for rows in bindings.values() for b in rows]
-        for start in range(0, len(grant_ids), 500):
-            for e in conn.execute(
-                select(ConsentEvent).where(ConsentEvent.grant_id.in_(grant_ids[start : start + 500]))
-            ).all():
-                events.setdefault(e.grant_id, []).append(
-                    IndexedEvent(e.status, e.valid_from, e.valid_until, e.block_number, e.log_index, e.tx_hash)
-                )
-        grants = {
-            c.consent_id: tuple(
-                ChainGrant(b.grantee_ref, b.grant_id, tuple(events.get(b.grant_id, ())), b.revoke_item is not None)
-                for b in bindings.get(c.consent_id, [])
-            )
-            for c in compiled
-        }
+        grants = load_chain_grants(conn, self.store.tenant, [c.consent_id for c in compiled])
         consents = tuple(effective_rules(c, bool(grants[c.consent_id])) for c in compiled)
         care.discard("")
         return PatientEntry(patient_id, consents, grants, frozenset(care))
+
+
+def load_chain_grants(conn: Connection, tenant: str, consent_ids: Sequence[str]) -> dict[str, tuple[ChainGrant, ...]]:
+    """Each Consent's bindings with their indexed events (in chain order); () for an unsigned Consent."""
+    out: dict[str, list[ChainGrant]] = {cid: [] for cid in consent_ids}
+    if not out:
+        return {}
+    bindings = conn.execute(
+        select(ConsentBinding).where(ConsentBinding.tenant == tenant, ConsentBinding.consent_id.in_(list(out)))
+    ).all()
+    events: dict[str, list[IndexedEvent]] = {}
+    grant_ids = [b.grant_id for b in bindings]
+    for start in range(0, len(grant_ids), 500):
+        for e in conn.execute(
+            select(ConsentEvent).where(ConsentEvent.grant_id.in_(grant_ids[start : start + 500]))
+        ).all():
+            events.setdefault(e.grant_id, []).append(
+                IndexedEvent(e.status, e.valid_from, e.valid_until, e.block_number, e.log_index, e.tx_hash)
+            )
+    for b in bindings:
+        ordered = sorted(events.get(b.grant_id, ()), key=lambda e: (e.block_number, e.log_index))
+        out[b.consent_id].append(ChainGrant(b.grantee_ref, b.grant_id, tuple(ordered), b.revoke_item is not None))
+    return {cid: tuple(grants) for cid, grants in out.items()}
 
 
 def _all(uow: Any, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -26,12 +26,13 @@ from sqlalchemy.orm import Session
 from fhir_adapters.consent import PERMIT, ConsentRules, Provision, consent_rules
 from fhir_adapters.errors import FhirInputError
 from healthledger import crypto
-from healthledger.consent.index import ChainGrant, IndexedEvent, consent_grant_status
+from healthledger.consent.index import ChainGrant, consent_grant_status, load_chain_grants
 from healthledger.consent.models import ConsentBinding, bump_generation
 from healthledger.errors import BadRequest, ChainError, Conflict, Forbidden
 from healthledger.ledger import eip712, patient_keys, relayer
 from healthledger.ledger.deploy import ChainContract
-from healthledger.ledger.models import ConsentEvent, OutboxItem
+from healthledger.ledger.indexer import GrantStatus as ChainStatus
+from healthledger.ledger.indexer import state_from_events
 
 ANY_GRANTEE = "*"
 GRANT_NONCE, REVOKE_NONCE = 0, 1  # each binding has its own grant key: its first write is nonce 0
@@ -208,65 +209,43 @@ def chain_states(
     conn: Connection, tenant: str, consent_ids: Iterable[str], *, now: float | None = None
 ) -> dict[str, dict[str, Any]]:
     """For each Consent id: its grants' on-chain state at `now` ("unsigned" when it has none)."""
-    ids = list(dict.fromkeys(consent_ids))
-    out: dict[str, dict[str, Any]] = {cid: {"state": "unsigned", "grants": []} for cid in ids}
-    if not ids:
-        return out
-    bindings = conn.execute(
-        select(ConsentBinding).where(ConsentBinding.tenant == tenant, ConsentBinding.consent_id.in_(ids))
-    ).all()
-    if not bindings:
-        return out
-    events: dict[str, list[Any]] = {}
-    for e in conn.execute(select(ConsentEvent).where(ConsentEvent.grant_id.in_([b.grant_id for b in bindings]))).all():
-        events.setdefault(e.grant_id, []).append(e)
-    items = {
-        i.id: i
-        for i in conn.execute(
-            select(OutboxItem.id, OutboxItem.state, OutboxItem.tx_hash).where(
-                OutboxItem.id.in_([x for b in bindings for x in (b.grant_item, b.revoke_item) if x is not None])
-            )
-        ).all()
-    }
     at = int(time.time() if now is None else now)
-    per_consent: dict[str, list[ChainGrant]] = {}
-    for b in bindings:
-        evs = sorted(events.get(b.grant_id, []), key=lambda e: (e.block_number, e.log_index))
-        chain_grant = ChainGrant(
-            b.grantee_ref, b.grant_id,
-            tuple(IndexedEvent(e.status, e.valid_from, e.valid_until, e.block_number, e.log_index, e.tx_hash) for e in evs),
-            b.revoke_item is not None,
-        )
-        per_consent.setdefault(b.consent_id, []).append(chain_grant)
-        last = evs[-1] if evs else None
-        pending_item = items.get(b.revoke_item if b.revoke_item is not None else b.grant_item)
-        out[b.consent_id]["grants"].append(
-            {
-                "grantee": b.grantee_ref,
-                "state": _grant_label(last, b.revoke_item is not None, at),
-                "block": last.block_number if last is not None else None,
-                "transaction": last.tx_hash if last is not None else None,
-                "outbox": pending_item.state if pending_item is not None else None,
-            }
-        )
-    for cid, grants in per_consent.items():
+    out: dict[str, dict[str, Any]] = {}
+    for cid, grants in load_chain_grants(conn, tenant, list(dict.fromkeys(consent_ids))).items():
+        if not grants:
+            out[cid] = {"state": "unsigned", "grants": []}
+            continue
         status = consent_grant_status(grants, at).value  # live | pending | revoked | expired
         if status == "pending" and any(g.revoke_requested for g in grants):
             status = "revoking"
-        out[cid]["state"] = "active" if status == "live" else status
+        out[cid] = {
+            "state": "active" if status == "live" else status,
+            "grants": [
+                {
+                    "grantee": g.grantee_ref,
+                    "state": _grant_label(g, at),
+                    "block": g.events[-1].block_number if g.events else None,
+                    "transaction": g.events[-1].tx_hash if g.events else None,
+                }
+                for g in grants
+            ],
+        }
     return out
 
 
-def _grant_label(last: Any, revoke_requested: bool, now: int) -> str:
-    if last is None:
+_GRANT_LABELS = {
+    ChainStatus.LIVE: "active", ChainStatus.NOT_YET_VALID: "pending", ChainStatus.UNKNOWN: "pending",
+    ChainStatus.EXPIRED: "expired", ChainStatus.REVOKED: "revoked",
+}
+
+
+def _grant_label(grant: ChainGrant, now: int) -> str:
+    if not grant.events:
         return "pending"
-    if last.status == "revoked":
-        return "revoked"
-    if revoke_requested:
+    status = state_from_events(list(grant.events), now).status  # type: ignore[arg-type]
+    if grant.revoke_requested and status is not ChainStatus.REVOKED:
         return "revoking"
-    if now >= last.valid_until:
-        return "expired"
-    return "active" if now >= last.valid_from else "pending"
+    return _GRANT_LABELS[status]
 
 
 def present_consent(resource: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
