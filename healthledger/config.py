@@ -81,6 +81,15 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def accepted_dev_token(self) -> str:
+        """The development token, if it is to be honoured: one configured on purpose, or the built-in
+        default only while the server listens on loopback (a deployment left on defaults must not open
+        an unrestricted door to the network)."""
+        if "dev_token" in self.model_fields_set or self.host in ("127.0.0.1", "::1", "localhost"):
+            return self.dev_token
+        return ""
+
+    @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 

@@ -67,3 +67,12 @@ def test_bootstrap_creates_the_server_keys_before_workers_start(tmp_path) -> Non
     assert "token-signing-key.json" in names and any("session" in n for n in names)
     for path in settings.keys_dir.iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_the_default_development_token_is_honoured_on_loopback_only(tmp_path) -> None:
+    from healthledger.config import Settings
+
+    assert Settings(data_dir=tmp_path).accepted_dev_token == "dev-token"
+    assert Settings(data_dir=tmp_path, host="0.0.0.0").accepted_dev_token == ""
+    assert Settings(data_dir=tmp_path, host="0.0.0.0", dev_token="chosen").accepted_dev_token == "chosen"
+    assert Settings(data_dir=tmp_path, dev_token="").accepted_dev_token == ""

@@ -53,7 +53,7 @@ class Authenticator:
         if authorization[: len(_BEARER)].lower() != _BEARER:
             raise Unauthorized("unsupported authorization scheme: use 'Bearer <token>'")
         token = authorization[len(_BEARER) :].strip()
-        dev = self.settings.dev_token
+        dev = self.settings.accepted_dev_token
         # Constant-time comparison so the token cannot be guessed byte by byte from response timings.
         if dev and hmac.compare_digest(token.encode(), dev.encode()):
             return DEV_CLIENT
