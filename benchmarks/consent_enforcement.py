@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -118,16 +117,6 @@ def fetch(port: int, path: str, token: str) -> tuple[int, dict[str, Any]]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
-
-
-def run_wrk_as(token: str, port: int, paths: list[str], **kwargs: Any) -> dict[str, Any]:
-    """fhir_http.run_wrk with another bearer token (its Lua script takes the module's TOKEN)."""
-    saved = fhir_http.TOKEN
-    fhir_http.TOKEN = token
-    try:
-        return run_wrk(port, paths, **kwargs)
-    finally:
-        fhir_http.TOKEN = saved
 
 
 class AccessLog:
@@ -313,7 +302,7 @@ def main() -> int:
                 for mode in modes if op in READS else [ON, OFF]:
                     port, token = servers[mode]
                     before = {m: log.last_id() for m, log in logs.items()}
-                    warm = run_wrk_as(token, port, paths, duration=2, **wrk_args)  # warms caches too
+                    warm = run_wrk(port, paths, duration=2, token=token, **wrk_args)  # warms caches too
                     if op == "read Patient" and mode in (ON, OFF):
                         added = logs[mode].last_id() - before[mode]
                         print(f"  access log ({mode}): {added} entries appended during a 2 s run of {op} that "
@@ -334,8 +323,8 @@ def main() -> int:
                 for repeat in range(args.repeats):
                     for mode in op_modes if repeat % 2 == 0 else op_modes[::-1]:
                         port, token = servers[mode]
-                        run = run_wrk_as(token, port, paths, duration=args.duration,
-                                         master_pid=procs[OFF if mode == OFF else ON][0].pid, **wrk_args)
+                        run = run_wrk(port, paths, duration=args.duration, token=token,
+                                      master_pid=procs[OFF if mode == OFF else ON][0].pid, **wrk_args)
                         runs.setdefault(op, {}).setdefault(mode, []).append(run)
                     print(f"  {op}: repeat {repeat + 1}/{args.repeats} done", flush=True)
 
@@ -354,14 +343,7 @@ def main() -> int:
             for app in (on_app, off_app):
                 app.extensions["healthledger.engine"].dispose()
         finally:
-            for proc, _ in procs.values():
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc, _ in procs.values():
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            fhir_http.stop_servers([proc for proc, _ in procs.values()], timeout=30)
 
     decision_us = None if args.no_decision else consent_decision_median_us()
     load = os.getloadavg()[0]

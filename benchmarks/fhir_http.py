@@ -142,12 +142,24 @@ def server_cpu_seconds(master_pid: int) -> float:
     return total
 
 
+def stop_servers(procs: list[subprocess.Popen[bytes]], *, timeout: float) -> None:
+    """SIGTERM each server's process group, then SIGKILL what has not stopped within `timeout`."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run_wrk(
     port: int, paths: list[str], *, duration: int, connections: int, threads: int, workdir: Path,
-    master_pid: int | None = None,
+    master_pid: int | None = None, token: str = TOKEN,
 ) -> dict[str, Any]:
     script = workdir / f"wrk-{port}.lua"
-    script.write_text(LUA % {"paths": ", ".join(json.dumps(p) for p in paths), "token": TOKEN})
+    script.write_text(LUA % {"paths": ", ".join(json.dumps(p) for p in paths), "token": token})
     cpu_before = server_cpu_seconds(master_pid) if master_pid else 0.0
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
@@ -312,14 +324,7 @@ def main() -> int:
                         runs.append(run)
                         results.setdefault(op, {})[label] = max(runs, key=lambda r: r["req_per_s"])
         finally:
-            for proc, _ in servers.values():
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc, _ in servers.values():
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_servers([proc for proc, _ in servers.values()], timeout=20)
 
         local = in_process({label: workdir / label.replace(" ", "-") for label in modes}, ops, privacy_off=modes)
 
