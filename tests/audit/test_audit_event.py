@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -210,23 +209,6 @@ def test_pseudonym_is_a_keyed_hash_of_the_patient_id() -> None:
 
 
 # -- the pseudonym column ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sessions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('audit-event') / 'a.db'}"
-    else:
-        url, _schema = request.getfixturevalue("postgres_schema_url")
-    engine = make_engine(url)
-    upgrade(engine)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture()
-def log_id() -> str:
-    return "t" + secrets.token_hex(6)
 
 
 def _column(s: Any, entry_id: int) -> str | None:

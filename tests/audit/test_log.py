@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
@@ -24,26 +22,8 @@ from healthledger.audit.log import (
 )
 from healthledger.audit.merkle import verify_consistency, verify_inclusion
 from healthledger.audit.models import AccessLogEntry, AuditNode
-from healthledger.db import make_engine, session_factory, upgrade
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def sessions(request, tmp_path_factory) -> Iterator:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'a.db'}"
-    else:
-        url, _schema = request.getfixturevalue("postgres_schema_url")
-    engine = make_engine(url)
-    upgrade(engine)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture()
-def log_id() -> str:
-    return "t" + secrets.token_hex(6)
 
 
 def entry(i: int, decision: str = "permit") -> AccessEntry:
