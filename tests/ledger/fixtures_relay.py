@@ -167,3 +167,33 @@ def ledger_chain(
         chain.close()
         if node is not None:
             node.stop()
+
+
+def run_workers_concurrently(
+    sessions: sessionmaker[Session], chain: object, policy: object, names: list[str], *, passes: int = 30
+) -> list[BaseException]:
+    """Outbox workers, one thread each, until nothing is queued or sent; the exceptions they raised."""
+    import threading
+    import time
+
+    from healthledger.ledger import outbox
+
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            for _ in range(passes):
+                outbox.process_outbox(sessions, chain, time.time(), policy=policy, worker_id=name)  # type: ignore[arg-type]
+                with sessions() as s:
+                    left = outbox.counts(s)
+                if left["queued"] + left["sent"] == 0:
+                    break
+        except Exception as exc:  # noqa: BLE001  surfaced by the caller's assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return errors

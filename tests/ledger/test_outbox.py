@@ -17,7 +17,7 @@ from healthledger.ledger import eip712, outbox, relayer
 from healthledger.ledger.chain import Chain
 from healthledger.ledger.models import OutboxItem
 from healthledger.ledger.patient_keys import pseudonym_for
-from tests.ledger.fixtures_relay import key_provider, ledger_chain, relay_db
+from tests.ledger.fixtures_relay import key_provider, ledger_chain, relay_db, run_workers_concurrently
 
 FAST = outbox.OutboxPolicy(base_backoff_seconds=0.0, receipt_poll_seconds=0.0)
 MASTER = bytes.fromhex("42" * 32)
@@ -289,25 +289,7 @@ def test_concurrent_workers_send_each_item_once_with_distinct_nonces(relay_db, l
         for i in range(8):
             relayer.submit_grant(s, domain_of(chain), *signed_grant(chain, f"org:{i}"), now=time.time())
     policy = outbox.OutboxPolicy(batch_size=2, base_backoff_seconds=0.0, receipt_poll_seconds=0.0)
-    errors: list[BaseException] = []
-
-    def work(name: str) -> None:
-        try:
-            for _ in range(30):
-                outbox.process_outbox(relay_db, chain, time.time(), policy=policy, worker_id=name)
-                with relay_db() as s:
-                    left = outbox.counts(s)
-                if left["queued"] + left["sent"] == 0:
-                    break
-        except Exception as exc:  # noqa: BLE001  surfaced by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors
+    assert not run_workers_concurrently(relay_db, chain, policy, [f"w{i}" for i in range(3)])
     with relay_db() as s:
         items = s.scalars(sa.select(OutboxItem)).all()
         assert {i.state for i in items} == {"confirmed"}

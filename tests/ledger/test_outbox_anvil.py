@@ -25,6 +25,7 @@ from tests.ledger.fixtures_relay import (
     key_provider,
     relay_db,
     relay_engine,
+    run_workers_concurrently,
 )
 from tests.ledger.test_outbox import domain_of, granted_events, signed_grant
 
@@ -154,25 +155,7 @@ def test_concurrent_workers_on_postgresql(postgres_schema_url: tuple[str, str], 
             for i in range(10):
                 relayer.submit_grant(s, domain_of(chain), *signed_grant(chain, f"pg:{i}"), now=time.time())
         policy = outbox.OutboxPolicy(batch_size=2, **_fast())
-        errors: list[Exception] = []
-
-        def work(name: str) -> None:
-            try:
-                for _ in range(30):
-                    outbox.process_outbox(db, chain, time.time(), policy=policy, worker_id=name)
-                    with db() as s:
-                        left = outbox.counts(s)
-                    if left["queued"] + left["sent"] == 0:
-                        break
-            except Exception as exc:  # noqa: BLE001  surfaced by the assertion below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(f"pg{i}",)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not errors
+        assert not run_workers_concurrently(db, chain, policy, [f"pg{i}" for i in range(3)])
         with db() as s:
             items = s.scalars(sa.select(OutboxItem)).all()
             assert {i.state for i in items} == {"confirmed"}
