@@ -240,12 +240,7 @@ def git_commit() -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=300)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per operation and mode (best is kept)")
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (2 cores are shared with the server)")
-    parser.add_argument("--workers", type=int, default=2)
+    fhir_http.add_wrk_arguments(parser)
     parser.add_argument("--no-split", action="store_true",
                         help="leave out the diagnostic mode (development token on the enforcing server)")
     parser.add_argument("--no-decision", action="store_true", help="do not run benchmarks/consent_decision.py")

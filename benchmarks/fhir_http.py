@@ -263,14 +263,19 @@ def in_process(data_dirs: dict[str, Path], ops: dict[str, list[str]], *, rounds:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_wrk_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every wrk-driven benchmark takes (data size, run length, load, server size)."""
     parser.add_argument("--patients", type=int, default=300)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per operation and mode (best is kept)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (2 cores are shared with the server)")
     parser.add_argument("--workers", type=int, default=2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_wrk_arguments(parser)
     parser.add_argument("--only", default="", help="run only operations whose name contains this text")
     parser.add_argument("--serve", nargs=3, metavar=("DATA_DIR", "PORT", "PRIVACY_OFF"), help=argparse.SUPPRESS)
     args = parser.parse_args()
