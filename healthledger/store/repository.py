@@ -406,10 +406,9 @@ class UnitOfWork:
 
     def _gone_or_hidden(self, action: Action, resource_type: str, resource_id: str, message: str) -> HealthLedgerError:
         """410 Gone for callers who may see everything; to anyone else a deleted resource looks missing
-        (whether it existed is itself something a consent may withhold)."""
-        if self.principal.unrestricted:
-            return Gone(message)
-        return self._not_found(action, resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
+        (whether it existed is itself something a consent may withhold). Recorded as an attempt either way."""
+        hidden = self._not_found(action, resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
+        return Gone(message) if self.principal.unrestricted else hidden
 
     def peek(self, resource_type: str, resource_id: str) -> StoredResource | None:
         """The current version without any access decision (for the service's own bookkeeping)."""

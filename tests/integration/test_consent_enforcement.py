@@ -416,3 +416,17 @@ def test_cds_hooks_does_not_accept_the_web_session(world: World) -> None:
     resp = session.browser.post("/cds-services/patient-consent-consult", data=orjson.dumps(body),
                                 headers={"Content-Type": "application/json"})
     assert resp.status_code == 401
+
+
+def test_reading_a_deleted_resource_is_logged_whoever_asks(world: World) -> None:
+    from fhir_api_support import AUTH
+
+    oid = world.dev_create({"resourceType": "Observation", "status": "final", "code": {"text": "temp"},
+                            "subject": {"reference": f"Patient/{world.patients['ann']}"}})
+    assert world.client.delete(f"/fhir/Observation/{oid}", headers=AUTH).status_code == 204
+    before = world.log_size()
+    assert world.client.get(f"/fhir/Observation/{oid}", headers=AUTH).status_code == 410  # the service sees it
+    assert world.client.get(f"/fhir/Observation/{oid}", headers=world.headers("ehr")).status_code == 404
+    entries = world.log_since(before)
+    assert [(e.actor, e.decision, e.resource_id) for e in entries] == [
+        ("dev-client", "deny", oid), ("client:ehr", "deny", oid)]
