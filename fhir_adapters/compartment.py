@@ -1,102 +1,277 @@
-"""Which Patient compartment a resource belongs to (R4 CompartmentDefinition `patient`), for per-patient keys."""
+"""Which Patient compartment a resource belongs to (R4 CompartmentDefinition `patient`), for keys and consent.
+
+The compartment decides everything that protects a patient's data: the data key a resource is sealed under
+(and destroyed with, on erasure), whose consents decide each access, whose access log records it. A resource
+the check does not recognise as a patient's would be served by scope alone, so the rule here is strict and
+the same for every type:
+
+1. A Patient resource is its own compartment (`Patient.link` names another record of the same person; it
+   does not move this one into the other's compartment).
+2. Any other resource is in patient P's compartment when any literal reference in it (at any depth,
+   contained resources and extensions included) names `Patient/P`, relative or absolute. This covers every
+   parameter of the R4 Patient CompartmentDefinition (http://hl7.org/fhir/R4/compartmentdefinition-patient.html,
+   listed in `COMPARTMENT_PARAMS` with the elements their R4 SearchParameter expressions read) and the
+   references that definition does not list (`Task.for`, `Device.patient`, extensions).
+3. What cannot be resolved to one patient is refused (`PatientReferenceError`, 400 naming the element):
+   references to two different patients; a reference that spells Patient in another case, with whitespace,
+   or as a conditional `Patient?...` (resolved only inside transaction Bundles, before this runs); a
+   `urn:uuid:`/`urn:oid:` placeholder or a bare id at an element that places a resource in a patient's
+   compartment; an identifier-only, display-only or contained (`#id`) reference at such an element unless
+   `Reference.type` names a type other than Patient; a contained Patient resource.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
+from fhir_adapters.errors import InvalidResource
 from fhir_adapters.search import parse_reference, values_at
 
-# Element paths that link a resource to its patient, in priority order; from the R4 Patient compartment
-# (http://hl7.org/fhir/R4/compartmentdefinition-patient.html), restricted to the elements that name *the*
-# patient the record is about (not performers or authors who happen to be patients).
-COMPARTMENT_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
-    "Account": ("subject",),
-    "AdverseEvent": ("subject",),
-    "AllergyIntolerance": ("patient",),
-    "Appointment": ("participant.actor",),
-    "AppointmentResponse": ("actor",),
-    "AuditEvent": ("entity.what", "agent.who"),
-    "Basic": ("subject",),
-    "BodyStructure": ("patient",),
-    "CarePlan": ("subject",),
-    "CareTeam": ("subject",),
-    "ChargeItem": ("subject",),
-    "Claim": ("patient",),
-    "ClaimResponse": ("patient",),
-    "ClinicalImpression": ("subject",),
-    "Communication": ("subject",),
-    "CommunicationRequest": ("subject",),
-    "Composition": ("subject",),
-    "Condition": ("subject",),
-    "Consent": ("patient",),
-    "Coverage": ("beneficiary", "subscriber", "policyHolder"),
-    "CoverageEligibilityRequest": ("patient",),
-    "CoverageEligibilityResponse": ("patient",),
-    "DetectedIssue": ("patient",),
-    "Device": ("patient",),
-    "DeviceRequest": ("subject",),
-    "DeviceUseStatement": ("subject",),
-    "DiagnosticReport": ("subject",),
-    "DocumentManifest": ("subject",),
-    "DocumentReference": ("subject",),
-    "Encounter": ("subject",),
-    "EnrollmentRequest": ("candidate",),
-    "EpisodeOfCare": ("patient",),
-    "ExplanationOfBenefit": ("patient",),
-    "FamilyMemberHistory": ("patient",),
-    "Flag": ("subject",),
-    "Goal": ("subject",),
-    "ImagingStudy": ("subject",),
-    "Immunization": ("patient",),
-    "ImmunizationEvaluation": ("patient",),
-    "ImmunizationRecommendation": ("patient",),
-    "Invoice": ("subject", "recipient"),
-    "List": ("subject",),
-    "MeasureReport": ("subject",),
-    "Media": ("subject",),
-    "MedicationAdministration": ("subject",),
-    "MedicationDispense": ("subject",),
-    "MedicationRequest": ("subject",),
-    "MedicationStatement": ("subject",),
-    "MolecularSequence": ("patient",),
-    "NutritionOrder": ("patient",),
-    "Observation": ("subject",),
-    "Person": ("link.target",),
-    "Procedure": ("subject",),
-    "Provenance": ("target",),
-    "QuestionnaireResponse": ("subject",),
-    "RelatedPerson": ("patient",),
-    "RequestGroup": ("subject",),
-    "ResearchSubject": ("individual",),
-    "RiskAssessment": ("subject",),
-    "Schedule": ("actor",),
-    "ServiceRequest": ("subject",),
-    "Specimen": ("subject",),
-    "SupplyDelivery": ("patient",),
-    "SupplyRequest": ("deliverFor",),
-    "VisionPrescription": ("patient",),
+__all__ = [
+    "COMPARTMENT_PARAMS",
+    "CompartmentParam",
+    "PatientReferenceError",
+    "patient_compartment",
+    "patient_elements",
+]
+
+
+@dataclass(frozen=True)
+class CompartmentParam:
+    """One inclusion criterion of the R4 Patient compartment: a search parameter and the elements it reads.
+
+    `subject`: the parameter names whom the resource is about (a reference there must say who, literally);
+    otherwise it names a participant (performer, author, recipient...), who may well be a practitioner known
+    only by identifier.
+    """
+
+    name: str
+    paths: tuple[str, ...]
+    subject: bool
+
+
+def _s(name: str, *paths: str) -> CompartmentParam:
+    return CompartmentParam(name, paths or (name,), True)
+
+
+def _a(name: str, *paths: str) -> CompartmentParam:
+    return CompartmentParam(name, paths or (name,), False)
+
+
+# R4 (4.0.1) CompartmentDefinition/patient: resource -> params; element paths from each parameter's R4
+# SearchParameter expression (`X.subject.where(resolve() is Patient)` reads X.subject).
+COMPARTMENT_PARAMS: Final[Mapping[str, tuple[CompartmentParam, ...]]] = {
+    "Account": (_s("subject"),),
+    "AdverseEvent": (_s("subject"),),
+    "AllergyIntolerance": (_s("patient"), _a("recorder"), _a("asserter")),
+    "Appointment": (_a("actor", "participant.actor"),),
+    "AppointmentResponse": (_a("actor"),),
+    "AuditEvent": (_a("patient", "agent.who", "entity.what"),),
+    "Basic": (_s("patient", "subject"), _a("author")),
+    "BodyStructure": (_s("patient"),),
+    "CarePlan": (_s("patient", "subject"), _a("performer", "activity.detail.performer")),
+    "CareTeam": (_s("patient", "subject"), _a("participant", "participant.member")),
+    "ChargeItem": (_s("subject"),),
+    "Claim": (_s("patient"), _a("payee", "payee.party")),
+    "ClaimResponse": (_s("patient"),),
+    "ClinicalImpression": (_s("subject"),),
+    "Communication": (_s("subject"), _a("sender"), _a("recipient")),
+    "CommunicationRequest": (_s("subject"), _a("sender"), _a("recipient"), _a("requester")),
+    "Composition": (_s("subject"), _a("author"), _a("attester", "attester.party")),
+    "Condition": (_s("patient", "subject"), _a("asserter")),
+    "Consent": (_s("patient"),),
+    "Coverage": (
+        _a("policy-holder", "policyHolder"), _a("subscriber"), _s("beneficiary"), _a("payor"),
+    ),
+    "CoverageEligibilityRequest": (_s("patient"),),
+    "CoverageEligibilityResponse": (_s("patient"),),
+    "DetectedIssue": (_s("patient"),),
+    "DeviceRequest": (_s("subject"), _a("performer")),
+    "DeviceUseStatement": (_s("subject"),),
+    "DiagnosticReport": (_s("subject"),),
+    "DocumentManifest": (_s("subject"), _a("author"), _a("recipient")),
+    "DocumentReference": (_s("subject"), _a("author")),
+    "Encounter": (_s("patient", "subject"),),
+    "EnrollmentRequest": (_s("subject", "candidate"),),
+    "EpisodeOfCare": (_s("patient"),),
+    "ExplanationOfBenefit": (_s("patient"), _a("payee", "payee.party")),
+    "FamilyMemberHistory": (_s("patient"),),
+    "Flag": (_s("patient", "subject"),),
+    "Goal": (_s("patient", "subject"),),
+    "Group": (_s("member", "member.entity"),),
+    "ImagingStudy": (_s("patient", "subject"),),
+    "Immunization": (_s("patient"),),
+    "ImmunizationEvaluation": (_s("patient"),),
+    "ImmunizationRecommendation": (_s("patient"),),
+    "Invoice": (_s("subject"), _s("patient", "subject"), _a("recipient")),
+    "List": (_s("subject"), _a("source")),
+    "MeasureReport": (_s("patient", "subject"),),
+    "Media": (_s("subject"),),
+    "MedicationAdministration": (_s("patient", "subject"), _a("performer", "performer.actor"), _s("subject")),
+    "MedicationDispense": (_s("subject"), _s("patient", "subject"), _a("receiver")),
+    "MedicationRequest": (_s("subject"),),
+    "MedicationStatement": (_s("subject"),),
+    "MolecularSequence": (_s("patient"),),
+    "NutritionOrder": (_s("patient"),),
+    "Observation": (_s("subject"), _a("performer")),
+    "Patient": (_a("link", "link.other"),),
+    "Person": (_s("patient", "link.target"),),
+    "Procedure": (_s("patient", "subject"), _a("performer", "performer.actor")),
+    "Provenance": (_s("patient", "target"),),
+    "QuestionnaireResponse": (_s("subject"), _a("author")),
+    "RelatedPerson": (_s("patient"),),
+    "RequestGroup": (_s("subject"), _a("participant", "action.participant")),
+    "ResearchSubject": (_s("individual"),),
+    "RiskAssessment": (_s("subject"),),
+    "Schedule": (_a("actor"),),
+    "ServiceRequest": (_s("subject"), _a("performer")),
+    "Specimen": (_s("subject"),),
+    "SupplyDelivery": (_s("patient"),),
+    "SupplyRequest": (_a("subject", "deliverTo"),),
+    "VisionPrescription": (_s("patient"),),
 }
-FALLBACK_PATHS: Final = ("subject", "patient", "beneficiary")
+
+# Where the patient a resource is about is said, for types the R4 definition leaves out of the compartment
+# but which are about a patient all the same (R4 Task.for, Device.patient...).
+EXTRA_SUBJECT_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
+    "Task": ("for",),
+    "Device": ("patient",),
+    "Linkage": ("item.resource",),
+    "GuidanceResponse": ("subject",),
+    "Contract": ("subject",),
+}
+
+
+class PatientReferenceError(InvalidResource):
+    """A reference that may name a patient but cannot be resolved to exactly one (400, `expression` says where)."""
+
+
+# Something that spells a Patient reference, however badly: any case, whitespace, conditional.
+_PATIENT_LIKE = re.compile(r"(?:^|/)\s*patient\s*(?:/|\?)", re.IGNORECASE)
+_CANONICAL = re.compile(r"(?:^|/)Patient/")
+
+
+def patient_elements(resource_type: str) -> Iterator[tuple[str, bool]]:
+    """(element path, names-the-subject) for every element that places a `resource_type` in a patient's compartment."""
+    for param in COMPARTMENT_PARAMS.get(resource_type, ()):
+        for path in param.paths:
+            yield path, param.subject
+    for path in EXTRA_SUBJECT_PATHS.get(resource_type, ()):
+        yield path, True
 
 
 def patient_compartment(resource: Mapping[str, Any]) -> str | None:
-    """The id of the Patient the resource is about: a Patient's own id, else the first `Patient/<id>` reference
-    at the type's compartment paths (absolute URLs and `_history` suffixes allowed); None if there is none.
+    """The id of the one Patient whose compartment holds `resource`, or None if it is about no patient.
 
-    A reference that is still a `urn:uuid:` placeholder is not a compartment: rewrite bundle references first.
+    Raises PatientReferenceError (400) when the resource may be about a patient but its references do not say
+    which one, or name several (see the module docstring for the rules).
     """
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
         return None
-    if resource_type == "Patient":
-        rid = resource.get("id")
-        return rid if isinstance(rid, str) and rid else None
-    for path in COMPARTMENT_PATHS.get(resource_type, FALLBACK_PATHS):
-        for element in values_at(resource, path):
-            ref = element.get("reference") if isinstance(element, Mapping) else None
-            if isinstance(ref, str):
-                parsed = parse_reference(ref)
-                if parsed.type == "Patient" and parsed.id:
-                    return parsed.id
+    own = resource.get("id") if resource_type == "Patient" else None
+    found: dict[str, str] = {}  # patient id -> element that named it
+    if resource_type == "Patient" and isinstance(own, str) and own:
+        found[own] = "Patient.id"
+    _check_patient_elements(resource, resource_type)
+    for path, reference in _references(resource, resource_type):
+        expression = f"{resource_type}.{path}"
+        if resource_type == "Patient" and (path == "link" or path.startswith(("link[", "link."))):
+            continue  # Patient.link: another record of the same person, not this record's compartment
+        patient_id = _patient_id(reference, expression)
+        if patient_id is None:
+            continue
+        found.setdefault(patient_id, expression)
+        if len(found) > 1:
+            raise PatientReferenceError(
+                "the resource refers to more than one patient; a resource may be about one patient only",
+                expression=expression,
+            )
+    for path, item in _contained(resource):
+        if item.get("resourceType") == "Patient":
+            raise PatientReferenceError(
+                "a contained Patient cannot be the patient of a record: refer to a stored Patient",
+                expression=f"{resource_type}.{path}",
+            )
+    if not found:
+        return None
+    return next(iter(found))
+
+
+def _patient_id(reference: str, expression: str) -> str | None:
+    """The patient id a reference string names; None if it names no patient; raises if it spells one badly."""
+    parsed = parse_reference(reference)
+    if parsed.type == "Patient" and parsed.id and reference == reference.strip() and _CANONICAL.search(reference):
+        return parsed.id
+    if _PATIENT_LIKE.search(reference):
+        raise PatientReferenceError(
+            "a reference to a patient must be a literal reference Patient/{id} (exact case, no spaces; "
+            "conditional references only inside transaction Bundles)",
+            expression=expression,
+        )
     return None
+
+
+def _check_patient_elements(resource: Mapping[str, Any], resource_type: str) -> None:
+    """At the elements that say whose record this is, a reference must say so literally."""
+    for path, names_subject in patient_elements(resource_type):
+        for element in values_at(resource, path):
+            if not isinstance(element, Mapping):
+                continue
+            expression = f"{resource_type}.{path}"
+            declared = element.get("type")
+            other_type = isinstance(declared, str) and declared not in ("", "Patient")
+            reference = element.get("reference")
+            if isinstance(reference, str):
+                if reference.startswith("#"):
+                    if not other_type and names_subject:
+                        raise PatientReferenceError(
+                            "the patient of a record cannot be a contained resource: refer to a stored Patient",
+                            expression=expression,
+                        )
+                    continue
+                parsed = parse_reference(reference)
+                if parsed.type is None and names_subject and not other_type:
+                    raise PatientReferenceError(
+                        "the patient reference must be a literal Patient/{id} (placeholders such as urn:uuid "
+                        "are resolved only inside transaction Bundles)",
+                        expression=expression,
+                    )
+                continue
+            if other_type:
+                continue
+            if names_subject or declared == "Patient":
+                raise PatientReferenceError(
+                    "the patient must be named by a literal reference Patient/{id}, not only by an identifier "
+                    "or a display text",
+                    expression=expression,
+                )
+
+
+def _references(resource: Mapping[str, Any], resource_type: str) -> Iterator[tuple[str, str]]:
+    """Every `Reference.reference` string in the resource, contained resources included, as (path, value)."""
+
+    def walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                child = f"{path}.{key}" if path else str(key)
+                if key == "reference" and isinstance(value, str):
+                    yield path, value
+                elif isinstance(value, (Mapping, list)):
+                    yield from walk(value, child)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                yield from walk(item, f"{path}[{i}]")
+
+    yield from walk(resource, "")
+
+
+def _contained(resource: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    contained = resource.get("contained")
+    if isinstance(contained, list):
+        for i, item in enumerate(contained):
+            if isinstance(item, Mapping):
+                yield f"contained[{i}]", item

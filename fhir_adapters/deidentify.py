@@ -234,6 +234,7 @@ DROPPED_PATHS: Final = frozenset({
     "Location.alias",
     "Account.name",  # names that are often a person's: "Peter Chalmers' account", "Aunt Sue", a user
     "CareTeam.name",
+    "Group.name",  # a group of patients may be named after them ("the Smith family")
     "FamilyMemberHistory.name",
     "AuditEvent.agent.name",
     "AuditEvent.entity.name",

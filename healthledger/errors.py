@@ -43,6 +43,15 @@ class NotFound(HealthLedgerError, LookupError):
     code = "not-found"
 
 
+def not_known(resource_type: str, resource_id: str) -> NotFound:
+    """The one answer for an instance that is missing, deleted, erased or withheld from the caller.
+
+    Its text depends only on what was asked, so a resource the caller may not see reads exactly like one
+    that does not exist (read, vread, history, delete, batch entries).
+    """
+    return NotFound(f"{resource_type}/{resource_id} is not known")
+
+
 class Gone(HealthLedgerError, LookupError):
     status = 410
     code = "deleted"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,26 +33,16 @@ from healthledger.consent.engine import (
     Reason,
     decide,
 )
-from healthledger.consent.facts import resource_facts
+from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
 from healthledger.consent.index import ConsentIndex
-from healthledger.errors import Forbidden, NotFound
+from healthledger.errors import Forbidden, not_known
 from healthledger.principal import Principal
+from healthledger.store.access import Action, Screened
 
 ACCESS_LOG_KEY_CLASS = "access-log"
 _AGE_KEY = "healthledger.consent.index_age"
 _PENDING_KEY = "healthledger.consent.entries"
 _DEFER_KEY = "healthledger.consent.defer"
-
-
-@dataclass(frozen=True, slots=True)
-class Screened:
-    """One search or history match after its decision: `resource` is what may be shown (None: withheld)."""
-
-    resource_type: str
-    resource_id: str
-    patient_id: str
-    resource: dict[str, Any] | None
-    outcome: Outcome
 
 
 Transform = Callable[[dict[str, Any], Obligation, Principal], dict[str, Any] | None]
@@ -62,6 +52,7 @@ class ConsentPolicy:
     """The store's AccessPolicy backed by SMART scopes, the consent engine and the access log."""
 
     filters_search_results = True
+    records_accesses = True
 
     def __init__(
         self,
@@ -100,7 +91,9 @@ class ConsentPolicy:
         """Record rescued entries in a transaction of their own (before the error reaches the caller)."""
         record_accesses(conn, entries)
 
-    def record_miss(self, principal: Principal, action: str, resource_type: str, resource_id: str, *, conn: Connection) -> None:
+    def record_miss(
+        self, principal: Principal, action: Action, resource_type: str, resource_id: str, *, conn: Connection
+    ) -> None:
         """An attempt on a resource that is not there (or not to be admitted): logged like a denial."""
         if principal.via == "cli":
             return
@@ -109,15 +102,16 @@ class ConsentPolicy:
     def check(
         self,
         principal: Principal,
-        action: str,
+        action: Action,
         resource_type: str,
         resource: dict[str, Any] | None,
         *,
         resource_id: str = "",
-        conn: Connection | None = None,
+        conn: Connection,
     ) -> dict[str, Any] | None:
-        assert conn is not None, "the consent policy decides inside the operation's transaction"
-        type_level = resource is None and action in ("search", "history")
+        # Type level: the scopes alone (searches and histories screen each match; a delete of nothing
+        # records its miss through record_miss).
+        type_level = resource is None and action in ("search", "history", "delete")
         if principal.unrestricted:
             if not type_level:  # type-level results are recorded per resource by `record_results`
                 facts = resource_facts(resource_type, resource_id, resource)
@@ -133,18 +127,20 @@ class ConsentPolicy:
         outcome = self._decide(principal, action, facts, conn)
         self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, outcome)
         if not outcome.permitted:
-            if action in WRITE_ACTIONS:
+            if action in ("create", "update"):
+                # Deliberate (docs/consent-semantics.md): the writer learns that this id is taken, nothing of
+                # whose it is or what it holds; a delete refused is the same 404 as a missing resource.
                 raise Forbidden(f"{action} on {resource_type} is not permitted for this caller")
-            raise NotFound(f"{resource_type}/{facts.resource_id} is not known")
+            raise not_known(resource_type, facts.resource_id)
         if action in WRITE_ACTIONS:
             return resource  # the writer is shown what it sent
         shown = self._apply(resource, outcome, principal)
         if shown is None and resource is not None:
-            raise NotFound(f"{resource_type}/{facts.resource_id} is not known")  # nothing may be shown
+            raise not_known(resource_type, facts.resource_id)  # nothing may be shown
         return shown
 
     def screen(
-        self, principal: Principal, action: str, resource_type: str, resource: dict[str, Any], *, conn: Connection
+        self, principal: Principal, action: Action, resource_type: str, resource: dict[str, Any], *, conn: Connection
     ) -> Screened:
         facts = resource_facts(resource_type, "", resource)
         outcome = _UNRESTRICTED if principal.unrestricted else self._decide(principal, "read", facts, conn)
@@ -154,23 +150,27 @@ class ConsentPolicy:
     def record_results(
         self,
         principal: Principal,
-        action: str,
+        action: Action,
         resource_type: str,
         disclosed: Sequence[Screened],
         withheld: Sequence[Screened],
         *,
         conn: Connection,
     ) -> None:
-        """One entry per disclosed resource; one per patient whose matches were withheld; one if nothing matched."""
-        entries = [
-            self._entry(conn, principal, action, s.resource_type, s.resource_id, s.patient_id, s.outcome)
-            for s in disclosed
-        ]
+        """One entry per disclosed resource (however many of its versions were shown); one per patient whose
+        matches were withheld; one if nothing matched."""
+        entries = []
+        shown: set[tuple[str, str, str]] = set()
+        for s in disclosed:
+            key = (s.resource_type, s.resource_id, s.patient_id)
+            if key not in shown:
+                shown.add(key)
+                entries.append(self._entry(conn, principal, action, s.resource_type, s.resource_id, s.patient_id, s.verdict))
         seen: set[str] = set()
         for s in withheld:
             if s.patient_id not in seen:
                 seen.add(s.patient_id)
-                entries.append(self._entry(conn, principal, action, resource_type, "", s.patient_id, s.outcome))
+                entries.append(self._entry(conn, principal, action, resource_type, "", s.patient_id, s.verdict))
         if not entries:
             entries.append(self._entry(conn, principal, action, resource_type, "", "", _NOTHING_MATCHED))
         if principal.via != "cli":
@@ -195,11 +195,17 @@ class ConsentPolicy:
     # -- decisions ----------------------------------------------------------------------------------
     def _decide(self, principal: Principal, action: str, facts: Any, conn: Connection) -> Outcome:
         if not facts.patient_id:
-            # Outside every patient compartment (Organization, Practitioner, Medication...): no patient's
-            # data, so the token's scopes (already checked) decide; writes still need a writer role.
-            if action in WRITE_ACTIONS and principal.role not in self.policy.writer_roles | {"patient"}:
+            # Outside every patient compartment (Organization, Practitioner, Medication, a new Patient...):
+            # no patient's data, so the token's scopes (already checked) decide reads. Writes need a writer
+            # role: what is shared (organisations, practitioners) changes decisions about every patient, so
+            # patients write nothing here.
+            if action in WRITE_ACTIONS and principal.role not in self.policy.writer_roles:
                 return Outcome(Decision.DENY, (Reason("policy:writer-role"),))
             return Outcome(Decision.PERMIT, (Reason("no-patient-compartment"),))
+        if facts.patient_id == UNRESOLVED_PATIENT:
+            # A stored resource whose patient can no longer be told (written before the compartment rules
+            # were strict): nobody but the service itself may touch it.
+            return Outcome(Decision.DENY, (Reason("unresolved-patient"),))
         if principal.scope_context == "patient" and facts.patient_id != principal.patient_id:
             return Outcome(Decision.DENY, (Reason("scope", detail="patient scopes cover the patient's own data"),))
         now = self.clock()

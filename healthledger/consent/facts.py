@@ -21,14 +21,20 @@ _DATE_ELEMENTS = (
     "performedDateTime", "performedPeriod", "onsetDateTime", "onsetPeriod", "recordedDate", "authoredOn",
     "issued", "period", "date", "dateTime", "created", "birthDate",
 )
+# The patient of a stored resource whose references no longer resolve to one patient (written before the
+# compartment rules were strict): no Patient has this id (FHIR ids have no '?'), so nobody's own-data,
+# care-organisation or consent rule can reach it; only the service itself and break-the-glass can.
+UNRESOLVED_PATIENT = "?unresolved"
+
+
 def patient_of(resource: Mapping[str, Any] | None) -> str:
-    """The id of the patient whose compartment holds `resource` ("" for none)."""
+    """The id of the patient whose compartment holds `resource` ("" for none; UNRESOLVED_PATIENT if unclear)."""
     if resource is None:
         return ""
     try:
         return fhir_compartment.patient_compartment(resource) or ""
     except FhirInputError:
-        return ""
+        return UNRESOLVED_PATIENT  # fail closed: never "no patient", which scopes alone would decide
 
 
 def resource_facts(resource_type: str, resource_id: str, resource: Mapping[str, Any] | None) -> ResourceFacts:

@@ -1,14 +1,17 @@
 """The one seam where authorisation and consent decide every store operation (read, search, write).
 
-The store calls its AccessPolicy on every operation and every bundle entry, inside the operation's
-database transaction (`conn`), so a policy can write its access-log entry in the same transaction as
-its decision. The consent engine's policy is `healthledger.consent.enforcement.ConsentPolicy`; the
-default here serves bare stores (CLI, unit tests).
+This seam is the security boundary: the store never discloses or writes a resource without asking its
+AccessPolicy, and `AccessPolicy` below lists everything the store calls on it. The store calls it on every
+operation and every bundle entry, inside the operation's database transaction (`conn`), so a policy can
+write its access-log entry in the same transaction as its decision. The consent engine's policy is
+`healthledger.consent.enforcement.ConsentPolicy`; `DevelopmentPolicy` here serves bare stores (CLI, unit
+tests) and is the base for test doubles.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sqlalchemy.engine import Connection
@@ -16,7 +19,15 @@ from sqlalchemy.engine import Connection
 from healthledger.errors import Forbidden
 from healthledger.principal import SYSTEM, Principal
 
-__all__ = ["DEV_CLIENT", "SYSTEM", "AccessPolicy", "Action", "DevelopmentPolicy", "Principal"]
+__all__ = [
+    "DEV_CLIENT",
+    "SYSTEM",
+    "AccessPolicy",
+    "Action",
+    "DevelopmentPolicy",
+    "Principal",
+    "Screened",
+]
 
 Action = Literal["read", "vread", "history", "search", "create", "update", "delete"]
 
@@ -25,19 +36,46 @@ Action = Literal["read", "vread", "history", "search", "create", "update", "dele
 DEV_CLIENT = Principal("dev-client", role="internal", via="api")
 
 
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """One search or history match after its decision: `resource` is what may be shown (None: withheld).
+
+    `verdict` is the policy's own record of the decision (the consent engine's Outcome), handed back to
+    it in `record_results`; the store never looks inside.
+    """
+
+    resource_type: str
+    resource_id: str
+    patient_id: str
+    resource: dict[str, Any] | None
+    verdict: Any = None
+
+
 class AccessPolicy(Protocol):
-    """Decides whether `principal` may perform `action` on a resource of `resource_type`.
+    """Decides whether `principal` may perform `action` on a resource, and records every attempt.
 
-    `check` decides one operation and records it: it returns the resource to hand back (possibly
-    transformed by an obligation, e.g. de-identified) or raises (Forbidden, or NotFound where
-    admitting the resource exists would leak). `resource` is the decrypted resource when there is one.
-
-    A policy with `filters_search_results = True` decides searches and histories per resource:
-    `screen` is asked, without recording, about every match (denied ones are left out of pages and
-    totals as if they did not exist), then `record_results` records what was disclosed and withheld.
+    Per operation the store calls, in order:
+    - `begin(conn, defer=...)` once, at the start (a policy reads its freshness state here);
+    - `check(...)` for each single-resource decision: returns the resource to hand back (possibly
+      transformed by an obligation, e.g. de-identified) or raises Forbidden (a write, or scopes) or
+      NotFound (a read whose resource must look missing). `resource` is the decrypted resource when there
+      is one; None for type-level checks (search, history) and for writes of nothing;
+    - `record_miss(...)` for an attempt on something that is not there (missing, deleted, erased);
+    - for searches and histories, when `filters_search_results`: `screen(...)` about every match, without
+      recording (withheld matches are left out of pages and totals as if they did not exist), then
+      `record_results(...)` once with what was disclosed and withheld;
+    - `rescue(conn)` when the operation fails (or, with `defer`, when it ends): the entries recorded so
+      far, which the store then keeps with `keep(conn, entries)` in a transaction of their own.
     """
 
     filters_search_results: bool
+    records_accesses: bool
+
+    def begin(self, conn: Connection, *, defer: bool = False) -> None: ...
+
+    def rescue(self, conn: Connection) -> list[Any]: ...
+
+    def keep(self, conn: Connection, entries: list[Any]) -> None: ...
 
     def check(
         self,
@@ -47,29 +85,52 @@ class AccessPolicy(Protocol):
         resource: dict[str, Any] | None,
         *,
         resource_id: str = "",
-        conn: Connection | None = None,
+        conn: Connection,
     ) -> dict[str, Any] | None: ...
 
     def screen(
-        self, principal: Principal, action: Action, resource_type: str, resource: dict[str, Any], *, conn: Connection
-    ) -> dict[str, Any] | None: ...
+        self,
+        principal: Principal,
+        action: Action,
+        resource_type: str,
+        resource: dict[str, Any],
+        *,
+        conn: Connection,
+    ) -> Screened: ...
 
     def record_results(
         self,
         principal: Principal,
         action: Action,
         resource_type: str,
-        disclosed: Sequence[dict[str, Any]],
-        withheld: Sequence[dict[str, Any]],
+        disclosed: Sequence[Screened],
+        withheld: Sequence[Screened],
         *,
         conn: Connection,
     ) -> None: ...
 
+    def record_miss(
+        self, principal: Principal, action: Action, resource_type: str, resource_id: str, *, conn: Connection
+    ) -> None: ...
+
 
 class DevelopmentPolicy:
-    """Permits unrestricted principals (the service itself, the development token); denies everyone else."""
+    """Permits unrestricted principals (the service itself, the development token); denies everyone else.
+
+    Records nothing. Test doubles subclass it and override what they observe.
+    """
 
     filters_search_results = False
+    records_accesses = False
+
+    def begin(self, conn: Connection, *, defer: bool = False) -> None:
+        return None
+
+    def rescue(self, conn: Connection) -> list[Any]:
+        return []
+
+    def keep(self, conn: Connection, entries: list[Any]) -> None:
+        return None
 
     def check(
         self,
@@ -79,16 +140,37 @@ class DevelopmentPolicy:
         resource: dict[str, Any] | None,
         *,
         resource_id: str = "",
-        conn: Connection | None = None,
+        conn: Connection,
     ) -> dict[str, Any] | None:
         if not principal.unrestricted:
             raise Forbidden(f"{action} on {resource_type} is not permitted for this client")
         return resource
 
     def screen(
-        self, principal: Principal, action: Action, resource_type: str, resource: dict[str, Any], *, conn: Connection
-    ) -> dict[str, Any] | None:
-        return resource if principal.unrestricted else None
+        self,
+        principal: Principal,
+        action: Action,
+        resource_type: str,
+        resource: dict[str, Any],
+        *,
+        conn: Connection,
+    ) -> Screened:
+        shown = resource if principal.unrestricted else None
+        return Screened(resource_type, str(resource.get("id", "")), "", shown)
 
-    def record_results(self, *args: Any, **kwargs: Any) -> None:
+    def record_results(
+        self,
+        principal: Principal,
+        action: Action,
+        resource_type: str,
+        disclosed: Sequence[Screened],
+        withheld: Sequence[Screened],
+        *,
+        conn: Connection,
+    ) -> None:
+        return None
+
+    def record_miss(
+        self, principal: Principal, action: Action, resource_type: str, resource_id: str, *, conn: Connection
+    ) -> None:
         return None

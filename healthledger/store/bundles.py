@@ -127,13 +127,10 @@ def _entry_error(exc: Exception, index: int, method: str, resource_type: str | N
 
 
 def _single_match(uow: UnitOfWork, target: Target, what: str) -> StoredResource | None:
-    """The one resource a conditional URL names; None when none; 412 when several (R4 3.1.0.4.3)."""
-    with fhir_errors():
-        query = fhir_search.parse_search(target.resource_type, target.params or [])
-    page = uow.search(target.resource_type, query, count=2, offset=0)
-    if (page.total or 0) > 1:
-        raise PreconditionFailed(f"conditional {what} matched more than one resource")
-    return page.items[0] if page.items else None
+    """The one resource a conditional URL names, as the caller sees it; None when none; 412 when several
+    (R4 3.1.0.4.3). Matches the caller may not read do not exist for it (UnitOfWork.conditional_matches)."""
+    matches = uow.conditional_matches(target.resource_type, target.params or [], what)
+    return matches[0] if matches else None
 
 
 class _Executor:

@@ -30,15 +30,17 @@ from healthledger.config import Settings
 from healthledger.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     Gone,
     HealthLedgerError,
     InvalidResource,
     NotFound,
     PreconditionFailed,
+    not_known,
 )
 from healthledger.keys import KeyProvider
 from healthledger.store import envelope
-from healthledger.store.access import SYSTEM, AccessPolicy, Action, DevelopmentPolicy, Principal
+from healthledger.store.access import SYSTEM, AccessPolicy, Action, DevelopmentPolicy, Principal, Screened
 from healthledger.store.keyring import PATIENT, TYPE, DataKeyRef, Keyring
 from healthledger.store.models import resources_table as res_t
 from healthledger.store.models import terms_table as terms_t
@@ -203,7 +205,7 @@ class ResourceStore:
         attempt is still an attempt.
         """
         self._ensure_master()
-        begin = getattr(self.policy, "begin", None)
+        policy = self.policy
         rescued: list[Any] = []
         try:
             with self.engine.begin() as conn:
@@ -211,12 +213,11 @@ class ResourceStore:
                     # Take the write lock up front: a read-then-write SQLite transaction cannot upgrade
                     # its lock once another writer committed (SQLITE_BUSY without waiting).
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
-                if begin is not None:
-                    begin(conn)
+                policy.begin(conn)
                 try:
                     yield UnitOfWork(self, conn, principal or SYSTEM)
                 except BaseException:
-                    rescued = self.policy.rescue(conn) if begin is not None else []  # type: ignore[attr-defined]
+                    rescued = policy.rescue(conn)
                     raise
         except sa.exc.IntegrityError:
             self._keep_rescued(rescued)
@@ -229,7 +230,7 @@ class ResourceStore:
     def _keep_rescued(self, rescued: list[Any]) -> None:
         if rescued:
             with self.engine.begin() as conn:
-                self.policy.keep(conn, rescued)  # type: ignore[attr-defined]
+                self.policy.keep(conn, rescued)
 
     @contextmanager
     def reading(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
@@ -242,24 +243,24 @@ class ResourceStore:
         write transaction right after, still before the operation returns (or raises).
         """
         principal = principal or SYSTEM
-        begin = getattr(self.policy, "begin", None)
-        if begin is not None and principal.via != "cli":
+        policy = self.policy
+        if policy.records_accesses and principal.via != "cli":
             if not self._sqlite:
                 with self.unit_of_work(principal) as uow:
                     yield uow
                 return
             self._ensure_master()
             with self.engine.connect() as conn:
-                begin(conn, defer=True)
+                policy.begin(conn, defer=True)
                 try:
                     yield UnitOfWork(self, conn, principal)
                 finally:
                     # pysqlite runs SELECTs outside any transaction, so this connection holds no read
                     # snapshot: its INSERT waits for the write lock (busy timeout) rather than failing.
-                    entries = self.policy.rescue(conn)  # type: ignore[attr-defined]
+                    entries = policy.rescue(conn)
                     conn.rollback()
                     if entries:
-                        self.policy.keep(conn, entries)  # type: ignore[attr-defined]
+                        policy.keep(conn, entries)
                         conn.commit()
             return
         self._ensure_master()
@@ -395,19 +396,20 @@ class UnitOfWork:
     @property
     def _screens(self) -> bool:
         """Whether the policy decides searches and histories per resource."""
-        return bool(getattr(self.store.policy, "filters_search_results", False))
+        return self.store.policy.filters_search_results
 
-    def _not_found(self, action: Action, resource_type: str, resource_id: str, message: str) -> NotFound:
-        """NotFound for a missing (or deleted, or erased) resource, recorded as an attempt by the policy."""
-        record = getattr(self.store.policy, "record_miss", None)
-        if record is not None:
-            record(self.principal, action, resource_type, resource_id, conn=self.conn)
-        return NotFound(message)
+    def _not_found(self, action: Action, resource_type: str, resource_id: str) -> NotFound:
+        """NotFound for a missing (or deleted, or erased, or withheld) resource, recorded as an attempt.
+
+        The message depends only on what was asked, so a withheld resource reads exactly like a missing one.
+        """
+        self.store.policy.record_miss(self.principal, action, resource_type, resource_id, conn=self.conn)
+        return not_known(resource_type, resource_id)
 
     def _gone_or_hidden(self, action: Action, resource_type: str, resource_id: str, message: str) -> HealthLedgerError:
         """410 Gone for callers who may see everything; to anyone else a deleted resource looks missing
         (whether it existed is itself something a consent may withhold). Recorded as an attempt either way."""
-        hidden = self._not_found(action, resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
+        hidden = self._not_found(action, resource_type, resource_id)
         return Gone(message) if self.principal.unrestricted else hidden
 
     def peek(self, resource_type: str, resource_id: str) -> StoredResource | None:
@@ -564,27 +566,40 @@ class UnitOfWork:
     ) -> tuple[StoredResource, bool]:
         """FHIR create (http://hl7.org/fhir/R4/http.html#create): the server assigns the id.
 
-        Conditional create (`If-None-Exist`, R4 3.1.0.8.1): no match creates, one match returns it
-        unchanged (created False), several matches fail with 412.
+        Conditional create (`If-None-Exist`, R4 3.1.0.8.1) searches as the caller: matches it may not read
+        do not exist for it, so no visible match creates, one returns it unchanged (created False), several
+        fail with 412. Each match the probe touched is recorded for its patient.
         """
         if not validated:  # `validated`: already the output of parse_resource (e.g. from plan_bundle)
             resource = self._validated(resource, None)
         resource_type = resource["resourceType"]
+        self._compartment_of(resource)  # whose record it is must be clear before anyone decides on it
         self.authorize("create", resource_type, resource)
         if if_none_exist:
-            with fhir_errors():
-                query = fhir_search.parse_search(resource_type, if_none_exist)
-            found = self.search(resource_type, query, count=2, offset=0, check=False)
-            if len(found.items) > 1 or (found.total or 0) > 1:
-                raise PreconditionFailed("conditional create matched more than one resource")
-            if found.items:
-                match = found.items[0]
-                shown = self.authorize("read", resource_type, match.resource, match.id)
-                return _replace_resource(match, shown), False
+            matches = self.conditional_matches(resource_type, if_none_exist, "create")
+            if matches:
+                return matches[0], False
         new_id = resource_id or self.store.new_id()
         version, stamped = self.prepare_version(resource_type, new_id, 1, resource)
         self.write_versions([version])
         return self._stored(version, stamped), True
+
+    def conditional_matches(self, resource_type: str, params: list[tuple[str, str]], what: str) -> list[StoredResource]:
+        """What a conditional interaction's search finds, as the caller sees it (R4 3.1.0.8, 3.1.0.4.3).
+
+        The search is the caller's own: each match is decided and recorded like a search result, and those
+        it may not read are left out, so the answer is the one it would get if they did not exist. A caller
+        whose scopes do not allow searching the type finds nothing. More than one visible match is a 412.
+        """
+        with fhir_errors():
+            query = fhir_search.parse_search(resource_type, params)
+        try:
+            page = self.search(resource_type, query, count=2, offset=0)
+        except Forbidden:
+            return []  # not allowed to search this type: nothing is visible to it (the refusal is recorded)
+        if (page.total or 0) > 1 or len(page.items) > 1:
+            raise PreconditionFailed(f"conditional {what} matched more than one resource")
+        return page.items
 
     @staticmethod
     def _stored(version: _NewVersion, resource: dict[str, Any] | None) -> StoredResource:
@@ -602,40 +617,70 @@ class UnitOfWork:
         if_match: int | None = None,
         validated: bool = False,
     ) -> tuple[StoredResource, bool]:
-        """FHIR update (R4 3.1.0.4); update of an unknown id creates it (update-as-create)."""
+        """FHIR update (R4 3.1.0.4); update of an unknown id creates it (update-as-create).
+
+        Writing over an id changes the record of the patient whose resource it last held, even when that
+        version was since deleted: moving it to another patient (or out of every compartment) needs the
+        writer to be allowed to update that last live version too.
+        """
         check_id(resource_id)
         body_id = resource.get("id") if isinstance(resource, dict) else None
         if body_id is not None and body_id != resource_id:
             raise InvalidResource("the resource id does not match the id in the URL", expression=f"{resource_type}.id")
         if not validated or resource.get("resourceType") != resource_type:
             resource = self._validated(resource, resource_type)
+        patient = self._compartment_of(resource)
         current = self._current_row(resource_type, resource_id, for_update=True)
-        if current is not None and not current.deleted and not current.erased and self._screens:
-            # Moving a resource out of a patient's record is a change to that patient's record too.
-            previous = self._to_stored(current).resource
-            if previous is not None and self._compartment_of(previous) != self._compartment_of(resource):
-                self.authorize("update", resource_type, previous, resource_id)
-        self.authorize("update" if current is not None else "create", resource_type, resource, resource_id)
         if current is not None and current.erased:
+            if not self.principal.unrestricted:
+                # An erased resource looks missing, but its id cannot be taken over: refused like any
+                # existing resource the caller may not write (recorded).
+                self.authorize("update", resource_type, None, resource_id)
+                raise Forbidden(f"update on {resource_type} is not permitted for this caller")
             raise Gone(f"{resource_type}/{resource_id} was erased")
+        if current is not None and self._screens:
+            previous = self._last_live(current)
+            if previous is not None and previous.resource is not None and not _same_patient(previous.resource, patient):
+                self.authorize("update", resource_type, previous.resource, resource_id)
+        self.authorize("update" if current is not None else "create", resource_type, resource, resource_id)
         if if_match is not None and (current is None or current.version_id != if_match):
             raise PreconditionFailed("version mismatch: the resource was changed by someone else (If-Match)")
         next_version = 1 if current is None else current.version_id + 1
-        version, stamped = self.prepare_version(resource_type, resource_id, next_version, resource)
+        version, stamped = self.prepare_version(resource_type, resource_id, next_version, resource, patient_id=patient)
         self.write_versions([version], supersede=[current.row_id] if current is not None else [])
         created = current is None or current.deleted
         return self._stored(version, stamped), created
 
+    def _last_live(self, current: Any) -> StoredResource | None:
+        """The newest version that is not a deletion: `current` itself, or the one a deletion buried."""
+        if not current.deleted:
+            return self._to_stored(current)
+        row = self.conn.execute(
+            sa.select(*_COLUMNS)
+            .where(*_same_resource(self.tenant, current.resource_type, current.resource_id), res_t.c.deleted.is_(False))
+            .order_by(res_t.c.version_id.desc())
+            .limit(1)
+        ).first()
+        return self._to_stored(row) if row is not None else None
+
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
-        """Soft delete (R4 3.1.0.7): a tombstone version; deleting a missing or deleted resource is fine."""
+        """Soft delete (R4 3.1.0.7): a tombstone version.
+
+        To a caller who may see everything, deleting a missing or deleted resource is fine (204). To anyone
+        else a resource that is missing, already deleted, or one it may not delete is the same 404: whether
+        it exists may itself be what a consent withholds.
+        """
         check_id(resource_id)
         current = self._current_row(resource_type, resource_id, for_update=True)
-        live = current is not None and not current.deleted and not current.erased
-        self.authorize("delete", resource_type, self._to_stored(current).resource if live else None, resource_id)
-        if current is None:
-            return None
-        if current.deleted or current.erased:
+        if current is None or current.deleted or current.erased:
+            self.authorize("delete", resource_type, None, resource_id)  # scopes only
+            if not self.principal.unrestricted:
+                raise self._not_found("delete", resource_type, resource_id)
+            self.store.policy.record_miss(self.principal, "delete", resource_type, resource_id, conn=self.conn)
+            if current is None:
+                return None
             return StoredResource(resource_type, resource_id, current.version_id, _aware(current.last_updated), True, None)
+        self.authorize("delete", resource_type, self._to_stored(current).resource, resource_id)
         version, _ = self.prepare_version(
             resource_type, resource_id, current.version_id + 1, None, previous_compartment=current.compartment
         )
@@ -646,7 +691,7 @@ class UnitOfWork:
         check_id(resource_id)
         row = self._current_row(resource_type, resource_id)
         if row is None:
-            raise self._not_found("read", resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
+            raise self._not_found("read", resource_type, resource_id)
         if row.erased:
             raise self._gone_or_hidden("read", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
         if row.deleted:
@@ -655,15 +700,14 @@ class UnitOfWork:
         return _replace_resource(stored, self.authorize("read", resource_type, stored.resource, resource_id))
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
+        """One version, decided on its own content (a resource may have moved between patients)."""
         check_id(resource_id)
         row = self.conn.execute(
             _SELECT_VERSION,
             {"tenant": self.tenant, "resource_type": resource_type, "resource_id": resource_id, "version_id": version_id},
         ).first()
         if row is None:
-            raise self._not_found(
-                "vread", resource_type, resource_id, f"{resource_type}/{resource_id} has no version {version_id}"
-            )
+            raise self._not_found("vread", resource_type, resource_id)
         if row.erased:
             raise self._gone_or_hidden("vread", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
         if row.deleted:
@@ -682,59 +726,40 @@ class UnitOfWork:
         count: int = 50,
         offset: int = 0,
     ) -> HistoryPage:
-        """Instance or type history (R4 3.1.0.10), newest first; tombstones appear with no resource."""
+        """Instance or type history (R4 3.1.0.10), newest first.
+
+        Under a policy that decides per resource, every version is decided on its own content, so a version
+        that belonged to a patient the caller may not read is never shown, whatever the resource became
+        later. Withheld versions are left out of the page and the total; an instance history with nothing
+        to show is the same 404 as a missing resource. A deletion is shown with the version it deleted
+        (type histories show none to restricted callers: there the deleted version is on another page).
+        """
         self.authorize("history", resource_type, None)
         where = [res_t.c.tenant == self.tenant, res_t.c.resource_type == resource_type, res_t.c.erased.is_(False)]
-        screen = self._screens
         if resource_id is not None:
             check_id(resource_id)
             first = self.conn.execute(
-                sa.select(res_t.c.erased).where(
-                    res_t.c.tenant == self.tenant,
-                    res_t.c.resource_type == resource_type,
-                    res_t.c.resource_id == resource_id,
-                ).limit(1)
+                sa.select(res_t.c.erased).where(*_same_resource(self.tenant, resource_type, resource_id)).limit(1)
             ).first()
             if first is None:
-                raise self._not_found("history", resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
+                raise self._not_found("history", resource_type, resource_id)
             if first.erased:
                 raise self._gone_or_hidden("history", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
             where.append(res_t.c.resource_id == resource_id)
-            if screen:
-                # One decision for the whole instance history, on its latest live version.
-                latest = self.conn.execute(
-                    sa.select(*_COLUMNS)
-                    .where(*where, res_t.c.deleted.is_(False))
-                    .order_by(res_t.c.version_id.desc())
-                    .limit(1)
-                ).first()
-                if latest is None and not self.principal.unrestricted:
-                    raise self._not_found("history", resource_type, resource_id, f"{resource_type}/{resource_id} is not known")
-                self.authorize("history", resource_type, self._to_stored(latest).resource if latest else None, resource_id)
-                screen = False
         if since is not None:
             # Stored moments are UTC (SQLite keeps them without an offset): compare in UTC.
             since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
             where.append(res_t.c.last_updated >= since)
         ordered = sa.select(*_COLUMNS).where(*where).order_by(res_t.c.last_updated.desc(), res_t.c.row_id.desc())
+        screen = self._screens
         if screen and not self.principal.unrestricted:
-            # Type history across patients: each version is decided like a search match; what is withheld
-            # (and tombstones, whose content cannot be decided) is left out of the page and the total.
-            items, total, disclosed, withheld = [], 0, [], []
-            for row in self.conn.execute(ordered.execution_options(yield_per=_SCAN_BATCH)):
-                if row.deleted or row.payload is None:
-                    continue
-                stored = self._to_stored(row)
-                assert stored.resource is not None
-                screened = self.store.policy.screen(self.principal, "history", resource_type, stored.resource, conn=self.conn)
-                if screened.resource is None:
-                    if len(withheld) < 1000:
-                        withheld.append(screened)
-                    continue
-                if offset <= total < offset + count:
-                    items.append(_replace_resource(stored, screened.resource))
-                    disclosed.append(screened)
-                total += 1
+            shown, withheld = self._screened_history(resource_type, resource_id, ordered)
+            total = len(shown)
+            items = [stored for stored, _ in shown[offset : offset + count]]
+            disclosed = [s for _, s in shown[offset : offset + count] if s is not None]
+            if resource_id is not None and not shown:
+                self.store.policy.record_results(self.principal, "history", resource_type, [], withheld, conn=self.conn)
+                raise not_known(resource_type, resource_id)
             self.store.policy.record_results(self.principal, "history", resource_type, disclosed, withheld, conn=self.conn)
         else:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(res_t).where(*where)).scalar_one()
@@ -745,6 +770,31 @@ class UnitOfWork:
         next_offset = offset + count if offset + count < total else None
         return HistoryPage(items, total, next_offset)
 
+    def _screened_history(
+        self, resource_type: str, resource_id: str | None, ordered: sa.Select[Any]
+    ) -> tuple[list[tuple[StoredResource, Screened | None]], list[Screened]]:
+        """(every version the caller may see, newest first, each with its decision (None for a deletion),
+        the decisions of the versions withheld)."""
+        policy = self.store.policy
+        shown: list[tuple[StoredResource, Screened | None]] = []
+        withheld: list[Screened] = []
+        pending_deletions: dict[str, list[StoredResource]] = {}  # resource id -> newer deletions awaiting it
+        for row in self.conn.execute(ordered.execution_options(yield_per=_SCAN_BATCH)):
+            stored = self._to_stored(row)
+            if row.deleted or stored.resource is None:
+                if resource_id is not None:
+                    pending_deletions.setdefault(row.resource_id, []).append(stored)
+                continue
+            screened = policy.screen(self.principal, "history", resource_type, stored.resource, conn=self.conn)
+            buried = pending_deletions.pop(row.resource_id, [])
+            if screened.resource is None:
+                if len(withheld) < 1000:
+                    withheld.append(screened)
+                continue
+            shown.extend((deletion, None) for deletion in buried)  # a deletion of a version it may see
+            shown.append((_replace_resource(stored, screened.resource), screened))
+        return shown, withheld
+
     def _record_unscreened(self, action: Action, resource_type: str, items: Sequence[StoredResource]) -> None:
         """Record what an unrestricted caller was shown (one entry per resource, for its patient's log)."""
         policy = self.store.policy
@@ -754,6 +804,7 @@ class UnitOfWork:
             if item.resource is not None
         ]
         policy.record_results(self.principal, action, resource_type, shown, [], conn=self.conn)
+
 
     def _candidates(self, resource_type: str, query: Any) -> sa.Select[Any]:
         stmt = sa.select(*_COLUMNS).where(
@@ -823,6 +874,18 @@ class UnitOfWork:
                 policy.record_results(self.principal, "search", resource_type, disclosed, withheld, conn=self.conn)
         next_offset = offset + count if offset + count < total else None
         return SearchPage(items, total, next_offset)
+
+
+def _same_resource(tenant: str, resource_type: str, resource_id: str) -> tuple[Any, ...]:
+    return (res_t.c.tenant == tenant, res_t.c.resource_type == resource_type, res_t.c.resource_id == resource_id)
+
+
+def _same_patient(stored: dict[str, Any], patient_id: str | None) -> bool:
+    """Whether a stored version belongs to `patient_id`'s compartment (one no longer resolvable never does)."""
+    try:
+        return fhir_compartment.patient_compartment(stored) == patient_id
+    except FhirInputError:
+        return False
 
 
 def _replace_resource(stored: StoredResource, resource: dict[str, Any] | None) -> StoredResource:

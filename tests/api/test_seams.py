@@ -12,12 +12,12 @@ from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispos
 from flask import Flask
 
 from healthledger.errors import Forbidden
-from healthledger.store.access import DEV_CLIENT, Principal
+from healthledger.store.access import DEV_CLIENT, DevelopmentPolicy, Principal
 
 SECRET = "Zebediah Quuxworth"  # stands for PHI that must never reach a response
 
 
-class RecordingPolicy:
+class RecordingPolicy(DevelopmentPolicy):
     filters_search_results = False
 
     def __init__(self) -> None:

@@ -1,11 +1,10 @@
-"""CapabilityStatement truthfulness, OperationOutcome shape, and patient compartments."""
+"""CapabilityStatement truthfulness and OperationOutcome shape (compartments: test_compartment.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from fhir_adapters.capability import FHIR_VERSION, capability_statement
-from fhir_adapters.compartment import patient_compartment
 from fhir_adapters.errors import InvalidResource
 from fhir_adapters.outcome import operation_outcome, outcome_for_input_error
 from fhir_adapters.search import SEARCH_PARAMETERS, parse_search
@@ -77,46 +76,6 @@ def test_operation_outcome() -> None:
     assert from_error["issue"][0]["expression"] == ["Patient.birthDate"]
     with pytest.raises(ValueError):
         operation_outcome("bad", "x", "y")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("resource", "expected"),
-    [
-        ({"resourceType": "Patient", "id": "p1"}, "p1"),
-        ({"resourceType": "Patient"}, None),
-        ({"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}, "p1"),
-        (
-            {
-                "resourceType": "Observation",
-                "subject": {"reference": "https://x.example/fhir/Patient/p1/_history/2"},
-            },
-            "p1",
-        ),
-        ({"resourceType": "Observation", "subject": {"reference": "Group/g"}}, None),
-        (
-            {
-                "resourceType": "Observation",
-                "subject": {"reference": "urn:uuid:0f0a0f0a-0000-4000-8000-000000000001"},
-            },
-            None,
-        ),
-        ({"resourceType": "Consent", "patient": {"reference": "Patient/c"}}, "c"),
-        ({"resourceType": "Coverage", "beneficiary": {"reference": "Patient/b"}}, "b"),
-        (
-            {
-                "resourceType": "AuditEvent",
-                "agent": [{"who": {"reference": "Practitioner/1"}}],
-                "entity": [{"what": {"reference": "Organization/o"}}, {"what": {"reference": "Patient/a"}}],
-            },
-            "a",
-        ),
-        ({"resourceType": "Organization", "id": "o"}, None),
-        ({"resourceType": "Observation", "subject": "Patient/p1"}, None),  # malformed: not a Reference
-        ({}, None),
-    ],
-)
-def test_patient_compartment(resource: dict[str, object], expected: str | None) -> None:
-    assert patient_compartment(resource) == expected
 
 
 def test_capability_declares_smart_security_and_read_only_types() -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from support import FIXTURES
 
 from fhir_adapters.bundles import rewrite_references
-from fhir_adapters.compartment import COMPARTMENT_PATHS
+from fhir_adapters.compartment import COMPARTMENT_PARAMS
 from fhir_adapters.deidentify import (
     ATTACHMENT_PAYLOAD,
     DATA_ABSENT_REASON,
@@ -486,7 +486,7 @@ KEPT_STRING_ELEMENTS = frozenset({
     "ResearchSubject.actualArm", "ResearchSubject.assignedArm",
     "VisionPrescription.lensSpecification.brand", "VisionPrescription.lensSpecification.color",
 })
-PATIENT_DATA_TYPES = frozenset(COMPARTMENT_PATHS) | {
+PATIENT_DATA_TYPES = frozenset(COMPARTMENT_PARAMS) | {"Device"} | {
     "Patient", "Practitioner", "PractitionerRole", "Organization", "Location", "RelatedPerson", "Person",
     "Age", "Count", "Distance", "Duration", "Quantity", "Coding", "CodeableConcept", "Reference",
     "SampledData",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fhir_adapters.bundles import plan_bundle, read_ndjson, references_in, rewrite_references
-from fhir_adapters.compartment import patient_compartment
+from fhir_adapters.compartment import PatientReferenceError, patient_compartment
 from fhir_adapters.errors import InvalidBundle, MalformedJson
 from fhir_adapters.search import ResourceMeta, candidate_filters, index_terms, matches, parse_search
 from fhir_adapters.validation import parse_resource
@@ -128,12 +128,14 @@ def test_every_clinical_resource_is_in_a_patient_compartment(corpus: dict[str, l
         "AllergyIntolerance",
     ):
         for resource in corpus[resource_type]:
-            compartment = patient_compartment(resource)
             reference = resource.get("subject", resource.get("patient", {})).get("reference", "")
             if reference.startswith("urn:uuid:"):
-                assert compartment is None  # Synthea's placeholders: rewritten before storing
+                # Synthea's placeholders: resolved by the transaction before storing, refused anywhere else.
+                with pytest.raises(PatientReferenceError) as info:
+                    patient_compartment(resource)
+                assert info.value.expression in (f"{resource_type}.subject", f"{resource_type}.patient")
             else:
-                assert compartment in patient_ids
+                assert patient_compartment(resource) in patient_ids
     assert {patient_compartment(p) for p in corpus["Patient"]} == patient_ids
     assert all(patient_compartment(o) is None for o in corpus["Organization"])
 
@@ -150,13 +152,19 @@ def test_synthea_transactions_plan_and_resolve(path: Path) -> None:
     )
     mapping = {e.full_url: f"{e.resource_type}/id{e.index}" for e in plan.entries if e.full_url}
     assert len(mapping) == len(plan.entries)
+    compartments: set[str | None] = set()
     for entry in plan.entries:
         assert entry.resource is not None and entry.resource_type == entry.resource["resourceType"]
         rewritten = rewrite_references(entry.resource, mapping)
         left = [ref for _path, ref in references_in(rewritten) if ref.startswith("urn:uuid:")]
         assert left == []
-        if entry.resource_type != "Patient" and patient_compartment(entry.resource) is None:
-            pass  # e.g. Organization, Practitioner, Claim with urn:uuid placeholders before rewriting
+        if entry.resource_type != "Patient":
+            compartments.add(patient_compartment(rewritten))  # once rewritten, every entry resolves
+    # One patient per Synthea file (none in the hospital and practitioner files): everything about
+    # someone is about the file's Patient.
+    patients = {f"Patient/{c}" for c in compartments if c is not None}
+    has_patient = any(e.resource_type == "Patient" for e in plan.entries)
+    assert patients == ({f"Patient/id{e.index}" for e in plan.entries if e.resource_type == "Patient"} if has_patient else set())
 
 
 def test_references_in_and_rewrite() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from healthledger.errors import (
     NotFound,
     PreconditionFailed,
 )
-from healthledger.store.access import Principal
+from healthledger.store.access import DevelopmentPolicy, Principal, Screened
 from healthledger.store.models import resources_table
 from healthledger.store.repository import ResourceStore
 
@@ -255,7 +254,7 @@ def test_access_policy_is_consulted(store: ResourceStore) -> None:
 
     calls: list[tuple[str, str, str]] = []
 
-    class Recording:
+    class Recording(DevelopmentPolicy):
         def check(self, principal: Principal, action: str, resource_type: str, resource: Any, **_: Any) -> Any:
             calls.append((principal.id, action, resource_type))
             return resource
@@ -283,7 +282,7 @@ def test_a_filtering_policy_hides_denied_search_results(store: ResourceStore) ->
 
     recorded: list[tuple[list[str], int]] = []
 
-    class OnlyVisible:
+    class OnlyVisible(DevelopmentPolicy):
         filters_search_results = True
 
         def check(self, principal: Principal, action: str, resource_type: str, resource: Any, **_: Any) -> Any:
@@ -291,11 +290,11 @@ def test_a_filtering_policy_hides_denied_search_results(store: ResourceStore) ->
 
         def screen(self, principal: Principal, action: str, resource_type: str, resource: Any, **_: Any) -> Any:
             hidden = resource["name"][0]["family"] == "Hidden"
-            return SimpleNamespace(resource=None if hidden else resource, id=resource["id"])
+            return Screened(resource_type, resource["id"], "", None if hidden else resource)
 
         def record_results(self, principal: Principal, action: str, resource_type: str, disclosed: Any,
                            withheld: Any, **_: Any) -> None:
-            recorded.append(([s.id for s in disclosed], len(withheld)))
+            recorded.append(([s.resource_id for s in disclosed], len(withheld)))
 
     store.policy = OnlyVisible()
     stranger = Principal("stranger", role="researcher", scopes=())
