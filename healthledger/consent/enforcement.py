@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,9 @@ from healthledger.principal import Principal
 from healthledger.store.access import Action, Screened
 
 ACCESS_LOG_KEY_CLASS = "access-log"
+# How many entries the current request has recorded: a request refused before any decision (a bad
+# parameter, a bad purpose header) is recorded by `record_refusal`, and only then (one entry per attempt).
+_RECORDED: ContextVar[int] = ContextVar("healthledger_entries_recorded", default=0)
 _AGE_KEY = "healthledger.consent.index_age"
 _PENDING_KEY = "healthledger.consent.entries"
 _DEFER_KEY = "healthledger.consent.defer"
@@ -177,6 +181,43 @@ class ConsentPolicy:
             if not conn.info.get(_DEFER_KEY):
                 record_accesses(conn, entries)
             conn.info.setdefault(_PENDING_KEY, []).extend(entries)
+            _RECORDED.set(_RECORDED.get() + len(entries))
+
+    # -- attempts refused before any decision ------------------------------------------------------------
+    def start_attempt(self) -> None:
+        """A new request begins (the API calls this before anything else)."""
+        _RECORDED.set(0)
+
+    def attempt_recorded(self) -> bool:
+        """Whether the current request has recorded an entry already."""
+        return _RECORDED.get() > 0
+
+    def record_refusal(
+        self, principal: Principal, action: str, resource_type: str, resource_id: str, patient_id: str, reason: str
+    ) -> None:
+        """An authenticated attempt refused before any decision (400 for a bad parameter, 406, ...): one entry.
+
+        `patient_id` is the patient the request named (a search's `patient`, a Patient URL); for an
+        instance URL the stored resource's own patient is looked up, so the patient sees the attempt too.
+        """
+        if principal.via == "cli" or self.attempt_recorded():
+            return
+        with self.store.engine.begin() as conn:
+            if not patient_id and resource_type and resource_id:
+                patient_id = self._patient_of_stored(conn, resource_type, resource_id)
+            outcome = Outcome(Decision.DENY, (Reason("refused", detail=reason),))
+            entry = self._entry(conn, principal, action, resource_type[:64], resource_id[:64], patient_id, outcome)
+            record_accesses(conn, [entry])
+        _RECORDED.set(_RECORDED.get() + 1)
+
+    def _patient_of_stored(self, conn: Connection, resource_type: str, resource_id: str) -> str:
+        from healthledger.principal import SYSTEM
+        from healthledger.store.repository import UnitOfWork
+
+        current = UnitOfWork(self.store, conn, SYSTEM).peek(resource_type, resource_id)
+        if current is None or current.resource is None:
+            return ""
+        return resource_facts(resource_type, resource_id, current.resource).patient_id
 
     def record_audit_access(
         self, principal: Principal, action: str, resource_id: str, pseudonym: str, decision: str, reason: str, /
@@ -282,6 +323,7 @@ class ConsentPolicy:
         if not conn.info.get(_DEFER_KEY):
             record_accesses(conn, [entry])
         conn.info.setdefault(_PENDING_KEY, []).append(entry)
+        _RECORDED.set(_RECORDED.get() + 1)
 
 
 _UNRESTRICTED = Outcome(Decision.PERMIT, (Reason("unrestricted"),))
@@ -298,7 +340,7 @@ def reason_text(outcome: Outcome) -> str:
             text += f":Consent/{r.consent_id}"
         if r.provision:
             text += f"#{r.provision}"
-        if r.detail and r.rule in ("scope", "index-stale", "break-glass", "consent-grant-not-live"):
+        if r.detail and r.rule in ("scope", "index-stale", "break-glass", "consent-grant-not-live", "refused"):
             text += f"({r.detail})"
         parts.append(text)
     return ";".join(parts)[:500]

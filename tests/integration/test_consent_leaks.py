@@ -239,3 +239,31 @@ def test_denied_and_missing_read_alike_everywhere(world: World) -> None:
     assert body_without(denied_delete, bob) == body_without(missing_delete, "no-such-id")
     assert get(world, "ehr", f"Observation/{world.observations['ann']}").status_code == 200  # nothing deleted
     assert world.dev_read(f"Observation/{bob}")["id"] == bob
+
+
+# -- 9. Every authenticated attempt leaves one entry, refused before any decision or not --------------------
+def test_refused_requests_are_attempts_too(world: World) -> None:
+    ann, obs = world.patients["ann"], world.observations["ann"]
+    cases = [
+        ("GET", f"/fhir/Observation?patient=Patient/{ann}&no-such-parameter=1", {}, "search", "Observation", "", "ann"),
+        ("GET", f"/fhir/Observation/{obs}", {"X-Purpose-Of-Use": "NOT-A-PURPOSE"}, "read", "Observation", obs, "ann"),
+        ("GET", f"/fhir/Patient/{ann}/_history?_since=yesterday", {}, "history", "Patient", ann, "ann"),
+        ("GET", f"/fhir/Observation/{obs}?_format=xml", {}, "read", "Observation", obs, "ann"),
+        ("PUT", f"/fhir/Observation/{obs}", {"Content-Type": FHIR_JSON}, "update", "Observation", obs, "ann"),
+        ("GET", f"/fhir/Observation?subject={ann}&_count=many", {}, "search", "Observation", "", "ann"),
+    ]
+    for method, url, extra, action, rtype, rid, patient in cases:
+        size = world.log_size()
+        resp = world.client.open(url, method=method, data=b"{" if method == "PUT" else None,
+                                 headers=world.headers("clinic", **extra))
+        assert 400 <= resp.status_code < 500, (url, resp.status_code)
+        entries = world.log_since(size)
+        assert len(entries) == 1, (url, entries)
+        entry = entries[0]
+        assert (entry.action, entry.resource_type, entry.resource_id, entry.decision) == (action, rtype, rid, "deny")
+        assert entry.patient_pseudonym == pseudonym(world, patient), url
+        assert entry.reason.startswith("refused(http-4")
+    # A request decided as usual still leaves exactly one entry (no second one for its refusal).
+    size = world.log_size()
+    assert get(world, "clinic", f"Observation/{obs}").status_code == 404
+    assert len(world.log_since(size)) == 1
