@@ -179,6 +179,18 @@ class ResourceStore:
         self.keyring = Keyring(key_provider, self.tenant, clock)
         self._sqlite = engine.dialect.name == "sqlite"
         self._indexer: envelope.BlindIndexer | None = None
+        self._decoys: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+    def decoy(self, resource_type: str) -> tuple[bytes, bytes, bytes]:
+        """(sealed stand-in resource, its key, its AAD) for misses to decide like denials (made once per type)."""
+        made = self._decoys.get(resource_type)
+        if made is None:
+            key = crypto.new_key()
+            aad = envelope.resource_aad(self.tenant, resource_type, "decoy", 1)
+            made = (crypto.seal(key, dump_resource(_decoy_resource(resource_type)), aad), key, aad)
+            if len(self._decoys) < 256:
+                self._decoys[resource_type] = made
+        return made
 
     # -- transactions -----------------------------------------------------------------------
     def _ensure_master(self) -> None:
@@ -401,10 +413,25 @@ class UnitOfWork:
     def _not_found(self, action: Action, resource_type: str, resource_id: str) -> NotFound:
         """NotFound for a missing (or deleted, or erased, or withheld) resource, recorded as an attempt.
 
-        The message depends only on what was asked, so a withheld resource reads exactly like a missing one.
+        The message depends only on what was asked, so a withheld resource reads exactly like a missing one;
+        and for a caller who could be refused, a miss does the work a refusal does (see `_decoy_decision`),
+        so that it also takes as long.
         """
+        if self._screens and not self.principal.unrestricted:
+            self._decoy_decision(resource_type)
         self.store.policy.record_miss(self.principal, action, resource_type, resource_id, conn=self.conn)
         return not_known(resource_type, resource_id)
+
+    def _decoy_decision(self, resource_type: str) -> None:
+        """Open, parse and decide a stand-in resource, as a denied read of a real one would.
+
+        A denied read decrypts the resource, reads its facts and asks the engine before answering 404; a
+        miss has nothing to decrypt and would answer ~0.4 ms sooner, which a client could measure. The
+        decision is thrown away.
+        """
+        sealed, key, aad = self.store.decoy(resource_type)
+        resource = load_resource(crypto.open_(key, sealed, aad))
+        self.store.policy.screen(self.principal, "read", resource_type, resource, conn=self.conn)
 
     def _gone_or_hidden(self, action: Action, resource_type: str, resource_id: str, message: str) -> HealthLedgerError:
         """410 Gone for callers who may see everything; to anyone else a deleted resource looks missing
@@ -736,30 +763,36 @@ class UnitOfWork:
         """
         self.authorize("history", resource_type, None)
         where = [res_t.c.tenant == self.tenant, res_t.c.resource_type == resource_type, res_t.c.erased.is_(False)]
+        screen = self._screens
+        per_version = screen and not self.principal.unrestricted
         if resource_id is not None:
             check_id(resource_id)
-            first = self.conn.execute(
-                sa.select(res_t.c.erased).where(*_same_resource(self.tenant, resource_type, resource_id)).limit(1)
-            ).first()
-            if first is None:
-                raise self._not_found("history", resource_type, resource_id)
-            if first.erased:
-                raise self._gone_or_hidden("history", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
+            if not per_version:  # (per version: a missing or erased resource is simply one with nothing to show)
+                first = self.conn.execute(
+                    sa.select(res_t.c.erased).where(*_same_resource(self.tenant, resource_type, resource_id)).limit(1)
+                ).first()
+                if first is None:
+                    raise self._not_found("history", resource_type, resource_id)
+                if first.erased:
+                    raise self._gone_or_hidden(
+                        "history", resource_type, resource_id, f"{resource_type}/{resource_id} was erased"
+                    )
             where.append(res_t.c.resource_id == resource_id)
         if since is not None:
             # Stored moments are UTC (SQLite keeps them without an offset): compare in UTC.
             since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
             where.append(res_t.c.last_updated >= since)
         ordered = sa.select(*_COLUMNS).where(*where).order_by(res_t.c.last_updated.desc(), res_t.c.row_id.desc())
-        screen = self._screens
-        if screen and not self.principal.unrestricted:
-            shown, withheld = self._screened_history(resource_type, resource_id, ordered)
+        if per_version:
+            shown, withheld, stored_any = self._screened_history(resource_type, resource_id, ordered)
+            if resource_id is not None and not shown:
+                if not stored_any:
+                    raise self._not_found("history", resource_type, resource_id)
+                self.store.policy.record_results(self.principal, "history", resource_type, [], withheld, conn=self.conn)
+                raise not_known(resource_type, resource_id)
             total = len(shown)
             items = [stored for stored, _ in shown[offset : offset + count]]
             disclosed = [s for _, s in shown[offset : offset + count] if s is not None]
-            if resource_id is not None and not shown:
-                self.store.policy.record_results(self.principal, "history", resource_type, [], withheld, conn=self.conn)
-                raise not_known(resource_type, resource_id)
             self.store.policy.record_results(self.principal, "history", resource_type, disclosed, withheld, conn=self.conn)
         else:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(res_t).where(*where)).scalar_one()
@@ -772,14 +805,16 @@ class UnitOfWork:
 
     def _screened_history(
         self, resource_type: str, resource_id: str | None, ordered: sa.Select[Any]
-    ) -> tuple[list[tuple[StoredResource, Screened | None]], list[Screened]]:
+    ) -> tuple[list[tuple[StoredResource, Screened | None]], list[Screened], bool]:
         """(every version the caller may see, newest first, each with its decision (None for a deletion),
-        the decisions of the versions withheld)."""
+        the decisions of the versions withheld, whether any version was stored at all)."""
         policy = self.store.policy
         shown: list[tuple[StoredResource, Screened | None]] = []
         withheld: list[Screened] = []
         pending_deletions: dict[str, list[StoredResource]] = {}  # resource id -> newer deletions awaiting it
+        stored_any = False
         for row in self.conn.execute(ordered.execution_options(yield_per=_SCAN_BATCH)):
+            stored_any = True
             stored = self._to_stored(row)
             if row.deleted or stored.resource is None:
                 if resource_id is not None:
@@ -793,7 +828,7 @@ class UnitOfWork:
                 continue
             shown.extend((deletion, None) for deletion in buried)  # a deletion of a version it may see
             shown.append((_replace_resource(stored, screened.resource), screened))
-        return shown, withheld
+        return shown, withheld, stored_any
 
     def _record_unscreened(self, action: Action, resource_type: str, items: Sequence[StoredResource]) -> None:
         """Record what an unrestricted caller was shown (one entry per resource, for its patient's log)."""
@@ -874,6 +909,26 @@ class UnitOfWork:
                 policy.record_results(self.principal, "search", resource_type, disclosed, withheld, conn=self.conn)
         next_offset = offset + count if offset + count < total else None
         return SearchPage(items, total, next_offset)
+
+
+_DECOY_PATIENT = "hl-decoy-6f1c2a9e4b7d40e38a5f9c1d2e3b4a5f"
+
+
+def _decoy_resource(resource_type: str) -> dict[str, Any]:
+    """A typical resource of `resource_type` about a stand-in patient (its decision is never used)."""
+    meta = {"versionId": "1", "lastUpdated": "2024-01-01T00:00:00.000Z"}
+    if resource_type == "Patient":
+        return {"resourceType": "Patient", "id": "decoy", "meta": meta, "name": [{"family": "Decoy", "given": ["D"]}],
+                "gender": "unknown", "birthDate": "1970-01-01", "managingOrganization": {"reference": "Organization/decoy"}}
+    return {
+        "resourceType": resource_type, "id": "decoy", "meta": meta, "status": "final",
+        "subject": {"reference": f"Patient/{_DECOY_PATIENT}"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4", "display": "Hemoglobin A1c"}]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "laboratory"}]}],
+        "effectiveDateTime": "2024-01-01", "valueQuantity": {"value": 6.1, "unit": "%"},
+        "performer": [{"reference": "Practitioner/decoy"}], "encounter": {"reference": "Encounter/decoy"},
+    }
 
 
 def _same_resource(tenant: str, resource_type: str, resource_id: str) -> tuple[Any, ...]:

@@ -1,0 +1,111 @@
+"""Can a client tell a denied read from a missing one by its timing? (target: no difference beyond noise)
+
+A denied read answers exactly like a missing one (same status, same body); this measures whether it also
+takes as long. The world is tests/consent_world.py (the real app, SMART tokens, the consent engine, the
+access log; SQLite): a clinic with no consent asks, alternately, for a patient's Observation it may not
+read and for an id that does not exist, through the Flask test client (no network jitter: the server's
+own difference, which is what a patient attacker over a network would have to find under more noise).
+
+For each kind of request (read, vread, instance history) it reports both medians, their difference, a
+95% bootstrap interval of that difference, and the noise: the difference between two halves of the
+*same* kind of request (missing vs missing). The target is a difference inside the noise. Because wall
+time on a shared machine moves with everything else running, it also counts the Python function calls
+each kind makes (cProfile, deterministic): the work done, whatever the load.
+
+Usage: .venv/bin/python benchmarks/denied_vs_missing.py [--samples 3000]
+Writes benchmarks/results/denied_vs_missing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+RESULTS = ROOT / "benchmarks" / "results" / "denied_vs_missing.json"
+
+
+def bootstrap_median_difference(a: list[float], b: list[float], rng: random.Random, rounds: int = 400) -> tuple[float, float]:
+    diffs = []
+    for _ in range(rounds):
+        diffs.append(statistics.median(rng.choices(a, k=len(a))) - statistics.median(rng.choices(b, k=len(b))))
+    diffs.sort()
+    return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds)]
+
+
+def calls_per_request(client: object, url: str, headers: dict[str, str], n: int = 50) -> float:
+    """Python function calls one request makes (server and test client), averaged over `n`."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(n):
+        client.get(url.format(missing=f"counted-{i}"), headers=headers)  # type: ignore[attr-defined]
+    profiler.disable()
+    return pstats.Stats(profiler).total_calls / n  # type: ignore[attr-defined, no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=3000, help="requests of each kind per case")
+    args = parser.parse_args()
+
+    from consent_world import World
+
+    world = World.build(Path(tempfile.mkdtemp(prefix="denied-vs-missing-")))
+    client, headers = world.client, world.headers("clinic")
+    bob = world.observations["bob"]
+    cases = {
+        "read": (f"/fhir/Observation/{bob}", "/fhir/Observation/{missing}"),
+        "vread": (f"/fhir/Observation/{bob}/_history/1", "/fhir/Observation/{missing}/_history/1"),
+        "history": (f"/fhir/Observation/{bob}/_history", "/fhir/Observation/{missing}/_history"),
+    }
+    rng = random.Random(7)
+    results = {}
+    print(f"{'request':10} {'denied µs':>10} {'missing µs':>11} {'diff µs':>8} {'95% CI':>18} {'noise µs':>9}"
+          f" {'calls d/m':>12}")
+    for name, (denied_url, missing_url) in cases.items():
+        for _ in range(200):  # warm caches (token, index, keys, SQLite pages) for both paths
+            client.get(denied_url, headers=headers)
+            client.get(missing_url.format(missing="warm-up"), headers=headers)
+        denied: list[float] = []
+        missing: list[float] = []
+        for i in range(args.samples):
+            pair = [("d", denied_url), ("m", missing_url.format(missing=f"no-such-{i}"))]
+            rng.shuffle(pair)  # neither kind always goes first
+            for kind, url in pair:
+                start = time.perf_counter()
+                resp = client.get(url, headers=headers)
+                elapsed = (time.perf_counter() - start) * 1e6
+                assert resp.status_code == 404, (url, resp.status_code)
+                (denied if kind == "d" else missing).append(elapsed)
+        d_med, m_med = statistics.median(denied), statistics.median(missing)
+        low, high = bootstrap_median_difference(denied, missing, rng)
+        half = len(missing) // 2
+        noise = abs(statistics.median(missing[:half]) - statistics.median(missing[half:]))
+        calls_denied = calls_per_request(client, denied_url, headers)
+        calls_missing = calls_per_request(client, missing_url, headers)
+        results[name] = {
+            "python_calls_denied": round(calls_denied), "python_calls_missing": round(calls_missing),
+            "denied_median_us": round(d_med, 1), "missing_median_us": round(m_med, 1),
+            "difference_us": round(d_med - m_med, 1), "difference_ci95_us": [round(low, 1), round(high, 1)],
+            "noise_us": round(noise, 1), "relative_difference": round((d_med - m_med) / m_med, 4),
+            "samples": args.samples,
+        }
+        print(f"{name:10} {d_med:10.1f} {m_med:11.1f} {d_med - m_med:8.1f} {f'[{low:.1f}, {high:.1f}]':>18} {noise:9.1f}"
+              f" {f'{calls_denied:.0f}/{calls_missing:.0f}':>12}")
+    world.close()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": results}, indent=2))
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
