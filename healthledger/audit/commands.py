@@ -49,6 +49,8 @@ def anchor_command(submit: bool) -> None:
                 click.echo("nothing new to anchor")
                 return
             size, root, item = summary
+            if item is None:  # anchor_batch queues every tree head it makes
+                raise click.ClickException("the tree head was not queued for the chain; run the command again")
             click.echo(f"tree head queued: size {size}, root {root} (outbox item {item})")
             if submit:
                 import time

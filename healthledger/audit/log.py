@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, Table, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from healthledger.audit.entries import AccessEntry, decode_entry, encode_entry, entry_leaf_hash
@@ -29,7 +29,7 @@ from healthledger.errors import NotFound
 
 DEFAULT_LOG = "access"
 # Built once: a Core insert on the table (the ORM entity insert costs ~10x more per call on the request path).
-_INSERT = AccessLogEntry.__table__.insert()
+_INSERT = insert(cast(Table, AccessLogEntry.__table__))
 
 
 def _row(entry: AccessEntry, log_id: str) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def integrate(session: Session, now: datetime, *, log_id: str = DEFAULT_LOG, lim
         for level, idx, h in frontier.append(entry_leaf_hash(row.body)):
             new_nodes.append({"log_id": log_id, "level": level, "idx": idx, "hash": h})
     session.flush()
-    session.execute(AuditNode.__table__.insert(), new_nodes)
+    session.execute(insert(cast(Table, AuditNode.__table__)), new_nodes)
     head.size = frontier.size
     head.root = frontier.root()
     head.updated_at = now

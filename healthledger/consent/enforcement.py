@@ -352,7 +352,9 @@ def policy_from_settings(values: dict[str, Any]) -> Policy:
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(f"unknown consent policy setting(s): {', '.join(unknown)}")
-    converted = {k: (frozenset(v) if isinstance(v, (list, tuple, set)) else v) for k, v in values.items()}
+    converted: dict[str, Any] = {
+        k: (frozenset(v) if isinstance(v, (list, tuple, set)) else v) for k, v in values.items()
+    }
     policy = replace(Policy(), **converted)
     if not (policy.max_index_age_seconds > 0 and math.isfinite(policy.max_index_age_seconds)):
         raise ValueError("consent policy max_index_age_seconds must be a positive number")
