@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         source=CardSource(url=f"{issuer}/cds-services"),
     ))
     # Before the generic /fhir rules: every /fhir/AuditEvent path is the access log's, read-only.
-    app.register_blueprint(audit_event_blueprint(store, lambda: authenticate(request), policy.record_audit_access))
+    app.register_blueprint(audit_event_blueprint(store, lambda: authenticate(request), policy.record_audit_access, index))
     app.register_blueprint(fhir_blueprint(store, settings, authenticate, token_url=issuer + TOKEN_PATH))
 
     @app.errorhandler(Exception)
