@@ -39,6 +39,9 @@ Where we differ from LEAP, or could not verify:
   filled from an identifier array; ours declares no prefetch.
 - errors are {"error", "error_description"} (OAuth 2.0 style); LEAP sends {"error", "errorMessage"}.
 - limits (body size, array lengths, string lengths) and the refusal of empty `patientId` arrays are ours.
+- LEAP answers for whatever `context.actor` asserts; here a client asks only as itself unless it is
+  registered to ask for others, and an actor with no relationship to the patient is told nothing but a
+  permit (healthledger/consent/consult.py; docs/consent-semantics.md, "CDS Hooks: who may ask").
 """
 
 from __future__ import annotations

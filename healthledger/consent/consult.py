@@ -11,6 +11,10 @@ resolved. docs/consent-semantics.md ("CDS Hooks: who may ask, and what strangers
   consent-decision consumer for others (`consult_for_others`) or is the service itself. Such a client
   asks for the actor it names: resolved to a Practitioner it asks as a clinician, otherwise as a system of
   the resolved organisation.
+- What strangers learn. An actor with no relationship to the patient (its organisation is not one of the
+  patient's care organisations, and no active Consent of the patient names it in a provision actor) is
+  told NO_CONSENT unless the answer is a permit, exactly as for a patient nobody knows here (or ambiguous
+  identifiers): the same steps run, the same bytes come back. A permit stands: the patient chose to share.
 
 Where the hook is loose, we decide: the purpose is the first `purposeOfUse` (else from `scope`:
 research -> HRESCH, otherwise TREAT); with several classes, every class must be permitted (a deny of
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fhir_adapters import search as fhir_search
+from fhir_adapters.consent import Provision
 from fhir_adapters.errors import FhirInputError
 from healthledger.api.cds_hooks import ConsultDecision, ConsultRequest
 from healthledger.auth.scopes import scope_allows
@@ -32,11 +37,12 @@ from healthledger.consent.engine import (
     Decision,
     Obligation,
     Outcome,
+    PatientContext,
     Reason,
     ResourceFacts,
     decide,
 )
-from healthledger.errors import Forbidden, NotFound
+from healthledger.errors import Forbidden
 from healthledger.principal import HRESCH, PURPOSES, TREAT, Principal
 
 _SCOPE_PURPOSE = {"research": HRESCH, "treatment": TREAT}
@@ -69,16 +75,22 @@ class ConsentConsultant:
                 self.policy.record(conn, caller, "decide", classes_asked, "", "", _NOT_ITSELF)
                 raise Forbidden(NOT_ITSELF)
             patient_id = _resolve(uow, "Patient", request.patient_identifiers)
-            if patient_id is None:
-                self.policy.record(conn, caller, "decide", classes_asked, "", "", _UNKNOWN)
-                raise NotFound("no such patient")
             now = self.policy.clock()
-            ctx = self.policy.patient_context(conn, patient_id, now)
-            answer = _combine([
-                decide(principal, "read", ResourceFacts(cls, "", patient_id), ctx, self.policy.policy, now)
+            # No fast path for a patient nobody knows: the same steps over a patient with no Consents and
+            # no care organisations, so the answer comes back as a stranger's about a known patient does.
+            ctx = PatientContext("") if patient_id is None else self.policy.patient_context(conn, patient_id, now)
+            outcome = _combine([
+                decide(principal, "read", ResourceFacts(cls, "", ctx.patient_id), ctx, self.policy.policy, now)
                 for cls in request.classes or ("",)
             ])
-            self.policy.record(conn, caller, "decide", classes_asked, "", patient_id, answer)
+            if patient_id is None:
+                answer, recorded = _NO_CONSENT, _UNKNOWN
+            elif outcome.permitted or related(principal, ctx):
+                answer = recorded = outcome
+            else:
+                # A stranger learns nothing but a permit the patient chose to give: not a deny, not a reason.
+                answer, recorded = _NO_CONSENT, _stranger(outcome)
+            self.policy.record(conn, caller, "decide", classes_asked, "", patient_id or "", recorded)
         return ConsultDecision.from_outcome(answer)
 
     def _asking(self, uow: Any, request: ConsultRequest, caller: Principal) -> Principal | None:
@@ -107,6 +119,22 @@ class ConsentConsultant:
         return _as_itself(caller, purpose)
 
 
+def related(asking: Principal, ctx: PatientContext) -> bool:
+    """Has the asking actor a relationship with the patient? Its organisation is one of the patient's care
+    organisations, or one of the patient's active Consents names it (its organisation or one of its
+    references) in a provision actor, at any depth, permit or deny."""
+    if asking.organization and asking.organization in ctx.care_organizations:
+        return True
+    identities = asking.identities()
+    return bool(identities) and any(
+        consent.status == "active" and _names(consent.root, identities) for consent in ctx.consents
+    )
+
+
+def _names(provision: Provision, identities: frozenset[str]) -> bool:
+    return bool(provision.actor_refs & identities) or any(_names(child, identities) for child in provision.children)
+
+
 def _as_itself(caller: Principal, purpose: str) -> Principal:
     """The caller's own registered identity (organisation, role, references), asking for `purpose`."""
     return Principal(
@@ -126,8 +154,14 @@ def _first_organization(named: list[frozenset[str]]) -> str:
 
 
 _UNKNOWN = Outcome(Decision.NOT_APPLICABLE, (Reason("unknown-patient"),))
+_NO_CONSENT = Outcome(Decision.NOT_APPLICABLE, ())
 _NO_SCOPE = Outcome(Decision.DENY, (Reason("scope", detail="system/Consent"),))
 _NOT_ITSELF = Outcome(Decision.DENY, (Reason("consult:actor-not-itself"),))
+
+
+def _stranger(outcome: Outcome) -> Outcome:
+    """What is recorded when a stranger was told NO_CONSENT: that, and the engine's own reasons."""
+    return Outcome(Decision.NOT_APPLICABLE, (Reason("consult:no-relationship"), *outcome.reasons))
 
 
 def _combine(outcomes: list[Outcome]) -> Outcome:

@@ -136,3 +136,49 @@ def test_a_client_registered_for_others_asks_for_the_actor_it_names(world: World
     assert summary(ask(world, "broker", "ann", actor=org("city-clinic"))) == "NO_CONSENT"
     # With no actor it asks as itself: an organisation-less system, a stranger to Gus.
     assert summary(ask(world, "broker", "gus")) == "NO_CONSENT"
+
+
+# -- what strangers learn -----------------------------------------------------------------------------------
+
+
+def test_a_stranger_cannot_tell_a_known_patient_from_an_unknown_one(world: World) -> None:
+    """The university has no relationship with Fay (blanket deny) nor Bob (no consent)."""
+    unknown, unknown_entry = asked(world, lambda: ask(world, "research", "nobody-here"))
+    fay, fay_entry = asked(world, lambda: ask(world, "research", "fay"))
+    bob = ask(world, "research", "bob")
+    ambiguous, ambiguous_entry = asked(world, lambda: ask(world, "research", "fay", "bob"))  # two patients
+    for resp in (unknown, fay, bob, ambiguous):
+        assert resp.status_code == 200
+        assert resp.data == unknown.data  # byte for byte (no hookInstance is echoed)
+        assert dict(resp.headers) == dict(unknown.headers)
+    assert orjson.loads(unknown.data)["cards"][0]["extension"] == {"decision": "NO_CONSENT", "obligations": []}
+    # Every question is recorded; against the patient when one was resolved, with what the engine said.
+    assert (unknown_entry.patient_pseudonym, unknown_entry.reason) == ("", "unknown-patient")
+    assert (ambiguous_entry.patient_pseudonym, ambiguous_entry.reason) == ("", "unknown-patient")
+    assert fay_entry.patient_pseudonym == pseudonym(world, "fay") and fay_entry.decision == "deny"
+    assert fay_entry.reason.startswith("consult:no-relationship;consent:Consent/")
+
+
+def test_several_classes_and_purposes_tell_a_stranger_nothing_either(world: World) -> None:
+    unknown = ask(world, "clinic", "nobody-here", classes=("Observation", "Condition"), purpose="HRESCH")
+    for name in ("fay", "gus", "bob"):
+        resp = ask(world, "clinic", name, classes=("Observation", "Condition"), purpose="HRESCH")
+        assert resp.status_code == 200 and resp.data == unknown.data, name
+    breaking = ask(world, "clinic", "nobody-here", purpose="ETREAT")  # no reason can be given here: denied
+    assert ask(world, "clinic", "fay", purpose="ETREAT").data == breaking.data
+    assert summary(breaking) == "NO_CONSENT"
+
+
+def test_related_actors_get_the_engines_answer(world: World) -> None:
+    # A care organisation of Fay's (the hospital) is told of her deny.
+    assert summary(ask(world, "ehr", "fay")) == "CONSENT_DENY"
+    # Gus's deny names the university: it is told so; the clinic, a stranger to him, is not.
+    assert summary(ask(world, "research", "gus")) == "CONSENT_DENY"
+    assert summary(ask(world, "clinic", "gus")) == "NO_CONSENT"
+
+
+def test_a_permit_stands_even_for_a_stranger(world: World) -> None:
+    # Hal chose to share with anyone: the university, a stranger to him, is told so.
+    resp, entry = asked(world, lambda: ask(world, "research", "hal"))
+    assert summary(resp) == "CONSENT_PERMIT"
+    assert entry.decision == "permit" and entry.patient_pseudonym == pseudonym(world, "hal")
