@@ -60,13 +60,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application with every component built from `settings` (no import-time side effects)."""
     from healthledger.api.audit_events import audit_event_blueprint
     from healthledger.api.auth_seam import Authenticator
-    from healthledger.api.cds_hooks import CardSource, cds_hooks_blueprint
+    from healthledger.api.cds_hooks import cds_hooks_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
     from healthledger.api.outcomes import error_response
     from healthledger.auth.smart import TOKEN_PATH, smart_blueprint
     from healthledger.auth.tokens import TokenService, TokenSigner
     from healthledger.auth.users import AccountNames
     from healthledger.consent.consult import ConsentConsultant
+    from healthledger.consent.consult_hook import CardSource
     from healthledger.consent.enforcement import ConsentPolicy, policy_from_settings
     from healthledger.consent.index import ConsentIndex
     from healthledger.consent.obligations import Obligations

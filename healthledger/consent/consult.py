@@ -30,8 +30,8 @@ from typing import Any
 from fhir_adapters import search as fhir_search
 from fhir_adapters.consent import Provision
 from fhir_adapters.errors import FhirInputError
-from healthledger.api.cds_hooks import ConsultDecision, ConsultRequest
 from healthledger.auth.scopes import scope_allows
+from healthledger.consent.consult_hook import ConsultDecision, ConsultRequest
 from healthledger.consent.enforcement import ConsentPolicy
 from healthledger.consent.engine import (
     Decision,
