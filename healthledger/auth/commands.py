@@ -128,7 +128,8 @@ def users_group() -> None:
 @users_group.command("add")
 @click.argument("username")
 @click.option("--role", type=click.Choice(["patient", "clinician", "researcher", "auditor"]), required=True)
-@click.option("--organization", default="", help="Organization/{id} (clinicians and researchers)")
+@click.option("--organization", default="",
+              help="Organization/{id} (clinicians, researchers; auditors read the log of its patients)")
 @click.option("--patient", "patient_id", default="", help="the Patient resource id (patients)")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input (else one is generated)")
 @click.option("--json", "as_json", is_flag=True)
