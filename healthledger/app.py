@@ -60,13 +60,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application with every component built from `settings` (no import-time side effects)."""
     from healthledger.api.audit_events import audit_event_blueprint
     from healthledger.api.auth_seam import Authenticator
-    from healthledger.api.cds_hooks import CardSource, cds_hooks_blueprint
+    from healthledger.api.cds_hooks import cds_hooks_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
     from healthledger.api.outcomes import error_response
     from healthledger.auth.smart import TOKEN_PATH, smart_blueprint
     from healthledger.auth.tokens import TokenService, TokenSigner
     from healthledger.auth.users import AccountNames
     from healthledger.consent.consult import ConsentConsultant
+    from healthledger.consent.consult_hook import CardSource
     from healthledger.consent.enforcement import ConsentPolicy, policy_from_settings
     from healthledger.consent.index import ConsentIndex
     from healthledger.consent.obligations import Obligations
@@ -143,7 +144,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         source=CardSource(url=f"{issuer}/cds-services"),
     ))
     # Before the generic /fhir rules: every /fhir/AuditEvent path is the access log's, read-only.
-    app.register_blueprint(audit_event_blueprint(store, lambda: authenticate(request), policy.record_audit_access))
+    app.register_blueprint(audit_event_blueprint(store, lambda: authenticate(request), policy.record_audit_access, index))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
         refusals=None if settings.enforcement_off_for_benchmark else policy,

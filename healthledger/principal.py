@@ -38,6 +38,11 @@ class Principal:
     scopes: tuple[Any, ...] | None = None
     scope_context: str = "system"
     via: str = "api"  # api | web | cli: where the request came from (the log records API and web accesses)
+    # What an API client's registration says, beyond its token: the scopes it is registered for (a token
+    # holds their intersection with what it asked for), and whether it may ask consent consults on behalf
+    # of other actors. () and False for people and the service itself.
+    registered_scopes: tuple[Any, ...] = ()
+    consult_for_others: bool = False
 
     @property
     def id(self) -> str:

@@ -68,9 +68,9 @@ class World:
 
     # -- building ----------------------------------------------------------------------------------
     @classmethod
-    def build(cls, data_dir: Path, database_url: str = "") -> World:
+    def build(cls, data_dir: Path, database_url: str = "", **settings_overrides: Any) -> World:
         # Many sign-ins from one test address: the per-address limit is tested in tests/web.
-        settings = api_settings(data_dir, database_url, login_rate_limit="10000 per minute")
+        settings = api_settings(data_dir, database_url, login_rate_limit="10000 per minute", **settings_overrides)
         app = build_app(settings)
         engine = app.extensions["healthledger.engine"]
         sessions = session_factory(engine)

@@ -1,9 +1,13 @@
 """The access log as FHIR R4 AuditEvents: GET /fhir/AuditEvent (search) and /fhir/AuditEvent/{id} (read).
 
-Who sees what: a patient sees the entries about themselves (found by their pseudonym, a keyed hash the
-log stores instead of their id); auditors and the service itself see every entry; any other caller needs
-a SMART scope granting AuditEvent read/search. Reading or searching the log is itself an access, so each
-request is recorded through the injected `record` before anything is returned, permitted or not.
+Who sees what (docs/consent-semantics.md, "Who may read the access log"): on top of the SMART scopes for
+AuditEvent, a patient sees the entries about themselves (found by their pseudonym, a keyed hash the log
+stores instead of their id); an auditor sees the entries of the patients its organisation is a care
+organisation of (all of them, and the entries naming no patient, for an auditor of the home organisation);
+a client registered for AuditEvent by name, not through `*`, and the service itself see every entry;
+anyone else sees none (an empty searchset; a read answers 404 like a missing id). Reading the log is itself
+an access: each request is recorded through the injected `record` before anything is returned, permitted or
+not, against each patient whose entries it disclosed.
 
 The log holds no patient ids, so a `Patient/{id}` reference is rendered only when the request said whose
 entries it wanted (the `patient` parameter, or the patient asking); otherwise the pseudonym is shown.
@@ -20,6 +24,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, request
+from sqlalchemy.engine import Connection
 from werkzeug.exceptions import MethodNotAllowed
 
 from fhir_adapters.audit_event import audit_event
@@ -31,7 +36,7 @@ from healthledger.audit.entries import AccessEntry, decode_entry
 from healthledger.audit.log import DEFAULT_LOG
 from healthledger.audit.models import AccessLogEntry
 from healthledger.audit.pseudonym import patient_pseudonym
-from healthledger.auth.scopes import scope_allows
+from healthledger.auth.scopes import INTERACTION_PERMISSION, ResourceScope, scope_allows
 from healthledger.errors import BadRequest, Forbidden, HealthLedgerError, NotFound
 from healthledger.principal import Principal
 from healthledger.store.repository import ResourceStore, dump_resource
@@ -39,37 +44,57 @@ from healthledger.store.repository import ResourceStore, dump_resource
 RESOURCE_TYPE = "AuditEvent"
 SEARCH_PARAMS = frozenset({"patient", "date"})
 CONTROLS = frozenset({"_count", "_offset", CURSOR_PARAM, "_format"})
-ROLES_SEEING_ALL = frozenset({"auditor", "internal"})
 _ENTRY_ID = re.compile(r"[0-9]{1,18}")
 _NO_SUCH_ENTRY = "no AuditEvent with that id"
 _WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
 
+# Which entries a caller may see (AuditAccess.sees).
+EVERYTHING = "everything"  # every entry, including those naming no patient
+OWN_ENTRIES = "own-entries"  # the entries of `patient_id`
+CARED_FOR = "cared-for"  # the entries of the patients `organization` is a care organisation of
+NOTHING = "nothing"  # none: searches are empty, reads answer like a missing id
+
+Target = tuple[str, str]  # (AuditEvent id or "", patient pseudonym or "") of one recorded access
+
 
 class RecordAccess(Protocol):
-    """Records one access to the access log (wired to the consent engine's logging)."""
+    """Records one request to the access log (wired to the consent engine's logging): one entry per target,
+    all with the same action, decision and reason, in one transaction."""
 
     def __call__(
-        self, principal: Principal, action: str, resource_id: str, patient_pseudonym: str, decision: str, reason: str,
-        /,
+        self, principal: Principal, action: str, targets: Sequence[Target], decision: str, reason: str, /,
     ) -> None: ...
+
+
+class CareOrganisations(Protocol):
+    """Care organisations as the consent index computes them (healthledger.consent.index.ConsentIndex)."""
+
+    home_organization: str  # a care organisation of every patient
+
+    def patients_cared_for(self, conn: Connection, organization: str) -> frozenset[str]:
+        """The ids of the patients whose care organisations include `organization`."""
+        ...
 
 
 def audit_event_blueprint(
     store: ResourceStore,
     authenticate: Callable[[], Principal],
     record: RecordAccess,
+    care: CareOrganisations,
     *,
     log_id: str = DEFAULT_LOG,
 ) -> Blueprint:
     """The /fhir/AuditEvent blueprint over `store`'s database and blind-index keys.
 
-    `authenticate()` returns the caller or raises Unauthorized; `record(principal, action, resource_id,
-    patient_pseudonym, decision, reason)` is called once per authenticated request, action "read" or
-    "search", decision "permit", "deny" or "error". Every method under /fhir/AuditEvent is routed here
+    `authenticate()` returns the caller or raises Unauthorized; `record(principal, action, targets,
+    decision, reason)` is called once per authenticated request, action "read" or "search", decision
+    "permit", "deny" or "error", one target per patient whose entries were disclosed (a read: the entry's
+    id and its patient's pseudonym) or a single target naming no patient when none were. `care` says
+    which patients an auditor's organisation cares for. Every method under /fhir/AuditEvent is routed here
     (writes get 405), so the generic FHIR blueprint never serves or stores AuditEvents of its own.
     """
     bp = Blueprint("audit_events", __name__, url_prefix="/fhir")
-    api = _AuditEventApi(store, authenticate, record, log_id)
+    api = _AuditEventApi(store, authenticate, record, care, log_id)
     methods = ["GET", *_WRITE_METHODS]
     bp.add_url_rule(f"/{RESOURCE_TYPE}", "search", api.search, methods=methods)
     bp.add_url_rule(f"/{RESOURCE_TYPE}/<entry_id>", "read", api.read, methods=methods)
@@ -80,26 +105,66 @@ def audit_event_blueprint(
 # -- access rules (pure) ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AuditAccess:
-    """What a principal may see of the access log. `patient_id` set: only that patient's entries."""
+    """What a principal may see of the access log.
 
-    permitted: bool
-    reason: str  # machine reason, recorded with the access
+    `allowed` False: its SMART scopes do not allow the interaction on AuditEvent (403, as for any type).
+    Otherwise `sees` says which entries (EVERYTHING, OWN_ENTRIES of `patient_id`, CARED_FOR by
+    `organization`, or NOTHING) and `reason` names the rule, recorded with the access.
+    """
+
+    allowed: bool
+    reason: str
+    sees: str = NOTHING
     patient_id: str = ""
+    organization: str = ""
+
+    @property
+    def hidden_reason(self) -> str:
+        """The recorded reason when the entries asked for are not among those the rule shows."""
+        return {OWN_ENTRIES: "audit:other-patient", CARED_FOR: "audit:not-cared-for"}.get(self.sees, self.reason)
 
 
-def audit_access(principal: Principal, interaction: str) -> AuditAccess:
-    """Decide an AuditEvent `interaction` ("read" or "search") for `principal`."""
+def audit_access(principal: Principal, interaction: str, home_organization: str) -> AuditAccess:
+    """Decide an AuditEvent `interaction` ("read" or "search") for `principal`, in this order:
+
+    1. scopes: a restricted principal needs a SMART scope allowing the interaction on AuditEvent;
+    2. a patient: their own entries (none without a patient id);
+    3. the service itself or the development token (unrestricted): every entry;
+    4. a client registered for AuditEvent by name (`system/AuditEvent.rs`, not `system/*.rs`): every entry;
+    5. an auditor: the patients of its organisation (every entry for the home organisation's auditors);
+    6. anyone else: nothing.
+    """
+    if not principal.unrestricted and not scope_allows(
+        principal.scopes or (), principal.scope_context, RESOURCE_TYPE, interaction
+    ):
+        return AuditAccess(False, "scope:none-for-AuditEvent")
     if principal.role == "patient":
         if not principal.patient_id:
-            return AuditAccess(False, "audit:patient-without-id")
-        return AuditAccess(True, "audit:own-entries", principal.patient_id)
-    if principal.role in ROLES_SEEING_ALL:
-        return AuditAccess(True, f"audit:role-{principal.role}")
+            return AuditAccess(True, "audit:patient-without-id")
+        return AuditAccess(True, "audit:own-entries", OWN_ENTRIES, patient_id=principal.patient_id)
     if principal.unrestricted:
-        return AuditAccess(True, "audit:unrestricted")
-    if scope_allows(principal.scopes or (), principal.scope_context, RESOURCE_TYPE, interaction):
-        return AuditAccess(True, f"scope:{principal.scope_context}/{RESOURCE_TYPE}")
-    return AuditAccess(False, "scope:none-for-AuditEvent")
+        return AuditAccess(True, "audit:unrestricted", EVERYTHING)
+    if registered_for_the_log(principal.registered_scopes, principal.scope_context, interaction):
+        return AuditAccess(True, "audit:registered-for-the-log", EVERYTHING)
+    if principal.role == "auditor" and principal.organization:
+        if principal.organization == home_organization:
+            return AuditAccess(True, "audit:auditor-of-the-home-organisation", EVERYTHING)
+        return AuditAccess(True, "audit:auditor-of-a-care-organisation", CARED_FOR,
+                           organization=principal.organization)
+    return AuditAccess(True, "audit:not-a-log-reader")
+
+
+def registered_for_the_log(registered: Iterable[Any], context: str, interaction: str) -> bool:
+    """Is a client registered for the log itself: a registered scope naming AuditEvent (not `*`) that
+    allows the interaction? A wildcard registration is what every integration asks for; it is not a
+    decision to hand this client the whole log."""
+    permission = INTERACTION_PERMISSION.get(interaction)
+    if permission is None:
+        return False
+    return any(
+        isinstance(s, ResourceScope) and s.resource_type == RESOURCE_TYPE and s.allows(context, RESOURCE_TYPE, permission)
+        for s in registered
+    )
 
 
 # -- search parameters (pure) -----------------------------------------------------------------------------
@@ -216,18 +281,24 @@ class _Attempt:
     """What gets recorded for one request; handlers fill it in as they learn it."""
 
     resource_id: str = ""
-    patient_pseudonym: str = ""
+    disclosed: list[str] = dataclasses.field(default_factory=list)  # pseudonyms ("": no patient) shown
     decision: str = "error"
     reason: str = "audit:bad-request"
+
+    def targets(self) -> list[Target]:
+        """One per patient whose entries were disclosed; one naming no patient when none were."""
+        return [(self.resource_id, p) for p in dict.fromkeys(self.disclosed)] or [(self.resource_id, "")]
 
 
 class _AuditEventApi:
     def __init__(
-        self, store: ResourceStore, authenticate: Callable[[], Principal], record: RecordAccess, log_id: str
+        self, store: ResourceStore, authenticate: Callable[[], Principal], record: RecordAccess,
+        care: CareOrganisations, log_id: str,
     ) -> None:
         self.store = store
         self.authenticate = authenticate
         self.record = record
+        self.care = care
         self.log_id = log_id
 
     def _base(self) -> str:
@@ -242,11 +313,9 @@ class _AuditEventApi:
         try:
             response = work(principal, attempt)
         except (HealthLedgerError, FhirInputError):
-            self.record(principal, action, attempt.resource_id, attempt.patient_pseudonym, attempt.decision,
-                        attempt.reason)
+            self.record(principal, action, attempt.targets(), attempt.decision, attempt.reason)
             raise
-        self.record(principal, action, attempt.resource_id, attempt.patient_pseudonym, attempt.decision,
-                    attempt.reason)
+        self.record(principal, action, attempt.targets(), attempt.decision, attempt.reason)
         return response
 
     # -- endpoints --------------------------------------------------------------------------------------
@@ -265,34 +334,32 @@ class _AuditEventApi:
     # -- interactions -----------------------------------------------------------------------------------
     def _read(self, principal: Principal, attempt: _Attempt, entry_id: str) -> Response:
         http.check_response_format(request)
-        access = audit_access(principal, "read")
+        access = audit_access(principal, "read", self.care.home_organization)
         attempt.resource_id = entry_id if _ENTRY_ID.fullmatch(entry_id) else ""
         attempt.reason = access.reason
-        if not access.permitted:
+        if not access.allowed:
             attempt.decision = "deny"
             raise Forbidden("this client may not read AuditEvents")
         row = None
-        if attempt.resource_id:
-            with self.store.engine.connect() as conn:
+        with self.store.engine.connect() as conn:
+            if attempt.resource_id:
                 row = conn.execute(
                     sa.select(AccessLogEntry.id, AccessLogEntry.body, AccessLogEntry.leaf_index).where(
                         AccessLogEntry.id == int(entry_id), AccessLogEntry.log_id == self.log_id
                     )
                 ).first()
-        if row is None:
-            attempt.reason = "audit:not-found"
-            raise NotFound(_NO_SUCH_ENTRY)
-        entry = decode_entry(row.body)
-        attempt.patient_pseudonym = entry.patient_pseudonym
-        known: dict[str, str] = {}
-        if access.patient_id:
-            own = patient_pseudonym(self.store.indexer, access.patient_id)
-            # The body decides (the Merkle leaf covers it), not the index column.
-            if entry.patient_pseudonym != own:
-                attempt.decision, attempt.reason = "deny", "audit:other-patient"
-                raise NotFound(_NO_SUCH_ENTRY)  # exactly as for a missing id: existence is not disclosed
-            known[own] = access.patient_id
+            if row is None:
+                attempt.reason = "audit:not-found"
+                raise NotFound(_NO_SUCH_ENTRY)
+            entry = decode_entry(row.body)
+            visible = self._visible(conn, access)
+        # The body decides (the Merkle leaf covers it), not the index column.
+        if visible is not None and entry.patient_pseudonym not in visible:
+            attempt.decision, attempt.reason = "deny", access.hidden_reason
+            raise NotFound(_NO_SUCH_ENTRY)  # exactly as for a missing id: existence is not disclosed
+        known = self._own(access)
         attempt.decision = "permit"
+        attempt.disclosed.append(entry.patient_pseudonym)
         return _respond(self._render(row.id, entry, row.leaf_index, known))
 
     def _search(self, principal: Principal, attempt: _Attempt) -> Response:
@@ -303,34 +370,36 @@ class _AuditEventApi:
             default_count=settings.default_page_size,
             max_count=settings.max_page_size,
         )
-        access = audit_access(principal, "search")
+        access = audit_access(principal, "search", self.care.home_organization)
         attempt.reason = access.reason
-        requested = self._pseudonyms(query.patients)
-        if requested is not None and len(requested) == 1:
-            attempt.patient_pseudonym = next(iter(requested))
-        if not access.permitted:
+        if not access.allowed:
             attempt.decision = "deny"
             raise Forbidden("this client may not search AuditEvents")
 
-        known = dict(requested or {})
-        visible: Iterable[str] | None = None if requested is None else requested.keys()
-        if access.patient_id:
-            own = patient_pseudonym(self.store.indexer, access.patient_id)
-            known[own] = access.patient_id
-            attempt.patient_pseudonym = own
-            if requested is not None and own not in requested:
-                # Another patient's entries: an empty result, as if there were none.
-                attempt.decision, attempt.reason = "deny", "audit:other-patient"
-                attempt.patient_pseudonym = next(iter(requested)) if len(requested) == 1 else ""
-                return self._bundle(query, [], 0, None)
-            visible = [own]
-
-        where = [AccessLogEntry.log_id == self.log_id]
-        if visible is not None:
-            where.append(AccessLogEntry.patient_pseudonym.in_(sorted(visible)))
-        for group in query.dates:
-            where.append(sa.or_(*(_date_clause(AccessLogEntry.recorded_at, cond) for cond in group)))
+        requested = self._pseudonyms(query.patients)
+        known = {**(requested or {}), **self._own(access)}
         with self.store.engine.connect() as conn:
+            visible = self._visible(conn, access)
+            wanted: frozenset[str] | None = visible
+            if requested is not None:
+                wanted = frozenset(requested) if visible is None else frozenset(requested) & visible
+                if not wanted:
+                    # Entries the rule does not show: an empty result, as if there were none.
+                    attempt.decision, attempt.reason = "deny", access.hidden_reason
+                    return self._bundle(query, [], 0, None)
+            if wanted is not None and not wanted:
+                # The rule shows no entry at all (nothing, or an organisation that cares for no patient).
+                attempt.decision = "deny"
+                return self._bundle(query, [], 0, None)
+
+            where = [AccessLogEntry.log_id == self.log_id]
+            if wanted is not None:
+                # Rendered inline: an organisation may care for more patients than a statement takes
+                # parameters; pseudonyms are hex digests.
+                where.append(AccessLogEntry.patient_pseudonym.in_(
+                    sa.bindparam("visible", sorted(wanted), expanding=True, literal_execute=True)))
+            for group in query.dates:
+                where.append(sa.or_(*(_date_clause(AccessLogEntry.recorded_at, cond) for cond in group)))
             total = int(conn.execute(sa.select(sa.func.count()).select_from(AccessLogEntry).where(*where)).scalar_one())
             rows: Sequence[Any] = ()
             if query.count > 0:
@@ -344,14 +413,32 @@ class _AuditEventApi:
         events = []
         for row in rows:
             entry = decode_entry(row.body)
-            if access.patient_id and entry.patient_pseudonym not in known:
+            if wanted is not None and entry.patient_pseudonym not in wanted:
                 continue  # an index column that disagrees with its body (`audit verify` reports it)
+            attempt.disclosed.append(entry.patient_pseudonym)
             events.append((row.id, self._render(row.id, entry, row.leaf_index, known)))
         attempt.decision = "permit"
         next_offset = query.offset + query.count if query.count and query.offset + query.count < total else None
         return self._bundle(query, events, total, next_offset)
 
     # -- helpers ----------------------------------------------------------------------------------------
+    def _visible(self, conn: Connection, access: AuditAccess) -> frozenset[str] | None:
+        """The pseudonyms whose entries `access` shows; None for every entry (those naming no patient too)."""
+        if access.sees == EVERYTHING:
+            return None
+        if access.sees == OWN_ENTRIES:
+            return frozenset({patient_pseudonym(self.store.indexer, access.patient_id)})
+        if access.sees == CARED_FOR:
+            patients = self.care.patients_cared_for(conn, access.organization)
+            return frozenset(patient_pseudonym(self.store.indexer, pid) for pid in patients)
+        return frozenset()
+
+    def _own(self, access: AuditAccess) -> dict[str, str]:
+        """pseudonym -> id of the patient asking (their own entries show their Patient reference)."""
+        if access.sees != OWN_ENTRIES:
+            return {}
+        return {patient_pseudonym(self.store.indexer, access.patient_id): access.patient_id}
+
     def _pseudonyms(self, patients: tuple[frozenset[str], ...]) -> dict[str, str] | None:
         """pseudonym -> patient id for the ids every `patient` parameter allows; None if none was given."""
         if not patients:

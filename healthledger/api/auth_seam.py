@@ -76,6 +76,8 @@ class Authenticator:
             scopes=tuple(grant.scopes),
             scope_context="system",
             via="api",
+            registered_scopes=tuple(grant.registered_scopes),
+            consult_for_others=grant.consult_for_others,
         )
 
 

@@ -26,7 +26,8 @@ def _client_json(c: ApiClient) -> dict[str, Any]:
     return {
         "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "auth_method": c.auth_method,
         "jwks_url": c.jwks_url, "role": c.role, "organization": c.organization,
-        "default_purpose": c.default_purpose, "disabled": c.disabled, "created_at": c.created_at.isoformat(),
+        "default_purpose": c.default_purpose, "consult_for_others": bool(c.consult_for_others),
+        "disabled": c.disabled, "created_at": c.created_at.isoformat(),
     }
 
 
@@ -44,9 +45,12 @@ def clients_group() -> None:
 @click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JWKS file (public keys)")
 @click.option("--jwks-url", help="URL of the client's JWKS")
 @click.option("--secret", "with_secret", is_flag=True, help="development only: a client secret instead of keys")
+@click.option("--consult-for-others", is_flag=True,
+              help="may ask CDS Hooks consent consults on behalf of other actors (context.actor); "
+                   "otherwise it may ask only as itself")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def add(name: str, scopes: str, role: str, organization: str, default_purpose: str, jwks_file: Path | None,
-        jwks_url: str | None, with_secret: bool, as_json: bool) -> None:
+        jwks_url: str | None, with_secret: bool, consult_for_others: bool, as_json: bool) -> None:
     """Register a client. A secret, if asked for, is printed once and stored only as a hash."""
     try:
         jwks = json.loads(jwks_file.read_text()) if jwks_file else None
@@ -57,7 +61,8 @@ def add(name: str, scopes: str, role: str, organization: str, default_purpose: s
         with sessions.begin() as s:
             client, secret = register_client(
                 s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
-                with_secret=with_secret, default_purpose=default_purpose, now=datetime.now(UTC),
+                with_secret=with_secret, default_purpose=default_purpose, consult_for_others=consult_for_others,
+                now=datetime.now(UTC),
             )
             out = _client_json(client)
     except (ValueError, InvalidScope) as exc:
@@ -83,7 +88,9 @@ def list_cmd(as_json: bool) -> None:
         return
     for r in rows:
         state = "disabled" if r["disabled"] else "active"
-        click.echo(f"{r['client_id']}  {state:8}  {r['auth_method']:15}  {r['role']:10}  {r['name']}  [{r['scopes']}]")
+        consults = "consults-for-others" if r["consult_for_others"] else "consults-as-itself"
+        click.echo(f"{r['client_id']}  {state:8}  {r['auth_method']:15}  {r['role']:10}  {consults:19}  {r['name']}"
+                   f"  [{r['scopes']}]")
 
 
 @clients_group.command("disable")
@@ -121,7 +128,8 @@ def users_group() -> None:
 @users_group.command("add")
 @click.argument("username")
 @click.option("--role", type=click.Choice(["patient", "clinician", "researcher", "auditor"]), required=True)
-@click.option("--organization", default="", help="Organization/{id} (clinicians and researchers)")
+@click.option("--organization", default="",
+              help="Organization/{id} (clinicians, researchers; auditors read the log of its patients)")
 @click.option("--patient", "patient_id", default="", help="the Patient resource id (patients)")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input (else one is generated)")
 @click.option("--json", "as_json", is_flag=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, LargeBinary, String, Text
+from sqlalchemy import Boolean, DateTime, LargeBinary, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from healthledger.db import Base
@@ -27,6 +27,9 @@ class ApiClient(Base):
     default_purpose: Mapped[str] = mapped_column(String(16), default="TREAT")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # May name other actors in CDS Hooks `context.actor` (a consent-decision broker); otherwise a client
+    # asks only as itself (docs/consent-semantics.md, "CDS Hooks: who may ask").
+    consult_for_others: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class SeenAssertion(Base):

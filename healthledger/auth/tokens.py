@@ -51,7 +51,8 @@ _SIGNING_KEY_CONTEXT = b"healthledger/token-signing-key/v1"
 _hasher = PasswordHasher()  # argon2id with the library's current defaults
 _VERIFIED_TOKENS = 4096  # per worker: tokens whose signature was checked (until they expire)
 _CLIENT_STATE = select(
-    ApiClient.disabled, ApiClient.role, ApiClient.organization, ApiClient.default_purpose
+    ApiClient.disabled, ApiClient.role, ApiClient.organization, ApiClient.default_purpose, ApiClient.scopes,
+    ApiClient.consult_for_others,
 ).where(ApiClient.client_id == bindparam("client_id"))
 
 
@@ -81,11 +82,13 @@ class AccessGrant:
     """What a valid access token lets its bearer do; the API builds its principal from this."""
 
     client_id: str
-    scopes: tuple[ResourceScope | str, ...]
+    scopes: tuple[ResourceScope | str, ...]  # granted to this token
     role: str
     organization: str
     default_purpose: str
     expires_at: int
+    registered_scopes: tuple[ResourceScope | str, ...] = ()  # what the client is registered for
+    consult_for_others: bool = False  # may name other actors in CDS Hooks consults
 
 
 def hash_secret(secret: str) -> str:
@@ -343,6 +346,8 @@ class TokenService:
             organization=client.organization,
             default_purpose=client.default_purpose,
             expires_at=claims["exp"],
+            registered_scopes=tuple(parse_scopes(client.scopes)),
+            consult_for_others=bool(client.consult_for_others),
         )
 
 
@@ -357,10 +362,15 @@ def register_client(
     jwks_url: str | None = None,
     with_secret: bool = False,
     default_purpose: str = "TREAT",
+    consult_for_others: bool = False,
     now: datetime,
     client_id: str | None = None,
 ) -> tuple[ApiClient, str | None]:
-    """Register a client; returns it and, for secret clients, the secret (shown once, stored hashed)."""
+    """Register a client; returns it and, for secret clients, the secret (shown once, stored hashed).
+
+    `consult_for_others`: the client may ask CDS Hooks consent consults on behalf of actors other than
+    itself (a consent-decision broker); without it, `context.actor` may name only the client itself.
+    """
     methods = [jwks is not None, bool(jwks_url), with_secret]
     if sum(methods) != 1:
         raise ValueError("give exactly one of a JWKS, a JWKS URL or --secret")
@@ -386,6 +396,7 @@ def register_client(
         role=role,
         organization=organization,
         default_purpose=default_purpose,
+        consult_for_others=consult_for_others,
         disabled=False,
         created_at=now,
     )

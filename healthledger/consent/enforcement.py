@@ -220,18 +220,24 @@ class ConsentPolicy:
         return resource_facts(resource_type, resource_id, current.resource).patient_id
 
     def record_audit_access(
-        self, principal: Principal, action: str, resource_id: str, pseudonym: str, decision: str, reason: str, /
+        self, principal: Principal, action: str, targets: Sequence[tuple[str, str]], decision: str, reason: str, /
     ) -> None:
-        """An access to the access log itself (AuditEvent read or search), decided by its own rules."""
+        """An access to the access log itself (AuditEvent read or search), decided by its own rules: one
+        entry per (AuditEvent id, patient pseudonym) target, in one transaction."""
         if principal.via == "cli":
             return
-        entry = AccessEntry(
-            time=self.clock(), actor=principal.actor_id, organization=principal.organization, role=principal.role,
-            purpose=principal.purpose, action=action, resource_type="AuditEvent", resource_id=resource_id,
-            patient_pseudonym=pseudonym, decision=decision, reason=reason[:500],
-        )
+        now = self.clock()
+        entries = [
+            AccessEntry(
+                time=now, actor=principal.actor_id, organization=principal.organization, role=principal.role,
+                purpose=principal.purpose, action=action, resource_type="AuditEvent", resource_id=resource_id,
+                patient_pseudonym=pseudonym, decision=decision, reason=reason[:500],
+            )
+            for resource_id, pseudonym in targets
+        ]
         with self.store.engine.begin() as conn:
-            record_access(conn, entry)
+            for entry in entries:
+                record_access(conn, entry)
 
     # -- decisions ----------------------------------------------------------------------------------
     def _decide(self, principal: Principal, action: str, facts: Any, conn: Connection) -> Outcome:

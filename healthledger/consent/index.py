@@ -39,6 +39,10 @@ _CHAIN_TO_ENGINE = {
     ChainStatus.REVOKED: GrantStatus.REVOKED,
     ChainStatus.UNKNOWN: GrantStatus.PENDING,
 }
+# The elements of a Patient that name its care organisations (beside the home organisation).
+_CARE = ("managingOrganization", "generalPractitioner")
+_CARED_FOR_ORGANIZATIONS = 256  # organisations whose patient lists are kept per worker
+_PAGE = 1000
 # One round trip per operation: the generation and the indexer's last pass.
 _FRESHNESS = select(
     ConsentGeneration.generation,
@@ -120,6 +124,7 @@ class ConsentIndex:
         self._lock = threading.Lock()
         self._generation: int | None = None
         self._entries: OrderedDict[str, PatientEntry] = OrderedDict()
+        self._cared_for: OrderedDict[str, frozenset[str]] = OrderedDict()  # organisation -> patient ids
         self.loads = 0  # how many patients were (re)loaded: for tests and metrics
 
     # -- freshness --------------------------------------------------------------------------------
@@ -130,6 +135,7 @@ class ConsentIndex:
         with self._lock:
             if generation != self._generation:
                 self._entries.clear()
+                self._cared_for.clear()
                 self._generation = generation
         return math.inf if updated is None else max(0.0, self.wall_clock() - float(updated))
 
@@ -158,6 +164,49 @@ class ConsentIndex:
             index_age_seconds=index_age,
         )
 
+    # -- per organisation -------------------------------------------------------------------------
+    def patients_cared_for(self, conn: Connection, organization: str) -> frozenset[str]:
+        """The ids of the patients whose care organisations include `organization`, as `_load` computes
+        them (`Patient.managingOrganization`, `generalPractitioner`; the home organisation cares for all).
+
+        Cached like the patient entries, and as exact: a Patient written bumps the generation, which
+        empties this cache with the rest (`refresh`, read here first).
+        """
+        if not organization:
+            return frozenset()
+        self.refresh(conn)
+        with self._lock:
+            found = self._cared_for.get(organization)
+            if found is not None:
+                self._cared_for.move_to_end(organization)
+                return found
+        loaded = self._load_cared_for(conn, organization)
+        with self._lock:
+            self._cared_for[organization] = loaded
+            while len(self._cared_for) > _CARED_FOR_ORGANIZATIONS:
+                self._cared_for.popitem(last=False)
+        return loaded
+
+    def _load_cared_for(self, conn: Connection, organization: str) -> frozenset[str]:
+        from healthledger.principal import SYSTEM
+        from healthledger.store.repository import UnitOfWork
+
+        uow = UnitOfWork(self.store, conn, SYSTEM)
+        home = organization == self.home_organization
+        searches = [[]] if home else [[("organization", organization)], [("general-practitioner", organization)]]
+        found: set[str] = set()
+        for params in searches:
+            query = fhir_search.parse_search("Patient", params)
+            offset: int | None = 0
+            while offset is not None:
+                page = uow.search("Patient", query, count=_PAGE, offset=offset, check=False)
+                for item in page.items:
+                    # The search found candidates; the same reading as `_load` decides.
+                    if item.resource is not None and (home or organization in _references(item.resource, _CARE)):
+                        found.add(item.id)
+                offset = page.next_offset
+        return frozenset(found)
+
     def _load(self, conn: Connection, patient_id: str) -> PatientEntry:
         from healthledger.principal import SYSTEM
         from healthledger.store.repository import UnitOfWork
@@ -168,7 +217,7 @@ class ConsentIndex:
         care: set[str] = {self.home_organization} if self.home_organization else set()
         patient = uow.peek("Patient", patient_id)
         if patient is not None and patient.resource is not None:
-            care |= _references(patient.resource, ("managingOrganization", "generalPractitioner"))
+            care |= _references(patient.resource, _CARE)
 
         compiled: list[ConsentRules] = []
         for consent in _all(uow, "Consent", [("patient", ref)]):

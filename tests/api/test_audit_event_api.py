@@ -36,30 +36,56 @@ from healthledger.store.repository import ResourceStore
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 DEV_TOKEN = "audit-event-test-token"
 
+HOME = "Organization/home"
+PATIENT_SCOPES = (ResourceScope("patient", "*", "cruds"),)  # what a patient's web session holds
+STAFF_SCOPES = (ResourceScope("user", "*", "rs"),)  # what an auditor's web session holds
+LOG_SCOPES = (ResourceScope("system", "AuditEvent", "rs"),)
+
 PRINCIPALS = {
-    "alice": Principal("user-alice", role="patient", patient_id="pat-a", scope_context="patient", scopes=()),
-    "bob": Principal("user-bob", role="patient", patient_id="pat-b", scope_context="patient", scopes=()),
-    "nobody": Principal("user-x", role="patient"),  # a patient account without a patient id
-    "auditor": Principal("user-audit", role="auditor", scopes=()),
+    "alice": Principal("user-alice", role="patient", patient_id="pat-a", scope_context="patient",
+                       scopes=PATIENT_SCOPES),
+    "bob": Principal("user-bob", role="patient", patient_id="pat-b", scope_context="patient", scopes=PATIENT_SCOPES),
+    "nobody": Principal("user-x", role="patient", scope_context="patient", scopes=PATIENT_SCOPES),  # no patient id
+    "auditor": Principal("user-audit", role="auditor", organization=HOME, scope_context="user", scopes=STAFF_SCOPES),
+    "auditor-a": Principal("user-audit-a", role="auditor", organization="Organization/o-a", scope_context="user",
+                           scopes=STAFF_SCOPES),  # pat-a's care organisation
+    "auditor-x": Principal("user-audit-x", role="auditor", organization="Organization/o-x", scope_context="user",
+                           scopes=STAFF_SCOPES),  # cares for nobody here
+    "auditor-no-org": Principal("user-audit-0", role="auditor", scope_context="user", scopes=STAFF_SCOPES),
     "internal": Principal("svc", role="internal"),
     "clinic": Principal("client-clinic", role="clinician", organization="Organization/o1",
                         scopes=(ResourceScope("system", "Observation", "rs"),)),
-    "audit-client": Principal("client-audit", role="system",
-                              scopes=(ResourceScope("system", "AuditEvent", "rs"),)),
-    "read-only": Principal("client-ro", role="system", scopes=(ResourceScope("system", "AuditEvent", "r"),)),
+    "audit-client": Principal("client-audit", role="system", scopes=LOG_SCOPES, registered_scopes=LOG_SCOPES),
+    "wildcard": Principal("client-wild", role="system", organization=HOME, scopes=LOG_SCOPES,
+                          registered_scopes=(ResourceScope("system", "*", "rs"),)),
+    "read-only": Principal("client-ro", role="system", scopes=(ResourceScope("system", "AuditEvent", "r"),),
+                           registered_scopes=(ResourceScope("system", "AuditEvent", "r"),)),
     "wrong-context": Principal("client-u", role="clinician", scope_context="user",
                                scopes=(ResourceScope("system", "AuditEvent", "rs"),)),
 }
+NO_PATIENT = (("", ""),)
 
 
 @dataclass(frozen=True)
 class Recorded:
     principal: Principal
     action: str
-    resource_id: str
-    patient_pseudonym: str
+    targets: tuple[tuple[str, str], ...]  # (AuditEvent id or "", patient pseudonym or "") per entry
     decision: str
     reason: str
+
+
+class FakeCare:
+    """pat-a is cared for by Organization/o-a; the home organisation cares for everyone."""
+
+    home_organization = HOME
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def patients_cared_for(self, conn: Any, organization: str) -> frozenset[str]:
+        self.asked.append(organization)
+        return frozenset({"pat-a"}) if organization == "Organization/o-a" else frozenset()
 
 
 @dataclass
@@ -132,15 +158,15 @@ def env(migrated_sqlite_url: str, tmp_path: Path) -> Iterator[Env]:
             raise Unauthorized("a bearer token is required")
         return PRINCIPALS[name]
 
-    def record(principal: Principal, action: str, resource_id: str, pseudonym: str, decision: str, reason: str) -> None:
+    def record(principal: Principal, action: str, targets: Any, decision: str, reason: str) -> None:
         if record_fails:
             raise RuntimeError("the access log is unavailable")
-        recorded.append(Recorded(principal, action, resource_id, pseudonym, decision, reason))
+        recorded.append(Recorded(principal, action, tuple(targets), decision, reason))
 
     app = Flask("audit-event-test")
     app.testing = True
     app.register_blueprint(fhir_blueprint(store, settings))
-    app.register_blueprint(audit_event_blueprint(store, authenticate, record))
+    app.register_blueprint(audit_event_blueprint(store, authenticate, record, FakeCare()))
     app.register_error_handler(Exception, error_response)
     yield Env(app.test_client(), store, recorded, record_fails, ids, pa, pb)
     engine.dispose()
@@ -182,7 +208,7 @@ def test_a_patient_sees_only_their_own_entries(env: Env) -> None:
     assert first_page == env.ids["a"][:5]
     for event in (e["resource"] for e in bundle["entry"]):
         assert patient_what(event) == {"reference": "Patient/pat-a"}  # the id is known: she is asking
-    assert env.last == Recorded(PRINCIPALS["alice"], "search", "", env.pa, "permit", "audit:own-entries")
+    assert env.last == Recorded(PRINCIPALS["alice"], "search", (("", env.pa),), "permit", "audit:own-entries")
 
     same = env.get("/fhir/AuditEvent", "alice", patient="Patient/pat-a", _count=5).get_json()
     assert ids_of(same) == first_page and same["total"] == 7
@@ -193,8 +219,8 @@ def test_a_patient_sees_only_their_own_entries(env: Env) -> None:
 def test_a_patient_asking_for_another_patient_gets_an_empty_bundle(env: Env) -> None:
     bundle = env.get("/fhir/AuditEvent", "alice", patient="Patient/pat-b").get_json()
     assert bundle["total"] == 0 and "entry" not in bundle
-    assert env.last.decision == "deny" and env.last.reason == "audit:other-patient"
-    assert env.last.patient_pseudonym == env.pb
+    # Nothing was disclosed: recorded against no patient.
+    assert env.last == Recorded(PRINCIPALS["alice"], "search", NO_PATIENT, "deny", "audit:other-patient")
     # Own and other ORed: only her own.
     mixed = env.get("/fhir/AuditEvent", "alice", patient="pat-b,pat-a", _count=5).get_json()
     assert mixed["total"] == 7 and set(ids_of(mixed)) <= set(env.ids["a"])
@@ -209,43 +235,48 @@ def test_a_patient_reads_own_entry_and_gets_404_for_anothers_exactly_like_a_miss
     event = own.get_json()
     assert parse_resource(event, "AuditEvent") == event and event["id"] == str(env.ids["a"][0])
     assert patient_what(event) == {"reference": "Patient/pat-a"}
-    assert env.last == Recorded(PRINCIPALS["alice"], "read", str(env.ids["a"][0]), env.pa, "permit",
+    assert env.last == Recorded(PRINCIPALS["alice"], "read", ((str(env.ids["a"][0]), env.pa),), "permit",
                                 "audit:own-entries")
 
     other = env.get(f"/fhir/AuditEvent/{env.ids['b'][0]}", "alice")
-    assert env.last == Recorded(PRINCIPALS["alice"], "read", str(env.ids["b"][0]), env.pb, "deny",
+    assert env.last == Recorded(PRINCIPALS["alice"], "read", ((str(env.ids["b"][0]), ""),), "deny",
                                 "audit:other-patient")
     no_patient = env.get(f"/fhir/AuditEvent/{env.ids['none'][0]}", "alice")
     missing = env.get("/fhir/AuditEvent/99999", "alice")
     assert env.last.decision == "error" and env.last.reason == "audit:not-found"
     malformed = env.get("/fhir/AuditEvent/not-a-number", "alice")
-    assert env.last.resource_id == ""
+    assert env.last.targets == NO_PATIENT
     for response in (other, no_patient, malformed):
         assert response.status_code == missing.status_code == 404
         assert response.get_data() == missing.get_data()
 
 
-def test_an_auditor_sees_every_entry_with_pseudonyms_unless_the_patient_was_named(env: Env) -> None:
+def test_an_auditor_of_the_home_organisation_sees_every_entry_with_pseudonyms_unless_the_patient_was_named(
+    env: Env,
+) -> None:
     everything = sorted(env.ids["a"] + env.ids["b"] + env.ids["none"])
     pages = [env.get("/fhir/AuditEvent", "auditor", _count=5).get_json()]
     while (url := link(pages[-1], "next")) is not None:
         pages.append(env.get(urlsplit(url).path, "auditor", **dict(parse_qsl(urlsplit(url).query))).get_json())
     assert [bundle["total"] for bundle in pages] == [len(everything)] * 2
     assert [i for bundle in pages for i in ids_of(bundle)] == everything
-    assert env.last == Recorded(PRINCIPALS["auditor"], "search", "", "", "permit", "audit:role-auditor")
+    # The second page held a5 (pat-a), b0, b1 (pat-b), the entry naming no patient and a6 (pat-a):
+    # one recorded entry per patient disclosed, one for the entries naming none.
+    assert env.last == Recorded(PRINCIPALS["auditor"], "search", (("", env.pa), ("", env.pb), ("", "")), "permit",
+                                "audit:auditor-of-the-home-organisation")
     event = pages[0]["entry"][0]["resource"]
     assert patient_what(event) == {"identifier": {"system": PATIENT_PSEUDONYM_SYSTEM, "value": env.pa}}
 
     named = env.get("/fhir/AuditEvent", "auditor", patient="Patient/pat-b").get_json()
     assert ids_of(named) == env.ids["b"]
     assert [patient_what(e["resource"]) for e in named["entry"]] == [{"reference": "Patient/pat-b"}] * 2
-    assert env.last.patient_pseudonym == env.pb
+    assert env.last.targets == (("", env.pb),)
 
     read = env.get(f"/fhir/AuditEvent/{env.ids['b'][1]}", "auditor").get_json()
     assert read["action"] == "E" and patient_what(read) == {"identifier": {"system": PATIENT_PSEUDONYM_SYSTEM,
                                                                           "value": env.pb}}
     assert env.get("/fhir/AuditEvent", "internal").get_json()["total"] == len(everything)
-    assert env.last.reason == "audit:role-internal"
+    assert env.last.reason == "audit:unrestricted"
 
 
 def test_leaf_index_and_break_the_glass_show(env: Env) -> None:
@@ -259,23 +290,95 @@ def test_leaf_index_and_break_the_glass_show(env: Env) -> None:
     assert not any(x["url"] == LEAF_INDEX_EXTENSION for x in pending.get("extension", []))
 
 
-@pytest.mark.parametrize("who", ["clinic", "nobody", "wrong-context"])
+@pytest.mark.parametrize("who", ["clinic", "wrong-context"])
 def test_callers_without_an_audit_event_scope_get_403(env: Env, who: str) -> None:
     search = env.get("/fhir/AuditEvent", who)
     outcome(search, 403, "forbidden")
     assert env.last.decision == "deny" and env.last.action == "search"
     read = env.get(f"/fhir/AuditEvent/{env.ids['a'][0]}", who)
     outcome(read, 403, "forbidden")
-    assert env.last.decision == "deny" and env.last.action == "read" and env.last.patient_pseudonym == ""
+    assert env.last.decision == "deny" and env.last.action == "read"
+    assert env.last.targets == ((str(env.ids["a"][0]), ""),)
     missing = env.get("/fhir/AuditEvent/99999", who)
     assert missing.get_data() == read.get_data()  # refused before the id is looked up
 
 
-def test_scopes_decide_for_other_clients(env: Env) -> None:
-    assert env.get("/fhir/AuditEvent", "audit-client").status_code == 200
-    assert env.last.reason == "scope:system/AuditEvent"
+def test_a_log_client_is_one_registered_for_audit_event_by_name(env: Env) -> None:
+    everything = len(env.ids["a"] + env.ids["b"] + env.ids["none"])
+    assert env.get("/fhir/AuditEvent", "audit-client").get_json()["total"] == everything
+    assert env.last.reason == "audit:registered-for-the-log"
     assert env.get(f"/fhir/AuditEvent/{env.ids['b'][0]}", "read-only").status_code == 200
     outcome(env.get("/fhir/AuditEvent", "read-only"), 403, "forbidden")  # r without s
+    # The same token scopes, from a registration for `system/*.rs`: the log is not what it was given.
+    wildcard = env.get("/fhir/AuditEvent", "wildcard").get_json()
+    assert wildcard["total"] == 0 and "entry" not in wildcard
+    assert env.last == Recorded(PRINCIPALS["wildcard"], "search", NO_PATIENT, "deny", "audit:not-a-log-reader")
+
+
+# Which entries each caller sees (docs/consent-semantics.md, "Who may read the access log"), written down:
+# "all" every entry; "a" / "b" the entries of pat-a / pat-b only; "none" no entry at all.
+VIEWS = {
+    "alice": "a",  # the patient herself
+    "bob": "b",  # another patient: his own
+    "auditor-a": "a",  # auditor of pat-a's care organisation
+    "auditor-x": "none",  # auditor of an organisation caring for nobody here
+    "auditor-no-org": "none",
+    "auditor": "all",  # auditor of the home organisation
+    "audit-client": "all",  # registered for system/AuditEvent.rs
+    "wildcard": "none",  # registered for system/*.rs
+    "nobody": "none",  # a patient account with no patient
+    "internal": "all",  # the service itself
+}
+# (total of a search for everything, total of `patient=pat-a`, read of a pat-a entry, read of the entry
+# naming no patient), per view. 10 entries: 7 of pat-a, 2 of pat-b, 1 naming no patient.
+ANSWERS = {"all": (10, 7, 200, 200), "a": (7, 7, 200, 404), "b": (2, 0, 404, 404), "none": (0, 0, 404, 404)}
+# The recorded decision of a search for everything: denied only when the rule shows nothing at all.
+SEARCH_ALL_DECISION = {"all": "permit", "a": "permit", "b": "permit", "none": "deny"}
+
+
+@pytest.mark.parametrize("who", sorted(VIEWS))
+def test_who_sees_what_and_every_attempt_is_recorded(env: Env, who: str) -> None:
+    view = VIEWS[who]
+    everything, of_a, read_a, read_none = ANSWERS[view]
+    shown = {"all": (env.pa,), "a": (env.pa,), "b": (env.pb,), "none": ()}[view]
+
+    search_all = env.get("/fhir/AuditEvent", who, _count=3).get_json()
+    assert search_all["total"] == everything
+    expected_page = {"all": env.ids["a"][:3], "a": env.ids["a"][:3], "b": env.ids["b"], "none": []}[view]
+    assert ids_of(search_all) == expected_page
+    assert env.last.action == "search" and env.last.decision == SEARCH_ALL_DECISION[view]
+    assert env.last.targets == (tuple(("", p) for p in shown) or NO_PATIENT)
+
+    search_a = env.get("/fhir/AuditEvent", who, patient="Patient/pat-a", _count=3).get_json()
+    assert search_a["total"] == of_a and len(search_a.get("entry", [])) == min(of_a, 3)
+    assert env.last.targets == ((("", env.pa),) if of_a else NO_PATIENT)
+    assert env.last.decision == ("permit" if of_a else "deny")
+
+    missing = env.get("/fhir/AuditEvent/99999", who)
+    assert missing.status_code == 404
+    assert env.last == Recorded(PRINCIPALS[who], "read", (("99999", ""),), "error", "audit:not-found")
+    for entry_id, status, pseudonym in ((env.ids["a"][1], read_a, env.pa), (env.ids["none"][0], read_none, "")):
+        read = env.get(f"/fhir/AuditEvent/{entry_id}", who)
+        assert read.status_code == status
+        if status == 404:
+            assert read.get_data() == missing.get_data()  # exactly like an id that does not exist
+            assert env.last.targets == ((str(entry_id), ""),) and env.last.decision == "deny"
+        else:
+            assert read.get_json()["id"] == str(entry_id)
+            assert env.last.targets == ((str(entry_id), pseudonym),) and env.last.decision == "permit"
+
+
+def test_an_auditor_of_a_care_organisation_sees_its_patients_entries_under_pseudonyms(env: Env) -> None:
+    bundle = env.get("/fhir/AuditEvent", "auditor-a", _count=5).get_json()
+    assert [patient_what(e["resource"]) for e in bundle["entry"]] == [
+        {"identifier": {"system": PATIENT_PSEUDONYM_SYSTEM, "value": env.pa}}] * 5
+    assert env.last.reason == "audit:auditor-of-a-care-organisation"
+    outcome_b = env.get("/fhir/AuditEvent", "auditor-a", patient="pat-b").get_json()
+    assert outcome_b["total"] == 0
+    assert env.last == Recorded(PRINCIPALS["auditor-a"], "search", NO_PATIENT, "deny", "audit:not-cared-for")
+    # pat-a named together with pat-b (OR): pat-a's entries only.
+    either = env.get("/fhir/AuditEvent", "auditor-a", patient="pat-b,pat-a", _count=5).get_json()
+    assert either["total"] == 7 and set(ids_of(either)) <= set(env.ids["a"])
 
 
 def test_unauthenticated_requests_get_401_and_are_not_recorded(env: Env) -> None:

@@ -14,15 +14,14 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from healthledger.api.cds_hooks import (
+from healthledger.api.cds_hooks import MAX_BODY_BYTES, cds_hooks_blueprint
+from healthledger.consent.consult_hook import (
     CONSENT_SCOPE_SYSTEM,
-    MAX_BODY_BYTES,
     MAX_ITEMS,
     RESOURCE_TYPES_SYSTEM,
     CardSource,
     ConsultDecision,
     ConsultRequest,
-    cds_hooks_blueprint,
     consult_response,
     parse_consult_request,
 )

@@ -85,6 +85,33 @@ def test_private_key_jwt_issues_a_token_the_api_accepts(env, keys, which, alg) -
     grant = env["tokens"].authenticate(body["access_token"])
     assert grant.client_id == "ehr" and grant.organization == "Organization/h1" and grant.role == "system"
     assert [str(s) for s in grant.scopes] == ["system/Observation.rs", "system/Patient.rs"]
+    # What the registration says travels with the grant: a token's scopes alone cannot tell a client
+    # registered for a type from one registered for `*` that asked for that type.
+    assert [str(s) for s in grant.registered_scopes] == ["system/Observation.cruds", "system/Patient.rs"]
+    assert grant.consult_for_others is False
+
+
+def test_a_wildcard_client_asking_for_one_type_is_still_registered_for_the_wildcard(env, keys) -> None:
+    a = assertion(keys["other"], "ES384", iss="other-ehr")
+    body = token_request(env["client"], a, scope="system/AuditEvent.rs").get_json()
+    assert body["scope"] == "system/AuditEvent.rs"
+    grant = env["tokens"].authenticate(body["access_token"])
+    assert [str(s) for s in grant.registered_scopes] == ["system/*.cruds"]
+
+
+def test_consult_for_others_is_read_from_the_registration_on_every_use(env, keys) -> None:
+    from healthledger.auth.models import ApiClient
+
+    with env["sessions"].begin() as s:
+        register_client(s, client_id="broker", name="Broker", scopes="system/Consent.rs", role="system",
+                        jwks=KeySet([keys["other"]]).as_dict(private=False), consult_for_others=True,
+                        now=datetime.now(UTC))
+    a = assertion(keys["other"], "ES384", iss="broker")
+    token = token_request(env["client"], a, scope="system/Consent.rs").get_json()["access_token"]
+    assert env["tokens"].authenticate(token).consult_for_others is True
+    with env["sessions"].begin() as s:
+        s.get(ApiClient, "broker").consult_for_others = False
+    assert env["tokens"].authenticate(token).consult_for_others is False  # withdrawn: at once
 
 
 @pytest.mark.parametrize("case", ["replayed jti", "wrong aud", "expired", "exp too far", "unknown kid", "wrong key",
@@ -247,12 +274,23 @@ def test_clients_cli(tmp_path, keys, monkeypatch) -> None:
     assert r.exit_code == 0, r.output
     added = json.loads(r.output)
     assert added["auth_method"] == "private_key_jwt" and "client_secret" not in added
+    assert added["consult_for_others"] is False  # asks only as itself unless registered otherwise
     r = runner.invoke(cli, ["clients", "add", "Dev", "--scopes", "system/*.rs", "--secret", "--json"])
     assert r.exit_code == 0 and len(json.loads(r.output)["client_secret"]) > 30
+    r = runner.invoke(cli, ["clients", "add", "Consent broker", "--scopes", "system/Consent.rs",
+                            "--jwks", str(jwks_file), "--consult-for-others", "--json"])
+    assert r.exit_code == 0, r.output
+    broker = json.loads(r.output)
+    assert broker["consult_for_others"] is True
     r = runner.invoke(cli, ["clients", "disable", added["client_id"], "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["disabled"] is True
     listed = json.loads(runner.invoke(cli, ["clients", "list", "--json"]).output)
-    assert [c["disabled"] for c in listed] == [True, False]
+    assert [c["disabled"] for c in listed] == [True, False, False]
+    assert [c["consult_for_others"] for c in listed] == [False, False, True]
+    text = runner.invoke(cli, ["clients", "list"]).output.splitlines()
+    assert [line.split()[0] for line in text] == [c["client_id"] for c in listed]
+    assert ["consults-for-others" in line for line in text] == [False, False, True]
+    assert ["consults-as-itself" in line for line in text] == [True, True, False]
     # Clear errors, no tracebacks.
     private = tmp_path / "private.json"
     private.write_text(json.dumps(KeySet([keys["ec"]]).as_dict(private=True)))
@@ -262,3 +300,30 @@ def test_clients_cli(tmp_path, keys, monkeypatch) -> None:
     assert r.exit_code == 1 and "scope" in r.output
     r = runner.invoke(cli, ["clients", "disable", "nope"])
     assert r.exit_code == 1 and "no such client" in r.output
+
+
+def test_migration_registers_existing_clients_as_asking_only_for_themselves(tmp_path) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+
+    from healthledger.db import alembic_config, upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        cfg = alembic_config(engine)
+        command.upgrade(cfg, "auth_0002")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO api_clients (client_id, name, scopes, auth_method, role, organization, default_purpose,"
+                " disabled, created_at) VALUES ('old', 'Old', 'system/*.rs', 'client_secret', 'system', '',"
+                " 'TREAT', 0, '2026-01-01 00:00:00')"))
+        upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT consult_for_others FROM api_clients")).scalar_one() in (0, False)
+        command.downgrade(cfg, "auth@auth_0002")
+        with engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("api_clients")}
+            assert "consult_for_others" not in columns
+            assert conn.execute(sa.text("SELECT count(*) FROM api_clients")).scalar_one() == 1
+    finally:
+        engine.dispose()

@@ -343,20 +343,21 @@ def test_cds_hooks_consult_gives_the_engines_answer_and_is_logged(world: World) 
     assert world.client.get("/cds-services").get_json()["services"][0]["hook"] == "patient-consent-consult"
 
     before = world.log_size()
-    assert consult(world, "ehr", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
+    assert consult(world, "clinic", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
     [entry] = world.log_since(before)
-    assert entry.action == "decide" and entry.actor == "client:ehr" and entry.patient_pseudonym
+    assert entry.action == "decide" and entry.actor == "client:clinic" and entry.patient_pseudonym
 
     cara.post(f"Consent/{cid}/$sign", password_parameters())
     world.sync()
-    assert consult(world, "ehr", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "CONSENT_PERMIT"
-    # Not for other classes, and not for organisations the consent does not name.
-    assert consult(world, "ehr", "cara", "city-clinic", ("Patient",))["cards"][0]["summary"] == "NO_CONSENT"
-    assert consult(world, "ehr", "cara", "university", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
+    assert consult(world, "clinic", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "CONSENT_PERMIT"
+    # Not for other classes, and not for organisations the consent does not name (each client asks as
+    # itself: tests/integration/test_cds_hooks_consult.py).
+    assert consult(world, "clinic", "cara", "city-clinic", ("Patient",))["cards"][0]["summary"] == "NO_CONSENT"
+    assert consult(world, "research", "cara", "university", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
     cara.post("Consent", deny_consent(pid, CLINIC, classes=("Observation",)))
-    assert consult(world, "ehr", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "CONSENT_DENY"
+    assert consult(world, "clinic", "cara", "city-clinic", ("Observation",))["cards"][0]["summary"] == "CONSENT_DENY"
     # An unknown patient answers like a patient without consent.
-    assert consult(world, "ehr", "nobody", "city-clinic", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
+    assert consult(world, "clinic", "nobody", "city-clinic", ("Observation",))["cards"][0]["summary"] == "NO_CONSENT"
     # Asking needs a token that may read Consents.
     resp = world.client.post("/cds-services/patient-consent-consult", data=b"{}", headers={
         "Authorization": f"Bearer {world.token('auditor')}", "Content-Type": "application/json"})
