@@ -126,7 +126,7 @@ def world_plans(draw: st.DrawFn, *, max_resources: int = 6, max_events: int = 3)
 # -- resources ----------------------------------------------------------------------------------------------
 def patient_reference(form: str, pid: str, mrn: str) -> dict[str, Any]:
     """A reference to Patient/{pid} in one of the forms the tests use (see REFUSED_FORMS for the bad ones)."""
-    return {
+    forms: dict[str, dict[str, Any]] = {
         "literal": {"reference": f"Patient/{pid}"},
         "absolute": {"reference": f"{BASE}/Patient/{pid}"},
         "identifier": {"identifier": {"system": MRN_SYSTEM, "value": mrn}},
@@ -135,15 +135,15 @@ def patient_reference(form: str, pid: str, mrn: str) -> dict[str, Any]:
         "wrong-case": {"reference": f"patient/{pid}"},
         "whitespace": {"reference": f" Patient/{pid}"},
         "conditional": {"reference": f"Patient?identifier={MRN_SYSTEM}|{mrn}"},
-    }[form]
+    }
+    return forms[form]
 
 
 def clinical_resource(kind: tuple[str, str], ref: dict[str, Any], code: str, practitioner: str) -> dict[str, Any]:
     """A valid R4 resource of `kind` whose patient element holds `ref` (and no other patient reference)."""
-    rtype, element = kind
     cc = {"coding": [{"system": LOINC, "code": code}]}
     group = {"reference": f"Group/{fresh_id()}"}  # a subject that is not a patient
-    body: dict[str, Any] = {
+    bodies: dict[tuple[str, str], dict[str, Any]] = {
         ("Observation", "subject"): {"status": "final", "code": cc, "subject": ref, "effectiveDateTime": "2025-01-02"},
         ("Observation", "performer"): {"status": "final", "code": cc, "performer": [ref]},
         ("Condition", "subject"): {"code": cc, "subject": ref},
@@ -163,8 +163,8 @@ def clinical_resource(kind: tuple[str, str], ref: dict[str, Any], code: str, pra
         ("Task", "for"): {"status": "requested", "intent": "order", "for": ref},
         ("MedicationRequest", "subject"): {"status": "active", "intent": "order", "subject": ref,
                                            "medicationCodeableConcept": cc},
-    }[kind]
-    return {"resourceType": rtype, **body}
+    }
+    return {"resourceType": kind[0], **bodies[kind]}
 
 
 def with_form(kind: tuple[str, str], form: str, pid: str, other: str, mrn: str, code: str, practitioner: str
@@ -235,7 +235,7 @@ class SubWorld:
 
 def build(dep: Deployment, plan: WorldPlan) -> SubWorld:
     """Write the plan through the API: the development token for records, each patient's session for consents."""
-    dep.sync()  # a fresh index (it fails closed past max_index_age_seconds)
+    dep.keep_index_fresh()
     sub = SubWorld(started=now_instant(), org=fresh_id(), practitioner=fresh_id(), code=fresh_code())
     dep.dev_put(org_resource(sub.org))
     dep.dev_put({"resourceType": "Practitioner", "id": sub.practitioner, "name": [{"family": "Leaktest"}],
@@ -273,12 +273,11 @@ def build(dep: Deployment, plan: WorldPlan) -> SubWorld:
                 signed.append((pid, cid, c.lifecycle))
         sub.consents.append(cid)
     if signed:
-        dep.sync()
+        dep.sync()  # mined and indexed: the grants are live
         for pid, cid, lifecycle in signed:
             dep.state.grants[cid] = "live"
             if lifecycle == "revoked":
-                dep.revoke(pid, cid)
-        dep.sync()
+                dep.revoke(pid, cid)  # off-chain at once; the chain follows at the next poll
     for r in plan.resources:
         pid = sub.patients[r.patient]
         code = SHARED_CODES[r.patient % 2] if r.shared_code else sub.code
@@ -286,7 +285,6 @@ def build(dep: Deployment, plan: WorldPlan) -> SubWorld:
         sub.clinical.append((body["resourceType"], dep.dev_create(body)))
     for e in plan.events:
         apply_event(dep, sub, e)
-    dep.sync()
     return sub
 
 

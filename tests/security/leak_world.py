@@ -107,6 +107,7 @@ class Deployment:
     log: list[AccessEntry] = field(default_factory=list)
     mrns: dict[str, str] = field(default_factory=dict)  # patient id -> MRN
     accounts: dict[str, str] = field(default_factory=dict)  # patient id -> username
+    synced: float = 0.0  # time.monotonic() of the last sync
 
     @classmethod
     def open(cls, world: World) -> Deployment:
@@ -137,7 +138,14 @@ class Deployment:
 
     # -- the chain and the log -----------------------------------------------------------------------------
     def sync(self) -> None:
+        """Mine what the outbox holds and index it (the ledger worker's poll)."""
         self.world.sync()
+        self.synced = time.monotonic()
+
+    def keep_index_fresh(self) -> None:
+        """Reads fail closed once the index is older than max_index_age_seconds (60 s): poll well before."""
+        if time.monotonic() - self.synced > 20:
+            self.sync()
 
     def new_entries(self) -> list[AccessEntry]:
         """Access-log entries appended since the last call (the local mirror follows the log)."""

@@ -18,7 +18,7 @@ The rules, in the order they are applied:
    caller's organisation -> permitted. Else the patient's care organisation (managingOrganization,
    generalPractitioner), role clinician or system, purpose TREAT -> permitted. Else denied.
 6. Denied reads look like missing ones; searches and histories leave denied versions out of pages and
-   totals; every version is decided on its own (a deletion belongs to the version it deleted).
+   totals; every version is decided on its own; deletions are shown to the service only.
 7. Conditional create/update/delete see only the caller's visible matches.
 8. AuditEvents: a patient sees their own entries only; auditors and the service see all; any other
    client sees none.
@@ -312,7 +312,7 @@ def write_decision(
         decision = decide(state, caller, action, rtype, patient)
         if not decision.permitted:
             return Decision(False, decision.why, status=403)
-    return decide(state, caller, action, rtype, sorted(patients)[0])
+    return decide(state, caller, action, rtype, min(patients))
 
 
 # -- expected answers ---------------------------------------------------------------------------------------
@@ -359,10 +359,18 @@ def expect_read(state: State, caller: Caller, rtype: str, rid: str, number: int 
     return Expected(200, (_shown(state, rtype, rid, version),), decision.why, break_glass=decision.break_glass)
 
 
+def version_decision(state: State, caller: Caller, rtype: str, rid: str, version: Version) -> Decision:
+    """One version, decided on its own. A deletion is shown to the service only: deleted resources look
+    missing to everyone else (docs/consent-semantics.md), so a history never says that one was deleted
+    (the stricter reading; the policy is silent on deletions in histories)."""
+    if version.resource is None and not caller.unrestricted:
+        return Decision(False, "a deletion is shown to the service only")
+    return read_decision(state, caller, rtype, state.content(rtype, rid, version))
+
+
 def visible_versions(state: State, caller: Caller, rtype: str, rid: str) -> list[tuple[Version, Decision]]:
-    """Each version of one resource with its own decision (a deletion: as what it deleted)."""
-    return [(v, read_decision(state, caller, rtype, state.content(rtype, rid, v)))
-            for v in state.versions.get((rtype, rid), [])]
+    """Each version of one resource with its own decision."""
+    return [(v, version_decision(state, caller, rtype, rid, v)) for v in state.versions.get((rtype, rid), [])]
 
 
 def expect_history(state: State, caller: Caller, rtype: str, rid: str) -> Expected:
@@ -394,11 +402,10 @@ def expect_type_history(state: State, caller: Caller, rtype: str, since: str | N
         for version in history:
             if since is not None and version.last_updated < since:
                 continue
-            content = state.content(rtype, rid, version)
-            if read_decision(state, caller, rtype, content).permitted:
+            if version_decision(state, caller, rtype, rid, version).permitted:
                 shown.append(_shown(state, rtype, rid, version))
-            else:
-                withheld |= compartment(content) if content else set()
+            elif version.resource is not None:
+                withheld |= compartment(version.resource)
     return Expected(200, tuple(shown), f"{len(shown)} visible versions", _search_log(shown, withheld),
                     frozenset(withheld))
 

@@ -90,8 +90,7 @@ def report(findings: list[Finding]) -> str:
     groups: dict[tuple[str, str, str], list[Finding]] = {}
     for f in findings:
         groups.setdefault(f.kind(), []).append(f)
-    lines = [f"{len(findings)} divergences from the reference policy, {len(groups)} kinds "
-             f"(one reproduction each):"]
+    lines = [f"{len(findings)} divergences from the reference policy, {len(groups)} kinds (one reproduction each):"]
     for (rule, caller, template), items in sorted(groups.items()):
         f = items[0]
         lines += [f"\n[{rule}] {caller}: {template}   x{len(items)}",
@@ -201,9 +200,12 @@ def _describe(dep: Deployment, caller: ref.Caller, keys: set[tuple[str, str, int
     out = []
     for rtype, rid, number in sorted(keys)[:3]:
         version = next((v for v in dep.state.versions.get((rtype, rid), []) if v.number == number), None)
-        content = dep.state.content(rtype, rid, version) if version else None
-        decision = ref.read_decision(dep.state, caller, rtype, content)
-        out.append(f"{rtype}/{rid} v{number} ({decision.why})")
+        if version is None:
+            out.append(f"{rtype}/{rid} v{number} (no such version)")
+            continue
+        decision = ref.version_decision(dep.state, caller, rtype, rid, version)
+        deleted = " a deletion:" if version.resource is None else ""
+        out.append(f"{rtype}/{rid} v{number} ({deleted} {decision.why})")
     return "; ".join(out) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
@@ -417,7 +419,8 @@ def search_options(dep: Deployment, sub: SubWorld, rtype: str, rid: str) -> list
 def read_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[str]) -> Callable[[Probe], None]:
     keys = sub.keys + draw(st.lists(st.sampled_from(sorted(dep.state.versions)), max_size=2))
     moved = [k for k in keys if len(dep.state.versions.get(k, [])) > 1]  # moves, deletions, reused ids
-    if moved and draw(st.booleans()):
+    prefer_moved: bool = draw(st.booleans())
+    if moved and prefer_moved:
         keys = moved
     kind = draw(st.sampled_from(("read", "vread", "history", "history", "search", "search", "count",
                                  "type-history", "batch")))
@@ -611,7 +614,7 @@ def probe_conditional(p: Probe, who: str, channel: str, method: str, rtype: str,
             f" ifNoneExist={query}]" if method == "POST" else "]")
     status, entry_got = _status_of(reply, channel)
     if status != expected.status:
-        leak = status in (200, 404, 412) and expected.status in (201, 204)
+        leak = (status == 412 and len(visible) < 2) or (status in (200, 404) and not visible)
         rule = ("7 conditional interactions ignore what the caller may not see" if leak else
                 "1 scopes are checked first" if expected.status == 403 and "scopes" in expected.why else
                 f"7 conditional {action} status")
