@@ -58,15 +58,34 @@ PATIENT_ELEMENTS: dict[str, tuple[str, ...]] = {
     "Provenance": ("target",),
     "Task": ("for",),
 }
-# The element the `patient` and `subject` search parameters read (R4 SearchParameter expressions).
+# The search parameters the tests use: (type, name) -> (kind, element path), from the R4 SearchParameter
+# expressions of the parameters fhir_adapters/search.py supports.
+SEARCH_PARAMETERS: dict[tuple[str, str], tuple[str, str]] = {
+    ("Patient", "identifier"): ("token", "identifier"), ("Patient", "family"): ("string", "name.family"),
+    ("Patient", "given"): ("string", "name.given"), ("Patient", "name"): ("string", "name"),
+    ("Patient", "birthdate"): ("date", "birthDate"), ("Patient", "organization"): ("reference", "managingOrganization"),
+    ("Patient", "general-practitioner"): ("reference", "generalPractitioner"),
+    ("Observation", "code"): ("token", "code"), ("Observation", "status"): ("token", "status"),
+    ("Observation", "date"): ("date", "effectiveDateTime"),
+    ("Condition", "code"): ("token", "code"),
+    ("Encounter", "status"): ("token", "status"), ("Encounter", "class"): ("token", "class"),
+    ("Consent", "actor"): ("reference", "provision.actor.reference"), ("Consent", "category"): ("token", "category"),
+    ("AllergyIntolerance", "code"): ("token", "code"),
+    ("Immunization", "vaccine-code"): ("token", "vaccineCode"), ("Immunization", "status"): ("token", "status"),
+    ("Immunization", "date"): ("date", "occurrenceDateTime"),
+    ("Procedure", "code"): ("token", "code"), ("Procedure", "status"): ("token", "status"),
+    ("DiagnosticReport", "code"): ("token", "code"), ("DiagnosticReport", "status"): ("token", "status"),
+    ("MedicationRequest", "status"): ("token", "status"), ("MedicationRequest", "intent"): ("token", "intent"),
+    ("MedicationRequest", "code"): ("token", "medicationCodeableConcept"),
+    ("Practitioner", "identifier"): ("token", "identifier"), ("Practitioner", "family"): ("string", "name.family"),
+    ("Organization", "identifier"): ("token", "identifier"), ("Organization", "name"): ("string", "name"),
+}
+# `patient` (and `subject`, for types that have it) read this element, restricted to Patient targets.
 SEARCH_PATIENT_ELEMENT = {
     "AllergyIntolerance": "patient", "Condition": "subject", "Consent": "patient", "DiagnosticReport": "subject",
     "Encounter": "subject", "Immunization": "patient", "MedicationRequest": "subject", "Observation": "subject",
     "Procedure": "subject",
 }
-SEARCH_CODE_ELEMENT = {"Observation": "code", "Condition": "code", "AllergyIntolerance": "code",
-                       "Procedure": "code", "DiagnosticReport": "code"}
-IDENTIFIED_TYPES = frozenset({"Patient", "Practitioner", "Organization"})
 
 _ID = r"[A-Za-z0-9\-.]{1,64}"
 _PATIENT_REFERENCE = re.compile(rf"(?:https?://[^\s?#]+/)?Patient/({_ID})(?:/_history/[0-9]+)?")
@@ -383,7 +402,9 @@ def expect_history(state: State, caller: Caller, rtype: str, rid: str) -> Expect
         why = decided[-1][1].why if decided else f"{rtype}/{rid} does not exist"
         return Expected(404, why=why)
     refused = [d.why for v, d in decided if not d.permitted]
-    why = f"versions {[s.number for s in shown]} visible" + (f"; the others: {refused[0]}" if refused else "")
+    permitted = [d.why for v, d in decided if d.permitted]
+    why = f"versions {[s.number for s in shown]} visible ({permitted[-1]})" + (
+        f"; the others: {refused[0]}" if refused else "")
     return Expected(200, shown, why)
 
 
@@ -410,30 +431,54 @@ def expect_type_history(state: State, caller: Caller, rtype: str, since: str | N
                     frozenset(withheld))
 
 
+def tokens(value: Any) -> Iterator[tuple[str, str]]:
+    """(system, code) pairs of a code, Coding, CodeableConcept or Identifier."""
+    if isinstance(value, str):
+        yield "", value
+    elif isinstance(value, dict):
+        for coding in value.get("coding", []):
+            yield from tokens(coding)
+        code = value.get("code", value.get("value"))
+        if isinstance(code, str):
+            yield value.get("system", ""), code
+
+
+def strings(value: Any) -> Iterator[str]:
+    """The text of a string or of a HumanName's parts."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for part in ("text", "family", "given", "prefix", "suffix"):
+            yield from [v for v in (value.get(part) if isinstance(value.get(part), list) else [value.get(part)])
+                        if isinstance(v, str)]
+
+
 def matches(resource: dict[str, Any], last_updated: str, params: list[tuple[str, str]]) -> bool:
-    """The search parameters the tests use, as R4 defines them (AND across parameters)."""
+    """R4 search semantics for the parameters the tests use (search.html): AND across parameters; token
+    `[system|]code`; string: starts with, case-insensitive; reference: that reference; date: `eq` a day."""
     rtype = resource["resourceType"]
     for name, value in params:
         if name == "_id":
             ok = resource.get("id") == value
-        elif name in ("patient", "subject"):
-            wanted = named_patient(value) or value
-            element = SEARCH_PATIENT_ELEMENT[rtype]
-            ok = any(named_patient(r.get("reference", "")) == wanted for r in values_at(resource, element)
-                     if isinstance(r, dict))
-        elif name in ("code", "identifier"):
-            system, _, code = value.rpartition("|") if "|" in value else ("", "", value)
-            if name == "code":
-                items = list(values_at(resource, f"{SEARCH_CODE_ELEMENT[rtype]}.coding"))
-                ok = any(c.get("code") == code and (not system or c.get("system") == system) for c in items)
-            else:
-                ok = any(i.get("value") == code and (not system or i.get("system") == system)
-                         for i in values_at(resource, "identifier"))
         elif name == "_lastUpdated":
             prefix, instant = value[:2], value[2:]
             ok = last_updated >= instant if prefix == "ge" else last_updated < instant
+        elif name in ("patient", "subject"):
+            wanted = named_patient(value) or value
+            ok = any(named_patient(r.get("reference", "")) == wanted
+                     for r in values_at(resource, SEARCH_PATIENT_ELEMENT[rtype]) if isinstance(r, dict))
         else:
-            raise ValueError(f"the model does not know search parameter {name!r}")
+            kind, path = SEARCH_PARAMETERS[(rtype, name)]
+            found = list(values_at(resource, path))
+            if kind == "token":
+                system, _, code = value.rpartition("|")
+                ok = any(c == code and (not system or s == system) for f in found for s, c in tokens(f))
+            elif kind == "string":
+                ok = any(text.lower().startswith(value.lower()) for f in found for text in strings(f))
+            elif kind == "reference":
+                ok = any(isinstance(f, dict) and f.get("reference") == value for f in found)
+            else:
+                ok = any(isinstance(f, str) and f[:10] == value.removeprefix("eq") for f in found)
         if not ok:
             return False
     return True

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -55,6 +56,7 @@ from healthledger.audit.entries import AccessEntry
 
 CI = bool(os.environ.get("CI"))
 PAGE = 50  # _count on every search and history (the deployment's max_page_size)
+BATCH_PAGE = 20  # a batch's search entries get the default page size
 # Examples per property: each builds a sub-world (~1 s) and makes 10-20 probes of a few requests each.
 EXAMPLES = {"reads": 10, "writes": 6, "conditional": 6, "audit": 4}
 
@@ -209,12 +211,12 @@ def _describe(dep: Deployment, caller: ref.Caller, keys: set[tuple[str, str, int
     return "; ".join(out) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
-def compare_listing(p: Probe, who: str, request: str, reply: Reply, expected: ref.Expected) -> None:
+def compare_listing(p: Probe, who: str, request: str, reply: Reply, expected: ref.Expected, page: int = PAGE) -> None:
     caller = p.caller(who)
     want = {(s.rtype, s.rid, s.number) for s in expected.shown}
     got = _listing(p.dep, caller, reply.body, expected)
     total = reply.body.get("total")
-    leaked, hidden = got - want, want - got if len(want) <= PAGE else set()
+    leaked, hidden = got - want, want - got if len(want) <= page else set()
     if leaked:
         p.finding("6 searches and histories disclose only permitted versions", who, request,
                   f"disclosed {_describe(p.dep, caller, leaked)}", "not disclosed", "each version decided on its own")
@@ -225,8 +227,8 @@ def compare_listing(p: Probe, who: str, request: str, reply: Reply, expected: re
     if total != len(want):
         p.finding("6 totals count only permitted versions", who, request, f"total={total}",
                   f"total={len(want)}", expected.why)
-    if len(want) > PAGE and len(got) != PAGE:
-        p.finding("6 pages are full", who, request, f"{len(got)} entries", f"{PAGE}", expected.why)
+    if len(want) > page and len(got) != page:
+        p.finding("6 pages are full", who, request, f"{len(got)} entries", f"{page}", expected.why)
     research_check(p, who, request, reply, expected)
 
 
@@ -263,7 +265,7 @@ def probe_read(p: Probe, who: str, rtype: str, rid: str, number: int | None = No
     if reply.status != expected.status:
         rule = ("6 reads disclose only what the policy allows" if reply.status == 200 else
                 "1 scopes are checked first" if expected.status == 403 else "read status")
-        p.finding(rule, who, request, reply.summary(), f"{expected.status}", expected.why)
+        p.finding(rule, who, request, f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}", expected.why)
     elif expected.status == 200:
         got = (reply.body.get("resourceType"), reply.body.get("id"), int(reply.body.get("meta", {}).get("versionId", 0)))
         [shown] = expected.shown
@@ -304,7 +306,7 @@ def probe_history(p: Probe, who: str, rtype: str, rid: str) -> None:
     request = f"GET {path}"
     if reply.status != expected.status:
         p.finding("6 instance history shows each version the caller may see" if reply.status == 200
-                  else "history status", who, request, reply.summary(), f"{expected.status}", expected.why)
+                  else "history status", who, request, f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}", expected.why)
         if reply.status == 200:
             compare_listing(p, who, request, reply, expected)
     elif expected.status == 200:
@@ -322,7 +324,7 @@ def probe_type_history(p: Probe, who: str, rtype: str, since: str | None) -> Non
     reply, entries = p.send(who, "GET", path)
     request = f"GET {path}"
     if reply.status != expected.status:
-        p.finding("type history status", who, request, reply.summary(), f"{expected.status}", expected.why)
+        p.finding("type history status", who, request, f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}", expected.why)
     elif expected.status == 200:
         compare_listing(p, who, request, reply, expected)
         p.listing_entries(who, request, entries, expected)
@@ -330,13 +332,13 @@ def probe_type_history(p: Probe, who: str, rtype: str, since: str | None) -> Non
 
 def probe_search(p: Probe, who: str, rtype: str, params: list[tuple[str, str]], count_only: bool) -> None:
     caller = p.caller(who)
-    query = "&".join(f"{k}={v}" for k, v in params)
+    query = _query(params)
     path = f"/fhir/{rtype}?{query}&" + ("_summary=count" if count_only else f"_count={PAGE}")
     expected = ref.expect_search(p.dep.state, caller, rtype, params)
     reply, entries = p.send(who, "GET", path)
     request = f"GET {path}"
     if reply.status != expected.status:
-        p.finding("search status", who, request, reply.summary(), f"{expected.status}", expected.why)
+        p.finding("search status", who, request, f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}", expected.why)
         return
     if expected.status != 200:
         return
@@ -356,7 +358,7 @@ def probe_batch_reads(p: Probe, who: str, items: list[tuple[str, str, str, int |
     bundle_entries, expectations = [], []
     for kind, rtype, rid, number, params in items:
         if kind == "search":
-            url = f"{rtype}?" + "&".join(f"{k}={v}" for k, v in params)
+            url = f"{rtype}?{_query(params)}"
             expectations.append(("search", ref.expect_search(state, caller, rtype, params)))
         else:
             url = f"{rtype}/{rid}" + ("" if number is None else f"/_history/{number}")
@@ -376,7 +378,7 @@ def probe_batch_reads(p: Probe, who: str, items: list[tuple[str, str, str, int |
                       f"{status} {str(got.get('response', {}).get('outcome', ''))[:100]}", f"{expected.status}",
                       expected.why)
         elif status == 200 and kind == "search":
-            compare_listing(p, who, entry_request, Reply(200, got["resource"], {}), expected)
+            compare_listing(p, who, entry_request, Reply(200, got["resource"], {}), expected, BATCH_PAGE)
         elif status == 200:
             resource = got.get("resource", {})
             [shown] = expected.shown
@@ -394,7 +396,8 @@ def probe_batch_reads(p: Probe, who: str, items: list[tuple[str, str, str, int |
 
 # -- hypothesis: what to ask ---------------------------------------------------------------------------------
 def search_options(dep: Deployment, sub: SubWorld, rtype: str, rid: str) -> list[list[tuple[str, str]]]:
-    """Search parameters of the type (fhir_adapters/search.py supports these) that this resource matches."""
+    """Queries with each search parameter of the type (those of fhir_adapters/search.py the model knows) that this
+    resource matches; many match resources of other patients and of earlier examples too."""
     options: list[list[tuple[str, str]]] = [[("_id", rid)]]
     content = dep.state.last_live(rtype, rid)
     current = dep.state.current(rtype, rid)
@@ -403,16 +406,34 @@ def search_options(dep: Deployment, sub: SubWorld, rtype: str, rid: str) -> list
         options.append([("patient", f"Patient/{patients[0]}")])
         if ref.SEARCH_PATIENT_ELEMENT[rtype] == "subject":
             options.append([("subject", f"Patient/{patients[0]}")])
+    for (t, name), (kind, path) in ref.SEARCH_PARAMETERS.items():
+        value = query_value(kind, next(ref.values_at(content, path), None)) if t == rtype and content else None
+        if value:
+            options.append([(name, value)])
     if rtype in ("Observation", "Condition"):
-        options += [[("code", f"{LOINC}|{c}")] for c in (sub.code, *SHARED_CODES)] + [[("code", sub.code)]]
+        options += [[("code", f"{LOINC}|{c}")] for c in (sub.code, *SHARED_CODES)]
         if current is not None:
             options.append([("code", f"{LOINC}|{SHARED_CODES[0]}"), ("_lastUpdated", f"ge{current.last_updated}")])
-    if rtype in ref.IDENTIFIED_TYPES and content:
-        for ident in content.get("identifier", [])[:1]:
-            options.append([("identifier", f"{ident['system']}|{ident['value']}")])
     options.append([("_lastUpdated", f"ge{sub.started}")] if rtype not in ("Observation", "Patient", "Consent")
                    else [("_id", rid), ("_lastUpdated", f"lt{sub.started}")])
     return options
+
+
+def _query(params: list[tuple[str, str]]) -> str:
+    return "&".join(f"{k}={quote(v, safe='|/:')}" for k, v in params)
+
+
+def query_value(kind: str, element: Any) -> str | None:
+    """A search value that matches `element` (a token, the start of a string, a reference, a day)."""
+    if kind == "token":
+        system, code = next(ref.tokens(element), ("", ""))
+        return f"{system}|{code}" if system else code or None
+    if kind == "string":
+        text = next(ref.strings(element), "")
+        return text[:4] or None
+    if kind == "reference":
+        return element.get("reference") if isinstance(element, dict) else None
+    return element[:10] if isinstance(element, str) else None
 
 
 @st.composite
@@ -468,7 +489,7 @@ def probe_write(p: Probe, who: str, method: str, rtype: str, rid: str | None, bo
             rule = "3/5 permitted writes succeed"
         if expected.status == 403 and "scopes" in expected.why:
             rule = "1 scopes are checked first"
-        p.finding(rule, who, request, reply.summary(), f"{expected.status}", expected.why)
+        p.finding(rule, who, request, f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}", expected.why)
     elif expected.status == 400:
         element = expected.why.split(" at ")[1].split(" ")[0]
         issue = (reply.body or {}).get("issue", [{}])[0] if isinstance(reply.body, dict) else {}
@@ -570,7 +591,7 @@ def probe_conditional(p: Probe, who: str, channel: str, method: str, rtype: str,
                       body: dict[str, Any] | None) -> None:
     """Conditional create (If-None-Exist), update or delete: decided as if the caller's denied matches did not exist."""
     caller, state = p.caller(who), p.dep.state
-    query = "&".join(f"{k}={v}" for k, v in params)
+    query = _query(params)
     visible, withheld = ref.expect_conditional_match(state, caller, rtype, params)
     matched = [rid for rid, v in state.live(rtype) if v.resource and ref.matches(v.resource, v.last_updated, params)]
     touched = set(withheld) | {pt for rid in matched for pt in ref.compartment(state.current(rtype, rid).resource or {})}  # type: ignore[union-attr]
@@ -660,7 +681,8 @@ def probe_conditional_reference(p: Probe, who: str, mrn: str, code: str, practit
     if status != expected.status:
         p.finding("1 scopes are checked first" if expected.status == 403 else
                   "7 conditional references resolve among what the caller may see", who, request,
-                  reply.summary(), f"{expected.status}", expected.why + f" (withheld: {sorted(withheld)})")
+                  f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}",
+                  expected.why + f" (withheld: {sorted(withheld)})")
     matched = set(withheld) | set(visible)
     if matched:
         p.touched_patients(who, request, entries, matched)
