@@ -401,10 +401,7 @@ def expect_history(state: State, caller: Caller, rtype: str, rid: str) -> Expect
     if not shown:
         why = decided[-1][1].why if decided else f"{rtype}/{rid} does not exist"
         return Expected(404, why=why)
-    refused = [d.why for v, d in decided if not d.permitted]
-    permitted = [d.why for v, d in decided if d.permitted]
-    why = f"versions {[s.number for s in shown]} visible ({permitted[-1]})" + (
-        f"; the others: {refused[0]}" if refused else "")
+    why = "; ".join(f"v{v.number} {'shown' if d.permitted else 'withheld'}: {d.why}" for v, d in reversed(decided))
     return Expected(200, shown, why)
 
 
