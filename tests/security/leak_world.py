@@ -90,8 +90,8 @@ class Reply:
         if isinstance(self.body, dict) and self.body.get("resourceType") == "Bundle":
             return f"{self.status} Bundle total={self.body.get('total')} entries={len(self.body.get('entry', []))}"
         if isinstance(self.body, dict) and "resourceType" in self.body:
-            meta = self.body.get("meta", {})
-            return f"{self.status} {self.body['resourceType']}/{self.body.get('id')} v{meta.get('versionId')}"
+            version = self.body.get("meta", {}).get("versionId")
+            return f"{self.status} {self.body['resourceType']}/{self.body.get('id')}" + (f" v{version}" if version else "")
         return f"{self.status} {str(self.body)[:120]}"
 
 
