@@ -446,8 +446,8 @@ def strings(value: Any) -> Iterator[str]:
         yield value
     elif isinstance(value, dict):
         for part in ("text", "family", "given", "prefix", "suffix"):
-            yield from [v for v in (value.get(part) if isinstance(value.get(part), list) else [value.get(part)])
-                        if isinstance(v, str)]
+            found = value.get(part)
+            yield from (v for v in (found if isinstance(found, list) else [found]) if isinstance(v, str))
 
 
 def matches(resource: dict[str, Any], last_updated: str, params: list[tuple[str, str]]) -> bool:
