@@ -25,6 +25,15 @@ The rules, in the order they are applied:
 9. The access log: one entry per instance interaction; a search or type history has one per disclosed
    (returned or counted) resource version plus one per patient whose matches were withheld, or one if
    nothing matched at all.
+
+Where the policy is silent, the stricter reading:
+- a deletion in a history is shown to the service only (deleted resources look missing to everyone else);
+- a resource counted in a total (`_summary=count`, or past the page) is disclosed: it gets its log entry;
+- reusing the id of a deleted resource takes over its history: it is a write on the deleted content too;
+- `$sign` is an update of the Consent (seen first, then decided like any write);
+- a delete of nothing live is a no-op, 204 to anyone whose scopes allow delete (as for a missing id);
+- a consult from a caller with no standing with the patient answers as for an unknown patient, whatever
+  actor it names; de-identified answers carry no real id of the resource or of its patient.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import orjson
 import pytest
 import reference_policy as ref
 from argon2 import PasswordHasher
-from consent_world import MRN_SYSTEM, ORG_SYSTEM, World, permit_consent
+from consent_world import MRN_SYSTEM, ORG_SYSTEM, World, password_parameters, permit_consent
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from leak_plans import (
@@ -524,8 +524,6 @@ def _brief(body: dict[str, Any]) -> str:
 
 
 def probe_sign(p: Probe, who: str, cid: str) -> None:
-    from consent_world import password_parameters
-
     expected = ref.expect_sign(p.dep.state, p.caller(who), cid)
     path = f"/fhir/Consent/{cid}/$sign"
     reply, entries = p.send(who, "POST", path, password_parameters())
