@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhir_adapters.validation import check_json_text_nesting
 from healthledger.auth.models import ApiClient, SeenAssertion
 from healthledger.auth.scopes import InvalidScope, ResourceScope, format_scopes, grant_scopes, parse_scopes
+from healthledger.data_dir import private_dir
 from healthledger.errors import HealthLedgerError, Unauthorized
 from healthledger.keys import KeyProvider, WrappedKey
 
@@ -131,7 +132,7 @@ class TokenSigner:
 
 
 def _write_wrapped(path: Path, wrapped: WrappedKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

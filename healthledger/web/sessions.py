@@ -77,6 +77,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from healthledger.auth.models import User
 from healthledger.auth.scopes import parse_scopes
 from healthledger.auth.users import AccountNames, LockoutPolicy, LoginFailed, authenticate
+from healthledger.data_dir import private_dir
 from healthledger.errors import ConfigurationError
 from healthledger.keys import KeyProvider, WrappedKey
 from healthledger.principal import HRESCH, TREAT, Principal
@@ -164,7 +165,7 @@ def _read_wrapped(path: Path) -> WrappedKey:
 
 
 def _write_temp(path: Path, wrapped: WrappedKey) -> Path:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")  # mode 0600
     with os.fdopen(fd, "w") as handle:
         json.dump({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}, handle)
