@@ -297,3 +297,34 @@ def test_a_worker_process_survives_deep_bodies_even_at_py_ecc_recursion_limit(tm
                           check=False)
     assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
     assert done.stdout.split() == ["400", "400", "400", "400", "401", "401"]
+
+
+# -- the embedded chain's loopback JSON-RPC node (`healthledger chain node`) --------------------------------------
+class EchoRPC:
+    """Stands for EmbeddedRPC: answers any well-formed request."""
+
+    def handle(self, payload: object) -> dict[str, object]:
+        return {"jsonrpc": "2.0", "id": 1, "result": "parsed"}
+
+
+@pytest.mark.parametrize("levels", LEVELS)
+@pytest.mark.parametrize("shape", [*NESTED, "string"])
+def test_the_chain_node_answers_deep_json_with_a_parse_error(shape: str, levels: int) -> None:
+    import requests
+
+    from healthledger.ledger.backends.rpc_server import MAX_REQUEST_BYTES, serve_in_thread
+
+    server, url = serve_in_thread(EchoRPC())  # type: ignore[arg-type]
+    try:
+        body = b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[' + deep_value(shape, levels) + b"]}"
+        response = requests.post(url, data=body, timeout=30)
+        if len(body) > MAX_REQUEST_BYTES:
+            assert response.status_code == 413
+        elif shape == "string":
+            assert response.json()["result"] == "parsed"
+        else:
+            assert response.json()["error"]["code"] == -32700  # JSON-RPC 2.0 §5.1 parse error
+        assert requests.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "eth_chainId"}, timeout=5).ok
+    finally:
+        server.shutdown()
+        server.server_close()
