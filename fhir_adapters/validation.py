@@ -18,6 +18,7 @@ import json.encoder
 import math
 import re
 from collections.abc import Callable, Mapping
+from itertools import accumulate
 from typing import Any, Final, Self
 
 from fhir_adapters.bindings import check_required_codes
@@ -96,7 +97,11 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads_json(raw: bytes | str) -> Any:
-    """Parse JSON (RFC 8259) keeping decimal text; raise MalformedJson (no PHI) on any failure."""
+    """Parse JSON (RFC 8259) keeping decimal text; raise MalformedJson (no PHI) on any failure.
+
+    The nesting is checked on the text first (`check_json_text_nesting`): the parser is recursive.
+    """
+    check_json_text_nesting(raw)
     try:
         text = raw.decode("utf-8-sig") if isinstance(raw, bytes | bytearray) else raw
         return json.loads(
@@ -147,18 +152,53 @@ def _unserialisable(value: object) -> Any:
 # of resources with contained ones); anything deeper is refused before recursive code walks it.
 MAX_JSON_DEPTH = 100
 
+# Bytes that matter to nesting (RFC 8259 §2, §7): brackets, and the quotes that delimit strings. UTF-8
+# continuation bytes never equal them. Outside strings `[`/`{` open a level (+1) and `]`/`}` close one
+# (-1: the byte 0xff read as signed).
+_NOT_STRUCTURE: Final = bytes(byte for byte in range(256) if byte not in b'"[]{}')
+_LEVEL_STEP: Final = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_DEPTH_CHUNK: Final = 64 * 1024  # brackets per step of the running sum, so a deep text stops early
 
-def check_nesting(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
-    """MalformedJson (400) when arrays/objects nest deeper than `limit`; iterative, so it cannot overflow."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            raise MalformedJson(f"JSON nesting is deeper than {limit} levels")
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+
+def json_text_depth(raw: bytes | bytearray | str, *, stop_above: int | None = None) -> int:
+    r"""How deep arrays and objects nest in JSON text (brackets inside strings ignored), without parsing it.
+
+    No recursion and no Python-level loop over bytes; every step is a C-speed bytes operation:
+    1. Escapes (RFC 8259 §7): drop `\\` pairs, then `\"`; what is left of the quotes delimits strings.
+    2. Keep only quotes and brackets, then drop adjacent `""` (the strings without brackets, nearly all):
+       removing two adjacent quotes leaves every other byte inside or outside a string as it was.
+    3. Split at the remaining quotes: the even pieces are outside strings (an unterminated string runs
+       to the end, as the parser would read it).
+    4. Brackets as +1/-1 steps; the depth is the largest running sum. With `stop_above`, the sum stops
+       at the first 64 KiB of brackets that goes deeper than that, and returns the depth reached there.
+    A backslash outside a string is not JSON: the parser stops there, and up to there the scan agrees
+    with it, so the result is never below the depth the parser reaches.
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = data.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    outside = b"".join(skeleton.split(b'"')[::2]) if b'"' in skeleton else skeleton
+    steps = memoryview(outside.translate(_LEVEL_STEP)).cast("b")
+    deepest = level = 0
+    for start in range(0, len(steps), _DEPTH_CHUNK):
+        levels = list(accumulate(steps[start : start + _DEPTH_CHUNK], initial=level))
+        deepest, level = max(deepest, max(levels)), levels[-1]
+        if stop_above is not None and deepest > stop_above:
+            break
+    return deepest
+
+
+def check_json_text_nesting(raw: bytes | bytearray | str, limit: int = MAX_JSON_DEPTH) -> None:
+    """MalformedJson (400) when JSON text nests deeper than `limit`: checked before any recursive parser runs.
+
+    The stdlib parser, like pydantic's walk and ours, recurses once per level; at the recursion limit
+    some dependencies set (py_ecc: 100,000) a deep body overflows the C stack before RecursionError.
+    """
+    openers = raw.count("[") + raw.count("{") if isinstance(raw, str) else raw.count(b"[") + raw.count(b"{")
+    if openers <= limit:
+        return  # no text nests deeper than it has opening brackets (most single resources stop here)
+    if json_text_depth(raw, stop_above=limit) > limit:
+        raise MalformedJson(f"JSON nesting is deeper than {limit} levels")
 
 
 def parse_resource(raw: bytes | str | Mapping[str, Any], expected_type: str | None = None) -> dict[str, Any]:

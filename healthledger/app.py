@@ -9,13 +9,17 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from healthledger.config import Settings
+from healthledger.data_dir import secure_data_dir
 from healthledger.db import make_engine, upgrade
 from healthledger.keys import key_provider_for
 
 
 def bootstrap(settings: Settings) -> None:
-    """One-time setup before serving: data dir, schema, keys, demo data (once). Idempotent."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    """One-time setup before serving: data dir, schema, keys, demo data (once). Idempotent.
+
+    The data directory is made private (0700, files 0600) and looser modes left in it are tightened.
+    """
+    secure_data_dir(settings.data_dir)
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+from healthledger.data_dir import private_sqlite_file
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -28,10 +30,15 @@ class Base(DeclarativeBase):
 
 
 def make_engine(url: str, **kwargs: object) -> Engine:
-    """An engine; SQLite gets WAL, foreign keys and a busy timeout so concurrent workers wait, not fail."""
+    """An engine; SQLite gets WAL, foreign keys and a busy timeout so concurrent workers wait, not fail.
+
+    A SQLite database file is created 0600 first (healthledger.data_dir): SQLite gives its -wal and -shm
+    files the database file's mode.
+    """
     if url.startswith("sqlite"):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            private_sqlite_file(Path(database))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
         @event.listens_for(engine, "connect")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from healthledger import crypto
+from healthledger.data_dir import private_dir, tighten
 from healthledger.errors import ConfigurationError, DecryptionError
 
 _WRAP_AAD = b"healthledger/kek-wrap/v1:"
@@ -55,6 +56,7 @@ class LocalFileKeyProvider:
     # -- file handling -------------------------------------------------------------------
     def _load_or_create(self) -> dict[str, object]:
         if self._path.exists():
+            tighten(self._path)  # a key file left readable by others (an older release, a restore): fixed
             try:
                 return json.loads(self._path.read_text())  # type: ignore[no-any-return]
             except (OSError, ValueError) as exc:
@@ -65,8 +67,7 @@ class LocalFileKeyProvider:
         return state
 
     def _write(self, state: dict[str, object]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self._path.parent, 0o700)
+        private_dir(self._path.parent)
         tmp = self._path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

@@ -237,6 +237,9 @@ def verify(vk: VerificationKey | PreparedVerificationKey, proof: Proof, public_s
 
 def verify_reference(vk: VerificationKey, proof: Proof, public_signals: Sequence[int]) -> bool:
     """Slow reference: py_ecc's own pairings (four Miller loops, one final exponentiation). Tests only."""
+    import zk.recursion_limit  # noqa: F401  -- first: puts back the recursion limit py_ecc's import raises
+
+    # isort: split
     from py_ecc.fields import optimized_bn128_FQ as FQ
     from py_ecc.fields import optimized_bn128_FQ2 as FQ2
     from py_ecc.fields import optimized_bn128_FQ12 as FQ12

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Request
 
 from fhir_adapters.errors import MalformedJson
-from fhir_adapters.validation import check_nesting, loads_json
+from fhir_adapters.validation import loads_json
 from healthledger.errors import BadRequest, HealthLedgerError, PayloadTooLarge, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -96,14 +96,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     """A JSON object from the body, or MalformedJson (400). The message never echoes the body.
 
     Parsed with fhir_adapters' loader, which keeps decimal text exactly (`1.50` stays `1.50`, FHIR R4
-    datatypes.html#decimal); orjson would turn it into a float.
+    datatypes.html#decimal); orjson would turn it into a float. The loader refuses bodies nested deeper
+    than `MAX_JSON_DEPTH` from the text, before its recursive parser runs.
     """
     if not raw.strip():
         raise MalformedJson("request body is empty: a JSON resource is required")
     value = loads_json(raw)
     if not isinstance(value, dict):
         raise MalformedJson("request body must be a JSON object (a FHIR resource)")
-    check_nesting(value)
     return value
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from fhir_adapters.errors import MalformedJson
+from fhir_adapters.validation import check_json_text_nesting
 from healthledger.auth.models import ApiClient
 from healthledger.auth.scopes import InvalidScope
 from healthledger.auth.tokens import OAuthError, disable_client, list_clients, register_client
@@ -53,7 +55,12 @@ def add(name: str, scopes: str, role: str, organization: str, default_purpose: s
         jwks_url: str | None, with_secret: bool, consult_for_others: bool, as_json: bool) -> None:
     """Register a client. A secret, if asked for, is printed once and stored only as a hash."""
     try:
-        jwks = json.loads(jwks_file.read_text()) if jwks_file else None
+        text = jwks_file.read_text() if jwks_file else None
+        if text is not None:
+            check_json_text_nesting(text)  # before the stdlib's recursive parser reads it
+        jwks = json.loads(text) if text is not None else None
+    except MalformedJson as exc:
+        raise click.ClickException(f"{jwks_file}: {exc.message}") from None
     except ValueError:
         raise click.ClickException(f"{jwks_file} is not JSON") from None
     sessions = _sessions(Settings.load())

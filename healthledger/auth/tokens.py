@@ -11,6 +11,8 @@ All JWT parsing and verification is joserfc's; this module states the protocol's
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import secrets
@@ -34,8 +36,10 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from fhir_adapters.validation import check_json_text_nesting
 from healthledger.auth.models import ApiClient, SeenAssertion
 from healthledger.auth.scopes import InvalidScope, ResourceScope, format_scopes, grant_scopes, parse_scopes
+from healthledger.data_dir import private_dir
 from healthledger.errors import HealthLedgerError, Unauthorized
 from healthledger.keys import KeyProvider, WrappedKey
 
@@ -131,7 +135,7 @@ class TokenSigner:
 
 
 def _write_wrapped(path: Path, wrapped: WrappedKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -152,6 +156,7 @@ class JwksCache:
     def _http_get(url: str) -> dict[str, Any]:
         resp = requests.get(url, timeout=5)
         resp.raise_for_status()
+        check_json_text_nesting(resp.content)  # requests parses with the stdlib's recursive json.loads
         return resp.json()  # type: ignore[no-any-return]
 
     def get(self, url: str, *, refresh: bool = False) -> dict[str, Any]:
@@ -248,6 +253,7 @@ class TokenService:
         if req.client_assertion_type != ASSERTION_TYPE:
             raise OAuthError("invalid_client", f"client_assertion_type must be {ASSERTION_TYPE}", 401)
         try:
+            check_jose_nesting(req.client_assertion)
             unverified = json.loads(jws.extract_compact(req.client_assertion.encode()).payload)
             client_id = unverified.get("iss") if isinstance(unverified, dict) else None
         except (JoseError, ValueError, UnicodeError):
@@ -313,6 +319,7 @@ class TokenService:
             claims = self._verified.get(bearer)
         if claims is None:
             try:
+                check_jose_nesting(bearer)  # the header is parsed before the signature is checked
                 token = jwt.decode(bearer, self._signer.key, algorithms=[ACCESS_TOKEN_ALGORITHM])
                 JWTClaimsRegistry(
                     now=now,
@@ -349,6 +356,23 @@ class TokenService:
             registered_scopes=tuple(parse_scopes(client.scopes)),
             consult_for_others=bool(client.consult_for_others),
         )
+
+
+def check_jose_nesting(compact: str) -> None:
+    """MalformedJson (a ValueError) when a compact JWS's header or payload nests deeper than MAX_JSON_DEPTH.
+
+    Both are parsed with the stdlib's recursive `json.loads` before any signature is checked (RFC 7515
+    §5.2 step 3 for the header; we read an assertion's payload for its `iss`), so an unauthenticated
+    caller chooses the depth. joserfc's size limits (512 bytes of header, 128,000 of payload) still let
+    95,000 levels through; the check does not rely on them. Segments that are not base64url are left
+    to joserfc, which refuses them unparsed.
+    """
+    for segment in compact.split(".", 2)[:2]:
+        try:
+            decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        except (binascii.Error, ValueError):
+            continue
+        check_json_text_nesting(decoded)
 
 
 def register_client(

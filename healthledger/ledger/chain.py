@@ -35,6 +35,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFou
 from web3.providers import HTTPProvider
 from web3.types import Nonce, TxParams, TxReceipt, Wei
 
+from healthledger.data_dir import private_dir, private_file
 from healthledger.errors import ChainError, ConfigurationError, HealthLedgerError
 from healthledger.keys import KeyProvider, WrappedKey
 from healthledger.ledger.compile import ARTIFACTS_DIR, load_artifact
@@ -271,8 +272,8 @@ class Chain:
             if self._nonce_lock_path is None:
                 yield
                 return
-            self._nonce_lock_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._nonce_lock_path, "a") as handle:
+            private_dir(self._nonce_lock_path.parent)
+            with open(private_file(self._nonce_lock_path), "a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     yield
@@ -391,7 +392,7 @@ def rewrap_operator_key(keys_dir: Path, key_provider: KeyProvider) -> bool:
 
 
 def _write_operator_file(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -190,13 +190,14 @@ def node_command(host: str, port: int) -> None:
     Then run the service with HEALTHLEDGER_CHAIN_URL=http://127.0.0.1:PORT.
     """
     from healthledger.cli import load_settings
+    from healthledger.data_dir import private_file, secure_data_dir
     from healthledger.keys import key_provider_for
     from healthledger.ledger.backends.embedded import NODE_FILE
     from healthledger.ledger.backends.rpc_server import EmbeddedRPC, make_server
     from healthledger.ledger.chain import embedded_chain
 
     settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings.data_dir)
     try:
         chain = embedded_chain(settings.data_dir, key_provider_for(settings.key_provider, settings.keys_dir))
     except HealthLedgerError as exc:
@@ -204,7 +205,7 @@ def node_command(host: str, port: int) -> None:
     server = make_server(EmbeddedRPC(chain.w3.provider), host, port)  # type: ignore[arg-type]
     url = f"http://{host}:{server.server_address[1]}"
     # Other processes on this data dir find the node here (chain_for falls back to it).
-    node_file = settings.data_dir / "chain" / NODE_FILE
+    node_file = private_file(settings.data_dir / "chain" / NODE_FILE)
     node_file.write_text(json.dumps({"url": url, "pid": os.getpid()}))
     # SIGTERM ends serve_forever like Ctrl-C; the chain state is already committed block by block.
     signal.signal(signal.SIGTERM, _stop_on_signal)

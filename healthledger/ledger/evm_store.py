@@ -18,6 +18,7 @@ from eth.abc import AtomicWriteBatchAPI
 from eth.db.atomic import AtomicDBWriteBatch
 from eth.db.backends.base import BaseAtomicDB
 
+from healthledger.data_dir import private_sqlite_file
 from healthledger.errors import ConfigurationError
 
 
@@ -25,7 +26,7 @@ class SQLiteAtomicDB(BaseAtomicDB):
     """A BaseAtomicDB whose durable state is the last `commit()`; one connection shared under a lock."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(path)  # 0600 before SQLite opens it: its -wal and -shm get the same mode
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per block.
             self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from healthledger.config import Settings
+from healthledger.data_dir import secure_data_dir
 from healthledger.errors import HealthLedgerError
 
 
@@ -19,7 +20,7 @@ def _store():  # type: ignore[no-untyped-def]
     from healthledger.store.repository import open_store
 
     settings = Settings.load()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings.data_dir)
     try:
         return open_store(settings)
     except HealthLedgerError as exc:

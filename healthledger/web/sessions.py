@@ -1,14 +1,19 @@
 """Sign-in sessions for people in the web app (/app): login, logout, session lifetime, CSRF, rate limit.
 
 The session is Flask's signed cookie (itsdangerous HMAC under `SessionSecret`), HttpOnly, SameSite=Lax,
-Secure in production. It holds only the user id, a random session id, issued-at and last-seen (epoch
-seconds) and Flask-WTF's CSRF secret: never a username, a password or anything about a patient.
-Lifetimes are enforced here from those timestamps on every use (OWASP ASVS 4.0.3 V3.3.2, level 2:
-30 minutes idle, 12 hours absolute), not left to the browser, and every use re-reads the user row, so a
-disabled account's sessions stop at once. Signing in clears the old session and starts a new one (ASVS
-V3.2.1, session fixation); the CSRF secret goes with it. Signing out drops the cookie from the browser;
-nothing is kept server-side yet, so a copy of the cookie taken before then lives until its timeouts (the
-random session id is there for a sessions table that would revoke it).
+Secure in production. It holds only a random session id (256 bits) and Flask-WTF's CSRF secret: never a
+user id, a username, a password or anything about a patient. The cookie alone authenticates nothing:
+every use looks the session up server-side (`web_sessions`, by the SHA-256 of its id: one primary-key
+lookup joined to the user row), so that (OWASP ASVS 4.0.3 V3.3):
+- signing out deletes the record: a copy of the cookie taken before then is refused (V3.3.1);
+- lifetimes are enforced from the record's issued-at and last-seen on every use (V3.3.2, level 2:
+  30 minutes idle, 12 hours absolute), not left to the browser;
+- a disabled account, or one whose password hash changed since sign-in (a new password, by any path),
+  ends every session at its next use (V3.3.3, V3.3.4), and the record is deleted then;
+- expired records are pruned at every sign-in (an indexed delete).
+Last-seen is written at most once a minute per session, so an active page costs one read per request.
+Signing in clears the old session (and deletes its record) and starts a new one (ASVS V3.2.1, session
+fixation); the CSRF secret goes with it.
 
 CSRF is a property of how a request is *authenticated*, not of which URL it hits. A browser attaches
 the session cookie to every request to our origin on its own, so any unsafe request (RFC 9110 §9.2.1)
@@ -35,6 +40,8 @@ gives the same page and status.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -62,6 +69,7 @@ from flask.blueprints import BlueprintSetupState
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.wrappers import Response as BaseResponse
@@ -69,9 +77,11 @@ from werkzeug.wrappers import Response as BaseResponse
 from healthledger.auth.models import User
 from healthledger.auth.scopes import parse_scopes
 from healthledger.auth.users import AccountNames, LockoutPolicy, LoginFailed, authenticate
+from healthledger.data_dir import private_dir
 from healthledger.errors import ConfigurationError
 from healthledger.keys import KeyProvider, WrappedKey
 from healthledger.principal import HRESCH, TREAT, Principal
+from healthledger.web.models import WebSession
 
 log = structlog.get_logger(__name__)
 
@@ -81,9 +91,12 @@ COOKIELESS_PATHS = ("/auth/token", "/auth/jwks", "/.well-known", "/cds-services"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
 
 # What the session cookie holds besides Flask-WTF's "csrf_token".
-_USER_ID, _SESSION_ID, _ISSUED_AT, _LAST_SEEN = "uid", "sid", "iat", "seen"
-# Last-seen is rewritten at most this often, so an active page does not re-issue its cookie per request.
+_SESSION_ID = "sid"
+_SESSION_ID_BYTES = 32
+# Last-seen is rewritten at most this often, so an active page does not write to the database per request.
 _SEEN_RESOLUTION = 60  # seconds
+# Domain separation of the digest of a user's password hash kept with each of their sessions.
+_CREDENTIAL_STAMP_TAG = b"healthledger/web-session/credential-stamp/v1|"
 _STATE = "healthledger.web"
 _DEFAULT_LOCKOUT = LockoutPolicy()
 _PRINCIPAL_CACHE = "_healthledger_session_principal"
@@ -152,7 +165,7 @@ def _read_wrapped(path: Path) -> WrappedKey:
 
 
 def _write_temp(path: Path, wrapped: WrappedKey) -> Path:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")  # mode 0600
     with os.fdopen(fd, "w") as handle:
         json.dump({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}, handle)
@@ -187,8 +200,46 @@ class SessionLifetime:
     idle: timedelta = timedelta(minutes=30)
     absolute: timedelta = timedelta(hours=12)
 
+    def expires_at(self, issued_at: int, last_seen: int) -> int:
+        """The last second (epoch) a session is alive: the earlier of its idle and absolute deadlines."""
+        return min(issued_at + int(self.absolute.total_seconds()), last_seen + int(self.idle.total_seconds()))
+
     def alive(self, issued_at: int, last_seen: int, now: int) -> bool:
-        return now - issued_at <= self.absolute.total_seconds() and now - last_seen <= self.idle.total_seconds()
+        return now <= self.expires_at(issued_at, last_seen)
+
+
+def session_id_hash(session_id: str) -> bytes:
+    """What the sessions table keeps of a session id: SHA-256. The id is 256 random bits, so neither a salt
+    nor a slow hash would add anything; the table alone cannot be turned back into a cookie."""
+    return hashlib.sha256(session_id.encode()).digest()
+
+
+def credential_stamp(password_hash: str) -> bytes:
+    """A digest of a user's password hash (argon2 PHC string, freshly salted at every change)."""
+    return hashlib.sha256(_CREDENTIAL_STAMP_TAG + password_hash.encode()).digest()
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """A session's record joined with its user's row: all that one use of the session reads."""
+
+    user_id: str
+    credential_stamp: bytes
+    issued_at: int
+    last_seen: int
+    role: str
+    organization: str
+    patient_id: str
+    disabled: bool
+    password_hash: str
+
+
+def session_valid(stored: StoredSession, lifetime: SessionLifetime, now: int) -> bool:
+    """Is a stored session still good? Within both timeouts, and begun with the user's current password
+    (whether the account may sign in at all, disabled or not, is `principal_for`'s question)."""
+    return lifetime.alive(stored.issued_at, stored.last_seen, now) and hmac.compare_digest(
+        stored.credential_stamp, credential_stamp(stored.password_hash)
+    )
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -210,7 +261,7 @@ def csrf_required(method: str, path: str, *, bearer: bool, session_cookie: bool)
     return session_cookie and not bearer
 
 
-def principal_for(user: User) -> Principal | None:
+def principal_for(user: User | StoredSession) -> Principal | None:
     """The signed-in person as a principal; None for a disabled account or a role without web access."""
     access = _ROLE_ACCESS.get(user.role)
     if access is None or user.disabled:
@@ -299,41 +350,78 @@ def session_principal(sessions: sessionmaker[Session]) -> Principal | None:
     return principal
 
 
-def _session_principal(sessions: sessionmaker[Session]) -> Principal | None:
-    state = _state(current_app)
-    if state.lifetime is None:
+# One primary-key lookup joined to the user's row (Core, not the ORM: it runs on every cookie request).
+_STORED_SESSION = (
+    select(
+        WebSession.user_id, WebSession.credential_stamp, WebSession.issued_at, WebSession.last_seen,
+        User.role, User.organization, User.patient_id, User.disabled, User.password_hash,
+    )
+    .join(User, User.user_id == WebSession.user_id)
+    .where(WebSession.id_hash == bindparam("id_hash"))
+)
+
+
+def _lifetime() -> SessionLifetime:
+    lifetime = _state(current_app).lifetime
+    if lifetime is None:
         raise ConfigurationError("init_web(app, ...) must run before sessions are used")
+    return lifetime
+
+
+def _session_principal(sessions: sessionmaker[Session]) -> Principal | None:
+    lifetime = _lifetime()
     if is_bearer(request.headers.get("Authorization", "")):
         return None
-    user_id = session.get(_USER_ID)
-    if not isinstance(user_id, str):
+    session_id = session.get(_SESSION_ID)
+    if not isinstance(session_id, str):
         return None
-    issued_at, last_seen = session.get(_ISSUED_AT), session.get(_LAST_SEEN)
-    now = _epoch(state.clock())
-    if not isinstance(issued_at, int) or not isinstance(last_seen, int) or not state.lifetime.alive(
-        issued_at, last_seen, now
-    ):
-        session.clear()
-        return None
-    with sessions() as db:
-        user = db.get(User, user_id)
-        principal = principal_for(user) if user is not None else None
+    now = _epoch(_state(current_app).clock())
+    id_hash = session_id_hash(session_id)
+    engine = sessions.kw["bind"]
+    with engine.connect() as conn:
+        row = conn.execute(_STORED_SESSION, {"id_hash": id_hash}).first()
+    stored = StoredSession(**row._mapping) if row is not None else None
+    principal = principal_for(stored) if stored is not None and session_valid(stored, lifetime, now) else None
+    this_session = WebSession.id_hash == id_hash
+    if stored is not None and principal is None:
+        with engine.begin() as conn:  # timed out, account disabled or password changed: revoked for good
+            conn.execute(delete(WebSession).where(this_session))
+    elif stored is not None and now - stored.last_seen >= _SEEN_RESOLUTION:
+        with engine.begin() as conn:
+            conn.execute(update(WebSession).where(this_session).values(
+                last_seen=now, expires_at=lifetime.expires_at(stored.issued_at, now)
+            ))
     if principal is None:
-        session.clear()
-        return None
-    if now - last_seen >= _SEEN_RESOLUTION:
-        session[_LAST_SEEN] = now
+        session.clear()  # signed out elsewhere, revoked or expired: drop the dead cookie from the browser
     return principal
 
 
-def _sign_in(user_id: str, now: int) -> None:
+def _start_session(db: Session, user: User, lifetime: SessionLifetime, now: int) -> str:
+    """Record a new session for `user` (and prune expired ones); returns its id, for the cookie only."""
+    db.execute(delete(WebSession).where(WebSession.expires_at < now))
+    session_id = secrets.token_urlsafe(_SESSION_ID_BYTES)
+    db.add(WebSession(
+        id_hash=session_id_hash(session_id), user_id=user.user_id, credential_stamp=credential_stamp(user.password_hash),
+        issued_at=now, last_seen=now, expires_at=lifetime.expires_at(now, now),
+    ))
+    return session_id
+
+
+def _end_session(db: Session) -> None:
+    """Revoke the session the request's cookie names, if any: its record goes (the caller clears the cookie)."""
+    session_id = session.get(_SESSION_ID)
+    if isinstance(session_id, str):
+        db.execute(delete(WebSession).where(WebSession.id_hash == session_id_hash(session_id)))
+
+
+def _set_cookie(session_id: str) -> None:
     session.clear()  # drops the pre-login session and its CSRF secret (session fixation)
     session.permanent = True
-    session.update({_USER_ID: user_id, _SESSION_ID: secrets.token_urlsafe(16), _ISSUED_AT: now, _LAST_SEEN: now})
+    session[_SESSION_ID] = session_id
     g.pop(_PRINCIPAL_CACHE, None)
 
 
-def _sign_out() -> None:
+def _clear_cookie() -> None:
     session.clear()
     g.pop(_PRINCIPAL_CACHE, None)
 
@@ -432,21 +520,27 @@ def web_blueprint(
         failure: LoginFailed | None = None
         with sessions.begin() as db:  # commits the failure count and lock on a failed attempt too
             try:
-                user_id = authenticate(db, names, username, password, now, lockout).user_id
+                user = authenticate(db, names, username, password, now, lockout)
             except LoginFailed as exc:
                 failure = exc
+            else:
+                user_id = user.user_id
+                _end_session(db)  # the session this browser had before, if any (session fixation)
+                session_id = _start_session(db, user, _lifetime(), _epoch(now))
         if failure is not None:
             log.info("web.sign_in_failed")
             # RFC 9110 §15.5.2: a 401 names a scheme; browsers show the page for schemes they do not know.
             challenge = {"WWW-Authenticate": 'Cookie realm="healthledger"'}
             return render_template("login.html", error=failure.message), failure.status, challenge
-        _sign_in(user_id, _epoch(now))
+        _set_cookie(session_id)  # only once the record is committed
         log.info("web.sign_in", user_id=user_id)
         return redirect(url_for("web.home"), 303)
 
     @bp.post("/logout")
     def sign_out() -> BaseResponse:
-        _sign_out()
+        with sessions.begin() as db:
+            _end_session(db)
+        _clear_cookie()
         return redirect(url_for("web.sign_in_form"), 303)
 
     @bp.get("/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -13,17 +14,20 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
+from healthledger.auth.models import User
 from healthledger.auth.scopes import parse_scopes
 from healthledger.auth.users import AccountNames, LockoutPolicy, create_user, disable_user
 from healthledger.config import Settings
-from healthledger.db import make_engine, session_factory
+from healthledger.db import make_engine, session_factory, upgrade
 from healthledger.errors import ConfigurationError
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.principal import HRESCH, TREAT, Principal
 from healthledger.store.repository import ResourceStore
+from healthledger.web.models import WebSession
 from healthledger.web.sessions import (
     SessionSecret,
     csrf_required,
@@ -66,10 +70,28 @@ class Clock:
         self.now += timedelta(**delta)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture()
-def store(migrated_sqlite_url: str, tmp_path: Path) -> Iterator[ResourceStore]:
-    engine = make_engine(migrated_sqlite_url)
-    yield ResourceStore(engine, LocalFileKeyProvider(tmp_path / "keys"), Settings(data_dir=tmp_path))
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """A migrated database: a fresh SQLite file, or the run's PostgreSQL schema (each test its own tenant)."""
+    if backend == "sqlite":
+        return str(request.getfixturevalue("migrated_sqlite_url"))
+    url, _schema = request.getfixturevalue("postgres_schema_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return str(url)
+
+
+@pytest.fixture()
+def store(database_url: str, tmp_path: Path) -> Iterator[ResourceStore]:
+    engine = make_engine(database_url)
+    settings = Settings(data_dir=tmp_path, tenant="web-" + secrets.token_hex(4))
+    yield ResourceStore(engine, LocalFileKeyProvider(tmp_path / "keys"), settings)
     engine.dispose()
 
 
@@ -151,6 +173,13 @@ def signed_in(client: FlaskClient) -> bool:
     return client.get("/app/").status_code == 200
 
 
+def user_id_of(sessions: sessionmaker[Session], names: AccountNames, username: str) -> str:
+    with sessions() as s:
+        user_id = s.scalar(select(User.user_id).where(User.username_index == names.index(username)))
+    assert user_id
+    return user_id
+
+
 def test_sign_in_starts_a_session_and_home_shows_the_role(app: Flask) -> None:
     client = app.test_client()
     assert client.get("/app/").headers["Location"] == "/app/login"
@@ -172,7 +201,8 @@ def test_wrong_password_and_unknown_user_look_the_same(app: Flask) -> None:
         body = response.data
         for token in set(re.findall(rb'(?:value|content)="([A-Za-z0-9._-]{40,})"', body)):
             body = body.replace(token, b"TOKEN")
-        headers = {k: v for k, v in response.headers.items() if not k.startswith("X-RateLimit")}
+        # Rate-limit headers count down with the clock (Retry-After: 60, then 59 a second later).
+        headers = {k: v for k, v in response.headers.items() if not k.startswith(("X-RateLimit", "Retry-After"))}
         return response.status_code, headers, body
 
     wrong_password = attempt("doc", "not the password")
@@ -285,11 +315,12 @@ def test_the_cookie_holds_no_username_or_password(
     client = app.test_client()
     sign_in(client, "Alice.Smith@example.org")
     page_token(client)  # the home page adds the CSRF secret
-    raw = cookie_value(client) or ""
+    # The cookie's payload; the rest of the cookie is a signature, where a short needle ("p9") occurs by chance.
     decoded = decoded_cookie(app, client)
-    assert set(decoded) == {"uid", "sid", "iat", "seen", "csrf_token", "_permanent"}  # _permanent: Flask's
-    assert decoded["iat"] == int(NOW.timestamp())
-    text = raw + json.dumps(decoded) + client.get("/app/").get_data(as_text=True)
+    assert set(decoded) == {"sid", "csrf_token", "_permanent"}  # _permanent: Flask's
+    text = json.dumps(decoded)
+    assert user_id_of(sessions, names, "alice.smith@example.org") not in text  # the server knows whose it is
+    text += client.get("/app/").get_data(as_text=True)
     for needle in ("alice", "Alice", "example.org", PW, "p9"):
         assert needle not in text  # nor is the username (maybe a name) shown on the page
 
@@ -344,7 +375,7 @@ def test_init_web_refuses_a_short_secret() -> None:
         init_web(Flask(__name__), secret_key=b"short", secure_cookies=True)
 
 
-def test_session_principal_per_role(app: Flask) -> None:
+def test_session_principal_per_role(app: Flask, sessions: sessionmaker[Session], names: AccountNames) -> None:
     expected = {
         "pat": ("patient", "", "p1", "patient", "patient/*.cruds", TREAT),
         "doc": ("clinician", "Organization/h1", "", "user", "user/*.cruds", TREAT),
@@ -357,7 +388,7 @@ def test_session_principal_per_role(app: Flask) -> None:
         client.get("/probe")
         assert probes.pop() is None  # not signed in
         sign_in(client, username)
-        user_id = decoded_cookie(app, client)["uid"]
+        user_id = user_id_of(sessions, names, username)
         client.get("/probe")
         assert probes.pop() == Principal(
             actor_id=f"user:{user_id}", role=role, organization=organization, purpose=purpose,
@@ -368,7 +399,9 @@ def test_session_principal_per_role(app: Flask) -> None:
         assert probes.pop() is None  # a bearer request is never authenticated by the cookie
 
 
-def test_csrf_follows_the_cookie_not_the_path(app: Flask) -> None:
+def test_csrf_follows_the_cookie_not_the_path(
+    app: Flask, sessions: sessionmaker[Session], names: AccountNames
+) -> None:
     """Cookie-authenticated writes anywhere (here /fhir) need the token; bearer requests do not."""
     anonymous = app.test_client()
     assert anonymous.post("/fhir/Observation", json={}).status_code == 201  # no cookie: nothing to forge
@@ -380,7 +413,7 @@ def test_csrf_follows_the_cookie_not_the_path(app: Flask) -> None:
     assert browser.post("/fhir/Observation", json={}).status_code == 400
     assert browser.post("/fhir/Observation", json={}, headers={"Authorization": "Basic ZG9jOng="}).status_code == 400
     accepted = browser.post("/fhir/Observation", json={}, headers={"X-CSRFToken": token})
-    assert accepted.status_code == 201 and accepted.json == {"actor": f"user:{decoded_cookie(app, browser)['uid']}"}
+    assert accepted.status_code == 201 and accepted.json == {"actor": f"user:{user_id_of(sessions, names, 'doc')}"}
     bearer = browser.post("/fhir/Observation", json={}, headers={"Authorization": "Bearer t"})
     assert bearer.status_code == 201 and bearer.json == {"actor": None}  # the cookie lent it nothing
     assert browser.post("/auth/token", data={"grant_type": "client_credentials"}).status_code == 200
@@ -408,3 +441,157 @@ def test_csrf_follows_the_cookie_not_the_path(app: Flask) -> None:
 )
 def test_csrf_rule(method: str, path: str, bearer: bool, cookie: bool, required: bool) -> None:
     assert csrf_required(method, path, bearer=bearer, session_cookie=cookie) is required
+
+
+# -- server-side sessions: the cookie is only a handle on a record -------------------------------------------
+def session_records(sessions: sessionmaker[Session], names: AccountNames) -> list[WebSession]:
+    """This test's session records (on PostgreSQL the schema is shared with the run's other tests)."""
+    ours = [user_id_of(sessions, names, username) for username in USERS]
+    with sessions() as s:
+        return list(s.scalars(select(WebSession).where(WebSession.user_id.in_(ours)).order_by(WebSession.user_id)))
+
+
+def test_a_copied_cookie_is_refused_after_sign_out(
+    app: Flask, sessions: sessionmaker[Session], names: AccountNames
+) -> None:
+    browser = app.test_client()
+    sign_in(browser, "doc")
+    copied = cookie_value(browser)
+    assert copied and len(session_records(sessions, names)) == 1
+    browser.post("/app/logout", data={"csrf_token": page_token(browser)})
+    assert session_records(sessions, names) == []
+
+    thief = app.test_client()
+    thief.set_cookie(COOKIE, copied)
+    assert thief.get("/app/").headers["Location"] == "/app/login"
+    assert cookie_value(thief) is None  # the dead cookie is dropped
+    thief.set_cookie(COOKIE, copied)
+    app.extensions["probes"].clear()
+    thief.get("/probe")
+    assert app.extensions["probes"] == [None]
+
+
+def test_the_table_holds_only_a_hash_of_the_session_id(
+    app: Flask, sessions: sessionmaker[Session], names: AccountNames
+) -> None:
+    client = app.test_client()
+    sign_in(client, "doc")
+    session_id = decoded_cookie(app, client)["sid"]
+    assert len(session_id) >= 43  # 256 random bits, base64url
+    [record] = session_records(sessions, names)
+    assert record.id_hash == hashlib.sha256(session_id.encode()).digest()
+    assert record.user_id == user_id_of(sessions, names, "doc")
+    assert (record.issued_at, record.last_seen) == (int(NOW.timestamp()),) * 2
+    assert record.expires_at == int(NOW.timestamp()) + 30 * 60
+    stored = b"".join(str(getattr(record, c.key)).encode() for c in WebSession.__table__.columns)
+    assert session_id.encode() not in stored and session_id.encode() not in record.id_hash
+
+
+def test_timeouts_are_enforced_from_the_record(
+    app: Flask, sessions: sessionmaker[Session], names: AccountNames, clock: Clock
+) -> None:
+    client = app.test_client()
+    sign_in(client, "doc")
+    page_token(client)  # the first page adds the CSRF secret to the cookie
+    copied = cookie_value(client)
+    clock.advance(minutes=10)
+    assert signed_in(client)
+    [record] = session_records(sessions, names)
+    assert record.last_seen == int(clock.now.timestamp())  # activity is recorded server-side...
+    assert record.expires_at == record.last_seen + 30 * 60
+    assert cookie_value(client) == copied  # ...and the cookie is not re-issued for it
+    clock.advance(minutes=31)
+    other = app.test_client()
+    other.set_cookie(COOKIE, copied or "")
+    assert not signed_in(other)  # idle: refused, whoever holds the cookie
+    assert session_records(sessions, names) == []  # and the record is gone
+
+
+def test_disabling_a_user_ends_all_their_sessions(
+    app: Flask, sessions: sessionmaker[Session], names: AccountNames
+) -> None:
+    laptop, phone, colleague = app.test_client(), app.test_client(), app.test_client()
+    for client, username in ((laptop, "doc"), (phone, "doc"), (colleague, "res")):
+        sign_in(client, username)
+    with sessions.begin() as s:
+        disable_user(s, names, "doc")
+    assert not signed_in(laptop) and not signed_in(phone)
+    assert signed_in(colleague)
+    assert [r.user_id for r in session_records(sessions, names)] == [user_id_of(sessions, names, "res")]
+
+
+def test_a_new_password_ends_all_sessions_begun_before_it(
+    app: Flask, sessions: sessionmaker[Session], names: AccountNames
+) -> None:
+    from healthledger.auth import users
+
+    laptop, phone = app.test_client(), app.test_client()
+    sign_in(laptop, "doc")
+    sign_in(phone, "doc")
+    copied = cookie_value(phone)
+    with sessions.begin() as s:  # what any password change does: a new, freshly salted hash
+        user = s.get(User, user_id_of(sessions, names, "doc"))
+        assert user is not None
+        user.password_hash = users._hasher.hash("a brand new passphrase")
+    assert not signed_in(laptop) and not signed_in(phone)
+    thief = app.test_client()
+    thief.set_cookie(COOKIE, copied or "")
+    assert not signed_in(thief)
+    assert sign_in(laptop, "doc", "a brand new passphrase").status_code == 303 and signed_in(laptop)
+    assert len(session_records(sessions, names)) == 1
+
+
+def test_signing_in_again_revokes_the_browsers_previous_session(
+    app: Flask, sessions: sessionmaker[Session], names: AccountNames
+) -> None:
+    client = app.test_client()
+    sign_in(client, "doc")
+    first = cookie_value(client)
+    assert client.post("/app/login", data={"username": "doc", "password": PW,
+                                           "csrf_token": page_token(client)}).status_code == 303
+    assert len(session_records(sessions, names)) == 1
+    replay = app.test_client()
+    replay.set_cookie(COOKIE, first or "")
+    assert not signed_in(replay)
+
+
+def test_expired_records_are_pruned_at_sign_in(
+    app: Flask, sessions: sessionmaker[Session], names: AccountNames, clock: Clock
+) -> None:
+    for username in ("doc", "res", "aud"):
+        sign_in(app.test_client(), username)
+    assert len(session_records(sessions, names)) == 3
+    clock.advance(minutes=31)
+    fresh = app.test_client()
+    sign_in(fresh, "pat")
+    assert [r.issued_at for r in session_records(sessions, names)] == [int(clock.now.timestamp())]
+
+
+def test_a_copied_cookie_is_refused_on_the_fhir_api_after_sign_out(backend: str, database_url: str,
+                                                                  tmp_path: Path) -> None:
+    """The real app: a signed-in browser reads /fhir; after sign-out its copied cookie gets 401 and the login page."""
+    from fhir_api_support import api_settings, dispose
+    from fhir_api_support import build_app as build_api_app
+
+    app = build_api_app(api_settings(tmp_path / "var", "" if backend == "sqlite" else database_url))
+    try:
+        store = app.extensions["healthledger.store"]
+        with session_factory(store.engine).begin() as s:
+            create_user(s, AccountNames(store), username="dr.b", password=PW, role="clinician", now=datetime.now(UTC),
+                        organization="Organization/h1")
+        browser = app.test_client()
+        assert sign_in(browser, "dr.b").status_code == 303
+        assert browser.get("/fhir/Patient?_count=1").status_code == 200
+        copied = browser.get_cookie(COOKIE)
+        assert copied is not None
+        assert browser.post("/app/logout", data={"csrf_token": page_token(browser)}).status_code == 303
+
+        replay = app.test_client()
+        replay.set_cookie(COOKIE, copied.value)
+        refused = replay.get("/fhir/Patient?_count=1")
+        assert refused.status_code == 401
+        assert refused.get_json()["resourceType"] == "OperationOutcome"
+        replay.set_cookie(COOKIE, copied.value)
+        assert replay.get("/app/").headers["Location"] == "/app/login"
+    finally:
+        dispose(app)

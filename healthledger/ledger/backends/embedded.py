@@ -37,6 +37,7 @@ from web3.providers.eth_tester import EthereumTesterProvider
 from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
 from web3.types import RPCEndpoint, RPCResponse
 
+from healthledger.data_dir import private_dir, private_file
 from healthledger.errors import ConfigurationError
 from healthledger.ledger.evm_store import SQLiteAtomicDB
 
@@ -202,8 +203,8 @@ def open_embedded_provider(chain_dir: Path, genesis_alloc: Mapping[str, int]) ->
     keeps the head in memory, so two writers would fork the stored state. Other processes use
     `healthledger chain node` over JSON-RPC instead.
     """
-    chain_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(chain_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the provider's lifetime)
+    private_dir(chain_dir)
+    lock = open(private_file(chain_dir / LOCK_FILE), "a+")  # noqa: SIM115 (held for the provider's lifetime)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

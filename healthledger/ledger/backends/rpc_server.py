@@ -20,6 +20,7 @@ from typing import Any
 
 from web3 import Web3
 
+from fhir_adapters.validation import check_json_text_nesting
 from healthledger.ledger.backends.embedded import EmbeddedProvider
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -103,7 +104,9 @@ def make_server(rpc: EmbeddedRPC, host: str, port: int) -> ThreadingHTTPServer:
                 )
                 return
             try:
-                payload = json.loads(self.rfile.read(length))
+                raw = self.rfile.read(length)
+                check_json_text_nesting(raw)  # before the recursive parser (a MalformedJson is a ValueError)
+                payload = json.loads(raw)
             except ValueError:
                 self._reply(HTTPStatus.OK, _error(None, -32700, "parse error"))
                 return
