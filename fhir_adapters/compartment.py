@@ -176,19 +176,28 @@ def patient_compartment(resource: Mapping[str, Any]) -> str | None:
     found: dict[str, str] = {}  # patient id -> element that named it
     if resource_type == "Patient" and isinstance(own, str) and own:
         found[own] = "Patient.id"
+    contained_patients = {
+        str(item.get("id")) for _, item in _contained(resource) if item.get("resourceType") == "Patient"
+    }
     _check_patient_elements(resource, resource_type)
     for path, reference in _references(resource, resource_type):
         expression = f"{resource_type}.{path}"
         if resource_type == "Patient" and (path == "link" or path.startswith(("link[", "link."))):
             continue  # Patient.link: another record of the same person, not this record's compartment
+        if reference.startswith("#") and reference[1:] in contained_patients:
+            raise PatientReferenceError(
+                "a contained Patient cannot be the patient of a record: refer to a stored Patient",
+                expression=expression,
+            )
         patient_id = _patient_id(reference, expression)
         if patient_id is None:
             continue
         found.setdefault(patient_id, expression)
         if len(found) > 1:
             raise PatientReferenceError(
-                "the resource refers to more than one patient; a resource may be about one patient only",
-                expression=expression,
+                "the resource refers to more than one patient; a resource may be about one patient only "
+                f"(also at {expression})",
+                expression=next(iter(found.values())),
             )
     for path, item in _contained(resource):
         if item.get("resourceType") == "Patient":

@@ -27,15 +27,21 @@ def bootstrap(settings: Settings) -> None:
         # Server keys, once, before any worker forks: workers racing to create them would each sign
         # with a key of their own.
         from healthledger.auth.tokens import TokenSigner
+        from healthledger.consent.enforcement import ACCESS_LOG_KEY_CLASS
+        from healthledger.store.repository import ResourceStore
         from healthledger.web.sessions import SessionSecret
 
         TokenSigner.load_or_create(settings.keys_dir, key_provider)
         SessionSecret.load_or_create(settings.keys_dir, key_provider)
+        store = ResourceStore(engine, key_provider, settings)
+        # The key that seals break-the-glass reasons, before the first emergency needs it (made then, on
+        # SQLite, it would wait for the write lock the emergency's own write holds).
+        with engine.begin() as conn:
+            store.keyring.key_for_scope(conn, ACCESS_LOG_KEY_CLASS, b"")
         if settings.load_demo_data:
             from healthledger.demo import load_demo_data
-            from healthledger.store.repository import ResourceStore
 
-            load_demo_data(ResourceStore(engine, key_provider, settings))
+            load_demo_data(store)
     finally:
         engine.dispose()
 

@@ -298,7 +298,9 @@ class _FhirApi:
         password = _parameter(params, "password")
         with self.store.unit_of_work(principal) as uow:
             operation(uow, resource_id, password)
-            stored = uow.read("Consent", resource_id)
+            current = uow.peek("Consent", resource_id)  # decided (and recorded) by the operation itself
+            assert current is not None
+            stored = uow.present(current)
         return self._respond(self._shown(stored), 200, self._resource_headers(stored))
 
     # -- interactions --------------------------------------------------------------------------

@@ -72,6 +72,7 @@ class ConsentPolicy:
         self.policy = policy
         self.clock = clock
         self._obligations = obligations
+        self._sealing_key: bytes | None = None
 
     # -- the seam -------------------------------------------------------------------------------
     def begin(self, conn: Connection, *, defer: bool = False) -> None:
@@ -103,6 +104,13 @@ class ConsentPolicy:
             return
         self.record(conn, principal, action, resource_type, resource_id, "", _MISS)
 
+    def check_scope(self, principal: Principal, action: Action, resource_type: str, *, conn: Connection) -> None:
+        if principal.unrestricted or scope_allows(principal.scopes or (), principal.scope_context, resource_type, action):
+            return
+        outcome = Outcome(Decision.DENY, (Reason("scope", detail=f"{principal.scope_context}/{resource_type}"),))
+        self.record(conn, principal, action, resource_type, "", "", outcome)
+        raise Forbidden(f"the access token's scopes do not allow {action} on {resource_type}")
+
     def check(
         self,
         principal: Principal,
@@ -121,10 +129,7 @@ class ConsentPolicy:
                 facts = resource_facts(resource_type, resource_id, resource)
                 self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, _UNRESTRICTED)
             return resource
-        if not scope_allows(principal.scopes or (), principal.scope_context, resource_type, action):
-            outcome = Outcome(Decision.DENY, (Reason("scope", detail=f"{principal.scope_context}/{resource_type}"),))
-            self.record(conn, principal, action, resource_type, resource_id, "", outcome)
-            raise Forbidden(f"the access token's scopes do not allow {action} on {resource_type}")
+        self.check_scope(principal, action, resource_type, conn=conn)
         if type_level:
             return None  # each match is screened, and the page recorded, by the store
         facts = resource_facts(resource_type, resource_id, resource)
@@ -159,22 +164,29 @@ class ConsentPolicy:
         disclosed: Sequence[Screened],
         withheld: Sequence[Screened],
         *,
+        counted: Sequence[Screened] = (),
         conn: Connection,
     ) -> None:
-        """One entry per disclosed resource (however many of its versions were shown); one per patient whose
-        matches were withheld; one if nothing matched."""
+        """The entries of one search or history: one per patient touched, at least.
+
+        One per disclosed resource (however many of its versions were shown); one per patient whose matches
+        were withheld; one per patient whose matches were only counted in the total (not on the page) and
+        who has no other entry of this attempt; one if nothing matched.
+        """
         entries = []
         shown: set[tuple[str, str, str]] = set()
+        covered: set[str] = set()
         for s in disclosed:
             key = (s.resource_type, s.resource_id, s.patient_id)
             if key not in shown:
                 shown.add(key)
+                covered.add(s.patient_id)
                 entries.append(self._entry(conn, principal, action, s.resource_type, s.resource_id, s.patient_id, s.verdict))
-        seen: set[str] = set()
-        for s in withheld:
-            if s.patient_id not in seen:
-                seen.add(s.patient_id)
-                entries.append(self._entry(conn, principal, action, resource_type, "", s.patient_id, s.verdict))
+        for group in (withheld, counted):
+            for s in group:
+                if s.patient_id not in covered:
+                    covered.add(s.patient_id)
+                    entries.append(self._entry(conn, principal, action, resource_type, "", s.patient_id, s.verdict))
         if not entries:
             entries.append(self._entry(conn, principal, action, resource_type, "", "", _NOTHING_MATCHED))
         if principal.via != "cli":
@@ -279,6 +291,17 @@ class ConsentPolicy:
         return shown
 
     # -- the access log -------------------------------------------------------------------------------
+    def sealing_key(self) -> bytes:
+        """The key that seals break-the-glass reasons (created by `bootstrap`, or here on first use).
+
+        Made in a transaction of its own, so it outlives the operation that needed it. `bootstrap` makes it
+        before serving: on SQLite, making it here while a write holds the lock would wait for that lock.
+        """
+        if self._sealing_key is None:
+            with self.store.engine.begin() as own:
+                self._sealing_key = self.store.keyring.key_for_scope(own, ACCESS_LOG_KEY_CLASS, b"").key
+        return self._sealing_key
+
     def _entry(
         self,
         conn: Connection,
@@ -292,9 +315,7 @@ class ConsentPolicy:
         now = self.clock()
         note = b""
         if outcome.break_glass and principal.break_glass_reason:
-            # Its own transaction: the key may be created here, and must outlive a read-only operation.
-            with self.store.engine.begin() as own:
-                key = self.store.keyring.key_for_scope(own, ACCESS_LOG_KEY_CLASS, b"").key
+            key = self.sealing_key()
             aad = f"healthledger/break-glass/v1|{self.store.tenant}|{principal.actor_id}".encode()
             note = crypto.seal(key, principal.break_glass_reason.encode(), aad)
         return AccessEntry(

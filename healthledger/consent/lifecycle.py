@@ -114,8 +114,7 @@ def _unlock(session: Session, patient_ref: str, password: str) -> bytes:
 def sign_consent(uow: Any, consent_id: str, password: str, *, now: float | None = None) -> list[ConsentBinding]:
     """Sign and queue the grants of a proposed Consent with the patient's key (in `uow`'s transaction)."""
     now = time.time() if now is None else now
-    stored = uow.read("Consent", consent_id)  # the caller must be allowed to read it (consent engine)
-    uow.authorize("update", "Consent", stored.resource, consent_id)  # ... and to change it
+    stored = uow.for_operation("Consent", consent_id)  # decided once: may the caller change it?
     resource = stored.resource
     rules = _rules(resource)
     if rules.status not in ("proposed", "active"):
@@ -165,8 +164,7 @@ def sign_consent(uow: Any, consent_id: str, password: str, *, now: float | None 
 def revoke_consent(uow: Any, consent_id: str, password: str, *, now: float | None = None) -> list[ConsentBinding]:
     """Mark the Consent inactive now and sign and queue the revocation of each of its grants."""
     now = time.time() if now is None else now
-    stored = uow.read("Consent", consent_id)
-    uow.authorize("update", "Consent", stored.resource, consent_id)
+    stored = uow.for_operation("Consent", consent_id)
     rules = _rules(stored.resource)
     conn: Connection = uow.conn
     session = _session(conn)
@@ -197,7 +195,7 @@ def revoke_consent(uow: Any, consent_id: str, password: str, *, now: float | Non
     if rules.status != "inactive":
         updated = dict(stored.resource)
         updated["status"] = "inactive"
-        uow.update("Consent", consent_id, updated)
+        uow.update("Consent", consent_id, updated, already_decided=True)
     bump_generation(conn)
     return rows
 

@@ -56,6 +56,7 @@ class AccessPolicy(Protocol):
 
     Per operation the store calls, in order:
     - `begin(conn, defer=...)` once, at the start (a policy reads its freshness state here);
+    - `check_scope(...)` before it looks at anything (scopes first: a refusal says nothing of any resource);
     - `check(...)` for each single-resource decision: returns the resource to hand back (possibly
       transformed by an obligation, e.g. de-identified) or raises Forbidden (a write, or scopes) or
       NotFound (a read whose resource must look missing). `resource` is the decrypted resource when there
@@ -63,7 +64,7 @@ class AccessPolicy(Protocol):
     - `record_miss(...)` for an attempt on something that is not there (missing, deleted, erased);
     - for searches and histories, when `filters_search_results`: `screen(...)` about every match, without
       recording (withheld matches are left out of pages and totals as if they did not exist), then
-      `record_results(...)` once with what was disclosed and withheld;
+      `record_results(...)` once with what was disclosed, withheld, and counted in the total but not shown;
     - `rescue(conn)` when the operation fails (or, with `defer`, when it ends): the entries recorded so
       far, which the store then keeps with `keep(conn, entries)` in a transaction of their own.
     """
@@ -76,6 +77,11 @@ class AccessPolicy(Protocol):
     def rescue(self, conn: Connection) -> list[Any]: ...
 
     def keep(self, conn: Connection, entries: list[Any]) -> None: ...
+
+    def check_scope(self, principal: Principal, action: Action, resource_type: str, *, conn: Connection) -> None:
+        """Raises Forbidden (and records the refusal) when the caller's scopes do not allow `action` on the
+        type at all; otherwise nothing. The store asks this first, before it looks at any resource."""
+        ...
 
     def check(
         self,
@@ -106,6 +112,7 @@ class AccessPolicy(Protocol):
         disclosed: Sequence[Screened],
         withheld: Sequence[Screened],
         *,
+        counted: Sequence[Screened] = (),
         conn: Connection,
     ) -> None: ...
 
@@ -131,6 +138,9 @@ class DevelopmentPolicy:
 
     def keep(self, conn: Connection, entries: list[Any]) -> None:
         return None
+
+    def check_scope(self, principal: Principal, action: Action, resource_type: str, *, conn: Connection) -> None:
+        return None  # no scopes here: `check` decides
 
     def check(
         self,
@@ -166,6 +176,7 @@ class DevelopmentPolicy:
         disclosed: Sequence[Screened],
         withheld: Sequence[Screened],
         *,
+        counted: Sequence[Screened] = (),
         conn: Connection,
     ) -> None:
         return None

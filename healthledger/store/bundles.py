@@ -24,7 +24,7 @@ from healthledger.errors import (
     NotSupported,
     PreconditionFailed,
 )
-from healthledger.store.access import Principal
+from healthledger.store.access import Action, Principal
 from healthledger.store.repository import (
     StoredResource,
     UnitOfWork,
@@ -154,6 +154,7 @@ class _Executor:
             return _response_entry(200, uow.read(target.resource_type, target.id))
         if method == "DELETE":
             if target.params is not None:
+                uow.check_scope("delete", target.resource_type)  # scopes before the conditional search
                 match = _single_match(uow, target, "delete")
                 if match is not None:
                     uow.delete(target.resource_type, match.id)
@@ -168,8 +169,11 @@ class _Executor:
             if target.id is not None or target.params is not None:
                 raise NotSupported("POST to an instance or with parameters (operations) is not supported")
             if entry.index in assigned and assigned[entry.index].startswith("existing:"):
-                existing_id = assigned[entry.index].removeprefix("existing:")
-                return _response_entry(200, uow.read(target.resource_type, existing_id))
+                # The conditional create's match, decided and recorded by its probe (UnitOfWork.conditional_matches).
+                existing = uow.peek(target.resource_type, assigned[entry.index].removeprefix("existing:"))
+                if existing is None:
+                    raise PreconditionFailed("the resource the conditional create matched is gone")
+                return _response_entry(200, uow.present(existing))
             if_none_exist = None
             if entry.if_none_exist and entry.index not in assigned:
                 if_none_exist = parse_qsl(entry.if_none_exist.lstrip("?"), keep_blank_values=True)
@@ -180,6 +184,7 @@ class _Executor:
         if method == "PUT":
             if_match = parse_etag(getattr(entry, "if_match", None))
             if target.params is not None:
+                uow.check_scope("update", target.resource_type)  # scopes before the conditional search
                 resource_id = assigned.get(entry.index)
                 if resource_id is None:
                     match = _single_match(uow, target, "update")
@@ -225,6 +230,16 @@ def _batch(store: ResourceStore, plan: Any, principal: Principal | None) -> dict
     }
 
 
+def _interaction(entry: Any) -> Action:
+    """The interaction an entry asks for, in the access vocabulary (scopes are checked on it)."""
+    method = entry.method.upper()
+    if method in ("GET", "HEAD"):
+        if entry.conditional is not None or entry.id is None:
+            return "search"
+        return "vread" if entry.version_id else "read"
+    return {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(method, "update")  # type: ignore[return-value]
+
+
 def _type_of(entry: Any) -> str | None:
     return getattr(entry, "resource_type", None)
 
@@ -232,6 +247,13 @@ def _type_of(entry: Any) -> str | None:
 def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -> dict[str, Any]:
     responses: dict[int, dict[str, Any]] = {}
     with store.unit_of_work(principal) as uow:
+        # 0. Scopes first: an entry the caller's scopes refuse fails the transaction before anything of it
+        # (conditional searches, references) is looked at.
+        for entry in plan.entries:
+            try:
+                uow.check_scope(_interaction(entry), entry.resource_type)
+            except (HealthLedgerError, FhirInputError) as exc:
+                raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         assigned: dict[int, str] = {}
         mapping: dict[str, str] = {}
         touched: dict[tuple[str, str], int] = {}

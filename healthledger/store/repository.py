@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -405,6 +405,39 @@ class UnitOfWork:
             self.principal, action, resource_type, resource, resource_id=resource_id, conn=self.conn
         )
 
+    def check_scope(self, action: Action, resource_type: str) -> None:
+        """Scopes first: 403 (recorded) if the caller may not do `action` on this type at all."""
+        self.store.policy.check_scope(self.principal, action, resource_type, conn=self.conn)
+
+    def present(self, stored: StoredResource) -> StoredResource:
+        """`stored` as the caller may be shown it (obligations applied), deciding nothing and recording nothing:
+        for a resource an operation has already decided and recorded (see `for_operation`)."""
+        if stored.resource is None:
+            return stored
+        shown = self.store.policy.screen(self.principal, "read", stored.resource_type, stored.resource, conn=self.conn)
+        return _replace_resource(stored, shown.resource)
+
+    def for_operation(self, resource_type: str, resource_id: str) -> StoredResource:
+        """The current version of a resource an operation changes ($sign, $revoke), decided once as an update.
+
+        One decision, one entry: a caller who may not even read it gets the same 404 as for a missing one; one
+        who may read but not change it, 403.
+        """
+        check_id(resource_id)
+        self.check_scope("update", resource_type)
+        row = self._current_row(resource_type, resource_id, for_update=True)
+        if row is None or row.deleted or row.erased:
+            raise self._not_found("update", resource_type, resource_id)
+        stored = self._to_stored(row)
+        assert stored.resource is not None
+        if not self.principal.unrestricted:
+            visible = self.store.policy.screen(self.principal, "read", resource_type, stored.resource, conn=self.conn)
+            if visible.resource is None:
+                self.store.policy.record_results(self.principal, "update", resource_type, [], [visible], conn=self.conn)
+                raise not_known(resource_type, resource_id)
+        self.authorize("update", resource_type, stored.resource, resource_id)
+        return stored
+
     @property
     def _screens(self) -> bool:
         """Whether the policy decides searches and histories per resource."""
@@ -597,15 +630,19 @@ class UnitOfWork:
         do not exist for it, so no visible match creates, one returns it unchanged (created False), several
         fail with 412. Each match the probe touched is recorded for its patient.
         """
+        declared = resource.get("resourceType") if isinstance(resource, dict) else None
+        if isinstance(declared, str) and fhir_validation.is_resource_type(declared):
+            self.check_scope("create", declared)  # scopes first, before anything about the body
         if not validated:  # `validated`: already the output of parse_resource (e.g. from plan_bundle)
             resource = self._validated(resource, None)
         resource_type = resource["resourceType"]
+        self.check_scope("create", resource_type)
         self._compartment_of(resource)  # whose record it is must be clear before anyone decides on it
-        self.authorize("create", resource_type, resource)
         if if_none_exist:
             matches = self.conditional_matches(resource_type, if_none_exist, "create")
             if matches:
-                return matches[0], False
+                return matches[0], False  # FHIR: the match is the answer; nothing is created or decided
+        self.authorize("create", resource_type, resource)
         new_id = resource_id or self.store.new_id()
         version, stamped = self.prepare_version(resource_type, new_id, 1, resource)
         self.write_versions([version])
@@ -643,14 +680,19 @@ class UnitOfWork:
         *,
         if_match: int | None = None,
         validated: bool = False,
+        already_decided: bool = False,
     ) -> tuple[StoredResource, bool]:
         """FHIR update (R4 3.1.0.4); update of an unknown id creates it (update-as-create).
+
+        `already_decided`: an operation has decided and recorded this change of the current version itself
+        (`for_operation`); the store neither decides nor records it again.
 
         Writing over an id changes the record of the patient whose resource it last held, even when that
         version was since deleted: moving it to another patient (or out of every compartment) needs the
         writer to be allowed to update that last live version too.
         """
         check_id(resource_id)
+        self.check_scope("update", resource_type)
         body_id = resource.get("id") if isinstance(resource, dict) else None
         if body_id is not None and body_id != resource_id:
             raise InvalidResource("the resource id does not match the id in the URL", expression=f"{resource_type}.id")
@@ -662,14 +704,19 @@ class UnitOfWork:
             if not self.principal.unrestricted:
                 # An erased resource looks missing, but its id cannot be taken over: refused like any
                 # existing resource the caller may not write (recorded).
-                self.authorize("update", resource_type, None, resource_id)
+                self.store.policy.record_miss(self.principal, "update", resource_type, resource_id, conn=self.conn)
                 raise Forbidden(f"update on {resource_type} is not permitted for this caller")
             raise Gone(f"{resource_type}/{resource_id} was erased")
-        if current is not None and self._screens:
-            previous = self._last_live(current)
-            if previous is not None and previous.resource is not None and not _same_patient(previous.resource, patient):
-                self.authorize("update", resource_type, previous.resource, resource_id)
-        self.authorize("update" if current is not None else "create", resource_type, resource, resource_id)
+        if already_decided:
+            before = self._to_stored(current) if current is not None else None
+            if before is None or before.resource is None or not _same_patient(before.resource, patient):
+                raise ValueError("only a change of a live resource within its compartment can be decided beforehand")
+        else:
+            if current is not None and self._screens:
+                previous = self._last_live(current)
+                if previous is not None and previous.resource is not None and not _same_patient(previous.resource, patient):
+                    self.authorize("update", resource_type, previous.resource, resource_id)
+            self.authorize("update" if current is not None else "create", resource_type, resource, resource_id)
         if if_match is not None and (current is None or current.version_id != if_match):
             raise PreconditionFailed("version mismatch: the resource was changed by someone else (If-Match)")
         next_version = 1 if current is None else current.version_id + 1
@@ -698,9 +745,9 @@ class UnitOfWork:
         it exists may itself be what a consent withholds.
         """
         check_id(resource_id)
+        self.check_scope("delete", resource_type)
         current = self._current_row(resource_type, resource_id, for_update=True)
         if current is None or current.deleted or current.erased:
-            self.authorize("delete", resource_type, None, resource_id)  # scopes only
             if not self.principal.unrestricted:
                 raise self._not_found("delete", resource_type, resource_id)
             self.store.policy.record_miss(self.principal, "delete", resource_type, resource_id, conn=self.conn)
@@ -716,6 +763,7 @@ class UnitOfWork:
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
         check_id(resource_id)
+        self.check_scope("read", resource_type)
         row = self._current_row(resource_type, resource_id)
         if row is None:
             raise self._not_found("read", resource_type, resource_id)
@@ -729,6 +777,7 @@ class UnitOfWork:
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         """One version, decided on its own content (a resource may have moved between patients)."""
         check_id(resource_id)
+        self.check_scope("vread", resource_type)
         row = self.conn.execute(
             _SELECT_VERSION,
             {"tenant": self.tenant, "resource_type": resource_type, "resource_id": resource_id, "version_id": version_id},
@@ -791,9 +840,13 @@ class UnitOfWork:
                 self.store.policy.record_results(self.principal, "history", resource_type, [], withheld, conn=self.conn)
                 raise not_known(resource_type, resource_id)
             total = len(shown)
-            items = [stored for stored, _ in shown[offset : offset + count]]
-            disclosed = [s for _, s in shown[offset : offset + count] if s is not None]
-            self.store.policy.record_results(self.principal, "history", resource_type, disclosed, withheld, conn=self.conn)
+            page = shown[offset : offset + count]
+            items = [stored for stored, _ in page]
+            disclosed = [s for _, s in page if s is not None]
+            counted = [s for _, s in shown[:offset] + shown[offset + count :] if s is not None]
+            self.store.policy.record_results(
+                self.principal, "history", resource_type, disclosed, withheld, counted=counted, conn=self.conn
+            )
         else:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(res_t).where(*where)).scalar_one()
             rows = self.conn.execute(ordered.limit(count).offset(offset)).all()
@@ -823,20 +876,25 @@ class UnitOfWork:
             screened = policy.screen(self.principal, "history", resource_type, stored.resource, conn=self.conn)
             buried = pending_deletions.pop(row.resource_id, [])
             if screened.resource is None:
-                if len(withheld) < 1000:
+                if len(withheld) < _Tally.MAX_PATIENTS and all(w.patient_id != screened.patient_id for w in withheld[-50:]):
                     withheld.append(screened)
                 continue
-            shown.extend((deletion, None) for deletion in buried)  # a deletion of a version it may see
-            shown.append((_replace_resource(stored, screened.resource), screened))
+            version = _replace_resource(stored, screened.resource)
+            # A deletion of a version it may see, named as that version is shown to it (a pseudonym, maybe).
+            shown.extend((replace(deletion, id=version.id), None) for deletion in buried)
+            shown.append((version, screened))
         return shown, withheld, stored_any
 
     def _record_unscreened(self, action: Action, resource_type: str, items: Sequence[StoredResource]) -> None:
         """Record what an unrestricted caller was shown (one entry per resource, for its patient's log)."""
         policy = self.store.policy
         shown = [
-            policy.screen(self.principal, action, resource_type, item.resource, conn=self.conn)
+            policy.screen(
+                self.principal, action, resource_type,
+                item.resource if item.resource is not None else {"resourceType": resource_type, "id": item.id},
+                conn=self.conn,
+            )
             for item in items
-            if item.resource is not None
         ]
         policy.record_results(self.principal, action, resource_type, shown, [], conn=self.conn)
 
@@ -881,8 +939,7 @@ class UnitOfWork:
         else:
             policy = self.store.policy
             matched: list[StoredResource] = []
-            disclosed: list[Any] = []
-            withheld: list[Any] = []
+            tally = _Tally()
             total = 0
             for row in self.conn.execute(stmt.execution_options(yield_per=_SCAN_BATCH)):
                 stored = self._to_stored(row)
@@ -895,18 +952,22 @@ class UnitOfWork:
                 if screen:
                     screened = policy.screen(self.principal, "search", resource_type, stored.resource, conn=self.conn)
                     if screened.resource is None:
-                        if len(withheld) < 1000:
-                            withheld.append(screened)
+                        tally.withhold(screened)
                         continue
                     stored = _replace_resource(stored, screened.resource)
                 if offset <= total < offset + count:
                     matched.append(stored)
                     if screen:
-                        disclosed.append(screened)
+                        tally.disclosed.append(screened)
+                elif screen:
+                    tally.count(screened)  # in the total, so its existence is disclosed too
                 total += 1
             items = matched
             if screen:
-                policy.record_results(self.principal, "search", resource_type, disclosed, withheld, conn=self.conn)
+                policy.record_results(
+                    self.principal, "search", resource_type, tally.disclosed, tally.withheld(),
+                    counted=tally.counted(), conn=self.conn,
+                )
         next_offset = offset + count if offset + count < total else None
         return SearchPage(items, total, next_offset)
 
@@ -943,12 +1004,43 @@ def _same_patient(stored: dict[str, Any], patient_id: str | None) -> bool:
         return False
 
 
+class _Tally:
+    """What one search or history did to whom: disclosed matches, and per patient one withheld / counted match."""
+
+    MAX_PATIENTS = 10_000  # per attempt; beyond it a search has touched most of the hospital anyway
+
+    def __init__(self) -> None:
+        self.disclosed: list[Screened] = []
+        self._withheld: dict[str, Screened] = {}
+        self._counted: dict[str, Screened] = {}
+
+    def withhold(self, screened: Screened) -> None:
+        if screened.patient_id not in self._withheld and len(self._withheld) < self.MAX_PATIENTS:
+            self._withheld[screened.patient_id] = screened
+
+    def count(self, screened: Screened) -> None:
+        if screened.patient_id not in self._counted and len(self._counted) < self.MAX_PATIENTS:
+            self._counted[screened.patient_id] = screened
+
+    def withheld(self) -> list[Screened]:
+        return list(self._withheld.values())
+
+    def counted(self) -> list[Screened]:
+        return list(self._counted.values())
+
+
 def _replace_resource(stored: StoredResource, resource: dict[str, Any] | None) -> StoredResource:
-    """`stored` carrying the resource the policy handed back (e.g. redacted), if it changed."""
+    """`stored` carrying the resource the policy handed back (e.g. redacted, de-identified), if it changed.
+
+    A de-identified resource carries a pseudonymous id: the StoredResource takes it too, so no URL built
+    from it (fullUrl, history, batch responses) puts the real id beside the pseudonym.
+    """
     if resource is stored.resource:
         return stored
+    shown_id = resource.get("id") if resource is not None else None
     return StoredResource(
-        stored.resource_type, stored.id, stored.version_id, stored.last_updated, stored.deleted, resource
+        stored.resource_type, shown_id if isinstance(shown_id, str) and shown_id else stored.id,
+        stored.version_id, stored.last_updated, stored.deleted, resource,
     )
 
 

@@ -158,7 +158,7 @@ def test_a_deleted_resource_of_one_patient_cannot_be_taken_over_for_another(worl
       "subject": {"reference": "#p"}}, "Observation.subject"),
     ({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
       "subject": {"reference": "Patient/{ann}"}, "performer": [{"reference": "Patient/{bob}"}]},
-     "Observation.performer[0]"),
+     "Observation.subject"),
 ])
 def test_unresolvable_patient_references_are_refused_naming_the_element(
     world: World, resource: dict[str, Any], element: str
@@ -267,3 +267,88 @@ def test_refused_requests_are_attempts_too(world: World) -> None:
     size = world.log_size()
     assert get(world, "clinic", f"Observation/{obs}").status_code == 404
     assert len(world.log_since(size)) == 1
+
+
+# -- Found by the property test (tests/security) -----------------------------------------------------------------
+def test_scopes_are_checked_before_existence(world: World) -> None:
+    existing = get(world, "narrow", f"Observation/{world.observations['ann']}")
+    missing = get(world, "narrow", "Observation/no-such-id")
+    assert existing.status_code == missing.status_code == 403
+    assert existing.data == missing.data
+    for suffix in ("/_history/1", "/_history"):
+        assert get(world, "narrow", f"Observation/no-such-id{suffix}").status_code == 403
+    # A conditional delete needs the delete scope before it searches anything.
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": "Observation?code=http://loinc.org|4548-4"}}]}
+    entry = orjson.loads(post(world, "research", "", bundle).data)["entry"][0]
+    assert entry["response"]["status"] == "403"
+    # In a transaction, an entry the scopes refuse fails it before any conditional reference is resolved.
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": f"Patient?identifier={MRN_SYSTEM}|MRN-nobody"}},
+         "request": {"method": "POST", "url": "Observation"}}]}
+    assert post(world, "narrow", "", transaction).status_code == 403
+
+
+def test_an_operation_on_a_consent_is_one_entry(world: World) -> None:
+    from consent_world import password_parameters, permit_consent
+
+    carl = world.patient_session("carl")
+    made = carl.post("Consent", permit_consent(world.patients["carl"], "Organization/university"))
+    assert made.status_code == 201
+    cid = orjson.loads(made.data)["id"]
+    size = world.log_size()
+    signed = carl.post(f"Consent/{cid}/$sign", password_parameters())
+    assert signed.status_code == 200, signed.get_data(as_text=True)
+    entries = world.log_since(size)
+    assert [(e.action, e.decision, e.resource_id) for e in entries] == [("update", "permit", cid)]
+    # Another patient gets the same 404 as for a Consent that does not exist, and one entry.
+    bob = world.patient_session("bob")
+    size = world.log_size()
+    denied = bob.post(f"Consent/{cid}/$sign", password_parameters())
+    missing = bob.post("Consent/no-such-id/$sign", password_parameters())
+    assert denied.status_code == missing.status_code == 404
+    assert body_without(denied, cid) == body_without(missing, "no-such-id")
+    assert len(world.log_since(size)) == 2
+
+
+def test_a_count_is_a_disclosure_too(world: World) -> None:
+    ann = world.patients["ann"]
+    size = world.log_size()
+    count = orjson.loads(get(world, "ehr", f"Observation?patient=Patient/{ann}&_summary=count").data)
+    assert count["total"] >= 1 and "entry" not in count
+    entries = world.log_since(size)
+    assert [(e.decision, e.patient_pseudonym) for e in entries] == [("permit", pseudonym(world, "ann"))]
+
+
+def test_researchers_see_no_real_id_beside_a_pseudonym(world: World) -> None:
+    from consent_world import password_parameters, permit_consent
+
+    dora = world.add_patient("erin", CLINIC)
+    erin = world.patient_session("erin")
+    made = erin.post("Consent", permit_consent(dora, "Organization/university"))
+    cid = orjson.loads(made.data)["id"]
+    assert erin.post(f"Consent/{cid}/$sign", password_parameters()).status_code == 200
+    world.sync()
+    obs = world.observations["erin"]
+    for path in (f"Observation?patient=Patient/{dora}", f"Observation/{obs}/_history", "Observation/_history"):
+        resp = get(world, "research", path)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        body = orjson.loads(resp.data)
+        shown = [e for e in body.get("entry", []) if e.get("resource", {}).get("meta")]
+        assert shown, path
+        text = orjson.dumps(body.get("entry", [])).decode()
+        assert obs not in text and dora not in text, path  # the query itself may name them: not the entries
+
+
+def test_the_break_the_glass_key_exists_before_the_first_emergency(world: World) -> None:
+    from sqlalchemy import select
+
+    from healthledger.consent.enforcement import ACCESS_LOG_KEY_CLASS
+    from healthledger.store.models import data_keys_table as keys_table
+
+    store = world.app.extensions["healthledger.store"]
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(keys_table.c.key_id).where(
+            keys_table.c.tenant == store.tenant, keys_table.c.key_class == ACCESS_LOG_KEY_CLASS)).all()
+    assert len(rows) == 1
