@@ -39,6 +39,7 @@ system-deps:                       ## Debian packages the tests use (chromium fo
 lint: dev-install
 	$(BIN)/ruff check healthledger zk fhir_adapters tests benchmarks
 	$(BIN)/mypy --strict zk fhir_adapters
+	$(BIN)/mypy healthledger
 
 bench: dev-install node-tools
 	$(BIN)/python benchmarks/run_all.py

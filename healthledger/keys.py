@@ -62,7 +62,7 @@ class LocalFileKeyProvider:
             except (OSError, ValueError) as exc:
                 raise ConfigurationError(f"key file {self._path} is unreadable") from exc
         kek_id = _new_kek_id()
-        state = {"active": kek_id, "keys": {kek_id: crypto.new_key().hex()}}
+        state: dict[str, object] = {"active": kek_id, "keys": {kek_id: crypto.new_key().hex()}}
         self._write(state)
         return state
 

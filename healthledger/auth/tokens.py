@@ -23,14 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet
+from joserfc.jwk import ECKey, KeySet, KeySetSerialization
 from joserfc.jwt import JWTClaimsRegistry
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
@@ -131,7 +131,7 @@ class TokenSigner:
         return True
 
     def public_jwks(self) -> dict[str, Any]:
-        return KeySet([self.key]).as_dict(private=False)
+        return dict(KeySet([self.key]).as_dict(private=False))
 
 
 def _write_wrapped(path: Path, wrapped: WrappedKey) -> None:
@@ -286,7 +286,7 @@ class TokenService:
     def _verify_assertion(self, client: ApiClient, assertion: str) -> dict[str, Any]:
         def keys(refresh: bool) -> KeySet:
             data = self._jwks.get(client.jwks_url, refresh=refresh) if client.jwks_url else json.loads(client.jwks or "{}")
-            return KeySet.import_key_set(data)
+            return KeySet.import_key_set(cast(KeySetSerialization, data))
 
         for refresh in (False, True) if client.jwks_url else (False,):
             try:
@@ -401,7 +401,7 @@ def register_client(
     parse_scopes(scopes)  # raises InvalidScope on a malformed scope
     if jwks is not None:
         try:
-            keyset = KeySet.import_key_set(jwks)
+            keyset = KeySet.import_key_set(cast(KeySetSerialization, jwks))
         except (JoseError, ValueError, TypeError, KeyError) as exc:
             raise ValueError("the JWKS could not be read as a JSON Web Key Set") from exc
         if any(k.is_private for k in keyset.keys):
