@@ -18,6 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("consent_decision", []),
+    ("denied_vs_missing", []),
     ("gas", []),
     ("zk_verify", []),
     ("zk_prove", ["--anvil"]),
