@@ -38,7 +38,11 @@ CLINICAL_KINDS = (
 CONSENT_CLASSES = ((), ("Observation",), ("Condition", "Encounter"), ("Patient",), ("Observation", "Task", "Group"),
                    ("Consent",))
 GOOD_FORMS = ("literal", "absolute")
-REFUSED_FORMS = ("identifier", "display", "contained", "wrong-case", "whitespace", "conditional", "two-patients")
+# Forms a write may be refused for (identifier-only and display-only only at subject elements, or when typed
+# Patient; the model decides which): `unreferenced-contained` is a literal reference beside a contained
+# Patient nothing refers to.
+REFUSED_FORMS = ("identifier", "display", "typed-identifier", "contained", "unreferenced-contained", "wrong-case",
+                 "whitespace", "conditional", "two-patients")
 
 
 def now_instant() -> str:
@@ -130,6 +134,7 @@ def patient_reference(form: str, pid: str, mrn: str) -> dict[str, Any]:
         "literal": {"reference": f"Patient/{pid}"},
         "absolute": {"reference": f"{BASE}/Patient/{pid}"},
         "identifier": {"identifier": {"system": MRN_SYSTEM, "value": mrn}},
+        "typed-identifier": {"type": "Patient", "identifier": {"system": MRN_SYSTEM, "value": mrn}},
         "display": {"display": "Leaktest Patient"},
         "contained": {"reference": "#p"},
         "wrong-case": {"reference": f"patient/{pid}"},
@@ -188,8 +193,9 @@ def with_form(kind: tuple[str, str], form: str, pid: str, other: str, mrn: str, 
             body = clinical_resource(("Observation", "subject"), {"reference": f"Patient/{pid}"}, code, practitioner)
             body["performer"] = [second]
         return body
-    body = clinical_resource(kind, patient_reference(form, pid, mrn), code, practitioner)
-    if form == "contained":
+    body = clinical_resource(kind, patient_reference("literal" if form == "unreferenced-contained" else form, pid, mrn),
+                             code, practitioner)
+    if form in ("contained", "unreferenced-contained"):
         body["contained"] = [{"resourceType": "Patient", "id": "p", "identifier": [
             {"system": MRN_SYSTEM, "value": mrn}]}]
     return body

@@ -5,12 +5,25 @@ imports nothing of `healthledger` or `fhir_adapters`, so a mistake there cannot 
 functions over a few dicts; `test_leak_properties.py` holds the real HTTP API to it.
 
 The rules, in the order they are applied:
-1. Scopes first: a token whose SMART scopes do not allow the interaction on the type -> 403.
-2. A resource's patient is the Patient compartment: a Patient is its own; any other resource is in the
-   compartment of every `Patient/{id}` its references name (literal or absolute URL). A write whose
-   patient element is ambiguous (identifier-only, display-only, contained, malformed, conditional, or two
-   different patients) -> 400 naming the element. No patient: the scopes decide reads; writes need a
-   writer role, and patients never write outside their own compartment.
+1. Scopes first, everywhere: a token whose SMART scopes do not allow the interaction on the type -> 403,
+   before any existence check, any validation of the references in a body and any conditional search. A
+   batch checks each entry first; a transaction checks every entry's interaction before processing any
+   (the first the scopes refuse makes the whole transaction 403).
+2. A resource's patient is the Patient compartment: a Patient is its own (its links do not move it); any
+   other resource is in the compartment of every `Patient/{id}` its literal references name, relative or
+   absolute, at any depth (contained resources included). A write is refused with 400 naming the element:
+   - at a subject element (subject, patient, beneficiary, individual, member.entity, for, link.target,
+     target, candidate...): an identifier-only, display-only or contained (`#x`) reference unless its
+     `type` names a non-Patient type, a `urn:uuid:` outside a transaction, a bare id. A Group, Device,
+     Location... there is no patient: allowed, no compartment;
+   - at a participant element (performer, author, recorder, asserter, requester, actor, source...): an
+     identifier-only or display-only reference only if its `type` says Patient (a practitioner known by
+     NPI is fine);
+   - anywhere: a malformed patient reference (`patient/1`, ` Patient/1`), a conditional `Patient?...`
+     outside a transaction, a contained Patient (naming the element that refers to it, else
+     `X.contained[i]`), and two different patients (naming the element of the first, in document order).
+   No patient: the scopes decide reads; writes need a writer role, and patients never write outside
+   their own compartment.
 3. A patient reads all of their own data and writes only their own Consents; nothing of anyone else.
 4. A clinician breaking the glass (ETREAT with a reason) is permitted, flagged; ETREAT from another role
    is denied.
@@ -18,20 +31,32 @@ The rules, in the order they are applied:
    caller's organisation -> permitted. Else the patient's care organisation (managingOrganization,
    generalPractitioner), role clinician or system, purpose TREAT -> permitted. Else denied.
 6. Denied reads look like missing ones; searches and histories leave denied versions out of pages and
-   totals; every version is decided on its own; deletions are shown to the service only.
-7. Conditional create/update/delete see only the caller's visible matches.
-8. AuditEvents: a patient sees their own entries only; auditors and the service see all; any other
-   client sees none.
-9. The access log: one entry per instance interaction; a search or type history has one per disclosed
-   (returned or counted) resource version plus one per patient whose matches were withheld, or one if
-   nothing matched at all.
+   totals; every version is decided on its own. In an instance history a deletion is shown exactly when
+   the version it deleted is; a type history shows restricted callers no deletions; the service sees all.
+   Writing over an id whose last live version is another patient's is an update of that version too.
+   Deletes: a restricted caller's delete of a missing, deleted or withheld resource, or one it may not
+   delete, is the 404 of a missing read (recorded as a deny); the service's delete of a missing one is 204.
+7. Conditional create/update/delete and conditional references search as the caller (its matches only;
+   no search scope finds nothing). Create: scopes, then the probe: one visible match -> 200 with it (no
+   create decided), several -> 412, none -> the create, decided like any.
+8. AuditEvents: a patient sees their own entries; the service and clients registered for AuditEvent by
+   name see all; an auditor those of the patients its organisation cares for (none without one); anyone
+   else none. A CDS Hooks consult from a caller with no relationship with the patient (care organisation,
+   or named by an active Consent) answers as for an unknown patient unless the answer is PERMIT.
+9. The access log: every attempt leaves one entry per patient whose data it touched, exactly one when it
+   touched none (`Touch`). read/vread/$sign/create: 1; an update across two patients: 2, each decided on
+   its own; a history or search: one per (resource, patient) disclosed on the page (a resource's versions
+   count once per patient), one per patient withheld, one per patient counted in the total but not on the
+   page and not covered otherwise; exactly one if nothing matched. A conditional probe is logged like a
+   search (its page is the server's choice), besides the interaction's own entries.
 
-Where the policy is silent, the stricter reading:
-- a deletion in a history is shown to the service only (deleted resources look missing to everyone else);
-- a resource counted in a total (`_summary=count`, or past the page) is disclosed: it gets its log entry;
-- reusing the id of a deleted resource takes over its history: it is a write on the deleted content too;
+Where the policy is silent or leaves a choice, the reading taken (the stricter one where it matters):
 - `$sign` is an update of the Consent (seen first, then decided like any write);
-- a delete of nothing live is a no-op, 204 to anyone whose scopes allow delete (as for a missing id);
+- a type history's resource whose shown versions are two patients' data has an entry for each (every
+  patient touched has one), and a deletion is its deleted version's patient's data;
+- a conditional delete that finds nothing the caller may see is a 204 that decides nothing (only the
+  probe is logged), as is a conditional create that returns its match and a 412;
+- a hidden deletion in a type history is not a withheld match (it is never shown to anyone restricted);
 - a consult from a caller with no standing with the patient answers as for an unknown patient, whatever
   actor it names; de-identified answers carry no real id of the resource or of its patient.
 """
@@ -51,22 +76,15 @@ WRITE_ACTIONS = frozenset({"create", "update", "delete"})
 PERMISSION = {"create": "c", "read": "r", "vread": "r", "history": "r", "update": "u", "delete": "d", "search": "s"}
 PATIENT_WRITABLE_TYPES = frozenset({"Consent"})
 
-# Where each type names the patient it is about: the R4 Patient CompartmentDefinition's parameters
-# (http://hl7.org/fhir/R4/compartmentdefinition-patient.html) as element paths, and Task.for.
-PATIENT_ELEMENTS: dict[str, tuple[str, ...]] = {
-    "AllergyIntolerance": ("patient", "recorder", "asserter"),
-    "Condition": ("subject", "asserter"),
-    "Consent": ("patient",),
-    "DiagnosticReport": ("subject",),
-    "Encounter": ("subject",),
-    "Group": ("member.entity",),
-    "Immunization": ("patient",),
-    "MedicationRequest": ("subject",),
-    "Observation": ("subject", "performer"),
-    "Procedure": ("subject", "performer.actor"),
-    "Provenance": ("target",),
-    "Task": ("for",),
-}
+# Where a reference says whom the record is about (subject elements) or who took part (participant
+# elements): the last element name, or the last two. The lists are the policy's; unlisted elements are
+# neither (identifier-only references there are refused only when their `type` says Patient).
+SUBJECT_ELEMENTS = frozenset({"subject", "patient", "beneficiary", "individual", "member.entity", "for",
+                              "link.target", "target", "candidate"})
+PARTICIPANT_ELEMENTS = frozenset({"performer", "author", "recorder", "asserter", "sender", "recipient", "requester",
+                                  "attester", "participant", "actor", "source", "payee", "receiver", "subscriber",
+                                  "policyHolder", "payor", "deliverTo"})
+_REFERENCE_KEYS = frozenset({"reference", "type", "identifier", "display", "id", "extension"})
 # The search parameters the tests use: (type, name) -> (kind, element path), from the R4 SearchParameter
 # expressions of the parameters fhir_adapters/search.py supports.
 SEARCH_PARAMETERS: dict[tuple[str, str], tuple[str, str]] = {
@@ -151,7 +169,7 @@ def values_at(node: Any, path: str) -> Iterator[Any]:
 
 
 def references(node: Any) -> Iterator[str]:
-    """Every `reference` string in a resource (contained resources are not the resource's own)."""
+    """Every `reference` string in a resource, at any depth (contained resources included)."""
     if isinstance(node, list):
         for item in node:
             yield from references(item)
@@ -159,7 +177,7 @@ def references(node: Any) -> Iterator[str]:
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
                 yield value
-            elif key != "contained":
+            else:
                 yield from references(value)
 
 
@@ -170,20 +188,74 @@ def compartment(resource: dict[str, Any]) -> frozenset[str]:
     return frozenset(p for p in map(named_patient, references(resource)) if p is not None)
 
 
+def sole_patient(patients: frozenset[str] | set[str]) -> str | None:
+    """The one patient ("" for none; None when several: not checked)."""
+    return "" if not patients else next(iter(patients)) if len(patients) == 1 else None
+
+
+def element_kind(path: str) -> str:
+    """"subject", "participant" or "other", for a dotted element path (no type, no indices)."""
+    parts = path.split(".")
+    if ".".join(parts[-2:]) in SUBJECT_ELEMENTS or parts[-1] in SUBJECT_ELEMENTS:
+        return "subject"
+    return "participant" if parts[-1] in PARTICIPANT_ELEMENTS else "other"
+
+
+def _walk_references(node: Any, path: str, contained: bool) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """(element path, the Reference, inside a contained resource?) in document order."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _walk_references(item, path, contained)
+        return
+    if not isinstance(node, dict):
+        return
+    if path and set(node) <= _REFERENCE_KEYS and {"reference", "identifier", "display"} & set(node):
+        yield path, node, contained
+        return
+    for key, value in node.items():
+        if key == "contained" and not path:
+            for i, inner in enumerate(value if isinstance(value, list) else [value]):
+                yield from _walk_references(inner, f"contained[{i}]", True)
+        elif key != "resourceType":
+            yield from _walk_references(value, f"{path}.{key}" if path else key, contained)
+
+
 def refused_element(resource: dict[str, Any], *, in_transaction: bool = False) -> str | None:
-    """The patient element whose reference is ambiguous (the write is refused with 400), or None."""
+    """The element whose patient reference the write is refused for (400 naming it), or None (rule 2)."""
     rtype = resource["resourceType"]
-    for path in PATIENT_ELEMENTS.get(rtype, ()):
-        for value in values_at(resource, path):
-            reference = value.get("reference") if isinstance(value, dict) else None
-            if not isinstance(reference, str):
-                return f"{rtype}.{path}"  # identifier-only or display-only: whose is it?
-            if reference.startswith("#") or (reference.startswith("Patient?") and not in_transaction):
-                return f"{rtype}.{path}"  # contained, or a conditional reference left unresolved
-            if "patient/" in reference.lower() and named_patient(reference) is None:
-                return f"{rtype}.{path}"  # wrong case, whitespace, a malformed id
-    if len(compartment(resource)) > 1:
-        return f"{rtype}.{PATIENT_ELEMENTS.get(rtype, ('?',))[0]}"  # two different patients
+    contained = {c.get("id"): (i, c) for i, c in enumerate(resource.get("contained", [])) if isinstance(c, dict)}
+    patients_contained = {cid for cid, (_, c) in contained.items() if c.get("resourceType") == "Patient"}
+    referred: set[str] = set()
+    first_patient: tuple[str, str] | None = None  # (patient, element)
+    for path, ref, inside in _walk_references(resource, "", False):
+        element = f"{rtype}.{path}"
+        kind = "other" if inside else element_kind(path)
+        reference, typed = ref.get("reference"), ref.get("type")
+        says_patient = isinstance(typed, str) and typed.rsplit("/", 1)[-1] == "Patient"
+        not_patient = isinstance(typed, str) and not says_patient
+        if isinstance(reference, str):
+            if reference.startswith("#"):
+                referred.add(reference[1:])
+                if reference[1:] in patients_contained or (kind == "subject" and not not_patient):
+                    return element  # a contained Patient; or whom is it about?
+            elif reference.startswith("Patient?"):
+                if not in_transaction:
+                    return element  # a conditional reference left unresolved
+            elif "patient/" in reference.lower() and named_patient(reference) is None:
+                return element  # wrong case, whitespace, a malformed id
+            elif kind == "subject" and ((reference.startswith("urn:uuid:") and not in_transaction) or (
+                    "/" not in reference and not reference.startswith("urn:"))):
+                return element  # a placeholder outside a transaction, a bare id
+            patient = named_patient(reference)
+            if patient is not None and rtype != "Patient":
+                if first_patient is None:
+                    first_patient = (patient, element)
+                elif first_patient[0] != patient:
+                    return first_patient[1]  # two different patients: the first one's element
+        elif says_patient or (kind == "subject" and not not_patient):
+            return element  # identifier-only or display-only: which patient is it?
+    for cid in sorted(patients_contained - referred, key=lambda c: contained[c][0]):
+        return f"{rtype}.contained[{contained[cid][0]}]"  # a contained Patient nothing refers to
     return None
 
 
@@ -354,15 +426,43 @@ class Shown:
     deleted: bool = False
     patients: frozenset[str] = frozenset()
 
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.rtype, self.rid, self.number
+
+
+@dataclass(frozen=True)
+class Touch:
+    """One access-log entry an attempt must leave (rule 9): whose ("" none, None not checked) and its
+    decision (None: not checked)."""
+
+    patient: str | None = None
+    permitted: bool | None = None
+
+
+ONE_ENTRY = (Touch(),)
+
 
 @dataclass(frozen=True)
 class Expected:
     status: int
     shown: tuple[Shown, ...] = ()  # read/vread: the one version; history/search: every visible match
     why: str = ""
-    log_entries: int = 1
+    log: tuple[Touch, ...] = ONE_ENTRY  # listings: with every match on the page (see `listing_log`)
     withheld_patients: frozenset[str] = frozenset()
     break_glass: bool = False
+    listing: str = ""  # "search", "type-history" or "instance-history"
+    returned: str | None = None  # a conditional create: the id of the one visible match it returns
+    probe: Expected | None = None  # a conditional interaction: its search, as the caller's (logged like one)
+
+    @property
+    def log_entries(self) -> int:
+        return len(self.log)
+
+
+def _refused(status: int, why: str) -> Expected:
+    """Refused before any decision (scopes, a bad request): exactly one entry, a deny."""
+    return Expected(status, why=why, log=(Touch(None, False),))
 
 
 def _shown(state: State, rtype: str, rid: str, version: Version) -> Shown:
@@ -374,7 +474,7 @@ def expect_read(state: State, caller: Caller, rtype: str, rid: str, number: int 
     """read (number None) or vread: 403 for scopes, 404 for missing, deleted or denied (410: the service)."""
     action = "read" if number is None else "vread"
     if not scope_allows(caller, rtype, action):
-        return Expected(403, why=f"{caller.name}'s scopes do not allow {action} on {rtype}")
+        return _refused(403, f"{caller.name}'s scopes do not allow {action} on {rtype}")
     history = state.versions.get((rtype, rid), [])
     version = history[-1] if history and number is None else next((v for v in history if v.number == number), None)
     if version is None:
@@ -387,40 +487,74 @@ def expect_read(state: State, caller: Caller, rtype: str, rid: str, number: int 
     return Expected(200, (_shown(state, rtype, rid, version),), decision.why, break_glass=decision.break_glass)
 
 
-def version_decision(state: State, caller: Caller, rtype: str, rid: str, version: Version) -> Decision:
-    """One version, decided on its own. A deletion is shown to the service only: deleted resources look
-    missing to everyone else (docs/consent-semantics.md), so a history never says that one was deleted
-    (the stricter reading; the policy is silent on deletions in histories)."""
-    if version.resource is None and not caller.unrestricted:
-        return Decision(False, "a deletion is shown to the service only")
-    return read_decision(state, caller, rtype, state.content(rtype, rid, version))
+def version_decision(
+    state: State, caller: Caller, rtype: str, rid: str, version: Version, *, type_history: bool = False
+) -> Decision:
+    """One version, decided on its own. A deletion: the service sees it; in an instance history a restricted
+    caller sees it exactly when it sees the version it deleted; in a type history, never."""
+    if version.resource is not None or caller.unrestricted:
+        return read_decision(state, caller, rtype, state.content(rtype, rid, version))
+    if type_history:
+        return Decision(False, "a type history shows restricted callers no deletions")
+    deleted = next((v for v in reversed(state.versions.get((rtype, rid), []))
+                    if v.number < version.number and v.resource is not None), None)
+    if deleted is None:
+        return Decision(False, "a deletion of nothing")
+    decision = read_decision(state, caller, rtype, deleted.resource)
+    return Decision(decision.permitted, f"a deletion of v{deleted.number}, shown with it: {decision.why}",
+                    decision.break_glass)
 
 
 def visible_versions(state: State, caller: Caller, rtype: str, rid: str) -> list[tuple[Version, Decision]]:
-    """Each version of one resource with its own decision."""
+    """Each version of one resource with its own decision (instance history)."""
     return [(v, version_decision(state, caller, rtype, rid, v)) for v in state.versions.get((rtype, rid), [])]
+
+
+def listing_log(expected: Expected, on_page: set[tuple[str, str, int]] | None = None) -> tuple[Touch, ...]:
+    """The entries a search or history leaves, given which of the visible versions are on the page (None:
+    all): one per resource and patient disclosed on the page (several versions of one resource count once,
+    unless they are different patients' data: each patient touched has an entry), one per patient withheld,
+    one per patient counted in the total but not on the page and not covered by another entry; exactly one
+    if nothing matched (or nothing touched a patient)."""
+    if expected.status != 200 or not expected.listing:
+        return expected.log
+    page = [s for s in expected.shown if on_page is None or s.key in on_page]
+    off_page = [s for s in expected.shown if on_page is not None and s.key not in on_page]
+    disclosed = {(s.rtype, s.rid, patient) for s in page for patient in (s.patients or {""})}
+    touches = [Touch(patient, True) for _, _, patient in sorted(disclosed)]
+    touches += [Touch(p, False) for p in sorted(expected.withheld_patients)]
+    covered = {patient for _, _, patient in disclosed} | expected.withheld_patients
+    touches += [Touch(p, None) for p in sorted({p for s in off_page for p in s.patients} - covered)]
+    return tuple(touches) or ONE_ENTRY
+
+
+def conditional_log(expected: Expected, on_page: set[tuple[str, str, int]] | None = None) -> tuple[Touch, ...]:
+    """A conditional interaction's entries: its probe's, logged like a search (`on_page`: the matches the
+    probe's page held, None: all), then the interaction's own."""
+    if expected.probe is None:
+        return expected.log
+    return listing_log(expected.probe, on_page) + expected.log
 
 
 def expect_history(state: State, caller: Caller, rtype: str, rid: str) -> Expected:
     """Instance history: the visible versions; 404 like a missing resource when none is visible."""
     if not scope_allows(caller, rtype, "history"):
-        return Expected(403, why=f"{caller.name}'s scopes do not allow history on {rtype}")
+        return _refused(403, f"{caller.name}'s scopes do not allow history on {rtype}")
     decided = visible_versions(state, caller, rtype, rid)
     shown = tuple(_shown(state, rtype, rid, v) for v, d in decided if d.permitted)
+    withheld = frozenset(p for v, d in decided if not d.permitted for p in _shown(state, rtype, rid, v).patients)
     if not shown:
         why = decided[-1][1].why if decided else f"{rtype}/{rid} does not exist"
-        return Expected(404, why=why)
+        log = tuple(Touch(p, False) for p in sorted(withheld)) or (Touch("" if not decided else None, False),)
+        return Expected(404, why=why, log=log, withheld_patients=withheld)
     why = "; ".join(f"v{v.number} {'shown' if d.permitted else 'withheld'}: {d.why}" for v, d in reversed(decided))
-    return Expected(200, shown, why)
-
-
-def _search_log(shown: list[Shown], withheld: set[str]) -> int:
-    return len(shown) + len(withheld) or 1
+    expected = Expected(200, shown, why, withheld_patients=withheld, listing="instance-history")
+    return Expected(200, shown, why, listing_log(expected), withheld, listing="instance-history")
 
 
 def expect_type_history(state: State, caller: Caller, rtype: str, since: str | None = None) -> Expected:
     if not scope_allows(caller, rtype, "history"):
-        return Expected(403, why=f"{caller.name}'s scopes do not allow history on {rtype}")
+        return _refused(403, f"{caller.name}'s scopes do not allow history on {rtype}")
     shown: list[Shown] = []
     withheld: set[str] = set()
     for (t, rid), history in state.versions.items():
@@ -429,12 +563,14 @@ def expect_type_history(state: State, caller: Caller, rtype: str, since: str | N
         for version in history:
             if since is not None and version.last_updated < since:
                 continue
-            if version_decision(state, caller, rtype, rid, version).permitted:
+            if version_decision(state, caller, rtype, rid, version, type_history=True).permitted:
                 shown.append(_shown(state, rtype, rid, version))
             elif version.resource is not None:
                 withheld |= compartment(version.resource)
-    return Expected(200, tuple(shown), f"{len(shown)} visible versions", _search_log(shown, withheld),
-                    frozenset(withheld))
+    expected = Expected(200, tuple(shown), f"{len(shown)} visible versions", withheld_patients=frozenset(withheld),
+                        listing="type-history")
+    return Expected(200, expected.shown, expected.why, listing_log(expected), expected.withheld_patients,
+                    listing="type-history")
 
 
 def tokens(value: Any) -> Iterator[tuple[str, str]]:
@@ -493,7 +629,7 @@ def matches(resource: dict[str, Any], last_updated: str, params: list[tuple[str,
 def expect_search(state: State, caller: Caller, rtype: str, params: list[tuple[str, str]]) -> Expected:
     """Every current live match the caller may see (each counted one is disclosed: it is in the total)."""
     if not scope_allows(caller, rtype, "search"):
-        return Expected(403, why=f"{caller.name}'s scopes do not allow search on {rtype}")
+        return _refused(403, f"{caller.name}'s scopes do not allow search on {rtype}")
     shown: list[Shown] = []
     withheld: set[str] = set()
     for rid, version in state.live(rtype):
@@ -504,8 +640,21 @@ def expect_search(state: State, caller: Caller, rtype: str, params: list[tuple[s
             shown.append(_shown(state, rtype, rid, version))
         else:
             withheld |= compartment(version.resource)
-    return Expected(200, tuple(shown), f"{len(shown)} visible matches", _search_log(shown, withheld),
-                    frozenset(withheld))
+    expected = Expected(200, tuple(shown), f"{len(shown)} visible matches", withheld_patients=frozenset(withheld),
+                        listing="search")
+    return Expected(200, expected.shown, expected.why, listing_log(expected), expected.withheld_patients,
+                    listing="search")
+
+
+def _write_log(state: State, caller: Caller, action: str, rtype: str, before: dict[str, Any] | None,
+               after: dict[str, Any] | None, decision: Decision) -> tuple[Touch, ...]:
+    """One entry per patient the write touched (the version it replaces, the new one), each decided on its own."""
+    patients = sorted((compartment(before) if before else frozenset()) | (compartment(after) if after else frozenset()))
+    if len(patients) > 1:
+        return tuple(Touch(p, decide(state, caller, action, rtype, p).permitted) for p in patients)
+    if not patients and rtype == "Patient" and action == "create":
+        return (Touch(None, decision.permitted),)  # a new Patient: its own new compartment
+    return (Touch(patients[0] if patients else "", decision.permitted),)
 
 
 def expect_write(
@@ -514,29 +663,45 @@ def expect_write(
 ) -> tuple[Expected, Decision]:
     """create (rid None), update (update-as-create too) or delete (after None) by the caller.
 
-    An update or delete is decided on what it replaces as well; reusing the id of a deleted resource
-    takes over its history, so it is decided on the deleted content too (the stricter reading).
+    An update is decided on what it replaces as well: the last live version, even under a deletion (an id
+    reused for another patient is an update of that patient's record too). A restricted caller's delete
+    of anything it may not delete, or of nothing live, is the 404 of a missing read.
     """
     current = state.current(rtype, rid) if rid else None
     before = state.last_live(rtype, rid) if rid else None
-    if action == "delete" and (current is None or current.resource is None):
-        if not scope_allows(caller, rtype, "delete"):
-            return Expected(403, why=f"{caller.name}'s scopes do not allow delete on {rtype}"), Decision(False, "scope")
-        return Expected(204, why="nothing live by that id: a no-op, as for a missing id"), Decision(True, "no-op")
-    decision = write_decision(state, caller, action, rtype, before, after, in_transaction=in_transaction)
-    if not decision.permitted:
-        return Expected(decision.status or 403, why=decision.why), decision
     if action == "delete":
-        return Expected(204, why=decision.why, break_glass=decision.break_glass), decision
+        if not scope_allows(caller, rtype, "delete"):
+            why = f"{caller.name}'s scopes do not allow delete on {rtype}"
+            return _refused(403, why), Decision(False, why, status=403)
+        if current is None or current.resource is None:
+            if caller.unrestricted:
+                return Expected(204, why="the service deletes a missing id: 204", log=(Touch(None, None),)), Decision(
+                    True, "no-op")
+            why = f"nothing live at {rtype}/{rid}: the 404 of a missing read"
+            return Expected(404, why=why, log=(Touch(None, False),)), Decision(False, why, status=404)
+        before = current.resource
+    decision = write_decision(state, caller, action, rtype, before, after, in_transaction=in_transaction)
+    if decision.status in (400,) or (decision.status == 403 and not scope_allows(caller, rtype, action)):
+        return _refused(decision.status, decision.why), decision
+    log = _write_log(state, caller, action, rtype, before, after, decision)
+    if action == "delete":
+        if not decision.permitted:
+            return Expected(404, why=f"{decision.why}: a refused delete is the 404 of a missing read", log=log), decision
+        return Expected(204, why=decision.why, log=log, break_glass=decision.break_glass), decision
+    if not decision.permitted:
+        return Expected(decision.status or 403, why=decision.why, log=log), decision
     live = current is not None and current.resource is not None
     status = 200 if action == "update" and live else 201
-    return Expected(status, why=decision.why, break_glass=decision.break_glass), decision
+    return Expected(status, why=decision.why, log=log, break_glass=decision.break_glass), decision
 
 
 def expect_conditional_match(
     state: State, caller: Caller, rtype: str, params: list[tuple[str, str]]
 ) -> tuple[list[str], frozenset[str]]:
-    """Ids of the current matches the caller may see, and the patients whose matches are withheld from it."""
+    """Ids of the current matches the caller may see, and the patients whose matches are withheld from it
+    (a caller whose scopes do not allow searching the type finds nothing)."""
+    if not scope_allows(caller, rtype, "search"):
+        return [], frozenset()
     visible: list[str] = []
     withheld: set[str] = set()
     for rid, version in state.live(rtype):
@@ -549,29 +714,124 @@ def expect_conditional_match(
     return visible, frozenset(withheld)
 
 
+def _probe(state: State, rtype: str, visible: list[str], withheld: frozenset[str]) -> Expected:
+    """A conditional interaction's search, as the caller's: logged like a search (`listing_log`)."""
+    shown = []
+    for rid in visible:
+        current = state.current(rtype, rid)
+        assert current is not None
+        shown.append(_shown(state, rtype, rid, current))
+    return Expected(200, tuple(shown), f"{len(shown)} visible matches", withheld_patients=withheld, listing="search")
+
+
+def expect_conditional(
+    state: State, caller: Caller, action: str, rtype: str, params: list[tuple[str, str]],
+    body: dict[str, Any] | None, *, in_transaction: bool = False,
+) -> Expected:
+    """Conditional create (If-None-Exist), update or delete (rule 7): scopes, then the probe as the caller,
+    then the interaction on what it found. Its log: the probe's entries, then the interaction's own."""
+    if not scope_allows(caller, rtype, action):
+        return _refused(403, f"{caller.name}'s scopes do not allow {action} on {rtype}")
+    visible, withheld = expect_conditional_match(state, caller, rtype, params)
+    probe = _probe(state, rtype, visible, withheld)
+    seen = f" (matches it may see: {len(visible)}; withheld from it: patients {sorted(withheld)})"
+    if len(visible) > 1:
+        return Expected(412, why=f"{len(visible)} matches the caller may see" + seen, log=(), probe=probe)
+    if action == "create" and visible:
+        return Expected(200, why="one match the caller may see: returned, no create decided" + seen, log=(),
+                        probe=probe, returned=visible[0])
+    if action == "delete" and not visible:
+        return Expected(204, why="no match the caller may see: nothing to delete, nothing decided" + seen, log=(),
+                        probe=probe)
+    target = visible[0] if visible else None
+    after = None if body is None else {**body, **({"id": target} if target else {})}
+    expected, _ = expect_write(state, caller, action, rtype, target, after, in_transaction=in_transaction)
+    return Expected(expected.status, why=expected.why + seen, log=expected.log, probe=probe,
+                    break_glass=expected.break_glass)
+
+
+def expect_conditional_reference(
+    state: State, caller: Caller, body: dict[str, Any], element: str, params: list[tuple[str, str]]
+) -> Expected:
+    """A transaction's create whose `element` is `Patient?{params}`: scopes (create) first, then the
+    probe among the Patients the caller may see (exactly one, else 412), then the create of the resolved
+    resource. Its log: the probe's entries, then the create's."""
+    rtype = body["resourceType"]
+    if not scope_allows(caller, rtype, "create"):
+        return _refused(403, f"{caller.name}'s scopes do not allow create on {rtype}")
+    visible, withheld = expect_conditional_match(state, caller, "Patient", params)
+    probe = _probe(state, "Patient", visible, withheld)
+    seen = f" (Patients it may see: {len(visible)}; withheld from it: {sorted(withheld)})"
+    if len(visible) != 1:
+        return Expected(412, why=f"{len(visible)} Patients the caller may see match" + seen, log=(), probe=probe)
+    resolved = {**body, element: {"reference": f"Patient/{visible[0]}"}}
+    expected, _ = expect_write(state, caller, "create", rtype, None, resolved, in_transaction=True)
+    return Expected(expected.status, why=expected.why + seen, log=expected.log, probe=probe,
+                    break_glass=expected.break_glass)
+
+
+def expect_transaction_scopes(caller: Caller, interactions: list[tuple[str, str]]) -> Expected | None:
+    """A transaction checks every entry's (action, type) against the scopes before processing any: the first
+    refused makes the whole transaction 403 (one entry). None: the scopes allow them all."""
+    for action, rtype in interactions:
+        if not scope_allows(caller, rtype, action):
+            return _refused(403, f"{caller.name}'s scopes do not allow {action} on {rtype} (a transaction entry)")
+    return None
+
+
 # -- the access log as AuditEvents, and the consent consult ----------------------------------------------
-def audit_view(caller: Caller) -> str:
-    """What of the access log a caller sees: "all" (auditors, the service), "own" (a patient), "none"."""
-    if caller.unrestricted or caller.role == "auditor":
-        return "all"
+def audit_view(caller: Caller, interaction: str = "search") -> str:
+    """What of the access log a caller sees (docs, "Who may read the access log"): "all" (the service, a
+    client registered for AuditEvent by name), "own" (a patient), "cared-for" (an auditor with an
+    organisation: its patients' entries), "none" (anyone else, an auditor without an organisation), or
+    "refused" (scopes: 403)."""
+    if not scope_allows(caller, "AuditEvent", interaction):
+        return "refused"
     if caller.role == "patient":
-        return "own"
+        return "own" if caller.patient_id else "none"
+    if caller.unrestricted:
+        return "all"
+    letter = PERMISSION[interaction]
+    for scope in caller.scopes or ():
+        target, _, letters = scope.partition("/")[2].partition(".")
+        if target == "AuditEvent" and letter in letters:
+            return "all"  # registered for the log by name (the tests' tokens carry the registered scopes)
+    if caller.role == "auditor":
+        return "cared-for" if caller.organization else "none"
     return "none"
 
 
+def audit_shows(state: State, caller: Caller, patient: str, interaction: str = "search") -> bool:
+    """Whether the caller's view of the log includes the entries about `patient` ("" : entries naming none)."""
+    view = audit_view(caller, interaction)
+    if view == "all":
+        return True
+    if view == "own":
+        return bool(patient) and patient == caller.patient_id
+    if view == "cared-for":
+        return bool(patient) and caller.organization in state.care_organizations(patient)
+    return False
+
+
 def related(state: State, caller: Caller, patient: str) -> bool:
-    """Whether the caller has any standing with the patient: care organisation, or named by a consent."""
+    """Whether a consult's answer may differ from an unknown patient's: the caller has a relationship with the
+    patient (a care organisation, or named by an active Consent, permit or deny), or an active permit shares
+    with anyone (a PERMIT stands)."""
     if caller.unrestricted or caller.patient_id == patient:
         return True
     if caller.organization and caller.organization in state.care_organizations(patient):
         return True
-    return any(caller.organization in _provision(c)[1] for _, c in state.consents(patient))
+    for _, consent in state.consents(patient):
+        kind, actors, _ = _provision(consent)
+        if consent.get("status") == "active" and (caller.organization in actors or (kind == "permit" and not actors)):
+            return True
+    return False
 
 
 def expect_sign(state: State, caller: Caller, cid: str) -> Expected:
     """`$sign` changes the Consent (a write): seen first (404 like missing), then decided like an update."""
     if not scope_allows(caller, "Consent", "update"):
-        return Expected(403, why=f"{caller.name}'s scopes do not allow update on Consent")
+        return _refused(403, f"{caller.name}'s scopes do not allow update on Consent")
     current = state.current("Consent", cid)
     if current is None or current.resource is None:
         return Expected(404, why=f"Consent/{cid} does not exist")

@@ -44,6 +44,7 @@ from leak_plans import (
     world_plans,
 )
 from leak_world import (
+    BASE,
     LOINC,
     TOKEN_CALLERS,
     Deployment,
@@ -58,7 +59,8 @@ CI = bool(os.environ.get("CI"))
 PAGE = 50  # _count on every search and history (the deployment's max_page_size)
 BATCH_PAGE = 20  # a batch's search entries get the default page size
 # Examples per property: each builds a sub-world (~1 s) and makes 10-20 probes of a few requests each.
-EXAMPLES = {"reads": 10, "writes": 8, "conditional": 6, "audit": 4}
+EXAMPLES = {"reads": 10, "writes": 12, "conditional": 8, "audit": 4}
+LISTING_RULE = "9 searches log each disclosed resource, each withheld patient, each patient only counted"
 
 
 # -- findings ------------------------------------------------------------------------------------------------
@@ -153,27 +155,44 @@ class Probe:
             self.finding("4 break-the-glass accesses are flagged", who, request, f"break_glass={entry.break_glass}",
                          f"break_glass={break_glass}", "rule 4")
 
-    def listing_entries(self, who: str, request: str, entries: list[AccessEntry], expected: ref.Expected) -> None:
-        """A search or type history: one per disclosed version, one per patient withheld, or one in all."""
-        if len(entries) != expected.log_entries:
-            self.finding("9 searches log each disclosed resource and each withheld patient", who, request,
-                         f"{len(entries)} entries", f"{expected.log_entries} ({len(expected.shown)} disclosed, "
-                         f"{len(expected.withheld_patients)} patients withheld)", "rule 9")
-        recorded = {e.patient_pseudonym for e in entries}
-        missing = [p for p in sorted(expected.withheld_patients) if self.dep.pseudonym(p) not in recorded]
-        if missing:
-            self.finding("9 a withheld patient's log shows the attempt", who, request,
-                         "no entry for " + ", ".join(f"Patient/{p}" for p in missing),
-                         "one entry per withheld patient", "rule 9")
+    def logged(self, who: str, request: str, entries: list[AccessEntry], touches: tuple[ref.Touch, ...],
+               rule: str = "9 one access-log entry per patient touched", *, break_glass: bool | None = None) -> None:
+        """Rule 9: exactly the entries the model predicts, each patient's with its decision."""
+        if len(entries) != len(touches):
+            self.finding(rule, who, request, f"{len(entries)} entries: {self.whose(entries)}",
+                         f"{len(touches)}: {_touches(touches)}", "rule 9: one per patient touched, one if none")
+        remaining = list(entries)
+        for touch in sorted(touches, key=lambda t: (t.patient is None, t.permitted is None)):
+            pseudonym = None if touch.patient is None else self.dep.pseudonym(touch.patient) if touch.patient else ""
+            found = next((e for e in remaining if (pseudonym is None or e.patient_pseudonym == pseudonym) and (
+                touch.permitted is None or (e.decision == "permit") == touch.permitted)), None)
+            if found is not None:
+                remaining.remove(found)
+            elif len(entries) == len(touches):  # (a wrong count is reported above, with every patient)
+                whose = f"Patient/{touch.patient}" if touch.patient else "no patient" if touch.patient == "" else "-"
+                decision = {True: "permit", False: "deny", None: "any decision"}[touch.permitted]
+                self.finding("9 each patient touched has an entry with its own decision", who, request,
+                             self.whose(entries), f"an entry for {whose}, {decision}", "rule 9")
+                break
+        if break_glass is not None and len(entries) == 1 and entries[0].break_glass != break_glass:
+            self.finding("4 break-the-glass accesses are flagged", who, request, f"break_glass={entries[0].break_glass}",
+                         f"break_glass={break_glass}", "rule 4")
 
-    def touched_patients(self, who: str, request: str, entries: list[AccessEntry], patients: set[str]) -> None:
-        """Conditional interactions (rule 7): each patient whose data the probe touched has an entry."""
-        recorded = {e.patient_pseudonym for e in entries}
-        missing = [p for p in sorted(patients) if self.dep.pseudonym(p) not in recorded]
-        if not entries or missing:
-            self.finding("7 each conditional probe of a patient's data is logged for that patient", who, request,
-                         f"{len(entries)} entries, none for " + ", ".join(f"Patient/{p}" for p in missing),
-                         "an entry for every patient matched", "rule 7")
+
+    def whose(self, entries: list[AccessEntry]) -> str:
+        """The entries with the patient each names (Patient/{id} prefix, or - for none)."""
+        patients = {"": "-", **{self.dep.pseudonym(pid): f"Patient/{pid[:8]}"
+                                for (t, pid) in self.dep.state.versions if t == "Patient"}}
+        return "; ".join(f"{e.action} {e.resource_type}/{e.resource_id[:8] or '-'} {e.decision} {e.reason} "
+                         f"[{patients.get(e.patient_pseudonym, '?')}]" for e in entries[:6]) + (
+            f" and {len(entries) - 6} more" if len(entries) > 6 else "")
+
+
+def _touches(touches: tuple[ref.Touch, ...]) -> str:
+    def one(t: ref.Touch) -> str:
+        whose = f"Patient/{t.patient[:8]}" if t.patient else "no patient" if t.patient == "" else "any"
+        return f"{whose} {({True: 'permit', False: 'deny', None: '*'})[t.permitted]}"
+    return "; ".join(one(t) for t in touches[:6]) + (f" and {len(touches) - 6} more" if len(touches) > 6 else "")
 
 
 def _entries(entries: list[AccessEntry]) -> str:
@@ -208,7 +227,8 @@ def _listing(dep: Deployment, caller: ref.Caller, body: dict[str, Any], expected
     return got
 
 
-def _describe(dep: Deployment, caller: ref.Caller, keys: set[tuple[str, str, int]]) -> str:
+def _describe(dep: Deployment, caller: ref.Caller, keys: set[tuple[str, str, int]], *, type_history: bool = False
+              ) -> str:
     """Each version with its patients and why the policy withholds it."""
     out = []
     for rtype, rid, number in sorted(keys)[:3]:
@@ -216,13 +236,15 @@ def _describe(dep: Deployment, caller: ref.Caller, keys: set[tuple[str, str, int
         if version is None:
             out.append(f"{rtype}/{rid} v{number} (no such version)")
             continue
-        decision = ref.version_decision(dep.state, caller, rtype, rid, version)
+        decision = ref.version_decision(dep.state, caller, rtype, rid, version, type_history=type_history)
         deleted = " a deletion:" if version.resource is None else ""
         out.append(f"{rtype}/{rid} v{number} ({deleted} {decision.why})")
     return "; ".join(out) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
-def compare_listing(p: Probe, who: str, request: str, reply: Reply, expected: ref.Expected, page: int = PAGE) -> None:
+def compare_listing(p: Probe, who: str, request: str, reply: Reply, expected: ref.Expected, page: int = PAGE
+                    ) -> set[tuple[str, str, int]]:
+    """Compare a searchset or history with the model's; the visible versions on the page (for the log)."""
     caller = p.caller(who)
     want = {(s.rtype, s.rid, s.number) for s in expected.shown}
     got = _listing(p.dep, caller, reply.body, expected)
@@ -230,7 +252,8 @@ def compare_listing(p: Probe, who: str, request: str, reply: Reply, expected: re
     leaked, hidden = got - want, want - got if len(want) <= page else set()
     if leaked:
         p.finding("6 searches and histories disclose only permitted versions", who, request,
-                  f"disclosed {_describe(p.dep, caller, leaked)}", "not disclosed", "each version decided on its own")
+                  f"disclosed {_describe(p.dep, caller, leaked, type_history=expected.listing == 'type-history')}",
+                  "not disclosed", "each version decided on its own")
     if hidden:
         p.finding("6 searches and histories show every permitted version", who, request,
                   f"left out {len(hidden)}: " + ", ".join(f"{t}/{i} v{n}" for t, i, n in sorted(hidden)[:3]),
@@ -241,6 +264,7 @@ def compare_listing(p: Probe, who: str, request: str, reply: Reply, expected: re
     if len(want) > page and len(got) != page:
         p.finding("6 pages are full", who, request, f"{len(got)} entries", f"{page}", expected.why)
     research_check(p, who, request, reply, expected)
+    return got & want
 
 
 def research_check(p: Probe, who: str, request: str, reply: Reply, expected: ref.Expected) -> None:
@@ -326,7 +350,7 @@ def probe_history(p: Probe, who: str, rtype: str, rid: str) -> None:
     if reply.status in (403, 404):
         like_missing(p, who, path, rid, reply, "1 a scope refusal says nothing about the resource" if
                      expected.status == 403 else "6 a denied history answers exactly like a missing id", expected.why)
-    p.one_entry(who, request, entries, permitted=expected.status == 200)
+    p.logged(who, request, entries, expected.log, "9 an instance history logs each patient disclosed or withheld")
 
 
 def probe_type_history(p: Probe, who: str, rtype: str, since: str | None) -> None:
@@ -338,8 +362,8 @@ def probe_type_history(p: Probe, who: str, rtype: str, since: str | None) -> Non
     if reply.status != expected.status:
         p.finding("type history status", who, request, f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}", expected.why)
     elif expected.status == 200:
-        compare_listing(p, who, request, reply, expected)
-        p.listing_entries(who, request, entries, expected)
+        on_page = compare_listing(p, who, request, reply, expected)
+        p.logged(who, request, entries, ref.listing_log(expected, on_page), LISTING_RULE)
 
 
 def probe_search(p: Probe, who: str, rtype: str, params: list[tuple[str, str]], count_only: bool) -> None:
@@ -354,13 +378,14 @@ def probe_search(p: Probe, who: str, rtype: str, params: list[tuple[str, str]], 
         return
     if expected.status != 200:
         return
+    on_page: set[tuple[str, str, int]] = set()
     if count_only:
         if reply.body.get("total") != len(expected.shown) or reply.body.get("entry"):
             p.finding("6 _summary=count counts only permitted resources", who, request, reply.summary(),
                       f"total={len(expected.shown)}, no entries", expected.why)
     else:
-        compare_listing(p, who, request, reply, expected)
-    p.listing_entries(who, request, entries, expected)
+        on_page = compare_listing(p, who, request, reply, expected)
+    p.logged(who, request, entries, ref.listing_log(expected, on_page), LISTING_RULE)
 
 
 def probe_batch_reads(p: Probe, who: str, items: list[tuple[str, str, str, int | None, list[tuple[str, str]]]]
@@ -382,7 +407,9 @@ def probe_batch_reads(p: Probe, who: str, items: list[tuple[str, str, str, int |
     if reply.status != 200:
         p.finding("batch status", who, request, reply.summary(), "200 batch-response", "a batch answers per entry")
         return
+    want = 0
     for i, ((kind, expected), got) in enumerate(zip(expectations, reply.body.get("entry", []))):
+        want += expected.log_entries
         status = int(str(got.get("response", {}).get("status", "0")).split()[0])
         entry_request = f"{request} entry {i}"
         if status != expected.status:
@@ -390,7 +417,8 @@ def probe_batch_reads(p: Probe, who: str, items: list[tuple[str, str, str, int |
                       f"{status} {str(got.get('response', {}).get('outcome', ''))[:100]}", f"{expected.status}",
                       expected.why)
         elif status == 200 and kind == "search":
-            compare_listing(p, who, entry_request, Reply(200, got["resource"], {}), expected, BATCH_PAGE)
+            on_page = compare_listing(p, who, entry_request, Reply(200, got["resource"], {}), expected, BATCH_PAGE)
+            want += len(ref.listing_log(expected, on_page)) - expected.log_entries
         elif status == 200:
             resource = got.get("resource", {})
             [shown] = expected.shown
@@ -400,7 +428,6 @@ def probe_batch_reads(p: Probe, who: str, items: list[tuple[str, str, str, int |
                 p.finding("batch GET returns the version asked for", who, entry_request,
                           f"{resource.get('resourceType')}/{resource.get('id')}", f"{shown.rtype}/{shown.rid}",
                           expected.why)
-    want = sum(e.log_entries for _, e in expectations)
     if len(entries) != want:
         p.finding("9 a batch logs each of its entries", who, request, f"{len(entries)} entries: {_entries(entries)}",
                   f"{want}", "rule 9: one per read, searches as searches")
@@ -495,12 +522,14 @@ def probe_write(p: Probe, who: str, method: str, rtype: str, rid: str | None, bo
     reply, entries = p.send(who, method, path, body)
     request = f"{method} {path}" + (f" {_brief(body)}" if body else "")
     if reply.status != expected.status:
-        rule = {400: "2 ambiguous patient references are refused", 403: "3/5 writes follow the policy"}.get(
-            expected.status, "write status")
+        rule = {400: "2 ambiguous patient references are refused", 403: "3/5 writes follow the policy",
+                404: "6 a refused delete is the 404 of a missing read"}.get(expected.status, "write status")
         if expected.status in (200, 201, 204) and reply.status in (403, 404):
             rule = "3/5 permitted writes succeed"
         if expected.status == 403 and "scopes" in expected.why:
             rule = "1 scopes are checked first"
+        if reply.status == 400 and expected.status in (200, 201):
+            rule = "2 unambiguous references are accepted"
         p.finding(rule, who, request, f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}", expected.why)
     elif expected.status == 400:
         element = expected.why.split(" at ")[1].split(" ")[0]
@@ -509,8 +538,15 @@ def probe_write(p: Probe, who: str, method: str, rtype: str, rid: str | None, bo
         if element.split(".")[-1] not in named:
             p.finding("2 the refusal names the element", who, request, reply.summary(), f"names {element}",
                       expected.why)
-    p.one_entry(who, request, entries, permitted=None if expected.status == 400 else expected.status < 300,
-                break_glass=expected.break_glass if expected.status < 300 and decision.break_glass else None)
+    elif expected.status == 404 and rid:
+        ghost = fresh_id()
+        other = p.dep.call(who, "DELETE", path.replace(rid, ghost))
+        p.dep.new_entries()
+        if other.status != 404 or substitute_ids(other.body, {ghost: rid}) != reply.body:
+            p.finding("6 a refused delete is the 404 of a missing read", who, request, reply.summary(),
+                      f"as for a missing id: {other.summary()}", expected.why)
+    p.logged(who, request, entries, expected.log, break_glass=(
+        expected.break_glass if expected.status < 300 and decision.break_glass else None))
     written = rid
     if written is None and reply.status < 300 and isinstance(reply.body, dict):
         written = reply.body.get("id")
@@ -545,12 +581,52 @@ def probe_sign(p: Probe, who: str, cid: str) -> None:
         p.dep.state.grants[cid] = "live"
 
 
+def probe_transaction_scopes(p: Probe, who: str, mrn: str, target: tuple[str, str], other: str,
+                             refused: dict[str, Any]) -> None:
+    """Rule 1: a transaction checks every entry's interaction against the scopes before it processes any."""
+    rtype, rid = target
+    content = p.dep.state.last_live(rtype, rid)
+    if content is None:
+        return
+    old = next(iter(sorted(ref.compartment(content))), None)
+    moved = {**(retarget(content, old, other) if old else {k: v for k, v in content.items() if k != "meta"}), "id": rid}
+    expected = ref.expect_transaction_scopes(p.caller(who), [("search", "Patient"), ("update", rtype),
+                                                             ("create", "Observation")])
+    if expected is None:
+        return
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"Patient?identifier={MRN_SYSTEM}|{mrn}"}},
+        {"fullUrl": f"{BASE}/{rtype}/{rid}", "resource": moved, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}},
+        {"fullUrl": f"urn:uuid:{fresh_id()}", "resource": refused, "request": {"method": "POST", "url": "Observation"}}]}
+    versions = len(p.dep.state.versions.get((rtype, rid), []))
+    reply, entries = p.send(who, "POST", "/fhir", bundle)
+    request = f"POST /fhir transaction [GET Patient?identifier=..., PUT {rtype}/{rid} (to another patient), POST " \
+              f"Observation {_brief(refused)}]"
+    if reply.status != 403:
+        p.finding("1 scopes are checked first", who, request, f"{reply.summary()} [log: {_entries(entries)}]", "403",
+                  expected.why)
+    p.logged(who, request, entries, expected.log)
+    p.dep.refresh(rtype, rid)
+    if len(p.dep.state.versions.get((rtype, rid), [])) != versions:
+        p.finding("1 scopes are checked first", who, request, f"{rtype}/{rid} was written", "nothing processed",
+                  expected.why)
+
+
 @st.composite
 def write_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[str]) -> Callable[[Probe], None]:
     kind = draw(st.sampled_from(("create", "create", "refused", "refused", "unowned", "consent", "update", "move",
-                                 "delete", "reuse", "sign", "sign")))
+                                 "delete", "delete-missing", "reuse", "sign", "sign", "transaction-scopes")))
     who = draw(st.sampled_from(callers))
     pid, other = draw(st.permutations(sub.patients))[:2]
+    if kind == "delete-missing":
+        rtype = draw(st.sampled_from(sorted({t for t, _ in CLINICAL_KINDS})))
+        return lambda p: probe_write(p, who, "DELETE", rtype, fresh_id(), None)
+    if kind == "transaction-scopes":
+        limited = draw(st.sampled_from(("narrow", "research", "auditor")))
+        target = draw(st.sampled_from(sub.clinical))
+        refused = with_form(("Observation", "subject"), draw(st.sampled_from(REFUSED_FORMS)), pid, other,
+                            dep.mrns[pid], sub.code, sub.practitioner)
+        return lambda p: probe_transaction_scopes(p, limited, dep.mrns[pid], target, other, refused)
     if kind in ("create", "refused"):
         form = draw(st.sampled_from(("literal", "absolute") if kind == "create" else REFUSED_FORMS))
         body = with_form(draw(st.sampled_from(CLINICAL_KINDS)), form, pid, other, dep.mrns[pid], sub.code,
@@ -598,39 +674,23 @@ def _status_of(reply: Reply, channel: str) -> tuple[int, dict[str, Any]]:
     return int(str(entry.get("response", {}).get("status", "0")).split()[0]), entry
 
 
+def _probe_page(expected: ref.Expected, entries: list[AccessEntry]) -> set[tuple[str, str, int]]:
+    """The matches a conditional probe's page held: the server chooses its size, its search entries say which."""
+    if expected.probe is None:
+        return set()
+    named = {(e.resource_type, e.resource_id) for e in entries if e.action == "search" and e.resource_id}
+    return {s.key for s in expected.probe.shown if (s.rtype, s.rid) in named}
+
+
 def probe_conditional(p: Probe, who: str, channel: str, method: str, rtype: str, params: list[tuple[str, str]],
                       body: dict[str, Any] | None) -> None:
     """Conditional create (If-None-Exist), update or delete: decided as if the caller's denied matches did not exist."""
     caller, state = p.caller(who), p.dep.state
     query = _query(params)
-    visible, withheld = ref.expect_conditional_match(state, caller, rtype, params)
+    visible, _ = ref.expect_conditional_match(state, caller, rtype, params)
     matched = [rid for rid, v in state.live(rtype) if v.resource and ref.matches(v.resource, v.last_updated, params)]
-    touched = set(withheld) | {pt for rid in matched for pt in ref.compartment(state.current(rtype, rid).resource or {})}  # type: ignore[union-attr]
     action = {"POST": "create", "PUT": "update", "DELETE": "delete"}[method]
-    in_tx = channel == "transaction"
-    returned = None
-    if not ref.scope_allows(caller, rtype, action):
-        expected = ref.Expected(403, why=f"{caller.name}'s scopes do not allow {action} on {rtype}")
-    elif method == "POST":
-        # R4 3.1.0.8.1 with the caller's visible matches only: several -> 412, one -> 200 with it (nothing is
-        # written), none -> the create, decided like any other.
-        expected, _ = ref.expect_write(state, caller, "create", rtype, None, body, in_transaction=in_tx)
-        if expected.status != 400 and len(visible) > 1:
-            expected = ref.Expected(412, why=f"{len(visible)} matches the caller may see")
-        elif expected.status != 400 and visible:
-            expected, returned = ref.Expected(200, why="one match the caller may see"), visible[0]
-    elif len(visible) > 1:
-        expected = ref.Expected(412, why=f"{len(visible)} matches the caller may see")
-    else:
-        target = visible[0] if visible else None
-        if method == "PUT":
-            expected, _ = ref.expect_write(state, caller, "update", rtype, target or fresh_id(),
-                                           {**(body or {}), **({"id": target} if target else {})}, in_transaction=in_tx)
-        else:
-            expected = ref.expect_write(state, caller, "delete", rtype, target, None)[0] if target else ref.Expected(
-                204, why="no match the caller may see: nothing to delete")
-    expected = ref.Expected(expected.status, why=expected.why + (
-        f" (matches it may see: {len(visible)}; withheld from it: patients {sorted(withheld)})"))
+    expected = ref.expect_conditional(state, caller, action, rtype, params, body, in_transaction=channel == "transaction")
     if channel == "rest":
         reply, entries = p.send(who, "POST", f"/fhir/{rtype}", body, {"If-None-Exist": query})
         request = f"POST /fhir/{rtype} If-None-Exist: {query}"
@@ -654,17 +714,16 @@ def probe_conditional(p: Probe, who: str, channel: str, method: str, rtype: str,
                 f"7 conditional {action} status")
         p.finding(rule, who, request,
                   f"{status} {str(entry_got.get('response', {}).get('outcome') or '')[:90]}"
-                  + (reply.summary() if channel == "rest" or reply.status != 200 else ""), f"{expected.status}",
-                  expected.why)
-    elif status == 200 and returned is not None:
+                  + (reply.summary() if channel == "rest" or reply.status != 200 else "")
+                  + f" [log: {_entries(entries)}]", f"{expected.status}", expected.why)
+    elif status == 200 and expected.returned is not None:
         resource = entry_got.get("resource") or {}
-        if resource.get("id") != returned:
+        if resource.get("id") != expected.returned:
             p.finding("7 conditional create returns the visible match", who, request,
-                      f"{resource.get('resourceType')}/{resource.get('id')}", f"{rtype}/{returned}", expected.why)
-    if touched:
-        p.touched_patients(who, request, entries, touched)
-    elif not entries:
-        p.finding("9 every attempt is logged", who, request, "no entries", "at least one", "rule 9")
+                      f"{resource.get('resourceType')}/{resource.get('id')}", f"{rtype}/{expected.returned}",
+                      expected.why)
+    p.logged(who, request, entries, ref.conditional_log(expected, _probe_page(expected, entries)),
+             "9 a conditional probe is logged like a search, and the interaction besides")
     for rid in matched:
         p.dep.refresh(rtype, rid)
     location = str(entry_got.get("response", {}).get("location") or "")
@@ -677,15 +736,8 @@ def probe_conditional_reference(p: Probe, who: str, mrn: str, code: str, practit
     """A transaction's `Patient?identifier=` reference resolves among the Patients the caller may see."""
     caller, state = p.caller(who), p.dep.state
     params = [("identifier", f"{MRN_SYSTEM}|{mrn}")]
-    visible, withheld = ref.expect_conditional_match(state, caller, "Patient", params)
     body = with_form(("Observation", "subject"), "conditional", "", "", mrn, code, practitioner)
-    if not ref.scope_allows(caller, "Observation", "create"):
-        expected = ref.Expected(403, why="scopes")
-    elif len(visible) != 1:
-        expected = ref.Expected(412, why=f"{len(visible)} Patients with that MRN the caller may see")
-    else:
-        resolved = {**body, "subject": {"reference": f"Patient/{visible[0]}"}}
-        expected = ref.expect_write(state, caller, "create", "Observation", None, resolved, in_transaction=True)[0]
+    expected = ref.expect_conditional_reference(state, caller, body, "subject", params)
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": f"urn:uuid:{fresh_id()}", "resource": body, "request": {"method": "POST", "url": "Observation"}}]}
     reply, entries = p.send(who, "POST", "/fhir", bundle)
@@ -694,11 +746,9 @@ def probe_conditional_reference(p: Probe, who: str, mrn: str, code: str, practit
     if status != expected.status:
         p.finding("1 scopes are checked first" if expected.status == 403 else
                   "7 conditional references resolve among what the caller may see", who, request,
-                  f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}",
-                  expected.why + f" (withheld: {sorted(withheld)})")
-    matched = set(withheld) | set(visible)
-    if matched:
-        p.touched_patients(who, request, entries, matched)
+                  f"{reply.summary()} [log: {_entries(entries)}]", f"{expected.status}", expected.why)
+    p.logged(who, request, entries, ref.conditional_log(expected, _probe_page(expected, entries)),
+             "9 a conditional probe is logged like a search, and the interaction besides")
     created = (entry_got.get("resource") or {}).get("id") if status == 201 else None
     for rid in re.findall(r"Observation/([A-Za-z0-9\-.]+)", str(entry_got.get("response", {}).get("location", ""))) + (
             [created] if created else []):
@@ -730,28 +780,34 @@ def conditional_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers:
 
 
 # -- probes: the access log as AuditEvents, and CDS Hooks (rule 8) -------------------------------------------------
+def _pseudonym_patients(dep: Deployment) -> dict[str, str]:
+    """pseudonym -> patient id for every patient of the deployment ("" -> "": entries naming none)."""
+    patients = {pid for (t, pid) in dep.state.versions if t == "Patient"}
+    return {"": "", **{dep.pseudonym(pid): pid for pid in patients}}
+
+
 def probe_audit_search(p: Probe, who: str, about: str | None) -> None:
-    caller = p.caller(who)
-    view = ref.audit_view(caller)
+    caller, state = p.caller(who), p.dep.state
+    view = ref.audit_view(caller, "search")
     p.dep.new_entries()
-    pseudonym = p.dep.pseudonym(about) if about else None
-    own = p.dep.pseudonym(caller.patient_id) if caller.patient_id else None
-    if view == "all":
-        want = sum(1 for e in p.dep.log if pseudonym is None or e.patient_pseudonym == pseudonym)
-    elif view == "own":
-        want = 0 if about and about != caller.patient_id else sum(1 for e in p.dep.log if e.patient_pseudonym == own)
-    else:
-        want = 0
+    whose = _pseudonym_patients(p.dep)
+    wanted = p.dep.pseudonym(about) if about else None
+    shown = [e for e in p.dep.log if ref.audit_shows(state, caller, whose.get(e.patient_pseudonym, "?"), "search")
+             and (wanted is None or e.patient_pseudonym == wanted)]
     path = "/fhir/AuditEvent?_count=5" + (f"&patient=Patient/{about}" if about else "")
     reply, entries = p.send(who, "GET", path)
     request = f"GET {path}"
     total = reply.body.get("total") if reply.status == 200 and isinstance(reply.body, dict) else None
-    if view == "none" and not (reply.status == 403 or total == 0):
-        p.finding("8 a wildcard client sees no AuditEvents", who, request, reply.summary(), "403 or an empty Bundle",
-                  "rule 8: the access log is the patients' and the auditors'")
-    elif view != "none" and total != want:
+    if view == "refused":
+        if reply.status != 403:
+            p.finding("1 scopes are checked first", who, request, reply.summary(), "403",
+                      f"{who}'s scopes do not allow search on AuditEvent")
+    elif view == "none" and total != 0:
+        p.finding("8 a caller that is no log reader sees no AuditEvents", who, request, reply.summary(),
+                  "an empty searchset (total 0)", "rule 8: the log is the patients', the auditors' and its readers'")
+    elif view != "none" and total != len(shown):
         p.finding("8 AuditEvent search shows exactly the caller's view", who, request, reply.summary(),
-                  f"total={want}", f"rule 8: {view} entries")
+                  f"total={len(shown)}", f"rule 8: {view} entries")
     if view == "own" and total:
         for event in reply.body.get("entry", []):
             refs = [e.get("what", {}).get("reference") for e in event["resource"].get("entity", [])]
@@ -760,7 +816,10 @@ def probe_audit_search(p: Probe, who: str, about: str | None) -> None:
                           f"AuditEvent/{event['resource'].get('id')} about {refs}", f"Patient/{caller.patient_id}",
                           "rule 8")
                 break
-    p.one_entry(who, request, entries, permitted=None)
+    # One entry per patient whose entries were on the page (entries naming none count as one); one if none.
+    page = {e.patient_pseudonym for e in shown[:5]} if view != "refused" else set()
+    touches = tuple(ref.Touch(whose.get(ps), True) for ps in sorted(page)) or (ref.Touch("", None),)
+    p.logged(who, request, entries, touches, "9 reading the log is logged once per patient disclosed")
 
 
 def probe_audit_read(p: Probe, who: str, about: str) -> None:
@@ -770,21 +829,22 @@ def probe_audit_read(p: Probe, who: str, about: str) -> None:
     if not found.body.get("entry"):
         return
     entry_id = found.body["entry"][0]["resource"]["id"]
-    view = ref.audit_view(caller)
-    permitted = view == "all" or (view == "own" and about == caller.patient_id)
+    view = ref.audit_view(caller, "read")
+    permitted = ref.audit_shows(p.dep.state, caller, about, "read")
     path = f"/fhir/AuditEvent/{entry_id}"
     reply, entries = p.send(who, "GET", path)
     request = f"GET {path} (an entry about Patient/{about})"
-    if (reply.status == 200) != permitted:
+    want = 200 if permitted else 403 if view == "refused" else 404
+    if reply.status != want:
         p.finding("8 AuditEvent read shows exactly the caller's view", who, request, reply.summary(),
-                  "200" if permitted else "403, or 404 like a missing entry", f"rule 8: {view} entries")
+                  {200: "200", 403: "403 (scopes)", 404: "404 like a missing entry"}[want], f"rule 8: {view} entries")
     if reply.status == 404:
         other = p.dep.call(who, "GET", "/fhir/AuditEvent/999999999999")
         p.dep.new_entries()
         if other.status != 404 or other.body != reply.body:
             p.finding("8 another patient's entry answers like a missing one", who, request, reply.summary(),
                       other.summary(), "rule 8")
-    p.one_entry(who, request, entries, permitted=None)
+    p.one_entry(who, request, entries, permitted=permitted, patient=about if permitted else "")
 
 
 def probe_consult(p: Probe, who: str, mrn: str, patients: list[str], actor: str, classes: tuple[str, ...]) -> None:
@@ -808,7 +868,7 @@ def probe_consult(p: Probe, who: str, mrn: str, patients: list[str], actor: str,
     if (known.status, known.body) != (unknown.status, unknown.body):
         p.finding("8 CDS Hooks answers an unrelated caller as for an unknown patient", who, request,
                   f"{known.status} {str(known.body)[:160]}", f"{unknown.status} {str(unknown.body)[:160]}",
-                  f"{who} ({caller.organization or '-'}) neither cares for nor is named by a consent of "
+                  f"{who} ({caller.organization or '-'}) neither cares for nor is named by an active consent of "
                   + ", ".join(f"Patient/{pt}" for pt in patients))
 
 
@@ -887,7 +947,8 @@ def test_reads_disclose_exactly_what_the_policy_allows(deployment: Deployment) -
 
 
 def test_writes_follow_the_policy(deployment: Deployment) -> None:
-    """Rules 1-5 and 9 for create (every kind of patient reference), update, moves, delete, reused ids, $sign."""
+    """Rules 1-6 and 9 for create (every kind of patient reference), update, moves across patients, delete (of
+    live, deleted, missing and withheld ids), reused ids, $sign, and a transaction's scopes checked first."""
     findings = run_property(deployment, EXAMPLES["writes"], write_probes, size=(12, 18),
                             plans=world_plans(max_resources=4, max_events=2))
     if findings:
@@ -895,7 +956,8 @@ def test_writes_follow_the_policy(deployment: Deployment) -> None:
 
 
 def test_conditional_interactions_see_only_what_the_caller_may_see(deployment: Deployment) -> None:
-    """Rule 7: If-None-Exist over REST, batch and transaction; conditional update and delete; conditional references."""
+    """Rules 1, 7 and 9: If-None-Exist over REST, batch and transaction; conditional update and delete;
+    conditional references; each probe logged like a search."""
     findings = run_property(deployment, EXAMPLES["conditional"], conditional_probes, size=(10, 14),
                             plans=world_plans(max_resources=4, max_events=1))
     if findings:
@@ -903,7 +965,8 @@ def test_conditional_interactions_see_only_what_the_caller_may_see(deployment: D
 
 
 def test_the_access_log_shows_each_caller_only_its_own_view(deployment: Deployment) -> None:
-    """Rule 8: AuditEvent search and read per caller; CDS Hooks for unrelated callers."""
+    """Rules 1, 8 and 9: AuditEvent search and read per caller (and how reading the log is logged); CDS Hooks
+    for unrelated callers."""
     findings = run_property(deployment, EXAMPLES["audit"], audit_probes, size=(8, 12),
                             plans=world_plans(max_resources=3, max_events=0))
     if findings:

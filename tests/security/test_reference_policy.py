@@ -91,27 +91,84 @@ def test_compartment_every_reference_and_a_patient_is_its_own() -> None:
                            ) == {"ann"}
     assert ref.compartment({"resourceType": "Organization", "id": "h"}) == frozenset()
     assert ref.compartment(obs("patient/ann")) == frozenset()  # malformed: names nobody (and is refused)
+    assert ref.compartment({**obs("Group/g"), "contained": [  # contained resources and extensions count
+        {"resourceType": "Provenance", "target": [{"reference": "Patient/ann"}]}]}) == {"ann"}
+    assert ref.compartment({**obs("Group/g"), "extension": [
+        {"url": "x", "valueReference": {"reference": "Patient/bob"}}]}) == {"bob"}
 
 
-@pytest.mark.parametrize(("subject", "refused"), [
-    ({"reference": "Patient/ann"}, False),
-    ({"reference": "https://x.example/fhir/Patient/ann"}, False),
-    ({"reference": "Group/g"}, False),
-    ({"identifier": {"system": "urn:mrn", "value": "1"}}, True),
-    ({"display": "Ann"}, True),
-    ({"reference": "#p"}, True),
-    ({"reference": "patient/ann"}, True),
-    ({"reference": " Patient/ann"}, True),
-    ({"reference": "Patient?identifier=urn:mrn|1"}, True),
+MRN = {"system": "urn:mrn", "value": "1"}
+
+
+@pytest.mark.parametrize(("element", "value", "refused"), [
+    # subject elements: whom the record is about must resolve to one stored patient, or to no patient at all
+    ("subject", {"reference": "Patient/ann"}, False),
+    ("subject", {"reference": "https://x.example/fhir/Patient/ann"}, False),
+    ("subject", {"reference": "Group/g"}, False),  # a Group, Device, Location... is no patient
+    ("subject", {"identifier": MRN}, True),
+    ("subject", {"display": "Ann"}, True),
+    ("subject", {"type": "Group", "identifier": MRN}, False),  # typed as something else than a Patient
+    ("subject", {"type": "Patient", "identifier": MRN}, True),
+    ("subject", {"reference": "#g"}, True),  # contained, untyped
+    ("subject", {"reference": "patient/ann"}, True),
+    ("subject", {"reference": " Patient/ann"}, True),
+    ("subject", {"reference": "Patient?identifier=urn:mrn|1"}, True),
+    ("subject", {"reference": "urn:uuid:4f1c7b66-36a5-4e3c-a1a6-0f8b4b6b8d11"}, True),
+    ("subject", {"reference": "ann"}, True),  # a bare id
+    # participant elements: a practitioner known by identifier is fine, a patient is not
+    ("performer", {"identifier": MRN}, False),
+    ("performer", {"display": "Dr Who"}, False),
+    ("performer", {"type": "Practitioner", "identifier": MRN}, False),
+    ("performer", {"type": "Patient", "identifier": MRN}, True),
+    ("performer", {"type": "Patient", "display": "Ann"}, True),
+    ("performer", {"reference": "patient/ann"}, True),
+    ("performer", {"reference": "Patient?identifier=urn:mrn|1"}, True),
 ])
-def test_ambiguous_patient_references_are_refused(subject: dict[str, Any], refused: bool) -> None:
-    resource = {"resourceType": "Observation", "subject": subject}
-    assert (ref.refused_element(resource) == "Observation.subject") is refused
+def test_ambiguous_patient_references_are_refused(element: str, value: dict[str, Any], refused: bool) -> None:
+    resource = {"resourceType": "Observation", "status": "final", element: [value] if element == "performer" else value}
+    if value.get("reference") == "#g":
+        resource["contained"] = [{"resourceType": "Group", "id": "g", "type": "person", "actual": False}]
+    assert ref.refused_element(resource) == (f"Observation.{element}" if refused else None)
 
 
-def test_two_patients_are_refused_and_a_transaction_may_resolve_a_conditional_reference() -> None:
+def test_participants_and_subjects_by_element_name() -> None:
+    assert ref.element_kind("performer.actor") == "participant"  # Procedure.performer.actor
+    assert ref.element_kind("member.entity") == "subject"
+    assert ref.element_kind("provision.actor.reference") == "other"  # Consent: the Reference inside the actor
+    procedure = {"resourceType": "Procedure", "subject": {"reference": "Group/g"},
+                 "performer": [{"actor": {"identifier": MRN}}]}
+    assert ref.refused_element(procedure) is None
+    assert ref.refused_element({**procedure, "performer": [{"actor": {"identifier": MRN, "type": "Patient"}}]}
+                               ) == "Procedure.performer.actor"
+    group = {"resourceType": "Group", "member": [{"entity": {"identifier": MRN}}]}
+    assert ref.refused_element(group) == "Group.member.entity"
+
+
+def test_a_contained_patient_is_always_refused_naming_what_refers_to_it() -> None:
+    contained = [{"resourceType": "Patient", "id": "p", "identifier": [MRN]}]
+    at_performer = {"resourceType": "Observation", "subject": {"reference": "Group/g"},
+                    "performer": [{"reference": "#p"}], "contained": contained}
+    assert ref.refused_element(at_performer) == "Observation.performer"
+    assert ref.refused_element({**at_performer, "performer": [{"reference": "#p", "type": "Practitioner"}]}
+                               ) == "Observation.performer"  # a Patient whatever the reference says
+    nobody_refers = {**obs("Patient/ann"), "contained": [{"resourceType": "Practitioner", "id": "x"}, *contained]}
+    assert ref.refused_element(nobody_refers) == "Observation.contained[1]"
+    practitioner = {**at_performer, "contained": [{"resourceType": "Practitioner", "id": "p"}]}
+    assert ref.refused_element(practitioner) is None
+
+
+def test_two_patients_are_refused_naming_the_first_and_a_transaction_may_resolve_a_conditional_reference() -> None:
     both = {**obs("Patient/ann"), "performer": [{"reference": "Patient/bob"}]}
-    assert ref.refused_element(both) is not None
+    assert ref.refused_element(both) == "Observation.subject"
+    performer_first = {"resourceType": "Observation", "performer": [{"reference": "Patient/bob"}],
+                       "subject": {"reference": "Patient/ann"}}
+    assert ref.refused_element(performer_first) == "Observation.performer"  # document order
+    group = {"resourceType": "Group", "member": [{"entity": {"reference": "Patient/ann"}},
+                                                 {"entity": {"reference": "Patient/bob"}}]}
+    assert ref.refused_element(group) == "Group.member.entity"
+    assert ref.refused_element({**obs("Patient/ann"), "performer": [{"reference": "Patient/ann"}]}) is None
+    linked = {"resourceType": "Patient", "id": "ann", "link": [{"other": {"reference": "Patient/bob"}}]}
+    assert ref.refused_element(linked) is None  # a Patient's links do not make it someone else's
     conditional = obs("Patient?identifier=urn:mrn|1")
     assert ref.refused_element(conditional) is not None
     assert ref.refused_element(conditional, in_transaction=True) is None
@@ -126,10 +183,55 @@ def test_every_version_is_decided_on_its_own() -> None:
     assert history.status == 200 and [s.number for s in history.shown] == [1]
     assert [s.number for s in ref.expect_history(state, BOB, "Observation", "o").shown] == [2]
     assert ref.expect_history(state, CLINICIAN, "Observation", "o").status == 404  # like a missing id
-    state.record("Observation", "o", 3, None, "2026-01-04T00:00:00.000Z")
-    assert [s.number for s in ref.expect_history(state, BOB, "Observation", "o").shown] == [2]  # deletions hidden
+    assert ref.expect_read(state, NARROW, "Observation", "o").status == 403  # scopes first
+
+
+def test_a_deletion_is_shown_with_the_version_it_deleted_in_instance_histories_only() -> None:
+    state = world()
+    state.record("Observation", "o", 3, None, "2026-01-04T00:00:00.000Z")  # deletes v2, Bob's
+    assert [s.number for s in ref.expect_history(state, BOB, "Observation", "o").shown] == [2, 3]
+    assert [s.number for s in ref.expect_history(state, EHR, "Observation", "o").shown] == [1]
     assert [s.number for s in ref.expect_history(state, DEV, "Observation", "o").shown] == [1, 2, 3]
+    assert [s.number for s in ref.expect_type_history(state, BOB, "Observation").shown] == [2]  # no deletions
+    assert [s.number for s in ref.expect_type_history(state, DEV, "Observation").shown] == [1, 2, 3]
     assert ref.expect_read(state, DEV, "Observation", "o").status == 410
+    assert ref.expect_read(state, BOB, "Observation", "o").status == 404
+    state.record("Observation", "o", 4, obs("Patient/ann"), "2026-01-05T00:00:00.000Z")  # the id reused for Ann
+    state.record("Observation", "o", 5, None, "2026-01-06T00:00:00.000Z")
+    assert [s.number for s in ref.expect_history(state, EHR, "Observation", "o").shown] == [1, 4, 5]
+    assert [s.number for s in ref.expect_history(state, ANN, "Observation", "o").shown] == [1, 4, 5]
+    assert [s.number for s in ref.expect_type_history(state, EHR, "Observation").shown] == [1, 4]
+
+
+def touches(expected: ref.Expected, on_page: set[tuple[str, str, int]] | None = None) -> list[tuple[Any, Any]]:
+    return sorted((t.patient, t.permitted) for t in ref.listing_log(expected, on_page))
+
+
+def test_the_log_has_one_entry_per_patient_touched() -> None:
+    state = world()
+    # An instance history whose versions span two patients: one entry per (resource, patient) shown, one per
+    # patient withheld.
+    assert touches(ref.expect_history(state, EHR, "Observation", "o")) == [("ann", True), ("bob", False)]
+    assert touches(ref.expect_history(state, DEV, "Observation", "o")) == [("ann", True), ("bob", True)]
+    assert sorted((t.patient, t.permitted) for t in ref.expect_history(state, CLINICIAN, "Observation", "o").log
+                  ) == [("ann", False), ("bob", False)]
+    assert ref.expect_history(state, EHR, "Observation", "nothing").log_entries == 1
+    # A type history: one per resource and patient disclosed, however many of its versions.
+    assert touches(ref.expect_type_history(state, DEV, "Observation")) == [("ann", True), ("bob", True)]
+    state.record("Observation", "o", 3, obs("Patient/bob"), "2026-01-04T00:00:00.000Z")
+    assert ref.expect_type_history(state, DEV, "Observation").log_entries == 2  # v2 and v3: Bob's, counted once
+    assert touches(ref.expect_type_history(state, EHR, "Observation")) == [("ann", True), ("bob", False)]
+    # Searches: one per resource on the page, one per patient withheld, one per patient only counted.
+    state.record("Observation", "o2", 1, {**obs("Patient/ann"), "id": "o2"}, "2026-01-03T00:00:00.000Z")
+    state.record("Observation", "o3", 1, {**obs("Patient/ann"), "id": "o3"}, "2026-01-03T00:00:00.000Z")
+    found = ref.expect_search(state, EHR, "Observation", [("_lastUpdated", "ge2026-01-01T00:00:00.000Z")])
+    assert [s.rid for s in found.shown] == ["o2", "o3"] and found.withheld_patients == {"bob"}
+    assert touches(found) == [("ann", True), ("ann", True), ("bob", False)]
+    assert touches(found, set()) == [("ann", None), ("bob", False)]  # _summary=count, _count=0
+    assert touches(found, {("Observation", "o2", 1)}) == [("ann", True), ("bob", False)]  # ann covered
+    nothing = ref.expect_search(state, EHR, "Patient", [("_id", "nobody")])
+    assert nothing.shown == () and nothing.log_entries == 1
+    assert ref.expect_search(state, NARROW, "Observation", []).log_entries == 1  # refused: one entry
 
 
 def test_scopes_first_and_searches_count_what_they_disclose() -> None:
@@ -139,8 +241,8 @@ def test_scopes_first_and_searches_count_what_they_disclose() -> None:
     found = ref.expect_search(state, EHR, "Patient", [("_lastUpdated", "ge2026-01-01T00:00:00.000Z")])
     assert [s.rid for s in found.shown] == ["ann"] and found.withheld_patients == {"bob"}
     assert found.log_entries == 2  # one disclosed, one patient withheld
-    nothing = ref.expect_search(state, EHR, "Patient", [("_id", "nobody")])
-    assert nothing.shown == () and nothing.log_entries == 1
+    assert ref.expect_transaction_scopes(NARROW, [("search", "Patient"), ("create", "Observation")]) is not None
+    assert ref.expect_transaction_scopes(EHR, [("search", "Patient"), ("create", "Observation")]) is None
 
 
 def test_writes() -> None:
@@ -152,15 +254,95 @@ def test_writes() -> None:
     assert ref.expect_write(state, ANN, "create", "Organization", None, {"resourceType": "Organization"})[0].status == 403
     assert ref.expect_write(state, EHR, "create", "Organization", None, {"resourceType": "Organization"})[0].status == 201
     assert ref.expect_write(state, RESEARCH, "create", "Observation", None, new)[0].status == 403  # scopes
+    ambiguous = {**new, "subject": {"display": "Ann"}}
+    assert ref.expect_write(state, EHR, "create", "Observation", None, ambiguous)[0].status == 400
+    assert ref.expect_write(state, RESEARCH, "create", "Observation", None, ambiguous)[0].status == 403  # scopes first
+    by_npi = {"resourceType": "Observation", "performer": [{"identifier": MRN}]}
+    assert ref.expect_write(state, EHR, "create", "Observation", None, by_npi)[0].status == 201  # no patient
+
+
+def test_updates_across_two_patients_are_decided_and_logged_on_each() -> None:
+    state = world()
     moved_back = {**obs("Patient/ann"), "id": "o"}
-    assert ref.expect_write(state, EHR, "update", "Observation", "o", moved_back)[0].status == 403  # v2 is Bob's
-    assert ref.expect_write(state, BREAK_GLASS, "update", "Observation", "o", moved_back)[0].status == 200
-    assert ref.expect_write(state, EHR, "create", "Observation", None, {**new, "subject": {"display": "Ann"}}
-                            )[0].status == 400
+    refused, _ = ref.expect_write(state, EHR, "update", "Observation", "o", moved_back)  # v2 is Bob's
+    assert refused.status == 403
+    assert sorted((t.patient, t.permitted) for t in refused.log) == [("ann", True), ("bob", False)]
+    glass, _ = ref.expect_write(state, BREAK_GLASS, "update", "Observation", "o", moved_back)
+    assert glass.status == 200 and [t.permitted for t in glass.log] == [True, True]
+    same, _ = ref.expect_write(state, ANN, "update", "Consent", None, {**consent("permit", CLINIC), "id": "c9"})
+    assert same.status == 201 and [(t.patient, t.permitted) for t in same.log] == [("ann", True)]
+    # An id whose current version is a deletion: writing over it is an update of its last live version too.
+    state.record("Observation", "o", 3, None, "2026-01-04T00:00:00.000Z")
+    reused, _ = ref.expect_write(state, EHR, "update", "Observation", "o", moved_back)
+    assert reused.status == 403 and reused.log_entries == 2
+    assert ref.expect_write(state, DEV, "update", "Observation", "o", moved_back)[0].status == 201
+
+
+def test_deletes() -> None:
+    state = world()
+    state.record("Observation", "a", 1, {**obs("Patient/ann"), "id": "a"}, "2026-01-02T00:00:00.000Z")
+
+    def delete(caller: ref.Caller, rid: str) -> int:
+        return ref.expect_write(state, caller, "delete", "Observation", rid, None)[0].status
+
+    assert delete(RESEARCH, "a") == 403 and delete(RESEARCH, "missing") == 403  # scopes first
+    assert delete(CLINICIAN, "a") == 404  # withheld: the 404 of a missing read
+    assert delete(ANN, "a") == 404  # she may read it, not delete it: a refused delete is that same 404
+    assert delete(EHR, "missing") == 404 and delete(DEV, "missing") == 204
+    expected, _ = ref.expect_write(state, CLINICIAN, "delete", "Observation", "a", None)
+    assert [(t.patient, t.permitted) for t in expected.log] == [("ann", False)]
+    assert delete(EHR, "a") == 204
+    state.record("Observation", "a", 2, None, "2026-01-03T00:00:00.000Z")
+    assert delete(EHR, "a") == 404 and delete(DEV, "a") == 204  # already deleted
+
+
+def log_of(expected: ref.Expected) -> list[tuple[Any, Any]]:
+    return [(t.patient, t.permitted) for t in ref.conditional_log(expected)]
+
+
+def test_conditional_interactions_probe_as_the_caller() -> None:
+    state = world()
+    by_id = [("_id", "o")]  # o is Bob's now
+    new = {"resourceType": "Observation", "subject": {"reference": "Patient/ann"}}
+    created = ref.expect_conditional(state, EHR, "create", "Observation", by_id, new)
+    assert created.status == 201  # Bob's match does not exist for the hospital
+    assert log_of(created) == [("bob", False), ("ann", True)]  # the probe, then the create
+    found = ref.expect_conditional(state, BOB, "create", "Observation", by_id, new)
+    assert found.status == 200 and found.returned == "o" and log_of(found) == [("bob", True)]  # no create decided
+    refused = ref.expect_conditional(state, NARROW, "create", "Patient", [("_id", "ann")], {"resourceType": "Patient"})
+    assert refused.status == 403 and len(ref.conditional_log(refused)) == 1  # scopes (create) before the probe
+    everyone = [("_lastUpdated", "ge2026-01-01T00:00:00.000Z")]
+    several = ref.expect_conditional(state, DEV, "create", "Patient", everyone, {"resourceType": "Patient"})
+    assert several.status == 412 and log_of(several) == [("ann", True), ("bob", True)]
+    assert several.probe is not None
+    # The probe's page is the server's choice: a match only counted is logged per patient not covered.
+    assert [(t.patient, t.permitted) for t in ref.conditional_log(several, {("Patient", "ann", 1)})] == [
+        ("ann", True), ("bob", None)]
+    nothing = ref.expect_conditional(state, EHR, "delete", "Observation", by_id, None)
+    assert nothing.status == 204 and log_of(nothing) == [("bob", False)]
+    moved = ref.expect_conditional(state, BOB, "update", "Observation", by_id, obs("Patient/ann"))
+    assert moved.status == 403 and log_of(moved) == [("bob", True), ("ann", False), ("bob", False)]
+    subject = {"resourceType": "Observation", "subject": {"reference": "Patient?_id=ann"}}
+    resolved = ref.expect_conditional_reference(state, EHR, subject, "subject", [("_id", "ann")])
+    assert resolved.status == 201 and log_of(resolved) == [("ann", True), ("ann", True)]
+    hidden = ref.expect_conditional_reference(state, CLINICIAN, subject, "subject", [("_id", "ann")])
+    assert hidden.status == 412 and log_of(hidden) == [("ann", False)]
+    assert ref.expect_conditional_reference(state, NARROW, subject, "subject", [("_id", "ann")]).status == 403
+
+
+AUDITOR = ref.Caller("auditor", "auditor", scopes=("system/AuditEvent.rs",))  # registered for the log by name
+HOSPITAL_AUDITOR = ref.Caller("privacy", "auditor", HOSPITAL, scopes=("system/*.rs",))
+LOST_AUDITOR = ref.Caller("lost", "auditor", scopes=("system/*.rs",))
 
 
 def test_audit_view_and_standing() -> None:
-    assert [ref.audit_view(c) for c in (DEV, ANN, EHR, RESEARCH)] == ["all", "own", "none", "none"]
+    assert [ref.audit_view(c) for c in (DEV, ANN, EHR, RESEARCH, AUDITOR, HOSPITAL_AUDITOR, LOST_AUDITOR, NARROW)] == [
+        "all", "own", "none", "none", "all", "cared-for", "none", "refused"]
     state = world()
+    assert ref.audit_shows(state, HOSPITAL_AUDITOR, "ann") and not ref.audit_shows(state, HOSPITAL_AUDITOR, "bob")
+    assert not ref.audit_shows(state, HOSPITAL_AUDITOR, "") and ref.audit_shows(state, AUDITOR, "")
+    assert ref.audit_shows(state, ANN, "ann") and not ref.audit_shows(state, ANN, "bob")
     assert ref.related(state, EHR, "ann") and not ref.related(state, CLINICIAN, "ann")
     assert ref.related(world(consent("deny", CLINIC)), CLINICIAN, "ann")
+    proposed = {**consent("permit", CLINIC), "status": "proposed"}
+    assert not ref.related(world(proposed), CLINICIAN, "ann")  # an unsigned permit is no relationship
