@@ -155,9 +155,13 @@ class _Executor:
         if method == "DELETE":
             if target.params is not None:
                 uow.check_scope("delete", target.resource_type)  # scopes before the conditional search
-                match = _single_match(uow, target, "delete")
-                if match is not None:
-                    uow.delete(target.resource_type, match.id)
+                if entry.index in assigned:  # a transaction searched already (`_assign`)
+                    match_id = assigned[entry.index].removeprefix("delete:") or None
+                else:
+                    match = _single_match(uow, target, "delete")
+                    match_id = match.id if match is not None else None
+                if match_id is not None:
+                    uow.delete(target.resource_type, match_id)
                 return _response_entry(204)
             if target.id is None:
                 raise BadRequest("DELETE needs 'Type/id' or 'Type?parameters'")
@@ -312,6 +316,7 @@ def _assign(
     elif method == "DELETE" and target.params is not None:
         match = _single_match(uow, target, "delete")
         resource_id = match.id if match is not None else None
+        assigned[entry.index] = "delete:" + (resource_id or "")
     else:
         resource_id = target.id
     if resource_id is not None:

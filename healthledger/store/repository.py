@@ -712,11 +712,18 @@ class UnitOfWork:
             if before is None or before.resource is None or not _same_patient(before.resource, patient):
                 raise ValueError("only a change of a live resource within its compartment can be decided beforehand")
         else:
+            refused: Forbidden | None = None
             if current is not None and self._screens:
                 previous = self._last_live(current)
                 if previous is not None and previous.resource is not None and not _same_patient(previous.resource, patient):
-                    self.authorize("update", resource_type, previous.resource, resource_id)
+                    # A move between two patients is decided (and recorded) on both sides, whatever the first says.
+                    try:
+                        self.authorize("update", resource_type, previous.resource, resource_id)
+                    except Forbidden as exc:
+                        refused = exc
             self.authorize("update" if current is not None else "create", resource_type, resource, resource_id)
+            if refused is not None:
+                raise refused
         if if_match is not None and (current is None or current.version_id != if_match):
             raise PreconditionFailed("version mismatch: the resource was changed by someone else (If-Match)")
         next_version = 1 if current is None else current.version_id + 1
@@ -888,6 +895,7 @@ class UnitOfWork:
     def _record_unscreened(self, action: Action, resource_type: str, items: Sequence[StoredResource]) -> None:
         """Record what an unrestricted caller was shown (one entry per resource, for its patient's log)."""
         policy = self.store.policy
+        with_content = {item.id for item in items if item.resource is not None}
         shown = [
             policy.screen(
                 self.principal, action, resource_type,
@@ -895,6 +903,8 @@ class UnitOfWork:
                 conn=self.conn,
             )
             for item in items
+            # A deletion is recorded with the resource's shown versions; alone on the page, on its own.
+            if item.resource is not None or item.id not in with_content
         ]
         policy.record_results(self.principal, action, resource_type, shown, [], conn=self.conn)
 
