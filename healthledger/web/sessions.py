@@ -42,10 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import secrets
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -77,9 +74,8 @@ from werkzeug.wrappers import Response as BaseResponse
 from healthledger.auth.models import User
 from healthledger.auth.scopes import parse_scopes
 from healthledger.auth.users import AccountNames, LockoutPolicy, LoginFailed, authenticate
-from healthledger.data_dir import private_dir
 from healthledger.errors import ConfigurationError
-from healthledger.keys import KeyProvider, WrappedKey
+from healthledger.keys import KEY_FILES, WEB_SESSION_SECRET, KeyProvider
 from healthledger.principal import HRESCH, TREAT, Principal
 from healthledger.web.models import WebSession
 
@@ -120,74 +116,19 @@ def _utc_now() -> datetime:
 
 class SessionSecret:
     """The key that signs session cookies and CSRF tokens: 32 random bytes, created on first use and
-    stored wrapped by the key provider (file mode 0600), like the token signing key."""
+    stored wrapped by the key provider (`healthledger.keys.WEB_SESSION_SECRET`; key rotation rewraps it).
+    Workers starting at once end up with one secret: the key file recipe lets one of them create it."""
 
-    FILE_NAME = "web-session-secret.json"
-    CONTEXT = b"healthledger/web-session-secret/v1"
+    FILE_NAME = WEB_SESSION_SECRET.file_name
     SIZE = 32
 
     @classmethod
     def load_or_create(cls, keys_dir: Path, provider: KeyProvider) -> bytes:
-        path = Path(keys_dir) / cls.FILE_NAME
-        if not path.exists():
-            secret = secrets.token_bytes(cls.SIZE)
-            if _create_exclusive(path, provider.wrap(secret, cls.CONTEXT)):
-                return secret
-            # Another worker created it between our check and our write: everyone must sign with one key.
-        return cls._read(path, provider)
-
-    @classmethod
-    def rewrap(cls, keys_dir: Path, provider: KeyProvider) -> bool:
-        """After a KEK rotation: wrap the secret with the active KEK (True if it was rewrapped)."""
-        path = Path(keys_dir) / cls.FILE_NAME
-        if not path.exists():
-            return False
-        wrapped = _read_wrapped(path)
-        if wrapped.kek_id == provider.active_kek_id():
-            return False
-        _replace(path, provider.wrap(provider.unwrap(wrapped, cls.CONTEXT), cls.CONTEXT))
-        return True
-
-    @classmethod
-    def _read(cls, path: Path, provider: KeyProvider) -> bytes:
-        secret = provider.unwrap(_read_wrapped(path), cls.CONTEXT)
+        key_file = KEY_FILES.file(keys_dir, WEB_SESSION_SECRET)
+        secret = key_file.load_or_create(provider, lambda: secrets.token_bytes(cls.SIZE))
         if len(secret) != cls.SIZE:
-            raise ConfigurationError(f"session secret in {path} has the wrong length")
+            raise ConfigurationError(f"session secret in {key_file.path} has the wrong length")
         return secret
-
-
-def _read_wrapped(path: Path) -> WrappedKey:
-    try:
-        stored = json.loads(path.read_text())
-        return WrappedKey(str(stored["kek_id"]), bytes.fromhex(stored["blob"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(f"key file {path} is unreadable") from exc
-
-
-def _write_temp(path: Path, wrapped: WrappedKey) -> Path:
-    private_dir(path.parent)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")  # mode 0600
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return Path(name)
-
-
-def _create_exclusive(path: Path, wrapped: WrappedKey) -> bool:
-    """Write `path` only if it does not exist (link(2) is atomic and fails on an existing name)."""
-    tmp = _write_temp(path, wrapped)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink()
-
-
-def _replace(path: Path, wrapped: WrappedKey) -> None:
-    os.replace(_write_temp(path, wrapped), path)
 
 
 # -- pure rules -------------------------------------------------------------------------------------
