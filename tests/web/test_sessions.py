@@ -28,13 +28,8 @@ from healthledger.keys import KEY_FILES, WEB_SESSION_SECRET, LocalFileKeyProvide
 from healthledger.principal import HRESCH, TREAT, Principal
 from healthledger.store.repository import ResourceStore
 from healthledger.web.models import WebSession
-from healthledger.web.sessions import (
-    SessionSecret,
-    csrf_required,
-    init_web,
-    session_principal,
-    web_blueprint,
-)
+from healthledger.web.pages import web_blueprint
+from healthledger.web.sessions import SessionSecret, csrf_required, init_web, session_principal
 
 NOW = datetime(2026, 11, 23, 10, tzinfo=UTC)
 PW = "correct horse battery"
