@@ -84,13 +84,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.db import session_factory
     from healthledger.principal import Principal
     from healthledger.store.repository import ResourceStore
-    from healthledger.web.sessions import (
-        SessionLifetime,
-        SessionSecret,
-        init_web,
-        session_principal,
-        web_blueprint,
-    )
+    from healthledger.web.pages import web_blueprint
+    from healthledger.web.sessions import SessionLifetime, SessionSecret, init_web, session_principal
 
     settings = settings or Settings.load()
     configure_logging()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import structlog
 
@@ -42,17 +42,36 @@ def private_file(path: Path) -> Path:
 
     Existing parent directories are left as they are: a database may live outside the data directory.
     """
-    _make_parents(path.parent)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+        new_private_file(path).close()
     except FileExistsError:
         tighten(path)
-    else:
-        try:
-            os.fchmod(fd, PRIVATE_FILE_MODE)  # the umask may have taken owner bits too
-        finally:
-            os.close(fd)
     return path
+
+
+def new_private_file(path: Path) -> BinaryIO:
+    """A new file of mode 0600 at `path`, open for writing (missing parents 0700).
+
+    Raises FileExistsError if the name is taken, by a file or a symlink (O_EXCL, which never follows one).
+    """
+    _make_parents(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # the umask may have taken owner bits too
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def sync_dir(path: Path) -> None:
+    """Make the names just created, renamed or removed in directory `path` durable (POSIX fsync(2) of the
+    directory: a file's own fsync covers its data, not the entry that names it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def private_sqlite_file(path: Path) -> Path:

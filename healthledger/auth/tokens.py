@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import secrets
 import threading
 import time
@@ -39,9 +38,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhir_adapters.validation import check_json_text_nesting
 from healthledger.auth.models import ApiClient, SeenAssertion
 from healthledger.auth.scopes import InvalidScope, ResourceScope, format_scopes, grant_scopes, parse_scopes
-from healthledger.data_dir import private_dir
 from healthledger.errors import HealthLedgerError, Unauthorized
-from healthledger.keys import KeyProvider, WrappedKey
+from healthledger.keys import KEY_FILES, TOKEN_SIGNING_KEY, KeyProvider
 
 GRANT_TYPE = "client_credentials"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -49,8 +47,6 @@ ASSERTION_ALGORITHMS = ("RS384", "ES384")  # SMART Backend Services: servers SHA
 MAX_ASSERTION_LIFETIME = 300  # seconds; SMART: exp no more than five minutes in the future
 CLOCK_LEEWAY = 30  # seconds
 ACCESS_TOKEN_ALGORITHM = "ES256"
-_SIGNING_KEY_FILE = "token-signing-key.json"
-_SIGNING_KEY_CONTEXT = b"healthledger/token-signing-key/v1"
 
 _hasher = PasswordHasher()  # argon2id with the library's current defaults
 _VERIFIED_TOKENS = 4096  # per worker: tokens whose signature was checked (until they expire)
@@ -100,7 +96,8 @@ def hash_secret(secret: str) -> str:
 
 
 class TokenSigner:
-    """The server's ES256 key for access tokens, created on first use and stored wrapped by the KEK."""
+    """The server's ES256 key for access tokens, created on first use and stored wrapped by the KEK
+    (`healthledger.keys.TOKEN_SIGNING_KEY`; key rotation rewraps it)."""
 
     def __init__(self, key: ECKey) -> None:
         key.ensure_kid()  # the RFC 7638 thumbprint, so verifiers can pick it out of our JWKS
@@ -108,39 +105,15 @@ class TokenSigner:
 
     @classmethod
     def load_or_create(cls, keys_dir: Path, provider: KeyProvider) -> TokenSigner:
-        path = Path(keys_dir) / _SIGNING_KEY_FILE
-        if path.exists():
-            stored = json.loads(path.read_text())
-            wrapped = WrappedKey(stored["kek_id"], bytes.fromhex(stored["blob"]))
-            return cls(ECKey.import_key(json.loads(provider.unwrap(wrapped, _SIGNING_KEY_CONTEXT))))
-        key = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": ACCESS_TOKEN_ALGORITHM}, auto_kid=True)
-        _write_wrapped(path, provider.wrap(json.dumps(key.as_dict(private=True)).encode(), _SIGNING_KEY_CONTEXT))
-        return cls(key)
+        def generate() -> bytes:
+            key = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": ACCESS_TOKEN_ALGORITHM}, auto_kid=True)
+            return json.dumps(key.as_dict(private=True)).encode()
 
-    @staticmethod
-    def rewrap(keys_dir: Path, provider: KeyProvider) -> bool:
-        """After a KEK rotation: wrap the signing key with the active KEK (True if it was rewrapped)."""
-        path = Path(keys_dir) / _SIGNING_KEY_FILE
-        if not path.exists():
-            return False
-        stored = json.loads(path.read_text())
-        if stored["kek_id"] == provider.active_kek_id():
-            return False
-        raw = provider.unwrap(WrappedKey(stored["kek_id"], bytes.fromhex(stored["blob"])), _SIGNING_KEY_CONTEXT)
-        _write_wrapped(path, provider.wrap(raw, _SIGNING_KEY_CONTEXT))
-        return True
+        jwk = KEY_FILES.file(keys_dir, TOKEN_SIGNING_KEY).load_or_create(provider, generate)
+        return cls(ECKey.import_key(json.loads(jwk)))
 
     def public_jwks(self) -> dict[str, Any]:
         return dict(KeySet([self.key]).as_dict(private=False))
-
-
-def _write_wrapped(path: Path, wrapped: WrappedKey) -> None:
-    private_dir(path.parent)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}, handle)
-    os.replace(tmp, path)
 
 
 class JwksCache:

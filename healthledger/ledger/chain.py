@@ -37,11 +37,9 @@ from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 from healthledger.data_dir import private_dir, private_file
 from healthledger.errors import ChainError, ConfigurationError, HealthLedgerError
-from healthledger.keys import KeyProvider, WrappedKey
+from healthledger.keys import CHAIN_OPERATOR_KEY, KEY_FILES, KeyProvider
 from healthledger.ledger.compile import ARTIFACTS_DIR, load_artifact
 
-OPERATOR_KEY_FILE = "chain-operator.json"
-_OPERATOR_KEY_CONTEXT = b"healthledger/chain-operator/v1"
 DEFAULT_PRIORITY_FEE_WEI = 10**9  # 1 gwei, when the node cannot suggest one
 GAS_MARGIN_PERCENT = 25  # added to eth_estimateGas: estimates are exact only for the state they ran on
 RECEIPT_TIMEOUT_SECONDS = 120.0
@@ -359,47 +357,17 @@ def _show_arg(value: Any) -> str:
 
 
 def load_or_create_operator(keys_dir: Path, key_provider: KeyProvider) -> LocalAccount:
-    """The operator account, generated on first use and stored wrapped by the KeyProvider (0600)."""
-    path = Path(keys_dir) / OPERATOR_KEY_FILE
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-            wrapped = WrappedKey(stored["kek_id"], bytes.fromhex(stored["wrapped"]))
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigurationError("chain operator key file is unreadable") from exc
-        account: LocalAccount = Account.from_key(key_provider.unwrap(wrapped, _OPERATOR_KEY_CONTEXT))
-        if account.address != stored.get("address"):
-            raise ConfigurationError("chain operator key file does not match its recorded address")
-        return account
-    account = Account.create()
-    wrapped = key_provider.wrap(bytes(account.key), _OPERATOR_KEY_CONTEXT)
-    _write_operator_file(path, {"address": account.address, "kek_id": wrapped.kek_id, "wrapped": wrapped.blob.hex()})
+    """The operator account, generated on first use and stored wrapped by the KeyProvider
+    (`healthledger.keys.CHAIN_OPERATOR_KEY`, beside its address; key rotation rewraps it)."""
+    key = KEY_FILES.file(keys_dir, CHAIN_OPERATOR_KEY).load_or_create(
+        key_provider, lambda: bytes(Account.create().key), public=_operator_address
+    )
+    account: LocalAccount = Account.from_key(key)
     return account
 
 
-def rewrap_operator_key(keys_dir: Path, key_provider: KeyProvider) -> bool:
-    """After a KEK rotation: wrap the operator key with the active KEK (True if it was rewrapped)."""
-    path = Path(keys_dir) / OPERATOR_KEY_FILE
-    if not path.exists():
-        return False
-    stored = json.loads(path.read_text())
-    if stored["kek_id"] == key_provider.active_kek_id():
-        return False
-    raw = key_provider.unwrap(WrappedKey(stored["kek_id"], bytes.fromhex(stored["wrapped"])), _OPERATOR_KEY_CONTEXT)
-    fresh = key_provider.wrap(raw, _OPERATOR_KEY_CONTEXT)
-    _write_operator_file(path, {**stored, "kek_id": fresh.kek_id, "wrapped": fresh.blob.hex()})
-    return True
-
-
-def _write_operator_file(path: Path, document: dict[str, Any]) -> None:
-    private_dir(path.parent)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(document, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _operator_address(key: bytes) -> dict[str, str]:
+    return {"address": Account.from_key(key).address}
 
 
 # -- factories ---------------------------------------------------------------------------------

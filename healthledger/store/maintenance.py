@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from healthledger.errors import NotFound
-from healthledger.keys import WrappedKey
+from healthledger.errors import ConfigurationError, NotFound
+from healthledger.keys import KEY_FILES, KeyFileRegistry, WrappedKey
 from healthledger.store import envelope
 from healthledger.store.keyring import PATIENT
 from healthledger.store.models import data_keys_table as keys_t
@@ -84,14 +83,20 @@ def _count_on(store: ResourceStore, keks: list[str]) -> int:
 
 
 def rotate_keys(
-    store: ResourceStore, *, retire_old: bool = False, rotate: bool = True, batch_size: int = 500
+    store: ResourceStore,
+    *,
+    retire_old: bool = False,
+    rotate: bool = True,
+    batch_size: int = 500,
+    key_files: KeyFileRegistry = KEY_FILES,
 ) -> RotationReport:
     """A new KEK becomes active (unless `rotate` is False); every data key and index master key under
     this provider's older KEKs (all tenants that share the provider) is rewrapped to the active KEK.
 
     With `retire_old`, old KEKs are removed from the provider once nothing depends on them: no store
-    key and no key of another package (see `external_users`). `rotate=False, retire_old=True` retires
-    after those packages have rewrapped their keys, without starting yet another rotation.
+    key and no key of another package (see `external_users`; `key_files` lists the wrapped key files).
+    `rotate=False, retire_old=True` retires after those packages have rewrapped their keys, without
+    starting yet another rotation.
     """
     provider = store.keyring.provider
     active = provider.rotate() if rotate else provider.active_kek_id()
@@ -105,7 +110,7 @@ def rotate_keys(
             break
     remaining = _count_on(store, old_keks)
     retired: list[str] = []
-    blocked_by = external_users(store, old_keks) if retire_old and old_keks else []
+    blocked_by = external_users(store, old_keks, key_files) if retire_old and old_keks else []
     if retire_old and remaining == 0 and not blocked_by:
         for kek_id in old_keks:
             provider.retire(kek_id)
@@ -113,23 +118,22 @@ def rotate_keys(
     return RotationReport(active, rewrapped, retired, remaining, blocked_by)
 
 
-def external_users(store: ResourceStore, keks: list[str]) -> list[str]:
+def external_users(store: ResourceStore, keks: list[str], key_files: KeyFileRegistry = KEY_FILES) -> list[str]:
     """Where keys outside the store are still wrapped by one of `keks` (retiring them would break those).
 
-    Other packages keep KEK-wrapped keys too (token signing key, chain operator key, patient recovery
-    wraps). They are found generically: JSON files under keys_dir with a `kek_id`, and columns named
-    `*kek_id` in tables that are not the store's.
+    Other packages keep KEK-wrapped keys too: the wrapped key files of the registry (token signing key,
+    chain operator key, web session secret; an unreadable one counts as in use), and columns named
+    `*kek_id` in tables that are not the store's (patients' recovery wraps).
     """
     found: list[str] = []
-    keys_dir = store.settings.keys_dir
-    if keys_dir.is_dir():
-        for path in sorted(keys_dir.glob("*.json")):
-            try:
-                document = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(document, dict) and document.get("kek_id") in keks:
-                found.append(f"key file {path.name}")
+    for key_file in key_files.files(store.settings.keys_dir):
+        try:
+            contents = key_file.read()
+        except ConfigurationError:
+            found.append(f"key file {key_file.path.name} (unreadable)")
+            continue
+        if contents is not None and contents.wrapped.kek_id in keks:
+            found.append(f"key file {key_file.path.name}")
     inspector = sa.inspect(store.engine)
     with store.engine.connect() as conn:
         for table in inspector.get_table_names():

@@ -1,4 +1,5 @@
-"""Sign-in sessions for people in the web app (/app): login, logout, session lifetime, CSRF, rate limit.
+"""Sign-in sessions for people in the web app (/app): the session record and its lifetime, sign-in and
+sign-out, CSRF, and the signed-in principal of a request.
 
 The session is Flask's signed cookie (itsdangerous HMAC under `SessionSecret`), HttpOnly, SameSite=Lax,
 Secure in production. It holds only a random session id (256 bits) and Flask-WTF's CSRF secret: never a
@@ -33,57 +34,32 @@ unchecked once the web app calls /fhir with `fetch`, is not needed, and bearer c
 SameSite=Lax already keeps the cookie off cross-site POSTs in current browsers; the token is the
 defence that does not depend on the browser (and covers same-site attackers on sibling subdomains).
 
-Sign-in attempts are limited per client address by Flask-Limiter in front of the per-account lockout
-(`healthledger.auth.users.LockoutPolicy`); every failure (unknown user, wrong password, locked, disabled)
-gives the same page and status.
+The pages that sign people in and out are `healthledger.web.account`'s; this module is what they and the
+API share: the session secret, the session record and its lifetime, the CSRF rule, and who is signed in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import secrets
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import structlog
-from flask import (
-    Blueprint,
-    Flask,
-    Response,
-    current_app,
-    g,
-    redirect,
-    render_template,
-    render_template_string,
-    request,
-    session,
-    url_for,
-)
-from flask.blueprints import BlueprintSetupState
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
-from flask_wtf.csrf import CSRFError, CSRFProtect
+from flask import Flask, current_app, g, request, session
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.exceptions import TooManyRequests
-from werkzeug.wrappers import Response as BaseResponse
 
 from healthledger.auth.models import User
 from healthledger.auth.scopes import parse_scopes
 from healthledger.auth.users import AccountNames, LockoutPolicy, LoginFailed, authenticate
-from healthledger.data_dir import private_dir
 from healthledger.errors import ConfigurationError
-from healthledger.keys import KeyProvider, WrappedKey
+from healthledger.keys import KEY_FILES, WEB_SESSION_SECRET, KeyProvider
 from healthledger.principal import HRESCH, TREAT, Principal
 from healthledger.web.models import WebSession
-
-log = structlog.get_logger(__name__)
 
 WEB_PREFIX = "/app"
 # Endpoints that authenticate with what the request carries and never read the session (see above).
@@ -98,7 +74,6 @@ _SEEN_RESOLUTION = 60  # seconds
 # Domain separation of the digest of a user's password hash kept with each of their sessions.
 _CREDENTIAL_STAMP_TAG = b"healthledger/web-session/credential-stamp/v1|"
 _STATE = "healthledger.web"
-_DEFAULT_LOCKOUT = LockoutPolicy()
 _PRINCIPAL_CACHE = "_healthledger_session_principal"
 
 # Role -> (SMART scope context, scopes, purpose of use). Researchers act for research (HL7 v3 HRESCH),
@@ -111,7 +86,8 @@ _ROLE_ACCESS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _utc_now() -> datetime:
+def system_clock() -> datetime:
+    """The default clock of session lifetimes: now, in UTC."""
     return datetime.now(UTC)
 
 
@@ -120,74 +96,19 @@ def _utc_now() -> datetime:
 
 class SessionSecret:
     """The key that signs session cookies and CSRF tokens: 32 random bytes, created on first use and
-    stored wrapped by the key provider (file mode 0600), like the token signing key."""
+    stored wrapped by the key provider (`healthledger.keys.WEB_SESSION_SECRET`; key rotation rewraps it).
+    Workers starting at once end up with one secret: the key file recipe lets one of them create it."""
 
-    FILE_NAME = "web-session-secret.json"
-    CONTEXT = b"healthledger/web-session-secret/v1"
+    FILE_NAME = WEB_SESSION_SECRET.file_name
     SIZE = 32
 
     @classmethod
     def load_or_create(cls, keys_dir: Path, provider: KeyProvider) -> bytes:
-        path = Path(keys_dir) / cls.FILE_NAME
-        if not path.exists():
-            secret = secrets.token_bytes(cls.SIZE)
-            if _create_exclusive(path, provider.wrap(secret, cls.CONTEXT)):
-                return secret
-            # Another worker created it between our check and our write: everyone must sign with one key.
-        return cls._read(path, provider)
-
-    @classmethod
-    def rewrap(cls, keys_dir: Path, provider: KeyProvider) -> bool:
-        """After a KEK rotation: wrap the secret with the active KEK (True if it was rewrapped)."""
-        path = Path(keys_dir) / cls.FILE_NAME
-        if not path.exists():
-            return False
-        wrapped = _read_wrapped(path)
-        if wrapped.kek_id == provider.active_kek_id():
-            return False
-        _replace(path, provider.wrap(provider.unwrap(wrapped, cls.CONTEXT), cls.CONTEXT))
-        return True
-
-    @classmethod
-    def _read(cls, path: Path, provider: KeyProvider) -> bytes:
-        secret = provider.unwrap(_read_wrapped(path), cls.CONTEXT)
+        key_file = KEY_FILES.file(keys_dir, WEB_SESSION_SECRET)
+        secret = key_file.load_or_create(provider, lambda: secrets.token_bytes(cls.SIZE))
         if len(secret) != cls.SIZE:
-            raise ConfigurationError(f"session secret in {path} has the wrong length")
+            raise ConfigurationError(f"session secret in {key_file.path} has the wrong length")
         return secret
-
-
-def _read_wrapped(path: Path) -> WrappedKey:
-    try:
-        stored = json.loads(path.read_text())
-        return WrappedKey(str(stored["kek_id"]), bytes.fromhex(stored["blob"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(f"key file {path} is unreadable") from exc
-
-
-def _write_temp(path: Path, wrapped: WrappedKey) -> Path:
-    private_dir(path.parent)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")  # mode 0600
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"kek_id": wrapped.kek_id, "blob": wrapped.blob.hex()}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return Path(name)
-
-
-def _create_exclusive(path: Path, wrapped: WrappedKey) -> bool:
-    """Write `path` only if it does not exist (link(2) is atomic and fails on an existing name)."""
-    tmp = _write_temp(path, wrapped)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink()
-
-
-def _replace(path: Path, wrapped: WrappedKey) -> None:
-    os.replace(_write_temp(path, wrapped), path)
 
 
 # -- pure rules -------------------------------------------------------------------------------------
@@ -242,7 +163,8 @@ def session_valid(stored: StoredSession, lifetime: SessionLifetime, now: int) ->
     )
 
 
-def _under(path: str, prefix: str) -> bool:
+def under(path: str, prefix: str) -> bool:
+    """Is `path` the path `prefix` or below it?"""
     return path == prefix or path.startswith(prefix.rstrip("/") + "/")
 
 
@@ -254,9 +176,9 @@ def csrf_required(method: str, path: str, *, bearer: bool, session_cookie: bool)
     """Must this request carry a CSRF token? Yes when the session cookie could authorise it (module doc)."""
     if method.upper() in SAFE_METHODS:
         return False
-    if _under(path, WEB_PREFIX):
+    if under(path, WEB_PREFIX):
         return True
-    if any(_under(path, prefix) for prefix in COOKIELESS_PATHS):
+    if any(under(path, prefix) for prefix in COOKIELESS_PATHS):
         return False
     return session_cookie and not bearer
 
@@ -285,10 +207,10 @@ def principal_for(user: User | StoredSession) -> Principal | None:
 
 @dataclass
 class _WebState:
-    """Per-app session settings: lifetime from init_web, clock from web_blueprint."""
+    """Per-app session settings: lifetime from init_web, clock from set_clock (the web app's blueprint)."""
 
     lifetime: SessionLifetime | None = None
-    clock: Callable[[], datetime] = _utc_now
+    clock: Callable[[], datetime] = system_clock
 
 
 def _state(app: Flask) -> _WebState:
@@ -334,6 +256,11 @@ def init_web(
             session_cookie=app.config["SESSION_COOKIE_NAME"] in request.cookies,
         ):
             csrf.protect(apply_exemptions=True)  # skips only unrouted requests (they 404 anyway)
+
+
+def set_clock(app: Flask, clock: Callable[[], datetime]) -> None:
+    """The clock that session lifetimes are measured by in `app` (default: the system's, UTC)."""
+    _state(app).clock = clock
 
 
 def session_principal(sessions: sessionmaker[Session]) -> Principal | None:
@@ -426,128 +353,30 @@ def _clear_cookie() -> None:
     g.pop(_PRINCIPAL_CACHE, None)
 
 
-_HOME_PAGE = """{% extends "web_base.html" %}
-{% block title %}HealthLedger{% endblock %}
-{% block main %}
-<h1>Signed in</h1>
-<dl>
-  <dt>Account</dt><dd>{{ account }}</dd>
-  <dt>Role</dt><dd>{{ principal.role }}</dd>
-  {% if principal.organization %}<dt>Organisation</dt><dd>{{ principal.organization }}</dd>{% endif %}
-</dl>
-<form method="post" action="{{ url_for('web.sign_out') }}">
-  <input type="hidden" name="csrf_token" value="{{ csrf_token() }}">
-  <button type="submit">Sign out</button>
-</form>
-{% endblock %}
-"""
-
-_NOTICE_PAGE = """{% extends "web_base.html" %}
-{% block title %}{{ heading }} - HealthLedger{% endblock %}
-{% block main %}
-<h1>{{ heading }}</h1>
-<p role="alert">{{ message }}</p>
-<p><a href="{{ url_for('web.sign_in_form') }}">Back to sign-in</a></p>
-{% endblock %}
-"""
+def sign_in(
+    sessions: sessionmaker[Session], names: AccountNames, username: str, password: str, *,
+    now: datetime, lockout: LockoutPolicy,
+) -> str:
+    """Check the credentials and start a session (cookie set; the browser's previous session, if any, ended:
+    session fixation). Returns the user id. Raises LoginFailed, with the attempt counted all the same."""
+    failure: LoginFailed | None = None
+    with sessions.begin() as db:  # commits the failure count and lock on a failed attempt too
+        try:
+            user = authenticate(db, names, username, password, now, lockout)
+        except LoginFailed as exc:
+            failure = exc
+        else:
+            user_id = user.user_id
+            _end_session(db)  # the session this browser had before, if any (session fixation)
+            session_id = _start_session(db, user, _lifetime(), _epoch(now))
+    if failure is not None:
+        raise failure
+    _set_cookie(session_id)  # only once the record is committed
+    return user_id
 
 
-def web_blueprint(
-    *,
-    sessions: sessionmaker[Session],
-    names: AccountNames,
-    limiter_storage_uri: str = "memory://",
-    login_limit: str = "10 per minute",
-    clock: Callable[[], datetime] = _utc_now,
-    lockout: LockoutPolicy = _DEFAULT_LOCKOUT,
-) -> Blueprint:
-    """The /app blueprint: sign-in form, sign-in, sign-out and a signed-in page. Needs `init_web` on the app.
-
-    `login_limit` (Flask-Limiter notation) counts sign-in attempts per client address; behind a reverse
-    proxy the app must see the client's address (werkzeug ProxyFix) or every user shares one budget.
-    """
-    bp = Blueprint("web", __name__, url_prefix=WEB_PREFIX, template_folder="templates")
-    limiter = Limiter(
-        get_remote_address, storage_uri=limiter_storage_uri, headers_enabled=True, key_prefix="healthledger-web"
-    )
-    # Flask-Limiter checks every request of the app; only the web app's are limited, and the FHIR API's
-    # hot path should not pay ~0.05-0.1 ms to find that out.
-    limiter.request_filter(lambda: not _under(request.path, WEB_PREFIX))
-
-    @bp.record_once
-    def _attach(setup: BlueprintSetupState) -> None:
-        app = setup.app
-        assert isinstance(app, Flask)
-        limiter.init_app(app)
-        _state(app).clock = clock
-
-    @bp.after_request
-    def _page_headers(response: Response) -> Response:
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-        )
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"
-        return response
-
-    @bp.errorhandler(TooManyRequests)
-    def _too_many(_error: TooManyRequests) -> tuple[str, int]:
-        return render_template_string(
-            _NOTICE_PAGE, heading="Too many sign-in attempts",
-            message="There were too many sign-in attempts from your network. Wait a minute, then try again.",
-        ), 429
-
-    @bp.errorhandler(CSRFError)
-    def _stale_form(_error: CSRFError) -> tuple[str, int]:
-        return render_template_string(
-            _NOTICE_PAGE, heading="The form has expired",
-            message="This page was open too long or was sent from somewhere else. Go back, reload it and try again.",
-        ), 400
-
-    @bp.get("/login")
-    def sign_in_form() -> BaseResponse | str:
-        if session_principal(sessions) is not None:
-            return redirect(url_for("web.home"), 303)
-        return render_template("login.html", error=None)
-
-    @bp.post("/login")
-    @limiter.limit(login_limit)
-    def sign_in() -> BaseResponse | tuple[str, int, dict[str, str]]:
-        now = clock()
-        username, password = request.form.get("username", ""), request.form.get("password", "")
-        failure: LoginFailed | None = None
-        with sessions.begin() as db:  # commits the failure count and lock on a failed attempt too
-            try:
-                user = authenticate(db, names, username, password, now, lockout)
-            except LoginFailed as exc:
-                failure = exc
-            else:
-                user_id = user.user_id
-                _end_session(db)  # the session this browser had before, if any (session fixation)
-                session_id = _start_session(db, user, _lifetime(), _epoch(now))
-        if failure is not None:
-            log.info("web.sign_in_failed")
-            # RFC 9110 §15.5.2: a 401 names a scheme; browsers show the page for schemes they do not know.
-            challenge = {"WWW-Authenticate": 'Cookie realm="healthledger"'}
-            return render_template("login.html", error=failure.message), failure.status, challenge
-        _set_cookie(session_id)  # only once the record is committed
-        log.info("web.sign_in", user_id=user_id)
-        return redirect(url_for("web.home"), 303)
-
-    @bp.post("/logout")
-    def sign_out() -> BaseResponse:
-        with sessions.begin() as db:
-            _end_session(db)
-        _clear_cookie()
-        return redirect(url_for("web.sign_in_form"), 303)
-
-    @bp.get("/")
-    def home() -> BaseResponse | str:
-        principal = session_principal(sessions)
-        if principal is None:
-            return redirect(url_for("web.sign_in_form"), 303)
-        return render_template_string(_HOME_PAGE, principal=principal, account=principal.actor_id)
-
-    return bp
+def sign_out(sessions: sessionmaker[Session]) -> None:
+    """End the request's session: its record is deleted and the cookie cleared."""
+    with sessions.begin() as db:
+        _end_session(db)
+    _clear_cookie()

@@ -8,6 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from healthledger.errors import Gone, NotFound
+from healthledger.keys import KEY_FILES, KeyFileKind
+from healthledger.store.maintenance import rotate_keys
 from healthledger.store.models import data_keys_table, resources_table, terms_table
 from healthledger.store.repository import ResourceStore
 from tests.store.test_repository import observation, patient
@@ -153,17 +155,19 @@ def test_old_kek_is_not_retired_while_other_packages_still_use_it(store: Resourc
     store.create(patient())
     provider = store.keyring.provider
     old_kek = provider.active_kek_id()
-    other = provider.wrap(b"k" * 32, b"another package's key")
-    key_file = store.settings.keys_dir / "some-signing-key.json"
-    key_file.write_text(json.dumps({"kek_id": other.kek_id, "blob": other.blob.hex()}))
+    kind = KeyFileKind("some-signing-key.json", "some signing key", b"another package's key")
+    registry = KEY_FILES.extended(kind)
+    key_file = registry.file(store.settings.keys_dir, kind)
+    key_file.load_or_create(provider, lambda: b"k" * 32)
+    other = key_file.read()
+    assert other is not None
 
-    report = store.rotate_keys(retire_old=True)
+    report = rotate_keys(store, retire_old=True, key_files=registry)
     assert report.retired == [] and report.blocked_by == ["key file some-signing-key.json"]
     assert old_kek in provider.kek_ids()
-    assert provider.unwrap(other, b"another package's key") == b"k" * 32
+    assert provider.unwrap(other.wrapped, b"another package's key") == b"k" * 32
 
-    rewrapped = provider.wrap(provider.unwrap(other, b"another package's key"), b"another package's key")
-    key_file.write_text(json.dumps({"kek_id": rewrapped.kek_id, "blob": rewrapped.blob.hex()}))
-    report = store.rotate_keys(retire_old=True, rotate=False)
+    key_file.rewrap(provider)
+    report = rotate_keys(store, retire_old=True, rotate=False, key_files=registry)
     assert report.retired == [old_kek] and report.blocked_by == []
     assert provider.kek_ids() == [report.new_kek_id]

@@ -24,17 +24,12 @@ from healthledger.auth.users import AccountNames, LockoutPolicy, create_user, di
 from healthledger.config import Settings
 from healthledger.db import make_engine, session_factory, upgrade
 from healthledger.errors import ConfigurationError
-from healthledger.keys import LocalFileKeyProvider
+from healthledger.keys import KEY_FILES, WEB_SESSION_SECRET, LocalFileKeyProvider
 from healthledger.principal import HRESCH, TREAT, Principal
 from healthledger.store.repository import ResourceStore
 from healthledger.web.models import WebSession
-from healthledger.web.sessions import (
-    SessionSecret,
-    csrf_required,
-    init_web,
-    session_principal,
-    web_blueprint,
-)
+from healthledger.web.pages import web_blueprint
+from healthledger.web.sessions import SessionSecret, csrf_required, init_web, session_principal
 
 NOW = datetime(2026, 11, 23, 10, tzinfo=UTC)
 PW = "correct horse battery"
@@ -335,10 +330,11 @@ def test_session_secret_is_wrapped_0600_stable_and_rewrapped(tmp_path: Path, mon
     assert len(secret) == 32 and path.stat().st_mode & 0o777 == 0o600
     assert secret.hex() not in path.read_text()
     assert SessionSecret.load_or_create(keys, LocalFileKeyProvider(keys)) == secret  # survives a restart
-    assert not SessionSecret.rewrap(keys, provider)
+    key_file = KEY_FILES.file(keys, WEB_SESSION_SECRET)  # what key rotation rewraps
+    assert not key_file.rewrap(provider)
     old_kek = provider.active_kek_id()
     provider.rotate()
-    assert SessionSecret.rewrap(keys, provider) and not SessionSecret.rewrap(keys, provider)
+    assert key_file.rewrap(provider) and not key_file.rewrap(provider)
     provider.retire(old_kek)
     assert SessionSecret.load_or_create(keys, provider) == secret
     assert path.stat().st_mode & 0o777 == 0o600 and sorted(p.name for p in keys.iterdir()) == sorted(
