@@ -16,7 +16,7 @@ _LAZY_COMMANDS: dict[str, str] = {
     "import": "healthledger.store.commands:import_command",
     "rotate-keys": "healthledger.store.commands:rotate_keys_command",
     "erase-patient": "healthledger.store.commands:erase_patient_command",
-    "zk": "zk.cli:build_zk_group()",
+    "zk": "zk.cli:zk_group",
     "clients": "healthledger.auth.commands:clients_group",
     "users": "healthledger.auth.commands:users_group",
     "chain": "healthledger.ledger.commands:chain_group",
