@@ -52,11 +52,6 @@ def cli(ctx: click.Context) -> None:
         ctx.obj = runtime
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Transitional: for the command modules not yet handed the runtime."""
-    return Settings.load(**overrides)
-
-
 @cli.command()
 @click.pass_obj
 def init(runtime: Runtime) -> None:
