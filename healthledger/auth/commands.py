@@ -66,16 +66,13 @@ def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str, 
         raise click.ClickException(f"{jwks_file}: {exc.message}") from None
     except ValueError:
         raise click.ClickException(f"{jwks_file} is not JSON") from None
-    try:
-        with _sessions(runtime).begin() as s:
-            client, secret = register_client(
-                s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
-                with_secret=with_secret, default_purpose=default_purpose, consult_for_others=consult_for_others,
-                now=datetime.now(UTC),
-            )
-            out = _client_json(client)
-    except ValueError as exc:  # what register_client refuses in the arguments
-        raise click.ClickException(str(exc)) from None
+    with _sessions(runtime).begin() as s:
+        client, secret = register_client(
+            s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
+            with_secret=with_secret, default_purpose=default_purpose, consult_for_others=consult_for_others,
+            now=datetime.now(UTC),
+        )
+        out = _client_json(client)
     if secret:
         out["client_secret"] = secret
     if as_json:
