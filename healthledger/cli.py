@@ -1,5 +1,4 @@
-"""The `healthledger` command: the table of every package's commands, the runtime handed to them, and
-the one place their errors become messages. `init` and `serve` are its own."""
+"""The `healthledger` command: every package's commands, each handed the runtime, their errors reported once."""
 
 from __future__ import annotations
 

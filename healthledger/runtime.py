@@ -1,11 +1,4 @@
-"""What a command-line run works with: settings, database, keys, store and chain, made on first use.
-
-The `healthledger` CLI makes one `Runtime` per invocation and hands it to the command (`click.pass_obj`);
-command modules build nothing themselves. Each part is made when a command first asks for it, so
-`healthledger clients list` opens no key file and only the commands that touch the chain open one,
-and `close()` (run when the command ends, by the click context) closes the chain, then the database.
-Settings come from `Settings.load` (file, environment), plus any overrides a command takes as options.
-"""
+"""The command line's runtime: settings, database, keys, store and chain of one invocation, made on first use."""
 
 from __future__ import annotations
 
@@ -25,7 +18,13 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    """One command's collaborators. Nothing is made before it is asked for; `close()` undoes what was."""
+    """One command's collaborators, handed to it by the `healthledger` CLI (`click.pass_obj`).
+
+    Nothing is made before a command asks for it: `clients list` opens no key file, and only the
+    commands that use the chain open one. `close()`, run by the click context when the command ends,
+    closes the chain, then disposes of the engine. Settings are `load_settings(**overrides)`
+    (`Settings.load`: file, then environment, then the options a command passed to `override`).
+    """
 
     def __init__(self, load_settings: Callable[..., Settings] = Settings.load) -> None:
         self._load_settings = load_settings
