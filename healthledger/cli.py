@@ -1,22 +1,25 @@
-"""The `healthledger` command. Each package contributes its own commands; this module only wires them."""
+"""The `healthledger` command: every package's commands, each handed the runtime, their errors reported once."""
 
 from __future__ import annotations
 
-import importlib
 import sys
+from typing import Any
 
 import click
 
 from healthledger.config import Settings
+from healthledger.errors import HealthLedgerError
+from healthledger.runtime import Runtime
+from zk.cli import LazyGroup
 
 # Commands each package contributes, imported only when used (so `healthledger import` does not load web3,
-# and a package's command module is the only place its commands are defined). "module:attribute"; an
-# attribute ending in "()" is a factory called once.
-_LAZY_COMMANDS: dict[str, str] = {
+# and a package's command module is the only place its commands are defined): "module:attribute".
+# Each takes the invocation's Runtime with `click.pass_obj` and builds nothing itself.
+LAZY_COMMANDS: dict[str, str] = {
     "import": "healthledger.store.commands:import_command",
     "rotate-keys": "healthledger.store.commands:rotate_keys_command",
     "erase-patient": "healthledger.store.commands:erase_patient_command",
-    "zk": "zk.cli:build_zk_group()",
+    "zk": "zk.cli:zk_group",
     "clients": "healthledger.auth.commands:clients_group",
     "users": "healthledger.auth.commands:users_group",
     "chain": "healthledger.ledger.commands:chain_group",
@@ -26,39 +29,34 @@ _LAZY_COMMANDS: dict[str, str] = {
 }
 
 
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+class _HealthLedgerGroup(LazyGroup):
+    """The root group: any HealthLedgerError a command lets through is one `Error: <message>` line, exit 1
+    (every such message is safe to show; the traceback is not)."""
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.commands or cmd_name not in _LAZY_COMMANDS:
-            return super().get_command(ctx, cmd_name)
-        module_name, _, attr = _LAZY_COMMANDS[cmd_name].partition(":")
-        target = getattr(importlib.import_module(module_name), attr.removesuffix("()"))
-        command = target() if attr.endswith("()") else target
-        self.add_command(command, cmd_name)
-        return command
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HealthLedgerError as exc:
+            raise click.ClickException(exc.message) from None
 
 
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_HealthLedgerGroup, lazy_commands=LAZY_COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """HealthLedger: encrypted FHIR store, on-chain consent ledger, zero-knowledge eligibility."""
-    ctx.ensure_object(dict)
-
-
-def load_settings(**overrides: object) -> Settings:
-    return Settings.load(**overrides)
+    if ctx.obj is None:  # tests may hand in a runtime of their own
+        runtime = Runtime()
+        ctx.call_on_close(runtime.close)
+        ctx.obj = runtime
 
 
 @cli.command()
-def init() -> None:
+@click.pass_obj
+def init(runtime: Runtime) -> None:
     """Create the data directory and keys, and bring the database schema up to date."""
-    from healthledger.app import bootstrap
-
-    settings = load_settings()
-    bootstrap(settings)
-    click.echo(f"initialised: data in {settings.data_dir.resolve()}")
+    runtime.bootstrap()
+    click.echo(f"initialised: data in {runtime.settings.data_dir.resolve()}")
 
 
 @cli.command()
@@ -68,26 +66,22 @@ def init() -> None:
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn")
 @click.option("--ledger/--no-ledger", default=True, show_default=True,
               help="run the chain side too: embedded chain node, contract check, outbox/indexer/anchoring worker")
-def serve(host: str | None, port: int | None, workers: int | None, dev: bool, ledger: bool) -> None:
+@click.pass_obj
+def serve(runtime: Runtime, host: str | None, port: int | None, workers: int | None, dev: bool,
+          ledger: bool) -> None:
     """Run the service (gunicorn; the Flask server only with --dev)."""
-    from healthledger.app import bootstrap
-
-    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
-    settings = load_settings(**overrides)
-    bootstrap(settings)  # schema, keys and demo data before any worker starts
+    runtime.override(**{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None})
+    settings = runtime.settings
+    runtime.bootstrap()  # schema, keys and demo data before any worker starts
     if not ledger:
         _serve_http(settings, dev)
         return
-    from healthledger.errors import HealthLedgerError
     from healthledger.ledger.service import ledger_sidecars
 
-    try:
-        with ledger_sidecars(settings) as run_settings:
-            chain = "embedded chain" if not settings.chain_url else "chain at the configured URL"
-            click.echo(f"ledger: {chain} at {run_settings.chain_url}, contracts verified, worker running")
-            _serve_http(run_settings, dev)
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    with ledger_sidecars(settings) as run_settings:
+        chain = "embedded chain" if not settings.chain_url else "chain at the configured URL"
+        click.echo(f"ledger: {chain} at {run_settings.chain_url}, contracts verified, worker running")
+        _serve_http(run_settings, dev)
 
 
 def _serve_http(settings: Settings, dev: bool) -> None:
@@ -116,7 +110,7 @@ def _dev_request_handler() -> type:
 
 def main() -> None:
     try:
-        cli(obj={})
+        cli()
     except KeyboardInterrupt:
         sys.exit(130)
 

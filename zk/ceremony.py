@@ -16,7 +16,6 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from zk.errors import MalformedInput, ZkError
 
@@ -157,9 +156,3 @@ def record(circuit: str, r1cs: Path, ptau: Path, zkey: Path, *,
         verified=True,
     )
 
-
-def register(group: Any) -> None:
-    """Attach `ceremony contribute/verify/record` to the `zk` click group (called by zk.cli)."""
-    from zk.ceremony_cli import ceremony_group
-
-    group.add_command(ceremony_group)

@@ -1,25 +1,53 @@
 """`zk` commands for auditors and operators: `healthledger zk ...` or `python -m zk ...`.
 
-Other `zk` modules add subcommands by defining `register(group: click.Group) -> None` and being listed
-in EXTENSION_MODULES (loaded when the group is built, so importing this module stays cheap).
+Subcommands defined in other modules are listed in LAZY_COMMANDS and imported only when used, so
+importing this module stays cheap. The healthledger CLI mounts `zk_group` and builds its own command
+table on `LazyGroup` (it lives here because zk never imports healthledger).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
 from zk.errors import ZkError
 
-EXTENSION_MODULES = ("zk.ceremony",)
-
 EXIT_VALID, EXIT_INVALID, EXIT_MALFORMED = 0, 1, 2
 
+# Subcommands of `zk` defined in other modules: name -> "module:attribute" of a click command.
+LAZY_COMMANDS: dict[str, str] = {
+    "ceremony": "zk.ceremony_cli:ceremony_group",
+}
 
-@click.group("zk", context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A click group whose table of "module:attribute" commands is imported on first use."""
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in self.lazy_commands:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attr = self.lazy_commands[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
+        self.add_command(command, cmd_name)
+        return command
+
+
+@click.group("zk", cls=LazyGroup, lazy_commands=LAZY_COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 def zk_group() -> None:
     """Zero-knowledge eligibility proofs: verify snarkjs Groth16 proofs, calldata, ceremonies."""
 
@@ -60,30 +88,5 @@ def calldata_command(proof_path: Path, public_path: Path) -> None:
     click.echo(text)
 
 
-def _load_extensions(group: click.Group) -> None:
-    for name in EXTENSION_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # optional extension not present
-            raise
-        register = getattr(module, "register", None)
-        if callable(register):
-            register(group)
-
-
-_extensions_loaded = False
-
-
-def build_zk_group() -> click.Group:
-    """The `zk` group with every extension's subcommands attached (idempotent)."""
-    global _extensions_loaded
-    if not _extensions_loaded:
-        _extensions_loaded = True
-        _load_extensions(zk_group)
-    return zk_group
-
-
 def main() -> None:
-    build_zk_group()(prog_name="python -m zk")
+    zk_group(prog_name="python -m zk")

@@ -5,65 +5,50 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
-from healthledger.errors import HealthLedgerError
+from healthledger.runtime import Runtime
 
 
-def _open(settings: Any) -> tuple[Any, Any, Any, int]:
-    """(sessionmaker, chain with our contracts attached, engine, AccessLogAnchor's deployment block)."""
-    from healthledger.app import bootstrap
-    from healthledger.db import make_engine, session_factory
-    from healthledger.keys import key_provider_for
-    from healthledger.ledger.chain import chain_for
+def _attach_chain(runtime: Runtime) -> int:
+    """Set up the service, attach our recorded contracts to the runtime's chain; AccessLogAnchor's
+    deployment block (where its events start)."""
     from healthledger.ledger.deploy import attach_deployments
 
-    bootstrap(settings)
-    engine = make_engine(settings.database_url)
-    sessions = session_factory(engine)
-    chain = chain_for(settings, key_provider_for(settings.key_provider, settings.keys_dir))
-    with sessions() as s:
-        records = attach_deployments(chain, s)
-    from_block = min((r.deployment_block for r in records if r.name == "AccessLogAnchor"), default=0)
-    return sessions, chain, engine, from_block
+    runtime.bootstrap()
+    with runtime.sessions() as s:
+        records = attach_deployments(runtime.chain, s)
+    return min((r.deployment_block for r in records if r.name == "AccessLogAnchor"), default=0)
 
 
 @click.command("anchor")
 @click.option("--submit/--queue-only", default=True, help="also run the outbox worker until the anchor is mined")
-def anchor_command(submit: bool) -> None:
+@click.pass_obj
+def anchor_command(runtime: Runtime, submit: bool) -> None:
     """Anchor the access log's current tree head on-chain (through the durable outbox)."""
     from healthledger.audit.anchoring import anchor_batch
-    from healthledger.cli import load_settings
     from healthledger.ledger.outbox import drain, status
 
-    settings = load_settings()
-    try:
-        sessions, chain, engine, _ = _open(settings)
-        try:
-            with sessions.begin() as s:
-                cp = anchor_batch(s, datetime.now(UTC), tenant=settings.tenant)
-                summary = None if cp is None else (cp.size, cp.root.hex(), cp.outbox_item)
-            if summary is None:
-                click.echo("nothing new to anchor")
-                return
-            size, root, item = summary
-            if item is None:  # anchor_batch queues every tree head it makes
-                raise click.ClickException("the tree head was not queued for the chain; run the command again")
-            click.echo(f"tree head queued: size {size}, root {root} (outbox item {item})")
-            if submit:
-                import time
+    _attach_chain(runtime)
+    sessions = runtime.sessions
+    with sessions.begin() as s:
+        cp = anchor_batch(s, datetime.now(UTC), tenant=runtime.settings.tenant)
+        summary = None if cp is None else (cp.size, cp.root.hex(), cp.outbox_item)
+    if summary is None:
+        click.echo("nothing new to anchor")
+        return
+    size, root, item = summary
+    if item is None:  # anchor_batch queues every tree head it makes
+        raise click.ClickException("the tree head was not queued for the chain; run the command again")
+    click.echo(f"tree head queued: size {size}, root {root} (outbox item {item})")
+    if submit:
+        import time
 
-                drain(sessions, chain, time.time, max_passes=200, sleep=time.sleep, items=[int(item)])
-                with sessions() as s:
-                    st = status(s, int(item))
-                click.echo(f"outbox item {item}: {st.state}" + (f" in tx {st.tx_hash}" if st.tx_hash else ""))
-        finally:
-            chain.close()
-            engine.dispose()
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+        drain(sessions, runtime.chain, time.time, max_passes=200, sleep=time.sleep, items=[int(item)])
+        with sessions() as s:
+            st = status(s, int(item))
+        click.echo(f"outbox item {item}: {st.state}" + (f" in tx {st.tx_hash}" if st.tx_hash else ""))
 
 
 @click.group("audit")
@@ -73,7 +58,8 @@ def audit_group() -> None:
 
 @audit_group.command("verify")
 @click.option("--json", "as_json", is_flag=True)
-def verify_command(as_json: bool) -> None:
+@click.pass_obj
+def verify_command(runtime: Runtime, as_json: bool) -> None:
     """Recompute the log from the database and check every anchored head on-chain.
 
     Exit 0 when intact, 1 when not (naming the first tampered, missing or reordered entry and the
@@ -81,20 +67,11 @@ def verify_command(as_json: bool) -> None:
     """
     from healthledger.audit.anchoring import anchors_on_chain
     from healthledger.audit.log import verify_log
-    from healthledger.cli import load_settings
 
-    settings = load_settings()
-    try:
-        sessions, chain, engine, from_block = _open(settings)
-        try:
-            anchors = anchors_on_chain(chain, tenant=settings.tenant, from_block=from_block)
-            with sessions() as s:
-                report = verify_log(s, anchors)
-        finally:
-            chain.close()
-            engine.dispose()
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    from_block = _attach_chain(runtime)
+    anchors = anchors_on_chain(runtime.chain, tenant=runtime.settings.tenant, from_block=from_block)
+    with runtime.sessions() as s:
+        report = verify_log(s, anchors)
     p = report.problem
     if as_json:
         click.echo(json.dumps({
@@ -115,22 +92,14 @@ def verify_command(as_json: bool) -> None:
 @audit_group.command("prove")
 @click.argument("entry_id", type=int)
 @click.option("--size", "tree_size", type=int, default=None, help="tree size to prove against (default: current)")
-def prove_command(entry_id: int, tree_size: int | None) -> None:
+@click.pass_obj
+def prove_command(runtime: Runtime, entry_id: int, tree_size: int | None) -> None:
     """Print an RFC 6962 inclusion proof (JSON) for an access-log entry."""
     from healthledger.audit.log import integrate, prove_inclusion
-    from healthledger.cli import load_settings
-    from healthledger.db import make_engine, session_factory
 
-    settings = load_settings()
-    engine = make_engine(settings.database_url)
-    try:
-        with session_factory(engine).begin() as s:
-            integrate(s, datetime.now(UTC))
-            proof = prove_inclusion(s, entry_id, tree_size=tree_size)
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        engine.dispose()
+    with runtime.sessions.begin() as s:
+        integrate(s, datetime.now(UTC))
+        proof = prove_inclusion(s, entry_id, tree_size=tree_size)
     click.echo(json.dumps({
         "leaf_index": proof.leaf_index, "tree_size": proof.tree_size, "leaf_hash": proof.leaf_hash.hex(),
         "root": proof.root.hex(), "path": [h.hex() for h in proof.path],

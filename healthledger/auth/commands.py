@@ -1,27 +1,29 @@
-"""`healthledger clients ...`: register, list and disable API clients (scriptable with --json)."""
+"""`healthledger clients ...` and `users ...`: register, list and disable API clients and accounts (--json)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fhir_adapters.errors import MalformedJson
 from fhir_adapters.validation import check_json_text_nesting
 from healthledger.auth.models import ApiClient
-from healthledger.auth.scopes import InvalidScope
-from healthledger.auth.tokens import OAuthError, disable_client, list_clients, register_client
-from healthledger.config import Settings
-from healthledger.db import make_engine, session_factory, upgrade
+from healthledger.auth.tokens import disable_client, list_clients, register_client
+from healthledger.runtime import Runtime
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from healthledger.auth.users import AccountNames
 
 
-def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    return session_factory(engine)
+def _sessions(runtime: Runtime) -> sessionmaker[Session]:
+    runtime.migrate()
+    return runtime.sessions
 
 
 def _client_json(c: ApiClient) -> dict[str, Any]:
@@ -51,7 +53,8 @@ def clients_group() -> None:
               help="may ask CDS Hooks consent consults on behalf of other actors (context.actor); "
                    "otherwise it may ask only as itself")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def add(name: str, scopes: str, role: str, organization: str, default_purpose: str, jwks_file: Path | None,
+@click.pass_obj
+def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str, default_purpose: str, jwks_file: Path | None,
         jwks_url: str | None, with_secret: bool, consult_for_others: bool, as_json: bool) -> None:
     """Register a client. A secret, if asked for, is printed once and stored only as a hash."""
     try:
@@ -63,17 +66,13 @@ def add(name: str, scopes: str, role: str, organization: str, default_purpose: s
         raise click.ClickException(f"{jwks_file}: {exc.message}") from None
     except ValueError:
         raise click.ClickException(f"{jwks_file} is not JSON") from None
-    sessions = _sessions(Settings.load())
-    try:
-        with sessions.begin() as s:
-            client, secret = register_client(
-                s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
-                with_secret=with_secret, default_purpose=default_purpose, consult_for_others=consult_for_others,
-                now=datetime.now(UTC),
-            )
-            out = _client_json(client)
-    except (ValueError, InvalidScope) as exc:
-        raise click.ClickException(str(exc)) from None
+    with _sessions(runtime).begin() as s:
+        client, secret = register_client(
+            s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
+            with_secret=with_secret, default_purpose=default_purpose, consult_for_others=consult_for_others,
+            now=datetime.now(UTC),
+        )
+        out = _client_json(client)
     if secret:
         out["client_secret"] = secret
     if as_json:
@@ -86,9 +85,10 @@ def add(name: str, scopes: str, role: str, organization: str, default_purpose: s
 
 @clients_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
-def list_cmd(as_json: bool) -> None:
+@click.pass_obj
+def list_cmd(runtime: Runtime, as_json: bool) -> None:
     """List registered clients."""
-    with _sessions(Settings.load())() as s:
+    with _sessions(runtime)() as s:
         rows = [_client_json(c) for c in list_clients(s)]
     if as_json:
         click.echo(json.dumps(rows))
@@ -103,13 +103,11 @@ def list_cmd(as_json: bool) -> None:
 @clients_group.command("disable")
 @click.argument("client_id")
 @click.option("--json", "as_json", is_flag=True)
-def disable(client_id: str, as_json: bool) -> None:
+@click.pass_obj
+def disable(runtime: Runtime, client_id: str, as_json: bool) -> None:
     """Disable a client: its tokens stop working at once."""
-    try:
-        with _sessions(Settings.load()).begin() as s:
-            out = _client_json(disable_client(s, client_id))
-    except OAuthError as exc:
-        raise click.ClickException(exc.message) from None
+    with _sessions(runtime).begin() as s:
+        out = _client_json(disable_client(s, client_id))
     click.echo(json.dumps(out) if as_json else f"disabled client {client_id}")
 
 
@@ -118,13 +116,12 @@ def _user_json(u: Any, username: str) -> dict[str, Any]:
             "patient_id": u.patient_id, "disabled": u.disabled, "created_at": u.created_at.isoformat()}
 
 
-def _accounts(settings: Settings):  # type: ignore[no-untyped-def]
+def _accounts(runtime: Runtime) -> tuple[sessionmaker[Session], AccountNames]:
     """Sessions on the store's database and the account-name crypto that uses the store's keys."""
     from healthledger.auth.users import AccountNames
-    from healthledger.store.repository import open_store
 
-    store = open_store(settings)
-    return session_factory(store.engine), AccountNames(store)
+    store = runtime.store
+    return runtime.sessions, AccountNames(store)
 
 
 @click.group("users")
@@ -140,7 +137,8 @@ def users_group() -> None:
 @click.option("--patient", "patient_id", default="", help="the Patient resource id (patients)")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input (else one is generated)")
 @click.option("--json", "as_json", is_flag=True)
-def add_user(username: str, role: str, organization: str, patient_id: str, password_stdin: bool, as_json: bool) -> None:
+@click.pass_obj
+def add_user(runtime: Runtime, username: str, role: str, organization: str, patient_id: str, password_stdin: bool, as_json: bool) -> None:
     """Create an account. A patient also gets their signing key, wrapped by the password, and a
     recovery code printed once (keep it: with the hospital it restores the key)."""
     import secrets
@@ -148,23 +146,17 @@ def add_user(username: str, role: str, organization: str, patient_id: str, passw
     import time
 
     from healthledger.auth.users import create_user
-    from healthledger.errors import HealthLedgerError
-    from healthledger.keys import key_provider_for
     from healthledger.ledger.patient_keys import create_patient_key
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
-    settings = Settings.load()
-    sessions, names = _accounts(settings)
-    try:
-        with sessions.begin() as s:
-            user = create_user(s, names, username=username, password=password, role=role, now=datetime.now(UTC),
-                               organization=organization, patient_id=patient_id)
-            out = _user_json(user, names.open(s, user))
-            if role == "patient":
-                provider = key_provider_for(settings.key_provider, settings.keys_dir)
-                out["recovery_code"] = create_patient_key(s, f"Patient/{patient_id}", password, provider, now=time.time())
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    sessions, names = _accounts(runtime)
+    with sessions.begin() as s:
+        user = create_user(s, names, username=username, password=password, role=role, now=datetime.now(UTC),
+                           organization=organization, patient_id=patient_id)
+        out = _user_json(user, names.open(s, user))
+        if role == "patient":
+            out["recovery_code"] = create_patient_key(s, f"Patient/{patient_id}", password, runtime.key_provider,
+                                                      now=time.time())
     if not password_stdin:
         out["password"] = password
     if as_json:
@@ -179,11 +171,12 @@ def add_user(username: str, role: str, organization: str, patient_id: str, passw
 
 @users_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
-def list_users_cmd(as_json: bool) -> None:
+@click.pass_obj
+def list_users_cmd(runtime: Runtime, as_json: bool) -> None:
     """List accounts."""
     from healthledger.auth.users import list_users
 
-    sessions, names = _accounts(Settings.load())
+    sessions, names = _accounts(runtime)
     with sessions() as s:
         rows = [_user_json(u, names.open(s, u)) for u in list_users(s)]
     if as_json:
@@ -197,16 +190,13 @@ def list_users_cmd(as_json: bool) -> None:
 @users_group.command("disable")
 @click.argument("username")
 @click.option("--json", "as_json", is_flag=True)
-def disable_user_cmd(username: str, as_json: bool) -> None:
+@click.pass_obj
+def disable_user_cmd(runtime: Runtime, username: str, as_json: bool) -> None:
     """Disable an account."""
     from healthledger.auth.users import disable_user
-    from healthledger.errors import HealthLedgerError
 
-    sessions, names = _accounts(Settings.load())
-    try:
-        with sessions.begin() as s:
-            user = disable_user(s, names, username)
-            out = _user_json(user, names.open(s, user))
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    sessions, names = _accounts(runtime)
+    with sessions.begin() as s:
+        user = disable_user(s, names, username)
+        out = _user_json(user, names.open(s, user))
     click.echo(json.dumps(out) if as_json else f"disabled {out['username']}")

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhir_adapters.validation import check_json_text_nesting
 from healthledger.auth.models import ApiClient, SeenAssertion
 from healthledger.auth.scopes import InvalidScope, ResourceScope, format_scopes, grant_scopes, parse_scopes
-from healthledger.errors import HealthLedgerError, Unauthorized
+from healthledger.errors import BadRequest, HealthLedgerError, Unauthorized
 from healthledger.keys import KEY_FILES, TOKEN_SIGNING_KEY, KeyProvider
 
 GRANT_TYPE = "client_credentials"
@@ -370,17 +370,17 @@ def register_client(
     """
     methods = [jwks is not None, bool(jwks_url), with_secret]
     if sum(methods) != 1:
-        raise ValueError("give exactly one of a JWKS, a JWKS URL or --secret")
+        raise BadRequest("give exactly one of a JWKS, a JWKS URL or --secret")
     parse_scopes(scopes)  # raises InvalidScope on a malformed scope
     if jwks is not None:
         try:
             keyset = KeySet.import_key_set(cast(KeySetSerialization, jwks))
         except (JoseError, ValueError, TypeError, KeyError) as exc:
-            raise ValueError("the JWKS could not be read as a JSON Web Key Set") from exc
+            raise BadRequest("the JWKS could not be read as a JSON Web Key Set") from exc
         if any(k.is_private for k in keyset.keys):
-            raise ValueError("the JWKS holds private key material: register public keys only")
+            raise BadRequest("the JWKS holds private key material: register public keys only")
         if any(not k.kid for k in keyset.keys):
-            raise ValueError("every key in the JWKS needs a kid")
+            raise BadRequest("every key in the JWKS needs a kid")
     secret = secrets.token_urlsafe(32) if with_secret else None
     client = ApiClient(
         client_id=client_id or secrets.token_hex(8),

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from healthledger.errors import HealthLedgerError
+from healthledger.runtime import Runtime
+
+if TYPE_CHECKING:
+    from healthledger.ledger.chain import Chain
 
 
 @click.group("chain")
@@ -18,25 +23,18 @@ def chain_group() -> None:
     """The on-chain consent ledger: contracts and the chain they live on."""
 
 
-def _open(settings: Any) -> tuple[Any, Any]:
-    from healthledger.app import bootstrap
-    from healthledger.db import make_engine
-    from healthledger.keys import key_provider_for
-    from healthledger.ledger.chain import chain_for
-
-    bootstrap(settings)
-    chain = chain_for(settings, key_provider_for(settings.key_provider, settings.keys_dir))
-    return chain, make_engine(settings.database_url)
+def _bootstrapped_chain(runtime: Runtime) -> Chain:
+    """The runtime's chain, after the service's one-time setup (schema, keys)."""
+    runtime.bootstrap()
+    return runtime.chain
 
 
 @chain_group.command("deploy")
 @click.option("--admin", default=None, help="hand the admin role to this address (it must call acceptAdmin)")
 @click.option("--force", is_flag=True, help="deploy new instances even if verified ones are recorded")
-def deploy_command(admin: str | None, force: bool) -> None:
+@click.pass_obj
+def deploy_command(runtime: Runtime, admin: str | None, force: bool) -> None:
     """Deploy ConsentRegistry and AccessLogAnchor and record them in the database."""
-    from sqlalchemy.orm import Session
-
-    from healthledger.cli import load_settings
     from healthledger.ledger.deploy import (
         deploy_contracts,
         load_deployments,
@@ -44,57 +42,41 @@ def deploy_command(admin: str | None, force: bool) -> None:
         verify_deployment,
     )
 
-    try:
-        chain, engine = _open(load_settings())
-        try:
-            with Session(engine) as session:
-                existing = load_deployments(session, chain.chain_id)
-                if existing and not force:
-                    verify_deployment(chain, existing)
-                    click.echo(f"already deployed on chain {chain.chain_id} (use --force to deploy again):")
-                    _print_records(existing)
-                    return
-                records = deploy_contracts(chain, admin=admin)
-                save_deployments(session, records, now=datetime.now(UTC))
-                session.commit()
-            click.echo(f"deployed on chain {chain.chain_id} by operator {chain.operator.address}:")
-            _print_records(records)
-            if admin:
-                click.echo(f"admin transfer to {admin} started: it must call acceptAdmin() on each contract")
-        finally:
-            chain.close()
-            engine.dispose()
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    chain = _bootstrapped_chain(runtime)
+    with runtime.sessions() as session:
+        existing = load_deployments(session, chain.chain_id)
+        if existing and not force:
+            verify_deployment(chain, existing)
+            click.echo(f"already deployed on chain {chain.chain_id} (use --force to deploy again):")
+            _print_records(existing)
+            return
+        records = deploy_contracts(chain, admin=admin)
+        save_deployments(session, records, now=datetime.now(UTC))
+        session.commit()
+    click.echo(f"deployed on chain {chain.chain_id} by operator {chain.operator.address}:")
+    _print_records(records)
+    if admin:
+        click.echo(f"admin transfer to {admin} started: it must call acceptAdmin() on each contract")
 
 
 @chain_group.command("status")
-def status_command() -> None:
+@click.pass_obj
+def status_command(runtime: Runtime) -> None:
     """Chain id, head, operator balance, and whether the recorded contracts match the shipped code."""
-    from sqlalchemy.orm import Session
-
-    from healthledger.cli import load_settings
     from healthledger.ledger.deploy import load_deployments, verify_deployment
 
+    chain = _bootstrapped_chain(runtime)
+    balance = chain.w3.eth.get_balance(chain.operator.address)
+    click.echo(f"chain id {chain.chain_id}, head block {chain.head()}")
+    click.echo(f"operator {chain.operator.address}, balance {balance / 10**18:.6f} ether")
+    with runtime.sessions() as session:
+        records = load_deployments(session, chain.chain_id)
+    _print_records(records)
     try:
-        chain, engine = _open(load_settings())
-        try:
-            balance = chain.w3.eth.get_balance(chain.operator.address)
-            click.echo(f"chain id {chain.chain_id}, head block {chain.head()}")
-            click.echo(f"operator {chain.operator.address}, balance {balance / 10**18:.6f} ether")
-            with Session(engine) as session:
-                records = load_deployments(session, chain.chain_id)
-            _print_records(records)
-            try:
-                verify_deployment(chain, records)
-                click.echo("contracts: verified")
-            except HealthLedgerError as exc:
-                click.echo(f"contracts: NOT usable: {exc.message}")
-        finally:
-            chain.close()
-            engine.dispose()
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+        verify_deployment(chain, records)
+        click.echo("contracts: verified")
+    except HealthLedgerError as exc:  # a status to report, not a failure of the command
+        click.echo(f"contracts: NOT usable: {exc.message}")
 
 
 # Which contract a role is granted on, when the command line does not say.
@@ -111,7 +93,8 @@ _ROLE_HOME = {"RELAYER": "ConsentRegistry", "LOG_ANCHORER": "AccessLogAnchor"}
     default=None,
     help="contract (default: RELAYER -> ConsentRegistry, LOG_ANCHORER -> AccessLogAnchor)",
 )
-def role_command(action: str, role: str, account: str, contract_name: str | None) -> None:
+@click.pass_obj
+def role_command(runtime: Runtime, action: str, role: str, account: str, contract_name: str | None) -> None:
     """Grant or revoke an operator role (e.g. another hospital's RELAYER) as the contract admin."""
     from eth_utils import is_address, keccak, to_checksum_address
 
@@ -128,13 +111,14 @@ def role_command(action: str, role: str, account: str, contract_name: str | None
         receipt = chain.send(function(keccak(text=role), to_checksum_address(account)))
         return f"{action} {role} for {to_checksum_address(account)} on {contract_name}: block {receipt['blockNumber']}"
 
-    _as_admin(act)
+    _as_admin(runtime, act)
 
 
 @chain_group.command("pause")
 @click.option("--contract", "contract_name", default=None, help="one contract (default: both)")
 @click.option("--resume", is_flag=True, help="unpause instead")
-def pause_command(contract_name: str | None, resume: bool) -> None:
+@click.pass_obj
+def pause_command(runtime: Runtime, contract_name: str | None, resume: bool) -> None:
     """Emergency stop of new grants and anchors (revocation keeps working), or --resume."""
     from healthledger.ledger.deploy import SERVICE_CONTRACTS
 
@@ -149,34 +133,25 @@ def pause_command(contract_name: str | None, resume: bool) -> None:
             lines.append(f"{name}: {'running' if resume else 'paused'}")
         return "\n".join(lines)
 
-    _as_admin(act)
+    _as_admin(runtime, act)
 
 
-def _as_admin(act: Any) -> None:
+def _as_admin(runtime: Runtime, act: Callable[[Chain], str]) -> None:
     """Run an admin action with the operator key on the verified, recorded contracts."""
-    from sqlalchemy.orm import Session
-
-    from healthledger.cli import load_settings
     from healthledger.ledger.chain import ContractRevert
     from healthledger.ledger.deploy import attach_deployments
 
+    chain = _bootstrapped_chain(runtime)
     try:
-        chain, engine = _open(load_settings())
-        try:
-            with Session(engine) as session:
-                attach_deployments(chain, session)
-            click.echo(act(chain))
-        except ContractRevert as exc:
-            if exc.error_name == "NotAdmin":
-                raise click.ClickException(
-                    f"the operator {chain.operator.address} is not the admin: use the admin's own wallet or multisig"
-                ) from None
-            raise
-        finally:
-            chain.close()
-            engine.dispose()
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+        with runtime.sessions() as session:
+            attach_deployments(chain, session)
+        click.echo(act(chain))
+    except ContractRevert as exc:
+        if exc.error_name == "NotAdmin":
+            raise click.ClickException(
+                f"the operator {chain.operator.address} is not the admin: use the admin's own wallet or multisig"
+            ) from None
+        raise
 
 
 @chain_group.command("node")
@@ -184,24 +159,21 @@ def _as_admin(act: Any) -> None:
 @click.option(
     "--port", default=8545, show_default=True, type=int, help="0 = any free port (see chain/node.json)"
 )
-def node_command(host: str, port: int) -> None:
+@click.pass_obj
+def node_command(runtime: Runtime, host: str, port: int) -> None:
     """Serve the embedded chain over JSON-RPC so several processes (gunicorn workers) can share it.
 
     Then run the service with HEALTHLEDGER_CHAIN_URL=http://127.0.0.1:PORT.
     """
-    from healthledger.cli import load_settings
     from healthledger.data_dir import private_file, secure_data_dir
-    from healthledger.keys import key_provider_for
     from healthledger.ledger.backends.embedded import NODE_FILE
     from healthledger.ledger.backends.rpc_server import EmbeddedRPC, make_server
     from healthledger.ledger.chain import embedded_chain
 
-    settings = load_settings()
+    settings = runtime.settings
     secure_data_dir(settings.data_dir)
-    try:
-        chain = embedded_chain(settings.data_dir, key_provider_for(settings.key_provider, settings.keys_dir))
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    # The embedded chain itself, never the configured one: that could be this very node.
+    chain = embedded_chain(settings.data_dir, runtime.key_provider)
     server = make_server(EmbeddedRPC(chain.w3.provider), host, port)  # type: ignore[arg-type]
     url = f"http://{host}:{server.server_address[1]}"
     # Other processes on this data dir find the node here (chain_for falls back to it).

@@ -5,11 +5,15 @@ from __future__ import annotations
 import signal
 import time
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from healthledger.errors import HealthLedgerError
+from healthledger.runtime import Runtime
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 @click.group("relay")
@@ -17,37 +21,27 @@ def relay_group() -> None:
     """Chain writes (durable outbox) and the event indexer that feeds the consent engine."""
 
 
-def _sessions(settings: Any) -> tuple[Any, Any]:
-    from healthledger.app import bootstrap
-    from healthledger.db import make_engine, session_factory
-
-    bootstrap(settings)
-    engine = make_engine(settings.database_url)
-    return engine, session_factory(engine)
+def _sessions(runtime: Runtime) -> sessionmaker[Session]:
+    """The runtime's sessions, after the service's one-time setup (schema, keys)."""
+    runtime.bootstrap()
+    return runtime.sessions
 
 
 @relay_group.command("status")
-def status_command() -> None:
+@click.pass_obj
+def status_command(runtime: Runtime) -> None:
     """Outbox items per state, the oldest pending write, and the indexer's lag."""
     from sqlalchemy import func, select
 
-    from healthledger.cli import load_settings
     from healthledger.ledger import indexer, outbox
     from healthledger.ledger.models import OutboxItem
 
-    try:
-        engine, sessions = _sessions(load_settings())
-        try:
-            with sessions() as session:
-                counts = outbox.counts(session)
-                oldest = session.scalar(
-                    select(func.min(OutboxItem.created_at)).where(OutboxItem.state.in_(["queued", "sent"]))
-                )
-                lag = indexer.lag(session)
-        finally:
-            engine.dispose()
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    with _sessions(runtime)() as session:
+        counts = outbox.counts(session)
+        oldest = session.scalar(
+            select(func.min(OutboxItem.created_at)).where(OutboxItem.state.in_(["queued", "sent"]))
+        )
+        lag = indexer.lag(session)
     click.echo("outbox: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
     if oldest is not None:
         click.echo(f"oldest pending write: {time.time() - oldest:.0f} s old")
@@ -61,20 +55,13 @@ def status_command() -> None:
 
 @relay_group.command("show")
 @click.argument("item_id", type=int)
-def show_command(item_id: int) -> None:
+@click.pass_obj
+def show_command(runtime: Runtime, item_id: int) -> None:
     """One chain write: state, attempts, transaction, failure reason."""
-    from healthledger.cli import load_settings
     from healthledger.ledger import outbox
 
-    try:
-        engine, sessions = _sessions(load_settings())
-        try:
-            with sessions() as session:
-                st = outbox.status(session, item_id)
-        finally:
-            engine.dispose()
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    with _sessions(runtime)() as session:
+        st = outbox.status(session, item_id)
     click.echo(f"#{st.id} {st.kind}: {st.state.value} after {st.attempts} attempt(s)")
     if st.tx_hash:
         click.echo(f"  tx {st.tx_hash}" + (f" in block {st.block_number}" if st.block_number else ""))
@@ -86,20 +73,13 @@ def show_command(item_id: int) -> None:
 
 @relay_group.command("requeue")
 @click.argument("item_id", type=int)
-def requeue_command(item_id: int) -> None:
+@click.pass_obj
+def requeue_command(runtime: Runtime, item_id: int) -> None:
     """Queue a failed write again (after its cause, e.g. a paused contract or missing role, is fixed)."""
-    from healthledger.cli import load_settings
     from healthledger.ledger import outbox
 
-    try:
-        engine, sessions = _sessions(load_settings())
-        try:
-            with sessions.begin() as session:
-                outbox.requeue_failed(session, item_id, now=time.time())
-        finally:
-            engine.dispose()
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    with _sessions(runtime).begin() as session:
+        outbox.requeue_failed(session, item_id, now=time.time())
     click.echo(f"#{item_id} queued again")
 
 
@@ -112,20 +92,15 @@ def requeue_command(item_id: int) -> None:
     "--anchor-interval", type=float, default=None,
     help="also anchor the access log's tree head every this many seconds (default: never)",
 )
-def work_command(once: bool, interval: float | None, anchor_interval: float | None) -> None:
+@click.pass_obj
+def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_interval: float | None) -> None:
     """Submit queued chain writes and index contract events, in a loop until interrupted."""
-    from healthledger.cli import load_settings
-    from healthledger.keys import key_provider_for
     from healthledger.ledger import indexer, outbox
-    from healthledger.ledger.chain import chain_for
     from healthledger.ledger.deploy import attach_deployments
 
-    settings = load_settings()
-    try:
-        engine, sessions = _sessions(settings)
-        chain = chain_for(settings, key_provider_for(settings.key_provider, settings.keys_dir))
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    sessions = _sessions(runtime)
+    chain = runtime.chain
+    settings = runtime.settings
     signal.signal(signal.SIGTERM, _stop_on_signal)
     try:
         with sessions() as session:
@@ -153,11 +128,6 @@ def work_command(once: bool, interval: float | None, anchor_interval: float | No
             time.sleep(pause)
     except KeyboardInterrupt:
         pass
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        chain.close()
-        engine.dispose()
 
 
 SEQUENCE_BATCH = 250  # entries per transaction (~15 ms of SQLite's write lock; ~55 us of CPU per entry)

@@ -11,26 +11,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from healthledger.config import Settings
-from healthledger.data_dir import secure_data_dir
-from healthledger.errors import HealthLedgerError
-
-
-def _store():  # type: ignore[no-untyped-def]
-    from healthledger.store.repository import open_store
-
-    settings = Settings.load()
-    secure_data_dir(settings.data_dir)
-    try:
-        return open_store(settings)
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+from healthledger.runtime import Runtime
 
 
 @click.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--show", "show", default=20, show_default=True, help="skipped/rejected entries listed per file")
-def import_command(paths: tuple[Path, ...], show: int) -> None:
+@click.pass_obj
+def import_command(runtime: Runtime, paths: tuple[Path, ...], show: int) -> None:
     """Import FHIR Bundle (.json) and Bulk Data NDJSON (.ndjson) files, or folders of them."""
     from healthledger.store.importer import Importer, discover
 
@@ -40,27 +28,21 @@ def import_command(paths: tuple[Path, ...], show: int) -> None:
     files = discover(paths)
     if not files:
         raise click.ClickException("no .json or .ndjson files found")
-    store = _store()
-    importer = Importer(store)
+    importer = Importer(runtime.store)
     console = Console(stderr=True)
     reports = []
     total = sum(f.stat().st_size for f in files if f.is_file())
     started = time.monotonic()
-    try:
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-            console=console, transient=False,
-        ) as progress:
-            task = progress.add_task("importing", total=total)
-            for path in files:
-                progress.update(task, description=f"importing {path.name}")
-                before = progress.tasks[0].completed
-                reports.append(importer.import_file(path, lambda n: progress.advance(task, n)))
-                progress.update(task, completed=before + (path.stat().st_size if path.is_file() else 0))
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        store.engine.dispose()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    ) as progress:
+        task = progress.add_task("importing", total=total)
+        for path in files:
+            progress.update(task, description=f"importing {path.name}")
+            before = progress.tasks[0].completed
+            reports.append(importer.import_file(path, lambda n: progress.advance(task, n)))
+            progress.update(task, completed=before + (path.stat().st_size if path.is_file() else 0))
     from healthledger.store.importer import ImportReport
 
     report = ImportReport(reports)
@@ -100,25 +82,20 @@ def _print_import_summary(console: Console, report, show: int) -> None:  # type:
 @click.command("rotate-keys")
 @click.option("--retire-old", is_flag=True, help="remove old key-encryption keys once nothing depends on them")
 @click.option("--retire-only", is_flag=True, help="no new key: rewrap to the active one and retire the old ones")
-def rotate_keys_command(retire_old: bool, retire_only: bool) -> None:
+@click.pass_obj
+def rotate_keys_command(runtime: Runtime, retire_old: bool, retire_only: bool) -> None:
     """Create a new key-encryption key and rewrap every data key with it (no re-encryption, no downtime)."""
-    from healthledger.db import session_factory
     from healthledger.key_rotation import rewrap_outside_store
 
-    store = _store()
-    try:
-        report = store.rotate_keys(rotate=not retire_only)
-        # Keys of other packages (chain operator, token signing, patients' recovery wraps) move too,
-        # so the old KEKs can then be retired in the same run.
-        for moved in rewrap_outside_store(store.settings, store.keyring.provider, session_factory(store.engine)):
-            click.echo(f"rewrapped: {moved}")
-        if retire_old or retire_only:
-            retired = store.rotate_keys(retire_old=True, rotate=False)
-            report = replace(retired, new_kek_id=report.new_kek_id, rewrapped=report.rewrapped + retired.rewrapped)
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        store.engine.dispose()
+    store = runtime.store
+    report = store.rotate_keys(rotate=not retire_only)
+    # Keys of other packages (chain operator, token signing, patients' recovery wraps) move too,
+    # so the old KEKs can then be retired in the same run.
+    for moved in rewrap_outside_store(runtime.settings, runtime.key_provider, runtime.sessions):
+        click.echo(f"rewrapped: {moved}")
+    if retire_old or retire_only:
+        retired = store.rotate_keys(retire_old=True, rotate=False)
+        report = replace(retired, new_kek_id=report.new_kek_id, rewrapped=report.rewrapped + retired.rewrapped)
     click.echo(f"{'active' if retire_only else 'new'} key-encryption key: {report.new_kek_id}")
     click.echo(f"data keys rewrapped: {report.rewrapped}")
     if report.remaining_on_old:
@@ -138,25 +115,17 @@ def rotate_keys_command(retire_old: bool, retire_only: bool) -> None:
 @click.command("erase-patient")
 @click.argument("patient_id")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def erase_patient_command(patient_id: str, yes: bool) -> None:
+@click.pass_obj
+def erase_patient_command(runtime: Runtime, patient_id: str, yes: bool) -> None:
     """Crypto-shred every record of a patient: their data key is destroyed; reads then say gone."""
     from healthledger.store.repository import check_id
 
-    try:
-        check_id(patient_id)
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
+    check_id(patient_id)
     if not yes:
         click.confirm(
             f"Destroy the data key of Patient/{patient_id}? Their records become unreadable for good.", abort=True
         )
-    store = _store()
-    try:
-        report = store.erase_patient(patient_id)
-    except HealthLedgerError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        store.engine.dispose()
+    report = runtime.store.erase_patient(patient_id)
     click.echo(f"erased Patient/{patient_id}: data key {'destroyed' if report.key_destroyed else 'already destroyed'}")
     for resource_type, n in report.resources.items():
         click.echo(f"  {resource_type}: {n}")

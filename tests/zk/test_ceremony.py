@@ -18,7 +18,7 @@ from support import ROOT, node_tool
 
 from zk import ceremony
 from zk.build import ARTIFACTS
-from zk.cli import build_zk_group
+from zk.cli import zk_group
 from zk.errors import MalformedInput
 
 CIRCUIT = ROOT / "tests" / "vectors" / "zk" / "interop" / "preimage_range.circom"
@@ -47,7 +47,7 @@ def test_contribute_verify_record(small_setup: dict[str, Path], tmp_path: Path) 
     digests = []
     for name in ("Hospital A", "Hospital B"):
         out = tmp_path / f"{len(zkeys)}.zkey"
-        result = runner.invoke(build_zk_group(), ["ceremony", "contribute", "--zkey", str(zkeys[-1]),
+        result = runner.invoke(zk_group, ["ceremony", "contribute", "--zkey", str(zkeys[-1]),
                                                   "--out", str(out), "--name", name])
         assert result.exit_code == 0, result.output
         digests.append(result.output.strip().split(": ")[1])
@@ -55,7 +55,7 @@ def test_contribute_verify_record(small_setup: dict[str, Path], tmp_path: Path) 
     assert all(len(d) == 128 for d in digests) and digests[0] != digests[1]
 
     record_path = tmp_path / "record.json"
-    result = runner.invoke(build_zk_group(), ["ceremony", "record", "--r1cs", str(small_setup["r1cs"]), "--ptau",
+    result = runner.invoke(zk_group, ["ceremony", "record", "--r1cs", str(small_setup["r1cs"]), "--ptau",
                                               str(small_setup["ptau"]), "--zkey", str(zkeys[-1]),
                                               "--out", str(record_path)])
     assert result.exit_code == 0, result.output

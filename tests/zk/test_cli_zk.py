@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support import ROOT
+from support import ROOT, imported_modules
 
-from zk.cli import build_zk_group
+from zk.cli import zk_group
 
 INTEROP = ROOT / "tests" / "vectors" / "zk" / "interop"
 
 
 def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(build_zk_group(), list(args))
+    result = CliRunner().invoke(zk_group, list(args))
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -95,3 +95,13 @@ def test_zk_core_does_not_import_the_service() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=ROOT, check=True)
     assert proc.stdout.strip() == ""
+
+
+def test_only_the_cli_modules_import_click_or_the_cli() -> None:
+    """The ceremony (and every other zk module) is a library; its commands are listed in zk.cli's table."""
+    cli_modules = {"cli.py", "ceremony_cli.py", "__main__.py"}
+    for path in sorted((ROOT / "zk").glob("*.py")):
+        imports = imported_modules(path)
+        assert not {m for m in imports if m.split(".")[0] == "healthledger"}, path.name
+        if path.name not in cli_modules:
+            assert not {"click", "zk.cli", "zk.ceremony_cli"} & imports, path.name

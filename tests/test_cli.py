@@ -1,0 +1,123 @@
+"""The command line's one runtime: command modules are handed it (they import neither the app nor the
+CLI), a command makes only what it uses, and every error a command lets through is one line, exit 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from support import ROOT, imported_modules
+
+from healthledger.cli import LAZY_COMMANDS, cli
+from healthledger.config import Settings
+from healthledger.errors import ConfigurationError
+from healthledger.runtime import Runtime
+
+ROOT_MODULE = ROOT / "healthledger" / "cli.py"  # the one module that wires commands to the app
+
+# Arguments that get each command past its own argument checks to the runtime. Every command of the
+# healthledger CLI is listed (a new one must be added); `zk` has its own exit codes (tests/zk).
+RUNTIME_ARGS: dict[str, list[str]] = {
+    "init": [],
+    "serve": ["--no-ledger"],
+    "import": ["{json_file}"],
+    "rotate-keys": [],
+    "erase-patient": ["some-patient", "--yes"],
+    "clients add": ["svc", "--scopes", "system/*.rs", "--secret"],
+    "clients list": [],
+    "clients disable": ["some-client"],
+    "users add": ["someone", "--role", "auditor"],
+    "users list": [],
+    "users disable": ["someone"],
+    "chain deploy": [],
+    "chain status": [],
+    "chain role": ["grant", "RELAYER", "0x0000000000000000000000000000000000000001"],
+    "chain pause": [],
+    "chain node": ["--port", "0"],
+    "relay status": [],
+    "relay show": ["1"],
+    "relay requeue": ["1"],
+    "relay work": ["--once"],
+    "anchor": ["--queue-only"],
+    "audit verify": [],
+    "audit prove": ["1"],
+}
+
+
+def _leaf_commands(group: click.Group, prefix: str = "") -> set[str]:
+    ctx = click.Context(group)
+    names: set[str] = set()
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        path = f"{prefix}{name}"
+        if isinstance(command, click.Group):
+            names |= _leaf_commands(command, f"{path} ")
+        else:
+            names.add(path)
+    return names
+
+
+def _command_modules() -> list[Path]:
+    """Every healthledger module that defines click commands, except the root that mounts them."""
+    return sorted(path for path in (ROOT / "healthledger").rglob("*.py")
+                  if path != ROOT_MODULE and "click" in imported_modules(path))
+
+
+def test_command_modules_import_neither_the_app_nor_the_cli() -> None:
+    modules = _command_modules()
+    table = {target.partition(":")[0] for target in LAZY_COMMANDS.values() if target.startswith("healthledger.")}
+    assert table <= {".".join(p.relative_to(ROOT).with_suffix("").parts) for p in modules}
+    for path in modules:
+        wired = {"healthledger.app", "healthledger.cli"} & imported_modules(path)
+        assert not wired, f"{path.relative_to(ROOT)} imports {sorted(wired)}: take the runtime (click.pass_obj)"
+
+
+def test_the_table_lists_every_command_here() -> None:
+    assert _leaf_commands(cli) - {c for c in _leaf_commands(cli) if c.startswith("zk ")} == set(RUNTIME_ARGS)
+
+
+@pytest.mark.parametrize("command", sorted(RUNTIME_ARGS))
+def test_an_error_in_any_command_is_one_line_and_exit_1(command: str, tmp_path: Path) -> None:
+    def unreadable_settings(**_overrides: object) -> Settings:
+        raise ConfigurationError("the settings file cannot be read")
+
+    json_file = tmp_path / "bundle.json"
+    json_file.write_text("{}")
+    args = [*command.split(), *(a.format(json_file=json_file) for a in RUNTIME_ARGS[command])]
+    result = CliRunner().invoke(cli, args, obj=Runtime(load_settings=unreadable_settings))
+    assert isinstance(result.exception, SystemExit), result.exception  # not the error itself: no traceback
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", "Error: the settings file cannot be read\n")
+
+
+def test_an_error_deep_in_a_command_is_one_line_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHLEDGER_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("HEALTHLEDGER_LOAD_DEMO_DATA", "false")
+    runner = CliRunner()
+    for args, message in [(["relay", "show", "999"], "no such chain write"),
+                          (["audit", "prove", "999"], "no such access-log entry"),
+                          (["erase-patient", "not an id!", "--yes"], "resource id must be")]:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.exception)
+        assert result.stdout == "" and result.stderr.startswith(f"Error: {message}"), args
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_a_command_makes_only_what_it_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`clients list` needs the database, not the key-encryption key nor the chain."""
+    monkeypatch.setenv("HEALTHLEDGER_DATA_DIR", str(tmp_path / "var"))
+    runtime = Runtime()
+    result = CliRunner().invoke(cli, ["clients", "list", "--json"], obj=runtime)
+    assert result.exit_code == 0 and result.output.strip() == "[]", result.output
+    assert (tmp_path / "var" / "healthledger.db").exists()
+    assert not (tmp_path / "var" / "keys").exists() and not (tmp_path / "var" / "chain").exists()
+    runtime.close()
+
+
+def test_settings_overrides_come_before_the_settings_are_read(tmp_path: Path) -> None:
+    runtime = Runtime(load_settings=lambda **o: Settings(data_dir=tmp_path, **o))
+    runtime.override(port=9100)
+    assert runtime.settings.port == 9100
+    with pytest.raises(RuntimeError):
+        runtime.override(port=9200)
