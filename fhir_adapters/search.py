@@ -37,18 +37,17 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 from fhir_adapters.errors import UnsupportedSearch
 from fhir_adapters.validation import is_resource_type
 
 ParamType = Literal["token", "string", "date", "reference", "quantity", "uri", "number"]
-T = TypeVar("T")
 
 STRING_PREFIX_LENGTHS: Final = (2, 3, 4, 6, 8)
 DATE_MAX_YEAR_TERMS: Final = 10
@@ -334,31 +333,11 @@ class SearchCriterion:
     values: tuple[SearchValue, ...]
     missing: bool | None = None
 
-    @property
-    def name(self) -> str:
-        return self.param.name
-
-
-@dataclass(frozen=True)
-class SearchControls:
-    """Result controls, separated from the criteria (they do not select resources)."""
-
-    count: int | None = None
-    offset: int | None = None
-    summary: str | None = None
-    sort: tuple[tuple[str, bool], ...] = ()  # (param name, descending): apply with sort_resources
-    format: str | None = None
-    total: str | None = None
-    elements: tuple[str, ...] = ()
-    other: tuple[tuple[str, str], ...] = ()  # e.g. `_pretty`, a paging cursor: passed through untouched
-
 
 @dataclass(frozen=True)
 class SearchQuery:
     resource_type: str
     criteria: tuple[SearchCriterion, ...]
-    controls: SearchControls = field(default_factory=SearchControls)
-    params: tuple[tuple[str, str], ...] = ()  # the criteria as received (for self/next links)
     now: datetime | None = None  # for `ap` on dates (10% of the gap to now); None: 10% of the value's span
 
 
@@ -380,22 +359,12 @@ class ResourceMeta:
 
 # --- parsing -------------------------------------------------------------------------------------------------
 
-_CONTROL_PARAMS: Final = frozenset(
-    {
-        "_count",
-        "_offset",
-        "_summary",
-        "_sort",
-        "_format",
-        "_total",
-        "_elements",
-        "_pretty",
-        "_cursor",
-        "_page",
-    }
+# Result parameters (R4 3.1.1.5 and search.html#return) and paging names: they select nothing, so parsing sets
+# them aside uninterpreted; their values are the business of whoever renders the results (healthledger.api).
+RESULT_PARAMETERS: Final = frozenset(
+    {"_count", "_offset", "_summary", "_sort", "_format", "_total", "_elements", "_pretty", "_cursor", "_page"}
 )
 _UNSUPPORTED_RESULT_PARAMS: Final = frozenset({"_include", "_revinclude", "_contained", "_containedType"})
-_SUMMARY_VALUES: Final = frozenset({"true", "false", "count"})
 _MODIFIERS: Final[Mapping[str, frozenset[str]]] = {
     "token": frozenset({"not", "missing"}),
     "string": frozenset({"exact", "contains", "missing"}),
@@ -420,14 +389,12 @@ def parse_search(
     """Parse `(name, value)` pairs (already URL-decoded) of a type search; UnsupportedSearch on anything unknown.
 
     Repeated parameters are AND-ed, commas inside one value are OR-ed (R4 3.1.1.4.12 / .13); `\\,` `\\|` `\\$`
-    escape. A parameter with an empty value is ignored. Controls (_count, _sort, ...) go to `controls`.
+    escape. A parameter with an empty value is ignored, and so are result parameters (RESULT_PARAMETERS).
     """
     if not is_resource_type(resource_type):
         raise UnsupportedSearch(f"Unknown resource type '{_say(resource_type)}'", status=404)
     defs = search_parameters(resource_type)
     criteria: list[SearchCriterion] = []
-    kept: list[tuple[str, str]] = []
-    controls: dict[str, Any] = {"other": []}
     if len(params) > MAX_CRITERIA * 2:
         raise UnsupportedSearch(f"Too many search parameters (at most {MAX_CRITERIA})")
     for name, value in params:
@@ -436,8 +403,7 @@ def parse_search(
         if len(value) > MAX_VALUE_LENGTH * 4:
             raise UnsupportedSearch(f"Value of '{_say(name)}' is too long")
         base, _, modifier = name.partition(":")
-        if base in _CONTROL_PARAMS:
-            _parse_control(base, value, controls)
+        if base in RESULT_PARAMETERS:
             continue
         if base in _UNSUPPORTED_RESULT_PARAMS:
             raise UnsupportedSearch(f"'{base}' is not supported")
@@ -447,41 +413,9 @@ def parse_search(
         if value == "":
             continue  # R4 3.1.1: a parameter with no value is ignored
         criteria.append(_parse_criterion(definition, modifier if ":" in name else None, value, name))
-        kept.append((name, value))
     if len(criteria) > MAX_CRITERIA:
         raise UnsupportedSearch(f"Too many search parameters (at most {MAX_CRITERIA})")
-    for sort_name, _desc in controls.get("sort", ()):
-        if sort_name not in defs:
-            raise UnsupportedSearch(f"Cannot sort by unknown parameter '{_say(sort_name)}'")
-    controls["other"] = tuple(controls["other"])
-    return SearchQuery(resource_type, tuple(criteria), SearchControls(**controls), tuple(kept), now)
-
-
-def _parse_control(name: str, value: str, controls: dict[str, Any]) -> None:
-    if name in ("_count", "_offset"):
-        if not value.isascii() or not value.isdigit() or len(value) > 9:
-            raise UnsupportedSearch(f"'{name}' must be a non-negative integer")
-        controls[name[1:]] = int(value)
-    elif name == "_summary":
-        if value not in _SUMMARY_VALUES:
-            raise UnsupportedSearch("'_summary' supports count, true and false")
-        controls["summary"] = value
-    elif name == "_sort":
-        keys = []
-        for item in value.split(","):
-            desc = item.startswith("-")
-            keys.append((item[1:] if desc else item, desc))
-        controls["sort"] = tuple(keys)
-    elif name == "_format":
-        controls["format"] = value
-    elif name == "_total":
-        if value not in ("none", "estimate", "accurate"):
-            raise UnsupportedSearch("'_total' must be none, estimate or accurate")
-        controls["total"] = value
-    elif name == "_elements":
-        controls["elements"] = tuple(v for v in value.split(",") if v)
-    else:
-        controls["other"].append((name, value))
+    return SearchQuery(resource_type, tuple(criteria), now)
 
 
 def split_unescaped(value: str, sep: str) -> list[str]:
@@ -1134,21 +1068,6 @@ def _window_terms(window: Interval) -> frozenset[str] | None:
     return frozenset({"y:*", *(f"y:{y:04d}" for y in range(first_year, last_year + 1))})
 
 
-def last_updated_window(query: SearchQuery) -> Interval | None:
-    """Bounds every match's `_lastUpdated` lies within (microseconds, see Interval), for the store to push into SQL.
-
-    Use `interval_datetime` to turn the bounds into datetimes. None when the query has no `_lastUpdated`.
-    """
-    window: Interval | None = None
-    for criterion in query.criteria:
-        if criterion.param.name != "_lastUpdated" or criterion.missing is not None:
-            continue
-        hull = _date_hull(criterion, query.now)
-        if hull is not None:
-            window = hull if window is None else _intersect(window, hull)
-    return window
-
-
 def interval_datetime(us: int) -> datetime:
     """Microseconds since 0001-01-01T00:00Z (an Interval bound) as an aware UTC datetime."""
     return _EPOCH + timedelta(microseconds=us)
@@ -1305,66 +1224,3 @@ def _number_matches(query: NumberValue, quantity: tuple[Decimal, str | None, str
         slack = abs(query.value) / 10
         return query.value - slack <= number <= query.value + slack
     return False
-
-
-def criteria_names(query: SearchQuery) -> Iterable[str]:
-    """Names of the parameters the query filters on (for logging without values)."""
-    return (criterion.name for criterion in query.criteria)
-
-
-# --- _sort (R4 3.1.1.5.5) ------------------------------------------------------------------------------------
-
-
-def sort_resources(
-    items: Sequence[T],
-    resource_type: str,
-    sort: Sequence[tuple[str, bool]],
-    view: Callable[[T], tuple[Mapping[str, Any], ResourceMeta]],
-) -> list[T]:
-    """`items` in `_sort` order (`SearchQuery.controls.sort`: (name, descending) pairs, most significant first).
-
-    A parameter with several values sorts by its lowest value ascending and its highest descending (R4
-    3.1.1.5.5); resources without a value come last either way; ties keep their input order (stable).
-    `view(item)` gives the resource and its metadata.
-    """
-    definitions = search_parameters(resource_type)
-    ordered = list(items)
-    for name, descending in reversed(sort):
-        definition = definitions.get(name)
-        if definition is None:
-            raise UnsupportedSearch(f"Cannot sort by unknown parameter '{_say(name)}'")
-        keyed = [(_sort_value(definition, *view(item), descending), item) for item in ordered]
-        present = [(key, item) for key, item in keyed if key is not None]
-        present.sort(key=lambda pair: pair[0], reverse=descending)
-        ordered = [item for _, item in present] + [item for key, item in keyed if key is None]
-    return ordered
-
-
-def _sort_value(
-    definition: SearchParamDef, resource: Mapping[str, Any], meta: ResourceMeta, descending: bool
-) -> Any:
-    if definition.name == "_id":
-        return meta.id
-    elements: list[Any] = (
-        [meta.last_updated] if definition.name == "_lastUpdated" else element_values(resource, definition)
-    )
-    keys: list[Any] = []
-    for value in _present_values(definition, elements):
-        if isinstance(value, Interval):
-            bound = value.hi if descending else value.lo
-            keys.append(
-                (_MAX_US + 1 if value.hi is None else bound)
-                if descending
-                else (-1 if bound is None else bound)
-            )
-        elif isinstance(value, TokenValue):
-            keys.append(value.code or "")
-        elif isinstance(value, ReferenceValue):
-            keys.append(f"{value.type}/{value.id}" if value.type else value.url or value.id or "")
-        elif isinstance(value, tuple):
-            keys.append(value[0])
-        elif isinstance(value, str):
-            keys.append(fold(value) if definition.type == "string" else value)
-    if not keys:
-        return None
-    return max(keys) if descending else min(keys)

@@ -18,7 +18,6 @@ from fhir_adapters.search import (
     fold,
     index_terms,
     interval_datetime,
-    last_updated_window,
     matches,
     parse_search,
     split_unescaped,
@@ -332,12 +331,6 @@ def test_id_and_last_updated_come_from_meta() -> None:
     assert hits(PATIENT, ("_lastUpdated", "ge2024-03-10T12:00:00Z")) is True
     query = parse_search("Patient", [("_id", "a,b")])
     assert [(f.param, f.any_of) for f in candidate_filters(query)] == [("_id", frozenset({"a", "b"}))]
-    window = last_updated_window(
-        parse_search("Patient", [("_lastUpdated", "ge2024-01"), ("_lastUpdated", "lt2024-02")])
-    )
-    assert window is not None and window.lo is not None and window.hi is not None
-    assert interval_datetime(window.lo) == datetime(2024, 1, 1, tzinfo=UTC)
-    assert interval_datetime(window.hi) == datetime(2024, 2, 1, tzinfo=UTC)
 
 
 def test_missing_modifier() -> None:
@@ -348,7 +341,7 @@ def test_missing_modifier() -> None:
 
 def test_other_types_search_by_id_only() -> None:
     query = parse_search("Practitioner", [("_id", "x")])
-    assert query.criteria[0].name == "_id"
+    assert query.criteria[0].param.name == "_id"
     with pytest.raises(UnsupportedSearch):
         parse_search("Basic", [("code", "x")])
 
@@ -356,7 +349,7 @@ def test_other_types_search_by_id_only() -> None:
 # --- parsing -----------------------------------------------------------------------------------------------
 
 
-def test_controls_are_separated_from_criteria() -> None:
+def test_result_parameters_are_set_aside() -> None:
     query = parse_search(
         "Patient",
         [
@@ -369,13 +362,7 @@ def test_controls_are_separated_from_criteria() -> None:
             ("gender", ""),
         ],
     )
-    assert [c.name for c in query.criteria] == ["name"]  # an empty value is ignored
-    assert query.params == (("name", "ann"),)
-    assert query.controls.count == 10
-    assert query.controls.summary == "count"
-    assert query.controls.sort == (("birthdate", True), ("_id", False))
-    assert query.controls.format == "json"
-    assert query.controls.other == (("_pretty", "true"),)
+    assert [c.param.name for c in query.criteria] == ["name"]  # an empty value is ignored
 
 
 @pytest.mark.parametrize(
@@ -390,11 +377,7 @@ def test_controls_are_separated_from_criteria() -> None:
         [("birthdate:missing", "maybe")],
         [("identifier", "a|b|c")],
         [("identifier", "|")],
-        [("_count", "-1")],
-        [("_count", "ten")],
-        [("_summary", "text")],
         [("_include", "Patient:organization")],
-        [("_sort", "nickname")],
         [("subject:Nope", "1")],
         [("value-quantity", "five")],
         [("value-quantity", "5|mg")],
@@ -472,33 +455,3 @@ def test_bare_id_on_an_untargeted_reference_parameter() -> None:
     event = {"resourceType": "AuditEvent", "agent": [{"who": {"reference": "Practitioner/9"}}]}
     assert hits(event, ("agent", "9")) is True
     assert [f.any_of for f in candidate_filters(parse_search("AuditEvent", [("agent", "9")]))] == [{"i:9"}]
-
-
-def test_sort_resources() -> None:
-    from fhir_adapters.search import sort_resources
-
-    people = [
-        {"resourceType": "Patient", "id": "a", "birthDate": "1990", "name": [{"family": "Zed"}]},
-        {
-            "resourceType": "Patient",
-            "id": "b",
-            "birthDate": "1980-06-01",
-            "name": [{"family": "émile"}, {"family": "Ay"}],
-        },
-        {"resourceType": "Patient", "id": "c", "name": [{"family": "Bee"}]},
-        {"resourceType": "Patient", "id": "d", "birthDate": "1980-06-01", "name": [{"family": "Ay"}]},
-    ]
-
-    def view(p: dict[str, Any]) -> tuple[dict[str, Any], ResourceMeta]:
-        return p, ResourceMeta(p["id"], META.last_updated)
-
-    def ids(sort: list[tuple[str, bool]]) -> list[str]:
-        return [p["id"] for p in sort_resources(people, "Patient", sort, view)]
-
-    assert ids([("birthdate", False)]) == ["b", "d", "a", "c"]  # no value: last
-    assert ids([("birthdate", True)]) == ["a", "b", "d", "c"]
-    assert ids([("birthdate", False), ("_id", True)]) == ["d", "b", "a", "c"]
-    assert ids([("family", False)]) == ["b", "d", "c", "a"]  # lowest of several values, accent-folded
-    assert ids([("family", True)]) == ["a", "b", "c", "d"]  # highest: "emile" > "bee" > "ay"
-    with pytest.raises(UnsupportedSearch):
-        ids([("nickname", False)])
