@@ -11,19 +11,12 @@ from hypothesis import strategies as st
 
 from fhir_adapters.bundles import BundlePlan, plan_bundle, read_ndjson
 from fhir_adapters.errors import FhirInputError, UnsupportedSearch
-from fhir_adapters.search import (
-    SEARCH_PARAMETERS,
-    ResourceMeta,
-    SearchQuery,
-    _strings,
-    _tokens,
-    candidate_filters,
-    date_range,
-    element_values,
-    index_terms,
-    matches,
-    parse_search,
-)
+from fhir_adapters.search.dates import date_range
+from fhir_adapters.search.matching import ResourceMeta, matches
+from fhir_adapters.search.parameters import SEARCH_PARAMETERS
+from fhir_adapters.search.query import SearchQuery, parse_search
+from fhir_adapters.search.terms import candidate_filters, index_terms
+from fhir_adapters.search.values import element_strings, element_tokens, element_values
 from fhir_adapters.validation import parse_resource
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -223,7 +216,7 @@ def derived_value(draw: st.DrawFn, resource: dict[str, Any], name: str) -> tuple
     element = draw(st.sampled_from(elements))
     kind = definition.type
     if kind == "string":
-        texts = [t for t in _strings(element) if t]
+        texts = [t for t in element_strings(element) if t]
         if not texts:
             return None
         text = draw(st.sampled_from(texts))
@@ -234,7 +227,7 @@ def derived_value(draw: st.DrawFn, resource: dict[str, Any], name: str) -> tuple
             text = draw(st.sampled_from([text, text.upper(), text.lower()]))
         return name + modifier, _escape(text)
     if kind == "token":
-        tokens = list(_tokens(definition, element))
+        tokens = list(element_tokens(definition, element))
         if not tokens:
             return None
         token = draw(st.sampled_from(tokens))

@@ -8,20 +8,12 @@ from typing import Any
 import pytest
 
 from fhir_adapters.errors import UnsupportedSearch
-from fhir_adapters.search import (
-    SEARCH_PARAMETERS,
-    ResourceMeta,
-    SearchQuery,
-    TokenValue,
-    candidate_filters,
-    date_range,
-    fold,
-    index_terms,
-    interval_datetime,
-    matches,
-    parse_search,
-    split_unescaped,
-)
+from fhir_adapters.search.dates import date_range, interval_datetime
+from fhir_adapters.search.matching import ResourceMeta, matches
+from fhir_adapters.search.parameters import SEARCH_PARAMETERS
+from fhir_adapters.search.query import SearchQuery, TokenValue, parse_search, split_unescaped
+from fhir_adapters.search.strings import fold
+from fhir_adapters.search.terms import candidate_filters, index_terms
 
 META = ResourceMeta("p1", datetime(2024, 3, 10, 12, 0, tzinfo=UTC))
 

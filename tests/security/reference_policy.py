@@ -68,7 +68,7 @@ PATIENT_ELEMENTS: dict[str, tuple[str, ...]] = {
     "Task": ("for",),
 }
 # The search parameters the tests use: (type, name) -> (kind, element path), from the R4 SearchParameter
-# expressions of the parameters fhir_adapters/search.py supports.
+# expressions of the parameters fhir_adapters/search/parameters.py supports.
 SEARCH_PARAMETERS: dict[tuple[str, str], tuple[str, str]] = {
     ("Patient", "identifier"): ("token", "identifier"), ("Patient", "family"): ("string", "name.family"),
     ("Patient", "given"): ("string", "name.given"), ("Patient", "name"): ("string", "name"),
