@@ -350,7 +350,7 @@ class _FhirApi:
         for name, value in params:
             if name.partition(":")[0] in _REFUSED_CONTROLS:
                 raise UnsupportedSearch(f"'{name.partition(':')[0]}' is not supported by this server")
-            if name == "_total" and value not in _TOTAL_VALUES:
+            if name.partition(":")[0] == "_total" and value not in _TOTAL_VALUES:
                 raise UnsupportedSearch("'_total' must be none, estimate or accurate")
             if name in _API_CONTROLS:
                 controls.setdefault(name, []).append(value)
