@@ -18,7 +18,7 @@ from typing import Any, Final, Literal, cast
 from urllib.parse import parse_qsl
 
 from fhir_adapters.errors import FhirInputError, InvalidBundle, InvalidResource, MalformedJson
-from fhir_adapters.search import parse_search
+from fhir_adapters.search.query import parse_search
 from fhir_adapters.validation import is_resource_type, loads_json, parse_resource, validate_element
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from fhir_adapters.search import COMMON_PARAMETERS, SearchParamDef, search_parameters
+from fhir_adapters.search.parameters import COMMON_PARAMETERS, SearchParamDef, search_parameters
 from fhir_adapters.validation import RESOURCE_TYPES
 
 FHIR_VERSION: Final = "4.0.1"

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from fhir_adapters.errors import InvalidResource
-from fhir_adapters.search import parse_reference, values_at
+from fhir_adapters.search.references import parse_reference
+from fhir_adapters.search.values import values_at
 
 __all__ = [
     "COMPARTMENT_PARAMS",

@@ -29,7 +29,9 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from fhir_adapters.audit_event import audit_event
 from fhir_adapters.errors import FhirInputError
-from fhir_adapters.search import DATE_PREFIXES, date_range, interval_datetime, parse_reference
+from fhir_adapters.search.dates import date_range, interval_datetime
+from fhir_adapters.search.query import DATE_PREFIXES
+from fhir_adapters.search.references import parse_reference
 from healthledger.api import negotiation as http
 from healthledger.api.paging import CURSOR_PARAM, PageLinks, decode_cursor, parse_count, searchset_bundle
 from healthledger.audit.entries import AccessEntry, decode_entry

@@ -45,11 +45,14 @@ _VID = re.compile(r"[0-9]{1,9}")
 # What the API really does; the CapabilityStatement is built from these, so it cannot claim more.
 TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
 SYSTEM_INTERACTIONS = ("transaction", "batch")
-# Controls this module handles itself; everything else goes to fhir_adapters.search.parse_search.
+# Result controls are interpreted here and only here: fhir_adapters.search.parse_search sets the result
+# parameters aside (RESULT_PARAMETERS) and parses criteria. These are the ones this module reads itself.
 _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_summary"})
-# Result controls the parser understands but this API does not honour: refused rather than ignored,
-# so a client never mistakes an unsorted or unfiltered page for what it asked (FHIR R4 search.html#errors).
+# Result controls this API does not honour: refused rather than ignored, so a client never mistakes an
+# unsorted or unfiltered page for what it asked (FHIR R4 search.html#errors).
 _REFUSED_CONTROLS = frozenset({"_sort", "_elements", "_page", "_include", "_revinclude", "_contained"})
+# `_total` (R4 3.1.1.5.6) is accepted with any of its values: the total is always exact.
+_TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
 _HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
 
 class RefusalLog(Protocol):
@@ -347,6 +350,8 @@ class _FhirApi:
         for name, value in params:
             if name.partition(":")[0] in _REFUSED_CONTROLS:
                 raise UnsupportedSearch(f"'{name.partition(':')[0]}' is not supported by this server")
+            if name.partition(":")[0] == "_total" and value not in _TOTAL_VALUES:
+                raise UnsupportedSearch("'_total' must be none, estimate or accurate")
             if name in _API_CONTROLS:
                 controls.setdefault(name, []).append(value)
             else:

@@ -315,6 +315,10 @@ def test_search_summary_count_and_count_limits(client: FlaskClient) -> None:
     assert_outcome(client.get("/fhir/Patient?_cursor=garbage", headers=AUTH), 400)
     assert_outcome(client.get("/fhir/Patient?no-such-param=1", headers=AUTH), 400)
     assert_outcome(client.get("/fhir/Patient?_summary=text", headers=AUTH), 400)
+    assert_outcome(client.get("/fhir/Patient?_count=ten", headers=AUTH), 400)
+    assert_outcome(client.get("/fhir/Patient?_sort=nickname", headers=AUTH), 400)
+    assert_outcome(client.get("/fhir/Patient?_total=sometimes", headers=AUTH), 400)
+    assert client.get(f"/fhir/Patient?family={family}&_total=accurate", headers=AUTH).status_code == 200
 
 
 def test_search_patient_parameters(client: FlaskClient) -> None:

@@ -7,7 +7,8 @@ import pytest
 from fhir_adapters.capability import FHIR_VERSION, capability_statement
 from fhir_adapters.errors import InvalidResource
 from fhir_adapters.outcome import operation_outcome, outcome_for_input_error
-from fhir_adapters.search import SEARCH_PARAMETERS, parse_search
+from fhir_adapters.search.parameters import SEARCH_PARAMETERS
+from fhir_adapters.search.query import parse_search
 from fhir_adapters.validation import RESOURCE_TYPES, parse_resource
 
 INTERACTIONS = (

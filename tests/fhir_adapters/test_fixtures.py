@@ -13,7 +13,9 @@ import pytest
 from fhir_adapters.bundles import plan_bundle, read_ndjson, references_in, rewrite_references
 from fhir_adapters.compartment import PatientReferenceError, patient_compartment
 from fhir_adapters.errors import InvalidBundle, MalformedJson
-from fhir_adapters.search import ResourceMeta, candidate_filters, index_terms, matches, parse_search
+from fhir_adapters.search.matching import ResourceMeta, matches
+from fhir_adapters.search.query import parse_search
+from fhir_adapters.search.terms import candidate_filters, index_terms
 from fhir_adapters.validation import parse_resource
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"

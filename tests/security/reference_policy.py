@@ -86,7 +86,7 @@ PARTICIPANT_ELEMENTS = frozenset({"performer", "author", "recorder", "asserter",
                                   "policyHolder", "payor", "deliverTo"})
 _REFERENCE_KEYS = frozenset({"reference", "type", "identifier", "display", "id", "extension"})
 # The search parameters the tests use: (type, name) -> (kind, element path), from the R4 SearchParameter
-# expressions of the parameters fhir_adapters/search.py supports.
+# expressions of the parameters fhir_adapters/search/parameters.py supports.
 SEARCH_PARAMETERS: dict[tuple[str, str], tuple[str, str]] = {
     ("Patient", "identifier"): ("token", "identifier"), ("Patient", "family"): ("string", "name.family"),
     ("Patient", "given"): ("string", "name.given"), ("Patient", "name"): ("string", "name"),

@@ -435,7 +435,7 @@ def probe_batch_reads(p: Probe, who: str, items: list[tuple[str, str, str, int |
 
 # -- hypothesis: what to ask ---------------------------------------------------------------------------------
 def search_options(dep: Deployment, sub: SubWorld, rtype: str, rid: str) -> list[list[tuple[str, str]]]:
-    """Queries with each search parameter of the type (those of fhir_adapters/search.py the model knows) that this
+    """Queries with each search parameter of the type (those of fhir_adapters/search/parameters.py the model knows) that this
     resource matches; many match resources of other patients and of earlier examples too."""
     options: list[list[tuple[str, str]]] = [[("_id", rid)]]
     content = dep.state.last_live(rtype, rid)
