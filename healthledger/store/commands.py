@@ -14,6 +14,7 @@ from rich.table import Table
 from healthledger.config import Settings
 from healthledger.data_dir import secure_data_dir
 from healthledger.errors import HealthLedgerError
+from healthledger.store import maintenance
 
 
 def _store():  # type: ignore[no-untyped-def]
@@ -107,13 +108,13 @@ def rotate_keys_command(retire_old: bool, retire_only: bool) -> None:
 
     store = _store()
     try:
-        report = store.rotate_keys(rotate=not retire_only)
+        report = maintenance.rotate_keys(store, rotate=not retire_only)
         # Keys of other packages (chain operator, token signing, patients' recovery wraps) move too,
         # so the old KEKs can then be retired in the same run.
         for moved in rewrap_outside_store(store.settings, store.keyring.provider, session_factory(store.engine)):
             click.echo(f"rewrapped: {moved}")
         if retire_old or retire_only:
-            retired = store.rotate_keys(retire_old=True, rotate=False)
+            retired = maintenance.rotate_keys(store, retire_old=True, rotate=False)
             report = replace(retired, new_kek_id=report.new_kek_id, rewrapped=report.rewrapped + retired.rewrapped)
     except HealthLedgerError as exc:
         raise click.ClickException(exc.message) from None
@@ -152,7 +153,7 @@ def erase_patient_command(patient_id: str, yes: bool) -> None:
         )
     store = _store()
     try:
-        report = store.erase_patient(patient_id)
+        report = maintenance.erase_patient(store, patient_id)
     except HealthLedgerError as exc:
         raise click.ClickException(exc.message) from None
     finally:
