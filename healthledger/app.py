@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.consent.consult import ConsentConsultant
     from healthledger.consent.consult_hook import CardSource
     from healthledger.consent.enforcement import ConsentPolicy, policy_from_settings
-    from healthledger.consent.index import ConsentIndex
+    from healthledger.consent.index import CONSENT_INPUT_TYPES, ConsentIndex
     from healthledger.consent.obligations import Obligations
     from healthledger.db import session_factory
     from healthledger.principal import Principal
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     engine = make_engine(settings.database_url)
     key_provider = key_provider_for(settings.key_provider, settings.keys_dir)
-    store = ResourceStore(engine, key_provider, settings)
+    store = ResourceStore(engine, key_provider, settings, bump_generation_on=CONSENT_INPUT_TYPES)
     index = ConsentIndex(store, home_organization=settings.home_organization)
     policy = ConsentPolicy(store, index, policy_from_settings(settings.consent_policy), obligations=Obligations(store))
     if not settings.enforcement_off_for_benchmark:

@@ -11,6 +11,7 @@ from healthledger.db import make_engine, session_factory
 from healthledger.key_rotation import rewrap_outside_store
 from healthledger.keys import KEY_FILES, WEB_SESSION_SECRET, LocalFileKeyProvider
 from healthledger.ledger.chain import load_or_create_operator
+from healthledger.store import maintenance
 from healthledger.store.repository import ResourceStore
 from healthledger.web.sessions import SessionSecret
 
@@ -31,9 +32,9 @@ def test_rotation_rewraps_every_registered_key_file_and_then_retires(tmp_path: P
     store = ResourceStore(engine, provider, settings)
     try:
         old_kek = provider.active_kek_id()
-        report = store.rotate_keys()
+        report = maintenance.rotate_keys(store)
         # Retiring before the files moved is refused, naming each of them.
-        refused = store.rotate_keys(retire_old=True, rotate=False)
+        refused = maintenance.rotate_keys(store, retire_old=True, rotate=False)
         assert refused.retired == [] and old_kek in provider.kek_ids()
         assert refused.blocked_by == [f"key file {kind.file_name}" for kind in KEY_FILES]
 
@@ -44,7 +45,7 @@ def test_rotation_rewraps_every_registered_key_file_and_then_retires(tmp_path: P
             assert contents is not None and contents.wrapped.kek_id == report.new_kek_id and not contents.legacy_shape
         assert rewrap_outside_store(settings, provider, session_factory(engine)) == []  # nothing left to move
 
-        retired = store.rotate_keys(retire_old=True, rotate=False)
+        retired = maintenance.rotate_keys(store, retire_old=True, rotate=False)
         assert retired.retired == [old_kek] and retired.blocked_by == []
     finally:
         engine.dispose()

@@ -34,6 +34,7 @@ from healthledger.config import Settings
 from healthledger.consent.lifecycle import chain_states, present_consent, revoke_consent, sign_consent
 from healthledger.errors import BadRequest, InvalidResource, NotFound, UnsupportedMediaType
 from healthledger.store.access import Principal
+from healthledger.store.bundles import execute_bundle
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
 
 # FHIR R4 datatypes.html#id
@@ -226,7 +227,7 @@ class _FhirApi:
         bundle = self._body_resource()
         if bundle.get("resourceType") != "Bundle":
             raise BadRequest("POST /fhir takes a Bundle of type batch or transaction", expression="Bundle")
-        result = self.store.execute_bundle(bundle, principal=principal)
+        result = execute_bundle(self.store, bundle, principal=principal)
         return self._respond(result, 200)
 
     def type_endpoint(self, resource_type: str) -> Response:

@@ -44,6 +44,7 @@ from healthledger.consent.engine import (
 )
 from healthledger.errors import Forbidden
 from healthledger.principal import HRESCH, PURPOSES, TREAT, Principal
+from healthledger.store.repository import ResourceStore
 
 _SCOPE_PURPOSE = {"research": HRESCH, "treatment": TREAT}
 NOT_ITSELF = (
@@ -55,7 +56,7 @@ NOT_ITSELF = (
 class ConsentConsultant:
     """`consult(request)` for `cds_hooks_blueprint`; `caller()` gives the authenticated principal."""
 
-    def __init__(self, store: Any, policy: ConsentPolicy, caller: Callable[[], Principal]) -> None:
+    def __init__(self, store: ResourceStore, policy: ConsentPolicy, caller: Callable[[], Principal]) -> None:
         self.store = store
         self.policy = policy
         self.caller = caller

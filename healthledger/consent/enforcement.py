@@ -39,6 +39,7 @@ from healthledger.consent.index import ConsentIndex
 from healthledger.errors import Forbidden, not_known
 from healthledger.principal import Principal
 from healthledger.store.access import Action, Screened
+from healthledger.store.repository import ResourceStore
 
 ACCESS_LOG_KEY_CLASS = "access-log"
 # How many entries the current request has recorded: a request refused before any decision (a bad
@@ -60,7 +61,7 @@ class ConsentPolicy:
 
     def __init__(
         self,
-        store: Any,  # healthledger.store.repository.ResourceStore
+        store: ResourceStore,
         index: ConsentIndex,
         policy: Policy,
         *,
@@ -223,10 +224,7 @@ class ConsentPolicy:
         _RECORDED.set(_RECORDED.get() + 1)
 
     def _patient_of_stored(self, conn: Connection, resource_type: str, resource_id: str) -> str:
-        from healthledger.principal import SYSTEM
-        from healthledger.store.repository import UnitOfWork
-
-        current = UnitOfWork(self.store, conn, SYSTEM).peek(resource_type, resource_id)
+        current = self.store.view_on(conn).peek(resource_type, resource_id)
         if current is None or current.resource is None:
             return ""
         return resource_facts(resource_type, resource_id, current.resource).patient_id

@@ -25,10 +25,12 @@ from fhir_adapters import search as fhir_search
 from fhir_adapters.consent import DENY, ConsentRules, consent_rules
 from fhir_adapters.errors import FhirInputError
 from healthledger.consent.engine import GrantStatus, PatientContext
-from healthledger.consent.models import ConsentBinding, ConsentGeneration
+from healthledger.consent.models import ConsentBinding
 from healthledger.ledger.indexer import DEFAULT_NAME, state_from_events
 from healthledger.ledger.indexer import GrantStatus as ChainStatus
 from healthledger.ledger.models import ConsentEvent, IndexerCursor
+from healthledger.store.generation import Generation
+from healthledger.store.repository import ResourceStore
 
 # Consent statuses that may take effect (R4 consent-state-codes); the rest never count.
 _LIVE_STATUSES = frozenset({"active", "proposed"})
@@ -39,15 +41,19 @@ _CHAIN_TO_ENGINE = {
     ChainStatus.REVOKED: GrantStatus.REVOKED,
     ChainStatus.UNKNOWN: GrantStatus.PENDING,
 }
+# Writes of these types change consent decisions (a patient's Consents and care organisations): the store
+# bumps the generation for them (ResourceStore(bump_generation_on=...)). Only these: every bump empties every
+# worker's index, so the types written all day (Observation, Encounter) must not be among them.
+CONSENT_INPUT_TYPES = frozenset({"Consent", "Patient"})
 # The elements of a Patient that name its care organisations (beside the home organisation).
 _CARE = ("managingOrganization", "generalPractitioner")
 _CARED_FOR_ORGANIZATIONS = 256  # organisations whose patient lists are kept per worker
 _PAGE = 1000
 # One round trip per operation: the generation and the indexer's last pass.
 _FRESHNESS = select(
-    ConsentGeneration.generation,
+    Generation.generation,
     select(IndexerCursor.updated_at).where(IndexerCursor.name == bindparam("indexer")).scalar_subquery(),
-).where(ConsentGeneration.id == 1)
+).where(Generation.id == 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +115,7 @@ class ConsentIndex:
 
     def __init__(
         self,
-        store: Any,  # healthledger.store.repository.ResourceStore
+        store: ResourceStore,
         *,
         home_organization: str = "",
         indexer_name: str = DEFAULT_NAME,
@@ -188,10 +194,7 @@ class ConsentIndex:
         return loaded
 
     def _load_cared_for(self, conn: Connection, organization: str) -> frozenset[str]:
-        from healthledger.principal import SYSTEM
-        from healthledger.store.repository import UnitOfWork
-
-        uow = UnitOfWork(self.store, conn, SYSTEM)
+        uow = self.store.view_on(conn)
         home = organization == self.home_organization
         searches = [[]] if home else [[("organization", organization)], [("general-practitioner", organization)]]
         found: set[str] = set()
@@ -208,11 +211,8 @@ class ConsentIndex:
         return frozenset(found)
 
     def _load(self, conn: Connection, patient_id: str) -> PatientEntry:
-        from healthledger.principal import SYSTEM
-        from healthledger.store.repository import UnitOfWork
-
         self.loads += 1
-        uow = UnitOfWork(self.store, conn, SYSTEM)
+        uow = self.store.view_on(conn)
         ref = f"Patient/{patient_id}"
         care: set[str] = {self.home_organization} if self.home_organization else set()
         patient = uow.peek("Patient", patient_id)

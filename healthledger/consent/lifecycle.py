@@ -27,12 +27,14 @@ from fhir_adapters.consent import PERMIT, ConsentRules, Provision, consent_rules
 from fhir_adapters.errors import FhirInputError
 from healthledger import crypto
 from healthledger.consent.index import ChainGrant, consent_grant_status, load_chain_grants
-from healthledger.consent.models import ConsentBinding, bump_generation
+from healthledger.consent.models import ConsentBinding
 from healthledger.errors import BadRequest, ChainError, Conflict, Forbidden
 from healthledger.ledger import eip712, patient_keys, relayer
 from healthledger.ledger.deploy import ChainContract
 from healthledger.ledger.indexer import GrantStatus as ChainStatus
 from healthledger.ledger.indexer import state_from_events
+from healthledger.store.generation import bump_generation
+from healthledger.store.repository import ResourceStore
 
 ANY_GRANTEE = "*"
 GRANT_NONCE, REVOKE_NONCE = 0, 1  # each binding has its own grant key: its first write is nonce 0
@@ -66,7 +68,7 @@ class ChainKeys:
     scope_key: bytes
 
     @classmethod
-    def for_store(cls, store: Any, conn: Connection) -> ChainKeys:
+    def for_store(cls, store: ResourceStore, conn: Connection) -> ChainKeys:
         master = store.keyring.master(conn)
         tenant = store.tenant.encode()
         return cls(crypto.derive_key(master, _GRANTEE_INFO + tenant), crypto.derive_key(master, _SCOPE_INFO + tenant))

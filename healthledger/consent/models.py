@@ -1,24 +1,13 @@
-"""Tables of consent enforcement: the index generation counter and each Consent's on-chain grants."""
+"""Tables of consent enforcement: each Consent's on-chain grants (the index generation: store/generation.py)."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Connection, Double, Integer, String, UniqueConstraint, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import BigInteger, Double, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
 
 from healthledger.db import Base
 
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-class ConsentGeneration(Base):
-    """One row: bumped in the same transaction as any change a consent decision depends on (a Consent,
-    a Patient written, a grant event indexed), so every worker's in-process consent
-    index knows, with one read, when it must reload."""
-
-    __tablename__ = "consent_generation"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    generation: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ConsentBinding(Base):
@@ -41,8 +30,3 @@ class ConsentBinding(Base):
     valid_until: Mapped[int] = mapped_column(BigInteger)
     signed_at: Mapped[float] = mapped_column(Double)
     revoked_at: Mapped[float | None] = mapped_column(Double, nullable=True)
-
-
-def bump_generation(conn: Connection | Session) -> None:
-    """Tell every consent index to reload: call in the transaction of the change."""
-    conn.execute(update(ConsentGeneration).where(ConsentGeneration.id == 1).values(generation=ConsentGeneration.generation + 1))

@@ -15,6 +15,7 @@ from fhir_adapters.deidentify import deidentify, redact_labelled
 from fhir_adapters.errors import FhirInputError
 from healthledger.consent.engine import Obligation
 from healthledger.principal import Principal
+from healthledger.store.repository import ResourceStore
 
 PSEUDONYM_TYPE = "Deidentified"  # blind-index key family: one key per recipient (the param)
 
@@ -22,7 +23,7 @@ PSEUDONYM_TYPE = "Deidentified"  # blind-index key family: one key per recipient
 class Obligations:
     """The ConsentPolicy's `obligations` callable, over the store's keyed blind indexer."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: ResourceStore) -> None:
         self.store = store
 
     def __call__(self, resource: dict[str, Any], obligation: Obligation, principal: Principal) -> dict[str, Any] | None:

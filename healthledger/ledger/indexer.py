@@ -20,10 +20,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from web3.exceptions import BlockNotFound
 
-from healthledger.consent.models import bump_generation
 from healthledger.errors import BadRequest, ChainError
 from healthledger.ledger.models import ConsentEvent, IndexedBlock, IndexerCursor, LogAnchorEvent
 from healthledger.ledger.relayer import grant_id
+from healthledger.store.generation import bump_generation
 
 DEFAULT_NAME = "ledger"
 

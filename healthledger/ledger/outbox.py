@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from web3 import Web3
 
 from healthledger.errors import BadRequest, ChainError, HealthLedgerError, NotFound
+from healthledger.ledger.calls import RELAY_CALLS, CallBuilders, ContractCall
 from healthledger.ledger.models import OutboxItem, SenderNonce
 
 
@@ -47,22 +48,6 @@ TRANSIENT_REVERTS = frozenset({"ContractPaused", "MissingRole"})
 # Node answers to a rebroadcast of a transaction it already has (or already mined): not errors.
 _ALREADY_KNOWN = ("already known", "already imported", "known transaction", "already exists", "nonce too low")
 MAX_TEXT = 480
-
-
-@dataclass(frozen=True)
-class ContractCall:
-    """What an outbox item asks the chain to do: `contract.function(*args)`."""
-
-    contract: str
-    function: str
-    args: tuple[Any, ...]
-    # A known-sufficient gas limit: the worker then simulates once (eth_call) to catch reverts instead
-    # of eth_estimateGas (a binary search of many executions). Unused gas is not charged (EIP-1559).
-    gas_limit: int | None = None
-
-
-# kind -> function from the stored payload to the call (healthledger.ledger.relayer registers ours).
-CallBuilders = Mapping[str, Callable[[Mapping[str, Any]], ContractCall]]
 
 
 class ChainPort(Protocol):
@@ -286,8 +271,6 @@ def process_outbox(
 ) -> WorkerReport:
     """One pass: claim due items, submit queued ones, check (and if needed bump) sent ones."""
     if calls is None:
-        from healthledger.ledger.relayer import RELAY_CALLS
-
         calls = RELAY_CALLS
     worker = _Worker(session_factory, chain, now, calls, policy, worker_id or "w-" + secrets.token_hex(6))
     for item_id in claim(session_factory, worker.worker_id, now, policy):

@@ -2,34 +2,22 @@
 
 `submit_*` run inside the caller's transaction (with the business change that caused them) and return
 the outbox id to report as "pending". The worker (`outbox.process_outbox`) turns each kind into a call
-of ConsentRegistry.grantBySig / revokeBySig or AccessLogAnchor.anchor via `RELAY_CALLS`.
+of ConsentRegistry.grantBySig / revokeBySig or AccessLogAnchor.anchor (`healthledger.ledger.calls`).
 Payloads hold only what goes on-chain anyway: pseudonymous addresses, keyed scope hashes, times,
 nonces and signatures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from eth_abi import encode as abi_encode
 from eth_keys.exceptions import BadSignature, ValidationError
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from sqlalchemy.orm import Session
 
 from healthledger.errors import BadRequest
 from healthledger.ledger import outbox
-from healthledger.ledger.eip712 import Domain, GrantMessage, RevokeMessage, compact, recover_signer
-
-# Gas limits with ample headroom over what the contracts use (benchmarks/gas.py: grant by signature
-# ~76k on a new slot, revoke ~30k, anchor ~46k on a new log); only gas used is paid.
-GRANT_GAS_LIMIT = 150_000
-REVOKE_GAS_LIMIT = 100_000
-ANCHOR_GAS_LIMIT = 120_000
-
-GRANT = "grant"
-REVOKE = "revoke"
-ANCHOR = "anchor"
+from healthledger.ledger.calls import ANCHOR, GRANT, REVOKE
+from healthledger.ledger.eip712 import Domain, GrantMessage, RevokeMessage, recover_signer
 
 
 def grant_id(patient: str, grantee: str, scope_hash: bytes) -> bytes:
@@ -115,73 +103,3 @@ def submit_anchor(session: Session, log_id: bytes, tree_size: int, root_hash: by
         dedupe_key=f"{ANCHOR}:0x{log_id.hex()}:{tree_size}",
         ordering_key=f"anchor:0x{log_id.hex()}",
     )
-
-
-# ---- payload -> contract call (used by the worker) ----------------------------------------------
-
-
-def _address(value: Any) -> str:
-    if not isinstance(value, str) or not is_address(value):
-        raise BadRequest("payload address is malformed")
-    return to_checksum_address(value)
-
-
-def _bytes(value: Any, length: int | None = None) -> bytes:
-    if not isinstance(value, str) or not value.startswith("0x"):
-        raise BadRequest("payload bytes must be 0x-hex")
-    raw = bytes.fromhex(value[2:])
-    if length is not None and len(raw) != length:
-        raise BadRequest(f"payload value must be {length} bytes")
-    return raw
-
-
-def _uint(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**64:
-        raise BadRequest("payload integer must be a uint64")
-    return value
-
-
-def grant_call(p: Mapping[str, Any]) -> outbox.ContractCall:
-    return outbox.ContractCall(
-        "ConsentRegistry",
-        "grantBySig",
-        (
-            _address(p["patient"]),
-            _address(p["grantee"]),
-            _bytes(p["scope_hash"], 32),
-            _uint(p["valid_from"]),
-            _uint(p["valid_until"]),
-            _uint(p["nonce"]),
-            _uint(p["deadline"]),
-            *compact(_bytes(p["signature"], 65)),  # EIP-2098 (r, vs), as the contract takes it
-        ),
-        GRANT_GAS_LIMIT,
-    )
-
-
-def revoke_call(p: Mapping[str, Any]) -> outbox.ContractCall:
-    return outbox.ContractCall(
-        "ConsentRegistry",
-        "revokeBySig",
-        (
-            _address(p["patient"]),
-            _address(p["grantee"]),
-            _bytes(p["scope_hash"], 32),
-            _uint(p["nonce"]),
-            _uint(p["deadline"]),
-            *compact(_bytes(p["signature"], 65)),  # EIP-2098 (r, vs), as the contract takes it
-        ),
-        REVOKE_GAS_LIMIT,
-    )
-
-
-def anchor_call(p: Mapping[str, Any]) -> outbox.ContractCall:
-    return outbox.ContractCall(
-        "AccessLogAnchor",
-        "anchor",
-        (_bytes(p["log_id"], 32), _uint(p["tree_size"]), _bytes(p["root_hash"], 32)),
-        ANCHOR_GAS_LIMIT,
-    )
-
-
-RELAY_CALLS: outbox.CallBuilders = {GRANT: grant_call, REVOKE: revoke_call, ANCHOR: anchor_call}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fhir_adapters import bundles as fhir_bundles
@@ -26,15 +26,13 @@ from healthledger.errors import (
 )
 from healthledger.store.access import Action, Principal
 from healthledger.store.repository import (
+    ResourceStore,
     StoredResource,
     UnitOfWork,
     as_store_error,
     fhir_errors,
     fhir_instant,
 )
-
-if TYPE_CHECKING:
-    from healthledger.store.repository import ResourceStore
 
 _REASON = {200: "OK", 201: "Created", 204: "No Content"}
 _ETAG = re.compile(r'^(?:W/)?"?(?P<v>[0-9]+)"?$')

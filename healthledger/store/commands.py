@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from healthledger.runtime import Runtime
+from healthledger.store import maintenance
 
 
 @click.command("import")
@@ -88,13 +89,13 @@ def rotate_keys_command(runtime: Runtime, retire_old: bool, retire_only: bool) -
     from healthledger.key_rotation import rewrap_outside_store
 
     store = runtime.store
-    report = store.rotate_keys(rotate=not retire_only)
+    report = maintenance.rotate_keys(store, rotate=not retire_only)
     # Keys of other packages (chain operator, token signing, patients' recovery wraps) move too,
     # so the old KEKs can then be retired in the same run.
     for moved in rewrap_outside_store(runtime.settings, runtime.key_provider, runtime.sessions):
         click.echo(f"rewrapped: {moved}")
     if retire_old or retire_only:
-        retired = store.rotate_keys(retire_old=True, rotate=False)
+        retired = maintenance.rotate_keys(store, retire_old=True, rotate=False)
         report = replace(retired, new_kek_id=report.new_kek_id, rewrapped=report.rewrapped + retired.rewrapped)
     click.echo(f"{'active' if retire_only else 'new'} key-encryption key: {report.new_kek_id}")
     click.echo(f"data keys rewrapped: {report.rewrapped}")
@@ -125,7 +126,7 @@ def erase_patient_command(runtime: Runtime, patient_id: str, yes: bool) -> None:
         click.confirm(
             f"Destroy the data key of Patient/{patient_id}? Their records become unreadable for good.", abort=True
         )
-    report = runtime.store.erase_patient(patient_id)
+    report = maintenance.erase_patient(runtime.store, patient_id)
     click.echo(f"erased Patient/{patient_id}: data key {'destroyed' if report.key_destroyed else 'already destroyed'}")
     for resource_type, n in report.resources.items():
         click.echo(f"  {resource_type}: {n}")

@@ -24,6 +24,7 @@ from fhir_adapters.errors import FhirInputError
 from healthledger.errors import HealthLedgerError
 from healthledger.store import envelope
 from healthledger.store.access import Principal
+from healthledger.store.bundles import execute_bundle
 from healthledger.store.models import resources_table as res_t
 from healthledger.store.repository import ResourceStore, UnitOfWork, _NewVersion, check_id
 
@@ -266,7 +267,7 @@ class Importer:
         raw_entries = bundle.get("entry")
         entries: list[Any] = raw_entries if isinstance(raw_entries, list) else []
         try:
-            response = self.store.execute_bundle(bundle, principal=self.principal)
+            response = execute_bundle(self.store, bundle, principal=self.principal)
         except (HealthLedgerError, FhirInputError) as exc:
             # A transaction is all-or-nothing: every entry is rejected with the one reason.
             reason = f"transaction rolled back: {_reason(exc)}"

@@ -159,7 +159,7 @@ def erase_patient(store: ResourceStore, patient_id: str) -> ErasureReport:
     in backups) but no key to open it exists any more. Old backups still hold the wrapped key: run
     `rotate-keys --retire-old` afterwards to make those useless too.
     """
-    store._ensure_master()
+    store.open_keys()
     with store.engine.begin() as conn:
         if store._sqlite:
             conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from healthledger.errors import (
 from healthledger.keys import KeyProvider
 from healthledger.store import envelope
 from healthledger.store.access import SYSTEM, AccessPolicy, Action, DevelopmentPolicy, Principal, Screened
+from healthledger.store.generation import bump_generation
 from healthledger.store.keyring import PATIENT, TYPE, DataKeyRef, Keyring
 from healthledger.store.models import resources_table as res_t
 from healthledger.store.models import terms_table as terms_t
@@ -64,12 +65,6 @@ _SELECT_CURRENT = sa.select(*_COLUMNS).where(*_SAME_RESOURCE, res_t.c.is_current
 _SELECT_VERSION = sa.select(*_COLUMNS).where(*_SAME_RESOURCE, res_t.c.version_id == sa.bindparam("version_id"))
 _INSERT_ONE = sa.insert(res_t).returning(res_t.c.row_id)
 _INSERT_MANY = sa.insert(res_t).returning(res_t.c.row_id, sort_by_parameter_order=True)
-# Writes of these types change consent decisions (a patient's Consents and care organisations). Only
-# these: every bump empties every worker's consent index, so the types written all day (Observation,
-# Encounter) must not be among them.
-CONSENT_INPUT_TYPES = frozenset({"Consent", "Patient"})
-
-
 def _json_default(value: object) -> object:
     if isinstance(value, fhir_validation.FhirDecimal):
         return orjson.Fragment(value.text)  # the decimal exactly as the client wrote it (FHIR 2.24.0.1)
@@ -168,7 +163,10 @@ class ResourceStore:
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         policy: AccessPolicy | None = None,
+        bump_generation_on: Collection[str] | None = None,
     ) -> None:
+        """`bump_generation_on`: the resource types whose writes change what caches of decisions hold (see
+        store/generation.py); None, the safe default, bumps the counter on every write."""
         self.engine = engine
         self.settings = settings
         self.tenant = settings.tenant
@@ -176,6 +174,7 @@ class ResourceStore:
         self.clock = clock
         self.new_id = new_id
         self.policy: AccessPolicy = policy or DevelopmentPolicy()
+        self.bump_generation_on = frozenset(bump_generation_on) if bump_generation_on is not None else None
         self.keyring = Keyring(key_provider, self.tenant, clock)
         self._sqlite = engine.dialect.name == "sqlite"
         self._indexer: envelope.BlindIndexer | None = None
@@ -193,7 +192,8 @@ class ResourceStore:
         return made
 
     # -- transactions -----------------------------------------------------------------------
-    def _ensure_master(self) -> None:
+    def open_keys(self) -> None:
+        """Load the tenant's index master key (once): every operation needs it; maintenance calls it first."""
         if self._indexer is not None:
             return
         if self.privacy and not self.keyring.master_loaded:
@@ -201,10 +201,23 @@ class ResourceStore:
                 self.keyring.load_master(conn)
         self._indexer = envelope.BlindIndexer(self.keyring.master(None) if self.privacy else None, self.tenant)
 
+    @contextmanager
+    def service_view(self) -> Iterator[UnitOfWork]:
+        """Reads for the service's own bookkeeping (the consent index, maintenance): no decision, nothing
+        recorded, on a connection of their own. Never hand what it reads to a caller."""
+        self.open_keys()
+        with self.engine.connect() as conn:
+            yield UnitOfWork(self, conn, SYSTEM)
+
+    def view_on(self, conn: Connection) -> UnitOfWork:
+        """`service_view` on a connection the caller already holds (inside an operation's transaction)."""
+        self.open_keys()
+        return UnitOfWork(self, conn, SYSTEM)
+
     @property
     def indexer(self) -> envelope.BlindIndexer:
         """Blind-index terms for this tenant (loads the index master key on first use)."""
-        self._ensure_master()
+        self.open_keys()
         assert self._indexer is not None
         return self._indexer
 
@@ -216,7 +229,7 @@ class ResourceStore:
         back, the policy is handed what it recorded, to keep in a transaction of its own: a failed
         attempt is still an attempt.
         """
-        self._ensure_master()
+        self.open_keys()
         policy = self.policy
         rescued: list[Any] = []
         try:
@@ -261,7 +274,7 @@ class ResourceStore:
                 with self.unit_of_work(principal) as uow:
                     yield uow
                 return
-            self._ensure_master()
+            self.open_keys()
             with self.engine.connect() as conn:
                 policy.begin(conn, defer=True)
                 try:
@@ -275,7 +288,7 @@ class ResourceStore:
                         policy.keep(conn, entries)
                         conn.commit()
             return
-        self._ensure_master()
+        self.open_keys()
         with self.engine.connect() as conn:
             yield UnitOfWork(self, conn, principal)
 
@@ -354,21 +367,6 @@ class ResourceStore:
         with fhir_errors():
             query = fhir_search.parse_search(resource_type, params)
         return self.search(resource_type, query, count=count, offset=offset, principal=principal)
-
-    def execute_bundle(self, bundle: dict[str, Any], *, principal: Principal | None = None) -> dict[str, Any]:
-        from healthledger.store.bundles import execute_bundle
-
-        return execute_bundle(self, bundle, principal=principal)
-
-    def rotate_keys(self, *, retire_old: bool = False, rotate: bool = True, batch_size: int = 500) -> Any:
-        from healthledger.store.maintenance import rotate_keys
-
-        return rotate_keys(self, retire_old=retire_old, rotate=rotate, batch_size=batch_size)
-
-    def erase_patient(self, patient_id: str) -> Any:
-        from healthledger.store.maintenance import erase_patient
-
-        return erase_patient(self, patient_id)
 
 
 @dataclass
@@ -555,9 +553,8 @@ class UnitOfWork:
             self.conn.execute(sa.delete(terms_t).where(terms_t.c.row_id.in_(supersede)))
         if not versions:
             return []
-        if any(v.resource_type in CONSENT_INPUT_TYPES for v in versions):
-            from healthledger.consent.models import bump_generation
-
+        bump_on = self.store.bump_generation_on
+        if bump_on is None or any(v.resource_type in bump_on for v in versions):
             bump_generation(self.conn)
         rows = [
             {

@@ -185,11 +185,13 @@ def test_a_task_and_a_group_about_a_patient_are_hers(world: World) -> None:
     researcher = orjson.loads(get(world, "research", f"Task?_id={task}").data)
     assert researcher["total"] == 0
     # Sealed under Ann's key: erasing Ann erases them.
+    from healthledger.store import maintenance
+
     store = world.app.extensions["healthledger.store"]
     victim = world.add_patient("dora", CLINIC)
     dora_task = world.dev_create({"resourceType": "Task", "status": "requested", "intent": "order",
                                   "for": {"reference": f"Patient/{victim}"}})
-    store.erase_patient(victim)
+    maintenance.erase_patient(store, victim)
     assert world.client.get(f"/fhir/Task/{dora_task}", headers=AUTH).status_code == 410
 
 

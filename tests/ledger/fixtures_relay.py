@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from healthledger.consent.models import ConsentGeneration
 from healthledger.db import Base, make_engine, session_factory
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.ledger import models
+from healthledger.store.generation import Generation
 
 RELAY_TABLES = [
     models.PatientKeyRecord.__table__,
@@ -23,7 +23,7 @@ RELAY_TABLES = [
     models.LogAnchorEvent.__table__,
     models.IndexerCursor.__table__,
     models.IndexedBlock.__table__,
-    ConsentGeneration.__table__,  # the indexer tells consent indexes to reload through it
+    Generation.__table__,  # the indexer tells consent indexes to reload through it
 ]
 
 

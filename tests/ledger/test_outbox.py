@@ -13,7 +13,7 @@ from eth_utils import to_checksum_address
 from sqlalchemy.orm import Session, sessionmaker
 
 from healthledger.errors import BadRequest, NotFound
-from healthledger.ledger import eip712, outbox, relayer
+from healthledger.ledger import calls, eip712, outbox, relayer
 from healthledger.ledger.chain import Chain
 from healthledger.ledger.models import OutboxItem
 from healthledger.ledger.patient_keys import pseudonym_for
@@ -146,7 +146,7 @@ def test_unknown_kind_and_malformed_payload_fail_with_a_reason(relay_db, ledger_
     with relay_db.begin() as s:
         unknown = outbox.enqueue(s, "teleport", {}, now=0.0)
         broken = outbox.enqueue(
-            s, relayer.ANCHOR, {"log_id": "zz", "tree_size": 1, "root_hash": "0x00"}, now=0.0
+            s, calls.ANCHOR, {"log_id": "zz", "tree_size": 1, "root_hash": "0x00"}, now=0.0
         )
     outbox.process_outbox(relay_db, chain, time.time(), policy=FAST)
     with relay_db() as s:

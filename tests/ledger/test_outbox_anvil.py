@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from healthledger.db import session_factory
 from healthledger.keys import LocalFileKeyProvider
-from healthledger.ledger import outbox, relayer
+from healthledger.ledger import eip712, outbox, relayer
 from healthledger.ledger.chain import Chain
 from healthledger.ledger.models import OutboxItem
 from tests.ledger.fixtures_relay import (
@@ -171,7 +171,7 @@ def test_revert_when_mined_marks_failed_with_reason(relay_db, anvil_ledger) -> N
     node.rpc("evm_setAutomine", [False])
     msg, sig = signed_grant(chain)
     # Another submitter gets the same signed grant into the mempool first (front-running the relayer).
-    r, vs = relayer.compact(sig)
+    r, vs = eip712.compact(sig)
     registry = chain.contract("ConsentRegistry")
     fn = registry.functions.grantBySig(
         msg.patient,

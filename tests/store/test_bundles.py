@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from healthledger.errors import HealthLedgerError, NotFound, PreconditionFailed
+from healthledger.store.bundles import execute_bundle
 from healthledger.store.repository import ResourceStore
 from tests.store.test_repository import observation, patient
 
@@ -41,7 +42,7 @@ def count(store: ResourceStore, resource_type: str) -> int:
 
 
 def test_transaction_assigns_ids_and_rewrites_urn_references(store: ResourceStore) -> None:
-    result = store.execute_bundle(bundle("transaction", post(obs_for(P_URN), O_URN), post(patient(), P_URN)))
+    result = execute_bundle(store, bundle("transaction", post(obs_for(P_URN), O_URN), post(patient(), P_URN)))
     assert result["type"] == "transaction-response"
     statuses = [e["response"]["status"] for e in result["entry"]]
     assert statuses == ["201 Created", "201 Created"]  # in the order of the request entries
@@ -55,7 +56,7 @@ def test_transaction_assigns_ids_and_rewrites_urn_references(store: ResourceStor
 def test_failed_transaction_rolls_back_whole_and_names_the_entry(store: ResourceStore) -> None:
     tx = bundle("transaction", post(patient(), P_URN), {"request": {"method": "GET", "url": "Patient/nope"}})
     with pytest.raises(NotFound) as err:
-        store.execute_bundle(tx)
+        execute_bundle(store, tx)
     assert err.value.expression == "Bundle.entry[1]" and "entry 1" in err.value.message
     assert count(store, "Patient") == 0
 
@@ -69,7 +70,7 @@ def test_if_match_failure_rolls_back_earlier_writes(store: ResourceStore) -> Non
         {"resource": {**patient(), "id": "p-2"}, "request": {"method": "PUT", "url": "Patient/p-2", "ifMatch": 'W/"5"'}},
     )
     with pytest.raises(PreconditionFailed) as err:
-        store.execute_bundle(tx)
+        execute_bundle(store, tx)
     assert err.value.expression == "Bundle.entry[2]"
     assert store.read("Patient", "p-1").version_id == 1
     assert count(store, "Observation") == 0
@@ -77,22 +78,22 @@ def test_if_match_failure_rolls_back_earlier_writes(store: ResourceStore) -> Non
 
 def test_conditional_references_resolve_or_fail(store: ResourceStore) -> None:
     known, _ = store.create(patient(mrn="COND-1"))
-    ok = store.execute_bundle(bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|COND-1"))))
+    ok = execute_bundle(store, bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|COND-1"))))
     oid = ok["entry"][0]["response"]["location"].split("/")[1]
     assert (store.read("Observation", oid).resource or {})["subject"]["reference"] == f"Patient/{known.id}"
 
     with pytest.raises(PreconditionFailed) as none:
-        store.execute_bundle(bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|NOBODY"))))
+        execute_bundle(store, bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|NOBODY"))))
     assert none.value.expression == "Bundle.entry[0]"
     store.create(patient(mrn="COND-1", family="Duplicate"))
     with pytest.raises(PreconditionFailed):
-        store.execute_bundle(bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|COND-1"))))
+        execute_bundle(store, bundle("transaction", post(obs_for("Patient?identifier=urn:test:mrn|COND-1"))))
     assert count(store, "Observation") == 1
 
 
 def test_conditional_create_in_transaction_maps_fullurl_to_existing(store: ResourceStore) -> None:
     existing, _ = store.create(patient(mrn="CC-1"))
-    result = store.execute_bundle(
+    result = execute_bundle(store, 
         bundle("transaction", post(patient(mrn="CC-1"), P_URN, "identifier=urn:test:mrn|CC-1"), post(obs_for(P_URN)))
     )
     assert [e["response"]["status"] for e in result["entry"]] == ["200 OK", "201 Created"]
@@ -104,16 +105,16 @@ def test_conditional_create_in_transaction_maps_fullurl_to_existing(store: Resou
 def test_conditional_update_and_delete(store: ResourceStore) -> None:
     made, _ = store.create(patient(mrn="CU-1"))
     put = {"resource": patient(mrn="CU-1", family="Updated"), "request": {"method": "PUT", "url": "Patient?identifier=CU-1"}}
-    result = store.execute_bundle(bundle("transaction", put))
+    result = execute_bundle(store, bundle("transaction", put))
     assert result["entry"][0]["response"]["status"] == "200 OK"
     assert (store.read("Patient", made.id).resource or {})["name"][0]["family"] == "Updated"
-    store.execute_bundle(bundle("transaction", {"request": {"method": "DELETE", "url": "Patient?identifier=CU-1"}}))
+    execute_bundle(store, bundle("transaction", {"request": {"method": "DELETE", "url": "Patient?identifier=CU-1"}}))
     assert count(store, "Patient") == 0
 
 
 def test_batch_entries_stand_alone(store: ResourceStore) -> None:
     store.update("Patient", "b-1", patient())
-    result = store.execute_bundle(
+    result = execute_bundle(store, 
         bundle(
             "batch",
             post(patient(mrn="B-2")),
@@ -144,10 +145,10 @@ def test_reference_transaction_bundles(store: ResourceStore, fixtures_dir: Path,
     tx = json.loads((fixtures_dir / "transaction-bundles" / name).read_text(encoding="utf-8-sig"))
     before = count(store, "Patient")
     if ok:
-        result = store.execute_bundle(tx)
+        result = execute_bundle(store, tx)
         assert all(e["response"]["status"][0] == "2" for e in result["entry"])
         return
     with pytest.raises(HealthLedgerError) as err:
-        store.execute_bundle(tx)
+        execute_bundle(store, tx)
     assert (err.value.expression or "").startswith("Bundle.entry[")
     assert count(store, "Patient") == before

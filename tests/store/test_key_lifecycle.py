@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from healthledger.errors import Gone, NotFound
 from healthledger.keys import KEY_FILES, KeyFileKind
+from healthledger.store import maintenance
 from healthledger.store.maintenance import rotate_keys
 from healthledger.store.models import data_keys_table, resources_table, terms_table
 from healthledger.store.repository import ResourceStore
@@ -34,7 +35,7 @@ def test_rotation_rewraps_without_reencrypting(store: ResourceStore) -> None:
     assert store.read("Observation", obs.id).resource is not None
     store.create(observation(a.id, value=80))
 
-    report = store.rotate_keys(retire_old=True)
+    report = maintenance.rotate_keys(store, retire_old=True)
     assert report.rewrapped >= 3 and report.remaining_on_old == 0
     assert old_kek in report.retired and old_kek not in provider.kek_ids()
     assert _kek_ids_in_db(store) == {report.new_kek_id}
@@ -56,7 +57,7 @@ def test_rotation_rewraps_without_reencrypting(store: ResourceStore) -> None:
 def test_rotation_without_retire_keeps_old_kek(store: ResourceStore) -> None:
     store.create(patient())
     old_kek = store.keyring.provider.active_kek_id()
-    report = store.rotate_keys()
+    report = maintenance.rotate_keys(store)
     assert report.retired == [] and old_kek in store.keyring.provider.kek_ids()
 
 
@@ -68,7 +69,7 @@ def test_erase_patient_shreds_the_compartment(store: ResourceStore) -> None:
     store.create(observation(a.id, code="29463-7"))
     kept, _ = store.create(observation(b.id))
 
-    report = store.erase_patient(a.id)
+    report = maintenance.erase_patient(store, a.id)
     assert report.resources == {"Observation": 2, "Patient": 1}
     assert report.versions == 4 and report.key_destroyed
 
@@ -100,17 +101,17 @@ def test_erase_patient_shreds_the_compartment(store: ResourceStore) -> None:
     # New records for an erased patient are refused; a second erasure reports nothing left.
     with pytest.raises(Gone):
         store.create(observation(a.id))
-    again = store.erase_patient(a.id)
+    again = maintenance.erase_patient(store, a.id)
     assert again.resources == {} and not again.key_destroyed
     with pytest.raises(NotFound):
-        store.erase_patient("nobody-here")
+        maintenance.erase_patient(store, "nobody-here")
 
 
 def test_erasure_is_seen_by_another_process_with_a_warm_cache(store: ResourceStore) -> None:
     a, _ = store.create(patient())
     other = ResourceStore(store.engine, store.keyring.provider, store.settings)
     assert other.read("Patient", a.id).resource is not None  # warms its key cache
-    store.erase_patient(a.id)
+    maintenance.erase_patient(store, a.id)
     with pytest.raises(Gone):
         other.read("Patient", a.id)
 
@@ -142,7 +143,7 @@ def test_reads_keep_working_while_rotation_runs(store: ResourceStore) -> None:
     thread.start()
     try:
         for _ in range(3):
-            store.rotate_keys(retire_old=True, batch_size=2)
+            maintenance.rotate_keys(store, retire_old=True, batch_size=2)
     finally:
         stop.set()
         thread.join(timeout=60)
