@@ -20,12 +20,12 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from healthledger import crypto
-from healthledger.audit.entries import ACTIONS, AccessEntry
+from healthledger.actions import LOGGED_ACTIONS, WRITE_ACTIONS, Action
+from healthledger.audit.entries import AccessEntry
 from healthledger.audit.log import record_access, record_accesses
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import scope_allows
 from healthledger.consent.engine import (
-    WRITE_ACTIONS,
     Decision,
     Obligation,
     Outcome,
@@ -38,7 +38,7 @@ from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
 from healthledger.consent.index import ConsentIndex
 from healthledger.errors import Forbidden, not_known
 from healthledger.principal import Principal
-from healthledger.store.access import Action, Screened
+from healthledger.store.access import Screened
 from healthledger.store.repository import ResourceStore
 
 ACCESS_LOG_KEY_CLASS = "access-log"
@@ -322,7 +322,7 @@ class ConsentPolicy:
             organization=principal.organization,
             role=principal.role,
             purpose=principal.purpose,
-            action=action if action in ACTIONS else "read",
+            action=action if action in LOGGED_ACTIONS else "read",
             resource_type=resource_type,
             resource_id=resource_id,
             patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id) if patient_id else "",
