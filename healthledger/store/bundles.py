@@ -16,7 +16,9 @@ from urllib.parse import parse_qsl
 from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import outcome as fhir_outcome
 from fhir_adapters import search as fhir_search
+from fhir_adapters.datatypes import instant
 from fhir_adapters.errors import FhirInputError
+from healthledger.actions import Action
 from healthledger.errors import (
     BadRequest,
     HealthLedgerError,
@@ -24,14 +26,13 @@ from healthledger.errors import (
     NotSupported,
     PreconditionFailed,
 )
-from healthledger.store.access import Action, Principal
+from healthledger.store.access import Principal
 from healthledger.store.repository import (
     ResourceStore,
     StoredResource,
     UnitOfWork,
     as_store_error,
     fhir_errors,
-    fhir_instant,
 )
 
 _REASON = {200: "OK", 201: "Created", 204: "No Content"}
@@ -80,7 +81,7 @@ def _response_entry(status: int, stored: StoredResource | None = None, *, resour
     if stored is not None:
         response["location"] = stored.location
         response["etag"] = stored.etag
-        response["lastModified"] = fhir_instant(stored.last_updated)
+        response["lastModified"] = instant(stored.last_updated)
         if stored.resource is not None:
             entry["fullUrl"] = f"{stored.resource_type}/{stored.id}"
             entry["resource"] = stored.resource
