@@ -33,6 +33,7 @@ from healthledger.store.repository import (
     UnitOfWork,
     as_store_error,
     fhir_errors,
+    translating_fhir_errors,
 )
 
 _REASON = {200: "OK", 201: "Created", 204: "No Content"}
@@ -138,6 +139,7 @@ class _Executor:
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
 
+    @translating_fhir_errors
     def run(self, entry: Any, resource: dict[str, Any] | None, assigned: dict[int, str]) -> dict[str, Any]:
         method = entry.method.upper()
         target = entry_target(entry)
@@ -146,7 +148,7 @@ class _Executor:
             if target.params is not None or target.id is None:
                 with fhir_errors():
                     query = fhir_search.parse_search(target.resource_type, target.params or [])
-                page = uow.search(target.resource_type, query, count=uow.store.settings.default_page_size)
+                page = uow.search(target.resource_type, query, count=uow.store.page_size)
                 return _response_entry(200, resource=_searchset(page))
             if target.version is not None:
                 return _response_entry(200, uow.vread(target.resource_type, target.id, target.version))
@@ -224,7 +226,7 @@ def _batch(store: ResourceStore, plan: Any, principal: Principal | None) -> dict
         try:
             with store.unit_of_work(principal) as uow:
                 responses[entry.index] = _Executor(uow).run(entry, entry.resource, {})
-        except (HealthLedgerError, FhirInputError) as exc:
+        except HealthLedgerError as exc:
             responses[entry.index] = _error_entry(_entry_error(exc, entry.index, entry.method, _type_of(entry)))
     return {
         "resourceType": "Bundle",
@@ -255,7 +257,7 @@ def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -
         for entry in plan.entries:
             try:
                 uow.check_scope(_interaction(entry), entry.resource_type)
-            except (HealthLedgerError, FhirInputError) as exc:
+            except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         assigned: dict[int, str] = {}
         mapping: dict[str, str] = {}
@@ -264,21 +266,21 @@ def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -
         for entry in plan.entries:
             try:
                 _assign(uow, entry, assigned, mapping, touched)
-            except (HealthLedgerError, FhirInputError) as exc:
+            except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         # 2. Rewrite urn:uuid and conditional references in every resource.
         resources: dict[int, dict[str, Any] | None] = {}
         for entry in plan.entries:
             try:
                 resources[entry.index] = _rewritten(uow, entry.resource, mapping)
-            except (HealthLedgerError, FhirInputError) as exc:
+            except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         # 3. Execute in processing order; any failure rolls the whole transaction back.
         executor = _Executor(uow)
         for entry in plan.entries:
             try:
                 responses[entry.index] = executor.run(entry, resources[entry.index], assigned)
-            except (HealthLedgerError, FhirInputError) as exc:
+            except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
     return {
         "resourceType": "Bundle",
@@ -287,6 +289,7 @@ def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -
     }
 
 
+@translating_fhir_errors
 def _assign(
     uow: UnitOfWork, entry: Any, assigned: dict[int, str], mapping: dict[str, str], touched: dict[tuple[str, str], int]
 ) -> None:
@@ -333,6 +336,7 @@ def fhir_target(resource_type: str, params: list[tuple[str, str]]) -> Target:
     return Target(resource_type, params=params)
 
 
+@translating_fhir_errors
 def _rewritten(uow: UnitOfWork, resource: dict[str, Any] | None, mapping: dict[str, str]) -> dict[str, Any] | None:
     if resource is None:
         return None

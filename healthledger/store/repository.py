@@ -9,12 +9,14 @@ checked with `fhir_adapters.search.matches`, so the index may over-approximate b
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -49,6 +51,9 @@ from healthledger.store.models import terms_table as terms_t
 
 _SCAN_BATCH = 200
 
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Built once: constructing Core statements per call cost more than running them (reads ~3x faster).
 _COLUMNS = (
@@ -127,10 +132,23 @@ def as_store_error(exc: FhirInputError) -> HealthLedgerError:
 
 @contextmanager
 def fhir_errors() -> Iterator[None]:
+    """The one place fhir_adapters' input errors become the service's (the pure package may not import it):
+    the store wraps every call into fhir_adapters it makes, so its callers see HealthLedgerError only."""
     try:
         yield
     except FhirInputError as exc:
         raise as_store_error(exc) from None
+
+
+def translating_fhir_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """`fhir_errors` around a whole function."""
+
+    @functools.wraps(function)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        with fhir_errors():
+            return function(*args, **kwargs)
+
+    return translated
 
 
 def check_id(resource_id: str) -> str:
@@ -147,19 +165,26 @@ class ResourceStore:
         self,
         engine: Engine,
         key_provider: KeyProvider,
-        settings: Settings,
         *,
+        tenant: str,
+        keys_dir: Path | None = None,
+        page_size: int = 50,
+        privacy: bool = True,
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         policy: AccessPolicy | None = None,
         bump_generation_on: Collection[str] | None = None,
     ) -> None:
-        """`bump_generation_on`: the resource types whose writes change what caches of decisions hold (see
-        store/generation.py); None, the safe default, bumps the counter on every write."""
+        """`tenant` is bound into every ciphertext and index term; `keys_dir` holds the service's wrapped key
+        files (key rotation rewraps and checks them); `page_size` is the page a batch GET search returns;
+        `privacy` False stores plaintext (benchmarks only). `bump_generation_on`: the resource types whose
+        writes change what caches of decisions hold (see store/generation.py); None, the safe default,
+        bumps the counter on every write. `store_for_settings` reads these from the settings."""
         self.engine = engine
-        self.settings = settings
-        self.tenant = settings.tenant
-        self.privacy = not settings.privacy_off_for_benchmark
+        self.tenant = tenant
+        self.keys_dir = keys_dir
+        self.page_size = page_size
+        self.privacy = privacy
         self.clock = clock
         self.new_id = new_id
         self.policy: AccessPolicy = policy or DevelopmentPolicy()
@@ -1041,12 +1066,9 @@ def _has_criteria(query: Any) -> bool:
 
 
 
-def open_store(settings: Settings, *, upgrade_schema: bool = True) -> ResourceStore:
-    """A store on the configured database and key provider (schema brought up to date first)."""
-    from healthledger.db import make_engine, upgrade
-    from healthledger.keys import key_provider_for
-
-    engine = make_engine(settings.database_url)
-    if upgrade_schema:
-        upgrade(engine)
-    return ResourceStore(engine, key_provider_for(settings.key_provider, settings.keys_dir), settings)
+def store_for_settings(engine: Engine, key_provider: KeyProvider, settings: Settings, **extra: Any) -> ResourceStore:
+    """The store as the settings configure it (the values it reads: tenant, keys dir, page size, privacy)."""
+    return ResourceStore(
+        engine, key_provider, tenant=settings.tenant, keys_dir=settings.keys_dir,
+        page_size=settings.default_page_size, privacy=not settings.privacy_off_for_benchmark, **extra,
+    )
