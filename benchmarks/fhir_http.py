@@ -82,7 +82,7 @@ def prepare(data_dir: Path, patients: int, privacy_off: bool) -> dict[str, Any]:
     from healthledger.demo import demo_resources
     from healthledger.keys import key_provider_for
     from healthledger.store.importer import Importer
-    from healthledger.store.repository import ResourceStore
+    from healthledger.store.repository import store_for_settings
 
     settings = Settings(data_dir=data_dir, load_demo_data=False, privacy_off_for_benchmark=privacy_off)
     bootstrap(settings)
@@ -90,7 +90,7 @@ def prepare(data_dir: Path, patients: int, privacy_off: bool) -> dict[str, Any]:
     ndjson = data_dir / "bench.ndjson"
     ndjson.write_text("\n".join(json.dumps(r) for r in resources) + "\n")
     engine = make_engine(settings.database_url)
-    store = ResourceStore(engine, key_provider_for(settings.key_provider, settings.keys_dir), settings)
+    store = store_for_settings(engine, key_provider_for(settings.key_provider, settings.keys_dir), settings)
     started = time.perf_counter()
     report = Importer(store).import_paths([ndjson])
     elapsed = time.perf_counter() - started

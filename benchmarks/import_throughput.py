@@ -25,7 +25,7 @@ from healthledger.config import Settings
 from healthledger.db import make_engine, upgrade
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.store.importer import Importer, discover
-from healthledger.store.repository import ResourceStore
+from healthledger.store.repository import store_for_settings
 
 DEFAULT_DATA = ROOT.parent / "shared" / "fixtures" / "bulk-10-patients"
 
@@ -41,7 +41,7 @@ def run_import(data: Path, *, privacy: bool, workers: int | None) -> dict[str, f
         settings = Settings(data_dir=data_dir, privacy_off_for_benchmark=not privacy, load_demo_data=False)
         engine = make_engine(settings.database_url)
         upgrade(engine)
-        store = ResourceStore(engine, LocalFileKeyProvider(settings.keys_dir), settings)
+        store = store_for_settings(engine, LocalFileKeyProvider(settings.keys_dir), settings)
         started, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
         report = Importer(store, workers=workers).import_paths([data])
         elapsed = time.perf_counter() - started

@@ -28,12 +28,12 @@ def bootstrap(settings: Settings) -> None:
         # with a key of their own.
         from healthledger.auth.tokens import TokenSigner
         from healthledger.consent.enforcement import ACCESS_LOG_KEY_CLASS
-        from healthledger.store.repository import ResourceStore
+        from healthledger.store.repository import store_for_settings
         from healthledger.web.sessions import SessionSecret
 
         TokenSigner.load_or_create(settings.keys_dir, key_provider)
         SessionSecret.load_or_create(settings.keys_dir, key_provider)
-        store = ResourceStore(engine, key_provider, settings)
+        store = store_for_settings(engine, key_provider, settings)
         # The key that seals break-the-glass reasons, before the first emergency needs it (made then, on
         # SQLite, it would wait for the write lock the emergency's own write holds).
         with engine.begin() as conn:
@@ -68,7 +68,7 @@ def configure_logging() -> None:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application with every component built from `settings` (no import-time side effects)."""
-    from healthledger.api.audit_events import audit_event_blueprint
+    from healthledger.api.audit_events import AuditPages, audit_event_blueprint
     from healthledger.api.auth_seam import Authenticator
     from healthledger.api.cds_hooks import cds_hooks_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.consent.obligations import Obligations
     from healthledger.db import session_factory
     from healthledger.principal import Principal
-    from healthledger.store.repository import ResourceStore
+    from healthledger.store.repository import store_for_settings
     from healthledger.web.pages import web_blueprint
     from healthledger.web.sessions import SessionLifetime, SessionSecret, init_web, session_principal
 
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     engine = make_engine(settings.database_url)
     key_provider = key_provider_for(settings.key_provider, settings.keys_dir)
-    store = ResourceStore(engine, key_provider, settings, bump_generation_on=CONSENT_INPUT_TYPES)
+    store = store_for_settings(engine, key_provider, settings, bump_generation_on=CONSENT_INPUT_TYPES)
     index = ConsentIndex(store, home_organization=settings.home_organization)
     policy = ConsentPolicy(store, index, policy_from_settings(settings.consent_policy), obligations=Obligations(store))
     if not settings.enforcement_off_for_benchmark:
@@ -149,7 +149,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         source=CardSource(url=f"{issuer}/cds-services"),
     ))
     # Before the generic /fhir rules: every /fhir/AuditEvent path is the access log's, read-only.
-    app.register_blueprint(audit_event_blueprint(store, lambda: authenticate(request), policy.record_audit_access, index))
+    app.register_blueprint(audit_event_blueprint(
+        store, lambda: authenticate(request), policy.record_audit_access, index,
+        pages=AuditPages(settings.default_page_size, settings.max_page_size, settings.base_url),
+    ))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
         refusals=None if settings.enforcement_off_for_benchmark else policy,

@@ -83,11 +83,11 @@ class Runtime:
     def store(self) -> ResourceStore:
         """The encrypted FHIR store on this runtime's engine and key provider (data dir private, schema current)."""
         from healthledger.data_dir import secure_data_dir
-        from healthledger.store.repository import ResourceStore
+        from healthledger.store.repository import store_for_settings
 
         secure_data_dir(self.settings.data_dir)
         self.migrate()
-        return ResourceStore(self.engine, self.key_provider, self.settings)
+        return store_for_settings(self.engine, self.key_provider, self.settings)
 
     @cached_property
     def chain(self) -> Chain:

@@ -12,7 +12,7 @@ from healthledger.key_rotation import rewrap_outside_store
 from healthledger.keys import KEY_FILES, WEB_SESSION_SECRET, LocalFileKeyProvider
 from healthledger.ledger.chain import load_or_create_operator
 from healthledger.store import maintenance
-from healthledger.store.repository import ResourceStore
+from healthledger.store.repository import store_for_settings
 from healthledger.web.sessions import SessionSecret
 
 
@@ -29,7 +29,7 @@ def test_rotation_rewraps_every_registered_key_file_and_then_retires(tmp_path: P
     assert contents is not None
     legacy.path.write_text(json.dumps({"kek_id": contents.wrapped.kek_id, "blob": contents.wrapped.blob.hex()}))
     engine = make_engine(migrated_sqlite_url)
-    store = ResourceStore(engine, provider, settings)
+    store = store_for_settings(engine, provider, settings)
     try:
         old_kek = provider.active_kek_id()
         report = maintenance.rotate_keys(store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from fhir_adapters.datatypes import is_id
 from fhir_adapters.validation import is_resource_type
 
 
@@ -20,7 +21,6 @@ class ReferenceValue:
 _REF = re.compile(
     r"^(?:(?P<base>.*)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$"
 )
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # R4 datatypes.html#id
 
 
 def parse_reference(reference: str) -> ReferenceValue:
@@ -28,6 +28,6 @@ def parse_reference(reference: str) -> ReferenceValue:
     match = _REF.match(reference)
     if match is not None and is_resource_type(match["type"]):
         return ReferenceValue(match["type"], match["id"])
-    if _ID.match(reference):
+    if is_id(reference):
         return ReferenceValue(None, reference)
     return ReferenceValue(None, None, reference)

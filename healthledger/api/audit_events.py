@@ -28,7 +28,6 @@ from sqlalchemy.engine import Connection
 from werkzeug.exceptions import MethodNotAllowed
 
 from fhir_adapters.audit_event import audit_event
-from fhir_adapters.errors import FhirInputError
 from fhir_adapters.search.dates import date_range, interval_datetime
 from fhir_adapters.search.query import DATE_PREFIXES
 from fhir_adapters.search.references import parse_reference
@@ -39,7 +38,7 @@ from healthledger.audit.log import DEFAULT_LOG
 from healthledger.audit.models import AccessLogEntry
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import INTERACTION_PERMISSION, ResourceScope, scope_allows
-from healthledger.errors import BadRequest, Forbidden, HealthLedgerError, NotFound
+from healthledger.errors import BadRequest, Forbidden, NotFound
 from healthledger.principal import Principal
 from healthledger.store.repository import ResourceStore, dump_resource
 
@@ -85,6 +84,7 @@ def audit_event_blueprint(
     care: CareOrganisations,
     *,
     log_id: str = DEFAULT_LOG,
+    pages: AuditPages | None = None,
 ) -> Blueprint:
     """The /fhir/AuditEvent blueprint over `store`'s database and blind-index keys.
 
@@ -96,7 +96,7 @@ def audit_event_blueprint(
     (writes get 405), so the generic FHIR blueprint never serves or stores AuditEvents of its own.
     """
     bp = Blueprint("audit_events", __name__, url_prefix="/fhir")
-    api = _AuditEventApi(store, authenticate, record, care, log_id)
+    api = _AuditEventApi(store, authenticate, record, care, log_id, pages or AuditPages())
     methods = ["GET", *_WRITE_METHODS]
     bp.add_url_rule(f"/{RESOURCE_TYPE}", "search", api.search, methods=methods)
     bp.add_url_rule(f"/{RESOURCE_TYPE}/<entry_id>", "read", api.read, methods=methods)
@@ -292,19 +292,29 @@ class _Attempt:
         return [(self.resource_id, p) for p in dict.fromkeys(self.disclosed)] or [(self.resource_id, "")]
 
 
+@dataclass(frozen=True)
+class AuditPages:
+    """Paging of AuditEvent searches, and the base URL of links (empty: the request's own host)."""
+
+    default_count: int = 20
+    max_count: int = 100
+    base_url: str = ""
+
+
 class _AuditEventApi:
     def __init__(
         self, store: ResourceStore, authenticate: Callable[[], Principal], record: RecordAccess,
-        care: CareOrganisations, log_id: str,
+        care: CareOrganisations, log_id: str, pages: AuditPages,
     ) -> None:
         self.store = store
         self.authenticate = authenticate
         self.record = record
         self.care = care
         self.log_id = log_id
+        self.pages = pages
 
     def _base(self) -> str:
-        base_url = self.store.settings.base_url
+        base_url = self.pages.base_url
         root = base_url.rstrip("/") if base_url else request.host_url.rstrip("/")
         return f"{root}/fhir"
 
@@ -313,12 +323,9 @@ class _AuditEventApi:
         principal = self.authenticate()
         attempt = _Attempt()
         try:
-            response = work(principal, attempt)
-        except (HealthLedgerError, FhirInputError):
+            return work(principal, attempt)
+        finally:  # refused or answered: recorded (an unexpected error is an attempt too)
             self.record(principal, action, attempt.targets(), attempt.decision, attempt.reason)
-            raise
-        self.record(principal, action, attempt.targets(), attempt.decision, attempt.reason)
-        return response
 
     # -- endpoints --------------------------------------------------------------------------------------
     def search(self) -> Response:
@@ -366,11 +373,10 @@ class _AuditEventApi:
 
     def _search(self, principal: Principal, attempt: _Attempt) -> Response:
         http.check_response_format(request)
-        settings = self.store.settings
         query = parse_audit_query(
             list(request.args.items(multi=True)),
-            default_count=settings.default_page_size,
-            max_count=settings.max_page_size,
+            default_count=self.pages.default_count,
+            max_count=self.pages.max_count,
         )
         access = audit_access(principal, "search", self.care.home_organization)
         attempt.reason = access.reason

@@ -15,12 +15,14 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, Request, Response, request
 
 from fhir_adapters.capability import capability_statement
+from fhir_adapters.datatypes import ID, instant, with_version_meta
 from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
+from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.search import parse_search
 from fhir_adapters.validation import is_resource_type
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
-from healthledger.api.outcomes import error_response, operation_outcome
+from healthledger.api.outcomes import error_response
 from healthledger.api.paging import (
     CURSOR_PARAM,
     HistoryEntry,
@@ -37,9 +39,6 @@ from healthledger.store.access import Principal
 from healthledger.store.bundles import execute_bundle
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
 
-# FHIR R4 datatypes.html#id
-# (used with fullmatch: `$` would also accept a trailing newline)
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _VID = re.compile(r"[0-9]{1,9}")
 
@@ -182,9 +181,7 @@ class _FhirApi:
         if prefer == "OperationOutcome":
             verb = "created" if status == 201 else "updated"
             outcome = operation_outcome(
-                f"{stored.resource_type}/{stored.id} {verb} (version {stored.version_id})",
-                code="informational",
-                severity="information",
+                "information", "informational", f"{stored.resource_type}/{stored.id} {verb} (version {stored.version_id})"
             )
             return self._respond(outcome, status, headers)
         return self._respond(self._shown(stored), status, headers)
@@ -322,7 +319,7 @@ class _FhirApi:
         return self._write_response(stored, 201)
 
     def _update(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
-        if not _ID.fullmatch(resource_id):
+        if not ID.fullmatch(resource_id):
             raise BadRequest("the id in the URL is not a valid FHIR id ([A-Za-z0-9-.]{1,64})")
         resource = self._body_resource()
         _check_body_type(resource, resource_type)
@@ -415,7 +412,7 @@ class _FhirApi:
                     method=method,
                     status=status,
                     version_id=item.version_id,
-                    last_modified=http.fhir_instant(item.last_updated),
+                    last_modified=instant(item.last_updated),
                     resource=None if item.deleted or item.resource is None else _with_meta(item),
                 )
             )
@@ -438,7 +435,7 @@ def _record_refusal(log: RefusalLog, principal: Principal, error: Exception) -> 
     resource_id = str(args.get("resource_id", ""))
     if not _TYPE.fullmatch(resource_type) or not is_resource_type(resource_type):
         resource_type = ""
-    if not _ID.fullmatch(resource_id):
+    if not ID.fullmatch(resource_id):
         resource_id = ""
     patient_id = resource_id if resource_type == "Patient" else _named_patient(request.args.items(multi=True))
     status = getattr(error, "status", None) or getattr(error, "code", None) or 500
@@ -452,7 +449,7 @@ def _named_patient(params: Any) -> str:
         if name in _PATIENT_PARAMS:
             for piece in str(value).split(","):
                 ref = piece.strip().removeprefix("Patient/")
-                if _ID.fullmatch(ref):
+                if ID.fullmatch(ref):
                     named.add(ref)
     return next(iter(named)) if len(named) == 1 else ""
 
@@ -465,7 +462,7 @@ def _check_type(resource_type: str) -> None:
 
 
 def _check_id(resource_id: str) -> None:
-    if not _ID.fullmatch(resource_id):
+    if not ID.fullmatch(resource_id):
         raise NotFound("no resource with that id (ids are [A-Za-z0-9-.]{1,64})")
 
 
@@ -479,13 +476,8 @@ def _check_body_type(resource: dict[str, Any], resource_type: str) -> None:
 
 
 def _with_meta(stored: StoredResource) -> dict[str, Any]:
-    """The stored resource with meta.versionId and meta.lastUpdated from the store (FHIR R4 resource.html#Meta)."""
-    resource = dict(stored.resource or {})
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = str(stored.version_id)
-    meta["lastUpdated"] = http.fhir_instant(stored.last_updated)
-    resource["meta"] = meta
-    return resource
+    """The resource as shown, its meta saying which stored version it is (whatever an obligation kept of it)."""
+    return with_version_meta(stored.resource or {}, stored.version_id, stored.last_updated)
 
 
 def _parameter(params: dict[str, Any], name: str) -> str:

@@ -129,8 +129,3 @@ def http_date(moment: datetime) -> str:
     return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
-def fhir_instant(moment: datetime) -> str:
-    """FHIR `instant` (xs:dateTime with a zone), millisecond precision, UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from fhir_adapters.errors import FhirInputError
+from fhir_adapters.outcome import operation_outcome
 from healthledger.api.negotiation import FHIR_JSON
 from healthledger.errors import HealthLedgerError, Unauthorized
 
@@ -43,16 +44,6 @@ _HTTP_ISSUE_CODES = {
 }
 
 
-def operation_outcome(
-    diagnostics: str, *, code: str, severity: str = "error", expression: str | None = None
-) -> dict[str, Any]:
-    """An OperationOutcome with one issue (kept here so the API does not depend on A's builder's shape)."""
-    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
-    if expression:
-        issue["expression"] = [expression]
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
-
-
 def outcome_response(outcome: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
     response = Response(orjson.dumps(outcome), status=status, content_type=FHIR_JSON)
     for name, value in (headers or {}).items():
@@ -72,10 +63,10 @@ def error_response(error: BaseException) -> Response:
         if isinstance(error, Unauthorized):
             # RFC 6750 §3: a 401 names the scheme the client must use.
             headers["WWW-Authenticate"] = 'Bearer realm="healthledger"'
-        outcome = operation_outcome(error.message, code=error.code, expression=error.expression)
+        outcome = operation_outcome("error", error.code, error.message, error.expression)
         return outcome_response(outcome, status, headers)
     if isinstance(error, FhirInputError):
-        outcome = operation_outcome(error.message, code=error.code, expression=error.expression)
+        outcome = operation_outcome("error", error.code, error.message, error.expression)
         return outcome_response(outcome, error.status)
     if isinstance(error, HTTPException):
         status = error.code or 500
@@ -85,15 +76,15 @@ def error_response(error: BaseException) -> Response:
             if allowed:
                 headers["Allow"] = ", ".join(sorted(allowed))
         message = _HTTP_MESSAGES.get(status, error.name.lower() if error.name else "request failed")
-        outcome = operation_outcome(message, code=_HTTP_ISSUE_CODES.get(status, "exception"))
+        outcome = operation_outcome("error", _HTTP_ISSUE_CODES.get(status, "exception"), message)
         return outcome_response(outcome, status, headers)
     if isinstance(error, sa_exc.OperationalError):
         # The database is unreachable, locked past the busy timeout, or restarting: worth a retry.
         log.exception("api.database_unavailable", route=_route())
-        outcome = operation_outcome("the database is temporarily unavailable; retry later", code="transient")
+        outcome = operation_outcome("error", "transient", "the database is temporarily unavailable; retry later")
         return outcome_response(outcome, 503, {"Retry-After": "1"})
     log.exception("api.unhandled", error=type(error).__name__, route=_route())
-    return outcome_response(operation_outcome("internal server error", code="exception"), 500)
+    return outcome_response(operation_outcome("error", "exception", "internal server error"), 500)
 
 
 _HTTP_MESSAGES = {

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 
+from healthledger.actions import LOGGED_ACTIONS
 from healthledger.audit.merkle import leaf_hash
 
 ENCODING_VERSION = 1
 
 DECISIONS = frozenset({"permit", "deny", "error"})
-ACTIONS = frozenset({"read", "vread", "search", "history", "create", "update", "delete", "export", "decide"})
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class AccessEntry:
             raise ValueError("access entry time must be timezone-aware")
         if self.decision not in DECISIONS:
             raise ValueError(f"unknown decision {self.decision!r}")
-        if self.action not in ACTIONS:
+        if self.action not in LOGGED_ACTIONS:
             raise ValueError(f"unknown action {self.action!r}")
 
 

@@ -9,7 +9,7 @@ not granted: the server grants only what it enforces, and OAuth 2.0 (RFC 6749 §
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from healthledger.errors import BadRequest
@@ -21,8 +21,8 @@ _RESOURCE_SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{1,63})\.
 # Non-resource scopes a client may ask for; granted as they are (they carry no data access).
 OTHER_SCOPES = frozenset({"openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access"})
 
-# FHIR interactions -> the SMART v2 permission they need.
-INTERACTION_PERMISSION = {
+# Our actions -> the SMART v2 permission they need.
+INTERACTION_PERMISSION: Mapping[str, str] = {  # keys: healthledger.actions.ACTIONS (tests/test_actions.py)
     "create": "c", "read": "r", "vread": "r", "history": "r", "update": "u", "delete": "d", "search": "s",
     "export": "r",
 }

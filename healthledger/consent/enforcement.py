@@ -20,12 +20,12 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from healthledger import crypto
-from healthledger.audit.entries import ACTIONS, AccessEntry
+from healthledger.actions import LOGGED_ACTIONS, WRITE_ACTIONS, Action
+from healthledger.audit.entries import AccessEntry
 from healthledger.audit.log import record_access, record_accesses
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import scope_allows
 from healthledger.consent.engine import (
-    WRITE_ACTIONS,
     Decision,
     Obligation,
     Outcome,
@@ -38,7 +38,7 @@ from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
 from healthledger.consent.index import ConsentIndex
 from healthledger.errors import Forbidden, not_known
 from healthledger.principal import Principal
-from healthledger.store.access import Action, Screened
+from healthledger.store.access import Screened
 from healthledger.store.repository import ResourceStore
 
 ACCESS_LOG_KEY_CLASS = "access-log"
@@ -182,14 +182,14 @@ class ConsentPolicy:
             if key not in shown:
                 shown.add(key)
                 covered.add(s.patient_id)
-                entries.append(self._entry(conn, principal, action, s.resource_type, s.resource_id, s.patient_id, s.verdict))
+                entries.append(self._entry(principal, action, s.resource_type, s.resource_id, s.patient_id, s.verdict))
         for group in (withheld, counted):
             for s in group:
                 if s.patient_id not in covered:
                     covered.add(s.patient_id)
-                    entries.append(self._entry(conn, principal, action, resource_type, "", s.patient_id, s.verdict))
+                    entries.append(self._entry(principal, action, resource_type, "", s.patient_id, s.verdict))
         if not entries:
-            entries.append(self._entry(conn, principal, action, resource_type, "", "", _NOTHING_MATCHED))
+            entries.append(self._entry(principal, action, resource_type, "", "", _NOTHING_MATCHED))
         if principal.via != "cli":
             if not conn.info.get(_DEFER_KEY):
                 record_accesses(conn, entries)
@@ -219,7 +219,7 @@ class ConsentPolicy:
             if not patient_id and resource_type and resource_id:
                 patient_id = self._patient_of_stored(conn, resource_type, resource_id)
             outcome = Outcome(Decision.DENY, (Reason("refused", detail=reason),))
-            entry = self._entry(conn, principal, action, resource_type[:64], resource_id[:64], patient_id, outcome)
+            entry = self._entry(principal, action, resource_type[:64], resource_id[:64], patient_id, outcome)
             record_accesses(conn, [entry])
         _RECORDED.set(_RECORDED.get() + 1)
 
@@ -302,7 +302,6 @@ class ConsentPolicy:
 
     def _entry(
         self,
-        conn: Connection,
         principal: Principal,
         action: str,
         resource_type: str,
@@ -322,7 +321,7 @@ class ConsentPolicy:
             organization=principal.organization,
             role=principal.role,
             purpose=principal.purpose,
-            action=action if action in ACTIONS else "read",
+            action=action if action in LOGGED_ACTIONS else "read",
             resource_type=resource_type,
             resource_id=resource_id,
             patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id) if patient_id else "",
@@ -344,7 +343,7 @@ class ConsentPolicy:
     ) -> None:
         if principal.via == "cli":
             return  # the service's own maintenance (imports, erasure) is not an access by anyone
-        entry = self._entry(conn, principal, action, resource_type, resource_id, patient_id, outcome)
+        entry = self._entry(principal, action, resource_type, resource_id, patient_id, outcome)
         if not conn.info.get(_DEFER_KEY):
             record_accesses(conn, [entry])
         conn.info.setdefault(_PENDING_KEY, []).append(entry)

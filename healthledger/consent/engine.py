@@ -23,6 +23,8 @@ from datetime import datetime
 from enum import Enum
 
 from fhir_adapters.consent import DENY, PERMIT, Coding, ConsentRules, Provision
+from healthledger.actions import WRITE_ACTIONS
+from healthledger.ledger.grants import GrantStatus
 from healthledger.principal import ETREAT, HRESCH, TREAT, Principal
 
 __all__ = [
@@ -42,27 +44,16 @@ __all__ = [
 ]
 
 # Our actions -> FHIR consentaction codes (http://terminology.hl7.org/CodeSystem/consentaction).
-CONSENT_ACTION = {
+CONSENT_ACTION: Mapping[str, str] = {  # keys: healthledger.actions.ACTIONS (tests/test_actions.py)
     "read": "access", "vread": "access", "search": "access", "history": "access",
     "export": "use", "create": "collect", "update": "correct", "delete": "correct",
 }
-WRITE_ACTIONS = frozenset({"create", "update", "delete"})
 
 
 class Decision(str, Enum):
     PERMIT = "permit"
     DENY = "deny"
     NOT_APPLICABLE = "not-applicable"
-
-
-class GrantStatus(str, Enum):
-    """State of the on-chain grant that backs a permit Consent (from the event index)."""
-
-    LIVE = "live"
-    PENDING = "pending"
-    REVOKED = "revoked"
-    EXPIRED = "expired"
-    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)

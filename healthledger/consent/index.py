@@ -27,20 +27,14 @@ from fhir_adapters.errors import FhirInputError
 from healthledger.consent.engine import GrantStatus, PatientContext
 from healthledger.consent.models import ConsentBinding
 from healthledger.ledger.indexer import DEFAULT_NAME, state_from_events
-from healthledger.ledger.indexer import GrantStatus as ChainStatus
 from healthledger.ledger.models import ConsentEvent, IndexerCursor
 from healthledger.store.generation import Generation
 from healthledger.store.repository import ResourceStore
 
 # Consent statuses that may take effect (R4 consent-state-codes); the rest never count.
 _LIVE_STATUSES = frozenset({"active", "proposed"})
-_CHAIN_TO_ENGINE = {
-    ChainStatus.LIVE: GrantStatus.LIVE,
-    ChainStatus.NOT_YET_VALID: GrantStatus.PENDING,
-    ChainStatus.EXPIRED: GrantStatus.EXPIRED,
-    ChainStatus.REVOKED: GrantStatus.REVOKED,
-    ChainStatus.UNKNOWN: GrantStatus.PENDING,
-}
+# A grant not valid yet, or not seen on the chain yet, is pending as far as the Consent is concerned.
+_AS_CONSENT = {GrantStatus.NOT_YET_VALID: GrantStatus.PENDING, GrantStatus.UNKNOWN: GrantStatus.PENDING}
 # Writes of these types change consent decisions (a patient's Consents and care organisations): the store
 # bumps the generation for them (ResourceStore(bump_generation_on=...)). Only these: every bump empties every
 # worker's index, so the types written all day (Observation, Encounter) must not be among them.
@@ -90,7 +84,8 @@ def consent_grant_status(bindings: Sequence[ChainGrant], now: int) -> GrantStatu
     """A Consent's grant is live only while every one of its on-chain grants is live."""
     if not bindings:
         return GrantStatus.PENDING
-    states = [_CHAIN_TO_ENGINE[state_from_events(list(b.events), now).status] for b in bindings]  # type: ignore[arg-type]
+    chain = (state_from_events(list(b.events), now).status for b in bindings)  # type: ignore[arg-type]
+    states = [_AS_CONSENT.get(status, status) for status in chain]
     for worst in (GrantStatus.REVOKED, GrantStatus.EXPIRED, GrantStatus.PENDING):
         if worst in states:
             return worst

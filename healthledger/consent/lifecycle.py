@@ -31,7 +31,7 @@ from healthledger.consent.models import ConsentBinding
 from healthledger.errors import BadRequest, ChainError, Conflict, Forbidden
 from healthledger.ledger import eip712, patient_keys, relayer
 from healthledger.ledger.deploy import ChainContract
-from healthledger.ledger.indexer import GrantStatus as ChainStatus
+from healthledger.ledger.grants import GrantStatus
 from healthledger.ledger.indexer import state_from_events
 from healthledger.store.generation import bump_generation
 from healthledger.store.repository import ResourceStore
@@ -234,8 +234,8 @@ def chain_states(
 
 
 _GRANT_LABELS = {
-    ChainStatus.LIVE: "active", ChainStatus.NOT_YET_VALID: "pending", ChainStatus.UNKNOWN: "pending",
-    ChainStatus.EXPIRED: "expired", ChainStatus.REVOKED: "revoked",
+    GrantStatus.LIVE: "active", GrantStatus.NOT_YET_VALID: "pending", GrantStatus.UNKNOWN: "pending",
+    GrantStatus.EXPIRED: "expired", GrantStatus.REVOKED: "revoked",
 }
 
 
@@ -243,7 +243,7 @@ def _grant_label(grant: ChainGrant, now: int) -> str:
     if not grant.events:
         return "pending"
     status = state_from_events(list(grant.events), now).status  # type: ignore[arg-type]
-    if grant.revoke_requested and status is not ChainStatus.REVOKED:
+    if grant.revoke_requested and status is not GrantStatus.REVOKED:
         return "revoking"
     return _GRANT_LABELS[status]
 

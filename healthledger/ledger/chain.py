@@ -67,10 +67,6 @@ class Fees:
     max_fee: int
     priority_fee: int
 
-    def bumped(self, percent: int = 12) -> Fees:
-        """Fees for a replacement transaction: nodes require >= 10% more on both caps."""
-        return Fees(self.max_fee * (100 + percent) // 100 + 1, self.priority_fee * (100 + percent) // 100 + 1)
-
 
 class Chain:
     """A web3 connection, the operator account that signs, and the addresses of our contracts."""
@@ -257,12 +253,28 @@ class Chain:
 
     # -- internals -----------------------------------------------------------------------------
     def _raise_failure(self, receipt: TxReceipt) -> None:
-        """Replay a failed transaction at its block's parent state to recover the revert reason."""
-        tx = self.w3.eth.get_transaction(receipt["transactionHash"])
-        replay: TxParams = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
-        with translate_errors(self._errors):
-            self.w3.eth.call(replay, block_identifier=max(receipt["blockNumber"] - 1, 0))
-        raise ChainError("transaction failed on-chain (out of gas or reverted without reason)")
+        raise self.failure_of(receipt)
+
+    def failure_of(self, receipt: Any) -> ChainError:
+        """Why a mined transaction failed: it is replayed (eth_call) on the state its own block ended with.
+
+        Not the parent block's: transactions before it in the same block (ours, sent in one burst, or
+        anyone's on a busy chain) may be what made it revert, e.g. a pause, and only the block's state has
+        them. A reverted transaction changed nothing itself, so that state differs from the one it ran on
+        only by the transactions after it in its block: the closest state a plain node can replay on
+        (tests/ledger/test_chain_rpc.py: two transactions mined in one block). A decoded revert comes back as
+        ContractRevert; anything else (out of gas, a revert without data) as a plain ChainError.
+        """
+        try:
+            with translate_errors(self._errors):
+                tx = self.w3.eth.get_transaction(receipt["transactionHash"])
+                replay: TxParams = {
+                    "from": tx["from"], "to": tx["to"], "data": tx.get("input", tx.get("data")) or b"", "gas": tx["gas"],
+                }
+                self.w3.eth.call(replay, block_identifier=int(receipt["blockNumber"]))
+        except ChainError as exc:
+            return exc
+        return ChainError("transaction failed on-chain (out of gas or reverted without reason)")
 
     @contextmanager
     def _nonce_lock(self) -> Iterator[None]:

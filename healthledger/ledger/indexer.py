@@ -12,7 +12,6 @@ The consent engine reads `grant_state`; the chain stays the authority, these tab
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from eth_utils import to_checksum_address
@@ -21,19 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from web3.exceptions import BlockNotFound
 
 from healthledger.errors import BadRequest, ChainError
+from healthledger.ledger.grants import GrantStatus
 from healthledger.ledger.models import ConsentEvent, IndexedBlock, IndexerCursor, LogAnchorEvent
 from healthledger.ledger.relayer import grant_id
 from healthledger.store.generation import bump_generation
 
 DEFAULT_NAME = "ledger"
-
-
-class GrantStatus(StrEnum):
-    LIVE = "live"
-    NOT_YET_VALID = "not-yet-valid"
-    EXPIRED = "expired"
-    REVOKED = "revoked"
-    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class ChainPort(Protocol):
     def fees(self) -> Any: ...
     def receipt(self, tx_hash: HexBytes | str) -> Any: ...
     def head(self) -> int: ...
+    def failure_of(self, receipt: Any) -> ChainError: ...
 
 
 @dataclass(frozen=True)
@@ -542,23 +543,7 @@ class _Worker:
             return int(self.chain.w3.eth.get_transaction_count(sender, block))  # type: ignore[arg-type]
 
     def _revert_reason(self, receipt: Any) -> str:
-        from healthledger.ledger.chain import translate_errors
-
-        try:
-            with translate_errors():
-                tx = self.chain.w3.eth.get_transaction(receipt["transactionHash"])
-                self.chain.w3.eth.call(
-                    {
-                        "from": tx["from"],
-                        "to": tx["to"],
-                        "data": tx.get("input", tx.get("data")) or b"",
-                        "gas": tx["gas"],
-                    },
-                    block_identifier=int(receipt["blockNumber"]),  # post-state: what made it revert
-                )
-        except ChainError as exc:
-            return str(exc)
-        return "out of gas or reverted without reason"
+        return str(self.chain.failure_of(receipt))
 
     def _requeue_foreign_nonce(self, item_id: int) -> None:
         # Our nonce was consumed by a transaction we never signed for this item (the operator key was

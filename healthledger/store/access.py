@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 
+from healthledger.actions import Action
 from healthledger.errors import Forbidden
 from healthledger.principal import SYSTEM, Principal
 
@@ -28,8 +29,6 @@ __all__ = [
     "Principal",
     "Screened",
 ]
-
-Action = Literal["read", "vread", "history", "search", "create", "update", "delete"]
 
 # The development bearer token's principal: unrestricted like the service itself, but an API caller,
 # so its accesses are logged. Disable it in production (HEALTHLEDGER_DEV_TOKEN="").

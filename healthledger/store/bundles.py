@@ -16,7 +16,9 @@ from urllib.parse import parse_qsl
 from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import outcome as fhir_outcome
 from fhir_adapters import search as fhir_search
+from fhir_adapters.datatypes import instant
 from fhir_adapters.errors import FhirInputError
+from healthledger.actions import Action
 from healthledger.errors import (
     BadRequest,
     HealthLedgerError,
@@ -24,14 +26,14 @@ from healthledger.errors import (
     NotSupported,
     PreconditionFailed,
 )
-from healthledger.store.access import Action, Principal
+from healthledger.store.access import Principal
 from healthledger.store.repository import (
     ResourceStore,
     StoredResource,
     UnitOfWork,
     as_store_error,
     fhir_errors,
-    fhir_instant,
+    translating_fhir_errors,
 )
 
 _REASON = {200: "OK", 201: "Created", 204: "No Content"}
@@ -80,7 +82,7 @@ def _response_entry(status: int, stored: StoredResource | None = None, *, resour
     if stored is not None:
         response["location"] = stored.location
         response["etag"] = stored.etag
-        response["lastModified"] = fhir_instant(stored.last_updated)
+        response["lastModified"] = instant(stored.last_updated)
         if stored.resource is not None:
             entry["fullUrl"] = f"{stored.resource_type}/{stored.id}"
             entry["resource"] = stored.resource
@@ -137,6 +139,7 @@ class _Executor:
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
 
+    @translating_fhir_errors
     def run(self, entry: Any, resource: dict[str, Any] | None, assigned: dict[int, str]) -> dict[str, Any]:
         method = entry.method.upper()
         target = entry_target(entry)
@@ -145,7 +148,7 @@ class _Executor:
             if target.params is not None or target.id is None:
                 with fhir_errors():
                     query = fhir_search.parse_search(target.resource_type, target.params or [])
-                page = uow.search(target.resource_type, query, count=uow.store.settings.default_page_size)
+                page = uow.search(target.resource_type, query, count=uow.store.page_size)
                 return _response_entry(200, resource=_searchset(page))
             if target.version is not None:
                 return _response_entry(200, uow.vread(target.resource_type, target.id, target.version))
@@ -223,7 +226,7 @@ def _batch(store: ResourceStore, plan: Any, principal: Principal | None) -> dict
         try:
             with store.unit_of_work(principal) as uow:
                 responses[entry.index] = _Executor(uow).run(entry, entry.resource, {})
-        except (HealthLedgerError, FhirInputError) as exc:
+        except HealthLedgerError as exc:
             responses[entry.index] = _error_entry(_entry_error(exc, entry.index, entry.method, _type_of(entry)))
     return {
         "resourceType": "Bundle",
@@ -254,7 +257,7 @@ def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -
         for entry in plan.entries:
             try:
                 uow.check_scope(_interaction(entry), entry.resource_type)
-            except (HealthLedgerError, FhirInputError) as exc:
+            except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         assigned: dict[int, str] = {}
         mapping: dict[str, str] = {}
@@ -263,21 +266,21 @@ def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -
         for entry in plan.entries:
             try:
                 _assign(uow, entry, assigned, mapping, touched)
-            except (HealthLedgerError, FhirInputError) as exc:
+            except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         # 2. Rewrite urn:uuid and conditional references in every resource.
         resources: dict[int, dict[str, Any] | None] = {}
         for entry in plan.entries:
             try:
                 resources[entry.index] = _rewritten(uow, entry.resource, mapping)
-            except (HealthLedgerError, FhirInputError) as exc:
+            except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         # 3. Execute in processing order; any failure rolls the whole transaction back.
         executor = _Executor(uow)
         for entry in plan.entries:
             try:
                 responses[entry.index] = executor.run(entry, resources[entry.index], assigned)
-            except (HealthLedgerError, FhirInputError) as exc:
+            except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
     return {
         "resourceType": "Bundle",
@@ -286,6 +289,7 @@ def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -
     }
 
 
+@translating_fhir_errors
 def _assign(
     uow: UnitOfWork, entry: Any, assigned: dict[int, str], mapping: dict[str, str], touched: dict[tuple[str, str], int]
 ) -> None:
@@ -332,6 +336,7 @@ def fhir_target(resource_type: str, params: list[tuple[str, str]]) -> Target:
     return Target(resource_type, params=params)
 
 
+@translating_fhir_errors
 def _rewritten(uow: UnitOfWork, resource: dict[str, Any] | None, mapping: dict[str, str]) -> dict[str, Any] | None:
     if resource is None:
         return None

@@ -26,7 +26,7 @@ from healthledger.store import envelope
 from healthledger.store.access import Principal
 from healthledger.store.bundles import execute_bundle
 from healthledger.store.models import resources_table as res_t
-from healthledger.store.repository import ResourceStore, UnitOfWork, _NewVersion, check_id
+from healthledger.store.repository import ResourceStore, UnitOfWork, _NewVersion, check_id, fhir_errors
 
 CHUNK = 500  # resources per transaction: large enough to amortise commits, small enough to stay responsive
 SLICE = 250  # NDJSON lines per worker task
@@ -122,12 +122,13 @@ def prepare(where: str, item: Any, indexer: envelope.BlindIndexer | None = None)
     if isinstance(item, Exception):
         return Prepared(where, None, _reason(item))
     try:
-        resource = fhir_validation.parse_resource(item)
-        if "id" in resource:
-            check_id(resource["id"])
-        terms = fhir_search.index_terms(resource)
-        patient_id = fhir_compartment.patient_compartment(resource)
-    except (FhirInputError, HealthLedgerError) as exc:
+        with fhir_errors():
+            resource = fhir_validation.parse_resource(item)
+            if "id" in resource:
+                check_id(resource["id"])
+            terms = fhir_search.index_terms(resource)
+            patient_id = fhir_compartment.patient_compartment(resource)
+    except HealthLedgerError as exc:
         return Prepared(where, None, _reason(exc))
     if indexer is not None:
         return Prepared(where, resource, None, None, patient_id, indexer.terms(resource["resourceType"], terms))
@@ -268,7 +269,7 @@ class Importer:
         entries: list[Any] = raw_entries if isinstance(raw_entries, list) else []
         try:
             response = execute_bundle(self.store, bundle, principal=self.principal)
-        except (HealthLedgerError, FhirInputError) as exc:
+        except HealthLedgerError as exc:
             # A transaction is all-or-nothing: every entry is rejected with the one reason.
             reason = f"transaction rolled back: {_reason(exc)}"
             for i in range(max(len(entries), 1)):
@@ -312,7 +313,7 @@ class Importer:
         try:
             with self.store.unit_of_work(self.principal) as uow:
                 imported = self._write_in(uow, valid, report)
-        except (HealthLedgerError, FhirInputError) as exc:
+        except HealthLedgerError as exc:
             # Something failed for the chunk as a whole (e.g. an erased compartment): retry one by one
             # so one bad resource does not reject its neighbours.
             if len(valid) == 1:

@@ -126,7 +126,7 @@ def external_users(store: ResourceStore, keks: list[str], key_files: KeyFileRegi
     `*kek_id` in tables that are not the store's (patients' recovery wraps).
     """
     found: list[str] = []
-    for key_file in key_files.files(store.settings.keys_dir):
+    for key_file in key_files.files(store.keys_dir) if store.keys_dir is not None else ():
         try:
             contents = key_file.read()
         except ConfigurationError:

@@ -9,13 +9,14 @@ checked with `fhir_adapters.search.matches`, so the index may over-approximate b
 
 from __future__ import annotations
 
-import re
+import functools
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -24,8 +25,10 @@ from sqlalchemy.engine import Connection, Engine
 from fhir_adapters import compartment as fhir_compartment
 from fhir_adapters import search as fhir_search
 from fhir_adapters import validation as fhir_validation
+from fhir_adapters.datatypes import is_id, with_version_meta
 from fhir_adapters.errors import FhirInputError
 from healthledger import crypto
+from healthledger.actions import Action
 from healthledger.config import Settings
 from healthledger.errors import (
     BadRequest,
@@ -40,16 +43,17 @@ from healthledger.errors import (
 )
 from healthledger.keys import KeyProvider
 from healthledger.store import envelope
-from healthledger.store.access import SYSTEM, AccessPolicy, Action, DevelopmentPolicy, Principal, Screened
+from healthledger.store.access import SYSTEM, AccessPolicy, DevelopmentPolicy, Principal, Screened
 from healthledger.store.generation import bump_generation
 from healthledger.store.keyring import PATIENT, TYPE, DataKeyRef, Keyring
 from healthledger.store.models import resources_table as res_t
 from healthledger.store.models import terms_table as terms_t
 
-# FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64} (http://hl7.org/fhir/R4/datatypes.html#id)
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _SCAN_BATCH = 200
 
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Built once: constructing Core statements per call cost more than running them (reads ~3x faster).
 _COLUMNS = (
@@ -105,22 +109,12 @@ class StoredResource:
 
 
 @dataclass(frozen=True)
-class HistoryPage:
+class Page:
+    """One page of a search or a history: its items, the total (None: not counted), the next offset."""
+
     items: list[StoredResource]
     total: int | None
     next_offset: int | None
-
-
-@dataclass(frozen=True)
-class SearchPage:
-    items: list[StoredResource]
-    total: int | None
-    next_offset: int | None
-
-
-def fhir_instant(moment: datetime) -> str:
-    """FHIR `instant` (http://hl7.org/fhir/R4/datatypes.html#instant), UTC with milliseconds."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _aware(moment: datetime) -> datetime:
@@ -138,14 +132,27 @@ def as_store_error(exc: FhirInputError) -> HealthLedgerError:
 
 @contextmanager
 def fhir_errors() -> Iterator[None]:
+    """The one place fhir_adapters' input errors become the service's (the pure package may not import it):
+    the store wraps every call into fhir_adapters it makes, so its callers see HealthLedgerError only."""
     try:
         yield
     except FhirInputError as exc:
         raise as_store_error(exc) from None
 
 
+def translating_fhir_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """`fhir_errors` around a whole function."""
+
+    @functools.wraps(function)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        with fhir_errors():
+            return function(*args, **kwargs)
+
+    return translated
+
+
 def check_id(resource_id: str) -> str:
-    if not isinstance(resource_id, str) or not _ID.fullmatch(resource_id):
+    if not is_id(resource_id):
         raise BadRequest("resource id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'")
     return resource_id
 
@@ -158,19 +165,26 @@ class ResourceStore:
         self,
         engine: Engine,
         key_provider: KeyProvider,
-        settings: Settings,
         *,
+        tenant: str,
+        keys_dir: Path | None = None,
+        page_size: int = 50,
+        privacy: bool = True,
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         policy: AccessPolicy | None = None,
         bump_generation_on: Collection[str] | None = None,
     ) -> None:
-        """`bump_generation_on`: the resource types whose writes change what caches of decisions hold (see
-        store/generation.py); None, the safe default, bumps the counter on every write."""
+        """`tenant` is bound into every ciphertext and index term; `keys_dir` holds the service's wrapped key
+        files (key rotation rewraps and checks them); `page_size` is the page a batch GET search returns;
+        `privacy` False stores plaintext (benchmarks only). `bump_generation_on`: the resource types whose
+        writes change what caches of decisions hold (see store/generation.py); None, the safe default,
+        bumps the counter on every write. `store_for_settings` reads these from the settings."""
         self.engine = engine
-        self.settings = settings
-        self.tenant = settings.tenant
-        self.privacy = not settings.privacy_off_for_benchmark
+        self.tenant = tenant
+        self.keys_dir = keys_dir
+        self.page_size = page_size
+        self.privacy = privacy
         self.clock = clock
         self.new_id = new_id
         self.policy: AccessPolicy = policy or DevelopmentPolicy()
@@ -338,7 +352,7 @@ class ResourceStore:
         count: int = 50,
         offset: int = 0,
         principal: Principal | None = None,
-    ) -> HistoryPage:
+    ) -> Page:
         with self.reading(principal) as uow:
             return uow.history(resource_type, resource_id, since=since, count=count, offset=offset)
 
@@ -350,7 +364,7 @@ class ResourceStore:
         count: int = 50,
         offset: int = 0,
         principal: Principal | None = None,
-    ) -> SearchPage:
+    ) -> Page:
         with self.reading(principal) as uow:
             return uow.search(resource_type, query, count=count, offset=offset)
 
@@ -362,7 +376,7 @@ class ResourceStore:
         count: int = 50,
         offset: int = 0,
         principal: Principal | None = None,
-    ) -> SearchPage:
+    ) -> Page:
         """Search from raw `(name, value)` pairs (parsed with fhir_adapters.search.parse_search)."""
         with fhir_errors():
             query = fhir_search.parse_search(resource_type, params)
@@ -528,12 +542,7 @@ class UnitOfWork:
                 _NewVersion(resource_type, resource_id, version_id, now, True, previous_compartment, None, None, []),
                 None,
             )
-        resource = dict(resource)
-        resource["id"] = resource_id
-        meta = dict(resource.get("meta") or {})
-        meta["versionId"] = str(version_id)
-        meta["lastUpdated"] = fhir_instant(now)
-        resource["meta"] = meta
+        resource = with_version_meta({**resource, "id": resource_id}, version_id, now)
         plaintext = dump_resource(resource)
         if not self.store.privacy:
             terms = blind if blind is not None else self._blind_terms(resource_type, resource, index)
@@ -805,7 +814,7 @@ class UnitOfWork:
         since: datetime | None = None,
         count: int = 50,
         offset: int = 0,
-    ) -> HistoryPage:
+    ) -> Page:
         """Instance or type history (R4 3.1.0.10), newest first.
 
         Under a policy that decides per resource, every version is decided on its own content, so a version
@@ -858,7 +867,7 @@ class UnitOfWork:
             if screen:
                 self._record_unscreened("history", resource_type, items)
         next_offset = offset + count if offset + count < total else None
-        return HistoryPage(items, total, next_offset)
+        return Page(items, total, next_offset)
 
     def _screened_history(
         self, resource_type: str, resource_id: str | None, ordered: sa.Select[Any]
@@ -928,7 +937,7 @@ class UnitOfWork:
             )
         return stmt
 
-    def search(self, resource_type: str, query: Any, *, count: int = 50, offset: int = 0, check: bool = True) -> SearchPage:
+    def search(self, resource_type: str, query: Any, *, count: int = 50, offset: int = 0, check: bool = True) -> Page:
         """Search current, live resources; stable order by id; exact total (after decryption and matching)."""
         if check:
             self.authorize("search", resource_type, None)
@@ -976,7 +985,7 @@ class UnitOfWork:
                     counted=tally.counted(), conn=self.conn,
                 )
         next_offset = offset + count if offset + count < total else None
-        return SearchPage(items, total, next_offset)
+        return Page(items, total, next_offset)
 
 
 _DECOY_PATIENT = "hl-decoy-6f1c2a9e4b7d40e38a5f9c1d2e3b4a5f"
@@ -1057,12 +1066,9 @@ def _has_criteria(query: Any) -> bool:
 
 
 
-def open_store(settings: Settings, *, upgrade_schema: bool = True) -> ResourceStore:
-    """A store on the configured database and key provider (schema brought up to date first)."""
-    from healthledger.db import make_engine, upgrade
-    from healthledger.keys import key_provider_for
-
-    engine = make_engine(settings.database_url)
-    if upgrade_schema:
-        upgrade(engine)
-    return ResourceStore(engine, key_provider_for(settings.key_provider, settings.keys_dir), settings)
+def store_for_settings(engine: Engine, key_provider: KeyProvider, settings: Settings, **extra: Any) -> ResourceStore:
+    """The store as the settings configure it (the values it reads: tenant, keys dir, page size, privacy)."""
+    return ResourceStore(
+        engine, key_provider, tenant=settings.tenant, keys_dir=settings.keys_dir,
+        page_size=settings.default_page_size, privacy=not settings.privacy_off_for_benchmark, **extra,
+    )

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from fhir_adapters.audit_event import LEAF_INDEX_EXTENSION, PATIENT_PSEUDONYM_SYSTEM
 from fhir_adapters.validation import parse_resource
-from healthledger.api.audit_events import audit_event_blueprint
+from healthledger.api.audit_events import AuditPages, audit_event_blueprint
 from healthledger.api.fhir import fhir_blueprint
 from healthledger.api.outcomes import error_response
 from healthledger.audit.entries import AccessEntry
@@ -31,7 +31,7 @@ from healthledger.db import make_engine, session_factory
 from healthledger.errors import Unauthorized
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.principal import Principal
-from healthledger.store.repository import ResourceStore
+from healthledger.store.repository import ResourceStore, store_for_settings
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 DEV_TOKEN = "audit-event-test-token"
@@ -129,7 +129,7 @@ def env(migrated_sqlite_url: str, tmp_path: Path) -> Iterator[Env]:
     settings = Settings(data_dir=tmp_path / "var", database_url=migrated_sqlite_url, load_demo_data=False,
                         dev_token=DEV_TOKEN, default_page_size=4, max_page_size=5)
     engine = make_engine(migrated_sqlite_url)
-    store = ResourceStore(engine, LocalFileKeyProvider(settings.keys_dir), settings)
+    store = store_for_settings(engine, LocalFileKeyProvider(settings.keys_dir), settings)
     pa = patient_pseudonym(store.indexer, "pat-a")
     pb = patient_pseudonym(store.indexer, "pat-b")
     ids: dict[str, list[int]] = {"a": [], "b": [], "none": []}
@@ -166,7 +166,7 @@ def env(migrated_sqlite_url: str, tmp_path: Path) -> Iterator[Env]:
     app = Flask("audit-event-test")
     app.testing = True
     app.register_blueprint(fhir_blueprint(store, settings))
-    app.register_blueprint(audit_event_blueprint(store, authenticate, record, FakeCare()))
+    app.register_blueprint(audit_event_blueprint(store, authenticate, record, FakeCare(), pages=AuditPages(4, 5)))
     app.register_error_handler(Exception, error_response)
     yield Env(app.test_client(), store, recorded, record_fails, ids, pa, pb)
     engine.dispose()

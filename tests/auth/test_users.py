@@ -24,7 +24,7 @@ from healthledger.config import Settings
 from healthledger.db import make_engine, session_factory
 from healthledger.errors import BadRequest, Conflict
 from healthledger.keys import LocalFileKeyProvider
-from healthledger.store.repository import ResourceStore
+from healthledger.store.repository import store_for_settings
 
 NOW = datetime(2026, 11, 23, 10, tzinfo=UTC)
 PW = "correct horse battery"
@@ -45,7 +45,7 @@ def cheap_argon2(monkeypatch):
 @pytest.fixture()
 def store(migrated_sqlite_url, tmp_path):
     engine = make_engine(migrated_sqlite_url)
-    yield ResourceStore(engine, LocalFileKeyProvider(tmp_path / "keys"), Settings(data_dir=tmp_path))
+    yield store_for_settings(engine, LocalFileKeyProvider(tmp_path / "keys"), Settings(data_dir=tmp_path))
     engine.dispose()
 
 

@@ -17,7 +17,7 @@ from healthledger.config import Settings
 from healthledger.db import make_engine, upgrade
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.store.importer import Importer
-from healthledger.store.repository import ResourceStore
+from healthledger.store.repository import store_for_settings
 
 MIN_LEN = 6  # shorter strings could occur by chance in megabytes of ciphertext
 
@@ -59,7 +59,7 @@ def _import(url: str, data_dir: Path, paths: list[Path], *, privacy: bool = True
     )
     engine = make_engine(url)
     upgrade(engine)
-    store = ResourceStore(engine, LocalFileKeyProvider(settings.keys_dir), settings)
+    store = store_for_settings(engine, LocalFileKeyProvider(settings.keys_dir), settings)
     report = Importer(store).import_paths(paths)
     assert report.imported >= expect and report.rejected == 0, [f.problems[:3] for f in report.files]
     # exercise search and update too, so their writes are scanned as well

@@ -13,7 +13,7 @@ from healthledger.config import Settings
 from healthledger.db import make_engine, upgrade
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.store.models import data_keys_table, resources_table
-from healthledger.store.repository import ResourceStore
+from healthledger.store.repository import ResourceStore, store_for_settings
 
 pytestmark = pytest.mark.postgres
 
@@ -24,7 +24,7 @@ def pg_store(postgres_schema_url: tuple[str, str], tmp_path: Path) -> Iterator[R
     engine = make_engine(url, pool_size=8)
     upgrade(engine)
     settings = Settings(data_dir=tmp_path, database_url=url, tenant=f"t-{tmp_path.name[-12:]}", load_demo_data=False)
-    yield ResourceStore(engine, LocalFileKeyProvider(settings.keys_dir), settings)
+    yield store_for_settings(engine, LocalFileKeyProvider(settings.keys_dir), settings)
     engine.dispose()
 
 

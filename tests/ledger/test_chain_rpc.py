@@ -11,7 +11,7 @@ import pytest
 
 from healthledger.errors import ChainError
 from healthledger.keys import LocalFileKeyProvider
-from healthledger.ledger.chain import Chain, ContractRevert, Fees, rpc_chain
+from healthledger.ledger.chain import Chain, ContractRevert, rpc_chain
 from tests.ledger.conftest import ANVIL_OPERATOR_BALANCE, Deployed
 
 
@@ -36,11 +36,6 @@ def test_a_revert_mined_on_chain_is_decoded_from_a_replay(deployed: Deployed) ->
     # With gas given there is no estimation: the transaction is mined, fails, and is explained.
     with pytest.raises(ContractRevert, match="EmptyRoot"):
         chain.send(call, gas=100_000)
-
-
-def test_fee_bump_raises_both_caps_by_more_than_ten_percent() -> None:
-    bumped = Fees(max_fee=3_000_000_000, priority_fee=1_000_000_000).bumped()
-    assert bumped.max_fee * 10 > 3_000_000_000 * 11 and bumped.priority_fee * 10 > 1_000_000_000 * 11
 
 
 def _anvil_chain(url: str, keys_dir: Path, confirmations: int = 0) -> Chain:
@@ -102,3 +97,29 @@ def test_concurrent_workers_never_reuse_an_operator_nonce(anvil_url: str, tmp_pa
     nonces = [workers[0].w3.eth.get_transaction(r["transactionHash"])["nonce"] for r in receipts]
     assert len(set(nonces)) == len(nonces) == 20
     assert all(r["status"] == 1 for r in receipts)
+
+
+@pytest.mark.anvil
+def test_a_revert_caused_earlier_in_its_own_block_is_explained(anvil_url: str, tmp_path: Path) -> None:
+    """Two transactions mined in one block: a pause, then an anchor it makes revert. Replayed on the parent
+    block's state the anchor would succeed ("reverted without reason"); on its own block's, it says why."""
+    chain = _anvil_chain(anvil_url, tmp_path / "keys")
+    address, _ = chain.deploy("AccessLogAnchor", chain.operator.address)
+    chain.register("AccessLogAnchor", address)
+    anchor = chain.contract("AccessLogAnchor")
+    chain.send(anchor.functions.grantRole(chain.call(anchor.functions.LOG_ANCHORER()), chain.operator.address))
+    rpc = chain.w3.provider.make_request
+    rpc("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        pause = chain.sign_and_submit(chain.build(anchor.functions.pause(), gas=100_000))
+        doomed = chain.sign_and_submit(
+            chain.build(anchor.functions.anchor(secrets.token_bytes(32), 1, secrets.token_bytes(32)), gas=200_000)
+        )
+        rpc("evm_mine", [])  # type: ignore[arg-type]
+    finally:
+        rpc("evm_setAutomine", [True])  # type: ignore[arg-type]
+    first, second = chain.w3.eth.get_transaction_receipt(pause), chain.w3.eth.get_transaction_receipt(doomed)
+    assert first["blockNumber"] == second["blockNumber"] and first["status"] == 1 and second["status"] == 0
+    failure = chain.failure_of(second)
+    assert isinstance(failure, ContractRevert) and "ContractPaused" in str(failure)
+    chain.send(anchor.functions.unpause())

@@ -14,7 +14,7 @@ from healthledger.config import Settings
 from healthledger.db import make_engine, upgrade
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.store.models import data_keys_table, resources_table, terms_table
-from healthledger.store.repository import ResourceStore
+from healthledger.store.repository import ResourceStore, store_for_settings
 
 
 class TickingClock:
@@ -51,7 +51,7 @@ def _pg_engine(postgres_schema_url: tuple[str, str]) -> Iterator[sa.Engine]:
 
 def make_store(engine: sa.Engine, tmp_path: Path, **settings: object) -> ResourceStore:
     cfg = Settings(data_dir=tmp_path / "var", load_demo_data=False, **settings)  # type: ignore[arg-type]
-    return ResourceStore(engine, LocalFileKeyProvider(cfg.keys_dir), cfg, clock=TickingClock())
+    return store_for_settings(engine, LocalFileKeyProvider(cfg.keys_dir), cfg, clock=TickingClock())
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -102,13 +102,12 @@ def test_cli_import_rotate_erase(cli_env: Path, fixtures_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Patient: 1" in result.output and "destroyed" in result.output
 
-    from healthledger.config import Settings
-    from healthledger.store.repository import open_store
+    from healthledger.runtime import Runtime
 
-    store = open_store(Settings.load())
+    runtime = Runtime()
     with pytest.raises(Gone):
-        store.read("Patient", pid)
-    store.engine.dispose()
+        runtime.store.read("Patient", pid)
+    runtime.close()
 
 
 def test_cli_errors_are_messages_not_tracebacks(cli_env: Path, tmp_path: Path) -> None:

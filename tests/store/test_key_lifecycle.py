@@ -39,7 +39,7 @@ def test_rotation_rewraps_without_reencrypting(store: ResourceStore) -> None:
     assert report.rewrapped >= 3 and report.remaining_on_old == 0
     assert old_kek in report.retired and old_kek not in provider.kek_ids()
     assert _kek_ids_in_db(store) == {report.new_kek_id}
-    key_file = json.loads((store.settings.keys_dir / "kek.json").read_text())
+    key_file = json.loads((store.keys_dir / "kek.json").read_text())
     assert set(key_file["keys"]) == {report.new_kek_id}
 
     with store.engine.connect() as conn:
@@ -48,7 +48,7 @@ def test_rotation_rewraps_without_reencrypting(store: ResourceStore) -> None:
         assert payloads_after[row_id] == payload  # ciphertexts untouched
 
     # A fresh process (empty key cache) reads everything with the new KEK alone.
-    fresh = ResourceStore(store.engine, type(provider)(store.settings.keys_dir), store.settings)
+    fresh = ResourceStore(store.engine, type(provider)(store.keys_dir), tenant=store.tenant, keys_dir=store.keys_dir)
     assert fresh.read("Patient", a.id).resource["name"][0]["family"] == "Quarrington"  # type: ignore[index]
     assert fresh.read("Organization", org.id).resource is not None
     assert fresh.search_params("Observation", [("patient", a.id)]).total == 2
@@ -109,7 +109,7 @@ def test_erase_patient_shreds_the_compartment(store: ResourceStore) -> None:
 
 def test_erasure_is_seen_by_another_process_with_a_warm_cache(store: ResourceStore) -> None:
     a, _ = store.create(patient())
-    other = ResourceStore(store.engine, store.keyring.provider, store.settings)
+    other = ResourceStore(store.engine, store.keyring.provider, tenant=store.tenant, keys_dir=store.keys_dir)
     assert other.read("Patient", a.id).resource is not None  # warms its key cache
     maintenance.erase_patient(store, a.id)
     with pytest.raises(Gone):
@@ -130,7 +130,7 @@ def test_reads_keep_working_while_rotation_runs(store: ResourceStore) -> None:
         nonlocal reads
         while not stop.is_set() and reads < 2000:
             # a cold store per round, as a freshly started worker process would be
-            other = ResourceStore(store.engine, LocalFileKeyProvider(store.settings.keys_dir), store.settings)
+            other = ResourceStore(store.engine, LocalFileKeyProvider(store.keys_dir), tenant=store.tenant, keys_dir=store.keys_dir)
             try:
                 for rid in ids:
                     assert other.read("Patient", rid).resource is not None
@@ -158,7 +158,7 @@ def test_old_kek_is_not_retired_while_other_packages_still_use_it(store: Resourc
     old_kek = provider.active_kek_id()
     kind = KeyFileKind("some-signing-key.json", "some signing key", b"another package's key")
     registry = KEY_FILES.extended(kind)
-    key_file = registry.file(store.settings.keys_dir, kind)
+    key_file = registry.file(store.keys_dir, kind)
     key_file.load_or_create(provider, lambda: b"k" * 32)
     other = key_file.read()
     assert other is not None

@@ -26,7 +26,7 @@ from healthledger.db import make_engine, session_factory, upgrade
 from healthledger.errors import ConfigurationError
 from healthledger.keys import KEY_FILES, WEB_SESSION_SECRET, LocalFileKeyProvider
 from healthledger.principal import HRESCH, TREAT, Principal
-from healthledger.store.repository import ResourceStore
+from healthledger.store.repository import ResourceStore, store_for_settings
 from healthledger.web.models import WebSession
 from healthledger.web.pages import web_blueprint
 from healthledger.web.sessions import SessionSecret, csrf_required, init_web, session_principal
@@ -86,7 +86,7 @@ def database_url(backend: str, request: pytest.FixtureRequest) -> str:
 def store(database_url: str, tmp_path: Path) -> Iterator[ResourceStore]:
     engine = make_engine(database_url)
     settings = Settings(data_dir=tmp_path, tenant="web-" + secrets.token_hex(4))
-    yield ResourceStore(engine, LocalFileKeyProvider(tmp_path / "keys"), settings)
+    yield store_for_settings(engine, LocalFileKeyProvider(tmp_path / "keys"), settings)
     engine.dispose()
 
 
