@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
@@ -30,6 +30,8 @@ from healthledger.ledger.indexer import DEFAULT_NAME, state_from_events
 from healthledger.ledger.models import ConsentEvent, IndexerCursor
 from healthledger.store.generation import Generation
 from healthledger.store.repository import ResourceStore
+
+T = TypeVar("T")
 
 # Consent statuses that may take effect (R4 consent-state-codes); the rest never count.
 _LIVE_STATUSES = frozenset({"active", "proposed"})
@@ -142,16 +144,20 @@ class ConsentIndex:
 
     # -- per patient ------------------------------------------------------------------------------
     def entry(self, conn: Connection, patient_id: str) -> PatientEntry:
+        return self._cached(self._entries, patient_id, lambda: self._load(conn, patient_id), self.max_patients)
+
+    def _cached(self, cache: OrderedDict[str, T], key: str, load: Callable[[], T], limit: int) -> T:
+        """`cache[key]`, loaded outside the lock on a miss; least recently used entries go past `limit`."""
         with self._lock:
-            found = self._entries.get(patient_id)
+            found = cache.get(key)
             if found is not None:
-                self._entries.move_to_end(patient_id)
+                cache.move_to_end(key)
                 return found
-        loaded = self._load(conn, patient_id)
+        loaded = load()
         with self._lock:
-            self._entries[patient_id] = loaded
-            while len(self._entries) > self.max_patients:
-                self._entries.popitem(last=False)
+            cache[key] = loaded
+            while len(cache) > limit:
+                cache.popitem(last=False)
         return loaded
 
     def context(self, conn: Connection, patient_id: str, now: datetime, index_age: float) -> PatientContext:
@@ -176,17 +182,9 @@ class ConsentIndex:
         if not organization:
             return frozenset()
         self.refresh(conn)
-        with self._lock:
-            found = self._cared_for.get(organization)
-            if found is not None:
-                self._cared_for.move_to_end(organization)
-                return found
-        loaded = self._load_cared_for(conn, organization)
-        with self._lock:
-            self._cared_for[organization] = loaded
-            while len(self._cared_for) > _CARED_FOR_ORGANIZATIONS:
-                self._cared_for.popitem(last=False)
-        return loaded
+        return self._cached(
+            self._cared_for, organization, lambda: self._load_cared_for(conn, organization), _CARED_FOR_ORGANIZATIONS
+        )
 
     def _load_cared_for(self, conn: Connection, organization: str) -> frozenset[str]:
         uow = self.store.view_on(conn)
