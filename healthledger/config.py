@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from healthledger.errors import ConfigurationError
 
 # A file of settings (JSON, keys as the field names below) may be named by this variable;
 # environment variables override what the file says.
@@ -95,12 +97,26 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Settings from the optional file, then the environment, then explicit overrides."""
+        """Settings from the optional file, then the environment, then explicit overrides.
+
+        A file that cannot be read, is not a JSON object, or holds values of the wrong type is a
+        ConfigurationError naming the file or the setting, never a traceback.
+        """
         values: dict[str, Any] = {}
         path = os.environ.get(SETTINGS_FILE_ENV)
         if path:
-            values.update(json.loads(Path(path).read_text()))
-        env = cls()  # environment (and defaults)
-        merged = {**values, **{k: v for k, v in env.model_dump().items() if k in env.model_fields_set}}
-        merged.update(overrides)
-        return cls(**merged) if merged else env
+            try:
+                loaded = json.loads(Path(path).read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigurationError(f"the settings file {path} cannot be read as JSON ({type(exc).__name__})") from None
+            if not isinstance(loaded, dict):
+                raise ConfigurationError(f"the settings file {path} must hold a JSON object of settings")
+            values.update(loaded)
+        try:
+            env = cls()  # environment (and defaults)
+            merged = {**values, **{k: v for k, v in env.model_dump().items() if k in env.model_fields_set}}
+            merged.update(overrides)
+            return cls(**merged) if merged else env
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+            raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -121,3 +121,19 @@ def test_settings_overrides_come_before_the_settings_are_read(tmp_path: Path) ->
     assert runtime.settings.port == 9100
     with pytest.raises(RuntimeError):
         runtime.override(port=9200)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"port": 80', "cannot be read as JSON"),
+    ('["a list"]', "must hold a JSON object"),
+    ('{"port": "eighty"}', "invalid settings: port"),
+])
+def test_a_bad_settings_file_is_one_line_and_exit_1(
+    content: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(content)
+    monkeypatch.setenv("HEALTHLEDGER_SETTINGS_FILE", str(settings_file))
+    result = CliRunner().invoke(cli, ["clients", "list"], obj=Runtime())
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.stderr.startswith("Error: ") and message in result.stderr and "Traceback" not in result.output
