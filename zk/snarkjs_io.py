@@ -68,6 +68,8 @@ def _read_json(source: str | Path | Any, what: str) -> Any:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise MalformedInput(f"{what}: {path.name} is not valid JSON") from None
+        except RecursionError:  # snarkjs files are four levels deep; the interpreter's limit is restored
+            raise MalformedInput(f"{what}: {path.name} is nested too deeply to be a snarkjs file") from None
     return source
 
 

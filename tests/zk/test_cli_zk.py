@@ -105,3 +105,11 @@ def test_only_the_cli_modules_import_click_or_the_cli() -> None:
         assert not {m for m in imports if m.split(".")[0] == "healthledger"}, path.name
         if path.name not in cli_modules:
             assert not {"click", "zk.cli", "zk.ceremony_cli"} & imports, path.name
+
+
+def test_a_deeply_nested_file_is_malformed_not_a_crash(tmp_path: Path) -> None:
+    deep = tmp_path / "proof.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    code, out, err = _run(*_verify_args(INTEROP / "verification_key.json", deep, INTEROP / "public.json"))
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.strip() == "malformed input: proof: proof.json is nested too deeply to be a snarkjs file"
