@@ -72,6 +72,12 @@ def serve(runtime: Runtime, host: str | None, port: int | None, workers: int | N
     """Run the service (gunicorn; the Flask server only with --dev)."""
     runtime.override(**{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None})
     settings = runtime.settings
+    from healthledger.app import configure_logging
+    from healthledger.observability import enable_multiprocess
+
+    configure_logging(settings.log_format)
+    # Before any worker forks: every worker writes its metrics where any worker's /metrics reads them.
+    enable_multiprocess(settings.data_dir / "metrics")
     runtime.bootstrap()  # schema, keys and demo data before any worker starts
     if not ledger:
         _serve_http(settings, dev)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080)
     workers: int = Field(default=2)
     threads: int = Field(default=2, description="threads per gunicorn worker (gthread: keep-alive connections)")
+
+    # --- operations ---------------------------------------------------------------------
+    log_format: Literal["json", "console"] = Field(default="json", description="log lines: JSON objects or plain text")
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
