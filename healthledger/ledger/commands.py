@@ -168,8 +168,10 @@ def node_command(runtime: Runtime, host: str, port: int) -> None:
     from healthledger.data_dir import private_file, secure_data_dir
     from healthledger.ledger.backends.embedded import NODE_FILE
     from healthledger.ledger.backends.rpc_server import EmbeddedRPC, make_server
+    from healthledger.ledger.backends.sidecar import die_with_parent
     from healthledger.ledger.chain import embedded_chain
 
+    die_with_parent()
     settings = runtime.settings
     secure_data_dir(settings.data_dir)
     # The embedded chain itself, never the configured one: that could be this very node.
