@@ -66,7 +66,11 @@ class Settings(BaseSettings):
 
     # --- chain --------------------------------------------------------------------------
     chain_url: str = Field(default="", description="JSON-RPC URL; empty = embedded persistent EVM under data_dir")
-    chain_confirmations: int = Field(default=0, description="blocks before an event or receipt counts")
+    chain_network: str = Field(
+        default="", description="embedded, anvil, besu-qbft, cosmos-evm, ethereum or generic (healthledger.ledger.networks); "
+        "empty = embedded without chain_url, generic with one"
+    )
+    chain_confirmations: int = Field(default=0, description="blocks before an event or receipt counts (overrides the network's)")
     chain_poll_seconds: float = Field(default=2.0)
     anchor_interval_seconds: float = Field(default=60.0, description="how often serve anchors the access log")
 

@@ -195,13 +195,10 @@ class Indexer:
         if end < start:
             self._save_head(head_block, now)
             return IndexReport(start, last, rewound_to=rewound_to)
-        registry, anchor = self.chain.contract("ConsentRegistry"), self.chain.contract("AccessLogAnchor")
-        from healthledger.ledger.chain import translate_errors
-
-        with translate_errors():
-            granted = registry.events.ConsentGranted.get_logs(from_block=start, to_block=end)
-            revoked = registry.events.ConsentRevoked.get_logs(from_block=start, to_block=end)
-            anchored = anchor.events.Anchored.get_logs(from_block=start, to_block=end)
+        # Each read in pages under the node's eth_getLogs caps (Chain.get_logs).
+        granted = self.chain.get_logs("ConsentRegistry", "ConsentGranted", from_block=start, to_block=end)
+        revoked = self.chain.get_logs("ConsentRegistry", "ConsentRevoked", from_block=start, to_block=end)
+        anchored = self.chain.get_logs("AccessLogAnchor", "Anchored", from_block=start, to_block=end)
         # Hashes of the blocks we will remember; every event must sit on them (else a reorg raced us).
         remember = range(max(start, end - self.keep_blocks + 1), end + 1)
         hashes: dict[int, str] = {}
