@@ -196,7 +196,7 @@ def _gauge(name: str, documentation: str, value: float) -> Any:
 
 
 def operations_blueprint(readiness: Readiness, metrics: Metrics, gauges: LedgerGauges) -> Blueprint:
-    """`/healthz`, `/readyz` and `/metrics` (no authentication: they carry no data; keep `/metrics` and
+    """`/healthz`, `/readyz`, `/metrics` and `/openapi.json` (no authentication: they carry no data; keep `/metrics` and
     `/readyz` to the cluster network at the proxy)."""
     bp = Blueprint("operations", __name__)
 
@@ -213,6 +213,12 @@ def operations_blueprint(readiness: Readiness, metrics: Metrics, gauges: LedgerG
             "checks": {c.name: {"ok": c.ok, **({"detail": c.detail} if c.detail else {})} for c in checks},
         }
         return body, 200 if ready else 503
+
+    @bp.get("/openapi.json")
+    def openapi() -> dict[str, Any]:
+        from healthledger.api.openapi import openapi_document
+
+        return openapi_document()
 
     @bp.get("/metrics")
     def prometheus() -> Response:
@@ -243,7 +249,7 @@ def install_request_hooks(app: Flask, metrics: Metrics) -> None:
         seconds = time.perf_counter() - started
         route = request.url_rule.rule if request.url_rule is not None else _UNMATCHED_ROUTE
         response.headers[REQUEST_ID_HEADER] = request_id
-        if route not in ("/metrics", "/healthz", "/readyz"):
+        if route not in ("/metrics", "/healthz", "/readyz", "/openapi.json"):
             metrics.observe_request(route, request.method, response.status_code, seconds)
             log.info("http.request", method=request.method, route=route, status=response.status_code,
                      ms=round(seconds * 1000, 2), bytes=response.calculate_content_length())
