@@ -24,7 +24,7 @@ READINESS = {
         }},
     },
 }  # fmt: skip
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:

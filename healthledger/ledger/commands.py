@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -192,6 +193,26 @@ def node_command(runtime: Runtime, host: str, port: int) -> None:
         node_file.unlink(missing_ok=True)
         server.server_close()
         chain.close()
+
+
+@chain_group.command("besu-network")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--validators", "count", default=4, show_default=True, type=int)
+@click.option("--chain-id", default=2026, show_default=True, type=int)
+@click.option("--block-period", default=2, show_default=True, type=int, help="seconds between blocks")
+@click.option("--hosts", default="172.28.0.11,172.28.0.12,172.28.0.13,172.28.0.14", show_default=True,
+              help="comma-separated validator IPs (Besu's enode URLs name IPs; deploy/compose.yaml uses these)")
+@click.option("--fund", multiple=True, help="an address to fund at genesis (the service's operator)")
+def besu_network_command(out: Path, count: int, chain_id: int, block_period: int, hosts: str, fund: tuple[str, ...]) -> None:
+    """Generate a Besu QBFT network into OUT: genesis.json, and per validator a new node key (0600), its address and
+    config.toml. The keys are secrets: never commit them (deploy/besu/network/ is ignored by git)."""
+    from healthledger.ledger.besu import new_validators, write_network
+
+    validators = new_validators(count, [h.strip() for h in hosts.split(",") if h.strip()])
+    write_network(out, validators, chain_id=chain_id, fund=fund, block_period_seconds=block_period)
+    click.echo(f"QBFT network of {count} validators (tolerates {(count - 1) // 3} faulty) in {out}:")
+    for v in validators:
+        click.echo(f"  {v.name}  {v.address}  {v.host}")
 
 
 def _stop_on_signal(_signum: int, _frame: Any) -> None:
