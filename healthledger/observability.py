@@ -96,7 +96,8 @@ def configure_logging(fmt: str = "json", stream: TextIO | None = None, *, force:
     )
     structlog.configure(
         processors=[*_shared_processors(), renderer],
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        # stderr: stdout belongs to command output (`clients list --json`), which log lines must not corrupt.
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,  # others (tests, a host process) may reconfigure later
     )
 
