@@ -202,11 +202,19 @@ def node_command(runtime: Runtime, host: str, port: int) -> None:
 @click.option("--block-period", default=2, show_default=True, type=int, help="seconds between blocks")
 @click.option("--hosts", default="172.28.0.11,172.28.0.12,172.28.0.13,172.28.0.14", show_default=True,
               help="comma-separated validator IPs (Besu's enode URLs name IPs; deploy/compose.yaml uses these)")
-@click.option("--fund", multiple=True, help="an address to fund at genesis (the service's operator)")
-def besu_network_command(out: Path, count: int, chain_id: int, block_period: int, hosts: str, fund: tuple[str, ...]) -> None:
+@click.option("--fund", multiple=True, help="another address to fund at genesis")
+@click.option("--fund-operator/--no-fund-operator", default=True, show_default=True,
+              help="fund this service's chain operator account (created under the data dir if it does not exist)")
+@click.pass_obj
+def besu_network_command(runtime: Runtime, out: Path, count: int, chain_id: int, block_period: int, hosts: str,
+                         fund: tuple[str, ...], fund_operator: bool) -> None:
     """Generate a Besu QBFT network into OUT: genesis.json, and per validator a new node key (0600), its address and
     config.toml. The keys are secrets: never commit them (deploy/besu/network/ is ignored by git)."""
     from healthledger.ledger.besu import new_validators, write_network
+    from healthledger.ledger.chain import load_or_create_operator
+
+    if fund_operator:
+        fund = (*fund, load_or_create_operator(runtime.settings.keys_dir, runtime.key_provider).address)
 
     validators = new_validators(count, [h.strip() for h in hosts.split(",") if h.strip()])
     write_network(out, validators, chain_id=chain_id, fund=fund, block_period_seconds=block_period)

@@ -10,7 +10,10 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from healthledger.cli import cli
+from healthledger.config import Settings
 from healthledger.ledger.besu import decode_validators, qbft_extra_data, qbft_genesis
+from healthledger.ledger.chain import load_or_create_operator
+from healthledger.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +49,9 @@ def test_genesis_has_qbft_settings_and_prague() -> None:
 
 def test_generator_writes_keys_private_and_configs_that_agree(tmp_path: Path) -> None:
     out = tmp_path / "network"
-    result = CliRunner().invoke(cli, ["chain", "besu-network", str(out), "--fund", "0x" + "cd" * 20])
+    settings = Settings(data_dir=tmp_path / "var", load_demo_data=False)
+    runtime = Runtime(load_settings=lambda **o: settings)
+    result = CliRunner().invoke(cli, ["chain", "besu-network", str(out), "--fund", "0x" + "cd" * 20], obj=runtime)
     assert result.exit_code == 0, result.output
     genesis = json.loads((out / "genesis.json").read_text())
     validators = decode_validators(genesis["extraData"])
@@ -58,7 +63,8 @@ def test_generator_writes_keys_private_and_configs_that_agree(tmp_path: Path) ->
         config = (node / "config.toml").read_text()
         assert 'genesis-file="/config/genesis.json"' in config and "rpc-max-logs-range=5000" in config
         assert config.count("enode://") == 3  # the other three validators as bootnodes
-    assert genesis["alloc"] == {"cd" * 20: {"balance": hex(10**24)}}
+    operator = load_or_create_operator(settings.keys_dir, runtime.key_provider).address.lower().removeprefix("0x")
+    assert set(genesis["alloc"]) == {"cd" * 20, operator}  # the given address and this service's operator
 
 
 def test_generated_keys_are_never_committed() -> None:
