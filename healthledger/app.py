@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import structlog
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -46,24 +45,13 @@ def bootstrap(settings: Settings) -> None:
         engine.dispose()
 
 
-def configure_logging() -> None:
-    """Structured logs with plain tracebacks, unless the host process configured structlog already.
+def configure_logging(fmt: str = "json") -> None:
+    """JSON log lines with request ids (healthledger.observability), unless the host process configured
+    structlog already. Exceptions are logged as their type and frames, never their message or locals:
+    those may hold request bodies and decrypted resources, i.e. PHI."""
+    from healthledger.observability import configure_logging as configure
 
-    structlog's default development renderer prints rich tracebacks *with local variables*: those hold
-    request bodies and decrypted resources, i.e. PHI, and rendering deep ones is slow. Plain tracebacks
-    name the code, not the data.
-    """
-    if structlog.is_configured():
-        return
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
-        ],
-        cache_logger_on_first_use=False,  # others (tests, a host process) may reconfigure later
-    )
+    configure(fmt)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -72,6 +60,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.api.auth_seam import Authenticator
     from healthledger.api.cds_hooks import cds_hooks_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
+    from healthledger.api.operations import (
+        LedgerGauges,
+        Readiness,
+        install_request_hooks,
+        operations_blueprint,
+    )
     from healthledger.api.outcomes import error_response
     from healthledger.auth.smart import TOKEN_PATH, smart_blueprint
     from healthledger.auth.tokens import TokenService, TokenSigner
@@ -82,13 +76,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.consent.index import CONSENT_INPUT_TYPES, ConsentIndex
     from healthledger.consent.obligations import Obligations
     from healthledger.db import session_factory
+    from healthledger.observability import Metrics
     from healthledger.principal import Principal
     from healthledger.store.repository import store_for_settings
     from healthledger.web.pages import web_blueprint
     from healthledger.web.sessions import SessionLifetime, SessionSecret, init_web, session_principal
 
     settings = settings or Settings.load()
-    configure_logging()
+    configure_logging(settings.log_format)
     app = Flask("healthledger")
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = None  # the FHIR API enforces its own limit with an OperationOutcome
@@ -97,7 +92,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     key_provider = key_provider_for(settings.key_provider, settings.keys_dir)
     store = store_for_settings(engine, key_provider, settings, bump_generation_on=CONSENT_INPUT_TYPES)
     index = ConsentIndex(store, home_organization=settings.home_organization)
-    policy = ConsentPolicy(store, index, policy_from_settings(settings.consent_policy), obligations=Obligations(store))
+    metrics = Metrics.create()
+    consent_rules = policy_from_settings(settings.consent_policy)
+    policy = ConsentPolicy(
+        store, index, consent_rules, obligations=Obligations(store), on_decision=metrics.observe_decision
+    )
     if not settings.enforcement_off_for_benchmark:
         store.policy = policy
     sessions = session_factory(engine)
@@ -113,6 +112,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["healthledger.store"] = store
     app.extensions["healthledger.consent_index"] = index
     app.extensions["healthledger.tokens"] = tokens
+    app.extensions["healthledger.metrics"] = metrics
+    install_request_hooks(app, metrics)
+    readiness = Readiness(engine, key_provider, max_index_age_seconds=consent_rules.max_index_age_seconds)
+    app.register_blueprint(operations_blueprint(readiness, metrics, LedgerGauges(engine)))
 
     secure = settings.session_secure_cookies
     init_web(
@@ -165,9 +168,5 @@ def create_app(settings: Settings | None = None) -> Flask:
         if isinstance(error, HTTPException) and not request_is_fhir(request):
             return error
         return error_response(error)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
     return app

@@ -26,6 +26,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "relay": "healthledger.ledger.relay_commands:relay_group",
     "anchor": "healthledger.audit.commands:anchor_command",
     "audit": "healthledger.audit.commands:audit_group",
+    "backup": "healthledger.backup_commands:backup_command",
+    "restore": "healthledger.backup_commands:restore_command",
 }
 
 
@@ -72,6 +74,12 @@ def serve(runtime: Runtime, host: str | None, port: int | None, workers: int | N
     """Run the service (gunicorn; the Flask server only with --dev)."""
     runtime.override(**{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None})
     settings = runtime.settings
+    from healthledger.app import configure_logging
+    from healthledger.observability import enable_multiprocess
+
+    configure_logging(settings.log_format)
+    # Before any worker forks: every worker writes its metrics where any worker's /metrics reads them.
+    enable_multiprocess(settings.data_dir / "metrics")
     runtime.bootstrap()  # schema, keys and demo data before any worker starts
     if not ledger:
         _serve_http(settings, dev)

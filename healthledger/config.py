@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,7 +66,11 @@ class Settings(BaseSettings):
 
     # --- chain --------------------------------------------------------------------------
     chain_url: str = Field(default="", description="JSON-RPC URL; empty = embedded persistent EVM under data_dir")
-    chain_confirmations: int = Field(default=0, description="blocks before an event or receipt counts")
+    chain_network: str = Field(
+        default="", description="embedded, anvil, besu-qbft, cosmos-evm, ethereum or generic (healthledger.ledger.networks); "
+        "empty = embedded without chain_url, generic with one"
+    )
+    chain_confirmations: int = Field(default=0, description="blocks before an event or receipt counts (overrides the network's)")
     chain_poll_seconds: float = Field(default=2.0)
     anchor_interval_seconds: float = Field(default=60.0, description="how often serve anchors the access log")
 
@@ -75,6 +79,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080)
     workers: int = Field(default=2)
     threads: int = Field(default=2, description="threads per gunicorn worker (gthread: keep-alive connections)")
+
+    # --- operations ---------------------------------------------------------------------
+    log_format: Literal["json", "console"] = Field(default="json", description="log lines: JSON objects or plain text")
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

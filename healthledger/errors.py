@@ -102,6 +102,17 @@ class DecryptionError(HealthLedgerError):
         super().__init__(message)
 
 
+class KeyProviderUnavailable(HealthLedgerError):
+    """The key provider (a KMS or HSM, or the key file) could not be reached: nothing is decrypted or sealed
+    without it, so the request fails closed, and may be retried."""
+
+    status = 503
+    code = "transient"
+
+    def __init__(self, message: str = "the key provider is unavailable; retry later") -> None:
+        super().__init__(message)
+
+
 class ChainError(HealthLedgerError):
     """The chain could not be reached or refused a transaction."""
 

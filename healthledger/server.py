@@ -7,6 +7,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from healthledger.config import Settings
+from healthledger.observability import gunicorn_log_config, mark_worker_dead
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -43,11 +44,15 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         "worker_class": "gthread",
         "threads": settings.threads,
         "keepalive": 5,
-        "accesslog": "-",
-        # No query string, referer or user agent: search parameters carry names, birth dates and
-        # identifiers, and access logs are not encrypted. Path, status, size and seconds only.
-        "access_log_format": '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)s',
+        # No gunicorn access log: the application writes one JSON line per request with its request id and
+        # route rule (healthledger.api.operations), never the URL: search parameters carry names, birth
+        # dates and identifiers, and logs are not encrypted. gunicorn's own messages are JSON lines too.
+        "accesslog": None,
+        "logconfig_dict": gunicorn_log_config() if settings.log_format == "json" else {},
         "timeout": 60,
+        "graceful_timeout": 30,
+        # Metrics of a dead worker's live gauges are dropped (prometheus-client multiprocess mode).
+        "child_exit": _child_exit,
     }
     control = (settings.data_dir / "gunicorn.ctl").resolve()
     if len(str(control)) <= _MAX_SOCKET_PATH:
@@ -56,6 +61,10 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         options["control_socket_disable"] = True
     options.update(extra)
     return options
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    mark_worker_dead(worker.pid)
 
 
 def run_gunicorn(settings: Settings, **extra: Any) -> None:

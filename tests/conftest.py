@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from support import FIXTURES, NODE_BIN, ROOT, node_tool  # noqa: F401  (re-exported for old imports)
+from support import (  # noqa: F401  (re-exported for old imports)
+    FIXTURES,
+    NODE_BIN,
+    ROOT,
+    SESSION_LOG_ENV,
+    fixture_phi,
+    node_tool,
+    phi_in,
+)
 
 from healthledger.config import Settings
 
@@ -93,3 +101,62 @@ def migrated_sqlite_url(_migrated_sqlite_template: Path, tmp_path: Path) -> str:
     target = tmp_path / "db.sqlite"
     shutil.copyfile(_migrated_sqlite_template, target)
     return f"sqlite:///{target}"
+
+
+# ---- the session's logs, scanned for the fixtures' PHI ---------------------------------------------------
+
+_SESSION_LOG = pytest.StashKey[Path]()
+
+
+class _Tee:
+    """A text stream writing to the session log file and to the original stream (pytest captures that)."""
+
+    def __init__(self, handle, echo) -> None:  # type: ignore[no-untyped-def]
+        self.handle, self.echo = handle, echo
+
+    def write(self, text: str) -> int:
+        self.handle.write(text)
+        self.handle.flush()
+        return self.echo.write(text)
+
+    def flush(self) -> None:
+        self.handle.flush()
+        self.echo.flush()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every log line of the session (structlog, stdlib logging, servers' output that tests append) also goes
+    to one file; `pytest_sessionfinish` scans it for the fixtures' PHI (names, identifiers, birth dates)."""
+    import logging
+    import sys
+    import tempfile
+
+    from healthledger.observability import configure_logging, stdlib_json_formatter
+
+    path = Path(tempfile.mkdtemp(prefix="healthledger-test-logs-")) / "session.log"
+    config.stash[_SESSION_LOG] = path
+    os.environ[SESSION_LOG_ENV] = str(path)
+    handle = open(path, "a")  # noqa: SIM115 (open for the whole session)
+    configure_logging("json", _Tee(handle, sys.stderr), force=True)
+    handler = logging.StreamHandler(handle)
+    handler.setFormatter(stdlib_json_formatter())
+    logging.getLogger().addHandler(handler)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.stash.get(_SESSION_LOG, None)
+    if path is None or not path.exists() or not FIXTURES.is_dir():
+        return
+    text = path.read_text(errors="replace")
+    leaked = phi_in(text, fixture_phi(FIXTURES))
+    lines = text.count("\n")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"session logs: {lines} lines scanned for {len(fixture_phi(FIXTURES))} fixture PHI "
+                            f"values, {len(leaked)} found")
+    if leaked:
+        if reporter is not None:
+            reporter.write_line(f"PHI in the session's logs ({path}): {sorted(leaked)[:10]}", red=True)
+        session.exitstatus = 1
+    else:
+        shutil.rmtree(path.parent, ignore_errors=True)

@@ -41,3 +41,60 @@ def imported_modules(path: Path) -> set[str]:
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
+
+
+# The whole test session's log lines (structlog and stdlib logging in the test process, and the output of the
+# servers tests start, appended by those tests) go to this file; conftest scans it for the fixtures' PHI.
+SESSION_LOG_ENV = "HEALTHLEDGER_TEST_SESSION_LOG"
+MIN_PHI_LENGTH = 6  # shorter strings could occur by chance in log text (times, hex ids)
+
+
+def append_to_session_log(text: str) -> None:
+    """Add a subprocess's output (a server a test ran) to the session's log, scanned for PHI at the end."""
+    import os
+
+    path = os.environ.get(SESSION_LOG_ENV)
+    if path:
+        with open(path, "a") as handle:
+            handle.write(text if text.endswith("\n") else text + "\n")
+
+
+def patient_phi(resource: dict) -> set[str]:  # type: ignore[type-arg]
+    """A Patient's names, identifiers (other than its resource id) and birth date, each of 6+ characters."""
+    if resource.get("resourceType") != "Patient":
+        return set()
+    out: set[str] = set()
+    for name in resource.get("name", []):
+        out.update([name.get("family", "")] + name.get("given", []))
+    for ident in resource.get("identifier", []):
+        if ident.get("value") != resource.get("id"):
+            out.add(str(ident.get("value", "")))
+    out.add(resource.get("birthDate", ""))
+    return {v for v in out if len(v) >= MIN_PHI_LENGTH}
+
+
+def fixture_phi(fixtures: Path = FIXTURES) -> set[str]:
+    """The PHI of every Patient in the shared fixtures (Synthea bundles, Bulk Data NDJSON, R4 examples)."""
+    import json
+
+    phi: set[str] = set()
+    for path in sorted(fixtures.rglob("*.json")):
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        resources = [e.get("resource", {}) for e in document.get("entry", [])] if isinstance(document, dict) else []
+        for resource in [document, *resources] if isinstance(document, dict) else []:
+            if isinstance(resource, dict):
+                phi |= patient_phi(resource)
+    for path in sorted(fixtures.rglob("*.ndjson")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                phi |= patient_phi(json.loads(line))
+    return phi
+
+
+def phi_in(text: str, phi: set[str]) -> set[str]:
+    """The PHI values that occur in `text` (as written or lower-cased)."""
+    lowered = text.lower()
+    return {v for v in phi if v in text or v.lower() in lowered}

@@ -43,6 +43,9 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "anchor": ["--queue-only"],
     "audit verify": [],
     "audit prove": ["1"],
+    "backup": ["{json_file}.d"],
+    "restore": ["."],
+    "chain besu-network": ["{json_file}.network"],
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Request, Response, request
+from sqlalchemy import exc as sa_exc
 
 from fhir_adapters.capability import capability_statement
 from fhir_adapters.datatypes import ID, instant, with_version_meta
@@ -34,7 +35,13 @@ from healthledger.api.paging import (
 )
 from healthledger.config import Settings
 from healthledger.consent.lifecycle import chain_states, present_consent, revoke_consent, sign_consent
-from healthledger.errors import BadRequest, InvalidResource, NotFound, UnsupportedMediaType
+from healthledger.errors import (
+    BadRequest,
+    InvalidResource,
+    KeyProviderUnavailable,
+    NotFound,
+    UnsupportedMediaType,
+)
 from healthledger.store.access import Principal
 from healthledger.store.bundles import execute_bundle
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
@@ -105,7 +112,13 @@ def fhir_blueprint(
         def _refused(error: Exception) -> Response:
             principal = request.environ.get(CALLER_KEY)
             if isinstance(principal, Principal):
-                _record_refusal(log, principal, error)
+                try:
+                    _record_refusal(log, principal, error)
+                except (sa_exc.DBAPIError, KeyProviderUnavailable):
+                    # The database or the key provider is down: the refusal cannot be logged, and nothing was
+                    # served; the caller gets the outage's 503, not a 500 from the error handler.
+                    if not isinstance(error, sa_exc.DBAPIError | KeyProviderUnavailable):
+                        raise
             return error_response(error)
 
     bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])

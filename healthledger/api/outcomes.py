@@ -78,7 +78,9 @@ def error_response(error: BaseException) -> Response:
         message = _HTTP_MESSAGES.get(status, error.name.lower() if error.name else "request failed")
         outcome = operation_outcome("error", _HTTP_ISSUE_CODES.get(status, "exception"), message)
         return outcome_response(outcome, status, headers)
-    if isinstance(error, sa_exc.OperationalError):
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+        isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
+    ):
         # The database is unreachable, locked past the busy timeout, or restarting: worth a retry.
         log.exception("api.database_unavailable", route=_route())
         outcome = operation_outcome("error", "transient", "the database is temporarily unavailable; retry later")

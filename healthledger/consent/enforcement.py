@@ -67,12 +67,15 @@ class ConsentPolicy:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         obligations: Transform | None = None,
+        on_decision: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`on_decision(decision, rule)` is told of every decision recorded (the service counts them)."""
         self.store = store
         self.index = index
         self.policy = policy
         self.clock = clock
         self._obligations = obligations
+        self._on_decision = on_decision
         self._sealing_key: bytes | None = None
 
     # -- the seam -------------------------------------------------------------------------------
@@ -315,6 +318,8 @@ class ConsentPolicy:
             key = self.sealing_key()
             aad = f"healthledger/break-glass/v1|{self.store.tenant}|{principal.actor_id}".encode()
             note = crypto.seal(key, principal.break_glass_reason.encode(), aad)
+        if self._on_decision is not None:
+            self._on_decision("permit" if outcome.permitted else "deny", outcome.reasons[0].rule if outcome.reasons else "")
         return AccessEntry(
             time=now,
             actor=principal.actor_id,

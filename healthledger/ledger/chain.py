@@ -32,13 +32,19 @@ from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound, Web3Exception
-from web3.providers import HTTPProvider
 from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 from healthledger.data_dir import private_dir, private_file
 from healthledger.errors import ChainError, ConfigurationError, HealthLedgerError
 from healthledger.keys import CHAIN_OPERATOR_KEY, KEY_FILES, KeyProvider
 from healthledger.ledger.compile import ARTIFACTS_DIR, load_artifact
+from healthledger.ledger.networks import (
+    NETWORKS,
+    NetworkPolicy,
+    RateLimitedHTTPProvider,
+    network_policy,
+    paged_logs,
+)
 
 DEFAULT_PRIORITY_FEE_WEI = 10**9  # 1 gwei, when the node cannot suggest one
 GAS_MARGIN_PERCENT = 25  # added to eth_estimateGas: estimates are exact only for the state they ran on
@@ -80,8 +86,10 @@ class Chain:
         nonce_lock_path: Path | None = None,
         on_close: Callable[[], None] | None = None,
         poll_seconds: float = 0.05,
+        network: NetworkPolicy = NETWORKS["embedded"],
     ) -> None:
         self.w3 = w3
+        self.network = network
         self.operator = operator
         self.confirmations = confirmations
         self.poll_seconds = poll_seconds
@@ -138,13 +146,16 @@ class Chain:
         to_block: int | str = "latest",
         argument_filters: dict[str, Any] | None = None,
     ) -> list[Any]:
-        """Decoded events of one of our contracts, in chain order."""
-        with translate_errors(self._errors):
-            return list(
-                getattr(self.contract(name).events, event).get_logs(
-                    from_block=from_block, to_block=to_block, argument_filters=argument_filters
-                )
-            )
+        """Decoded events of one of our contracts, in chain order, read in pages under the network's
+        `eth_getLogs` caps (healthledger.ledger.networks.paged_logs)."""
+        events = getattr(self.contract(name).events, event)
+        end = self.head() if to_block == "latest" else int(to_block)
+
+        def fetch(lo: int, hi: int) -> list[Any]:
+            with translate_errors(self._errors):
+                return list(events.get_logs(from_block=lo, to_block=hi, argument_filters=argument_filters))
+
+        return paged_logs(fetch, from_block, end, self.network)
 
     def code_at(self, address: str) -> bytes:
         with translate_errors(self._errors):
@@ -404,21 +415,25 @@ def rpc_chain(
     key_provider: KeyProvider,
     *,
     keys_dir: Path,
-    confirmations: int = 0,
+    confirmations: int | None = None,
     poll_seconds: float = 0.5,
     operator: LocalAccount | None = None,
+    network: NetworkPolicy | None = None,
 ) -> Chain:
-    """Any Ethereum JSON-RPC node (anvil, geth, Besu, an EVM on Cosmos SDK) by HTTP URL."""
-    provider = HTTPProvider(url, request_kwargs={"timeout": RPC_TIMEOUT_SECONDS})
+    """Any Ethereum JSON-RPC node (anvil, geth, Besu, an EVM on Cosmos SDK) by HTTP URL; `network` says its
+    finality, log caps and rate-limit handling (default: generic), `confirmations` overrides its finality."""
+    network = network or NETWORKS["generic"]
+    provider = RateLimitedHTTPProvider(url, network, timeout=RPC_TIMEOUT_SECONDS)
     w3 = Web3(provider)
     operator = operator or load_or_create_operator(keys_dir, key_provider)
     try:
         return Chain(
             w3,
             operator,
-            confirmations=confirmations,
+            confirmations=network.confirmations if confirmations is None else confirmations,
             nonce_lock_path=Path(keys_dir).parent / "chain" / f"nonce-{operator.address}.lock",
             poll_seconds=poll_seconds,
+            network=network,
         )
     except ChainError as exc:
         raise ChainError(f"chain node at {_redact(url)} is unreachable") from exc
@@ -431,12 +446,17 @@ def chain_for(settings: Any, key_provider: KeyProvider) -> Chain:
     from healthledger.ledger.backends.embedded import EmbeddedChainBusy
 
     if settings.chain_url:
+        explicit = "chain_confirmations" in settings.model_fields_set or settings.chain_confirmations != 0
+        network = network_policy(
+            getattr(settings, "chain_network", ""), chain_url=settings.chain_url,
+            confirmations=settings.chain_confirmations if explicit else None,
+        )  # fmt: skip
         return rpc_chain(
             settings.chain_url,
             key_provider,
             keys_dir=settings.keys_dir,
-            confirmations=settings.chain_confirmations,
             poll_seconds=min(settings.chain_poll_seconds, 0.5),
+            network=network,
         )
     try:
         return embedded_chain(settings.data_dir, key_provider, keys_dir=settings.keys_dir)

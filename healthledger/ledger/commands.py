@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -168,8 +169,10 @@ def node_command(runtime: Runtime, host: str, port: int) -> None:
     from healthledger.data_dir import private_file, secure_data_dir
     from healthledger.ledger.backends.embedded import NODE_FILE
     from healthledger.ledger.backends.rpc_server import EmbeddedRPC, make_server
+    from healthledger.ledger.backends.sidecar import die_with_parent
     from healthledger.ledger.chain import embedded_chain
 
+    die_with_parent()
     settings = runtime.settings
     secure_data_dir(settings.data_dir)
     # The embedded chain itself, never the configured one: that could be this very node.
@@ -190,6 +193,34 @@ def node_command(runtime: Runtime, host: str, port: int) -> None:
         node_file.unlink(missing_ok=True)
         server.server_close()
         chain.close()
+
+
+@chain_group.command("besu-network")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--validators", "count", default=4, show_default=True, type=int)
+@click.option("--chain-id", default=2026, show_default=True, type=int)
+@click.option("--block-period", default=2, show_default=True, type=int, help="seconds between blocks")
+@click.option("--hosts", default="172.28.0.11,172.28.0.12,172.28.0.13,172.28.0.14", show_default=True,
+              help="comma-separated validator IPs (Besu's enode URLs name IPs; deploy/compose.yaml uses these)")
+@click.option("--fund", multiple=True, help="another address to fund at genesis")
+@click.option("--fund-operator/--no-fund-operator", default=True, show_default=True,
+              help="fund this service's chain operator account (created under the data dir if it does not exist)")
+@click.pass_obj
+def besu_network_command(runtime: Runtime, out: Path, count: int, chain_id: int, block_period: int, hosts: str,
+                         fund: tuple[str, ...], fund_operator: bool) -> None:
+    """Generate a Besu QBFT network into OUT: genesis.json, and per validator a new node key (0600), its address and
+    config.toml. The keys are secrets: never commit them (deploy/besu/network/ is ignored by git)."""
+    from healthledger.ledger.besu import new_validators, write_network
+    from healthledger.ledger.chain import load_or_create_operator
+
+    if fund_operator:
+        fund = (*fund, load_or_create_operator(runtime.settings.keys_dir, runtime.key_provider).address)
+
+    validators = new_validators(count, [h.strip() for h in hosts.split(",") if h.strip()])
+    write_network(out, validators, chain_id=chain_id, fund=fund, block_period_seconds=block_period)
+    click.echo(f"QBFT network of {count} validators (tolerates {(count - 1) // 3} faulty) in {out}:")
+    for v in validators:
+        click.echo(f"  {v.name}  {v.address}  {v.host}")
 
 
 def _stop_on_signal(_signum: int, _frame: Any) -> None:

@@ -11,6 +11,8 @@ The consent engine reads `grant_state`; the chain stays the authority, these tab
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from web3.exceptions import BlockNotFound
 
 from healthledger.errors import BadRequest, ChainError
+from healthledger.leases import LeaseLost
 from healthledger.ledger.grants import GrantStatus
 from healthledger.ledger.models import ConsentEvent, IndexedBlock, IndexerCursor, LogAnchorEvent
 from healthledger.ledger.relayer import grant_id
 from healthledger.store.generation import bump_generation
 
 DEFAULT_NAME = "ledger"
+# The lease (healthledger.leases) whose holder, alone among the replicas' ledger workers, indexes the chain,
+# sequences and anchors the access log; a holder that stops renewing loses it after its ttl.
+INDEXER_LEASE = "ledger-indexer"
+LEASE_MIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -139,14 +146,25 @@ class Indexer:
         name: str = DEFAULT_NAME,
         keep_blocks: int = 128,
         max_blocks_per_pass: int = 2_000,
+        guard: Callable[[Session], bool] | None = None,
     ) -> None:
+        """`guard(session)`, checked at the start of every write transaction, says whether this indexer may
+        still write (a lease it holds: `healthledger.leases.holds`); when it says no, LeaseLost, nothing written."""
         self.sessions = session_factory
+        self.guard = guard
         self.chain = chain
         self.from_block = from_block
         self.confirmations = chain.confirmations if confirmations is None else confirmations
         self.name = name
         self.keep_blocks = keep_blocks
         self.max_blocks = max_blocks_per_pass
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        with self.sessions.begin() as session:
+            if self.guard is not None and not self.guard(session):
+                raise LeaseLost("another worker holds the indexer's lease")
+            yield session
 
     # -- chain reads (translated to ChainError) ----------------------------------------------------
     def _block(self, number: int | str) -> Any:
@@ -177,13 +195,10 @@ class Indexer:
         if end < start:
             self._save_head(head_block, now)
             return IndexReport(start, last, rewound_to=rewound_to)
-        registry, anchor = self.chain.contract("ConsentRegistry"), self.chain.contract("AccessLogAnchor")
-        from healthledger.ledger.chain import translate_errors
-
-        with translate_errors():
-            granted = registry.events.ConsentGranted.get_logs(from_block=start, to_block=end)
-            revoked = registry.events.ConsentRevoked.get_logs(from_block=start, to_block=end)
-            anchored = anchor.events.Anchored.get_logs(from_block=start, to_block=end)
+        # Each read in pages under the node's eth_getLogs caps (Chain.get_logs).
+        granted = self.chain.get_logs("ConsentRegistry", "ConsentGranted", from_block=start, to_block=end)
+        revoked = self.chain.get_logs("ConsentRegistry", "ConsentRevoked", from_block=start, to_block=end)
+        anchored = self.chain.get_logs("AccessLogAnchor", "Anchored", from_block=start, to_block=end)
         # Hashes of the blocks we will remember; every event must sit on them (else a reorg raced us).
         remember = range(max(start, end - self.keep_blocks + 1), end + 1)
         hashes: dict[int, str] = {}
@@ -197,7 +212,7 @@ class Indexer:
             number = int(event["blockNumber"])
             if number in hashes and _hex(event["blockHash"]) != hashes[number]:
                 return IndexReport(start, last, rewound_to=rewound_to)
-        with self.sessions.begin() as session:
+        with self._writing() as session:
             # ConsentRevoked carries only (grantId, patient): grantee and scope come from the grant.
             known: dict[str, tuple[str, str]] = {}
             consent = sorted(
@@ -265,7 +280,7 @@ class Indexer:
 
     def _rewind(self, ancestor: int, now: float) -> None:
         """Delete every derived row above `ancestor` and move the cursor there, in one transaction."""
-        with self.sessions.begin() as session:
+        with self._writing() as session:
             session.execute(delete(ConsentEvent).where(ConsentEvent.block_number > ancestor))
             bump_generation(session)
             session.execute(delete(LogAnchorEvent).where(LogAnchorEvent.block_number > ancestor))
@@ -280,7 +295,7 @@ class Indexer:
             cursor.updated_at = now
 
     def _save_head(self, head_block: Any, now: float) -> None:
-        with self.sessions.begin() as session:
+        with self._writing() as session:
             cursor = session.get(IndexerCursor, self.name)
             if cursor is None:
                 cursor = IndexerCursor(name=self.name, last_block=self.from_block - 1, updated_at=now)

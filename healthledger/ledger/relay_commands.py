@@ -8,6 +8,7 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from healthledger.errors import HealthLedgerError
 from healthledger.runtime import Runtime
@@ -94,40 +95,80 @@ def requeue_command(runtime: Runtime, item_id: int) -> None:
 )
 @click.pass_obj
 def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_interval: float | None) -> None:
-    """Submit queued chain writes and index contract events, in a loop until interrupted."""
-    from healthledger.ledger import indexer, outbox
-    from healthledger.ledger.deploy import attach_deployments
+    """Submit queued chain writes and index contract events, in a loop until interrupted.
 
+    Any number of these may run against one database and chain (several replicas): every one submits the
+    outbox (its items are leased one by one), and whichever holds the `ledger-indexer` lease sequences and
+    anchors the access log and follows the chain into the index; the others take over when it stops renewing.
+    """
+    from healthledger import leases
+    from healthledger.ledger import indexer, outbox
+    from healthledger.ledger.backends.sidecar import die_with_parent
+    from healthledger.ledger.deploy import attach_deployments
+    from healthledger.ledger.indexer import INDEXER_LEASE, LEASE_MIN_SECONDS
+
+    die_with_parent()
     sessions = _sessions(runtime)
     chain = runtime.chain
     settings = runtime.settings
     signal.signal(signal.SIGTERM, _stop_on_signal)
+    owner = worker_name()
+    pause = settings.chain_poll_seconds if interval is None else interval
+    ttl = max(LEASE_MIN_SECONDS, LEASE_POLLS * pause)
+    held: leases.Held | None = None
     try:
         with sessions() as session:
             records = attach_deployments(chain, session)
-        follower = indexer.Indexer(sessions, chain, from_block=min(r.deployment_block for r in records))
-        pause = settings.chain_poll_seconds if interval is None else interval
+
+        def still_held(session: Session) -> bool:
+            return held is not None and leases.holds(session, held, now=time.time())
+
+        follower = indexer.Indexer(
+            sessions, chain, from_block=min(r.deployment_block for r in records), guard=still_held
+        )
         next_anchor = time.monotonic()
         while True:
             try:
-                _sequence_log(sessions)
-                if anchor_interval is not None and time.monotonic() >= next_anchor:
-                    _queue_anchor(sessions, settings.tenant)
-                    next_anchor = time.monotonic() + anchor_interval
-                report = outbox.process_outbox(sessions, chain, time.time())
-                indexed = follower.run_once(time.time())
-                if report.claimed or indexed.to_block >= indexed.from_block:
+                held = leases.acquire(sessions, INDEXER_LEASE, owner, now=time.time(), ttl=ttl)
+                if held is not None:
+                    _sequence_log(sessions)
+                    if anchor_interval is not None and time.monotonic() >= next_anchor:
+                        _queue_anchor(sessions, settings.tenant)
+                        next_anchor = time.monotonic() + anchor_interval
+                report = outbox.process_outbox(sessions, chain, time.time(), worker_id=owner)
+                indexed = follower.run_once(time.time()) if held is not None else None
+                if report.claimed or (indexed is not None and indexed.to_block >= indexed.from_block):
                     click.echo(
-                        f"outbox: {report.confirmed} confirmed, {report.failed} failed, {report.retried} retrying; "
-                        f"indexed to block {indexed.to_block}"
+                        f"outbox: {report.confirmed} confirmed, {report.failed} failed, {report.retried} retrying"
+                        + (f"; indexed to block {indexed.to_block}" if indexed is not None else "")
                     )
-            except HealthLedgerError as exc:  # the node is down: keep the loop, say so
+            except HealthLedgerError as exc:  # the node is down, or the lease moved: keep the loop, say so
                 click.echo(f"chain unavailable: {exc.message}", err=True)
+            except OperationalError:  # the database is down or restarting: the next pass tries again
+                click.echo("database unavailable: retrying", err=True)
             if once:
                 break
             time.sleep(pause)
     except KeyboardInterrupt:
         pass
+    finally:
+        if held is not None:
+            try:
+                leases.release(sessions, held)  # a clean stop hands the work over at once
+            except OperationalError:
+                pass
+
+
+LEASE_POLLS = 5  # a holder that misses this many passes loses the lease
+
+
+def worker_name() -> str:
+    """host:pid:random, unique per worker process (outbox item leases and named leases carry it)."""
+    import os
+    import secrets
+    import socket
+
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 SEQUENCE_BATCH = 250  # entries per transaction (~15 ms of SQLite's write lock; ~55 us of CPU per entry)

@@ -8,16 +8,19 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from healthledger import crypto
-from healthledger.errors import DecryptionError, Gone
+from healthledger.errors import DecryptionError, Gone, HealthLedgerError, KeyProviderUnavailable
 from healthledger.keys import KeyProvider, WrappedKey
 from healthledger.store import envelope
 from healthledger.store.models import data_keys_table as keys_t
+
+T = TypeVar("T")
 
 PATIENT = "patient"
 TYPE = "type"
@@ -57,6 +60,17 @@ class _LRU:
             self._items.pop(k, None)
 
 
+def _reaching(call: Callable[..., T], *args: object) -> T:
+    """A key provider call; a provider that cannot be reached (network, timeout, file system) is
+    KeyProviderUnavailable, a 503 that fails closed, never a traceback or a 500."""
+    try:
+        return call(*args)
+    except HealthLedgerError:
+        raise
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        raise KeyProviderUnavailable() from exc
+
+
 class Keyring:
     """Finds or creates the data key of a compartment / resource type, and the blind-index keys.
 
@@ -79,11 +93,11 @@ class Keyring:
         context = envelope.wrap_context(self.tenant, key_id)
         key = crypto.new_key()
         try:
-            wrapped = self.provider.wrap(key, context)
+            wrapped = _reaching(self.provider.wrap, key, context)
         except DecryptionError:
             # The KEK this process believed active was retired by a rotate-keys run in another
             # process; the provider has reloaded its state, so wrapping again uses the new one.
-            wrapped = self.provider.wrap(key, context)
+            wrapped = _reaching(self.provider.wrap, key, context)
         values = {
             "key_id": key_id, "tenant": self.tenant, "key_class": key_class, "scope": scope,
             "kek_id": wrapped.kek_id, "wrapped": wrapped.blob, "created_at": self._clock(),
@@ -131,7 +145,9 @@ class Keyring:
     def _unwrap_cached(self, key_id: str, kek_id: str, blob: bytes) -> bytes:
         cached = self._keys.get(key_id)
         if cached is None:
-            cached = self.provider.unwrap(WrappedKey(kek_id, bytes(blob)), envelope.wrap_context(self.tenant, key_id))
+            cached = _reaching(
+                self.provider.unwrap, WrappedKey(kek_id, bytes(blob)), envelope.wrap_context(self.tenant, key_id)
+            )
             self._keys.put(key_id, cached)
         return cached
 

@@ -1,0 +1,219 @@
+"""Backups: the database (and an embedded chain's state) in one folder, the key material in another, each with
+its own custody.
+
+A backup holds ciphertext and keyed indexes only (no plaintext PHI at rest), so it is useless without the keys;
+the keys alone hold no data. Keeping them apart means whoever holds one backup cannot read it.
+
+- SQLite: the online backup API (`sqlite3.Connection.backup`), a consistent copy while writes go on.
+- PostgreSQL: `pg_dump --format=custom` (a consistent snapshot: one repeatable-read transaction), restricted
+  to the schema the service uses when its URL sets one; restored with `pg_restore --single-transaction`.
+- The embedded chain's state is copied before the database: every anchor in the copied chain was made from a
+  tree head already in the database, so the restored pair passes `healthledger audit verify`.
+- `manifest.json` lists each file's SHA-256; restore checks them first.
+
+Crypto-shredding survives restore: an erased patient's data key is destroyed in the database, so a backup taken
+after the erasure cannot open their records. Backups taken before it still hold the wrapped key: retire the KEK
+that wrapped it (`rotate-keys --retire-old` after `erase-patient`) and those backups no longer open either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sqlalchemy import make_url
+
+from healthledger.config import Settings
+from healthledger.data_dir import private_dir, secure_data_dir
+from healthledger.errors import ConfigurationError, HealthLedgerError
+
+FORMAT = "healthledger-backup/1"
+MANIFEST = "manifest.json"
+SQLITE_FILE = "database.sqlite3"
+PG_FILE = "database.pgdump"
+CHAIN_FILE = "chain.sqlite3"
+KEYS_MANIFEST = "keys-manifest.json"
+
+
+class BackupError(HealthLedgerError):
+    status = 500
+    code = "exception"
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    path: Path
+    database: str
+    files: dict[str, str]  # name -> sha256
+    keys_path: Path | None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sqlite_path(url: str) -> Path:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise ConfigurationError("an in-memory database cannot be backed up")
+    return Path(database)
+
+
+def _online_copy(source: Path, target: Path) -> None:
+    """SQLite's online backup: one consistent snapshot, however many writers are at work."""
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    os.chmod(target, 0o600)
+
+
+def libpq_url(url: str) -> tuple[str, str | None]:
+    """(a URL pg_dump understands, the schema the service's search_path names or None)."""
+    parts = urlsplit(url.replace("postgresql+psycopg://", "postgresql://", 1))
+    schema = None
+    for option in parse_qs(parts.query).get("options", []):
+        for word in unquote(option).split():
+            if word.startswith("-csearch_path="):
+                schema = word.split("=", 1)[1].split(",")[0]
+    return parts.geturl(), schema
+
+
+def _run(command: list[str]) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=3600)
+    except FileNotFoundError:
+        raise BackupError(f"{command[0]} is not installed (the PostgreSQL client tools are needed)") from None
+    if done.returncode != 0:
+        # pg_dump's message names objects, never row data; the URL (with a password) is not repeated.
+        raise BackupError(f"{command[0]} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+
+
+def backup(settings: Settings, dest: Path, *, keys_dest: Path | None = None,
+           now: datetime | None = None) -> BackupReport:
+    """Write a backup of the configured database (and embedded chain) to the new folder `dest`; the key
+    material to `keys_dest` if given, which must lie outside `dest`."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise BackupError(f"{dest} exists and is not empty")
+    if keys_dest is not None and Path(keys_dest).resolve().is_relative_to(dest.resolve()):
+        raise BackupError("the keys must not be stored inside the data backup: keep them apart (separate custody)")
+    private_dir(dest)
+    files: dict[str, str] = {}
+    chain_db = settings.data_dir / "chain" / "chain.sqlite3"
+    if not settings.chain_url and chain_db.exists():  # the chain first: see the module docstring
+        _online_copy(chain_db, dest / CHAIN_FILE)
+        files[CHAIN_FILE] = _sha256(dest / CHAIN_FILE)
+    if settings.database_url.startswith("sqlite"):
+        kind = "sqlite"
+        _online_copy(_sqlite_path(settings.database_url), dest / SQLITE_FILE)
+        files[SQLITE_FILE] = _sha256(dest / SQLITE_FILE)
+    else:
+        kind = "postgresql"
+        url, schema = libpq_url(settings.database_url)
+        command = ["pg_dump", "--format=custom", "--no-owner", "--file", str(dest / PG_FILE), "--dbname", url]
+        if schema:
+            command += ["--schema", schema]
+        _run(command)
+        os.chmod(dest / PG_FILE, 0o600)
+        files[PG_FILE] = _sha256(dest / PG_FILE)
+    manifest = {
+        "format": FORMAT, "created_at": (now or datetime.now(UTC)).isoformat(), "database": kind,
+        "tenant": settings.tenant, "files": files, "keys_included": False,
+    }  # fmt: skip
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    os.chmod(dest / MANIFEST, 0o600)
+    if keys_dest is not None:
+        backup_keys(settings, Path(keys_dest))
+    return BackupReport(dest, kind, files, Path(keys_dest) if keys_dest else None)
+
+
+def backup_keys(settings: Settings, keys_dest: Path) -> dict[str, str]:
+    """Copy the key files (KEKs of the file provider, wrapped server keys) to `keys_dest`. With a KMS or HSM
+    provider the KEKs stay there (its own backup and custody): only the wrapped files are copied."""
+    keys_dest = Path(keys_dest)
+    if keys_dest.exists() and any(keys_dest.iterdir()):
+        raise BackupError(f"{keys_dest} exists and is not empty")
+    private_dir(keys_dest)
+    files: dict[str, str] = {}
+    for path in sorted(settings.keys_dir.glob("*")):
+        if path.is_file() and not path.name.endswith(".lock"):
+            shutil.copy2(path, keys_dest / path.name)
+            os.chmod(keys_dest / path.name, 0o600)
+            files[path.name] = _sha256(keys_dest / path.name)
+    (keys_dest / KEYS_MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=2))
+    return files
+
+
+def _checked(folder: Path, manifest_name: str) -> dict[str, str]:
+    try:
+        manifest = json.loads((folder / manifest_name).read_text())
+    except (OSError, ValueError):
+        raise BackupError(f"{folder} has no readable {manifest_name}") from None
+    if manifest.get("format") != FORMAT:
+        raise BackupError(f"{folder} is not a {FORMAT} backup")
+    files: dict[str, str] = manifest.get("files", {})
+    for name, digest in files.items():
+        if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            raise BackupError(f"{folder / name} is missing or does not match the manifest's SHA-256")
+    return files
+
+
+def restore(settings: Settings, source: Path, *, keys_source: Path | None = None, force: bool = False) -> str:
+    """Restore a backup into the configured database and data directory (the keys from `keys_source`). Refuses
+    to overwrite an existing SQLite database or key files unless `force`. Returns the database kind."""
+    source = Path(source)
+    files = _checked(source, MANIFEST)
+    secure_data_dir(settings.data_dir)
+    if keys_source is not None:
+        key_files = _checked(Path(keys_source), KEYS_MANIFEST)
+        private_dir(settings.keys_dir)
+        clashes = [n for n in key_files if (settings.keys_dir / n).exists()]
+        if clashes and not force:
+            raise BackupError(f"key files exist in {settings.keys_dir} ({', '.join(clashes)}): use --force to replace them")
+        for name in key_files:
+            shutil.copy2(Path(keys_source) / name, settings.keys_dir / name)
+            os.chmod(settings.keys_dir / name, 0o600)
+    if CHAIN_FILE in files and not settings.chain_url:
+        chain_dir = private_dir(settings.data_dir / "chain")
+        target = chain_dir / "chain.sqlite3"
+        if target.exists() and not force:
+            raise BackupError(f"{target} exists: use --force to replace the embedded chain's state")
+        for stale in chain_dir.glob("chain.sqlite3*"):
+            stale.unlink()
+        shutil.copy2(source / CHAIN_FILE, target)
+        os.chmod(target, 0o600)
+    if SQLITE_FILE in files:
+        if not settings.database_url.startswith("sqlite"):
+            raise BackupError("this backup is of a SQLite database; the configured database is PostgreSQL")
+        target = _sqlite_path(settings.database_url)
+        if target.exists() and not force:
+            raise BackupError(f"{target} exists: use --force to replace it")
+        for suffix in ("-wal", "-shm"):
+            Path(str(target) + suffix).unlink(missing_ok=True)
+        shutil.copy2(source / SQLITE_FILE, target)
+        os.chmod(target, 0o600)
+        return "sqlite"
+    if settings.database_url.startswith("sqlite"):
+        raise BackupError("this backup is of a PostgreSQL database; the configured database is SQLite")
+    url, _schema = libpq_url(settings.database_url)
+    command = ["pg_restore", "--no-owner", "--single-transaction", "--exit-on-error", "--dbname", url]
+    if force:
+        command += ["--clean", "--if-exists"]
+    _run([*command, str(source / PG_FILE)])
+    return "postgresql"
