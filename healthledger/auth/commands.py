@@ -135,10 +135,12 @@ def users_group() -> None:
 @click.option("--organization", default="",
               help="Organization/{id} (clinicians, researchers; auditors read the log of its patients)")
 @click.option("--patient", "patient_id", default="", help="the Patient resource id (patients)")
+@click.option("--display-name", default="", help="the name patients see in their access history (staff)")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input (else one is generated)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def add_user(runtime: Runtime, username: str, role: str, organization: str, patient_id: str, password_stdin: bool, as_json: bool) -> None:
+def add_user(runtime: Runtime, username: str, role: str, organization: str, patient_id: str, display_name: str,
+             password_stdin: bool, as_json: bool) -> None:
     """Create an account. A patient also gets their signing key, wrapped by the password, and a
     recovery code printed once (keep it: with the hospital it restores the key)."""
     import secrets
@@ -152,7 +154,7 @@ def add_user(runtime: Runtime, username: str, role: str, organization: str, pati
     sessions, names = _accounts(runtime)
     with sessions.begin() as s:
         user = create_user(s, names, username=username, password=password, role=role, now=datetime.now(UTC),
-                           organization=organization, patient_id=patient_id)
+                           organization=organization, patient_id=patient_id, display_name=display_name)
         out = _user_json(user, names.open(s, user))
         if role == "patient":
             out["recovery_code"] = create_patient_key(s, f"Patient/{patient_id}", password, runtime.key_provider,
@@ -167,6 +169,38 @@ def add_user(runtime: Runtime, username: str, role: str, organization: str, pati
         click.echo(f"password (shown once): {out['password']}")
     if "recovery_code" in out:
         click.echo(f"recovery code (shown once, give it to the patient): {out['recovery_code']}")
+
+
+@users_group.command("invite")
+@click.argument("patient_id")
+@click.option("--days", type=click.IntRange(1, 90), default=14, show_default=True, help="days the code stays valid")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def invite_user(runtime: Runtime, patient_id: str, days: int, as_json: bool) -> None:
+    """Issue a one-time enrolment code for a Patient: with it the patient creates their own web account
+    (/app/signup). Printed once; a new code for the same patient replaces the unused ones."""
+    from datetime import timedelta
+
+    from healthledger.auth.enrolment import EnrolmentCodes
+    from healthledger.errors import Gone, NotFound
+    from healthledger.principal import SYSTEM
+
+    sessions, names = _accounts(runtime)
+    try:
+        runtime.store.read("Patient", patient_id, principal=SYSTEM)
+    except (NotFound, Gone):
+        raise click.ClickException(f"no Patient with id {patient_id!r} is stored here") from None
+    with sessions.begin() as s:
+        code = EnrolmentCodes(runtime.store, names).issue(
+            s, patient_id, now=datetime.now(UTC), lifetime=timedelta(days=days))
+    settings = runtime.settings
+    base = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
+    link = f"{base}/app/signup?code={code}"
+    if as_json:
+        click.echo(json.dumps({"patient_id": patient_id, "code": code, "link": link, "valid_days": days}))
+        return
+    click.echo(f"enrolment code (shown once, valid {days} days): {code}")
+    click.echo(f"sign-up link: {link}")
 
 
 @users_group.command("list")

@@ -60,3 +60,21 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The name patients see for this person in their access history (staff), sealed like the username.
+    display_name_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class EnrolmentCode(Base):
+    """A one-time code the hospital hands a patient (`healthledger users invite`) to create their web account.
+
+    Only a keyed hash of the code is stored (a blind-index term under the store's keys), so the table gives
+    nothing a thief could redeem; the code names its Patient, so a patient never types an MRN.
+    """
+
+    __tablename__ = "enrolment_codes"
+
+    code_index: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
