@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.api.cds_hooks import cds_hooks_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
     from healthledger.api.outcomes import error_response
+    from healthledger.auth.directory import ActorDirectory
     from healthledger.auth.smart import TOKEN_PATH, smart_blueprint
     from healthledger.auth.tokens import TokenService, TokenSigner
     from healthledger.auth.users import AccountNames
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(audit_event_blueprint(
         store, lambda: authenticate(request), policy.record_audit_access, index,
         pages=AuditPages(settings.default_page_size, settings.max_page_size, settings.base_url),
+        names=ActorDirectory(sessions, AccountNames(store), store), break_glass_reason=policy.break_glass_reason,
     ))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
