@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.db import session_factory
     from healthledger.principal import Principal
     from healthledger.store.repository import store_for_settings
-    from healthledger.web.pages import web_blueprint
+    from healthledger.web.pages import AccountServices, web_blueprint
     from healthledger.web.sessions import SessionLifetime, SessionSecret, init_web, session_principal
 
     settings = settings or Settings.load()
@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(smart_blueprint(tokens))
     app.register_blueprint(web_blueprint(
         sessions=sessions, names=AccountNames(store), limiter_storage_uri=settings.rate_limit_storage_uri,
-        login_limit=settings.login_rate_limit,
+        login_limit=settings.login_rate_limit, accounts=AccountServices(store, key_provider),
     ))
     app.register_blueprint(cds_hooks_blueprint(
         ConsentConsultant(store, policy, caller), authenticate_cds,
