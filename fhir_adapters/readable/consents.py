@@ -261,6 +261,8 @@ def chain_state(consent: Mapping[str, Any], names: Mapping[str, str]) -> tuple[s
                     block=int(block) if block is not None else None,
                     transaction=str(fields.get("transaction", {}).get("valueString") or ""),
                 ))
+        if state == "active" and any(g.state == "revoking" for g in grants):
+            state = "revoking"  # revoked off-chain (access stopped), the revocation not mined yet
         return state, tuple(grants)
     return "unsigned", ()
 

@@ -21,6 +21,7 @@ export function chainState(consent) {
       });
     }
   }
+  if (state === "active" && grants.some((g) => g.state === "revoking")) state = "revoking";
   return { state, grants };
 }
 
