@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.api.cds_hooks import cds_hooks_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
     from healthledger.api.outcomes import error_response
+    from healthledger.auth.app_launch import AppLaunch
     from healthledger.auth.directory import ActorDirectory
     from healthledger.auth.smart import TOKEN_PATH, smart_blueprint
     from healthledger.auth.tokens import TokenService, TokenSigner
@@ -140,10 +141,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         g.healthledger_principal = bearer_only(request)
         return g.healthledger_principal
 
-    app.register_blueprint(smart_blueprint(tokens))
+    app_launch = AppLaunch(sessions, tokens)
+    app.register_blueprint(smart_blueprint(tokens, app_launch))
     app.register_blueprint(web_blueprint(
         sessions=sessions, names=AccountNames(store), limiter_storage_uri=settings.rate_limit_storage_uri,
-        login_limit=settings.login_rate_limit, accounts=AccountServices(store, key_provider),
+        login_limit=settings.login_rate_limit, accounts=AccountServices(store, key_provider), app_launch=app_launch,
     ))
     app.register_blueprint(cds_hooks_blueprint(
         ConsentConsultant(store, policy, caller), authenticate_cds,

@@ -12,6 +12,7 @@ worker beside it, Debian's chromium driven by Playwright, axe-core checks and sc
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -54,9 +55,9 @@ def require_axe() -> Path:
 class LiveServer:
     """The world's app on a loopback port, with the ledger worker's loop in a thread."""
 
-    def __init__(self, world: World, *, poll_seconds: float = 0.4) -> None:
+    def __init__(self, world: World, *, poll_seconds: float = 0.4, port: int = 0) -> None:
         self.world = world
-        self._server = make_server("127.0.0.1", 0, world.app, threaded=True)
+        self._server = make_server("127.0.0.1", port, world.app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._poll = poll_seconds
         self._stop = threading.Event()
@@ -87,6 +88,13 @@ class LiveServer:
         self._server.shutdown()
         self._serving.join(timeout=30)
         assert not self.ledger_errors, self.ledger_errors
+
+
+def free_port() -> int:
+    """A loopback port free now (for a server whose URL must be known before it starts: its issuer)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @contextmanager

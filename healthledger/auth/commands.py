@@ -31,6 +31,7 @@ def _client_json(c: ApiClient) -> dict[str, Any]:
         "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "auth_method": c.auth_method,
         "jwks_url": c.jwks_url, "role": c.role, "organization": c.organization,
         "default_purpose": c.default_purpose, "consult_for_others": bool(c.consult_for_others),
+        "redirect_uris": json.loads(c.redirect_uris) if c.redirect_uris else [],
         "disabled": c.disabled, "created_at": c.created_at.isoformat(),
     }
 
@@ -48,15 +49,23 @@ def clients_group() -> None:
 @click.option("--purpose", "default_purpose", default="TREAT", show_default=True, help="default PurposeOfUse")
 @click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JWKS file (public keys)")
 @click.option("--jwks-url", help="URL of the client's JWKS")
-@click.option("--secret", "with_secret", is_flag=True, help="development only: a client secret instead of keys")
+@click.option("--secret", "with_secret", is_flag=True, help="a client secret instead of keys (development, or a confidential app)")
+@click.option("--redirect-uri", "redirect_uris", multiple=True,
+              help="an app for SMART App Launch: where patients' answers go (repeatable; https, http only on loopback)")
+@click.option("--public", is_flag=True, help="an app without credentials (browser, phone): PKCE only")
 @click.option("--consult-for-others", is_flag=True,
               help="may ask CDS Hooks consent consults on behalf of other actors (context.actor); "
                    "otherwise it may ask only as itself")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj
 def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str, default_purpose: str, jwks_file: Path | None,
-        jwks_url: str | None, with_secret: bool, consult_for_others: bool, as_json: bool) -> None:
-    """Register a client. A secret, if asked for, is printed once and stored only as a hash."""
+        jwks_url: str | None, with_secret: bool, redirect_uris: tuple[str, ...], public: bool, consult_for_others: bool,
+        as_json: bool) -> None:
+    """Register a client. A secret, if asked for, is printed once and stored only as a hash.
+
+    With --redirect-uri it is an app patients may authorise (SMART App Launch, standalone patient launch),
+    e.g. `clients add "My Health App" --redirect-uri https://app.example/cb --public
+    --scopes "launch/patient openid fhirUser offline_access patient/*.rs"`."""
     try:
         text = jwks_file.read_text() if jwks_file else None
         if text is not None:
@@ -70,7 +79,7 @@ def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str, 
         client, secret = register_client(
             s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
             with_secret=with_secret, default_purpose=default_purpose, consult_for_others=consult_for_others,
-            now=datetime.now(UTC),
+            now=datetime.now(UTC), redirect_uris=list(redirect_uris) or None, public=public,
         )
         out = _client_json(client)
     if secret:

@@ -16,6 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from healthledger.principal import Principal
 from healthledger.web.sessions import WEB_PREFIX, session_principal
 
+# Every page: only the app's own files, no inline script or style, nothing from another origin (CSP Level 3);
+# never framed; forms only to ourselves (the consent screen of SMART App Launch widens `form-action`).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "worker-src 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+
 # (endpoint, label) of the patient's areas, in the order of the navigation bar. Areas whose blueprint is
 # not registered are left out.
 PATIENT_NAV = (
@@ -57,6 +64,7 @@ _SUB_PAGES = {
     "web.consents.requests": ("web.consents.approve", "web.consents.decline"),
     "web.account.account": ("web.account.change_password",),
     "web.history.history": ("web.history.entry",),
+    "web.apps.apps": ("web.apps.revoke",),
 }
 
 

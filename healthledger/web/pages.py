@@ -25,12 +25,14 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import TooManyRequests
 
+from healthledger.auth.app_launch import AppLaunch
 from healthledger.auth.users import AccountNames, LockoutPolicy
 from healthledger.keys import KeyProvider
 from healthledger.store.repository import ResourceStore
 from healthledger.web.account import account_blueprint, attach_limiter, attempt_limiter
+from healthledger.web.apps import apps_blueprint
 from healthledger.web.consents import consents_blueprint
-from healthledger.web.context import asset, navigation
+from healthledger.web.context import CONTENT_SECURITY_POLICY, asset, navigation
 from healthledger.web.enrolment import enrolment_blueprint
 from healthledger.web.fhir_client import FhirCallError
 from healthledger.web.history import history_blueprint
@@ -41,12 +43,7 @@ from healthledger.web.sharing import sharing_blueprint
 
 _DEFAULT_LOCKOUT = LockoutPolicy()
 
-# Every page: never cached (they show who is signed in), never framed, forms only to ourselves, and only the
-# app's own files: no inline script or style, nothing from another origin (CSP Level 3).
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-    "worker-src 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-)
+# Every page: never cached (they show who is signed in), and the policy of `context.CONTENT_SECURITY_POLICY`.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -76,12 +73,14 @@ def web_blueprint(
     clock: Callable[[], datetime] = system_clock,
     lockout: LockoutPolicy = _DEFAULT_LOCKOUT,
     accounts: AccountServices | None = None,
+    app_launch: AppLaunch | None = None,
 ) -> Blueprint:
     """The web app under /app, with its page blueprints. Needs `init_web` on the app.
 
     `login_limit` (Flask-Limiter notation) counts sign-in attempts per client address, and so do sign-up and
     recovery; behind a reverse proxy the app must see the client's address (werkzeug ProxyFix) or every
-    user shares one budget. Sign-up and recovery are offered when `accounts` is given.
+    user shares one budget. Sign-up and recovery are offered when `accounts` is given; the consent screen of
+    SMART App Launch and the patient's list of apps when `app_launch` is.
     """
     bp = Blueprint(
         "web", __name__, url_prefix=WEB_PREFIX, template_folder="templates",
@@ -152,6 +151,8 @@ def web_blueprint(
     bp.register_blueprint(sharing_blueprint(sessions=sessions))
     bp.register_blueprint(history_blueprint(sessions=sessions))
     bp.register_blueprint(notices_blueprint(sessions=sessions))
+    if app_launch is not None:
+        bp.register_blueprint(apps_blueprint(sessions=sessions, app_launch=app_launch))
     return bp
 
 

@@ -259,3 +259,41 @@ def test_pages_fetch_nothing_from_elsewhere(page: Any, server: LiveServer, world
         page.goto(path)
     assert requested and all(url.startswith(server.url) for url in requested), [
         u for u in requested if not u.startswith(server.url)]
+
+
+def test_the_consent_screen_of_an_app_narrows_and_the_apps_page_disconnects(
+    page: Any, server: LiveServer, world: World,
+) -> None:
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+    from healthledger.auth.tokens import register_client
+
+    callback = "http://127.0.0.1:9/callback"
+    with world.sessions.begin() as s:
+        register_client(s, client_id="pocket", name="Pocket Health", redirect_uris=[callback], public=True,
+                        scopes="launch/patient openid fhirUser offline_access patient/*.rs", role="system",
+                        now=datetime.now(UTC))
+    issuer = requests.get(f"{server.url}/.well-known/smart-configuration", timeout=30).json()["issuer"]
+    page.route("http://127.0.0.1:9/**", lambda route: route.fulfill(status=200, body="the app"))
+    sign_in(page, "bob")
+    page.goto("/auth/authorize?" + urlencode({
+        "response_type": "code", "client_id": "pocket", "redirect_uri": callback, "state": "xyz",
+        "scope": "launch/patient openid fhirUser patient/Observation.rs patient/Condition.rs", "aud": f"{issuer}/fhir",
+        "code_challenge": create_s256_code_challenge("v" * 64), "code_challenge_method": "S256"}))
+    page.get_by_role("heading", name="Connect Pocket Health to your record?").wait_for()
+    every_width(page, "authorize")
+    page.get_by_role("checkbox", name="Read your conditions and diagnoses").uncheck()
+    page.get_by_role("button", name="Allow", exact=True).click()
+    page.wait_for_url(re.compile(r"^http://127\.0\.0\.1:9/callback\?"))
+    answer = parse_qs(urlsplit(page.url).query)
+    assert answer["state"] == ["xyz"] and answer["code"]
+    page.goto("/app/apps")
+    card = page.get_by_role("listitem").filter(has=page.get_by_role("heading", name="Pocket Health"))
+    assert card.get_by_text("Read your test results and measurements").is_visible()
+    assert card.get_by_text("Read your conditions and diagnoses").count() == 0  # narrowed away
+    every_width(page, "apps")
+    card.get_by_role("button", name="Disconnect Pocket Health").click()
+    page.get_by_text("Disconnected.").wait_for()
+    every_width(page, "apps-empty")

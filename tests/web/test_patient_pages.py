@@ -350,7 +350,7 @@ def test_headers_keep_pages_private_and_scripts_our_own(world: World) -> None:
 def test_every_page_is_whole_and_labelled(world: World) -> None:
     browser = world.patient_session("ann").browser
     for path in ("/app/", "/app/records", "/app/consents", "/app/share", "/app/requests", "/app/history",
-                 "/app/notices", "/app/account"):
+                 "/app/notices", "/app/account", "/app/apps"):
         page = browser.get(path).get_data(as_text=True)
         assert page.count("<h1>") == 1 and '<main id="main"' in page and 'lang="en"' in page, path
         for input_id in re.findall(r'<(?:input|select|textarea)[^>]*\bid="([^"]+)"', page):

@@ -14,7 +14,7 @@ import healthledger.web
 TEMPLATES = {
     "base.html", "login.html", "home.html", "notice.html", "patient_home.html", "account.html", "signup.html",
     "recover.html", "recovery_code.html", "records.html", "consents.html", "consent.html", "requests.html",
-    "share.html", "history.html", "notices.html",
+    "share.html", "history.html", "notices.html", "authorize.html", "apps.html",
 }
 PARTIALS = {"_forms.html", "_consent.html"}  # macros the pages import; they render nothing themselves
 STATIC = {"app.css", "favicon.svg", "js/merkle.js", "js/verify.js", "js/consent-progress.js"}
