@@ -11,6 +11,7 @@ worker beside it, Debian's chromium driven by Playwright, axe-core checks and sc
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -56,6 +57,7 @@ class LiveServer:
     """The world's app on a loopback port, with the ledger worker's loop in a thread."""
 
     def __init__(self, world: World, *, poll_seconds: float = 0.4, port: int = 0) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self.world = world
         self._server = make_server("127.0.0.1", port, world.app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"

@@ -37,6 +37,7 @@ from healthledger.web.enrolment import enrolment_blueprint
 from healthledger.web.fhir_client import FhirCallError
 from healthledger.web.history import history_blueprint
 from healthledger.web.notices import notices_blueprint
+from healthledger.web.proving import WORKER_POLICY, proving_blueprint
 from healthledger.web.records import records_blueprint
 from healthledger.web.sessions import WEB_PREFIX, session_principal, set_clock, system_clock, under
 from healthledger.web.sharing import sharing_blueprint
@@ -99,8 +100,11 @@ def web_blueprint(
         response.headers.update(PAGE_HEADERS)
         if own_policy:
             response.headers["Content-Security-Policy"] = own_policy
-        if request.endpoint == "web.static" and request.args.get("v"):
-            response.headers["Cache-Control"] = STATIC_CACHE
+        if request.endpoint == "web.static":
+            if request.args.get("v"):
+                response.headers["Cache-Control"] = STATIC_CACHE
+            if (request.view_args or {}).get("filename", "").endswith("-worker.js"):
+                response.headers["Content-Security-Policy"] = WORKER_POLICY  # a worker's own policy (CSP3 §4.2)
         return response
 
     @bp.app_context_processor
@@ -151,6 +155,7 @@ def web_blueprint(
     bp.register_blueprint(sharing_blueprint(sessions=sessions))
     bp.register_blueprint(history_blueprint(sessions=sessions))
     bp.register_blueprint(notices_blueprint(sessions=sessions))
+    bp.register_blueprint(proving_blueprint())
     if app_launch is not None:
         bp.register_blueprint(apps_blueprint(sessions=sessions, app_launch=app_launch))
     return bp

@@ -297,3 +297,43 @@ def test_the_consent_screen_of_an_app_narrows_and_the_apps_page_disconnects(
     card.get_by_role("button", name="Disconnect Pocket Health").click()
     page.get_by_text("Disconnected.").wait_for()
     every_width(page, "apps-empty")
+
+
+def test_the_browser_proves_with_checked_artifacts_and_can_cancel(page: Any, server: LiveServer) -> None:
+    """The research pages' prover (a Web Worker running snarkjs): its proof verifies with our own Python
+    Groth16 verifier; artifacts that do not match their published hash are refused; a proof can be cancelled."""
+    import json
+
+    from benchmarks.zk_prove import statement
+    from zk import groth16
+    from zk.prover import CircuitFiles
+    from zk.snarkjs_io import load_proof, load_verification_key
+
+    inputs = json.loads(json.dumps(statement("0x" + "22" * 20)[0], default=str))
+    page.goto("/app/login")
+    stages: list[str] = []
+    page.expose_function("stage", lambda name, _ms: stages.append(name))
+    result = page.evaluate("""async (input) => {
+        const m = await import('/app/static/js/prover.js');
+        return await m.prove(input, (s, ms) => window.stage(s, ms || 0)).result;
+    }""", inputs)
+    assert stages == ["artifacts", "witness", "proof", "done"]
+    files = CircuitFiles.committed()
+    key = load_verification_key(files.verification_key)
+    assert groth16.verify(key, load_proof(result["proof"]), [int(s) for s in result["publicSignals"]])
+
+    cancelled = page.evaluate("""async (input) => {
+        const m = await import('/app/static/js/prover.js');
+        const run = m.prove(input);
+        setTimeout(() => run.cancel(), 200);
+        try { await run.result; return 'finished'; } catch (e) { return e.message; }
+    }""", inputs)
+    assert cancelled == "cancelled"
+
+    tampered = page.evaluate("""async (input) => {
+        const cache = await caches.open('healthledger-zk-v1');
+        await cache.put('/app/zk/eligibility.wasm', new Response(new Uint8Array([0, 97, 115, 109])));
+        const m = await import('/app/static/js/prover.js');
+        try { await m.prove(input).result; return 'proved'; } catch (e) { return e.message; }
+    }""", inputs)
+    assert "does not match its published SHA-256" in tampered

@@ -17,7 +17,8 @@ TEMPLATES = {
     "share.html", "history.html", "notices.html", "authorize.html", "apps.html",
 }
 PARTIALS = {"_forms.html", "_consent.html"}  # macros the pages import; they render nothing themselves
-STATIC = {"app.css", "favicon.svg", "js/merkle.js", "js/verify.js", "js/consent-progress.js"}
+STATIC = {"app.css", "favicon.svg", "js/merkle.js", "js/verify.js", "js/consent-progress.js", "js/prover.js",
+          "js/prove-worker.js"}
 
 
 def test_templates_are_package_resources() -> None:
