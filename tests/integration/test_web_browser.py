@@ -151,6 +151,9 @@ def test_a_patient_signs_up_shares_with_a_clinic_revokes_and_verifies_a_denied_a
     status = page.get_by_role("status").filter(has_text="ledger")
     status.filter(has_text=re.compile(r"Active on the ledger in block \d+ \(transaction 0x[0-9a-f]{64}\)")).wait_for(
         timeout=30_000)
+    # The rest of the page follows too: the status and the grant's block and transaction.
+    assert re.fullmatch(r"Active on the ledger since block \d+", page.locator("#consent-status").inner_text())
+    assert re.search(r"0x[0-9a-f]{64}", page.get_by_role("table").inner_text())
     every_width(page, "consent-active")
     assert clinic_reads(server, world, "gil") == 200
 

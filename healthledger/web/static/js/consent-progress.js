@@ -15,6 +15,7 @@ export function chainState(consent) {
     if (part.url === "grant") {
       const fields = Object.fromEntries((part.extension || []).map((p) => [p.url, p]));
       grants.push({
+        grantee: fields.grantee && fields.grantee.valueString,
         state: fields.state && fields.state.valueCode,
         block: fields.block ? Number(fields.block.valueInteger64) : null,
         transaction: fields.transaction ? fields.transaction.valueString : "",
@@ -38,6 +39,33 @@ function describe({ state, grants }) {
   }
 }
 
+const BADGES = {
+  active: ["active", "Active on the ledger"], pending: ["pending", "Waiting for the ledger"],
+  revoking: ["revoking", "Revoked; the ledger is recording it"], revoked: ["revoked", "Revoked on the ledger"],
+  expired: ["expired", "Ended"],
+};
+
+// The parts of the page that show the chain state besides the live region: the status badge, the grants.
+function showElsewhere({ state, grants }) {
+  const badge = document.querySelector("#consent-status .status");
+  const blocks = grants.filter((g) => g.block !== null).map((g) => g.block);
+  if (badge && BADGES[state]) {
+    const [css, words] = BADGES[state];
+    badge.className = `status ${css}`;
+    const where = blocks.length ? (state === "active" ? ` since block ${Math.max(...blocks)}`
+      : state === "revoked" ? ` in block ${Math.max(...blocks)}` : "") : "";
+    badge.textContent = words + where;
+  }
+  for (const g of grants) {
+    const row = document.querySelector(`#grants tr[data-grantee="${CSS.escape(g.grantee || "")}"]`);
+    if (!row) continue;
+    const cells = row.querySelectorAll("td");
+    cells[1].textContent = g.state;
+    cells[2].textContent = g.block !== null ? String(g.block) : "not yet";
+    cells[3].textContent = g.transaction || "not yet";
+  }
+}
+
 function follow(box) {
   const url = box.dataset.consentUrl;
   const status = document.getElementById("chain-status");
@@ -52,6 +80,7 @@ function follow(box) {
         if (now.state !== last) {
           last = now.state;
           status.textContent = describe(now);
+          showElsewhere(now);
           box.dataset.state = now.state;
           if (now.state === "active" && steps[1]) { steps[1].classList.remove("current"); steps[1].classList.add("done"); }
           if (now.state === "revoked" && steps[2]) { steps[2].classList.remove("current"); steps[2].classList.add("done"); }
