@@ -47,6 +47,7 @@ class AccessView:
     purpose: str
     action: str
     what: str
+    resource_type: str  # the FHIR type accessed ("" when the entry names none)
     resource: str  # Type/id accessed, "" for a search
     outcome: str  # permitted | denied | refused
     why: str
@@ -95,7 +96,7 @@ def describe_access(event: Mapping[str, Any], me: str = "") -> AccessView:
                 purpose = PURPOSES.get(code, code)
     subtype = next((str(c.get("code")) for c in event.get("subtype") or [] if isinstance(c, Mapping)), "")
     action = ACTIONS.get(subtype, "asked whether they may see" if not subtype else subtype)
-    what, resource = "", ""
+    what, resource, rtype = "", "", ""
     for entity in event.get("entity") or []:
         if not isinstance(entity, Mapping) or (entity.get("role") or {}).get("code") != "4":
             continue
@@ -117,6 +118,7 @@ def describe_access(event: Mapping[str, Any], me: str = "") -> AccessView:
         purpose=purpose,
         action=action,
         what=what or "data",
+        resource_type=rtype,
         resource=resource,
         outcome=OUTCOMES.get(str(event.get("outcome")), "refused"),
         why=explain(reason, who_is_me=who_is_me),

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from wtforms import Form, PasswordField, RadioField, SelectMultipleField, StringField, widgets
+from wtforms import Form, PasswordField, RadioField, SelectField, SelectMultipleField, StringField, widgets
 from wtforms.fields import DateField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length, Optional, ValidationError
 
+from fhir_adapters.readable.consents import CATEGORIES
 from healthledger.auth.users import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
 from healthledger.errors import HealthLedgerError
 
+# The access history's kinds of data: the share form's categories, and the record's other parts.
+HISTORY_KINDS = [("all", "All kinds"), *((key, words[:1].upper() + words[1:]) for key, words, _ in CATEGORIES),
+                 ("patient", "Name and date of birth"), ("consents", "Consents"), ("log", "Access history")]
+HISTORY_KIND_TYPES: dict[str, tuple[str, ...]] = {
+    **{key: types for key, _, types in CATEGORIES}, "patient": ("Patient",), "consents": ("Consent",),
+    "log": ("AuditEvent",),
+}
 PASSWORD_RULE = f"At least {MIN_PASSWORD_CHARS} characters. A few unrelated words make a good one."
 
 
@@ -120,6 +128,8 @@ class HistoryFilterForm(Form):
     who = RadioField("Who", choices=options([("others", "Everyone but me"), ("all", "Everyone, me included"),
                                              ("break-glass", "Emergency access only")]),
                      default="others", validate_choice=False, validators=[_one_of("Choose whose accesses to show")])
+    kind = SelectField("Which data", choices=options(HISTORY_KINDS), default="all", validate_choice=False,
+                       validators=[_one_of("Choose a kind of data")])
 
     def validate_end(self, field: DateField) -> None:
         if field.data is not None and self.start.data is not None and field.data < self.start.data:

@@ -20,7 +20,7 @@ from fhir_adapters.readable.text import human_date
 from healthledger.web.access_log import latest_accesses
 from healthledger.web.context import require_person
 from healthledger.web.fhir_client import FhirClient
-from healthledger.web.forms import HistoryFilterForm
+from healthledger.web.forms import HISTORY_KIND_TYPES, HistoryFilterForm
 
 DEFAULT_DAYS = 30
 PER_PAGE = 50
@@ -89,15 +89,17 @@ def history_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
         form = HistoryFilterForm(request.args)
         if not request.args:
             form = HistoryFilterForm(data={"start": today - timedelta(days=DEFAULT_DAYS), "end": today,
-                                           "outcome": "all", "who": "others"})
+                                           "outcome": "all", "who": "others", "kind": "all"})
         valid = form.validate() if request.args else True
         start = form.start.data if valid and form.start.data else today - timedelta(days=DEFAULT_DAYS)
         end = form.end.data if valid and form.end.data else today
         outcome = form.outcome.data if valid and form.outcome.data else "all"
         who = form.who.data if valid and form.who.data else "others"
+        kinds = HISTORY_KIND_TYPES.get(form.kind.data or "") if valid else None
         window = latest_accesses(api, principal.patient_id, principal.actor_id, start=start, end=end,
                                  limit=READ_LIMIT)
-        shown = [a for a in window.accesses if _matches(a, outcome, who)]
+        shown = [a for a in window.accesses if _matches(a, outcome, who)
+                 and (kinds is None or a.resource_type in kinds)]
         page = max(1, min(_int(request.args.get("page"), 1), (len(shown) + PER_PAGE - 1) // PER_PAGE or 1))
         entries = shown[(page - 1) * PER_PAGE: page * PER_PAGE]
         args = {k: v for k, v in request.args.items() if k != "page"}

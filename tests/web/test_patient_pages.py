@@ -384,3 +384,14 @@ def test_a_consent_about_to_end_is_a_notice(world: World) -> None:
     world.sync()
     words = text(browser.get("/app/notices").get_data(as_text=True))
     assert "Your consent for city-clinic ends in 5 days" in words
+
+
+def test_the_history_filters_by_kind_of_data(world: World) -> None:
+    browser = world.patient_session("ann").browser
+    world.client.get(f"/fhir/Observation/{world.observations['ann']}", headers=world.headers("research"))
+    observations = text(browser.get("/app/history?who=all&outcome=all&kind=observations").get_data(as_text=True))
+    consents = text(browser.get("/app/history?who=all&outcome=all&kind=consents").get_data(as_text=True))
+    assert "research, university opened your test results and measurements" in observations
+    assert "your consents" not in observations.split("Entries", 1)[1].replace("whatever your consents say", "")
+    assert "test results and measurements" not in consents.split("Entries", 1)[1]
+    assert browser.get("/app/history?kind=nonsense").status_code == 400
