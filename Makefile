@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 run: install node-tools            ## install into .venv and serve on embedded defaults
 	$(BIN)/healthledger serve
 
-test: dev-install node-tools   ## install dev dependencies and run the whole suite
+test: dev-install node-tools system-deps   ## install dev dependencies (and chromium) and run the whole suite
 	$(BIN)/python -m pytest
 
 $(VENV)/.created:
@@ -33,7 +33,7 @@ node_modules/.installed: package.json package-lock.json
 
 node-tools: node_modules/.installed
 
-system-deps:                       ## Debian packages the tests use (chromium for browser tests)
+system-deps:                       ## Debian packages the tests use (chromium for browser tests), if missing
 	@bash scripts/system-deps.sh
 
 lint: dev-install

@@ -26,6 +26,7 @@ BENCHMARKS = [
     ("outbox_throughput", []),
     ("fhir_http", []),
     ("consent_enforcement", []),
+    ("web_pages", []),
 ]
 NEEDS_WRK = frozenset({"fhir_http", "consent_enforcement"})
 

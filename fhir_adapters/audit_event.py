@@ -8,10 +8,12 @@ room follow the IHE Basic Audit Log Patterns (BALP) where they apply:
   subtype is the FHIR RESTful interaction, and `action` its C/R/U/D/E class (a search is E, BALP).
 - outcome: permit -> 0 (success), deny -> 4 (minor failure: refused, nothing went wrong), error -> 8.
 - The actor is the requesting agent, named by identifier (client or user id: the log holds ids, not
-  references); the organisation it acts for is a second, non-requesting agent.
+  references) and, when the caller knows it, by display name (a client's registered name, a person's
+  display name); the organisation it acts for is a second, non-requesting agent, with its name if known.
 - The patient is an entity with role 1 (Patient): a `Patient/{id}` reference when the caller knows the
   id, otherwise only the keyed pseudonym the log stores, as an identifier.
-- The sealed note of an entry (e.g. a break-the-glass justification) is never rendered.
+- The sealed note of an entry (a break-the-glass justification) is rendered only when the caller opened it
+  for a reader entitled to it (the patient whose data it was, an auditor): as the text of the BTG purpose.
 """
 
 from __future__ import annotations
@@ -63,13 +65,15 @@ _REFERENCE: Final = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # T
 
 
 def audit_event(
-    entry: Mapping[str, Any], *, entry_id: int, leaf_index: int | None, patient_ref: str | None
+    entry: Mapping[str, Any], *, entry_id: int, leaf_index: int | None, patient_ref: str | None,
+    actor_display: str = "", organization_display: str = "", break_glass_reason: str = "",
 ) -> dict[str, Any]:
     """The AuditEvent for one access-log entry.
 
     `entry_id` is the entry's row id (the AuditEvent id); `leaf_index` its place in the Merkle log, or
     None before it is sequenced; `patient_ref` `Patient/{id}` when the caller knows whose entry this is
-    (the log holds only the pseudonym). Raises ValueError for an entry this module cannot render (an
+    (the log holds only the pseudonym); `actor_display`, `organization_display` and `break_glass_reason`
+    are rendered when given (empty: left out). Raises ValueError for an entry this module cannot render (an
     unknown action or decision, a naive time).
     """
     action = str(entry["action"])
@@ -108,10 +112,13 @@ def audit_event(
     if purpose:
         purposes.append({"coding": [{"system": ACT_REASON, "code": purpose}]})
     if break_glass:
-        purposes.append({"coding": [dict(BREAK_THE_GLASS)]})
+        btg: dict[str, Any] = {"coding": [dict(BREAK_THE_GLASS)]}
+        if break_glass_reason:
+            btg["text"] = break_glass_reason
+        purposes.append(btg)
     if purposes:
         event["purposeOfEvent"] = purposes
-    event["agent"] = _agents(entry)
+    event["agent"] = _agents(entry, actor_display, organization_display)
     event["source"] = {
         "observer": {"display": SOURCE_OBSERVER},
         "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}],
@@ -130,12 +137,14 @@ def _instant(value: object) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _agents(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _agents(entry: Mapping[str, Any], actor_display: str, organization_display: str) -> list[dict[str, Any]]:
     actor: dict[str, Any] = {}
     role = str(entry.get("role") or "")
     if role:
         actor["role"] = [{"coding": [{"system": ROLE_SYSTEM, "code": role}]}]
     actor["who"] = {"identifier": {"system": ACTOR_SYSTEM, "value": str(entry["actor"])}}
+    if actor_display:
+        actor["who"]["display"] = actor_display
     actor["requestor"] = True
     agents = [actor]
     organization = str(entry.get("organization") or "")
@@ -145,6 +154,8 @@ def _agents(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
             who = {"reference": organization}
         else:  # an organisation named by id only (older entries, system clients)
             who = {"identifier": {"system": ORGANIZATION_SYSTEM, "value": organization}}
+        if organization_display:
+            who["display"] = organization_display
         agents.append({"who": who, "requestor": False})
     return agents
 

@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         operations_blueprint,
     )
     from healthledger.api.outcomes import error_response
+    from healthledger.auth.app_launch import AppLaunch
+    from healthledger.auth.directory import ActorDirectory
     from healthledger.auth.smart import TOKEN_PATH, smart_blueprint
     from healthledger.auth.tokens import TokenService, TokenSigner
     from healthledger.auth.users import AccountNames
@@ -79,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.observability import Metrics
     from healthledger.principal import Principal
     from healthledger.store.repository import store_for_settings
-    from healthledger.web.pages import web_blueprint
+    from healthledger.web.pages import AccountServices, web_blueprint
     from healthledger.web.sessions import SessionLifetime, SessionSecret, init_web, session_principal
 
     settings = settings or Settings.load()
@@ -142,10 +144,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         g.healthledger_principal = bearer_only(request)
         return g.healthledger_principal
 
-    app.register_blueprint(smart_blueprint(tokens))
+    app_launch = AppLaunch(sessions, tokens)
+    app.register_blueprint(smart_blueprint(tokens, app_launch))
     app.register_blueprint(web_blueprint(
         sessions=sessions, names=AccountNames(store), limiter_storage_uri=settings.rate_limit_storage_uri,
-        login_limit=settings.login_rate_limit,
+        login_limit=settings.login_rate_limit, accounts=AccountServices(store, key_provider), app_launch=app_launch,
     ))
     app.register_blueprint(cds_hooks_blueprint(
         ConsentConsultant(store, policy, caller), authenticate_cds,
@@ -155,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(audit_event_blueprint(
         store, lambda: authenticate(request), policy.record_audit_access, index,
         pages=AuditPages(settings.default_page_size, settings.max_page_size, settings.base_url),
+        names=ActorDirectory(sessions, AccountNames(store), store), break_glass_reason=policy.break_glass_reason,
     ))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,

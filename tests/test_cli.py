@@ -31,6 +31,7 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "users add": ["someone", "--role", "auditor"],
     "users list": [],
     "users disable": ["someone"],
+    "users invite": ["some-patient"],
     "chain deploy": [],
     "chain status": [],
     "chain role": ["grant", "RELAYER", "0x0000000000000000000000000000000000000001"],

@@ -76,3 +76,15 @@ def test_the_default_development_token_is_honoured_on_loopback_only(tmp_path) ->
     assert Settings(data_dir=tmp_path, host="0.0.0.0").accepted_dev_token == ""
     assert Settings(data_dir=tmp_path, host="0.0.0.0", dev_token="chosen").accepted_dev_token == "chosen"
     assert Settings(data_dir=tmp_path, dev_token="").accepted_dev_token == ""
+
+
+def test_make_test_installs_chromium_when_it_is_missing() -> None:
+    """`make test` (what CI runs) brings its own system packages: the browser tests need Debian's chromium."""
+    import subprocess
+
+    from support import ROOT
+
+    dry_run = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert "scripts/system-deps.sh" in dry_run.stdout, dry_run.stdout + dry_run.stderr
+    script = (ROOT / "scripts" / "system-deps.sh").read_text()
+    assert "DEBIAN_FRONTEND=noninteractive" in script and "apt-get install -y" in script and "chromium" in script

@@ -15,16 +15,18 @@ entries it wanted (the `patient` parameter, or the patient asking); otherwise th
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, request
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import MethodNotAllowed
 
 from fhir_adapters.audit_event import audit_event
@@ -33,6 +35,7 @@ from fhir_adapters.search.query import DATE_PREFIXES
 from fhir_adapters.search.references import parse_reference
 from healthledger.api import negotiation as http
 from healthledger.api.paging import CURSOR_PARAM, PageLinks, decode_cursor, parse_count, searchset_bundle
+from healthledger.audit.anchoring import EntryProof, anchored_proof
 from healthledger.audit.entries import AccessEntry, decode_entry
 from healthledger.audit.log import DEFAULT_LOG
 from healthledger.audit.models import AccessLogEntry
@@ -67,6 +70,14 @@ class RecordAccess(Protocol):
     ) -> None: ...
 
 
+class ActorNames(Protocol):
+    """Display names for the ids the log holds (healthledger.auth.directory.ActorDirectory); "" for none."""
+
+    def actor(self, actor_id: str) -> str: ...
+
+    def organization(self, reference: str) -> str: ...
+
+
 class CareOrganisations(Protocol):
     """Care organisations as the consent index computes them (healthledger.consent.index.ConsentIndex)."""
 
@@ -85,6 +96,8 @@ def audit_event_blueprint(
     *,
     log_id: str = DEFAULT_LOG,
     pages: AuditPages | None = None,
+    names: ActorNames | None = None,
+    break_glass_reason: Callable[[AccessEntry], str] | None = None,
 ) -> Blueprint:
     """The /fhir/AuditEvent blueprint over `store`'s database and blind-index keys.
 
@@ -94,12 +107,19 @@ def audit_event_blueprint(
     id and its patient's pseudonym) or a single target naming no patient when none were. `care` says
     which patients an auditor's organisation cares for. Every method under /fhir/AuditEvent is routed here
     (writes get 405), so the generic FHIR blueprint never serves or stores AuditEvents of its own.
+
+    `names` gives the display names of actors and organisations; `break_glass_reason` opens the sealed
+    justification of a break-the-glass entry, rendered only for the patient whose entry it is and for
+    auditors. `GET /fhir/AuditEvent/{id}/$inclusion-proof` answers, under the read rule, the entry's
+    canonical bytes and its RFC 6962 audit path to the first on-chain anchored tree head that covers it.
     """
     bp = Blueprint("audit_events", __name__, url_prefix="/fhir")
-    api = _AuditEventApi(store, authenticate, record, care, log_id, pages or AuditPages())
+    api = _AuditEventApi(store, authenticate, record, care, log_id, pages or AuditPages(), names, break_glass_reason)
     methods = ["GET", *_WRITE_METHODS]
     bp.add_url_rule(f"/{RESOURCE_TYPE}", "search", api.search, methods=methods)
     bp.add_url_rule(f"/{RESOURCE_TYPE}/<entry_id>", "read", api.read, methods=methods)
+    bp.add_url_rule(f"/{RESOURCE_TYPE}/<entry_id>/$inclusion-proof", "inclusion_proof", api.inclusion_proof,
+                    methods=methods)
     bp.add_url_rule(f"/{RESOURCE_TYPE}/<path:rest>", "other", api.other, methods=methods)
     return bp
 
@@ -304,7 +324,8 @@ class AuditPages:
 class _AuditEventApi:
     def __init__(
         self, store: ResourceStore, authenticate: Callable[[], Principal], record: RecordAccess,
-        care: CareOrganisations, log_id: str, pages: AuditPages,
+        care: CareOrganisations, log_id: str, pages: AuditPages, names: ActorNames | None,
+        break_glass_reason: Callable[[AccessEntry], str] | None,
     ) -> None:
         self.store = store
         self.authenticate = authenticate
@@ -312,6 +333,8 @@ class _AuditEventApi:
         self.care = care
         self.log_id = log_id
         self.pages = pages
+        self.names = names
+        self.break_glass_reason = break_glass_reason
 
     def _base(self) -> str:
         base_url = self.pages.base_url
@@ -336,12 +359,34 @@ class _AuditEventApi:
         _read_only()
         return self._logged("read", lambda principal, attempt: self._read(principal, attempt, entry_id))
 
+    def inclusion_proof(self, entry_id: str) -> Response:
+        _read_only()
+        return self._logged("read", lambda principal, attempt: self._proof(principal, attempt, entry_id))
+
     def other(self, rest: str) -> Response:
         _read_only()
-        raise NotFound("AuditEvent supports read (GET /fhir/AuditEvent/{id}) and search (GET /fhir/AuditEvent) only")
+        raise NotFound("AuditEvent supports read (GET /fhir/AuditEvent/{id}), search (GET /fhir/AuditEvent) and "
+                       "GET /fhir/AuditEvent/{id}/$inclusion-proof only")
 
     # -- interactions -----------------------------------------------------------------------------------
     def _read(self, principal: Principal, attempt: _Attempt, entry_id: str) -> Response:
+        row, entry, access = self._readable_entry(principal, attempt, entry_id)
+        known = self._own(access)
+        attempt.decision = "permit"
+        attempt.disclosed.append(entry.patient_pseudonym)
+        return _respond(self._render(row.id, entry, row.leaf_index, known, access))
+
+    def _proof(self, principal: Principal, attempt: _Attempt, entry_id: str) -> Response:
+        """The entry's bytes and audit path to the anchored head covering it (R4 Parameters)."""
+        row, entry, _access = self._readable_entry(principal, attempt, entry_id)
+        with Session(self.store.engine) as session, session.begin():
+            found = anchored_proof(session, row.id, datetime.now(UTC), tenant=self.store.tenant, log_id=self.log_id)
+        attempt.decision = "permit"
+        attempt.disclosed.append(entry.patient_pseudonym)
+        return _respond(proof_parameters(found))
+
+    def _readable_entry(self, principal: Principal, attempt: _Attempt, entry_id: str) -> tuple[Any, AccessEntry, AuditAccess]:
+        """The stored row and entry `entry_id` if the read rule shows it to `principal`; NotFound otherwise."""
         http.check_response_format(request)
         access = audit_access(principal, "read", self.care.home_organization)
         attempt.resource_id = entry_id if _ENTRY_ID.fullmatch(entry_id) else ""
@@ -366,10 +411,7 @@ class _AuditEventApi:
         if visible is not None and entry.patient_pseudonym not in visible:
             attempt.decision, attempt.reason = "deny", access.hidden_reason
             raise NotFound(_NO_SUCH_ENTRY)  # exactly as for a missing id: existence is not disclosed
-        known = self._own(access)
-        attempt.decision = "permit"
-        attempt.disclosed.append(entry.patient_pseudonym)
-        return _respond(self._render(row.id, entry, row.leaf_index, known))
+        return row, entry, access
 
     def _search(self, principal: Principal, attempt: _Attempt) -> Response:
         http.check_response_format(request)
@@ -424,7 +466,7 @@ class _AuditEventApi:
             if wanted is not None and entry.patient_pseudonym not in wanted:
                 continue  # an index column that disagrees with its body (`audit verify` reports it)
             attempt.disclosed.append(entry.patient_pseudonym)
-            events.append((row.id, self._render(row.id, entry, row.leaf_index, known)))
+            events.append((row.id, self._render(row.id, entry, row.leaf_index, known, access)))
         attempt.decision = "permit"
         next_offset = query.offset + query.count if query.count and query.offset + query.count < total else None
         return self._bundle(query, events, total, next_offset)
@@ -454,13 +496,24 @@ class _AuditEventApi:
         ids = frozenset.intersection(*patients)
         return {patient_pseudonym(self.store.indexer, pid): pid for pid in sorted(ids)}
 
-    def _render(self, entry_id: int, entry: AccessEntry, leaf_index: int | None, known: dict[str, str]) -> dict[str, Any]:
+    def _render(
+        self, entry_id: int, entry: AccessEntry, leaf_index: int | None, known: dict[str, str], access: AuditAccess,
+    ) -> dict[str, Any]:
         patient_id = known.get(entry.patient_pseudonym) if entry.patient_pseudonym else None
+        reason = ""
+        if entry.break_glass and entry.sealed_note and self.break_glass_reason is not None and (
+            access.sees == OWN_ENTRIES or access.reason.startswith("audit:auditor")
+        ):
+            reason = self.break_glass_reason(entry)
         return audit_event(
             dataclasses.asdict(entry),
             entry_id=entry_id,
             leaf_index=leaf_index,
             patient_ref=f"Patient/{patient_id}" if patient_id else None,
+            actor_display=self.names.actor(entry.actor) if self.names is not None else "",
+            organization_display=(
+                self.names.organization(entry.organization) if self.names is not None and entry.organization else ""),
+            break_glass_reason=reason,
         )
 
     def _bundle(
@@ -478,6 +531,30 @@ def _read_only() -> None:
     if request.method != "GET":
         # The access log is written by the server as accesses happen, never through the API.
         raise MethodNotAllowed(valid_methods=["GET"])
+
+
+def proof_parameters(found: EntryProof) -> dict[str, Any]:
+    """An entry's proof as R4 Parameters: `entry` (its canonical bytes), `leafIndex`, `treeSize`, `rootHash`
+    (hex), one `auditPath` per node from the leaf up (hex), and `anchor` (tree size, root, block number and
+    hash, transaction) when an on-chain anchored head covers the entry."""
+    proof = found.proof
+    params: list[dict[str, Any]] = [
+        {"name": "entry", "valueBase64Binary": base64.b64encode(found.body).decode()},
+        {"name": "leafIndex", "valueInteger": proof.leaf_index},
+        {"name": "treeSize", "valueInteger": proof.tree_size},
+        {"name": "rootHash", "valueString": proof.root.hex()},
+        *({"name": "auditPath", "valueString": node.hex()} for node in proof.path),
+    ]
+    if found.anchor is not None:
+        anchor = found.anchor
+        params.append({"name": "anchor", "part": [
+            {"name": "treeSize", "valueInteger": anchor.size},
+            {"name": "rootHash", "valueString": anchor.root.hex()},
+            {"name": "blockNumber", "valueInteger": anchor.block_number},
+            {"name": "blockHash", "valueString": anchor.block_hash},
+            {"name": "transaction", "valueString": anchor.transaction},
+        ]})
+    return {"resourceType": "Parameters", "parameter": params}
 
 
 def _respond(payload: dict[str, Any]) -> Response:

@@ -1,8 +1,9 @@
 """Who is calling: the one seam where API authentication plugs in.
 
-A request is authenticated by, in order: an `Authorization: Bearer` access token issued by our SMART
-Backend Services token endpoint (RFC 6750 §2.1), the development bearer token (when configured), or
-the web app's signed-in session. The principal's purpose of use defaults to what its registration
+A request is authenticated by, in order: an `Authorization: Bearer` access token issued by our token
+endpoint (RFC 6750 §2.1) to a backend client (SMART Backend Services) or to an app a patient authorised
+(SMART App Launch: the app acts for that patient), the development bearer token (when configured), or the
+web app's signed-in session. The principal's purpose of use defaults to what its registration
 says and may be stated per request with `X-Purpose-Of-Use` (an HL7 v3 PurposeOfUse code); breaking the
 glass is `X-Purpose-Of-Use: ETREAT` with the justification in `X-Break-Glass-Reason`.
 """
@@ -68,6 +69,18 @@ class Authenticator:
         if self.tokens is None or token.count(".") != 2:
             raise Unauthorized("invalid bearer token")
         grant = self.tokens.authenticate(token)
+        if grant.patient_id:
+            # An app the patient authorised (SMART App Launch): it acts for the patient, within its `patient/`
+            # scopes; the access log names the app.
+            return Principal(
+                actor_id=f"client:{grant.client_id}",
+                role="patient",
+                purpose=grant.default_purpose,
+                patient_id=grant.patient_id,
+                scopes=tuple(grant.scopes),
+                scope_context="patient",
+                via="api",
+            )
         return Principal(
             actor_id=f"client:{grant.client_id}",
             role=grant.role,

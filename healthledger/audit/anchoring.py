@@ -7,13 +7,25 @@ several tenants and logs without naming them in the clear.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from healthledger.audit.log import DEFAULT_LOG, Anchor, checkpoint
-from healthledger.audit.models import AuditCheckpoint
+from healthledger.audit.log import (
+    DEFAULT_LOG,
+    Anchor,
+    InclusionProof,
+    checkpoint,
+    integrate,
+    prove_inclusion,
+    tree_head,
+)
+from healthledger.audit.models import AccessLogEntry, AuditCheckpoint
+from healthledger.errors import NotFound
 from healthledger.ledger.chain import Chain
+from healthledger.ledger.models import LogAnchorEvent
 from healthledger.ledger.relayer import submit_anchor
 
 LOG_ID_TAG = b"healthledger/access-log-id/v1:"
@@ -50,3 +62,57 @@ def anchors_on_chain(chain: Chain, *, tenant: str, log_id: str = DEFAULT_LOG, fr
         )
         for e in events
     ]
+
+
+@dataclass(frozen=True)
+class AnchoredHead:
+    """A tree head of this log as the ledger worker's indexer read it from the chain (`log_anchors`)."""
+
+    size: int
+    root: bytes
+    block_number: int
+    block_hash: str
+    transaction: str
+
+
+@dataclass(frozen=True)
+class EntryProof:
+    """What a reader needs to check one entry without trusting the server: the entry's canonical bytes, its
+    RFC 6962 audit path to the root of a tree of `proof.tree_size` leaves, and the on-chain anchor of that
+    head (None while no anchored head covers the entry yet: the proof is then to the current head)."""
+
+    body: bytes
+    proof: InclusionProof
+    anchor: AnchoredHead | None
+
+
+def anchored_proof(
+    session: Session, entry_id: int, now: datetime, *, tenant: str, log_id: str = DEFAULT_LOG
+) -> EntryProof:
+    """The inclusion proof of entry `entry_id` against the first anchored tree head that covers it (the
+    smallest anchored size above its leaf index), or against the current head when none does yet.
+
+    Sequences pending entries first (in the caller's transaction) when the entry has no leaf index yet.
+    Raises NotFound for an entry of another log or one that does not exist.
+    """
+    row = session.get(AccessLogEntry, entry_id)
+    if row is None or row.log_id != log_id:
+        raise NotFound("no such access-log entry")
+    if row.leaf_index is None:
+        integrate(session, now, log_id=log_id)
+        session.refresh(row)
+    assert row.leaf_index is not None
+    chain_id = "0x" + chain_log_id(tenant, log_id).hex()
+    event = session.scalar(
+        select(LogAnchorEvent)
+        .where(LogAnchorEvent.log_id == chain_id, LogAnchorEvent.tree_size > row.leaf_index)
+        .order_by(LogAnchorEvent.tree_size, LogAnchorEvent.block_number)
+        .limit(1)
+    )
+    head = tree_head(session, log_id=log_id)
+    if event is not None and event.tree_size <= head.size:
+        proof = prove_inclusion(session, entry_id, tree_size=event.tree_size, log_id=log_id)
+        anchor = AnchoredHead(event.tree_size, bytes.fromhex(event.root_hash.removeprefix("0x")), event.block_number,
+                              event.block_hash, event.tx_hash)
+        return EntryProof(row.body, proof, anchor)
+    return EntryProof(row.body, prove_inclusion(session, entry_id, log_id=log_id), None)

@@ -31,6 +31,7 @@ def _client_json(c: ApiClient) -> dict[str, Any]:
         "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "auth_method": c.auth_method,
         "jwks_url": c.jwks_url, "role": c.role, "organization": c.organization,
         "default_purpose": c.default_purpose, "consult_for_others": bool(c.consult_for_others),
+        "redirect_uris": json.loads(c.redirect_uris) if c.redirect_uris else [],
         "disabled": c.disabled, "created_at": c.created_at.isoformat(),
     }
 
@@ -48,15 +49,23 @@ def clients_group() -> None:
 @click.option("--purpose", "default_purpose", default="TREAT", show_default=True, help="default PurposeOfUse")
 @click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JWKS file (public keys)")
 @click.option("--jwks-url", help="URL of the client's JWKS")
-@click.option("--secret", "with_secret", is_flag=True, help="development only: a client secret instead of keys")
+@click.option("--secret", "with_secret", is_flag=True, help="a client secret instead of keys (development, or a confidential app)")
+@click.option("--redirect-uri", "redirect_uris", multiple=True,
+              help="an app for SMART App Launch: where patients' answers go (repeatable; https, http only on loopback)")
+@click.option("--public", is_flag=True, help="an app without credentials (browser, phone): PKCE only")
 @click.option("--consult-for-others", is_flag=True,
               help="may ask CDS Hooks consent consults on behalf of other actors (context.actor); "
                    "otherwise it may ask only as itself")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj
 def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str, default_purpose: str, jwks_file: Path | None,
-        jwks_url: str | None, with_secret: bool, consult_for_others: bool, as_json: bool) -> None:
-    """Register a client. A secret, if asked for, is printed once and stored only as a hash."""
+        jwks_url: str | None, with_secret: bool, redirect_uris: tuple[str, ...], public: bool, consult_for_others: bool,
+        as_json: bool) -> None:
+    """Register a client. A secret, if asked for, is printed once and stored only as a hash.
+
+    With --redirect-uri it is an app patients may authorise (SMART App Launch, standalone patient launch),
+    e.g. `clients add "My Health App" --redirect-uri https://app.example/cb --public
+    --scopes "launch/patient openid fhirUser offline_access patient/*.rs"`."""
     try:
         text = jwks_file.read_text() if jwks_file else None
         if text is not None:
@@ -70,7 +79,7 @@ def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str, 
         client, secret = register_client(
             s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
             with_secret=with_secret, default_purpose=default_purpose, consult_for_others=consult_for_others,
-            now=datetime.now(UTC),
+            now=datetime.now(UTC), redirect_uris=list(redirect_uris) or None, public=public,
         )
         out = _client_json(client)
     if secret:
@@ -135,10 +144,12 @@ def users_group() -> None:
 @click.option("--organization", default="",
               help="Organization/{id} (clinicians, researchers; auditors read the log of its patients)")
 @click.option("--patient", "patient_id", default="", help="the Patient resource id (patients)")
+@click.option("--display-name", default="", help="the name patients see in their access history (staff)")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input (else one is generated)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def add_user(runtime: Runtime, username: str, role: str, organization: str, patient_id: str, password_stdin: bool, as_json: bool) -> None:
+def add_user(runtime: Runtime, username: str, role: str, organization: str, patient_id: str, display_name: str,
+             password_stdin: bool, as_json: bool) -> None:
     """Create an account. A patient also gets their signing key, wrapped by the password, and a
     recovery code printed once (keep it: with the hospital it restores the key)."""
     import secrets
@@ -152,7 +163,7 @@ def add_user(runtime: Runtime, username: str, role: str, organization: str, pati
     sessions, names = _accounts(runtime)
     with sessions.begin() as s:
         user = create_user(s, names, username=username, password=password, role=role, now=datetime.now(UTC),
-                           organization=organization, patient_id=patient_id)
+                           organization=organization, patient_id=patient_id, display_name=display_name)
         out = _user_json(user, names.open(s, user))
         if role == "patient":
             out["recovery_code"] = create_patient_key(s, f"Patient/{patient_id}", password, runtime.key_provider,
@@ -167,6 +178,38 @@ def add_user(runtime: Runtime, username: str, role: str, organization: str, pati
         click.echo(f"password (shown once): {out['password']}")
     if "recovery_code" in out:
         click.echo(f"recovery code (shown once, give it to the patient): {out['recovery_code']}")
+
+
+@users_group.command("invite")
+@click.argument("patient_id")
+@click.option("--days", type=click.IntRange(1, 90), default=14, show_default=True, help="days the code stays valid")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def invite_user(runtime: Runtime, patient_id: str, days: int, as_json: bool) -> None:
+    """Issue a one-time enrolment code for a Patient: with it the patient creates their own web account
+    (/app/signup). Printed once; a new code for the same patient replaces the unused ones."""
+    from datetime import timedelta
+
+    from healthledger.auth.enrolment import EnrolmentCodes
+    from healthledger.errors import Gone, NotFound
+    from healthledger.principal import SYSTEM
+
+    sessions, names = _accounts(runtime)
+    try:
+        runtime.store.read("Patient", patient_id, principal=SYSTEM)
+    except (NotFound, Gone):
+        raise click.ClickException(f"no Patient with id {patient_id!r} is stored here") from None
+    with sessions.begin() as s:
+        code = EnrolmentCodes(runtime.store, names).issue(
+            s, patient_id, now=datetime.now(UTC), lifetime=timedelta(days=days))
+    settings = runtime.settings
+    base = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
+    link = f"{base}/app/signup?code={code}"
+    if as_json:
+        click.echo(json.dumps({"patient_id": patient_id, "code": code, "link": link, "valid_days": days}))
+        return
+    click.echo(f"enrolment code (shown once, valid {days} days): {code}")
+    click.echo(f"sign-up link: {link}")
 
 
 @users_group.command("list")

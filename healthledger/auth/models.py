@@ -30,6 +30,9 @@ class ApiClient(Base):
     # May name other actors in CDS Hooks `context.actor` (a consent-decision broker); otherwise a client
     # asks only as itself (docs/consent-semantics.md, "CDS Hooks: who may ask").
     consult_for_others: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # SMART App Launch: the redirect URIs of an app (JSON list; None for backend clients). An app's
+    # `auth_method` is `none` (public client, PKCE only), `client_secret` or `private_key_jwt`.
+    redirect_uris: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class SeenAssertion(Base):
@@ -60,3 +63,63 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The name patients see for this person in their access history (staff), sealed like the username.
+    display_name_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class EnrolmentCode(Base):
+    """A one-time code the hospital hands a patient (`healthledger users invite`) to create their web account.
+
+    Only a keyed hash of the code is stored (a blind-index term under the store's keys), so the table gives
+    nothing a thief could redeem; the code names its Patient, so a patient never types an MRN.
+    """
+
+    __tablename__ = "enrolment_codes"
+
+    code_index: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AppAuthorization(Base):
+    """A patient's authorisation of a third-party app (SMART App Launch): what it may do, until revoked."""
+
+    __tablename__ = "app_authorizations"
+
+    authorization_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[str] = mapped_column(String(32), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(Text)  # granted, space-separated, as the app asked for them
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuthorizationCode(Base):
+    """A one-time authorization code (RFC 6749 §4.1.2), kept as its SHA-256 with the PKCE challenge (RFC 7636)."""
+
+    __tablename__ = "app_authorization_codes"
+
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    authorization_id: Mapped[str] = mapped_column(String(32), index=True)
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    nonce: Mapped[str] = mapped_column(String(255), default="")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RefreshToken(Base):
+    """A refresh token (kept as its SHA-256), rotated at every use; reusing a spent one revokes the
+    authorisation (OAuth 2.0 Security BCP, RFC 9700 §4.14.2)."""
+
+    __tablename__ = "app_refresh_tokens"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    authorization_id: Mapped[str] = mapped_column(String(32), index=True)
+    scopes: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import requests
 from argon2 import PasswordHasher
@@ -36,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_adapters.validation import check_json_text_nesting
-from healthledger.auth.models import ApiClient, SeenAssertion
+from healthledger.auth.models import ApiClient, AppAuthorization, SeenAssertion, User
 from healthledger.auth.scopes import InvalidScope, ResourceScope, format_scopes, grant_scopes, parse_scopes
 from healthledger.errors import BadRequest, HealthLedgerError, Unauthorized
 from healthledger.keys import KEY_FILES, TOKEN_SIGNING_KEY, KeyProvider
@@ -54,6 +55,12 @@ _CLIENT_STATE = select(
     ApiClient.disabled, ApiClient.role, ApiClient.organization, ApiClient.default_purpose, ApiClient.scopes,
     ApiClient.consult_for_others,
 ).where(ApiClient.client_id == bindparam("client_id"))
+# An app's token is as good as the patient's authorisation of it, and the patient's account.
+_AUTHORIZATION_STATE = (
+    select(AppAuthorization.revoked_at, AppAuthorization.patient_id, User.disabled)
+    .join(User, User.user_id == AppAuthorization.user_id)
+    .where(AppAuthorization.authorization_id == bindparam("authorization_id"))
+)
 
 
 class OAuthError(HealthLedgerError):
@@ -75,6 +82,11 @@ class TokenRequest:
     client_assertion: str = ""
     client_id: str = ""
     client_secret: str = ""
+    # authorization_code and refresh_token grants (SMART App Launch; healthledger.auth.app_launch)
+    code: str = ""
+    redirect_uri: str = ""
+    code_verifier: str = ""
+    refresh_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,9 @@ class AccessGrant:
     expires_at: int
     registered_scopes: tuple[ResourceScope | str, ...] = ()  # what the client is registered for
     consult_for_others: bool = False  # may name other actors in CDS Hooks consults
+    # An app a patient authorised (SMART App Launch): whose record, and under which authorisation.
+    patient_id: str = ""
+    authorization_id: str = ""
 
 
 def hash_secret(secret: str) -> str:
@@ -179,32 +194,68 @@ class TokenService:
             raise OAuthError("invalid_scope", "scope is required")
         now = int(self._clock())
         with self._sessions.begin() as session:
-            if req.client_assertion or req.client_assertion_type:
-                client = self._authenticate_assertion(session, req, now)
-            elif req.client_id and req.client_secret:
-                client = self._authenticate_secret(session, req)
-            else:
+            if not (req.client_assertion or req.client_assertion_type or (req.client_id and req.client_secret)):
                 raise OAuthError("invalid_client", "client authentication is required", 401)
+            client = self.authenticate_client(session, req, now)
+            if client.auth_method == "none" or client.redirect_uris:
+                raise OAuthError("unauthorized_client", "an app gets tokens by the authorization code grant")
             try:
                 granted = grant_scopes(req.scope, client.scopes)
             except InvalidScope as exc:
                 raise OAuthError("invalid_scope", exc.message) from exc
-            claims = {
-                "iss": self.issuer,
-                "sub": client.client_id,
-                "aud": self.issuer,
-                "iat": now,
-                "exp": now + self._lifetime,
-                "jti": secrets.token_urlsafe(16),
-                "scope": format_scopes(granted),
-            }
-        token = jwt.encode(
+            scope = format_scopes(granted)
+            token = self.access_token(client.client_id, scope, now)
+        return {"access_token": token, "token_type": "bearer", "expires_in": self._lifetime, "scope": scope}
+
+    @property
+    def lifetime(self) -> int:
+        return self._lifetime
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    def access_token(self, client_id: str, scope: str, now: int, **context: str) -> str:
+        """A signed access token for `client_id` with `scope`; `context` adds claims (an app's `patient` and
+        `auth`, its authorisation id)."""
+        claims = {
+            "iss": self.issuer,
+            "sub": client_id,
+            "aud": self.issuer,
+            "iat": now,
+            "exp": now + self._lifetime,
+            "jti": secrets.token_urlsafe(16),
+            "scope": scope,
+            **context,
+        }
+        return jwt.encode(
             {"alg": ACCESS_TOKEN_ALGORITHM, "kid": self._signer.key.kid, "typ": "at+jwt"},
             claims,
             self._signer.key,
             algorithms=[ACCESS_TOKEN_ALGORITHM],
         )
-        return {"access_token": token, "token_type": "bearer", "expires_in": self._lifetime, "scope": claims["scope"]}
+
+    def id_token(self, claims: dict[str, Any]) -> str:
+        """An OpenID Connect ID token (Core 1.0 §2), signed like access tokens (ES256, our JWKS)."""
+        return jwt.encode(
+            {"alg": ACCESS_TOKEN_ALGORITHM, "kid": self._signer.key.kid, "typ": "JWT"},
+            {"iss": self.issuer, **claims},
+            self._signer.key,
+            algorithms=[ACCESS_TOKEN_ALGORITHM],
+        )
+
+    def authenticate_client(self, session: Session, req: TokenRequest, now: int) -> ApiClient:
+        """The client a token request comes from: by assertion, by secret, or a public app by its id alone
+        (an app registered without credentials; PKCE then stands in for them)."""
+        if req.client_assertion or req.client_assertion_type:
+            return self._authenticate_assertion(session, req, now)
+        if req.client_id and req.client_secret:
+            return self._authenticate_secret(session, req)
+        if req.client_id:
+            client = self._client(session, req.client_id)
+            if client.auth_method != "none":
+                raise OAuthError("invalid_client", "this client must authenticate", 401)
+            return client
+        raise OAuthError("invalid_client", "client authentication is required", 401)
 
     def _client(self, session: Session, client_id: str) -> ApiClient:
         client = session.get(ApiClient, client_id) if client_id else None
@@ -306,6 +357,8 @@ class TokenService:
                     "sub": str(token.claims["sub"]),
                     "exp": int(token.claims["exp"]),
                     "scopes": tuple(parse_scopes(token.claims.get("scope", ""))),
+                    "patient": str(token.claims.get("patient") or ""),
+                    "auth": str(token.claims.get("auth") or ""),
                 }
             except (JoseError, ValueError, TypeError):
                 raise Unauthorized("invalid or expired access token") from None
@@ -317,8 +370,17 @@ class TokenService:
             raise Unauthorized("invalid or expired access token")
         with self._engine.connect() as conn:
             client = conn.execute(_CLIENT_STATE, {"client_id": claims["sub"]}).first()
+            authorization = (
+                conn.execute(_AUTHORIZATION_STATE, {"authorization_id": claims["auth"]}).first()
+                if claims.get("auth") else None
+            )
         if client is None or client.disabled:
             raise Unauthorized("the client of this access token is disabled")
+        if claims.get("auth") and (
+            authorization is None or authorization.revoked_at is not None or authorization.disabled
+            or authorization.patient_id != claims.get("patient")
+        ):
+            raise Unauthorized("the patient has disconnected this app")
         return AccessGrant(
             client_id=claims["sub"],
             scopes=claims["scopes"],
@@ -328,6 +390,8 @@ class TokenService:
             expires_at=claims["exp"],
             registered_scopes=tuple(parse_scopes(client.scopes)),
             consult_for_others=bool(client.consult_for_others),
+            patient_id=claims["patient"] if claims.get("auth") else "",
+            authorization_id=claims["auth"],
         )
 
 
@@ -348,6 +412,19 @@ def check_jose_nesting(compact: str) -> None:
         check_json_text_nesting(decoded)
 
 
+def check_redirect_uri(uri: str) -> str:
+    """A redirect URI an app may register (RFC 6749 §3.1.2, OAuth 2.0 Security BCP §4.1): absolute https
+    (http only on loopback, for native apps and development), no fragment."""
+    parts = urlsplit(uri)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment or (
+        parts.scheme == "http" and not loopback
+    ):
+        raise BadRequest(f"redirect URI {uri[:80]!r} must be absolute https (http only on loopback), without a "
+                         "fragment")
+    return uri
+
+
 def register_client(
     session: Session,
     *,
@@ -362,15 +439,23 @@ def register_client(
     consult_for_others: bool = False,
     now: datetime,
     client_id: str | None = None,
+    redirect_uris: list[str] | None = None,
+    public: bool = False,
 ) -> tuple[ApiClient, str | None]:
     """Register a client; returns it and, for secret clients, the secret (shown once, stored hashed).
 
     `consult_for_others`: the client may ask CDS Hooks consent consults on behalf of actors other than
     itself (a consent-decision broker); without it, `context.actor` may name only the client itself.
+    `redirect_uris` makes it an app for SMART App Launch (patients authorise it in the web app); an app
+    may be `public` (no credentials: a browser or phone app; PKCE protects its codes).
     """
-    methods = [jwks is not None, bool(jwks_url), with_secret]
+    methods = [jwks is not None, bool(jwks_url), with_secret, public]
     if sum(methods) != 1:
-        raise BadRequest("give exactly one of a JWKS, a JWKS URL or --secret")
+        raise BadRequest("give exactly one of a JWKS, a JWKS URL, --secret or --public")
+    if public and not redirect_uris:
+        raise BadRequest("only an app (with --redirect-uri) may be a public client")
+    if redirect_uris is not None:
+        redirect_uris = [check_redirect_uri(uri) for uri in redirect_uris]
     parse_scopes(scopes)  # raises InvalidScope on a malformed scope
     if jwks is not None:
         try:
@@ -386,7 +471,7 @@ def register_client(
         client_id=client_id or secrets.token_hex(8),
         name=name,
         scopes=scopes,
-        auth_method="client_secret" if with_secret else "private_key_jwt",
+        auth_method="none" if public else "client_secret" if with_secret else "private_key_jwt",
         jwks=json.dumps(jwks) if jwks is not None else None,
         jwks_url=jwks_url,
         secret_hash=hash_secret(secret) if secret else None,
@@ -396,6 +481,7 @@ def register_client(
         consult_for_others=consult_for_others,
         disabled=False,
         created_at=now,
+        redirect_uris=json.dumps(redirect_uris) if redirect_uris else None,
     )
     session.add(client)
     session.flush()

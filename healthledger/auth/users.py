@@ -25,6 +25,7 @@ from healthledger.store.repository import ResourceStore
 
 ROLES = ("patient", "clinician", "researcher", "auditor")
 MIN_PASSWORD_CHARS = 12
+MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; this bounds the work an attacker can ask for
 
 _hasher = PasswordHasher()  # argon2id, the library's defaults (RFC 9106 second recommended option)
 # Verified against when the username is unknown, so both paths cost one argon2 evaluation.
@@ -70,17 +71,31 @@ class AccountNames:
     def open(self, session: Session, user: User) -> str:
         return crypto.open_(self._key(session), user.username_sealed, self._aad(user.user_id)).decode()
 
+    def seal_display_name(self, session: Session, user_id: str, display_name: str) -> bytes:
+        return crypto.seal(self._key(session), display_name.encode(), self._aad(user_id, "account-display-name"))
+
+    def display_name(self, session: Session, user: User) -> str:
+        """The name patients see for this person ("" when none was given)."""
+        if not user.display_name_sealed:
+            return ""
+        return crypto.open_(
+            self._key(session), user.display_name_sealed, self._aad(user.user_id, "account-display-name")
+        ).decode()
+
     def _key(self, session: Session) -> bytes:
         return self._store.keyring.key_for_scope(session.connection(), self.KEY_CLASS, b"").key
 
-    def _aad(self, user_id: str) -> bytes:
-        return f"healthledger/account-username/v1|{self._store.tenant}|{user_id}".encode()
+    def _aad(self, user_id: str, field: str = "account-username") -> bytes:
+        return f"healthledger/{field}/v1|{self._store.tenant}|{user_id}".encode()
+
+
+MAX_DISPLAY_NAME_CHARS = 120
 
 
 def _normalise(username: str) -> str:
     name = username.strip().casefold()
     if not 3 <= len(name) <= 120 or any(c.isspace() for c in name):
-        raise BadRequest("username must be 3-120 characters without spaces")
+        raise BadRequest("username must be 3-120 characters without spaces", expression="username")
     return name
 
 
@@ -94,6 +109,7 @@ def create_user(
     now: datetime,
     organization: str = "",
     patient_id: str = "",
+    display_name: str = "",
 ) -> User:
     if role not in ROLES:
         raise BadRequest(f"role must be one of {', '.join(ROLES)}")
@@ -101,21 +117,55 @@ def create_user(
         raise BadRequest("a patient account must be linked to a Patient (--patient)")
     if role in ("clinician", "researcher") and not organization.startswith("Organization/"):
         raise BadRequest("clinicians and researchers act for an organisation: --organization Organization/{id}")
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise BadRequest(f"password must have at least {MIN_PASSWORD_CHARS} characters")
+    check_new_password(password)
+    display_name = display_name.strip()
+    if len(display_name) > MAX_DISPLAY_NAME_CHARS or not display_name.isprintable():
+        raise BadRequest(f"a display name is printable text of at most {MAX_DISPLAY_NAME_CHARS} characters")
     name = _normalise(username)
     index = names.index(name)
     if session.scalar(select(User).where(User.username_index == index)) is not None:
-        raise Conflict("that username is taken")
+        raise Conflict("that username is taken", expression="username")
     user_id = secrets.token_hex(8)
     user = User(
         user_id=user_id, username_index=index, username_sealed=names.seal(session, user_id, name),
         password_hash=_hasher.hash(password), role=role, organization=organization, patient_id=patient_id,
         disabled=False, failed_logins=0, created_at=now,
     )
+    if display_name:
+        user.display_name_sealed = names.seal_display_name(session, user_id, display_name)
     session.add(user)
     session.flush()
     return user
+
+
+def check_new_password(password: str) -> None:
+    """BadRequest unless `password` is long enough (NIST SP 800-63B §5.1.1.2: length, not composition rules)."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise BadRequest(f"password must have at least {MIN_PASSWORD_CHARS} characters", expression="password")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise BadRequest(f"password must have at most {MAX_PASSWORD_CHARS} characters", expression="password")
+
+
+def find_user(session: Session, names: AccountNames, username: str) -> User | None:
+    """The account with this username, or None (also for a name that cannot be a username)."""
+    try:
+        name = _normalise(username)
+    except BadRequest:
+        return None
+    return session.scalar(select(User).where(User.username_index == names.index(name)))
+
+
+def password_matches(user: User, password: str) -> bool:
+    """Does `password` open this account? One argon2 evaluation; counts nothing (see `authenticate`)."""
+    return _verify(user.password_hash, password)
+
+
+def set_password(user: User, password: str) -> None:
+    """A new password for `user` (any path): every session begun before it ends at its next use."""
+    check_new_password(password)
+    user.password_hash = _hasher.hash(password)
+    user.failed_logins = 0
+    user.locked_until = None
 
 
 def authenticate(

@@ -36,7 +36,7 @@ from healthledger.consent.engine import (
 )
 from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
 from healthledger.consent.index import ConsentIndex
-from healthledger.errors import Forbidden, not_known
+from healthledger.errors import DecryptionError, Forbidden, not_known
 from healthledger.principal import Principal
 from healthledger.store.access import Screened
 from healthledger.store.repository import ResourceStore
@@ -302,6 +302,17 @@ class ConsentPolicy:
             with self.store.engine.begin() as own:
                 self._sealing_key = self.store.keyring.key_for_scope(own, ACCESS_LOG_KEY_CLASS, b"").key
         return self._sealing_key
+
+    def break_glass_reason(self, entry: AccessEntry) -> str:
+        """The justification sealed into a break-the-glass entry (see `_entry`), for a reader entitled to it
+        (the access log's reading rule decides who is); "" when there is none or it does not open."""
+        if not entry.sealed_note:
+            return ""
+        aad = f"healthledger/break-glass/v1|{self.store.tenant}|{entry.actor}".encode()
+        try:
+            return crypto.open_(self.sealing_key(), entry.sealed_note, aad).decode()
+        except DecryptionError:
+            return ""
 
     def _entry(
         self,

@@ -11,14 +11,23 @@ from support import ROOT
 
 import healthledger.web
 
-TEMPLATES = {"base.html", "login.html", "home.html", "notice.html"}
+TEMPLATES = {
+    "base.html", "login.html", "home.html", "notice.html", "patient_home.html", "account.html", "signup.html",
+    "recover.html", "recovery_code.html", "records.html", "consents.html", "consent.html", "requests.html",
+    "share.html", "history.html", "notices.html", "authorize.html", "apps.html",
+}
+PARTIALS = {"_forms.html", "_consent.html"}  # macros the pages import; they render nothing themselves
+STATIC = {"app.css", "favicon.svg", "js/merkle.js", "js/verify.js", "js/consent-progress.js", "js/prover.js",
+          "js/prove-worker.js"}
 
 
 def test_templates_are_package_resources() -> None:
     folder = files(healthledger.web) / "templates"
-    assert {entry.name for entry in folder.iterdir() if entry.name.endswith(".html")} == TEMPLATES
+    assert {entry.name for entry in folder.iterdir() if entry.name.endswith(".html")} == TEMPLATES | PARTIALS
     for name in TEMPLATES - {"base.html"}:
         assert (folder / name).read_text().startswith('{% extends "base.html" %}')
+    for name in PARTIALS:
+        assert "{% macro" in (folder / name).read_text() and "{% extends" not in (folder / name).read_text()
     assert "{{ csrf_meta_tag() }}" in (folder / "base.html").read_text()
 
 
@@ -31,8 +40,17 @@ def test_a_built_package_ships_the_templates() -> None:
     assert any(fnmatch("healthledger.web.templates", pattern) for pattern in find["include"])
     data = setuptools["package-data"]
     patterns = [*data.get("*", []), *data.get("healthledger.web.templates", [])]
-    for name in TEMPLATES:
+    for name in TEMPLATES | PARTIALS:
         assert any(fnmatch(name, pattern) for pattern in patterns), name
+    assert any(fnmatch("healthledger.web.static.js", pattern) for pattern in find["include"])
+    for name in STATIC:
+        assert any(fnmatch(name.rpartition("/")[2], pattern) for pattern in data.get("*", [])), name
+
+
+def test_static_files_are_package_resources() -> None:
+    folder = files(healthledger.web) / "static"
+    for name in STATIC:
+        assert (folder / name).is_file(), name
 
 
 def test_no_inline_templates_in_the_web_package() -> None:

@@ -1,0 +1,148 @@
+"""Who can see my data, and requests: the patient's Consents in plain words with their on-chain state,
+revoking one (signed with the patient's key), and answering a Consent that someone else recorded for the
+patient (approve = sign its grant with the patient's key; decline = status `rejected`).
+
+All through the /fhir API as the patient: `GET /fhir/Consent?patient=...`, `POST /fhir/Consent/{id}/$sign`,
+`$revoke`, `PUT /fhir/Consent/{id}`. Whoever recorded a request reads its outcome from the same API (the
+Consent's status and its chain-state extension).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.wrappers import Response as BaseResponse
+
+from fhir_adapters.readable.consents import CHAIN_STATE_URL, ConsentView, describe_consent
+from healthledger.errors import BadRequest, HealthLedgerError
+from healthledger.web.context import require_person
+from healthledger.web.directory import names_for
+from healthledger.web.fhir_client import FhirCallError, FhirClient
+from healthledger.web.forms import ConfirmWithPasswordForm, show_error
+from healthledger.web.notices import patient_consents
+
+log = structlog.get_logger(__name__)
+
+
+def password_parameters(password: str) -> dict[str, Any]:
+    """The Parameters body of `$sign` and `$revoke`: the password that unlocks the patient's key."""
+    return {"resourceType": "Parameters", "parameter": [{"name": "password", "valueString": password}]}
+
+
+def signing_refusal(error: FhirCallError) -> HealthLedgerError:
+    """What the patient reads when `$sign` or `$revoke` is refused: a key that does not open (403) is their
+    password, said next to the password field; anything else as the API put it."""
+    if error.status == 403:
+        return BadRequest("That password is not right: use the one you sign in with", expression="password")
+    return error
+
+
+def consent_view(api: FhirClient, consent: dict[str, Any]) -> ConsentView:
+    refs = [((a or {}).get("reference") or {}).get("reference", "")
+            for a in (consent.get("provision") or {}).get("actor") or []]
+    return describe_consent(consent, names_for(api, [r for r in refs if r]))
+
+
+def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
+    bp = Blueprint("consents", __name__)
+    api = FhirClient()
+
+    def own_consent(consent_id: str) -> tuple[dict[str, Any], ConsentView]:
+        """The signed-in patient's Consent, or 404 (the API decides: another patient's looks missing)."""
+        principal = require_person(sessions, "patient")
+        try:
+            consent = api.read("Consent", consent_id)
+        except FhirCallError as exc:
+            abort(404 if exc.status in (400, 404, 410) else exc.status)
+        if (consent.get("patient") or {}).get("reference") != f"Patient/{principal.patient_id}":
+            abort(404)
+        return consent, consent_view(api, consent)
+
+    @bp.get("/consents")
+    def consents() -> str:
+        principal = require_person(sessions, "patient")
+        views = patient_consents(api, principal.patient_id)
+        return render_template(
+            "consents.html",
+            sharing=[v for v in views if v.permits and v.status == "active" or v.chain_state == "pending"],
+            refusing=[v for v in views if not v.permits and v.status == "active"],
+            waiting=[v for v in views if v.is_request],
+            ended=[v for v in views if v.status in ("inactive", "rejected", "entered-in-error")],
+        )
+
+    @bp.get("/consents/<consent_id>")
+    def consent(consent_id: str) -> str:
+        _, view = own_consent(consent_id)
+        return render_template("consent.html", c=view, form=ConfirmWithPasswordForm())
+
+    @bp.post("/consents/<consent_id>/revoke")
+    def revoke(consent_id: str) -> BaseResponse | tuple[str, int]:
+        _, view = own_consent(consent_id)
+        form = ConfirmWithPasswordForm(request.form)
+        if form.validate():
+            try:
+                api.operation(f"Consent/{consent_id}/$revoke", password_parameters(form.password.data or ""))
+            except FhirCallError as exc:
+                show_error(form, signing_refusal(exc), default="password")
+            else:
+                log.info("web.consent_revoked")
+                flash(f"Revoked. {view.who_text} can no longer see your data under this consent. "
+                      "The ledger records the revocation in a moment.", "success")
+                return redirect(url_for("web.consents.consent", consent_id=consent_id), 303)
+        return render_template("consent.html", c=view, form=form, revoke_open=True), 400
+
+    @bp.get("/requests")
+    def requests() -> str:
+        principal = require_person(sessions, "patient")
+        views = [v for v in patient_consents(api, principal.patient_id) if v.is_request]
+        return render_template("requests.html", requests=views, answer_forms={v.id: _answer_form(v.id) for v in views})
+
+    @bp.post("/requests/<consent_id>/approve")
+    def approve(consent_id: str) -> BaseResponse | tuple[str, int]:
+        principal = require_person(sessions, "patient")
+        _, view = own_consent(consent_id)
+        form = _answer_form(consent_id, request.form)
+        if not view.is_request:
+            flash("That request was already answered.", "info")
+            return redirect(url_for("web.consents.consent", consent_id=consent_id), 303)
+        if form.validate():
+            try:
+                api.operation(f"Consent/{consent_id}/$sign", password_parameters(form.password.data or ""))
+            except FhirCallError as exc:
+                show_error(form, signing_refusal(exc), default="password")
+            else:
+                log.info("web.request_approved")
+                flash(f"Approved and signed with your key. {view.who_text} can see it once the ledger confirms.",
+                      "success")
+                return redirect(url_for("web.consents.consent", consent_id=consent_id), 303)
+        views = [v for v in patient_consents(api, principal.patient_id) if v.is_request]
+        forms = {v.id: (form if v.id == consent_id else _answer_form(v.id)) for v in views}
+        return render_template("requests.html", requests=views, answer_forms=forms), 400
+
+    @bp.post("/requests/<consent_id>/decline")
+    def decline(consent_id: str) -> BaseResponse:
+        consent, view = own_consent(consent_id)
+        if not view.is_request:
+            flash("That request was already answered.", "info")
+            return redirect(url_for("web.consents.requests"), 303)
+        declined = {k: v for k, v in consent.items() if k != "meta"}
+        # The chain-state extension is how the API shows the Consent, not part of what was recorded.
+        kept = [e for e in consent.get("extension") or [] if e.get("url") != CHAIN_STATE_URL]
+        declined.pop("extension", None)
+        if kept:
+            declined["extension"] = kept
+        declined["status"] = "rejected"
+        api.update(declined)
+        log.info("web.request_declined")
+        flash(f"Declined. {view.who_text} will see that you said no.", "success")
+        return redirect(url_for("web.consents.requests"), 303)
+
+    return bp
+
+
+def _answer_form(consent_id: str, formdata: Any = None) -> ConfirmWithPasswordForm:
+    """Each request on the page has its own password field (ids stay unique)."""
+    return ConfirmWithPasswordForm(formdata, prefix=f"r{consent_id}")
