@@ -1,15 +1,22 @@
 """deploy/ checked offline: the compose file and the Kubernetes manifests parse and hang together (selectors,
 probes, non-root, settings that exist, secrets by reference only), the Dockerfile is multi-stage and non-root,
-the gunicorn configuration loads. (The compose plugin is not installed here, so `docker compose config` cannot
-run; deploy/README.md says how to run it where it is.)"""
+the gunicorn configuration loads; the compose file validates against the Compose Specification's JSON schema
+(check-jsonschema's vendored copy) and every manifest against the Kubernetes 1.37 schemas in strict mode
+(kubernetes-validate), both offline. (`docker compose config` needs the compose plugin, which is not here;
+deploy/README.md says how to run it where it is.)"""
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
+import pytest
 import yaml
 
 from healthledger.config import Settings
@@ -120,3 +127,27 @@ def test_gunicorn_configuration_loads() -> None:
     assert namespace["workers"] == multiprocessing.cpu_count() and namespace["worker_class"] == "gthread"
     assert namespace["wsgi_app"] == "healthledger.app:create_app()" and namespace["graceful_timeout"] > 0
     assert callable(namespace["on_starting"]) and callable(namespace["child_exit"])
+
+
+def _compose_schema_errors(path: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                           str(path)], check=False, capture_output=True, text=True, timeout=120)
+    return "" if done.returncode == 0 else done.stdout + done.stderr
+
+
+def test_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
+    assert _compose_schema_errors(DEPLOY / "compose.yaml") == ""
+    broken = _compose()
+    broken["services"]["api"]["healthchek"] = broken["services"]["api"].pop("healthcheck")  # the check can fail
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump(broken))
+    assert "healthchek" in _compose_schema_errors(tmp_path / "compose.yaml")
+
+
+def test_manifests_follow_the_kubernetes_schemas_strictly() -> None:
+    manifests = _manifests()
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, "1.37.0", strict=True)
+    deployment = copy.deepcopy(next(m for m in manifests if m["kind"] == "Deployment"))
+    deployment["spec"]["replicaz"] = 2  # the check can fail: strict mode rejects unknown fields
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.37.0", strict=True)
