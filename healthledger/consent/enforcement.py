@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from healthledger import crypto
 from healthledger.actions import LOGGED_ACTIONS, WRITE_ACTIONS, Action
 from healthledger.audit.entries import AccessEntry
+from healthledger.audit.group_commit import GroupCommitLog
 from healthledger.audit.log import record_access, record_accesses
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import scope_allows
@@ -77,6 +78,7 @@ class ConsentPolicy:
         self._obligations = obligations
         self._on_decision = on_decision
         self._sealing_key: bytes | None = None
+        self._log_writer = GroupCommitLog(store.engine)
 
     # -- the seam -------------------------------------------------------------------------------
     def begin(self, conn: Connection, *, defer: bool = False) -> None:
@@ -99,6 +101,11 @@ class ConsentPolicy:
     def keep(self, conn: Connection, entries: list[AccessEntry]) -> None:
         """Record rescued entries in a transaction of their own (before the error reaches the caller)."""
         record_accesses(conn, entries)
+
+    def keep_durably(self, entries: list[AccessEntry]) -> None:
+        """Commit a read's entries, in a group commit with the reads ending at the same time; returns only
+        once they are durable, raises AccessLogWriteFailed (503, nothing returned) when they are not."""
+        self._log_writer.append(entries)
 
     def record_miss(
         self, principal: Principal, action: Action, resource_type: str, resource_id: str, *, conn: Connection
