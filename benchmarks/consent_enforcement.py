@@ -276,6 +276,59 @@ def in_process(
     return out
 
 
+# What an enforced read spends its time on, by the function that does it (each sample goes to the innermost
+# of these functions on its stack, so nothing is counted twice). Profiled with pyinstrument (a dev dependency).
+PROFILE_PARTS = (
+    ("token: client's current state", "TokenService.authenticate"),
+    ("consent index freshness check", "ConsentIndex.refresh"),
+    ("access log: group commit (wait + write)", "ConsentPolicy.keep_durably"),
+    ("access log: entry built (pseudonym, sealing)", "ConsentPolicy._entry"),
+    ("consent: resource facts", "resource_facts"),
+    ("consent: decision (engine, patient context)", "ConsentPolicy._decide"),
+    ("store: row, decryption, JSON", "UnitOfWork.read"),
+    ("store: search", "UnitOfWork.search"),
+    ("response: JSON body", "_FhirApi._respond"),
+    ("request log line and metrics", "_finish"),
+)
+
+
+def profile_split(app: Any, token: str, paths: list[str], requests: int = 1500) -> dict[str, float]:
+    """ms per request of each part of PROFILE_PARTS in `requests` in-process requests (the rest: Flask, WSGI)."""
+    import io
+
+    from pyinstrument import Profiler
+    from werkzeug.test import EnvironBuilder
+
+    environs = [EnvironBuilder(path=p, headers={"Authorization": f"Bearer {token}"}).get_environ() for p in paths]
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    for i in range(requests):
+        environ = dict(environs[i % len(environs)])
+        environ["wsgi.input"] = io.BytesIO()
+        fhir_http._call_wsgi(app, environ)
+    session = profiler.stop()
+    root = session.root_frame()
+    parts = {name: 0.0 for name, _ in PROFILE_PARTS}
+    total = root.time if root is not None else 0.0
+
+    labels = {function: name for name, function in PROFILE_PARTS}
+    rest = "the rest (Flask, WSGI, routing, headers)"
+    parts[rest] = 0.0
+
+    def walk(frame: Any, part: str) -> None:
+        label = frame.function if not frame.class_name else f"{frame.class_name}.{frame.function}"
+        part = labels.get(label, part)
+        parts[part] += frame.time - sum(child.time for child in frame.children)  # its own samples
+        for child in frame.children:
+            walk(child, part)
+
+    if root is not None:
+        walk(root, rest)
+    out = {name: seconds * 1000 / requests for name, seconds in parts.items()}
+    out["total"] = total * 1000 / requests
+    return out
+
+
 def token_check_ms(app: Any, token: str, rounds: int = 1000) -> float:
     """CPU of TokenService.authenticate alone (ES256 signature, claims, the client's row), per call."""
     tokens = app.extensions["healthledger.tokens"]
@@ -402,6 +455,8 @@ def main() -> int:
                 {ON: (on_app, smart_token), OFF: (off_app, fhir_http.TOKEN), ON_DEV: (on_app, fhir_http.TOKEN)},
                 {op: ops[op] for op in READS})
             token_ms = token_check_ms(on_app, smart_token)
+            profiles = {} if args.no_in_process else {
+                op: profile_split(on_app, smart_token, ops[op]) for op in (*READS, SEARCH)}
             for app in (on_app, off_app):
                 app.extensions["healthledger.engine"].dispose()
         finally:
@@ -466,6 +521,12 @@ def main() -> int:
               f"{split['transaction_index_check_and_access_log']:.3f} transaction + index check + log entry, "
               f"{token_ms:.3f} token, {split['scopes_facts_and_decision']:.3f} scopes + facts + decision")
     print(f"(token: TokenService.authenticate alone, {token_ms:.3f} ms CPU per call)")
+    if profiles:
+        print("\nWhere an enforced request's time goes (pyinstrument, in process, ms per request; wall time)\n")
+        names = list(next(iter(profiles.values())))
+        print(f"{'part':46} " + " ".join(f"{op:>26}" for op in profiles))
+        for name in names:
+            print(f"{name:46} " + " ".join(f"{profiles[op][name]:26.3f}" for op in profiles))
 
     denials = {k: n for k, n in whole.items() if " deny " in k}
     logged = sum(whole.values())
@@ -508,6 +569,7 @@ def main() -> int:
         "operations": summary,
         "all_runs": runs,
         "in_process": local_summary,
+        "profile_ms_per_request": profiles,
         "token_check_cpu_ms": token_ms,
         "consent_decision_median_us_20_consents": decision_us,
         "target": {"read_overhead_max": TARGET_OVERHEAD, "measured_worst_read": worst,

@@ -80,8 +80,12 @@ class GroupCommitLog:
         self._leading = False
         self.stats = GroupStats()
 
-    def append(self, entries: Sequence[AccessEntry]) -> None:
-        """Return once `entries` are committed; raise AccessLogWriteFailed if their group's commit failed."""
+    def append(self, entries: Sequence[AccessEntry], *, conn: Connection | None = None) -> None:
+        """Return once `entries` are committed; raise AccessLogWriteFailed if their group's commit failed.
+
+        `conn`: a connection the caller holds with no transaction open (a read's, rolled back): a leader
+        writes its group on it instead of checking out another.
+        """
         if not entries:
             return
         mine = _Waiting(entries)
@@ -95,7 +99,7 @@ class GroupCommitLog:
                     break
                 self._leading = True  # no commit under way and ours is queued: lead the next group
                 group = self._take_group()
-            self._lead(group)  # a group full before ours is reached: then lead again, or follow
+            self._lead(group, conn)  # a group full before ours is reached: then lead again, or follow
         if mine.failed is not None:
             raise AccessLogWriteFailed() from mine.failed
 
@@ -108,11 +112,20 @@ class GroupCommitLog:
             count += len(waiting.entries)
         return group
 
-    def _lead(self, group: list[_Waiting]) -> None:
+    def _lead(self, group: list[_Waiting], held: Connection | None) -> None:
         failed: BaseException | None = None
+        entries = [e for waiting in group for e in waiting.entries]
         try:
-            with self._engine.begin() as conn:
-                self._write(conn, [e for waiting in group for e in waiting.entries])
+            if held is None:
+                with self._engine.begin() as conn:
+                    self._write(conn, entries)
+            else:
+                try:
+                    self._write(held, entries)
+                    held.commit()
+                except BaseException:
+                    held.rollback()
+                    raise
         except BaseException as exc:  # noqa: BLE001 - every kind: no caller of the group may answer as if durable
             failed = exc
         with self._cond:

@@ -49,6 +49,7 @@ _RECORDED: ContextVar[int] = ContextVar("healthledger_entries_recorded", default
 _AGE_KEY = "healthledger.consent.index_age"
 _PENDING_KEY = "healthledger.consent.entries"
 _DEFER_KEY = "healthledger.consent.defer"
+_PSEUDONYMS_KEPT = 50_000
 
 
 Transform = Callable[[dict[str, Any], Obligation, Principal], dict[str, Any] | None]
@@ -79,6 +80,7 @@ class ConsentPolicy:
         self._on_decision = on_decision
         self._sealing_key: bytes | None = None
         self._log_writer = GroupCommitLog(store.engine)
+        self._pseudonyms: dict[str, str] = {}
 
     # -- the seam -------------------------------------------------------------------------------
     def begin(self, conn: Connection, *, defer: bool = False) -> None:
@@ -102,10 +104,11 @@ class ConsentPolicy:
         """Record rescued entries in a transaction of their own (before the error reaches the caller)."""
         record_accesses(conn, entries)
 
-    def keep_durably(self, entries: list[AccessEntry]) -> None:
-        """Commit a read's entries, in a group commit with the reads ending at the same time; returns only
-        once they are durable, raises AccessLogWriteFailed (503, nothing returned) when they are not."""
-        self._log_writer.append(entries)
+    def keep_durably(self, entries: list[AccessEntry], conn: Connection) -> None:
+        """Commit a read's entries, in a group commit with the reads ending at the same time (on `conn`, the
+        read's own, rolled back, when it leads); returns only once they are durable, raises
+        AccessLogWriteFailed (503, nothing returned) when they are not."""
+        self._log_writer.append(entries, conn=conn)
 
     def record_miss(
         self, principal: Principal, action: Action, resource_type: str, resource_id: str, *, conn: Connection
@@ -347,12 +350,22 @@ class ConsentPolicy:
             action=action if action in LOGGED_ACTIONS else "read",
             resource_type=resource_type,
             resource_id=resource_id,
-            patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id) if patient_id else "",
+            patient_pseudonym=self._pseudonym(patient_id) if patient_id else "",
             decision="permit" if outcome.permitted else "deny",
             reason=reason_text(outcome),
             break_glass=outcome.break_glass,
             sealed_note=note,
         )
+
+    def _pseudonym(self, patient_id: str) -> str:
+        """The patient's access-log pseudonym (a keyed hash, fixed per tenant): remembered, it is on every entry."""
+        found = self._pseudonyms.get(patient_id)
+        if found is None:
+            found = patient_pseudonym(self.store.indexer, patient_id)
+            if len(self._pseudonyms) >= _PSEUDONYMS_KEPT:
+                self._pseudonyms.clear()
+            self._pseudonyms[patient_id] = found
+        return found
 
     def record(
         self,

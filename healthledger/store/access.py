@@ -79,7 +79,7 @@ class AccessPolicy(Protocol):
 
     def keep(self, conn: Connection, entries: list[Any]) -> None: ...
 
-    def keep_durably(self, entries: list[Any]) -> None: ...
+    def keep_durably(self, entries: list[Any], conn: Connection) -> None: ...
 
     def check_scope(self, principal: Principal, action: Action, resource_type: str, *, conn: Connection) -> None:
         """Raises Forbidden (and records the refusal) when the caller's scopes do not allow `action` on the
@@ -142,7 +142,7 @@ class DevelopmentPolicy:
     def keep(self, conn: Connection, entries: list[Any]) -> None:
         return None
 
-    def keep_durably(self, entries: list[Any]) -> None:
+    def keep_durably(self, entries: list[Any], conn: Connection) -> None:
         return None
 
     def check_scope(self, principal: Principal, action: Action, resource_type: str, *, conn: Connection) -> None:

@@ -277,28 +277,27 @@ class ResourceStore:
 
         Under a policy that logs accesses, reads make their log entries durable before returning (or
         raising). The decision is made on a read view, whose entries are only collected; when the read
-        ends, the view is released and the policy commits them (`keep_durably`: a group commit shared
-        with the reads that end at the same time, healthledger.audit.group_commit). A read never holds a
-        write lock (SQLite has one writer at a time: a read that took it would hold it through
-        decryption and the decision, serialising every reader) nor a transaction of its own through
-        the wait; and if the entries cannot be committed, the read raises instead of answering.
+        ends, its transaction is rolled back and the policy commits them (`keep_durably`: a group commit
+        shared with the reads that end at the same time, healthledger.audit.group_commit, written on this
+        connection when this read leads the group). A read never holds a write lock through decryption and
+        the decision (SQLite has one writer at a time: that would serialise every reader); and if the
+        entries cannot be committed, the read raises instead of answering.
         """
         principal = principal or SYSTEM
         policy = self.policy
         if policy.records_accesses and principal.via != "cli":
             self.open_keys()
-            entries: list[Any] = []
-            try:
-                with self.engine.connect() as conn:
-                    policy.begin(conn, defer=True)
-                    try:
-                        yield UnitOfWork(self, conn, principal)
-                    finally:
-                        entries = policy.rescue(conn)
-                        conn.rollback()
-            finally:
-                if entries:
-                    policy.keep_durably(entries)
+            with self.engine.connect() as conn:
+                policy.begin(conn, defer=True)
+                try:
+                    yield UnitOfWork(self, conn, principal)
+                finally:
+                    # pysqlite runs SELECTs outside any transaction, so this connection holds no read
+                    # snapshot: an INSERT on it waits for the write lock (busy timeout) rather than failing.
+                    entries = policy.rescue(conn)
+                    conn.rollback()
+                    if entries:
+                        policy.keep_durably(entries, conn)
             return
         self.open_keys()
         with self.engine.connect() as conn:
