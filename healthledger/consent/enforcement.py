@@ -33,6 +33,7 @@ from healthledger.consent.engine import (
     PatientContext,
     Policy,
     Reason,
+    ResourceFacts,
     decide,
 )
 from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
@@ -50,6 +51,7 @@ _AGE_KEY = "healthledger.consent.index_age"
 _PENDING_KEY = "healthledger.consent.entries"
 _DEFER_KEY = "healthledger.consent.defer"
 _PSEUDONYMS_KEPT = 50_000
+_FACTS_KEPT = 20_000  # stored versions whose facts a worker keeps
 
 
 Transform = Callable[[dict[str, Any], Obligation, Principal], dict[str, Any] | None]
@@ -81,6 +83,7 @@ class ConsentPolicy:
         self._sealing_key: bytes | None = None
         self._log_writer = GroupCommitLog(store.engine)
         self._pseudonyms: dict[str, str] = {}
+        self._facts_kept: dict[tuple[str, ...], ResourceFacts] = {}
 
     # -- the seam -------------------------------------------------------------------------------
     def begin(self, conn: Connection, *, defer: bool = False) -> None:
@@ -146,7 +149,7 @@ class ConsentPolicy:
         self.check_scope(principal, action, resource_type, conn=conn)
         if type_level:
             return None  # each match is screened, and the page recorded, by the store
-        facts = resource_facts(resource_type, resource_id, resource)
+        facts = self._facts(resource_type, resource_id, resource, stored=action not in WRITE_ACTIONS)
         outcome = self._decide(principal, action, facts, conn)
         self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, outcome)
         if not outcome.permitted:
@@ -165,7 +168,7 @@ class ConsentPolicy:
     def screen(
         self, principal: Principal, action: Action, resource_type: str, resource: dict[str, Any], *, conn: Connection
     ) -> Screened:
-        facts = resource_facts(resource_type, "", resource)
+        facts = self._facts(resource_type, "", resource, stored=True)
         outcome = _UNRESTRICTED if principal.unrestricted else self._decide(principal, "read", facts, conn)
         shown = self._apply(resource, outcome, principal) if outcome.permitted else None
         return Screened(resource_type, facts.resource_id, facts.patient_id, shown, outcome)
@@ -356,6 +359,24 @@ class ConsentPolicy:
             break_glass=outcome.break_glass,
             sealed_note=note,
         )
+
+    def _facts(self, resource_type: str, resource_id: str, resource: dict[str, Any] | None, *,
+               stored: bool) -> ResourceFacts:
+        """`resource_facts`, remembered per stored version: a version's content never changes, and its facts
+        (whose compartment, labels, codes, dates) are worked out on every read of it."""
+        meta = resource.get("meta") if stored and resource is not None else None
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        if not isinstance(version, str):
+            return resource_facts(resource_type, resource_id, resource)
+        assert resource is not None
+        key = (resource_type, resource_id, str(resource.get("id", "")), version, str(meta.get("lastUpdated", "")))  # type: ignore[union-attr]
+        found = self._facts_kept.get(key)
+        if found is None:
+            found = resource_facts(resource_type, resource_id, resource)
+            if len(self._facts_kept) >= _FACTS_KEPT:
+                self._facts_kept.clear()
+            self._facts_kept[key] = found
+        return found
 
     def _pseudonym(self, patient_id: str) -> str:
         """The patient's access-log pseudonym (a keyed hash, fixed per tenant): remembered, it is on every entry."""
