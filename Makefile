@@ -41,7 +41,8 @@ lint: dev-install
 	$(BIN)/mypy --strict zk fhir_adapters
 	$(BIN)/mypy healthledger
 
-bench: dev-install node-tools
+bench: dev-install node-tools     ## every benchmark (installs wrk if missing), then one summary table against the targets
+	@bash scripts/system-deps.sh wrk
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -74,7 +74,7 @@ def serve(data_dir: Path, port: int, privacy_off: bool, workers: int) -> None:
     run_gunicorn(settings, accesslog=None, errorlog="-", loglevel="warning", **extra)
 
 
-def prepare(data_dir: Path, patients: int, privacy_off: bool) -> dict[str, Any]:
+def prepare(data_dir: Path, patients: int, privacy_off: bool, database_url: str = "") -> dict[str, Any]:
     """Schema, keys and the generated patients imported through the store's importer; returns ids to query."""
     from healthledger.app import bootstrap
     from healthledger.config import Settings
@@ -84,7 +84,8 @@ def prepare(data_dir: Path, patients: int, privacy_off: bool) -> dict[str, Any]:
     from healthledger.store.importer import Importer
     from healthledger.store.repository import store_for_settings
 
-    settings = Settings(data_dir=data_dir, load_demo_data=False, privacy_off_for_benchmark=privacy_off)
+    settings = Settings(data_dir=data_dir, load_demo_data=False, privacy_off_for_benchmark=privacy_off,
+                        database_url=database_url)
     bootstrap(settings)
     resources = demo_resources(patients=patients, observations_per_patient=6)
     ndjson = data_dir / "bench.ndjson"

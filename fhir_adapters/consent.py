@@ -171,7 +171,9 @@ def instant_range(value: str, path: str = "dateTime") -> tuple[datetime, datetim
             y, m = int(value[:4]), int(value[5:7])
             return _utc(y, m, 1), _utc(y, m, calendar.monthrange(y, m)[1]) + timedelta(days=1)
         if len(value) == 10:
-            d = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+            if value[4] != "-" or value[7] != "-" or not (value[:4] + value[5:7] + value[8:]).isdigit():
+                raise ValueError(value)
+            d = _utc(int(value[:4]), int(value[5:7]), int(value[8:]))  # strptime costs 10x, on every decision
             return d, d + timedelta(days=1)
         t = datetime.fromisoformat(value)  # Python 3.11 reads FHIR's "Z"
         if t.tzinfo is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import Flask, Response, g, request
@@ -13,10 +14,24 @@ from healthledger.db import make_engine, upgrade
 from healthledger.keys import key_provider_for
 
 
-def bootstrap(settings: Settings) -> None:
-    """One-time setup before serving: data dir, schema, keys, demo data (once). Idempotent.
+@dataclass(frozen=True)
+class Bootstrapped:
+    """What `bootstrap` found or made: the home organisation and the demo data (for start-up output)."""
+
+    home_organization: str  # "Organization/{id}", or "" when there is none
+    home_name: str  # its name when `bootstrap` made or read it, else ""
+    home_made: bool  # made (or renamed) just now
+    demo_loaded: int  # demo resources written just now (0: none, or already there)
+    demo_patients: int  # demo patients the data set holds (0 when demo data is off)
+
+
+def bootstrap(settings: Settings, *, organization: str | None = None, ensure_home: bool | None = None) -> Bootstrapped:
+    """One-time setup before serving: data dir, schema, keys, home organisation, demo data (once). Idempotent.
 
     The data directory is made private (0700, files 0600) and looser modes left in it are tightened.
+    Unless HEALTHLEDGER_HOME_ORGANIZATION names one, the hospital's own Organization is made (named
+    `organization`, or a default) when `ensure_home` (default: when demo data is loaded, i.e. a first
+    `make run`; `healthledger init` always asks for it).
     """
     secure_data_dir(settings.data_dir)
     engine = make_engine(settings.database_url)
@@ -37,12 +52,25 @@ def bootstrap(settings: Settings) -> None:
         # SQLite, it would wait for the write lock the emergency's own write holds).
         with engine.begin() as conn:
             store.keyring.key_for_scope(conn, ACCESS_LOG_KEY_CLASS, b"")
-        if settings.load_demo_data:
-            from healthledger.demo import load_demo_data
+        home, home_name, home_made = settings.home_organization, "", False
+        if ensure_home is None:
+            ensure_home = settings.load_demo_data
+        if not home and (ensure_home or organization is not None):
+            from healthledger.store.home_organization import ensure_home_organization
 
-            load_demo_data(store)
+            home, home_name, home_made = ensure_home_organization(store, organization)
+        elif not home:
+            from healthledger.store.home_organization import stored_home_organization
+
+            home = stored_home_organization(store)
+        demo_loaded = demo_patients = 0
+        if settings.load_demo_data:
+            from healthledger.demo import DEMO_PATIENTS, load_demo_data
+
+            demo_loaded, demo_patients = load_demo_data(store), DEMO_PATIENTS
     finally:
         engine.dispose()
+    return Bootstrapped(home, home_name, home_made, demo_loaded, demo_patients)
 
 
 def configure_logging(fmt: str = "json") -> None:
@@ -93,7 +121,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     engine = make_engine(settings.database_url)
     key_provider = key_provider_for(settings.key_provider, settings.keys_dir)
     store = store_for_settings(engine, key_provider, settings, bump_generation_on=CONSENT_INPUT_TYPES)
-    index = ConsentIndex(store, home_organization=settings.home_organization)
+    from healthledger.store.home_organization import effective_home_organization
+
+    index = ConsentIndex(store, home_organization=effective_home_organization(settings.home_organization, store))
     metrics = Metrics.create()
     consent_rules = policy_from_settings(settings.consent_policy)
     policy = ConsentPolicy(

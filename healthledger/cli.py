@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from healthledger.config import Settings
 from healthledger.errors import HealthLedgerError
 from healthledger.runtime import Runtime
+
+if TYPE_CHECKING:
+    from healthledger.app import Bootstrapped
 from zk.cli import LazyGroup
 
 # Commands each package contributes, imported only when used (so `healthledger import` does not load web3,
@@ -54,11 +57,55 @@ def cli(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option("--organization", "organization", default=None, metavar="NAME",
+              help="name of the hospital's own Organization (default: HealthLedger Hospital; renames it if given)")
 @click.pass_obj
-def init(runtime: Runtime) -> None:
-    """Create the data directory and keys, and bring the database schema up to date."""
-    runtime.bootstrap()
+def init(runtime: Runtime, organization: str | None) -> None:
+    """Create the data directory and keys, bring the database schema up to date, and make the hospital's
+    own Organization the home organisation (unless HEALTHLEDGER_HOME_ORGANIZATION names one)."""
+    done = runtime.bootstrap(organization=organization, ensure_home=True)
     click.echo(f"initialised: data in {runtime.settings.data_dir.resolve()}")
+    if done is not None:
+        _echo_home(done, runtime.settings)
+
+
+def _echo_home(done: Bootstrapped, settings: Settings) -> None:
+    if settings.home_organization:
+        click.echo(f"home organisation: {settings.home_organization} (HEALTHLEDGER_HOME_ORGANIZATION)")
+    elif done.home_organization:
+        what = "made" if done.home_made else "kept"
+        name = f" \"{done.home_name}\"" if done.home_name else ""
+        click.echo(f"home organisation: {done.home_organization}{name} ({what}; it cares for every patient, and "
+                   "clients and staff registered without --organization act for it)")
+
+
+def _echo_start(done: Bootstrapped | None, settings: Settings) -> None:
+    """Start-up notes: the home organisation, the demo data, and how to get a token."""
+    if done is None:
+        return
+    _echo_home(done, settings)
+    if done.demo_patients:
+        state = f"loaded ({done.demo_loaded} resources)" if done.demo_loaded else "already loaded"
+        click.echo(f"demo data: {done.demo_patients} generated patients {state}; HEALTHLEDGER_LOAD_DEMO_DATA=false "
+                   "turns this off")
+    base = f"http://{settings.host}:{settings.port}"
+    exe = _command_name()
+    click.echo(f"a token: {exe} clients add \"My EHR\" --scopes \"system/*.rs\" --secret   (prints an id and a secret), "
+               f"then POST {base}/auth/token with grant_type=client_credentials, client_id, client_secret and "
+               "scope (README: First ten minutes)")
+    if settings.accepted_dev_token:
+        click.echo("development token (loopback only): Authorization: Bearer " + settings.accepted_dev_token)
+
+
+def _command_name() -> str:
+    """How to type this command again: `healthledger` if that is on PATH, else the path that ran it."""
+    import os
+    import shutil
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0].endswith("healthledger") else ""
+    if argv0 and shutil.which("healthledger") == os.path.abspath(argv0):
+        return "healthledger"
+    return os.path.relpath(argv0) if argv0 else "healthledger"
 
 
 @cli.command()
@@ -78,10 +125,16 @@ def serve(runtime: Runtime, host: str | None, port: int | None, workers: int | N
     from healthledger.observability import enable_multiprocess
 
     configure_logging(settings.log_format)
+    # Files the service's processes make (gunicorn's metrics files among them) are private from the start, so
+    # a command run beside the service does not find them loose and tighten them with a warning each.
+    import os
+
+    os.umask(os.umask(0o077) | 0o077)
     # Before any worker forks: every worker writes its metrics where any worker's /metrics reads them.
     enable_multiprocess(settings.data_dir / "metrics")
-    runtime.bootstrap()  # schema, keys and demo data before any worker starts
+    done = runtime.bootstrap()  # schema, keys, home organisation and demo data before any worker starts
     if not ledger:
+        _echo_start(done, settings)
         _serve_http(settings, dev)
         return
     from healthledger.ledger.service import ledger_sidecars
@@ -89,6 +142,7 @@ def serve(runtime: Runtime, host: str | None, port: int | None, workers: int | N
     with ledger_sidecars(settings) as run_settings:
         chain = "embedded chain" if not settings.chain_url else "chain at the configured URL"
         click.echo(f"ledger: {chain} at {run_settings.chain_url}, contracts verified, worker running")
+        _echo_start(done, settings)
         _serve_http(run_settings, dev)
 
 

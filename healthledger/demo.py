@@ -42,7 +42,10 @@ def demo_id(kind: str, n: int) -> str:
     return str(uuid.uuid5(DEMO_NAMESPACE, f"{kind}-{n}"))
 
 
-def demo_resources(patients: int = 5, observations_per_patient: int = 6) -> list[dict[str, Any]]:
+DEMO_PATIENTS = 5  # how many patients `load_demo_data` stores
+
+
+def demo_resources(patients: int = DEMO_PATIENTS, observations_per_patient: int = 6) -> list[dict[str, Any]]:
     """The demo resources, always the same for the same arguments."""
     rng = random.Random(DEMO_SEED)
     out: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
+    from healthledger.app import Bootstrapped
     from healthledger.keys import KeyProvider
     from healthledger.ledger.chain import Chain
     from healthledger.store.repository import ResourceStore
@@ -42,14 +43,22 @@ class Runtime:
     def settings(self) -> Settings:
         return self._load_settings(**self._overrides)
 
-    def bootstrap(self) -> None:
-        """The service's one-time setup (data dir, schema, server keys, demo data), as `serve` does it."""
+    def bootstrap(self, *, organization: str | None = None, ensure_home: bool | None = None) -> Bootstrapped | None:
+        """The service's one-time setup (data dir, schema, server keys, home organisation, demo data), as
+        `serve` does it; what it found or made (None when it ran already in this invocation)."""
         if self._bootstrapped:
-            return
+            return None
         from healthledger.app import bootstrap
 
-        bootstrap(self.settings)
+        done = bootstrap(self.settings, organization=organization, ensure_home=ensure_home)
         self._bootstrapped = self._migrated = True
+        return done
+
+    def home_organization(self) -> str:
+        """The home organisation: HEALTHLEDGER_HOME_ORGANIZATION, else the Organization `init` made, else ""."""
+        from healthledger.store.home_organization import effective_home_organization
+
+        return effective_home_organization(self.settings.home_organization, self.store)
 
     def migrate(self) -> None:
         """Bring the database schema up to date (every package's migrations), once."""

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs (chromium for the browser tests). Idempotent and non-interactive;
-# installs only what is missing. As root (CI) it installs; otherwise through `sudo -n` when that needs no
-# password; failing both, CI fails here and a developer gets a warning (the browser tests then skip).
+# Debian packages the test suite needs (chromium for the browser tests, curl and jq for the README's walk-through),
+# or those named as arguments (`make bench`: wrk). Idempotent, quiet and non-interactive; installs only what
+# is missing. As root (CI) it installs; otherwise through `sudo -n` when that needs no password; failing
+# both, CI fails here and a developer gets a warning (the tests that need them then skip or fail).
 set -euo pipefail
+wanted=("$@")
+((${#wanted[@]})) || wanted=(chromium curl jq)
 need=()
-[ -x /usr/bin/chromium ] || need+=(chromium)
+for package in "${wanted[@]}"; do
+    command -v "$package" >/dev/null 2>&1 || need+=("$package")
+done
 ((${#need[@]})) || exit 0
 if [ "$(id -u)" = 0 ]; then
     as_root=()

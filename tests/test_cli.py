@@ -44,6 +44,7 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "anchor": ["--queue-only"],
     "audit verify": [],
     "audit prove": ["1"],
+    "audit check-proof": ["{json_file}"],
     "backup": ["{json_file}.d"],
     "restore": ["."],
     "chain besu-network": ["{json_file}.network"],

@@ -45,7 +45,8 @@ def clients_group() -> None:
 @click.argument("name")
 @click.option("--scopes", required=True, help='SMART scopes it may be granted, e.g. "system/*.rs system/Observation.c"')
 @click.option("--role", type=click.Choice(["system", "clinician", "researcher", "auditor"]), default="system", show_default=True)
-@click.option("--organization", default="", help="Organization/{id} the client acts for")
+@click.option("--organization", default=None,
+              help="Organization/{id} the client acts for (default: the home organisation, see `healthledger init`)")
 @click.option("--purpose", "default_purpose", default="TREAT", show_default=True, help="default PurposeOfUse")
 @click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JWKS file (public keys)")
 @click.option("--jwks-url", help="URL of the client's JWKS")
@@ -58,7 +59,7 @@ def clients_group() -> None:
                    "otherwise it may ask only as itself")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj
-def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str, default_purpose: str, jwks_file: Path | None,
+def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str | None, default_purpose: str, jwks_file: Path | None,
         jwks_url: str | None, with_secret: bool, redirect_uris: tuple[str, ...], public: bool, consult_for_others: bool,
         as_json: bool) -> None:
     """Register a client. A secret, if asked for, is printed once and stored only as a hash.
@@ -75,6 +76,8 @@ def add(runtime: Runtime, name: str, scopes: str, role: str, organization: str, 
         raise click.ClickException(f"{jwks_file}: {exc.message}") from None
     except ValueError:
         raise click.ClickException(f"{jwks_file} is not JSON") from None
+    if organization is None:
+        organization = "" if public or redirect_uris else runtime.home_organization()
     with _sessions(runtime).begin() as s:
         client, secret = register_client(
             s, name=name, scopes=scopes, role=role, organization=organization, jwks=jwks, jwks_url=jwks_url,
@@ -141,14 +144,15 @@ def users_group() -> None:
 @users_group.command("add")
 @click.argument("username")
 @click.option("--role", type=click.Choice(["patient", "clinician", "researcher", "auditor"]), required=True)
-@click.option("--organization", default="",
-              help="Organization/{id} (clinicians, researchers; auditors read the log of its patients)")
+@click.option("--organization", default=None,
+              help="Organization/{id} (clinicians, researchers; auditors read the log of its patients); "
+                   "default for staff: the home organisation")
 @click.option("--patient", "patient_id", default="", help="the Patient resource id (patients)")
 @click.option("--display-name", default="", help="the name patients see in their access history (staff)")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input (else one is generated)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def add_user(runtime: Runtime, username: str, role: str, organization: str, patient_id: str, display_name: str,
+def add_user(runtime: Runtime, username: str, role: str, organization: str | None, patient_id: str, display_name: str,
              password_stdin: bool, as_json: bool) -> None:
     """Create an account. A patient also gets their signing key, wrapped by the password, and a
     recovery code printed once (keep it: with the hospital it restores the key)."""
@@ -159,6 +163,8 @@ def add_user(runtime: Runtime, username: str, role: str, organization: str, pati
     from healthledger.auth.users import create_user
     from healthledger.ledger.patient_keys import create_patient_key
 
+    if organization is None:
+        organization = "" if role == "patient" else runtime.home_organization()
     password = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
     sessions, names = _accounts(runtime)
     with sessions.begin() as s:

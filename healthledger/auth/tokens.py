@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhir_adapters.validation import check_json_text_nesting
 from healthledger.auth.models import ApiClient, AppAuthorization, SeenAssertion, User
 from healthledger.auth.scopes import InvalidScope, ResourceScope, format_scopes, grant_scopes, parse_scopes
+from healthledger.db import driver_fetch_one
 from healthledger.errors import BadRequest, HealthLedgerError, Unauthorized
 from healthledger.keys import KEY_FILES, TOKEN_SIGNING_KEY, KeyProvider
 
@@ -51,10 +52,31 @@ ACCESS_TOKEN_ALGORITHM = "ES256"
 
 _hasher = PasswordHasher()  # argon2id with the library's current defaults
 _VERIFIED_TOKENS = 4096  # per worker: tokens whose signature was checked (until they expire)
-_CLIENT_STATE = select(
-    ApiClient.disabled, ApiClient.role, ApiClient.organization, ApiClient.default_purpose, ApiClient.scopes,
-    ApiClient.consult_for_others,
-).where(ApiClient.client_id == bindparam("client_id"))
+# What a token's client is now (disabled, role, organisation, ...): on every request's path, so through the
+# driver (healthledger.db.driver_fetch_one).
+_CLIENT_STATE_SQL = (
+    "SELECT disabled, role, organization, default_purpose, scopes, consult_for_others FROM api_clients "
+    "WHERE client_id = ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _ClientState:
+    disabled: bool
+    role: str
+    organization: str
+    default_purpose: str
+    scopes: str
+    consult_for_others: bool
+
+    @classmethod
+    def of(cls, row: tuple[Any, ...] | None) -> _ClientState | None:
+        if row is None:
+            return None
+        disabled, role, organization, purpose, scopes, consult = row
+        return cls(bool(disabled), role, organization, purpose, scopes, bool(consult))
+
+
 # An app's token is as good as the patient's authorisation of it, and the patient's account.
 _AUTHORIZATION_STATE = (
     select(AppAuthorization.revoked_at, AppAuthorization.patient_id, User.disabled)
@@ -368,12 +390,11 @@ class TokenService:
                     self._verified.popitem(last=False)
         if now > claims["exp"] + CLOCK_LEEWAY:
             raise Unauthorized("invalid or expired access token")
-        with self._engine.connect() as conn:
-            client = conn.execute(_CLIENT_STATE, {"client_id": claims["sub"]}).first()
-            authorization = (
-                conn.execute(_AUTHORIZATION_STATE, {"authorization_id": claims["auth"]}).first()
-                if claims.get("auth") else None
-            )
+        client = _ClientState.of(driver_fetch_one(self._engine, _CLIENT_STATE_SQL, (claims["sub"],)))
+        authorization = None
+        if claims.get("auth"):
+            with self._engine.connect() as conn:
+                authorization = conn.execute(_AUTHORIZATION_STATE, {"authorization_id": claims["auth"]}).first()
         if client is None or client.disabled:
             raise Unauthorized("the client of this access token is disabled")
         if claims.get("auth") and (

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from healthledger import crypto
 from healthledger.actions import LOGGED_ACTIONS, WRITE_ACTIONS, Action
 from healthledger.audit.entries import AccessEntry
+from healthledger.audit.group_commit import GroupCommitLog
 from healthledger.audit.log import record_access, record_accesses
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import scope_allows
@@ -32,6 +33,7 @@ from healthledger.consent.engine import (
     PatientContext,
     Policy,
     Reason,
+    ResourceFacts,
     decide,
 )
 from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
@@ -48,6 +50,8 @@ _RECORDED: ContextVar[int] = ContextVar("healthledger_entries_recorded", default
 _AGE_KEY = "healthledger.consent.index_age"
 _PENDING_KEY = "healthledger.consent.entries"
 _DEFER_KEY = "healthledger.consent.defer"
+_PSEUDONYMS_KEPT = 50_000
+_FACTS_KEPT = 20_000  # stored versions whose facts a worker keeps
 
 
 Transform = Callable[[dict[str, Any], Obligation, Principal], dict[str, Any] | None]
@@ -77,6 +81,9 @@ class ConsentPolicy:
         self._obligations = obligations
         self._on_decision = on_decision
         self._sealing_key: bytes | None = None
+        self._log_writer = GroupCommitLog(store.engine)
+        self._pseudonyms: dict[str, str] = {}
+        self._facts_kept: dict[tuple[str, ...], ResourceFacts] = {}
 
     # -- the seam -------------------------------------------------------------------------------
     def begin(self, conn: Connection, *, defer: bool = False) -> None:
@@ -99,6 +106,12 @@ class ConsentPolicy:
     def keep(self, conn: Connection, entries: list[AccessEntry]) -> None:
         """Record rescued entries in a transaction of their own (before the error reaches the caller)."""
         record_accesses(conn, entries)
+
+    def keep_durably(self, entries: list[AccessEntry], conn: Connection) -> None:
+        """Commit a read's entries, in a group commit with the reads ending at the same time (on `conn`, the
+        read's own, rolled back, when it leads); returns only once they are durable, raises
+        AccessLogWriteFailed (503, nothing returned) when they are not."""
+        self._log_writer.append(entries, conn=conn)
 
     def record_miss(
         self, principal: Principal, action: Action, resource_type: str, resource_id: str, *, conn: Connection
@@ -136,7 +149,7 @@ class ConsentPolicy:
         self.check_scope(principal, action, resource_type, conn=conn)
         if type_level:
             return None  # each match is screened, and the page recorded, by the store
-        facts = resource_facts(resource_type, resource_id, resource)
+        facts = self._facts(resource_type, resource_id, resource, stored=action not in WRITE_ACTIONS)
         outcome = self._decide(principal, action, facts, conn)
         self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, outcome)
         if not outcome.permitted:
@@ -155,7 +168,7 @@ class ConsentPolicy:
     def screen(
         self, principal: Principal, action: Action, resource_type: str, resource: dict[str, Any], *, conn: Connection
     ) -> Screened:
-        facts = resource_facts(resource_type, "", resource)
+        facts = self._facts(resource_type, "", resource, stored=True)
         outcome = _UNRESTRICTED if principal.unrestricted else self._decide(principal, "read", facts, conn)
         shown = self._apply(resource, outcome, principal) if outcome.permitted else None
         return Screened(resource_type, facts.resource_id, facts.patient_id, shown, outcome)
@@ -340,12 +353,40 @@ class ConsentPolicy:
             action=action if action in LOGGED_ACTIONS else "read",
             resource_type=resource_type,
             resource_id=resource_id,
-            patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id) if patient_id else "",
+            patient_pseudonym=self._pseudonym(patient_id) if patient_id else "",
             decision="permit" if outcome.permitted else "deny",
             reason=reason_text(outcome),
             break_glass=outcome.break_glass,
             sealed_note=note,
         )
+
+    def _facts(self, resource_type: str, resource_id: str, resource: dict[str, Any] | None, *,
+               stored: bool) -> ResourceFacts:
+        """`resource_facts`, remembered per stored version: a version's content never changes, and its facts
+        (whose compartment, labels, codes, dates) are worked out on every read of it."""
+        meta = resource.get("meta") if stored and resource is not None else None
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        if not isinstance(version, str):
+            return resource_facts(resource_type, resource_id, resource)
+        assert resource is not None
+        key = (resource_type, resource_id, str(resource.get("id", "")), version, str(meta.get("lastUpdated", "")))  # type: ignore[union-attr]
+        found = self._facts_kept.get(key)
+        if found is None:
+            found = resource_facts(resource_type, resource_id, resource)
+            if len(self._facts_kept) >= _FACTS_KEPT:
+                self._facts_kept.clear()
+            self._facts_kept[key] = found
+        return found
+
+    def _pseudonym(self, patient_id: str) -> str:
+        """The patient's access-log pseudonym (a keyed hash, fixed per tenant): remembered, it is on every entry."""
+        found = self._pseudonyms.get(patient_id)
+        if found is None:
+            found = patient_pseudonym(self.store.indexer, patient_id)
+            if len(self._pseudonyms) >= _PSEUDONYMS_KEPT:
+                self._pseudonyms.clear()
+            self._pseudonyms[patient_id] = found
+        return found
 
     def record(
         self,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from fhir_adapters import search as fhir_search
@@ -26,9 +26,9 @@ from fhir_adapters.consent import DENY, ConsentRules, consent_rules
 from fhir_adapters.errors import FhirInputError
 from healthledger.consent.engine import GrantStatus, PatientContext
 from healthledger.consent.models import ConsentBinding
+from healthledger.db import driver_fetch_one
 from healthledger.ledger.indexer import DEFAULT_NAME, state_from_events
-from healthledger.ledger.models import ConsentEvent, IndexerCursor
-from healthledger.store.generation import Generation
+from healthledger.ledger.models import ConsentEvent
 from healthledger.store.repository import ResourceStore
 
 T = TypeVar("T")
@@ -46,10 +46,12 @@ _CARE = ("managingOrganization", "generalPractitioner")
 _CARED_FOR_ORGANIZATIONS = 256  # organisations whose patient lists are kept per worker
 _PAGE = 1000
 # One round trip per operation: the generation and the indexer's last pass.
-_FRESHNESS = select(
-    Generation.generation,
-    select(IndexerCursor.updated_at).where(IndexerCursor.name == bindparam("indexer")).scalar_subquery(),
-).where(Generation.id == 1)
+# The consent generation (store.generation.Generation) and when the indexer last ran (ledger.models.IndexerCursor):
+# on every request's path, so through the driver (healthledger.db.driver_fetch_one).
+_FRESHNESS_SQL = (
+    "SELECT g.generation, (SELECT c.updated_at FROM indexer_cursor c WHERE c.name = ?) "
+    "FROM consent_generation g WHERE g.id = 1"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,7 @@ class ConsentIndex:
     # -- freshness --------------------------------------------------------------------------------
     def refresh(self, conn: Connection) -> float:
         """Empty the cache if anything changed since it was filled; return the index age in seconds."""
-        row = conn.execute(_FRESHNESS, {"indexer": self.indexer_name}).first()
+        row = driver_fetch_one(conn, _FRESHNESS_SQL, (self.indexer_name,))
         generation, updated = (row[0], row[1]) if row is not None else (None, None)
         with self._lock:
             if generation != self._generation:

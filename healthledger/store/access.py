@@ -65,7 +65,9 @@ class AccessPolicy(Protocol):
       recording (withheld matches are left out of pages and totals as if they did not exist), then
       `record_results(...)` once with what was disclosed, withheld, and counted in the total but not shown;
     - `rescue(conn)` when the operation fails (or, with `defer`, when it ends): the entries recorded so
-      far, which the store then keeps with `keep(conn, entries)` in a transaction of their own.
+      far, which the store then keeps with `keep(conn, entries)` in a transaction of their own, or, for a
+      deferred read, with `keep_durably(entries)`: committed (grouped with other reads' entries) before
+      the read returns, raising if they could not be.
     """
 
     filters_search_results: bool
@@ -76,6 +78,8 @@ class AccessPolicy(Protocol):
     def rescue(self, conn: Connection) -> list[Any]: ...
 
     def keep(self, conn: Connection, entries: list[Any]) -> None: ...
+
+    def keep_durably(self, entries: list[Any], conn: Connection) -> None: ...
 
     def check_scope(self, principal: Principal, action: Action, resource_type: str, *, conn: Connection) -> None:
         """Raises Forbidden (and records the refusal) when the caller's scopes do not allow `action` on the
@@ -136,6 +140,9 @@ class DevelopmentPolicy:
         return []
 
     def keep(self, conn: Connection, entries: list[Any]) -> None:
+        return None
+
+    def keep_durably(self, entries: list[Any], conn: Connection) -> None:
         return None
 
     def check_scope(self, principal: Principal, action: Action, resource_type: str, *, conn: Connection) -> None:

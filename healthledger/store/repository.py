@@ -275,19 +275,17 @@ class ResourceStore:
     def reading(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
         """A view for reads.
 
-        Under a policy that logs accesses, reads write their log entries before returning. On PostgreSQL
-        that is one transaction with the decision, like any other. SQLite has one writer at a time, and a
-        read that took the write lock would hold it through decryption and the decision, serialising
-        every reader; there the decision is made on a read view and its entries are recorded in a short
-        write transaction right after, still before the operation returns (or raises).
+        Under a policy that logs accesses, reads make their log entries durable before returning (or
+        raising). The decision is made on a read view, whose entries are only collected; when the read
+        ends, its transaction is rolled back and the policy commits them (`keep_durably`: a group commit
+        shared with the reads that end at the same time, healthledger.audit.group_commit, written on this
+        connection when this read leads the group). A read never holds a write lock through decryption and
+        the decision (SQLite has one writer at a time: that would serialise every reader); and if the
+        entries cannot be committed, the read raises instead of answering.
         """
         principal = principal or SYSTEM
         policy = self.policy
         if policy.records_accesses and principal.via != "cli":
-            if not self._sqlite:
-                with self.unit_of_work(principal) as uow:
-                    yield uow
-                return
             self.open_keys()
             with self.engine.connect() as conn:
                 policy.begin(conn, defer=True)
@@ -295,12 +293,11 @@ class ResourceStore:
                     yield UnitOfWork(self, conn, principal)
                 finally:
                     # pysqlite runs SELECTs outside any transaction, so this connection holds no read
-                    # snapshot: its INSERT waits for the write lock (busy timeout) rather than failing.
+                    # snapshot: an INSERT on it waits for the write lock (busy timeout) rather than failing.
                     entries = policy.rescue(conn)
                     conn.rollback()
                     if entries:
-                        policy.keep(conn, entries)
-                        conn.commit()
+                        policy.keep_durably(entries, conn)
             return
         self.open_keys()
         with self.engine.connect() as conn:

@@ -359,7 +359,7 @@ def fresh(deployed: Deployed) -> Deployed:
     return Deployed(chain, registry, anchor, deployed.deployment_block)
 
 
-def test_pause_stops_grants_and_anchors_but_never_revocation(fresh: Deployed) -> None:
+def test_pause_stops_grants_but_never_revocation_nor_anchoring(fresh: Deployed) -> None:
     chain, registry = fresh.chain, fresh.registry
     patient = stranger(chain)
     live, live_signature = signed_grant(fresh, patient)
@@ -387,9 +387,14 @@ def test_pause_stops_grants_and_anchors_but_never_revocation(fresh: Deployed) ->
     )
     assert not is_live(fresh, live)
 
+    # Anchoring goes on while paused (it only appends commitments); a leaked anchorer key loses its role.
     chain.send(fresh.anchor.functions.pause())
-    with reverts("ContractPaused"):
-        chain.send(fresh.anchor.functions.anchor(secrets.token_bytes(32), 1, secrets.token_bytes(32)))
+    log_id = secrets.token_bytes(32)
+    chain.send(fresh.anchor.functions.anchor(log_id, 1, secrets.token_bytes(32)))
+    chain.send(fresh.anchor.functions.revokeRole(chain.call(fresh.anchor.functions.LOG_ANCHORER()), chain.operator.address))
+    with reverts("MissingRole"):
+        chain.send(fresh.anchor.functions.anchor(log_id, 2, secrets.token_bytes(32)))
+    chain.send(fresh.anchor.functions.grantRole(chain.call(fresh.anchor.functions.LOG_ANCHORER()), chain.operator.address))
 
     outsider = stranger(chain)
     with reverts("NotAdmin"):
@@ -473,14 +478,17 @@ def test_two_step_admin_transfer(fresh: Deployed) -> None:
 def test_anchor_heads_grow_strictly_per_log(deployed: Deployed) -> None:
     chain, anchor = deployed.chain, deployed.anchor
     log_id, other_log = secrets.token_bytes(32), secrets.token_bytes(32)
-    assert list(chain.call(anchor.functions.latest(log_id))) == [0, bytes(32), 0]
+    assert list(chain.call(anchor.functions.latest(log_id))) == [0, bytes(24)]
     first, second = secrets.token_bytes(32), secrets.token_bytes(32)
 
     receipt = chain.send(anchor.functions.anchor(log_id, 10, first))
     (event,) = anchor.events.Anchored().process_receipt(receipt)
     assert dict(event["args"]) == {"logId": log_id, "treeSize": 10, "rootHash": first}
-    block_time = chain.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
-    assert list(chain.call(anchor.functions.latest(log_id))) == [10, first, block_time]
+    assert list(chain.call(anchor.functions.latest(log_id))) == [10, first[:24]]
+    assert chain.call(anchor.functions.isLatest(log_id, 10, first))
+    assert not chain.call(anchor.functions.isLatest(log_id, 10, bytes([first[0] ^ 1]) + first[1:]))
+    assert not chain.call(anchor.functions.isLatest(log_id, 9, first))
+    assert not chain.call(anchor.functions.isLatest(other_log, 0, bytes(32)))
 
     for size in (10, 9):
         with pytest.raises(ContractRevert) as caught:
@@ -490,9 +498,9 @@ def test_anchor_heads_grow_strictly_per_log(deployed: Deployed) -> None:
     with reverts("EmptyRoot"):
         chain.send(anchor.functions.anchor(log_id, 11, bytes(32)))
     chain.send(anchor.functions.anchor(log_id, 11, second))
-    assert list(chain.call(anchor.functions.latest(log_id)))[:2] == [11, second]
+    assert list(chain.call(anchor.functions.latest(log_id))) == [11, second[:24]]
     chain.send(anchor.functions.anchor(other_log, 1, first))  # logs are independent
-    assert list(chain.call(anchor.functions.latest(other_log)))[:2] == [1, first]
+    assert list(chain.call(anchor.functions.latest(other_log))) == [1, first[:24]]
 
 
 def test_only_log_anchorers_may_anchor(deployed: Deployed) -> None:
