@@ -20,6 +20,8 @@ from fhir_adapters.datatypes import ID, instant, with_version_meta
 from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
 from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.search import parse_search
+from fhir_adapters.search.controls import ResultControls, is_control, parse_controls, prefers_strict
+from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
@@ -45,6 +47,7 @@ from healthledger.errors import (
 from healthledger.store.access import Principal
 from healthledger.store.bundles import execute_bundle
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
+from healthledger.store.search_results import run_search
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _VID = re.compile(r"[0-9]{1,9}")
@@ -54,12 +57,11 @@ TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "h
 SYSTEM_INTERACTIONS = ("transaction", "batch")
 # Result controls are interpreted here and only here: fhir_adapters.search.parse_search sets the result
 # parameters aside (RESULT_PARAMETERS) and parses criteria. These are the ones this module reads itself.
-_API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_summary"})
-# Result controls this API does not honour: refused rather than ignored, so a client never mistakes an
-# unsorted or unfiltered page for what it asked (FHIR R4 search.html#errors).
-_REFUSED_CONTROLS = frozenset({"_sort", "_elements", "_page", "_include", "_revinclude", "_contained"})
-# `_total` (R4 3.1.1.5.6) is accepted with any of its values: the total is always exact.
-_TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
+_API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_pretty"})
+# Result controls this API does not honour: an error under `Prefer: handling=strict`, otherwise left out and
+# named in the Bundle's OperationOutcome entry (FHIR R4 search.html#errors). `_total` (none, estimate,
+# accurate) is honoured: the total, when given, is always exact.
+_REFUSED_CONTROLS = frozenset({"_page", "_contained", "_containedType"})
 _HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
 
 class RefusalLog(Protocol):
@@ -164,6 +166,17 @@ class _FhirApi:
             for i in consents:
                 bodies[i] = present_consent(bodies[i], states[items[i].id])
         return bodies
+
+    def _read_subset(self, resource_type: str, stored: StoredResource) -> dict[str, Any]:
+        """A read's resource, with `_summary=true|text|data` or `_elements` applied when asked (R4 3.1.1.5.8)."""
+        body = self._shown(stored)
+        if "_summary" in request.args or "_elements" in request.args:
+            wanted = [(n, v) for n, v in request.args.items(multi=True) if n in ("_summary", "_elements")]
+            controls = parse_controls(resource_type, wanted, strict=True)
+            if controls.summary == "count":
+                raise BadRequest("_summary=count applies to searches, not reads", expression="_summary")
+            body = _subset(body, controls)
+        return body
 
     def _body_resource(self) -> dict[str, Any]:
         http.require_json_body(request)
@@ -278,7 +291,7 @@ class _FhirApi:
         if request.method == "DELETE":
             return self._delete(resource_type, resource_id, principal)
         stored = self.store.read(resource_type, resource_id, principal=principal)
-        return self._respond(self._shown(stored), 200, self._resource_headers(stored))
+        return self._respond(self._read_subset(resource_type, stored), 200, self._resource_headers(stored))
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> Response:
         _check_type(resource_type)
@@ -288,7 +301,7 @@ class _FhirApi:
         if not _VID.fullmatch(version_id):
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id[:20]!r}")
         stored = self.store.vread(resource_type, resource_id, int(version_id), principal=principal)
-        return self._respond(self._shown(stored), 200, self._resource_headers(stored))
+        return self._respond(self._read_subset(resource_type, stored), 200, self._resource_headers(stored))
 
     def instance_history(self, resource_type: str, resource_id: str) -> Response:
         _check_type(resource_type)
@@ -356,43 +369,61 @@ class _FhirApi:
         return response
 
     def _search(self, resource_type: str, principal: Principal, params: list[tuple[str, str]]) -> Response:
+        """Type search with its result controls (fhir_adapters.search.controls) and FHIR's lenient handling of
+        what it does not support unless the client asks `Prefer: handling=strict` (R4 3.1.1.4)."""
+        strict = prefers_strict(request.headers.get("Prefer"))
         controls: dict[str, list[str]] = {}
         criteria: list[tuple[str, str]] = []
+        ignored: list[str] = []
         for name, value in params:
-            if name.partition(":")[0] in _REFUSED_CONTROLS:
-                raise UnsupportedSearch(f"'{name.partition(':')[0]}' is not supported by this server")
-            if name.partition(":")[0] == "_total" and value not in _TOTAL_VALUES:
-                raise UnsupportedSearch("'_total' must be none, estimate or accurate")
-            if name in _API_CONTROLS:
+            base = name.partition(":")[0]
+            if base in _REFUSED_CONTROLS:
+                if strict:
+                    raise UnsupportedSearch(f"'{base}' is not supported by this server")
+                ignored.append(base)
+            elif name in _API_CONTROLS:
                 controls.setdefault(name, []).append(value)
-            else:
+            elif not is_control(name):
                 criteria.append((name, value))
         count = parse_count(
             controls.get("_count", []),
             default=self.settings.default_page_size,
             maximum=self.settings.max_page_size,
         )
-        summary = _parse_summary(controls.get("_summary", []))
         offset = 0
         if CURSOR_PARAM in controls:
             offset = decode_cursor(controls[CURSOR_PARAM][-1])
         elif "_offset" in controls:
             offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
-        query = parse_search(resource_type, criteria)
+        result = parse_controls(resource_type, params, strict=strict)
+        if result.summary is not None and result.elements is not None:
+            raise UnsupportedSearch("use either _summary or _elements, not both")
+        query = parse_search(resource_type, criteria, strict=strict)
+        ignored += [*query.ignored, *result.ignored]
         endpoint = f"{self._base()}/{resource_type}"
-        kept = [(n, v) for n, v in criteria]
-        if summary == "count":
-            kept.append(("_summary", "count"))
-        if summary == "count" or count == 0:
+        kept = [(n, v) for n, v in criteria if n not in ignored and n.partition(":")[0] not in ignored]
+        kept += list(result.kept)
+        outcome = _ignored_outcome(ignored)
+        show_total = result.total != "none" or result.summary == "count"
+        if result.summary == "count" or count == 0:
             page = self.store.search(resource_type, query, count=0, offset=0, principal=principal)
             links = PageLinks(endpoint, tuple(kept), count, 0).links(None)[:1]
-            return self._respond(searchset_bundle([], total=page.total, links=links))
-        page = self.store.search(resource_type, query, count=count, offset=offset, principal=principal)
+            return self._respond(searchset_bundle(
+                [], total=page.total if show_total else None, links=links, outcome=outcome))
+        found = run_search(
+            self.store, resource_type, query, count=count, offset=offset, controls=result, principal=principal
+        )
         base = self._base()
-        shown = self._shown_all(page.items)
-        entries = [(f"{base}/{item.resource_type}/{item.id}", body) for item, body in zip(page.items, shown)]
-        links = PageLinks(endpoint, tuple(kept), count, offset).links(page.next_offset)
-        return self._respond(searchset_bundle(entries, total=page.total, links=links))
+        shown = [_subset(body, result) for body in self._shown_all(found.page.items)]
+        entries = [(f"{base}/{item.resource_type}/{item.id}", body) for item, body in zip(found.page.items, shown)]
+        included = [
+            (f"{base}/{item.resource_type}/{item.id}", _subset(body, result))
+            for item, body in zip(found.included, self._shown_all(found.included))
+        ]
+        links = PageLinks(endpoint, tuple(kept), count, offset).links(found.page.next_offset)
+        return self._respond(searchset_bundle(
+            entries, total=found.page.total if show_total else None, links=links, included=included, outcome=outcome
+        ))
 
     def _history(self, resource_type: str, resource_id: str | None, principal: Principal) -> Response:
         params = list(request.args.items(multi=True))
@@ -520,15 +551,25 @@ def _parse_condition(header: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _parse_summary(values: list[str]) -> str | None:
-    if not values:
+def _subset(body: dict[str, Any], controls: ResultControls) -> dict[str, Any]:
+    """A resource as `_summary` / `_elements` ask (fhir_adapters.subsetting), after every decision."""
+    if controls.summary in ("true", "text", "data"):
+        return summarize(body, controls.summary)  # type: ignore[arg-type]
+    if controls.elements is not None:
+        return select_elements(body, controls.elements)
+    return body
+
+
+def _ignored_outcome(ignored: list[str]) -> dict[str, Any] | None:
+    """The searchset's OperationOutcome entry naming what lenient handling left out (names only, never values)."""
+    names = list(dict.fromkeys(ignored))
+    if not names:
         return None
-    value = values[-1]
-    if value == "count":
-        return "count"
-    if value == "false":
-        return None
-    raise BadRequest("_summary supports only 'count' and 'false'")
+    return operation_outcome(
+        "warning", "not-supported",
+        "ignored (not supported by this server): " + ", ".join(names[:20])
+        + "; send 'Prefer: handling=strict' to have such a search refused instead",
+    )
 
 
 def _parse_instant(value: str, name: str) -> datetime:
