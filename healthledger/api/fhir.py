@@ -22,7 +22,7 @@ from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.search import parse_search
 from fhir_adapters.search.controls import ResultControls, is_control, parse_controls, prefers_strict
 from fhir_adapters.subsetting import select_elements, summarize
-from fhir_adapters.validation import is_resource_type
+from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
 from healthledger.api.outcomes import error_response
@@ -45,15 +45,17 @@ from healthledger.errors import (
     UnsupportedMediaType,
 )
 from healthledger.store.access import Principal
-from healthledger.store.bundles import execute_bundle
+from healthledger.store.bundles import conditional_delete, conditional_update, execute_bundle
+from healthledger.store.patching import patch_resource
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
 from healthledger.store.search_results import run_search
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+JSON_PATCH = "application/json-patch+json"
 _VID = re.compile(r"[0-9]{1,9}")
 
 # What the API really does; the CapabilityStatement is built from these, so it cannot claim more.
-TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
+TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type")
 SYSTEM_INTERACTIONS = ("transaction", "batch")
 # Result controls are interpreted here and only here: fhir_adapters.search.parse_search sets the result
 # parameters aside (RESULT_PARAMETERS) and parses criteria. These are the ones this module reads itself.
@@ -79,6 +81,7 @@ _ACTIONS = {
     ("fhir.instance", "GET"): "read", ("fhir.instance", "PUT"): "update", ("fhir.instance", "DELETE"): "delete",
     ("fhir.vread", "GET"): "vread", ("fhir.instance_history", "GET"): "history", ("fhir.type_history", "GET"): "history",
     ("fhir.type", "GET"): "search", ("fhir.type", "POST"): "create", ("fhir.search_post", "POST"): "search",
+    ("fhir.type", "PUT"): "update", ("fhir.type", "DELETE"): "delete", ("fhir.instance", "PATCH"): "update",
     ("fhir.system", "POST"): "create", ("fhir.system_slash", "POST"): "create",
     ("fhir.consent_sign", "POST"): "update", ("fhir.consent_revoke", "POST"): "update",
 }
@@ -126,10 +129,12 @@ def fhir_blueprint(
     bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
     bp.add_url_rule("", "system", api.system_bundle, methods=["POST"])
     bp.add_url_rule("/", "system_slash", api.system_bundle, methods=["POST"])
-    bp.add_url_rule("/<resource_type>", "type", api.type_endpoint, methods=["GET", "POST"])
+    bp.add_url_rule("/<resource_type>", "type", api.type_endpoint, methods=["GET", "POST", "PUT", "DELETE"])
     bp.add_url_rule("/<resource_type>/_search", "search_post", api.search_post, methods=["POST"])
     bp.add_url_rule("/<resource_type>/_history", "type_history", api.type_history, methods=["GET"])
-    bp.add_url_rule("/<resource_type>/<resource_id>", "instance", api.instance, methods=["GET", "PUT", "DELETE"])
+    bp.add_url_rule(
+        "/<resource_type>/<resource_id>", "instance", api.instance, methods=["GET", "PUT", "DELETE", "PATCH"]
+    )
     bp.add_url_rule("/<resource_type>/<resource_id>/_history", "instance_history", api.instance_history, methods=["GET"])
     bp.add_url_rule("/<resource_type>/<resource_id>/_history/<version_id>", "vread", api.vread, methods=["GET"])
     bp.add_url_rule("/Consent/<resource_id>/$sign", "consent_sign", api.consent_sign, methods=["POST"])
@@ -227,8 +232,8 @@ class _FhirApi:
                     software_name="HealthLedger",
                     base_url=base,
                     conditional_create=True,  # If-None-Exist on POST
-                    conditional_update=False,  # PUT /Type?query is not offered (conditional PUT only in bundles)
-                    conditional_delete="not-supported",
+                    conditional_update=True,  # PUT /Type?query, as in bundles
+                    conditional_delete="single",  # DELETE /Type?query: one match (several: 412)
                     versioning="versioned-update",  # If-Match is honoured
                     update_create=True,  # PUT to a new id creates it
                     oauth_token_url=self.token_url,
@@ -259,6 +264,10 @@ class _FhirApi:
         http.check_response_format(request)
         if request.method == "POST":
             return self._create(resource_type, principal)
+        if request.method == "PUT":
+            return self._conditional_update(resource_type, principal)
+        if request.method == "DELETE":
+            return self._conditional_delete(resource_type, principal)
         return self._search(resource_type, principal, list(request.args.items(multi=True)))
 
     def search_post(self, resource_type: str) -> Response:
@@ -288,6 +297,8 @@ class _FhirApi:
         if request.method == "PUT":
             return self._update(resource_type, resource_id, principal)
         _check_id(resource_id)
+        if request.method == "PATCH":
+            return self._patch(resource_type, resource_id, principal)
         if request.method == "DELETE":
             return self._delete(resource_type, resource_id, principal)
         stored = self.store.read(resource_type, resource_id, principal=principal)
@@ -360,6 +371,42 @@ class _FhirApi:
             if_match = http.parse_etag(header)
         stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match, principal=principal)
         return self._write_response(stored, 201 if created else 200)
+
+    def _conditions(self, what: str) -> list[tuple[str, str]]:
+        """The search of a conditional update or delete: the query string (R4 3.1.0.4.3, 3.1.0.7.1)."""
+        params = [(n, v) for n, v in request.args.items(multi=True) if n != "_format"]
+        if not params:
+            raise BadRequest(f"{what} of a type needs search parameters (Type?identifier=system|value) or an id")
+        return params
+
+    def _conditional_update(self, resource_type: str, principal: Principal) -> Response:
+        params = self._conditions("PUT")
+        resource = self._body_resource()
+        _check_body_type(resource, resource_type)
+        if_match = http.parse_etag(request.headers["If-Match"]) if "If-Match" in request.headers else None
+        with self.store.unit_of_work(principal) as uow:
+            stored, created = conditional_update(uow, resource_type, params, resource, if_match=if_match)
+        return self._write_response(stored, 201 if created else 200)
+
+    def _conditional_delete(self, resource_type: str, principal: Principal) -> Response:
+        params = self._conditions("DELETE")
+        with self.store.unit_of_work(principal) as uow:
+            conditional_delete(uow, resource_type, params)
+        return Response(b"", status=204)
+
+    def _patch(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
+        """JSON Patch (R4 http.html#patch; RFC 6902), honouring If-Match (store/patching.py)."""
+        if http.media_type(request.headers.get("Content-Type")) != JSON_PATCH:
+            raise UnsupportedMediaType(f"PATCH takes {JSON_PATCH} (RFC 6902); FHIRPath Patch is not supported")
+        raw = http.read_body(request, self.settings.max_request_bytes)
+        if not raw.strip():
+            raise BadRequest("PATCH needs a JSON Patch document in the body")
+        operations = loads_json(raw)
+        if_match = http.parse_etag(request.headers["If-Match"]) if "If-Match" in request.headers else None
+        stored = patch_resource(
+            self.store, resource_type, resource_id, operations, if_match=if_match, principal=principal
+        )
+        return self._write_response(stored, 200)
 
     def _delete(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
         stored = self.store.delete(resource_type, resource_id, principal=principal)

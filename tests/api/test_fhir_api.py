@@ -257,10 +257,11 @@ def test_payload_too_large_by_header_and_by_stream(client: FlaskClient) -> None:
 
 
 def test_method_not_allowed_and_unknown_endpoints(client: FlaskClient) -> None:
-    resp = client.patch("/fhir/Patient/1", headers=AUTH)
+    resp = client.post("/fhir/Patient/1", headers=AUTH)
     assert_outcome(resp, 405)
-    assert "GET" in resp.headers["Allow"]
-    assert_outcome(client.delete("/fhir/Patient", headers=AUTH), 405)
+    assert "GET" in resp.headers["Allow"] and "PATCH" in resp.headers["Allow"]
+    assert_outcome(client.patch("/fhir/Patient", headers=AUTH), 405)
+    assert_outcome(client.delete("/fhir/Patient", headers=AUTH), 400)  # a conditional delete needs a search
     assert_outcome(client.get("/fhir/Patient/1/_history/1/x/y", headers=AUTH), 404)
 
 
