@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 from fhir_adapters.capability import capability_statement
 from fhir_adapters.datatypes import ID, instant, with_version_meta
 from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
+from fhir_adapters.extensions import EXTENSIONS, structure_definition
 from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.search import parse_search
 from fhir_adapters.search.controls import ResultControls, is_control, parse_controls, prefers_strict
@@ -127,6 +128,9 @@ def fhir_blueprint(
             return error_response(error)
 
     bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
+    bp.add_url_rule(
+        "/StructureDefinition/<resource_id>", "extension_definition", api.extension_definition, methods=["GET"]
+    )
     bp.add_url_rule("", "system", api.system_bundle, methods=["POST"])
     bp.add_url_rule("/", "system_slash", api.system_bundle, methods=["POST"])
     bp.add_url_rule("/<resource_type>", "type", api.type_endpoint, methods=["GET", "POST", "PUT", "DELETE"])
@@ -248,6 +252,14 @@ class _FhirApi:
             if len(self._capability) < 16:  # one per base URL the server is reached by; bounded
                 self._capability[base] = body
         return Response(body, status=200, content_type=http.FHIR_JSON)
+
+    def extension_definition(self, resource_id: str) -> Response:
+        """Our extensions' StructureDefinitions, public like the CapabilityStatement, at the id their canonical
+        URL ends in (fhir_adapters/extensions.py); any other StructureDefinition id is an ordinary read."""
+        if resource_id not in EXTENSIONS:
+            return self.instance("StructureDefinition", resource_id)
+        http.check_response_format(request)
+        return self._respond(structure_definition(resource_id))
 
     def system_bundle(self) -> Response:
         principal = self._principal()
