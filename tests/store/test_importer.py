@@ -65,7 +65,7 @@ def test_failed_transaction_file_rejects_every_entry(store: ResourceStore, fixtu
     report = Importer(store, workers=0).import_paths([path])
     f = report.files[0]
     assert f.imported == 0 and f.rejected == 2 and report.failed
-    [(where, kind, reason)] = f.problems  # the bundle-level failure is said once, not once per entry
+    [(where, _, reason)] = f.problems  # the bundle-level failure is said once, not once per entry
     assert where == "Bundle" and "rolled back" in reason and "(2 entries)" in reason
 
 
