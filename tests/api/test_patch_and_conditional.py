@@ -67,6 +67,9 @@ def test_conditional_update_and_delete(client: FlaskClient) -> None:
     _body(client.get(f"/fhir/Patient/{created['id']}", headers=AUTH), 410)
     _body(client.delete(f"/fhir/Patient?identifier={MRN}|nothing-{mrn}", headers=AUTH), 204)  # no match
     _body(client.delete("/fhir/Patient", headers=AUTH), 400)  # no search: not a delete of everything
+    # Always strict: an ignored parameter would widen what a conditional interaction changes.
+    _body(client.delete(f"/fhir/Patient?_id={created['id']}&nickname=x", headers=AUTH), 400)
+    _body(client.put(f"{url}&nickname=x", data=orjson.dumps(body), headers=JSON_HEADERS), 400)
     capability = _body(client.get("/fhir/metadata"), 200)
     patient = next(r for r in capability["rest"][0]["resource"] if r["type"] == "Patient")
     assert patient["conditionalUpdate"] is True and patient["conditionalDelete"] == "single"
