@@ -1,6 +1,7 @@
-"""A third-party FHIR client (fhirpy, pinned as a dev dependency) against the API over real HTTP, as an integrator
-would use it: create, conditional update and delete, search with count(), paging, sort, elements, include,
-revinclude, has; and raw HTTP for what fhirpy sends its own way (its patch() is a JSON merge patch, not FHIR)."""
+"""Third-party FHIR clients (fhirpy and SMART's fhirclient, pinned as dev dependencies) against the API over real
+HTTP, as an integrator would use them: create, conditional update and delete, search with count(), paging, sort,
+elements, include, revinclude, has; fhirclient's strict R4 models parse what the server sends; raw HTTP for what
+fhirpy sends its own way (its patch() is a JSON merge patch, not FHIR)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,44 @@ def test_patch_over_raw_http(base: str, fhir: SyncFHIRClient) -> None:
     # fhirpy's patch() sends a JSON merge patch as application/json, which FHIR R4 does not define: refused, saying so.
     merge = requests.patch(url, json={"gender": "male"}, headers=auth, timeout=10)
     assert merge.status_code == 415 and "json-patch+json" in merge.json()["issue"][0]["diagnostics"]
+
+
+def test_fhirclient_parses_what_the_server_sends(base: str, fhir: SyncFHIRClient) -> None:
+    """SMART's fhirclient parses responses into its strict R4 (4.0.1) models: the CapabilityStatement, reads,
+    searchsets (with included resources and the outcome entry of an ignored parameter), Consents with their
+    chain-state extension, AuditEvents and our StructureDefinitions all parse."""
+    from fhirclient.models.auditevent import AuditEvent
+    from fhirclient.models.bundle import Bundle
+    from fhirclient.models.consent import Consent
+    from fhirclient.models.observation import Observation
+    from fhirclient.models.patient import Patient
+    from fhirclient.models.structuredefinition import StructureDefinition
+    from fhirclient.server import FHIRServer
+
+    server = FHIRServer(None, base_uri=base)
+    server.session.headers["Authorization"] = f"Bearer {TOKEN}"
+    server.get_capability()
+    assert server.capabilityStatement.fhirVersion == "4.0.1"
+    made = _patients(fhir, f"Strict{uuid.uuid4().hex[:8]}")[0]
+    patient = Patient.read(made.id, server)
+    assert patient.name[0].given == ["Cleo"]
+    obs = fhir.resource("Observation", status="final", subject=made.to_reference(),
+                        code={"coding": [{"system": "http://loinc.org", "code": "4548-4"}]})
+    obs.save()
+    bundle = Bundle(server.request_json(f"Observation?_id={obs.id}&_include=Observation:patient&nickname=x"))
+    assert sorted(e.search.mode for e in bundle.entry) == ["include", "match", "outcome"]
+    assert isinstance(bundle.entry[0].resource, Observation)
+    found = list(Patient.where(struct={"_id": made.id}).perform_resources_iter(server))
+    assert [p.id for p in found] == [made.id]
+    consent = fhir.resource("Consent", status="active", scope={"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        category=[{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}], patient=made.to_reference(),
+        policyRule={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        provision={"type": "deny"})
+    consent.save()
+    read = Consent.read(consent.id, server)
+    assert read.extension[0].url.endswith("/consent-chain-state")
+    events = Bundle(server.request_json("AuditEvent?_count=3"))
+    assert events.entry and all(isinstance(e.resource, AuditEvent) for e in events.entry)
+    definition = StructureDefinition(server.request_json("StructureDefinition/consent-chain-state"))
+    assert definition.url == "https://healthledger.dev/fhir/StructureDefinition/consent-chain-state"
