@@ -23,10 +23,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-HEALTHLEDGER_FHIR_BASE: Final = "https://healthledger.example/fhir"
+from fhir_adapters.extensions import IDENTIFIER_BASE, extension_url
+
+HEALTHLEDGER_FHIR_BASE: Final = IDENTIFIER_BASE.rstrip("/")  # one base for all our URLs (fhir_adapters/extensions.py)
 # Extensions (R4 extensibility.html): absolute URLs under our own base.
-BREAK_THE_GLASS_EXTENSION: Final = f"{HEALTHLEDGER_FHIR_BASE}/StructureDefinition/audit-break-the-glass"
-LEAF_INDEX_EXTENSION: Final = f"{HEALTHLEDGER_FHIR_BASE}/StructureDefinition/audit-merkle-leaf-index"
+BREAK_THE_GLASS_EXTENSION: Final = extension_url("audit-break-the-glass")
+LEAF_INDEX_EXTENSION: Final = extension_url("audit-merkle-leaf-index")
 # Identifier systems for the values the log holds instead of references.
 ACTOR_SYSTEM: Final = f"{HEALTHLEDGER_FHIR_BASE}/sid/actor"
 ORGANIZATION_SYSTEM: Final = f"{HEALTHLEDGER_FHIR_BASE}/sid/organization"

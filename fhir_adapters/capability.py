@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from fhir_adapters.search.parameters import COMMON_PARAMETERS, SearchParamDef, search_parameters
+from fhir_adapters.search.parameters import (
+    COMMON_PARAMETERS,
+    SEARCH_PARAMETERS,
+    SearchParamDef,
+    search_parameters,
+)
 from fhir_adapters.validation import RESOURCE_TYPES
 
 FHIR_VERSION: Final = "4.0.1"
@@ -104,7 +109,18 @@ def capability_statement(
             "conditionalDelete": conditional_delete,
         }
         if searchable:
-            entry["searchParam"] = [_search_param(d) for d in _ordered(search_parameters(resource_type))]
+            params = search_parameters(resource_type)
+            entry["searchParam"] = [_search_param(d) for d in _ordered(params)]
+            # _include / _revinclude (R4 3.1.1.5.4): along the reference parameters, one level.
+            includes = [f"{resource_type}:{d.name}" for d in params.values() if d.type == "reference"]
+            revincludes = [
+                f"{source}:{d.name}" for source, source_params in SEARCH_PARAMETERS.items()
+                for d in source_params.values() if d.type == "reference" and resource_type in d.targets
+            ]
+            if includes:
+                entry["searchInclude"] = includes
+            if revincludes:
+                entry["searchRevInclude"] = revincludes
         resources.append(entry)
     rest: dict[str, Any] = {"mode": "server", "resource": resources}
     security: dict[str, Any] = {}
@@ -140,6 +156,7 @@ def capability_statement(
         "implementation": implementation,
         "fhirVersion": FHIR_VERSION,
         "format": list(formats),
+        **({"patchFormat": ["application/json-patch+json"]} if "patch" in type_codes else {}),
         "rest": [rest],
     }
 

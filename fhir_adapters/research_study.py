@@ -33,8 +33,8 @@ from typing import Any, Final
 
 from fhir_adapters.consent import Period, instant_range
 from fhir_adapters.errors import InvalidResource
+from fhir_adapters.extensions import EXTENSION_BASE
 
-EXTENSION_BASE: Final = "https://healthledger.dev/fhir/StructureDefinition/"
 CRITERIA_URL: Final = EXTENSION_BASE + "study-eligibility-criteria"
 DATA_CATEGORY_URL: Final = EXTENSION_BASE + "study-data-category"
 DATA_PERIOD_URL: Final = EXTENSION_BASE + "study-data-period"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from fhir_adapters.extensions import extension_url
 from fhir_adapters.readable.text import concept_text, human_date, parse_date
 
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -21,7 +22,7 @@ ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 LOINC = "http://loinc.org"
 PRIVACY_CONSENT = "59284-0"  # LOINC: Patient Consent
-CHAIN_STATE_URL = "https://healthledger.dev/fhir/StructureDefinition/consent-chain-state"
+CHAIN_STATE_URL = extension_url("consent-chain-state")
 
 # HL7 v3 PurposeOfUse -> what it means to a patient. The first ones are offered by the share form.
 PURPOSES: Mapping[str, str] = {
@@ -253,7 +254,9 @@ def chain_state(consent: Mapping[str, Any], names: Mapping[str, str]) -> tuple[s
             elif part.get("url") == "grant":
                 fields = {str(p.get("url")): p for p in part.get("extension") or [] if isinstance(p, Mapping)}
                 grantee = str(fields.get("grantee", {}).get("valueString") or "")
-                block = fields.get("block", {}).get("valueInteger64")
+                found = fields.get("block", {})
+                # valueInteger (R4), a string of digits above 2^31-1; valueInteger64 from older servers.
+                block = next((found[k] for k in ("valueInteger", "valueString", "valueInteger64") if k in found), None)
                 grants.append(Grant(
                     grantee=grantee,
                     grantee_name="anyone" if grantee == "*" else names.get(grantee) or _fallback_name(grantee),

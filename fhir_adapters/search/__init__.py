@@ -18,6 +18,8 @@ One concept per module; each imports only those listed above it, and none import
   values      the values a parameter reads from a resource, by element path
   terms       the blind-index terms (`index_terms`, `candidate_filters`, date buckets) and their leakage
   matching    `matches`, the exact post-filter after decryption
+  controls    result controls (`_sort`, `_include`, `_revinclude`, `_elements`, `_summary`, `_total`), `Prefer: handling`
+  sorting     `_sort` over matches (date, string, token, `_id`, `_lastUpdated`)
 
 This package re-exports the four steps the store calls; everything else is imported from its module.
 """

@@ -84,10 +84,26 @@ class SearchCriterion:
 
 
 @dataclass(frozen=True)
+class HasClause:
+    """`_has:Type:param:criterion=value` (R4 3.1.1.5.10, reverse chaining): resources of the searched type
+    that a resource of `source_type` matching `inner` refers to through its reference parameter `reference`."""
+
+    source_type: str
+    reference: str
+    inner: SearchQuery
+    text: str  # the parameter name as given (for links)
+
+
+@dataclass(frozen=True)
 class SearchQuery:
     resource_type: str
     criteria: tuple[SearchCriterion, ...]
     now: datetime | None = None  # for `ap` on dates (10% of the gap to now); None: 10% of the value's span
+    # Parameters set aside under lenient handling (R4 3.1.1.4 "handling"): unknown names, unsupported
+    # modifiers. Each is named once, so the answer can say it was ignored (search.mode = outcome).
+    ignored: tuple[str, ...] = ()
+    # Reverse chains (`_has`): resolved by whoever runs the query (the store), as the caller sees the sources.
+    has: tuple[HasClause, ...] = ()
 
 
 # Result parameters (R4 3.1.1.5) and paging names: they select nothing, so parsing sets them aside
@@ -96,7 +112,9 @@ RESULT_PARAMETERS: Final = frozenset(
     {"_count", "_offset", "_summary", "_sort", "_format", "_total", "_elements", "_pretty"}
     | {"_cursor", "_page"}  # paging
 )
-_UNSUPPORTED_RESULT_PARAMS: Final = frozenset({"_include", "_revinclude", "_contained", "_containedType"})
+# Result controls interpreted by whoever runs the search (healthledger.api + store): set aside here too.
+CONTROL_PARAMETERS: Final = frozenset({"_include", "_revinclude"})
+_UNSUPPORTED_RESULT_PARAMS: Final = frozenset({"_contained", "_containedType"})
 _MODIFIERS: Final[Mapping[str, frozenset[str]]] = {
     "token": frozenset({"not", "missing"}),
     "string": frozenset({"exact", "contains", "missing"}),
@@ -109,23 +127,40 @@ _MODIFIERS: Final[Mapping[str, frozenset[str]]] = {
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.]*$")
 
 
+def _say_param(name: str) -> str:
+    """A parameter name with its modifier or chain (`name:exact`, `_has:Observation:patient:code`), safe to echo."""
+    return name[:80] if all(_PARAM_NAME.match(part) for part in name.split(":")) else "(invalid name)"
+
+
 def _say(text: str, limit: int = 40) -> str:
     """A parameter name from input, safe to echo (names are not PHI; values never are echoed)."""
     return text[:limit] if _PARAM_NAME.match(text) else "(invalid name)"
 
 
 def parse_search(
-    resource_type: str, params: Sequence[tuple[str, str]], *, now: datetime | None = None
+    resource_type: str, params: Sequence[tuple[str, str]], *, now: datetime | None = None, strict: bool = True
 ) -> SearchQuery:
-    """Parse `(name, value)` pairs (already URL-decoded) of a type search; UnsupportedSearch on anything unknown.
+    """Parse `(name, value)` pairs (already URL-decoded) of a type search.
 
     Repeated parameters are AND-ed, commas inside one value are OR-ed (R4 3.1.1.4.12 / .13); `\\,` `\\|` `\\$`
     escape. A parameter with an empty value is ignored, and so are result parameters (RESULT_PARAMETERS).
+    `strict` (the client sent `Prefer: handling=strict`): UnsupportedSearch on an unknown parameter or
+    modifier. Lenient (FHIR's default, R4 3.1.1.4): those are left out and named in `ignored`. A value that
+    does not parse is an error either way: ignoring it would widen the search behind the client's back.
     """
     if not is_resource_type(resource_type):
         raise UnsupportedSearch(f"Unknown resource type '{_say(resource_type)}'", status=404)
     defs = search_parameters(resource_type)
     criteria: list[SearchCriterion] = []
+    ignored: list[str] = []
+    has: list[HasClause] = []
+
+    def unsupported(message: str, name: str) -> None:
+        if strict:
+            raise UnsupportedSearch(message)
+        shown = _say_param(name)
+        if shown not in ignored:
+            ignored.append(shown)
     if len(params) > MAX_CRITERIA * 2:
         raise UnsupportedSearch(f"Too many search parameters (at most {MAX_CRITERIA})")
     for name, value in params:
@@ -134,19 +169,60 @@ def parse_search(
         if len(value) > MAX_VALUE_LENGTH * 4:
             raise UnsupportedSearch(f"Value of '{_say(name)}' is too long")
         base, _, modifier = name.partition(":")
-        if base in RESULT_PARAMETERS:
+        if base in RESULT_PARAMETERS or base in CONTROL_PARAMETERS:
+            continue
+        if base == "_has":
+            clause = _parse_has(resource_type, name, value, now, strict)
+            if clause is None:
+                unsupported(f"'{_say(name, 80)}' is not a supported _has (_has:Type:reference:parameter)", name)
+            else:
+                has.append(clause)
             continue
         if base in _UNSUPPORTED_RESULT_PARAMS:
-            raise UnsupportedSearch(f"'{base}' is not supported")
+            unsupported(f"'{base}' is not supported", base)
+            continue
         definition = defs.get(base)
         if definition is None:
-            raise UnsupportedSearch(f"Unknown search parameter '{_say(base)}' for {resource_type}")
+            unsupported(f"Unknown search parameter '{_say(base)}' for {resource_type}", base)
+            continue
         if value == "":
             continue  # R4 3.1.1: a parameter with no value is ignored
+        if modifier and not _modifier_allowed(definition, modifier):
+            unsupported(f"Modifier ':{_say(modifier, 30)}' is not supported on '{definition.name}'", name)
+            continue
         criteria.append(_parse_criterion(definition, modifier if ":" in name else None, value))
-    if len(criteria) > MAX_CRITERIA:
+    if len(criteria) + len(has) > MAX_CRITERIA:
         raise UnsupportedSearch(f"Too many search parameters (at most {MAX_CRITERIA})")
-    return SearchQuery(resource_type, tuple(criteria), now)
+    return SearchQuery(resource_type, tuple(criteria), now, tuple(ignored), tuple(has))
+
+
+def _modifier_allowed(definition: SearchParamDef, modifier: str) -> bool:
+    if definition.type == "reference" and is_resource_type(modifier):
+        return True  # `subject:Patient`; whether the type is a target is checked (an error) when parsing
+    return modifier in _MODIFIERS[definition.type]
+
+
+def _parse_has(
+    resource_type: str, name: str, value: str, now: datetime | None, strict: bool
+) -> HasClause | None:
+    """`_has:Source:reference:parameter` (one level; R4 3.1.1.5.10). None when it names nothing we know."""
+    parts = name.split(":")
+    if len(parts) != 4:
+        return None
+    _, source, reference, inner_name = parts
+    if not is_resource_type(source):
+        return None
+    definition = search_parameters(source).get(reference)
+    if definition is None or definition.type != "reference":
+        return None
+    if definition.targets and resource_type not in definition.targets:
+        return None
+    if inner_name.partition(":")[0] in ("_has", *RESULT_PARAMETERS, *CONTROL_PARAMETERS):
+        return None
+    inner = parse_search(source, [(inner_name, value)], now=now, strict=strict)
+    if inner.ignored or not inner.criteria:
+        return None
+    return HasClause(source, reference, inner, name)
 
 
 def split_unescaped(value: str, sep: str) -> list[str]:

@@ -30,9 +30,12 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import MethodNotAllowed
 
 from fhir_adapters.audit_event import audit_event
+from fhir_adapters.outcome import operation_outcome
+from fhir_adapters.search.controls import ResultControls, parse_controls, prefers_strict
 from fhir_adapters.search.dates import date_range, interval_datetime
 from fhir_adapters.search.query import DATE_PREFIXES
 from fhir_adapters.search.references import parse_reference
+from fhir_adapters.subsetting import select_elements, summarize
 from healthledger.api import negotiation as http
 from healthledger.api.paging import CURSOR_PARAM, PageLinks, decode_cursor, parse_count, searchset_bundle
 from healthledger.audit.anchoring import EntryProof, anchored_proof
@@ -47,7 +50,8 @@ from healthledger.store.repository import ResourceStore, dump_resource
 
 RESOURCE_TYPE = "AuditEvent"
 SEARCH_PARAMS = frozenset({"patient", "date"})
-CONTROLS = frozenset({"_count", "_offset", CURSOR_PARAM, "_format"})
+CONTROLS = frozenset({"_count", "_offset", CURSOR_PARAM, "_format", "_pretty"})
+RESULT_CONTROLS = frozenset({"_summary", "_total", "_elements"})
 _ENTRY_ID = re.compile(r"[0-9]{1,18}")
 _NO_SUCH_ENTRY = "no AuditEvent with that id"
 _WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
@@ -210,17 +214,26 @@ class AuditQuery:
     kept: tuple[tuple[str, str], ...]  # the search parameters, for paging links
     count: int
     offset: int
+    results: ResultControls = dataclasses.field(default_factory=ResultControls)  # _summary, _total, _elements
+    ignored: tuple[str, ...] = ()  # left out under lenient handling
 
 
-def parse_audit_query(params: Sequence[tuple[str, str]], *, default_count: int, max_count: int) -> AuditQuery:
-    """The search parameters AuditEvent search supports; BadRequest (400) for anything else."""
+def parse_audit_query(
+    params: Sequence[tuple[str, str]], *, default_count: int, max_count: int, strict: bool = True
+) -> AuditQuery:
+    """The search parameters AuditEvent search supports. Anything else is a BadRequest (400) under strict
+    handling; otherwise left out and named in `ignored` (FHIR's default, R4 3.1.1.4)."""
     controls: dict[str, list[str]] = {}
     patients: list[frozenset[str]] = []
     dates: list[tuple[DateCondition, ...]] = []
     kept: list[tuple[str, str]] = []
+    result_params: list[tuple[str, str]] = []
+    ignored: list[str] = []
     for name, value in params:
         if name in CONTROLS:
             controls.setdefault(name, []).append(value)
+        elif name in RESULT_CONTROLS:
+            result_params.append((name, value))
         elif name == "patient":
             patients.append(frozenset(_patient_id(piece) for piece in _pieces(name, value)))
             kept.append((name, value))
@@ -229,8 +242,12 @@ def parse_audit_query(params: Sequence[tuple[str, str]], *, default_count: int, 
             kept.append((name, value))
         else:
             shown = name[:40] if name.isprintable() else "?"
+            if not strict:
+                ignored.append(shown)
+                continue
             raise BadRequest(
-                f"unsupported AuditEvent search parameter {shown!r} (supported: patient, date, _count, _offset)",
+                f"unsupported AuditEvent search parameter {shown!r} (supported: patient, date, _count, _offset, "
+                "_summary, _total, _elements)",
                 expression=shown if shown != "?" else None,
             )
     count = parse_count(controls.get("_count", []), default=default_count, maximum=max_count)
@@ -239,7 +256,14 @@ def parse_audit_query(params: Sequence[tuple[str, str]], *, default_count: int, 
         offset = decode_cursor(controls[CURSOR_PARAM][-1])
     elif "_offset" in controls:
         offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
-    return AuditQuery(tuple(patients), tuple(dates), tuple(kept), count, offset)
+    results = parse_controls(RESOURCE_TYPE, result_params, strict=True)
+    if results.summary is not None and results.elements is not None:
+        raise BadRequest("use either _summary or _elements, not both")
+    if results.summary == "count":
+        count = 0
+    return AuditQuery(
+        tuple(patients), tuple(dates), (*kept, *results.kept), count, offset, results, tuple(dict.fromkeys(ignored))
+    )
 
 
 def _pieces(name: str, value: str) -> list[str]:
@@ -419,6 +443,7 @@ class _AuditEventApi:
             list(request.args.items(multi=True)),
             default_count=self.pages.default_count,
             max_count=self.pages.max_count,
+            strict=prefers_strict(request.headers.get("Prefer")),
         )
         access = audit_access(principal, "search", self.care.home_organization)
         attempt.reason = access.reason
@@ -523,8 +548,25 @@ class _AuditEventApi:
         links = PageLinks(f"{base}/{RESOURCE_TYPE}", query.kept, query.count, query.offset).links(next_offset)
         if query.count == 0:
             links = links[:1]
-        entries = [(f"{base}/{RESOURCE_TYPE}/{entry_id}", event) for entry_id, event in events]
-        return _respond(searchset_bundle(entries, total=total, links=links))
+        results = query.results
+        entries = [(f"{base}/{RESOURCE_TYPE}/{entry_id}", _subset(event, results)) for entry_id, event in events]
+        shown_total = None if results.total == "none" and results.summary != "count" else total
+        outcome = None
+        if query.ignored:
+            outcome = operation_outcome(
+                "warning", "not-supported",
+                "ignored (not supported by this server): " + ", ".join(query.ignored[:20])
+                + "; send 'Prefer: handling=strict' to have such a search refused instead",
+            )
+        return _respond(searchset_bundle(entries, total=shown_total, links=links, outcome=outcome))
+
+
+def _subset(event: dict[str, Any], results: ResultControls) -> dict[str, Any]:
+    if results.summary in ("true", "text", "data"):
+        return summarize(event, results.summary)  # type: ignore[arg-type]
+    if results.elements is not None:
+        return select_elements(event, results.elements)
+    return event
 
 
 def _read_only() -> None:

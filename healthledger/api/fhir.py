@@ -18,9 +18,12 @@ from sqlalchemy import exc as sa_exc
 from fhir_adapters.capability import capability_statement
 from fhir_adapters.datatypes import ID, instant, with_version_meta
 from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
+from fhir_adapters.extensions import EXTENSIONS, structure_definition
 from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.search import parse_search
-from fhir_adapters.validation import is_resource_type
+from fhir_adapters.search.controls import ResultControls, is_control, parse_controls, prefers_strict
+from fhir_adapters.subsetting import select_elements, summarize
+from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
 from healthledger.api.outcomes import error_response
@@ -43,23 +46,25 @@ from healthledger.errors import (
     UnsupportedMediaType,
 )
 from healthledger.store.access import Principal
-from healthledger.store.bundles import execute_bundle
+from healthledger.store.bundles import conditional_delete, conditional_update, execute_bundle
+from healthledger.store.patching import patch_resource
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
+from healthledger.store.search_results import run_search
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+JSON_PATCH = "application/json-patch+json"
 _VID = re.compile(r"[0-9]{1,9}")
 
 # What the API really does; the CapabilityStatement is built from these, so it cannot claim more.
-TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
+TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type")
 SYSTEM_INTERACTIONS = ("transaction", "batch")
 # Result controls are interpreted here and only here: fhir_adapters.search.parse_search sets the result
 # parameters aside (RESULT_PARAMETERS) and parses criteria. These are the ones this module reads itself.
-_API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_summary"})
-# Result controls this API does not honour: refused rather than ignored, so a client never mistakes an
-# unsorted or unfiltered page for what it asked (FHIR R4 search.html#errors).
-_REFUSED_CONTROLS = frozenset({"_sort", "_elements", "_page", "_include", "_revinclude", "_contained"})
-# `_total` (R4 3.1.1.5.6) is accepted with any of its values: the total is always exact.
-_TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
+_API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_pretty"})
+# Result controls this API does not honour: an error under `Prefer: handling=strict`, otherwise left out and
+# named in the Bundle's OperationOutcome entry (FHIR R4 search.html#errors). `_total` (none, estimate,
+# accurate) is honoured: the total, when given, is always exact.
+_REFUSED_CONTROLS = frozenset({"_page", "_contained", "_containedType"})
 _HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
 
 class RefusalLog(Protocol):
@@ -77,6 +82,7 @@ _ACTIONS = {
     ("fhir.instance", "GET"): "read", ("fhir.instance", "PUT"): "update", ("fhir.instance", "DELETE"): "delete",
     ("fhir.vread", "GET"): "vread", ("fhir.instance_history", "GET"): "history", ("fhir.type_history", "GET"): "history",
     ("fhir.type", "GET"): "search", ("fhir.type", "POST"): "create", ("fhir.search_post", "POST"): "search",
+    ("fhir.type", "PUT"): "update", ("fhir.type", "DELETE"): "delete", ("fhir.instance", "PATCH"): "update",
     ("fhir.system", "POST"): "create", ("fhir.system_slash", "POST"): "create",
     ("fhir.consent_sign", "POST"): "update", ("fhir.consent_revoke", "POST"): "update",
 }
@@ -122,12 +128,17 @@ def fhir_blueprint(
             return error_response(error)
 
     bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
+    bp.add_url_rule(
+        "/StructureDefinition/<resource_id>", "extension_definition", api.extension_definition, methods=["GET"]
+    )
     bp.add_url_rule("", "system", api.system_bundle, methods=["POST"])
     bp.add_url_rule("/", "system_slash", api.system_bundle, methods=["POST"])
-    bp.add_url_rule("/<resource_type>", "type", api.type_endpoint, methods=["GET", "POST"])
+    bp.add_url_rule("/<resource_type>", "type", api.type_endpoint, methods=["GET", "POST", "PUT", "DELETE"])
     bp.add_url_rule("/<resource_type>/_search", "search_post", api.search_post, methods=["POST"])
     bp.add_url_rule("/<resource_type>/_history", "type_history", api.type_history, methods=["GET"])
-    bp.add_url_rule("/<resource_type>/<resource_id>", "instance", api.instance, methods=["GET", "PUT", "DELETE"])
+    bp.add_url_rule(
+        "/<resource_type>/<resource_id>", "instance", api.instance, methods=["GET", "PUT", "DELETE", "PATCH"]
+    )
     bp.add_url_rule("/<resource_type>/<resource_id>/_history", "instance_history", api.instance_history, methods=["GET"])
     bp.add_url_rule("/<resource_type>/<resource_id>/_history/<version_id>", "vread", api.vread, methods=["GET"])
     bp.add_url_rule("/Consent/<resource_id>/$sign", "consent_sign", api.consent_sign, methods=["POST"])
@@ -164,6 +175,17 @@ class _FhirApi:
             for i in consents:
                 bodies[i] = present_consent(bodies[i], states[items[i].id])
         return bodies
+
+    def _read_subset(self, resource_type: str, stored: StoredResource) -> dict[str, Any]:
+        """A read's resource, with `_summary=true|text|data` or `_elements` applied when asked (R4 3.1.1.5.8)."""
+        body = self._shown(stored)
+        if "_summary" in request.args or "_elements" in request.args:
+            wanted = [(n, v) for n, v in request.args.items(multi=True) if n in ("_summary", "_elements")]
+            controls = parse_controls(resource_type, wanted, strict=True)
+            if controls.summary == "count":
+                raise BadRequest("_summary=count applies to searches, not reads", expression="_summary")
+            body = _subset(body, controls)
+        return body
 
     def _body_resource(self) -> dict[str, Any]:
         http.require_json_body(request)
@@ -214,8 +236,8 @@ class _FhirApi:
                     software_name="HealthLedger",
                     base_url=base,
                     conditional_create=True,  # If-None-Exist on POST
-                    conditional_update=False,  # PUT /Type?query is not offered (conditional PUT only in bundles)
-                    conditional_delete="not-supported",
+                    conditional_update=True,  # PUT /Type?query, as in bundles
+                    conditional_delete="single",  # DELETE /Type?query: one match (several: 412)
                     versioning="versioned-update",  # If-Match is honoured
                     update_create=True,  # PUT to a new id creates it
                     oauth_token_url=self.token_url,
@@ -230,6 +252,14 @@ class _FhirApi:
             if len(self._capability) < 16:  # one per base URL the server is reached by; bounded
                 self._capability[base] = body
         return Response(body, status=200, content_type=http.FHIR_JSON)
+
+    def extension_definition(self, resource_id: str) -> Response:
+        """Our extensions' StructureDefinitions, public like the CapabilityStatement, at the id their canonical
+        URL ends in (fhir_adapters/extensions.py); any other StructureDefinition id is an ordinary read."""
+        if resource_id not in EXTENSIONS:
+            return self.instance("StructureDefinition", resource_id)
+        http.check_response_format(request)
+        return self._respond(structure_definition(resource_id))
 
     def system_bundle(self) -> Response:
         principal = self._principal()
@@ -246,6 +276,10 @@ class _FhirApi:
         http.check_response_format(request)
         if request.method == "POST":
             return self._create(resource_type, principal)
+        if request.method == "PUT":
+            return self._conditional_update(resource_type, principal)
+        if request.method == "DELETE":
+            return self._conditional_delete(resource_type, principal)
         return self._search(resource_type, principal, list(request.args.items(multi=True)))
 
     def search_post(self, resource_type: str) -> Response:
@@ -275,10 +309,12 @@ class _FhirApi:
         if request.method == "PUT":
             return self._update(resource_type, resource_id, principal)
         _check_id(resource_id)
+        if request.method == "PATCH":
+            return self._patch(resource_type, resource_id, principal)
         if request.method == "DELETE":
             return self._delete(resource_type, resource_id, principal)
         stored = self.store.read(resource_type, resource_id, principal=principal)
-        return self._respond(self._shown(stored), 200, self._resource_headers(stored))
+        return self._respond(self._read_subset(resource_type, stored), 200, self._resource_headers(stored))
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> Response:
         _check_type(resource_type)
@@ -288,7 +324,7 @@ class _FhirApi:
         if not _VID.fullmatch(version_id):
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id[:20]!r}")
         stored = self.store.vread(resource_type, resource_id, int(version_id), principal=principal)
-        return self._respond(self._shown(stored), 200, self._resource_headers(stored))
+        return self._respond(self._read_subset(resource_type, stored), 200, self._resource_headers(stored))
 
     def instance_history(self, resource_type: str, resource_id: str) -> Response:
         _check_type(resource_type)
@@ -348,6 +384,42 @@ class _FhirApi:
         stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match, principal=principal)
         return self._write_response(stored, 201 if created else 200)
 
+    def _conditions(self, what: str) -> list[tuple[str, str]]:
+        """The search of a conditional update or delete: the query string (R4 3.1.0.4.3, 3.1.0.7.1)."""
+        params = [(n, v) for n, v in request.args.items(multi=True) if n != "_format"]
+        if not params:
+            raise BadRequest(f"{what} of a type needs search parameters (Type?identifier=system|value) or an id")
+        return params
+
+    def _conditional_update(self, resource_type: str, principal: Principal) -> Response:
+        params = self._conditions("PUT")
+        resource = self._body_resource()
+        _check_body_type(resource, resource_type)
+        if_match = http.parse_etag(request.headers["If-Match"]) if "If-Match" in request.headers else None
+        with self.store.unit_of_work(principal) as uow:
+            stored, created = conditional_update(uow, resource_type, params, resource, if_match=if_match)
+        return self._write_response(stored, 201 if created else 200)
+
+    def _conditional_delete(self, resource_type: str, principal: Principal) -> Response:
+        params = self._conditions("DELETE")
+        with self.store.unit_of_work(principal) as uow:
+            conditional_delete(uow, resource_type, params)
+        return Response(b"", status=204)
+
+    def _patch(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
+        """JSON Patch (R4 http.html#patch; RFC 6902), honouring If-Match (store/patching.py)."""
+        if http.media_type(request.headers.get("Content-Type")) != JSON_PATCH:
+            raise UnsupportedMediaType(f"PATCH takes {JSON_PATCH} (RFC 6902); FHIRPath Patch is not supported")
+        raw = http.read_body(request, self.settings.max_request_bytes)
+        if not raw.strip():
+            raise BadRequest("PATCH needs a JSON Patch document in the body")
+        operations = loads_json(raw)
+        if_match = http.parse_etag(request.headers["If-Match"]) if "If-Match" in request.headers else None
+        stored = patch_resource(
+            self.store, resource_type, resource_id, operations, if_match=if_match, principal=principal
+        )
+        return self._write_response(stored, 200)
+
     def _delete(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
         stored = self.store.delete(resource_type, resource_id, principal=principal)
         response = Response(b"", status=204)
@@ -356,43 +428,61 @@ class _FhirApi:
         return response
 
     def _search(self, resource_type: str, principal: Principal, params: list[tuple[str, str]]) -> Response:
+        """Type search with its result controls (fhir_adapters.search.controls) and FHIR's lenient handling of
+        what it does not support unless the client asks `Prefer: handling=strict` (R4 3.1.1.4)."""
+        strict = prefers_strict(request.headers.get("Prefer"))
         controls: dict[str, list[str]] = {}
         criteria: list[tuple[str, str]] = []
+        ignored: list[str] = []
         for name, value in params:
-            if name.partition(":")[0] in _REFUSED_CONTROLS:
-                raise UnsupportedSearch(f"'{name.partition(':')[0]}' is not supported by this server")
-            if name.partition(":")[0] == "_total" and value not in _TOTAL_VALUES:
-                raise UnsupportedSearch("'_total' must be none, estimate or accurate")
-            if name in _API_CONTROLS:
+            base = name.partition(":")[0]
+            if base in _REFUSED_CONTROLS:
+                if strict:
+                    raise UnsupportedSearch(f"'{base}' is not supported by this server")
+                ignored.append(base)
+            elif name in _API_CONTROLS:
                 controls.setdefault(name, []).append(value)
-            else:
+            elif not is_control(name):
                 criteria.append((name, value))
         count = parse_count(
             controls.get("_count", []),
             default=self.settings.default_page_size,
             maximum=self.settings.max_page_size,
         )
-        summary = _parse_summary(controls.get("_summary", []))
         offset = 0
         if CURSOR_PARAM in controls:
             offset = decode_cursor(controls[CURSOR_PARAM][-1])
         elif "_offset" in controls:
             offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
-        query = parse_search(resource_type, criteria)
+        result = parse_controls(resource_type, params, strict=strict)
+        if result.summary is not None and result.elements is not None:
+            raise UnsupportedSearch("use either _summary or _elements, not both")
+        query = parse_search(resource_type, criteria, strict=strict)
+        ignored += [*query.ignored, *result.ignored]
         endpoint = f"{self._base()}/{resource_type}"
-        kept = [(n, v) for n, v in criteria]
-        if summary == "count":
-            kept.append(("_summary", "count"))
-        if summary == "count" or count == 0:
+        kept = [(n, v) for n, v in criteria if n not in ignored and n.partition(":")[0] not in ignored]
+        kept += list(result.kept)
+        outcome = _ignored_outcome(ignored)
+        show_total = result.total != "none" or result.summary == "count"
+        if result.summary == "count" or count == 0:
             page = self.store.search(resource_type, query, count=0, offset=0, principal=principal)
             links = PageLinks(endpoint, tuple(kept), count, 0).links(None)[:1]
-            return self._respond(searchset_bundle([], total=page.total, links=links))
-        page = self.store.search(resource_type, query, count=count, offset=offset, principal=principal)
+            return self._respond(searchset_bundle(
+                [], total=page.total if show_total else None, links=links, outcome=outcome))
+        found = run_search(
+            self.store, resource_type, query, count=count, offset=offset, controls=result, principal=principal
+        )
         base = self._base()
-        shown = self._shown_all(page.items)
-        entries = [(f"{base}/{item.resource_type}/{item.id}", body) for item, body in zip(page.items, shown)]
-        links = PageLinks(endpoint, tuple(kept), count, offset).links(page.next_offset)
-        return self._respond(searchset_bundle(entries, total=page.total, links=links))
+        shown = [_subset(body, result) for body in self._shown_all(found.page.items)]
+        entries = [(f"{base}/{item.resource_type}/{item.id}", body) for item, body in zip(found.page.items, shown)]
+        included = [
+            (f"{base}/{item.resource_type}/{item.id}", _subset(body, result))
+            for item, body in zip(found.included, self._shown_all(found.included))
+        ]
+        links = PageLinks(endpoint, tuple(kept), count, offset).links(found.page.next_offset)
+        return self._respond(searchset_bundle(
+            entries, total=found.page.total if show_total else None, links=links, included=included, outcome=outcome
+        ))
 
     def _history(self, resource_type: str, resource_id: str | None, principal: Principal) -> Response:
         params = list(request.args.items(multi=True))
@@ -520,15 +610,25 @@ def _parse_condition(header: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _parse_summary(values: list[str]) -> str | None:
-    if not values:
+def _subset(body: dict[str, Any], controls: ResultControls) -> dict[str, Any]:
+    """A resource as `_summary` / `_elements` ask (fhir_adapters.subsetting), after every decision."""
+    if controls.summary in ("true", "text", "data"):
+        return summarize(body, controls.summary)  # type: ignore[arg-type]
+    if controls.elements is not None:
+        return select_elements(body, controls.elements)
+    return body
+
+
+def _ignored_outcome(ignored: list[str]) -> dict[str, Any] | None:
+    """The searchset's OperationOutcome entry naming what lenient handling left out (names only, never values)."""
+    names = list(dict.fromkeys(ignored))
+    if not names:
         return None
-    value = values[-1]
-    if value == "count":
-        return "count"
-    if value == "false":
-        return None
-    raise BadRequest("_summary supports only 'count' and 'false'")
+    return operation_outcome(
+        "warning", "not-supported",
+        "ignored (not supported by this server): " + ", ".join(names[:20])
+        + "; send 'Prefer: handling=strict' to have such a search refused instead",
+    )
 
 
 def _parse_instant(value: str, name: str) -> datetime:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import structlog
 from flask import Response, request
+from flask_wtf.csrf import CSRFError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
@@ -68,6 +69,16 @@ def error_response(error: BaseException) -> Response:
     if isinstance(error, FhirInputError):
         outcome = operation_outcome("error", error.code, error.message, error.expression)
         return outcome_response(outcome, error.status)
+    if isinstance(error, CSRFError):
+        # A request authenticated by the session cookie must carry the session's CSRF token (web/sessions.py):
+        # say so, and how, instead of a bare "bad request". Flask-WTF's reasons name no secret.
+        reason = str(error.description or "").strip().rstrip(".")
+        outcome = operation_outcome(
+            "error", "security",
+            f"{reason or 'CSRF check failed'}: a request authenticated by the session cookie must send the "
+            "session's CSRF token in the X-CSRFToken header (or use a bearer token instead of the cookie)",
+        )
+        return outcome_response(outcome, 400)
     if isinstance(error, HTTPException):
         status = error.code or 500
         headers = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,15 +87,21 @@ def searchset_bundle(
     *,
     total: int | None,
     links: list[dict[str, str]],
+    included: Iterable[tuple[str, dict[str, Any]]] = (),
+    outcome: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A `searchset` Bundle; entries are (fullUrl, resource), all with search.mode = match."""
+    """A `searchset` Bundle; entries are (fullUrl, resource) with search.mode = match, then `included` ones
+    (`_include`/`_revinclude`, mode include), then `outcome` (an OperationOutcome about the search, e.g. the
+    parameters it ignored, mode outcome; R4 3.1.1.4 and bundle.html#searchset)."""
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         bundle["total"] = total
     bundle["link"] = links
     bundle["entry"] = [
         {"fullUrl": full_url, "resource": resource, "search": {"mode": "match"}} for full_url, resource in entries
-    ]
+    ] + [{"fullUrl": full_url, "resource": resource, "search": {"mode": "include"}} for full_url, resource in included]
+    if outcome is not None:
+        bundle["entry"].append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": outcome, "search": {"mode": "outcome"}})
     if not bundle["entry"]:
         del bundle["entry"]
     return bundle

@@ -85,6 +85,34 @@ _AUTHORIZATION_STATE = (
 )
 
 
+def _check_assertion_claims(claims: dict[str, Any], client_id: str, token_endpoint: str, now: int) -> None:
+    """The claims a client assertion must carry (SMART Backend Services, RFC 7523 §3), each refusal naming the
+    claim and what is allowed (values are the client's own: echoing them, shortened, discloses nothing)."""
+    def say(value: Any) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)[:80]
+        return repr(text[:80])
+
+    for name in ("iss", "sub"):
+        if claims.get(name) != client_id:
+            raise OAuthError("invalid_client", f"client_assertion {name} must be the client id {client_id!r} "
+                             f"(it is {say(claims.get(name))})", 401)
+    aud = claims.get("aud")
+    if aud != token_endpoint and not (isinstance(aud, list) and token_endpoint in aud):
+        raise OAuthError("invalid_client", f"client_assertion aud must be this server's token endpoint "
+                         f"{token_endpoint} (it is {say(aud)})", 401)
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise OAuthError("invalid_client", "client_assertion needs an exp claim (seconds since the epoch)", 401)
+    if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_LEEWAY:
+        raise OAuthError("invalid_client", f"client_assertion exp is {int(exp) - now} s ahead; at most "
+                         f"{MAX_ASSERTION_LIFETIME} s (five minutes) is allowed (authlib, for one, defaults to an "
+                         "hour: pass a shorter expiry)", 401)
+    if exp < now - CLOCK_LEEWAY:
+        raise OAuthError("invalid_client", f"client_assertion expired {now - int(exp)} s ago (exp)", 401)
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        raise OAuthError("invalid_client", "client_assertion needs a jti claim (a unique id, never reused)", 401)
+
+
 class OAuthError(HealthLedgerError):
     """An RFC 6749 §5.2 error response: `error` code and a description safe to show."""
 
@@ -300,7 +328,9 @@ class TokenService:
             raise OAuthError("invalid_client", f"client_assertion_type must be {ASSERTION_TYPE}", 401)
         try:
             check_jose_nesting(req.client_assertion)
-            unverified = json.loads(jws.extract_compact(req.client_assertion.encode()).payload)
+            compact = jws.extract_compact(req.client_assertion.encode())
+            unverified = json.loads(compact.payload)
+            header = dict(compact.protected)
             client_id = unverified.get("iss") if isinstance(unverified, dict) else None
         except (JoseError, ValueError, UnicodeError):
             raise OAuthError("invalid_client", "client_assertion is not a well-formed JWT", 401) from None
@@ -309,7 +339,9 @@ class TokenService:
         client = self._client(session, client_id)
         if client.auth_method != "private_key_jwt":
             raise OAuthError("invalid_client", "this client is registered for secret authentication", 401)
+        self._check_header(client, header)
         claims = self._verify_assertion(client, req.client_assertion)
+        _check_assertion_claims(claims, client.client_id, self.token_endpoint, now)
         registry = JWTClaimsRegistry(
             now=now,
             leeway=CLOCK_LEEWAY,
@@ -324,10 +356,28 @@ class TokenService:
         except JoseError as exc:
             raise OAuthError("invalid_client", f"client_assertion rejected: {exc.error}", 401) from None
         exp = int(claims["exp"])
-        if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_LEEWAY:
-            raise OAuthError("invalid_client", "client_assertion exp is more than five minutes ahead", 401)
         self._remember_jti(session, client.client_id, str(claims["jti"]), exp, now)
         return client
+
+    def _check_header(self, client: ApiClient, header: dict[str, Any]) -> None:
+        """SMART Backend Services: `alg` RS384 or ES384, and `kid` naming one of the client's registered keys
+        (required even when the client has one key). Each refusal names the header and what is allowed."""
+        alg = header.get("alg")
+        if alg not in ASSERTION_ALGORITHMS:
+            shown = str(alg)[:20] if isinstance(alg, str) and alg.isprintable() else "none"
+            raise OAuthError("invalid_client", f"client_assertion header alg {shown!r} is not allowed: use "
+                             f"{' or '.join(ASSERTION_ALGORITHMS)}", 401)
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise OAuthError("invalid_client", "client_assertion header has no 'kid': SMART Backend Services "
+                             "requires the kid of the key that signed it, one of this client's registered keys", 401)
+        if client.jwks_url:
+            return  # the keys are fetched (and refetched on rotation) when the signature is checked
+        registered = [k.get("kid") for k in json.loads(client.jwks or "{}").get("keys", []) if isinstance(k, dict)]
+        if kid not in registered:
+            listed = ", ".join(repr(str(k)[:40]) for k in registered[:5] if k)
+            raise OAuthError("invalid_client", f"client_assertion header kid {kid[:40]!r} is not one of this "
+                             f"client's registered keys ({listed})", 401)
 
     def _verify_assertion(self, client: ApiClient, assertion: str) -> dict[str, Any]:
         def keys(refresh: bool) -> KeySet:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from fhir_adapters.consent import PERMIT, ConsentRules, Provision, consent_rules
 from fhir_adapters.errors import FhirInputError
+from fhir_adapters.extensions import extension_url
 from healthledger import crypto
 from healthledger.consent.index import ChainGrant, consent_grant_status, load_chain_grants
 from healthledger.consent.models import ConsentBinding
@@ -40,7 +41,8 @@ ANY_GRANTEE = "*"
 GRANT_NONCE, REVOKE_NONCE = 0, 1  # each binding has its own grant key: its first write is nonce 0
 SIGNATURE_LIFETIME = 7 * 86_400  # deadline: the outbox may retry for a week (e.g. through a chain outage)
 DEFAULT_GRANT_SECONDS = 10 * 365 * 86_400  # a consent without an end lasts ten years on-chain
-CHAIN_STATE_URL = "https://healthledger.dev/fhir/StructureDefinition/consent-chain-state"
+CHAIN_STATE_URL = extension_url("consent-chain-state")
+_R4_INTEGER_MAX = 2**31 - 1
 _GRANTEE_INFO = b"healthledger/consent-grantee/v1|"
 _SCOPE_INFO = b"healthledger/consent-scope/v1|"
 
@@ -272,7 +274,9 @@ def present_consent(resource: dict[str, Any], state: dict[str, Any]) -> dict[str
             {"url": "state", "valueCode": grant["state"]},
         ]
         if grant["block"] is not None:
-            sub.append({"url": "block", "valueInteger64": str(grant["block"])})
+            block = int(grant["block"])
+            # R4 has no integer64 (R5 does): an integer, or the digits as a string beyond R4's 32-bit integer.
+            sub.append({"url": "block", **({"valueInteger": block} if block <= _R4_INTEGER_MAX else {"valueString": str(block)})})
         if grant["transaction"]:
             sub.append({"url": "transaction", "valueString": grant["transaction"]})
         ext.append({"url": "grant", "extension": sub})

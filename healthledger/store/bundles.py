@@ -133,6 +133,29 @@ def _single_match(uow: UnitOfWork, target: Target, what: str) -> StoredResource 
     return matches[0] if matches else None
 
 
+def conditional_update(
+    uow: UnitOfWork, resource_type: str, params: list[tuple[str, str]], resource: dict[str, Any], *,
+    if_match: int | None = None, validated: bool = False,
+) -> tuple[StoredResource, bool]:
+    """`PUT Type?query` (R4 3.1.0.4.3), as a REST request and as a bundle entry: scopes first, then the search as
+    the caller (what it may not read does not exist for it): no match creates (with the body's id, if any), one
+    match is updated, several are a 412."""
+    uow.check_scope("update", resource_type)  # scopes before the conditional search
+    match = _single_match(uow, Target(resource_type, params=params), "update")
+    resource_id = match.id if match is not None else (resource.get("id") or uow.store.new_id())
+    body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
+    return uow.update(resource_type, resource_id, body, if_match=if_match, validated=validated)
+
+
+def conditional_delete(uow: UnitOfWork, resource_type: str, params: list[tuple[str, str]]) -> None:
+    """`DELETE Type?query` (R4 3.1.0.7.1): the one match the caller can see is deleted; none is not an error (the
+    same answer whether nothing matched or the match is withheld); several are a 412."""
+    uow.check_scope("delete", resource_type)  # scopes before the conditional search
+    match = _single_match(uow, Target(resource_type, params=params), "delete")
+    if match is not None:
+        uow.delete(resource_type, match.id)
+
+
 class _Executor:
     """Runs one entry's interaction on a unit of work."""
 
@@ -155,12 +178,11 @@ class _Executor:
             return _response_entry(200, uow.read(target.resource_type, target.id))
         if method == "DELETE":
             if target.params is not None:
-                uow.check_scope("delete", target.resource_type)  # scopes before the conditional search
-                if entry.index in assigned:  # a transaction searched already (`_assign`)
-                    match_id = assigned[entry.index].removeprefix("delete:") or None
-                else:
-                    match = _single_match(uow, target, "delete")
-                    match_id = match.id if match is not None else None
+                if entry.index not in assigned:
+                    conditional_delete(uow, target.resource_type, target.params)
+                    return _response_entry(204)
+                uow.check_scope("delete", target.resource_type)
+                match_id = assigned[entry.index].removeprefix("delete:") or None  # a transaction searched already
                 if match_id is not None:
                     uow.delete(target.resource_type, match_id)
                 return _response_entry(204)
@@ -189,11 +211,13 @@ class _Executor:
         if method == "PUT":
             if_match = parse_etag(getattr(entry, "if_match", None))
             if target.params is not None:
-                uow.check_scope("update", target.resource_type)  # scopes before the conditional search
                 resource_id = assigned.get(entry.index)
                 if resource_id is None:
-                    match = _single_match(uow, target, "update")
-                    resource_id = match.id if match is not None else (resource.get("id") or uow.store.new_id())
+                    stored, created = conditional_update(
+                        uow, target.resource_type, target.params, resource, if_match=if_match, validated=True
+                    )
+                    return _response_entry(201 if created else 200, stored)
+                uow.check_scope("update", target.resource_type)
                 body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
                 stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match, validated=True)
                 return _response_entry(201 if created else 200, stored)

@@ -34,16 +34,26 @@ def import_command(runtime: Runtime, paths: tuple[Path, ...], show: int) -> None
     reports = []
     total = sum(f.stat().st_size for f in files if f.is_file())
     started = time.monotonic()
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
-    ) as progress:
-        task = progress.add_task("importing", total=total)
-        for path in files:
-            progress.update(task, description=f"importing {path.name}")
-            before = progress.tasks[0].completed
-            reports.append(importer.import_file(path, lambda n: progress.advance(task, n)))
-            progress.update(task, completed=before + (path.stat().st_size if path.is_file() else 0))
+    if not console.is_terminal:
+        # Output to a file or a pipe (CI, a log): one plain line per file, no bar redrawn in place.
+        for n, path in enumerate(files, start=1):
+            size = path.stat().st_size if path.is_file() else 0
+            click.echo(f"importing {path.name} ({n}/{len(files)}, {size / 1e6:.1f} MB)", err=True)
+            done = importer.import_file(path)
+            reports.append(done)
+            click.echo(f"  {path.name}: {done.imported} imported, {done.skipped} skipped, {done.rejected} rejected"
+                       + (" (unreadable)" if done.unreadable else ""), err=True)
+    else:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        ) as progress:
+            task = progress.add_task("importing", total=total)
+            for path in files:
+                progress.update(task, description=f"importing {path.name}")
+                before = progress.tasks[0].completed
+                reports.append(importer.import_file(path, lambda n: progress.advance(task, n)))
+                progress.update(task, completed=before + (path.stat().st_size if path.is_file() else 0))
     from healthledger.store.importer import ImportReport
 
     report = ImportReport(reports)

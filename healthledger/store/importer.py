@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import sqlalchemy as sa
 
@@ -48,6 +48,11 @@ class FileReport:
     def reject(self, where: str, reason: str) -> None:
         self.rejected += 1
         self.problems.append((where, "rejected", reason))
+
+    def reject_all(self, where: str, reason: str, count: int) -> None:
+        """`count` entries rejected for one reason (a transaction rolled back, a Bundle refused): said once."""
+        self.rejected += count
+        self.problems.append((where, "rejected", reason if count == 1 else f"{reason} ({count} entries)"))
 
     def skip(self, where: str, reason: str) -> None:
         self.skipped += 1
@@ -89,11 +94,24 @@ def discover(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+class EntryError(ValueError):
+    """An input item that is not a resource at all (its message is ours, safe to show)."""
+
+
+# R4 BundleType (http://hl7.org/fhir/R4/valueset-bundle-type.html): batch and transaction run as the API runs
+# them; the others are containers whose entries are imported one by one.
+BUNDLE_TYPES: Final = frozenset({"document", "message", "transaction", "transaction-response", "batch",
+                                 "batch-response", "history", "searchset", "collection"})
+
+
 def _reason(exc: Exception) -> str:
     if isinstance(exc, FhirInputError | HealthLedgerError):
         where = f" ({exc.expression})" if exc.expression else ""
         return f"{exc.message}{where}"
-    return "unexpected error"
+    if isinstance(exc, EntryError):
+        return str(exc)
+    # Not one of ours: its message may quote the input, so only its kind is said.
+    return f"could not be imported ({type(exc).__name__})"
 
 
 @dataclass(frozen=True)
@@ -253,11 +271,19 @@ class Importer:
         if data.get("resourceType") == "Bundle" and data.get("type") in ("transaction", "batch"):
             self._import_bundle(data, report)
             return
+        if data.get("resourceType") == "Bundle" and data.get("type") not in BUNDLE_TYPES:
+            # What POST /fhir answers for such a Bundle (fhir_adapters.bundles.plan_bundle), said once for the file.
+            try:
+                fhir_bundles.plan_bundle(data)
+            except FhirInputError as exc:
+                entries = data.get("entry")
+                report.reject_all("Bundle", _reason(exc), max(len(entries) if isinstance(entries, list) else 0, 1))
+                return
         if data.get("resourceType") == "Bundle" and isinstance(data.get("entry"), list):
             entries = data["entry"]
             items = (
                 (f"entry {i}", e.get("resource") if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-                 else ValueError("entry has no resource"), 0)
+                 else EntryError("the entry has no resource (Bundle.entry.resource)"), 0)
                 for i, e in enumerate(entries)
             )
             self._import_resources(items, report, None)
@@ -269,11 +295,11 @@ class Importer:
         entries: list[Any] = raw_entries if isinstance(raw_entries, list) else []
         try:
             response = execute_bundle(self.store, bundle, principal=self.principal)
-        except HealthLedgerError as exc:
-            # A transaction is all-or-nothing: every entry is rejected with the one reason.
-            reason = f"transaction rolled back: {_reason(exc)}"
-            for i in range(max(len(entries), 1)):
-                report.reject(f"entry {i}", reason)
+        except (HealthLedgerError, FhirInputError) as exc:
+            # A transaction is all-or-nothing (a refused batch, too, failed as a whole): every entry is
+            # rejected for the one reason, which is said once.
+            what = "transaction rolled back" if bundle.get("type") == "transaction" else "batch refused"
+            report.reject_all("Bundle", f"{what}: {_reason(exc)}", max(len(entries), 1))
             return
         for i, entry in enumerate(response.get("entry", [])):
             status = str(entry.get("response", {}).get("status", ""))

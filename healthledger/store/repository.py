@@ -27,6 +27,7 @@ from fhir_adapters import search as fhir_search
 from fhir_adapters import validation as fhir_validation
 from fhir_adapters.datatypes import is_id, with_version_meta
 from fhir_adapters.errors import FhirInputError
+from fhir_adapters.search.sorting import sort_matches
 from healthledger import crypto
 from healthledger.actions import Action
 from healthledger.config import Settings
@@ -48,6 +49,7 @@ from healthledger.store.generation import bump_generation
 from healthledger.store.keyring import PATIENT, TYPE, DataKeyRef, Keyring
 from healthledger.store.models import resources_table as res_t
 from healthledger.store.models import terms_table as terms_t
+from healthledger.store.search_results import resolve_has
 
 _SCAN_BATCH = 200
 
@@ -934,16 +936,24 @@ class UnitOfWork:
             )
         return stmt
 
-    def search(self, resource_type: str, query: Any, *, count: int = 50, offset: int = 0, check: bool = True) -> Page:
-        """Search current, live resources; stable order by id; exact total (after decryption and matching)."""
+    def search(
+        self, resource_type: str, query: Any, *, count: int = 50, offset: int = 0, check: bool = True,
+        sort: Sequence[Any] = (),
+    ) -> Page:
+        """Search current, live resources; stable order by id (or by `sort`, fhir_adapters.search.sorting);
+        exact total (after decryption and matching). A `_has` clause is resolved first by a search of its own
+        (store/search_results.py), decided and recorded like any other: what the caller may not see of the
+        other type does not select anything."""
         if check:
             self.authorize("search", resource_type, None)
+        if getattr(query, "has", ()):
+            query = resolve_has(self, query, check=check)
         stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
         # A policy that decides per resource (consent) sees every candidate; results it denies are left
         # out of the page and of the total, as if they did not exist.
         screen = check and self._screens
         per_resource = screen and not self.principal.unrestricted
-        if not _has_criteria(query) and not per_resource:
+        if not _has_criteria(query) and not per_resource and not sort:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
             rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
             items = [self._to_stored(r) for r in rows]
@@ -954,6 +964,7 @@ class UnitOfWork:
             matched: list[StoredResource] = []
             tally = _Tally()
             total = 0
+            every: list[tuple[StoredResource, Screened | None]] = []  # with `sort`: all visible matches
             for row in self.conn.execute(stmt.execution_options(yield_per=_SCAN_BATCH)):
                 stored = self._to_stored(row)
                 assert stored.resource is not None
@@ -962,19 +973,34 @@ class UnitOfWork:
                     ok = fhir_search.matches(stored.resource, query, meta)
                 if not ok:
                     continue
+                screened = None
                 if screen:
                     screened = policy.screen(self.principal, "search", resource_type, stored.resource, conn=self.conn)
                     if screened.resource is None:
                         tally.withhold(screened)
                         continue
                     stored = _replace_resource(stored, screened.resource)
+                if sort:
+                    every.append((stored, screened))  # sorted (on what the caller is shown) and paged below
+                    total += 1
+                    continue
                 if offset <= total < offset + count:
                     matched.append(stored)
-                    if screen:
+                    if screened is not None:
                         tally.disclosed.append(screened)
-                elif screen:
+                elif screened is not None:
                     tally.count(screened)  # in the total, so its existence is disclosed too
                 total += 1
+            if sort:
+                every = sort_matches(every, sort, lambda pair: (
+                    pair[0].resource or {}, fhir_search.ResourceMeta(id=pair[0].id, last_updated=pair[0].last_updated)))
+                for position, (stored, screened) in enumerate(every):
+                    if offset <= position < offset + count:
+                        matched.append(stored)
+                        if screened is not None:
+                            tally.disclosed.append(screened)
+                    elif screened is not None:
+                        tally.count(screened)
             items = matched
             if screen:
                 policy.record_results(

@@ -98,8 +98,10 @@ class Env:
     pa: str  # pseudonyms of pat-a and pat-b
     pb: str
 
-    def get(self, path: str, as_: str | None, **params: Any) -> Any:
+    def get(self, path: str, as_: str | None, *, strict: bool = False, **params: Any) -> Any:
         headers = {"X-Test-Principal": as_} if as_ else {}
+        if strict:
+            headers["Prefer"] = "handling=strict"
         before = len(self.recorded)
         response = self.client.get(path, query_string=params or None, headers=headers)
         if as_ is not None:
@@ -482,7 +484,8 @@ def test_paging_with_links_and_offset(env: Env) -> None:
     ],
 )
 def test_bad_parameters_get_400(env: Env, params: dict[str, Any]) -> None:
-    outcome(env.get("/fhir/AuditEvent", "auditor", **params), 400, "invalid")
+    """Malformed values are refused; unknown parameters too when the client asks for strict handling."""
+    outcome(env.get("/fhir/AuditEvent", "auditor", strict=True, **params), 400, "invalid")
     assert env.last.decision == "error" and env.last.action == "search"
 
 

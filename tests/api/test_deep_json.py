@@ -97,6 +97,7 @@ FHIR_WRITES: dict[str, tuple[str, str, Callable[[bytes], bytes]]] = {
     "transaction": ("POST", "/fhir", lambda v: b'{"resourceType":"Bundle","type":"transaction","entry":[{'
                     b'"fullUrl":"urn:uuid:' + str(uuid.uuid4()).encode() + b'","resource":'
                     + patient(v) + b',"request":{"method":"POST","url":"Patient"}}]}'),
+    "conditional update": ("PUT", "/fhir/Patient?identifier=urn:deep|1", patient),
     "$sign": ("POST", "/fhir/Consent/no-such-consent/$sign",
               lambda v: b'{"resourceType":"Parameters","parameter":[{"name":"password","valueString":' + v + b"}]}"),
     "$revoke": ("POST", "/fhir/Consent/no-such-consent/$revoke",
@@ -127,6 +128,14 @@ def test_fhir_api_reads_brackets_inside_strings(client: FlaskClient, endpoint: s
     else:
         assert resp.status_code in (200, 201), resp.data[:300]
         assert orjson.loads(resp.data)["name"][0]["family"].startswith("[{[{")
+
+
+@pytest.mark.parametrize("levels", LEVELS)
+@pytest.mark.parametrize("shape", NESTED)
+def test_patch_refuses_deep_json_patches(client: FlaskClient, shape: str, levels: int) -> None:
+    body = b'[{"op":"add","path":"/name","value":' + deep_value(shape, levels) + b"}]"
+    headers = {**JSON_HEADERS, "Content-Type": "application/json-patch+json"}
+    assert_fhir_refusal(client.patch("/fhir/Patient/deep-patch", data=body, headers=headers))
 
 
 def test_search_forms_are_not_json(client: FlaskClient) -> None:

@@ -112,7 +112,7 @@ def test_an_unavailable_database_is_a_503_to_retry(app: Flask, monkeypatch: pyte
     def locked(*args: Any, **kwargs: Any) -> Any:
         raise sqlalchemy.exc.OperationalError("SELECT ... /* Patient " + SECRET + " */", {}, Exception("locked"))
 
-    monkeypatch.setattr(app.extensions["healthledger.store"], "search", locked)
+    monkeypatch.setattr(app.extensions["healthledger.store"], "reading", locked)  # every read and search
     resp = app.test_client().get("/fhir/Patient", headers=AUTH)
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
     assert SECRET not in resp.get_data(as_text=True)

@@ -327,3 +327,34 @@ def test_migration_registers_existing_clients_as_asking_only_for_themselves(tmp_
             assert conn.execute(sa.text("SELECT count(*) FROM api_clients")).scalar_one() == 1
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(("case", "said"), [
+    ("no kid", ["header has no 'kid'", "SMART"]),
+    ("unknown kid", ["kid 'nope'", "registered keys"]),
+    ("wrong aud", ["aud must be", TOKEN_URL, "http://elsewhere/token"]),
+    ("exp too far", ["exp is 3600 s ahead", "300 s"]),
+    ("RS256", ["alg 'RS256'", "RS384 or ES384"]),
+    ("expired", ["expired", "(exp)"]),
+])
+def test_assertion_errors_name_the_header_or_claim_and_what_is_allowed(env, keys, case, said) -> None:
+    """SMART requires `kid` even for a client with one key; each refusal says which header or claim and what is
+    allowed (authlib's private_key_jwt leaves out kid and sets exp an hour ahead by default)."""
+    now = int(NOW0)
+    if case == "no kid":
+        claims = {"iss": "ehr", "sub": "ehr", "aud": TOKEN_URL, "exp": now + 60, "jti": str(uuid.uuid4())}
+        a = jwt.encode({"alg": "ES384", "typ": "JWT"}, claims, keys["ec"], algorithms=["ES384"])
+    elif case == "unknown kid":
+        a = assertion(keys["ec"], "ES384", kid="nope")
+    elif case == "wrong aud":
+        a = assertion(keys["ec"], "ES384", aud="http://elsewhere/token")
+    elif case == "exp too far":
+        a = assertion(keys["ec"], "ES384", exp_in=3600, now=now)
+    elif case == "RS256":
+        a = assertion(keys["rsa"], "RS256")
+    else:
+        a = assertion(keys["ec"], "ES384", now=now - 600)
+    resp = token_request(env["client"], a)
+    assert resp.status_code == 401 and resp.get_json()["error"] == "invalid_client"
+    for text in said:
+        assert text in resp.get_json()["error_description"], (case, resp.get_json())

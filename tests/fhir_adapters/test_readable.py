@@ -100,7 +100,7 @@ def test_a_consent_with_its_chain_state_and_a_refusal() -> None:
         {"url": "state", "valueCode": "active"},
         {"url": "grant", "extension": [
             {"url": "grantee", "valueString": "Practitioner/dr"}, {"url": "state", "valueCode": "active"},
-            {"url": "block", "valueInteger64": "12"}, {"url": "transaction", "valueString": "0xabc"}]},
+            {"url": "block", "valueInteger": 12}, {"url": "transaction", "valueString": "0xabc"}]},
     ]}]
     view = describe_consent(consent, {"Practitioner/dr": "Dr Bea Okafor"})
     assert view.sentence == "Dr Bea Okafor may see all your data for health research, from 1 January 2026, with no end date."

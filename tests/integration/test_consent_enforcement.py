@@ -95,6 +95,9 @@ def test_cookie_writes_need_the_csrf_token(world: World) -> None:
     ann = world.patient_session("ann")
     resp = ann.post("Consent", permit_consent(world.patients["ann"], CLINIC), csrf=False)
     assert status(resp) == 400
+    [issue] = orjson.loads(resp.data)["issue"]  # says what is missing and how to send it, not just "bad request"
+    assert issue["code"] == "security" and "CSRF token is missing" in issue["diagnostics"]
+    assert "X-CSRFToken" in issue["diagnostics"]
 
 
 def test_consent_lifecycle_proposed_signed_active_revoked(world: World) -> None:

@@ -247,7 +247,8 @@ def test_denied_and_missing_read_alike_everywhere(world: World) -> None:
 def test_refused_requests_are_attempts_too(world: World) -> None:
     ann, obs = world.patients["ann"], world.observations["ann"]
     cases = [
-        ("GET", f"/fhir/Observation?patient=Patient/{ann}&no-such-parameter=1", {}, "search", "Observation", "", "ann"),
+        ("GET", f"/fhir/Observation?patient=Patient/{ann}&no-such-parameter=1", {"Prefer": "handling=strict"},
+         "search", "Observation", "", "ann"),
         ("GET", f"/fhir/Observation/{obs}", {"X-Purpose-Of-Use": "NOT-A-PURPOSE"}, "read", "Observation", obs, "ann"),
         ("GET", f"/fhir/Patient/{ann}/_history?_since=yesterday", {}, "history", "Patient", ann, "ann"),
         ("GET", f"/fhir/Observation/{obs}?_format=xml", {}, "read", "Observation", obs, "ann"),

@@ -844,3 +844,84 @@ def expect_sign(state: State, caller: Caller, cid: str) -> Expected:
     if cid in state.grants:
         return Expected(409, why=f"Consent/{cid} is signed already")
     return Expected(200, why=decision.why, break_glass=decision.break_glass)
+
+
+# -- what standard clients send: _include, _revinclude, _has, PATCH ---------------------------------------------
+def patient_targets(state: State, shown: tuple[Shown, ...]) -> list[str]:
+    """The patients the shown matches refer to at their type's patient search element (`_include=T:patient`)."""
+    out: set[str] = set()
+    for s in shown:
+        content = state.last_live(s.rtype, s.rid)
+        element = SEARCH_PATIENT_ELEMENT.get(s.rtype)
+        if content is None or element is None:
+            continue
+        for value in values_at(content, element):
+            if isinstance(value, dict) and (pid := named_patient(value.get("reference", ""))):
+                out.add(pid)
+    return sorted(out)
+
+
+def included_read(state: State, caller: Caller, pid: str) -> tuple[bool, Touch]:
+    """An included Patient is read as the caller, on its own: shown only if that read is permitted; its entry."""
+    read = expect_read(state, caller, "Patient", pid)
+    current = state.current("Patient", pid)
+    if read.status == 403:
+        return False, Touch(None, False)
+    whose = pid if current is not None and current.resource is not None else None if current else ""
+    return read.status == 200, Touch(whose, read.status == 200)
+
+
+def expect_include(state: State, caller: Caller, rtype: str, rid: str) -> tuple[Expected, list[str], tuple[Touch, ...]]:
+    """`GET {rtype}?_id={rid}&_include={rtype}:patient`: the search as without it, then each referenced Patient
+    read on its own. (the search, the Patients included, the included reads' entries)."""
+    search = expect_search(state, caller, rtype, [("_id", rid)])
+    if search.status != 200:
+        return search, [], ()
+    included, touches = [], []
+    for pid in patient_targets(state, search.shown):
+        shown, touch = included_read(state, caller, pid)
+        touches.append(touch)
+        if shown:
+            included.append(pid)
+    return search, included, tuple(touches)
+
+
+def expect_revinclude(state: State, caller: Caller, pid: str, rtype: str) -> tuple[Expected, Expected | None]:
+    """`GET Patient?_id={pid}&_revinclude={rtype}:patient`: the Patient search, then (if it showed the Patient)
+    a search of `rtype` for `patient=Patient/{pid}` as the caller, decided and logged like any search."""
+    search = expect_search(state, caller, "Patient", [("_id", pid)])
+    if search.status != 200 or not search.shown:
+        return search, None
+    return search, expect_search(state, caller, rtype, [("patient", f"Patient/{pid}")])
+
+
+def expect_has(state: State, caller: Caller, pid: str, rtype: str, code: str) -> tuple[Expected, Expected | None]:
+    """`GET Patient?_id={pid}&_has:{rtype}:patient:code={code}`: a search of `rtype` by code as the caller; only the
+    matches it may see select Patients. (the outer search, the inner one)."""
+    if not scope_allows(caller, "Patient", "search"):
+        return _refused(403, f"{caller.name}'s scopes do not allow search on Patient"), None
+    inner = expect_search(state, caller, rtype, [("code", code)])
+    if inner.status != 200:
+        return inner, None
+    selected = set(patient_targets(state, inner.shown))
+    if pid in selected:
+        return expect_search(state, caller, "Patient", [("_id", pid)]), inner
+    return Expected(200, (), f"no {rtype} the caller may see refers to Patient/{pid}", listing="search"), inner
+
+
+def expect_patch(state: State, caller: Caller, rtype: str, rid: str, after: dict[str, Any] | None) -> Expected:
+    """PATCH changes the current version: seen first (404 like missing), then decided like an update (403)."""
+    if not scope_allows(caller, rtype, "update"):
+        return _refused(403, f"{caller.name}'s scopes do not allow update on {rtype}")
+    current = state.current(rtype, rid)
+    if current is None or current.resource is None:
+        return Expected(404, why=f"nothing live at {rtype}/{rid}", log=(Touch(None, False),))
+    seen = read_decision(state, caller, rtype, current.resource)
+    patients = sorted(compartment(current.resource))
+    whose = patients[0] if len(patients) == 1 else None
+    if not seen.permitted:
+        return Expected(404, why=f"{seen.why}: looks missing", log=(Touch(whose, False),))
+    decision = write_decision(state, caller, "update", rtype, current.resource, after)
+    if not decision.permitted:
+        return Expected(403, why=decision.why, log=(Touch(whose, False),))
+    return Expected(200, why=decision.why, log=(Touch(whose, True),), break_glass=decision.break_glass)

@@ -17,6 +17,7 @@ so it neither shrinks nor stops early). `CI=true` derandomises the examples.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -37,7 +38,10 @@ from leak_plans import (
     ORG_KEYS,
     REFUSED_FORMS,
     SHARED_CODES,
+    ConsentPlan,
+    ResourcePlan,
     SubWorld,
+    WorldPlan,
     build,
     retarget,
     with_form,
@@ -59,7 +63,7 @@ CI = bool(os.environ.get("CI"))
 PAGE = 50  # _count on every search and history (the deployment's max_page_size)
 BATCH_PAGE = 20  # a batch's search entries get the default page size
 # Examples per property: each builds a sub-world (~1 s) and makes 10-20 probes of a few requests each.
-EXAMPLES = {"reads": 10, "writes": 12, "conditional": 8, "audit": 4}
+EXAMPLES = {"reads": 10, "writes": 12, "conditional": 8, "audit": 4, "clients": 8}
 LISTING_RULE = "9 searches log each disclosed resource, each withheld patient, each patient only counted"
 
 
@@ -692,9 +696,12 @@ def probe_conditional(p: Probe, who: str, channel: str, method: str, rtype: str,
     matched = [rid for rid, v in state.live(rtype) if v.resource and ref.matches(v.resource, v.last_updated, params)]
     action = {"POST": "create", "PUT": "update", "DELETE": "delete"}[method]
     expected = ref.expect_conditional(state, caller, action, rtype, params, body, in_transaction=channel == "transaction")
-    if channel == "rest":
+    if channel == "rest" and method == "POST":
         reply, entries = p.send(who, "POST", f"/fhir/{rtype}", body, {"If-None-Exist": query})
         request = f"POST /fhir/{rtype} If-None-Exist: {query}"
+    elif channel == "rest":  # conditional update and delete over REST: PUT/DELETE Type?query
+        reply, entries = p.send(who, method, f"/fhir/{rtype}?{query}", body)
+        request = f"{method} /fhir/{rtype}?{query}"
     else:
         request_part: dict[str, Any] = {"method": method, "url": rtype if method == "POST" else f"{rtype}?{query}"}
         if method == "POST":
@@ -757,15 +764,16 @@ def probe_conditional_reference(p: Probe, who: str, mrn: str, code: str, practit
 
 
 @st.composite
-def conditional_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[str]
+def conditional_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[str], rest_only: bool = False
                        ) -> Callable[[Probe], None]:
     who = draw(st.sampled_from([c for c in callers if c not in ("auditor",)]))
-    kind = draw(st.sampled_from(("create", "create", "update", "delete", "reference")))
+    kind = draw(st.sampled_from(("update", "delete") if rest_only else ("create", "create", "update", "delete",
+                                                                         "reference")))
     pid = draw(st.sampled_from(sub.patients))
     mrn = draw(st.sampled_from([dep.mrns[p] for p in sub.patients] + [f"MRN-{fresh_id()[:13]}"]))
     if kind == "reference":
         return lambda p: probe_conditional_reference(p, who, mrn, sub.code, sub.practitioner)
-    channel = draw(st.sampled_from(("rest", "batch", "transaction") if kind == "create" else ("batch", "transaction")))
+    channel = "rest" if rest_only else draw(st.sampled_from(("rest", "batch", "transaction")))
     code = draw(st.sampled_from((sub.code, *SHARED_CODES)))
     method = {"create": "POST", "update": "PUT", "delete": "DELETE"}[kind]
     if kind == "create" and draw(st.booleans()):
@@ -892,6 +900,240 @@ def audit_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[
     return lambda p: probe_audit_search(p, who, about)
 
 
+# -- probes: what standard clients send (_include, _revinclude, _has, _sort, _elements, _summary, _total, PATCH) ------
+# Included resources are where other FHIR servers leaked consent: each included resource is read on its own, so a
+# denied one is left out exactly like a missing one and has its own entry. Researchers (HRESCH) are shown
+# pseudonymous references, which resolve to nothing: for them only "nothing beyond the model" is checked.
+CONTROLS = (("_sort", "-_lastUpdated"), ("_sort", "_id"), ("_elements", "id"), ("_summary", "true"),
+            ("_summary", "data"), ("_summary", "text"), ("_total", "none"), ("_total", "accurate"))
+INCLUDE_TYPES = tuple(sorted(ref.SEARCH_PATIENT_ELEMENT))
+
+
+def _matches_and_included(body: Any) -> tuple[dict[str, Any], set[tuple[str, str]]]:
+    """The searchset without its included entries, and the (type, id) of those."""
+    if not isinstance(body, dict):
+        return {}, set()
+    entries = body.get("entry", [])
+    included = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in entries
+                if e.get("search", {}).get("mode") == "include"}
+    return {**body, "entry": [e for e in entries if e.get("search", {}).get("mode") == "match"]}, included
+
+
+def probe_include(p: Probe, who: str, rtype: str, rid: str) -> None:
+    caller, state = p.caller(who), p.dep.state
+    path = f"/fhir/{rtype}?_id={rid}&_include={rtype}:patient&_count={PAGE}"
+    request = f"GET {path}"
+    expected, included, touches = ref.expect_include(state, caller, rtype, rid)
+    reply, entries = p.send(who, "GET", path)
+    if reply.status != expected.status:
+        p.finding("_include status", who, request, reply.summary(), f"{expected.status}", expected.why)
+        return
+    if expected.status != 200:
+        return
+    matches, got = _matches_and_included(reply.body)
+    on_page = compare_listing(p, who, request, Reply(200, matches, reply.headers), expected)
+    want = {("Patient", pid) for pid in included}
+    research = caller.purpose == "HRESCH"
+    if got - want:
+        leaked = sorted(got - want)[:2]
+        p.finding("6 included resources are decided on their own", who, request, f"included {leaked}",
+                  f"only {sorted(want)[:3]}", "; ".join(ref.expect_read(state, caller, t, i).why for t, i in leaked))
+    if want - got and not research:
+        p.finding("6 included resources the caller may read are included", who, request,
+                  f"left out {sorted(want - got)[:2]}", "included", expected.why)
+    if not research:
+        p.logged(who, request, entries, ref.listing_log(expected, on_page) + touches,
+                 "9 each included resource has its own entry")
+
+
+def probe_revinclude(p: Probe, who: str, pid: str, rtype: str) -> None:
+    caller, state = p.caller(who), p.dep.state
+    path = f"/fhir/Patient?_id={pid}&_revinclude={rtype}:patient&_count={PAGE}"
+    request = f"GET {path}"
+    expected, rev = ref.expect_revinclude(state, caller, pid, rtype)
+    reply, entries = p.send(who, "GET", path)
+    if reply.status != expected.status:
+        p.finding("_revinclude status", who, request, reply.summary(), f"{expected.status}", expected.why)
+        return
+    if expected.status != 200:
+        return
+    matches, got = _matches_and_included(reply.body)
+    on_page = compare_listing(p, who, request, Reply(200, matches, reply.headers), expected)
+    want = {(s.rtype, s.rid) for s in rev.shown} if rev is not None and rev.status == 200 else set()
+    if got - want:
+        leaked = sorted(got - want)[:2]
+        p.finding("6 revincluded resources are decided on their own", who, request, f"included {leaked}",
+                  f"only {sorted(want)[:3]}", rev.why if rev else "the Patient itself is not shown")
+    if caller.purpose == "HRESCH":
+        return
+    if want - got:
+        p.finding("6 revincluded resources the caller may see are included", who, request,
+                  f"left out {sorted(want - got)[:2]}", "included", rev.why if rev else "")
+    rev_log = () if rev is None else ref.listing_log(rev) if rev.status == 200 else rev.log
+    p.logged(who, request, entries, ref.listing_log(expected, on_page) + rev_log,
+             "9 a revinclude is logged like a search of its own")
+
+
+def probe_has(p: Probe, who: str, pid: str, rtype: str, code: str) -> None:
+    caller, state = p.caller(who), p.dep.state
+    path = f"/fhir/Patient?_id={pid}&_has:{rtype}:patient:code={quote(code, safe='|/:')}&_count={PAGE}"
+    request = f"GET {path}"
+    expected, inner = ref.expect_has(state, caller, pid, rtype, code)
+    reply, entries = p.send(who, "GET", path)
+    if reply.status != expected.status:
+        p.finding("_has status", who, request, reply.summary(), f"{expected.status}", expected.why)
+        return
+    if expected.status != 200:
+        return
+    if caller.purpose == "HRESCH":
+        got = _listing(p.dep, caller, reply.body, expected)
+        if got - {s.key for s in expected.shown}:
+            p.finding("6 _has selects only by what the caller may see", who, request, reply.summary(),
+                      "nothing beyond the model", expected.why)
+        return
+    on_page = compare_listing(p, who, request, reply, expected)
+    inner_log = ref.listing_log(inner) if inner is not None else ()
+    p.logged(who, request, entries, inner_log + ref.listing_log(expected, on_page),
+             "9 _has is logged as the search of the other type, then the search")
+
+
+def probe_controlled_search(p: Probe, who: str, rtype: str, params: list[tuple[str, str]],
+                            control: tuple[str, str]) -> None:
+    """_sort, _elements, _summary and _total change how matches are shown, never which or how many."""
+    caller = p.caller(who)
+    path = f"/fhir/{rtype}?{_query(params)}&{control[0]}={control[1]}&_count={PAGE}"
+    request = f"GET {path}"
+    expected = ref.expect_search(p.dep.state, caller, rtype, params)
+    reply, entries = p.send(who, "GET", path)
+    if reply.status != expected.status:
+        p.finding("search status", who, request, reply.summary(), f"{expected.status}", expected.why)
+        return
+    if expected.status != 200:
+        return
+    body = reply.body
+    if control == ("_total", "none"):
+        if "total" in body:
+            p.finding("_total=none gives no total", who, request, f"total={body['total']}", "none", "R4 3.1.1.5.6")
+        body = {**body, "total": len(body.get("entry", [])) if len(expected.shown) <= PAGE else len(expected.shown)}
+    on_page = compare_listing(p, who, request, Reply(200, body, reply.headers), expected)
+    p.logged(who, request, entries, ref.listing_log(expected, on_page), LISTING_RULE)
+
+
+@st.composite
+def client_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[str]) -> Callable[[Probe], None]:
+    kind = draw(st.sampled_from(("include", "include", "revinclude", "revinclude", "has", "has", "controls",
+                                 "controls", "patch", "patch", "conditional")))
+    who = draw(st.sampled_from(callers))
+    pid = draw(st.sampled_from(sub.patients))
+    clinical = [k for k in sub.clinical if k[0] in INCLUDE_TYPES] or sub.clinical
+    if kind == "include":
+        rtype, rid = draw(st.sampled_from(clinical))
+        # Half the time a caller that may see the resource but not its patient, when the world has one: the case
+        # where servers leaked.
+        split = [c for c in callers if _sees_resource_not_patient(dep, c, rtype, rid)]
+        if split and not draw(st.booleans()):  # (hypothesis draws False first: the split case first)
+            who = draw(st.sampled_from(split))
+        return lambda p: probe_include(p, who, rtype, rid)
+    if kind == "revinclude":
+        rtype = draw(st.sampled_from(INCLUDE_TYPES))
+        return lambda p: probe_revinclude(p, who, pid, rtype)
+    if kind == "has":
+        rtype = draw(st.sampled_from(("Observation", "Condition")))
+        code = f"{LOINC}|{draw(st.sampled_from((sub.code, sub.code, *SHARED_CODES)))}"
+        # Records of a patient, each with the callers that may see the Patient but not the record: `_has` must not
+        # find the Patient through it. Such a pair first, when the world has one.
+        records = []
+        for t, r in sub.clinical:
+            targets = ref.patient_targets(dep.state, (ref.Shown(t, r, 0),)) if t in ("Observation", "Condition") else []
+            content = dep.state.last_live(t, r) or {}
+            if not targets:
+                continue
+            split = [c for c in callers if ref.expect_search(dep.state, dep.callers[c], "Patient",
+                                                             [("_id", targets[0])]).shown
+                     and not ref.read_decision(dep.state, dep.callers[c], t, content).permitted]
+            records.append((t, targets[0], f"{LOINC}|{next(ref.tokens(content.get('code')), ('', sub.code))[1]}",
+                            split))
+        with_split = [rec for rec in records if rec[3]]
+        if with_split and not draw(st.booleans()):
+            rtype, pid, code, split = draw(st.sampled_from(with_split))
+            who = draw(st.sampled_from(split))
+        elif records and not draw(st.booleans()):
+            rtype, pid, code, _ = draw(st.sampled_from(records))
+        return lambda p: probe_has(p, who, pid, rtype, code)
+    if kind == "controls":
+        rtype, rid = draw(st.sampled_from(sub.keys))
+        params = draw(st.sampled_from(search_options(dep, sub, rtype, rid)))
+        control = draw(st.sampled_from(CONTROLS))
+        return lambda p: probe_controlled_search(p, who, rtype, params, control)
+    if kind == "conditional":
+        return draw(conditional_probes(dep, sub, callers, rest_only=True))
+    rtype, rid = draw(st.sampled_from(sub.clinical))
+    stale = draw(st.booleans())
+    missing = draw(st.sampled_from((False, False, False, True)))
+    return lambda p: probe_patch(p, who, rtype, fresh_id() if missing else rid, stale)
+
+
+@st.composite
+def split_plans(draw: st.DrawFn) -> WorldPlan:
+    """Worlds where some caller may see a patient's records but not the Patient, and one where it may see the
+    Patient but not their Observations and Conditions: denies of those classes to an organisation (or everybody)
+    beside whatever else the plan holds."""
+    plan = draw(world_plans(max_resources=4, max_events=1))
+    hidden_patient = ConsentPlan(patient=draw(st.integers(0, len(plan.patients) - 1)), kind="deny",
+                                 actor=draw(st.sampled_from(("hospital", "clinic", None))), classes=("Patient",),
+                                 lifecycle="signed")
+    # A patient cared for by the hospital who denies it their Observations and Conditions, and has one of each.
+    i = draw(st.integers(0, len(plan.patients) - 1))
+    patients = list(plan.patients)
+    patients[i] = dataclasses.replace(patients[i], manager="hospital")
+    hidden_records = ConsentPlan(patient=i, kind="deny", actor="hospital", classes=("Observation", "Condition"),
+                                 lifecycle="signed")
+    records = tuple(ResourcePlan(patient=i, kind=kind, form="literal", shared_code=False)
+                    for kind in (("Observation", "subject"), ("Condition", "subject")))
+    return dataclasses.replace(plan, patients=tuple(patients), consents=(*plan.consents, hidden_patient, hidden_records),
+                               resources=(*plan.resources, *records))
+
+
+def _sees_resource_not_patient(dep: Deployment, who: str, rtype: str, rid: str) -> bool:
+    search, _, touches = ref.expect_include(dep.state, dep.callers[who], rtype, rid)
+    return bool(search.shown) and any(t.permitted is False for t in touches)
+
+
+def probe_patch(p: Probe, who: str, rtype: str, rid: str, stale: bool) -> None:
+    """PATCH: a caller who may not read the resource gets the 404 of a missing id (also with a stale If-Match: a
+    412 would tell it the resource exists), one who may read but not change it 403; one entry either way."""
+    caller, state = p.caller(who), p.dep.state
+    current = state.current(rtype, rid)
+    ops = [{"op": "add", "path": "/language", "value": "en"}]
+    after = None if current is None or current.resource is None else {
+        **{k: v for k, v in current.resource.items() if k != "meta"}, "language": "en"}
+    expected = ref.expect_patch(state, caller, rtype, rid, after)
+    headers = {"If-Match": 'W/"999"'} if stale else {}
+    path = f"/fhir/{rtype}/{rid}"
+    reply, entries = p.send(who, "PATCH", path, ops, headers, content_type="application/json-patch+json")
+    request = f"PATCH {path} [add /language]" + (" If-Match: W/\"999\"" if stale else "")
+    want = 412 if stale and expected.status == 200 else expected.status
+    if reply.status != want:
+        rule = ("6 a denied PATCH answers like a missing id" if want == 404 else
+                "1 scopes are checked first" if want == 403 and "scopes" in expected.why else
+                "3/5 PATCH is an update decided like any other")
+        p.finding(rule, who, request, f"{reply.summary()} [log: {_entries(entries)}]", f"{want}", expected.why)
+    if reply.status == 404 and current is not None:
+        ghost = fresh_id()
+        other = p.dep.call(who, "PATCH", path.replace(rid, ghost), ops, headers,
+                           content_type="application/json-patch+json")
+        p.dep.new_entries()
+        if other.status != reply.status or substitute_ids(other.body, {ghost: rid}) != reply.body:
+            p.finding("6 a denied PATCH answers like a missing id", who, request, reply.summary(), other.summary(),
+                      expected.why)
+    if want == 412:
+        p.one_entry(who, request, entries, permitted=None)
+    else:
+        p.logged(who, request, entries, expected.log, "9 a PATCH leaves one entry with its decision")
+    if reply.status == 200:
+        p.dep.refresh(rtype, rid)
+
+
 # -- the properties -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
@@ -970,5 +1212,14 @@ def test_the_access_log_shows_each_caller_only_its_own_view(deployment: Deployme
     for unrelated callers."""
     findings = run_property(deployment, EXAMPLES["audit"], audit_probes, size=(8, 12),
                             plans=world_plans(max_resources=3, max_events=0))
+    if findings:
+        pytest.fail(report(findings), pytrace=False)
+
+
+def test_what_standard_clients_send_discloses_only_what_the_policy_allows(deployment: Deployment) -> None:
+    """Rules 1, 3, 5, 6, 7 and 9 for _include (each included Patient read on its own), _revinclude, _has, _sort,
+    _elements, _summary, _total, PATCH (with and without a stale If-Match) and conditional update and delete over
+    REST: denied answers like missing, and every decision has its entry."""
+    findings = run_property(deployment, EXAMPLES["clients"], client_probes, size=(10, 14), plans=split_plans())
     if findings:
         pytest.fail(report(findings), pytrace=False)

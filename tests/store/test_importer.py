@@ -65,7 +65,29 @@ def test_failed_transaction_file_rejects_every_entry(store: ResourceStore, fixtu
     report = Importer(store, workers=0).import_paths([path])
     f = report.files[0]
     assert f.imported == 0 and f.rejected == 2 and report.failed
-    assert all("rolled back" in reason for _, _, reason in f.problems)
+    [(where, _, reason)] = f.problems  # the bundle-level failure is said once, not once per entry
+    assert where == "Bundle" and "rolled back" in reason and "(2 entries)" in reason
+
+
+def test_bundle_types_and_entries_without_resources(store: ResourceStore, tmp_path: Path) -> None:
+    """An invalid Bundle type is refused as POST /fhir refuses it; a container's bad entry says why."""
+    entries = [{"resource": {**patient(), "id": "imp-b1"}}, {"request": {"method": "GET", "url": "Patient"}}]
+    (tmp_path / "odd.json").write_text(json.dumps({"resourceType": "Bundle", "type": "bag", "entry": entries}))
+    (tmp_path / "untyped.json").write_text(json.dumps({"resourceType": "Bundle", "entry": entries}))
+    (tmp_path / "collection.json").write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                                                          "entry": entries}))
+    report = Importer(store, workers=0).import_paths([tmp_path])
+    by_name = {Path(f.path).name: f for f in report.files}
+    for name in ("odd.json", "untyped.json"):
+        f = by_name[name]
+        assert (f.imported, f.rejected) == (0, 2)
+        [(where, _, reason)] = f.problems
+        assert where == "Bundle" and "Bundle.type" in reason
+        assert ("'batch' or 'transaction'" if name == "odd.json" else "is missing") in reason
+    collection = by_name["collection.json"]
+    assert collection.imported == 1 and collection.rejected == 1
+    assert collection.problems == [("entry 1", "rejected", "the entry has no resource (Bundle.entry.resource)")]
+    assert "unexpected error" not in json.dumps([f.problems for f in report.files])
 
 
 def test_demo_data_is_deterministic_and_loaded_once(store: ResourceStore) -> None:
@@ -91,6 +113,9 @@ def test_cli_import_rotate_erase(cli_env: Path, fixtures_dir: Path) -> None:
     result = runner.invoke(cli, ["import", str(path)])
     assert result.exit_code == 0, result.output
     assert "Import summary" in result.output and "13" in result.output
+    # Not a terminal (CliRunner, CI, a pipe): plain progress lines, no bar redrawn with control characters.
+    assert "importing Patient.000.ndjson (1/1" in result.output and "13 imported, 0 skipped" in result.output
+    assert "\x1b[" not in result.output and "\r" not in result.output
 
     result = runner.invoke(cli, ["rotate-keys", "--retire-old"])
     assert result.exit_code == 0, result.output

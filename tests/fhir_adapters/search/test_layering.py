@@ -7,7 +7,7 @@ from pathlib import Path
 
 import fhir_adapters.search as package
 
-ORDER = ["parameters", "dates", "references", "strings", "query", "values", "terms", "matching"]
+ORDER = ["parameters", "dates", "references", "strings", "query", "values", "terms", "matching", "controls", "sorting"]
 PACKAGE = "fhir_adapters.search"
 
 

@@ -53,7 +53,7 @@ def test_result_parameters_are_set_aside() -> None:
         [("birthdate:missing", "maybe")],
         [("identifier", "a|b|c")],
         [("identifier", "|")],
-        [("_include", "Patient:organization")],
+        [("_contained", "true")],
         [("subject:Nope", "1")],
         [("value-quantity", "five")],
         [("value-quantity", "5|mg")],
@@ -120,3 +120,27 @@ def test_parse_search_only_raises_unsupported_search(
         return
     candidate_filters(query)
     matches({"resourceType": resource_type, "birthDate": "2000"}, query, ResourceMeta("1", datetime.now(UTC)))
+
+
+def test_lenient_handling_sets_unknown_parameters_and_modifiers_aside() -> None:
+    """FHIR's default (R4 3.1.1.4): unknown names and modifiers are left out and named; bad values still fail."""
+    query = parse_search(
+        "Patient", [("nickname", "x"), ("name:sounds-like", "y"), ("family", "Doe"), ("_contained", "true")],
+        strict=False,
+    )
+    assert [c.param.name for c in query.criteria] == ["family"]
+    assert query.ignored == ("nickname", "name:sounds-like", "_contained")
+    with pytest.raises(UnsupportedSearch):
+        parse_search("Patient", [("birthdate", "yesterday")], strict=False)
+
+
+def test_has_parses_one_level_of_reverse_chaining() -> None:
+    query = parse_search("Patient", [("_has:Observation:patient:code", "http://loinc.org|1234-5")])
+    [clause] = query.has
+    assert (clause.source_type, clause.reference) == ("Observation", "patient")
+    assert [c.param.name for c in clause.inner.criteria] == ["code"]
+    for bad in ("_has:Observation:patient:nope", "_has:Observation:code:code", "_has:Nope:patient:code",
+                "_has:Observation:patient"):
+        with pytest.raises(UnsupportedSearch):
+            parse_search("Patient", [(bad, "1")])
+        assert parse_search("Patient", [(bad, "1")], strict=False).ignored == (bad,)

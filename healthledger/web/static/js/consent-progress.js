@@ -17,7 +17,7 @@ export function chainState(consent) {
       grants.push({
         grantee: fields.grantee && fields.grantee.valueString,
         state: fields.state && fields.state.valueCode,
-        block: fields.block ? Number(fields.block.valueInteger64) : null,
+        block: fields.block ? Number(fields.block.valueInteger ?? fields.block.valueString ?? fields.block.valueInteger64) : null,
         transaction: fields.transaction ? fields.transaction.valueString : "",
       });
     }

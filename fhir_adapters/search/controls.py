@@ -1,0 +1,181 @@
+"""Result controls of a search (R4 3.1.1.5): `_sort`, `_include`, `_revinclude`, `_elements`, `_summary`, `_total`,
+and the client's `Prefer: handling=strict|lenient` (R4 3.1.1.4, http.html#prefer).
+
+They select nothing, so `parse_search` sets them aside; whoever runs a search reads them here. Under lenient
+handling (FHIR's default) an unsupported control is left out and named in `ignored`; under strict handling it
+is an UnsupportedSearch. A value that is malformed (an `_include` that is not `Type:param`, a `_summary` that is
+not one of its codes) is an error either way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from fhir_adapters.errors import UnsupportedSearch
+from fhir_adapters.search.parameters import SearchParamDef, search_parameters
+from fhir_adapters.validation import is_resource_type
+
+Summary = Literal["true", "text", "data", "count"]
+Total = Literal["none", "estimate", "accurate"]
+SUMMARY_VALUES: Final = frozenset({"true", "text", "data", "count", "false"})
+TOTAL_VALUES: Final = frozenset({"none", "estimate", "accurate"})
+SORTABLE_TYPES: Final = frozenset({"date", "string", "token"})
+MAX_SORT_KEYS: Final = 5
+MAX_INCLUDES: Final = 10
+_ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+_CONTROL_NAMES: Final = frozenset({"_sort", "_include", "_revinclude", "_elements", "_summary", "_total"})
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """One `_sort` parameter: ascending unless prefixed with `-` (R4 3.1.1.5.1)."""
+
+    param: SearchParamDef
+    descending: bool
+
+
+@dataclass(frozen=True)
+class IncludeSpec:
+    """`Source:param[:Target]`: `_include` follows `param` of the matches (Source is the searched type);
+    `_revinclude` finds resources of Source whose `param` refers to a match (R4 3.1.1.5.4)."""
+
+    source_type: str
+    param: SearchParamDef
+    target_type: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class ResultControls:
+    summary: Summary | None = None  # None: the whole resource (`_summary=false` or absent)
+    total: Total | None = None  # None: not asked (the total is given, exact)
+    elements: tuple[str, ...] | None = None
+    sort: tuple[SortKey, ...] = ()
+    include: tuple[IncludeSpec, ...] = ()
+    revinclude: tuple[IncludeSpec, ...] = ()
+    ignored: tuple[str, ...] = ()
+    kept: tuple[tuple[str, str], ...] = ()  # the controls applied, for paging links
+
+
+def is_control(name: str) -> bool:
+    return name.partition(":")[0] in _CONTROL_NAMES
+
+
+def prefers_strict(prefer: str | None) -> bool:
+    """`Prefer: handling=strict` (RFC 7240 §4.4, FHIR R4 search.html#errors); lenient otherwise."""
+    for token in (prefer or "").split(","):
+        for part in token.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name.strip().lower() == "handling":
+                return value.strip().strip('"').lower() == "strict"
+    return False
+
+
+def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, strict: bool) -> ResultControls:
+    """The result controls among `params` (others are skipped: they are criteria or paging)."""
+    summary: Summary | None = None
+    total: Total | None = None
+    elements: list[str] | None = None
+    sort: list[SortKey] = []
+    include: list[IncludeSpec] = []
+    revinclude: list[IncludeSpec] = []
+    ignored: list[str] = []
+    kept: list[tuple[str, str]] = []
+
+    def unsupported(message: str, name: str) -> None:
+        if strict:
+            raise UnsupportedSearch(message)
+        if name not in ignored:
+            ignored.append(name)
+
+    for name, value in params:
+        base, _, modifier = name.partition(":")
+        if base not in _CONTROL_NAMES:
+            continue
+        if modifier:
+            unsupported(f"'{base}:{_say(modifier)}' is not supported (no modifiers on {base})", f"{base}:{_say(modifier)}")
+            continue
+        if base == "_summary":
+            if value not in SUMMARY_VALUES:
+                raise UnsupportedSearch("_summary must be true, text, data, count or false", expression="_summary")
+            summary = None if value == "false" else value  # type: ignore[assignment]
+            kept.append((name, value))
+        elif base == "_total":
+            if value not in TOTAL_VALUES:
+                raise UnsupportedSearch("_total must be none, estimate or accurate", expression="_total")
+            total = value  # type: ignore[assignment]
+            kept.append((name, value))
+        elif base == "_elements":
+            names = [piece.strip() for piece in value.split(",") if piece.strip()]
+            if not names or any(not _ELEMENT.match(n) for n in names):
+                raise UnsupportedSearch("_elements takes a comma-separated list of element names", expression="_elements")
+            elements = [*(elements or []), *names]
+            kept.append((name, value))
+        elif base == "_sort":
+            for piece in value.split(","):
+                key = _sort_key(resource_type, piece.strip(), unsupported)
+                if key is not None:
+                    sort.append(key)
+            if len(sort) > MAX_SORT_KEYS:
+                raise UnsupportedSearch(f"_sort takes at most {MAX_SORT_KEYS} parameters", expression="_sort")
+            kept.append((name, value))
+        else:
+            spec = _include_spec(resource_type, base, value, unsupported)
+            if spec is not None:
+                (include if base == "_include" else revinclude).append(spec)
+                kept.append((name, value))
+            if len(include) + len(revinclude) > MAX_INCLUDES:
+                raise UnsupportedSearch(f"at most {MAX_INCLUDES} _include and _revinclude parameters")
+    return ResultControls(
+        summary, total, tuple(dict.fromkeys(elements)) if elements is not None else None, tuple(sort),
+        tuple(include), tuple(revinclude), tuple(ignored), tuple(kept),
+    )
+
+
+def _say(text: str) -> str:
+    return text[:40] if re.match(r"^[A-Za-z0-9_\-.:*]*$", text) else "(invalid)"
+
+
+def _sort_key(resource_type: str, piece: str, unsupported: Callable[[str, str], None]) -> SortKey | None:
+    descending = piece.startswith("-")
+    name = piece.removeprefix("-")
+    if not name:
+        raise UnsupportedSearch("_sort takes parameter names, e.g. _sort=-date,_id", expression="_sort")
+    definition = search_parameters(resource_type).get(name)
+    if definition is None or definition.type not in SORTABLE_TYPES:
+        shown = _say(name)
+        unsupported(
+            f"cannot sort {resource_type} by '{shown}': _sort takes the type's date, string and token parameters, "
+            "_id and _lastUpdated",
+            f"_sort={shown}",
+        )
+        return None
+    return SortKey(definition, descending)
+
+
+def _include_spec(resource_type: str, base: str, value: str, unsupported: Callable[[str, str], None]) -> IncludeSpec | None:
+    parts = value.split(":")
+    if value == "*" or len(parts) not in (2, 3) or not all(parts):
+        unsupported(f"{base} takes Type:parameter[:TargetType] (no wildcard)", f"{base}={_say(value)}")
+        return None
+    source, param_name, target = parts[0], parts[1], parts[2] if len(parts) == 3 else None
+    if not is_resource_type(source) or (target is not None and not is_resource_type(target)):
+        raise UnsupportedSearch(f"{base} names an unknown resource type", expression=base)
+    definition = search_parameters(source).get(param_name)
+    if definition is None or definition.type != "reference":
+        unsupported(f"{base}: {source} has no reference parameter '{_say(param_name)}'", f"{base}={_say(value)}")
+        return None
+    if target is not None and definition.targets and target not in definition.targets:
+        raise UnsupportedSearch(f"{base}: '{source}:{param_name}' cannot refer to {target}", expression=base)
+    if base == "_include" and source != resource_type:
+        unsupported(f"_include must start with the searched type {resource_type} (no :iterate)", f"_include={_say(value)}")
+        return None
+    if base == "_revinclude":
+        if target is not None and target != resource_type:
+            raise UnsupportedSearch(f"_revinclude must point at the searched type {resource_type}", expression=base)
+        if definition.targets and resource_type not in definition.targets:
+            raise UnsupportedSearch(f"_revinclude: '{source}:{param_name}' cannot refer to {resource_type}", expression=base)
+    return IncludeSpec(source, definition, target, value)

@@ -1,0 +1,137 @@
+"""Valid R4 everywhere: every resource the server emits (responses, Bundles with their entries, AuditEvents,
+OperationOutcomes of errors, the CapabilityStatement, our StructureDefinitions) validates against the R4B models,
+over a session that exercises every interaction and result control."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from fhir_api_support import AUTH, JSON_HEADERS
+from flask import Flask, Response
+from flask.testing import FlaskClient
+
+from fhir_adapters.extensions import EXTENSIONS, structure_definition
+from fhir_adapters.subsetting import SUBSETTED
+from fhir_adapters.validation import parse_resource
+from healthledger.consent.lifecycle import present_consent
+
+
+@pytest.fixture()
+def emitted(app: Flask) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every FHIR JSON body the app sends while the test runs: (request, body)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(response: Response) -> Response:
+        from flask import request
+
+        if response.content_type.startswith("application/fhir+json") and response.data:
+            seen.append((f"{request.method} {request.full_path}", orjson.loads(response.data)))
+        return response
+
+    app.after_request_funcs.setdefault(None, []).append(capture)
+    try:
+        yield seen
+    finally:
+        app.after_request_funcs[None].remove(capture)
+
+
+def _without_subsets(resource: dict[str, Any]) -> dict[str, Any]:
+    """A Bundle minus entries holding SUBSETTED resources (R4 3.1.1.5.8: a subset need not be valid)."""
+    if resource.get("resourceType") != "Bundle":
+        return resource
+    entries = [e for e in resource.get("entry", [])
+               if SUBSETTED not in (((e.get("resource") or {}).get("meta") or {}).get("tag") or [])]
+    return {**resource, "entry": entries} if entries else {k: v for k, v in resource.items() if k != "entry"}
+
+
+def _session(client: FlaskClient) -> None:
+    mrn = uuid.uuid4().hex
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}],
+               "name": [{"family": "Valid", "given": ["Rita"]}], "birthDate": "1980-01-01"}
+    pid = orjson.loads(client.post("/fhir/Patient", data=orjson.dumps(patient), headers=JSON_HEADERS).data)["id"]
+    obs = {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},
+           "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]}, "effectiveDateTime": "2025-01-01",
+           "valueQuantity": {"value": 6.1, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}
+    oid = orjson.loads(client.post("/fhir/Observation", data=orjson.dumps(obs), headers=JSON_HEADERS).data)["id"]
+    consent = {"resourceType": "Consent", "status": "active", "scope": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{pid}"}, "policyRule": {"coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {"type": "deny", "actor": [{"role": {"coding": [{"system":
+            "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+            "reference": {"reference": "Organization/elsewhere"}}]}}
+    cid = orjson.loads(client.post("/fhir/Consent", data=orjson.dumps(consent), headers=JSON_HEADERS).data).get("id")
+    gets = [
+        "/fhir/metadata", f"/fhir/Patient/{pid}", f"/fhir/Patient/{pid}/_history", "/fhir/Patient/_history?_count=2",
+        f"/fhir/Patient/{pid}/_history/1", f"/fhir/Observation?patient=Patient/{pid}&_include=Observation:patient",
+        f"/fhir/Patient?_id={pid}&_revinclude=Observation:patient", f"/fhir/Patient?_id={pid}&nickname=x",
+        f"/fhir/Patient?_has:Observation:patient:code=4548-4&_id={pid}", "/fhir/Observation?_sort=-date&_count=3",
+        "/fhir/Observation?_summary=count", "/fhir/Observation?_summary=true&_count=2",
+        "/fhir/Observation?_elements=status&_count=2", "/fhir/Observation?_total=none&_count=2",
+        f"/fhir/Consent/{cid}", f"/fhir/Consent?patient=Patient/{pid}", "/fhir/AuditEvent?_count=5",
+        "/fhir/AuditEvent?_summary=count", "/fhir/AuditEvent?_count=2&nickname=x", "/fhir/AuditEvent/1",
+        "/fhir/Patient/does-not-exist", "/fhir/Nope", "/fhir/Observation?date=banana",
+        *(f"/fhir/StructureDefinition/{i}" for i in EXTENSIONS),
+    ]
+    for path in gets:
+        client.get(path, headers=AUTH)
+    client.get("/fhir/Patient", headers={})  # 401
+    client.patch(f"/fhir/Observation/{oid}", data=orjson.dumps([{"op": "replace", "path": "/status",
+                                                                  "value": "amended"}]),
+                 headers={**AUTH, "Content-Type": "application/json-patch+json"})
+    client.patch(f"/fhir/Observation/{oid}", data=b"[]", headers={**AUTH, "Content-Type": "application/json-patch+json"})
+    client.put(f"/fhir/Patient?identifier=urn:mrn|{mrn}", data=orjson.dumps(patient), headers=JSON_HEADERS)
+    client.put(f"/fhir/Observation/{oid}", data=orjson.dumps({**obs, "id": oid}),
+               headers={**JSON_HEADERS, "Prefer": "return=OperationOutcome"})
+    client.post("/fhir/Patient", data=b"{", headers=JSON_HEADERS)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:" + str(uuid.uuid4()), "resource": obs, "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}}]}
+    client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS)
+    client.post("/fhir", data=orjson.dumps({**bundle, "type": "batch"}), headers=JSON_HEADERS)
+    client.delete(f"/fhir/Observation?_id={oid}", headers=AUTH)
+
+
+def test_every_resource_the_server_emits_is_valid_r4(client: FlaskClient, emitted: list[tuple[str, dict[str, Any]]]
+                                                      ) -> None:
+    _session(client)
+    kinds = {body["resourceType"] for _, body in emitted}
+    assert {"Bundle", "OperationOutcome", "CapabilityStatement", "StructureDefinition", "Patient",
+            "Observation", "Consent"} <= kinds, kinds
+    assert any(e.get("resource", {}).get("resourceType") == "AuditEvent" for _, b in emitted for e in b.get("entry", []))
+    failures = []
+    for request, body in emitted:
+        try:
+            parse_resource(_without_subsets(body))
+        except Exception as exc:  # noqa: BLE001 - every failure is reported with its request
+            failures.append(f"{request}: {body.get('resourceType')}: {exc}")
+    assert not failures, "\n".join(failures[:10])
+    assert len(emitted) >= 40
+
+
+def test_consent_chain_state_uses_r4_types() -> None:
+    """The block of a mined grant is an R4 integer (R5's integer64 is not R4); past 2^31-1, its digits as a string."""
+    consent = {"resourceType": "Consent", "id": "c", "status": "active", "scope": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": "Patient/p"}, "provision": {"type": "permit"}}
+    grants = [{"grantee": "Organization/a", "state": "active", "block": 12, "transaction": "0xab"},
+              {"grantee": "Organization/b", "state": "active", "block": 2**33, "transaction": "0xcd"}]
+    shown = present_consent(consent, {"state": "active", "grants": grants})
+    parse_resource(shown)
+    [ext] = shown["extension"]
+    blocks = [p for g in ext["extension"] if g["url"] == "grant" for p in g["extension"] if p["url"] == "block"]
+    assert blocks == [{"url": "block", "valueInteger": 12}, {"url": "block", "valueString": str(2**33)}]
+
+
+def test_the_api_publishes_our_structure_definitions(client: FlaskClient) -> None:
+    for extension_id in EXTENSIONS:
+        resp = client.get(f"/fhir/StructureDefinition/{extension_id}")
+        assert resp.status_code == 200
+        assert orjson.loads(resp.data) == structure_definition(extension_id)
+    assert client.get("/fhir/StructureDefinition/not-ours").status_code == 401  # an ordinary read: needs a token

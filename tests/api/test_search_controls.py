@@ -1,0 +1,143 @@
+"""What standard FHIR clients send to a search: lenient/strict handling, `_total`, `_summary`, `_elements`, `_sort`,
+`_include`, `_revinclude`, `_has` (R4 search.html), over raw HTTP on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from fhir_api_support import AUTH, JSON_HEADERS
+from flask.testing import FlaskClient
+
+STRICT = {**AUTH, "Prefer": "handling=strict"}
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+
+
+def _body(resp: Any, status: int = 200) -> dict[str, Any]:
+    assert resp.status_code == status, (resp.status_code, resp.data[:400])
+    return orjson.loads(resp.data)  # type: ignore[no-any-return]
+
+
+def _create(client: FlaskClient, resource: dict[str, Any]) -> str:
+    return str(_body(client.post(f"/fhir/{resource['resourceType']}", data=orjson.dumps(resource), headers=JSON_HEADERS), 201)["id"])
+
+
+def _world(client: FlaskClient) -> dict[str, Any]:
+    family = f"Sortable{uuid.uuid4().hex[:8]}"
+    org = _create(client, {"resourceType": "Organization", "name": "General"})
+    patients = [
+        _create(client, {"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "birthDate": born,
+                         "gender": gender, "managingOrganization": {"reference": f"Organization/{org}"}})
+        for given, born, gender in (("Carla", "1970-03-01", "female"), ("Adam", "1990-01-01", "male"),
+                                    ("Bert", "1980-06-15", "other"))
+    ]
+    code = f"x-{uuid.uuid4().hex[:8]}"
+    observations = [
+        _create(client, {"resourceType": "Observation", "status": "final",
+                         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                         "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": day,
+                         "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+                         "note": [{"text": "a note"}], "valueQuantity": {"value": 5, "unit": "mmol/L"}})
+        for pid, day in ((patients[0], "2024-05-01"), (patients[1], "2023-01-01"), (patients[0], "2025-02-02"))
+    ]
+    return {"family": family, "org": org, "patients": patients, "code": code, "observations": observations}
+
+
+def _entries(bundle: dict[str, Any], mode: str = "match") -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode]
+
+
+def test_unknown_parameters_are_ignored_and_said_unless_strict(client: FlaskClient) -> None:
+    w = _world(client)
+    lenient = _body(client.get(f"/fhir/Patient?family={w['family']}&nickname=bob&_totalMethod=count", headers=AUTH))
+    assert lenient["total"] == 3
+    [outcome] = _entries(lenient, "outcome")
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "nickname" in outcome["issue"][0]["diagnostics"] and "_totalMethod" in outcome["issue"][0]["diagnostics"]
+    assert "nickname" not in lenient["link"][0]["url"]  # the self link says what was applied
+    refused = _body(client.get(f"/fhir/Patient?family={w['family']}&nickname=bob", headers=STRICT), 400)
+    assert "nickname" in refused["issue"][0]["diagnostics"]
+    # Values that do not parse are errors either way: ignoring them would widen the search.
+    _body(client.get("/fhir/Observation?date=banana", headers=AUTH), 400)
+    _body(client.get(f"/fhir/Patient?family={w['family']}&_sort=nickname", headers=STRICT), 400)
+    ignored = _body(client.get(f"/fhir/Patient?family={w['family']}&_sort=nickname", headers=AUTH))
+    assert "_sort=nickname" in _entries(ignored, "outcome")[0]["issue"][0]["diagnostics"]
+
+
+def test_total(client: FlaskClient) -> None:
+    w = _world(client)
+    for mode in ("accurate", "estimate"):
+        assert _body(client.get(f"/fhir/Patient?family={w['family']}&_total={mode}", headers=AUTH))["total"] == 3
+    none = _body(client.get(f"/fhir/Patient?family={w['family']}&_total=none", headers=AUTH))
+    assert "total" not in none and len(_entries(none)) == 3
+    _body(client.get(f"/fhir/Patient?family={w['family']}&_total=sometimes", headers=AUTH), 400)
+
+
+def test_summary_and_elements(client: FlaskClient) -> None:
+    w = _world(client)
+    url = f"/fhir/Observation?code={w['code']}"
+    assert _body(client.get(url + "&_summary=count", headers=AUTH))["total"] == 3
+    summary = _entries(_body(client.get(url + "&_summary=true", headers=AUTH)))
+    assert summary and all("note" not in o and "text" not in o and o["status"] == "final" for o in summary)
+    assert all(SUBSETTED in o["meta"]["tag"] and "valueQuantity" in o for o in summary)
+    text = _entries(_body(client.get(url + "&_summary=text", headers=AUTH)))
+    assert all(set(o) <= {"resourceType", "id", "meta", "text", "status", "code"} and "text" in o for o in text)
+    data = _entries(_body(client.get(url + "&_summary=data", headers=AUTH)))
+    assert all("text" not in o and "note" in o for o in data)
+    elements = _entries(_body(client.get(url + "&_elements=subject,value", headers=AUTH)))
+    assert all(set(o) == {"resourceType", "id", "meta", "status", "code", "subject", "valueQuantity"} for o in elements)
+    read = _body(client.get(f"/fhir/Observation/{w['observations'][0]}?_summary=true", headers=AUTH))
+    assert "note" not in read and SUBSETTED in read["meta"]["tag"]
+    _body(client.get(url + "&_summary=true&_elements=subject", headers=AUTH), 400)
+
+
+def test_summary_count_on_audit_events(client: FlaskClient) -> None:
+    counted = _body(client.get("/fhir/AuditEvent?_summary=count", headers=AUTH))
+    assert counted["total"] >= 1 and "entry" not in counted
+    summary = _entries(_body(client.get("/fhir/AuditEvent?_summary=true&_count=2", headers=AUTH)))
+    assert summary and all(SUBSETTED in e["meta"]["tag"] for e in summary)
+    lenient = _body(client.get("/fhir/AuditEvent?_count=1&subtype=read", headers=AUTH))
+    assert "subtype" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
+    _body(client.get("/fhir/AuditEvent?_count=1&subtype=read", headers=STRICT), 400)
+
+
+def test_sort(client: FlaskClient) -> None:
+    w = _world(client)
+    by = lambda sort: [p["name"][0]["given"][0] for p in _entries(_body(client.get(
+        f"/fhir/Patient?family={w['family']}&_sort={sort}", headers=AUTH)))]
+    assert by("given") == ["Adam", "Bert", "Carla"]
+    assert by("-given") == ["Carla", "Bert", "Adam"]
+    assert by("birthdate") == ["Carla", "Bert", "Adam"]
+    assert by("-birthdate") == ["Adam", "Bert", "Carla"]
+    assert by("gender") == ["Carla", "Adam", "Bert"]  # female, male, other
+    assert by("_lastUpdated") == ["Carla", "Adam", "Bert"]
+    assert by("-_lastUpdated") == ["Bert", "Adam", "Carla"]
+    dates = [o["effectiveDateTime"] for o in _entries(_body(client.get(
+        f"/fhir/Observation?code={w['code']}&_sort=-date&_count=2", headers=AUTH)))]
+    assert dates == ["2025-02-02", "2024-05-01"]
+    second = _body(client.get(f"/fhir/Observation?code={w['code']}&_sort=-date&_count=2", headers=AUTH))
+    next_url = next(link["url"] for link in second["link"] if link["relation"] == "next")
+    page2 = _body(client.get(next_url.replace("http://localhost", ""), headers=AUTH))
+    assert [o["effectiveDateTime"] for o in _entries(page2)] == ["2023-01-01"]
+
+
+def test_include_revinclude_and_has(client: FlaskClient) -> None:
+    w = _world(client)
+    included = _body(client.get(f"/fhir/Observation?code={w['code']}&_include=Observation:patient", headers=AUTH))
+    assert included["total"] == 3 and len(_entries(included)) == 3
+    assert sorted(p["id"] for p in _entries(included, "include")) == sorted(w["patients"][:2])
+    rev = _body(client.get(f"/fhir/Patient?_id={w['patients'][0]}&_revinclude=Observation:patient", headers=AUTH))
+    assert sorted(o["id"] for o in _entries(rev, "include")) == sorted([w["observations"][0], w["observations"][2]])
+    org = _body(client.get(f"/fhir/Patient?family={w['family']}&_include=Patient:organization", headers=AUTH))
+    assert [o["id"] for o in _entries(org, "include")] == [w["org"]]
+    has = _body(client.get(f"/fhir/Patient?family={w['family']}&_has:Observation:patient:code={w['code']}", headers=AUTH))
+    assert sorted(p["id"] for p in _entries(has)) == sorted(w["patients"][:2])
+    dated = _body(client.get(
+        f"/fhir/Patient?family={w['family']}&_has:Observation:patient:date=2023-01-01", headers=AUTH))
+    assert [p["id"] for p in _entries(dated)] == [w["patients"][1]]
+    none = _body(client.get("/fhir/Patient?_has:Observation:patient:code=nothing-has-this", headers=AUTH))
+    assert none["total"] == 0
+    _body(client.get(f"/fhir/Observation?code={w['code']}&_include=Patient:organization", headers=STRICT), 400)
+    _body(client.get(f"/fhir/Observation?code={w['code']}&_include=Observation:nope", headers=STRICT), 400)
+    _body(client.get("/fhir/Patient?_has:Observation:patient:nope=1", headers=STRICT), 400)
