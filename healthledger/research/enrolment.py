@@ -206,12 +206,14 @@ class Enrolments:
                 raise Unprocessable("the proof does not verify", expression="proof")
             a, b, c, _ = solidity_calldata(proof, public)
             item = relayer.submit_enrolment(session, pseudonym.address, chain_id, root, nullifier, a, b, c, now=now)
+            session.commit()  # releases the savepoint into the unit of work's transaction
             study = uow.peek("ResearchStudy", study_id)
             assert study is not None and study.resource is not None
             terms = _terms(study.resource)
             consent, _ = uow.create(study_consent(principal.patient_id, study_id, terms, pseudonym.address,
                                                   datetime.fromtimestamp(now, UTC)))
             sign_consent(uow, consent.id, password, now=now)
+            session = _session(conn)
             row = Enrolment(id=secrets.token_hex(16), tenant=self.store.tenant, study_id=study_id,
                             nullifier=str(nullifier), enrollee=to_checksum_address(pseudonym.address), root=str(root),
                             enrol_item=item, consent_id=consent.id, enrolled_at=now)
