@@ -183,3 +183,27 @@ def test_enrol_refuses_malformed_proofs_and_non_patients(world: World) -> None:
     assert resp.status_code == 400, resp.get_data(as_text=True)
     assert "snarkjs" in issue(resp)
     assert world.patient_session("ann").post("ResearchStudy/nope/$enrol", body).status_code == 404
+
+
+def test_the_worker_reissues_patients_whose_records_changed(world: World) -> None:
+    from healthledger.db import session_factory
+    from healthledger.research.worker import ResearchWorker
+
+    store = world.app.extensions["healthledger.store"]
+    worker = ResearchWorker(store, session_factory(store.engine), owner="test-worker", reissue_every=0.0)
+    if credential_of(world, "ann").status_code == 404:
+        credential_of(world, "ann", password=PASSWORD)
+    first = worker.run_once().reissue
+    assert first is not None and first.reissued == 0 and first.examined >= 1  # nothing changed since issuing
+    before = parameters(credential_of(world, "ann"))["root"]
+    world.dev_create({"resourceType": "Observation", "status": "final",
+                      "subject": {"reference": f"Patient/{world.patients['ann']}"},
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "39156-5"}]},
+                      "effectiveDateTime": "2025-09-01", "valueQuantity": {"value": 28.4, "unit": "kg/m2"}})
+    second = worker.run_once().reissue
+    assert second is not None and second.reissued == 1 and second.anchor_item is not None
+    world.sync()
+    after = parameters(credential_of(world, "ann"))
+    assert after["root"] != before and after["anchored"] is True
+    third = worker.run_once().reissue
+    assert third is not None and third.reissued == 0 and third.root is None  # nothing new: no new root

@@ -39,6 +39,7 @@ from healthledger.research.models import Enrolment, IdentityCommitment
 from healthledger.research.patient_client import NotEligible, PatientClient
 from healthledger.research.studies import ETHICS_APPROVAL_URL, PublishedCircuit, compiled_from_inputs
 from healthledger.runtime import Runtime
+from tests.ledger.conftest import anvil_url  # noqa: F401  (the anvil node fixture)
 from zk.credential import eligibility_inputs
 from zk.errors import ProverError
 from zk.prover import CircuitFiles, NodeProver
