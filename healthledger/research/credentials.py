@@ -49,7 +49,7 @@ from zk.merkle import MerklePath
 IDENTITY_INFO = b"healthledger/zk/identity-secret/v1"
 CONDITION_KEY_INFO = b"healthledger/zk/condition-key/v1|"
 FINGERPRINT_INFO = b"healthledger/zk/credential-fingerprint/v1|"
-CREDENTIAL_KEY_CLASS = "research-credential"
+CREDENTIAL_KEY_CLASS = "zk-credential"  # store_data_keys.key_class holds 16 characters
 SEAL_AAD = b"healthledger/research/credential-attributes/v1|"
 FACT_TYPES = ("Condition", "Observation")
 SECONDS_PER_DAY = 86_400

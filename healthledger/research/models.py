@@ -30,7 +30,7 @@ class IdentityCommitment(Base):
 
 class IssuedCredential(Base):
     """The leaf a patient holds in the tenant's credential tree, with its attributes sealed (AES-GCM under a
-    per-patient data key of class `research-credential`) and a keyed fingerprint to spot changed facts."""
+    per-patient data key of class `zk-credential`) and a keyed fingerprint to spot changed facts."""
 
     __tablename__ = "research_credentials"
     __table_args__ = (UniqueConstraint("tenant", "leaf_index", name="uq_research_credentials_leaf"),)

@@ -25,9 +25,10 @@ from zk.credential import EligibilityAttributes, identity_commitment, leaf
 from zk.merkle import MerklePath, compute_root
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    built = World.build(tmp_path_factory.mktemp("research-api"))
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    url = request.getfixturevalue("postgres_module_schema_url")[0] if request.param == "postgres" else ""
+    built = World.build(tmp_path_factory.mktemp(f"research-api-{request.param}"), url)
     yield built
     built.close()
 
