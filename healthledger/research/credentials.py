@@ -284,10 +284,9 @@ class CredentialIssuer:
         )
 
 
-def root_state(conn: Connection, tenant: str, root: int) -> str:
+def root_state(session: Any, tenant: str, root: int) -> str:
     """'current' (among the last ROOT_HISTORY roots and anchored), 'pending' (not anchored yet) or 'stale'."""
-    session = _session(conn)
-    for record in known_roots(conn, tenant, ROOT_HISTORY):
+    for record in known_roots(session.connection(), tenant, ROOT_HISTORY):
         if record.root != root:
             continue
         if record.anchor_item is None:

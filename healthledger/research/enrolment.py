@@ -148,8 +148,8 @@ class Enrolments:
         self._verify = verify or (lambda proof, public: groth16.verify(groth16.prepare_verification_key(
             eligibility_key()), proof, public))
 
-    def _published(self, conn: Connection, study_id: str) -> PublishedStudy:
-        row = _session(conn).get(PublishedStudy, (self.store.tenant, study_id))
+    def _published(self, session: Session, study_id: str) -> PublishedStudy:
+        row = session.get(PublishedStudy, (self.store.tenant, study_id))
         if row is None:
             raise NotFound(f"ResearchStudy/{study_id} is not known")
         return row
@@ -169,7 +169,7 @@ class Enrolments:
         with self.store.unit_of_work(principal) as uow:
             conn: Connection = uow.conn
             session = _session(conn)
-            published = self._published(conn, study_id)
+            published = self._published(session, study_id)
             if published.state != "active":
                 raise Conflict(f"ResearchStudy/{study_id} is not open for enrolment yet (its registration is "
                                f"{published.state})")
@@ -190,7 +190,7 @@ class Enrolments:
             pseudonym = patient_keys.pseudonym_for(master, study_reference(study_id))
             if enrollee_field != int(pseudonym.address, 16):
                 raise Unprocessable("the proof is not bound to your pseudonym for this study", expression="publicSignals")
-            state = root_state(conn, self.store.tenant, root)
+            state = root_state(session, self.store.tenant, root)
             if state == "pending":
                 raise Conflict("the credential root of this proof is not anchored on-chain yet; retry shortly")
             if state == "stale":
@@ -212,7 +212,7 @@ class Enrolments:
             terms = _terms(study.resource)
             consent, _ = uow.create(study_consent(principal.patient_id, study_id, terms, pseudonym.address,
                                                   datetime.fromtimestamp(now, UTC)))
-            sign_consent(uow, consent.id, password, now=now)
+            sign_consent(uow, consent.id, password, now=now, master=master)
             session = _session(conn)
             row = Enrolment(id=secrets.token_hex(16), tenant=self.store.tenant, study_id=study_id,
                             nullifier=str(nullifier), enrollee=to_checksum_address(pseudonym.address), root=str(root),
