@@ -45,6 +45,8 @@ from zk.credential import eligibility_inputs
 from zk.errors import ProverError
 from zk.prover import CircuitFiles, NodeProver
 
+pytestmark = [pytest.mark.slow, pytest.mark.node]  # a few minutes: each participant proves with snarkjs
+
 SYNTHEA = FIXTURES / "synthea"
 # Body mass index 30 or more, aged 18 to 80: Clemente Kreiger (30.5) and Ned Hintz (30.3) of the Synthea
 # fixtures match, Buster Hoeger (24.6) does not; the invented Ivy Inventa (33.1) matches.
