@@ -9,7 +9,7 @@
 - `POST /fhir/ResearchStudy/{id}/$enrol` (patient: proof, publicSignals, password) -> ResearchSubject;
   `POST /fhir/ResearchStudy/{id}/$leave` (patient: password) revokes the study consent's grant.
 - `GET /fhir/ResearchSubject?study=ResearchStudy/{id}` (owner): participants as pseudonyms;
-  a patient gets their own enrolments.
+  a patient gets their own enrolments (in every study when `study` is left out).
 """
 
 from __future__ import annotations
@@ -220,13 +220,16 @@ class _ResearchApi:
         principal = self.authenticate()
         http.check_response_format(request)
         study = request.args.get("study", "")
-        if not study:
-            raise BadRequest("search ResearchSubject by study=ResearchStudy/{id}", expression="study")
         study_id = study.removeprefix("ResearchStudy/")
         if principal.role == "patient":
-            mine = self.enrolments.mine(study_id, principal)
-            people = [mine] if mine is not None else []
+            if study_id:
+                mine = self.enrolments.mine(study_id, principal)
+                people = [mine] if mine is not None else []
+            else:
+                people = self.enrolments.all_mine(principal)  # a patient's own studies, all of them
             entries = [p.research_subject(for_patient=True) for p in people]
+        elif not study_id:
+            raise BadRequest("search ResearchSubject by study=ResearchStudy/{id}", expression="study")
         else:
             entries = [p.research_subject(for_patient=False) for p in self.enrolments.participants(study_id, principal)]
         bundle = searchset_bundle(((f"{self._base()}/ResearchSubject/{e['id']}", e) for e in entries),
