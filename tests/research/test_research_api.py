@@ -269,3 +269,18 @@ def test_enrol_refusals_in_order(world: World) -> None:
                                                                                       closes_at=1000))
     resp = enrol([*good[:4], 777])
     assert resp.status_code == 409 and "window" in issue(resp)
+
+
+def test_drafts_stay_hidden_on_every_read_path(world: World) -> None:
+    draft = post(world, "research", "ResearchStudy", study_body(title="Hidden draft")).get_json()
+    ann = world.patient_session("ann")
+    for path in (f"ResearchStudy/{draft['id']}/_history", f"ResearchStudy/{draft['id']}/_history/1",
+                 "ResearchStudy/_history"):
+        assert ann.get(path).status_code == 404, path
+    searched = ann.browser.post("/fhir/ResearchStudy/_search", data="status=draft",
+                                headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": FHIR,
+                                         "X-CSRFToken": ann.csrf}).get_json()
+    assert searched["resourceType"] == "Bundle" and searched["total"] == 0
+    owner = world.client.get(f"/fhir/ResearchStudy/{draft['id']}/_history", headers=world.headers("research"))
+    assert owner.status_code == 200 and owner.get_json()["total"] == 1
+    assert world.client.get("/fhir/ResearchStudy?status=draft", headers=world.headers("research")).get_json()["total"] >= 1
