@@ -24,7 +24,7 @@ from fhir_adapters.research_study import study_reference
 from healthledger.api import negotiation as http
 from healthledger.api.paging import searchset_bundle
 from healthledger.config import Settings
-from healthledger.errors import BadRequest, Forbidden, NotFound, Unprocessable
+from healthledger.errors import BadRequest, Forbidden, NotFound, Unprocessable, UnsupportedMediaType
 from healthledger.ledger import patient_keys
 from healthledger.principal import Principal
 from healthledger.research.credentials import Credential, CredentialIssuer
@@ -155,15 +155,12 @@ class _ResearchApi:
 
     def studies_search(self) -> Response:
         """POST _search: the same search as GET, parameters from the query and the form body."""
-        from urllib.parse import parse_qsl
-
         principal = self.authenticate()
         http.check_response_format(request)
-        raw = http.read_body(request, self.settings.max_request_bytes)
-        try:
-            form = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
-        except (UnicodeDecodeError, ValueError):
-            raise BadRequest("search parameters are not valid form-encoded UTF-8") from None
+        if http.media_type(request.headers.get("Content-Type")) != http.FORM_MEDIA_TYPE:
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
+        # request.form, not the raw body: the CSRF check of a cookie session may have read the body already.
+        form = [(k, v) for k, v in request.form.items(multi=True) if k != "csrf_token"]
         return self._search(principal, [*request.args.items(multi=True), *form])
 
     def studies_history(self) -> Response:
