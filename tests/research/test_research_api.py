@@ -284,3 +284,14 @@ def test_drafts_stay_hidden_on_every_read_path(world: World) -> None:
     owner = world.client.get(f"/fhir/ResearchStudy/{draft['id']}/_history", headers=world.headers("research"))
     assert owner.status_code == 200 and owner.get_json()["total"] == 1
     assert world.client.get("/fhir/ResearchStudy?status=draft", headers=world.headers("research")).get_json()["total"] >= 1
+
+
+def test_a_study_changes_only_through_its_operations(world: World) -> None:
+    study = post(world, "research", "ResearchStudy", study_body(title="Not editable")).get_json()
+    edited = {**study, "status": "active"}
+    for client in ("research", "ehr"):
+        resp = world.client.put(f"/fhir/ResearchStudy/{study['id']}", data=orjson.dumps(edited),
+                                headers={**world.headers(client), "Content-Type": FHIR})
+        assert resp.status_code == 403 and "$publish" in issue(resp)
+        assert world.client.delete(f"/fhir/ResearchStudy/{study['id']}", headers=world.headers(client)).status_code == 403
+    assert world.dev_read(f"ResearchStudy/{study['id']}")["status"] == "draft"
