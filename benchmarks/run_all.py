@@ -30,6 +30,7 @@ BENCHMARKS = [
     ("gas", []),
     ("zk_verify", []),
     ("zk_prove", ["--anvil"]),
+    ("research", []),
     ("import_throughput", []),
     ("outbox_throughput", []),
     ("fhir_http", []),
