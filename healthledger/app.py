@@ -160,6 +160,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         pages=AuditPages(settings.default_page_size, settings.max_page_size, settings.base_url),
         names=ActorDirectory(sessions, AccountNames(store), store), break_glass_reason=policy.break_glass_reason,
     ))
+    from healthledger.api.research_data import research_data_blueprint
+    from healthledger.research.feasibility import BudgetPolicy, Feasibility
+
+    # Before the generic /fhir rules: research operations ($feasibility, $export and its status and files).
+    app.register_blueprint(research_data_blueprint(
+        Feasibility(store, BudgetPolicy(
+            settings.feasibility_epsilon_per_query, settings.feasibility_epsilon_per_study,
+            settings.feasibility_epsilon_per_researcher, settings.feasibility_threshold,
+        )),
+        lambda req: authenticate(req), max_request_bytes=settings.max_request_bytes,
+    ))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
         refusals=None if settings.enforcement_off_for_benchmark else policy,
