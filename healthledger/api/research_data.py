@@ -13,22 +13,32 @@ from flask import Blueprint, Request, Response, request
 
 from fhir_adapters.datatypes import ID
 from fhir_adapters.errors import FhirInputError
+from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.validation import loads_json
 from healthledger.api import negotiation as http
+from healthledger.api.outcomes import outcome_response
 from healthledger.errors import BadRequest, not_known
 from healthledger.principal import Principal
+from healthledger.research.export import BackgroundExports, Exports, Throttled
 from healthledger.research.feasibility import Feasibility
 from healthledger.store.repository import dump_resource
 
 
 def research_data_blueprint(
     feasibility: Feasibility,
+    exports: Exports,
+    background: BackgroundExports,
     authenticate: Callable[[Request], Principal],
     *,
     max_request_bytes: int,
+    base_url: str = "",
 ) -> Blueprint:
-    """The blueprint (registered before the generic /fhir rules)."""
+    """The blueprint (registered before the generic /fhir rules). `base_url`: the public base, for the
+    status and file URLs; empty = from the request."""
     bp = Blueprint("research_data", __name__, url_prefix="/fhir")
+
+    def fhir_base() -> str:
+        return (base_url.rstrip("/") or request.host_url.rstrip("/")) + "/fhir"
 
     @bp.route("/ResearchStudy/<study_id>/$feasibility", methods=["POST"])
     def feasibility_operation(study_id: str) -> Response:
@@ -39,6 +49,53 @@ def research_data_blueprint(
         criteria = _criteria_parameter(request, max_request_bytes)
         answer = feasibility.answer(principal, study_id, criteria)
         return _fhir(answer.parameters())
+
+    @bp.route("/Group/<group_id>/$export", methods=["GET"])
+    def export_kickoff(group_id: str) -> Response:
+        principal = authenticate(request)
+        http.check_response_format(request)
+        if "respond-async" not in [p.strip().lower() for p in request.headers.get("Prefer", "").split(",")]:
+            raise BadRequest("Bulk Data export needs the header 'Prefer: respond-async'", expression="Prefer")
+        if not ID.fullmatch(group_id):
+            raise not_known("Group", group_id[:64])
+        query = request.query_string.decode("utf-8", "replace")
+        request_url = f"{fhir_base()}/Group/{group_id}/$export" + (f"?{query}" if query else "")
+        job_id = exports.kick_off(principal, group_id, list(request.args.items(multi=True)), request_url)
+        background.wake()
+        outcome = operation_outcome("information", "informational", "export accepted: poll the Content-Location URL")
+        return _fhir(outcome, 202, {"Content-Location": f"{fhir_base()}/$export-status/{job_id}"})
+
+    @bp.route("/$export-status/<job_id>", methods=["GET", "DELETE"])
+    def export_status(job_id: str) -> Response:
+        principal = authenticate(request)
+        if request.method == "DELETE":
+            exports.cancel(principal, job_id)
+            background.wake()  # removes what a running worker may still write
+            outcome = operation_outcome("information", "informational", "export cancelled; its files are removed")
+            return _fhir(outcome, 202)
+        background.wake()
+        try:
+            status = exports.status(principal, job_id)
+        except Throttled as slow:
+            return outcome_response(operation_outcome("error", slow.code, slow.message), 429,
+                                    {"Retry-After": str(slow.retry_after)})
+        if status.state == "in-progress":
+            response = Response(b"", status=202)
+            response.headers["X-Progress"] = status.progress[:90]
+            response.headers["Retry-After"] = str(status.retry_after)
+            return response
+        if status.state == "complete":
+            response = Response(status.manifest, status=200, content_type="application/json")
+            if status.expires is not None:
+                response.headers["Expires"] = http.http_date(status.expires)
+            return response
+        return outcome_response(operation_outcome("error", "exception", status.error), 500)
+
+    @bp.route("/$export-file/<job_id>/<name>", methods=["GET"])
+    def export_file(job_id: str, name: str) -> Response:
+        principal = authenticate(request)
+        body = exports.file(principal, job_id, name)
+        return Response(body, status=200, content_type="application/fhir+ndjson")
 
     return bp
 
