@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from support import FIXTURES
 from fhir_adapters.deidentify import PSEUDED
 from healthledger import leases
 from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.auth.users import AccountNames, create_user
 from healthledger.db import session_factory
 from healthledger.ledger.patient_keys import create_patient_key
 from healthledger.principal import SYSTEM
@@ -85,6 +87,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     with sessions.begin() as s:
         for pid in [*chosen, others[0]]:
             create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
+        create_user(s, AccountNames(store), username="first-participant", password=PASSWORD, role="patient",
+                    now=datetime.now(UTC), patient_id=chosen[0])
     consents = {}
     for pid in chosen:
         # The study's period applies to all; the second participant narrows it further, and to Conditions.
@@ -101,7 +105,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     assert resp.status_code == 200, resp.get_data(as_text=True)
     w.sync()
     INDEXERS[app] = w.indexer
-    yield {"world": w, "app": app, "token": w.token("research"), "remaining": chosen[:2] + [invented],
+    yield {"backend": request.param, "world": w, "app": app, "token": w.token("research"), "remaining": chosen[:2] + [invented],
            "left": chosen[2], "narrow": chosen[1], "synthea": synthea, "invented": invented}
     w.close()
 
@@ -246,6 +250,13 @@ def test_export_holds_exactly_the_remaining_participants_consented_data_deidenti
     manifest_hash = hashlib.sha256(done.data).hexdigest()
     assert [e for e in entries if e.reason.endswith(f"sha256={manifest_hash}")]
 
+    # At rest the files are ciphertext: no exported (pseudonymous) id is anywhere in the database files.
+    if world["backend"] == "sqlite":
+        settings = app.config["SETTINGS"]
+        raw = b"".join(p.read_bytes() for p in settings.data_dir.glob("healthledger.db*"))
+        exported_ids = {r["id"].encode() for rs in files.values() for r in rs}
+        assert exported_ids and not {i for i in exported_ids if i in raw}
+
 
 def _stored_patient(app: Flask, pid: str) -> dict[str, Any]:
     return app.extensions["healthledger.store"].read("Patient", pid, principal=SYSTEM).resource  # type: ignore[no-any-return]
@@ -376,3 +387,35 @@ def test_a_stale_consent_index_makes_the_job_wait_not_deliver_nothing(world: dic
     assert waiting.status_code == 202 and "consent index" in waiting.headers["X-Progress"]
     time.sleep(0.35)
     assert [o["count"] for o in run_to_completion(app, token, status_url).get_json()["output"]] == [2]
+
+
+def test_the_patient_sees_which_study_received_their_records(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    first = world["remaining"][0]
+    before = _study_events(world, first)
+    manifest = run_to_completion(app, token, kick_off(app, token, "?_type=Condition").headers["Content-Location"])
+    conditions = expected_counts(app, [first], "")["Condition"]
+    assert sum(o["count"] for o in manifest.get_json()["output"]) > conditions  # others' too, not shown to them
+    events = _study_events(world, first)[len(before):]
+    assert len(events) == conditions
+    for event in events:
+        who = event["agent"][0]["who"]
+        assert who["identifier"]["value"] == f"ResearchStudy/{STUDY}"
+        assert who["display"] == f"Research study: Study {STUDY}"
+        assert event["action"] == "E" and event["outcome"] == "0"
+
+
+def _study_events(world: dict[str, Any], patient_id: str) -> list[dict[str, Any]]:
+    """The patient's own AuditEvents (as the patient reads them) naming the study as the agent."""
+    session = world["world"].patient_session("first-participant")
+    url = f"AuditEvent?patient=Patient/{patient_id}&_count=50"
+    found: list[dict[str, Any]] = []
+    while url:
+        resp = session.get(url)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        bundle = resp.get_json()
+        found += [e["resource"] for e in bundle.get("entry", [])
+                  if e["resource"]["agent"][0]["who"].get("identifier", {}).get("value") == f"ResearchStudy/{STUDY}"]
+        url = next((link["url"].split("/fhir/", 1)[1] for link in bundle.get("link", []) if link["relation"] == "next"),
+                   "")
+    return sorted(found, key=lambda e: (e["recorded"], e["id"]))
