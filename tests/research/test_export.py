@@ -9,10 +9,12 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import consent_world
 import orjson
 import pytest
 from consent_world import PASSWORD, World, password_parameters
@@ -20,18 +22,20 @@ from fhir_api_support import JSON_HEADERS, build_app, dispose
 from flask import Flask
 from research_support import add_patient, put_study, register_researcher, study_consent, study_resource
 from sqlalchemy import select, update
-from support import FIXTURES
+from support import FIXTURES, node_tool
 
 from fhir_adapters.deidentify import PSEUDED
 from healthledger import leases
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.users import AccountNames, create_user
 from healthledger.db import session_factory
+from healthledger.ledger.chain import rpc_chain
 from healthledger.ledger.patient_keys import create_patient_key
 from healthledger.principal import SYSTEM
 from healthledger.research.data_models import ExportFileContent, ExportJob
 from healthledger.research.export import SHA256_EXTENSION
 from healthledger.store.importer import Importer
+from tests.integration.anvil import running_anvil
 
 FHIR = "application/fhir+json"
 INDEXERS: dict[Flask, Any] = {}  # app -> the indexer that keeps its consent index fresh
@@ -62,10 +66,27 @@ def sources_phi(patients: list[dict[str, Any]]) -> set[str]:
     return {v for v in phi if len(v) >= 5}
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "anvil"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """SQLite and PostgreSQL with the embedded chain; SQLite with a real anvil node over JSON-RPC."""
+    with ExitStack() as stack:
+        yield from _world(request, tmp_path_factory, stack)
+
+
+def _world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           stack: ExitStack) -> Iterator[dict[str, Any]]:
     data_dir = tmp_path_factory.mktemp(f"export-{request.param}")
     url = request.getfixturevalue("postgres_module_schema_url")[0] if request.param == "postgres" else ""
+    if request.param == "anvil":
+        node = stack.enter_context(running_anvil(node_tool("anvil")))
+
+        def anvil_chain(data_dir: Path, provider: Any, **_: Any) -> Any:
+            chain = rpc_chain(node, provider, keys_dir=data_dir / "keys", poll_seconds=0.02)
+            chain.w3.provider.make_request("anvil_setBalance", [chain.operator.address, hex(10**24)])
+            return chain
+
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setattr(consent_world, "embedded_chain", anvil_chain)
     w = World.build(data_dir, url, export_min_poll_seconds=0.3)
     app = w.app
     app.extensions["healthledger.research_exports"].enabled = False  # the test runs the worker itself
