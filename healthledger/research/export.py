@@ -243,6 +243,13 @@ class Exports:
         return job
 
     def status(self, principal: Principal, job_id: str) -> Status:
+        try:
+            return self._status(principal, job_id)
+        except NotFoundJob:
+            self._log(principal, "Group", "", "deny", f"export:status:not-found:{job_id[:64]}")
+            raise
+
+    def _status(self, principal: Principal, job_id: str) -> Status:
         now = self.clock()
         wait = max(1, round(self.min_poll_seconds))
         with self.sessions.begin() as s:
@@ -266,6 +273,13 @@ class Exports:
 
     def cancel(self, principal: Principal, job_id: str) -> None:
         """Cancel the job (or delete a finished one) and remove its files."""
+        try:
+            self._cancel(principal, job_id)
+        except NotFoundJob:
+            self._log(principal, "Group", "", "deny", f"export:cancel:not-found:{job_id[:64]}")
+            raise
+
+    def _cancel(self, principal: Principal, job_id: str) -> None:
         with self.sessions.begin() as s:
             job = self._job(s, principal, job_id)
             job.cancelled = True
@@ -276,7 +290,16 @@ class Exports:
                                        self.clock())])
 
     def file(self, principal: Principal, job_id: str, name: str) -> bytes:
-        """A completed job's NDJSON file, decrypted, for the job's researcher only."""
+        """A completed job's NDJSON file, decrypted, for the job's researcher only; each download is logged."""
+        try:
+            body, group_id = self._file(principal, job_id, name)
+        except NotFoundJob:
+            self._log(principal, "Group", "", "deny", f"export:download:not-found:{job_id[:64]}")
+            raise
+        self._log(principal, "Group", group_id, "permit", f"export:download:{job_id}/{name}")
+        return body
+
+    def _file(self, principal: Principal, job_id: str, name: str) -> tuple[bytes, str]:
         with self.sessions.begin() as s:
             job = self._job(s, principal, job_id)
             if job.status != "complete" or (job.expires_at and _aware(job.expires_at) <= self.clock()):
@@ -287,7 +310,8 @@ class Exports:
             conn = s.connection()
             key = self.store.keyring.key_for_scope(conn, EXPORT_KEY_CLASS, job_id.encode()).key
             sealed = _content(conn, job_id, row.name)
-        return crypto.open_(key, sealed, _file_aad(self.store.tenant, job_id, row.name))
+            group_id = job.group_id
+        return crypto.open_(key, sealed, _file_aad(self.store.tenant, job_id, row.name)), group_id
 
     def _log(self, principal: Principal, resource_type: str, resource_id: str, decision: str, reason: str) -> None:
         with self.store.engine.begin() as conn:

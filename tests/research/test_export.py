@@ -328,8 +328,15 @@ def test_only_the_researcher_and_only_with_the_token(world: dict[str, Any]) -> N
     manifest = run_to_completion(app, token, status_url).get_json()
     file_url = manifest["output"][0]["url"]
     assert app.test_client().get(file_url).status_code == 401
+    size = world["world"].log_size()
     assert app.test_client().get(file_url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
     assert poll(app, other, status_url).status_code == 404
+    assert app.test_client().delete(status_url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    assert app.test_client().get(file_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    logged = world["world"].log_since(size)
+    assert [(e.actor, e.decision, e.reason.split(":")[1]) for e in logged] == [
+        ("client:rival-lab", "deny", "download"), ("client:rival-lab", "deny", "status"),
+        ("client:rival-lab", "deny", "cancel"), ("client:research", "permit", "download")]
 
 
 def test_delete_cancels_and_removes_files(world: dict[str, Any]) -> None:
