@@ -58,7 +58,7 @@ from healthledger.audit.log import record_accesses
 from healthledger.auth.scopes import parse_scopes
 from healthledger.consent.facts import clinical_date_range, resource_codes
 from healthledger.consent.index import ConsentIndex
-from healthledger.errors import BadRequest, HealthLedgerError, not_known
+from healthledger.errors import BadRequest, Conflict, HealthLedgerError, not_known
 from healthledger.principal import HRESCH, Principal
 from healthledger.research.data_models import ExportFile, ExportFileContent, ExportJob
 from healthledger.research.participants import (
@@ -79,6 +79,11 @@ RESOURCES_PER_FILE = 10_000
 # Resources that have no clinical date, so a data period cannot apply to them: the participant themself
 # (de-identified demographics: birth year, gender, country).
 UNDATED_TYPES = frozenset({"Patient"})
+# ResearchStudy.status codes (R4 research-study-status) under which the study may receive data.
+EXPORTING_STATUSES = frozenset({
+    "active", "closed-to-accrual", "temporarily-closed-to-accrual", "closed-to-accrual-and-intervention",
+    "temporarily-closed-to-accrual-and-intervention",
+})
 LEASE_SECONDS = 60.0
 _PAGE = 1000
 
@@ -145,6 +150,14 @@ def kickoff_request(params: Sequence[tuple[str, str]], terms: StudyTerms) -> tup
     if not types:
         raise BadRequest("the study requests no data categories: there is nothing to export")
     return types, since
+
+
+def check_exporting(terms: StudyTerms) -> None:
+    """A study releases data while it runs (active, or closed to new participants); not before approval
+    (draft) nor after it ended (completed, withdrawn): Conflict naming its status."""
+    if terms.status not in EXPORTING_STATUSES:
+        raise Conflict(f"the study is {terms.status or 'without a status'}: data is released only while it is "
+                       f"active or closed to accrual")
 
 
 def _instant(value: str) -> datetime:
@@ -223,6 +236,7 @@ class Exports:
         if terms is None or not is_owner(principal, terms):
             self._log(principal, "Group", group_id, "deny", "export:not-owner-or-missing")
             raise not_known("Group", group_id)
+        check_exporting(terms)
         types, since = kickoff_request(params, terms)
         job_id = uuid.uuid4().hex
         now = self.clock()
@@ -423,6 +437,8 @@ class ExportWorker:
                 index_age = self.exports.index.refresh(conn)
             if terms is None:
                 raise ExportFailed("the study no longer exists")
+            if terms.status not in EXPORTING_STATUSES:
+                raise ExportFailed(f"the study is {terms.status}: it receives no more data")
             if index_age > self.exports.max_index_age_seconds:
                 self._wait(job_id, "waiting for the consent index to catch up with the chain")
                 return 0

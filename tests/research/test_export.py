@@ -447,3 +447,19 @@ def _study_events(world: dict[str, Any], patient_id: str) -> list[dict[str, Any]
         url = next((link["url"].split("/fhir/", 1)[1] for link in bundle.get("link", []) if link["relation"] == "next"),
                    "")
     return sorted(found, key=lambda e: (e["recorded"], e["id"]))
+
+
+def test_a_study_that_ended_receives_no_data(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    put_study(app, study_resource("ended-study", status="completed"))
+    refused = kick_off(app, token, group="ended-study-cohort")
+    assert refused.status_code == 409 and "completed" in refused.get_json()["issue"][0]["diagnostics"]
+    # Withdrawn after the kick-off: the job fails, delivering nothing.
+    put_study(app, study_resource("withdrawn-study"))
+    status_url = kick_off(app, token, group="withdrawn-study-cohort").headers["Content-Location"]
+    put_study(app, study_resource("withdrawn-study", status="withdrawn"))
+    INDEXERS[app].catch_up(time.time())
+    app.extensions["healthledger.research_exports"].worker.run_once()
+    time.sleep(0.35)
+    failed = poll(app, token, status_url)
+    assert failed.status_code == 500 and "withdrawn" in failed.get_json()["issue"][0]["diagnostics"]
