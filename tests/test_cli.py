@@ -47,6 +47,8 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "backup": ["{json_file}.d"],
     "restore": ["."],
     "chain besu-network": ["{json_file}.network"],
+    "research-data budgets": [],
+    "research-data exports": [],
 }
 
 

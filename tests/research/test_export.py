@@ -353,6 +353,10 @@ def test_delete_cancels_and_removes_files(world: dict[str, Any]) -> None:
     app.extensions["healthledger.research_exports"].worker.run_once()
     with sessions() as s:
         assert not s.scalars(select(ExportFileContent).where(ExportFileContent.job_id == job_id)).all()
+    listed = _cli(app, "exports")
+    assert {"job": job_id, "state": "cancelled", "resources": 0} == {
+        k: v for k, v in next(j for j in listed if j["job"] == job_id).items() if k in ("job", "state", "resources")}
+    assert all(j["manifest_sha256"] for j in listed if j["state"] == "complete")
     # A queued job cancelled before it ran never runs.
     queued_url = kick_off(app, token).headers["Content-Location"]
     assert app.test_client().delete(queued_url, headers={"Authorization": f"Bearer {token}"}).status_code == 202
@@ -463,3 +467,19 @@ def test_a_study_that_ended_receives_no_data(world: dict[str, Any]) -> None:
     time.sleep(0.35)
     failed = poll(app, token, status_url)
     assert failed.status_code == 500 and "withdrawn" in failed.get_json()["issue"][0]["diagnostics"]
+
+
+def _cli(app: Flask, command: str) -> Any:
+    from click.testing import CliRunner
+
+    from healthledger.cli import cli
+    from healthledger.runtime import Runtime
+
+    settings = app.config["SETTINGS"]
+    runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
+    try:
+        result = CliRunner().invoke(cli, ["research-data", command, "--json"], obj=runtime)
+    finally:
+        runtime.close()
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
