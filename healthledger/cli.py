@@ -28,6 +28,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "audit": "healthledger.audit.commands:audit_group",
     "backup": "healthledger.backup_commands:backup_command",
     "restore": "healthledger.backup_commands:restore_command",
+    "federation": "healthledger.federation.commands:federation_group",
 }
 
 

@@ -47,6 +47,14 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "backup": ["{json_file}.d"],
     "restore": ["."],
     "chain besu-network": ["{json_file}.network"],
+    "federation deploy": [],
+    "federation attach": ["0x0000000000000000000000000000000000000001"],
+    "federation join": ["--org-id", "b", "--name", "B", "--fhir-base-url", "http://b/fhir"],
+    "federation admit": ["b"],
+    "federation remove": ["b"],
+    "federation rotate-key": [],
+    "federation status": [],
+    "federation members": [],
 }
 
 
