@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.consent.index import CONSENT_INPUT_TYPES, ConsentIndex
     from healthledger.consent.obligations import Obligations
     from healthledger.db import session_factory
+    from healthledger.federation.exchange import FederatedTokens
     from healthledger.observability import Metrics
     from healthledger.principal import Principal
     from healthledger.store.repository import store_for_settings
@@ -109,6 +110,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         issuer=issuer,
         token_endpoint=issuer + TOKEN_PATH,
         lifetime_seconds=settings.token_lifetime_seconds,
+        federation=FederatedTokens(  # other member hospitals, by the consortium's directory
+            store, index, token_endpoint=issuer + TOKEN_PATH, fhir_base=issuer + "/fhir",
+            max_index_age_seconds=consent_rules.max_index_age_seconds,
+        ),
     )
     app.extensions["healthledger.engine"] = engine
     app.extensions["healthledger.store"] = store

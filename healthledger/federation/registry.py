@@ -16,9 +16,9 @@ from healthledger.ledger.compile import load_artifact
 from healthledger.ledger.deploy import DeploymentRecord, deploy_contracts, load_deployments, save_deployments
 from healthledger.ledger.members import REGISTRY, STATUS_CODES, MemberIndexer
 
-# An organisation id is a FHIR id (R4 `id`: [A-Za-z0-9-.]{1,64}): it names the member in references
+# An organisation id is a FHIR id (R4 `id`, at most 40 characters here, so that its client id fits 64): it names the member in references
 # (Organization/{id}) at every other member, so it must be one.
-ORG_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ORG_ID = re.compile(r"^[A-Za-z0-9\-.]{1,40}$")
 
 
 def org_key(org_id: str) -> bytes:
@@ -27,7 +27,7 @@ def org_key(org_id: str) -> bytes:
 
 def check_org_id(org_id: str) -> str:
     if not ORG_ID.match(org_id):
-        raise BadRequest("an organisation id is 1-64 letters, digits, '-' or '.' (a FHIR id)")
+        raise BadRequest("an organisation id is 1-40 letters, digits, '-' or '.' (a FHIR id)")
     return org_id
 
 

@@ -108,7 +108,7 @@ def test_invalid_requests_and_strangers(directory: Directory) -> None:
     with reverts("InvalidMember"):
         chain.send(registry.functions.requestJoin("", "Name", "https://x", thumb))
     with reverts("InvalidMember"):
-        chain.send(registry.functions.requestJoin("x" * 65, "Name", "https://x", thumb))
+        chain.send(registry.functions.requestJoin("x" * 41, "Name", "https://x", thumb))
     with reverts("InvalidMember"):
         chain.send(registry.functions.requestJoin("ok", "Name", "https://x", b"\0" * 32))
     with reverts("UnknownMember"):

@@ -71,7 +71,7 @@ contract MemberRegistry is Roles {
         bytes32 keyThumbprint
     ) external whenNotPaused returns (bytes32 orgKey) {
         if (
-            bytes(orgId).length == 0 || bytes(orgId).length > 64 || bytes(name).length == 0
+            bytes(orgId).length == 0 || bytes(orgId).length > 40 || bytes(name).length == 0
                 || bytes(name).length > MAX_TEXT || bytes(fhirBaseUrl).length == 0
                 || bytes(fhirBaseUrl).length > MAX_TEXT || keyThumbprint == bytes32(0)
         ) revert InvalidMember();
