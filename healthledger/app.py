@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.api.audit_events import AuditPages, audit_event_blueprint
     from healthledger.api.auth_seam import Authenticator
     from healthledger.api.cds_hooks import cds_hooks_blueprint
+    from healthledger.api.federation import federation_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
     from healthledger.api.operations import (
         LedgerGauges,
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.consent.obligations import Obligations
     from healthledger.db import session_factory
     from healthledger.federation.exchange import FederatedTokens
+    from healthledger.federation.keys import MemberKeys
+    from healthledger.federation.service import Federation
     from healthledger.observability import Metrics
     from healthledger.principal import Principal
     from healthledger.store.repository import store_for_settings
@@ -165,6 +168,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         pages=AuditPages(settings.default_page_size, settings.max_page_size, settings.base_url),
         names=ActorDirectory(sessions, AccountNames(store), store), break_glass_reason=policy.break_glass_reason,
     ))
+    federation = Federation(
+        store, sessions, org_id=settings.federation_org_id, fhir_base=issuer + "/fhir",
+        keys=lambda: MemberKeys.load_or_create(settings.keys_dir, key_provider),
+    )
+    app.extensions["healthledger.federation"] = federation
+    app.register_blueprint(federation_blueprint(
+        federation, authenticate, max_request_bytes=settings.max_request_bytes))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
         refusals=None if settings.enforcement_off_for_benchmark else policy,
