@@ -55,6 +55,8 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "federation rotate-key": [],
     "federation status": [],
     "federation members": [],
+    "federation link": ["p1", "HLRL1.x", "--user", "u"],
+    "federation fetch": ["p1", "--user", "u"],
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -181,3 +181,63 @@ def members_command(runtime: Runtime) -> None:
         click.echo("no members yet")
     for m in members:
         click.echo(f"{m.org_id:<20} {m.status:<8} {m.name:<30} {m.fhir_base_url}  key {m.key_thumbprint[:18]}…")
+
+
+def _federation(runtime: Runtime) -> Any:
+    """The federation operations on this runtime's store, acting as this server's directory member."""
+    from healthledger.federation.keys import MemberKeys
+    from healthledger.federation.registry import attached_registry, sync_directory
+    from healthledger.federation.service import Federation
+
+    settings = runtime.settings
+    if not settings.federation_org_id:
+        raise click.UsageError("set HEALTHLEDGER_FEDERATION_ORG_ID to this hospital's directory id")
+    chain = _chain(runtime)
+    with runtime.sessions() as session:
+        record = attached_registry(session, chain)
+    sync_directory(runtime.sessions, chain, record)  # the directory as of now, for the member's endpoint and key
+    base = settings.base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
+    return Federation(runtime.store, runtime.sessions, org_id=settings.federation_org_id, fhir_base=base + "/fhir",
+                      keys=lambda: MemberKeys.load_or_create(settings.keys_dir, runtime.key_provider))
+
+
+def _operator(user: str, purpose: str) -> Any:
+    from healthledger.principal import Principal
+
+    # The operator acts as the service itself (unrestricted here); the user it names is who the other member logs.
+    return Principal(actor_id=user, role="internal", purpose=purpose, via="cli")
+
+
+@federation_group.command("link")
+@click.argument("patient_id")
+@click.argument("locator")
+@click.option("--user", required=True, help="who asks, as the other member's log should name them (e.g. Practitioner/7)")
+@click.pass_obj
+def link_command(runtime: Runtime, patient_id: str, locator: str, user: str) -> None:
+    """Record a patient's record LOCATOR (made by the patient at another member) against our PATIENT_ID."""
+    link = _federation(runtime).link_record(_operator(user, "TREAT"), patient_id, locator)
+    click.echo(f"Patient/{patient_id} linked to {link.source_patient} at {link.source_org} under {link.consent_ref}")
+
+
+@federation_group.command("fetch")
+@click.argument("patient_id")
+@click.option("--user", required=True, help="who asks, as the other member's log should name them (e.g. Practitioner/7)")
+@click.option("--purpose", default="TREAT", show_default=True, help="HL7 v3 PurposeOfUse code")
+@click.pass_obj
+def fetch_command(runtime: Runtime, patient_id: str, user: str, purpose: str) -> None:
+    """Fetch what changed at every member our PATIENT_ID is linked to, into our store (with Provenance)."""
+    from healthledger.principal import PURPOSES
+
+    if purpose not in PURPOSES:
+        raise click.BadParameter("an HL7 v3 PurposeOfUse code such as TREAT")
+    reports = _federation(runtime).fetch(_operator(user, purpose), patient_id, purpose)
+    failed = False
+    for r in reports:
+        if r.refused:
+            failed = True
+            click.echo(f"{r.source}: refused: {r.refused}")
+        else:
+            kinds = ", ".join(f"{n} {t}" for t, n in sorted(r.by_type.items())) or "nothing new"
+            click.echo(f"{r.source}: {r.fetched} records ({kinds}){' ' + r.provenance if r.provenance else ''}")
+    if failed:
+        raise click.exceptions.Exit(1)

@@ -30,10 +30,14 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from healthledger.audit.entries import AccessEntry
+from healthledger.audit.log import record_access
+from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import ResourceScope, parse_scopes
 from healthledger.consent.lifecycle import grantees_of
 from healthledger.errors import BadRequest, ConfigurationError, Conflict, NotFound
 from healthledger.federation.client import FederationRefused, MemberClient, client_assertion
+from healthledger.federation.exchange import member_reference
 from healthledger.federation.keys import MemberKeys
 from healthledger.federation.locators import (
     RecordLinkRow,
@@ -249,6 +253,16 @@ class Federation:
                 report.provenance = f"Provenance/{provenance.id}"
         report.fetched = len(written)
         with self.sessions.begin() as session:
+            # Our own access log records the fetch itself (whoever asked, the CLI included), beside the store's
+            # entry for each record written.
+            record_access(session, AccessEntry(
+                time=datetime.fromtimestamp(self.clock(), UTC), actor=principal.actor_id,
+                organization=principal.organization or member_reference(self.org_id), role=principal.role,
+                purpose=purpose, action="create", resource_type="Provenance",
+                resource_id=report.provenance.removeprefix("Provenance/"),
+                patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id), decision="permit",
+                reason=f"federation-fetch:{source}:{link.consent_ref}:{len(written)}"[:500],
+            ))  # fmt: skip
             row = session.get(RecordLinkRow, link.id)
             if row is not None:
                 row.last_fetch_at = started - 1.0  # the next fetch asks for what changed after this one began
