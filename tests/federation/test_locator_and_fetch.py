@@ -153,6 +153,13 @@ def test_patient_locator_link_fetch_refresh(pair: Pair) -> None:
     assert reads and all(e.actor == "member:hospital-b/client:ehr" and e.purpose == "TREAT" for e in reads)
     assert any(e.decision == "permit" and e.resource_type == "Observation" for e in reads)
 
+    # The patient's history at A sums B's reads up; the web app makes locators too.
+    page = ann_at_a.browser.get("/app/history").get_data(as_text=True)
+    assert "Hospital B read 1 record for" in page, page[:3000]
+    assert "Make a one-time code" in ann_at_a.browser.get(f"/app/consents/{cid}").get_data(as_text=True)
+    made_in_page = ann_at_a.browser.post(f"/app/consents/{cid}/record-locator", data={"csrf_token": ann_at_a.csrf})
+    assert made_in_page.status_code == 200 and "HLRL1." in made_in_page.get_data(as_text=True)
+
     # Refresh: nothing changed, nothing fetched; a new record at A arrives alone.
     again = b.client.post(fetch_path, headers=ehr)
     assert orjson.loads(again.data)["parameter"][0]["part"][2]["valueInteger"] == 0
