@@ -27,6 +27,7 @@ BENCHMARKS = [
     ("fhir_http", []),
     ("consent_enforcement", []),
     ("web_pages", []),
+    ("federation", []),
 ]
 NEEDS_WRK = frozenset({"fhir_http", "consent_enforcement"})
 

@@ -122,6 +122,65 @@ class PatientBrowser:
         return self.http.get(f"{self.base}/fhir/{path}", timeout=60, headers={"Accept": FHIR})
 
 
+def set_up_consortium(anvil: str, hospitals: list[Hospital]) -> None:
+    """Each hospital's own contracts, one MemberRegistry deployed by the first, every member served and admitted."""
+    first = hospitals[0]
+    for h in hospitals:
+        h.cli("init")
+        operator = load_or_create_operator(h.settings.keys_dir, LocalFileKeyProvider(h.settings.keys_dir))
+        rpc(anvil, "anvil_setBalance", [operator.address, hex(10**22)])
+        h.cli("chain", "deploy")
+    deployed = first.cli("federation", "deploy").stdout
+    registry = re.search(r"MemberRegistry deployed at (0x[0-9a-fA-F]{40})", deployed)
+    assert registry, deployed
+    for h in hospitals[1:]:
+        h.cli("federation", "attach", registry.group(1))
+    for h in hospitals:
+        h.served.start(wait="/readyz", timeout=120)
+        h.cli("federation", "join", "--name", h.name, "--fhir-base-url", f"{h.base}/fhir")
+        first.cli("federation", "admit", h.org)
+
+
+def set_up_patient(a: Hospital, *, observations: int) -> tuple[str, str, PatientBrowser]:
+    """A patient at A with `observations` records, an account and a key, who granted hospital-b (live)."""
+    pid = a.post("/fhir/Patient", {"resourceType": "Patient", "name": [{"family": "Federated", "given": ["Fay"]}],
+                                   "birthDate": "1961-02-03"}).json()["id"]
+    for i in range(observations):
+        assert a.post("/fhir/Observation", {
+            "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+            "effectiveDateTime": "2026-10-01", "valueQuantity": {"value": 5 + i / 10, "unit": "%"}}).status_code == 201
+    settings = a.settings
+    engine = make_engine(settings.database_url)
+    provider = LocalFileKeyProvider(settings.keys_dir)
+    try:
+        store = store_for_settings(engine, provider, settings)
+        with session_factory(engine).begin() as s:
+            create_user(s, AccountNames(store), username="fay", password=PASSWORD, role="patient",
+                        now=datetime.now(UTC), patient_id=pid)
+            create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
+    finally:
+        engine.dispose()
+    fay = PatientBrowser(a.base, "fay")
+    consent = {
+        "resourceType": "Consent", "status": "proposed",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{pid}"}, "dateTime": "2026-11-01",
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {"type": "permit", "actor": [{"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+            "reference": {"reference": "Organization/hospital-b"}}],
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]},
+    }
+    created = fay.post("Consent", consent)
+    assert created.status_code == 201, created.text
+    cid = str(created.json()["id"])
+    assert fay.post(f"Consent/{cid}/$sign", parameters(password=PASSWORD)).status_code == 200
+    assert wait_for(lambda: fay.get(f"Consent/{cid}").json()["status"] == "active", 60), "grant never went live"
+    return pid, cid, fay
+
+
 @pytest.fixture(scope="module")
 def anvil() -> Iterator[str]:
     with running_anvil(node_tool("anvil")) as url:
@@ -136,62 +195,10 @@ def test_three_hospitals_one_chain(
     c = Hospital("hospital-c", "Hospital C", tmp_path / "c", "", anvil)  # SQLite under its data dir
     hospitals = (a, b, c)
     try:
-        # -- the consortium: each hospital's own contracts, one MemberRegistry, every member admitted by A ------
-        for h in hospitals:
-            h.cli("init")
-            operator = load_or_create_operator(h.settings.keys_dir, LocalFileKeyProvider(h.settings.keys_dir))
-            rpc(anvil, "anvil_setBalance", [operator.address, hex(10**22)])
-            h.cli("chain", "deploy")
-        deployed = a.cli("federation", "deploy").stdout
-        registry = re.search(r"MemberRegistry deployed at (0x[0-9a-fA-F]{40})", deployed)
-        assert registry, deployed
-        for h in (b, c):
-            h.cli("federation", "attach", registry.group(1))
-        for h in hospitals:
-            h.served.start(wait="/readyz", timeout=120)
-            h.cli("federation", "join", "--name", h.name, "--fhir-base-url", f"{h.base}/fhir")
-            a.cli("federation", "admit", h.org)
+        set_up_consortium(anvil, list(hospitals))
         assert [line.split()[:2] for line in b.cli("federation", "members").stdout.splitlines()] == [
             ["hospital-a", "active"], ["hospital-b", "active"], ["hospital-c", "active"]]
-
-        # -- the patient at A, with a record, an account and a signing key ---------------------------------------
-        pid = a.post("/fhir/Patient", {"resourceType": "Patient", "name": [{"family": "Federated", "given": ["Fay"]}],
-                                       "birthDate": "1961-02-03"}).json()["id"]
-        for code, val in (("4548-4", 6.1), ("2345-7", 5.4)):
-            assert a.post("/fhir/Observation", {
-                "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},
-                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-                "effectiveDateTime": "2026-10-01", "valueQuantity": {"value": val, "unit": "%"}}).status_code == 201
-        settings = a.settings
-        engine = make_engine(settings.database_url)
-        provider = LocalFileKeyProvider(settings.keys_dir)
-        try:
-            store = store_for_settings(engine, provider, settings)
-            with session_factory(engine).begin() as s:
-                create_user(s, AccountNames(store), username="fay", password=PASSWORD, role="patient",
-                            now=datetime.now(UTC), patient_id=pid)
-                create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
-        finally:
-            engine.dispose()
-        fay = PatientBrowser(a.base, "fay")
-
-        # -- the patient grants B, and makes a locator for B -------------------------------------------------------
-        consent = {
-            "resourceType": "Consent", "status": "proposed",
-            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": f"Patient/{pid}"}, "dateTime": "2026-11-01",
-            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-            "provision": {"type": "permit", "actor": [{"role": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
-                "reference": {"reference": "Organization/hospital-b"}}],
-                "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]},
-        }
-        created = fay.post("Consent", consent)
-        assert created.status_code == 201, created.text
-        cid = created.json()["id"]
-        assert fay.post(f"Consent/{cid}/$sign", parameters(password=PASSWORD)).status_code == 200
-        assert wait_for(lambda: fay.get(f"Consent/{cid}").json()["status"] == "active", 60), "grant never went live"
+        pid, cid, fay = set_up_patient(a, observations=2)
         made = fay.post(f"Consent/{cid}/$record-locator", parameters())
         assert made.status_code == 200, made.text
         locator = value(made.json(), "locator")
