@@ -196,3 +196,25 @@ def test_fold_ignores_events_of_unknown_members() -> None:
     from healthledger.ledger.members import MemberEvent
 
     assert fold([MemberEvent("0x01", "MemberJoined", {}, 1, 0, "0xaa")]) == {}
+
+
+def test_a_reorganisation_replays_the_directory(directory: Directory, sessions: sessionmaker[Session]) -> None:
+    """The cursor's block is replaced (anvil: snapshot, join, revert, other blocks): the join is forgotten."""
+    chain = directory.chain
+    if chain.chain_id != 1337:
+        pytest.skip("only anvil can revert blocks")  # the embedded chain has no reorganisations to replay
+    registry = chain.contract(REGISTRY)
+    indexer = MemberIndexer(sessions, chain, from_block=directory.block, confirmations=0)
+    indexer.catch_up(0.0)
+    snapshot = chain.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    org = f"orphan-{secrets.token_hex(3)}"
+    chain.send(registry.functions.requestJoin(org, "Orphan", "https://o.example/fhir", secrets.token_bytes(32)))
+    indexer.run_once(0.0)
+    with sessions() as session:
+        assert member_by_id(session, org) is not None
+    chain.w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
+    for _ in range(3):
+        chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    indexer.catch_up(0.0)
+    with sessions() as session:
+        assert member_by_id(session, org) is None
