@@ -35,7 +35,7 @@ from healthledger.audit.log import record_access
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import ResourceScope, parse_scopes
 from healthledger.consent.lifecycle import grantees_of
-from healthledger.errors import BadRequest, ConfigurationError, Conflict, NotFound
+from healthledger.errors import BadRequest, ConfigurationError, Conflict, Forbidden, NotFound
 from healthledger.federation.client import FederationRefused, MemberClient, client_assertion
 from healthledger.federation.exchange import member_reference
 from healthledger.federation.keys import MemberKeys
@@ -169,10 +169,9 @@ class Federation:
     # -- at B ------------------------------------------------------------------------------------------
     def link_record(self, principal: Principal, patient_id: str, text: str, purpose: str = "TREAT") -> RecordLinkRow:
         """Record the locator against our patient `patient_id`, redeeming it at the member that made it."""
+        self._may_change(principal, patient_id)
         self._require_membership()
         locator = parse_locator(text)
-        with self.store.unit_of_work(principal) as uow:
-            uow.for_operation("Patient", patient_id)  # may the caller change this patient's record at all?
         source, base = self._source(locator.org)
         token = self._token(source, base, f"{base}/{locator.consent}", principal, purpose, "system/*.rs")
         status, body = self.client_post(f"{base}/$redeem-record-locator", token.access_token, {
@@ -193,6 +192,7 @@ class Federation:
 
     def fetch(self, principal: Principal, patient_id: str, purpose: str = "TREAT") -> list[FetchReport]:
         """Fetch what changed at every member our patient is linked to (see the module docstring)."""
+        self._may_change(principal, patient_id)
         self._require_membership()
         with self.sessions() as session:
             links = links_of(session, self.store.tenant, patient_id)
@@ -292,6 +292,15 @@ class Federation:
         }
 
     # -- helpers ---------------------------------------------------------------------------------------
+    def _may_change(self, principal: Principal, patient_id: str) -> None:
+        """Only someone who may change this patient's record here links or fetches for it (decided and logged as
+        an update of the Patient); never another member's token, which would make us ask a third member in its
+        name."""
+        if principal.consent_reference:
+            raise Forbidden("another member hospital's token cannot link or fetch records here")
+        with self.store.unit_of_work(principal) as uow:
+            uow.for_operation("Patient", patient_id)
+
     def _require_membership(self) -> None:
         if not self.org_id:
             raise ConfigurationError("this server is not a member of a consortium (federation_org_id is not set)")

@@ -102,6 +102,14 @@ def test_a_member_reads_what_the_grant_allows_and_the_log_names_it(a: Hospital) 
     assert (first.actor, first.organization, first.purpose, first.decision) == (
         f"member:{B}/Practitioner/dr-b", f"Organization/{B}", "TREAT", "permit")
     assert f"Consent/{cid}" in first.reason
+    # A member's token reads nothing of the log, and cannot make A link or fetch in its name.
+    log = a.world.client.get("/fhir/AuditEvent", headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"})
+    assert log.status_code in (200, 403) and not (log.get_json() or {}).get("entry")
+    for op in ("$federation-fetch", "$link-record"):
+        resp = a.world.client.post(f"/fhir/Patient/{a.world.patients['ann']}/{op}", headers={
+            "Authorization": f"Bearer {token}", "Accept": "application/fhir+json", "Content-Type": "application/fhir+json"},
+            data=b'{"resourceType": "Parameters", "parameter": [{"name": "locator", "valueString": "HLRL1.e30"}]}')
+        assert resp.status_code == 403, resp.get_data(as_text=True)
     # The purpose is the token's: a request may not state another.
     assert read(a, token, f"Observation/{a.world.observations['ann']}", **{"X-Purpose-Of-Use": "HRESCH"}) == 403
 

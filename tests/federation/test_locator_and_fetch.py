@@ -180,8 +180,12 @@ def test_patient_locator_link_fetch_refresh(pair: Pair) -> None:
 def test_fetch_without_a_link_and_redeem_without_a_member_token(pair: Pair) -> None:
     b, a = pair.b, pair.a
     ehr = b.headers("ehr", **{"Content-Type": FHIR})
-    none = b.client.post(f"/fhir/Patient/{b.patients['bob']}/$federation-fetch", headers=ehr)
-    assert none.status_code == 404
+    cal = b.patients.get("cal") or b.add_patient("cal", HOSPITAL)
+    none = b.client.post(f"/fhir/Patient/{cal}/$federation-fetch", headers=ehr)
+    assert none.status_code == 404 and "linked to no record" in none.get_data(as_text=True)
+    # A patient the caller may not change: the same 404 as a missing one, before any link is looked at.
+    other = b.client.post(f"/fhir/Patient/{b.patients['bob']}/$federation-fetch", headers=ehr)
+    assert other.status_code == 404 and "linked to no record" not in other.get_data(as_text=True)
     redeem = a.client.post("/fhir/$redeem-record-locator", data=orjson.dumps(parameters(locator="HLRL1.e30")),
                            headers=a.headers("ehr", **{"Content-Type": FHIR}))
     assert redeem.status_code == 404
