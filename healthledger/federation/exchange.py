@@ -5,7 +5,8 @@ SMART Backend Services) that carries the UDAP B2B extension (`extensions.hl7-b2b
 the requesting user, the consent relied on). Checks, in order (each refusal is logged with its reason code):
 
 1. The organisation is an active member of the consortium's directory, as indexed here from MemberRegistry
-   (`not-a-member`, `removed`).
+   (`not-a-member`, `removed`); a copy older than the consent index may be (`max_index_age_seconds`) refuses
+   every member (`directory-stale`, 503): fail closed.
 2. The assertion is signed (ES384) by the key whose RFC 7638 thumbprint the directory lists for it; the public
    key travels in the JWS `jwk` header and is trusted only through that thumbprint (`key-not-in-directory`).
 3. The usual assertion rules: iss = sub = the member's client id, aud = our token endpoint, exp at most five
@@ -61,7 +62,7 @@ from healthledger.consent.index import ConsentIndex
 from healthledger.consent.lifecycle import grantees_of
 from healthledger.errors import Unauthorized
 from healthledger.federation.keys import ASSERTION_ALGORITHM, thumbprint_hex
-from healthledger.ledger.members import ACTIVE, REMOVED, member_by_id
+from healthledger.ledger.members import ACTIVE, REMOVED, directory_age, member_by_id
 from healthledger.principal import PURPOSES
 from healthledger.store.repository import ResourceStore
 
@@ -188,6 +189,11 @@ class FederatedTokens:
         return issued
 
     def _directory_key(self, session: Session, org: str, header: dict[str, Any]) -> ECKey:
+        indexed = directory_age(session)
+        if indexed is None or self.clock().timestamp() - indexed > self.max_index_age:
+            # Fail closed: a removal or a key rotation we have not read yet must not let a token through.
+            raise Refusal("temporarily_unavailable", "this server's copy of the member directory is not fresh "
+                          "enough; retry shortly", "directory-stale", 503)
         member = member_by_id(session, org)
         if member is None or member.status not in (ACTIVE, REMOVED):
             raise Refusal("invalid_client", f"{org[:64]!r} is not an active member of the consortium directory",

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from consent_world import CLINIC, World, password_parameters, permit_consent
+from sqlalchemy import update
 
 from healthledger.federation.client import client_assertion
 from healthledger.federation.exchange import permitting_provisions, purpose_code, scopes_for
@@ -18,6 +19,7 @@ from healthledger.federation.keys import MemberKeys, new_key, thumbprint_bytes
 from healthledger.federation.registry import admit, org_key, remove, request_join, rotate_key
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.ledger.members import REGISTRY, MemberIndexer
+from healthledger.ledger.models import IndexerCursor
 
 ISSUER = "http://127.0.0.1:8080"
 TOKEN_ENDPOINT = ISSUER + "/auth/token"
@@ -133,6 +135,12 @@ def test_refusals_are_clear_and_leak_nothing(a: Hospital) -> None:
     assert "does not permit" in refused(a.assertion(cid, purpose="HRESCH"))["error_description"]
     # The key of C is not B's: C cannot name B, nor rely on B's grant as itself.
     assert refused(a.assertion(cid, org="hospital-c"))["error"] == "invalid_client"
+    # A directory copy that stopped following the chain refuses every member (fail closed).
+    with a.world.sessions.begin() as s:
+        s.execute(update(IndexerCursor).where(IndexerCursor.name == "members").values(updated_at=time.time() - 3600))
+    status, body = a.token_response(a.assertion(cid))
+    assert status == 503 and body["error"] == "temporarily_unavailable"
+    a.sync()
     assertion = a.assertion(cid)
     assert a.token_response(assertion)[0] == 200
     assert "already used" in refused(assertion)["error_description"]  # jti replay
