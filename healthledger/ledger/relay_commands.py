@@ -104,7 +104,7 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
     from healthledger import leases
     from healthledger.ledger import indexer, members, outbox
     from healthledger.ledger.backends.sidecar import die_with_parent
-    from healthledger.ledger.deploy import attach_deployments
+    from healthledger.ledger.deploy import attach_deployments, load_deployments
     from healthledger.ledger.indexer import INDEXER_LEASE, LEASE_MIN_SECONDS
 
     die_with_parent()
@@ -138,6 +138,10 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
                         next_anchor = time.monotonic() + anchor_interval
                 report = outbox.process_outbox(sessions, chain, time.time(), worker_id=owner)
                 indexed = follower.run_once(time.time()) if held is not None else None
+                if held is not None and directory is None:  # a registry attached since this worker started
+                    with sessions() as session:
+                        directory = members.indexer_for(
+                            sessions, chain, load_deployments(session, chain.chain_id), guard=still_held)
                 if held is not None and directory is not None:
                     directory.run_once(time.time())
                 if report.claimed or (indexed is not None and indexed.to_block >= indexed.from_block):
