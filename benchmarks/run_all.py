@@ -38,6 +38,7 @@ BENCHMARKS = [
     ("consent_enforcement_postgres", ["--database-url", "{postgres}"]),
     ("web_pages", []),
     ("research_export", []),
+    ("federation", []),
 ]
 NEEDS_WRK = frozenset({"fhir_http", "consent_enforcement", "consent_enforcement_postgres"})
 GAS_TARGETS = {"anchor_first": 50_000}

@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.api.audit_events import AuditPages, audit_event_blueprint
     from healthledger.api.auth_seam import Authenticator
     from healthledger.api.cds_hooks import cds_hooks_blueprint
+    from healthledger.api.federation import federation_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
     from healthledger.api.operations import (
         LedgerGauges,
@@ -106,6 +107,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.consent.index import CONSENT_INPUT_TYPES, ConsentIndex
     from healthledger.consent.obligations import Obligations
     from healthledger.db import session_factory
+    from healthledger.federation.exchange import FederatedTokens
+    from healthledger.federation.keys import MemberKeys
+    from healthledger.federation.service import Federation
     from healthledger.observability import Metrics
     from healthledger.principal import Principal
     from healthledger.store.repository import store_for_settings
@@ -139,6 +143,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         issuer=issuer,
         token_endpoint=issuer + TOKEN_PATH,
         lifetime_seconds=settings.token_lifetime_seconds,
+        federation=FederatedTokens(  # other member hospitals, by the consortium's directory
+            store, index, token_endpoint=issuer + TOKEN_PATH, fhir_base=issuer + "/fhir",
+            max_index_age_seconds=consent_rules.max_index_age_seconds,
+        ),
     )
     app.extensions["healthledger.engine"] = engine
     app.extensions["healthledger.store"] = store
@@ -212,6 +220,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         exports, background_exports, lambda req: authenticate(req),
         max_request_bytes=settings.max_request_bytes, base_url=settings.base_url,
     ))
+    federation = Federation(
+        store, sessions, org_id=settings.federation_org_id, fhir_base=issuer + "/fhir",
+        keys=lambda: MemberKeys.load_or_create(settings.keys_dir, key_provider),
+    )
+    app.extensions["healthledger.federation"] = federation
+    app.register_blueprint(federation_blueprint(
+        federation, authenticate, max_request_bytes=settings.max_request_bytes))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
         refusals=None if settings.enforcement_off_for_benchmark else policy,

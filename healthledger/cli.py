@@ -34,6 +34,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "backup": "healthledger.backup_commands:backup_command",
     "restore": "healthledger.backup_commands:restore_command",
     "research-data": "healthledger.research.data_commands:research_data_group",
+    "federation": "healthledger.federation.commands:federation_group",
 }
 
 

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     home_organization: str = Field(
         default="", description="Organization/{id} of the hospital running this service: a care organisation of every patient"
     )
+    federation_org_id: str = Field(
+        default="", description="this hospital's organisation id in the consortium's member directory; empty = not a member"
+    )
     consent_policy: dict[str, Any] = Field(
         default_factory=dict,
         description="overrides of the consent policy defaults (healthledger.consent.engine.Policy fields), as JSON",

@@ -175,6 +175,9 @@ TOKEN_SIGNING_KEY: Final = KeyFileKind(
     "token-signing-key.json", "access-token signing key", b"healthledger/token-signing-key/v1")  # auth.tokens
 WEB_SESSION_SECRET: Final = KeyFileKind(
     "web-session-secret.json", "web session secret", b"healthledger/web-session-secret/v1")  # web.sessions
+FEDERATION_SIGNING_KEYS: Final = KeyFileKind(
+    "federation-signing-keys.json", "federation signing keys", b"healthledger/federation-signing-keys/v1",
+)  # healthledger.federation.keys
 
 
 class KeyFileRegistry:
@@ -213,7 +216,7 @@ class KeyFileRegistry:
         return [self.file(keys_dir, kind) for kind in self._kinds]
 
 
-KEY_FILES: Final = KeyFileRegistry((CHAIN_OPERATOR_KEY, TOKEN_SIGNING_KEY, WEB_SESSION_SECRET))
+KEY_FILES: Final = KeyFileRegistry((CHAIN_OPERATOR_KEY, TOKEN_SIGNING_KEY, WEB_SESSION_SECRET, FEDERATION_SIGNING_KEYS))
 
 # Field names: the new shape's, and the blob's name in files of older releases.
 _KEK_ID, _WRAPPED, _LEGACY_WRAPPED = "kek_id", "wrapped", "blob"
@@ -279,6 +282,12 @@ class WrappedKeyFile:
             if contents.public.get(name) != value:
                 raise ConfigurationError(f"{self.kind.label} file {self.path} does not match its recorded {name}")
         return key
+
+    def replace(self, provider: KeyProvider, key: bytes) -> None:
+        """Write a new key over the file (a key that rotates by its owner's decision, e.g. a set of signing keys
+        with one added or retired); the file is created if absent. Atomic: readers see the old or the new."""
+        if self.path.exists() or not _publish_new(self.path, _dump(provider.wrap(key, self.kind.context), {})):
+            _replace(self.path, _dump(provider.wrap(key, self.kind.context), {}))
 
     def rewrap(self, provider: KeyProvider) -> bool:
         """After a KEK rotation: wrap the key with the active KEK (True if it was rewrapped); an absent

@@ -43,6 +43,9 @@ class Principal:
     # of other actors. () and False for people and the service itself.
     registered_scopes: tuple[Any, ...] = ()
     consult_for_others: bool = False
+    # Another member hospital reading under one patient's Consent (healthledger.federation): that Consent, and
+    # only it, may permit its requests; "" for everyone else.
+    consent_reference: str = ""
 
     @property
     def id(self) -> str:

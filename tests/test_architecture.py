@@ -17,7 +17,8 @@ PACKAGES = ("healthledger", "fhir_adapters", "zk")
 
 # The layers below the consent engine and the HTTP shell never import those (docs/architecture.md).
 LOWER = ("healthledger.store", "healthledger.ledger", "healthledger.audit", "healthledger.auth")
-UPPER = ("healthledger.consent", "healthledger.api", "healthledger.web", "healthledger.app", "healthledger.cli")
+UPPER = ("healthledger.consent", "healthledger.api", "healthledger.web", "healthledger.app", "healthledger.cli",
+         "healthledger.federation")
 
 
 def module_name(path: Path) -> str:

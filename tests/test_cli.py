@@ -51,6 +51,16 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "credentials issue": [],
     "research-data budgets": [],
     "research-data exports": [],
+    "federation deploy": [],
+    "federation attach": ["0x0000000000000000000000000000000000000001"],
+    "federation join": ["--org-id", "b", "--name", "B", "--fhir-base-url", "http://b/fhir"],
+    "federation admit": ["b"],
+    "federation remove": ["b"],
+    "federation rotate-key": [],
+    "federation status": [],
+    "federation members": [],
+    "federation link": ["p1", "HLRL1.x", "--user", "u"],
+    "federation fetch": ["p1", "--user", "u"],
 }
 # Commands that use no runtime: a patient's side, talking HTTP to a service elsewhere (research/commands.py).
 HTTP_CLIENT_ARGS: dict[str, list[str]] = {

@@ -8,6 +8,7 @@ from pathlib import Path
 from healthledger.auth.tokens import TokenSigner
 from healthledger.config import Settings
 from healthledger.db import make_engine, session_factory
+from healthledger.federation.keys import MemberKeys
 from healthledger.key_rotation import rewrap_outside_store
 from healthledger.keys import KEY_FILES, WEB_SESSION_SECRET, LocalFileKeyProvider
 from healthledger.ledger.chain import load_or_create_operator
@@ -23,6 +24,7 @@ def test_rotation_rewraps_every_registered_key_file_and_then_retires(tmp_path: P
     operator = load_or_create_operator(keys, provider)
     signer = TokenSigner.load_or_create(keys, provider)
     secret = SessionSecret.load_or_create(keys, provider)
+    MemberKeys.load_or_create(keys, provider)
     # One of them as an older release wrote it.
     legacy = KEY_FILES.file(keys, WEB_SESSION_SECRET)
     contents = legacy.read()

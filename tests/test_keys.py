@@ -17,8 +17,10 @@ from eth_account import Account
 from healthledger import crypto
 from healthledger.auth.tokens import TokenSigner
 from healthledger.errors import ConfigurationError, DecryptionError
+from healthledger.federation.keys import MemberKeys
 from healthledger.keys import (
     CHAIN_OPERATOR_KEY,
+    FEDERATION_SIGNING_KEYS,
     KEY_FILES,
     TOKEN_SIGNING_KEY,
     WEB_SESSION_SECRET,
@@ -220,7 +222,7 @@ def test_key_file_mismatch_and_damage_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_registry_lists_every_key_file_and_refuses_strangers(tmp_path: Path) -> None:
-    assert list(KEY_FILES) == [CHAIN_OPERATOR_KEY, TOKEN_SIGNING_KEY, WEB_SESSION_SECRET]
+    assert list(KEY_FILES) == [CHAIN_OPERATOR_KEY, TOKEN_SIGNING_KEY, WEB_SESSION_SECRET, FEDERATION_SIGNING_KEYS]
     with pytest.raises(ValueError, match="not a registered kind"):
         KEY_FILES.file(tmp_path, KIND)
     with pytest.raises(ValueError, match="of its own"):
@@ -235,6 +237,7 @@ def test_registry_lists_every_key_file_and_refuses_strangers(tmp_path: Path) -> 
     load_or_create_operator(tmp_path, provider)
     TokenSigner.load_or_create(tmp_path, provider)
     SessionSecret.load_or_create(tmp_path, provider)
+    MemberKeys.load_or_create(tmp_path, provider)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["kek.json", *(k.file_name for k in KEY_FILES)])
 
 

@@ -18,7 +18,7 @@ from flask import Request
 
 from healthledger.auth.tokens import TokenService
 from healthledger.config import Settings
-from healthledger.errors import BadRequest, Unauthorized
+from healthledger.errors import BadRequest, Forbidden, Unauthorized
 from healthledger.principal import ETREAT, PURPOSES, Principal
 from healthledger.store.access import DEV_CLIENT
 
@@ -47,6 +47,9 @@ class Authenticator:
     def __call__(self, request: Request) -> Principal:
         principal = self._who(request.headers.get("Authorization", ""))
         request.environ[CALLER_KEY] = principal
+        stated_purpose = request.headers.get(PURPOSE_HEADER)
+        if principal.consent_reference and (stated_purpose or principal.purpose) != principal.purpose:
+            raise Forbidden("a member hospital's token holds for the purpose of use it was issued for")
         stated = with_stated_purpose(
             principal, request.headers.get(PURPOSE_HEADER), request.headers.get(BREAK_GLASS_HEADER)
         )
@@ -69,6 +72,19 @@ class Authenticator:
         if self.tokens is None or token.count(".") != 2:
             raise Unauthorized("invalid bearer token")
         grant = self.tokens.authenticate(token)
+        if grant.member:
+            # Another member hospital (healthledger.federation): the user it named, reading under one Consent, for
+            # the purpose its token was issued for; the access log names both.
+            return Principal(
+                actor_id=f"member:{grant.member}/{grant.acting_user}",
+                role=grant.role,
+                organization=grant.organization,
+                purpose=grant.default_purpose,
+                scopes=tuple(grant.scopes),
+                scope_context="system",
+                via="api",
+                consent_reference=grant.consent_reference,
+            )
         if grant.patient_id:
             # An app the patient authorised (SMART App Launch): it acts for the patient, within its `patient/`
             # scopes; the access log names the app.

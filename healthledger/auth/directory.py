@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from healthledger.auth.models import ApiClient, User
 from healthledger.auth.users import AccountNames
 from healthledger.errors import HealthLedgerError
+from healthledger.ledger.members import member_by_id
 from healthledger.principal import SYSTEM
 from healthledger.store.repository import ResourceStore
 
@@ -69,6 +70,10 @@ class ActorDirectory:
             if kind == "user":
                 user = session.get(User, ident)
                 return self._names.display_name(session, user) if user is not None else ""
+            if kind == "member":  # another member hospital's user: "Practitioner/7 at Hospital B"
+                org, _, user_ref = ident.partition("/")
+                member = member_by_id(session, org)
+                return f"{user_ref} at {member.name}" if member is not None and user_ref else ""
         return ""
 
     def _titled(self, reference: str) -> str:
@@ -89,6 +94,8 @@ class ActorDirectory:
             # Shared data, outside every patient's compartment; the service's own read is not an access.
             stored = self._store.read("Organization", rid, principal=SYSTEM)
         except HealthLedgerError:
-            return ""
+            with self._sessions() as session:  # another member hospital, named as in the consortium directory
+                member = member_by_id(session, rid)
+            return member.name if member is not None else ""
         name = (stored.resource or {}).get("name")
         return name.strip() if isinstance(name, str) else ""

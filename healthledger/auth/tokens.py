@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -154,6 +154,36 @@ class AccessGrant:
     # An app a patient authorised (SMART App Launch): whose record, and under which authorisation.
     patient_id: str = ""
     authorization_id: str = ""
+    # Another member hospital (healthledger.federation): its directory id, the user it named, the Consent it
+    # relies on. "" for everyone else.
+    member: str = ""
+    acting_user: str = ""
+    consent_reference: str = ""
+
+
+@dataclass(frozen=True)
+class FederatedIssue:
+    """What a member's token request earned: the token's subject, scope and extra claims (all strings)."""
+
+    client_id: str
+    scope: str
+    claims: dict[str, str]
+    jti: str
+    assertion_exp: int
+
+
+class FederatedClients(Protocol):
+    """Members of the consortium, who get tokens with no registration here (healthledger.federation.exchange).
+
+    `handles` says whether an (unverified) assertion is a member's; `issue` checks it against the directory and
+    the Consent it names (raising OAuthError); `check` re-checks a token's member on every use (removed, or its
+    key rotated since: Unauthorized)."""
+
+    def handles(self, unverified: dict[str, Any]) -> bool: ...
+
+    def issue(self, session: Session, req: TokenRequest, now: int) -> FederatedIssue: ...
+
+    def check(self, claims: dict[str, Any], grant: AccessGrant) -> AccessGrant: ...
 
 
 def hash_secret(secret: str) -> str:
@@ -224,8 +254,10 @@ class TokenService:
         lifetime_seconds: int = 300,
         clock: Callable[[], float] = time.time,
         jwks_cache: JwksCache | None = None,
+        federation: FederatedClients | None = None,
     ) -> None:
         self._sessions = sessions
+        self.federation = federation
         self._signer = signer
         self.issuer = issuer.rstrip("/")
         self.token_endpoint = token_endpoint
@@ -243,6 +275,12 @@ class TokenService:
         if not req.scope.strip():
             raise OAuthError("invalid_scope", "scope is required")
         now = int(self._clock())
+        if self.federation is not None and req.client_assertion and self.federation.handles(_unverified(req)):
+            with self._sessions.begin() as session:
+                issued = self.federation.issue(session, req, now)
+                self._remember_jti(session, issued.client_id, issued.jti, issued.assertion_exp, now)
+                token = self.access_token(issued.client_id, issued.scope, now, **issued.claims)
+            return {"access_token": token, "token_type": "bearer", "expires_in": self._lifetime, "scope": issued.scope}
         with self._sessions.begin() as session:
             if not (req.client_assertion or req.client_assertion_type or (req.client_id and req.client_secret)):
                 raise OAuthError("invalid_client", "client authentication is required", 401)
@@ -431,6 +469,7 @@ class TokenService:
                     "scopes": tuple(parse_scopes(token.claims.get("scope", ""))),
                     "patient": str(token.claims.get("patient") or ""),
                     "auth": str(token.claims.get("auth") or ""),
+                    "member": {k: str(token.claims[k]) for k in MEMBER_CLAIMS if k in token.claims},
                 }
             except (JoseError, ValueError, TypeError):
                 raise Unauthorized("invalid or expired access token") from None
@@ -440,6 +479,14 @@ class TokenService:
                     self._verified.popitem(last=False)
         if now > claims["exp"] + CLOCK_LEEWAY:
             raise Unauthorized("invalid or expired access token")
+        if claims["member"]:
+            if self.federation is None:
+                raise Unauthorized("invalid or expired access token")
+            return self.federation.check(
+                claims["member"],
+                AccessGrant(client_id=claims["sub"], scopes=claims["scopes"], role="", organization="",
+                            default_purpose="", expires_at=claims["exp"]),
+            )
         client = _ClientState.of(driver_fetch_one(self._engine, _CLIENT_STATE_SQL, (claims["sub"],)))
         authorization = None
         if claims.get("auth"):
@@ -464,6 +511,20 @@ class TokenService:
             patient_id=claims["patient"] if claims.get("auth") else "",
             authorization_id=claims["auth"],
         )
+
+
+# Claims a member hospital's access token carries (healthledger.federation.exchange sets them).
+MEMBER_CLAIMS = ("org", "pou", "usr", "cst", "kth")
+
+
+def _unverified(req: TokenRequest) -> dict[str, Any]:
+    """An assertion's payload before any check (only to route it), {} when it is not a readable JWT."""
+    try:
+        check_jose_nesting(req.client_assertion)
+        payload = json.loads(jws.extract_compact(req.client_assertion.encode()).payload)
+    except (JoseError, ValueError, UnicodeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def check_jose_nesting(compact: str) -> None:

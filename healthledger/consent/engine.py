@@ -10,6 +10,9 @@ Order of evaluation (each step documented in docs/consent-semantics.md):
    authority on revocation).
 5. Policy defaults (configurable): treating roles of the patient's own care organisation with a
    treatment purpose are permitted; otherwise NOT_APPLICABLE, which enforcement treats as deny.
+   A principal relying on a named Consent (another member hospital, `Principal.consent_reference`) is
+   decided by that Consent alone in step 4 (deny provisions of every Consent still apply) and gets no
+   policy default.
 
 Unknown facts are read conservatively: a deny rule that asks about something the resource does not say
 (e.g. its date) applies; a permit rule in the same position does not.
@@ -169,6 +172,8 @@ def decide(
             continue
         if decision == REDACT:
             continue
+        if principal.consent_reference and consent.consent_id != principal.consent_reference:
+            continue  # a member hospital's token names the one Consent whose permit it relies on
         state = ctx.grants.get(consent.consent_id, GrantStatus.UNKNOWN)
         if state is GrantStatus.LIVE:
             permits.append(Reason("consent", consent.consent_id, path))
@@ -180,6 +185,8 @@ def decide(
     if permits:
         return Outcome(Decision.PERMIT, tuple(permits), _obligations(principal, redactions, policy))
 
+    if principal.consent_reference:
+        return Outcome(Decision.NOT_APPLICABLE, tuple(not_live) or (Reason("no-applicable-consent"),))
     if (
         resource.patient_id
         and principal.organization in ctx.care_organizations

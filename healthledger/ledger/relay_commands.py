@@ -102,9 +102,9 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
     anchors the access log and follows the chain into the index; the others take over when it stops renewing.
     """
     from healthledger import leases
-    from healthledger.ledger import indexer, outbox
+    from healthledger.ledger import indexer, members, outbox
     from healthledger.ledger.backends.sidecar import die_with_parent
-    from healthledger.ledger.deploy import attach_deployments
+    from healthledger.ledger.deploy import attach_deployments, load_deployments
     from healthledger.ledger.indexer import INDEXER_LEASE, LEASE_MIN_SECONDS
 
     die_with_parent()
@@ -126,6 +126,7 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
         follower = indexer.Indexer(
             sessions, chain, from_block=min(r.deployment_block for r in records), guard=still_held
         )
+        directory = members.indexer_for(sessions, chain, records, guard=still_held)
         next_anchor = time.monotonic()
         passes = runtime.background_passes(owner)
         while True:
@@ -140,6 +141,12 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
                 indexed = follower.run_once(time.time()) if held is not None else None
                 for background in passes:  # research: studies confirmed, credentials re-issued
                     background()
+                if held is not None and directory is None:  # a registry attached since this worker started
+                    with sessions() as session:
+                        directory = members.indexer_for(
+                            sessions, chain, load_deployments(session, chain.chain_id), guard=still_held)
+                if held is not None and directory is not None:
+                    directory.run_once(time.time())
                 if report.claimed or (indexed is not None and indexed.to_block >= indexed.from_block):
                     click.echo(
                         f"outbox: {report.confirmed} confirmed, {report.failed} failed, {report.retried} retrying"

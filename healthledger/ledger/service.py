@@ -58,6 +58,7 @@ def index_before_serving(settings: Settings, records: list[DeploymentRecord], *,
     holds it, that one keeps the index fresh). True if this call indexed."""
     from healthledger import leases
     from healthledger.ledger.indexer import INDEXER_LEASE, LEASE_MIN_SECONDS, Indexer
+    from healthledger.ledger.members import indexer_for
 
     engine = make_engine(settings.database_url)
     sessions = session_factory(engine)
@@ -74,6 +75,9 @@ def index_before_serving(settings: Settings, records: list[DeploymentRecord], *,
                 guard=lambda session: leases.holds(session, held, now=time.time()),
             )  # fmt: skip
             indexer.catch_up(time.time())
+            directory = indexer_for(sessions, chain, records, guard=indexer.guard)
+            if directory is not None:
+                directory.catch_up(time.time())
         finally:
             leases.release(sessions, held)
         return True

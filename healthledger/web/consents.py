@@ -94,6 +94,21 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
                 return redirect(url_for("web.consents.consent", consent_id=consent_id), 303)
         return render_template("consent.html", c=view, form=form, revoke_open=True), 400
 
+    @bp.post("/consents/<consent_id>/record-locator")
+    def record_locator(consent_id: str) -> tuple[str, int]:
+        """A one-time record locator for the member hospital this Consent grants (docs/federation.md): the patient
+        hands it to that hospital's intake. Shown once; only a hash of it is kept."""
+        _, view = own_consent(consent_id)
+        try:
+            answer = api.operation(f"Consent/{consent_id}/$record-locator", {"resourceType": "Parameters"})
+        except FhirCallError as exc:
+            flash(exc.message, "error")
+            return render_template("consent.html", c=view, form=ConfirmWithPasswordForm()), exc.status
+        values = {p.get("name"): p.get("valueString") for p in answer.get("parameter") or [] if isinstance(p, dict)}
+        log.info("web.record_locator_made")
+        return render_template("consent.html", c=view, form=ConfirmWithPasswordForm(),
+                               locator=values.get("locator", "")), 200
+
     @bp.get("/requests")
     def requests() -> str:
         principal = require_person(sessions, "patient")

@@ -78,6 +78,43 @@ def access_chart(accesses: list[AccessView], start: date, end: date) -> Chart:
     return Chart(bars, "day" if step == 1 else "week", most)
 
 
+@dataclass(frozen=True)
+class HospitalReads:
+    """Another member hospital's accesses, summed: "Hospital B read 12 records for treatment"."""
+
+    organization: str
+    purpose: str
+    records: int  # distinct records disclosed
+    refused: int  # attempts refused (a revoked grant, a record the Consent does not cover)
+
+    @property
+    def sentence(self) -> str:
+        noun = "record" if self.records == 1 else "records"
+        text = f"{self.organization} read {self.records} {noun}"
+        text += f" for {self.purpose}" if self.purpose else ""
+        if self.refused:
+            text += f"; {self.refused} {'attempt was' if self.refused == 1 else 'attempts were'} refused"
+        return text
+
+
+def other_hospitals(accesses: list[AccessView]) -> list[HospitalReads]:
+    """Accesses by other member hospitals (`member:` actors, docs/federation.md), per organisation and purpose."""
+    records: dict[tuple[str, str], set[str]] = {}
+    refused: Counter[tuple[str, str]] = Counter()
+    for access in accesses:
+        if not access.actor_id.startswith("member:"):
+            continue
+        key = (access.organization or access.actor_id.removeprefix("member:").partition("/")[0], access.purpose)
+        records.setdefault(key, set())
+        if access.outcome == "permitted":
+            if access.resource:
+                records[key].add(access.resource)
+        else:
+            refused[key] += 1
+    return [HospitalReads(org, purpose, len(seen), refused[(org, purpose)])
+            for (org, purpose), seen in sorted(records.items())]
+
+
 def history_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
     bp = Blueprint("history", __name__)
     api = FhirClient()
@@ -107,6 +144,7 @@ def history_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
             "history.html", form=form, entries=entries, total=len(shown), page=page,
             pages=(len(shown) + PER_PAGE - 1) // PER_PAGE, args=args, chart=access_chart(shown, start, end),
             start=human_date(start), end=human_date(end), truncated=window.truncated,
+            hospitals=other_hospitals(shown),
         ), (200 if valid else 400)
 
     return bp

@@ -1,0 +1,355 @@
+"""The federation's operations, both sides: record locators (A), linking and fetching (B).
+
+At A (the hospital holding the record):
+- `record_locator(principal, consent_id)`: the patient makes a one-time locator for a Consent of theirs that
+  grants a member organisation (decided as a change of that Consent: only the patient, or staff who may change
+  it, get one).
+- `redeem_locator(principal, text)`: a member redeems it once, with a token issued under that same Consent;
+  the answer is the patient's reference here. Unknown, used, expired, for another member or another Consent:
+  one answer, "no such record locator".
+
+At B (the hospital asking):
+- `link_record(principal, patient_id, text)`: B's intake records the locator against B's own patient, after
+  redeeming it at A.
+- `fetch(principal, patient_id)`: for each link of the patient, a token from A under the linked Consent, then
+  A's records of the types the token allows, changed since the last fetch (`_lastUpdated=gt` the time A gave for
+  the previous one); each stored in B's encrypted store under B's patient (ids derived from A's, references
+  rewritten, `meta.source` naming A's copy), with one `Provenance` per fetch naming A, the Consent and the time.
+  B's writes are decided and logged by B's own store as the caller's; A logs every read on its side.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from healthledger.audit.entries import AccessEntry
+from healthledger.audit.log import record_access
+from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.auth.scopes import ResourceScope, parse_scopes
+from healthledger.consent.lifecycle import grantees_of
+from healthledger.errors import BadRequest, ConfigurationError, Conflict, Forbidden, NotFound
+from healthledger.federation.client import FederationRefused, MemberClient, client_assertion
+from healthledger.federation.exchange import member_reference
+from healthledger.federation.keys import MemberKeys
+from healthledger.federation.locators import (
+    RecordLinkRow,
+    links_of,
+    parse_locator,
+    record_locator,
+    redeem,
+)
+from healthledger.ledger.members import ACTIVE, member_by_id
+from healthledger.principal import Principal
+from healthledger.store.repository import ResourceStore
+
+log = structlog.get_logger("healthledger.federation")
+
+# What a fetch asks for when the token allows every type: clinical data in the patient's compartment that A can
+# search by `patient`. Never Patient (B has its own), Consent or AuditEvent (A's own business).
+FETCH_TYPES = ("AllergyIntolerance", "Condition", "DiagnosticReport", "Encounter", "Immunization",
+               "MedicationRequest", "Observation", "Procedure")
+PAGE_SIZE = 50
+MAX_PAGES = 200  # per type and fetch: a bound, not a limit anyone should reach
+_ID_NAMESPACE = uuid.UUID("6f3f0c52-6a9e-4c8a-9a57-0f1d0b9e5a11")  # ids at B of records copied from members
+FEDERATED_TAG = {"system": "https://healthledger.dev/fhir/CodeSystem/federation", "code": "fetched",
+                 "display": "copied from another member hospital"}
+
+
+def local_id(org: str, resource_type: str, resource_id: str) -> str:
+    """B's id for A's record: stable, so a refresh updates the copy instead of adding another."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{org}/{resource_type}/{resource_id}"))
+
+
+def rewrite_references(value: Any, mapping: dict[str, str]) -> Any:
+    """Every `reference` that names a record we copied (or A's patient) renamed to its copy at B."""
+    if isinstance(value, dict):
+        out = {k: rewrite_references(v, mapping) for k, v in value.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str) and ref in mapping:
+            out["reference"] = mapping[ref]
+        return out
+    if isinstance(value, list):
+        return [rewrite_references(v, mapping) for v in value]
+    return value
+
+
+def types_for(scope: str) -> list[str]:
+    types: list[str] = []
+    for s in parse_scopes(scope):
+        if isinstance(s, ResourceScope):
+            if s.resource_type == "*":
+                return list(FETCH_TYPES)
+            if s.resource_type in FETCH_TYPES:
+                types.append(s.resource_type)
+    return sorted(set(types))
+
+
+@dataclass
+class FetchReport:
+    source: str
+    consent: str
+    fetched: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    provenance: str = ""
+    refused: str = ""
+
+
+class Federation:
+    """One hospital's federation operations, on its store, its sessions and its directory key."""
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        sessions: sessionmaker[Session],
+        *,
+        org_id: str,
+        fhir_base: str,
+        keys: Callable[[], MemberKeys],
+        client: MemberClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.org_id = org_id
+        self.fhir_base = fhir_base.rstrip("/")
+        self._keys = keys
+        self.client = client or MemberClient()
+        self.clock = clock
+
+    # -- at A ------------------------------------------------------------------------------------------
+    def record_locator(self, principal: Principal, consent_id: str, member: str = "") -> tuple[str, str]:
+        """(locator, member) for a Consent of the caller's that grants a member."""
+        if not self.org_id:
+            raise ConfigurationError("this server is not a member of a consortium (federation_org_id is not set)")
+        from fhir_adapters.consent import consent_rules
+
+        with self.store.unit_of_work(principal) as uow:
+            stored = uow.for_operation("Consent", consent_id)  # decided and logged as a change of the Consent
+            rules = consent_rules(stored.resource or {})
+            with self.sessions() as session:
+                members = [m for ref in grantees_of(rules)
+                           if ref.startswith("Organization/")
+                           and (m := member_by_id(session, ref.removeprefix("Organization/"))) is not None
+                           and m.status == ACTIVE]  # fmt: skip
+            if member:
+                members = [m for m in members if m.org_id == member]
+            if not members:
+                raise Conflict("this Consent grants no active member of the consortium: name one in its provision.actor")
+            if len(members) > 1:
+                raise BadRequest("this Consent grants several members: say which with the 'member' parameter")
+            with Session(bind=uow.conn, join_transaction_mode="create_savepoint") as session:
+                locator = record_locator(session, tenant=self.store.tenant, org=self.org_id, consent_id=consent_id,
+                                         member=members[0].org_id, patient_id=rules.patient_id, now=self.clock())
+                session.commit()
+        return locator.encode(), members[0].org_id
+
+    def redeem_locator(self, principal: Principal, text: str) -> str:
+        """The patient reference a member's locator leads to (used once)."""
+        member = principal.organization.removeprefix("Organization/")
+        if not principal.consent_reference or not principal.actor_id.startswith("member:"):
+            raise NotFound("no such record locator")
+        locator = parse_locator(text)
+        with self.sessions.begin() as session:
+            patient = redeem(session, tenant=self.store.tenant, locator=locator, member=member,
+                             consent_id=principal.consent_reference, now=self.clock())
+        if patient is None:
+            log.warning("federation.locator_refused", member=member)
+            raise NotFound("no such record locator (unknown, already used, expired, or not for this token)")
+        log.info("federation.locator_redeemed", member=member, consent=principal.consent_reference)
+        return f"Patient/{patient}"
+
+    # -- at B ------------------------------------------------------------------------------------------
+    def link_record(self, principal: Principal, patient_id: str, text: str, purpose: str = "TREAT") -> RecordLinkRow:
+        """Record the locator against our patient `patient_id`, redeeming it at the member that made it."""
+        self._may_change(principal, patient_id)
+        self._require_membership()
+        locator = parse_locator(text)
+        source, base = self._source(locator.org)
+        token = self._token(source, base, f"{base}/{locator.consent}", principal, purpose, "system/*.rs")
+        status, body = self.client_post(f"{base}/$redeem-record-locator", token.access_token, {
+            "resourceType": "Parameters", "parameter": [{"name": "locator", "valueString": text.strip()}]})
+        if status != 200:
+            raise FederationRefused(f"{source} did not accept the record locator ({status}): "
+                                    f"{_outcome_text(body)}", status=409 if status == 404 else 502)
+        patient_ref = _parameter_value(body, "patient")
+        if not patient_ref.startswith("Patient/"):
+            raise FederationRefused(f"{source} answered the record locator without a patient reference")
+        with self.sessions.begin() as session:
+            row = RecordLinkRow(tenant=self.store.tenant, patient_id=patient_id, source_org=source,
+                                consent_ref=locator.consent, source_patient=patient_ref, linked_at=self.clock(),
+                                linked_by=principal.actor_id[:256], last_fetch_at=None, fetched_count=0)
+            session.add(row)
+        log.info("federation.record_linked", source=source, consent=locator.consent)
+        return row
+
+    def fetch(self, principal: Principal, patient_id: str, purpose: str = "TREAT") -> list[FetchReport]:
+        """Fetch what changed at every member our patient is linked to (see the module docstring)."""
+        self._may_change(principal, patient_id)
+        self._require_membership()
+        with self.sessions() as session:
+            links = links_of(session, self.store.tenant, patient_id)
+        if not links:
+            raise NotFound("this patient is linked to no record at another member (record a locator first)")
+        reports = []
+        for link in links:
+            try:
+                reports.append(self._fetch_one(principal, patient_id, link, purpose))
+            except FederationRefused as exc:
+                log.warning("federation.fetch_refused", source=link.source_org, reason=exc.error or "refused")
+                reports.append(FetchReport(link.source_org, link.consent_ref, refused=exc.message))
+        return reports
+
+    def _fetch_one(self, principal: Principal, patient_id: str, link: RecordLinkRow, purpose: str) -> FetchReport:
+        source, base = self._source(link.source_org)
+        consent_url = f"{base}/{link.consent_ref}"
+        token = self._token(source, base, consent_url, principal, purpose, "system/*.rs")
+        report = FetchReport(source, consent_url)
+        started = self.clock()
+        since = link.last_fetch_at
+        records: list[dict[str, Any]] = []
+        for resource_type in types_for(token.scope):
+            first = [("patient", link.source_patient), ("_count", str(PAGE_SIZE))]
+            if since is not None:
+                first.append(("_lastUpdated", "gt" + datetime.fromtimestamp(since, UTC).isoformat()))
+            params: list[tuple[str, str]] | None = first
+            url: str | None = f"{base}/{resource_type}"
+            for _ in range(MAX_PAGES):
+                if url is None:
+                    break
+                status, bundle = self.client.get(url, token.access_token, params)
+                params = None  # the next link carries them
+                if status != 200 or not isinstance(bundle, dict):
+                    raise FederationRefused(f"{source} refused the search of {resource_type} ({status}): "
+                                            f"{_outcome_text(bundle)}", error=str(status))
+                for entry in bundle.get("entry") or []:
+                    resource = entry.get("resource") if isinstance(entry, dict) else None
+                    if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
+                        records.append(resource)
+                url = next((link_["url"] for link_ in bundle.get("link") or []
+                            if isinstance(link_, dict) and link_.get("relation") == "next"), None)
+        mapping = {link.source_patient: f"Patient/{patient_id}"}
+        for r in records:
+            mapping[f"{r['resourceType']}/{r['id']}"] = f"{r['resourceType']}/{local_id(source, r['resourceType'], r['id'])}"
+        written: list[str] = []
+        with self.store.unit_of_work(principal) as uow:
+            for r in records:
+                copy = rewrite_references(r, mapping)
+                new_id = local_id(source, r["resourceType"], r["id"])
+                copy["id"] = new_id
+                copy["meta"] = {"source": f"{base}/{r['resourceType']}/{r['id']}", "tag": [FEDERATED_TAG]}
+                uow.update(r["resourceType"], new_id, copy)
+                written.append(f"{r['resourceType']}/{new_id}")
+                report.by_type[r["resourceType"]] = report.by_type.get(r["resourceType"], 0) + 1
+            if written:
+                provenance, _ = uow.create(self._provenance(patient_id, written, source, consent_url, purpose))
+                report.provenance = f"Provenance/{provenance.id}"
+        report.fetched = len(written)
+        with self.sessions.begin() as session:
+            # Our own access log records the fetch itself (whoever asked, the CLI included), beside the store's
+            # entry for each record written.
+            record_access(session, AccessEntry(
+                time=datetime.fromtimestamp(self.clock(), UTC), actor=principal.actor_id,
+                organization=principal.organization or member_reference(self.org_id), role=principal.role,
+                purpose=purpose, action="create", resource_type="Provenance",
+                resource_id=report.provenance.removeprefix("Provenance/"),
+                patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id), decision="permit",
+                reason=f"federation-fetch:{source}:{link.consent_ref}:{len(written)}"[:500],
+            ))  # fmt: skip
+            row = session.get(RecordLinkRow, link.id)
+            if row is not None:
+                row.last_fetch_at = started - 1.0  # the next fetch asks for what changed after this one began
+                row.fetched_count = (row.fetched_count or 0) + len(written)
+        log.info("federation.fetched", source=source, records=len(written), consent=link.consent_ref)
+        return report
+
+    def _provenance(self, patient_id: str, targets: list[str], source: str, consent_url: str,
+                    purpose: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            member = member_by_id(session, source)
+        return {
+            "resourceType": "Provenance",
+            "target": [{"reference": f"Patient/{patient_id}"}, *({"reference": t} for t in targets)],
+            "recorded": datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds"),
+            "policy": [consent_url],
+            "reason": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}],
+            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                                     "code": "CREATE"}]},
+            "agent": [{
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                     "code": "author"}]},
+                "who": {"identifier": {"system": "urn:healthledger:member", "value": source},
+                        "display": member.name if member is not None else source},
+            }],
+            "entity": [{"role": "source", "what": {"reference": consent_url, "display": "the patient's Consent"}}],
+        }
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _may_change(self, principal: Principal, patient_id: str) -> None:
+        """Only someone who may change this patient's record here links or fetches for it (decided and logged as
+        an update of the Patient); never another member's token, which would make us ask a third member in its
+        name."""
+        if principal.consent_reference:
+            raise Forbidden("another member hospital's token cannot link or fetch records here")
+        with self.store.unit_of_work(principal) as uow:
+            uow.for_operation("Patient", patient_id)
+
+    def _require_membership(self) -> None:
+        if not self.org_id:
+            raise ConfigurationError("this server is not a member of a consortium (federation_org_id is not set)")
+
+    def _source(self, org: str) -> tuple[str, str]:
+        with self.sessions() as session:
+            member = member_by_id(session, org)
+        if member is None or member.status != ACTIVE:
+            raise FederationRefused(f"{org!r} is not an active member of the consortium directory", status=409)
+        return member.org_id, member.fhir_base_url.rstrip("/")
+
+    def _token(self, source: str, base: str, consent_url: str, principal: Principal, purpose: str, scope: str) -> Any:
+        with self.sessions() as session:
+            me = member_by_id(session, self.org_id)
+        if me is None or me.status != ACTIVE:
+            raise FederationRefused(f"this server ({self.org_id!r}) is not an active member of the directory",
+                                    status=409)
+        key = self._keys().signing_key(me.key_thumbprint)
+        endpoint = self.client.token_endpoint(base)
+        assertion = client_assertion(key, self.org_id, endpoint, purpose=purpose, user=principal.actor_id,
+                                     consent_reference=consent_url, now=int(self.clock()))
+        return self.client.token(endpoint, assertion, scope)
+
+    def client_post(self, url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+        import requests
+
+        try:
+            resp = self.client.http.post(url, json=body, timeout=15, headers={
+                "Authorization": f"Bearer {token}", "Accept": "application/fhir+json",
+                "Content-Type": "application/fhir+json"})
+        except requests.RequestException:
+            raise FederationRefused("the member's FHIR API cannot be reached") from None
+        try:
+            return resp.status_code, resp.json()
+        except ValueError:
+            return resp.status_code, {}
+
+
+def _parameter_value(body: Any, name: str) -> str:
+    for p in (body or {}).get("parameter") or [] if isinstance(body, dict) else []:
+        if isinstance(p, dict) and p.get("name") == name:
+            value = p.get("valueString") or (p.get("valueReference") or {}).get("reference")
+            return value if isinstance(value, str) else ""
+    return ""
+
+
+def _outcome_text(body: Any) -> str:
+    if isinstance(body, dict):
+        for issue in body.get("issue") or []:
+            if isinstance(issue, dict) and isinstance(issue.get("diagnostics"), str):
+                return str(issue["diagnostics"])[:300]
+    return ""

@@ -1,0 +1,191 @@
+"""Patient-mediated matching and fetching between two hospitals in one process: A holds the record, B asks.
+
+Everything is real but the network: B's HTTP client is routed to A's Flask app (loopback servers are in
+tests/integration/test_federation_three_hospitals.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+from consent_world import HOSPITAL, World, password_parameters, permit_consent
+from flask.testing import FlaskClient
+
+from healthledger.federation.keys import MemberKeys, thumbprint_bytes
+from healthledger.federation.registry import admit, request_join
+from healthledger.keys import LocalFileKeyProvider
+from healthledger.ledger.members import REGISTRY, MemberIndexer
+
+A_BASE, B_BASE = "http://127.0.0.1:8080", "http://127.0.0.1:8081"
+FHIR = "application/fhir+json"
+
+
+class _Response:
+    def __init__(self, resp: Any) -> None:
+        self.status_code = resp.status_code
+        self._data = resp.data
+
+    def json(self) -> Any:
+        return orjson.loads(self._data)
+
+
+class RoutedHttp:
+    """A requests.Session stand-in that sends each URL to the Flask app of its origin."""
+
+    def __init__(self, apps: dict[str, FlaskClient]) -> None:
+        self.apps = apps
+
+    def _route(self, url: str) -> tuple[FlaskClient, str]:
+        parts = urlsplit(url)
+        return self.apps[f"{parts.scheme}://{parts.netloc}"], parts.path + (f"?{parts.query}" if parts.query else "")
+
+    def get(self, url: str, params: Any = None, timeout: float = 0, headers: Any = None) -> _Response:
+        client, path = self._route(url)
+        return _Response(client.get(path, query_string=params, headers=headers))
+
+    def post(self, url: str, data: Any = None, json: Any = None, timeout: float = 0, headers: Any = None) -> _Response:
+        client, path = self._route(url)
+        if json is not None:
+            return _Response(client.post(path, data=orjson.dumps(json), headers=headers))
+        return _Response(client.post(path, data=data, headers=headers))
+
+
+class Pair:
+    def __init__(self, root: Path) -> None:
+        self.a = World.build(root / "a", federation_org_id="hospital-a", port=8080)
+        self.b = World.build(root / "b", federation_org_id="hospital-b", port=8081)
+        # One directory on A's chain; B indexes it into its own database (one shared chain, as in production).
+        chain = self.a.chain
+        _, receipt = chain.deploy(REGISTRY, chain.operator.address)
+        block = int(receipt["blockNumber"])
+        for world, org, name, base in ((self.a, "hospital-a", "Hospital A", A_BASE),
+                                       (self.b, "hospital-b", "Hospital B", B_BASE)):
+            settings = world.app.config["SETTINGS"]
+            keys = MemberKeys.load_or_create(settings.keys_dir, LocalFileKeyProvider(settings.keys_dir))
+            request_join(chain, org, name, base + "/fhir", thumbprint_bytes(keys.current))
+            admit(chain, org)
+        self.directories = [MemberIndexer(w.sessions, chain, from_block=block) for w in (self.a, self.b)]
+        http = RoutedHttp({A_BASE: self.a.client, B_BASE: self.b.client})
+        for world in (self.a, self.b):
+            world.app.extensions["healthledger.federation"].client.http = http
+        self.sync()
+
+    def sync(self) -> None:
+        self.a.sync()
+        for d in self.directories:
+            d.catch_up(time.time())
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    built = Pair(tmp_path_factory.mktemp("pair"))
+    yield built
+    built.close()
+
+
+def parameters(**values: str) -> dict[str, Any]:
+    return {"resourceType": "Parameters", "parameter": [{"name": k, "valueString": v} for k, v in values.items()]}
+
+
+def values(body: dict[str, Any]) -> dict[str, Any]:
+    return {p["name"]: p.get("valueString") or p.get("valueReference", {}).get("reference")
+            for p in body.get("parameter", [])}
+
+
+def test_patient_locator_link_fetch_refresh(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    ann_at_a = a.patient_session("ann")
+    consent = permit_consent(a.patients["ann"], "Organization/hospital-b")
+    cid = orjson.loads(ann_at_a.post("Consent", consent).data)["id"]
+    assert ann_at_a.post(f"Consent/{cid}/$sign", password_parameters()).status_code == 200
+    pair.sync()
+
+    # Only the patient (or staff who may change the Consent) gets a locator; another patient gets a 404.
+    bob_at_a = a.patient_session("bob")
+    assert bob_at_a.post(f"Consent/{cid}/$record-locator", parameters()).status_code == 404
+    made = ann_at_a.post(f"Consent/{cid}/$record-locator", parameters())
+    assert made.status_code == 200, made.get_data(as_text=True)
+    shown = values(orjson.loads(made.data))
+    locator = shown["locator"]
+    assert shown["member"] == "hospital-b" and locator.startswith("HLRL1.")
+    for secret in ("Testperson", "MRN-ann", "1970"):
+        assert secret not in locator  # nothing identifying in it
+
+    # B's intake links B's Ann to it; the locator works once.
+    ehr = b.headers("ehr", **{"Content-Type": FHIR})
+    link_path = f"/fhir/Patient/{b.patients['ann']}/$link-record"
+    linked = b.client.post(link_path, data=orjson.dumps(parameters(locator=locator)), headers=ehr)
+    assert linked.status_code == 200, linked.get_data(as_text=True)
+    assert values(orjson.loads(linked.data)) == {
+        "source": "hospital-a", "consent": f"Consent/{cid}", "patient-at-source": f"Patient/{a.patients['ann']}"}
+    cal = b.add_patient("cal", HOSPITAL)
+    again = b.client.post(f"/fhir/Patient/{cal}/$link-record",
+                          data=orjson.dumps(parameters(locator=locator)), headers=ehr)
+    assert again.status_code == 409 and "did not accept the record locator" in again.get_data(as_text=True)
+    damaged = b.client.post(link_path, data=orjson.dumps(parameters(locator="HLRL1.xx")), headers=ehr)
+    assert damaged.status_code == 400
+
+    # Fetch: A's Observation lands in B's store under B's Ann, with a Provenance naming A and the Consent.
+    size_a = a.log_size()
+    fetch_path = f"/fhir/Patient/{b.patients['ann']}/$federation-fetch"
+    fetched = b.client.post(fetch_path, headers=ehr)
+    assert fetched.status_code == 200, fetched.get_data(as_text=True)
+    source = {p["name"]: p for p in orjson.loads(fetched.data)["parameter"][0]["part"]}
+    assert source["fetched"]["valueInteger"] == 1 and source["member"]["valueString"] == "hospital-a"
+    provenance_ref = source["provenance"]["valueReference"]["reference"]
+    provenance = b.dev_read(provenance_ref)
+    assert provenance["policy"] == [f"{A_BASE}/fhir/Consent/{cid}"]
+    assert provenance["agent"][0]["who"]["display"] == "Hospital A"
+    copies = b.dev_read(f"Observation?patient=Patient/{b.patients['ann']}")
+    copied = [e["resource"] for e in copies.get("entry", []) if e["resource"]["meta"].get("source", "").startswith(A_BASE)]
+    assert len(copied) == 1 and copied[0]["subject"]["reference"] == f"Patient/{b.patients['ann']}"
+    # A's log names B, B's user and the purpose for each read.
+    reads = [e for e in a.log_since(size_a) if e.organization == "Organization/hospital-b"]
+    assert reads and all(e.actor == "member:hospital-b/client:ehr" and e.purpose == "TREAT" for e in reads)
+    assert any(e.decision == "permit" and e.resource_type == "Observation" for e in reads)
+
+    # The patient's history at A sums B's reads up; the web app makes locators too.
+    page = ann_at_a.browser.get("/app/history").get_data(as_text=True)
+    assert "Hospital B read 1 record for" in page, page[:3000]
+    assert "Make a one-time code" in ann_at_a.browser.get(f"/app/consents/{cid}").get_data(as_text=True)
+    made_in_page = ann_at_a.browser.post(f"/app/consents/{cid}/record-locator", data={"csrf_token": ann_at_a.csrf})
+    assert made_in_page.status_code == 200 and "HLRL1." in made_in_page.get_data(as_text=True)
+
+    # Refresh: nothing changed, nothing fetched; a new record at A arrives alone.
+    again = b.client.post(fetch_path, headers=ehr)
+    assert orjson.loads(again.data)["parameter"][0]["part"][2]["valueInteger"] == 0
+    time.sleep(1.1)
+    a.dev_create({"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{a.patients['ann']}"},
+                  "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+                  "effectiveDateTime": "2026-11-20", "valueQuantity": {"value": 5.4, "unit": "mmol/L"}})
+    third = b.client.post(fetch_path, headers=ehr)
+    assert orjson.loads(third.data)["parameter"][0]["part"][2]["valueInteger"] == 1
+
+    # The patient revokes: B's next fetch is refused, and says so.
+    assert ann_at_a.post(f"Consent/{cid}/$revoke", password_parameters()).status_code == 200
+    pair.sync()
+    refused = orjson.loads(b.client.post(fetch_path, headers=ehr).data)["parameter"][0]["part"]
+    assert any(p["name"] == "refused" and "revoked" in p["valueString"] for p in refused)
+
+
+def test_fetch_without_a_link_and_redeem_without_a_member_token(pair: Pair) -> None:
+    b, a = pair.b, pair.a
+    ehr = b.headers("ehr", **{"Content-Type": FHIR})
+    cal = b.patients.get("cal") or b.add_patient("cal", HOSPITAL)
+    none = b.client.post(f"/fhir/Patient/{cal}/$federation-fetch", headers=ehr)
+    assert none.status_code == 404 and "linked to no record" in none.get_data(as_text=True)
+    # A patient the caller may not change: the same 404 as a missing one, before any link is looked at.
+    other = b.client.post(f"/fhir/Patient/{b.patients['bob']}/$federation-fetch", headers=ehr)
+    assert other.status_code == 404 and "linked to no record" not in other.get_data(as_text=True)
+    redeem = a.client.post("/fhir/$redeem-record-locator", data=orjson.dumps(parameters(locator="HLRL1.e30")),
+                           headers=a.headers("ehr", **{"Content-Type": FHIR}))
+    assert redeem.status_code == 404
