@@ -100,6 +100,9 @@ def test_summary_count_on_audit_events(client: FlaskClient) -> None:
     lenient = _body(client.get("/fhir/AuditEvent?_count=1&subtype=read", headers=AUTH))
     assert "subtype" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
     _body(client.get("/fhir/AuditEvent?_count=1&subtype=read", headers=STRICT), 400)
+    entry_id = summary[0]["id"]
+    read = _body(client.get(f"/fhir/AuditEvent/{entry_id}?_elements=recorded", headers=AUTH))
+    assert SUBSETTED in read["meta"]["tag"] and "recorded" in read and "entity" not in read
 
 
 def test_sort(client: FlaskClient) -> None:
