@@ -91,6 +91,29 @@ EXTENSIONS: Final[Mapping[str, Extension]] = {
         Extension("study-pseudonym", "Study pseudonym",
                   "The patient's per-study pseudonym (an Ethereum address) that signs the study consent's grant.",
                   ("Consent",), types=("string",)),
+        Extension("study-ethics-approval", "Study ethics approval",
+                  "The approving board (system) and approval number (value).", ("ResearchStudy",),
+                  types=("Identifier",)),
+        Extension("study-purpose-of-use", "Study purpose of use",
+                  "The purpose of use of the study's accesses: always v3-ActReason HRESCH; set by the server.",
+                  ("ResearchStudy",), types=("Coding",)),
+        Extension("study-registration", "Study registration",
+                  "How the study is registered on-chain, set by $publish.", ("ResearchStudy",), parts=(
+                      Part("studyId", ("string",), 1, short="the StudyRegistry id (decimal)"),
+                      Part("criteriaHash", ("string",), short="hash of the eligibility criteria"),
+                      Part("verifyingKey", ("string",), short="SHA-256 (hex) of the Groth16 verification key"),
+                      Part("referenceDate", ("date",), short="the date age criteria are evaluated at"),
+                      Part("circuit", ("string",), short="JSON: the compiled criteria inputs a prover needs"),
+                  )),
+        Extension("enrolment-chain-state", "Enrolment chain state",
+                  "The on-chain state of a research enrolment (the proof's transaction), as last indexed.",
+                  ("ResearchSubject",), types=("code",)),
+        Extension("export-file-sha256", "Export file SHA-256",
+                  "In a Bulk Data export manifest's output entry (an `extension` object keyed by this URL): the "
+                  "SHA-256 (hex) of the file's bytes.", ("Element",), types=("string",)),
+        Extension("export-study", "Export study",
+                  "In a Bulk Data export manifest (an `extension` object keyed by this URL): the ResearchStudy the "
+                  "de-identified export was made for.", ("Element",), types=("string",)),
     )
 }
 

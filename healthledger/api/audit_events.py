@@ -398,7 +398,14 @@ class _AuditEventApi:
         known = self._own(access)
         attempt.decision = "permit"
         attempt.disclosed.append(entry.patient_pseudonym)
-        return _respond(self._render(row.id, entry, row.leaf_index, known, access))
+        event = self._render(row.id, entry, row.leaf_index, known, access)
+        wanted = [(n, v) for n, v in request.args.items(multi=True) if n in ("_summary", "_elements")]
+        if wanted:  # R4 3.1.1.5.8: a read may ask for a subset too
+            results = parse_controls(RESOURCE_TYPE, wanted, strict=True)
+            if results.summary == "count":
+                raise BadRequest("_summary=count applies to searches, not reads", expression="_summary")
+            event = _subset(event, results)
+        return _respond(event)
 
     def _proof(self, principal: Principal, attempt: _Attempt, entry_id: str) -> Response:
         """The entry's bytes and audit path to the anchored head covering it (R4 Parameters)."""

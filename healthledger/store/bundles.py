@@ -18,6 +18,7 @@ from fhir_adapters import outcome as fhir_outcome
 from fhir_adapters import search as fhir_search
 from fhir_adapters.datatypes import instant
 from fhir_adapters.errors import FhirInputError
+from fhir_adapters.search.controls import parse_controls
 from healthledger.actions import Action
 from healthledger.errors import (
     BadRequest,
@@ -35,6 +36,7 @@ from healthledger.store.repository import (
     fhir_errors,
     translating_fhir_errors,
 )
+from healthledger.store.search_results import included_resources
 
 _REASON = {200: "OK", 201: "Created", 204: "No Content"}
 _ETAG = re.compile(r'^(?:W/)?"?(?P<v>[0-9]+)"?$')
@@ -97,14 +99,15 @@ def _error_entry(exc: HealthLedgerError) -> dict[str, Any]:
     return {"response": {"status": str(exc.status), "outcome": outcome}}
 
 
-def _searchset(page: Any) -> dict[str, Any]:
+def _searchset(page: Any, included: list[StoredResource] | None = None) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": page.total,
         "entry": [
-            {"fullUrl": f"{r.resource_type}/{r.id}", "resource": r.resource, "search": {"mode": "match"}}
-            for r in page.items
+            {"fullUrl": f"{r.resource_type}/{r.id}", "resource": r.resource, "search": {"mode": mode}}
+            for rows, mode in ((page.items, "match"), (included or [], "include"))
+            for r in rows
         ],
     }
 
@@ -169,10 +172,13 @@ class _Executor:
         uow = self.uow
         if method in ("GET", "HEAD"):
             if target.params is not None or target.id is None:
-                with fhir_errors():
-                    query = fhir_search.parse_search(target.resource_type, target.params or [])
-                page = uow.search(target.resource_type, query, count=uow.store.page_size)
-                return _response_entry(200, resource=_searchset(page))
+                params = target.params or []
+                with fhir_errors():  # a bundle entry has no Prefer header of its own: strict handling
+                    query = fhir_search.parse_search(target.resource_type, params)
+                    controls = parse_controls(target.resource_type, params, strict=True)
+                page = uow.search(target.resource_type, query, count=uow.store.page_size, sort=controls.sort)
+                included = included_resources(uow, target.resource_type, page.items, controls)
+                return _response_entry(200, resource=_searchset(page, included))
             if target.version is not None:
                 return _response_entry(200, uow.vread(target.resource_type, target.id, target.version))
             return _response_entry(200, uow.read(target.resource_type, target.id))

@@ -100,6 +100,9 @@ def test_summary_count_on_audit_events(client: FlaskClient) -> None:
     lenient = _body(client.get("/fhir/AuditEvent?_count=1&subtype=read", headers=AUTH))
     assert "subtype" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
     _body(client.get("/fhir/AuditEvent?_count=1&subtype=read", headers=STRICT), 400)
+    entry_id = summary[0]["id"]
+    read = _body(client.get(f"/fhir/AuditEvent/{entry_id}?_elements=recorded", headers=AUTH))
+    assert SUBSETTED in read["meta"]["tag"] and "recorded" in read and "entity" not in read
 
 
 def test_sort(client: FlaskClient) -> None:
@@ -141,3 +144,16 @@ def test_include_revinclude_and_has(client: FlaskClient) -> None:
     _body(client.get(f"/fhir/Observation?code={w['code']}&_include=Patient:organization", headers=STRICT), 400)
     _body(client.get(f"/fhir/Observation?code={w['code']}&_include=Observation:nope", headers=STRICT), 400)
     _body(client.get("/fhir/Patient?_has:Observation:patient:nope=1", headers=STRICT), 400)
+
+
+def test_batch_searches_take_sort_and_include(client: FlaskClient) -> None:
+    w = _world(client)
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Observation?code={w['code']}&_sort=-date&_include=Observation:patient"}},
+        {"request": {"method": "GET", "url": f"Observation?code={w['code']}&nickname=x"}}]}
+    reply = _body(client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS))
+    found, strict = reply["entry"]
+    inner = found["resource"]
+    assert [o["effectiveDateTime"] for o in _entries(inner)] == ["2025-02-02", "2024-05-01", "2023-01-01"]
+    assert sorted(p["id"] for p in _entries(inner, "include")) == sorted(w["patients"][:2])
+    assert strict["response"]["status"].startswith("400")  # an entry has no Prefer: strict

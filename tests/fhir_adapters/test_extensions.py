@@ -11,7 +11,8 @@ from fhir.resources.R4B.structuredefinition import StructureDefinition
 from fhir_adapters.extensions import EXTENSION_BASE, EXTENSIONS, structure_definition
 
 ROOT = Path(__file__).resolve().parents[2]
-_OUR_URL = re.compile(r"https://healthledger\.[a-z]+/fhir/StructureDefinition/([a-z0-9-]+)")
+_OUR_URL = re.compile(r"https://healthledger\.[a-z]+/fhir/StructureDefinition/([a-z0-9-]+)"
+                      r"|EXTENSION_BASE \+ \"([a-z0-9-]+)\"|extension_url\(\"([a-z0-9-]+)\"\)")
 
 
 @pytest.mark.parametrize("extension_id", sorted(EXTENSIONS))
@@ -33,6 +34,6 @@ def test_one_base_url_and_every_extension_used_is_defined() -> None:
             text = path.read_text(errors="replace")
             assert "healthledger.example" not in text, path
             assert "valueInteger64\"" not in text or path.name == "consents.py" or path.suffix == ".js", path
-            used |= set(_OUR_URL.findall(text))
+            used |= {name for match in _OUR_URL.findall(text) for name in match if name}
     assert used <= set(EXTENSIONS), used - set(EXTENSIONS)
 

@@ -19,12 +19,15 @@ from serving import free_port
 from werkzeug.serving import make_server
 
 MRN = "urn:oid:1.2.36.146.595.217.0.1"
+APPS: dict[int, Any] = {}  # port -> the app serving it (to register OAuth clients in its database)
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app = build_app(api_settings(Path(tmp_path_factory.mktemp("fhirpy")), default_page_size=2))
     port = free_port()
+    app = build_app(api_settings(Path(tmp_path_factory.mktemp("fhirpy")), default_page_size=2,
+                                 base_url=f"http://127.0.0.1:{port}"))
+    APPS[port] = app
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -142,3 +145,42 @@ def test_fhirclient_parses_what_the_server_sends(base: str, fhir: SyncFHIRClient
     assert events.entry and all(isinstance(e.resource, AuditEvent) for e in events.entry)
     definition = StructureDefinition(server.request_json("StructureDefinition/consent-chain-state"))
     assert definition.url == "https://healthledger.dev/fhir/StructureDefinition/consent-chain-state"
+
+
+def test_authlib_backend_services_client(base: str) -> None:
+    """An OAuth library nobody here wrote (authlib's private_key_jwt): as configured by default it leaves out
+    `kid` and asks for an hour, and each is refused naming the header or claim; configured as SMART says, it
+    gets a token that reads the API."""
+    from datetime import UTC, datetime
+
+    from authlib.integrations.base_client.errors import OAuthError as AuthlibError
+    from authlib.integrations.requests_client import OAuth2Session
+    from authlib.oauth2.rfc7523 import PrivateKeyJWT
+    from joserfc.jwk import ECKey
+
+    from healthledger.auth.tokens import register_client
+
+    port = int(base.split(":")[2].split("/")[0])
+    key = ECKey.generate_key("P-384", parameters={"alg": "ES384", "use": "sig"}, auto_kid=True)
+    with APPS[port].extensions["healthledger.tokens"]._sessions.begin() as session:
+        register_client(session, client_id="authlib-ehr", name="authlib EHR", scopes="system/Patient.rs",
+                        role="system", jwks={"keys": [key.as_dict(private=False)]}, now=datetime.now(UTC))
+    token_url = base.removesuffix("/fhir") + "/auth/token"
+
+    def fetch(**auth: Any) -> Any:
+        client = OAuth2Session("authlib-ehr", key, token_endpoint_auth_method=PrivateKeyJWT(token_url, alg="ES384",
+                                                                                             **auth))
+        return client.fetch_token(token_url, grant_type="client_credentials", scope="system/Patient.rs")
+
+    with pytest.raises(AuthlibError) as refused:
+        fetch()  # no kid, exp an hour ahead: the kid is checked first
+    assert "kid" in str(refused.value.description)
+    with pytest.raises(AuthlibError) as refused:
+        fetch(headers={"kid": key.kid})
+    assert "exp is" in str(refused.value.description) and "300 s" in str(refused.value.description)
+    import time
+
+    token = fetch(headers={"kid": key.kid}, claims={"exp": int(time.time()) + 120})
+    read = requests.get(f"{base}/Patient?_count=1", headers={"Authorization": f"Bearer {token['access_token']}"},
+                        timeout=10)
+    assert read.status_code == 200 and read.json()["resourceType"] == "Bundle"
