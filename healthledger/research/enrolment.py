@@ -170,6 +170,8 @@ class Enrolments:
             conn: Connection = uow.conn
             session = _session(conn)
             published = self._published(session, study_id)
+            if published.state == "closed":
+                raise Conflict(f"the enrolment window of ResearchStudy/{study_id} is closed")
             if published.state != "active":
                 raise Conflict(f"ResearchStudy/{study_id} is not open for enrolment yet (its registration is "
                                f"{published.state})")
