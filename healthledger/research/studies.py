@@ -335,7 +335,9 @@ class Studies:
             opens_at = int(window.start.timestamp()) if window.start is not None else int(now)
             closes_at = int(window.end.timestamp())
             assert terms.owner_organization is not None
-            owner = ChainKeys.for_store(self.store, conn).grantee_address(terms.owner_organization)
+            # A keyed address of its own (not the organisation's grantee address in consents): the chain does
+            # not tie the study to the grants patients made to that organisation.
+            owner = ChainKeys.for_store(self.store, conn).grantee_address(f"{terms.owner_organization}#study-owner")
             item = relayer.submit_study(
                 session, registration.chain_study_id, criteria.criteria_hash, registration.verifying_key,
                 max(opens_at, 1), closes_at, terms.max_participants, owner, now=now,
