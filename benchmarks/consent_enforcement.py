@@ -292,7 +292,7 @@ PROFILE_PARTS = (
 )
 
 
-def profile_split(app: Any, token: str, paths: list[str], requests: int = 1500) -> dict[str, float]:
+def profile_split(app: Any, token: str, paths: list[str], requests: int = 400) -> dict[str, float]:
     """ms per request of each part of PROFILE_PARTS in `requests` in-process requests (the rest: Flask, WSGI)."""
     import io
 

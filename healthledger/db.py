@@ -116,6 +116,12 @@ def driver_fetch_one(conn: Connection | Engine, sql: str, params: tuple[Any, ...
     if dialect.paramstyle in ("format", "pyformat"):
         sql = sql.replace("?", "%s")
     raw = conn.raw_connection() if isinstance(conn, Engine) else conn.connection
+    driver = raw.driver_connection
+    # On a connection of its own, no transaction (psycopg would otherwise send BEGIN first and ROLLBACK when
+    # the pool takes it back: two more round trips for one SELECT). sqlite3 opens none for a SELECT anyway.
+    own_autocommit = isinstance(conn, Engine) and dialect.name == "postgresql"
+    if own_autocommit:
+        driver.autocommit = True  # type: ignore[union-attr]
     try:
         cursor = raw.cursor()
         try:
@@ -125,5 +131,7 @@ def driver_fetch_one(conn: Connection | Engine, sql: str, params: tuple[Any, ...
             cursor.close()
         return None if row is None else tuple(row)
     finally:
+        if own_autocommit:
+            driver.autocommit = False  # type: ignore[union-attr]
         if isinstance(conn, Engine):
-            raw.close()  # back to the pool (which rolls back what the SELECT began)
+            raw.close()  # back to the pool

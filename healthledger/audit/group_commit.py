@@ -83,8 +83,8 @@ class GroupCommitLog:
     def append(self, entries: Sequence[AccessEntry], *, conn: Connection | None = None) -> None:
         """Return once `entries` are committed; raise AccessLogWriteFailed if their group's commit failed.
 
-        `conn`: a connection the caller holds with no transaction open (a read's, rolled back): a leader
-        writes its group on it instead of checking out another.
+        `conn`: a connection the caller holds (a read's, whose transaction only read): a leader writes its
+        group on it, in that transaction, instead of checking out another.
         """
         if not entries:
             return

@@ -293,13 +293,19 @@ class ResourceStore:
                 policy.begin(conn, defer=True)
                 try:
                     yield UnitOfWork(self, conn, principal)
-                finally:
-                    # pysqlite runs SELECTs outside any transaction, so this connection holds no read
-                    # snapshot: an INSERT on it waits for the write lock (busy timeout) rather than failing.
+                except BaseException:
                     entries = policy.rescue(conn)
-                    conn.rollback()
+                    conn.rollback()  # the read failed (maybe its transaction with it): the entries start afresh
                     if entries:
                         policy.keep_durably(entries, conn)
+                    raise
+                # The read's transaction goes on into the entries' INSERT when this read leads the group (one
+                # BEGIN and COMMIT for both on PostgreSQL). pysqlite runs SELECTs outside any transaction, so
+                # there the connection holds no read snapshot: its INSERT waits for the write lock (busy
+                # timeout) rather than failing.
+                entries = policy.rescue(conn)
+                if entries:
+                    policy.keep_durably(entries, conn)
             return
         self.open_keys()
         with self.engine.connect() as conn:
