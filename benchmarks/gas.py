@@ -72,6 +72,16 @@ def measure(chain: Chain) -> dict[str, int]:
     log_id = secrets.token_bytes(32)
     gas["anchor_first"] = _gas(chain.send(anchor.functions.anchor(log_id, 1, secrets.token_bytes(32))))
     gas["anchor"] = _gas(chain.send(anchor.functions.anchor(log_id, 1_000, secrets.token_bytes(32))))
+
+    # The consortium's member directory (docs/federation.md): a join request stores the member's strings.
+    chain.deploy("MemberRegistry", chain.operator.address)
+    directory = chain.contract("MemberRegistry")
+    key = chain.call(directory.functions.orgKeyOf("hospital-b"))
+    gas["member_request_join"] = _gas(chain.send(directory.functions.requestJoin(
+        "hospital-b", "Hospital B", "https://hospital-b.example/fhir", secrets.token_bytes(32))))
+    gas["member_admit"] = _gas(chain.send(directory.functions.admit(key)))
+    gas["member_rotate_key"] = _gas(chain.send(directory.functions.rotateKey(key, secrets.token_bytes(32))))
+    gas["member_remove"] = _gas(chain.send(directory.functions.remove(key)))
     return gas
 
 
@@ -102,6 +112,10 @@ def table(gas: dict[str, int]) -> str:
         "revoke_by_signature": "EIP-712, anyone submits",
         "anchor_first": "first head of a log (1 new slot)",
         "anchor": "next head of the same log (per batch)",
+        "member_request_join": "MemberRegistry: org id, name, URL, key (strings stored)",
+        "member_admit": "MemberRegistry: consortium admin",
+        "member_rotate_key": "MemberRegistry: the member's controller",
+        "member_remove": "MemberRegistry: admin or the member",
         "grant_again_after_revoke": "slot already used",
     }
     for name, value in gas.items():

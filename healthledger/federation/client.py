@@ -119,6 +119,16 @@ class MemberClient:
             raise FederationRefused(f"the member refused a token: {error}: {text[:300]}", error, resp.status_code)
         return MemberToken(str(body["access_token"]), str(body.get("scope", "")), int(body.get("expires_in", 0)))
 
+    def post(self, url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """A FHIR operation (a Parameters body) at the member, with its token."""
+        try:
+            resp = self.http.post(url, json=body, timeout=HTTP_TIMEOUT, headers={
+                "Authorization": f"Bearer {token}", "Accept": "application/fhir+json",
+                "Content-Type": "application/fhir+json"})
+        except requests.RequestException:
+            raise FederationRefused("the member's FHIR API cannot be reached") from None
+        return resp.status_code, _json(resp)
+
     def get(self, url: str, token: str, params: list[tuple[str, str]] | None = None) -> tuple[int, Any]:
         try:
             resp = self.http.get(url, params=params, timeout=HTTP_TIMEOUT, headers={

@@ -180,7 +180,7 @@ class FederatedTokens:
             key = self._directory_key(session, org, header)
             claims = self._verified_claims(req.client_assertion, key, iss, now)
             b2b = _b2b(claims, iss)
-            issued = self._grant(session, org, b2b, req.scope, now)
+            issued = self._grant(org, thumbprint_hex(key), b2b, req.scope, now)
             issued = replace(issued, jti=str(claims["jti"]), assertion_exp=int(claims["exp"]))
         except Refusal as refusal:
             log.warning("federation.token_refused", member=org[:64], reason=refusal.reason)
@@ -231,7 +231,7 @@ class FederatedTokens:
             raise Refusal("invalid_client", "client_assertion exp is more than five minutes ahead", "assertion", 401)
         return claims
 
-    def _grant(self, session: Session, org: str, b2b: B2B, requested_scope: str, now: int) -> FederatedIssue:
+    def _grant(self, org: str, key_thumbprint: str, b2b: B2B, requested_scope: str, now: int) -> FederatedIssue:
         no_grant = Refusal(
             "invalid_grant", f"consent_reference names no Consent here that grants {org!r} access", "no-grant"
         )
@@ -268,11 +268,8 @@ class FederatedTokens:
             scope = format_scopes(grant_scopes(requested_scope or "system/*.rs", scopes_for(provisions)))
         except InvalidScope as exc:
             raise Refusal("invalid_scope", exc.message, "scope") from None
-        claims = {"org": org, "pou": b2b.purpose, "usr": b2b.subject_id, "cst": consent_id, "kth": ""}
-        member = member_by_id(session, org)
-        assert member is not None
-        claims["kth"] = member.key_thumbprint
-        return FederatedIssue(member_client_id(org), scope, claims, "", 0)
+        return FederatedIssue(member_client_id(org), scope, {"org": org, "pou": b2b.purpose, "usr": b2b.subject_id,
+                                                             "cst": consent_id, "kth": key_thumbprint}, "", 0)
 
     def _consent_id(self, reference: str) -> str | None:
         """`{our FHIR base}/Consent/{id}` or `Consent/{id}` -> id; None for anything else."""

@@ -174,7 +174,7 @@ class Federation:
         locator = parse_locator(text)
         source, base = self._source(locator.org)
         token = self._token(source, base, f"{base}/{locator.consent}", principal, purpose, "system/*.rs")
-        status, body = self.client_post(f"{base}/$redeem-record-locator", token.access_token, {
+        status, body = self.client.post(f"{base}/$redeem-record-locator", token.access_token, {
             "resourceType": "Parameters", "parameter": [{"name": "locator", "valueString": text.strip()}]})
         if status != 200:
             raise FederationRefused(f"{source} did not accept the record locator ({status}): "
@@ -323,20 +323,6 @@ class Federation:
         assertion = client_assertion(key, self.org_id, endpoint, purpose=purpose, user=principal.actor_id,
                                      consent_reference=consent_url, now=int(self.clock()))
         return self.client.token(endpoint, assertion, scope)
-
-    def client_post(self, url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
-        import requests
-
-        try:
-            resp = self.client.http.post(url, json=body, timeout=15, headers={
-                "Authorization": f"Bearer {token}", "Accept": "application/fhir+json",
-                "Content-Type": "application/fhir+json"})
-        except requests.RequestException:
-            raise FederationRefused("the member's FHIR API cannot be reached") from None
-        try:
-            return resp.status_code, resp.json()
-        except ValueError:
-            return resp.status_code, {}
 
 
 def _parameter_value(body: Any, name: str) -> str:

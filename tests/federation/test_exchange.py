@@ -146,6 +146,26 @@ def test_refusals_are_clear_and_leak_nothing(a: Hospital) -> None:
     assert "already used" in refused(assertion)["error_description"]  # jti replay
 
 
+def test_an_expired_grant_is_refused_and_says_so(a: Hospital) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    end = (datetime.now(UTC) + timedelta(seconds=12)).isoformat(timespec="seconds")
+    ann = a.world.patient_session("ann")
+    created = ann.post("Consent", permit_consent(a.world.patients["ann"], f"Organization/{B}", period_end=end))
+    assert created.status_code == 201, created.get_data(as_text=True)
+    cid = str(orjson.loads(created.data)["id"])
+    assert ann.post(f"Consent/{cid}/$sign", password_parameters()).status_code == 200
+    a.sync()
+    token = a.token(cid)
+    obs = f"Observation/{a.world.observations['ann']}"
+    assert read(a, token, obs) == 200
+    time.sleep(max(0.0, (datetime.fromisoformat(end) - datetime.now(UTC)).total_seconds()) + 1)
+    a.sync()
+    assert read(a, token, obs) == 404  # the token outlived the grant: the engine says no
+    status, body = a.token_response(a.assertion(cid))
+    assert status == 400 and "expired" in body["error_description"]
+
+
 def test_revocation_rotation_and_removal_stop_the_member(a: Hospital, tmp_path: Path) -> None:
     cid = granted(a, f"Organization/{B}")
     token = a.token(cid)
@@ -192,3 +212,4 @@ def test_pure_rules() -> None:
     found = permitting_provisions(rules, "Organization/x", "TREAT", now)
     assert scopes_for(found) == "system/Condition.rs system/Observation.rs"
     assert permitting_provisions(rules, "Organization/y", "TREAT", now) == []
+
