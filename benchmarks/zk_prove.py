@@ -91,7 +91,7 @@ def onchain_gas(kind: str, prove: NodeProver) -> dict[str, int]:
             chain.send(sreg.functions.grantRole(chain.call(sreg.functions.STUDY_REGISTRAR()), op))
             inputs, tree, criteria_hash = statement(op)
             anchor = chain.send(creg.functions.anchorRoot(tree.root, 1))
-            register = chain.send(sreg.functions.registerStudy(STUDY_ID, criteria_hash))
+            register = chain.send(sreg.functions.registerStudy(STUDY_ID, criteria_hash, b"\x01" * 32, 1, 0, 1000, op))
             result = prove.prove(inputs)
             enrol = chain.send(sreg.functions.enrol(*result.enrol_args()), gas=600_000)
             return {"anchor_root": int(anchor["gasUsed"]), "register_study": int(register["gasUsed"]),

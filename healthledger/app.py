@@ -160,6 +160,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         pages=AuditPages(settings.default_page_size, settings.max_page_size, settings.base_url),
         names=ActorDirectory(sessions, AccountNames(store), store), break_glass_reason=policy.break_glass_reason,
     ))
+    # Before the generic /fhir rules too: studies, subjects, credentials and enrolment (healthledger.research).
+    from healthledger.api.research import research_blueprint
+
+    app.register_blueprint(research_blueprint(store, settings, lambda: authenticate(request)))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
         refusals=None if settings.enforcement_off_for_benchmark else policy,

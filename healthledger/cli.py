@@ -26,6 +26,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "relay": "healthledger.ledger.relay_commands:relay_group",
     "anchor": "healthledger.audit.commands:anchor_command",
     "audit": "healthledger.audit.commands:audit_group",
+    "credentials": "healthledger.research.commands:credentials_group",
+    "study": "healthledger.research.commands:study_group",
     "backup": "healthledger.backup_commands:backup_command",
     "restore": "healthledger.backup_commands:restore_command",
 }

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     chain_confirmations: int = Field(default=0, description="blocks before an event or receipt counts (overrides the network's)")
     chain_poll_seconds: float = Field(default=2.0)
     anchor_interval_seconds: float = Field(default=60.0, description="how often serve anchors the access log")
+    credential_reissue_seconds: float = Field(
+        default=300.0, description="how often the ledger worker re-issues the credentials of patients whose records changed"
+    )
 
     # --- server -------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1")

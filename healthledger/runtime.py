@@ -96,6 +96,15 @@ class Runtime:
 
         return chain_for(self.settings, self.key_provider)
 
+    def background_passes(self, owner: str) -> list[Callable[[], object]]:
+        """Work the ledger worker (`relay work`) does on every pass besides the chain's own: research studies
+        turn active once registered, and changed patients' credentials are re-issued (under a lease)."""
+        from healthledger.research.worker import ResearchWorker
+
+        worker = ResearchWorker(self.store, self.sessions, owner=owner,
+                                reissue_every=self.settings.credential_reissue_seconds)
+        return [worker.run_once]
+
     def close(self) -> None:
         """Close the chain and dispose of the engine, if they were made; a later use makes them anew."""
         chain, engine = self.__dict__.pop("chain", None), self.__dict__.pop("engine", None)

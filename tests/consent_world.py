@@ -68,7 +68,8 @@ class World:
 
     # -- building ----------------------------------------------------------------------------------
     @classmethod
-    def build(cls, data_dir: Path, database_url: str = "", **settings_overrides: Any) -> World:
+    def build(cls, data_dir: Path, database_url: str = "", *, anvil_url: str = "", **settings_overrides: Any) -> World:
+        """`anvil_url`: the chain is that node (contracts deployed by this world) instead of the embedded one."""
         # Many sign-ins from one test address: the per-address limit is tested in tests/web.
         settings = api_settings(data_dir, database_url, login_rate_limit="10000 per minute", **settings_overrides)
         app = build_app(settings)
@@ -77,9 +78,20 @@ class World:
         from healthledger.keys import key_provider_for
 
         provider = key_provider_for(settings.key_provider, settings.keys_dir)
-        chain = embedded_chain(data_dir, provider)
+        if anvil_url:
+            from healthledger.ledger.chain import rpc_chain
+            from healthledger.ledger.deploy import deploy_contracts, save_deployments
+
+            chain = rpc_chain(anvil_url, provider, keys_dir=data_dir / "keys", poll_seconds=0.02)
+            chain.w3.provider.make_request(  # type: ignore[arg-type]
+                "anvil_setBalance", [chain.operator.address, hex(10**24)])
+            with Session(engine) as s:
+                save_deployments(s, deploy_contracts(chain), now=datetime.now(UTC))
+                s.commit()
+        else:
+            chain = embedded_chain(data_dir, provider)
         with Session(engine) as s:
-            records = ensure_deployment(chain, s, embedded=True, now=datetime.now(UTC))
+            records = ensure_deployment(chain, s, embedded=not anvil_url, now=datetime.now(UTC))
         indexer = Indexer(sessions, chain, from_block=min(r.deployment_block for r in records))
         secrets: dict[str, str] = {}
         with sessions.begin() as s:

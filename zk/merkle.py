@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +28,13 @@ MAX_DEPTH = 48
 DEFAULT_ROOT_HISTORY = 100
 
 NodeKey = tuple[int, int]  # (level, index)
+PairHasher = Callable[[Sequence[tuple[int, int]]], list[int]]
+"""Hashes many (left, right) pairs at once: [Poseidon(l, r) ...] (e.g. circomlibjs in Node for bulk builds)."""
+
+
+def hash_pairs(pairs: Sequence[tuple[int, int]]) -> list[int]:
+    """The reference PairHasher: `hash2` one pair at a time, in Python."""
+    return [hash2(left, right) for left, right in pairs]
 
 
 class TreeFull(ZkError):
@@ -280,11 +287,26 @@ class PoseidonMerkleTree:
         self._check_index(index)
         self._write({index: _check_leaf(leaf)}, self.size)
 
+    def set_leaves(self, leaves: Mapping[int, int], *, hash_pairs: PairHasher | None = None) -> None:
+        """Write several leaves in one batch: indexes below `size` are replaced, the others must extend the
+        tree contiguously from `size`. Each touched node is hashed once (`hash_pairs` per level)."""
+        size = self.size
+        new = sorted(i for i in leaves if type(i) is not int or i >= size)
+        if any(type(i) is not int or i < 0 for i in leaves):
+            raise MalformedInput("merkle leaf index: must be a non-negative integer")
+        if new != list(range(size, size + len(new))):
+            raise MalformedInput("merkle leaves: new leaves must follow the last one without gaps")
+        if size + len(new) > self.capacity:
+            raise TreeFull(f"merkle tree: depth {self.depth} holds {self.capacity} leaves, full")
+        if leaves:
+            self._write({i: _check_leaf(v) for i, v in leaves.items()}, size + len(new), hash_pairs)
+
     def _check_index(self, index: int) -> None:
         if type(index) is not int or not 0 <= index < self.size:
             raise MalformedInput(f"merkle leaf index: must be in 0..{self.size - 1}")
 
-    def _write(self, leaves: Mapping[int, int], leaf_count: int) -> None:
+    def _write(self, leaves: Mapping[int, int], leaf_count: int, pair_hasher: PairHasher | None = None) -> None:
+        hasher = pair_hasher or hash_pairs
         changes: dict[NodeKey, int | None] = {}
         level_values = dict(leaves)
         for level in range(self.depth + 1):
@@ -293,16 +315,20 @@ class PoseidonMerkleTree:
                 changes[(level, i)] = None if v == zero else v
             if level == self.depth:
                 break
-            parents: dict[int, int] = {}
-            for i in sorted({i >> 1 for i in level_values}):
+            indexes = sorted({i >> 1 for i in level_values})
+            pairs = []
+            for i in indexes:
                 left = level_values.get(2 * i)
                 right = level_values.get(2 * i + 1)
                 if left is None:
                     left = self._get(level, 2 * i)
                 if right is None:
                     right = self._get(level, 2 * i + 1)
-                parents[i] = hash2(left, right)
-            level_values = parents
+                pairs.append((left, right))
+            hashed = hasher(pairs)
+            if len(hashed) != len(pairs):
+                raise ZkError("merkle: the pair hasher returned the wrong number of hashes")
+            level_values = dict(zip(indexes, hashed, strict=True))
         self.store.commit(changes, leaf_count, level_values[0])
 
 

@@ -35,10 +35,12 @@ def _bootstrapped_chain(runtime: Runtime) -> Chain:
 @click.option("--force", is_flag=True, help="deploy new instances even if verified ones are recorded")
 @click.pass_obj
 def deploy_command(runtime: Runtime, admin: str | None, force: bool) -> None:
-    """Deploy ConsentRegistry and AccessLogAnchor and record them in the database."""
+    """Deploy the service's contracts (consent, access-log anchors, credentials, studies and the eligibility
+    verifier) and record them in the database; on a chain with some of them recorded, only the missing ones."""
     from healthledger.ledger.deploy import (
         deploy_contracts,
         load_deployments,
+        missing_contracts,
         save_deployments,
         verify_deployment,
     )
@@ -46,12 +48,18 @@ def deploy_command(runtime: Runtime, admin: str | None, force: bool) -> None:
     chain = _bootstrapped_chain(runtime)
     with runtime.sessions() as session:
         existing = load_deployments(session, chain.chain_id)
-        if existing and not force:
+        missing = missing_contracts(existing, chain.chain_id)
+        if existing and not force and not missing:
             verify_deployment(chain, existing)
             click.echo(f"already deployed on chain {chain.chain_id} (use --force to deploy again):")
             _print_records(existing)
             return
-        records = deploy_contracts(chain, admin=admin)
+        if existing and not force:
+            for record in existing:
+                chain.register(record.name, record.address)
+            records = deploy_contracts(chain, names=missing, admin=admin)
+        else:
+            records = deploy_contracts(chain, admin=admin)
         save_deployments(session, records, now=datetime.now(UTC))
         session.commit()
     click.echo(f"deployed on chain {chain.chain_id} by operator {chain.operator.address}:")
@@ -81,7 +89,9 @@ def status_command(runtime: Runtime) -> None:
 
 
 # Which contract a role is granted on, when the command line does not say.
-_ROLE_HOME = {"RELAYER": "ConsentRegistry", "LOG_ANCHORER": "AccessLogAnchor"}
+# (StudyRegistry's RELAYER, which relays enrolments, needs --contract StudyRegistry.)
+_ROLE_HOME = {"RELAYER": "ConsentRegistry", "LOG_ANCHORER": "AccessLogAnchor", "ISSUER": "CredentialRegistry",
+              "STUDY_REGISTRAR": "StudyRegistry"}
 
 
 @chain_group.command("role")
@@ -92,7 +102,8 @@ _ROLE_HOME = {"RELAYER": "ConsentRegistry", "LOG_ANCHORER": "AccessLogAnchor"}
     "--contract",
     "contract_name",
     default=None,
-    help="contract (default: RELAYER -> ConsentRegistry, LOG_ANCHORER -> AccessLogAnchor)",
+    help="contract (default: RELAYER -> ConsentRegistry, LOG_ANCHORER -> AccessLogAnchor, ISSUER -> "
+    "CredentialRegistry, STUDY_REGISTRAR -> StudyRegistry)",
 )
 @click.pass_obj
 def role_command(runtime: Runtime, action: str, role: str, account: str, contract_name: str | None) -> None:
@@ -116,7 +127,7 @@ def role_command(runtime: Runtime, action: str, role: str, account: str, contrac
 
 
 @chain_group.command("pause")
-@click.option("--contract", "contract_name", default=None, help="one contract (default: both)")
+@click.option("--contract", "contract_name", default=None, help="one contract (default: all with roles)")
 @click.option("--resume", is_flag=True, help="unpause instead")
 @click.pass_obj
 def pause_command(runtime: Runtime, contract_name: str | None, resume: bool) -> None:

@@ -15,8 +15,20 @@ from healthledger.errors import ConfigurationError
 from healthledger.ledger.chain import Chain
 from healthledger.ledger.compile import load_artifact
 
-# Contract name -> the operator role the service's own operator key needs on it.
-SERVICE_CONTRACTS: dict[str, str] = {"ConsentRegistry": "RELAYER", "AccessLogAnchor": "LOG_ANCHORER"}
+# Contract name -> the operator roles the service's own operator key needs on it (deployment order).
+SERVICE_CONTRACTS: dict[str, tuple[str, ...]] = {
+    "ConsentRegistry": ("RELAYER",),
+    "AccessLogAnchor": ("LOG_ANCHORER",),
+    "CredentialRegistry": ("ISSUER",),  # credential tree roots (healthledger/research/credentials.py)
+    "StudyRegistry": ("STUDY_REGISTRAR", "RELAYER"),  # studies, and enrolments relayed for pseudonyms
+}
+# Contracts without roles or admin that the service's contracts call.
+SUPPORT_CONTRACTS: tuple[str, ...] = ("EligibilityVerifier",)
+# Everything the service needs on its chain, in deployment order (StudyRegistry takes the addresses of
+# EligibilityVerifier and CredentialRegistry in its constructor, so it comes after both).
+REQUIRED_CONTRACTS: tuple[str, ...] = (
+    "ConsentRegistry", "AccessLogAnchor", "CredentialRegistry", "EligibilityVerifier", "StudyRegistry",
+)
 
 
 class ChainContract(Base):
@@ -43,19 +55,35 @@ class DeploymentRecord:
     code_hash: str
 
 
+def _constructor_args(chain: Chain, name: str) -> tuple[str, ...]:
+    """What each contract's constructor takes: the admin, and for StudyRegistry the contracts it calls
+    (deployed earlier in this run, or registered on `chain` from the recorded deployments)."""
+    if name in SUPPORT_CONTRACTS:
+        return ()
+    if name == "StudyRegistry":
+        return (
+            chain.operator.address,
+            chain.contract("EligibilityVerifier").address,
+            chain.contract("CredentialRegistry").address,
+        )
+    return (chain.operator.address,)
+
+
 def deploy_contracts(
-    chain: Chain, *, names: Sequence[str] = tuple(SERVICE_CONTRACTS), admin: str | None = None
+    chain: Chain, *, names: Sequence[str] = REQUIRED_CONTRACTS, admin: str | None = None
 ) -> list[DeploymentRecord]:
-    """Deploy each contract with the operator as admin, grant the operator its role, then (if
+    """Deploy each contract with the operator as admin, grant the operator its roles, then (if
     `admin` is another address, e.g. a multisig) start the two-step admin transfer to it."""
     records = []
-    for name in names:
-        address, receipt = chain.deploy(name, chain.operator.address)
+    for name in sorted(names, key=lambda n: REQUIRED_CONTRACTS.index(n) if n in REQUIRED_CONTRACTS else 99):
+        address, receipt = chain.deploy(name, *_constructor_args(chain, name))
+        chain.register(name, address)
         contract = chain.contract(name)
-        role = SERVICE_CONTRACTS.get(name)
-        if role is not None:
+        for role in SERVICE_CONTRACTS.get(name, ()):
             chain.send(contract.functions.grantRole(keccak(text=role), chain.operator.address))
-        if admin is not None and to_checksum_address(admin) != chain.operator.address:
+        if name in SUPPORT_CONTRACTS:
+            pass  # no admin to hand over
+        elif admin is not None and to_checksum_address(admin) != chain.operator.address:
             chain.send(contract.functions.transferAdmin(to_checksum_address(admin)))
         records.append(
             DeploymentRecord(
@@ -94,7 +122,7 @@ def load_deployments(session: Session, chain_id: int) -> list[DeploymentRecord]:
 
 
 def verify_deployment(
-    chain: Chain, records: Sequence[DeploymentRecord], *, required: Sequence[str] = tuple(SERVICE_CONTRACTS)
+    chain: Chain, records: Sequence[DeploymentRecord], *, required: Sequence[str] = REQUIRED_CONTRACTS
 ) -> None:
     """Raise ConfigurationError unless every required contract is recorded for this chain and the code
     at its address is exactly the committed artifact's runtime code (so the service refuses to start)."""
@@ -117,6 +145,12 @@ def verify_deployment(
             )
 
 
+def missing_contracts(records: Sequence[DeploymentRecord], chain_id: int) -> list[str]:
+    """The required contracts not recorded for this chain, in deployment order."""
+    have = {r.name for r in records if r.chain_id == chain_id}
+    return [name for name in REQUIRED_CONTRACTS if name not in have]
+
+
 def attach_deployments(chain: Chain, session: Session) -> list[DeploymentRecord]:
     """Load, verify and register this chain's contracts so `chain.contract(name)` works."""
     records = load_deployments(session, chain.chain_id)
@@ -135,8 +169,12 @@ def ensure_deployment(
     on an external chain that is an operator's decision: `healthledger chain deploy`.
     """
     records = load_deployments(session, chain.chain_id)
-    if not records and embedded:
-        save_deployments(session, deploy_contracts(chain), now=now)
+    missing = missing_contracts(records, chain.chain_id)
+    if missing and embedded:
+        # A fresh chain, or one deployed by a release that had fewer contracts: add what is missing.
+        for record in records:
+            chain.register(record.name, record.address)
+        save_deployments(session, deploy_contracts(chain, names=missing), now=now)
         session.commit()
         records = load_deployments(session, chain.chain_id)
     verify_deployment(chain, records)

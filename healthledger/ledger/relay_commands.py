@@ -127,6 +127,7 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
             sessions, chain, from_block=min(r.deployment_block for r in records), guard=still_held
         )
         next_anchor = time.monotonic()
+        passes = runtime.background_passes(owner)
         while True:
             try:
                 held = leases.acquire(sessions, INDEXER_LEASE, owner, now=time.time(), ttl=ttl)
@@ -137,6 +138,8 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
                         next_anchor = time.monotonic() + anchor_interval
                 report = outbox.process_outbox(sessions, chain, time.time(), worker_id=owner)
                 indexed = follower.run_once(time.time()) if held is not None else None
+                for background in passes:  # research: studies confirmed, credentials re-issued
+                    background()
                 if report.claimed or (indexed is not None and indexed.to_block >= indexed.from_block):
                     click.echo(
                         f"outbox: {report.confirmed} confirmed, {report.failed} failed, {report.retried} retrying"

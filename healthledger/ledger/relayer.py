@@ -1,4 +1,5 @@
-"""Relayer: patients' signed EIP-712 grants/revokes and access-log anchors, queued in the chain outbox.
+"""Relayer: patients' signed EIP-712 grants/revokes, access-log anchors and the zero-knowledge writes
+(credential roots, studies, enrolments), queued in the chain outbox.
 
 `submit_*` run inside the caller's transaction (with the business change that caused them) and return
 the outbox id to report as "pending". The worker (`outbox.process_outbox`) turns each kind into a call
@@ -16,7 +17,16 @@ from sqlalchemy.orm import Session
 
 from healthledger.errors import BadRequest
 from healthledger.ledger import outbox
-from healthledger.ledger.calls import ANCHOR, GRANT, REVOKE
+from healthledger.ledger.calls import (
+    ANCHOR,
+    CREDENTIAL_ROOT,
+    FIELD_ORDER,
+    GRANT,
+    REVOKE,
+    STUDY_CLOSE,
+    STUDY_ENROL,
+    STUDY_REGISTER,
+)
 from healthledger.ledger.eip712 import Domain, GrantMessage, RevokeMessage, recover_signer
 
 
@@ -103,3 +113,60 @@ def submit_anchor(session: Session, log_id: bytes, tree_size: int, root_hash: by
         dedupe_key=f"{ANCHOR}:0x{log_id.hex()}:{tree_size}",
         ordering_key=f"anchor:0x{log_id.hex()}",
     )
+
+
+def _field_text(value: int, what: str) -> str:
+    if type(value) is not int or not 0 <= value < FIELD_ORDER:
+        raise BadRequest(f"{what} must be a field element")
+    return str(value)
+
+
+def submit_credential_root(session: Session, root: int, leaf_count: int, *, now: float) -> int:
+    """Queue an issuer's new credential tree root for CredentialRegistry.anchorRoot (in issuing order)."""
+    if root == 0 or not 0 < leaf_count < 2**64:
+        raise BadRequest("a credential root must be non-zero and cover at least one leaf")
+    payload = {"root": _field_text(root, "root"), "leaf_count": leaf_count}
+    return outbox.enqueue(
+        session, CREDENTIAL_ROOT, payload, now=now, dedupe_key=f"{CREDENTIAL_ROOT}:{root}",
+        ordering_key=CREDENTIAL_ROOT,
+    )
+
+
+def submit_study(
+    session: Session, study_id: int, criteria_hash: int, verifying_key_id: bytes, opens_at: int, closes_at: int,
+    max_participants: int, owner: str, *, now: float,
+) -> int:
+    """Queue StudyRegistry.registerStudy (once per study id)."""
+    if len(verifying_key_id) != 32:
+        raise BadRequest("verifying key id must be 32 bytes")
+    payload = {
+        "study_id": _field_text(study_id, "study id"), "criteria_hash": _field_text(criteria_hash, "criteria hash"),
+        "verifying_key_id": "0x" + verifying_key_id.hex(), "opens_at": opens_at, "closes_at": closes_at,
+        "max_participants": max_participants, "owner": to_checksum_address(owner),
+    }
+    key = f"study:{study_id}"
+    return outbox.enqueue(session, STUDY_REGISTER, payload, now=now, dedupe_key=f"{STUDY_REGISTER}:{study_id}",
+                          ordering_key=key)
+
+
+def submit_study_close(session: Session, study_id: int, *, now: float) -> int:
+    """Queue StudyRegistry.closeStudy (after the registration, on the same ordering key)."""
+    return outbox.enqueue(session, STUDY_CLOSE, {"study_id": _field_text(study_id, "study id")}, now=now,
+                          dedupe_key=f"{STUDY_CLOSE}:{study_id}", ordering_key=f"study:{study_id}")
+
+
+def submit_enrolment(
+    session: Session, enrollee: str, study_id: int, root: int, nullifier: int,
+    a: tuple[int, int], b: tuple[tuple[int, int], tuple[int, int]], c: tuple[int, int], *, now: float,
+) -> int:
+    """Queue StudyRegistry.enrolFor with a verified proof (EIP-197 coordinate order); once per nullifier.
+
+    No ordering key: enrolments are accepted only once the study's registration is confirmed, and they do
+    not depend on each other (the contract counts them), so a slow one does not hold up the next.
+    """
+    payload = {
+        "enrollee": to_checksum_address(enrollee), "study_id": _field_text(study_id, "study id"),
+        "root": _field_text(root, "root"), "nullifier": _field_text(nullifier, "nullifier"),
+        "a": [str(x) for x in a], "b": [[str(x) for x in pair] for pair in b], "c": [str(x) for x in c],
+    }
+    return outbox.enqueue(session, STUDY_ENROL, payload, now=now, dedupe_key=f"{STUDY_ENROL}:{nullifier}")

@@ -21,6 +21,8 @@ from healthledger.ledger.backends.embedded import EMBEDDED_CHAIN_ID, GENESIS_TIM
 from healthledger.ledger.backends.rpc_server import EmbeddedRPC, serve_in_thread
 from healthledger.ledger.chain import Chain, ContractRevert, decode_revert, embedded_chain, rpc_chain
 from healthledger.ledger.deploy import (
+    REQUIRED_CONTRACTS,
+    SERVICE_CONTRACTS,
     DeploymentRecord,
     attach_deployments,
     deploy_contracts,
@@ -181,7 +183,7 @@ def test_deployment_is_recorded_and_verified(tmp_path: Path) -> None:
             save_deployments(session, records, now=datetime.now(UTC))
             session.commit()
             stored = load_deployments(session, chain.chain_id)
-            assert {r.name for r in stored} == {"ConsentRegistry", "AccessLogAnchor"}
+            assert {r.name for r in stored} == set(REQUIRED_CONTRACTS)
             assert all(r.deployment_block > 0 and r.code_hash.startswith("0x") for r in stored)
             assert load_deployments(session, chain.chain_id + 1) == []
             assert attach_deployments(chain, session) == stored
@@ -190,6 +192,7 @@ def test_deployment_is_recorded_and_verified(tmp_path: Path) -> None:
             )
 
         by_name = {r.name: r for r in records}
+        rest = [r for r in records if r.name not in ("ConsentRegistry", "AccessLogAnchor")]
         swapped = [
             DeploymentRecord(
                 chain.chain_id,
@@ -199,18 +202,21 @@ def test_deployment_is_recorded_and_verified(tmp_path: Path) -> None:
                 by_name["AccessLogAnchor"].code_hash,
             ),
             by_name["AccessLogAnchor"],
+            *rest,
         ]
         with pytest.raises(ConfigurationError, match="not the contract this release ships"):
             verify_deployment(chain, swapped)
         empty_address = [
             DeploymentRecord(chain.chain_id, "ConsentRegistry", Account.create().address, 1, "0x00"),
             by_name["AccessLogAnchor"],
+            *rest,
         ]
         with pytest.raises(ConfigurationError):
             verify_deployment(chain, empty_address)
         tampered = [
             DeploymentRecord(**{**by_name["ConsentRegistry"].__dict__, "code_hash": "0x" + "00" * 32}),
             by_name["AccessLogAnchor"],
+            *rest,
         ]
         with pytest.raises(ConfigurationError, match="changed since"):
             verify_deployment(chain, tampered)
@@ -362,10 +368,10 @@ def test_role_and_pause_commands(tmp_path: Path) -> None:
     relayer = Account.create().address
     granted = runner.invoke(cli, ["chain", "role", "grant", "relayer", relayer])
     assert granted.exit_code == 0 and "ConsentRegistry" in granted.output, granted.output
-    assert runner.invoke(cli, ["chain", "role", "grant", "ISSUER", relayer]).exit_code == 2  # which contract?
+    assert runner.invoke(cli, ["chain", "role", "grant", "AUDITOR", relayer]).exit_code == 2  # which contract?
     assert runner.invoke(cli, ["chain", "role", "grant", "RELAYER", "0x1234"]).exit_code == 2
     paused = runner.invoke(cli, ["chain", "pause"])
-    assert paused.exit_code == 0 and paused.output.count("paused") == 2, paused.output
+    assert paused.exit_code == 0 and paused.output.count("paused") == len(SERVICE_CONTRACTS), paused.output
     assert "already paused" in runner.invoke(cli, ["chain", "pause", "--contract", "AccessLogAnchor"]).output
     assert runner.invoke(cli, ["chain", "pause", "--resume"]).exit_code == 0
 

@@ -132,8 +132,9 @@ def registries(chain: Chain, population: tuple[PoseidonMerkleTree, list[IssuedCr
     tree, _ = population
     chain.send(creg.functions.anchorRoot(tree.root, tree.size))
     criteria = compile_criteria(DIABETES_STUDY, REFERENCE_DATE, HASH_CONDITION)
-    chain.send(sreg.functions.registerStudy(STUDY_ID, criteria.criteria_hash))
-    chain.send(sreg.functions.registerStudy(STUDY_ID + 1, criteria.criteria_hash))
+    vk_id = b"\x01" * 32  # a window open since 1970 and a participant limit, as real studies have
+    chain.send(sreg.functions.registerStudy(STUDY_ID, criteria.criteria_hash, vk_id, 1, 0, 1000, op))
+    chain.send(sreg.functions.registerStudy(STUDY_ID + 1, criteria.criteria_hash, vk_id, 1, 0, 1000, op))
     enrollee = Account.from_key(ENROLLEE_KEY)
     fund(chain, enrollee.address)
     return Registries(chain, creg, sreg, enrollee)
@@ -209,15 +210,22 @@ def test_study_registration_rules(registries: Registries, proof: ProofResult) ->
     r = registries
     sreg, ledger = r.studies, r.chain
     field_order = 21888242871839275222246405745257275088548364400416034343698204186575808495617
+    op, vk_id = ledger.operator.address, b"\x01" * 32
+
+    def register(study_id: int, criteria_hash: int, opens: int = 0, closes: int = 0) -> tuple[object, ...]:
+        return (study_id, criteria_hash, vk_id, opens, closes, 0, op)
+
     with reverts("MissingRole"):
-        ledger.send(sreg.functions.registerStudy(77, 1), sender=r.enrollee)
+        ledger.send(sreg.functions.registerStudy(*register(77, 1)), sender=r.enrollee)
     with reverts("StudyExists"):
-        ledger.send(sreg.functions.registerStudy(STUDY_ID, 1))
+        ledger.send(sreg.functions.registerStudy(*register(STUDY_ID, 1)))
     for study_id, criteria_hash in ((78, 0), (78, field_order), (field_order, 1)):
         with reverts("InvalidStudy"):
-            ledger.send(sreg.functions.registerStudy(study_id, criteria_hash))
+            ledger.send(sreg.functions.registerStudy(*register(study_id, criteria_hash)))
+    with reverts("InvalidStudy"):  # a window that closes before it opens
+        ledger.send(sreg.functions.registerStudy(*register(78, 1, opens=100, closes=50)))
     ledger.send(sreg.functions.closeStudy(STUDY_ID + 1))
-    assert ledger.call(sreg.functions.studies(STUDY_ID + 1))[1] is True
+    assert ledger.call(sreg.functions.studies(STUDY_ID + 1))[6] is True
     with reverts("StudyIsClosed"):
         ledger.send(sreg.functions.enrol(*enrol_args(proof, study=STUDY_ID + 1)), gas=600_000, sender=r.enrollee)
     with reverts("UnknownStudy"):

@@ -20,22 +20,32 @@ interface IRootHistory {
 
 /// @title StudyRegistry: studies with committed eligibility criteria, and zero-knowledge enrolment.
 /// @notice A STUDY_REGISTRAR registers a study id with the Poseidon hash of its compiled criteria
-/// (zk/criteria.py). A patient (or a wallet acting for them) enrols by submitting a Groth16 proof of the
-/// eligibility circuit (zk/circuits/eligibility.circom) whose public signals are
-/// [root, studyId, criteriaHash, enrollee, nullifier]: the contract supplies criteriaHash from storage
-/// and enrollee = msg.sender itself, so a proof only works for the registered criteria and for the
-/// address it was made for (no front-running or replay by another sender). The root must be a known
-/// issuer root; the nullifier (Poseidon(secret, studyId)) may be used once, so nobody enrols twice.
+/// (zk/criteria.py), the id of the verifying key its proofs are checked with, its enrolment window, its
+/// maximum number of participants and its owner (a pseudonymous address of the researcher's organisation).
+/// A patient (or a wallet acting for them) enrols by submitting a Groth16 proof of the eligibility circuit
+/// (zk/circuits/eligibility.circom) whose public signals are [root, studyId, criteriaHash, enrollee,
+/// nullifier]: the contract supplies criteriaHash from storage and the enrollee itself, so a proof only
+/// works for the registered criteria and for the address it was made for. `enrol` takes the enrollee as
+/// msg.sender; `enrolFor` lets a RELAYER submit (and pay for) the proof of an enrollee that holds no
+/// ether: the proof is bound to that enrollee, so relaying it cannot enrol anyone else. The root must be a
+/// known issuer root; the nullifier (Poseidon(secret, studyId)) may be used once, so nobody enrols twice.
 /// Nothing here reveals who the patient is or which attributes they have.
 contract StudyRegistry is Roles {
     bytes32 public constant STUDY_REGISTRAR = keccak256("STUDY_REGISTRAR");
+    bytes32 public constant RELAYER = keccak256("RELAYER");
     /// @dev BN254 scalar field order (EIP-196): study ids and hashes are field elements.
     uint256 internal constant FIELD_ORDER =
         21888242871839275222246405745257275088548364400416034343698204186575808495617;
 
     struct Study {
         uint256 criteriaHash; // 0 = not registered
+        bytes32 verifyingKeyId; // sha256 of the snarkjs verification key the study's proofs are made for
+        uint64 opensAt; // enrolment window [opensAt, closesAt) in seconds; closesAt 0 = open-ended
+        uint64 closesAt;
+        uint32 maxParticipants; // 0 = no limit
+        uint32 participants;
         bool closed;
+        address owner;
     }
 
     IEligibilityVerifier public immutable verifier;
@@ -45,7 +55,15 @@ contract StudyRegistry is Roles {
     /// @notice nullifier -> the address that enrolled with it (zero = unused).
     mapping(uint256 nullifier => address) public enrolledBy;
 
-    event StudyRegistered(uint256 indexed studyId, uint256 criteriaHash);
+    event StudyRegistered(
+        uint256 indexed studyId,
+        uint256 criteriaHash,
+        bytes32 verifyingKeyId,
+        uint64 opensAt,
+        uint64 closesAt,
+        uint32 maxParticipants,
+        address indexed owner
+    );
     event StudyClosed(uint256 indexed studyId);
     event Enrolled(uint256 indexed studyId, uint256 indexed nullifier, address indexed enrollee, uint256 root);
 
@@ -53,6 +71,8 @@ contract StudyRegistry is Roles {
     error StudyExists(uint256 studyId);
     error UnknownStudy(uint256 studyId);
     error StudyIsClosed(uint256 studyId);
+    error EnrolmentNotOpen(uint256 studyId);
+    error StudyFull(uint256 studyId);
     error UnknownRoot(uint256 root);
     error NullifierUsed(uint256 nullifier);
     error InvalidProof();
@@ -63,11 +83,21 @@ contract StudyRegistry is Roles {
         credentials = credentials_;
     }
 
-    function registerStudy(uint256 studyId, uint256 criteriaHash) external whenNotPaused onlyRole(STUDY_REGISTRAR) {
+    function registerStudy(
+        uint256 studyId,
+        uint256 criteriaHash,
+        bytes32 verifyingKeyId,
+        uint64 opensAt,
+        uint64 closesAt,
+        uint32 maxParticipants,
+        address owner
+    ) external whenNotPaused onlyRole(STUDY_REGISTRAR) {
         if (studyId >= FIELD_ORDER || criteriaHash == 0 || criteriaHash >= FIELD_ORDER) revert InvalidStudy();
+        if (closesAt != 0 && closesAt <= opensAt) revert InvalidStudy();
+        if (owner == address(0)) revert ZeroAddress();
         if (studies[studyId].criteriaHash != 0) revert StudyExists(studyId);
-        studies[studyId] = Study(criteriaHash, false);
-        emit StudyRegistered(studyId, criteriaHash);
+        studies[studyId] = Study(criteriaHash, verifyingKeyId, opensAt, closesAt, maxParticipants, 0, false, owner);
+        emit StudyRegistered(studyId, criteriaHash, verifyingKeyId, opensAt, closesAt, maxParticipants, owner);
     }
 
     function closeStudy(uint256 studyId) external onlyRole(STUDY_REGISTRAR) {
@@ -85,17 +115,50 @@ contract StudyRegistry is Roles {
         uint256[2][2] calldata pB,
         uint256[2] calldata pC
     ) external whenNotPaused {
-        Study memory study = studies[studyId];
-        if (study.criteriaHash == 0) revert UnknownStudy(studyId);
+        _enrol(msg.sender, studyId, root, nullifier, pA, pB, pC);
+    }
+
+    /// @notice Enrol `enrollee` (the address the proof was made for), submitted by a relayer.
+    function enrolFor(
+        address enrollee,
+        uint256 studyId,
+        uint256 root,
+        uint256 nullifier,
+        uint256[2] calldata pA,
+        uint256[2][2] calldata pB,
+        uint256[2] calldata pC
+    ) external whenNotPaused onlyRole(RELAYER) {
+        if (enrollee == address(0)) revert ZeroAddress();
+        _enrol(enrollee, studyId, root, nullifier, pA, pB, pC);
+    }
+
+    function _enrol(
+        address enrollee,
+        uint256 studyId,
+        uint256 root,
+        uint256 nullifier,
+        uint256[2] calldata pA,
+        uint256[2][2] calldata pB,
+        uint256[2] calldata pC
+    ) private {
+        Study storage study = studies[studyId];
+        uint256 criteriaHash = study.criteriaHash;
+        if (criteriaHash == 0) revert UnknownStudy(studyId);
         if (study.closed) revert StudyIsClosed(studyId);
+        if (block.timestamp < study.opensAt || (study.closesAt != 0 && block.timestamp >= study.closesAt)) {
+            revert EnrolmentNotOpen(studyId);
+        }
+        uint32 participants = study.participants;
+        if (study.maxParticipants != 0 && participants >= study.maxParticipants) revert StudyFull(studyId);
         if (enrolledBy[nullifier] != address(0)) revert NullifierUsed(nullifier);
         if (!credentials.isKnownRoot(root)) revert UnknownRoot(root);
-        uint256[5] memory pubSignals = [root, studyId, study.criteriaHash, uint256(uint160(msg.sender)), nullifier];
+        uint256[5] memory pubSignals = [root, studyId, criteriaHash, uint256(uint160(enrollee)), nullifier];
         // The generated verifier returns false (rather than reverting) when a precompile fails, e.g. out
         // of gas: only an explicit true counts.
         if (!_verify(pA, pB, pC, pubSignals)) revert InvalidProof();
-        enrolledBy[nullifier] = msg.sender;
-        emit Enrolled(studyId, nullifier, msg.sender, root);
+        enrolledBy[nullifier] = enrollee;
+        study.participants = participants + 1;
+        emit Enrolled(studyId, nullifier, enrollee, root);
     }
 
     function _verify(

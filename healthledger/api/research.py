@@ -1,0 +1,258 @@
+"""The research workflow's FHIR interactions and operations (thin: parse HTTP, call `healthledger.research`, render).
+
+- `POST /fhir/ResearchStudy` (researcher): a draft study and its cohort Group; `GET /fhir/ResearchStudy[?status=]`
+  and `GET /fhir/ResearchStudy/{id}`: published studies for anyone authenticated, drafts for their owners.
+- `POST /fhir/ResearchStudy/{id}/$publish` (owner): registration on StudyRegistry through the outbox (202;
+  the study turns `active` when the chain confirms it).
+- `GET|POST /fhir/Patient/{id}/$eligibility-credential` (that patient only; anyone else: 404): the credential;
+  POST with `password` activates it (first time) and adds the identity secret and, with `study`, the enrollee.
+- `POST /fhir/ResearchStudy/{id}/$enrol` (patient: proof, publicSignals, password) -> ResearchSubject;
+  `POST /fhir/ResearchStudy/{id}/$leave` (patient: password) revokes the study consent's grant.
+- `GET /fhir/ResearchSubject?study=ResearchStudy/{id}` (owner): participants as pseudonyms;
+  a patient gets their own enrolments.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from fhir_adapters.research_study import study_reference
+from healthledger.api import negotiation as http
+from healthledger.api.paging import searchset_bundle
+from healthledger.config import Settings
+from healthledger.errors import BadRequest, Forbidden, NotFound, Unprocessable
+from healthledger.ledger import patient_keys
+from healthledger.principal import Principal
+from healthledger.research.credentials import Credential, CredentialIssuer
+from healthledger.research.enrolment import Enrolments
+from healthledger.research.studies import Studies, acting
+from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
+from zk.credential import credential_inputs
+
+_STATUSES = frozenset({"draft", "active", "closed-to-accrual", "completed", "withdrawn", "administratively-completed",
+                       "approved", "closed-to-accrual-and-intervention", "disapproved", "in-review",
+                       "temporarily-closed-to-accrual", "temporarily-closed-to-accrual-and-intervention"})
+MAX_COUNT = 500
+
+
+def research_blueprint(store: ResourceStore, settings: Settings, authenticate: Callable[[], Principal], *,
+                       studies: Studies | None = None, issuer: CredentialIssuer | None = None,
+                       enrolments: Enrolments | None = None) -> Blueprint:
+    """Register before the generic /fhir blueprint: these paths are more specific than /fhir/<type>."""
+    bp = Blueprint("research", __name__, url_prefix="/fhir")
+    studies = studies or Studies(store)
+    api = _ResearchApi(store, settings, authenticate, studies, issuer or CredentialIssuer(store),
+                       enrolments or Enrolments(store, studies))
+    bp.add_url_rule("/ResearchStudy", "studies", api.studies, methods=["GET", "POST"])
+    bp.add_url_rule("/ResearchStudy/<study_id>", "study", api.study, methods=["GET", "PUT", "DELETE"])
+    bp.add_url_rule("/ResearchStudy/<study_id>/$publish", "publish", api.publish, methods=["POST"])
+    bp.add_url_rule("/ResearchStudy/<study_id>/$enrol", "enrol", api.enrol, methods=["POST"])
+    bp.add_url_rule("/ResearchStudy/<study_id>/$leave", "leave", api.leave, methods=["POST"])
+    bp.add_url_rule("/ResearchSubject", "subjects", api.subjects, methods=["GET"])
+    bp.add_url_rule("/Patient/<patient_id>/$eligibility-credential", "credential", api.credential,
+                    methods=["GET", "POST"])
+    return bp
+
+
+def _parameters(body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("resourceType") != "Parameters":
+        raise BadRequest("the operation takes a Parameters resource", expression="resourceType")
+    found: dict[str, Any] = {}
+    for p in body.get("parameter") or []:
+        if isinstance(p, dict) and isinstance(p.get("name"), str):
+            value = next((v for k, v in p.items() if k.startswith("value")), p.get("resource"))
+            found[p["name"]] = value
+    return found
+
+
+def _string(params: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = params.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"parameter {name!r} is required as a valueString", expression=f"Parameters.parameter[{name}]")
+    return value
+
+
+class _ResearchApi:
+    def __init__(self, store: ResourceStore, settings: Settings, authenticate: Callable[[], Principal],
+                 studies: Studies, issuer: CredentialIssuer, enrolments: Enrolments) -> None:
+        self.store = store
+        self.settings = settings
+        self.authenticate = authenticate
+        self.catalogue = studies
+        self.issuer = issuer
+        self.enrolments = enrolments
+
+    def _base(self) -> str:
+        root = self.settings.base_url.rstrip("/") if self.settings.base_url else request.host_url.rstrip("/")
+        return f"{root}/fhir"
+
+    def _respond(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        response = Response(dump_resource(payload), status=status, content_type=http.FHIR_JSON)
+        if headers:
+            response.headers.update(headers)
+        return response
+
+    def _body(self) -> dict[str, Any]:
+        http.require_json_body(request)
+        return http.parse_json_object(http.read_body(request, self.settings.max_request_bytes))
+
+    def _shown(self, stored: StoredResource) -> dict[str, Any]:
+        body = dict(stored.resource or {})
+        body["id"] = stored.id
+        body["meta"] = {**(body.get("meta") or {}), "versionId": str(stored.version_id),
+                        "lastUpdated": stored.last_updated.isoformat()}
+        return body
+
+    def _headers(self, stored: StoredResource, *, location: bool = False) -> dict[str, str]:
+        headers = {"ETag": http.etag(stored.version_id), "Last-Modified": http.http_date(stored.last_updated)}
+        if location:
+            headers["Location"] = f"{self._base()}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+        return headers
+
+    # -- studies ---------------------------------------------------------------------------------
+    def studies(self) -> Response:
+        principal = self.authenticate()
+        http.check_response_format(request)
+        if request.method == "POST":
+            study, group = self.catalogue.create(self._body(), principal)
+            headers = self._headers(study, location=True)
+            headers["X-Cohort-Group"] = f"Group/{group.id}"
+            return self._respond(self._shown(study), 201, headers)
+        statuses: set[str] = set()
+        count = MAX_COUNT
+        for name, value in request.args.items(multi=True):
+            if name == "status":
+                wanted = {v.strip() for v in value.split(",") if v.strip()}
+                unknown = wanted - _STATUSES
+                if unknown:
+                    raise BadRequest(f"unknown ResearchStudy status {min(unknown)!r}", expression="status")
+                statuses |= wanted
+            elif name == "_count":
+                if not value.isdigit() or not 0 < int(value) <= MAX_COUNT:
+                    raise BadRequest(f"_count must be 1 to {MAX_COUNT}", expression="_count")
+                count = int(value)
+            elif name not in ("_format",):
+                raise BadRequest(f"ResearchStudy is searched by status (and _count) only, not {name!r}",
+                                 expression=name)
+        found = self.catalogue.search(principal, statuses or None, count=count)
+        bundle = searchset_bundle(((f"{self._base()}/ResearchStudy/{s.id}", self._shown(s)) for s in found),
+                                  total=len(found), links=[{"relation": "self", "url": request.url}])
+        return self._respond(bundle)
+
+    def study(self, study_id: str) -> Response:
+        principal = self.authenticate()
+        http.check_response_format(request)
+        if request.method != "GET":
+            raise Forbidden("a study changes through its operations ($publish); it is not edited directly")
+        stored = self.catalogue.read(study_id, principal)
+        return self._respond(self._shown(stored), 200, self._headers(stored))
+
+    def publish(self, study_id: str) -> Response:
+        principal = self.authenticate()
+        http.check_response_format(request)
+        stored = self.catalogue.publish(study_id, principal)
+        return self._respond(self._shown(stored), 202, self._headers(stored))
+
+    # -- credentials -----------------------------------------------------------------------------
+    def credential(self, patient_id: str) -> Response:
+        principal = self.authenticate()
+        http.check_response_format(request)
+        if principal.role != "patient" or principal.patient_id != patient_id:
+            # Denied answers exactly like a patient with no credential.
+            raise NotFound("no eligibility credential has been issued to this patient")
+        patient_ref = f"Patient/{patient_id}"
+        secret: int | None = None
+        enrollee: str | None = None
+        if request.method == "POST":
+            params = _parameters(self._body())
+            password = _string(params, "password")
+            study = _string(params, "study", required=False)
+            assert password is not None
+            with self.store.unit_of_work(acting(principal)) as uow:
+                from sqlalchemy.orm import Session
+
+                session = Session(bind=uow.conn, join_transaction_mode="create_savepoint")
+                try:
+                    master = patient_keys.unlock(session, patient_ref, password)
+                except patient_keys.KeyUnlockError:
+                    raise Forbidden("the patient's key could not be unlocked with that password") from None
+                known = self.issuer.activated(uow.conn, [patient_ref])
+                secret = self.issuer.activate(uow.conn, patient_ref, master)
+                if not known:
+                    report = self.issuer.issue(uow.conn, [patient_ref])
+                    if not report.issued and report.skipped:
+                        reason = next(iter(report.skipped))
+                        raise Unprocessable(f"no eligibility credential can be issued from your records: {reason}")
+                if study is not None:
+                    study_id = study.removeprefix("ResearchStudy/")
+                    enrollee = patient_keys.pseudonym_for(master, study_reference(study_id)).address
+        with self.store.engine.connect() as conn:
+            credential = self.issuer.credential(conn, patient_ref)
+        return self._respond(credential_parameters(credential, secret=secret, enrollee=enrollee))
+
+    # -- enrolment -------------------------------------------------------------------------------
+    def enrol(self, study_id: str) -> Response:
+        principal = self.authenticate()
+        http.check_response_format(request)
+        params = _parameters(self._body())
+        password = _string(params, "password")
+        assert password is not None
+        participant = self.enrolments.enrol(study_id, principal, params.get("proof"), params.get("publicSignals"),
+                                            password)
+        subject = participant.research_subject(for_patient=True)
+        return self._respond(subject, 201, {"Location": f"{self._base()}/ResearchSubject/{participant.id}"})
+
+    def leave(self, study_id: str) -> Response:
+        principal = self.authenticate()
+        http.check_response_format(request)
+        password = _string(_parameters(self._body()), "password")
+        assert password is not None
+        participant = self.enrolments.leave(study_id, principal, password)
+        return self._respond(participant.research_subject(for_patient=True))
+
+    def subjects(self) -> Response:
+        principal = self.authenticate()
+        http.check_response_format(request)
+        study = request.args.get("study", "")
+        if not study:
+            raise BadRequest("search ResearchSubject by study=ResearchStudy/{id}", expression="study")
+        study_id = study.removeprefix("ResearchStudy/")
+        if principal.role == "patient":
+            mine = self.enrolments.mine(study_id, principal)
+            people = [mine] if mine is not None else []
+            entries = [p.research_subject(for_patient=True) for p in people]
+        else:
+            entries = [p.research_subject(for_patient=False) for p in self.enrolments.participants(study_id, principal)]
+        bundle = searchset_bundle(((f"{self._base()}/ResearchSubject/{e['id']}", e) for e in entries),
+                                  total=len(entries), links=[{"relation": "self", "url": request.url}])
+        return self._respond(bundle)
+
+
+def credential_parameters(credential: Credential, *, secret: int | None = None,
+                          enrollee: str | None = None) -> dict[str, Any]:
+    """`$eligibility-credential` as FHIR Parameters; `circuitInputs` is the prover's credential fragment."""
+    attrs = credential.attributes
+    inputs = credential_inputs(secret or 1, attrs, credential.path.siblings, credential.path.path_bits)
+    if secret is None:
+        del inputs["secret"]
+    params: list[dict[str, Any]] = [
+        {"name": "leafIndex", "valueInteger": credential.leaf_index},
+        {"name": "identityCommitment", "valueString": str(credential.commitment)},
+        {"name": "root", "valueString": str(credential.root)},
+        {"name": "anchored", "valueBoolean": credential.anchored},
+        {"name": "anchorState", "valueCode": credential.anchor_state},
+        {"name": "circuitInputs", "valueString": json.dumps(inputs, sort_keys=True)},
+    ]
+    if credential.anchor_block is not None:
+        params.append({"name": "anchorBlock", "valueInteger": credential.anchor_block})
+    if credential.anchor_tx is not None:
+        params.append({"name": "anchorTransaction", "valueString": credential.anchor_tx})
+    if enrollee is not None:
+        params.append({"name": "enrollee", "valueString": enrollee})
+    return {"resourceType": "Parameters", "parameter": params}

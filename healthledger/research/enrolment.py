@@ -1,0 +1,275 @@
+"""Enrolment by proof: a patient proves, with a Groth16 proof of the eligibility circuit, that a credential leaf
+under an anchored root meets a published study's criteria; the service checks it in Python, relays
+`StudyRegistry.enrolFor` through the outbox, and records the study consent signed by the same pseudonym.
+
+Order of the checks of `$enrol` (each a distinct 4xx):
+1. the caller is a patient (403 otherwise);
+2. the study is published and active (404 unknown, 409 not active yet);
+3. the enrolment window is open now (409), the study is not full (409);
+4. proof and public signals are well-formed snarkjs JSON (400);
+5. the public signals name this study, its criteria hash and the caller's study pseudonym (422): the pseudonym
+   is derived from the patient's key, which their password unlocks;
+6. the root is one of the last 30 anchored credential roots (409 pending or stale);
+7. the nullifier was not used (409: this patient is already enrolled);
+8. the proof verifies (zk.groth16, 422).
+Then, in one transaction: the enrolment write queued, the study Consent (purpose HRESCH, the study's categories
+and data period, actor `ResearchStudy/{id}`, `study-pseudonym` extension) created and signed by the pseudonym,
+and the enrolment row. The answer is a ResearchSubject naming the pseudonym, never the patient.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+from eth_utils import to_checksum_address
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from fhir_adapters.research_study import (
+    STUDY_PSEUDONYM_SYSTEM,
+    STUDY_PSEUDONYM_URL,
+    StudyTerms,
+    study_reference,
+)
+from healthledger.consent.lifecycle import revoke_consent, sign_consent
+from healthledger.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from healthledger.ledger import outbox, patient_keys, relayer
+from healthledger.principal import HRESCH, Principal
+from healthledger.research.credentials import root_state
+from healthledger.research.models import Enrolment, PublishedStudy
+from healthledger.research.studies import V3_ACT_REASON, Studies, _terms
+from healthledger.store.repository import ResourceStore, StoredResource
+from zk import groth16
+from zk.errors import MalformedInput
+from zk.prover import CircuitFiles
+from zk.snarkjs_io import (
+    Proof,
+    VerificationKey,
+    load_proof,
+    load_public_signals,
+    load_verification_key,
+    solidity_calldata,
+)
+
+IRCP = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
+CHAIN_STATE_URL = "https://healthledger.dev/fhir/StructureDefinition/enrolment-chain-state"
+
+
+@lru_cache(maxsize=1)
+def eligibility_key() -> VerificationKey:
+    return load_verification_key(CircuitFiles.committed().verification_key)
+
+
+def _session(conn: Connection) -> Session:
+    return Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+
+def _parse_proof(proof: Any, signals: Any) -> tuple[Proof, list[int]]:
+    try:
+        parsed = load_proof(json.loads(proof) if isinstance(proof, str) else proof)
+        public = load_public_signals(json.loads(signals) if isinstance(signals, str) else signals)
+    except (MalformedInput, ValueError, TypeError) as exc:
+        raise BadRequest(f"the proof or its public signals are not snarkjs Groth16 JSON: {exc}") from None
+    if len(public) != 5:
+        raise BadRequest("an eligibility proof has 5 public signals: root, studyId, criteriaHash, enrollee, nullifier")
+    return parsed, public
+
+
+def study_consent(patient_id: str, study_id: str, terms: StudyTerms, pseudonym: str, now: datetime) -> dict[str, Any]:
+    """The study Consent (seam: fhir_adapters/research_study.py): research only, the study's data, its pseudonym."""
+    provision: dict[str, Any] = {
+        "type": "permit",
+        "actor": [{"role": {"coding": [IRCP]}, "reference": {"reference": study_reference(study_id)}}],
+        "purpose": [{"system": V3_ACT_REASON, "code": HRESCH}],
+        "class": [{"system": RESOURCE_TYPES, "code": c.resource_type} for c in terms.categories],
+    }
+    codes = [{"coding": [{"system": s, "code": c} if s else {"code": c}]} for cat in terms.categories for s, c in cat.codes]
+    if codes:
+        provision["code"] = codes
+    period = terms.data_period
+    if period is not None:
+        provision["dataPeriod"] = {k: v.isoformat() for k, v in (("start", period.start), ("end", period.end)) if v}
+    return {
+        "resourceType": "Consent", "status": "proposed",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "57016-8"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"}, "dateTime": now.isoformat(),
+        "extension": [{"url": STUDY_PSEUDONYM_URL, "valueString": pseudonym}],
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": provision,
+    }
+
+
+@dataclass(frozen=True)
+class Participant:
+    """An enrolment as the researcher and the patient see it."""
+
+    id: str
+    study_id: str
+    pseudonym: str
+    enrolled_at: float
+    left_at: float | None
+    chain_state: str
+    consent_id: str
+
+    def research_subject(self, *, for_patient: bool) -> dict[str, Any]:
+        subject: dict[str, Any] = {
+            "resourceType": "ResearchSubject", "id": self.id,
+            "status": "withdrawn" if self.left_at is not None else "on-study",
+            "period": {"start": datetime.fromtimestamp(self.enrolled_at, UTC).date().isoformat()},
+            "study": {"reference": study_reference(self.study_id)},
+            "individual": {"identifier": {"system": STUDY_PSEUDONYM_SYSTEM, "value": self.pseudonym}},
+            "extension": [{"url": CHAIN_STATE_URL, "valueCode": self.chain_state}],
+        }
+        if self.left_at is not None:
+            subject["period"]["end"] = datetime.fromtimestamp(self.left_at, UTC).date().isoformat()
+        if for_patient:
+            subject["consent"] = {"reference": f"Consent/{self.consent_id}"}
+        return subject
+
+
+class Enrolments:
+    """`$enrol`, `$leave` and the participants of a study, over one store."""
+
+    def __init__(self, store: ResourceStore, studies: Studies, *, clock: Callable[[], float] = time.time,
+                 verify: Callable[[Proof, list[int]], bool] | None = None) -> None:
+        self.store = store
+        self.studies = studies
+        self.clock = clock
+        self._verify = verify or (lambda proof, public: groth16.verify(groth16.prepare_verification_key(
+            eligibility_key()), proof, public))
+
+    def _published(self, session: Session, study_id: str) -> PublishedStudy:
+        row = session.get(PublishedStudy, (self.store.tenant, study_id))
+        if row is None:
+            raise NotFound(f"ResearchStudy/{study_id} is not known")
+        return row
+
+    def _participant(self, session: Session, row: Enrolment) -> Participant:
+        state = outbox.status(session, int(row.enrol_item)).state.value
+        label = {"queued": "pending", "sent": "pending"}.get(state, state)
+        return Participant(row.id, row.study_id, row.enrollee, row.enrolled_at, row.left_at, label, row.consent_id)
+
+    def enrol(self, study_id: str, principal: Principal, proof_json: Any, signals_json: Any,
+              password: str) -> Participant:
+        if principal.role != "patient" or not principal.patient_id:
+            raise Forbidden("only a patient enrols, with a proof made from their own credential")
+        self.studies.settle()
+        now = self.clock()
+        patient_ref = f"Patient/{principal.patient_id}"
+        with self.store.unit_of_work(principal) as uow:
+            conn: Connection = uow.conn
+            session = _session(conn)
+            published = self._published(session, study_id)
+            if published.state != "active":
+                raise Conflict(f"ResearchStudy/{study_id} is not open for enrolment yet (its registration is "
+                               f"{published.state})")
+            if now < published.opens_at or (published.closes_at and now >= published.closes_at):
+                raise Conflict(f"the enrolment window of ResearchStudy/{study_id} is closed")
+            count = session.scalar(sa.select(sa.func.count()).select_from(Enrolment).where(
+                Enrolment.tenant == self.store.tenant, Enrolment.study_id == study_id)) or 0
+            if published.max_participants and count >= published.max_participants:
+                raise Conflict(f"ResearchStudy/{study_id} is full ({published.max_participants} participants)")
+            proof, public = _parse_proof(proof_json, signals_json)
+            root, chain_id, criteria_hash, enrollee_field, nullifier = public
+            if chain_id != int(published.chain_study_id) or criteria_hash != int(published.criteria_hash):
+                raise Unprocessable("the proof was made for another study or other criteria", expression="publicSignals")
+            try:
+                master = patient_keys.unlock(session, patient_ref, password)
+            except patient_keys.KeyUnlockError:
+                raise Forbidden("the patient's key could not be unlocked with that password") from None
+            pseudonym = patient_keys.pseudonym_for(master, study_reference(study_id))
+            if enrollee_field != int(pseudonym.address, 16):
+                raise Unprocessable("the proof is not bound to your pseudonym for this study", expression="publicSignals")
+            state = root_state(session, self.store.tenant, root)
+            if state == "pending":
+                raise Conflict("the credential root of this proof is not anchored on-chain yet; retry shortly")
+            if state == "stale":
+                raise Conflict("the credential root of this proof is stale: fetch your credential again and re-prove")
+            used = session.scalar(sa.select(Enrolment.id).where(Enrolment.nullifier == str(nullifier)))
+            if used is not None:
+                raise Conflict("this credential has already enrolled in this study (the nullifier is used)")
+            try:
+                valid = self._verify(proof, public)
+            except MalformedInput as exc:
+                raise BadRequest(f"the proof is malformed: {exc}") from None
+            if not valid:
+                raise Unprocessable("the proof does not verify", expression="proof")
+            a, b, c, _ = solidity_calldata(proof, public)
+            item = relayer.submit_enrolment(session, pseudonym.address, chain_id, root, nullifier, a, b, c, now=now)
+            session.commit()  # releases the savepoint into the unit of work's transaction
+            study = uow.peek("ResearchStudy", study_id)
+            assert study is not None and study.resource is not None
+            terms = _terms(study.resource)
+            consent, _ = uow.create(study_consent(principal.patient_id, study_id, terms, pseudonym.address,
+                                                  datetime.fromtimestamp(now, UTC)))
+            sign_consent(uow, consent.id, password, now=now, master=master)
+            session = _session(conn)
+            row = Enrolment(id=secrets.token_hex(16), tenant=self.store.tenant, study_id=study_id,
+                            nullifier=str(nullifier), enrollee=to_checksum_address(pseudonym.address), root=str(root),
+                            enrol_item=item, consent_id=consent.id, enrolled_at=now)
+            session.add(row)
+            session.commit()
+            return self._participant(session, row)
+
+    def leave(self, study_id: str, principal: Principal, password: str) -> Participant:
+        """Withdraw: revoke the study consent's grant (signed by the pseudonym); the enrolment stays counted."""
+        if principal.role != "patient" or not principal.patient_id:
+            raise Forbidden("only the participant can leave a study")
+        now = self.clock()
+        patient_ref = f"Patient/{principal.patient_id}"
+        with self.store.unit_of_work(principal) as uow:
+            session = _session(uow.conn)
+            address = patient_keys.pseudonym_address(session, patient_ref, study_reference(study_id))
+            row = None if address is None else session.scalar(sa.select(Enrolment).where(
+                Enrolment.tenant == self.store.tenant, Enrolment.study_id == study_id, Enrolment.enrollee == address))
+            if row is None:
+                raise NotFound(f"you are not enrolled in ResearchStudy/{study_id}")
+            if row.left_at is None:
+                revoke_consent(uow, row.consent_id, password, now=now)
+                row.left_at = now
+                session.commit()
+            return self._participant(session, row)
+
+    def mine(self, study_id: str, principal: Principal) -> Participant | None:
+        """The caller's own enrolment in the study (patients), or None."""
+        if principal.role != "patient" or not principal.patient_id:
+            return None
+        with self.store.engine.connect() as conn:
+            session = _session(conn)
+            address = patient_keys.pseudonym_address(session, f"Patient/{principal.patient_id}", study_reference(study_id))
+            row = None if address is None else session.scalar(sa.select(Enrolment).where(
+                Enrolment.tenant == self.store.tenant, Enrolment.study_id == study_id, Enrolment.enrollee == address))
+            return None if row is None else self._participant(session, row)
+
+    def participants(self, study_id: str, principal: Principal) -> list[Participant]:
+        """The study's participants for its owner: pseudonyms and dates only (denied == unknown study)."""
+        stored: StoredResource = self.studies.read(study_id, principal)
+        assert stored.resource is not None
+        from healthledger.research.studies import is_owner
+
+        if not principal.unrestricted and not is_owner(principal, _terms(stored.resource)):
+            raise NotFound(f"ResearchStudy/{study_id} is not known")
+        with self.store.engine.connect() as conn:
+            session = _session(conn)
+            rows = session.scalars(sa.select(Enrolment).where(
+                Enrolment.tenant == self.store.tenant, Enrolment.study_id == study_id).order_by(Enrolment.enrolled_at))
+            return [self._participant(session, r) for r in rows]
+
+
+def participant_counts(conn: Connection, tenant: str, study_id: str) -> Mapping[str, int]:
+    """Enrolled, and still participating (not left): what the researcher may know."""
+    total = conn.execute(sa.select(sa.func.count()).select_from(Enrolment).where(
+        Enrolment.tenant == tenant, Enrolment.study_id == study_id)).scalar_one()
+    left = conn.execute(sa.select(sa.func.count()).select_from(Enrolment).where(
+        Enrolment.tenant == tenant, Enrolment.study_id == study_id, Enrolment.left_at.is_not(None))).scalar_one()
+    return {"enrolled": int(total), "participating": int(total) - int(left)}

@@ -1,0 +1,210 @@
+"""The research API without proving: studies (checks, drafts, publishing through the outbox), credentials
+(activation by the patient's password, who may read them, the path under the anchored root) and the 4xx of
+`$enrol` that come before a proof is checked. The proving scenario is tests/research/test_scenario.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from consent_world import FHIR, PASSWORD, UNIVERSITY, World, password_parameters
+
+from fhir_adapters.research_study import (
+    CRITERIA_URL,
+    DATA_CATEGORY_URL,
+    DATA_PERIOD_URL,
+    MAX_PARTICIPANTS_URL,
+    study_terms,
+)
+from healthledger.research.studies import ETHICS_APPROVAL_URL, PublishedCircuit
+from zk.credential import EligibilityAttributes, identity_commitment, leaf
+from zk.merkle import MerklePath, compute_root
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    url = request.getfixturevalue("postgres_module_schema_url")[0] if request.param == "postgres" else ""
+    built = World.build(tmp_path_factory.mktemp(f"research-api-{request.param}"), url)
+    yield built
+    built.close()
+
+
+def study_body(**changes: Any) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    criteria = changes.pop("criteria", {"age": {"$between": [40, 75]}, "hba1c": {"$gte": 6.0}})
+    categories = changes.pop("categories", ["Observation", "Condition"])
+    extension = [
+        {"url": CRITERIA_URL, "valueString": json.dumps(criteria)},
+        *({"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": c}]} for c in categories),
+        {"url": DATA_PERIOD_URL, "valuePeriod": {"start": "2015-01-01"}},
+        {"url": MAX_PARTICIPANTS_URL, "valuePositiveInt": changes.pop("max_participants", 50)},
+    ]
+    if changes.pop("ethics", True):
+        extension.append({"url": ETHICS_APPROVAL_URL,
+                          "valueIdentifier": {"system": "urn:irb:university", "value": "IRB-2026-042"}})
+    body: dict[str, Any] = {
+        "resourceType": "ResearchStudy", "title": "HbA1c in middle age",
+        "sponsor": {"reference": "Organization/university"},
+        "principalInvestigator": {"reference": "Practitioner/pi-1"},
+        "period": changes.pop("period", {"start": now.date().isoformat(),
+                                         "end": (now + timedelta(days=90)).date().isoformat()}),
+        "extension": extension,
+    }
+    body.update(changes)
+    return body
+
+
+def post(world: World, client: str, path: str, body: dict[str, Any]) -> Any:
+    return world.client.post(f"/fhir/{path}", data=orjson.dumps(body),
+                             headers={**world.headers(client), "Content-Type": FHIR})
+
+
+def issue(resp: Any) -> str:
+    outcome = resp.get_json()
+    return str(outcome["issue"][0]["diagnostics"])
+
+
+def test_a_researcher_creates_a_draft_with_its_cohort_in_words(world: World) -> None:
+    resp = post(world, "research", "ResearchStudy", study_body())
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    study = resp.get_json()
+    terms = study_terms(study)
+    assert terms.status == "draft" and terms.owner_organization == UNIVERSITY
+    assert terms.owner_principal == "client:research"
+    group = world.dev_read(f"Group/{terms.cohort_group_id}")
+    words = {c["code"]["text"]: c["valueCodeableConcept"]["text"] for c in group["characteristic"]}
+    assert words["Age"] == "between 40 and 75 years"
+    assert words["HbA1c"].startswith("at least 6 %")
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"criteria": {"age": {"$ne": 40}}}, "cannot express"),
+    ({"criteria": {"income": {"$gt": 1}}}, "unknown attribute 'income'"),
+    ({"categories": ["AuditEvent"]}, "broader than the research purpose"),
+    ({"categories": ["Observation", "Observation"]}, "named twice"),
+    ({"period": {"start": "2020-01-01", "end": "2021-01-01"}}, "in the past"),
+    ({"ethics": False}, "ethics approval"),
+    ({"max_participants": 0}, "maximum number of participants"),
+    ({"sponsor": None}, "sponsor"),
+])
+def test_validation_names_what_is_wrong(world: World, changes: dict[str, Any], says: str) -> None:
+    resp = post(world, "research", "ResearchStudy", study_body(**changes))
+    assert resp.status_code in (400, 422), resp.get_data(as_text=True)
+    assert says in issue(resp)
+
+
+def test_only_researchers_define_studies(world: World) -> None:
+    resp = post(world, "ehr", "ResearchStudy", study_body())
+    assert resp.status_code == 403
+    assert "researcher" in issue(resp)
+
+
+def test_drafts_are_the_owners_and_publishing_makes_the_study_active(world: World) -> None:
+    study = post(world, "research", "ResearchStudy", study_body(title="Published study")).get_json()
+    ann = world.patient_session("ann")
+    assert ann.get(f"ResearchStudy/{study['id']}").status_code == 404  # a draft is the owner's
+    listed = ann.get("ResearchStudy?status=active").get_json()
+    assert all(e["resource"]["id"] != study["id"] for e in listed.get("entry", []))
+    assert post(world, "ehr", f"ResearchStudy/{study['id']}/$publish", {}).status_code == 403  # not a researcher
+    resp = post(world, "research", f"ResearchStudy/{study['id']}/$publish", {})
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    published = resp.get_json()
+    assert published["status"] == "draft"  # until the chain confirms the registration
+    circuit = PublishedCircuit.from_study(published)
+    assert circuit.criteria_hash > 0 and circuit.inputs["flags"] != "0"
+    assert post(world, "research", f"ResearchStudy/{study['id']}/$publish", {}).status_code == 409
+    world.sync()
+    shown = ann.get(f"ResearchStudy/{study['id']}").get_json()
+    assert shown["status"] == "active"
+    listed = ann.get("ResearchStudy?status=active").get_json()
+    assert [e["resource"]["id"] for e in listed["entry"]] == [study["id"]]
+    registry = world.chain.contract("StudyRegistry")
+    on_chain = world.chain.call(registry.functions.studies(circuit.chain_study_id))
+    assert on_chain[0] == circuit.criteria_hash and on_chain[4] == 50
+
+
+def credential_of(world: World, name: str, *, password: str | None = None, study: str | None = None) -> Any:
+    session = world.patient_session(name)
+    pid = world.patients[name]
+    if password is None:
+        return session.get(f"Patient/{pid}/$eligibility-credential")
+    params = password_parameters(password)
+    if study:
+        params["parameter"].append({"name": "study", "valueString": study})
+    return session.post(f"Patient/{pid}/$eligibility-credential", params)
+
+
+def parameters(resp: Any) -> dict[str, Any]:
+    return {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in resp.get_json()["parameter"]}
+
+
+def test_the_credential_is_activated_by_the_patients_password_and_only_theirs(world: World) -> None:
+    assert credential_of(world, "ann").status_code == 404  # not activated yet
+    assert credential_of(world, "ann", password="wrong password!").status_code == 403
+    resp = credential_of(world, "ann", password=PASSWORD)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    got = parameters(resp)
+    assert got["anchored"] is False
+    inputs = json.loads(got["circuitInputs"])
+    secret = int(inputs["secret"])
+    world.sync()
+    again = parameters(credential_of(world, "ann"))
+    assert again["anchored"] is True and "secret" not in json.loads(again["circuitInputs"])
+    attrs = EligibilityAttributes(int(inputs["birthDays"]), int(inputs["sex"]),
+                                  tuple(int(c) for c in inputs["conditions"]), tuple(int(v) for v in inputs["labs"]),
+                                  int(inputs["issuanceEpoch"]))
+    assert identity_commitment(secret) == int(got["identityCommitment"])
+    path = MerklePath(int(got["leafIndex"]), [int(s) for s in inputs["siblings"]], [int(b) for b in inputs["pathBits"]])
+    assert compute_root(leaf(identity_commitment(secret), attrs), path) == int(again["root"])
+    registry = world.chain.contract("CredentialRegistry")
+    assert world.chain.call(registry.functions.isKnownRoot(int(again["root"])))
+    # Denied answers like missing: another patient, a clinician, the researcher.
+    bob = world.patient_session("bob")
+    assert bob.get(f"Patient/{world.patients['ann']}/$eligibility-credential").status_code == 404
+    for client in ("ehr", "research"):
+        resp = world.client.get(f"/fhir/Patient/{world.patients['ann']}/$eligibility-credential",
+                                headers=world.headers(client))
+        assert resp.status_code == 404
+        assert issue(resp) == "no eligibility credential has been issued to this patient"
+
+
+def test_enrol_refuses_malformed_proofs_and_non_patients(world: World) -> None:
+    study = post(world, "research", "ResearchStudy", study_body(title="Refusals")).get_json()
+    post(world, "research", f"ResearchStudy/{study['id']}/$publish", {})
+    world.sync()
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "proof", "valueString": "{}"}, {"name": "publicSignals", "valueString": "[]"},
+        {"name": "password", "valueString": PASSWORD}]}
+    assert post(world, "research", f"ResearchStudy/{study['id']}/$enrol", body).status_code == 403
+    resp = world.patient_session("ann").post(f"ResearchStudy/{study['id']}/$enrol", body)
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert "snarkjs" in issue(resp)
+    assert world.patient_session("ann").post("ResearchStudy/nope/$enrol", body).status_code == 404
+
+
+def test_the_worker_reissues_patients_whose_records_changed(world: World) -> None:
+    from healthledger.db import session_factory
+    from healthledger.research.worker import ResearchWorker
+
+    store = world.app.extensions["healthledger.store"]
+    worker = ResearchWorker(store, session_factory(store.engine), owner="test-worker", reissue_every=0.0)
+    if credential_of(world, "ann").status_code == 404:
+        credential_of(world, "ann", password=PASSWORD)
+    first = worker.run_once().reissue
+    assert first is not None and first.reissued == 0 and first.examined >= 1  # nothing changed since issuing
+    before = parameters(credential_of(world, "ann"))["root"]
+    world.dev_create({"resourceType": "Observation", "status": "final",
+                      "subject": {"reference": f"Patient/{world.patients['ann']}"},
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "39156-5"}]},
+                      "effectiveDateTime": "2025-09-01", "valueQuantity": {"value": 28.4, "unit": "kg/m2"}})
+    second = worker.run_once().reissue
+    assert second is not None and second.reissued == 1 and second.anchor_item is not None
+    world.sync()
+    after = parameters(credential_of(world, "ann"))
+    assert after["root"] != before and after["anchored"] is True
+    third = worker.run_once().reissue
+    assert third is not None and third.reissued == 0 and third.root is None  # nothing new: no new root

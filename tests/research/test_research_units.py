@@ -1,0 +1,157 @@
+"""The research package's pure parts and its database tree: the SQL node store against zk.merkle's in-memory
+reference (hypothesis), `set_leaves` against one-at-a-time inserts, the identity secret, criteria in words,
+the outbox payloads of the zk writes, the study checks."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from healthledger.db import make_engine, upgrade
+from healthledger.errors import BadRequest, Unprocessable
+from healthledger.ledger import calls
+from healthledger.research.credentials import identity_secret
+from healthledger.research.criteria_words import characteristics
+from healthledger.research.studies import (
+    ETHICS_APPROVAL_URL,
+    PURPOSE_URL,
+    chain_study_id,
+    check_study,
+    compiled_from_inputs,
+)
+from healthledger.research.tree import SqlNodeStore, credential_tree
+from tests.zk.eligibility_fixtures import HASH_CONDITION
+from zk.criteria import compile_criteria
+from zk.field import R
+from zk.merkle import PoseidonMerkleTree, hash_pairs
+
+FIELD = st.integers(min_value=0, max_value=R - 1)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    built = make_engine(f"sqlite:///{tmp_path_factory.mktemp('tree') / 'tree.db'}")
+    upgrade(built)
+    yield built
+    built.dispose()
+
+
+@settings(max_examples=15, deadline=None)
+@given(first=st.lists(FIELD, min_size=1, max_size=6), updates=st.dictionaries(st.integers(0, 5), FIELD, max_size=3),
+       more=st.lists(FIELD, max_size=4))
+def test_the_sql_tree_equals_the_reference_tree(engine: Any, first: list[int], updates: dict[int, int],
+                                                  more: list[int]) -> None:
+    reference = PoseidonMerkleTree(20)
+    reference.insert_many(first)
+    with engine.connect() as conn:
+        tenant = f"t{abs(hash((tuple(first), tuple(updates.items()), tuple(more))))}"
+        tree, _ = credential_tree(conn, tenant)
+        tree.set_leaves(dict(enumerate(first)))
+        assert tree.root == reference.root and tree.size == len(first)
+        changed = {i: v for i, v in updates.items() if i < len(first)}
+        batch = {**changed, **{len(first) + k: v for k, v in enumerate(more)}}
+        tree.set_leaves(batch, hash_pairs=hash_pairs)
+        for i, v in changed.items():
+            reference.update(i, v)
+        reference.insert_many(more)
+        assert tree.root == reference.root
+        assert tree.path(0) == reference.path(0)
+        assert SqlNodeStore(conn, tenant).recent_roots(10)[-1] == reference.root
+        conn.rollback()
+
+
+def test_set_leaves_refuses_gaps() -> None:
+    tree = PoseidonMerkleTree(4)
+    tree.insert_many([1, 2])
+    from zk.errors import MalformedInput
+
+    with pytest.raises(MalformedInput, match="without gaps"):
+        tree.set_leaves({3: 5})
+
+
+def test_identity_secret_is_a_nonzero_field_element_unique_per_key() -> None:
+    secrets = {identity_secret(bytes([i]) * 32) for i in range(1, 20)}
+    assert len(secrets) == 19 and all(0 < s < R for s in secrets)
+
+
+def test_chain_study_ids_are_field_elements_per_tenant() -> None:
+    assert chain_study_id("a", "s1") != chain_study_id("b", "s1")
+    assert 0 <= chain_study_id("a", "s1") < 2**248 < R
+
+
+def test_criteria_in_words() -> None:
+    words = characteristics({"age": {"$between": [40, 75]}, "sex": {"$in": ["female"]},
+                             "conditions": {"$in": ["icd10|E11"], "$nin": ["icd10|N18.5"]}, "egfr": {"$gt": 30}})
+    assert [(c["code"]["text"], c["valueCodeableConcept"]["text"], c["exclude"]) for c in words] == [
+        ("Age", "between 40 and 75 years", False),
+        ("Administrative gender", "female", False),
+        ("Active condition", "at least one of: icd10|E11", False),
+        ("Active condition", "none of: icd10|N18.5", True),
+        ("eGFR", "above 30 mL/min/1.73m2 (a patient without this measurement does not qualify)", False),
+    ]
+
+
+def test_compiled_criteria_round_trip_through_their_circuit_inputs() -> None:
+    compiled = compile_criteria({"age": {"$gte": 18}, "conditions": {"$in": ["icd10|E11"]}}, date(2026, 1, 1),
+                                HASH_CONDITION)
+    assert compiled_from_inputs(json.loads(json.dumps(compiled.circuit_inputs()))) == compiled
+
+
+def test_zk_outbox_payloads_are_checked_when_read_back() -> None:
+    good = {"enrollee": "0x" + "11" * 20, "study_id": "5", "root": "7", "nullifier": "9",
+            "a": ["1", "2"], "b": [["3", "4"], ["5", "6"]], "c": ["7", "8"]}
+    call = calls.study_enrol_call(good)
+    assert call.function == "enrolFor" and call.args[1:4] == (5, 7, 9)
+    for bad in ({**good, "root": str(R)}, {**good, "root": 7}, {**good, "a": ["1"]}, {**good, "enrollee": "0x12"}):
+        with pytest.raises(BadRequest):
+            calls.study_enrol_call(bad)
+    with pytest.raises(BadRequest):
+        calls.credential_root_call({"root": "-1", "leaf_count": 1})
+
+
+def _study(**changes: Any) -> dict[str, Any]:
+    from fhir_adapters.research_study import (
+        CRITERIA_URL,
+        DATA_CATEGORY_URL,
+        DATA_PERIOD_URL,
+        MAX_PARTICIPANTS_URL,
+    )
+
+    body: dict[str, Any] = {
+        "resourceType": "ResearchStudy", "title": "T", "sponsor": {"reference": "Organization/u"},
+        "principalInvestigator": {"reference": "Practitioner/p"}, "period": {"end": "2030-01-01"},
+        "extension": [
+            {"url": CRITERIA_URL, "valueString": json.dumps({"age": {"$gte": 18}})},
+            {"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": "Condition"}]},
+            {"url": DATA_PERIOD_URL, "valuePeriod": {"start": "2020-01-01"}},
+            {"url": MAX_PARTICIPANTS_URL, "valuePositiveInt": 10},
+            {"url": ETHICS_APPROVAL_URL, "valueIdentifier": {"value": "IRB-1"}},
+            *changes.pop("extra", []),
+        ],
+    }
+    body.update(changes)
+    return body
+
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def compile_for(document: Any, reference: date) -> Any:
+    return compile_criteria(document, reference, HASH_CONDITION)
+
+
+def test_study_checks() -> None:
+    terms = check_study(_study(), now=NOW, compile_for=compile_for)
+    assert terms.max_participants == 10
+    with pytest.raises(Unprocessable, match="purpose of use is research"):
+        check_study(_study(extra=[{"url": PURPOSE_URL, "valueCoding": {"code": "TREAT"}}]), now=NOW,
+                    compile_for=compile_for)
+    with pytest.raises(Unprocessable, match="ends before it starts"):
+        check_study(_study(period={"start": "2029-01-01", "end": "2028-01-01"}), now=NOW, compile_for=compile_for)
+    with pytest.raises(Unprocessable, match="needs an end"):
+        check_study(_study(period={"start": "2029-01-01"}), now=NOW, compile_for=compile_for)

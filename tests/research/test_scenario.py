@@ -1,0 +1,292 @@
+"""The research workflow end to end, on the Synthea fixtures plus an invented patient: credentials issued, a
+study published, matching patients join by proof with `healthledger study join` over real HTTP, a patient who
+does not match cannot produce a proof, a second join is refused, one participant leaves; and what each party
+sees (docs/trust-model.md, "Research": one assertion per row). SQLite + the embedded chain, and PostgreSQL +
+anvil. Proving costs seconds: each patient proves once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from consent_world import FHIR, PASSWORD, World
+from fhir_api_support import JSON_HEADERS
+from sqlalchemy import select, text
+from support import FIXTURES, node_tool
+from werkzeug.serving import make_server
+
+from fhir_adapters.research_study import (
+    CRITERIA_URL,
+    DATA_CATEGORY_URL,
+    DATA_PERIOD_URL,
+    MAX_PARTICIPANTS_URL,
+    STUDY_PSEUDONYM_SYSTEM,
+    STUDY_PSEUDONYM_URL,
+)
+from healthledger.auth.users import AccountNames, create_user
+from healthledger.cli import cli
+from healthledger.ledger.patient_keys import create_patient_key
+from healthledger.research.models import Enrolment, IdentityCommitment
+from healthledger.research.patient_client import NotEligible, PatientClient
+from healthledger.research.studies import ETHICS_APPROVAL_URL, PublishedCircuit, compiled_from_inputs
+from healthledger.runtime import Runtime
+from tests.ledger.conftest import anvil_url  # noqa: F401  (the anvil node fixture)
+from zk.credential import eligibility_inputs
+from zk.errors import ProverError
+from zk.prover import CircuitFiles, NodeProver
+
+SYNTHEA = FIXTURES / "synthea"
+# Body mass index 30 or more, aged 18 to 80: Clemente Kreiger (30.5) and Ned Hintz (30.3) of the Synthea
+# fixtures match, Buster Hoeger (24.6) does not; the invented Ivy Inventa (33.1) matches.
+CRITERIA = {"age": {"$between": [18, 80]}, "bmi": {"$gte": 30}}
+PEOPLE = {"clemente": "Clemente_Kreiger", "ned": "Ned_Hintz", "buster": "Buster_Hoeger"}
+
+
+@dataclass
+class Scenario:
+    world: World
+    base_url: str
+    study_id: str = ""
+    joined: dict[str, str] = field(default_factory=dict)  # name -> pseudonym
+
+
+class FlaskTransport:
+    """The PatientClient's transport over the app's test client (the CLI test uses real HTTP)."""
+
+    def __init__(self, world: World) -> None:
+        self.client = world.app.test_client()
+
+    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        resp = self.client.open(path, method=method, data=body, headers=headers)
+        return resp.status_code, dict(resp.headers), resp.data
+
+
+def import_synthea(world: World, name: str, person: str) -> str:
+    path = next(SYNTHEA.glob(f"{person}_*.json"))
+    resp = world.client.post("/fhir", data=path.read_bytes(), headers=JSON_HEADERS)
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
+    locations = [e["response"]["location"] for e in orjson.loads(resp.data)["entry"]]
+    pid = next(loc.split("/")[1] for loc in locations if loc.startswith("Patient/"))
+    add_account(world, name, pid)
+    return pid
+
+
+def add_account(world: World, name: str, pid: str) -> None:
+    store = world.app.extensions["healthledger.store"]
+    settings = world.app.config["SETTINGS"]
+    from healthledger.keys import key_provider_for
+
+    provider = key_provider_for(settings.key_provider, settings.keys_dir)
+    with world.sessions.begin() as s:
+        create_user(s, AccountNames(store), username=name, password=PASSWORD, role="patient",
+                    now=datetime.now(UTC), patient_id=pid)
+        create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
+    world.patients[name] = pid
+
+
+def invent_ivy(world: World) -> str:
+    pid = world.dev_create({"resourceType": "Patient", "name": [{"family": "Inventa", "given": ["Ivy"]}],
+                            "gender": "female", "birthDate": "1979-05-17",
+                            "identifier": [{"system": "urn:oid:1.2.36.146.595.217.0.1", "value": "MRN-IVY-77"}]})
+    world.dev_create({"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "39156-5"}]},
+                      "effectiveDateTime": "2025-02-03", "valueQuantity": {"value": 33.1, "unit": "kg/m2",
+                                                                           "code": "kg/m2"}})
+    add_account(world, "ivy", pid)
+    return pid
+
+
+def study_body() -> dict[str, Any]:
+    return {
+        "resourceType": "ResearchStudy", "title": "Obesity and outcomes",
+        "sponsor": {"reference": "Organization/university"}, "principalInvestigator": {"reference": "Practitioner/pi"},
+        "period": {"start": "2020-01-01", "end": "2099-12-31"},
+        "extension": [
+            {"url": CRITERIA_URL, "valueString": json.dumps(CRITERIA)},
+            {"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": "Observation"}]},
+            {"url": DATA_PERIOD_URL, "valuePeriod": {"start": "2010-01-01"}},
+            {"url": MAX_PARTICIPANTS_URL, "valuePositiveInt": 3},
+            {"url": ETHICS_APPROVAL_URL, "valueIdentifier": {"system": "urn:irb:university", "value": "IRB-7"}},
+        ],
+    }
+
+
+def keep_syncing(world: World, stop: threading.Event) -> None:
+    """The ledger worker's job, in a thread: mine the outbox, index, settle studies (every 0.3 s)."""
+    while not stop.wait(0.3):
+        world.sync()
+
+
+@pytest.fixture(scope="module", params=["sqlite-embedded", pytest.param("postgres-anvil", marks=[
+    pytest.mark.postgres, pytest.mark.anvil])])
+def scenario(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    node_tool("snarkjs")
+    url, anvil = "", ""
+    if request.param == "postgres-anvil":
+        url, _schema = request.getfixturevalue("postgres_module_schema_url")
+        anvil = request.getfixturevalue("anvil_url")
+    world = World.build(tmp_path_factory.mktemp(f"research-{request.param}"), url, anvil_url=anvil,
+                        max_request_bytes=16_000_000)
+    for name, person in PEOPLE.items():
+        import_synthea(world, name, person)
+    invent_ivy(world)
+    server = make_server("127.0.0.1", 0, world.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Scenario(world, f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        world.close()
+
+
+def researcher_post(world: World, path: str, body: dict[str, Any]) -> Any:
+    return world.client.post(f"/fhir/{path}", data=orjson.dumps(body),
+                             headers={**world.headers("research"), "Content-Type": FHIR})
+
+
+def join_with_cli(scenario: Scenario, name: str) -> Any:
+    stop = threading.Event()
+    syncer = threading.Thread(target=keep_syncing, args=(scenario.world, stop), daemon=True)
+    syncer.start()
+    try:
+        return CliRunner().invoke(cli, ["study", "join", scenario.study_id, "--url", scenario.base_url,
+                                        "--user", name, "--password-stdin"], input=PASSWORD + "\n")
+    finally:
+        stop.set()
+        syncer.join(timeout=30)
+
+
+def test_1_credentials_are_issued_and_the_study_is_published(scenario: Scenario) -> None:
+    world = scenario.world
+    # Patients activate with their password (the join does it too); the hospital then issues for all.
+    for name in ("clemente", "buster"):
+        session = world.patient_session(name)
+        resp = session.post(f"Patient/{world.patients[name]}/$eligibility-credential",
+                            {"resourceType": "Parameters", "parameter": [{"name": "password", "valueString": PASSWORD}]})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+    runtime = Runtime(lambda **_: world.app.config["SETTINGS"])
+    try:
+        issued = CliRunner().invoke(cli, ["credentials", "issue"], obj=runtime)
+    finally:
+        runtime.close()
+    assert issued.exit_code == 0, issued.output
+    assert "examined 2: 0 issued, 0 re-issued, 2 unchanged" in issued.output
+    resp = researcher_post(world, "ResearchStudy", study_body())
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    scenario.study_id = resp.get_json()["id"]
+    assert researcher_post(world, f"ResearchStudy/{scenario.study_id}/$publish", {}).status_code == 202
+    world.sync()
+    study = world.patient_session("ivy").get(f"ResearchStudy/{scenario.study_id}").get_json()
+    assert study["status"] == "active"
+
+
+def test_2_matching_patients_join_by_proof_over_http(scenario: Scenario) -> None:
+    assert scenario.study_id, "needs test_1"
+    for name in ("clemente", "ivy"):  # clemente was activated before, ivy activates while joining
+        result = join_with_cli(scenario, name)
+        assert result.exit_code == 0, result.output
+        assert f"enrolled in ResearchStudy/{scenario.study_id} as 0x" in result.output
+        scenario.joined[name] = result.output.split(" as ")[1].split(" ")[0]
+    scenario.world.sync()
+    with scenario.world.sessions() as s:
+        rows = s.scalars(select(Enrolment).where(Enrolment.study_id == scenario.study_id)).all()
+    assert sorted(r.enrollee for r in rows) == sorted(scenario.joined.values())
+    registry = scenario.world.chain.contract("StudyRegistry")
+    for row in rows:
+        assert scenario.world.chain.call(registry.functions.enrolledBy(int(row.nullifier))) == row.enrollee
+
+
+def test_3_a_patient_who_does_not_match_cannot_produce_a_proof(scenario: Scenario) -> None:
+    world = scenario.world
+    client = PatientClient(FlaskTransport(world))
+    client.sign_in("buster", PASSWORD)
+    with NodeProver(CircuitFiles.committed()) as prover:
+        with pytest.raises(NotEligible):
+            client.join(scenario.study_id, PASSWORD, prover)
+        # Past the local check, the circuit itself refuses: no witness exists for these attributes.
+        study = client._fhir("GET", f"ResearchStudy/{scenario.study_id}", what="study")
+        circuit = PublishedCircuit.from_study(study)
+        cred = client.credential(world.patients["buster"], PASSWORD, scenario.study_id)
+        from healthledger.research.credentials import attributes_from_json
+
+        inputs = eligibility_inputs(
+            secret=int(cred["inputs"]["secret"]), attrs=attributes_from_json(cred["inputs"]),
+            siblings=[int(x) for x in cred["inputs"]["siblings"]], path_bits=[int(x) for x in cred["inputs"]["pathBits"]],
+            root=cred["root"], study_id=circuit.chain_study_id, criteria=compiled_from_inputs(circuit.inputs),
+            enrollee=cred["enrollee"])
+        with pytest.raises(ProverError, match="do not satisfy the circuit"):
+            prover.check_witness(inputs)
+    result = join_with_cli(scenario, "buster")
+    assert result.exit_code == 3 and "does not meet" in result.output
+
+
+def test_4_a_second_join_is_refused(scenario: Scenario) -> None:
+    result = join_with_cli(scenario, "clemente")
+    assert result.exit_code == 1
+    assert "already enrolled" in result.output or "nullifier" in result.output
+
+
+def test_5_the_researcher_sees_a_count_and_pseudonyms_only(scenario: Scenario) -> None:
+    world = scenario.world
+    resp = world.client.get(f"/fhir/ResearchSubject?study=ResearchStudy/{scenario.study_id}",
+                            headers=world.headers("research"))
+    assert resp.status_code == 200
+    bundle = resp.get_json()
+    assert bundle["total"] == 2
+    shown = {e["resource"]["individual"]["identifier"]["value"] for e in bundle["entry"]}
+    assert shown == set(scenario.joined.values())
+    assert all(e["resource"]["individual"]["identifier"]["system"] == STUDY_PSEUDONYM_SYSTEM for e in bundle["entry"])
+    text_seen = resp.get_data(as_text=True)
+    for name, pid in world.patients.items():
+        assert pid not in text_seen, name
+    assert "Consent/" not in text_seen  # nothing that leads back into the patient's record
+    # The study consent is the patient's: the researcher cannot read it, nor their credential.
+    with world.sessions() as s:
+        consent_id = s.scalars(select(Enrolment.consent_id)).first()
+    assert world.client.get(f"/fhir/Consent/{consent_id}", headers=world.headers("research")).status_code == 404
+    pid = world.patients["ivy"]
+    assert world.client.get(f"/fhir/Patient/{pid}/$eligibility-credential",
+                            headers=world.headers("research")).status_code == 404
+    # The study consent names the study and carries the pseudonym that enrolled (seam convention).
+    consent = world.dev_read(f"Consent/{consent_id}")
+    assert consent["provision"]["actor"][0]["reference"]["reference"] == f"ResearchStudy/{scenario.study_id}"
+    assert consent["extension"][0]["url"] == STUDY_PSEUDONYM_URL
+    assert consent["extension"][0]["valueString"] in scenario.joined.values()
+
+
+def test_6_one_participant_leaves_and_the_grant_is_revoked(scenario: Scenario) -> None:
+    world = scenario.world
+    result = CliRunner().invoke(cli, ["study", "leave", scenario.study_id, "--url", scenario.base_url,
+                                      "--user", "ivy", "--password-stdin"], input=PASSWORD + "\n")
+    assert result.exit_code == 0, result.output
+    assert "withdrawn" in result.output
+    world.sync()
+    ivy = world.patient_session("ivy")
+    mine = ivy.get(f"ResearchSubject?study=ResearchStudy/{scenario.study_id}").get_json()
+    assert mine["entry"][0]["resource"]["status"] == "withdrawn"
+    consent_id = mine["entry"][0]["resource"]["consent"]["reference"].split("/")[1]
+    consent = ivy.get(f"Consent/{consent_id}").get_json()
+    assert consent["status"] == "inactive"
+    states = [e for e in consent.get("extension", []) if e["url"].endswith("consent-chain-state")]
+    assert states and "revoked" in json.dumps(states)
+
+
+def test_7_the_hospital_keeps_commitments_not_secrets_and_nothing_readable(scenario: Scenario) -> None:
+    world = scenario.world
+    with world.sessions() as s:
+        commitments = s.scalars(select(IdentityCommitment.commitment)).all()
+        assert len(commitments) == 3  # clemente, buster, ivy; ned never activated: no leaf, cannot join
+        names = s.execute(text("SELECT sealed_attributes FROM research_credentials")).scalars().all()
+    for sealed in names:
+        assert b"birthDays" not in sealed and b"1979" not in sealed
