@@ -164,6 +164,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.api.research import research_blueprint
 
     app.register_blueprint(research_blueprint(store, settings, lambda: authenticate(request)))
+    from healthledger.api.research_data import research_data_blueprint
+    from healthledger.research.export import BackgroundExports, Exports, ExportWorker
+    from healthledger.research.feasibility import BudgetPolicy, Feasibility
+
+    # Before the generic /fhir rules: research operations ($feasibility, $export and its status and files).
+    exports = Exports(store, index, retention=timedelta(hours=settings.export_retention_hours),
+                      min_poll_seconds=settings.export_min_poll_seconds)
+    background_exports = BackgroundExports(ExportWorker(exports))
+    app.extensions["healthledger.research_exports"] = background_exports
+    app.register_blueprint(research_data_blueprint(
+        Feasibility(store, BudgetPolicy(
+            settings.feasibility_epsilon_per_query, settings.feasibility_epsilon_per_study,
+            settings.feasibility_epsilon_per_researcher, settings.feasibility_threshold,
+        )),
+        exports, background_exports, lambda req: authenticate(req),
+        max_request_bytes=settings.max_request_bytes, base_url=settings.base_url,
+    ))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
         refusals=None if settings.enforcement_off_for_benchmark else policy,

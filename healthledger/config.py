@@ -53,6 +53,14 @@ class Settings(BaseSettings):
         description="overrides of the consent policy defaults (healthledger.consent.engine.Policy fields), as JSON",
     )
 
+    # --- research data releases (healthledger/research: feasibility, export; docs/research.md) ---------
+    feasibility_epsilon_per_query: float = Field(default=0.25, gt=0, description="ε one new feasibility question spends")
+    feasibility_epsilon_per_study: float = Field(default=1.0, gt=0, description="ε budget of each study, for its life")
+    feasibility_epsilon_per_researcher: float = Field(default=3.0, gt=0, description="ε budget of each researcher, over all their studies")
+    feasibility_threshold: int = Field(default=11, ge=11, description="noisy counts below this are shown as 'fewer than N'")
+    export_retention_hours: float = Field(default=24.0, gt=0, description="how long completed export files are kept")
+    export_min_poll_seconds: float = Field(default=2.0, ge=0, description="status polls closer than this get 429")
+
     # --- web sessions -------------------------------------------------------------------
     session_secure_cookies: bool | None = Field(
         default=None, description="Secure session cookies; empty = on when base_url is https"

@@ -1,0 +1,342 @@
+"""`Group/{cohort}/$export`: the Bulk Data protocol, and what the files hold — exactly the remaining participants'
+consented data, de-identified, with every delivery in the patients' access log. Synthea patients (Bulk Data
+fixtures) and invented ones; real grants signed with patients' keys, mined on the embedded chain and indexed.
+On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from consent_world import PASSWORD, World, password_parameters
+from fhir_api_support import JSON_HEADERS, build_app, dispose
+from flask import Flask
+from research_support import add_patient, put_study, register_researcher, study_consent, study_resource
+from sqlalchemy import select, update
+from support import FIXTURES
+
+from fhir_adapters.deidentify import PSEUDED
+from healthledger import leases
+from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.db import session_factory
+from healthledger.ledger.patient_keys import create_patient_key
+from healthledger.principal import SYSTEM
+from healthledger.research.data_models import ExportFileContent, ExportJob
+from healthledger.research.export import SHA256_EXTENSION
+from healthledger.store.importer import Importer
+
+FHIR = "application/fhir+json"
+BULK = FIXTURES / "bulk-10-patients"
+STUDY = "diabetes-outcomes"
+COHORT = f"{STUDY}-cohort"
+CATEGORIES = ("Patient", "Condition", "Encounter")
+DATA_PERIOD = ("2000-01-01", "2030-12-31")
+NARROW_PERIOD = ("2015-01-01", "2030-12-31")
+
+
+def bulk(resource_type: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (BULK / f"{resource_type}.000.ndjson").read_text().splitlines() if line.strip()]
+
+
+def sources_phi(patients: list[dict[str, Any]]) -> set[str]:
+    """Every name, identifier, address part, phone number and exact birth date of the source patients."""
+    phi: set[str] = set()
+    for p in patients:
+        for name in p.get("name", []):
+            phi.update([name.get("family", ""), *name.get("given", [])])
+        phi.update(str(i.get("value", "")) for i in p.get("identifier", []))
+        for address in p.get("address", []):
+            phi.update([*address.get("line", []), address.get("city", ""), address.get("postalCode", "")])
+        phi.update(str(t.get("value", "")) for t in p.get("telecom", []))
+        phi.add(p.get("birthDate", ""))
+        phi.add(p["id"])
+    return {v for v in phi if len(v) >= 5}
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    data_dir = tmp_path_factory.mktemp(f"export-{request.param}")
+    url = request.getfixturevalue("postgres_module_schema_url")[0] if request.param == "postgres" else ""
+    w = World.build(data_dir, url, export_min_poll_seconds=0.3)
+    app = w.app
+    app.extensions["healthledger.research_exports"].enabled = False  # the test runs the worker itself
+    store = app.extensions["healthledger.store"]
+    paths = [BULK / f"{t}.000.ndjson" for t in ("Patient", "Condition", "Encounter", "Organization", "Practitioner",
+                                                 "Location")]
+    report = Importer(store, workers=0).import_paths(paths)
+    assert not report.failed
+    synthea = bulk("Patient")
+    invented = add_patient(app, name="Quixotewright")
+    put_study(app, study_resource(STUDY, categories=CATEGORIES, data_period=DATA_PERIOD))
+    # Participants: three Synthea patients and one invented; the third will leave. The second consents to
+    # Conditions only (narrower than the study asks). One more patient consents to another study only.
+    engine = app.extensions["healthledger.engine"]
+    provider = _provider(app)
+    sessions = session_factory(engine)
+    chosen = [*_most_data(synthea, 3), invented]
+    others = [p["id"] for p in synthea if p["id"] not in chosen]
+    with sessions.begin() as s:
+        for pid in [*chosen, others[0]]:
+            create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
+    consents = {}
+    for pid in chosen:
+        # The study's period applies to all; the second participant narrows it further, and to Conditions.
+        narrow = pid == chosen[1]
+        consent = study_consent(pid, STUDY, classes=("Condition",) if narrow else CATEGORIES,
+                                data_period=NARROW_PERIOD if narrow else None)
+        consents[pid] = _signed_consent(w, consent)
+    put_study(app, study_resource("other-study", categories=CATEGORIES))
+    _signed_consent(w, study_consent(others[0], "other-study", classes=CATEGORIES, data_period=None))
+    w.sync()
+    # The third participant leaves: the grant is revoked on-chain.
+    resp = w.client.post(f"/fhir/Consent/{consents[chosen[2]]}/$revoke", data=orjson.dumps(password_parameters()),
+                         headers=JSON_HEADERS)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    w.sync()
+    yield {"world": w, "app": app, "token": w.token("research"), "remaining": chosen[:2] + [invented],
+           "left": chosen[2], "narrow": chosen[1], "synthea": synthea, "invented": invented}
+    w.close()
+
+
+def _most_data(patients: list[dict[str, Any]], n: int) -> list[str]:
+    """The n Synthea patients with the most Conditions and Encounters inside the study's period."""
+    count: dict[str, int] = {p["id"]: 0 for p in patients}
+    for resource_type in ("Condition", "Encounter"):
+        for r in bulk(resource_type):
+            pid = r["subject"]["reference"].rsplit("/", 1)[-1].removeprefix("urn:uuid:")
+            if pid in count and _within(r, resource_type, DATA_PERIOD):
+                count[pid] += 1
+    return sorted(count, key=lambda pid: -count[pid])[:n]
+
+
+def _provider(app: Flask) -> Any:
+    from healthledger.keys import key_provider_for
+
+    settings = app.config["SETTINGS"]
+    return key_provider_for(settings.key_provider, settings.keys_dir)
+
+
+def _signed_consent(w: World, consent: dict[str, Any]) -> str:
+    consent_id = w.dev_create(consent)
+    resp = w.client.post(f"/fhir/Consent/{consent_id}/$sign", data=orjson.dumps(password_parameters()),
+                         headers=JSON_HEADERS)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return consent_id
+
+
+def kick_off(app: Flask, token: str, query: str = "", group: str = COHORT) -> Any:
+    return app.test_client().get(
+        f"/fhir/Group/{group}/$export{query}",
+        headers={"Authorization": f"Bearer {token}", "Accept": FHIR, "Prefer": "respond-async"})
+
+
+def poll(app: Flask, token: str, status_url: str) -> Any:
+    return app.test_client().get(status_url, headers={"Authorization": f"Bearer {token}"})
+
+
+def run_to_completion(app: Flask, token: str, status_url: str) -> Any:
+    app.extensions["healthledger.research_exports"].worker.run_once()
+    time.sleep(0.35)
+    done = poll(app, token, status_url)
+    assert done.status_code == 200, (done.status_code, done.get_data(as_text=True))
+    return done
+
+
+def download(app: Flask, token: str, manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for item in manifest["output"]:
+        resp = app.test_client().get(item["url"], headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 200 and resp.content_type == "application/fhir+ndjson"
+        assert hashlib.sha256(resp.data).hexdigest() == item["extension"][SHA256_EXTENSION]
+        lines = [json.loads(line) for line in resp.data.splitlines() if line.strip()]
+        assert len(lines) == item["count"]
+        out.setdefault(item["type"], []).extend(lines)
+    return out
+
+
+def expected_counts(app: Flask, patients: list[str], narrow: str) -> dict[str, int]:
+    """What each remaining participant consented to, within the study's categories and data period."""
+    store = app.extensions["healthledger.store"]
+    counts: dict[str, int] = {}
+    for pid in patients:
+        for resource_type in CATEGORIES:
+            if pid == narrow and resource_type != "Condition":
+                continue
+            if resource_type == "Patient":
+                counts["Patient"] = counts.get("Patient", 0) + 1
+                continue
+            page = store.search_params(resource_type, [("patient", f"Patient/{pid}")], count=10_000, principal=SYSTEM)
+            period = NARROW_PERIOD if pid == narrow else DATA_PERIOD
+            inside = [r for r in page.items if _within(r.resource, resource_type, period)]
+            counts[resource_type] = counts.get(resource_type, 0) + len(inside)
+    return {k: v for k, v in counts.items() if v}
+
+
+def _within(resource: dict[str, Any], resource_type: str, period: tuple[str, str]) -> bool:
+    """Inside the period by the resource's own dates (Condition: onset to abatement; Encounter: its period)."""
+    if resource_type == "Condition":
+        start = resource.get("onsetDateTime") or resource.get("recordedDate") or ""
+        end = resource.get("abatementDateTime") or start
+    else:
+        start, end = resource["period"]["start"], resource["period"].get("end") or resource["period"]["start"]
+    return bool(start) and period[0] <= start[:10] and end[:10] <= period[1]
+
+
+def test_export_holds_exactly_the_remaining_participants_consented_data_deidentified(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    kicked = kick_off(app, token)
+    assert kicked.status_code == 202, kicked.get_data(as_text=True)
+    status_url = kicked.headers["Content-Location"]
+    assert "/fhir/$export-status/" in status_url
+    pending = poll(app, token, status_url)
+    assert pending.status_code == 202 and pending.headers["X-Progress"] and int(pending.headers["Retry-After"]) >= 1
+    too_soon = poll(app, token, status_url)
+    assert too_soon.status_code == 429 and too_soon.headers["Retry-After"]
+    assert too_soon.get_json()["issue"][0]["code"] == "throttled"
+
+    done = run_to_completion(app, token, status_url)
+    assert done.content_type == "application/json" and done.headers["Expires"]
+    manifest = done.get_json()
+    assert manifest["requiresAccessToken"] is True and manifest["request"].endswith(f"/Group/{COHORT}/$export")
+    assert manifest["transactionTime"].endswith("Z") and manifest["error"] == []
+    files = download(app, token, manifest)
+
+    # Exactly the remaining participants' consented categories within the study's period.
+    counts = {t: len(v) for t, v in files.items()}
+    assert counts == expected_counts(app, world["remaining"], world["narrow"])
+    assert counts["Patient"] == 2  # the narrow consent gave Conditions only; the one who left gave nothing now
+
+    # De-identified: pseudonymous ids, PSEUDED, no PHI of any source patient, years only.
+    text = "\n".join(orjson.dumps(r).decode() for rs in files.values() for r in rs)
+    patients = [*world["synthea"], _stored_patient(app, world["invented"])]
+    leaked = {v for v in sources_phi(patients) if v in text}
+    assert not leaked
+    for resources in files.values():
+        for r in resources:
+            assert {"system": PSEUDED[0], "code": PSEUDED[1]} in r["meta"]["security"]
+            assert "text" not in r
+    for p in files["Patient"]:
+        assert len(p["birthDate"]) == 4 and "name" not in p and "identifier" not in p and "telecom" not in p
+        assert all(set(a) <= {"country"} for a in p.get("address", []))
+    # Consistent within the study: every Condition's subject is one of the exported Patients' pseudonyms.
+    exported_patients = {f"Patient/{p['id']}" for p in files["Patient"]}
+    subjects = {c["subject"]["reference"] for c in files["Condition"]}
+    assert len(subjects) == 3 and len(subjects & exported_patients) == 2
+
+    # Every delivered resource is an access-log entry the patient sees; the manifest's hash is logged too.
+    entries = world["world"].log_since(0)
+    exported = [e for e in entries if e.action == "export" and e.actor == f"ResearchStudy/{STUDY}"
+                and e.decision == "permit"]
+    assert len(exported) == sum(counts.values())
+    indexer = app.extensions["healthledger.store"].indexer
+    first = world["remaining"][0]
+    mine = [e for e in exported if e.patient_pseudonym == patient_pseudonym(indexer, first)]
+    assert len(mine) == sum(expected_counts(app, [first], "").values())
+    left = patient_pseudonym(indexer, world["left"])
+    assert not [e for e in exported if e.patient_pseudonym == left]
+    manifest_hash = hashlib.sha256(done.data).hexdigest()
+    assert [e for e in entries if e.reason.endswith(f"sha256={manifest_hash}")]
+
+
+def _stored_patient(app: Flask, pid: str) -> dict[str, Any]:
+    return app.extensions["healthledger.store"].read("Patient", pid, principal=SYSTEM).resource  # type: ignore[no-any-return]
+
+
+def test_pseudonyms_are_unlinkable_across_studies(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    remaining = world["remaining"]
+    put_study(app, study_resource("second-study", categories=("Condition",)))
+    second = _signed_consent(world["world"], study_consent(remaining[0], "second-study", classes=("Condition",)))
+    world["world"].sync()
+    assert second
+    a = download(app, token, run_to_completion(app, token, kick_off(app, token, "?_type=Condition")
+                                               .headers["Content-Location"]).get_json())
+    b = download(app, token, run_to_completion(app, token, kick_off(app, token, group="second-study-cohort")
+                                               .headers["Content-Location"]).get_json())
+    ids_a = {c["id"] for c in a["Condition"]}
+    ids_b = {c["id"] for c in b["Condition"]}
+    subjects_b = {c["subject"]["reference"] for c in b["Condition"]}
+    assert len(subjects_b) == 1 and ids_b and not ids_a & ids_b
+    assert not subjects_b & {c["subject"]["reference"] for c in a["Condition"]}
+
+
+def test_type_and_since(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    only = kick_off(app, token, "?_type=Condition&_outputFormat=application/fhir%2Bndjson")
+    manifest = run_to_completion(app, token, only.headers["Content-Location"]).get_json()
+    assert {o["type"] for o in manifest["output"]} == {"Condition"}
+    future = kick_off(app, token, "?_since=2999-01-01T00:00:00Z")
+    assert run_to_completion(app, token, future.headers["Content-Location"]).get_json()["output"] == []
+    for query, fragment in [("?_type=Observation", "not among the study's data categories"),
+                            ("?_type=Nonsense", "not a FHIR resource type"),
+                            ("?_since=yesterday", "_since must be an instant"),
+                            ("?_outputFormat=text/csv", "_outputFormat"),
+                            ("?_typeFilter=Condition%3Fcode%3Dx", "not supported")]:
+        resp = kick_off(app, token, query)
+        assert resp.status_code == 400 and fragment in resp.get_json()["issue"][0]["diagnostics"], query
+    no_prefer = app.test_client().get(f"/fhir/Group/{COHORT}/$export",
+                                      headers={"Authorization": f"Bearer {token}", "Accept": FHIR})
+    assert no_prefer.status_code == 400 and "respond-async" in no_prefer.get_json()["issue"][0]["diagnostics"]
+
+
+def test_only_the_researcher_and_only_with_the_token(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    other = register_researcher(app, "rival-lab")
+    assert kick_off(app, other).status_code == kick_off(app, other, group="no-such-group").status_code == 404
+    status_url = kick_off(app, token).headers["Content-Location"]
+    manifest = run_to_completion(app, token, status_url).get_json()
+    file_url = manifest["output"][0]["url"]
+    assert app.test_client().get(file_url).status_code == 401
+    assert app.test_client().get(file_url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    assert poll(app, other, status_url).status_code == 404
+
+
+def test_delete_cancels_and_removes_files(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    done_url = kick_off(app, token).headers["Content-Location"]
+    manifest = run_to_completion(app, token, done_url).get_json()
+    job_id = done_url.rsplit("/", 1)[1]
+    deleted = app.test_client().delete(done_url, headers={"Authorization": f"Bearer {token}"})
+    assert deleted.status_code == 202
+    assert poll(app, token, done_url).status_code == 404
+    assert app.test_client().get(manifest["output"][0]["url"],
+                                 headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    sessions = session_factory(app.extensions["healthledger.engine"])
+    app.extensions["healthledger.research_exports"].worker.run_once()
+    with sessions() as s:
+        assert not s.scalars(select(ExportFileContent).where(ExportFileContent.job_id == job_id)).all()
+    # A queued job cancelled before it ran never runs.
+    queued_url = kick_off(app, token).headers["Content-Location"]
+    assert app.test_client().delete(queued_url, headers={"Authorization": f"Bearer {token}"}).status_code == 202
+    assert app.extensions["healthledger.research_exports"].worker.run_once() == 0
+    assert poll(app, token, queued_url).status_code == 404
+
+
+def test_a_job_survives_a_restart_and_a_dead_worker(world: dict[str, Any], tmp_path: Path) -> None:
+    app, token = world["app"], world["token"]
+    status_url = kick_off(app, token, "?_type=Patient").headers["Content-Location"]
+    job_id = status_url.rsplit("/", 1)[1]
+    sessions = session_factory(app.extensions["healthledger.engine"])
+    # A worker took the job and died holding its lease.
+    assert leases.acquire(sessions, f"research-export:{job_id}", "dead-worker", now=time.time(), ttl=1.0)
+    with sessions.begin() as s:
+        s.execute(update(ExportJob).where(ExportJob.id == job_id).values(status="running", progress="participant 1"))
+    restarted = build_app(app.config["SETTINGS"])
+    restarted.extensions["healthledger.research_exports"].enabled = False
+    try:
+        worker = restarted.extensions["healthledger.research_exports"].worker
+        assert worker.run_once() == 0  # the lease is still the dead worker's
+        time.sleep(1.1)
+        assert worker.run_once() == 1
+        time.sleep(0.35)
+        done = poll(restarted, token, status_url)
+        assert done.status_code == 200
+        assert [o["count"] for o in done.get_json()["output"]] == [2]
+    finally:
+        dispose(restarted)
