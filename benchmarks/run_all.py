@@ -22,11 +22,13 @@ BENCHMARKS = [
     ("gas", []),
     ("zk_verify", []),
     ("zk_prove", ["--anvil"]),
+    ("research", []),
     ("import_throughput", []),
     ("outbox_throughput", []),
     ("fhir_http", []),
     ("consent_enforcement", []),
     ("web_pages", []),
+    ("research_export", []),
 ]
 NEEDS_WRK = frozenset({"fhir_http", "consent_enforcement"})
 

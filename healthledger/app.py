@@ -170,7 +170,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # Before the generic /fhir rules: research operations ($feasibility, $export and its status and files).
     exports = Exports(store, index, retention=timedelta(hours=settings.export_retention_hours),
-                      min_poll_seconds=settings.export_min_poll_seconds)
+                      min_poll_seconds=settings.export_min_poll_seconds,
+                      max_index_age_seconds=consent_rules.max_index_age_seconds)
     background_exports = BackgroundExports(ExportWorker(exports))
     app.extensions["healthledger.research_exports"] = background_exports
     app.register_blueprint(research_data_blueprint(

@@ -47,6 +47,12 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "backup": ["{json_file}.d"],
     "restore": ["."],
     "chain besu-network": ["{json_file}.network"],
+    "credentials issue": [],
+}
+# Commands that use no runtime: a patient's side, talking HTTP to a service elsewhere (research/commands.py).
+HTTP_CLIENT_ARGS: dict[str, list[str]] = {
+    "study join": ["some-study", "--url", "http://127.0.0.1:9", "--user", "ann", "--password-stdin"],
+    "study leave": ["some-study", "--url", "http://127.0.0.1:9", "--user", "ann", "--password-stdin"],
 }
 
 
@@ -79,7 +85,16 @@ def test_command_modules_import_neither_the_app_nor_the_cli() -> None:
 
 
 def test_the_table_lists_every_command_here() -> None:
-    assert _leaf_commands(cli) - {c for c in _leaf_commands(cli) if c.startswith("zk ")} == set(RUNTIME_ARGS)
+    assert _leaf_commands(cli) - {c for c in _leaf_commands(cli) if c.startswith("zk ")} == (
+        set(RUNTIME_ARGS) | set(HTTP_CLIENT_ARGS))
+
+
+@pytest.mark.parametrize("command", sorted(HTTP_CLIENT_ARGS))
+def test_a_patient_command_against_an_unreachable_service_is_one_line_and_exit_1(command: str) -> None:
+    result = CliRunner().invoke(cli, [*command.split(), *HTTP_CLIENT_ARGS[command]], input="a password\n")
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: cannot reach http://127.0.0.1:9") and result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("command", sorted(RUNTIME_ARGS))

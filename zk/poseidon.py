@@ -175,47 +175,61 @@ def _permutation_sparse(inputs: list[int]) -> int:
 
 @lru_cache(maxsize=1)
 def _width3() -> Callable[[int, int], int]:
-    """The same permutation unrolled for t = 3 (two inputs: Merkle nodes), about twice as fast."""
-    round_constants, mds = _parameters(3)
-    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = mds
-    half_full = FULL_ROUNDS // 2
-    first = round_constants[:half_full]
-    partial = round_constants[half_full : half_full + PARTIAL_ROUNDS[1]]
-    last = round_constants[half_full + PARTIAL_ROUNDS[1] :]
+    """`_permutation_sparse` unrolled for t = 3 (two inputs: Merkle nodes): the same optimized constants and
+    sparse partial rounds, with the state in three locals (no lists). Held equal to the generic form by tests."""
+    c, sparse, m_t, p_t = _opt_parameters(3)
+    half = FULL_ROUNDS // 2
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m_t
+    (q00, q01, q02), (q10, q11, q12), (q20, q21, q22) = p_t
+    first = [tuple(c[(r + 1) * 3 + i] for i in range(3)) for r in range(half - 1)]
+    pre = tuple(c[half * 3 + i] for i in range(3))
+    base = (half + 1) * 3
+    partial = [(*row, *column, c[base + r]) for r, (row, column) in enumerate(sparse)]
+    base += len(sparse)
+    last = [tuple(c[base + r * 3 + i] for i in range(3)) for r in range(half - 1)]
+    c0, c1, c2 = c[0], c[1], c[2]
     p = R
 
     def permute(a: int, b: int) -> int:
-        s0, s1, s2 = 0, a, b
-        for full_rounds in (first, None, last):
-            if full_rounds is None:
-                for c0, c1, c2 in partial:
-                    s0 += c0
-                    t = s0 * s0 % p
-                    s0 = t * t % p * s0
-                    s1 += c1
-                    s2 += c2
-                    s0, s1, s2 = (
-                        (m00 * s0 + m01 * s1 + m02 * s2) % p,
-                        (m10 * s0 + m11 * s1 + m12 * s2) % p,
-                        (m20 * s0 + m21 * s1 + m22 * s2) % p,
-                    )
-                continue
-            for c0, c1, c2 in full_rounds:
-                s0 += c0
-                s1 += c1
-                s2 += c2
-                t = s0 * s0 % p
-                s0 = t * t % p * s0
-                t = s1 * s1 % p
-                s1 = t * t % p * s1
-                t = s2 * s2 % p
-                s2 = t * t % p * s2
-                s0, s1, s2 = (
-                    (m00 * s0 + m01 * s1 + m02 * s2) % p,
-                    (m10 * s0 + m11 * s1 + m12 * s2) % p,
-                    (m20 * s0 + m21 * s1 + m22 * s2) % p,
-                )
-        return s0
+        s0, s1, s2 = c0 % p, (a + c1) % p, (b + c2) % p
+        for k0, k1, k2 in first:
+            t = s0 * s0 % p
+            s0 = t * t % p * s0 + k0
+            t = s1 * s1 % p
+            s1 = t * t % p * s1 + k1
+            t = s2 * s2 % p
+            s2 = t * t % p * s2 + k2
+            s0, s1, s2 = (m00 * s0 + m01 * s1 + m02 * s2) % p, (m10 * s0 + m11 * s1 + m12 * s2) % p, (
+                m20 * s0 + m21 * s1 + m22 * s2) % p
+        k0, k1, k2 = pre
+        t = s0 * s0 % p
+        s0 = t * t % p * s0 + k0
+        t = s1 * s1 % p
+        s1 = t * t % p * s1 + k1
+        t = s2 * s2 % p
+        s2 = t * t % p * s2 + k2
+        s0, s1, s2 = (q00 * s0 + q01 * s1 + q02 * s2) % p, (q10 * s0 + q11 * s1 + q12 * s2) % p, (
+            q20 * s0 + q21 * s1 + q22 * s2) % p
+        for f0, f1, f2, v1, v2, k in partial:
+            t = s0 * s0 % p
+            s0 = (t * t % p * s0 + k) % p
+            s0, s1, s2 = (f0 * s0 + f1 * s1 + f2 * s2) % p, (s1 + s0 * v1) % p, (s2 + s0 * v2) % p
+        for k0, k1, k2 in last:
+            t = s0 * s0 % p
+            s0 = t * t % p * s0 + k0
+            t = s1 * s1 % p
+            s1 = t * t % p * s1 + k1
+            t = s2 * s2 % p
+            s2 = t * t % p * s2 + k2
+            s0, s1, s2 = (m00 * s0 + m01 * s1 + m02 * s2) % p, (m10 * s0 + m11 * s1 + m12 * s2) % p, (
+                m20 * s0 + m21 * s1 + m22 * s2) % p
+        t = s0 * s0 % p
+        s0 = t * t % p * s0
+        t = s1 * s1 % p
+        s1 = t * t % p * s1
+        t = s2 * s2 % p
+        s2 = t * t % p * s2
+        return (m00 * s0 + m01 * s1 + m02 * s2) % p
 
     return permute
 

@@ -42,21 +42,26 @@ def resource_facts(resource_type: str, resource_id: str, resource: Mapping[str, 
         return ResourceFacts(resource_type, resource_id, "")
     meta = resource.get("meta")
     labels = frozenset(_codings(meta.get("security") if isinstance(meta, Mapping) else None))
-    codes: set[Coding] = set()
-    for name in _CODE_ELEMENTS:
-        value = resource.get(name)
-        for concept in value if isinstance(value, list) else [value]:
-            if isinstance(concept, Mapping):
-                codes.update(_codings(concept.get("coding")))
     return ResourceFacts(
         resource_type=resource_type,
         resource_id=resource_id or str(resource.get("id", "")),
         patient_id=patient_of(resource),
         security_labels=labels,
         element_labels=element_labels(resource),
-        codes=frozenset(codes),
-        date_range=_date_range(resource),
+        codes=resource_codes(resource),
+        date_range=clinical_date_range(resource),
     )
+
+
+def resource_codes(resource: Mapping[str, Any]) -> frozenset[Coding]:
+    """The codes a provision.code may name (ResourceFacts.codes), without the rest of the facts."""
+    codes: set[Coding] = set()
+    for name in _CODE_ELEMENTS:
+        value = resource.get(name)
+        for concept in value if isinstance(value, list) else [value]:
+            if isinstance(concept, Mapping):
+                codes.update(_codings(concept.get("coding")))
+    return frozenset(codes)
 
 
 def _codings(value: Any) -> Iterable[Coding]:
@@ -66,7 +71,8 @@ def _codings(value: Any) -> Iterable[Coding]:
             yield (system if isinstance(system, str) else "", c["code"])
 
 
-def _date_range(resource: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
+def clinical_date_range(resource: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
+    """The clinically relevant time of a resource for a dataPeriod (ResourceFacts.date_range), or None."""
     for name in _DATE_ELEMENTS:
         value = resource.get(name)
         try:

@@ -238,6 +238,8 @@ class CredentialIssuer:
             return report
         start = tree.size
         leaves = {**updates, **{start + k: v for k, (_, v, _) in enumerate(appended)}}
+        if len(leaves) <= 64:
+            nodes.preload_paths(sorted(leaves))
         tree.set_leaves(leaves, hash_pairs=hash_pairs)
         rows = [{"tenant": self.store.tenant, "patient_ref": ref, "leaf_index": start + k, **values}
                 for k, (ref, _, values) in enumerate(appended)]

@@ -56,7 +56,7 @@ from healthledger import crypto, leases
 from healthledger.audit.entries import AccessEntry
 from healthledger.audit.log import record_accesses
 from healthledger.auth.scopes import parse_scopes
-from healthledger.consent.facts import resource_facts
+from healthledger.consent.facts import clinical_date_range, resource_codes
 from healthledger.consent.index import ConsentIndex
 from healthledger.errors import BadRequest, HealthLedgerError, not_known
 from healthledger.principal import HRESCH, Principal
@@ -160,19 +160,18 @@ def _instant(value: str) -> datetime:
 def in_study_scope(terms: StudyTerms, resource_type: str, resource: dict[str, Any]) -> bool:
     """The study's own narrowing: its category's code set and its data period (unknown date: left out, except
     for UNDATED_TYPES, which have none)."""
-    facts = resource_facts(resource_type, "", resource)
     for category in terms.categories:
         if category.resource_type != resource_type:
             continue
-        if category.codes and not any(
-            code == fcode and (not system or system == fsystem) for system, code in category.codes
-            for fsystem, fcode in facts.codes
-        ):
-            continue
-        if terms.data_period is not None and resource_type not in UNDATED_TYPES and (
-            facts.date_range is None or not terms.data_period.covers(*facts.date_range)
-        ):
-            continue
+        if category.codes:
+            codes = resource_codes(resource)
+            if not any(code == fcode and (not system or system == fsystem)
+                       for system, code in category.codes for fsystem, fcode in codes):
+                continue
+        if terms.data_period is not None and resource_type not in UNDATED_TYPES:
+            when = clinical_date_range(resource)
+            if when is None or not terms.data_period.covers(*when):
+                continue
         return True
     return False
 
@@ -204,10 +203,14 @@ class Exports:
         *,
         retention: timedelta = timedelta(hours=24),
         min_poll_seconds: float = 2.0,
+        max_index_age_seconds: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """`max_index_age_seconds`: the consent policy's; an export waits while the index is older (every
+        decision would deny, and the export would be empty rather than fail closed visibly)."""
         self.store = store
         self.index = index
+        self.max_index_age_seconds = max_index_age_seconds
         self.sessions: sessionmaker[Session] = sessionmaker(bind=store.engine, expire_on_commit=False)
         self.retention = retention
         self.min_poll_seconds = min_poll_seconds
@@ -393,8 +396,12 @@ class ExportWorker:
         try:
             with self.store.engine.connect() as conn:
                 terms = load_study(self.store, conn, study_id)
+                index_age = self.exports.index.refresh(conn)
             if terms is None:
                 raise ExportFailed("the study no longer exists")
+            if index_age > self.exports.max_index_age_seconds:
+                self._wait(job_id, "waiting for the consent index to catch up with the chain")
+                return 0
             output = self._collect(job_id, terms, types.split(","), _aware(since) if since else None,
                                    _aware(transaction_time), held)
             if output is None:
@@ -514,6 +521,12 @@ class ExportWorker:
             record_accesses(conn, [_entry(researcher, "Group", group_id, "permit",
                                           f"export:manifest:{job_id}:sha256={manifest_hash}", now)])
         return 1
+
+    def _wait(self, job_id: str, progress: str) -> None:
+        with self.exports.sessions.begin() as s:
+            job = s.get(ExportJob, job_id)
+            if job is not None and not job.cancelled:
+                job.status, job.progress = "queued", progress[:90]
 
     def _fail(self, job_id: str, message: str) -> None:
         with self.exports.sessions.begin() as s:

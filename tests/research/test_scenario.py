@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -43,6 +44,8 @@ from tests.ledger.conftest import anvil_url  # noqa: F401  (the anvil node fixtu
 from zk.credential import eligibility_inputs
 from zk.errors import ProverError
 from zk.prover import CircuitFiles, NodeProver
+
+pytestmark = [pytest.mark.slow, pytest.mark.node]  # a few minutes: each participant proves with snarkjs
 
 SYNTHEA = FIXTURES / "synthea"
 # Body mass index 30 or more, aged 18 to 80: Clemente Kreiger (30.5) and Ned Hintz (30.3) of the Synthea
@@ -282,11 +285,60 @@ def test_6_one_participant_leaves_and_the_grant_is_revoked(scenario: Scenario) -
     assert states and "revoked" in json.dumps(states)
 
 
-def test_7_the_hospital_keeps_commitments_not_secrets_and_nothing_readable(scenario: Scenario) -> None:
+def test_7_the_hospital_keeps_commitments_never_the_secret_so_it_cannot_prove(scenario: Scenario) -> None:
+    from sqlalchemy.orm import Session
+
+    from healthledger.ledger.patient_keys import unlock
+    from healthledger.research.credentials import identity_secret
+
     world = scenario.world
     with world.sessions() as s:
         commitments = s.scalars(select(IdentityCommitment.commitment)).all()
-        assert len(commitments) == 3  # clemente, buster, ivy; ned never activated: no leaf, cannot join
-        names = s.execute(text("SELECT sealed_attributes FROM research_credentials")).scalars().all()
-    for sealed in names:
-        assert b"birthDays" not in sealed and b"1979" not in sealed
+    assert len(commitments) == 3  # clemente, buster, ivy; ned never activated: no leaf, so he cannot join
+    engine = world.app.extensions["healthledger.engine"]
+    with Session(engine) as s:  # the test knows Ivy's password; the service does not keep it
+        secret = identity_secret(unlock(s, f"Patient/{world.patients['ivy']}", PASSWORD))
+    needles = [str(secret).encode(), secret.to_bytes(32, "big"), hex(secret).encode()]
+    if engine.dialect.name == "sqlite":
+        folder = Path(world.app.config["SETTINGS"].data_dir)
+        blobs = [p.read_bytes() for p in folder.glob("*.db*")]
+    else:
+        with engine.connect() as conn:
+            blobs = [repr(row).encode() for table in ("research_identities", "research_credentials", "chain_outbox",
+                                                      "research_enrolments", "research_tree_nodes")
+                     for row in conn.execute(text(f"SELECT * FROM {table}"))]
+    assert blobs and not any(n in b for n in needles for b in blobs)
+
+
+def test_8_other_patients_see_only_their_own_enrolments(scenario: Scenario) -> None:
+    world = scenario.world
+    for name, expected in (("buster", 0), ("clemente", 1)):
+        mine = world.patient_session(name).get(f"ResearchSubject?study=ResearchStudy/{scenario.study_id}").get_json()
+        assert mine["total"] == expected
+        if expected:
+            assert mine["entry"][0]["resource"]["individual"]["identifier"]["value"] == scenario.joined[name]
+
+
+def test_9_nothing_identifying_reaches_the_chain(scenario: Scenario) -> None:
+    from tests.ledger.test_no_phi_on_chain import date_encodings, encodings, load_patients, scan
+
+    world = scenario.world
+    chain = world.chain
+    blobs: list[tuple[str, bytes]] = []
+    for number in range(1, chain.head() + 1):
+        block = chain.w3.eth.get_block(number, full_transactions=True)
+        for tx in block["transactions"]:
+            if not tx.get("to"):
+                continue  # contract creation: bytecode, not data about anyone
+            blobs.append((f"tx in block {number}", bytes(tx.get("input", tx.get("data", b"")))))
+            for log in chain.w3.eth.get_transaction_receipt(tx["hash"])["logs"]:
+                blobs.append((f"log in block {number}", b"".join(bytes(t) for t in log["topics"]) + bytes(log["data"])))
+    assert len(blobs) > 10 and all(blob for _, blob in blobs)
+    needles: dict[str, dict[str, bytes]] = {}
+    for patient in load_patients(FIXTURES):
+        needles |= {f"{patient.ref[:8]} {label}": values for label, values in patient.needles.items()}
+    for name, pid in world.patients.items():
+        needles[f"id of {name}"] = encodings(pid)
+    needles |= {"Inventa": encodings("Inventa"), "MRN-IVY-77": encodings("MRN-IVY-77"),
+                "Ivy's birth date": date_encodings("1979-05-17")}
+    assert scan(blobs, needles) == []
