@@ -32,6 +32,7 @@ PATIENT_NAV = (
     ("web.sharing.share", "Share my data"),
     ("web.consents.requests", "Requests"),
     ("web.history.history", "Access history"),
+    ("web.studies.studies", "Research studies"),
     ("web.notices.notices", "Notices"),
     ("web.apps.apps", "Apps"),
     ("web.account.account", "Account"),
@@ -72,6 +73,7 @@ _SUB_PAGES = {
     "web.account.account": ("web.account.change_password",),
     "web.history.history": ("web.history.entry",),
     "web.apps.apps": ("web.apps.revoke",),
+    "web.studies.studies": ("web.studies.study", "web.studies.leave"),
     "web.research.studies": ("web.research.study", "web.research.publish", "web.research.feasibility",
                              "web.research.export", "web.research.export_status"),
 }

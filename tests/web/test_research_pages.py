@@ -154,3 +154,27 @@ def test_criteria_in_plain_words() -> None:
         "Your latest body mass index is between 30 and 45 kg/m² (without this measurement in your record you cannot join).",
         "You have none of these conditions in your record: SNOMED CT 1.",
     ]
+
+
+def test_a_patient_reads_the_open_study_in_words_and_what_the_researcher_learns(world: World) -> None:
+    study_id = world.study_id  # type: ignore[attr-defined]
+    ann = signed_in(world, "ann")
+    listing = text(ann.get("/app/studies").get_data(as_text=True))
+    assert "Diabetes and kidneys" in listing and "Run by university." in listing
+    page = ann.get(f"/app/studies/{study_id}").get_data(as_text=True)
+    words = text(page)
+    assert "Aged between 40 and 80 years." in words
+    assert "Your latest HbA1c (long-term blood sugar) is at least 6.5 %" in words
+    assert "They will not learn Your name, date of birth, address, record number" in words
+    assert 'id="join"' in page and "js/study-join.js" in page and '<label for="password">' in page
+    # Not a participant: leaving is refused by the API, and said next to the password field.
+    left = ann.post(f"/app/studies/{study_id}/leave", data={"csrf_token": csrf(page), "password": PASSWORD})
+    assert left.status_code == 400 and "password" in field_errors(left.get_data(as_text=True))
+    # A notice: ann has not opened her credential, so every open study she has not joined may be for her.
+    notices = text(ann.get("/app/notices").get_data(as_text=True))
+    assert "You may be able to join the study “Diabetes and kidneys”" in notices
+
+
+def test_the_page_serves_the_poseidon_constants_the_nullifier_needs(world: World) -> None:
+    constants = world.client.get("/app/zk/poseidon.json").get_json()
+    assert constants["t"] == 3 and len(constants["C"]) == 3 * (8 + 57) and len(constants["M"]) == 3
