@@ -86,6 +86,14 @@ def feasibility_answer(parameters: dict[str, Any]) -> FeasibilityAnswer:
     )
 
 
+def _file_sha256(output: dict[str, Any]) -> str:
+    """A manifest file's SHA-256 (Bulk Data manifests carry extensions as an object keyed by URL)."""
+    extension = output.get("extension")
+    if isinstance(extension, dict):
+        return next((str(v) for k, v in extension.items() if k.endswith("export-file-sha256")), "")
+    return ""
+
+
 def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
     bp = Blueprint("research", __name__, url_prefix="/research")
     api = FhirClient()
@@ -208,9 +216,7 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
             state = "complete"
             manifest = response.body or {}
             files = [{"name": str(f.get("url", "")).rstrip("/").rpartition("/")[2], "type": f.get("type"),
-                      "count": f.get("count"), "sha256": next(
-                          (e.get("valueString") for e in f.get("extension") or [] if "sha256" in str(e.get("url"))),
-                          f.get("sha256", ""))}
+                      "count": f.get("count"), "sha256": _file_sha256(f)}
                      for f in manifest.get("output") or []]
         elif response.status in (202, 429):
             progress = response.headers.get("X-Progress", "")
