@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/research.py [--patients 100000] [--leaf-sample 500] [--joins 2] [--reissues 20]
 
 - tree: N leaves written into the tenant's Poseidon tree in the database (SQLite, one transaction, the
-  path `credentials issue` takes: zk.merkle.set_leaves over research.tree.SqlNodeStore). The leaves are
+  path `credentials issue` takes: zk.merkle.set_leaves over research.tree.SqlNodeStore, node hashes by
+  circomlibjs in Node (zk/bulk_poseidon.py), or in Python with --python-tree). The leaves are
   random field elements standing in for leaf hashes (the tree's cost does not depend on their values); the
   cost of computing real leaves (facts encoded, Poseidon of 15 inputs) is measured on `--leaf-sample`
   synthetic patients and reported per leaf, separately.
@@ -75,12 +76,13 @@ def setup_service(folder: Path) -> Any:
     return settings
 
 
-def tree_and_reissue(settings: Any, patients: int, reissues: int) -> dict[str, float]:
+def tree_and_reissue(settings: Any, patients: int, reissues: int, *, python_only: bool = False) -> dict[str, Any]:
     from healthledger.db import make_engine
     from healthledger.keys import key_provider_for
     from healthledger.research.credentials import CredentialIssuer, identity_secret
     from healthledger.research.models import IdentityCommitment
     from healthledger.research.tree import credential_tree
+    from healthledger.research.worker import bulk_pair_hasher
     from healthledger.store.repository import store_for_settings
 
     engine = make_engine(settings.database_url or f"sqlite:///{settings.data_dir / 'healthledger.db'}")
@@ -88,12 +90,15 @@ def tree_and_reissue(settings: Any, patients: int, reissues: int) -> dict[str, f
     rng = random.Random(7)
     leaves = {i: rng.randrange(1, R) for i in range(patients)}
     started = time.perf_counter()
-    with engine.begin() as conn:
+    with bulk_pair_hasher() as hasher, engine.begin() as conn:
+        hasher = None if python_only else hasher
         tree, _ = credential_tree(conn, store.tenant)
-        tree.set_leaves(leaves)
+        tree.set_leaves(leaves, hash_pairs=hasher)
         root = tree.root
+        hashed_by = "python" if hasher is None else "node (circomlibjs)"
     tree_s = time.perf_counter() - started
-    print(f"tree of {patients:,} leaves: {tree_s:.1f} s (root {str(root)[:12]}...)", flush=True)
+    print(f"tree of {patients:,} leaves: {tree_s:.1f} s, node hashes by {hashed_by} (root {str(root)[:12]}...)",
+          flush=True)
 
     issuer = CredentialIssuer(store)
     ref = "Patient/bench-patient"
@@ -116,7 +121,7 @@ def tree_and_reissue(settings: Any, patients: int, reissues: int) -> dict[str, f
         times.append((time.perf_counter() - t0) * 1000)
         assert report.reissued == 1
     engine.dispose()
-    return {"tree_seconds": round(tree_s, 2), "reissue_ms_median": round(statistics.median(times), 2),
+    return {"tree_seconds": round(tree_s, 2), "tree_hashes_by": hashed_by, "reissue_ms_median": round(statistics.median(times), 2),
             "reissue_ms_max": round(max(times), 2)}
 
 
@@ -230,13 +235,14 @@ def main() -> None:
     parser.add_argument("--leaf-sample", type=int, default=500)
     parser.add_argument("--joins", type=int, default=2)
     parser.add_argument("--reissues", type=int, default=20)
+    parser.add_argument("--python-tree", action="store_true", help="hash the tree in Python (no Node worker)")
     args = parser.parse_args()
     results: dict[str, Any] = {"patients": args.patients}
     with tempfile.TemporaryDirectory(prefix="hl-research-bench-") as tmp:
         settings = setup_service(Path(tmp) / "var")
         results["leaf_ms"] = round(leaf_cost(args.leaf_sample), 2)
         print(f"leaf (encode + Poseidon-15): {results['leaf_ms']} ms each over {args.leaf_sample}", flush=True)
-        results.update(tree_and_reissue(settings, args.patients, args.reissues))
+        results.update(tree_and_reissue(settings, args.patients, args.reissues, python_only=args.python_tree))
         print(f"re-issue one patient: {results['reissue_ms_median']} ms median", flush=True)
         results.update(join_and_gas(settings, args.joins))
     rows = [

@@ -12,6 +12,12 @@ StructureDefinition (docs/research.md lists them):
 - `study-max-participants` (valuePositiveInt).
 - `study-owner` (complex): `principal` (valueString, the creating researcher's principal id) and
   `organization` (valueReference to their Organization): who may publish, export and ask feasibility.
+- `study-ethics-approval` (valueIdentifier): the approving board (system) and approval number (value).
+- `study-purpose-of-use` (valueCoding): always v3-ActReason HRESCH; set by the server.
+- `study-registration` (complex, set by `$publish`): `studyId` (valueString, the StudyRegistry id, decimal),
+  `criteriaHash` (valueString), `verifyingKey` (valueString, SHA-256 hex of the verification key),
+  `referenceDate` (valueDate, the date age criteria are evaluated at) and `circuit` (valueString, JSON: the
+  compiled criteria inputs a prover needs).
 
 R4 elements used as they are: `ResearchStudy.period` is the enrolment window, `enrollment[0]` references
 the cohort `Group`, `status` is draft / active / closed-to-accrual / completed / withdrawn.
@@ -41,6 +47,9 @@ DATA_PERIOD_URL: Final = EXTENSION_BASE + "study-data-period"
 MAX_PARTICIPANTS_URL: Final = EXTENSION_BASE + "study-max-participants"
 OWNER_URL: Final = EXTENSION_BASE + "study-owner"
 STUDY_PSEUDONYM_URL: Final = EXTENSION_BASE + "study-pseudonym"
+ETHICS_APPROVAL_URL: Final = EXTENSION_BASE + "study-ethics-approval"
+PURPOSE_URL: Final = EXTENSION_BASE + "study-purpose-of-use"
+REGISTRATION_URL: Final = EXTENSION_BASE + "study-registration"
 STUDY_PSEUDONYM_SYSTEM: Final = "https://healthledger.dev/fhir/sid/study-pseudonym"
 
 Coding = tuple[str, str]  # (system or "", code)

@@ -30,6 +30,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "study": "healthledger.research.commands:study_group",
     "backup": "healthledger.backup_commands:backup_command",
     "restore": "healthledger.backup_commands:restore_command",
+    "research-data": "healthledger.research.data_commands:research_data_group",
 }
 
 

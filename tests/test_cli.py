@@ -48,6 +48,8 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "restore": ["."],
     "chain besu-network": ["{json_file}.network"],
     "credentials issue": [],
+    "research-data budgets": [],
+    "research-data exports": [],
 }
 # Commands that use no runtime: a patient's side, talking HTTP to a service elsewhere (research/commands.py).
 HTTP_CLIENT_ARGS: dict[str, list[str]] = {

@@ -130,6 +130,8 @@ def describe_access(event: Mapping[str, Any], me: str = "") -> AccessView:
 
 
 def _unnamed(actor_id: str) -> str:
+    if actor_id.startswith("ResearchStudy/"):
+        return "A research study"
     kind = actor_id.partition(":")[0]
     return {"client": "A connected system", "user": "A member of staff"}.get(kind, "The service")
 

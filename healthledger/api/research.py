@@ -9,7 +9,7 @@
 - `POST /fhir/ResearchStudy/{id}/$enrol` (patient: proof, publicSignals, password) -> ResearchSubject;
   `POST /fhir/ResearchStudy/{id}/$leave` (patient: password) revokes the study consent's grant.
 - `GET /fhir/ResearchSubject?study=ResearchStudy/{id}` (owner): participants as pseudonyms;
-  a patient gets their own enrolments.
+  a patient gets their own enrolments (in every study when `study` is left out).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from fhir_adapters.research_study import study_reference
 from healthledger.api import negotiation as http
 from healthledger.api.paging import searchset_bundle
 from healthledger.config import Settings
-from healthledger.errors import BadRequest, Forbidden, NotFound, Unprocessable
+from healthledger.errors import BadRequest, Forbidden, NotFound, Unprocessable, UnsupportedMediaType
 from healthledger.ledger import patient_keys
 from healthledger.principal import Principal
 from healthledger.research.credentials import Credential, CredentialIssuer
@@ -48,7 +48,12 @@ def research_blueprint(store: ResourceStore, settings: Settings, authenticate: C
     api = _ResearchApi(store, settings, authenticate, studies, issuer or CredentialIssuer(store),
                        enrolments or Enrolments(store, studies))
     bp.add_url_rule("/ResearchStudy", "studies", api.studies, methods=["GET", "POST"])
+    bp.add_url_rule("/ResearchStudy/_search", "studies_search", api.studies_search, methods=["POST"])
+    bp.add_url_rule("/ResearchStudy/_history", "studies_history", api.studies_history, methods=["GET"])
     bp.add_url_rule("/ResearchStudy/<study_id>", "study", api.study, methods=["GET", "PUT", "DELETE"])
+    bp.add_url_rule("/ResearchStudy/<study_id>/_history", "study_history", api.study_history, methods=["GET"])
+    bp.add_url_rule("/ResearchStudy/<study_id>/_history/<version_id>", "study_vread", api.study_vread,
+                    methods=["GET"])
     bp.add_url_rule("/ResearchStudy/<study_id>/$publish", "publish", api.publish, methods=["POST"])
     bp.add_url_rule("/ResearchStudy/<study_id>/$enrol", "enrol", api.enrol, methods=["POST"])
     bp.add_url_rule("/ResearchStudy/<study_id>/$leave", "leave", api.leave, methods=["POST"])
@@ -124,9 +129,12 @@ class _ResearchApi:
             headers = self._headers(study, location=True)
             headers["X-Cohort-Group"] = f"Group/{group.id}"
             return self._respond(self._shown(study), 201, headers)
+        return self._search(principal, list(request.args.items(multi=True)))
+
+    def _search(self, principal: Principal, params: list[tuple[str, str]]) -> Response:
         statuses: set[str] = set()
         count = MAX_COUNT
-        for name, value in request.args.items(multi=True):
+        for name, value in params:
             if name == "status":
                 wanted = {v.strip() for v in value.split(",") if v.strip()}
                 unknown = wanted - _STATUSES
@@ -144,6 +152,31 @@ class _ResearchApi:
         bundle = searchset_bundle(((f"{self._base()}/ResearchStudy/{s.id}", self._shown(s)) for s in found),
                                   total=len(found), links=[{"relation": "self", "url": request.url}])
         return self._respond(bundle)
+
+    def studies_search(self) -> Response:
+        """POST _search: the same search as GET, parameters from the query and the form body."""
+        principal = self.authenticate()
+        http.check_response_format(request)
+        if http.media_type(request.headers.get("Content-Type")) != http.FORM_MEDIA_TYPE:
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
+        # request.form, not the raw body: the CSRF check of a cookie session may have read the body already.
+        form = [(k, v) for k, v in request.form.items(multi=True) if k != "csrf_token"]
+        return self._search(principal, [*request.args.items(multi=True), *form])
+
+    def studies_history(self) -> Response:
+        principal = self.authenticate()
+        if not principal.unrestricted:
+            # A type history would list every draft: studies are read through search and read.
+            raise NotFound("the history of all studies is not available; read a study's own history")
+        return _delegate("fhir.type_history", resource_type="ResearchStudy")
+
+    def study_history(self, study_id: str) -> Response:
+        self.catalogue.read(study_id, self.authenticate())  # a hidden draft answers like a missing study
+        return _delegate("fhir.instance_history", resource_type="ResearchStudy", resource_id=study_id)
+
+    def study_vread(self, study_id: str, version_id: str) -> Response:
+        self.catalogue.read(study_id, self.authenticate())
+        return _delegate("fhir.vread", resource_type="ResearchStudy", resource_id=study_id, version_id=version_id)
 
     def study(self, study_id: str) -> Response:
         principal = self.authenticate()
@@ -220,18 +253,28 @@ class _ResearchApi:
         principal = self.authenticate()
         http.check_response_format(request)
         study = request.args.get("study", "")
-        if not study:
-            raise BadRequest("search ResearchSubject by study=ResearchStudy/{id}", expression="study")
         study_id = study.removeprefix("ResearchStudy/")
         if principal.role == "patient":
-            mine = self.enrolments.mine(study_id, principal)
-            people = [mine] if mine is not None else []
+            if study_id:
+                mine = self.enrolments.mine(study_id, principal)
+                people = [mine] if mine is not None else []
+            else:
+                people = self.enrolments.all_mine(principal)  # a patient's own studies, all of them
             entries = [p.research_subject(for_patient=True) for p in people]
+        elif not study_id:
+            raise BadRequest("search ResearchSubject by study=ResearchStudy/{id}", expression="study")
         else:
             entries = [p.research_subject(for_patient=False) for p in self.enrolments.participants(study_id, principal)]
         bundle = searchset_bundle(((f"{self._base()}/ResearchSubject/{e['id']}", e) for e in entries),
                                   total=len(entries), links=[{"relation": "self", "url": request.url}])
         return self._respond(bundle)
+
+
+def _delegate(endpoint: str, **args: str) -> Response:
+    """The generic FHIR handler, once the research module has decided the caller may see the study."""
+    response = current_app.view_functions[endpoint](**args)
+    assert isinstance(response, Response)
+    return response
 
 
 def credential_parameters(credential: Credential, *, secret: int | None = None,

@@ -57,6 +57,8 @@ class ActorDirectory:
         return name
 
     def _actor(self, actor_id: str) -> str:
+        if actor_id.startswith("ResearchStudy/"):  # a study's export (healthledger/research/export.py)
+            return self._titled(actor_id)
         kind, _, ident = actor_id.partition(":")
         if not ident:
             return ""
@@ -68,6 +70,16 @@ class ActorDirectory:
                 user = session.get(User, ident)
                 return self._names.display_name(session, user) if user is not None else ""
         return ""
+
+    def _titled(self, reference: str) -> str:
+        """A study as its title says ("" when it is not there any more)."""
+        rtype, _, rid = reference.partition("/")
+        try:
+            stored = self._store.read(rtype, rid, principal=SYSTEM)
+        except HealthLedgerError:
+            return ""
+        title = (stored.resource or {}).get("title")
+        return f"Research study: {title.strip()}" if isinstance(title, str) and title.strip() else "A research study"
 
     def _organization(self, reference: str) -> str:
         rtype, _, rid = reference.partition("/")

@@ -251,6 +251,24 @@ class Enrolments:
                 Enrolment.tenant == self.store.tenant, Enrolment.study_id == study_id, Enrolment.enrollee == address))
             return None if row is None else self._participant(session, row)
 
+    def all_mine(self, principal: Principal) -> list[Participant]:
+        """Every enrolment of the calling patient (their study pseudonyms are theirs to see)."""
+        if principal.role != "patient" or not principal.patient_id:
+            return []
+        from healthledger.ledger.models import PatientPseudonym
+
+        with self.store.engine.connect() as conn:
+            session = _session(conn)
+            addresses = session.scalars(sa.select(PatientPseudonym.address).where(
+                PatientPseudonym.patient_ref == f"Patient/{principal.patient_id}",
+                PatientPseudonym.grantee.like("ResearchStudy/%"))).all()
+            if not addresses:
+                return []
+            rows = session.scalars(sa.select(Enrolment).where(
+                Enrolment.tenant == self.store.tenant, Enrolment.enrollee.in_(list(addresses))
+            ).order_by(Enrolment.enrolled_at))
+            return [self._participant(session, r) for r in rows]
+
     def participants(self, study_id: str, principal: Principal) -> list[Participant]:
         """The study's participants for its owner: pseudonyms and dates only (denied == unknown study)."""
         stored: StoredResource = self.studies.read(study_id, principal)

@@ -58,7 +58,7 @@ from healthledger.audit.log import record_accesses
 from healthledger.auth.scopes import parse_scopes
 from healthledger.consent.facts import clinical_date_range, resource_codes
 from healthledger.consent.index import ConsentIndex
-from healthledger.errors import BadRequest, HealthLedgerError, not_known
+from healthledger.errors import BadRequest, Conflict, HealthLedgerError, not_known
 from healthledger.principal import HRESCH, Principal
 from healthledger.research.data_models import ExportFile, ExportFileContent, ExportJob
 from healthledger.research.participants import (
@@ -79,6 +79,11 @@ RESOURCES_PER_FILE = 10_000
 # Resources that have no clinical date, so a data period cannot apply to them: the participant themself
 # (de-identified demographics: birth year, gender, country).
 UNDATED_TYPES = frozenset({"Patient"})
+# ResearchStudy.status codes (R4 research-study-status) under which the study may receive data.
+EXPORTING_STATUSES = frozenset({
+    "active", "closed-to-accrual", "temporarily-closed-to-accrual", "closed-to-accrual-and-intervention",
+    "temporarily-closed-to-accrual-and-intervention",
+})
 LEASE_SECONDS = 60.0
 _PAGE = 1000
 
@@ -145,6 +150,14 @@ def kickoff_request(params: Sequence[tuple[str, str]], terms: StudyTerms) -> tup
     if not types:
         raise BadRequest("the study requests no data categories: there is nothing to export")
     return types, since
+
+
+def check_exporting(terms: StudyTerms) -> None:
+    """A study releases data while it runs (active, or closed to new participants); not before approval
+    (draft) nor after it ended (completed, withdrawn): Conflict naming its status."""
+    if terms.status not in EXPORTING_STATUSES:
+        raise Conflict(f"the study is {terms.status or 'without a status'}: data is released only while it is "
+                       f"active or closed to accrual")
 
 
 def _instant(value: str) -> datetime:
@@ -223,6 +236,7 @@ class Exports:
         if terms is None or not is_owner(principal, terms):
             self._log(principal, "Group", group_id, "deny", "export:not-owner-or-missing")
             raise not_known("Group", group_id)
+        check_exporting(terms)
         types, since = kickoff_request(params, terms)
         job_id = uuid.uuid4().hex
         now = self.clock()
@@ -243,6 +257,13 @@ class Exports:
         return job
 
     def status(self, principal: Principal, job_id: str) -> Status:
+        try:
+            return self._status(principal, job_id)
+        except NotFoundJob:
+            self._log(principal, "Group", "", "deny", f"export:status:not-found:{job_id[:64]}")
+            raise
+
+    def _status(self, principal: Principal, job_id: str) -> Status:
         now = self.clock()
         wait = max(1, round(self.min_poll_seconds))
         with self.sessions.begin() as s:
@@ -266,6 +287,13 @@ class Exports:
 
     def cancel(self, principal: Principal, job_id: str) -> None:
         """Cancel the job (or delete a finished one) and remove its files."""
+        try:
+            self._cancel(principal, job_id)
+        except NotFoundJob:
+            self._log(principal, "Group", "", "deny", f"export:cancel:not-found:{job_id[:64]}")
+            raise
+
+    def _cancel(self, principal: Principal, job_id: str) -> None:
         with self.sessions.begin() as s:
             job = self._job(s, principal, job_id)
             job.cancelled = True
@@ -276,7 +304,16 @@ class Exports:
                                        self.clock())])
 
     def file(self, principal: Principal, job_id: str, name: str) -> bytes:
-        """A completed job's NDJSON file, decrypted, for the job's researcher only."""
+        """A completed job's NDJSON file, decrypted, for the job's researcher only; each download is logged."""
+        try:
+            body, group_id = self._file(principal, job_id, name)
+        except NotFoundJob:
+            self._log(principal, "Group", "", "deny", f"export:download:not-found:{job_id[:64]}")
+            raise
+        self._log(principal, "Group", group_id, "permit", f"export:download:{job_id}/{name}")
+        return body
+
+    def _file(self, principal: Principal, job_id: str, name: str) -> tuple[bytes, str]:
         with self.sessions.begin() as s:
             job = self._job(s, principal, job_id)
             if job.status != "complete" or (job.expires_at and _aware(job.expires_at) <= self.clock()):
@@ -287,7 +324,8 @@ class Exports:
             conn = s.connection()
             key = self.store.keyring.key_for_scope(conn, EXPORT_KEY_CLASS, job_id.encode()).key
             sealed = _content(conn, job_id, row.name)
-        return crypto.open_(key, sealed, _file_aad(self.store.tenant, job_id, row.name))
+            group_id = job.group_id
+        return crypto.open_(key, sealed, _file_aad(self.store.tenant, job_id, row.name)), group_id
 
     def _log(self, principal: Principal, resource_type: str, resource_id: str, decision: str, reason: str) -> None:
         with self.store.engine.begin() as conn:
@@ -399,6 +437,8 @@ class ExportWorker:
                 index_age = self.exports.index.refresh(conn)
             if terms is None:
                 raise ExportFailed("the study no longer exists")
+            if terms.status not in EXPORTING_STATUSES:
+                raise ExportFailed(f"the study is {terms.status}: it receives no more data")
             if index_age > self.exports.max_index_age_seconds:
                 self._wait(job_id, "waiting for the consent index to catch up with the chain")
                 return 0

@@ -37,9 +37,11 @@ from fhir_adapters.research_study import (
     CRITERIA_URL,
     DATA_CATEGORY_URL,
     DATA_PERIOD_URL,
-    EXTENSION_BASE,
+    ETHICS_APPROVAL_URL,
     MAX_PARTICIPANTS_URL,
     OWNER_URL,
+    PURPOSE_URL,
+    REGISTRATION_URL,
     StudyTerms,
     study_terms,
 )
@@ -56,9 +58,6 @@ from zk.criteria import CompiledCriteria, compile_criteria
 from zk.errors import CriteriaError
 from zk.prover import CircuitFiles
 
-ETHICS_APPROVAL_URL: Final = EXTENSION_BASE + "study-ethics-approval"
-PURPOSE_URL: Final = EXTENSION_BASE + "study-purpose-of-use"
-REGISTRATION_URL: Final = EXTENSION_BASE + "study-registration"
 V3_ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 MAX_UINT32: Final = 2**32 - 1
 

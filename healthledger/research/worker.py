@@ -23,8 +23,18 @@ DEFAULT_REISSUE_SECONDS = 300.0
 
 @contextmanager
 def bulk_pair_hasher() -> Iterator[PairHasher | None]:
-    """The pair hasher for large issuing runs (None: zk.merkle's Python reference, used for every size today)."""
-    yield None
+    """The pair hasher for large issuing runs: circomlibjs in Node when it is installed (a few times faster),
+    else None (zk.merkle's Python reference). Small batches are hashed in Python either way."""
+    from zk.bulk_poseidon import NodePairHasher
+    from zk.errors import ProverError
+
+    try:
+        hasher = NodePairHasher()
+    except (ProverError, OSError):
+        yield None
+        return
+    with hasher:
+        yield hasher
 
 
 @dataclass

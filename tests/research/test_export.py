@@ -9,9 +9,12 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import consent_world
 import orjson
 import pytest
 from consent_world import PASSWORD, World, password_parameters
@@ -19,17 +22,20 @@ from fhir_api_support import JSON_HEADERS, build_app, dispose
 from flask import Flask
 from research_support import add_patient, put_study, register_researcher, study_consent, study_resource
 from sqlalchemy import select, update
-from support import FIXTURES
+from support import FIXTURES, node_tool
 
 from fhir_adapters.deidentify import PSEUDED
 from healthledger import leases
 from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.auth.users import AccountNames, create_user
 from healthledger.db import session_factory
+from healthledger.ledger.chain import rpc_chain
 from healthledger.ledger.patient_keys import create_patient_key
 from healthledger.principal import SYSTEM
 from healthledger.research.data_models import ExportFileContent, ExportJob
 from healthledger.research.export import SHA256_EXTENSION
 from healthledger.store.importer import Importer
+from tests.integration.anvil import running_anvil
 
 FHIR = "application/fhir+json"
 INDEXERS: dict[Flask, Any] = {}  # app -> the indexer that keeps its consent index fresh
@@ -60,10 +66,27 @@ def sources_phi(patients: list[dict[str, Any]]) -> set[str]:
     return {v for v in phi if len(v) >= 5}
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "anvil"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """SQLite and PostgreSQL with the embedded chain; SQLite with a real anvil node over JSON-RPC."""
+    with ExitStack() as stack:
+        yield from _world(request, tmp_path_factory, stack)
+
+
+def _world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           stack: ExitStack) -> Iterator[dict[str, Any]]:
     data_dir = tmp_path_factory.mktemp(f"export-{request.param}")
     url = request.getfixturevalue("postgres_module_schema_url")[0] if request.param == "postgres" else ""
+    if request.param == "anvil":
+        node = stack.enter_context(running_anvil(node_tool("anvil")))
+
+        def anvil_chain(data_dir: Path, provider: Any, **_: Any) -> Any:
+            chain = rpc_chain(node, provider, keys_dir=data_dir / "keys", poll_seconds=0.02)
+            chain.w3.provider.make_request("anvil_setBalance", [chain.operator.address, hex(10**24)])
+            return chain
+
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setattr(consent_world, "embedded_chain", anvil_chain)
     w = World.build(data_dir, url, export_min_poll_seconds=0.3)
     app = w.app
     app.extensions["healthledger.research_exports"].enabled = False  # the test runs the worker itself
@@ -85,6 +108,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     with sessions.begin() as s:
         for pid in [*chosen, others[0]]:
             create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
+        create_user(s, AccountNames(store), username="first-participant", password=PASSWORD, role="patient",
+                    now=datetime.now(UTC), patient_id=chosen[0])
     consents = {}
     for pid in chosen:
         # The study's period applies to all; the second participant narrows it further, and to Conditions.
@@ -101,7 +126,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     assert resp.status_code == 200, resp.get_data(as_text=True)
     w.sync()
     INDEXERS[app] = w.indexer
-    yield {"world": w, "app": app, "token": w.token("research"), "remaining": chosen[:2] + [invented],
+    yield {"backend": request.param, "world": w, "app": app, "token": w.token("research"), "remaining": chosen[:2] + [invented],
            "left": chosen[2], "narrow": chosen[1], "synthea": synthea, "invented": invented}
     w.close()
 
@@ -246,6 +271,13 @@ def test_export_holds_exactly_the_remaining_participants_consented_data_deidenti
     manifest_hash = hashlib.sha256(done.data).hexdigest()
     assert [e for e in entries if e.reason.endswith(f"sha256={manifest_hash}")]
 
+    # At rest the files are ciphertext: no exported (pseudonymous) id is anywhere in the database files.
+    if world["backend"] == "sqlite":
+        settings = app.config["SETTINGS"]
+        raw = b"".join(p.read_bytes() for p in settings.data_dir.glob("healthledger.db*"))
+        exported_ids = {r["id"].encode() for rs in files.values() for r in rs}
+        assert exported_ids and not {i for i in exported_ids if i in raw}
+
 
 def _stored_patient(app: Flask, pid: str) -> dict[str, Any]:
     return app.extensions["healthledger.store"].read("Patient", pid, principal=SYSTEM).resource  # type: ignore[no-any-return]
@@ -296,8 +328,15 @@ def test_only_the_researcher_and_only_with_the_token(world: dict[str, Any]) -> N
     manifest = run_to_completion(app, token, status_url).get_json()
     file_url = manifest["output"][0]["url"]
     assert app.test_client().get(file_url).status_code == 401
+    size = world["world"].log_size()
     assert app.test_client().get(file_url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
     assert poll(app, other, status_url).status_code == 404
+    assert app.test_client().delete(status_url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    assert app.test_client().get(file_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    logged = world["world"].log_since(size)
+    assert [(e.actor, e.decision, e.reason.split(":")[1]) for e in logged] == [
+        ("client:rival-lab", "deny", "download"), ("client:rival-lab", "deny", "status"),
+        ("client:rival-lab", "deny", "cancel"), ("client:research", "permit", "download")]
 
 
 def test_delete_cancels_and_removes_files(world: dict[str, Any]) -> None:
@@ -314,6 +353,10 @@ def test_delete_cancels_and_removes_files(world: dict[str, Any]) -> None:
     app.extensions["healthledger.research_exports"].worker.run_once()
     with sessions() as s:
         assert not s.scalars(select(ExportFileContent).where(ExportFileContent.job_id == job_id)).all()
+    listed = _cli(app, "exports")
+    assert {"job": job_id, "state": "cancelled", "resources": 0} == {
+        k: v for k, v in next(j for j in listed if j["job"] == job_id).items() if k in ("job", "state", "resources")}
+    assert all(j["manifest_sha256"] for j in listed if j["state"] == "complete")
     # A queued job cancelled before it ran never runs.
     queued_url = kick_off(app, token).headers["Content-Location"]
     assert app.test_client().delete(queued_url, headers={"Authorization": f"Bearer {token}"}).status_code == 202
@@ -376,3 +419,67 @@ def test_a_stale_consent_index_makes_the_job_wait_not_deliver_nothing(world: dic
     assert waiting.status_code == 202 and "consent index" in waiting.headers["X-Progress"]
     time.sleep(0.35)
     assert [o["count"] for o in run_to_completion(app, token, status_url).get_json()["output"]] == [2]
+
+
+def test_the_patient_sees_which_study_received_their_records(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    first = world["remaining"][0]
+    before = _study_events(world, first)
+    manifest = run_to_completion(app, token, kick_off(app, token, "?_type=Condition").headers["Content-Location"])
+    conditions = expected_counts(app, [first], "")["Condition"]
+    assert sum(o["count"] for o in manifest.get_json()["output"]) > conditions  # others' too, not shown to them
+    events = _study_events(world, first)[len(before):]
+    assert len(events) == conditions
+    for event in events:
+        who = event["agent"][0]["who"]
+        assert who["identifier"]["value"] == f"ResearchStudy/{STUDY}"
+        assert who["display"] == f"Research study: Study {STUDY}"
+        assert event["action"] == "E" and event["outcome"] == "0"
+
+
+def _study_events(world: dict[str, Any], patient_id: str) -> list[dict[str, Any]]:
+    """The patient's own AuditEvents (as the patient reads them) naming the study as the agent."""
+    session = world["world"].patient_session("first-participant")
+    url = f"AuditEvent?patient=Patient/{patient_id}&_count=50"
+    found: list[dict[str, Any]] = []
+    while url:
+        resp = session.get(url)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        bundle = resp.get_json()
+        found += [e["resource"] for e in bundle.get("entry", [])
+                  if e["resource"]["agent"][0]["who"].get("identifier", {}).get("value") == f"ResearchStudy/{STUDY}"]
+        url = next((link["url"].split("/fhir/", 1)[1] for link in bundle.get("link", []) if link["relation"] == "next"),
+                   "")
+    return sorted(found, key=lambda e: (e["recorded"], e["id"]))
+
+
+def test_a_study_that_ended_receives_no_data(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    put_study(app, study_resource("ended-study", status="completed"))
+    refused = kick_off(app, token, group="ended-study-cohort")
+    assert refused.status_code == 409 and "completed" in refused.get_json()["issue"][0]["diagnostics"]
+    # Withdrawn after the kick-off: the job fails, delivering nothing.
+    put_study(app, study_resource("withdrawn-study"))
+    status_url = kick_off(app, token, group="withdrawn-study-cohort").headers["Content-Location"]
+    put_study(app, study_resource("withdrawn-study", status="withdrawn"))
+    INDEXERS[app].catch_up(time.time())
+    app.extensions["healthledger.research_exports"].worker.run_once()
+    time.sleep(0.35)
+    failed = poll(app, token, status_url)
+    assert failed.status_code == 500 and "withdrawn" in failed.get_json()["issue"][0]["diagnostics"]
+
+
+def _cli(app: Flask, command: str) -> Any:
+    from click.testing import CliRunner
+
+    from healthledger.cli import cli
+    from healthledger.runtime import Runtime
+
+    settings = app.config["SETTINGS"]
+    runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
+    try:
+        result = CliRunner().invoke(cli, ["research-data", command, "--json"], obj=runtime)
+    finally:
+        runtime.close()
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)

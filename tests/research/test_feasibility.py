@@ -221,3 +221,30 @@ def test_the_mechanism_is_unbiased_discrete_noise() -> None:
     assert 99.0 < mean < 101.0  # sd of the mean ~0.07 (variance 2e/(e-1)^2 ≈ 1.84 per draw)
     inside = sum(abs(d - 100) <= half_width(1.0) for d in draws) / len(draws)
     assert inside >= 0.9
+
+
+def test_the_hospital_sees_budgets_and_releases_on_the_command_line(world: dict[str, Any]) -> None:
+    from click.testing import CliRunner
+
+    from healthledger.cli import cli
+    from healthledger.runtime import Runtime
+
+    app, token = world["app"], world["token"]
+    put_study(app, study_resource("feas-cli"))
+    shown = parameter(ask(app, "feas-cli", token).get_json(), "count")
+    settings: Settings = world["settings"]
+    runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
+    try:
+        result = CliRunner().invoke(cli, ["research-data", "budgets", "--json"], obj=runtime)
+        text = CliRunner().invoke(cli, ["research-data", "budgets"], obj=runtime).stdout
+    finally:
+        runtime.close()
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    budgets = {b["holder"]: b for b in report["budgets"]}
+    assert budgets["ResearchStudy/feas-cli"] == {"holder": "ResearchStudy/feas-cli", "epsilon_spent": 2.0,
+                                                  "epsilon_total": 4.0}
+    assert budgets["researcher:client:research"]["epsilon_total"] == 100.0
+    mine = [r for r in report["releases"] if r["study"] == "feas-cli"]
+    assert [(r["epsilon"], r["shown"], r["by"]) for r in mine] == [(2.0, shown, "client:research")]
+    assert "ResearchStudy/feas-cli" in text and "ε 2 of 4 spent" in text

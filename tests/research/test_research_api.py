@@ -208,3 +208,90 @@ def test_the_worker_reissues_patients_whose_records_changed(world: World) -> Non
     assert after["root"] != before and after["anchored"] is True
     third = worker.run_once().reissue
     assert third is not None and third.reissued == 0 and third.root is None  # nothing new: no new root
+
+
+def dummy_proof() -> str:
+    """Well-formed snarkjs JSON with points on the curves (the generators): parses, never verifies."""
+    from py_ecc.bn128 import G2
+
+    (x0, x1), (y0, y1) = (G2[0].coeffs, G2[1].coeffs)
+    return json.dumps({"protocol": "groth16", "curve": "bn128", "pi_a": ["1", "2", "1"], "pi_c": ["1", "2", "1"],
+                       "pi_b": [[str(x0), str(x1)], [str(y0), str(y1)], ["1", "0"]]})
+
+
+def test_enrol_refusals_in_order(world: World) -> None:
+    """Each refusal of $enrol before the relay, with its status (no real proof needed to reach them)."""
+    from sqlalchemy import update
+
+    from healthledger.research.models import Enrolment, PublishedStudy
+
+    study = post(world, "research", "ResearchStudy", study_body(title="Refusals in order")).get_json()
+    sid = study["id"]
+    post(world, "research", f"ResearchStudy/{sid}/$publish", {})
+    world.sync()
+    circuit = PublishedCircuit.from_study(world.patient_session("ann").get(f"ResearchStudy/{sid}").get_json())
+    if credential_of(world, "ann").status_code == 404:
+        credential_of(world, "ann", password=PASSWORD)
+        world.sync()
+    cred = parameters(credential_of(world, "ann", password=PASSWORD, study=f"ResearchStudy/{sid}"))
+    root, enrollee = int(cred["root"]), int(cred["enrollee"], 16)
+    assert cred["anchored"] is True
+
+    def enrol(signals: list[int], proof: str | None = None) -> Any:
+        body = {"resourceType": "Parameters", "parameter": [
+            {"name": "proof", "valueString": proof or dummy_proof()},
+            {"name": "publicSignals", "valueString": json.dumps([str(s) for s in signals])},
+            {"name": "password", "valueString": PASSWORD}]}
+        return world.patient_session("ann").post(f"ResearchStudy/{sid}/$enrol", body)
+
+    good = [root, circuit.chain_study_id, circuit.criteria_hash, enrollee, 12345]
+    cases = [
+        ([root, circuit.chain_study_id + 1, *good[2:]], 422, "another study"),
+        ([*good[:3], enrollee + 1, 12345], 422, "not bound to your pseudonym"),
+        ([root + 1, *good[1:]], 409, "stale"),
+        (good, 422, "does not verify"),
+    ]
+    for signals, code, says in cases:
+        resp = enrol(signals)
+        assert (resp.status_code, says in issue(resp)) == (code, True), resp.get_data(as_text=True)
+    with world.sessions.begin() as s:
+        s.add(Enrolment(id="x" * 32, tenant=world.app.extensions["healthledger.store"].tenant, study_id=sid,
+                        nullifier="12345", enrollee="0x" + "00" * 20, root=str(root), enrol_item=1, consent_id="c",
+                        enrolled_at=0.0))
+    resp = enrol(good)
+    assert resp.status_code == 409 and "already enrolled" in issue(resp)
+    with world.sessions.begin() as s:
+        s.execute(update(PublishedStudy).where(PublishedStudy.study_id == sid).values(max_participants=1))
+    resp = enrol([*good[:4], 777])
+    assert resp.status_code == 409 and "full" in issue(resp)
+    with world.sessions.begin() as s:
+        s.execute(update(PublishedStudy).where(PublishedStudy.study_id == sid).values(max_participants=50,
+                                                                                      closes_at=1000))
+    resp = enrol([*good[:4], 777])
+    assert resp.status_code == 409 and "window" in issue(resp)
+
+
+def test_drafts_stay_hidden_on_every_read_path(world: World) -> None:
+    draft = post(world, "research", "ResearchStudy", study_body(title="Hidden draft")).get_json()
+    ann = world.patient_session("ann")
+    for path in (f"ResearchStudy/{draft['id']}/_history", f"ResearchStudy/{draft['id']}/_history/1",
+                 "ResearchStudy/_history"):
+        assert ann.get(path).status_code == 404, path
+    searched = ann.browser.post("/fhir/ResearchStudy/_search", data="status=draft",
+                                headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": FHIR,
+                                         "X-CSRFToken": ann.csrf}).get_json()
+    assert searched["resourceType"] == "Bundle" and searched["total"] == 0
+    owner = world.client.get(f"/fhir/ResearchStudy/{draft['id']}/_history", headers=world.headers("research"))
+    assert owner.status_code == 200 and owner.get_json()["total"] == 1
+    assert world.client.get("/fhir/ResearchStudy?status=draft", headers=world.headers("research")).get_json()["total"] >= 1
+
+
+def test_a_study_changes_only_through_its_operations(world: World) -> None:
+    study = post(world, "research", "ResearchStudy", study_body(title="Not editable")).get_json()
+    edited = {**study, "status": "active"}
+    for client in ("research", "ehr"):
+        resp = world.client.put(f"/fhir/ResearchStudy/{study['id']}", data=orjson.dumps(edited),
+                                headers={**world.headers(client), "Content-Type": FHIR})
+        assert resp.status_code == 403 and "$publish" in issue(resp)
+        assert world.client.delete(f"/fhir/ResearchStudy/{study['id']}", headers=world.headers(client)).status_code == 403
+    assert world.dev_read(f"ResearchStudy/{study['id']}")["status"] == "draft"

@@ -312,6 +312,8 @@ def test_7_the_hospital_keeps_commitments_never_the_secret_so_it_cannot_prove(sc
 
 def test_8_other_patients_see_only_their_own_enrolments(scenario: Scenario) -> None:
     world = scenario.world
+    everything = world.patient_session("clemente").get("ResearchSubject").get_json()
+    assert [e["resource"]["study"]["reference"] for e in everything["entry"]] == [f"ResearchStudy/{scenario.study_id}"]
     for name, expected in (("buster", 0), ("clemente", 1)):
         mine = world.patient_session(name).get(f"ResearchSubject?study=ResearchStudy/{scenario.study_id}").get_json()
         assert mine["total"] == expected

@@ -234,3 +234,24 @@ def test_study_registration_rules(registries: Registries, proof: ProofResult) ->
     with reverts("ContractPaused"):
         ledger.send(sreg.functions.enrol(*enrol_args(proof, study=STUDY_ID + 1)), gas=600_000, sender=r.enrollee)
     ledger.send(sreg.functions.unpause())
+
+
+def test_enrol_for_needs_a_relayer_and_an_open_window(
+    registries: Registries, prover: NodeProver, population: tuple[PoseidonMerkleTree, list[IssuedCredential]]
+) -> None:
+    """StudyRegistry.enrolFor: only a RELAYER submits the proof of an enrollee without ether (the service's
+    outbox), and the study's enrolment window is enforced on-chain too."""
+    r = registries
+    tree, issued = population
+    sreg, ledger, op = r.studies, r.chain, r.chain.operator.address
+    criteria = compile_criteria(DIABETES_STUDY, REFERENCE_DATE, HASH_CONDITION)
+    later = STUDY_ID + 5  # enrolment opens in 2^40 seconds
+    ledger.send(sreg.functions.registerStudy(later, criteria.criteria_hash, b"\x01" * 32, 2**40, 0, 10, op))
+    result = prover.prove(circuit_input(tree, issued[0], criteria, study_id=later))
+    study, root, nullifier, a, b, c = result.enrol_args()
+    args = (r.enrollee.address, study, root, nullifier, a, b, c)
+    with reverts("MissingRole"):
+        ledger.send(sreg.functions.enrolFor(*args), gas=600_000, sender=r.enrollee)
+    ledger.send(sreg.functions.grantRole(ledger.call(sreg.functions.RELAYER()), op))
+    with reverts("EnrolmentNotOpen"):
+        ledger.send(sreg.functions.enrolFor(*args), gas=600_000)
