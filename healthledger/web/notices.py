@@ -21,7 +21,7 @@ from healthledger.research.studies import PublishedCircuit, compiled_from_inputs
 from healthledger.web.access_log import latest_accesses
 from healthledger.web.context import require_person
 from healthledger.web.directory import names_for
-from healthledger.web.fhir_client import FhirCallError, FhirClient, entries
+from healthledger.web.fhir_client import FhirCallError, FhirClient
 
 EXPIRY_WARNING = timedelta(days=30)
 BREAK_GLASS_WINDOW = timedelta(days=90)
@@ -102,10 +102,11 @@ def study_notices(api: FhirClient, patient_id: str) -> list[Notice]:
     if not studies:
         return []
     attributes = _credential_inputs(api, patient_id)
+    joined = {str((s.get("study") or {}).get("reference") or "") for s in api.search_all("ResearchSubject").resources}
     found = []
     for study in studies:
         study_id = str(study.get("id") or "")
-        if list(entries(api.search("ResearchSubject", [("study", f"ResearchStudy/{study_id}")]))):
+        if f"ResearchStudy/{study_id}" in joined:
             continue  # joined (or left): nothing to tell
         if attributes is not None:
             try:

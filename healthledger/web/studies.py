@@ -51,16 +51,26 @@ def study_views(api: FhirClient, today: date) -> list[StudyView]:
     return [describe_study(s, names, today=today) for s in found]
 
 
+def enrolment(subject: dict[str, Any]) -> Enrolment:
+    period: dict[str, Any] = subject.get("period") or {}
+    return Enrolment(
+        taking_part=subject.get("status") != "withdrawn", since=human_date(period.get("start")),
+        left=human_date(period.get("end")) if period.get("end") else "",
+        pseudonym=str(((subject.get("individual") or {}).get("identifier") or {}).get("value") or ""),
+        consent=str((subject.get("consent") or {}).get("reference") or ""),
+    )
+
+
 def my_enrolment(api: FhirClient, study_id: str) -> Enrolment | None:
     for subject in entries(api.search("ResearchSubject", [("study", study_reference(study_id))])):
-        period: dict[str, Any] = subject.get("period") or {}
-        return Enrolment(
-            taking_part=subject.get("status") != "withdrawn", since=human_date(period.get("start")),
-            left=human_date(period.get("end")) if period.get("end") else "",
-            pseudonym=str(((subject.get("individual") or {}).get("identifier") or {}).get("value") or ""),
-            consent=str((subject.get("consent") or {}).get("reference") or ""),
-        )
+        return enrolment(subject)
     return None
+
+
+def my_enrolments(api: FhirClient) -> dict[str, Enrolment]:
+    """study id -> the patient's enrolment, for every study they joined (`GET /fhir/ResearchSubject`)."""
+    return {str((s.get("study") or {}).get("reference") or "").removeprefix("ResearchStudy/"): enrolment(s)
+            for s in api.search_all("ResearchSubject").resources}
 
 
 def studies_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
@@ -74,7 +84,8 @@ def studies_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
     @bp.get("/studies")
     def studies() -> str:
         patient()
-        shown = [(s, my_enrolment(api, s.id)) for s in study_views(api, today())]
+        mine = my_enrolments(api)
+        shown = [(s, mine.get(s.id)) for s in study_views(api, today())]
         return render_template("studies.html", studies=shown)
 
     def page(study_id: str, form: ConfirmWithPasswordForm, status: int = 200) -> tuple[str, int]:
