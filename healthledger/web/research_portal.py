@@ -154,7 +154,7 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
                 raise
             name = field_for_refusal(exc.message, exc.expression)
             form[name].errors = [*form[name].errors, exc.message[:1].upper() + exc.message[1:]]
-            return new_page(form, 400 if exc.status < 500 else exc.status)
+            return new_page(form, 400)
         log.info("web.study_created")
         flash("The study is saved as a draft. Check it, then publish it.", "success")
         return redirect(url_for("web.research.study", study_id=created["id"]), 303)
