@@ -80,8 +80,6 @@ def account_blueprint(
         principal = session_principal(sessions)
         if principal is None:
             return redirect(url_for("web.account.sign_in_form"), 303)
-        if principal.role == "researcher":
-            return redirect(url_for("web.research.studies"), 303)
         if principal.role != "patient" or not principal.patient_id:
             return render_template("home.html", principal=principal, account=principal.actor_id)
         # The dashboard still shows when a part of it cannot be read just now (the API says why elsewhere).

@@ -108,6 +108,7 @@ STATE: dict[str, str] = {}
 
 def test_1_a_researcher_creates_and_publishes_a_study_and_asks_feasibility(page: Any, world: World) -> None:
     sign_in(page, "rita")
+    page.get_by_role("link", name="Go to your studies").click()
     page.get_by_role("heading", name="My studies").wait_for()
     every_width(page, "my-studies-empty")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Create a study").click()
