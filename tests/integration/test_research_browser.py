@@ -160,6 +160,9 @@ def test_2_a_patient_who_does_not_qualify_checks_on_their_device_and_nothing_is_
     page: Any, world: World, server: LiveServer,
 ) -> None:
     sign_in(page, "ann")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Notices").click()
+    page.get_by_role("heading", name="You may be able to join the study “Diabetes in later life”").wait_for()
+    every_width(page, "patient-notice")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Research studies").click()
     page.get_by_role("heading", name="Diabetes in later life").wait_for()
     every_width(page, "patient-studies")
@@ -194,6 +197,9 @@ def test_3_a_patient_joins_by_a_proof_made_in_the_page(page: Any, world: World, 
     page.get_by_role("heading", name="You take part").wait_for(timeout=120_000)  # joined, then reloaded
     assert re.search(r"as 0x[0-9a-fA-F]{40}", page.get_by_text(re.compile("^Since")).inner_text())
     every_width(page, "patient-taking-part")
+    page.get_by_role("link", name="Back to research studies").click()
+    assert page.get_by_text("You take part").is_visible()
+    every_width(page, "patient-studies-joined")
     subjects = requests.get(f"{server.url}/fhir/ResearchSubject", params={"study": f"ResearchStudy/{STATE['study']}"},
                             headers=world.headers("research"), timeout=30).json()
     assert subjects.get("total") == 1 and "Patient" not in json.dumps(subjects)
@@ -201,7 +207,9 @@ def test_3_a_patient_joins_by_a_proof_made_in_the_page(page: Any, world: World, 
 
 def test_4_the_researcher_sees_one_participant_and_downloads_the_export(page: Any, world: World) -> None:
     sign_in(page, "rita")
-    page.goto(f"/app/research/{STATE['study']}")
+    page.get_by_role("link", name="Go to your studies").click()
+    every_width(page, "my-studies")
+    page.get_by_role("link", name="Diabetes in later life").click()
     assert page.get_by_text("1 taking part now.").is_visible()
     every_width(page, "study-enrolment")
     exports = world.app.extensions["healthledger.research_exports"]
