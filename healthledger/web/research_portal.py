@@ -43,6 +43,30 @@ class EnrolmentDay:
 
 
 @dataclass(frozen=True)
+class ChartBar:
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+CHART_WIDTH, CHART_HEIGHT = 600.0, 120.0
+
+
+def enrolment_chart(days: list[EnrolmentDay]) -> list[ChartBar]:
+    """One bar per day with joining or leaving: how many take part at its end (an inline SVG, no script)."""
+    most = max((d.taking_part for d in days), default=0)
+    if not days or most == 0:
+        return []
+    step = CHART_WIDTH / len(days)
+    bars = []
+    for i, day in enumerate(days):
+        height = CHART_HEIGHT * day.taking_part / most
+        bars.append(ChartBar(i * step + step * 0.1, CHART_HEIGHT - height, step * 0.8, height))
+    return bars
+
+
+@dataclass(frozen=True)
 class FeasibilityAnswer:
     result: str
     below_threshold: bool
@@ -167,6 +191,7 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
             days = enrolment_days(list(entries(api.search("ResearchSubject", [("study", study_reference(study_id))]))))
         exports = session.get(_EXPORTS, {}).get(study_id, [])
         return render_template("research_study.html", s=shown, days=days, answer=answer, refusal=refusal,
+                               chart=enrolment_chart(days), chart_size=(CHART_WIDTH, CHART_HEIGHT),
                                exports=exports, criteria_json=json.dumps(shown.terms.criteria)), status
 
     @bp.get("/<study_id>")

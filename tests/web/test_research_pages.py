@@ -178,3 +178,17 @@ def test_a_patient_reads_the_open_study_in_words_and_what_the_researcher_learns(
 def test_the_page_serves_the_poseidon_constants_the_nullifier_needs(world: World) -> None:
     constants = world.client.get("/app/zk/poseidon.json").get_json()
     assert constants["t"] == 3 and len(constants["C"]) == 3 * (8 + 57) and len(constants["M"]) == 3
+
+
+def test_enrolment_counts_per_day_show_no_pseudonym() -> None:
+    from healthledger.web.research_portal import enrolment_chart, enrolment_days
+
+    subjects = [{"period": {"start": "2026-11-02"}, "individual": {"identifier": {"value": "0xaa"}}},
+                {"period": {"start": "2026-11-02", "end": "2026-11-05"}, "individual": {"identifier": {"value": "0xbb"}}},
+                {"period": {"start": "2026-11-03"}, "individual": {"identifier": {"value": "0xcc"}}}]
+    days = enrolment_days(subjects)
+    assert [(d.day, d.joined, d.left, d.taking_part) for d in days] == [
+        ("2 November 2026", 2, 0, 2), ("3 November 2026", 1, 0, 3), ("5 November 2026", 0, 1, 2)]
+    assert "0x" not in repr(days)
+    bars = enrolment_chart(days)
+    assert [round(b.height) for b in bars] == [80, 120, 80]
