@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from sqlalchemy.orm import Session
 
 from fhir_adapters.research_study import study_reference
 from healthledger.api import negotiation as http
@@ -208,8 +209,6 @@ class _ResearchApi:
             study = _string(params, "study", required=False)
             assert password is not None
             with self.store.unit_of_work(acting(principal)) as uow:
-                from sqlalchemy.orm import Session
-
                 session = Session(bind=uow.conn, join_transaction_mode="create_savepoint")
                 try:
                     master = patient_keys.unlock(session, patient_ref, password)

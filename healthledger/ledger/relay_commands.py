@@ -139,7 +139,12 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
                 report = outbox.process_outbox(sessions, chain, time.time(), worker_id=owner)
                 indexed = follower.run_once(time.time()) if held is not None else None
                 for background in passes:  # research: studies confirmed, credentials re-issued
-                    background()
+                    try:
+                        background()
+                    except (HealthLedgerError, OperationalError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 (one failing pass must not stop the chain writes)
+                        click.echo(f"background pass failed: {type(exc).__name__}", err=True)
                 if report.claimed or (indexed is not None and indexed.to_block >= indexed.from_block):
                     click.echo(
                         f"outbox: {report.confirmed} confirmed, {report.failed} failed, {report.retried} retrying"

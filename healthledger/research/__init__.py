@@ -1,1 +1,1 @@
-"""research"""
+"""Research: studies, eligibility credentials (the hospital as issuer) and enrolment by zero-knowledge proof."""

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from healthledger.runtime import Runtime
+
+if TYPE_CHECKING:
+    from healthledger.research.patient_client import PatientClient
 
 
 @click.group("credentials")
@@ -55,7 +59,7 @@ def _password(password_stdin: bool) -> str:
     return line
 
 
-def _client(url: str, user: str, password: str) -> object:
+def _client(url: str, user: str, password: str) -> PatientClient:
     from healthledger.research.patient_client import PatientClient, UrllibTransport
 
     client = PatientClient(UrllibTransport(url))
@@ -70,12 +74,11 @@ def _client(url: str, user: str, password: str) -> object:
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
 def join_command(study_id: str, url: str, user: str, password_stdin: bool) -> None:
     """Fetch your credential, check eligibility locally, prove with snarkjs, enrol and sign the study consent."""
-    from healthledger.research.patient_client import NotEligible, PatientClient
+    from healthledger.research.patient_client import NotEligible
     from zk.prover import CircuitFiles, NodeProver
 
     password = _password(password_stdin)
     client = _client(url, user, password)
-    assert isinstance(client, PatientClient)
     try:
         with NodeProver(CircuitFiles.committed()) as prover:
             joined = client.join(study_id, password, prover, on_step=lambda step: click.echo(f"... {step}", err=True))
@@ -96,11 +99,8 @@ def join_command(study_id: str, url: str, user: str, password_stdin: bool) -> No
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
 def leave_command(study_id: str, url: str, user: str, password_stdin: bool) -> None:
     """Leave the study: the study consent's grant is revoked (data already released stays logged)."""
-    from healthledger.research.patient_client import PatientClient
-
     password = _password(password_stdin)
     client = _client(url, user, password)
-    assert isinstance(client, PatientClient)
     subject = client.leave(study_id, password)
     click.echo(f"left ResearchStudy/{study_id}: ResearchSubject/{subject['id']} is {subject['status']}; "
                "the study consent's grant is being revoked on-chain")

@@ -44,7 +44,7 @@ from zk.credential import (
 )
 from zk.errors import MalformedInput
 from zk.field import R
-from zk.merkle import MerklePath
+from zk.merkle import MerklePath, PairHasher
 
 IDENTITY_INFO = b"healthledger/zk/identity-secret/v1"
 CONDITION_KEY_INFO = b"healthledger/zk/condition-key/v1|"
@@ -181,7 +181,7 @@ class CredentialIssuer:
     def issue(
         self, conn: Connection, patient_refs: Sequence[str] | None = None, *,
         facts_of: Callable[[Connection, str], EligibilityFacts | None] | None = None,
-        hash_pairs: Any = None,
+        hash_pairs: PairHasher | None = None,
     ) -> IssueReport:
         """Issue or re-issue the leaves of activated patients (all, or those named) in the caller's transaction:
         new leaves are appended, changed ones replaced, unchanged ones left; one new root, one anchoring write."""

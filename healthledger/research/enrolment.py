@@ -45,7 +45,7 @@ from healthledger.ledger import outbox, patient_keys, relayer
 from healthledger.principal import HRESCH, Principal
 from healthledger.research.credentials import root_state
 from healthledger.research.models import Enrolment, PublishedStudy
-from healthledger.research.studies import V3_ACT_REASON, Studies, _terms
+from healthledger.research.studies import V3_ACT_REASON, Studies, _terms, is_owner
 from healthledger.store.repository import ResourceStore, StoredResource
 from zk import groth16
 from zk.errors import MalformedInput
@@ -170,6 +170,8 @@ class Enrolments:
             conn: Connection = uow.conn
             session = _session(conn)
             published = self._published(session, study_id)
+            if published.state == "closed":
+                raise Conflict(f"the enrolment window of ResearchStudy/{study_id} is closed")
             if published.state != "active":
                 raise Conflict(f"ResearchStudy/{study_id} is not open for enrolment yet (its registration is "
                                f"{published.state})")
@@ -273,8 +275,6 @@ class Enrolments:
         """The study's participants for its owner: pseudonyms and dates only (denied == unknown study)."""
         stored: StoredResource = self.studies.read(study_id, principal)
         assert stored.resource is not None
-        from healthledger.research.studies import is_owner
-
         if not principal.unrestricted and not is_owner(principal, _terms(stored.resource)):
             raise NotFound(f"ResearchStudy/{study_id} is not known")
         with self.store.engine.connect() as conn:

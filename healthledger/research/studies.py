@@ -335,7 +335,9 @@ class Studies:
             opens_at = int(window.start.timestamp()) if window.start is not None else int(now)
             closes_at = int(window.end.timestamp())
             assert terms.owner_organization is not None
-            owner = ChainKeys.for_store(self.store, conn).grantee_address(terms.owner_organization)
+            # A keyed address of its own (not the organisation's grantee address in consents): the chain does
+            # not tie the study to the grants patients made to that organisation.
+            owner = ChainKeys.for_store(self.store, conn).grantee_address(f"{terms.owner_organization}#study-owner")
             item = relayer.submit_study(
                 session, registration.chain_study_id, criteria.criteria_hash, registration.verifying_key,
                 max(opens_at, 1), closes_at, terms.max_participants, owner, now=now,
@@ -353,8 +355,9 @@ class Studies:
         return stored
 
     def settle(self) -> int:
-        """Studies whose registration the chain confirmed become active (failed ones stay draft); how many changed."""
-        changed = 0
+        """Studies whose registration the chain confirmed become active (failed ones stay draft), and active
+        ones whose enrolment window has ended become closed-to-accrual; how many changed."""
+        changed = self._close_ended()
         with self.store.engine.connect() as conn:
             pending = conn.execute(
                 sa.select(PublishedStudy.study_id, PublishedStudy.register_item).where(
@@ -379,6 +382,30 @@ class Studies:
                     uow.update("ResearchStudy", study_id, resource, already_decided=True)
                 changed += 1
         return changed
+
+    def _close_ended(self) -> int:
+        now = self.clock()
+        with self.store.engine.connect() as conn:
+            ended = conn.execute(
+                sa.select(PublishedStudy.study_id).where(
+                    PublishedStudy.tenant == self.store.tenant, PublishedStudy.state == "active",
+                    PublishedStudy.closes_at > 0, PublishedStudy.closes_at <= now,
+                )
+            ).scalars().all()
+        for study_id in ended:
+            with self.store.unit_of_work() as uow:
+                session = _session(uow.conn)
+                row = session.get(PublishedStudy, (self.store.tenant, study_id), with_for_update=True)
+                if row is None or row.state != "active":
+                    continue
+                row.state = "closed"
+                session.commit()
+                current = uow.peek("ResearchStudy", study_id)
+                if current is not None and current.resource is not None:
+                    resource = dict(current.resource)
+                    resource["status"] = "closed-to-accrual"  # the window ended (StudyRegistry refuses too)
+                    uow.update("ResearchStudy", study_id, resource, already_decided=True)
+        return len(ended)
 
     def visible(self, resource: Mapping[str, Any], principal: Principal) -> bool:
         """Published studies are public to every authenticated caller; drafts only to their owners."""

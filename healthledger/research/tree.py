@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,6 +36,7 @@ class SqlNodeStore:
         self.tenant = tenant
         self.last_root_id: int | None = None  # the row `commit` appended
         self._cache: dict[NodeKey, int | None] = {}
+        self._leaf_count: int | None = None  # read once per store (this transaction), kept by `commit`
 
     def preload_paths(self, indexes: list[int]) -> None:
         """Read the siblings on the paths of these leaves in one query (a re-issue touches a few leaves and
@@ -44,18 +46,15 @@ class SqlNodeStore:
             i = index
             for level in range(TREE_DEPTH):
                 wanted.add((level, i ^ 1))
-                wanted.add((level, i))
                 i >>= 1
-        if not wanted or len(wanted) > 4000:
+        if not wanted or len(wanted) > 400:
             return
-        rows = self.conn.execute(
-            sa.select(nodes_t.c.level, nodes_t.c.idx, nodes_t.c.value).where(
-                nodes_t.c.tenant == self.tenant,
-                sa.tuple_(nodes_t.c.level, nodes_t.c.idx).in_(sorted(wanted)),
-            )
-        ).all()
-        self._cache = {key: None for key in wanted}
-        for level, idx, value in rows:
+        keys = sorted(wanted)
+        params: dict[str, object] = {"tenant": self.tenant}
+        for n, (level, idx) in enumerate(keys):
+            params[f"l{n}"], params[f"i{n}"] = level, idx
+        self._cache = {key: None for key in keys}
+        for level, idx, value in self.conn.execute(_sibling_query(len(keys)), params):
             self._cache[(int(level), int(idx))] = int.from_bytes(value, "big")
 
     def bind_depth(self, depth: int) -> None:
@@ -73,10 +72,13 @@ class SqlNodeStore:
         return None if value is None else int.from_bytes(value, "big")
 
     def leaf_count(self) -> int:
-        count = self.conn.execute(
-            sa.select(roots_t.c.leaf_count).where(roots_t.c.tenant == self.tenant).order_by(roots_t.c.id.desc()).limit(1)
-        ).scalar_one_or_none()
-        return int(count or 0)
+        if self._leaf_count is None:
+            count = self.conn.execute(
+                sa.select(roots_t.c.leaf_count).where(roots_t.c.tenant == self.tenant)
+                .order_by(roots_t.c.id.desc()).limit(1)
+            ).scalar_one_or_none()
+            self._leaf_count = int(count or 0)
+        return self._leaf_count
 
     def recent_roots(self, limit: int) -> list[int]:
         rows = self.conn.execute(
@@ -86,6 +88,7 @@ class SqlNodeStore:
 
     def commit(self, nodes: Mapping[NodeKey, int | None], leaf_count: int, root: int) -> None:
         self._cache = {}
+        self._leaf_count = leaf_count
         puts = [
             {"tenant": self.tenant, "level": lv, "idx": i, "value": v.to_bytes(32, "big")}
             for (lv, i), v in nodes.items()
@@ -110,6 +113,17 @@ class SqlNodeStore:
             sa.insert(roots_t).values(tenant=self.tenant, root=str(root), leaf_count=leaf_count, created_at=0.0)
         )
         self.last_root_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+@lru_cache(maxsize=64)
+def _sibling_query(count: int) -> sa.TextClause:
+    """`count` primary-key lookups in one statement (UNION ALL): SQLite's planner turns a row-value IN or an
+    OR over levels into a scan of every node of the tenant; each term here is an index search."""
+    terms = [
+        f"SELECT level, idx, value FROM research_tree_nodes WHERE tenant = :tenant AND level = :l{n} AND idx = :i{n}"
+        for n in range(count)
+    ]
+    return sa.text(" UNION ALL ".join(terms))
 
 
 def credential_tree(conn: Connection, tenant: str) -> tuple[PoseidonMerkleTree, SqlNodeStore]:

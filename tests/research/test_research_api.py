@@ -269,6 +269,10 @@ def test_enrol_refusals_in_order(world: World) -> None:
                                                                                       closes_at=1000))
     resp = enrol([*good[:4], 777])
     assert resp.status_code == 409 and "window" in issue(resp)
+    shown = world.patient_session("ann").get(f"ResearchStudy/{sid}").get_json()
+    assert shown["status"] == "closed-to-accrual"  # an ended window closes the study for everyone
+    listed = world.patient_session("ann").get("ResearchStudy?status=active").get_json()
+    assert sid not in {e["resource"]["id"] for e in listed.get("entry", [])}
 
 
 def test_drafts_stay_hidden_on_every_read_path(world: World) -> None:

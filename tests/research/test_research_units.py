@@ -171,3 +171,18 @@ def test_study_pseudonyms_and_nullifiers_differ_per_study() -> None:
     ids = [chain_study_id("t", s.split("/")[1]) for s in studies]
     assert len({nullifier(secret, i) for i in ids}) == 5
     assert pseudonym_for(bytes(range(1, 33)), studies[0]).address not in addresses
+
+
+def test_what_a_credential_can_hold_from_facts() -> None:
+    from decimal import Decimal
+
+    from fhir_adapters.eligibility import EligibilityFacts
+    from healthledger.research.credentials import patient_attributes
+
+    labs: dict[str, Decimal | None] = {"hba1c": Decimal("7.1"), "bmi": None, "egfr": None}
+    many = tuple(f"http://snomed.info/sct|{n}" for n in range(10, 20))
+    attrs, note = patient_attributes(EligibilityFacts("p", date(1960, 2, 3), "female", many, labs), 20000)
+    assert attrs is not None and attrs.conditions == many[:8] and note == "2 condition codes left out"
+    assert attrs.issuance_epoch == 20000 and attrs.labs["hba1c"] == Decimal("7.1")
+    none, why = patient_attributes(EligibilityFacts("p", None, "male", (), labs), 1)
+    assert none is None and why == "no full birth date"
