@@ -150,8 +150,10 @@ def test_1_a_researcher_creates_and_publishes_a_study_and_asks_feasibility(page:
         page.reload()
     assert page.locator("#study-status").inner_text() == "Open: published on the ledger"
     page.get_by_role("button", name="Ask how many patients meet the criteria").click()
-    answer = page.get_by_role("status").filter(has_text="Fewer than 11")
-    answer.wait_for()
+    page.get_by_role("heading", name="How many patients qualify?").wait_for()
+    # A noisy count: "fewer than 11" for the one diabetic patient, unless the noise is large (a few % of runs).
+    answer = page.get_by_role("status").filter(has_text=re.compile(r"Fewer than 11|About \d+ patients \(noisy count\)"))
+    assert answer.count() == 1, page.locator("main").inner_text()
     assert re.search(r"ε 0\.25 spent of 1(\.0)?, 0\.75 left", answer.inner_text())
     every_width(page, "study-feasibility")
 

@@ -121,7 +121,8 @@ def test_the_researcher_publishes_asks_feasibility_and_requests_the_export(world
     asked = rita.post(f"/app/research/{study_id}/feasibility", data={"csrf_token": csrf(page)})
     words = text(asked.get_data(as_text=True))
     assert asked.status_code == 200
-    assert "Fewer than 11" in words  # two patients in this world, neither diabetic
+    # No patient here is diabetic: "fewer than 11", unless the noise is large (a few % of runs).
+    assert re.search(r"Fewer than 11|About \d+ patients \(noisy count\)", words), words
     assert re.search(r"Study budget ε 0\.25 spent of 1(\.0)?, 0\.75 left", words), words
     again = text(rita.post(f"/app/research/{study_id}/feasibility", data={"csrf_token": csrf(page)}).get_data(as_text=True))
     assert "no budget spent" in again and "ε 0.25 spent of" in again
