@@ -173,6 +173,10 @@ def test_2_a_patient_who_does_not_qualify_checks_on_their_device_and_nothing_is_
     page.get_by_role("button", name="Check if I can join").click()
     assert page.get_by_text("Enter your password").first.is_visible()  # next to the field
     every_width(page, "patient-study-error")
+    page.get_by_label("Your password").fill("not my password at all")
+    page.get_by_role("button", name="Check if I can join").click()
+    page.locator("#password-error").filter(has_text="That password is not right").wait_for(timeout=60_000)
+    assert page.get_by_label("Your password").get_attribute("aria-invalid") == "true"
     page.get_by_label("Your password").fill(PASSWORD)
     page.get_by_role("button", name="Check if I can join").click()
     page.get_by_text("You do not meet this study's criteria").wait_for(timeout=60_000)
