@@ -35,7 +35,8 @@ from zk_prove import statement
 from zk.prover import CircuitFiles, NodeProver
 
 PAGES = ("/app/login", "/app/", "/app/records", "/app/consents", "/app/share", "/app/requests", "/app/history",
-         "/app/notices", "/app/apps", "/app/account")
+         "/app/notices", "/app/apps", "/app/account", "/app/studies", "/app/studies/{study}")
+RESEARCHER_PAGES = ("/app/research", "/app/research/new", "/app/research/{study}")
 NAVIGATION = """() => {
   const n = performance.getEntriesByType('navigation')[0];
   const fcp = performance.getEntriesByType('paint').find((p) => p.name === 'first-contentful-paint');
@@ -55,20 +56,23 @@ def median_max(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 1), "max": round(max(values), 1)}
 
 
-def page_timings(server: LiveServer, browser: Any, runs: int) -> dict[str, dict[str, Any]]:
+def page_timings(server: LiveServer, browser: Any, runs: int, *, user: str = "ann", paths: tuple[str, ...] = PAGES,
+                 study: str = "") -> dict[str, dict[str, Any]]:
     context = browser.new_context(base_url=server.url)
     page = context.new_page()
     results: dict[str, dict[str, Any]] = {}
-    for path in PAGES:
-        if path == "/app/":  # every page after the sign-in page is measured signed in
+    signed_in = False
+    for path in paths:
+        if path != "/app/login" and not signed_in:  # the pages after sign-in are measured signed in
             page.goto("/app/login")
-            page.get_by_label("Username").fill("ann")
+            page.get_by_label("Username").fill(user)
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Sign in").click()
-            page.get_by_role("heading", name="Hello").wait_for()
+            page.wait_for_load_state()
+            signed_in = True
         samples: list[dict[str, Any]] = []
         for _ in range(runs + 1):
-            page.goto(path, wait_until="load")
+            page.goto(path.format(study=study), wait_until="load")
             samples.append(page.evaluate(NAVIGATION))
         samples = samples[1:]  # the first load warms the browser's cache of static files
         results[path] = {
@@ -79,6 +83,44 @@ def page_timings(server: LiveServer, browser: Any, runs: int) -> dict[str, dict[
         }
     context.close()
     return results
+
+
+def open_study(world: World) -> str:
+    """A published study of the university (its researcher `rita` signs in to the portal) for the study pages."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from consent_world import UNIVERSITY
+
+    from fhir_adapters.research_study import (
+        CRITERIA_URL,
+        DATA_CATEGORY_URL,
+        DATA_PERIOD_URL,
+        MAX_PARTICIPANTS_URL,
+    )
+    from healthledger.auth.users import AccountNames, create_user
+    from healthledger.research.studies import ETHICS_APPROVAL_URL
+
+    store = world.app.extensions["healthledger.store"]
+    with world.sessions.begin() as s:
+        create_user(s, AccountNames(store), username="rita", password=PASSWORD, role="researcher",
+                    organization=UNIVERSITY, now=datetime.now(UTC))
+    world.dev_put({"resourceType": "Practitioner", "id": "pi", "name": [{"family": "Curie", "given": ["Marie"]}]})
+    body = {"resourceType": "ResearchStudy", "title": "Diabetes in later life", "description": "A benchmark study.",
+            "sponsor": {"reference": UNIVERSITY}, "principalInvestigator": {"reference": "Practitioner/pi"},
+            "period": {"end": (date.today() + timedelta(days=365)).isoformat()},
+            "extension": [
+                {"url": CRITERIA_URL, "valueString": json.dumps({"age": {"$between": [40, 80]}})},
+                {"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": "Observation"}]},
+                {"url": DATA_PERIOD_URL, "valuePeriod": {"start": "2010-01-01"}},
+                {"url": MAX_PARTICIPANTS_URL, "valuePositiveInt": 100},
+                {"url": ETHICS_APPROVAL_URL, "valueIdentifier": {"value": "IRB-1"}}]}
+    headers = {**world.headers("research"), "Content-Type": "application/fhir+json"}
+    created = world.client.post("/fhir/ResearchStudy", headers=headers, data=json.dumps(body))
+    assert created.status_code == 201, created.get_data(as_text=True)
+    study = str(created.get_json()["id"])
+    assert world.client.post(f"/fhir/ResearchStudy/{study}/$publish", headers=headers).status_code == 202
+    world.sync()
+    return study
 
 
 def proving(server: LiveServer, browser: Any, proofs: int, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -112,8 +154,10 @@ def main() -> int:
                                                          status="proposed")))
         for _ in range(20):  # some history to show
             world.client.get(f"/fhir/Observation/{world.observations['ann']}", headers=world.headers("clinic"))
+        study = open_study(world)
         with LiveServer(world) as server, launch_chromium() as browser:
-            pages = page_timings(server, browser, args.runs)
+            pages = page_timings(server, browser, args.runs, study=study)
+            pages |= page_timings(server, browser, args.runs, user="rita", paths=RESEARCHER_PAGES, study=study)
             browser_proofs = proving(server, browser, args.proofs, inputs)
         world.close()
     node = node_baseline(inputs, args.proofs)
@@ -133,9 +177,9 @@ def main() -> int:
         "node_proving": node,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    print(f"{'page':16} {'server ms':>10} {'FCP ms':>8} {'load ms':>8} {'HTML bytes':>11}")
+    print(f"{'page':24} {'server ms':>10} {'FCP ms':>8} {'load ms':>8} {'HTML bytes':>11}")
     for path, r in pages.items():
-        print(f"{path:16} {r['server_ms']['median']:>10} {r['first_contentful_paint_ms']['median']:>8} "
+        print(f"{path:24} {r['server_ms']['median']:>10} {r['first_contentful_paint_ms']['median']:>8} "
               f"{r['load_ms']['median']:>8} {r['html_bytes']:>11}")
     bp = result["browser_proving"]
     print(f"\nbrowser proving: cold {bp['cold_ms']} ms {bp['cold_stages_ms']}; new worker, cached artifacts "

@@ -32,8 +32,15 @@ PATIENT_NAV = (
     ("web.sharing.share", "Share my data"),
     ("web.consents.requests", "Requests"),
     ("web.history.history", "Access history"),
+    ("web.studies.studies", "Research studies"),
     ("web.notices.notices", "Notices"),
     ("web.apps.apps", "Apps"),
+    ("web.account.account", "Account"),
+)
+# The researcher portal's areas.
+RESEARCHER_NAV = (
+    ("web.research.studies", "My studies"),
+    ("web.research.new_study", "Create a study"),
     ("web.account.account", "Account"),
 )
 
@@ -47,13 +54,14 @@ class NavItem:
 
 def navigation(principal: Principal | None) -> list[NavItem]:
     """The navigation bar for `principal` (none before sign-in)."""
-    if principal is None or principal.role != "patient":
+    areas = {"patient": PATIENT_NAV, "researcher": RESEARCHER_NAV}.get(principal.role) if principal else None
+    if not areas:
         return []
     views = current_app.view_functions
     here = request.endpoint or ""
     return [
         NavItem(url_for(endpoint), label, here == endpoint or here in _SUB_PAGES.get(endpoint, ()))
-        for endpoint, label in PATIENT_NAV
+        for endpoint, label in areas
         if endpoint in views
     ]
 
@@ -65,6 +73,9 @@ _SUB_PAGES = {
     "web.account.account": ("web.account.change_password",),
     "web.history.history": ("web.history.entry",),
     "web.apps.apps": ("web.apps.revoke",),
+    "web.studies.studies": ("web.studies.study", "web.studies.leave"),
+    "web.research.studies": ("web.research.study", "web.research.publish", "web.research.feasibility",
+                             "web.research.export", "web.research.export_status"),
 }
 
 

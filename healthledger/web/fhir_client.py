@@ -46,6 +46,7 @@ class FhirResponse:
     status: int
     headers: Mapping[str, str]
     body: dict[str, Any] | None
+    content: bytes = b""  # the raw body (a Bulk Data manifest or NDJSON file is not a FHIR resource)
 
 
 @dataclass(frozen=True)
@@ -105,26 +106,28 @@ class FhirClient:
 
     # -- the transport --------------------------------------------------------------------------------
     def call(
-        self, method: str, path: str, *, params: Sequence[tuple[str, str]] = (), body: dict[str, Any] | None = None
+        self, method: str, path: str, *, params: Sequence[tuple[str, str]] = (), body: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> FhirResponse:
-        """One request to `{prefix}/{path}` through the app, authenticated as the current browser session."""
+        """One request to `{prefix}/{path}` through the app, authenticated as the current browser session
+        (`headers`: more request headers, e.g. Bulk Data's `Prefer: respond-async`)."""
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        headers = {"Accept": FHIR_JSON, "Host": request.host}
+        sent = {"Accept": FHIR_JSON, "Host": request.host, **(headers or {})}
         cookie = self._session_cookie()
         if cookie:
-            headers["Cookie"] = cookie
+            sent["Cookie"] = cookie
         if method in _UNSAFE:
-            headers["X-CSRFToken"] = generate_csrf()
-            headers["Referer"] = request.host_url  # WTF_CSRF_SSL_STRICT over HTTPS: same origin
+            sent["X-CSRFToken"] = generate_csrf()
+            sent["Referer"] = request.host_url  # WTF_CSRF_SSL_STRICT over HTTPS: same origin
         data = None
         if body is not None:
-            headers["Content-Type"] = FHIR_JSON
+            sent["Content-Type"] = FHIR_JSON
             data = orjson.dumps(body)
         builder = EnvironBuilder(
             path=f"{self.prefix}/{path}".rstrip("/"),
             method=method,
             query_string=urlencode(list(params)),
-            headers=list(headers.items()),
+            headers=list(sent.items()),
             data=data,
             base_url=f"{request.scheme}://{request.host}",
             environ_overrides={"REMOTE_ADDR": request.remote_addr or "127.0.0.1"},
@@ -143,10 +146,11 @@ class FhirClient:
             if close is not None:
                 close()
         try:
-            payload = orjson.loads(raw) if raw else None
+            payload = orjson.loads(raw) if raw and raw.lstrip()[:1] == b"{" else None
         except orjson.JSONDecodeError:  # not the FHIR API answering (a proxy's or a bare app's error page)
             payload = None
-        return FhirResponse(int(status.split()[0]), dict(response_headers), payload if isinstance(payload, dict) else None)
+        return FhirResponse(int(status.split()[0]), dict(response_headers),
+                            payload if isinstance(payload, dict) else None, raw)
 
     def _session_cookie(self) -> str:
         """The browser's session as a cookie header, signed from the session as it is now in this request."""
@@ -191,3 +195,8 @@ def entries(bundle: dict[str, Any]) -> Iterator[dict[str, Any]]:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):
             yield resource
+
+
+def refusal_text(response: FhirResponse) -> str:
+    """The first issue's diagnostics of an API refusal ("" when the answer was not an OperationOutcome)."""
+    return str(_first_issue(response.body).get("diagnostics") or "")

@@ -39,8 +39,10 @@ from healthledger.web.history import history_blueprint
 from healthledger.web.notices import notices_blueprint
 from healthledger.web.proving import WORKER_POLICY, proving_blueprint
 from healthledger.web.records import records_blueprint
+from healthledger.web.research_portal import research_portal_blueprint
 from healthledger.web.sessions import WEB_PREFIX, session_principal, set_clock, system_clock, under
 from healthledger.web.sharing import sharing_blueprint
+from healthledger.web.studies import studies_blueprint
 
 _DEFAULT_LOCKOUT = LockoutPolicy()
 
@@ -156,6 +158,8 @@ def web_blueprint(
     bp.register_blueprint(history_blueprint(sessions=sessions))
     bp.register_blueprint(notices_blueprint(sessions=sessions))
     bp.register_blueprint(proving_blueprint())
+    bp.register_blueprint(studies_blueprint(sessions=sessions))
+    bp.register_blueprint(research_portal_blueprint(sessions=sessions))
     if app_launch is not None:
         bp.register_blueprint(apps_blueprint(sessions=sessions, app_launch=app_launch))
     return bp

@@ -9,10 +9,12 @@ nothing more: WebAssembly compilation (`'wasm-unsafe-eval'`) and snarkjs' helper
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from flask import Blueprint, Response, abort, jsonify, send_file
 
+from zk.poseidon import CONSTANTS_FILE, FULL_ROUNDS, PARTIAL_ROUNDS
 from zk.prover import ARTIFACTS_DIR, DEFAULT_NODE_MODULES
 
 CIRCUIT = "eligibility"
@@ -34,6 +36,14 @@ def artifact_hashes(folder: Path = ARTIFACTS_DIR / CIRCUIT) -> dict[str, str]:
     return hashes
 
 
+def poseidon_parameters(inputs: int = 2) -> dict[str, object]:
+    """circomlibjs' Poseidon constants for `inputs` inputs (width t = inputs + 1), as static/js/poseidon.js takes
+    them: the page computes the enrolment nullifier Poseidon([secret, studyId]) with them."""
+    data = json.loads(CONSTANTS_FILE.read_text())
+    return {"t": inputs + 1, "fullRounds": FULL_ROUNDS, "partialRounds": PARTIAL_ROUNDS[inputs - 1],
+            "C": data["C"][inputs - 1], "M": data["M"][inputs - 1]}
+
+
 def proving_blueprint() -> Blueprint:
     bp = Blueprint("proving", __name__)
     hashes = artifact_hashes()
@@ -42,6 +52,12 @@ def proving_blueprint() -> Blueprint:
     def manifest() -> Response:
         return jsonify({"circuit": CIRCUIT, "files": {
             name: {"url": f"/app/zk/{name}", "sha256": digest} for name, digest in hashes.items()}})
+
+    poseidon = poseidon_parameters()
+
+    @bp.get("/zk/poseidon.json")
+    def poseidon_constants() -> Response:
+        return jsonify(poseidon)
 
     @bp.get("/zk/<name>")
     def artifact(name: str) -> Response:

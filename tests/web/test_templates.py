@@ -15,10 +15,13 @@ TEMPLATES = {
     "base.html", "login.html", "home.html", "notice.html", "patient_home.html", "account.html", "signup.html",
     "recover.html", "recovery_code.html", "records.html", "consents.html", "consent.html", "requests.html",
     "share.html", "history.html", "notices.html", "authorize.html", "apps.html",
+    "research_studies.html", "research_new.html", "research_study.html", "research_export.html",
+    "studies.html", "study.html",
 }
-PARTIALS = {"_forms.html", "_consent.html"}  # macros the pages import; they render nothing themselves
+PARTIALS = {"_forms.html", "_consent.html", "_study.html"}  # macros the pages import; they render nothing themselves
 STATIC = {"app.css", "favicon.svg", "js/merkle.js", "js/verify.js", "js/consent-progress.js", "js/prover.js",
-          "js/prove-worker.js"}
+          "js/prove-worker.js", "js/export-progress.js", "js/study-join.js",
+          "js/poseidon.js", "js/eligibility.js"}
 
 
 def test_templates_are_package_resources() -> None:
