@@ -299,11 +299,14 @@ class ResourceStore:
                     if entries:
                         policy.keep_durably(entries, conn)
                     raise
-                # The read's transaction goes on into the entries' INSERT when this read leads the group (one
-                # BEGIN and COMMIT for both on PostgreSQL). pysqlite runs SELECTs outside any transaction, so
-                # there the connection holds no read snapshot: its INSERT waits for the write lock (busy
-                # timeout) rather than failing.
+                # On PostgreSQL the read's transaction (read committed) goes on into the entries' INSERT when
+                # this read leads the group: one BEGIN and COMMIT for both. On SQLite it ends first: a read
+                # snapshot still held there (a statement not run to its end) would make the INSERT fail at
+                # once (SQLITE_BUSY_SNAPSHOT) whenever another writer committed meanwhile; after the rollback
+                # the connection holds none, and its INSERT waits for the write lock (busy timeout).
                 entries = policy.rescue(conn)
+                if self._sqlite:
+                    conn.rollback()
                 if entries:
                     policy.keep_durably(entries, conn)
             return
