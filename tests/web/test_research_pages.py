@@ -142,6 +142,38 @@ def test_the_researcher_publishes_asks_feasibility_and_requests_the_export(world
     assert f"/app/research/{study_id}" in rita.get(f"/app/research/{study_id}").get_data(as_text=True)
 
 
+def test_the_study_page_lists_past_counts_and_exports_and_my_activity_lists_my_own_requests(
+        world: World, rita: FlaskClient) -> None:
+    study_id = world.study_id  # type: ignore[attr-defined]
+    # Another researcher (an API client of the same organisation) tries rita's study: refused, and not hers to see.
+    other = world.client.post(f"/fhir/ResearchStudy/{study_id}/$feasibility", headers=world.headers("research"))
+    assert other.status_code == 404
+    page = rita.get(f"/app/research/{study_id}").get_data(as_text=True)
+    words = text(page)
+    released = re.search(r"Counts released so far .*? Asked by (.*?) Enrolment", words)
+    assert released and re.search(r"(Fewer than 11|About \d+ patients \(noisy count\)) 0 to \d+ 0\.25 .* You",
+                                  released.group(1)), words
+    assert "Your exports" in words and re.search(r"Export [0-9a-f]{8} , .* Ready", words), words
+    job = re.search(r'/export/([0-9a-f]{32})"', page)
+    assert job, page
+    status = rita.get(f"/app/research/{study_id}/export/{job.group(1)}").get_data(as_text=True)
+    if "Ready:" in status and (name := re.search(r'/export/[0-9a-f]{32}/([A-Za-z]+\.\d+\.ndjson)"', status)):
+        assert rita.get(f"/app/research/{study_id}/export/{job.group(1)}/{name.group(1)}").status_code == 200
+
+    activity = rita.get("/app/research/activity")
+    assert activity.status_code == 200
+    body = activity.get_data(as_text=True)
+    words = text(body)
+    assert 'aria-current="page"' in body and "My activity" in words
+    assert "You requested a de-identified export." in words
+    assert "A private count was released and charged to the privacy budget." in words
+    assert "An earlier count was repeated: no budget spent." in words
+    assert "The export was completed; its manifest's hash was recorded." in words
+    assert f"ResearchStudy/{study_id}" in words
+    assert "Refused" not in words  # the other researcher's refused request is theirs, not rita's
+    assert "Patient/" not in body
+
+
 def test_other_organisations_and_patients_cannot_use_the_portal(world: World) -> None:
     ann = signed_in(world, "ann")
     assert ann.get("/app/research").status_code == 403
