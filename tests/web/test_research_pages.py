@@ -225,3 +225,25 @@ def test_enrolment_counts_per_day_show_no_pseudonym() -> None:
     assert "0x" not in repr(days)
     bars = enrolment_chart(days)
     assert [round(b.height) for b in bars] == [80, 120, 80]
+
+
+def test_activity_entries_in_words() -> None:
+    from healthledger.web.research_portal import activity_entry, past_exports
+
+    event = {"resourceType": "AuditEvent", "id": "7", "recorded": "2026-12-01T10:00:00Z", "outcome": "4",
+             "subtype": [{"code": "operation"}], "outcomeDesc": "export:download:not-found:abc",
+             "agent": [{"requestor": True, "who": {"identifier": {"value": "client:research"}}}],
+             "entity": [{"role": {"code": "4"}, "type": {"code": "Group"}, "what": {"reference": "Group/g"}}]}
+    entry = activity_entry(event)
+    assert (entry.what, entry.target, entry.outcome) == ("Export", "Group/g", "denied")
+    assert entry.explanation == "Refused: no such export file (cancelled, expired or not yours)."
+    read = activity_entry({**event, "outcome": "0", "outcomeDesc": "no-patient-compartment", "subtype": [{"code": "read"}]})
+    assert (read.what, read.explanation) == ("Opened", "Allowed: no patient's data.")
+    jobs = past_exports({"resourceType": "Parameters", "parameter": [{"name": "export", "part": [
+        {"name": "job", "valueString": "j1"}, {"name": "status", "valueCode": "expired"},
+        {"name": "requestedAt", "valueInstant": "2026-11-30T09:00:00Z"},
+        {"name": "output", "part": [{"name": "type", "valueCode": "Condition"}, {"name": "count", "valueInteger": 3}]},
+        {"name": "output", "part": [{"name": "type", "valueCode": "Observation"}, {"name": "count", "valueInteger": 9}]},
+    ]}]})
+    assert [(j.job, j.status, j.requested, j.counts) for j in jobs] == [
+        ("j1", "Expired (files removed)", "30 November 2026", [("Condition", 3), ("Observation", 9)])]
