@@ -299,14 +299,21 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
         flash("The study is saved as a draft. Check it, then publish it.", "success")
         return redirect(url_for("web.research.study", study_id=created["id"]), 303)
 
+    def listing(path: str) -> dict[str, Any]:
+        """A history of the study; empty when the API answers 404 (a colleague's study: the owner's alone)."""
+        response = api.call("GET", path)
+        if response.status == 404:
+            return {}
+        return FhirClient._ok(response)
+
     def study_page(study_id: str, *, answer: FeasibilityAnswer | None = None, refusal: str = "",
                    status: int = 200) -> tuple[str, int]:
         _, shown = own_study(study_id)
         days: list[EnrolmentDay] = []
         if shown.status != "draft":
             days = enrolment_days(list(entries(api.search("ResearchSubject", [("study", study_reference(study_id))]))))
-        releases = past_releases(api.call("GET", f"ResearchStudy/{study_id}/$feasibility-releases").body or {})
-        exports = past_exports(api.call("GET", f"ResearchStudy/{study_id}/$export-jobs").body or {})
+        releases = past_releases(listing(f"ResearchStudy/{study_id}/$feasibility-releases"))
+        exports = past_exports(listing(f"ResearchStudy/{study_id}/$export-jobs"))
         return render_template("research_study.html", s=shown, days=days, answer=answer, refusal=refusal,
                                chart=enrolment_chart(days), chart_size=(CHART_WIDTH, CHART_HEIGHT),
                                releases=releases, exports=exports,
