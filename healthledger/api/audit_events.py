@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ _WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
 EVERYTHING = "everything"  # every entry, including those naming no patient
 OWN_ENTRIES = "own-entries"  # the entries of `patient_id`
 CARED_FOR = "cared-for"  # the entries of the patients `organization` is a care organisation of
+OWN_REQUESTS = "own-requests"  # a researcher's own requests (`actor`), only entries naming no patient
 NOTHING = "nothing"  # none: searches are empty, reads answer like a missing id
 
 Target = tuple[str, str]  # (AuditEvent id or "", patient pseudonym or "") of one recorded access
@@ -143,11 +145,17 @@ class AuditAccess:
     sees: str = NOTHING
     patient_id: str = ""
     organization: str = ""
+    actor: str = ""  # OWN_REQUESTS: the actor id whose entries are shown
+
+    def shows(self, entry: AccessEntry) -> bool:
+        """The per-entry part of the rule that pseudonyms alone cannot say (OWN_REQUESTS: the actor)."""
+        return self.sees != OWN_REQUESTS or (entry.actor == self.actor and not entry.patient_pseudonym)
 
     @property
     def hidden_reason(self) -> str:
         """The recorded reason when the entries asked for are not among those the rule shows."""
-        return {OWN_ENTRIES: "audit:other-patient", CARED_FOR: "audit:not-cared-for"}.get(self.sees, self.reason)
+        return {OWN_ENTRIES: "audit:other-patient", CARED_FOR: "audit:not-cared-for",
+                OWN_REQUESTS: "audit:not-own-request"}.get(self.sees, self.reason)
 
 
 def audit_access(principal: Principal, interaction: str, home_organization: str) -> AuditAccess:
@@ -158,7 +166,11 @@ def audit_access(principal: Principal, interaction: str, home_organization: str)
     3. the service itself or the development token (unrestricted): every entry;
     4. a client registered for AuditEvent by name (`system/AuditEvent.rs`, not `system/*.rs`): every entry;
     5. an auditor: the patients of its organisation (every entry for the home organisation's auditors);
-    6. anyone else: nothing.
+    6. a researcher: their own requests (entries whose actor is them) that name no patient: feasibility
+       releases, export kick-offs, manifests, downloads and cancels, study reads. Entries naming a patient
+       (each resource an export delivered is logged against its patient, by the study as actor) are never
+       shown, so no patient pseudonym reaches a researcher (docs/trust-model.md);
+    7. anyone else: nothing.
     """
     if not principal.unrestricted and not scope_allows(
         principal.scopes or (), principal.scope_context, RESOURCE_TYPE, interaction
@@ -177,6 +189,8 @@ def audit_access(principal: Principal, interaction: str, home_organization: str)
             return AuditAccess(True, "audit:auditor-of-the-home-organisation", EVERYTHING)
         return AuditAccess(True, "audit:auditor-of-a-care-organisation", CARED_FOR,
                            organization=principal.organization)
+    if principal.role == "researcher" and principal.actor_id:
+        return AuditAccess(True, "audit:own-requests", OWN_REQUESTS, actor=principal.actor_id)
     return AuditAccess(True, "audit:not-a-log-reader")
 
 
@@ -439,7 +453,7 @@ class _AuditEventApi:
             entry = decode_entry(row.body)
             visible = self._visible(conn, access)
         # The body decides (the Merkle leaf covers it), not the index column.
-        if visible is not None and entry.patient_pseudonym not in visible:
+        if (visible is not None and entry.patient_pseudonym not in visible) or not access.shows(entry):
             attempt.decision, attempt.reason = "deny", access.hidden_reason
             raise NotFound(_NO_SUCH_ENTRY)  # exactly as for a missing id: existence is not disclosed
         return row, entry, access
@@ -475,11 +489,17 @@ class _AuditEventApi:
                 return self._bundle(query, [], 0, None)
 
             where = [AccessLogEntry.log_id == self.log_id]
-            if wanted is not None:
+            if access.sees == OWN_REQUESTS:
+                where.append(AccessLogEntry.patient_pseudonym.is_(None))  # entries naming no patient
+            elif wanted is not None:
                 # Rendered inline: an organisation may care for more patients than a statement takes
                 # parameters; pseudonyms are hex digests.
                 where.append(AccessLogEntry.patient_pseudonym.in_(
                     sa.bindparam("visible", sorted(wanted), expanding=True, literal_execute=True)))
+            if access.sees == OWN_REQUESTS:
+                # The log has no actor column: the body is matched as stored (canonical JSON, sorted keys),
+                # and every row is checked again below (the body decides).
+                where.append(_body_text(conn).contains(_actor_spelling(access.actor), autoescape=True))
             for group in query.dates:
                 where.append(sa.or_(*(_date_clause(AccessLogEntry.recorded_at, cond) for cond in group)))
             total = int(conn.execute(sa.select(sa.func.count()).select_from(AccessLogEntry).where(*where)).scalar_one())
@@ -495,7 +515,7 @@ class _AuditEventApi:
         events = []
         for row in rows:
             entry = decode_entry(row.body)
-            if wanted is not None and entry.patient_pseudonym not in wanted:
+            if (wanted is not None and entry.patient_pseudonym not in wanted) or not access.shows(entry):
                 continue  # an index column that disagrees with its body (`audit verify` reports it)
             attempt.disclosed.append(entry.patient_pseudonym)
             events.append((row.id, self._render(row.id, entry, row.leaf_index, known, access)))
@@ -510,6 +530,8 @@ class _AuditEventApi:
             return None
         if access.sees == OWN_ENTRIES:
             return frozenset({patient_pseudonym(self.store.indexer, access.patient_id)})
+        if access.sees == OWN_REQUESTS:
+            return frozenset({""})  # entries naming no patient (stored with an empty pseudonym)
         if access.sees == CARED_FOR:
             patients = self.care.patients_cared_for(conn, access.organization)
             return frozenset(patient_pseudonym(self.store.indexer, pid) for pid in patients)
@@ -574,6 +596,19 @@ def _subset(event: dict[str, Any], results: ResultControls) -> dict[str, Any]:
     if results.elements is not None:
         return select_elements(event, results.elements)
     return event
+
+
+def _actor_spelling(actor: str) -> str:
+    """How an entry's canonical encoding (healthledger.audit.entries.encode_entry: sorted keys, no spaces,
+    ASCII) spells its actor."""
+    return '"actor":' + json.dumps(actor, ensure_ascii=True) + ","
+
+
+def _body_text(conn: Connection) -> Any:
+    """The entry body (ASCII JSON bytes) as text, for LIKE: PostgreSQL decodes the bytea, SQLite casts."""
+    if conn.dialect.name == "postgresql":
+        return sa.func.convert_from(AccessLogEntry.body, "UTF8", type_=sa.Text)
+    return sa.cast(AccessLogEntry.body, sa.Text)
 
 
 def _read_only() -> None:

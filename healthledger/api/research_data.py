@@ -7,6 +7,7 @@ Thin: parse the request, call `healthledger.research`, render. Errors become Ope
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Request, Response, request
@@ -20,7 +21,8 @@ from healthledger.api.outcomes import outcome_response
 from healthledger.errors import BadRequest, not_known
 from healthledger.principal import Principal
 from healthledger.research.export import BackgroundExports, Exports, Throttled
-from healthledger.research.feasibility import Feasibility
+from healthledger.research.feasibility import CONFIDENCE, Feasibility
+from healthledger.research.history import PastExport, PastRelease, export_jobs, feasibility_releases
 from healthledger.store.repository import dump_resource
 
 
@@ -49,6 +51,24 @@ def research_data_blueprint(
         criteria = _criteria_parameter(request, max_request_bytes)
         answer = feasibility.answer(principal, study_id, criteria)
         return _fhir(answer.parameters())
+
+    @bp.route("/ResearchStudy/<study_id>/$feasibility-releases", methods=["GET"])
+    def feasibility_history(study_id: str) -> Response:
+        principal = authenticate(request)
+        http.check_response_format(request)
+        if not ID.fullmatch(study_id):
+            raise not_known("ResearchStudy", study_id[:64])
+        releases = feasibility_releases(feasibility.store, principal, study_id)
+        return _fhir({"resourceType": "Parameters", "parameter": [_release_part(r) for r in releases]})
+
+    @bp.route("/ResearchStudy/<study_id>/$export-jobs", methods=["GET"])
+    def export_history(study_id: str) -> Response:
+        principal = authenticate(request)
+        http.check_response_format(request)
+        if not ID.fullmatch(study_id):
+            raise not_known("ResearchStudy", study_id[:64])
+        jobs = export_jobs(exports.store, principal, study_id)
+        return _fhir({"resourceType": "Parameters", "parameter": [_job_part(j, fhir_base()) for j in jobs]})
 
     @bp.route("/Group/<group_id>/$export", methods=["GET"])
     def export_kickoff(group_id: str) -> Response:
@@ -126,6 +146,56 @@ def _criteria_parameter(req: Request, max_bytes: int) -> dict[str, Any] | None:
             raise BadRequest("parameter 'criteria' must be a JSON object", expression="Parameters.parameter[criteria]")
         return document
     return None
+
+
+def _instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _release_part(r: PastRelease) -> dict[str, Any]:
+    """One past $feasibility answer, in the operation's own parameter names (docs/research.md)."""
+    low, high = (0, r.threshold - 1 + r.half_width) if r.count is None else (max(0, r.count - r.half_width),
+                                                                          r.count + r.half_width)
+    parts: list[dict[str, Any]] = [{"name": "releasedAt", "valueInstant": _instant(r.released_at)}]
+    if r.count is None:
+        parts += [{"name": "countBelow", "valueInteger": r.threshold},
+                  {"name": "result", "valueString": f"fewer than {r.threshold}"}]
+    else:
+        parts += [{"name": "count", "valueInteger": r.count},
+                  {"name": "result", "valueString": f"about {r.count} patients (noisy count)"}]
+    parts += [
+        {"name": "interval", "valueRange": {"low": {"value": low}, "high": {"value": high}}},
+        {"name": "confidence", "valueDecimal": CONFIDENCE},
+        {"name": "epsilon", "valueDecimal": round(r.epsilon, 6)},
+        {"name": "referenceDate", "valueDate": r.reference_date},
+        {"name": "criteriaHash", "valueString": r.question_hash},
+        {"name": "askedByYou", "valueBoolean": r.yours},
+    ]
+    return {"name": "release", "part": parts}
+
+
+def _job_part(j: PastExport, base: str) -> dict[str, Any]:
+    """One export job of the caller's: state, times, resources delivered per type (no per-patient detail)."""
+    parts: list[dict[str, Any]] = [
+        {"name": "job", "valueString": j.job_id},
+        {"name": "status", "valueCode": j.status},
+        {"name": "statusUrl", "valueUrl": f"{base}/$export-status/{j.job_id}"},
+        {"name": "requestedAt", "valueInstant": _instant(j.created_at)},
+    ]
+    if j.finished_at is not None:
+        parts.append({"name": "finishedAt", "valueInstant": _instant(j.finished_at)})
+    if j.expires_at is not None:
+        parts.append({"name": "expiresAt", "valueInstant": _instant(j.expires_at)})
+    if j.types:
+        parts.append({"name": "types", "valueString": j.types})
+    for resource_type, count in j.counts:
+        parts.append({"name": "output", "part": [{"name": "type", "valueCode": resource_type},
+                                                 {"name": "count", "valueInteger": count}]})
+    if j.manifest_sha256:
+        parts.append({"name": "manifestSha256", "valueString": j.manifest_sha256})
+    if j.error:
+        parts.append({"name": "error", "valueString": j.error[:500]})
+    return {"name": "export", "part": parts}
 
 
 def _fhir(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

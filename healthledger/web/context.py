@@ -41,6 +41,7 @@ PATIENT_NAV = (
 RESEARCHER_NAV = (
     ("web.research.studies", "My studies"),
     ("web.research.new_study", "Create a study"),
+    ("web.research.activity", "My activity"),
     ("web.account.account", "Account"),
 )
 

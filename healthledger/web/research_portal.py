@@ -1,12 +1,15 @@
 """The researcher portal (role researcher): their studies, a form to create one over the supported criteria,
-publishing it, private feasibility counts with their privacy budget, anonymous enrolment counts over time and
-the de-identified Bulk Data export (kick-off, progress, files).
+publishing it, private feasibility counts with their privacy budget and their history, anonymous enrolment counts
+over time, the de-identified Bulk Data export (kick-off, progress, files, past exports) and "My activity", the
+access log of their own requests.
 
 Everything goes through the research API as the signed-in researcher (README "Research"): `POST
 /fhir/ResearchStudy`, `GET /fhir/ResearchStudy[/{id}]`, `POST .../$publish`, `POST .../$feasibility`, `GET
 /fhir/ResearchSubject?study=` (pseudonyms: only their dates are shown, as counts), `GET /fhir/Group/{cohort}/$export`
-with `Prefer: respond-async`, `GET /fhir/$export-status/{job}` and `GET /fhir/$export-file/{job}/{name}`. The API
-decides who may do what; a refusal is shown next to the field it is about, in the API's own words.
+with `Prefer: respond-async`, `GET /fhir/$export-status/{job}` and `GET /fhir/$export-file/{job}/{name}`, `GET
+/fhir/ResearchStudy/{id}/$feasibility-releases` and `$export-jobs` (the histories), `GET /fhir/AuditEvent` (their
+own requests, which name no patient: docs/trust-model.md). The API decides who may do what; a refusal is shown
+next to the field it is about, in the API's own words.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.wrappers import Response as BaseResponse
 
+from fhir_adapters.readable.access import describe_access
 from fhir_adapters.readable.studies import StudyView, describe_study
 from fhir_adapters.readable.text import display_of, human_date, parse_date
 from fhir_adapters.research_study import study_reference
@@ -30,8 +34,7 @@ from healthledger.web.fhir_client import FhirCallError, FhirClient, entries, ref
 from healthledger.web.study_form import StudyForm, field_for_refusal, study_resource
 
 log = structlog.get_logger(__name__)
-_EXPORTS = "research_exports"  # the browser session's export jobs: study id -> newest job ids
-MAX_REMEMBERED_EXPORTS = 5
+ACTIVITY_PAGE = 50  # entries per page of "My activity"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,119 @@ def feasibility_answer(parameters: dict[str, Any]) -> FeasibilityAnswer:
     )
 
 
+@dataclass(frozen=True)
+class PastRelease:
+    released: str
+    result: str
+    interval: str
+    epsilon: float
+    reference_date: str
+    criteria_hash: str
+    yours: bool
+
+
+@dataclass(frozen=True)
+class PastExport:
+    job: str
+    status: str
+    requested: str
+    finished: str
+    expires: str
+    counts: list[tuple[str, int]]
+
+
+EXPORT_STATES = {"queued": "Waiting to start", "running": "Being prepared", "complete": "Ready",
+                 "failed": "Failed", "expired": "Expired (files removed)"}
+
+
+def _parts(parameter: dict[str, Any]) -> dict[str, Any]:
+    return {str(p.get("name")): next((v for k, v in p.items() if k.startswith("value")), p.get("part"))
+            for p in parameter.get("part") or [] if isinstance(p, dict)}
+
+
+def past_releases(parameters: dict[str, Any]) -> list[PastRelease]:
+    """`$feasibility-releases` as rows (newest first, as the API lists them)."""
+    out = []
+    for p in parameters.get("parameter") or []:
+        v = _parts(p)
+        interval = v.get("interval") or {}
+        low, high = (interval.get("low") or {}).get("value"), (interval.get("high") or {}).get("value")
+        released = parse_date(v.get("releasedAt"))
+        out.append(PastRelease(
+            released=human_date(released) if released else "", result=str(v.get("result") or ""),
+            interval=f"{low} to {high}" if low is not None else "", epsilon=float(v.get("epsilon") or 0),
+            reference_date=human_date(str(v.get("referenceDate") or "")), criteria_hash=str(v.get("criteriaHash") or ""),
+            yours=bool(v.get("askedByYou")),
+        ))
+    return out
+
+
+def past_exports(parameters: dict[str, Any]) -> list[PastExport]:
+    """`$export-jobs` as rows: state, dates and resources delivered per type (nothing per patient)."""
+    out = []
+    for p in parameters.get("parameter") or []:
+        v = _parts(p)
+        counts = []
+        for o in p.get("part") or []:
+            if isinstance(o, dict) and o.get("name") == "output":
+                part = _parts(o)
+                counts.append((str(part.get("type") or ""), int(part.get("count") or 0)))
+        status = str(v.get("status") or "")
+        out.append(PastExport(job=str(v.get("job") or ""), status=EXPORT_STATES.get(status, status),
+                              requested=_day(v, "requestedAt"), finished=_day(v, "finishedAt"),
+                              expires=_day(v, "expiresAt"), counts=counts))
+    return out
+
+
+def _day(values: dict[str, Any], name: str) -> str:
+    moment = parse_date(values.get(name))
+    return human_date(moment) if moment else ""
+
+
+@dataclass(frozen=True)
+class ActivityEntry:
+    id: str
+    when: str
+    what: str
+    target: str
+    outcome: str
+    explanation: str
+
+
+# First matching reason prefix -> what the researcher reads (the log's machine reasons, research/ and api/).
+_RESEARCH_REASONS: tuple[tuple[str, str], ...] = (
+    ("feasibility:release", "A private count was released and charged to the privacy budget."),
+    ("feasibility:repeat", "An earlier count was repeated: no budget spent."),
+    ("feasibility:budget-spent", "Refused: the privacy budget is spent."),
+    ("feasibility:history", "Refused: not a study of yours (or no such study)."),
+    ("feasibility:not-owner", "Refused: not a study of yours (or no such study)."),
+    ("export:kick-off", "You requested a de-identified export."),
+    ("export:manifest", "The export was completed; its manifest's hash was recorded."),
+    ("export:download:not-found", "Refused: no such export file (cancelled, expired or not yours)."),
+    ("export:download", "You downloaded a file of an export."),
+    ("export:cancel:not-found", "Refused: no such export (cancelled, expired or not yours)."),
+    ("export:cancel", "You cancelled an export and its files were removed."),
+    ("export:status:not-found", "Refused: no such export (cancelled, expired or not yours)."),
+    ("export:history", "Refused: not a study of yours (or no such study)."),
+    ("export:not-owner", "Refused: not a study of yours (or no such study)."),
+    ("audit:own-requests", "You read this activity log."),
+    # Every entry shown here names no patient (the API's rule), so these reads touched no patient's data.
+    ("no-patient-compartment", "Allowed: no patient's data."),
+    ("unrestricted", "Allowed: no patient's data."),
+)
+
+
+def activity_entry(event: dict[str, Any]) -> ActivityEntry:
+    """One of the researcher's own AuditEvents in words."""
+    seen = describe_access(event)
+    reason = str(event.get("outcomeDesc") or "")
+    explanation = next((words for prefix, words in _RESEARCH_REASONS if reason.startswith(prefix)), "")
+    action = reason.split(":")[0] if reason.split(":")[0] in ("feasibility", "export") else ""
+    what = {"feasibility": "Feasibility count", "export": "Export"}.get(action, seen.action[:1].upper() + seen.action[1:])
+    return ActivityEntry(id=seen.id, when=seen.when, what=what, target=seen.resource or seen.what,
+                         outcome=seen.outcome, explanation=explanation or seen.why)
+
+
 def _file_sha256(output: dict[str, Any]) -> str:
     """A manifest file's SHA-256 (Bulk Data manifests carry extensions as an object keyed by URL)."""
     extension = output.get("extension")
@@ -183,16 +299,44 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
         flash("The study is saved as a draft. Check it, then publish it.", "success")
         return redirect(url_for("web.research.study", study_id=created["id"]), 303)
 
+    def listing(path: str) -> dict[str, Any]:
+        """A history of the study; empty when the API answers 404 (a colleague's study: the owner's alone)."""
+        response = api.call("GET", path)
+        if response.status == 404:
+            return {}
+        return FhirClient._ok(response)
+
     def study_page(study_id: str, *, answer: FeasibilityAnswer | None = None, refusal: str = "",
                    status: int = 200) -> tuple[str, int]:
         _, shown = own_study(study_id)
         days: list[EnrolmentDay] = []
         if shown.status != "draft":
             days = enrolment_days(list(entries(api.search("ResearchSubject", [("study", study_reference(study_id))]))))
-        exports = session.get(_EXPORTS, {}).get(study_id, [])
+        releases = past_releases(listing(f"ResearchStudy/{study_id}/$feasibility-releases"))
+        exports = past_exports(listing(f"ResearchStudy/{study_id}/$export-jobs"))
         return render_template("research_study.html", s=shown, days=days, answer=answer, refusal=refusal,
                                chart=enrolment_chart(days), chart_size=(CHART_WIDTH, CHART_HEIGHT),
-                               exports=exports, criteria_json=json.dumps(shown.terms.criteria)), status
+                               releases=releases, exports=exports,
+                               criteria_json=json.dumps(shown.terms.criteria)), status
+
+    @bp.get("/activity")
+    def activity() -> str:
+        """Their own requests, newest first, a page at a time (the API lists the log oldest first)."""
+        researcher()
+        try:
+            page = max(1, int(request.args.get("page", "1")))
+        except ValueError:
+            page = 1
+        total = int(api.search("AuditEvent", [("_summary", "count")]).get("total") or 0)
+        pages = max(1, -(-total // ACTIVITY_PAGE))
+        page = min(page, pages)
+        end = total - ACTIVITY_PAGE * (page - 1)
+        start = max(0, end - ACTIVITY_PAGE)
+        events = []
+        if end > 0:
+            events = list(entries(api.search("AuditEvent", [("_offset", str(start)), ("_count", str(end - start))])))
+        shown = [activity_entry(e) for e in reversed(events)]
+        return render_template("research_activity.html", entries=shown, page=page, pages=pages, total=total)
 
     @bp.get("/<study_id>")
     def study(study_id: str) -> tuple[str, int]:
@@ -226,9 +370,6 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
             flash(refusal_text(response) or "The export could not start.", "error")
             return redirect(url_for("web.research.study", study_id=study_id), 303)
         job = response.headers.get("Content-Location", "").rstrip("/").rpartition("/")[2]
-        remembered = dict(session.get(_EXPORTS, {}))
-        remembered[study_id] = [job, *[j for j in remembered.get(study_id, []) if j != job]][:MAX_REMEMBERED_EXPORTS]
-        session[_EXPORTS] = remembered
         log.info("web.export_requested")
         return redirect(url_for("web.research.export_status", study_id=study_id, job=job), 303)
 

@@ -37,7 +37,8 @@ LOG_READERS = {
     "integration": ("system", HOSPITAL, "system/*.rs"),  # the wildcard every integration asks for
 }
 
-# Which entries each caller sees: "all", "bob" / "ann" (that patient's only), or "none".
+# Which entries each caller sees: "all", "bob" / "ann" (that patient's only), "own" (its own requests naming no
+# patient), or "none".
 VIEWS = {
     "bob": "bob",  # the patient himself
     "ann": "ann",  # another patient: her own, never Bob's
@@ -47,12 +48,12 @@ VIEWS = {
     "siem": "all",
     "integration": "none",
     "clinic": "none",  # a clinician client (system/*.cruds)
-    "research": "none",  # a researcher client (system/*.rs)
+    "research": "own",  # a researcher client (system/*.rs): its own requests, never an entry naming a patient
     "dev": "all",  # the development token: the service itself
 }
 # Can the view see Bob's entries (search patient=Bob, read an entry of Bob's), and an entry naming no patient?
-SEES_BOB = {"all": True, "bob": True, "ann": False, "none": False}
-SEES_NO_PATIENT = {"all": True, "bob": False, "ann": False, "none": False}
+SEES_BOB = {"all": True, "bob": True, "ann": False, "own": False, "none": False}
+SEES_NO_PATIENT = {"all": True, "bob": False, "ann": False, "own": False, "none": False}  # the service's entry
 
 
 @dataclass
@@ -79,6 +80,12 @@ class LogWorld:
             if pseudonym is not None:
                 stmt = stmt.where(AccessLogEntry.patient_pseudonym == pseudonym)
             return int(s.scalar(stmt) or 0)
+
+    def count_own(self, actor: str) -> int:
+        """The reference model of a researcher's view: entries whose actor they are, naming no patient."""
+        with self.world.sessions() as s:
+            bodies = s.scalars(select(AccessLogEntry.body)).all()
+        return sum(1 for body in bodies if (e := decode_entry(body)).actor == actor and not e.patient_pseudonym)
 
     def bodies(self, ids: list[int]) -> dict[int, AccessEntry]:
         with self.world.sessions() as s:
@@ -151,6 +158,8 @@ def test_search_everything(log_world: LogWorld, caller: str) -> None:
         expected_total = log_world.count()  # every entry, up to this request
     elif view == "none":
         expected_total = 0
+    elif view == "own":
+        expected_total = log_world.count_own(f"client:{caller}")
     else:
         expected_total = log_world.count(log_world.pseudonyms[view])
     resp, entries = log_world.attempt(caller, lambda: log_world.get(caller, "AuditEvent", _count="50"))
@@ -161,6 +170,8 @@ def test_search_everything(log_world: LogWorld, caller: str) -> None:
     bodies = log_world.bodies(shown)
     if view in ("bob", "ann"):
         assert {bodies[i].patient_pseudonym for i in shown} == {log_world.pseudonyms[view]}
+    if view == "own":
+        assert all(bodies[i].actor == f"client:{caller}" and not bodies[i].patient_pseudonym for i in shown)
     # Recorded: one entry per patient whose entries the page disclosed (entries naming none count as one),
     # a single entry naming no patient when nothing was disclosed.
     disclosed = list(dict.fromkeys(bodies[i].patient_pseudonym for i in shown))

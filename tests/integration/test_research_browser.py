@@ -31,6 +31,7 @@ from browser_support import (
 from consent_world import HOSPITAL, PASSWORD, UNIVERSITY, World
 from support import node_tool
 
+from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.users import AccountNames, create_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.node]
@@ -237,6 +238,21 @@ def test_4_the_researcher_sees_one_participant_and_downloads_the_export(page: An
     lines = [json.loads(line) for line in body.splitlines() if line.strip()]
     assert lines and all(r["resourceType"] in ("Condition", "Observation") for r in lines)
     assert "Dora" not in body and "MRN-dora" not in body and world.patients["dora"] not in body
+
+    # The study page lists the export (resources per type, nothing per participant) and the counts released;
+    # My activity lists rita's own requests, never an entry naming Dora (her pseudonym is not on the page).
+    page.goto(f"/app/research/{STATE['study']}")
+    exports_table = page.get_by_role("region", name="Your exports")
+    assert "Ready" in exports_table.inner_text() and re.search(r"(Condition|Observation): \d+", exports_table.inner_text())
+    every_width(page, "study-history")
+    page.get_by_role("link", name="My activity").click()
+    page.get_by_role("heading", name="My activity").wait_for()
+    activity = page.locator("main").inner_text()
+    assert "You downloaded a file of an export." in activity and "You requested a de-identified export." in activity
+    store = world.app.extensions["healthledger.store"]
+    assert patient_pseudonym(store.indexer, world.patients["dora"]) not in page.content()
+    assert "Patient/" not in page.content()
+    every_width(page, "my-activity")
 
 
 def test_5_the_patient_leaves_the_study(page: Any, world: World, server: LiveServer) -> None:

@@ -26,6 +26,8 @@ from support import FIXTURES, node_tool
 
 from fhir_adapters.deidentify import PSEUDED
 from healthledger import leases
+from healthledger.audit.entries import decode_entry
+from healthledger.audit.models import AccessLogEntry
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.users import AccountNames, create_user
 from healthledger.db import session_factory
@@ -500,3 +502,103 @@ def _cli(app: Flask, command: str) -> Any:
         runtime.close()
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+# -- the researcher's own access log and their study's release history ------------------------------------
+def _all_entries(app: Flask) -> list[tuple[int, Any]]:
+    engine = app.extensions["healthledger.engine"]
+    with engine.connect() as conn:
+        rows = conn.execute(select(AccessLogEntry.id, AccessLogEntry.body).order_by(AccessLogEntry.id)).all()
+    return [(row.id, decode_entry(row.body)) for row in rows]
+
+
+def _search_all(app: Flask, token: str) -> list[dict[str, Any]]:
+    url, found = "/fhir/AuditEvent?_count=100", []
+    while url:
+        resp = app.test_client().get(url, headers={"Authorization": f"Bearer {token}", "Accept": FHIR})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        bundle = resp.get_json()
+        found += [e["resource"] for e in bundle.get("entry", [])]
+        url = next((link["url"].split("localhost", 1)[1] for link in bundle.get("link", [])
+                    if link["relation"] == "next"), "")
+    return found
+
+
+def researchers_view(entries: list[tuple[int, Any]], actor: str) -> set[int]:
+    """The reference model: a researcher sees the entries they are the actor of that name no patient."""
+    return {entry_id for entry_id, e in entries if e.actor == actor and e.patient_pseudonym == ""}
+
+
+def test_a_researcher_reads_their_own_requests_and_nothing_that_names_a_patient(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    rival = register_researcher(app, "rival-lab-log")
+    manifest = run_to_completion(app, token, kick_off(app, token).headers["Content-Location"]).get_json()
+    auth = {"Authorization": f"Bearer {token}", "Accept": FHIR}
+    assert app.test_client().get(manifest["output"][0]["url"], headers=auth).status_code == 200
+    # A read that the log records against a patient (denied: researchers read no records): never shown back.
+    patient = world["remaining"][0]
+    assert app.test_client().get(f"/fhir/Patient/{patient}", headers=auth).status_code in (403, 404)
+    assert kick_off(app, rival).status_code == 404  # the rival's own (denied) request
+    entries = _all_entries(app)
+    assert any(e.actor == "client:research" and e.patient_pseudonym for _, e in entries)  # the model has work to do
+    assert any(e.actor == f"ResearchStudy/{STUDY}" and e.patient_pseudonym for _, e in entries)  # per-patient deliveries
+
+    seen = _search_all(app, token)
+    after = _all_entries(app)  # the searches are logged too (as requests of the researcher naming no patient)
+    expected = researchers_view(after, "client:research")
+    ids = {int(e["id"]) for e in seen}
+    assert ids <= expected and researchers_view(entries, "client:research") <= ids
+    reasons = {e.reason.split(":")[1] for i, e in after if i in ids and e.reason.startswith("export:")}
+    assert {"kick-off", "manifest", "download"} <= reasons
+    store = app.extensions["healthledger.store"]
+    pseudonyms = {patient_pseudonym(store.indexer, p["id"]) for p in world["synthea"]} | {
+        patient_pseudonym(store.indexer, world["invented"])}
+    text = json.dumps(seen)
+    assert "Patient/" not in text and not any(p in text for p in pseudonyms)
+    assert all(e["agent"][0]["who"].get("identifier", {}).get("value") != f"ResearchStudy/{STUDY}" for e in seen)
+
+    # Reads by id: the researcher's own entry is read; an entry naming a patient, another researcher's entry
+    # and a missing id all get the same 404.
+    own = min(ids)
+    assert app.test_client().get(f"/fhir/AuditEvent/{own}", headers=auth).status_code == 200
+    naming = next(i for i, e in after if e.actor == "client:research" and e.patient_pseudonym)
+    rivals = next(i for i, e in after if e.actor == "client:rival-lab-log")
+    missing = app.test_client().get("/fhir/AuditEvent/999999999", headers=auth)
+    for hidden in (naming, rivals):
+        resp = app.test_client().get(f"/fhir/AuditEvent/{hidden}", headers=auth)
+        assert (resp.status_code, resp.get_json()) == (missing.status_code, missing.get_json()) == (
+            404, missing.get_json())
+    # The rival sees only their own requests; a patient filter shows a researcher nothing.
+    rival_seen = {int(e["id"]) for e in _search_all(app, rival)}
+    assert rival_seen and rival_seen <= researchers_view(_all_entries(app), "client:rival-lab-log")
+    by_patient = app.test_client().get(f"/fhir/AuditEvent?patient=Patient/{patient}", headers=auth).get_json()
+    assert by_patient["total"] == 0 and not by_patient.get("entry")
+
+
+def test_the_owner_lists_past_exports_with_counts_only_and_others_get_a_missing_study(world: dict[str, Any]) -> None:
+    app, token = world["app"], world["token"]
+    manifest = run_to_completion(app, token, kick_off(app, token).headers["Content-Location"]).get_json()
+    auth = {"Authorization": f"Bearer {token}", "Accept": FHIR}
+    listed = app.test_client().get(f"/fhir/ResearchStudy/{STUDY}/$export-jobs", headers=auth)
+    assert listed.status_code == 200, listed.get_data(as_text=True)
+    jobs = [{p["name"]: p for p in job["part"]} for job in listed.get_json()["parameter"]]
+    newest = jobs[0]
+    assert newest["status"]["valueCode"] == "complete"
+    job_id = newest["job"]["valueString"]
+    assert manifest["output"][0]["url"].split("/$export-file/")[1].startswith(job_id)
+    counts: dict[str, int] = {}
+    for o in manifest["output"]:
+        counts[o["type"]] = counts.get(o["type"], 0) + o["count"]
+    outputs = [p for p in next(j for j in listed.get_json()["parameter"] if j["part"][0]["valueString"] == job_id)["part"]
+               if p["name"] == "output"]
+    assert {o["part"][0]["valueCode"]: o["part"][1]["valueInteger"] for o in outputs} == counts
+    store = app.extensions["healthledger.store"]
+    text = listed.get_data(as_text=True)
+    assert "Patient/" not in text and patient_pseudonym(store.indexer, world["remaining"][0]) not in text
+
+    rival = register_researcher(app, "rival-lab-jobs")
+    for op in ("$export-jobs", "$feasibility-releases"):
+        theirs = app.test_client().get(f"/fhir/ResearchStudy/{STUDY}/{op}", headers={"Authorization": f"Bearer {rival}"})
+        missing = app.test_client().get(f"/fhir/ResearchStudy/no-such-study/{op}", headers={"Authorization": f"Bearer {rival}"})
+        assert theirs.status_code == missing.status_code == 404
+        assert [i["code"] for i in theirs.get_json()["issue"]] == [i["code"] for i in missing.get_json()["issue"]]

@@ -56,7 +56,8 @@ _ID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 
 def _client_caller(name: str, client_id: str, **changes: str) -> tuple[ref.Caller, str]:
     role, org, scopes, purpose = (CLIENTS | EXTRA_CLIENTS)[client_id]
-    fields = {"role": role, "organization": org, "purpose": purpose, "scopes": tuple(scopes.split())} | changes
+    fields = {"role": role, "organization": org, "purpose": purpose, "scopes": tuple(scopes.split()),
+              "actor_id": f"client:{client_id}"} | changes
     return ref.Caller(name, **fields), client_id  # type: ignore[arg-type]
 
 

@@ -40,8 +40,8 @@ The rules, in the order they are applied:
    no search scope finds nothing). Create: scopes, then the probe: one visible match -> 200 with it (no
    create decided), several -> 412, none -> the create, decided like any.
 8. AuditEvents: a patient sees their own entries; the service and clients registered for AuditEvent by
-   name see all; an auditor those of the patients its organisation cares for (none without one); anyone
-   else none. A CDS Hooks consult from a caller with no relationship with the patient (care organisation,
+   name see all; an auditor those of the patients its organisation cares for (none without one); a
+   researcher its own requests that name no patient (never an entry naming one); anyone else none. A CDS Hooks consult from a caller with no relationship with the patient (care organisation,
    or named by an active Consent) answers as for an unknown patient unless the answer is PERMIT.
 9. The access log: every attempt leaves one entry per patient whose data it touched, exactly one when it
    touched none (`Touch`). read/vread/$sign/create: 1; an update across two patients: 2, each decided on
@@ -130,6 +130,7 @@ class Caller:
     patient_id: str = ""  # a patient acting for themselves
     scopes: tuple[str, ...] | None = ()
     break_glass_reason: str = ""
+    actor_id: str = ""  # how the access log names it (`client:{id}`); a researcher's own entries are found by it
 
     @property
     def unrestricted(self) -> bool:
@@ -783,7 +784,7 @@ def expect_transaction_scopes(caller: Caller, interactions: list[tuple[str, str]
 def audit_view(caller: Caller, interaction: str = "search") -> str:
     """What of the access log a caller sees (docs, "Who may read the access log"): "all" (the service, a
     client registered for AuditEvent by name), "own" (a patient), "cared-for" (an auditor with an
-    organisation: its patients' entries), "none" (anyone else, an auditor without an organisation), or
+    organisation: its patients' entries), "own-requests" (a researcher: its own entries naming no patient), "none" (anyone else, an auditor without an organisation), or
     "refused" (scopes: 403)."""
     if not scope_allows(caller, "AuditEvent", interaction):
         return "refused"
@@ -798,12 +799,17 @@ def audit_view(caller: Caller, interaction: str = "search") -> str:
             return "all"  # registered for the log by name (the tests' tokens carry the registered scopes)
     if caller.role == "auditor":
         return "cared-for" if caller.organization else "none"
+    if caller.role == "researcher" and caller.actor_id:
+        return "own-requests"
     return "none"
 
 
-def audit_shows(state: State, caller: Caller, patient: str, interaction: str = "search") -> bool:
-    """Whether the caller's view of the log includes the entries about `patient` ("" : entries naming none)."""
+def audit_shows(state: State, caller: Caller, patient: str, interaction: str = "search", actor: str = "") -> bool:
+    """Whether the caller's view of the log includes the entries about `patient` ("" : entries naming none)
+    made by `actor`."""
     view = audit_view(caller, interaction)
+    if view == "own-requests":
+        return not patient and actor == caller.actor_id
     if view == "all":
         return True
     if view == "own":

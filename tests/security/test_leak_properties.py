@@ -801,7 +801,8 @@ def probe_audit_search(p: Probe, who: str, about: str | None) -> None:
     p.dep.new_entries()
     whose = _pseudonym_patients(p.dep)
     wanted = p.dep.pseudonym(about) if about else None
-    shown = [e for e in p.dep.log if ref.audit_shows(state, caller, whose.get(e.patient_pseudonym, "?"), "search")
+    shown = [e for e in p.dep.log
+             if ref.audit_shows(state, caller, whose.get(e.patient_pseudonym, "?"), "search", e.actor)
              and (wanted is None or e.patient_pseudonym == wanted)]
     path = "/fhir/AuditEvent?_count=5" + (f"&patient=Patient/{about}" if about else "")
     reply, entries = p.send(who, "GET", path)
@@ -817,6 +818,12 @@ def probe_audit_search(p: Probe, who: str, about: str | None) -> None:
     elif view != "none" and total != len(shown):
         p.finding("8 AuditEvent search shows exactly the caller's view", who, request, reply.summary(),
                   f"total={len(shown)}", f"rule 8: {view} entries")
+    if view == "own-requests" and total:
+        for event in reply.body.get("entry", []):
+            if "Patient/" in str(event) or any(ps and ps in str(event) for ps in whose):
+                p.finding("8 a researcher sees no entry naming a patient", who, request,
+                          f"AuditEvent/{event['resource'].get('id')}", "no patient reference or pseudonym", "rule 8")
+                break
     if view == "own" and total:
         for event in reply.body.get("entry", []):
             refs = [e.get("what", {}).get("reference") for e in event["resource"].get("entity", [])]

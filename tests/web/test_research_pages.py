@@ -142,6 +142,38 @@ def test_the_researcher_publishes_asks_feasibility_and_requests_the_export(world
     assert f"/app/research/{study_id}" in rita.get(f"/app/research/{study_id}").get_data(as_text=True)
 
 
+def test_the_study_page_lists_past_counts_and_exports_and_my_activity_lists_my_own_requests(
+        world: World, rita: FlaskClient) -> None:
+    study_id = world.study_id  # type: ignore[attr-defined]
+    # Another researcher (an API client of the same organisation) tries rita's study: refused, and not hers to see.
+    other = world.client.post(f"/fhir/ResearchStudy/{study_id}/$feasibility", headers=world.headers("research"))
+    assert other.status_code == 404
+    page = rita.get(f"/app/research/{study_id}").get_data(as_text=True)
+    words = text(page)
+    released = re.search(r"Counts released so far .*? Asked by (.*?) Enrolment", words)
+    assert released and re.search(r"(Fewer than 11|About \d+ patients \(noisy count\)) 0 to \d+ 0\.25 .* You",
+                                  released.group(1)), words
+    assert "Your exports" in words and re.search(r"Export [0-9a-f]{8} , .* Ready", words), words
+    job = re.search(r'/export/([0-9a-f]{32})"', page)
+    assert job, page
+    status = rita.get(f"/app/research/{study_id}/export/{job.group(1)}").get_data(as_text=True)
+    if "Ready:" in status and (name := re.search(r'/export/[0-9a-f]{32}/([A-Za-z]+\.\d+\.ndjson)"', status)):
+        assert rita.get(f"/app/research/{study_id}/export/{job.group(1)}/{name.group(1)}").status_code == 200
+
+    activity = rita.get("/app/research/activity")
+    assert activity.status_code == 200
+    body = activity.get_data(as_text=True)
+    words = text(body)
+    assert 'aria-current="page"' in body and "My activity" in words
+    assert "You requested a de-identified export." in words
+    assert "A private count was released and charged to the privacy budget." in words
+    assert "An earlier count was repeated: no budget spent." in words
+    assert "The export was completed; its manifest's hash was recorded." in words
+    assert f"ResearchStudy/{study_id}" in words
+    assert "Refused" not in words  # the other researcher's refused request is theirs, not rita's
+    assert "Patient/" not in body
+
+
 def test_other_organisations_and_patients_cannot_use_the_portal(world: World) -> None:
     ann = signed_in(world, "ann")
     assert ann.get("/app/research").status_code == 403
@@ -193,3 +225,25 @@ def test_enrolment_counts_per_day_show_no_pseudonym() -> None:
     assert "0x" not in repr(days)
     bars = enrolment_chart(days)
     assert [round(b.height) for b in bars] == [80, 120, 80]
+
+
+def test_activity_entries_in_words() -> None:
+    from healthledger.web.research_portal import activity_entry, past_exports
+
+    event = {"resourceType": "AuditEvent", "id": "7", "recorded": "2026-12-01T10:00:00Z", "outcome": "4",
+             "subtype": [{"code": "operation"}], "outcomeDesc": "export:download:not-found:abc",
+             "agent": [{"requestor": True, "who": {"identifier": {"value": "client:research"}}}],
+             "entity": [{"role": {"code": "4"}, "type": {"code": "Group"}, "what": {"reference": "Group/g"}}]}
+    entry = activity_entry(event)
+    assert (entry.what, entry.target, entry.outcome) == ("Export", "Group/g", "denied")
+    assert entry.explanation == "Refused: no such export file (cancelled, expired or not yours)."
+    read = activity_entry({**event, "outcome": "0", "outcomeDesc": "no-patient-compartment", "subtype": [{"code": "read"}]})
+    assert (read.what, read.explanation) == ("Opened", "Allowed: no patient's data.")
+    jobs = past_exports({"resourceType": "Parameters", "parameter": [{"name": "export", "part": [
+        {"name": "job", "valueString": "j1"}, {"name": "status", "valueCode": "expired"},
+        {"name": "requestedAt", "valueInstant": "2026-11-30T09:00:00Z"},
+        {"name": "output", "part": [{"name": "type", "valueCode": "Condition"}, {"name": "count", "valueInteger": 3}]},
+        {"name": "output", "part": [{"name": "type", "valueCode": "Observation"}, {"name": "count", "valueInteger": 9}]},
+    ]}]})
+    assert [(j.job, j.status, j.requested, j.counts) for j in jobs] == [
+        ("j1", "Expired (files removed)", "30 November 2026", [("Condition", 3), ("Observation", 9)])]

@@ -15,7 +15,7 @@ TEMPLATES = {
     "base.html", "login.html", "home.html", "notice.html", "patient_home.html", "account.html", "signup.html",
     "recover.html", "recovery_code.html", "records.html", "consents.html", "consent.html", "requests.html",
     "share.html", "history.html", "notices.html", "authorize.html", "apps.html",
-    "research_studies.html", "research_new.html", "research_study.html", "research_export.html",
+    "research_studies.html", "research_new.html", "research_study.html", "research_export.html", "research_activity.html",
     "studies.html", "study.html",
 }
 PARTIALS = {"_forms.html", "_consent.html", "_study.html"}  # macros the pages import; they render nothing themselves
