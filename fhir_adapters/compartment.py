@@ -173,6 +173,10 @@ def patient_compartment(resource: Mapping[str, Any]) -> str | None:
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
         return None
+    if resource_type != "Patient" and "contained" not in resource:
+        settled, patient_id = _one_patient(resource, resource_type)
+        if settled:
+            return patient_id
     own = resource.get("id") if resource_type == "Patient" else None
     found: dict[str, str] = {}  # patient id -> element that named it
     if resource_type == "Patient" and isinstance(own, str) and own:
@@ -209,6 +213,48 @@ def patient_compartment(resource: Mapping[str, Any]) -> str | None:
     if not found:
         return None
     return next(iter(found))
+
+
+_UNSETTLED: Final = (False, None)
+
+
+def _one_patient(resource: Mapping[str, Any], resource_type: str) -> tuple[bool, str | None]:
+    """The common case of `patient_compartment`, without building element paths (they only name where an
+    error is): (True, the patient or None) for a resource with no contained resources whose references name
+    at most one patient, all literally. Anything else (a `#` reference, a badly spelled patient, several
+    patients) is _UNSETTLED, and the full rules above decide it, with their messages."""
+    _check_patient_elements(resource, resource_type)
+    found: str | None = None
+    for reference in _reference_strings(resource):
+        if reference.startswith("#"):
+            return _UNSETTLED
+        try:
+            patient_id = _patient_id(reference, "")
+        except PatientReferenceError:
+            return _UNSETTLED
+        if patient_id is None:
+            continue
+        if found is not None and patient_id != found:
+            return _UNSETTLED
+        found = patient_id
+    return True, found
+
+
+def _reference_strings(resource: Mapping[str, Any]) -> list[str]:
+    """Every `Reference.reference` string in the resource (those `_references` finds), without their paths."""
+    out: list[str] = []
+    stack: list[Any] = [resource]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(reversed(node))
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                if key == "reference" and isinstance(value, str):
+                    out.append(value)
+                elif isinstance(value, Mapping | list):
+                    stack.append(value)
+    return out
 
 
 def _patient_id(reference: str, expression: str) -> str | None:
