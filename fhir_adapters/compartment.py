@@ -22,6 +22,7 @@ the same for every type:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -216,6 +217,7 @@ def patient_compartment(resource: Mapping[str, Any]) -> str | None:
 
 
 _UNSETTLED: Final = (False, None)
+_SCALARS: Final = frozenset({int, float, bool, type(None)})  # JSON leaves other than strings
 
 
 def _one_patient(resource: Mapping[str, Any], resource_type: str) -> tuple[bool, str | None]:
@@ -226,11 +228,8 @@ def _one_patient(resource: Mapping[str, Any], resource_type: str) -> tuple[bool,
     _check_patient_elements(resource, resource_type)
     found: str | None = None
     for reference in _reference_strings(resource):
-        if reference.startswith("#"):
-            return _UNSETTLED
-        try:
-            patient_id = _patient_id(reference, "")
-        except PatientReferenceError:
+        settled, patient_id = _literal_patient(reference)
+        if not settled:
             return _UNSETTLED
         if patient_id is None:
             continue
@@ -240,6 +239,18 @@ def _one_patient(resource: Mapping[str, Any], resource_type: str) -> tuple[bool,
     return True, found
 
 
+@functools.lru_cache(maxsize=4096)
+def _literal_patient(reference: str) -> tuple[bool, str | None]:
+    """`_patient_id` of a reference outside any contained resource, remembered (a record's references repeat:
+    its patient, its encounter): (True, the patient or None), or _UNSETTLED when it would raise."""
+    if reference.startswith("#"):
+        return _UNSETTLED
+    try:
+        return True, _patient_id(reference, "")
+    except PatientReferenceError:
+        return _UNSETTLED
+
+
 def _reference_strings(resource: Mapping[str, Any]) -> list[str]:
     """Every `Reference.reference` string in the resource (those `_references` finds), without their paths."""
     out: list[str] = []
@@ -247,12 +258,13 @@ def _reference_strings(resource: Mapping[str, Any]) -> list[str]:
     while stack:
         node = stack.pop()
         if isinstance(node, list):
-            stack.extend(reversed(node))
+            stack.extend(node)
         elif isinstance(node, Mapping):
             for key, value in node.items():
-                if key == "reference" and isinstance(value, str):
-                    out.append(value)
-                elif isinstance(value, Mapping | list):
+                if isinstance(value, str):
+                    if key == "reference":
+                        out.append(value)
+                elif type(value) not in _SCALARS:  # objects and arrays (anything else is ignored when popped)
                     stack.append(value)
     return out
 
