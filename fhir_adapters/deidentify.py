@@ -529,7 +529,13 @@ class _Study:
     def opaque(self, reference: str) -> str:
         if reference[:9].lower() == "urn:uuid:":
             reference = reference.lower()  # RFC 4122 3: UUIDs compare as values
-        return f"urn:uuid:{uuid.uuid5(_PSEUDONYM_NAMESPACE, str(self.pseudonym(reference)))}"
+        return _opaque(str(self.pseudonym(reference)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _opaque(pseudonym: str) -> str:
+    """A pseudonym as a urn:uuid (UUIDv5, RFC 4122 4.3), remembered: a participant's references repeat."""
+    return f"urn:uuid:{uuid.uuid5(_PSEUDONYM_NAMESPACE, pseudonym)}"
 
 
 class _Drop:
