@@ -34,6 +34,9 @@ TYPE_INTERACTIONS: Final = frozenset(
     }
 )
 SYSTEM_INTERACTIONS: Final = frozenset({"transaction", "batch", "search-system", "history-system"})
+# Operations' canonical definitions (CapabilityStatement.rest.resource.operation.definition, 1..1).
+GROUP_EXPORT: Final = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"  # Bulk Data IG 2.0
+RESEARCH_FEASIBILITY: Final = "https://healthledger.dev/fhir/OperationDefinition/ResearchStudy-feasibility"
 _CORE_DEFINITIONS: Final[Mapping[str, str]] = {
     "_id": "http://hl7.org/fhir/SearchParameter/Resource-id",
     "_lastUpdated": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
@@ -67,6 +70,7 @@ def capability_statement(
     security_description: str | None = None,
     oauth_token_url: str | None = None,
     read_only: Mapping[str, Iterable[tuple[str, str]]] | None = None,
+    operations: Mapping[str, Iterable[tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """A CapabilityStatement (kind `instance`) listing exactly the interactions and search parameters given.
 
@@ -76,6 +80,8 @@ def capability_statement(
     `oauth_token_url` declares SMART on FHIR security (App Launch 2.0 §Conformance: the
     restful-security-service code and the oauth-uris extension). `read_only` maps types served read-only
     (read and search-type) to their search parameters as (name, type), e.g. {"AuditEvent": [("date", "date")]}.
+    `operations` maps types to the operations they support as (name without `$`, canonical definition), e.g.
+    {"Group": [("export", GROUP_EXPORT)]}; a type not in `resource_types` is not listed.
     """
     type_codes = sorted(set(interactions))
     unknown = set(type_codes) - TYPE_INTERACTIONS
@@ -122,6 +128,12 @@ def capability_statement(
             if revincludes:
                 entry["searchRevInclude"] = revincludes
         resources.append(entry)
+    declared_operations: dict[str, Iterable[tuple[str, str]]] = dict(operations or {})
+    for entry in resources:
+        declared = [{"name": name, "definition": definition}
+                    for name, definition in declared_operations.get(str(entry["type"]), ())]
+        if declared:
+            entry["operation"] = declared
     rest: dict[str, Any] = {"mode": "server", "resource": resources}
     security: dict[str, Any] = {}
     if oauth_token_url:

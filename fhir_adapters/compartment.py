@@ -22,6 +22,7 @@ the same for every type:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -173,6 +174,10 @@ def patient_compartment(resource: Mapping[str, Any]) -> str | None:
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
         return None
+    if resource_type != "Patient" and "contained" not in resource:
+        settled, patient_id = _one_patient(resource, resource_type)
+        if settled:
+            return patient_id
     own = resource.get("id") if resource_type == "Patient" else None
     found: dict[str, str] = {}  # patient id -> element that named it
     if resource_type == "Patient" and isinstance(own, str) and own:
@@ -209,6 +214,59 @@ def patient_compartment(resource: Mapping[str, Any]) -> str | None:
     if not found:
         return None
     return next(iter(found))
+
+
+_UNSETTLED: Final = (False, None)
+_SCALARS: Final = frozenset({int, float, bool, type(None)})  # JSON leaves other than strings
+
+
+def _one_patient(resource: Mapping[str, Any], resource_type: str) -> tuple[bool, str | None]:
+    """The common case of `patient_compartment`, without building element paths (they only name where an
+    error is): (True, the patient or None) for a resource with no contained resources whose references name
+    at most one patient, all literally. Anything else (a `#` reference, a badly spelled patient, several
+    patients) is _UNSETTLED, and the full rules above decide it, with their messages."""
+    _check_patient_elements(resource, resource_type)
+    found: str | None = None
+    for reference in _reference_strings(resource):
+        settled, patient_id = _literal_patient(reference)
+        if not settled:
+            return _UNSETTLED
+        if patient_id is None:
+            continue
+        if found is not None and patient_id != found:
+            return _UNSETTLED
+        found = patient_id
+    return True, found
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal_patient(reference: str) -> tuple[bool, str | None]:
+    """`_patient_id` of a reference outside any contained resource, remembered (a record's references repeat:
+    its patient, its encounter): (True, the patient or None), or _UNSETTLED when it would raise."""
+    if reference.startswith("#"):
+        return _UNSETTLED
+    try:
+        return True, _patient_id(reference, "")
+    except PatientReferenceError:
+        return _UNSETTLED
+
+
+def _reference_strings(resource: Mapping[str, Any]) -> list[str]:
+    """Every `Reference.reference` string in the resource (those `_references` finds), without their paths."""
+    out: list[str] = []
+    stack: list[Any] = [resource]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                if isinstance(value, str):
+                    if key == "reference":
+                        out.append(value)
+                elif type(value) not in _SCALARS:  # objects and arrays (anything else is ignored when popped)
+                    stack.append(value)
+    return out
 
 
 def _patient_id(reference: str, expression: str) -> str | None:

@@ -14,6 +14,7 @@ With both obligations, redact first: `deidentify` keeps inline labels (they are 
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -45,11 +46,12 @@ def element_labels(resource: Mapping[str, Any]) -> frozenset[Label]:
     stack: list[Any] = [resource]
     while stack:
         node = stack.pop()
-        if isinstance(node, Mapping):
-            found.update(_inline_labels(node))
-            stack.extend(v for v in node.values() if isinstance(v, Mapping | list))
-        elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, Mapping | list))
+        if isinstance(node, list):
+            stack.extend(v for v in node if type(v) not in _SCALARS)
+        elif isinstance(node, Mapping):
+            if "extension" in node:
+                found.update(_inline_labels(node))
+            stack.extend(v for v in node.values() if type(v) not in _SCALARS)
     return frozenset(found)
 
 
@@ -328,6 +330,7 @@ _YEARS_PER_UNIT: Final[Mapping[str, float]] = {
     "yr": 1.0, "year": 1.0, "years": 1.0,  # common `unit` texts
 }
 _CODING_KEYS: Final = frozenset({"system", "code", "version", "userSelected"})
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})  # JSON leaves, kept as they are
 
 
 def _child(path: str, key: str) -> str:
@@ -335,18 +338,78 @@ def _child(path: str, key: str) -> str:
     return path if path.endswith(f".{key}") else f"{path}.{key}"
 
 
+# What the rules above say of element `key` of the object at `path`, worked out once per (path, key): the
+# rules are tables of names and paths, and a resource repeats the same few hundred (path, key) pairs.
+_ADDRESS, _BIRTH_DATE, _DATE, _INSTANT, _AGE, _REFERENCE_KEY, _FULL_URL, _ATTACHMENT, _CONTAINED, _VALUE = range(10)
+
+
+class _Plan:
+    """The rules for one (path, key): whether it is removed (always, or depending on its value) and how its
+    value is de-identified otherwise."""
+
+    __slots__ = (
+        "drop",
+        "drop_display",
+        "drop_name",
+        "drop_text",
+        "extensions",
+        "full",
+        "handler",
+        "mask",
+        "required_masked",
+    )
+
+    def __init__(self, path: str, key: str) -> None:
+        full = _child(path, key)
+        self.full = full
+        self.drop = (
+            key in DROPPED_ELEMENTS
+            or key.lower().endswith("identifier")
+            or (key.endswith(DROPPED_SUFFIXES) and key not in KEPT_STRINGS)
+            or full in DROPPED_PATHS
+        )
+        self.drop_name = key == "name" and full not in KEPT_NAMES  # unless a plain string
+        self.drop_text = key in FREE_TEXT_ELEMENTS  # when a string or strings
+        self.drop_display = key == "display"  # unless inside a Coding
+        self.required_masked = full in REQUIRED_MASKED
+        self.mask = full not in REMOVED_WHEN_EMPTIED
+        self.extensions = key in ("extension", "modifierExtension")
+        if key == "address" or key.endswith("Address"):
+            self.handler = _ADDRESS
+        elif key == "birthDate":
+            self.handler = _BIRTH_DATE
+        elif key in INSTANT_ELEMENTS or key.endswith("Instant") or full in INSTANT_PATHS:
+            self.handler = _INSTANT
+        elif key in DATE_ELEMENTS or key.endswith(DATE_SUFFIXES):
+            self.handler = _DATE
+        elif key.endswith("Age"):
+            self.handler = _AGE  # when an object (a Quantity)
+        elif key == "reference":
+            self.handler = _REFERENCE_KEY  # when a string
+        elif key == "fullUrl":
+            self.handler = _FULL_URL  # when a string
+        elif key in ATTACHMENT_ELEMENTS or key.endswith(("Attachment", "attachment")):
+            self.handler = _ATTACHMENT  # when an object or array
+        elif key == "contained":
+            self.handler = _CONTAINED  # when an array
+        else:
+            self.handler = _VALUE
+
+    def dropped(self, value: Any, in_coding: bool) -> bool:
+        return (
+            self.drop
+            or (self.drop_name and not isinstance(value, str))
+            or (self.drop_text and _is_text(value))
+            or (self.drop_display and not in_coding)  # Reference.display, often a person's name
+        )
+
+
+_plan = functools.lru_cache(maxsize=8192)(_Plan)
+
+
 def dropped(key: str, path: str, value: Any = None, *, in_coding: bool = False) -> bool:
     """Whether element `key` (holding `value`) of the object at FHIR path `path` is removed whole."""
-    full = _child(path, key)
-    return (
-        key in DROPPED_ELEMENTS
-        or key.lower().endswith("identifier")
-        or (key.endswith(DROPPED_SUFFIXES) and key not in KEPT_STRINGS)
-        or (key == "name" and not isinstance(value, str) and full not in KEPT_NAMES)
-        or (key in FREE_TEXT_ELEMENTS and _is_text(value))
-        or (key == "display" and not in_coding)  # Reference.display, often a person's name
-        or full in DROPPED_PATHS
-    )
+    return _plan(path, key).dropped(value, in_coding)
 
 
 def _is_text(value: Any) -> bool:
@@ -358,9 +421,10 @@ def _is_text(value: Any) -> bool:
 
 def date_kind(key: str, path: str) -> Literal["date", "instant"] | None:
     """How element `key` of the object at `path` is cut to its year: `YYYY`, an instant, or not a date."""
-    if key in INSTANT_ELEMENTS or key.endswith("Instant") or _child(path, key) in INSTANT_PATHS:
+    handler = _plan(path, key).handler
+    if handler == _INSTANT:
         return "instant"
-    if key in DATE_ELEMENTS or key.endswith(DATE_SUFFIXES):
+    if handler in (_DATE, _BIRTH_DATE):
         return "date"
     return None
 
@@ -465,7 +529,13 @@ class _Study:
     def opaque(self, reference: str) -> str:
         if reference[:9].lower() == "urn:uuid:":
             reference = reference.lower()  # RFC 4122 3: UUIDs compare as values
-        return f"urn:uuid:{uuid.uuid5(_PSEUDONYM_NAMESPACE, str(self.pseudonym(reference)))}"
+        return _opaque(str(self.pseudonym(reference)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _opaque(pseudonym: str) -> str:
+    """A pseudonym as a urn:uuid (UUIDv5, RFC 4122 4.3), remembered: a participant's references repeat."""
+    return f"urn:uuid:{uuid.uuid5(_PSEUDONYM_NAMESPACE, pseudonym)}"
 
 
 class _Drop:
@@ -505,78 +575,88 @@ def _deidentify_resource(node: Mapping[str, Any], study: _Study, *, contained: b
 def _deidentify_object(node: Mapping[str, Any], path: str, study: _Study) -> dict[str, Any]:
     out: dict[str, Any] = {}
     removed: set[str] = set()
-    in_coding = any(k in node for k in _CODING_KEYS)
+    masked_siblings = False  # a `_name` added for a removed required `name` (REQUIRED_MASKED)
+    in_coding = not _CODING_KEYS.isdisjoint(node)
+    siblings = False
     for key, value in node.items():
-        if not isinstance(key, str) or key.startswith("_"):
+        if not isinstance(key, str):
             continue
-        result = _deidentify_element(key, value, path, study, in_coding)
+        if key[:1] == "_":
+            siblings = True
+            continue
+        plan = _plan(path, key)
+        result = _DROP if plan.dropped(value, in_coding) else _deidentify_element(plan, value, study)
         if result is not _DROP:
             out[key] = result
             continue
         removed.add(key)
-        if _child(path, key) in REQUIRED_MASKED:
+        if plan.required_masked:
             if isinstance(value, Mapping):
                 out[key] = _masked()
             elif isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
                 out[key] = [_masked()]
             else:
                 out[f"_{key}"] = [_masked()] if isinstance(value, list) else _masked()
-    for key, value in node.items():  # `_name` primitive siblings, once their primitives are decided
-        if not isinstance(key, str) or not key.startswith("_"):
-            continue
-        name = key[1:]
-        if name in removed or (name not in node and dropped(name, path, in_coding=in_coding)):
-            continue
-        if isinstance(value, list):  # aligned with the primitive array: an emptied item becomes null
-            items = [_deidentify_value(item, _child(path, name), study, mask=False) for item in value]
-            aligned = [None if item is _DROP else item for item in items]
-            if any(item is not None for item in aligned):
-                out[key] = aligned
-            continue
-        sibling = _deidentify_value(value, _child(path, name), study, mask=False)
-        if sibling is not _DROP:
-            out[key] = sibling
+                masked_siblings = True
+    if siblings:
+        for key, value in node.items():  # `_name` primitive siblings, once their primitives are decided
+            if not isinstance(key, str) or not key.startswith("_"):
+                continue
+            name = key[1:]
+            if name in removed or (name not in node and dropped(name, path, in_coding=in_coding)):
+                continue
+            if isinstance(value, list):  # aligned with the primitive array: an emptied item becomes null
+                items = [_deidentify_value(item, _child(path, name), study, mask=False) for item in value]
+                aligned = [None if item is _DROP else item for item in items]
+                if any(item is not None for item in aligned):
+                    out[key] = aligned
+                continue
+            sibling = _deidentify_value(value, _child(path, name), study, mask=False)
+            if sibling is not _DROP:
+                out[key] = sibling
+    if not siblings and not masked_siblings and len(out) == len(node):
+        return out  # every key kept, in the input's order already
     ordered: dict[str, Any] = {}
     for key in node:  # the input's key order; a masked `_name` follows its (removed) `name`
         if key in out:
             ordered[key] = out[key]
-        if isinstance(key, str) and f"_{key}" in out and f"_{key}" not in node:
+        if masked_siblings and isinstance(key, str) and f"_{key}" in out and f"_{key}" not in node:
             ordered[f"_{key}"] = out[f"_{key}"]
     return ordered
 
 
-def _deidentify_element(key: str, value: Any, path: str, study: _Study, in_coding: bool) -> Any:
-    """The de-identified value of element `key` of the object at `path`, or _DROP."""
-    full = _child(path, key)
-    if dropped(key, path, value, in_coding=in_coding):
-        return _DROP
-    if is_address(key):
+def _deidentify_element(plan: _Plan, value: Any, study: _Study) -> Any:
+    """The de-identified value of an element that is not removed whole (`plan`: its rules), or _DROP."""
+    handler = plan.handler
+    if handler == _VALUE:
+        return _deidentify_value(value, plan.full, study, mask=plan.mask, extensions=plan.extensions)
+    if handler == _ADDRESS:
         return _address(value)
-    if key == "birthDate":
+    if handler == _BIRTH_DATE:
         return _birth_date(value, study.now_year)
-    kind = date_kind(key, path)
-    if kind is not None:
-        return _dates(value, full, study, instant=kind == "instant")
-    if key.endswith("Age") and isinstance(value, Mapping):
-        return _age(value, full, study)
-    if key == "reference" and isinstance(value, str):
+    if handler == _DATE or handler == _INSTANT:
+        return _dates(value, plan.full, study, instant=handler == _INSTANT)
+    if handler == _AGE and isinstance(value, Mapping):
+        return _age(value, plan.full, study)
+    if handler == _REFERENCE_KEY and isinstance(value, str):
         return study.reference(value)
-    if key == "fullUrl" and isinstance(value, str):
+    if handler == _FULL_URL and isinstance(value, str):
         return study.full_url(value)
-    if is_attachment(key) and isinstance(value, Mapping | list):
-        return _attachment(value, full, study)
-    if key == "contained" and isinstance(value, list):
+    if handler == _ATTACHMENT and isinstance(value, Mapping | list):
+        return _attachment(value, plan.full, study)
+    if handler == _CONTAINED and isinstance(value, list):
         return [
             _deidentify_resource(item, study, contained=True) for item in value if isinstance(item, Mapping)
         ]
-    extensions = key in ("extension", "modifierExtension")
-    return _deidentify_value(value, full, study, mask=full not in REMOVED_WHEN_EMPTIED, extensions=extensions)
+    return _deidentify_value(value, plan.full, study, mask=plan.mask, extensions=plan.extensions)
 
 
 def _deidentify_value(
     value: Any, path: str, study: _Study, *, mask: bool = True, extensions: bool = False
 ) -> Any:
     """Objects and arrays, recursively. An object emptied by removals is masked (mask=False: removed)."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
         if "resourceType" in value:  # Bundle.entry.resource, Parameters.parameter.resource, ...
             return _deidentify_resource(value, study, contained=False)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, Request, Response, request
 from sqlalchemy import exc as sa_exc
 
-from fhir_adapters.capability import capability_statement
+from fhir_adapters.capability import GROUP_EXPORT, RESEARCH_FEASIBILITY, capability_statement
 from fhir_adapters.datatypes import ID, instant, with_version_meta
 from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
 from fhir_adapters.extensions import EXTENSIONS, structure_definition
@@ -242,6 +242,8 @@ class _FhirApi:
                     update_create=True,  # PUT to a new id creates it
                     oauth_token_url=self.token_url,
                     read_only={"AuditEvent": (("patient", "reference"), ("date", "date"))},
+                    operations={"Group": [("export", GROUP_EXPORT)],  # api/research_data.py
+                                "ResearchStudy": [("feasibility", RESEARCH_FEASIBILITY)]},
                     security_description=(
                         "SMART on FHIR Backend Services (client credentials with private_key_jwt): bearer access "
                         "tokens from /auth/token, discovery at /.well-known/smart-configuration. Every access is "

@@ -18,6 +18,7 @@ from healthledger.principal import Principal
 from healthledger.store.repository import ResourceStore
 
 PSEUDONYM_TYPE = "Deidentified"  # blind-index key family: one key per recipient (the param)
+_PSEUDONYMS_KEPT = 200_000  # remembered (key, reference) -> pseudonym; an export repeats each reference often
 
 
 class Obligations:
@@ -25,6 +26,7 @@ class Obligations:
 
     def __init__(self, store: ResourceStore) -> None:
         self.store = store
+        self._pseudonyms: dict[tuple[bytes | None, str], str] = {}
 
     def __call__(self, resource: dict[str, Any], obligation: Obligation, principal: Principal) -> dict[str, Any] | None:
         """The resource as it may be shown, or None when nothing of it may (its root carries the label)."""
@@ -37,8 +39,17 @@ class Obligations:
             indexer = self.store.indexer
             key = indexer.key(PSEUDONYM_TYPE, principal.actor_id)
 
+            kept = self._pseudonyms
+
             def pseudonym(reference: str) -> str:
-                return indexer.term(key, reference).hex()
+                # A keyed hash, remembered under its key (a rotated key is a new entry): the same Patient
+                # and Encounter references recur in every resource of a participant.
+                found = kept.get((key, reference))
+                if found is None:
+                    if len(kept) >= _PSEUDONYMS_KEPT:
+                        kept.clear()
+                    found = kept[(key, reference)] = indexer.term(key, reference).hex()
+                return found
 
             return deidentify(resource, pseudonym=pseudonym, now_year=datetime.now(UTC).year)
         raise ValueError(f"unknown obligation {obligation.kind!r}")

@@ -13,6 +13,8 @@ from fhir_api_support import AUTH, JSON_HEADERS, MAX_BODY
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from fhir_adapters.capability import GROUP_EXPORT, RESEARCH_FEASIBILITY
+
 
 def body(resp: TestResponse) -> Any:
     return orjson.loads(resp.data)
@@ -92,6 +94,18 @@ def test_metadata_is_public_and_truthful(client: FlaskClient) -> None:
     assert {i["code"] for i in resources["Observation"]["interaction"]} >= {"read", "vread", "create", "update",
                                                                             "delete", "search-type"}
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch"}
+
+
+def test_metadata_lists_the_research_operations_the_server_routes(client: FlaskClient) -> None:
+    """Group `$export` (Bulk Data) and ResearchStudy `$feasibility` are declared on their types, each with its
+    canonical definition, and each is a route the server really answers (api/research_data.py)."""
+    resources = {r["type"]: r for r in body(client.get("/fhir/metadata"))["rest"][0]["resource"]}
+    assert resources["Group"]["operation"] == [{"name": "export", "definition": GROUP_EXPORT}]
+    assert resources["ResearchStudy"]["operation"] == [{"name": "feasibility", "definition": RESEARCH_FEASIBILITY}]
+    assert all("operation" not in r for t, r in resources.items() if t not in ("Group", "ResearchStudy"))
+    rules = {(rule.rule, method) for rule in client.application.url_map.iter_rules() for method in rule.methods or ()}
+    assert ("/fhir/Group/<group_id>/$export", "GET") in rules
+    assert ("/fhir/ResearchStudy/<study_id>/$feasibility", "POST") in rules
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic dXNlcjpwdw==", "Bearer", ""])

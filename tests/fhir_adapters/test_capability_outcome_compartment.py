@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fhir_adapters.capability import FHIR_VERSION, capability_statement
+from fhir_adapters.capability import FHIR_VERSION, GROUP_EXPORT, capability_statement
 from fhir_adapters.errors import InvalidResource
 from fhir_adapters.outcome import operation_outcome, outcome_for_input_error
 from fhir_adapters.search.parameters import SEARCH_PARAMETERS
@@ -39,6 +39,15 @@ def test_capability_statement_is_valid_and_declares_r4() -> None:
     assert set(resources) == RESOURCE_TYPES
     assert resources["Patient"]["conditionalCreate"] is True
     assert {i["code"] for i in resources["Observation"]["interaction"]} == set(INTERACTIONS)
+
+
+def test_capability_declares_operations_on_their_types() -> None:
+    cs = capability_statement(interactions=("read",), resource_types=("Group", "Patient"),
+                              operations={"Group": [("export", GROUP_EXPORT)], "Basic": [("x", "http://x.example")]})
+    assert parse_resource(cs) == cs
+    group, patient = cs["rest"][0]["resource"]
+    assert group["operation"] == [{"name": "export", "definition": GROUP_EXPORT}]
+    assert "operation" not in patient  # and Basic, not among the types, is not listed
 
 
 def test_capability_search_params_are_exactly_the_parseable_ones() -> None:

@@ -218,3 +218,58 @@ def test_any_patient_reference_anywhere_places_it(path: list[str], patient: str,
             patient_compartment(resource)
     else:
         assert {patient_compartment(resource)} == expected
+
+
+# -- the fast path (`_one_patient`: no element paths) beside the full rules it stands in for -------------------
+_REFERENCES = st.sampled_from([
+    "Patient/a", "Patient/b", "patient/a", "Patient/a ", "#c", "#", "urn:uuid:5f1c", "Encounter/e",
+    "http://other.example/fhir/Patient/a", "Patient?identifier=x", "Patient/a/_history/2", "Group/g", "",
+])
+
+
+def _full_rules(resource: dict[str, Any]) -> tuple[str, Any]:
+    from unittest import mock
+
+    from fhir_adapters import compartment
+
+    with mock.patch.object(compartment, "_one_patient", lambda *_: compartment._UNSETTLED):
+        return _outcome(resource)
+
+
+def _outcome(resource: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        return "patient", patient_compartment(resource)
+    except PatientReferenceError as error:
+        return "error", (str(error), error.expression)
+
+
+@given(resource_type=st.sampled_from(["Observation", "Encounter", "Questionnaire", "Patient", "Basic"]),
+       placed=st.lists(st.tuples(st.lists(_KEYS, min_size=1, max_size=4), _REFERENCES, st.booleans()), max_size=4),
+       contained=st.booleans())
+def test_the_fast_path_answers_as_the_full_rules(resource_type: str, placed: list[tuple[list[str], str, bool]],
+                                                 contained: bool) -> None:
+    resource: dict[str, Any] = {"resourceType": resource_type, "id": "p"}
+    for path, reference, as_list in placed:
+        node: Any = resource
+        for key in path:
+            child = node.get(key) if isinstance(node.get(key), dict) else {}
+            node[key] = [child] if as_list else child
+            node = child
+        node["reference"] = reference
+    if contained:
+        resource["contained"] = [{"resourceType": "Patient", "id": "c"}]
+    assert _outcome(resource) == _full_rules(resource)
+
+
+def test_the_fast_path_answers_as_the_full_rules_on_the_shared_fixtures() -> None:
+    import json
+
+    from support import FIXTURES
+
+    checked = 0
+    for path in sorted((FIXTURES / "bulk-10-patients").glob("*.ndjson")):
+        for line in path.read_text().splitlines()[:300]:
+            resource = json.loads(line)
+            assert _outcome(resource) == _full_rules(resource), (path.name, resource.get("id"))
+            checked += 1
+    assert checked > 1000
