@@ -8,6 +8,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from healthledger.data_dir import private_sqlite_file
@@ -122,6 +123,7 @@ def driver_fetch_one(conn: Connection | Engine, sql: str, params: tuple[Any, ...
     own_autocommit = isinstance(conn, Engine) and dialect.name == "postgresql"
     if own_autocommit:
         driver.autocommit = True  # type: ignore[union-attr]
+    dbapi_error = dialect.loaded_dbapi.Error
     try:
         cursor = raw.cursor()
         try:
@@ -130,8 +132,19 @@ def driver_fetch_one(conn: Connection | Engine, sql: str, params: tuple[Any, ...
         finally:
             cursor.close()
         return None if row is None else tuple(row)
+    except dbapi_error as exc:
+        # The driver's own error, translated as SQLAlchemy would (OperationalError and friends), so a lost
+        # database is the same clean 503 here as everywhere else; a dead connection is not given back.
+        disconnect = dialect.is_disconnect(exc, raw.dbapi_connection, None)
+        if disconnect:
+            if isinstance(conn, Engine):
+                raw.invalidate(exc)
+            else:
+                conn.invalidate(exc)
+        raise DBAPIError.instance(sql, params, exc, dbapi_error, connection_invalidated=disconnect,
+                                  dialect=dialect) from exc
     finally:
-        if own_autocommit:
+        if own_autocommit and raw.is_valid:  # (an invalidated connection has nothing to reset)
             driver.autocommit = False  # type: ignore[union-attr]
         if isinstance(conn, Engine):
-            raw.close()  # back to the pool
+            raw.close()  # back to the pool (or discarded, when invalidated)

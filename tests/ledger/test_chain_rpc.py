@@ -101,25 +101,27 @@ def test_concurrent_workers_never_reuse_an_operator_nonce(anvil_url: str, tmp_pa
 
 @pytest.mark.anvil
 def test_a_revert_caused_earlier_in_its_own_block_is_explained(anvil_url: str, tmp_path: Path) -> None:
-    """Two transactions mined in one block: a pause, then an anchor it makes revert. Replayed on the parent
-    block's state the anchor would succeed ("reverted without reason"); on its own block's, it says why."""
+    """Two transactions mined in one block: the anchorer's role revoked, then an anchor that this makes revert.
+    Replayed on the parent block's state the anchor would succeed ("reverted without reason"); on its own
+    block's, it says why. (Pausing no longer stops anchoring: see the contracts README.)"""
     chain = _anvil_chain(anvil_url, tmp_path / "keys")
     address, _ = chain.deploy("AccessLogAnchor", chain.operator.address)
     chain.register("AccessLogAnchor", address)
     anchor = chain.contract("AccessLogAnchor")
-    chain.send(anchor.functions.grantRole(chain.call(anchor.functions.LOG_ANCHORER()), chain.operator.address))
+    anchorer = chain.call(anchor.functions.LOG_ANCHORER())
+    chain.send(anchor.functions.grantRole(anchorer, chain.operator.address))
     rpc = chain.w3.provider.make_request
     rpc("evm_setAutomine", [False])  # type: ignore[arg-type]
     try:
-        pause = chain.sign_and_submit(chain.build(anchor.functions.pause(), gas=100_000))
+        revoke = chain.sign_and_submit(
+            chain.build(anchor.functions.revokeRole(anchorer, chain.operator.address), gas=100_000))
         doomed = chain.sign_and_submit(
             chain.build(anchor.functions.anchor(secrets.token_bytes(32), 1, secrets.token_bytes(32)), gas=200_000)
         )
         rpc("evm_mine", [])  # type: ignore[arg-type]
     finally:
         rpc("evm_setAutomine", [True])  # type: ignore[arg-type]
-    first, second = chain.w3.eth.get_transaction_receipt(pause), chain.w3.eth.get_transaction_receipt(doomed)
+    first, second = chain.w3.eth.get_transaction_receipt(revoke), chain.w3.eth.get_transaction_receipt(doomed)
     assert first["blockNumber"] == second["blockNumber"] and first["status"] == 1 and second["status"] == 0
     failure = chain.failure_of(second)
-    assert isinstance(failure, ContractRevert) and "ContractPaused" in str(failure)
-    chain.send(anchor.functions.unpause())
+    assert isinstance(failure, ContractRevert) and "MissingRole" in str(failure)

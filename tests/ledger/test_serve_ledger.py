@@ -80,7 +80,8 @@ def test_serve_deploys_once_and_anchors_the_access_log(tmp_path: Path) -> None:
     try:
         with engine.begin() as conn:
             contracts = conn.execute(sa.text("select name, address from chain_contracts order by name")).all()
-            assert [c[0] for c in contracts] == ["AccessLogAnchor", "ConsentRegistry"]
+            assert [c[0] for c in contracts] == [
+                "AccessLogAnchor", "ConsentRegistry", "CredentialRegistry", "EligibilityVerifier", "StudyRegistry"]
             for i in range(3):
                 record_access(conn, AccessEntry(
                     time=datetime.now(UTC), actor="ehr", organization="Organization/h", role="system",
