@@ -149,7 +149,11 @@ def test_refusals_are_clear_and_leak_nothing(a: Hospital) -> None:
 def test_an_expired_grant_is_refused_and_says_so(a: Hospital) -> None:
     from datetime import UTC, datetime, timedelta
 
-    end = (datetime.now(UTC) + timedelta(seconds=12)).isoformat(timespec="seconds")
+    # From the chain's clock or the wall's, whichever is ahead: the embedded chain gives each block at least
+    # one second, so after a burst of deployments its time runs ahead of the wall's, and a grant must still be
+    # valid when its transaction is mined.
+    chain_now = datetime.fromtimestamp(a.world.chain.w3.eth.get_block("latest")["timestamp"], UTC)
+    end = (max(datetime.now(UTC), chain_now) + timedelta(seconds=12)).isoformat(timespec="seconds")
     ann = a.world.patient_session("ann")
     created = ann.post("Consent", permit_consent(a.world.patients["ann"], f"Organization/{B}", period_end=end))
     assert created.status_code == 201, created.get_data(as_text=True)
