@@ -52,7 +52,10 @@ PROVE = """async ([input, fresh]) => {
 }"""
 
 
-def median_max(values: list[float]) -> dict[str, float]:
+def median_max(values: list[float]) -> dict[str, float] | None:
+    """None when the browser reported nothing (a page that paints no content, e.g. a redirect, has no FCP)."""
+    if not values:
+        return None
     return {"median": round(statistics.median(values), 1), "max": round(max(values), 1)}
 
 
@@ -178,9 +181,12 @@ def main() -> int:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"{'page':24} {'server ms':>10} {'FCP ms':>8} {'load ms':>8} {'HTML bytes':>11}")
+    def med(figure: dict[str, float] | None) -> str:
+        return "-" if figure is None else str(figure["median"])
+
     for path, r in pages.items():
-        print(f"{path:24} {r['server_ms']['median']:>10} {r['first_contentful_paint_ms']['median']:>8} "
-              f"{r['load_ms']['median']:>8} {r['html_bytes']:>11}")
+        print(f"{path:24} {med(r['server_ms']):>10} {med(r['first_contentful_paint_ms']):>8} "
+              f"{med(r['load_ms']):>8} {r['html_bytes']:>11}")
     bp = result["browser_proving"]
     print(f"\nbrowser proving: cold {bp['cold_ms']} ms {bp['cold_stages_ms']}; new worker, cached artifacts "
           f"{bp['cold_worker_cached_artifacts_ms']} ms; warm median {bp['warm_ms']['median']} ms (witness "
