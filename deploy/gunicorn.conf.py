@@ -27,10 +27,10 @@ forwarded_allow_ips = os.environ.get("HEALTHLEDGER_FORWARDED_ALLOW_IPS", "127.0.
 control_socket_disable = True
 
 
-def on_starting(server):  # noqa: ARG001 (gunicorn hook signature)
+def on_starting(server):  # (gunicorn hook signature)
     """Before any worker forks: every worker writes its metrics where any worker's /metrics reads them."""
     enable_multiprocess(os.environ.get("HEALTHLEDGER_METRICS_DIR", "/tmp/healthledger-metrics"))
 
 
-def child_exit(server, worker):  # noqa: ARG001
+def child_exit(server, worker):  # (gunicorn hook signature)
     mark_worker_dead(worker.pid)
