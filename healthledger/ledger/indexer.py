@@ -12,7 +12,7 @@ The consent engine reads `grant_state`; the chain stays the authority, these tab
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,27 @@ def lag(session: Session, name: str = DEFAULT_NAME) -> Lag | None:
 # ---- the indexing pass -----------------------------------------------------------------------------
 
 
+
+@contextmanager
+def guarded_writes(sessions: sessionmaker[Session], guard: Callable[[Session], bool] | None) -> Iterator[Session]:
+    """A write transaction of an indexer that may write only while `guard(session)` says so (its lease):
+    LeaseLost, nothing written, when it does not. Shared by every indexer (consent grants, the member directory)."""
+    with sessions.begin() as session:
+        if guard is not None and not guard(session):
+            raise LeaseLost("another worker holds the indexer's lease")
+        yield session
+
+
+def block_or_none(chain: Any, number: int | str) -> Any:
+    """A block by number or tag, None when the node has none (errors translated to ChainError)."""
+    from healthledger.ledger.chain import translate_errors
+
+    with translate_errors():
+        try:
+            return chain.w3.eth.get_block(number)
+        except BlockNotFound:
+            return None
+
 class Indexer:
     """Follows our contracts on one chain. `chain` is a healthledger.ledger.chain.Chain."""
 
@@ -159,22 +180,12 @@ class Indexer:
         self.keep_blocks = keep_blocks
         self.max_blocks = max_blocks_per_pass
 
-    @contextmanager
-    def _writing(self) -> Iterator[Session]:
-        with self.sessions.begin() as session:
-            if self.guard is not None and not self.guard(session):
-                raise LeaseLost("another worker holds the indexer's lease")
-            yield session
+    def _writing(self) -> AbstractContextManager[Session]:
+        return guarded_writes(self.sessions, self.guard)
 
     # -- chain reads (translated to ChainError) ----------------------------------------------------
     def _block(self, number: int | str) -> Any:
-        from healthledger.ledger.chain import translate_errors
-
-        with translate_errors():
-            try:
-                return self.chain.w3.eth.get_block(number)
-            except BlockNotFound:
-                return None
+        return block_or_none(self.chain, number)
 
     def _hash_at(self, number: int) -> str | None:
         block = self._block(number)

@@ -12,8 +12,8 @@ one indexer poll.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from healthledger.db import Base
 from healthledger.errors import ChainError
-from healthledger.leases import LeaseLost
+from healthledger.ledger.indexer import block_or_none, guarded_writes
 from healthledger.ledger.models import IndexerCursor
 
 REGISTRY = "MemberRegistry"
@@ -196,23 +196,11 @@ class MemberIndexer:
         self.max_blocks = max_blocks_per_pass
         self.guard = guard
 
-    @contextmanager
-    def _writing(self) -> Iterator[Session]:
-        with self.sessions.begin() as session:
-            if self.guard is not None and not self.guard(session):
-                raise LeaseLost("another worker holds the indexer's lease")
-            yield session
+    def _writing(self) -> AbstractContextManager[Session]:
+        return guarded_writes(self.sessions, self.guard)
 
     def _block(self, number: int | str) -> Any:
-        from web3.exceptions import BlockNotFound
-
-        from healthledger.ledger.chain import translate_errors
-
-        with translate_errors():
-            try:
-                return self.chain.w3.eth.get_block(number)
-            except BlockNotFound:
-                return None
+        return block_or_none(self.chain, number)
 
     def run_once(self, now: float) -> int:
         """Index up to `max_blocks_per_pass` confirmed blocks; returns how many events were stored."""
