@@ -23,6 +23,16 @@ def _chain(runtime: Runtime) -> Chain:
     return runtime.chain
 
 
+def _attached_chain(runtime: Runtime) -> Chain:
+    """The chain, once this service has attached the consortium's MemberRegistry (a clear error otherwise)."""
+    from healthledger.federation.registry import attached_registry
+
+    chain = _chain(runtime)
+    with runtime.sessions() as session:
+        attached_registry(session, chain)
+    return chain
+
+
 def _org_id(runtime: Runtime, org_id: str | None) -> str:
     from healthledger.federation.registry import check_org_id
 
@@ -76,13 +86,11 @@ def attach_command(runtime: Runtime, address: str) -> None:
 def join_command(runtime: Runtime, org_id: str | None, name: str, fhir_base_url: str) -> None:
     """Ask to join the consortium with this server's signing key; the consortium's admin then admits."""
     from healthledger.federation.keys import MemberKeys, thumbprint_bytes
-    from healthledger.federation.registry import attached_registry, request_join
+    from healthledger.federation.registry import request_join
 
     org = _org_id(runtime, org_id)
-    chain = _chain(runtime)
+    chain = _attached_chain(runtime)
     keys = MemberKeys.load_or_create(runtime.settings.keys_dir, runtime.key_provider)
-    with runtime.sessions() as session:
-        attached_registry(session, chain)
     block = request_join(chain, org, name, fhir_base_url, thumbprint_bytes(keys.current))
     click.echo(f"join requested for {org} in block {block} by {chain.operator.address}; key {keys.current.kid}")
     click.echo(f"the consortium admin admits it with: healthledger federation admit {org}")
@@ -93,11 +101,9 @@ def join_command(runtime: Runtime, org_id: str | None, name: str, fhir_base_url:
 @click.pass_obj
 def admit_command(runtime: Runtime, org_id: str) -> None:
     """(Consortium admin) admit a member that asked to join."""
-    from healthledger.federation.registry import admit, attached_registry, check_org_id
+    from healthledger.federation.registry import admit, check_org_id
 
-    chain = _chain(runtime)
-    with runtime.sessions() as session:
-        attached_registry(session, chain)
+    chain = _attached_chain(runtime)
     click.echo(f"{org_id} admitted in block {admit(chain, check_org_id(org_id))}")
 
 
@@ -106,11 +112,9 @@ def admit_command(runtime: Runtime, org_id: str) -> None:
 @click.pass_obj
 def remove_command(runtime: Runtime, org_id: str) -> None:
     """(Consortium admin, or the member itself) remove a member for good."""
-    from healthledger.federation.registry import attached_registry, check_org_id, remove
+    from healthledger.federation.registry import check_org_id, remove
 
-    chain = _chain(runtime)
-    with runtime.sessions() as session:
-        attached_registry(session, chain)
+    chain = _attached_chain(runtime)
     click.echo(f"{org_id} removed in block {remove(chain, check_org_id(org_id))}")
 
 
@@ -120,13 +124,11 @@ def remove_command(runtime: Runtime, org_id: str) -> None:
 def rotate_key_command(runtime: Runtime, org_id: str | None) -> None:
     """Replace this server's signing key in the directory (the old key stops working once indexed)."""
     from healthledger.federation.keys import MemberKeys, thumbprint_bytes, thumbprint_hex
-    from healthledger.federation.registry import attached_registry, on_chain_member, rotate_key
+    from healthledger.federation.registry import on_chain_member, rotate_key
 
     org = _org_id(runtime, org_id)
-    chain = _chain(runtime)
+    chain = _attached_chain(runtime)
     settings, provider = runtime.settings, runtime.key_provider
-    with runtime.sessions() as session:
-        attached_registry(session, chain)
     # The new key is on file before the directory names it, so a crash in between loses nothing.
     keys = MemberKeys.load_or_create(settings.keys_dir, provider).with_new_key(settings.keys_dir, provider)
     block = rotate_key(chain, org, thumbprint_bytes(keys.current))
