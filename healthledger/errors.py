@@ -87,6 +87,13 @@ class Forbidden(HealthLedgerError, PermissionError):
     code = "forbidden"
 
 
+class TooManyRequests(HealthLedgerError):
+    """A caller past a bound on how much it may ask (e.g. access requests per organisation per day)."""
+
+    status = 429
+    code = "throttled"
+
+
 class NotSupported(HealthLedgerError):
     status = 501
     code = "not-supported"

@@ -17,6 +17,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from healthledger import crypto
@@ -27,6 +28,7 @@ from healthledger.audit.log import record_access, record_accesses
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import scope_allows
 from healthledger.consent.engine import (
+    ACCESS_REQUEST,
     Decision,
     Obligation,
     Outcome,
@@ -38,7 +40,8 @@ from healthledger.consent.engine import (
 )
 from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
 from healthledger.consent.index import ConsentIndex
-from healthledger.errors import DecryptionError, Forbidden, not_known
+from healthledger.consent.models import ConsentRequest
+from healthledger.errors import DecryptionError, Forbidden, TooManyRequests, not_known
 from healthledger.principal import Principal
 from healthledger.store.access import Screened
 from healthledger.store.repository import ResourceStore
@@ -50,6 +53,13 @@ _RECORDED: ContextVar[int] = ContextVar("healthledger_entries_recorded", default
 _AGE_KEY = "healthledger.consent.index_age"
 _PENDING_KEY = "healthledger.consent.entries"
 _DEFER_KEY = "healthledger.consent.defer"
+REQUEST_LIMIT = "policy:access-request-limit"
+# Said with every refused Consent create, whoever it names (so it says nothing about the patient): the one way an
+# organisation that does not care for the patient may write a Consent (engine.asks_for_itself).
+_REQUEST_HINT = (
+    "; to ask a patient for access, record a Consent with status 'proposed' whose provision.actor names only your"
+    " organisation (or your practitioner) and whose provision.period ends within {days} days"
+)
 _PSEUDONYMS_KEPT = 50_000
 _FACTS_KEPT = 20_000  # stored versions whose facts a worker keeps
 
@@ -151,12 +161,20 @@ class ConsentPolicy:
             return None  # each match is screened, and the page recorded, by the store
         facts = self._facts(resource_type, resource_id, resource, stored=action not in WRITE_ACTIONS)
         outcome = self._decide(principal, action, facts, conn)
+        if outcome.permitted and outcome.reasons[0].rule == ACCESS_REQUEST:
+            outcome = self._admit_request(conn, principal, facts.resource_id)
         self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, outcome)
         if not outcome.permitted:
+            if outcome.reasons[0].rule == REQUEST_LIMIT:
+                raise TooManyRequests(
+                    f"this organisation has made {self.policy.max_requests_per_day} requests for access in the "
+                    "last 24 hours, the most allowed; try again later"
+                )
             if action in ("create", "update"):
                 # Deliberate (docs/consent-semantics.md): the writer learns that this id is taken, nothing of
                 # whose it is or what it holds; a delete refused is the same 404 as a missing resource.
-                raise Forbidden(f"{action} on {resource_type} is not permitted for this caller")
+                hint = _REQUEST_HINT.format(days=self.policy.max_request_days) if resource_type == "Consent" else ""
+                raise Forbidden(f"{action} on {resource_type} is not permitted for this caller{hint}")
             raise not_known(resource_type, facts.resource_id)
         if action in WRITE_ACTIONS:
             return resource  # the writer is shown what it sent
@@ -283,6 +301,29 @@ class ConsentPolicy:
             return Outcome(Decision.DENY, (Reason("scope", detail="patient scopes cover the patient's own data"),))
         now = self.clock()
         return decide(principal, action, facts, self.patient_context(conn, facts.patient_id, now), self.policy, now)
+
+    def _admit_request(self, conn: Connection, principal: Principal, consent_id: str) -> Outcome:
+        """A request for access the engine permitted (step 3): within its organisation's daily bound, it is
+        remembered as that organisation's (the index reads it: the requester may read its request), in the
+        write's transaction; past the bound it is refused. Neither depends on the patient it names."""
+        if not consent_id:
+            raise ValueError("a request for access is decided with the id it will be stored under")
+        now = self.clock().timestamp()
+        made = conn.execute(
+            select(func.count()).select_from(ConsentRequest).where(
+                ConsentRequest.tenant == self.store.tenant,
+                ConsentRequest.organization == principal.organization,
+                ConsentRequest.requested_at > now - 86_400,
+            )
+        ).scalar_one()
+        if made >= self.policy.max_requests_per_day:
+            return Outcome(Decision.DENY, (Reason(REQUEST_LIMIT),))
+        conn.execute(
+            insert(ConsentRequest).values(
+                tenant=self.store.tenant, consent_id=consent_id, organization=principal.organization, requested_at=now
+            )
+        )
+        return Outcome(Decision.PERMIT, (Reason(ACCESS_REQUEST),))
 
     def patient_context(self, conn: Connection, patient_id: str, now: datetime) -> PatientContext:
         """What the engine knows about the patient, with the index age read at the operation's start."""

@@ -4,14 +4,19 @@ Order of evaluation (each step documented in docs/consent-semantics.md):
 1. Break-the-glass: a principal whose role may break the glass, asking with the emergency purpose and
    a stated reason, is permitted, always, and the outcome is flagged. Without a reason: denied.
 2. The patient's own data: the patient may read it, and write `patient_writable_types` (Consent) in it.
-3. Fail closed: if the consent index is older than `policy.max_index_age_seconds`, deny reads.
-4. The patient's active Consents that apply: any deny -> DENY (deny wins); else a permit whose on-chain
+3. Requests for access: an organisation's client or user (`requester_roles`) may create a Consent that asks
+   the patient for access for itself (`asks_for_itself`: status proposed, a permit whose root provision
+   names only the asker, ending within `max_request_days`), and may read the Consents its organisation
+   requested (`PatientContext.requests`). Decided from the request alone, before the patient's Consents
+   and care organisations, so the answer is the same whether the patient exists here or not.
+4. Fail closed: if the consent index is older than `policy.max_index_age_seconds`, deny reads.
+5. The patient's active Consents that apply: any deny -> DENY (deny wins); else a permit whose on-chain
    grant is live -> PERMIT; a permit whose grant is not live does not count (the chain is the
    authority on revocation).
-5. Policy defaults (configurable): treating roles of the patient's own care organisation with a
+6. Policy defaults (configurable): treating roles of the patient's own care organisation with a
    treatment purpose are permitted; otherwise NOT_APPLICABLE, which enforcement treats as deny.
    A principal relying on a named Consent (another member hospital, `Principal.consent_reference`) is
-   decided by that Consent alone in step 4 (deny provisions of every Consent still apply) and gets no
+   decided by that Consent alone in step 5 (deny provisions of every Consent still apply) and gets no
    policy default.
 
 Unknown facts are read conservatively: a deny rule that asks about something the resource does not say
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 
 from fhir_adapters.consent import DENY, PERMIT, Coding, ConsentRules, Provision
@@ -31,8 +36,10 @@ from healthledger.ledger.grants import GrantStatus
 from healthledger.principal import ETREAT, HRESCH, TREAT, Principal
 
 __all__ = [
+    "ACCESS_REQUEST",
     "ETREAT",
     "HRESCH",
+    "OWN_REQUEST",
     "TREAT",
     "Decision",
     "GrantStatus",
@@ -43,8 +50,12 @@ __all__ = [
     "Principal",
     "Reason",
     "ResourceFacts",
+    "asks_for_itself",
     "decide",
 ]
+
+# The rules of step 3, as reasons name them.
+ACCESS_REQUEST, OWN_REQUEST = "policy:access-request", "policy:own-request"
 
 # Our actions -> FHIR consentaction codes (http://terminology.hl7.org/CodeSystem/consentaction).
 CONSENT_ACTION: Mapping[str, str] = {  # keys: healthledger.actions.ACTIONS (tests/test_actions.py)
@@ -68,6 +79,7 @@ class ResourceFacts:
     element_labels: frozenset[Coding] = frozenset()  # inline labels on elements (redactable)
     codes: frozenset[Coding] = frozenset()
     date_range: tuple[datetime, datetime] | None = None  # clinically relevant time, [low, high)
+    consent: ConsentRules | None = None  # a Consent resource's own rules (None for other types, or unusable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,11 @@ class Policy:
     break_glass_purpose: str = ETREAT
     deidentify_purposes: frozenset[str] = frozenset({HRESCH})
     max_index_age_seconds: float = 60.0
+    # Requests for access (step 3): who may ask a patient for access for its own organisation, for how long at
+    # most, and how many requests one organisation may make in a day (enforced by enforcement.py).
+    requester_roles: frozenset[str] = frozenset({"clinician", "system"})
+    max_request_days: int = 730
+    max_requests_per_day: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +137,7 @@ class PatientContext:
     grants: Mapping[str, GrantStatus] = field(default_factory=dict)  # consent id -> on-chain state
     care_organizations: frozenset[str] = frozenset()  # "Organization/{id}"
     index_age_seconds: float = 0.0
+    requests: Mapping[str, str] = field(default_factory=dict)  # consent id -> organisation that requested it
 
 
 def decide(
@@ -149,6 +167,17 @@ def decide(
         and (action not in WRITE_ACTIONS or resource.resource_type in policy.patient_writable_types)
     ):
         return Outcome(Decision.PERMIT, (Reason("policy:own-data"),))
+
+    if action == "create" and resource.consent is not None and asks_for_itself(principal, resource.consent, policy, now):
+        return Outcome(Decision.PERMIT, (Reason(ACCESS_REQUEST),))
+    if (
+        action not in WRITE_ACTIONS
+        and resource.resource_type == "Consent"
+        and principal.organization
+        and ctx.requests.get(resource.resource_id) == principal.organization
+    ):
+        # Its own request and the patient's answer, nothing else: no chain state is relied on, so not step 4's.
+        return Outcome(Decision.PERMIT, (Reason(OWN_REQUEST),))
 
     if action not in WRITE_ACTIONS and ctx.index_age_seconds > policy.max_index_age_seconds:
         # Reads rest on the chain's word that no grant was revoked; writes disclose nothing.
@@ -195,6 +224,30 @@ def decide(
     ):
         return Outcome(Decision.PERMIT, (Reason("policy:treating-organisation"),), _obligations(principal, redactions, policy))
     return Outcome(Decision.NOT_APPLICABLE, tuple(not_live) or (Reason("no-applicable-consent"),))
+
+
+def asks_for_itself(principal: Principal, rules: ConsentRules, policy: Policy, now: datetime) -> bool:
+    """Whether this Consent, written by `principal`, is a request for access for itself (step 3).
+
+    A request is `proposed` (only the patient's key can make it active), permits (a deny needs no asking and
+    would take effect at once), and its root provision names actors, all of them the asker's own identities
+    (its organisation, its practitioner): every provision below is then an exception that only ever applies to
+    the asker. It says until when, no further than `max_request_days` ahead: what the patient is asked to
+    grant is bounded, and an unanswered request expires (its grant could no longer be signed).
+    """
+    root = rules.root
+    end = root.period.end if root.period is not None else None
+    return (
+        bool(principal.organization)
+        and principal.role in policy.requester_roles
+        and not principal.consent_reference
+        and rules.status == "proposed"
+        and root.type == PERMIT
+        and bool(root.actor_refs)
+        and root.actor_refs <= principal.identities()
+        and end is not None
+        and now < end <= now + timedelta(days=policy.max_request_days)
+    )
 
 
 def _obligations(principal: Principal, redactions: set[Coding], policy: Policy) -> tuple[Obligation, ...]:

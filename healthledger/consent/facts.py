@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from fhir_adapters import compartment as fhir_compartment
-from fhir_adapters.consent import Coding, instant_range
+from fhir_adapters.consent import Coding, ConsentRules, consent_rules, instant_range
 from fhir_adapters.deidentify import element_labels
 from fhir_adapters.errors import FhirInputError
 from healthledger.consent.engine import ResourceFacts
@@ -50,7 +50,17 @@ def resource_facts(resource_type: str, resource_id: str, resource: Mapping[str, 
         element_labels=element_labels(resource),
         codes=resource_codes(resource),
         date_range=clinical_date_range(resource),
+        consent=own_rules(resource) if resource_type == "Consent" else None,
     )
+
+
+def own_rules(consent: Mapping[str, Any]) -> ConsentRules | None:
+    """A Consent's compiled rules, for the decision about writing it (a request for access is one); None when it
+    cannot be compiled (such a Consent is no request, and grants nothing)."""
+    try:
+        return consent_rules(consent)
+    except FhirInputError:
+        return None
 
 
 def resource_codes(resource: Mapping[str, Any]) -> frozenset[Coding]:

@@ -1,4 +1,4 @@
-"""The in-process consent index: each patient's Consents, on-chain grant states and care organisations.
+"""The in-process consent index: each patient's Consents, on-chain grant states, care organisations and requests.
 
 Decisions must take microseconds, so each worker keeps what the engine needs per patient in memory.
 It is kept exact, not merely fresh: every change a decision depends on (a Consent or Patient
@@ -25,7 +25,7 @@ from fhir_adapters import search as fhir_search
 from fhir_adapters.consent import DENY, ConsentRules, consent_rules
 from fhir_adapters.errors import FhirInputError
 from healthledger.consent.engine import GrantStatus, PatientContext
-from healthledger.consent.models import ConsentBinding
+from healthledger.consent.models import ConsentBinding, ConsentRequest
 from healthledger.db import driver_fetch_one
 from healthledger.ledger.indexer import DEFAULT_NAME, state_from_events
 from healthledger.ledger.models import ConsentEvent
@@ -82,6 +82,7 @@ class PatientEntry:
     consents: tuple[ConsentRules, ...]
     grants: dict[str, tuple[ChainGrant, ...]]  # consent id -> its bindings (empty: not signed)
     care_organizations: frozenset[str]
+    requests: dict[str, str]  # consent id -> the organisation that recorded it to ask for access
 
 
 def consent_grant_status(bindings: Sequence[ChainGrant], now: int) -> GrantStatus:
@@ -171,6 +172,7 @@ class ConsentIndex:
             grants={cid: consent_grant_status(b, epoch) for cid, b in entry.grants.items()},
             care_organizations=entry.care_organizations,
             index_age_seconds=index_age,
+            requests=entry.requests,
         )
 
     # -- per organisation -------------------------------------------------------------------------
@@ -220,10 +222,11 @@ class ConsentIndex:
                 compiled.append(consent_rules(consent))
             except FhirInputError:
                 continue  # validated on write; an unusable one grants nothing
-        grants = load_chain_grants(conn, self.store.tenant, [c.consent_id for c in compiled])
+        ids = [c.consent_id for c in compiled]
+        grants = load_chain_grants(conn, self.store.tenant, ids)
         consents = tuple(effective_rules(c, bool(grants[c.consent_id])) for c in compiled)
         care.discard("")
-        return PatientEntry(patient_id, consents, grants, frozenset(care))
+        return PatientEntry(patient_id, consents, grants, frozenset(care), load_requests(conn, self.store.tenant, ids))
 
 
 def load_chain_grants(conn: Connection, tenant: str, consent_ids: Sequence[str]) -> dict[str, tuple[ChainGrant, ...]]:
@@ -247,6 +250,19 @@ def load_chain_grants(conn: Connection, tenant: str, consent_ids: Sequence[str])
         ordered = sorted(events.get(b.grant_id, ()), key=lambda e: (e.block_number, e.log_index))
         out[b.consent_id].append(ChainGrant(b.grantee_ref, b.grant_id, tuple(ordered), b.revoke_item is not None))
     return {cid: tuple(grants) for cid, grants in out.items()}
+
+
+def load_requests(conn: Connection, tenant: str, consent_ids: Sequence[str]) -> dict[str, str]:
+    """Of these Consents, those recorded as requests for access: consent id -> the organisation that asked."""
+    out: dict[str, str] = {}
+    for start in range(0, len(consent_ids), 500):
+        rows = conn.execute(
+            select(ConsentRequest.consent_id, ConsentRequest.organization).where(
+                ConsentRequest.tenant == tenant, ConsentRequest.consent_id.in_(list(consent_ids[start : start + 500]))
+            )
+        ).all()
+        out.update({row.consent_id: row.organization for row in rows})
+    return out
 
 
 def _all(uow: Any, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
-"""Tables of consent enforcement: each Consent's on-chain grants (the index generation: store/generation.py)."""
+"""Tables of consent enforcement: each Consent's on-chain grants, requests for access (the index generation: store/generation.py)."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Double, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Double, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from healthledger.db import Base
@@ -30,3 +30,22 @@ class ConsentBinding(Base):
     valid_until: Mapped[int] = mapped_column(BigInteger)
     signed_at: Mapped[float] = mapped_column(Double)
     revoked_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class ConsentRequest(Base):
+    """A Consent an organisation recorded to ask the patient for access for itself (engine step 3): which
+    organisation asked, so that it (and only it) reads the request and the patient's answer, and when, so that
+    one organisation's requests per day are bounded. Nothing about the patient: a request to a patient id
+    nobody has here is stored the same way."""
+
+    __tablename__ = "consent_requests"
+    __table_args__ = (
+        UniqueConstraint("tenant", "consent_id", name="uq_consent_requests_consent"),
+        Index("ix_consent_requests_organization", "tenant", "organization", "requested_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    consent_id: Mapped[str] = mapped_column(String(64))
+    organization: Mapped[str] = mapped_column(String(200))  # Organization/x, as the requester's registration says
+    requested_at: Mapped[float] = mapped_column(Double)

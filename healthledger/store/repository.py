@@ -656,8 +656,8 @@ class UnitOfWork:
             matches = self.conditional_matches(resource_type, if_none_exist, "create")
             if matches:
                 return matches[0], False  # FHIR: the match is the answer; nothing is created or decided
-        self.authorize("create", resource_type, resource)
         new_id = resource_id or self.store.new_id()
+        self.authorize("create", resource_type, resource, new_id)  # decided (and recorded) under the id it gets
         version, stamped = self.prepare_version(resource_type, new_id, 1, resource)
         self.write_versions([version])
         return self._stored(version, stamped), True

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from fhir_adapters.consent import consent_rules, instant_range
 from fhir_adapters.errors import InvalidResource
 from healthledger.consent.engine import (
+    ACCESS_REQUEST,
+    OWN_REQUEST,
     Decision,
     GrantStatus,
     PatientContext,
@@ -21,6 +23,7 @@ from healthledger.consent.engine import (
     ResourceFacts,
     decide,
 )
+from healthledger.consent.facts import resource_facts
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 POLICY = Policy()
@@ -242,3 +245,71 @@ def test_revoking_a_grant_never_grants_more(provisions, who, res) -> None:
         assert not (after.permitted and not before.permitted)
         if before.decision is Decision.DENY:
             assert after.decision is Decision.DENY  # denies never depend on the chain
+
+
+# -- step 3: requests for access -----------------------------------------------------------------------------
+def request_facts(provision: dict, *, status: str = "proposed", patient: str = "p1", cid: str = "q1") -> ResourceFacts:
+    body = consent(cid, provision, status=status, patient=patient)
+    return resource_facts("Consent", cid, body)
+
+
+def asking(*actors: str, end: str = "2027-05-01", **more: object) -> dict:
+    return {"type": "permit", "actor": [actor(a) for a in actors], "period": {"start": "2026-11-23", "end": end},
+            "purpose": purpose("TREAT"), "class": klass("Observation"), **more}
+
+
+def test_an_organisation_may_ask_a_patient_for_access_for_itself_only() -> None:
+    asked = decide(OUTSIDER, "create", request_facts(asking(OTHER_ORG)), ctx(), POLICY, NOW)
+    assert asked.permitted and asked.reasons[0].rule == ACCESS_REQUEST
+    # Its own practitioner too; a backend client of the organisation as well.
+    assert decide(OUTSIDER, "create", request_facts(asking("Practitioner/dr-b")), ctx(), POLICY, NOW).permitted
+    backend = Principal("client:b", "system", OTHER_ORG, "TREAT")
+    assert decide(backend, "create", request_facts(asking(OTHER_ORG)), ctx(), POLICY, NOW).permitted
+    refused = {
+        "for another organisation": (OUTSIDER, asking(CARE_ORG), "proposed"),
+        "for itself and another": (OUTSIDER, asking(OTHER_ORG, CARE_ORG), "proposed"),
+        "for anyone (no actor)": (OUTSIDER, {**asking(), "actor": []}, "proposed"),
+        "active: only the patient's key activates": (OUTSIDER, asking(OTHER_ORG), "active"),
+        "a deny takes effect unasked": (OUTSIDER, {**asking(OTHER_ORG), "type": "deny"}, "proposed"),
+        "no end": (OUTSIDER, {**asking(OTHER_ORG), "period": {"start": "2026-11-23"}}, "proposed"),
+        "ended already": (OUTSIDER, asking(OTHER_ORG, end="2026-11-01"), "proposed"),
+        "too long": (OUTSIDER, asking(OTHER_ORG, end="2030-01-01"), "proposed"),
+        "a researcher's role": (Principal("r", "researcher", OTHER_ORG, "HRESCH"), asking(OTHER_ORG), "proposed"),
+        "nobody's organisation": (Principal("x", "clinician", "", "TREAT", references=frozenset({"Practitioner/x"})),
+                                  asking("Practitioner/x"), "proposed"),
+    }
+    for why, (who, provision, status) in refused.items():
+        out = decide(who, "create", request_facts(provision, status=status), ctx(), POLICY, NOW)
+        assert not out.permitted, why
+    # Only creating: changing a request is no request (the patient answers it).
+    assert not decide(OUTSIDER, "update", request_facts(asking(OTHER_ORG)), ctx(), POLICY, NOW).permitted
+
+
+def test_a_request_is_decided_without_the_patients_consents_or_care() -> None:
+    """The same answer for a patient who refuses the asker, one nobody knows, one it already cares for."""
+    refusing = ctx(consent("c1", {"type": "deny", "actor": [actor(OTHER_ORG)]}))
+    unknown = PatientContext("p1")
+    facts = request_facts(asking(OTHER_ORG))
+    answers = {decide(OUTSIDER, "create", facts, c, POLICY, NOW) for c in (refusing, unknown, ctx())}
+    assert len(answers) == 1 and next(iter(answers)).reasons[0].rule == ACCESS_REQUEST
+    stale = decide(OUTSIDER, "create", facts, ctx(age=POLICY.max_index_age_seconds + 1), POLICY, NOW)
+    assert stale.permitted  # a write
+
+
+def test_the_requester_reads_its_own_request_and_nothing_else() -> None:
+    facts = request_facts(asking(OTHER_ORG))
+    asked = PatientContext("p1", requests={"q1": OTHER_ORG}, care_organizations=frozenset({CARE_ORG}))
+    for action in ("read", "vread", "search", "history"):
+        out = decide(OUTSIDER, action, facts, asked, POLICY, NOW)
+        assert out.permitted and out.reasons[0].rule == OWN_REQUEST, action
+    # Even when the patient has refused it everything: its own request, and the answer, are its own.
+    refusing = PatientContext("p1", (consent_rules(consent("c1", {"type": "deny"})),), requests={"q1": OTHER_ORG})
+    assert decide(OUTSIDER, "read", facts, refusing, POLICY, NOW).permitted
+    # Not another organisation's request, not another Consent of the patient, not the patient's other data,
+    # and no writing it.
+    assert not decide(RESEARCHER, "read", facts, asked, POLICY, NOW).permitted
+    other = request_facts(asking(OTHER_ORG), cid="c9")
+    assert not decide(OUTSIDER, "read", other, asked, POLICY, NOW).permitted
+    assert not decide(OUTSIDER, "read", ResourceFacts("Observation", "q1", "p1"), asked, POLICY, NOW).permitted
+    for action in ("update", "delete"):
+        assert not decide(OUTSIDER, action, facts, asked, POLICY, NOW).permitted, action
