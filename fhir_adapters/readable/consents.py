@@ -170,6 +170,11 @@ class ConsentView:
         """Waiting for the patient's signature: a proposed permit with no grant signed yet."""
         return self.permits and self.status == "proposed" and self.chain_state == "unsigned"
 
+    def answerable_on(self, today: date) -> bool:
+        """A request the patient can still answer: its period has not ended (a grant for a period that is over
+        could not be signed; docs/consent-semantics.md, "Requests for access")."""
+        return self.is_request and (self.end is None or today <= self.end)
+
     @property
     def is_live(self) -> bool:
         return self.status == "active"

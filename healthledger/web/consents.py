@@ -9,6 +9,7 @@ Consent's status and its chain-state extension).
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from typing import Any
 
 import structlog
@@ -69,14 +70,16 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
             "consents.html",
             sharing=[v for v in views if v.permits and v.status == "active" or v.chain_state == "pending"],
             refusing=[v for v in views if not v.permits and v.status == "active"],
-            waiting=[v for v in views if v.is_request],
-            ended=[v for v in views if v.status in ("inactive", "rejected", "entered-in-error")],
+            waiting=[v for v in views if v.answerable_on(_today())],
+            ended=[v for v in views if v.status in ("inactive", "rejected", "entered-in-error")
+                   or v.is_request and not v.answerable_on(_today())],
         )
 
     @bp.get("/consents/<consent_id>")
     def consent(consent_id: str) -> str:
         _, view = own_consent(consent_id)
-        return render_template("consent.html", c=view, form=ConfirmWithPasswordForm())
+        return render_template("consent.html", c=view, form=ConfirmWithPasswordForm(),
+                               answerable=view.answerable_on(_today()))
 
     @bp.post("/consents/<consent_id>/revoke")
     def revoke(consent_id: str) -> BaseResponse | tuple[str, int]:
@@ -112,7 +115,7 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
     @bp.get("/requests")
     def requests() -> str:
         principal = require_person(sessions, "patient")
-        views = [v for v in patient_consents(api, principal.patient_id) if v.is_request]
+        views = [v for v in patient_consents(api, principal.patient_id) if v.answerable_on(_today())]
         return render_template("requests.html", requests=views, answer_forms={v.id: _answer_form(v.id) for v in views})
 
     @bp.post("/requests/<consent_id>/approve")
@@ -120,8 +123,8 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
         principal = require_person(sessions, "patient")
         _, view = own_consent(consent_id)
         form = _answer_form(consent_id, request.form)
-        if not view.is_request:
-            flash("That request was already answered.", "info")
+        if not view.answerable_on(_today()):
+            flash(_NOT_OPEN, "info")
             return redirect(url_for("web.consents.consent", consent_id=consent_id), 303)
         if form.validate():
             try:
@@ -133,15 +136,15 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
                 flash(f"Approved and signed with your key. {view.who_text} can see it once the ledger confirms.",
                       "success")
                 return redirect(url_for("web.consents.consent", consent_id=consent_id), 303)
-        views = [v for v in patient_consents(api, principal.patient_id) if v.is_request]
+        views = [v for v in patient_consents(api, principal.patient_id) if v.answerable_on(_today())]
         forms = {v.id: (form if v.id == consent_id else _answer_form(v.id)) for v in views}
         return render_template("requests.html", requests=views, answer_forms=forms), 400
 
     @bp.post("/requests/<consent_id>/decline")
     def decline(consent_id: str) -> BaseResponse:
         consent, view = own_consent(consent_id)
-        if not view.is_request:
-            flash("That request was already answered.", "info")
+        if not view.answerable_on(_today()):
+            flash(_NOT_OPEN, "info")
             return redirect(url_for("web.consents.requests"), 303)
         declined = {k: v for k, v in consent.items() if k != "meta"}
         # The chain-state extension is how the API shows the Consent, not part of what was recorded.
@@ -156,6 +159,13 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
         return redirect(url_for("web.consents.requests"), 303)
 
     return bp
+
+
+_NOT_OPEN = "That request was already answered, or its time has passed."
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
 
 
 def _answer_form(consent_id: str, formdata: Any = None) -> ConfirmWithPasswordForm:

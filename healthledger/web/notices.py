@@ -58,7 +58,7 @@ def patient_notices(api: FhirClient, patient_id: str, me: str = "", *, today: da
     notices: list[Notice] = []
     consents = patient_consents(api, patient_id)
     for view in consents:
-        if view.is_request:
+        if view.answerable_on(today):
             notices.append(Notice(
                 "request", f"{view.who_text} asks to see your data",
                 view.sentence, url_for("web.consents.requests"), "Answer the request", view.recorded))

@@ -213,3 +213,20 @@ def test_requests_per_organisation_per_day_are_bounded(world: World) -> None:
         assert paper.status_code == 201
     finally:
         policy.policy = original
+
+
+def test_a_request_whose_time_has_passed_is_no_longer_asked(world: World) -> None:
+    """Only staff of a care organisation can record one (a clinic's request must end in the future)."""
+    ann, browser = world.patients["ann"], world.patient_session("ann").browser
+    ended = world.client.post("/fhir/Consent", headers={**world.headers("ehr"), "Content-Type": FHIR},
+                              data=orjson.dumps(request_body(ann, CLINIC, days=-2)))
+    live = orjson.loads(ask(world, ann).data)["id"]
+    assert ended.status_code == 201
+    cid = orjson.loads(ended.data)["id"]
+    page = browser.get("/app/requests").get_data(as_text=True)
+    assert f"/app/requests/{live}/approve" in page and f"/app/requests/{cid}/" not in page
+    answer = browser.post(f"/app/requests/{cid}/approve", data={"csrf_token": csrf(page), f"r{cid}-password": PASSWORD})
+    assert answer.status_code == 303
+    assert world.dev_read(f"Consent/{cid}")["status"] == "proposed"  # nothing was signed
+    assert "Answer this request" not in browser.get(f"/app/consents/{cid}").get_data(as_text=True)
+    assert "Answer this request" in browser.get(f"/app/consents/{live}").get_data(as_text=True)
