@@ -205,7 +205,7 @@ class ConsentPolicy:
         """The entries of one search or history: one per patient touched, at least.
 
         One per disclosed resource (however many of its versions were shown); one per patient whose matches
-        were withheld; one per patient whose matches were only counted in the total (not on the page) and
+        were withheld (whether or not others of theirs were shown); one per patient whose matches were only counted in the total (not on the page) and
         who has no other entry of this attempt; one if nothing matched.
         """
         entries = []
@@ -217,11 +217,18 @@ class ConsentPolicy:
                 shown.add(key)
                 covered.add(s.patient_id)
                 entries.append(self._entry(principal, action, s.resource_type, s.resource_id, s.patient_id, s.verdict))
-        for group in (withheld, counted):
-            for s in group:
-                if s.patient_id not in covered:
-                    covered.add(s.patient_id)
-                    entries.append(self._entry(principal, action, resource_type, "", s.patient_id, s.verdict))
+        # A patient withheld from is told so even when other matches of theirs were shown (e.g. an organisation's
+        # own request for access shown, the patient's other Consents withheld): a denial has its own entry.
+        withheld_from: set[str] = set()
+        for s in withheld:
+            if s.patient_id not in withheld_from:
+                withheld_from.add(s.patient_id)
+                entries.append(self._entry(principal, action, resource_type, "", s.patient_id, s.verdict))
+        covered |= withheld_from
+        for s in counted:
+            if s.patient_id not in covered:
+                covered.add(s.patient_id)
+                entries.append(self._entry(principal, action, resource_type, "", s.patient_id, s.verdict))
         if not entries:
             entries.append(self._entry(principal, action, resource_type, "", "", _NOTHING_MATCHED))
         if principal.via != "cli":

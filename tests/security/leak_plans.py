@@ -1,7 +1,7 @@
 """Sub-worlds for the leak properties: hypothesis strategies for plans, and the plan built into a deployment.
 
 A plan names patients (their care organisations, shared MRNs, links), Consents (permit or deny, actor,
-classes, signed / unsigned / revoked), clinical resources of many types with a patient reference at one of
+classes, signed / unsigned / revoked, or asked for by the actor's own client: a request for access), clinical resources of many types with a patient reference at one of
 the type's patient elements (literal or absolute), and later events (moves to another patient, deletions,
 an id reused for another patient, a change of care organisation). Every id is fresh.
 """
@@ -9,7 +9,7 @@ an id reused for another patient, a change of care organisation). Every id is fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import reference_policy as ref
@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from leak_world import BASE, LOINC, Deployment, fresh_code, fresh_id, org_resource
 
 ORG_KEYS = ("hospital", "other", "clinic", "university", "fresh")
+REQUESTERS = {"hospital": "ehr", "other": "other-ehr", "clinic": "clinic"}  # ORG_KEYS key -> a client that may ask
 POOL = {"hospital": HOSPITAL, "other": OTHER_HOSPITAL, "clinic": CLINIC, "university": UNIVERSITY}
 SHARED_CODES = ("4548-4", "2339-0")  # consent_world's own Observations carry 4548-4
 # (type, the patient element the reference sits at)
@@ -64,7 +65,7 @@ class ConsentPlan:
     kind: str  # permit | deny
     actor: str | None  # an ORG_KEYS key; None: everybody (deny) / the university (permit)
     classes: tuple[str, ...]
-    lifecycle: str  # signed | unsigned | revoked (permits)
+    lifecycle: str  # signed | unsigned | revoked | requested (permits; requested: the actor's client asked, rule 5a)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def world_plans(draw: st.DrawFn, *, max_resources: int = 6, max_events: int = 3)
         kind=st.sampled_from(("permit", "permit", "deny")),
         actor=st.sampled_from((*ORG_KEYS, None)),
         classes=st.sampled_from(CONSENT_CLASSES),
-        lifecycle=st.sampled_from(("signed", "signed", "unsigned", "revoked")),
+        lifecycle=st.sampled_from(("signed", "signed", "unsigned", "revoked", "requested")),
     ), max_size=4)))
     resources = tuple(draw(st.lists(st.builds(
         ResourcePlan,
@@ -265,6 +266,19 @@ def build(dep: Deployment, plan: WorldPlan) -> SubWorld:
         if c.kind == "deny":
             actors = () if c.actor is None else (sub.org_ref(c.actor),)
             cid = dep.dev_create(deny_consent(pid, *actors, classes=c.classes))  # type: ignore[arg-type]
+        elif c.lifecycle == "requested":
+            # Rule 5a: an organisation's client asks for access for itself (the clinic when the plan's actor has
+            # no client here); its organisation reads it from now on.
+            asker = REQUESTERS.get(c.actor or "", "clinic")
+            org = POOL[{"ehr": "hospital", "other-ehr": "other", "clinic": "clinic"}[asker]]
+            end = (datetime.now(UTC).date() + timedelta(days=90)).isoformat()
+            reply = dep.call(asker, "POST", "/fhir/Consent", permit_consent(
+                pid, org, classes=c.classes, status="proposed", period_end=end))  # type: ignore[arg-type]
+            assert reply.status == 201, reply.summary()
+            cid = reply.body["id"]
+            dep.refresh("Consent", cid)
+            dep.state.requests[cid] = org
+            sub.unsigned.append(cid)  # the patient may approve it ($sign probes)
         else:
             actor = sub.org_ref(c.actor or "university")
             reply = dep.call(dep.patient_caller(pid), "POST", "/fhir/Consent", permit_consent(

@@ -27,6 +27,11 @@ The rules, in the order they are applied:
 3. A patient reads all of their own data and writes only their own Consents; nothing of anyone else.
 4. A clinician breaking the glass (ETREAT with a reason) is permitted, flagged; ETREAT from another role
    is denied.
+5a. A request for access: a clinician or system of an organisation may create a Consent for any patient id,
+   known or not, that asks for access for that organisation only (status `proposed`, provision `type` permit,
+   every `provision.actor` that organisation and at least one, `provision.period.end` after today and at
+   most 730 days ahead), whatever that patient's Consents or care say; and that organisation (any of its
+   clients) reads every version of the Consents it created so, and nothing else by this rule.
 5. An active deny Consent that applies -> denied. Else a signed, mined, unrevoked permit naming the
    caller's organisation -> permitted. Else the patient's care organisation (managingOrganization,
    generalPractitioner), role clinician or system, purpose TREAT -> permitted. Else denied.
@@ -66,10 +71,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 TREAT, ETREAT = "TREAT", "ETREAT"
 TREATING_ROLES = frozenset({"clinician", "system"})  # also the roles that may write (policy writer_roles)
+REQUESTER_ROLES = frozenset({"clinician", "system"})  # who may ask a patient for access (rule 5a)
+MAX_REQUEST_DAYS = 730
 BREAK_GLASS_ROLES = frozenset({"clinician"})
 READ_ACTIONS = frozenset({"read", "vread", "history", "search"})
 WRITE_ACTIONS = frozenset({"create", "update", "delete"})
@@ -270,10 +278,12 @@ class Version:
 
 @dataclass
 class State:
-    """Every version of every resource, and each Consent's grant on the chain ("live" or "revoked")."""
+    """Every version of every resource, each Consent's grant on the chain ("live" or "revoked"), and the
+    organisation that created each Consent as a request for access (rule 5a)."""
 
     versions: dict[tuple[str, str], list[Version]] = field(default_factory=dict)
     grants: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, str] = field(default_factory=dict)
 
     def record(self, rtype: str, rid: str, number: int, resource: dict[str, Any] | None, last_updated: str) -> None:
         history = self.versions.setdefault((rtype, rid), [])
@@ -322,6 +332,30 @@ class Decision:
     why: str
     break_glass: bool = False
     status: int = 0  # the refusal's HTTP status when it is not the interaction's usual one (403 scope, 400)
+    request: bool = False  # permitted as a request for access (rule 5a): the caller's organisation reads it
+
+
+def asks_for_itself(caller: Caller, resource: dict[str, Any], today: date) -> bool:
+    """Rule 5a: is this Consent, created by `caller`, a request for access for its own organisation?"""
+    provision = resource.get("provision") or {}
+    actors = {(a.get("reference") or {}).get("reference") for a in provision.get("actor") or []}
+    end = (provision.get("period") or {}).get("end")
+    return (
+        resource.get("resourceType") == "Consent"
+        and caller.role in REQUESTER_ROLES
+        and bool(caller.organization)
+        and resource.get("status") == "proposed"
+        and provision.get("type", "permit") == "permit"
+        and actors == {caller.organization}
+        and isinstance(end, str) and len(end) == 10
+        and today < date.fromisoformat(end) + timedelta(days=1) <= today + timedelta(days=MAX_REQUEST_DAYS)
+    )
+
+
+def own_request(state: State, caller: Caller, rtype: str, resource: dict[str, Any]) -> bool:
+    """Rule 5a: a Consent the caller's organisation created as a request for access."""
+    return rtype == "Consent" and bool(caller.organization) and state.requests.get(
+        str(resource.get("id", ""))) == caller.organization
 
 
 def _provision(consent: dict[str, Any]) -> tuple[str, frozenset[str], frozenset[str]]:
@@ -384,6 +418,8 @@ def read_decision(state: State, caller: Caller, rtype: str, resource: dict[str, 
     patients = compartment(resource)
     if not patients:
         return Decision(True, "no patient compartment: the scopes decide")
+    if caller.role != "patient" and caller.purpose != ETREAT and own_request(state, caller, rtype, resource):
+        return Decision(True, f"{caller.organization} reads the request for access it made")
     decisions = [decide(state, caller, "read", rtype, p) for p in sorted(patients)]
     refused = [d for d in decisions if not d.permitted]
     return refused[0] if refused else decisions[0]
@@ -409,6 +445,10 @@ def write_decision(
         if caller.role in TREATING_ROLES:
             return Decision(True, f"no patient compartment: {caller.role} may write")
         return Decision(False, f"no patient compartment: a {caller.role} may not write", status=403)
+    if (action == "create" or (action == "update" and before is None)) and after is not None and (
+            caller.purpose != ETREAT and asks_for_itself(caller, after, datetime.now(UTC).date())):
+        return Decision(True, f"{caller.organization} asks Patient/{min(patients)} for access for itself",
+                        request=True)
     for patient in sorted(patients):
         decision = decide(state, caller, action, rtype, patient)
         if not decision.permitted:

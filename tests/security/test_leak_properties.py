@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +31,7 @@ import orjson
 import pytest
 import reference_policy as ref
 from argon2 import PasswordHasher
-from consent_world import MRN_SYSTEM, ORG_SYSTEM, World, password_parameters, permit_consent
+from consent_world import MRN_SYSTEM, ORG_SYSTEM, UNIVERSITY, World, password_parameters, permit_consent
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from leak_plans import (
@@ -500,9 +501,18 @@ def read_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[s
     if moved and prefer_moved:
         keys = moved
     kind = pick(draw, ("read", "vread", "history", "history", "search", "search", "count",
-                                 "type-history", "batch"))
+                                 "type-history", "batch", "request", "request"))
     who = pick(draw, callers)
     rtype, rid = pick(draw, keys)
+    asked = [c for c in sub.consents if c in dep.state.requests]
+    if kind == "request" and asked:
+        # Rule 5a: a request for access read by the organisation that asked (any of its clients) or anyone else.
+        rtype, rid = "Consent", pick(draw, asked)
+        askers = [n for n, (c, _) in TOKEN_CALLERS.items() if c.organization == dep.state.requests[rid]]
+        who = pick(draw, [*askers, *askers, who])
+        kind = pick(draw, ("read", "history", "search"))
+    elif kind == "request":
+        kind = "read"  # no request in this sub-world
     if kind == "read":
         return lambda p: probe_read(p, who, rtype, rid)
     if kind == "vread":
@@ -569,6 +579,8 @@ def probe_write(p: Probe, who: str, method: str, rtype: str, rid: str | None, bo
         written = reply.body.get("id")
     if written:
         p.dep.refresh(rtype, written)
+    if written and reply.status == 201 and decision.request:
+        state.requests[written] = caller.organization  # rule 5a: its organisation reads it from now on
 
 
 def _brief(body: dict[str, Any]) -> str:
@@ -633,7 +645,8 @@ def probe_transaction_scopes(p: Probe, who: str, mrn: str, target: tuple[str, st
 @st.composite
 def write_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[str]) -> Callable[[Probe], None]:
     kind = pick(draw, ("create", "create", "refused", "refused", "unowned", "consent", "update", "move",
-                                 "delete", "delete-missing", "reuse", "sign", "sign", "transaction-scopes"))
+                                 "delete", "delete-missing", "reuse", "sign", "sign", "transaction-scopes", "request",
+                                 "request"))
     who = pick(draw, callers)
     pid, other = draw(st.permutations(sub.patients))[:2]
     if kind == "delete-missing":
@@ -658,6 +671,20 @@ def write_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list[
     if kind == "consent":
         actor = pick(draw, ORG_KEYS)
         return lambda p: probe_write(p, who, "POST", "Consent", None, permit_consent(pid, sub.org_ref(actor) or ""))
+    if kind == "request":
+        # Rule 5a: asking a patient (one of the world's, or an id nobody has) for access, for the caller's own
+        # organisation or another, for 90 days or more than the policy allows.
+        whom = pick(draw, ("known", "known", "unknown"))
+        named = pick(draw, ("itself", "itself", "other"))
+        days = pick(draw, (90, 90, 3000))
+
+        def ask(p: Probe) -> None:
+            own = p.caller(who).organization
+            actor = own if named == "itself" and own else sub.org_ref("university" if own != UNIVERSITY else "clinic")
+            body = permit_consent(pid if whom == "known" else fresh_id(), actor or "", classes=("Observation",),
+                                  status="proposed", period_end=(date.today() + timedelta(days=days)).isoformat())
+            probe_write(p, who, "POST", "Consent", None, body)
+        return ask
     if kind == "sign":
         if not sub.unsigned:
             return lambda p: None
@@ -1094,6 +1121,16 @@ def client_probes(draw: st.DrawFn, dep: Deployment, sub: SubWorld, callers: list
 
 
 @st.composite
+def asked_plans(draw: st.DrawFn) -> WorldPlan:
+    """Worlds where one organisation has asked a patient for access (rule 5a), beside whatever else the plan holds."""
+    plan = draw(world_plans())
+    asked = ConsentPlan(patient=draw(st.integers(0, len(plan.patients) - 1)), kind="permit",
+                        actor=pick(draw, ("hospital", "other", "clinic")), classes=pick(draw, ((), ("Observation",))),
+                        lifecycle="requested")
+    return dataclasses.replace(plan, consents=(*plan.consents, asked))
+
+
+@st.composite
 def split_plans(draw: st.DrawFn) -> WorldPlan:
     """Worlds where some caller may see a patient's records but not the Patient, and one where it may see the
     Patient but not their Observations and Conditions: denies of those classes to an organisation (or everybody)
@@ -1203,15 +1240,17 @@ def run_property(dep: Deployment, examples: int, probes: Any, *, size: tuple[int
 
 
 def test_reads_disclose_exactly_what_the_policy_allows(deployment: Deployment) -> None:
-    """Rules 1-6 and 9 for read, vread, instance and type history, searches, _summary=count, batch GETs."""
-    findings = run_property(deployment, EXAMPLES["reads"], read_probes, size=(12, 18))
+    """Rules 1-6 and 9 for read, vread, instance and type history, searches, _summary=count, batch GETs; rule 5a
+    for a request for access, read by the organisation that asked and by others."""
+    findings = run_property(deployment, EXAMPLES["reads"], read_probes, size=(12, 18), plans=asked_plans())
     if findings:
         pytest.fail(report(findings), pytrace=False)
 
 
 def test_writes_follow_the_policy(deployment: Deployment) -> None:
     """Rules 1-6 and 9 for create (every kind of patient reference), update, moves across patients, delete (of
-    live, deleted, missing and withheld ids), reused ids, $sign, and a transaction's scopes checked first."""
+    live, deleted, missing and withheld ids), reused ids, $sign, requests for access (rule 5a: for known and unknown
+    patients), and a transaction's scopes checked first."""
     findings = run_property(deployment, EXAMPLES["writes"], write_probes, size=(12, 18),
                             plans=world_plans(max_resources=4, max_events=2))
     if findings:

@@ -6,6 +6,7 @@ The leak properties trust `reference_policy` to be right; these cases are what m
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -346,3 +347,29 @@ def test_audit_view_and_standing() -> None:
     assert ref.related(world(consent("deny", CLINIC)), CLINICIAN, "ann")
     proposed = {**consent("permit", CLINIC), "status": "proposed"}
     assert not ref.related(world(proposed), CLINICIAN, "ann")  # an unsigned permit is no relationship
+
+
+def request(*actors: str, patient: str = "ann", status: str = "proposed", days: int = 90) -> dict[str, Any]:
+    end = (date.today() + timedelta(days=days)).isoformat()
+    return {"resourceType": "Consent", "status": status, "patient": {"reference": f"Patient/{patient}"},
+            "provision": {"type": "permit", "actor": [{"reference": {"reference": a}} for a in actors],
+                          "period": {"start": "2020-01-01", "end": end}}}
+
+
+def test_requests_for_access() -> None:
+    """Rule 5a: an organisation asks any patient id for access for itself, and reads only what it asked."""
+    state = world(consent("deny", CLINIC))  # Ann refuses the clinic everything: it may still ask
+    for patient in ("ann", "nobody-here"):
+        decision = ref.write_decision(state, CLINICIAN, "create", "Consent", None, request(CLINIC, patient=patient))
+        assert decision.permitted and decision.request, patient
+    for why, body, who in (("for another", request(UNIVERSITY), CLINICIAN), ("active", request(CLINIC, status="active"),
+                           CLINICIAN), ("too long", request(CLINIC, days=3000), CLINICIAN),
+                          ("a researcher", request(UNIVERSITY), RESEARCH), ("a patient's", request(CLINIC), BOB)):
+        assert not ref.write_decision(state, who, "create", "Consent", None, body).permitted, why
+    state.record("Consent", "q", 1, {**request(CLINIC), "id": "q"}, "2026-01-01T00:00:00.000Z")
+    state.requests["q"] = CLINIC
+    asked = state.current("Consent", "q")
+    assert asked is not None and asked.resource is not None
+    assert can_read(state, CLINICIAN, asked.resource) and not can_read(state, RESEARCH, asked.resource)
+    assert not can_read(state, CLINICIAN, obs("Patient/ann"))  # nothing else of Ann
+    assert not ref.write_decision(state, CLINICIAN, "update", "Consent", asked.resource, asked.resource).permitted
