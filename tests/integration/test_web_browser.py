@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -180,9 +180,11 @@ def test_a_patient_signs_up_shares_with_a_clinic_revokes_and_verifies_a_denied_a
 
 def test_a_request_appears_and_is_approved_with_the_key(page: Any, server: LiveServer, world: World) -> None:
     sign_in(page, "ann")
+    # The clinic, which does not care for Ann, asks for access for itself (docs/consent-semantics.md).
+    until = (date.today() + timedelta(days=180)).isoformat()
     created = requests.post(f"{server.url}/fhir/Consent", json=permit_consent(world.patients["ann"], CLINIC,
-                                                                              status="proposed"),
-                            headers={**world.headers("ehr"), "Content-Type": FHIR}, timeout=30)
+                                                                              status="proposed", period_end=until),
+                            headers={**world.headers("clinic"), "Content-Type": FHIR}, timeout=30)
     assert created.status_code == 201
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Requests").click()
     request = page.get_by_role("listitem").filter(has=page.get_by_role("heading", name="city-clinic asks to see your data"))
@@ -191,7 +193,8 @@ def test_a_request_appears_and_is_approved_with_the_key(page: Any, server: LiveS
     request.first.get_by_label("Your password").fill(PASSWORD)
     request.first.get_by_role("button", name=re.compile("^Approve")).click()
     page.get_by_role("status").filter(has_text=re.compile(r"Active on the ledger in block \d+")).wait_for(timeout=30_000)
-    consent = requests.get(f"{server.url}/fhir/Consent/{created.json()['id']}", headers=world.headers("ehr"), timeout=30)
+    consent = requests.get(f"{server.url}/fhir/Consent/{created.json()['id']}", headers=world.headers("clinic"),
+                           timeout=30)
     assert consent.json()["status"] == "active"  # the requester sees the outcome through the API
 
 
