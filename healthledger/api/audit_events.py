@@ -61,8 +61,14 @@ _WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
 EVERYTHING = "everything"  # every entry, including those naming no patient
 OWN_ENTRIES = "own-entries"  # the entries of `patient_id`
 CARED_FOR = "cared-for"  # the entries of the patients `organization` is a care organisation of
-OWN_REQUESTS = "own-requests"  # a researcher's own requests (`actor`), only entries naming no patient
+OWN_REQUESTS = "own-requests"  # a researcher's own requests (`actor`) about RESEARCH_TYPES, naming no patient
 NOTHING = "nothing"  # none: searches are empty, reads answer like a missing id
+
+# What a researcher's own requests are about: studies, their cohort Groups and exports, the log itself. Its
+# attempts on anything else (a Patient, an Observation) are never shown, even those naming no patient: a miss
+# (or a search matching nothing) names no patient while the denial of a real patient's resource does, so showing
+# the one and hiding the other would tell the researcher which patient ids exist.
+RESEARCH_TYPES = ("AuditEvent", "Group", "ResearchStudy")
 
 Target = tuple[str, str]  # (AuditEvent id or "", patient pseudonym or "") of one recorded access
 
@@ -149,7 +155,9 @@ class AuditAccess:
 
     def shows(self, entry: AccessEntry) -> bool:
         """The per-entry part of the rule that pseudonyms alone cannot say (OWN_REQUESTS: the actor)."""
-        return self.sees != OWN_REQUESTS or (entry.actor == self.actor and not entry.patient_pseudonym)
+        return self.sees != OWN_REQUESTS or (
+            entry.actor == self.actor and not entry.patient_pseudonym and entry.resource_type in RESEARCH_TYPES
+        )
 
     @property
     def hidden_reason(self) -> str:
@@ -166,8 +174,10 @@ def audit_access(principal: Principal, interaction: str, home_organization: str)
     3. the service itself or the development token (unrestricted): every entry;
     4. a client registered for AuditEvent by name (`system/AuditEvent.rs`, not `system/*.rs`): every entry;
     5. an auditor: the patients of its organisation (every entry for the home organisation's auditors);
-    6. a researcher: their own requests (entries whose actor is them) that name no patient: feasibility
-       releases, export kick-offs, manifests, downloads and cancels, study reads. Entries naming a patient
+    6. a researcher: their own requests (entries whose actor is them) about studies, cohort Groups and the log
+       (RESEARCH_TYPES) that name no patient: feasibility releases, export kick-offs, manifests, downloads and
+       cancels, study reads. Their attempts on other types are not shown (an existence oracle otherwise; see
+       RESEARCH_TYPES). Entries naming a patient
        (each resource an export delivered is logged against its patient, by the study as actor) are never
        shown, so no patient pseudonym reaches a researcher (docs/trust-model.md);
     7. anyone else: nothing.
@@ -500,6 +510,8 @@ class _AuditEventApi:
                 # The log has no actor column: the body is matched as stored (canonical JSON, sorted keys),
                 # and every row is checked again below (the body decides).
                 where.append(_body_text(conn).contains(_actor_spelling(access.actor), autoescape=True))
+                where.append(sa.or_(*(_body_text(conn).contains(_type_spelling(t), autoescape=True)
+                                      for t in RESEARCH_TYPES)))
             for group in query.dates:
                 where.append(sa.or_(*(_date_clause(AccessLogEntry.recorded_at, cond) for cond in group)))
             total = int(conn.execute(sa.select(sa.func.count()).select_from(AccessLogEntry).where(*where)).scalar_one())
@@ -602,6 +614,11 @@ def _actor_spelling(actor: str) -> str:
     """How an entry's canonical encoding (healthledger.audit.entries.encode_entry: sorted keys, no spaces,
     ASCII) spells its actor."""
     return '"actor":' + json.dumps(actor, ensure_ascii=True) + ","
+
+
+def _type_spelling(resource_type: str) -> str:
+    """How an entry's canonical encoding spells its resource type (followed by `role`, in sorted key order)."""
+    return '"resource_type":' + json.dumps(resource_type, ensure_ascii=True) + ","
 
 
 def _body_text(conn: Connection) -> Any:

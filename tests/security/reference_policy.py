@@ -46,7 +46,8 @@ The rules, in the order they are applied:
    create decided), several -> 412, none -> the create, decided like any.
 8. AuditEvents: a patient sees their own entries; the service and clients registered for AuditEvent by
    name see all; an auditor those of the patients its organisation cares for (none without one); a
-   researcher its own requests that name no patient (never an entry naming one); anyone else none. A CDS Hooks consult from a caller with no relationship with the patient (care organisation,
+   researcher its own requests about studies, cohort Groups and the log that name no patient (never an entry
+   naming one, nor its attempts on a patient's kind of data); anyone else none. A CDS Hooks consult from a caller with no relationship with the patient (care organisation,
    or named by an active Consent) answers as for an unknown patient unless the answer is PERMIT.
 9. The access log: every attempt leaves one entry per patient whose data it touched, exactly one when it
    touched none (`Touch`). read/vread/$sign/create: 1; an update across two patients: 2, each decided on
@@ -78,6 +79,9 @@ TREAT, ETREAT = "TREAT", "ETREAT"
 TREATING_ROLES = frozenset({"clinician", "system"})  # also the roles that may write (policy writer_roles)
 REQUESTER_ROLES = frozenset({"clinician", "system"})  # who may ask a patient for access (rule 5a)
 MAX_REQUEST_DAYS = 730
+# What a researcher's own requests in the log may be about (rule 8): never a patient's kind of data, as a miss there
+# names no patient while the denial of a real patient's record does.
+RESEARCH_TYPES = frozenset({"AuditEvent", "Group", "ResearchStudy"})
 BREAK_GLASS_ROLES = frozenset({"clinician"})
 READ_ACTIONS = frozenset({"read", "vread", "history", "search"})
 WRITE_ACTIONS = frozenset({"create", "update", "delete"})
@@ -844,12 +848,13 @@ def audit_view(caller: Caller, interaction: str = "search") -> str:
     return "none"
 
 
-def audit_shows(state: State, caller: Caller, patient: str, interaction: str = "search", actor: str = "") -> bool:
+def audit_shows(state: State, caller: Caller, patient: str, interaction: str = "search", actor: str = "",
+                rtype: str = "") -> bool:
     """Whether the caller's view of the log includes the entries about `patient` ("" : entries naming none)
-    made by `actor`."""
+    made by `actor` about a resource of type `rtype`."""
     view = audit_view(caller, interaction)
     if view == "own-requests":
-        return not patient and actor == caller.actor_id
+        return not patient and actor == caller.actor_id and rtype in RESEARCH_TYPES
     if view == "all":
         return True
     if view == "own":

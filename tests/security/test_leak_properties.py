@@ -842,7 +842,7 @@ def probe_audit_search(p: Probe, who: str, about: str | None) -> None:
     whose = _pseudonym_patients(p.dep)
     wanted = p.dep.pseudonym(about) if about else None
     shown = [e for e in p.dep.log
-             if ref.audit_shows(state, caller, whose.get(e.patient_pseudonym, "?"), "search", e.actor)
+             if ref.audit_shows(state, caller, whose.get(e.patient_pseudonym, "?"), "search", e.actor, e.resource_type)
              and (wanted is None or e.patient_pseudonym == wanted)]
     path = "/fhir/AuditEvent?_count=5" + (f"&patient=Patient/{about}" if about else "")
     reply, entries = p.send(who, "GET", path)
