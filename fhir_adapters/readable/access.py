@@ -149,6 +149,9 @@ def _instant(value: Any) -> datetime:
 _REASONS: tuple[tuple[str, str], ...] = (
     ("policy:own-data", "It is your own data."),
     ("policy:treating-organisation", "They care for you, and it was for your treatment."),
+    ("policy:access-request-limit", "They asked too many patients for access that day, so this request was refused."),
+    ("policy:access-request", "They asked you for access. Nothing is shared unless you approve it under Requests."),
+    ("policy:own-request", "They read their own request for access, and your answer to it."),
     ("consent-grant-not-live", "Your consent was not active on the ledger (not yet confirmed, or revoked)."),
     ("consent:", "Your consent allowed it."),
     ("break-glass", "Emergency access (\u201cbreaking the glass\u201d): allowed whatever your consents say, and flagged."),

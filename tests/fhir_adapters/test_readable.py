@@ -143,6 +143,9 @@ def test_an_access_log_entry_in_words() -> None:
     ("consent-grant-not-live:Consent/c1#Consent.provision(revoked)", "Your consent was not active on the ledger"),
     ("index-stale(consent state is not fresh enough)", "The ledger could not be checked"),
     ("", "No reason was recorded."),
+    ("policy:access-request", "They asked you for access. Nothing is shared unless you approve it"),
+    ("policy:access-request-limit", "They asked too many patients for access that day"),
+    ("policy:own-request", "They read their own request for access"),
 ])
 def test_reasons_in_words(reason: str, words: str) -> None:
     assert explain(reason).startswith(words)
