@@ -173,7 +173,8 @@ class ConsentPolicy:
             if action in ("create", "update"):
                 # Deliberate (docs/consent-semantics.md): the writer learns that this id is taken, nothing of
                 # whose it is or what it holds; a delete refused is the same 404 as a missing resource.
-                hint = _REQUEST_HINT.format(days=self.policy.max_request_days) if resource_type == "Consent" else ""
+                asking = action == "create" and resource_type == "Consent"
+                hint = _REQUEST_HINT.format(days=self.policy.max_request_days) if asking else ""
                 raise Forbidden(f"{action} on {resource_type} is not permitted for this caller{hint}")
             raise not_known(resource_type, facts.resource_id)
         if action in WRITE_ACTIONS:

@@ -152,6 +152,13 @@ def test_the_requester_reads_only_its_own_requests(world: World) -> None:
     assert own in ids and ids <= asked and found["total"] == len(ids)
     # Another organisation does not read the clinic's request.
     assert world.client.get(f"/fhir/Consent/{own}", headers=world.headers("research")).status_code == 404
+    # Reading its request is not changing it: only the patient's answer does.
+    changed = {**request_body(ann, CLINIC), "id": own, "status": "active"}
+    put = world.client.put(f"/fhir/Consent/{own}", data=orjson.dumps(changed),
+                           headers={**world.headers("clinic"), "Content-Type": FHIR})
+    assert put.status_code == 403
+    assert orjson.loads(world.client.get(f"/fhir/Consent/{own}", headers=world.headers("clinic")).data)["meta"][
+        "versionId"] == "1"
 
 
 def test_the_patient_approves_and_the_requester_reads_active(world: World) -> None:
