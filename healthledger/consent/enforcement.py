@@ -206,8 +206,8 @@ class ConsentPolicy:
         """The entries of one search or history: one per patient touched, at least.
 
         One per disclosed resource (however many of its versions were shown); one per patient whose matches
-        were withheld (whether or not others of theirs were shown); one per patient whose matches were only counted in the total (not on the page) and
-        who has no other entry of this attempt; one if nothing matched.
+        were withheld (whether or not others of theirs were shown); one per patient whose matches were only
+        counted in the total (not on the page) and who has no other entry of this attempt; one if nothing matched.
         """
         entries = []
         shown: set[tuple[str, str, str]] = set()
