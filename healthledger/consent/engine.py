@@ -168,7 +168,8 @@ def decide(
     ):
         return Outcome(Decision.PERMIT, (Reason("policy:own-data"),))
 
-    if action == "create" and resource.consent is not None and asks_for_itself(principal, resource.consent, policy, now):
+    asking = resource.consent
+    if action == "create" and asking is not None and asks_for_itself(principal, asking, policy, now):
         return Outcome(Decision.PERMIT, (Reason(ACCESS_REQUEST),))
     if (
         action not in WRITE_ACTIONS

@@ -1,4 +1,4 @@
-"""Tables of consent enforcement: each Consent's on-chain grants, requests for access (the index generation: store/generation.py)."""
+"""Tables of consent enforcement: Consents' on-chain grants, requests for access (generation: store/generation.py)."""
 
 from __future__ import annotations
 

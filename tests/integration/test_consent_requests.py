@@ -170,7 +170,8 @@ def test_the_patient_approves_and_the_requester_reads_active(world: World) -> No
     assert "city-clinic asks to see your data" in words(page)
     assert ("city-clinic may see your test results and measurements for your care and treatment, from 1 January 2020 "
             f"until {end.day} {end.strftime('%B')} {end.year}.") in words(page)
-    approved = browser.post(f"/app/requests/{cid}/approve", data={"csrf_token": csrf(page), f"r{cid}-password": PASSWORD})
+    approved = browser.post(f"/app/requests/{cid}/approve",
+                            data={"csrf_token": csrf(page), f"r{cid}-password": PASSWORD})
     assert approved.status_code == 303
     pending = orjson.loads(world.client.get(f"/fhir/Consent/{cid}", headers=world.headers("clinic")).data)
     assert pending["status"] == "proposed"  # signed, not yet confirmed by the chain

@@ -1,9 +1,10 @@
 """Sub-worlds for the leak properties: hypothesis strategies for plans, and the plan built into a deployment.
 
 A plan names patients (their care organisations, shared MRNs, links), Consents (permit or deny, actor,
-classes, signed / unsigned / revoked, or asked for by the actor's own client: a request for access), clinical resources of many types with a patient reference at one of
-the type's patient elements (literal or absolute), and later events (moves to another patient, deletions,
-an id reused for another patient, a change of care organisation). Every id is fresh.
+classes, signed / unsigned / revoked, or asked for by the actor's own client: a request for access),
+clinical resources of many types with a patient reference at one of the type's patient elements (literal or
+absolute), and later events (moves to another patient, deletions, an id reused for another patient, a change
+of care organisation). Every id is fresh.
 """
 
 from __future__ import annotations

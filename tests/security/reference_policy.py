@@ -47,8 +47,9 @@ The rules, in the order they are applied:
 8. AuditEvents: a patient sees their own entries; the service and clients registered for AuditEvent by
    name see all; an auditor those of the patients its organisation cares for (none without one); a
    researcher its own requests about studies, cohort Groups and the log that name no patient (never an entry
-   naming one, nor its attempts on a patient's kind of data); anyone else none. A CDS Hooks consult from a caller with no relationship with the patient (care organisation,
-   or named by an active Consent) answers as for an unknown patient unless the answer is PERMIT.
+   naming one, nor its attempts on a patient's kind of data); anyone else none. A CDS Hooks consult from a
+   caller with no relationship with the patient (care organisation, or named by an active Consent) answers as
+   for an unknown patient unless the answer is PERMIT.
 9. The access log: every attempt leaves one entry per patient whose data it touched, exactly one when it
    touched none (`Touch`). read/vread/$sign/create: 1; an update across two patients: 2, each decided on
    its own; a history or search: one per (resource, patient) disclosed on the page (a resource's versions
