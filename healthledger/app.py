@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.consent.consult import ConsentConsultant
     from healthledger.consent.consult_hook import CardSource
     from healthledger.consent.enforcement import ConsentPolicy, policy_from_settings
-    from healthledger.consent.index import CONSENT_INPUT_TYPES, ConsentIndex
+    from healthledger.consent.index import CONSENT_INPUT_TYPES, ConsentIndex, Freshness
     from healthledger.consent.obligations import Obligations
     from healthledger.db import session_factory
     from healthledger.federation.exchange import FederatedTokens
@@ -147,7 +147,10 @@ def create_app(settings: Settings | None = None) -> Flask:
             store, index, token_endpoint=issuer + TOKEN_PATH, fhir_base=issuer + "/fhir",
             max_index_age_seconds=consent_rules.max_index_age_seconds,
         ),
+        piggyback=index.freshness(),  # the consent index's freshness, read with the token's client
     )
+    # What a request's token check read for the index is for that request only (healthledger.consent.index).
+    app.before_request(Freshness.forget)
     app.extensions["healthledger.engine"] = engine
     app.extensions["healthledger.store"] = store
     app.extensions["healthledger.consent_index"] = index

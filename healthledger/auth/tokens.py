@@ -58,6 +58,20 @@ _CLIENT_STATE_SQL = (
     "SELECT disabled, role, organization, default_purpose, scopes, consult_for_others FROM api_clients "
     "WHERE client_id = ?"
 )
+_CLIENT_COLUMNS = 6
+
+
+class Piggyback(Protocol):
+    """Columns another module reads on every request, added to the client lookup's SELECT (one round trip for
+    both; healthledger.consent.index.Freshness). `params` bind before the lookup's own; `received` gets the values."""
+
+    @property
+    def columns(self) -> str: ...
+
+    @property
+    def params(self) -> tuple[str, ...]: ...
+
+    def received(self, *values: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +269,13 @@ class TokenService:
         clock: Callable[[], float] = time.time,
         jwks_cache: JwksCache | None = None,
         federation: FederatedClients | None = None,
+        piggyback: Piggyback | None = None,
     ) -> None:
         self._sessions = sessions
+        self._client_sql, self._piggyback = _CLIENT_STATE_SQL, piggyback
+        if piggyback is not None:
+            select_list, rest = _CLIENT_STATE_SQL.split(" FROM ", 1)
+            self._client_sql = f"{select_list}, {piggyback.columns} FROM {rest}"
         self.federation = federation
         self._signer = signer
         self.issuer = issuer.rstrip("/")
@@ -487,7 +506,13 @@ class TokenService:
                 AccessGrant(client_id=claims["sub"], scopes=claims["scopes"], role="", organization="",
                             default_purpose="", expires_at=claims["exp"]),
             )
-        client = _ClientState.of(driver_fetch_one(self._engine, _CLIENT_STATE_SQL, (claims["sub"],)))
+        if self._piggyback is None:
+            row = driver_fetch_one(self._engine, self._client_sql, (claims["sub"],))
+        else:
+            row = driver_fetch_one(self._engine, self._client_sql, (*self._piggyback.params, claims["sub"]))
+            if row is not None:
+                self._piggyback.received(*row[_CLIENT_COLUMNS:])
+        client = _ClientState.of(row[:_CLIENT_COLUMNS] if row is not None else None)
         authorization = None
         if claims.get("auth"):
             with self._engine.connect() as conn:

@@ -438,3 +438,28 @@ def test_reading_a_deleted_resource_is_logged_whoever_asks(world: World) -> None
     entries = world.log_since(before)
     assert [(e.actor, e.decision, e.resource_id) for e in entries] == [
         ("dev-client", "deny", oid), ("client:ehr", "deny", oid)]
+
+
+def test_the_index_freshness_read_with_the_token_serves_its_own_request_only(world: World) -> None:
+    """The token check reads the consent index's freshness in the client lookup's statement (one round trip fewer
+    per request, healthledger.consent.index.Freshness). The request's first operation uses it; a request that
+    never reached one leaves nothing for the next request on the thread; a later operation reads it anew."""
+    from healthledger.consent.index import _PREFETCHED, Freshness
+
+    index = world.app.extensions["healthledger.consent_index"]
+    refused = world.client.get("/fhir/Observation?no-such-parameter=1",
+                               headers=world.headers("ehr", Prefer="handling=strict"))
+    assert status(refused) == 400
+    assert _PREFETCHED.get() is not None  # read by the token check, no operation took it
+    world.client.get("/fhir/metadata")
+    assert _PREFETCHED.get() is None  # the next request began without it
+    obs = f"/fhir/Observation/{world.observations['ann']}"
+    assert status(world.client.get(obs, headers=world.headers("ehr"))) == 200  # ann's hospital
+    assert _PREFETCHED.get() is None  # the read took it
+
+    # Taken once, by the first operation: a stale value handed in is used there (its age fails closed), then the
+    # next operation reads the database's.
+    Freshness.received(index._generation, 0.0)
+    with world.app.extensions["healthledger.engine"].connect() as conn:
+        assert index.refresh(conn) > 3600  # the epoch: as stale as can be
+        assert index.refresh(conn) < 60
