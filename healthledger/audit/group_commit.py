@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 
 from healthledger.audit.entries import AccessEntry
-from healthledger.audit.log import DEFAULT_LOG, record_accesses
+from healthledger.audit.log import DEFAULT_LOG, commit_accesses_on_driver, record_accesses
 from healthledger.errors import HealthLedgerError
 
 # One group's entries at most (the rest wait for the next group): bounds the INSERT and the wait.
@@ -74,6 +74,7 @@ class GroupCommitLog:
         tests hand in one that fails or dies mid-group."""
         self._engine = engine
         self._log_id = log_id
+        self._custom_write = write is not None
         self._write = write or (lambda conn, entries: record_accesses(conn, entries, log_id=log_id))
         self._cond = threading.Condition()
         self._queue: list[_Waiting] = []
@@ -119,6 +120,8 @@ class GroupCommitLog:
             if held is None:
                 with self._engine.begin() as conn:
                     self._write(conn, entries)
+            elif not self._custom_write:
+                commit_accesses_on_driver(held, entries, log_id=self._log_id)  # INSERT and COMMIT, rollback on error
             else:
                 try:
                     self._write(held, entries)

@@ -81,6 +81,36 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
+def commit_accesses_on_driver(conn: Connection, entries: Sequence[AccessEntry], *, log_id: str = DEFAULT_LOG) -> None:
+    """Append `entries` and COMMIT, through the database driver of `conn` (group commit's leader, on every read).
+
+    Commits whatever `conn`'s driver connection holds: a read's own transaction (PostgreSQL: read committed,
+    nothing written) or none (SQLite: the read was rolled back first). On an error the driver's transaction is
+    rolled back and the error raised. SQLAlchemy's statement and transaction handling, skipped here, cost as much
+    as the INSERT and COMMIT themselves on this path; the caller's Connection is not used again for writing.
+    """
+    driver = conn.connection.driver_connection
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:
+        rows: list[tuple[Any, ...]] = [(log_id, encode_entry(e), _sqlite_time(e.time), e.patient_pseudonym or None)
+                                       for e in entries]
+    else:
+        rows = [(log_id, encode_entry(e), e.time.astimezone(UTC), e.patient_pseudonym or None) for e in entries]
+    try:
+        cursor = driver.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(_SQLITE_INSERT if sqlite else _DRIVER_INSERT, rows)
+        finally:
+            cursor.close()
+        driver.commit()  # type: ignore[union-attr]
+    except BaseException:
+        driver.rollback()  # type: ignore[union-attr]
+        raise
+
+
+_DRIVER_INSERT = _SQLITE_INSERT.replace("?", "%s")  # psycopg's placeholders
+
+
 class _CachedNodes:
     """A NodeReader over `audit_nodes` with a per-call cache; misses are fetched one at a time."""
 

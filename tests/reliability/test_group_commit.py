@@ -193,20 +193,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def test_a_read_whose_entry_cannot_be_committed_answers_503_and_shows_nothing(world: World) -> None:
     path = f"/fhir/Patient/{world.patients['ann']}"
     assert world.client.get(path, headers=world.headers("ehr")).status_code == 200
-    policy = world.app.extensions["healthledger.store"].policy
-    writer = policy._log_writer
-    real_write = writer._write
+    from healthledger.audit import group_commit
 
-    def failing(conn: Connection, entries: list[AccessEntry]) -> None:
-        real_write(conn, entries)
+    real_commit = group_commit.commit_accesses_on_driver
+    before = world.log_size()
+
+    def failing(conn: Connection, entries: list[AccessEntry], *, log_id: str) -> None:
+        driver = conn.connection.driver_connection
+        cursor = driver.cursor()  # the INSERT is made, then the COMMIT fails
+        cursor.executemany("INSERT INTO access_log (log_id, body, recorded_at, patient_pseudonym) VALUES (?, ?, ?, ?)",
+                           [(log_id, b"{}", "2026-01-01 00:00:00.000000", None) for _ in entries])
+        driver.rollback()
         raise OSError("the database went away")
 
-    writer._write = failing
+    group_commit.commit_accesses_on_driver = failing  # type: ignore[assignment]
     try:
         response = world.client.get(path, headers=world.headers("ehr"))
         search = world.client.get(f"/fhir/Observation?patient={world.patients['ann']}", headers=world.headers("ehr"))
     finally:
-        writer._write = real_write
+        group_commit.commit_accesses_on_driver = real_commit
+    assert world.log_size() == before  # the failed reads' entries are not stored
     for failed in (response, search):
         assert failed.status_code == 503, failed.get_data(as_text=True)
         body = failed.get_json()
