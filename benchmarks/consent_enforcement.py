@@ -485,6 +485,9 @@ def main() -> int:
             r["server_cores_busy"] = r["server_cpu_ms_per_request"] * r["req_per_s"] / 1000
             print(f"{op:28} {mode:14} {r['req_per_s']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:7d} "
                   f"{r['server_cpu_ms_per_request']:10.2f} {r['server_cores_busy']:10.2f} {all_rps:>20}")
+            # gunicorn workers' CPU seconds in that run: one near zero means one worker took every connection.
+            workers = [s for label, s in r["server_cpu_s_by_process"].items() if label.startswith("worker")]
+            print(f"{'':28} {'':14} workers' CPU s: {' / '.join(f'{s:.2f}' for s in workers)}")
         on, off = by_mode[ON], by_mode[OFF]
         entry: dict[str, Any] = {
             **by_mode,

@@ -124,8 +124,12 @@ def check(port: int, path: str) -> None:
             raise SystemExit(f"{path} answered {resp.status}")
 
 
-def server_cpu_seconds(master_pid: int) -> float:
-    """CPU time (user + system) used so far by a gunicorn master and its workers, from /proc (proc(5))."""
+def server_cpu_by_process(master_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of a gunicorn master and each of its children, by a label.
+
+    Children forked from the master (the gunicorn workers) share its command line and are labelled
+    `worker <pid>`; the others (ledger worker, chain node) by their command's last words.
+    """
     tick = os.sysconf("SC_CLK_TCK")
     pids = [master_pid]
     try:
@@ -133,14 +137,29 @@ def server_cpu_seconds(master_pid: int) -> float:
         pids += [int(c) for c in children]
     except OSError:
         pass
-    total = 0.0
+    master_command = _command_line(master_pid)
+    out: dict[str, float] = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15)
-    return total
+        command = _command_line(pid)
+        if pid == master_pid:
+            label = "master"
+        elif command == master_command:
+            label = f"worker {pid}"
+        else:
+            label = f"{' '.join(command.split()[-3:])} {pid}"
+        out[label] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15)
+    return out
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def stop_servers(procs: list[subprocess.Popen[bytes]], *, timeout: float) -> None:
@@ -161,7 +180,7 @@ def run_wrk(
 ) -> dict[str, Any]:
     script = workdir / f"wrk-{port}.lua"
     script.write_text(LUA % {"paths": ", ".join(json.dumps(p) for p in paths), "token": token})
-    cpu_before = server_cpu_seconds(master_pid) if master_pid else 0.0
+    cpu_before = server_cpu_by_process(master_pid) if master_pid else {}
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
          f"http://127.0.0.1:{port}"],
@@ -172,7 +191,10 @@ def run_wrk(
         raise SystemExit(f"wrk printed no summary:\n{out}")
     raw = json.loads(line.removeprefix("WRKJSON "))
     seconds = raw["duration_us"] / 1e6
-    cpu = server_cpu_seconds(master_pid) - cpu_before if master_pid else 0.0
+    cpu_after = server_cpu_by_process(master_pid) if master_pid else {}
+    # Each process's share (a worker that served nothing shows the kernel's accept imbalance).
+    by_process = {label: round(seconds - cpu_before.get(label, 0.0), 2) for label, seconds in cpu_after.items()}
+    cpu = sum(by_process.values())
     cpu_ms = cpu * 1000 / raw["requests"] if raw["requests"] else 0.0
     return {
         # Server CPU per request is independent of how busy the (shared) machine is; 2 cores divided
@@ -186,6 +208,7 @@ def run_wrk(
         "p99_ms": raw["p99_us"] / 1000,
         "mean_ms": raw["mean_us"] / 1000,
         "errors": raw["socket_errors"] + raw["status_errors"],
+        "server_cpu_s_by_process": by_process,
     }
 
 

@@ -13,7 +13,9 @@ wsgi_app = "healthledger.app:create_app()"
 bind = os.environ.get("HEALTHLEDGER_BIND", "0.0.0.0:8080")
 # gthread workers: one per core (the work is CPU-bound crypto and JSON), threads overlap database waits.
 workers = int(os.environ.get("HEALTHLEDGER_WORKERS") or multiprocessing.cpu_count())
-worker_class = "gthread"
+# gthread, taking only its share of the connections: all workers accept on one socket, and the kernel may hand
+# one worker every connection of a burst (healthledger/balanced_worker.py).
+worker_class = "healthledger.balanced_worker.BalancedThreadWorker"
 threads = int(os.environ.get("HEALTHLEDGER_THREADS", "4"))
 keepalive = 5
 timeout = 60  # a transaction Bundle of 10 MiB takes seconds; a worker stuck longer is restarted

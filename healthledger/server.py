@@ -9,6 +9,8 @@ from gunicorn.app.base import BaseApplication
 from healthledger.config import Settings
 from healthledger.observability import gunicorn_log_config, mark_worker_dead
 
+WORKER_CLASS = "healthledger.balanced_worker.BalancedThreadWorker"
+
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
@@ -41,7 +43,8 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         "workers": settings.workers,
         # Threaded workers keep HTTP/1.1 connections alive (sync workers close after every response,
         # which costs a TCP handshake per request); the store and SQLAlchemy's pool are thread-safe.
-        "worker_class": "gthread",
+        # gthread, taking only its share of the connections (else one worker may take them all).
+        "worker_class": WORKER_CLASS,
         "threads": settings.threads,
         "keepalive": 5,
         # No gunicorn access log: the application writes one JSON line per request with its request id and

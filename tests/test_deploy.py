@@ -18,8 +18,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from gunicorn.util import load_class
+from gunicorn.workers.gthread import ThreadWorker
 
 from healthledger.config import Settings
+from healthledger.server import WORKER_CLASS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -124,7 +127,10 @@ def test_dockerfile_is_multi_stage_non_root_without_build_tools() -> None:
 def test_gunicorn_configuration_loads() -> None:
     namespace: dict[str, Any] = {}
     exec(compile((DEPLOY / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), namespace)  # noqa: S102
-    assert namespace["workers"] == multiprocessing.cpu_count() and namespace["worker_class"] == "gthread"
+    assert namespace["workers"] == multiprocessing.cpu_count()
+    # The same worker class as `healthledger serve`, and one gunicorn can load (a threaded worker).
+    assert namespace["worker_class"] == WORKER_CLASS
+    assert issubclass(load_class(namespace["worker_class"]), ThreadWorker)
     assert namespace["wsgi_app"] == "healthledger.app:create_app()" and namespace["graceful_timeout"] > 0
     assert callable(namespace["on_starting"]) and callable(namespace["child_exit"])
 

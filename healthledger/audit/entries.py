@@ -11,12 +11,16 @@ import base64
 import json
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+import orjson
 
 from healthledger.actions import LOGGED_ACTIONS
 from healthledger.audit.merkle import leaf_hash
 
 ENCODING_VERSION = 1
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds (version 1)
+_UTC_OFFSET = timedelta(0)
 
 DECISIONS = frozenset({"permit", "deny", "error"})
 
@@ -55,19 +59,38 @@ def encode_entry(entry: AccessEntry) -> bytes:
     """Canonical bytes: JSON with sorted keys, no spaces, UTC times, the sealed note in base64.
 
     The encoding is versioned; any change to it is a new ENCODING_VERSION so old leaves still verify.
+    Version 1 is what `json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)` writes
+    (with times as `strftime("%Y-%m-%dT%H:%M:%S.%fZ")`): orjson writes the same bytes, 5x faster, whenever
+    they are ASCII without DEL (it escapes control characters as json does, but writes non-ASCII as UTF-8 and
+    DEL as itself); any other entry goes through json itself. tests/audit/test_entries.py holds the two equal.
     """
     fields = {name: getattr(entry, name) for name in _FIELDS}  # dataclasses.asdict deep-copies: 10x slower
-    fields["time"] = entry.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    fields["time"] = _utc_time_text(entry.time)
     fields["sealed_note"] = base64.b64encode(entry.sealed_note).decode()
     fields["v"] = ENCODING_VERSION
+    try:
+        body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate (not UTF-8): json escapes it
+        body = b""
+    if body and body.isascii() and b"\x7f" not in body:
+        return body
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _utc_time_text(moment: datetime) -> str:
+    """`moment` in UTC as `_TIME_FORMAT` writes it, by isoformat (strftime costs 2x, and converting to UTC a
+    time already in it, more)."""
+    utc = moment if moment.utcoffset() == _UTC_OFFSET else moment.astimezone(UTC)
+    if utc.year < 1000:  # strftime's %Y does not pad years below 1000 to four digits (glibc); isoformat does
+        return utc.strftime(_TIME_FORMAT)
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"  # drops the "+00:00" of a zero offset
 
 
 def decode_entry(body: bytes) -> AccessEntry:
     fields = json.loads(body)
     if fields.pop("v", None) != ENCODING_VERSION:
         raise ValueError("unsupported access-log entry encoding")
-    fields["time"] = datetime.strptime(fields["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    fields["time"] = datetime.strptime(fields["time"], _TIME_FORMAT).replace(tzinfo=UTC)
     fields["sealed_note"] = base64.b64decode(fields["sealed_note"])
     return AccessEntry(**fields)
 

@@ -239,10 +239,16 @@ class MerkleFrontier:
     @classmethod
     def from_nodes(cls, size: int, nodes: NodeReader) -> MerkleFrontier:
         """Rebuild the frontier of a tree of `size` from stored perfect-subtree nodes."""
-        peaks: list[tuple[int, bytes]] = []
-        start = 0
-        for level in range(size.bit_length() - 1, -1, -1):
-            if size >> level & 1:
-                peaks.append((level, nodes(level, start >> level)))
-                start += 1 << level
-        return cls(size=size, peaks=peaks)
+        return cls(size=size, peaks=[(level, nodes(level, index)) for level, index in peak_nodes(size)])
+
+
+def peak_nodes(size: int) -> list[tuple[int, int]]:
+    """(level, index) of the perfect subtrees a tree of `size` leaves splits into, largest first: one per set
+    bit of `size` (what `MerkleFrontier.from_nodes` reads, so a store can fetch them in one query). Requires size >= 0."""
+    keys: list[tuple[int, int]] = []
+    start = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            keys.append((level, start >> level))
+            start += 1 << level
+    return keys

@@ -28,7 +28,8 @@ class AccessLogEntry(Base):
     )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
-    log_id: Mapped[str] = mapped_column(String(32), index=True)
+    # No index of its own: the two composite indexes above begin with it (migration audit_0003).
+    log_id: Mapped[str] = mapped_column(String(32))
     body: Mapped[bytes] = mapped_column(LargeBinary)  # canonical encoding (healthledger.audit.entries)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     leaf_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -368,3 +368,28 @@ def test_migration_backfills_existing_entries_and_downgrades(tmp_path: Path) -> 
             assert conn.execute(sa.text("SELECT count(*) FROM access_log")).scalar_one() == 4
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_migration_drops_the_log_id_index_and_downgrade_restores_it(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # (PostgreSQL: a schema of this module's own; the session's is already at every head.)
+    url = f"sqlite:///{tmp_path / 'm.db'}" if database == "sqlite" else request.getfixturevalue("postgres_module_schema_url")[0]
+    engine = make_engine(url)
+
+    def indexes() -> set[str]:
+        with engine.connect() as conn:
+            return {ix["name"] for ix in sa.inspect(conn).get_indexes("access_log")}
+
+    try:
+        cfg = alembic_config(engine)
+        command.upgrade(cfg, "audit_0002")
+        assert "ix_access_log_log_id" in indexes()
+        upgrade(engine)
+        assert indexes() >= {"ix_access_log_recorded_at", "ix_access_log_patient_pseudonym"}
+        assert "ix_access_log_log_id" not in indexes()
+        command.downgrade(cfg, "audit@audit_0002")
+        assert "ix_access_log_log_id" in indexes()
+    finally:
+        engine.dispose()

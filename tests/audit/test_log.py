@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from healthledger.audit.entries import AccessEntry, decode_entry, encode_entry
@@ -22,6 +22,7 @@ from healthledger.audit.log import (
 )
 from healthledger.audit.merkle import verify_consistency, verify_inclusion
 from healthledger.audit.models import AccessLogEntry, AuditNode
+from tests.audit import reference_merkle as ref
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -177,3 +178,41 @@ def test_record_access_on_a_core_connection(sessions, log_id) -> None:
     assert second > first
     with sessions.begin() as s:
         assert integrate(s, T0, log_id=log_id).size == 2
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 250])
+def test_sequencing_in_batches_builds_the_reference_tree(sessions, log_id, batch) -> None:
+    """Batches of any size (each rebuilding the frontier from stored nodes), with another log's entries between
+    this one's rows: leaves in row order, and at every batch the root of the recursive RFC 6962 reference."""
+    other = log_id + "x"
+    for i in range(23):
+        with sessions.begin() as s:
+            record_access(s, entry(i), log_id=log_id)
+            if i % 4 == 0:
+                record_access(s, entry(100 + i), log_id=other)
+    bodies: list[bytes] = []
+    with sessions.begin() as s:
+        bodies = list(s.scalars(select(AccessLogEntry.body).where(AccessLogEntry.log_id == log_id)
+                                .order_by(AccessLogEntry.id)))
+    size = 0
+    while size < len(bodies):
+        with sessions.begin() as s:
+            head = integrate(s, T0, log_id=log_id, limit=batch)
+        assert head.size == min(size + batch, len(bodies))
+        assert head.root == ref.mth(bodies[: head.size])
+        size = head.size
+    with sessions.begin() as s:
+        rows = s.execute(select(AccessLogEntry.leaf_index).where(AccessLogEntry.log_id == log_id)
+                         .order_by(AccessLogEntry.id)).scalars().all()
+        assert rows == list(range(len(bodies)))
+        assert tree_head(s, log_id=other).size == 0  # the other log is left alone
+
+
+def test_an_entry_the_session_holds_sees_its_leaf_index(sessions, log_id) -> None:
+    ids, _ = fill(sessions, log_id, 3)
+    with sessions.begin() as s:
+        held = s.get(AccessLogEntry, ids[1])
+        assert held is not None and held.leaf_index is None
+        integrate(s, T0, log_id=log_id)
+        assert held.leaf_index == 1
+        assert prove_inclusion(s, ids[1], log_id=log_id).leaf_index == 1

@@ -16,6 +16,7 @@ from healthledger.audit.merkle import (
     consistency_proof,
     inclusion_proof,
     leaf_hash,
+    peak_nodes,
     root_from_inclusion_proof,
     root_hash,
     verify_consistency,
@@ -201,3 +202,16 @@ def test_proofs_read_logarithmically_many_nodes() -> None:
     s.reads = 0
     consistency_proof(1000, 4999, s.read)
     assert s.reads <= 13 * 13
+
+
+@given(size=st.integers(0, 1 << 40))
+def test_peak_nodes_are_the_nodes_a_frontier_is_rebuilt_from(size: int) -> None:
+    """What the store prefetches in one query is exactly what from_nodes reads, and they tile [0, size)."""
+    read: list[tuple[int, int]] = []
+    MerkleFrontier.from_nodes(size, lambda level, index: read.append((level, index)) or bytes(32))
+    assert peak_nodes(size) == read
+    covered = 0
+    for level, index in read:
+        assert index << level == covered
+        covered += 1 << level
+    assert covered == size
