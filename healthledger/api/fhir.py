@@ -642,7 +642,7 @@ def _check_bundle_supported(bundle: dict[str, Any]) -> None:
         plan = fhir_bundles.plan_bundle(bundle)
     except FhirInputError:
         return
-    for entry in plan.entries:
+    for entry in sorted(plan.entries, key=lambda e: e.index):  # a transaction's are in processing order
         if entry.resource_type is None or entry.error is not None:
             continue
         if entry.method in ("GET", "HEAD"):
