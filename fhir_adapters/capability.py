@@ -136,7 +136,8 @@ def capability_statement(
                                 for code in codes]
         if override is None or set(codes) & _VERSIONED:  # a read-only view has no versions or writes to describe
             entry.update({
-                "versioning": versioning,
+                # versioned-update promises If-Match on update (R4 ResourceVersionPolicy): not for a type without it
+                "versioning": "versioned" if versioning == "versioned-update" and "update" not in codes else versioning,
                 "readHistory": "vread" in codes,
                 "updateCreate": update_create and "update" in codes,
                 "conditionalCreate": conditional_create and conditional and "create" in codes,

@@ -80,7 +80,8 @@ TYPE_CAPABILITIES: Final[dict[str, TypeCapability]] = {
                "history-type": "unrestricted callers only; others read a study's own history",
                "search-type": "by status (and _count); drafts are shown to their owners only"},
         search=(("status", "token", "the study's status, comma: any of"),),
-        documentation=STUDY_EDITS_REFUSED + ".",
+        documentation="Defined by researchers; a study changes only through its operations ($publish, $enrol, "
+        "$leave): update, patch and delete are refused (403).",
     ),
     "ResearchSubject": TypeCapability(
         TYPE_INTERACTIONS, conditional=True,
