@@ -8,6 +8,7 @@ error-to-OperationOutcome mapping in `healthledger.api.outcomes`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
@@ -66,7 +67,7 @@ STUDY_EDITS_REFUSED = "a study changes through its operations ($publish); it is 
 # declares this table and `_check_supported` refuses the rest on every generic path (REST and Bundle entries),
 # so the declaration and the refusals come from one place. AuditEvent is served by api/audit_events.py (writes
 # 405); ResearchStudy and the GET search of ResearchSubject by api/research.py (study edits 403, as here).
-TYPE_CAPABILITIES: Final[dict[str, TypeCapability]] = {
+TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
     "AuditEvent": TypeCapability(
         ("read", "search-type"),
         search=(("patient", "reference", "entries about that patient (Patient/{id} or {id}; comma: any of)"),
