@@ -8,8 +8,10 @@ R4's, and the differences that matter to clients are listed in docs/fhir-r4b.md.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from fhir_adapters.operation_definitions import BULK_GROUP_EXPORT, OPERATION_BASE
 from fhir_adapters.search.parameters import (
     COMMON_PARAMETERS,
     SEARCH_PARAMETERS,
@@ -34,9 +36,27 @@ TYPE_INTERACTIONS: Final = frozenset(
     }
 )
 SYSTEM_INTERACTIONS: Final = frozenset({"transaction", "batch", "search-system", "history-system"})
-# Operations' canonical definitions (CapabilityStatement.rest.resource.operation.definition, 1..1).
-GROUP_EXPORT: Final = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"  # Bulk Data IG 2.0
-RESEARCH_FEASIBILITY: Final = "https://healthledger.dev/fhir/OperationDefinition/ResearchStudy-feasibility"
+_VERSIONED: Final = TYPE_INTERACTIONS - {"read", "search-type"}
+# Operations' canonical definitions (CapabilityStatement.rest.resource.operation.definition, 1..1); every
+# operation is listed in fhir_adapters/operation_definitions.py.
+GROUP_EXPORT: Final = BULK_GROUP_EXPORT
+RESEARCH_FEASIBILITY: Final = OPERATION_BASE + "ResearchStudy-feasibility"
+
+
+@dataclass(frozen=True)
+class TypeCapability:
+    """What one type supports when it differs from the interactions every type has.
+
+    `interactions`: its TypeRestfulInteraction codes; `notes`: documentation of some of them (who may, how);
+    `search`: its search parameters as (name, type, documentation), or None for those of SEARCH_PARAMETERS;
+    `conditional`: whether its create, update and delete take the server's conditional forms.
+    """
+
+    interactions: tuple[str, ...]
+    notes: Mapping[str, str] = field(default_factory=dict)
+    search: tuple[tuple[str, str, str], ...] | None = None
+    conditional: bool = False
+    documentation: str = ""
 _CORE_DEFINITIONS: Final[Mapping[str, str]] = {
     "_id": "http://hl7.org/fhir/SearchParameter/Resource-id",
     "_lastUpdated": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
@@ -70,7 +90,9 @@ def capability_statement(
     security_description: str | None = None,
     oauth_token_url: str | None = None,
     read_only: Mapping[str, Iterable[tuple[str, str]]] | None = None,
-    operations: Mapping[str, Iterable[tuple[str, str]]] | None = None,
+    overrides: Mapping[str, TypeCapability] | None = None,
+    operations: Mapping[str, Iterable[tuple[str, ...]]] | None = None,
+    system_operations: Iterable[tuple[str, ...]] = (),
 ) -> dict[str, Any]:
     """A CapabilityStatement (kind `instance`) listing exactly the interactions and search parameters given.
 
@@ -79,9 +101,11 @@ def capability_statement(
     `date` is when this capability was last changed (a parameter: the core reads no clock).
     `oauth_token_url` declares SMART on FHIR security (App Launch 2.0 §Conformance: the
     restful-security-service code and the oauth-uris extension). `read_only` maps types served read-only
-    (read and search-type) to their search parameters as (name, type), e.g. {"AuditEvent": [("date", "date")]}.
-    `operations` maps types to the operations they support as (name without `$`, canonical definition), e.g.
-    {"Group": [("export", GROUP_EXPORT)]}; a type not in `resource_types` is not listed.
+    (read and search-type) to their search parameters as (name, type), e.g. {"AuditEvent": [("date", "date")]};
+    `overrides` gives, per type, exactly what that type supports instead (TypeCapability).
+    `operations` maps types to the operations they support as (name without `$`, canonical definition[,
+    documentation]), e.g. {"Group": [("export", GROUP_EXPORT)]}; a type not in `resource_types` is not listed.
+    `system_operations` are the system-level ones (`rest.operation`), in the same form.
     """
     type_codes = sorted(set(interactions))
     unknown = set(type_codes) - TYPE_INTERACTIONS
@@ -93,28 +117,37 @@ def capability_statement(
             f"unknown SystemRestfulInteraction codes: {sorted(set(system_codes) - SYSTEM_INTERACTIONS)}"
         )
     types = sorted(RESOURCE_TYPES if resource_types is None else set(resource_types))
-    searchable = "search-type" in type_codes
     resources = []
-    read_only = dict(read_only or {})
+    special = {t: TypeCapability(("read", "search-type"), search=tuple((n, k, "") for n, k in params))
+               for t, params in (read_only or {}).items()}
+    special.update(overrides or {})
     for resource_type in types:
-        if resource_type in read_only:
-            resources.append({
-                "type": resource_type,
-                "interaction": [{"code": "read"}, {"code": "search-type"}],
-                "searchParam": [{"name": name, "type": kind} for name, kind in read_only[resource_type]],
+        override = special.get(resource_type)
+        if override is not None and set(override.interactions) - TYPE_INTERACTIONS:
+            raise ValueError(f"unknown TypeRestfulInteraction codes for {resource_type}: "
+                             f"{sorted(set(override.interactions) - TYPE_INTERACTIONS)}")
+        codes = type_codes if override is None else sorted(set(override.interactions))
+        conditional = override is None or override.conditional
+        entry: dict[str, Any] = {"type": resource_type}
+        if override is not None and override.documentation:
+            entry["documentation"] = override.documentation
+        notes = {} if override is None else override.notes
+        entry["interaction"] = [{"code": code, **({"documentation": notes[code]} if code in notes else {})}
+                                for code in codes]
+        if override is None or set(codes) & _VERSIONED:  # a read-only view has no versions or writes to describe
+            entry.update({
+                # versioned-update promises If-Match on update (R4 ResourceVersionPolicy): not for a type without it
+                "versioning": "versioned" if versioning == "versioned-update" and "update" not in codes else versioning,
+                "readHistory": "vread" in codes,
+                "updateCreate": update_create and "update" in codes,
+                "conditionalCreate": conditional_create and conditional and "create" in codes,
+                "conditionalUpdate": conditional_update and conditional and "update" in codes,
+                "conditionalDelete": conditional_delete if conditional and "delete" in codes else "not-supported",
             })
-            continue
-        entry: dict[str, Any] = {
-            "type": resource_type,
-            "interaction": [{"code": code} for code in type_codes],
-            "versioning": versioning,
-            "readHistory": "vread" in type_codes,
-            "updateCreate": update_create,
-            "conditionalCreate": conditional_create,
-            "conditionalUpdate": conditional_update,
-            "conditionalDelete": conditional_delete,
-        }
-        if searchable:
+        if override is not None and override.search is not None:
+            entry["searchParam"] = [{"name": name, "type": kind, **({"documentation": doc} if doc else {})}
+                                    for name, kind, doc in override.search]
+        elif "search-type" in codes:
             params = search_parameters(resource_type)
             entry["searchParam"] = [_search_param(d) for d in _ordered(params)]
             # _include / _revinclude (R4 3.1.1.5.4): along the reference parameters, one level.
@@ -128,10 +161,9 @@ def capability_statement(
             if revincludes:
                 entry["searchRevInclude"] = revincludes
         resources.append(entry)
-    declared_operations: dict[str, Iterable[tuple[str, str]]] = dict(operations or {})
+    declared_operations: dict[str, Iterable[tuple[str, ...]]] = dict(operations or {})
     for entry in resources:
-        declared = [{"name": name, "definition": definition}
-                    for name, definition in declared_operations.get(str(entry["type"]), ())]
+        declared = [_operation(op) for op in declared_operations.get(str(entry["type"]), ())]
         if declared:
             entry["operation"] = declared
     rest: dict[str, Any] = {"mode": "server", "resource": resources}
@@ -150,6 +182,9 @@ def capability_statement(
         rest["security"] = security
     if system_codes:
         rest["interaction"] = [{"code": code} for code in system_codes]
+    system_declared = [_operation(op) for op in system_operations]
+    if system_declared:
+        rest["operation"] = system_declared
     implementation: dict[str, Any] = {
         "description": f"{software_name} FHIR R4 ({FHIR_VERSION}) API; resources validated with FHIR "
         f"{VALIDATED_WITH} (R4B) structure definitions"
@@ -168,9 +203,16 @@ def capability_statement(
         "implementation": implementation,
         "fhirVersion": FHIR_VERSION,
         "format": list(formats),
-        **({"patchFormat": ["application/json-patch+json"]} if "patch" in type_codes else {}),
+        **({"patchFormat": ["application/json-patch+json"]}
+           if "patch" in type_codes or any("patch" in o.interactions for o in special.values()) else {}),
         "rest": [rest],
     }
+
+
+def _operation(declared: tuple[str, ...]) -> dict[str, Any]:
+    """rest.resource.operation / rest.operation: (name, definition[, documentation])."""
+    name, definition, *documentation = declared
+    return {"name": name, "definition": definition, **({"documentation": documentation[0]} if documentation else {})}
 
 
 def _ordered(params: Mapping[str, SearchParamDef]) -> list[SearchParamDef]:

@@ -8,17 +8,20 @@ error-to-OperationOutcome mapping in `healthledger.api.outcomes`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Request, Response, request
 from sqlalchemy import exc as sa_exc
 
-from fhir_adapters.capability import GROUP_EXPORT, RESEARCH_FEASIBILITY, capability_statement
+from fhir_adapters import bundles as fhir_bundles
+from fhir_adapters.capability import TypeCapability, capability_statement
 from fhir_adapters.datatypes import ID, instant, with_version_meta
-from fhir_adapters.errors import UnknownResourceType, UnsupportedSearch
+from fhir_adapters.errors import FhirInputError, UnknownResourceType, UnsupportedSearch
 from fhir_adapters.extensions import EXTENSIONS, structure_definition
+from fhir_adapters.operation_definitions import OURS, operation_definition, system_operations, type_operations
 from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.search import parse_search
 from fhir_adapters.search.controls import ResultControls, is_control, parse_controls, prefers_strict
@@ -40,6 +43,7 @@ from healthledger.config import Settings
 from healthledger.consent.lifecycle import chain_states, present_consent, revoke_consent, sign_consent
 from healthledger.errors import (
     BadRequest,
+    Forbidden,
     InvalidResource,
     KeyProviderUnavailable,
     NotFound,
@@ -58,6 +62,36 @@ _VID = re.compile(r"[0-9]{1,9}")
 # What the API really does; the CapabilityStatement is built from these, so it cannot claim more.
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type")
 SYSTEM_INTERACTIONS = ("transaction", "batch")
+STUDY_EDITS_REFUSED = "a study changes through its operations ($publish); it is not edited directly"
+# The types that support other than TYPE_INTERACTIONS, with what they do support: the CapabilityStatement
+# declares this table and `_check_supported` refuses the rest on every generic path (REST and Bundle entries),
+# so the declaration and the refusals come from one place. AuditEvent is served by api/audit_events.py (writes
+# 405); ResearchStudy and the GET search of ResearchSubject by api/research.py (study edits 403, as here).
+TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
+    "AuditEvent": TypeCapability(
+        ("read", "search-type"),
+        search=(("patient", "reference", "entries about that patient (Patient/{id} or {id}; comma: any of)"),
+                ("date", "date", "when the access happened (prefixes eq ne lt le gt ge sa eb)")),
+        documentation="The access log, read-only: every access decided by this server, in a verifiable "
+        "append-only log (see the $inclusion-proof operation).",
+    ),
+    "ResearchStudy": TypeCapability(
+        ("create", "read", "vread", "history-instance", "history-type", "search-type"),
+        notes={"create": "a researcher acting for an organisation defines a draft study and its cohort Group",
+               "history-type": "unrestricted callers only; others read a study's own history",
+               "search-type": "by status (and _count); drafts are shown to their owners only"},
+        search=(("status", "token", "the study's status, comma: any of"),),
+        documentation="Defined by researchers; a study changes only through its operations ($publish, $enrol, "
+        "$leave): update, patch and delete are refused (403).",
+    ),
+    "ResearchSubject": TypeCapability(
+        TYPE_INTERACTIONS, conditional=True,
+        notes={"search-type": "GET lists enrolments made by ResearchStudy/$enrol: a study's participants to its "
+               "owner (study required), a patient's own enrolments to that patient"},
+        search=(("study", "reference", "the study (ResearchStudy/{id})"),),
+    ),
+}
+_REFUSED_BECAUSE: Final = {"ResearchStudy": STUDY_EDITS_REFUSED}
 # Result controls are interpreted here and only here: fhir_adapters.search.parse_search sets the result
 # parameters aside (RESULT_PARAMETERS) and parses criteria. These are the ones this module reads itself.
 _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_pretty"})
@@ -130,6 +164,9 @@ def fhir_blueprint(
     bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
     bp.add_url_rule(
         "/StructureDefinition/<resource_id>", "extension_definition", api.extension_definition, methods=["GET"]
+    )
+    bp.add_url_rule(
+        "/OperationDefinition/<resource_id>", "operation_definition", api.operation_definition, methods=["GET"]
     )
     bp.add_url_rule("", "system", api.system_bundle, methods=["POST"])
     bp.add_url_rule("/", "system_slash", api.system_bundle, methods=["POST"])
@@ -241,9 +278,9 @@ class _FhirApi:
                     versioning="versioned-update",  # If-Match is honoured
                     update_create=True,  # PUT to a new id creates it
                     oauth_token_url=self.token_url,
-                    read_only={"AuditEvent": (("patient", "reference"), ("date", "date"))},
-                    operations={"Group": [("export", GROUP_EXPORT)],  # api/research_data.py
-                                "ResearchStudy": [("feasibility", RESEARCH_FEASIBILITY)]},
+                    overrides=TYPE_CAPABILITIES,
+                    operations=type_operations(),
+                    system_operations=system_operations(),
                     security_description=(
                         "SMART on FHIR Backend Services (client credentials with private_key_jwt): bearer access "
                         "tokens from /auth/token, discovery at /.well-known/smart-configuration. Every access is "
@@ -259,9 +296,23 @@ class _FhirApi:
         """Our extensions' StructureDefinitions, public like the CapabilityStatement, at the id their canonical
         URL ends in (fhir_adapters/extensions.py); any other StructureDefinition id is an ordinary read."""
         if resource_id not in EXTENSIONS:
-            return self.instance("StructureDefinition", resource_id)
+            return self._ordinary_get("StructureDefinition", resource_id)
         http.check_response_format(request)
         return self._respond(structure_definition(resource_id))
+
+    def operation_definition(self, resource_id: str) -> Response:
+        """Our operations' OperationDefinitions, public like the CapabilityStatement, at the id their canonical
+        URL ends in (fhir_adapters/operation_definitions.py); any other id is an ordinary read."""
+        if resource_id not in OURS:
+            return self._ordinary_get("OperationDefinition", resource_id)
+        http.check_response_format(request)
+        return self._respond(operation_definition(resource_id))
+
+    def _ordinary_get(self, resource_type: str, resource_id: str) -> Response:
+        """`Type/{id}` or `Type/_history`, which the more specific definition routes would otherwise take."""
+        if resource_id == "_history":
+            return self.type_history(resource_type)
+        return self.instance(resource_type, resource_id)
 
     def system_bundle(self) -> Response:
         principal = self._principal()
@@ -269,6 +320,7 @@ class _FhirApi:
         bundle = self._body_resource()
         if bundle.get("resourceType") != "Bundle":
             raise BadRequest("POST /fhir takes a Bundle of type batch or transaction", expression="Bundle")
+        _check_bundle_supported(bundle)
         result = execute_bundle(self.store, bundle, principal=principal)
         return self._respond(result, 200)
 
@@ -276,6 +328,7 @@ class _FhirApi:
         _check_type(resource_type)
         principal = self._principal()
         http.check_response_format(request)
+        _check_supported(resource_type, _TYPE_LEVEL[request.method])
         if request.method == "POST":
             return self._create(resource_type, principal)
         if request.method == "PUT":
@@ -288,6 +341,7 @@ class _FhirApi:
         _check_type(resource_type)
         principal = self._principal()
         http.check_response_format(request)
+        _check_supported(resource_type, "search-type")
         kind = http.media_type(request.headers.get("Content-Type"))
         if kind != http.FORM_MEDIA_TYPE:
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
@@ -302,12 +356,14 @@ class _FhirApi:
         _check_type(resource_type)
         principal = self._principal()
         http.check_response_format(request)
+        _check_supported(resource_type, "history-type")
         return self._history(resource_type, None, principal)
 
     def instance(self, resource_type: str, resource_id: str) -> Response:
         _check_type(resource_type)
         principal = self._principal()
         http.check_response_format(request)
+        _check_supported(resource_type, _INSTANCE_LEVEL[request.method])
         if request.method == "PUT":
             return self._update(resource_type, resource_id, principal)
         _check_id(resource_id)
@@ -322,6 +378,7 @@ class _FhirApi:
         _check_type(resource_type)
         principal = self._principal()
         http.check_response_format(request)
+        _check_supported(resource_type, "vread")
         _check_id(resource_id)
         if not _VID.fullmatch(version_id):
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id[:20]!r}")
@@ -332,6 +389,7 @@ class _FhirApi:
         _check_type(resource_type)
         principal = self._principal()
         http.check_response_format(request)
+        _check_supported(resource_type, "history-instance")
         _check_id(resource_id)
         return self._history(resource_type, resource_id, principal)
 
@@ -564,6 +622,42 @@ def _check_type(resource_type: str) -> None:
     if not _TYPE.fullmatch(resource_type) or not is_resource_type(resource_type):
         shown = resource_type[:40] if resource_type.isprintable() else "?"
         raise UnknownResourceType(f"unknown resource type {shown!r}")
+
+
+_TYPE_LEVEL: Final = {"GET": "search-type", "HEAD": "search-type", "POST": "create", "PUT": "update",
+                      "DELETE": "delete"}
+_INSTANCE_LEVEL: Final = {"GET": "read", "HEAD": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def _check_supported(resource_type: str, interaction: str) -> None:
+    """Refuse an interaction TYPE_CAPABILITIES does not declare for the type (before anything is read)."""
+    capability = TYPE_CAPABILITIES.get(resource_type)
+    if capability is not None and interaction not in capability.interactions:
+        raise Forbidden(_REFUSED_BECAUSE.get(resource_type)
+                        or f"{interaction} is not supported on {resource_type} (see GET /fhir/metadata)")
+
+
+def _check_bundle_supported(bundle: dict[str, Any]) -> None:
+    """Every entry of a batch or transaction asks only for what its type supports (else the whole request is
+    refused, naming the entry). A Bundle that does not parse is left to execute_bundle to refuse in its words."""
+    try:
+        plan = fhir_bundles.plan_bundle(bundle)
+    except FhirInputError:
+        return
+    for entry in sorted(plan.entries, key=lambda e: e.index):  # a transaction's are in processing order
+        if entry.resource_type is None or entry.error is not None:
+            continue
+        if entry.method in ("GET", "HEAD"):
+            by_id = "vread" if entry.version_id else "read"
+            interaction = by_id if entry.id is not None and entry.conditional is None else "search-type"
+        elif entry.method == "POST":
+            interaction = "create"
+        else:
+            interaction = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[entry.method]
+        try:
+            _check_supported(entry.resource_type, interaction)
+        except Forbidden as refused:
+            raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refused}") from None
 
 
 def _check_id(resource_id: str) -> None:

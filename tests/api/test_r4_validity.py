@@ -1,6 +1,6 @@
 """Valid R4 everywhere: every resource the server emits (responses, Bundles with their entries, AuditEvents,
-OperationOutcomes of errors, the CapabilityStatement, our StructureDefinitions) validates against the R4B models,
-over a session that exercises every interaction and result control."""
+OperationOutcomes of errors, the CapabilityStatement, our StructureDefinitions and OperationDefinitions)
+validates against the R4B models, over a session that exercises every interaction and result control."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from flask import Flask, Response
 from flask.testing import FlaskClient
 
 from fhir_adapters.extensions import EXTENSIONS, structure_definition
+from fhir_adapters.operation_definitions import OURS as OPERATIONS
 from fhir_adapters.subsetting import SUBSETTED
 from fhir_adapters.validation import parse_resource
 from healthledger.consent.lifecycle import present_consent
@@ -77,6 +78,7 @@ def _session(client: FlaskClient) -> None:
         "/fhir/AuditEvent?_summary=count", "/fhir/AuditEvent?_count=2&nickname=x", "/fhir/AuditEvent/1",
         "/fhir/Patient/does-not-exist", "/fhir/Nope", "/fhir/Observation?date=banana",
         *(f"/fhir/StructureDefinition/{i}" for i in EXTENSIONS),
+        *(f"/fhir/OperationDefinition/{i}" for i in OPERATIONS),
     ]
     for path in gets:
         client.get(path, headers=AUTH)
@@ -101,8 +103,8 @@ def test_every_resource_the_server_emits_is_valid_r4(client: FlaskClient, emitte
                                                       ) -> None:
     _session(client)
     kinds = {body["resourceType"] for _, body in emitted}
-    assert {"Bundle", "OperationOutcome", "CapabilityStatement", "StructureDefinition", "Patient",
-            "Observation", "Consent"} <= kinds, kinds
+    assert {"Bundle", "OperationOutcome", "CapabilityStatement", "StructureDefinition", "OperationDefinition",
+            "Patient", "Observation", "Consent"} <= kinds, kinds
     assert any(e.get("resource", {}).get("resourceType") == "AuditEvent" for _, b in emitted for e in b.get("entry", []))
     failures = []
     for request, body in emitted:

@@ -1,0 +1,268 @@
+"""What `GET /fhir/metadata` declares is what the server does: every `$` route of the app is a declared operation
+whose OperationDefinition the server publishes, and the types with interactions of their own accept exactly what
+is declared for them and refuse the rest (on every path: REST, conditional forms, Bundle entries)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
+from flask import Flask
+from flask.testing import FlaskClient
+from research_support import UNIVERSITY, register_researcher
+
+from fhir_adapters.capability import TYPE_INTERACTIONS
+from fhir_adapters.operation_definitions import BULK_GROUP_EXPORT, OPERATION_BASE, OURS, operation_definition
+from fhir_adapters.research_study import (
+    CRITERIA_URL,
+    DATA_CATEGORY_URL,
+    DATA_PERIOD_URL,
+    MAX_PARTICIPANTS_URL,
+)
+from fhir_adapters.validation import parse_resource
+from healthledger.api.fhir import TYPE_CAPABILITIES
+from healthledger.research.studies import ETHICS_APPROVAL_URL
+
+# Bulk Data's status and file URLs (Bulk Data IG 2.0 §Status Request, §File Request) are not operations.
+NOT_OPERATIONS = frozenset({"export-status", "export-file"})
+_OPERATION_ROUTE = re.compile(r"/fhir(?:/(?P<type>[A-Z][A-Za-z]+)(?P<instance>/<[^>]+>)?)?/\$(?P<code>[a-z-]+)$")
+JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+# A refused write is 403 (a study changes through its operations) or 405 (the access log); a read the type does not
+# have (AuditEvent history) is a path that does not exist.
+_REFUSED_WRITE = (403, 405)
+_REFUSED_READ = (403, 404, 405)
+_READS = frozenset({"read", "vread", "history-instance", "history-type", "search-type"})
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    application = build_app(api_settings(tmp_path_factory.mktemp("capability")))
+    yield application
+    dispose(application)
+
+
+@pytest.fixture(scope="module")
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def metadata(client: FlaskClient) -> dict[str, Any]:
+    resp = client.get("/fhir/metadata")
+    assert resp.status_code == 200
+    body: dict[str, Any] = orjson.loads(resp.data)
+    return body
+
+
+def _declared_operations(metadata: dict[str, Any]) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """(type or None for system-level, code) -> the declared operation."""
+    rest = metadata["rest"][0]
+    declared = {(None, op["name"]): op for op in rest.get("operation", [])}
+    for resource in rest["resource"]:
+        declared.update({(resource["type"], op["name"]): op for op in resource.get("operation", [])})
+    return declared
+
+
+def _operation_routes(app: Flask) -> dict[tuple[str | None, str], bool]:
+    """(type or None, code) -> whether it is invoked on an instance, for every `$` route of the app."""
+    routes: dict[tuple[str | None, str], bool] = {}
+    for rule in app.url_map.iter_rules():
+        code = re.search(r"/\$([a-z-]+)", rule.rule)
+        if code is None or code[1] in NOT_OPERATIONS:
+            continue
+        found = _OPERATION_ROUTE.fullmatch(rule.rule)
+        assert found is not None, f"an operation route of an unexpected shape: {rule.rule}"
+        routes[(found["type"], found["code"])] = found["instance"] is not None
+    return routes
+
+
+def test_every_operation_route_is_declared_and_nothing_else(app: Flask, metadata: dict[str, Any]) -> None:
+    routes = _operation_routes(app)
+    declared = _declared_operations(metadata)
+    assert len(routes) >= 15
+    assert set(routes) == set(declared), {"undeclared": set(routes) - set(declared),
+                                          "declared without a route": set(declared) - set(routes)}
+    for (resource_type, code), op in declared.items():
+        definition = op["definition"]
+        assert definition == BULK_GROUP_EXPORT or definition == OPERATION_BASE + (
+            f"{resource_type}-{code}" if resource_type else code), definition
+        assert op.get("documentation"), f"${code} is declared without words"
+        if definition.startswith(OPERATION_BASE):  # on an instance exactly when its route takes an id
+            assert operation_definition(definition.removeprefix(OPERATION_BASE))["instance"] is routes[
+                (resource_type, code)]
+    assert declared[("Group", "export")]["definition"] == BULK_GROUP_EXPORT  # what Bulk Data clients look for
+    assert (None, "redeem-record-locator") in declared  # system-level: rest.operation
+
+
+def test_every_definition_of_ours_is_served_publicly_as_a_valid_operation_definition(
+        client: FlaskClient, metadata: dict[str, Any]) -> None:
+    ours = {key: op for key, op in _declared_operations(metadata).items()
+            if op["definition"].startswith(OPERATION_BASE)}
+    assert len(ours) == len(OURS)
+    for (resource_type, code), op in ours.items():
+        url = op["definition"]
+        resp = client.get(f"/fhir/OperationDefinition/{url.rsplit('/', 1)[1]}")  # no token: public
+        assert resp.status_code == 200, url
+        assert resp.content_type.startswith("application/fhir+json")
+        definition = orjson.loads(resp.data)
+        assert parse_resource(definition) == definition  # valid against the R4B models
+        assert definition["url"] == url and definition["kind"] == "operation" and definition["status"] == "active"
+        assert definition["code"] == code
+        assert definition.get("resource") == ([resource_type] if resource_type else None)
+        assert definition["system"] is (resource_type is None)
+        assert definition["description"] and isinstance(definition["affectsState"], bool)
+        for parameter in definition.get("parameter", []):
+            assert parameter["use"] in ("in", "out") and ("type" in parameter) != ("part" in parameter), parameter
+    assert client.get("/fhir/OperationDefinition/not-ours").status_code == 401  # an ordinary read: needs a token
+    assert client.get("/fhir/OperationDefinition/_history", headers=AUTH).status_code == 200  # type history
+    assert client.get("/fhir/StructureDefinition/_history", headers=AUTH).status_code == 200
+
+
+def test_the_definitions_name_the_parameters_the_handlers_take(metadata: dict[str, Any]) -> None:
+    """Spot checks against the handlers: $enrol takes proof, publicSignals and password and returns a
+    ResearchSubject; $feasibility's only input is an optional criteria; $redeem-record-locator is system-level."""
+    enrol = operation_definition("ResearchStudy-enrol")
+    assert [(p["name"], p["use"], p["min"]) for p in enrol["parameter"]] == [
+        ("proof", "in", 1), ("publicSignals", "in", 1), ("password", "in", 1), ("return", "out", 1)]
+    assert enrol["parameter"][-1]["type"] == "ResearchSubject" and enrol["affectsState"] is True
+    feasibility = operation_definition("ResearchStudy-feasibility")
+    assert [(p["name"], p["min"]) for p in feasibility["parameter"] if p["use"] == "in"] == [("criteria", 0)]
+    redeem = operation_definition("redeem-record-locator")
+    assert (redeem["system"], redeem["type"], redeem["instance"]) == (True, False, False) and "resource" not in redeem
+    proof = operation_definition("AuditEvent-inclusion-proof")
+    assert proof["affectsState"] is False and {p["name"] for p in proof["parameter"]} >= {"auditPath", "anchor"}
+
+
+# -- per-type interactions ---------------------------------------------------------------------------------------
+def _study(now: datetime) -> dict[str, Any]:
+    return {
+        "resourceType": "ResearchStudy", "title": "Capability probe", "sponsor": {"reference": UNIVERSITY},
+        "principalInvestigator": {"reference": "Practitioner/pi-1"},
+        "period": {"start": now.date().isoformat(), "end": (now + timedelta(days=90)).date().isoformat()},
+        "extension": [
+            {"url": CRITERIA_URL, "valueString": json.dumps({"age": {"$between": [40, 75]}})},
+            {"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": "Observation"}]},
+            {"url": DATA_PERIOD_URL, "valuePeriod": {"start": "2015-01-01"}},
+            {"url": MAX_PARTICIPANTS_URL, "valuePositiveInt": 50},
+            {"url": ETHICS_APPROVAL_URL, "valueIdentifier": {"system": "urn:irb:u", "value": "IRB-1"}},
+        ],
+    }
+
+
+def _attempt(client: FlaskClient, interaction: str, resource_type: str, resource: dict[str, Any],
+             headers: dict[str, str], search: str) -> int:
+    """One interaction on `resource` (an existing one, for those on an instance); the response's status."""
+    url = f"/fhir/{resource_type}/{resource['id']}"
+    body = orjson.dumps(resource)
+    json_headers = {**headers, "Content-Type": "application/fhir+json"}
+    match interaction:
+        case "read":
+            return client.get(url, headers=headers).status_code
+        case "vread":
+            return client.get(f"{url}/_history/1", headers=headers).status_code
+        case "history-instance":
+            return client.get(f"{url}/_history", headers=headers).status_code
+        case "history-type":
+            return client.get(f"/fhir/{resource_type}/_history", headers=headers).status_code
+        case "search-type":
+            return client.get(f"/fhir/{resource_type}?{search}", headers=headers).status_code
+        case "create":
+            fresh = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+            return client.post(f"/fhir/{resource_type}", data=orjson.dumps(fresh), headers=json_headers).status_code
+        case "update":
+            return client.put(url, data=body, headers=json_headers).status_code
+        case "patch":
+            patch = [{"op": "add", "path": "/language", "value": "en"}]
+            return client.patch(url, data=orjson.dumps(patch), headers={**headers, **JSON_PATCH}).status_code
+        case "delete":
+            return client.delete(url, headers=headers).status_code
+    raise AssertionError(interaction)
+
+
+def _declared_interactions(metadata: dict[str, Any], resource_type: str) -> set[str]:
+    resource = next(r for r in metadata["rest"][0]["resource"] if r["type"] == resource_type)
+    return {i["code"] for i in resource["interaction"]}
+
+
+def _subject(client: FlaskClient, study_id: str) -> dict[str, Any]:
+    subject = {"resourceType": "ResearchSubject", "status": "on-study", "study": {"reference": f"ResearchStudy/{study_id}"},
+               "individual": {"reference": f"Patient/{uuid.uuid4().hex}"}}
+    resp = client.post("/fhir/ResearchSubject", data=orjson.dumps(subject), headers=JSON_HEADERS)
+    assert resp.status_code == 201, resp.data
+    created: dict[str, Any] = orjson.loads(resp.data)
+    return created
+
+
+def test_types_with_interactions_of_their_own_accept_what_is_declared_and_refuse_the_rest(
+        app: Flask, client: FlaskClient, metadata: dict[str, Any]) -> None:
+    researcher = {"Authorization": f"Bearer {register_researcher(app, 'capability-research')}"}
+    made = client.post("/fhir/ResearchStudy", data=orjson.dumps(_study(datetime.now(UTC))),
+                       headers={**researcher, "Content-Type": "application/fhir+json"})
+    assert made.status_code == 201, made.data
+    study = orjson.loads(made.data)
+    entry = orjson.loads(client.get("/fhir/AuditEvent?_count=1", headers=AUTH).data)["entry"][0]["resource"]
+    # Each type: an existing resource, who is allowed the declared interactions, a search the type answers.
+    cases = {
+        "ResearchStudy": (study, researcher, "status=draft"),
+        "AuditEvent": (entry, AUTH, "date=ge2000-01-01"),
+    }
+    assert set(TYPE_CAPABILITIES) == {*cases, "ResearchSubject"}
+    for resource_type, (resource, allowed, search) in cases.items():
+        declared = _declared_interactions(metadata, resource_type)
+        assert declared == set(TYPE_CAPABILITIES[resource_type].interactions)
+        for interaction in sorted(TYPE_INTERACTIONS):
+            who = AUTH if interaction == "history-type" else allowed  # a type's history: unrestricted callers
+            status = _attempt(client, interaction, resource_type, resource, who, search)
+            if interaction in declared:
+                assert status in (200, 201), (resource_type, interaction, status)
+            else:  # refused whoever asks, even the development token, whether or not the resource exists
+                refused = _REFUSED_READ if interaction in _READS else _REFUSED_WRITE
+                assert status in refused, (resource_type, interaction, status)
+                for target in (resource, {**resource, "id": "missing"}):
+                    status = _attempt(client, interaction, resource_type, target, AUTH, search)
+                    assert status in refused, (resource_type, interaction, target["id"], status)
+    assert client.get(f"/fhir/ResearchStudy/{study['id']}", headers=researcher).get_json()["title"] == study["title"]
+    # ResearchSubject: every interaction on a stored one; its GET search is the enrolments' view, by study.
+    subject = _subject(client, study["id"])
+    assert _declared_interactions(metadata, "ResearchSubject") == set(TYPE_INTERACTIONS)
+    for interaction in sorted(TYPE_INTERACTIONS - {"delete"}) + ["delete"]:
+        status = _attempt(client, interaction, "ResearchSubject", subject, AUTH, f"study=ResearchStudy/{study['id']}")
+        assert status in (200, 201, 204), (interaction, status)
+
+
+def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms(
+        client: FlaskClient, metadata: dict[str, Any]) -> None:
+    """No other path reaches a refused interaction: conditional update and delete, transaction and batch entries."""
+    study = {"resourceType": "ResearchStudy", "status": "active", "title": "Written around the operations"}
+    search = "_id=" + uuid.uuid4().hex
+    put = client.put(f"/fhir/ResearchStudy?{search}", data=orjson.dumps(study), headers=JSON_HEADERS)
+    assert put.status_code == 403 and "$publish" in put.get_json()["issue"][0]["diagnostics"]
+    assert client.delete(f"/fhir/ResearchStudy?{search}", headers=AUTH).status_code == 403
+    for kind in ("transaction", "batch"):
+        bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": {"method": "GET", "url": "ResearchStudy?_id=around"}},
+            {"resource": {**study, "id": "around"}, "request": {"method": "PUT", "url": "ResearchStudy/around"}},
+            {"request": {"method": "DELETE", "url": "AuditEvent/1"}},
+        ]}
+        resp = client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS)
+        assert resp.status_code == 403, resp.data
+        assert "entry 1 (PUT ResearchStudy)" in resp.get_json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/ResearchStudy/around", headers=AUTH).status_code == 404
+    study_entry = next(r for r in metadata["rest"][0]["resource"] if r["type"] == "ResearchStudy")
+    assert study_entry["conditionalUpdate"] is False and study_entry["conditionalDelete"] == "not-supported"
+    assert [p["name"] for p in study_entry["searchParam"]] == ["status"]
+
+
+def test_the_docs_say_where_clients_find_the_operations() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "fhir-r4b.md").read_text(encoding="utf-8")
+    assert "/fhir/OperationDefinition/" in text and "GET /fhir/metadata" in text
+    for op in OURS.values():
+        assert f"${op.code}" in text, op.code
