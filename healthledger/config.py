@@ -92,7 +92,10 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1")
     port: int = Field(default=8080)
     workers: int = Field(default=2)
-    threads: int = Field(default=2, description="threads per gunicorn worker (gthread: keep-alive connections)")
+    threads: int = Field(
+        default=4, description="threads per gunicorn worker (gthread: keep-alive connections); enough that a read "
+        "waiting for its access-log group commit leaves the worker's core to others (deploy/gunicorn.conf.py: 4 too)"
+    )
 
     # --- operations ---------------------------------------------------------------------
     log_format: Literal["json", "console"] = Field(default="json", description="log lines: JSON objects or plain text")
