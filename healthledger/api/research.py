@@ -59,6 +59,7 @@ def research_blueprint(store: ResourceStore, settings: Settings, authenticate: C
     bp.add_url_rule("/ResearchStudy/<study_id>/$enrol", "enrol", api.enrol, methods=["POST"])
     bp.add_url_rule("/ResearchStudy/<study_id>/$leave", "leave", api.leave, methods=["POST"])
     bp.add_url_rule("/ResearchSubject", "subjects", api.subjects, methods=["GET"])
+    bp.add_url_rule("/ResearchSubject/<subject_id>", "subject", api.subject, methods=["GET"])
     bp.add_url_rule("/Patient/<patient_id>/$eligibility-credential", "credential", api.credential,
                     methods=["GET", "POST"])
     return bp
@@ -247,6 +248,18 @@ class _ResearchApi:
         assert password is not None
         participant = self.enrolments.leave(study_id, principal, password)
         return self._respond(participant.research_subject(for_patient=True))
+
+    def subject(self, subject_id: str) -> Response:
+        """An enrolment by id (where `$enrol`'s Location points): to its patient and to the study's owner; to
+        anyone else, and for an id that is no enrolment, the ordinary read of a stored ResearchSubject (a 404
+        when there is none), so an enrolment one may not see answers like one that does not exist."""
+        principal = self.authenticate()
+        http.check_response_format(request)
+        found = self.enrolments.one(subject_id, principal)
+        if found is None:
+            return _delegate("fhir.instance", resource_type="ResearchSubject", resource_id=subject_id)
+        participant, for_patient = found
+        return self._respond(participant.research_subject(for_patient=for_patient))
 
     def subjects(self) -> Response:
         principal = self.authenticate()

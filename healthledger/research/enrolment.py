@@ -271,6 +271,30 @@ class Enrolments:
             ).order_by(Enrolment.enrolled_at))
             return [self._participant(session, r) for r in rows]
 
+    def one(self, subject_id: str, principal: Principal) -> tuple[Participant, bool] | None:
+        """The enrolment `ResearchSubject/{subject_id}` if the caller may see it: (participant, as the patient sees
+        it); None otherwise, whether it exists or not. The patient sees their own enrolments (with their study
+        consent), the study's owner every enrolment of the study (pseudonyms and dates), nobody else anything."""
+        with self.store.engine.connect() as conn:
+            session = _session(conn)
+            row = session.scalar(sa.select(Enrolment).where(
+                Enrolment.tenant == self.store.tenant, Enrolment.id == subject_id[:64]))
+            if row is None:
+                return None
+            if principal.role == "patient" and principal.patient_id:
+                address = patient_keys.pseudonym_address(
+                    session, f"Patient/{principal.patient_id}", study_reference(row.study_id))
+                return (self._participant(session, row), True) if address == row.enrollee else None
+            participant = self._participant(session, row)
+        try:
+            stored: StoredResource = self.studies.read(participant.study_id, principal)
+        except NotFound:
+            return None
+        assert stored.resource is not None
+        if principal.unrestricted or is_owner(principal, _terms(stored.resource)):
+            return participant, False
+        return None
+
     def participants(self, study_id: str, principal: Principal) -> list[Participant]:
         """The study's participants for its owner: pseudonyms and dates only (denied == unknown study)."""
         stored: StoredResource = self.studies.read(study_id, principal)

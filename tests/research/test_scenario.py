@@ -254,6 +254,23 @@ def test_5_the_researcher_sees_a_count_and_pseudonyms_only(scenario: Scenario) -
     for name, pid in world.patients.items():
         assert pid not in text_seen, name
     assert "Consent/" not in text_seen  # nothing that leads back into the patient's record
+    # Each enrolment reads by id (where $enrol's Location points): the owner's view, the patient's own view, and
+    # for anyone else the same 404 as an id that is no enrolment.
+    subject = bundle["entry"][0]["resource"]
+    by_id = world.client.get(f"/fhir/ResearchSubject/{subject['id']}", headers=world.headers("research"))
+    assert by_id.status_code == 200 and by_id.get_json() == subject
+    with world.sessions() as s:
+        row = s.scalars(select(Enrolment).where(Enrolment.id == subject["id"])).one()
+    owner_name = next(n for n, pseudonym in scenario.joined.items() if pseudonym == row.enrollee)
+    own = world.patient_session(owner_name).get(f"ResearchSubject/{subject['id']}")
+    assert own.status_code == 200 and own.get_json()["consent"]["reference"] == f"Consent/{row.consent_id}"
+    other_name = next(n for n in world.patients if n != owner_name)
+    missing = world.client.get("/fhir/ResearchSubject/no-such-enrolment", headers=world.headers("ehr"))
+    for refused in (world.patient_session(other_name).get(f"ResearchSubject/{subject['id']}"),
+                    world.client.get(f"/fhir/ResearchSubject/{subject['id']}", headers=world.headers("ehr"))):
+        assert refused.status_code == missing.status_code == 404
+        assert (json.dumps(refused.get_json()).replace(subject["id"], "ID")
+                == json.dumps(missing.get_json()).replace("no-such-enrolment", "ID"))
     # The study consent is the patient's: the researcher cannot read it, nor their credential.
     with world.sessions() as s:
         consent_id = s.scalars(select(Enrolment.consent_id)).first()
