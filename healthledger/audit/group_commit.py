@@ -17,9 +17,12 @@ No thread of its own: the leader is a request thread, so nothing is left running
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
@@ -39,6 +42,43 @@ class AccessLogWriteFailed(HealthLedgerError):
 
     def __init__(self) -> None:
         super().__init__("the access log could not record this request, so nothing is returned; retry the request")
+
+
+class WriterTurn:
+    """Leaders of the worker processes sharing one SQLite file take turns at writing through an OS file lock.
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which sleeps 1, 2, 5, 10 ... 100 ms
+    between tries, so a leader that could have written at once often wakes milliseconds late (the latency of
+    every read in its group) and its group stays small. A leader waiting on `flock` instead is woken the moment
+    the lock is released, and every read that arrives meanwhile joins its group. PostgreSQL, whose writers do
+    not exclude one another, needs no turn (`for_engine` gives a no-op there, and for in-memory databases).
+    The lock file is opened per process (a descriptor inherited across gunicorn's fork would be one lock shared
+    by both processes).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> WriterTurn:
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return cls(None)
+        return cls(Path(f"{database}-access-log.lock"))
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.path is not None and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 @dataclass(eq=False)
@@ -77,6 +117,7 @@ class GroupCommitLog:
         self._custom_write = write is not None
         self._write = write or (lambda conn, entries: record_accesses(conn, entries, log_id=log_id))
         self._cond = threading.Condition()
+        self._turn = WriterTurn.for_engine(engine)
         self._queue: list[_Waiting] = []
         self._leading = False
         self.stats = GroupStats()
@@ -99,8 +140,10 @@ class GroupCommitLog:
                 if mine.done:
                     break
                 self._leading = True  # no commit under way and ours is queued: lead the next group
-                group = self._take_group()
-            self._lead(group, conn)  # a group full before ours is reached: then lead again, or follow
+            with self._turn:  # (SQLite) the other workers' leaders go first; what arrives meanwhile joins us
+                with self._cond:
+                    group = self._take_group()
+                self._lead(group, conn)  # a group full before ours is reached: then lead again, or follow
         if mine.failed is not None:
             raise AccessLogWriteFailed() from mine.failed
 

@@ -219,3 +219,35 @@ def test_a_read_whose_entry_cannot_be_committed_answers_503_and_shows_nothing(wo
         assert body["resourceType"] == "OperationOutcome" and "access log" in json.dumps(body)
         assert "Testperson" not in failed.get_data(as_text=True) and "4548-4" not in failed.get_data(as_text=True)
     assert world.client.get(path, headers=world.headers("ehr")).status_code == 200
+
+
+def test_leaders_of_processes_sharing_a_sqlite_file_take_turns(migrated_sqlite_url: str, tmp_path: Path) -> None:
+    """WriterTurn: a leader holds the file lock from taking its group to its COMMIT; a leader in another process
+    (a gunicorn worker forked from the same parent) waits for it. Each process opens its own descriptor."""
+    from healthledger.audit.group_commit import WriterTurn
+
+    engine = make_engine(migrated_sqlite_url)
+    turn = WriterTurn.for_engine(engine)
+    assert turn.path is not None and turn.path.name.endswith("-access-log.lock")
+    assert WriterTurn.for_engine(make_engine("sqlite://")).path is None  # in memory: one process
+    marks = tmp_path / "marks"
+    with turn:  # opened in this process before the fork, as the app is before gunicorn forks its workers
+        pass
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the marks file and exits
+        try:
+            time.sleep(0.05)
+            with turn, open(marks, "a") as out:
+                out.write(f"child {time.monotonic()}\n")
+        finally:
+            os._exit(0)
+    with turn:
+        with open(marks, "a") as out:
+            out.write(f"parent-in {time.monotonic()}\n")
+        time.sleep(0.4)  # the child is waiting now
+        with open(marks, "a") as out:
+            out.write(f"parent-out {time.monotonic()}\n")
+    os.waitpid(child, 0)
+    order = [line.split()[0] for line in marks.read_text().splitlines()]
+    assert order == ["parent-in", "parent-out", "child"]  # the child's turn came only after the parent's
+    engine.dispose()
