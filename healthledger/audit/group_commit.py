@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from sqlalchemy import Connection, Engine
 
@@ -52,9 +53,14 @@ class WriterTurn:
     every read in its group) and its group stays small. A leader waiting on `flock` instead is woken the moment
     the lock is released, and every read that arrives meanwhile joins its group. PostgreSQL, whose writers do
     not exclude one another, needs no turn (`for_engine` gives a no-op there, and for in-memory databases).
-    The lock file is opened per process (a descriptor inherited across gunicorn's fork would be one lock shared
-    by both processes).
+    The lock file is opened once per process (a descriptor inherited across gunicorn's fork would be one lock
+    shared by both processes), and one turn is kept per file (`for_engine`), so a long-running process holds one
+    descriptor. It orders processes only: threads of one process are ordered by their group commit's leader, and
+    SQLite's own lock stays the authority either way.
     """
+
+    _kept: ClassVar[dict[Path, WriterTurn]] = {}
+    _opening: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -66,15 +72,19 @@ class WriterTurn:
         database = engine.url.database if engine.dialect.name == "sqlite" else None
         if not database or database == ":memory:" or database.startswith("file:"):
             return cls(None)
-        return cls(Path(f"{database}-access-log.lock"))
+        path = Path(f"{database}-access-log.lock")
+        with cls._opening:
+            return cls._kept.setdefault(path, cls(path))
 
     def __enter__(self) -> None:
         if self.path is None:
             return
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        with self._opening:
+            if self._fd is None or self._pid != os.getpid():
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fd = self._fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
     def __exit__(self, *_exc: object) -> None:
         if self.path is not None and self._fd is not None:

@@ -195,11 +195,13 @@ def _sequence_log(sessions: Any) -> int:
     (bounded per pass); anchoring then takes the head as it stands. Returns how many were sequenced."""
     from datetime import datetime
 
+    from healthledger.audit.group_commit import WriterTurn
     from healthledger.audit.log import integrate, tree_head
 
+    turn = WriterTurn.for_engine(sessions.kw["bind"])  # in turn with the web workers' group commits (SQLite)
     done = 0
     for _ in range(SEQUENCE_BATCHES_PER_PASS):
-        with sessions.begin() as session:
+        with turn, sessions.begin() as session:
             before = tree_head(session).size
             after = integrate(session, datetime.now(UTC), limit=SEQUENCE_BATCH).size
         done += after - before
