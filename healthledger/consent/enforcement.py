@@ -153,7 +153,7 @@ class ConsentPolicy:
         type_level = resource is None and action in ("search", "history", "delete")
         if principal.unrestricted:
             if not type_level:  # type-level results are recorded per resource by `record_results`
-                facts = resource_facts(resource_type, resource_id, resource)
+                facts = self._facts(resource_type, resource_id, resource, stored=action not in WRITE_ACTIONS)
                 self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, _UNRESTRICTED)
             return resource
         self.check_scope(principal, action, resource_type, conn=conn)
