@@ -149,8 +149,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
         piggyback=index.freshness(),  # the consent index's freshness, read with the token's client
     )
-    # What a request's token check read for the index is for that request only (healthledger.consent.index).
+    # What a request's token check read for the index is for that request only (healthledger.consent.index):
+    # nothing survives into the next request, nor into other work the thread does after this one.
     app.before_request(Freshness.forget)
+    app.teardown_request(lambda _error: Freshness.forget())
     app.extensions["healthledger.engine"] = engine
     app.extensions["healthledger.store"] = store
     app.extensions["healthledger.consent_index"] = index

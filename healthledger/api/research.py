@@ -253,6 +253,8 @@ class _ResearchApi:
         """An enrolment by id (where `$enrol`'s Location points): to its patient and to the study's owner; to
         anyone else, and for an id that is no enrolment, the ordinary read of a stored ResearchSubject (a 404
         when there is none), so an enrolment one may not see answers like one that does not exist."""
+        if subject_id == "_history":
+            return _delegate("fhir.type_history", resource_type="ResearchSubject")
         principal = self.authenticate()
         http.check_response_format(request)
         found = self.enrolments.one(subject_id, principal)

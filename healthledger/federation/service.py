@@ -244,7 +244,11 @@ class Federation:
                 copy = rewrite_references(r, mapping)
                 new_id = local_id(source, r["resourceType"], r["id"])
                 copy["id"] = new_id
-                copy["meta"] = {"source": f"{base}/{r['resourceType']}/{r['id']}", "tag": [FEDERATED_TAG]}
+                copy["meta"] = {"source": source_url(base, r), "tag": [FEDERATED_TAG]}
+                held = uow.peek(r["resourceType"], new_id)
+                if held is not None and held.resource is not None and \
+                        (held.resource.get("meta") or {}).get("source") == copy["meta"]["source"]:
+                    continue  # this version of A's record is here already (the window overlaps the last fetch's)
                 uow.update(r["resourceType"], new_id, copy)
                 written.append(f"{r['resourceType']}/{new_id}")
                 report.by_type[r["resourceType"]] = report.by_type.get(r["resourceType"], 0) + 1
@@ -331,6 +335,13 @@ def _parameter_value(body: Any, name: str) -> str:
             value = p.get("valueString") or (p.get("valueReference") or {}).get("reference")
             return value if isinstance(value, str) else ""
     return ""
+
+
+def source_url(base: str, record: dict[str, Any]) -> str:
+    """`meta.source` of a copy: A's URL of the version copied (its `_history` URL when A gave a versionId)."""
+    url = f"{base}/{record['resourceType']}/{record['id']}"
+    version = (record.get("meta") or {}).get("versionId")
+    return f"{url}/_history/{version}" if isinstance(version, str) and version else url
 
 
 def _outcome_text(body: Any) -> str:
