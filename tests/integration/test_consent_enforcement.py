@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -24,6 +25,7 @@ from consent_world import (
     password_parameters,
     permit_consent,
 )
+from fhir_api_support import AUTH
 from sqlalchemy import select
 
 from healthledger.consent.lifecycle import CHAIN_STATE_URL, chain_states, present_consent
@@ -440,25 +442,36 @@ def test_reading_a_deleted_resource_is_logged_whoever_asks(world: World) -> None
         ("dev-client", "deny", oid), ("client:ehr", "deny", oid)]
 
 
-def test_the_index_freshness_read_with_the_token_serves_its_own_request_only(world: World) -> None:
+def test_the_index_freshness_read_with_the_token_serves_its_own_request_only(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """The token check reads the consent index's freshness in the client lookup's statement (one round trip fewer
-    per request, healthledger.consent.index.Freshness). The request's first operation uses it; a request that
-    never reached one leaves nothing for the next request on the thread; a later operation reads it anew."""
+    per request, healthledger.consent.index.Freshness). The request's first operation uses it; nothing of it
+    survives the request (one refused before any operation included); a later operation reads it anew."""
+    from healthledger.consent import index as index_module
     from healthledger.consent.index import _PREFETCHED, Freshness
 
-    index = world.app.extensions["healthledger.consent_index"]
+    freshness_reads: list[str] = []
+    real_fetch = index_module.driver_fetch_one
+
+    def counting(conn: Any, sql: str, params: tuple[Any, ...]) -> Any:
+        freshness_reads.append(sql)
+        return real_fetch(conn, sql, params)
+
+    monkeypatch.setattr(index_module, "driver_fetch_one", counting)
+    obs = f"/fhir/Observation/{world.observations['ann']}"
+    assert status(world.client.get(obs, headers=world.headers("ehr"))) == 200  # ann's hospital
+    assert freshness_reads == []  # read with the token's client, not again
+    assert status(world.client.get(obs, headers=AUTH)) == 200
+    assert len(freshness_reads) == 1  # no token check: the operation reads it itself
+
     refused = world.client.get("/fhir/Observation?no-such-parameter=1",
                                headers=world.headers("ehr", Prefer="handling=strict"))
     assert status(refused) == 400
-    assert _PREFETCHED.get() is not None  # read by the token check, no operation took it
-    world.client.get("/fhir/metadata")
-    assert _PREFETCHED.get() is None  # the next request began without it
-    obs = f"/fhir/Observation/{world.observations['ann']}"
-    assert status(world.client.get(obs, headers=world.headers("ehr"))) == 200  # ann's hospital
-    assert _PREFETCHED.get() is None  # the read took it
+    assert _PREFETCHED.get() is None  # read by its token check, taken by no operation, gone with the request
 
     # Taken once, by the first operation: a stale value handed in is used there (its age fails closed), then the
     # next operation reads the database's.
+    index = world.app.extensions["healthledger.consent_index"]
     Freshness.received(index._generation, 0.0)
     with world.app.extensions["healthledger.engine"].connect() as conn:
         assert index.refresh(conn) > 3600  # the epoch: as stale as can be
