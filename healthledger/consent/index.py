@@ -56,7 +56,7 @@ _FRESHNESS_COLUMNS = (
 _FRESHNESS_SQL = f"SELECT {_FRESHNESS_COLUMNS}"
 # The freshness row read by this request's first statement (see `Freshness`), until its first operation uses it.
 _PREFETCHED: ContextVar[tuple[float, Any, Any] | None] = ContextVar("healthledger_index_freshness", default=None)
-_PREFETCH_KEPT_SECONDS = 1.0  # a bound on top of `forget_prefetched` at each request's start
+_PREFETCH_KEPT_SECONDS = 1.0  # a bound on top of `Freshness.forget` at each request's start and end
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,8 @@ class Freshness:
 
     @staticmethod
     def forget() -> None:
-        """A request begins: nothing read for an earlier request on this thread is used."""
+        """A request begins or ends: nothing read for another request, or left over by this one, is used by
+        what the thread does next."""
         _PREFETCHED.set(None)
 
 
