@@ -82,10 +82,7 @@ def record_accesses(
     if connection.dialect.name == "sqlite":
         # On every request's path: the driver directly, in the text form SQLAlchemy's DateTime uses on
         # SQLite (SQLAlchemy's own statement handling cost more than the insert).
-        connection.exec_driver_sql(
-            _SQLITE_INSERT,
-            [(log_id, encode_entry(e), _sqlite_time(e.time), e.patient_pseudonym or None) for e in entries],
-        )
+        connection.exec_driver_sql(_SQLITE_INSERT, _driver_rows(entries, log_id, sqlite=True))
         return
     conn.execute(_INSERT, [_row(entry, log_id) for entry in entries])
 
@@ -95,6 +92,12 @@ _SQLITE_INSERT = "INSERT INTO access_log (log_id, body, recorded_at, patient_pse
 
 def _sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _driver_rows(entries: Sequence[AccessEntry], log_id: str, *, sqlite: bool) -> list[tuple[Any, ...]]:
+    """Parameters of the INSERT as the driver takes them (SQLite: the time as SQLAlchemy's DateTime stores it)."""
+    return [(log_id, encode_entry(e), _sqlite_time(e.time) if sqlite else e.time.astimezone(UTC),
+             e.patient_pseudonym or None) for e in entries]
 
 
 def commit_accesses_on_driver(conn: Connection, entries: Sequence[AccessEntry], *, log_id: str = DEFAULT_LOG) -> None:
@@ -107,11 +110,7 @@ def commit_accesses_on_driver(conn: Connection, entries: Sequence[AccessEntry], 
     """
     driver = conn.connection.driver_connection
     sqlite = conn.dialect.name == "sqlite"
-    if sqlite:
-        rows: list[tuple[Any, ...]] = [(log_id, encode_entry(e), _sqlite_time(e.time), e.patient_pseudonym or None)
-                                       for e in entries]
-    else:
-        rows = [(log_id, encode_entry(e), e.time.astimezone(UTC), e.patient_pseudonym or None) for e in entries]
+    rows = _driver_rows(entries, log_id, sqlite=sqlite)
     try:
         cursor = driver.cursor()  # type: ignore[union-attr]
         try:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
+from fhir_api_support import AUTH, JSON_HEADERS
 from flask import Flask
 from flask.testing import FlaskClient
 from research_support import UNIVERSITY, register_researcher
@@ -43,15 +42,10 @@ _READS = frozenset({"read", "vread", "history-instance", "history-type", "search
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    application = build_app(api_settings(tmp_path_factory.mktemp("capability")))
-    yield application
-    dispose(application)
-
-
-@pytest.fixture(scope="module")
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def app(sqlite_app: Flask) -> Flask:
+    """What the API declares is the same on both databases: the SQLite app of tests/api/conftest.py (its
+    `client` fixture then talks to it)."""
+    return sqlite_app
 
 
 @pytest.fixture(scope="module")
