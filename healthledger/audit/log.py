@@ -104,9 +104,11 @@ def commit_accesses_on_driver(conn: Connection, entries: Sequence[AccessEntry], 
     """Append `entries` and COMMIT, through the database driver of `conn` (group commit's leader, on every read).
 
     Commits whatever `conn`'s driver connection holds: a read's own transaction (PostgreSQL: read committed,
-    nothing written) or none (SQLite: the read was rolled back first). On an error the driver's transaction is
-    rolled back and the error raised. SQLAlchemy's statement and transaction handling, skipped here, cost as much
-    as the INSERT and COMMIT themselves on this path; the caller's Connection is not used again for writing.
+    nothing written) or none (SQLite: the read was rolled back first). A PostgreSQL view in autocommit (a
+    one-resource read, ResourceStore.reading) writes the group as one INSERT, atomic and committed by itself:
+    no BEGIN and COMMIT round trips. On an error the driver's transaction is rolled back and the error raised.
+    SQLAlchemy's statement and transaction handling, skipped here, cost as much as the INSERT and COMMIT
+    themselves on this path; the caller's Connection is not used again for writing.
     """
     driver = conn.connection.driver_connection
     sqlite = conn.dialect.name == "sqlite"
@@ -114,16 +116,26 @@ def commit_accesses_on_driver(conn: Connection, entries: Sequence[AccessEntry], 
     try:
         cursor = driver.cursor()  # type: ignore[union-attr]
         try:
-            cursor.executemany(_SQLITE_INSERT if sqlite else _DRIVER_INSERT, rows)
+            if sqlite:
+                cursor.executemany(_SQLITE_INSERT, rows)
+            elif not driver.autocommit:  # type: ignore[union-attr]
+                cursor.executemany(_DRIVER_INSERT, rows)
+            elif len(rows) <= _ONE_STATEMENT_ROWS:
+                cursor.execute(_DRIVER_INSERT + _DRIVER_MORE_VALUES * (len(rows) - 1), [v for row in rows for v in row])
+            else:
+                with driver.transaction():  # type: ignore[union-attr]
+                    cursor.executemany(_DRIVER_INSERT, rows)
         finally:
             cursor.close()
-        driver.commit()  # type: ignore[union-attr]
+        driver.commit()  # type: ignore[union-attr]  # (in autocommit: nothing left to commit)
     except BaseException:
         driver.rollback()  # type: ignore[union-attr]
         raise
 
 
 _DRIVER_INSERT = _SQLITE_INSERT.replace("?", "%s")  # psycopg's placeholders
+_DRIVER_MORE_VALUES = ", (%s, %s, %s, %s)"
+_ONE_STATEMENT_ROWS = 2_000  # 8,000 parameters, far below PostgreSQL's 65,535 to a statement
 
 
 class _CachedNodes:

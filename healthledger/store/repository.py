@@ -274,8 +274,15 @@ class ResourceStore:
                 self.policy.keep(conn, rescued)
 
     @contextmanager
-    def reading(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
+    def reading(self, principal: Principal | None = None, *, one_resource: bool = False) -> Iterator[UnitOfWork]:
         """A view for reads.
+
+        `one_resource` (a read or vread of one resource, the most frequent request there is): on PostgreSQL
+        the view runs in autocommit. Under read committed every statement takes a snapshot of its own whether a
+        transaction is open or not, so BEGIN (and the ROLLBACK when the pool takes the connection back) bought
+        two round trips and nothing else; the access-log entries are then one INSERT that commits by itself
+        (`commit_accesses_on_driver`). Searches and histories keep their transaction: they stream long scans
+        through a server-side cursor, which PostgreSQL declares only inside one.
 
         Under a policy that logs accesses, reads make their log entries durable before returning (or
         raising). The decision is made on a read view, whose entries are only collected; when the read
@@ -289,7 +296,7 @@ class ResourceStore:
         policy = self.policy
         if policy.records_accesses and principal.via != "cli":
             self.open_keys()
-            with self.engine.connect() as conn:
+            with self._read_connection(one_resource) as conn:
                 policy.begin(conn, defer=True)
                 try:
                     yield UnitOfWork(self, conn, principal)
@@ -311,8 +318,14 @@ class ResourceStore:
                     policy.keep_durably(entries, conn)
             return
         self.open_keys()
-        with self.engine.connect() as conn:
+        with self._read_connection(one_resource) as conn:
             yield UnitOfWork(self, conn, principal)
+
+    def _read_connection(self, one_resource: bool) -> Connection:
+        conn = self.engine.connect()
+        if one_resource and not self._sqlite:  # (sqlite3 opens no transaction for a SELECT anyway)
+            conn.execution_options(isolation_level="AUTOCOMMIT")  # undone when the pool takes it back
+        return conn
 
     # -- one operation, one transaction ----------------------------------------------------
     def create(
@@ -342,13 +355,13 @@ class ResourceStore:
             return uow.delete(resource_type, resource_id)
 
     def read(self, resource_type: str, resource_id: str, *, principal: Principal | None = None) -> StoredResource:
-        with self.reading(principal) as uow:
+        with self.reading(principal, one_resource=True) as uow:
             return uow.read(resource_type, resource_id)
 
     def vread(
         self, resource_type: str, resource_id: str, version_id: int, *, principal: Principal | None = None
     ) -> StoredResource:
-        with self.reading(principal) as uow:
+        with self.reading(principal, one_resource=True) as uow:
             return uow.vread(resource_type, resource_id, version_id)
 
     def history(
@@ -887,7 +900,7 @@ class UnitOfWork:
         withheld: list[Screened] = []
         pending_deletions: dict[str, list[StoredResource]] = {}  # resource id -> newer deletions awaiting it
         stored_any = False
-        for row in self.conn.execute(ordered.execution_options(yield_per=_SCAN_BATCH)):
+        for row in self.conn.execute(ordered.execution_options(**self._streamed())):
             stored_any = True
             stored = self._to_stored(row)
             if row.deleted or stored.resource is None:
@@ -922,6 +935,14 @@ class UnitOfWork:
         ]
         policy.record_results(self.principal, action, resource_type, shown, [], conn=self.conn)
 
+
+    def _streamed(self) -> dict[str, Any]:
+        """Execution options of a long scan: fetched in batches (a server-side cursor on PostgreSQL), except
+        on a view in autocommit (a one-resource read, whose scans are a patient's Consents at most), where
+        PostgreSQL declares no cursor."""
+        if self.conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return {}
+        return {"yield_per": _SCAN_BATCH}
 
     def _candidates(self, resource_type: str, query: Any) -> sa.Select[Any]:
         stmt = sa.select(*_COLUMNS).where(
@@ -974,7 +995,7 @@ class UnitOfWork:
             tally = _Tally()
             total = 0
             every: list[tuple[StoredResource, Screened | None]] = []  # with `sort`: all visible matches
-            for row in self.conn.execute(stmt.execution_options(yield_per=_SCAN_BATCH)):
+            for row in self.conn.execute(stmt.execution_options(**self._streamed())):
                 stored = self._to_stored(row)
                 assert stored.resource is not None
                 meta = fhir_search.ResourceMeta(id=stored.id, last_updated=stored.last_updated)

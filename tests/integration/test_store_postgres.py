@@ -1,14 +1,20 @@
-"""The store on real PostgreSQL under concurrency: writers of one resource serialise, key creation races."""
+"""The store on real PostgreSQL: writers of one resource serialise, key creation races, and an access-log group
+written in autocommit is all or nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
+from healthledger.audit.entries import AccessEntry
+from healthledger.audit.log import commit_accesses_on_driver
+from healthledger.audit.models import AccessLogEntry
 from healthledger.config import Settings
 from healthledger.db import make_engine, upgrade
 from healthledger.keys import LocalFileKeyProvider
@@ -76,3 +82,29 @@ def test_concurrent_first_writes_share_one_compartment_key(pg_store: ResourceSto
         ).scalar_one()
     assert keys == 2  # race-2 and race-3, however many writers raced to create race-3's key
     assert pg_store.search_params("Observation", [("subject", "Patient/race-3")]).total == 12
+
+
+@pytest.mark.parametrize("rows", [3, 2_001])  # one INSERT statement; past _ONE_STATEMENT_ROWS, a transaction
+def test_a_group_written_in_autocommit_is_all_or_nothing(pg_store: ResourceStore, rows: int) -> None:
+    """A one-resource read's view runs in autocommit; a group its leader writes there commits whole or not at all."""
+
+    def entry(n: int, pseudonym: str = "ab" * 16) -> AccessEntry:
+        return AccessEntry(time=datetime.now(UTC), actor=f"caller-{n}", organization="Organization/h1", role="system",
+                           purpose="TREAT", action="read", resource_type="Patient", resource_id=f"p{n}",
+                           patient_pseudonym=pseudonym, decision="permit", reason="policy")
+
+    def count() -> int:
+        with pg_store.engine.connect() as conn:
+            return int(conn.scalar(sa.select(sa.func.count()).select_from(AccessLogEntry)))
+
+    good = [entry(n) for n in range(rows)]
+    too_long = entry(rows, pseudonym="c" * 65)  # the column holds 64: PostgreSQL refuses the row
+    before = count()
+    with pg_store.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(psycopg.errors.StringDataRightTruncation) as refused:
+            commit_accesses_on_driver(conn, [*good[:-1], too_long, good[-1]])
+        assert "too long" in str(refused.value)
+        assert count() == before  # none of the group, though the bad row was not the first
+        commit_accesses_on_driver(conn, good)
+    assert count() == before + rows
