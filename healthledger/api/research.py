@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from fhir_adapters.research_study import study_reference
 from healthledger.api import negotiation as http
+from healthledger.api.fhir import STUDY_EDITS_REFUSED
 from healthledger.api.paging import searchset_bundle
 from healthledger.config import Settings
 from healthledger.errors import BadRequest, Forbidden, NotFound, Unprocessable, UnsupportedMediaType
@@ -184,7 +185,7 @@ class _ResearchApi:
         principal = self.authenticate()
         http.check_response_format(request)
         if request.method != "GET":
-            raise Forbidden("a study changes through its operations ($publish); it is not edited directly")
+            raise Forbidden(STUDY_EDITS_REFUSED)
         stored = self.catalogue.read(study_id, principal)
         return self._respond(self._shown(stored), 200, self._headers(stored))
 
