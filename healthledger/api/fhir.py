@@ -36,6 +36,7 @@ from healthledger.api.paging import (
     PageLinks,
     decode_cursor,
     history_bundle,
+    ignored_outcome,
     parse_count,
     searchset_bundle,
 )
@@ -50,7 +51,7 @@ from healthledger.errors import (
     UnsupportedMediaType,
 )
 from healthledger.store.access import Principal
-from healthledger.store.bundles import conditional_delete, conditional_update, execute_bundle
+from healthledger.store.bundles import EntryRead, conditional_delete, conditional_update, execute_bundle
 from healthledger.store.patching import patch_resource
 from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
 from healthledger.store.search_results import run_search
@@ -79,16 +80,21 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
         ("create", "read", "vread", "history-instance", "history-type", "search-type"),
         notes={"create": "a researcher acting for an organisation defines a draft study and its cohort Group",
                "history-type": "unrestricted callers only; others read a study's own history",
-               "search-type": "by status (and _count); drafts are shown to their owners only"},
+               "search-type": "by status (and _count); drafts are shown to their owners only; any other parameter "
+               "is ignored and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict "
+               "(Bundle entries: strict)"},
         search=(("status", "token", "the study's status, comma: any of"),),
         documentation="Defined by researchers; a study changes only through its operations ($publish, $enrol, "
         "$leave): update, patch and delete are refused (403).",
     ),
     "ResearchSubject": TypeCapability(
         TYPE_INTERACTIONS, conditional=True,
-        notes={"search-type": "GET lists enrolments made by ResearchStudy/$enrol: a study's participants to its "
-               "owner (study required), a patient's own enrolments to that patient"},
-        search=(("study", "reference", "the study (ResearchStudy/{id})"),),
+        notes={"search-type": "GET lists the enrolments made by ResearchStudy/$enrol that the caller may see (a "
+               "study's participants to its owner, a patient's own enrolments to that patient), then the "
+               "ResearchSubjects stored by clients that the caller may read; by study (required, except for "
+               "patients) and _count; any other parameter is ignored and named in an OperationOutcome entry, or "
+               "refused (400) under Prefer: handling=strict (Bundle entries: strict)"},
+        search=(("study", "reference", "the study (ResearchStudy/{id}); one study per search"),),
     ),
 }
 _REFUSED_BECAUSE: Final = {"ResearchStudy": STUDY_EDITS_REFUSED}
@@ -131,14 +137,17 @@ def fhir_blueprint(
     *,
     token_url: str | None = None,
     refusals: RefusalLog | None = None,
+    bundle_reads: Mapping[str, EntryRead] | None = None,
 ) -> Blueprint:
     """The /fhir blueprint bound to one store; no module-level state. `token_url`: the SMART token endpoint.
+    `bundle_reads`: GET entries of Bundles for the types another module serves (api/research.py `bundle_reads`),
+    so that such an entry answers as that module's REST request does.
 
     `refusals`: where an authenticated request refused before the store decided anything (a bad parameter,
     a bad purpose header, an unacceptable format) is recorded, so that every attempt leaves an entry.
     """
     bp = Blueprint("fhir", __name__, url_prefix="/fhir")
-    api = _FhirApi(store, settings, authenticate or Authenticator(settings))
+    api = _FhirApi(store, settings, authenticate or Authenticator(settings), bundle_reads or {})
     api.token_url = token_url
 
     if refusals is not None:
@@ -184,8 +193,10 @@ def fhir_blueprint(
 
 
 class _FhirApi:
-    def __init__(self, store: ResourceStore, settings: Settings, authenticate: Authenticator) -> None:
+    def __init__(self, store: ResourceStore, settings: Settings, authenticate: Authenticator,
+                 bundle_reads: Mapping[str, EntryRead]) -> None:
         self.store = store
+        self.bundle_reads = bundle_reads
         self.settings = settings
         self.authenticate = authenticate
         self.token_url: str | None = None
@@ -320,8 +331,8 @@ class _FhirApi:
         bundle = self._body_resource()
         if bundle.get("resourceType") != "Bundle":
             raise BadRequest("POST /fhir takes a Bundle of type batch or transaction", expression="Bundle")
-        _check_bundle_supported(bundle)
-        result = execute_bundle(self.store, bundle, principal=principal)
+        refused = _unsupported_entries(bundle, frozenset(self.bundle_reads))
+        result = execute_bundle(self.store, bundle, principal=principal, reads=self.bundle_reads, refused=refused)
         return self._respond(result, 200)
 
     def type_endpoint(self, resource_type: str) -> Response:
@@ -522,7 +533,7 @@ class _FhirApi:
         endpoint = f"{self._base()}/{resource_type}"
         kept = [(n, v) for n, v in criteria if n not in ignored and n.partition(":")[0] not in ignored]
         kept += list(result.kept)
-        outcome = _ignored_outcome(ignored)
+        outcome = ignored_outcome(ignored)
         show_total = result.total != "none" or result.summary == "count"
         if result.summary == "count" or count == 0:
             page = self.store.search(resource_type, query, count=0, offset=0, principal=principal)
@@ -637,14 +648,17 @@ def _check_supported(resource_type: str, interaction: str) -> None:
                         or f"{interaction} is not supported on {resource_type} (see GET /fhir/metadata)")
 
 
-def _check_bundle_supported(bundle: dict[str, Any]) -> None:
-    """Every entry of a batch or transaction asks only for what its type supports (else the whole request is
-    refused, naming the entry). A Bundle that does not parse is left to execute_bundle to refuse in its words."""
+def _unsupported_entries(bundle: dict[str, Any], searched_elsewhere: frozenset[str]) -> dict[int, Forbidden]:
+    """The entries of a batch that ask for what their type does not support (TYPE_CAPABILITIES), each with the
+    refusal the same request outside a Bundle gets, by entry index: execute_bundle answers each of them on its own
+    (R4 3.1.0.11.1). A transaction is all or nothing: its first such entry (by index) refuses it whole,
+    naming the entry. A Bundle that does not parse is left to execute_bundle to refuse in its words."""
     try:
-        plan = fhir_bundles.plan_bundle(bundle)
+        plan = fhir_bundles.plan_bundle(bundle, searched_elsewhere=searched_elsewhere)
     except FhirInputError:
-        return
-    for entry in sorted(plan.entries, key=lambda e: e.index):  # a transaction's are in processing order
+        return {}
+    refused: dict[int, Forbidden] = {}
+    for entry in sorted(plan.entries, key=lambda e: e.index):  # a transaction's come in processing order
         if entry.resource_type is None or entry.error is not None:
             continue
         if entry.method in ("GET", "HEAD"):
@@ -656,8 +670,11 @@ def _check_bundle_supported(bundle: dict[str, Any]) -> None:
             interaction = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[entry.method]
         try:
             _check_supported(entry.resource_type, interaction)
-        except Forbidden as refused:
-            raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refused}") from None
+        except Forbidden as refusal:
+            if plan.type != "batch":
+                raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refusal}") from None
+            refused[entry.index] = refusal
+    return refused
 
 
 def _check_id(resource_id: str) -> None:
@@ -713,18 +730,6 @@ def _subset(body: dict[str, Any], controls: ResultControls) -> dict[str, Any]:
     if controls.elements is not None:
         return select_elements(body, controls.elements)
     return body
-
-
-def _ignored_outcome(ignored: list[str]) -> dict[str, Any] | None:
-    """The searchset's OperationOutcome entry naming what lenient handling left out (names only, never values)."""
-    names = list(dict.fromkeys(ignored))
-    if not names:
-        return None
-    return operation_outcome(
-        "warning", "not-supported",
-        "ignored (not supported by this server): " + ", ".join(names[:20])
-        + "; send 'Prefer: handling=strict' to have such a search refused instead",
-    )
 
 
 def _parse_instant(value: str, name: str) -> datetime:

@@ -239,16 +239,25 @@ def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms
     search = "_id=" + uuid.uuid4().hex
     put = client.put(f"/fhir/ResearchStudy?{search}", data=orjson.dumps(study), headers=JSON_HEADERS)
     assert put.status_code == 403 and "$publish" in put.get_json()["issue"][0]["diagnostics"]
+    put_outcome = put.get_json()["issue"][0]["diagnostics"]
     assert client.delete(f"/fhir/ResearchStudy?{search}", headers=AUTH).status_code == 403
-    for kind in ("transaction", "batch"):
-        bundle = {"resourceType": "Bundle", "type": kind, "entry": [
-            {"request": {"method": "GET", "url": "ResearchStudy?_id=around"}},
-            {"resource": {**study, "id": "around"}, "request": {"method": "PUT", "url": "ResearchStudy/around"}},
-            {"request": {"method": "DELETE", "url": "AuditEvent/1"}},
-        ]}
-        resp = client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS)
-        assert resp.status_code == 403, resp.data
-        assert "entry 1 (PUT ResearchStudy)" in resp.get_json()["issue"][0]["diagnostics"]
+    entries = [
+        {"request": {"method": "GET", "url": "ResearchStudy?status=active"}},
+        {"resource": {**study, "id": "around"}, "request": {"method": "PUT", "url": "ResearchStudy/around"}},
+        {"request": {"method": "DELETE", "url": "AuditEvent/1"}},
+    ]
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    resp = client.post("/fhir", data=orjson.dumps(transaction), headers=JSON_HEADERS)
+    assert resp.status_code == 403, resp.data  # all or nothing: refused whole, naming the entry
+    assert "entry 1 (PUT ResearchStudy)" in resp.get_json()["issue"][0]["diagnostics"]
+    # A batch: each refused entry answers as its request outside a Bundle would (403), the others run.
+    resp = client.post("/fhir", data=orjson.dumps({**transaction, "type": "batch"}), headers=JSON_HEADERS)
+    assert resp.status_code == 200, resp.data
+    searched, put, delete = (e["response"] for e in resp.get_json()["entry"])
+    assert searched["status"].startswith("200")
+    assert put["status"] == delete["status"] == "403"
+    assert put["outcome"]["issue"][0]["diagnostics"] == put_outcome
+    assert "delete is not supported on AuditEvent" in delete["outcome"]["issue"][0]["diagnostics"]
     assert client.get("/fhir/ResearchStudy/around", headers=AUTH).status_code == 404
     study_entry = next(r for r in metadata["rest"][0]["resource"] if r["type"] == "ResearchStudy")
     assert study_entry["conditionalUpdate"] is False and study_entry["conditionalDelete"] == "not-supported"
