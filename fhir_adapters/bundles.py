@@ -57,7 +57,7 @@ class PlannedEntry:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     conditional: tuple[tuple[str, str], ...] | None = None
-    error: FhirInputError | None = None  # batch only: why this entry cannot be processed
+    error: InvalidBundle | None = None  # batch only: why this entry cannot be processed
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,8 @@ def _entry_error(index: int, exc: FhirInputError) -> InvalidBundle:
         expression = f"Bundle.entry[{index}]"
     error = InvalidBundle(f"Bundle entry {index}: {exc.message}", entry_index=index, expression=expression)
     error.status = exc.status if exc.status in (400, 404, 422) else 400
+    if not isinstance(exc, InvalidBundle):
+        error.cause = exc
     return error
 
 

@@ -489,6 +489,8 @@ def test_a_refused_batch_entry_fails_alone_with_the_answer_of_the_same_request(c
         ("PUT", "ResearchStudy/edited", study),
         ("DELETE", "Patient/no-such-patient", None),
         ("POST", "Patient", patient(tag())),
+        ("POST", "Patient", {"resourceType": "Patient", "birthDate": "never"}),
+        ("GET", "Patient?no-such-parameter=1", None),
     ]
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": method, "url": url}, **({"resource": res} if res else {})}
@@ -496,10 +498,12 @@ def test_a_refused_batch_entry_fails_alone_with_the_answer_of_the_same_request(c
     resp = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS)
     assert resp.status_code == 200, resp.data[:500]
     entries = body(resp)["entry"]
-    assert [e["response"]["status"][:3] for e in entries] == ["200", "404", "403", "204", "201"]
+    assert [e["response"]["status"][:3] for e in entries] == ["200", "404", "403", "204", "201", "400", "400"]
     missing = client.get("/fhir/Patient/no-such-patient", headers=AUTH)
     edited = client.put("/fhir/ResearchStudy/edited", data=orjson.dumps(study), headers=JSON_HEADERS)
-    for entry, alone in ((entries[1], missing), (entries[2], edited)):
+    invalid = client.post("/fhir/Patient", data=orjson.dumps(requests[5][2]), headers=JSON_HEADERS)
+    strict = client.get("/fhir/Patient?no-such-parameter=1", headers={**AUTH, "Prefer": "handling=strict"})
+    for entry, alone in ((entries[1], missing), (entries[2], edited), (entries[5], invalid), (entries[6], strict)):
         assert entry["response"]["status"] == str(alone.status_code)
         assert entry["response"]["outcome"]["issue"] == body(alone)["issue"]
 
