@@ -100,7 +100,8 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
     ),
     "ResearchStudy": TypeCapability(
         ("create", "read", "vread", "history-instance", "history-type", "search-type"),
-        notes={"create": "a researcher acting for an organisation defines a draft study and its cohort Group",
+        notes={"create": "a researcher acting for an organisation defines a draft study and its cohort Group "
+               "(POST /fhir/ResearchStudy; not in a Bundle: 403)",
                "history-type": "unrestricted callers only; others read a study's own history",
                "search-type": "by status (and _count); drafts are shown to their owners only; any other parameter "
                "is ignored and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict "
@@ -132,6 +133,10 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
     ) for definitions in sorted(definition_search.PUBLISHED_TYPES)},
 }
 _REFUSED_BECAUSE: Final = {"ResearchStudy": STUDY_EDITS_REFUSED}
+# Interactions a type supports only outside Bundles, with why: a study is checked and given its owner and cohort by
+# the research module (api/research.py), which a Bundle entry (the store's generic create) would bypass.
+_NOT_IN_BUNDLES: Final = {("ResearchStudy", "create"): "a study is defined by POST /fhir/ResearchStudy (the research "
+                          "module checks it and gives it its owner and cohort), not in a Bundle"}
 # Result controls are interpreted here and only here: fhir_adapters.search.parse_search sets the result
 # parameters aside (RESULT_PARAMETERS) and parses criteria. These are the ones this module reads itself.
 _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_pretty"})
@@ -788,6 +793,8 @@ def _unsupported_entries(bundle: dict[str, Any], searched_elsewhere: frozenset[s
             interaction = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[entry.method]
         try:
             _check_supported(entry.resource_type, interaction)
+            if (entry.resource_type, interaction) in _NOT_IN_BUNDLES:
+                raise Forbidden(_NOT_IN_BUNDLES[(entry.resource_type, interaction)])
         except Forbidden as refusal:
             if plan.type != "batch":
                 raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refusal}") from None

@@ -333,6 +333,7 @@ def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms
         {"request": {"method": "GET", "url": "ResearchStudy?status=active"}},
         {"resource": {**study, "id": "around"}, "request": {"method": "PUT", "url": "ResearchStudy/around"}},
         {"request": {"method": "DELETE", "url": "AuditEvent/1"}},
+        {"resource": study, "request": {"method": "POST", "url": "ResearchStudy"}},  # would skip the study's checks
     ]
     transaction = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     resp = client.post("/fhir", data=orjson.dumps(transaction), headers=JSON_HEADERS)
@@ -341,9 +342,10 @@ def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms
     # A batch: each refused entry answers as its request outside a Bundle would (403), the others run.
     resp = client.post("/fhir", data=orjson.dumps({**transaction, "type": "batch"}), headers=JSON_HEADERS)
     assert resp.status_code == 200, resp.data
-    searched, put, delete = (e["response"] for e in resp.get_json()["entry"])
+    searched, put, delete, create = (e["response"] for e in resp.get_json()["entry"])
     assert searched["status"].startswith("200")
-    assert put["status"] == delete["status"] == "403"
+    assert put["status"] == delete["status"] == create["status"] == "403"
+    assert "POST /fhir/ResearchStudy" in create["outcome"]["issue"][0]["diagnostics"]
     assert put["outcome"]["issue"][0]["diagnostics"] == put_outcome
     assert "delete is not supported on AuditEvent" in delete["outcome"]["issue"][0]["diagnostics"]
     assert client.get("/fhir/ResearchStudy/around", headers=AUTH).status_code == 404
