@@ -113,6 +113,7 @@ class _ResearchApi:
         self.catalogue = studies
         self.issuer = issuer
         self.enrolments = enrolments
+        self.reads = ResearchReads(studies, enrolments)
 
     def _base(self) -> str:
         root = self.settings.base_url.rstrip("/") if self.settings.base_url else request.host_url.rstrip("/")
@@ -150,9 +151,8 @@ class _ResearchApi:
 
     def _search(self, principal: Principal, params: list[tuple[str, str]]) -> Response:
         self.catalogue.settle_quietly()
-        reads = ResearchReads(self.catalogue, self.enrolments)
         with self.store.reading(principal) as uow:
-            found = reads.studies(uow, params, strict=prefers_strict(request.headers.get("Prefer")))
+            found = self.reads.studies(uow, params, strict=prefers_strict(request.headers.get("Prefer")))
         return self._respond(found.bundle(self._base(), request.url))
 
     def studies_search(self) -> Response:
@@ -268,9 +268,8 @@ class _ResearchApi:
         principal = self.authenticate()
         http.check_response_format(request)
         self.catalogue.settle_quietly()
-        reads = ResearchReads(self.catalogue, self.enrolments)
         with self.store.reading(principal) as uow:
-            found = reads.subjects(uow, list(request.args.items(multi=True)),
+            found = self.reads.subjects(uow, list(request.args.items(multi=True)),
                                    strict=prefers_strict(request.headers.get("Prefer")))
         return self._respond(found.bundle(self._base(), request.url))
 

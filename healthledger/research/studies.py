@@ -426,15 +426,10 @@ class Studies:
             raise NotFound(f"ResearchStudy/{stored.id} is not known")
         return stored
 
-    def search(self, principal: Principal, status: set[str] | None) -> list[StoredResource]:
-        """Every study the caller may see, of those statuses (all when None), in the store's order."""
-        self.settle_quietly()
-        with self.store.reading(acting(principal)) as uow:
-            return self.search_on(uow, principal, status)
-
     def search_on(self, uow: UnitOfWork, principal: Principal, status: set[str] | None) -> list[StoredResource]:
-        """`search` on an open unit of work acting for the caller (a Bundle entry's), without settling first:
-        settling writes, and the entry's transaction already holds the write lock (SQLite)."""
+        """Every study the caller may see, of those statuses (all when None), in the store's order, on an open unit
+        of work acting for the caller. It does not settle: settling writes, and a Bundle entry's transaction holds
+        the write lock already (SQLite); the REST search settles first (`settle_quietly`)."""
         found: list[StoredResource] = []
         offset: int | None = 0
         everything = parse_search("ResearchStudy", [])
