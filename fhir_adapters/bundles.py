@@ -57,7 +57,7 @@ class PlannedEntry:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     conditional: tuple[tuple[str, str], ...] | None = None
-    error: FhirInputError | None = None  # batch only: why this entry cannot be processed
+    error: InvalidBundle | None = None  # batch only: why this entry cannot be processed
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,12 @@ class BundlePlan:
     full_urls: Mapping[str, int] = field(default_factory=dict)  # fullUrl -> entry index
 
 
-def plan_bundle(bundle: Mapping[str, Any] | bytes | str) -> BundlePlan:
-    """Check a batch/transaction Bundle and plan its entries (see module docstring). Raises InvalidBundle."""
+def plan_bundle(bundle: Mapping[str, Any] | bytes | str, *, searched_elsewhere: frozenset[str] = frozenset()
+                ) -> BundlePlan:
+    """Check a batch/transaction Bundle and plan its entries (see module docstring). Raises InvalidBundle.
+
+    `searched_elsewhere`: types whose GET searches are not the store's (a module of their own answers and checks
+    them, with parameters of its own): their query is kept as given, not parsed here."""
     data = loads_json(bundle) if isinstance(bundle, bytes | bytearray | str) else bundle
     if not isinstance(data, Mapping) or data.get("resourceType") != "Bundle":
         raise InvalidBundle("Expected a Bundle resource", expression="resourceType")
@@ -87,7 +91,7 @@ def plan_bundle(bundle: Mapping[str, Any] | bytes | str) -> BundlePlan:
     planned: list[PlannedEntry] = []
     for index, entry in enumerate(entries):
         try:
-            planned.append(_plan_entry(index, entry, full_urls if transaction else None))
+            planned.append(_plan_entry(index, entry, full_urls if transaction else None, searched_elsewhere))
         except FhirInputError as exc:
             error = _entry_error(index, exc)
             if transaction:
@@ -115,6 +119,8 @@ def _entry_error(index: int, exc: FhirInputError) -> InvalidBundle:
         expression = f"Bundle.entry[{index}]"
     error = InvalidBundle(f"Bundle entry {index}: {exc.message}", entry_index=index, expression=expression)
     error.status = exc.status if exc.status in (400, 404, 422) else 400
+    if not isinstance(exc, InvalidBundle):
+        error.cause = exc
     return error
 
 
@@ -190,7 +196,8 @@ def _check_full_url(full_url: str) -> None:
         raise InvalidBundle("fullUrl must be an absolute URL (or urn:uuid: / urn:oid:), not a relative one")
 
 
-def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None) -> PlannedEntry:
+def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None,
+                searched_elsewhere: frozenset[str] = frozenset()) -> PlannedEntry:
     if not isinstance(entry, Mapping):
         raise InvalidBundle("entry must be a JSON object")
     validate_element(
@@ -210,7 +217,7 @@ def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None) -> 
         if not isinstance(full_url, str):
             raise InvalidBundle("entry.fullUrl must be a string")
         _check_full_url(full_url)
-    resource_type, rid, version, conditional = _parse_request_url(url, method)
+    resource_type, rid, version, conditional = _parse_request_url(url, method, searched_elsewhere)
     raw_resource = entry.get("resource")
     resource: dict[str, Any] | None = None
     if method in ("POST", "PUT", "PATCH"):
@@ -266,7 +273,7 @@ def _optional_text(request: Mapping[str, Any], name: str) -> str | None:
 
 
 def _parse_request_url(
-    url: str, method: str
+    url: str, method: str, searched_elsewhere: frozenset[str] = frozenset()
 ) -> tuple[str, str | None, str | None, tuple[tuple[str, str], ...] | None]:
     """(type, id, version, conditional params) of a request URL relative to the base (R4 3.1.0.11.1)."""
     if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", url):
@@ -297,7 +304,8 @@ def _parse_request_url(
     if question:
         if rid is not None:
             raise InvalidBundle("entry.request.url cannot have both an id and search parameters")
-        conditional = _check_query(resource_type, query)
+        checked = method not in ("GET", "HEAD") or resource_type not in searched_elsewhere
+        conditional = _check_query(resource_type, query, parse=checked)
     if method in ("PUT", "PATCH") and rid is None and conditional is None:
         raise InvalidBundle(f"{method} needs 'Type/id' or a conditional 'Type?query'")
     if method == "DELETE" and rid is None and conditional is None:
@@ -309,12 +317,13 @@ def _parse_request_url(
     return resource_type, rid, version, conditional
 
 
-def _check_query(resource_type: str, query: str) -> tuple[tuple[str, str], ...]:
+def _check_query(resource_type: str, query: str, *, parse: bool = True) -> tuple[tuple[str, str], ...]:
     try:
         params = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
     except ValueError:
         raise InvalidBundle("search parameters in the request are not valid") from None
-    parse_search(resource_type, params)  # raises UnsupportedSearch, named by entry by the caller
+    if parse:
+        parse_search(resource_type, params)  # raises UnsupportedSearch, named by entry by the caller
     return tuple(params)
 
 

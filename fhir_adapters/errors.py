@@ -69,4 +69,7 @@ class InvalidBundle(FhirInputError):
         if expression is None and entry_index is not None:
             expression = f"Bundle.entry[{entry_index}]"
         super().__init__(message, expression=expression, status=status)
+        # The entry's own error when it is one the same request outside a Bundle gets too (its resource does not
+        # validate, its search does not parse): a batch answers that entry with it (R4 3.1.0.11.1).
+        self.cause: FhirInputError | None = None
         self.entry_index = entry_index

@@ -204,9 +204,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         names=ActorDirectory(sessions, AccountNames(store), store), break_glass_reason=policy.break_glass_reason,
     ))
     # Before the generic /fhir rules too: studies, subjects, credentials and enrolment (healthledger.research).
-    from healthledger.api.research import research_blueprint
+    from healthledger.api.research import bundle_reads, research_blueprint
+    from healthledger.research.enrolment import Enrolments
+    from healthledger.research.studies import Studies
 
-    app.register_blueprint(research_blueprint(store, settings, lambda: authenticate(request)))
+    studies = Studies(store)
+    enrolments = Enrolments(store, studies)
+    app.register_blueprint(research_blueprint(store, settings, lambda: authenticate(request), studies=studies,
+                                              enrolments=enrolments))
     from healthledger.api.research_data import research_data_blueprint
     from healthledger.research.export import BackgroundExports, Exports, ExportWorker
     from healthledger.research.feasibility import BudgetPolicy, Feasibility
@@ -235,6 +240,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
         refusals=None if settings.enforcement_off_for_benchmark else policy,
+        bundle_reads=bundle_reads(studies, enrolments),  # Bundle entries read studies as api/research.py does
     ))
 
     @app.errorhandler(Exception)

@@ -179,3 +179,43 @@ def _include_spec(resource_type: str, base: str, value: str, unsupported: Callab
         if definition.targets and resource_type not in definition.targets:
             raise UnsupportedSearch(f"_revinclude: '{source}:{param_name}' cannot refer to {resource_type}", expression=base)
     return IncludeSpec(source, definition, target, value)
+
+
+# Parameters every search takes whatever it supports: the response format (R4 http.html#mime-type).
+_FORMAT_PARAMETERS: Final = frozenset({"_format", "_pretty"})
+
+
+@dataclass(frozen=True)
+class FixedSearch:
+    """A search that answers a fixed set of parameters (a type served by a module of its own rather than by
+    the store's search): the values given for each supported name, in order, and the names left out."""
+
+    values: dict[str, tuple[str, ...]]
+    ignored: tuple[str, ...] = ()
+
+    def last(self, name: str) -> str | None:
+        given = self.values.get(name)
+        return given[-1] if given else None
+
+
+def screen_fixed(resource_type: str, params: Sequence[tuple[str, str]], supported: frozenset[str], *,
+                 strict: bool) -> FixedSearch:
+    """R4 3.1.1.4 for a search over `supported` names only (no modifiers): under `Prefer: handling=strict` any
+    other parameter (criterion, modifier or result control) is an UnsupportedSearch; lenient, it is left out and
+    named once in `ignored`, as `parse_search` and `parse_controls` do for the store's searches. `_format` and
+    `_pretty` are always accepted. Names are echoed only when they look like names; values never are."""
+    values: dict[str, list[str]] = {}
+    ignored: list[str] = []
+    for name, value in params:
+        if name in _FORMAT_PARAMETERS:
+            continue
+        if name in supported:
+            values.setdefault(name, []).append(value)
+            continue
+        shown = _say(name)
+        if strict:
+            raise UnsupportedSearch(f"'{shown}' is not a supported search parameter for {resource_type} "
+                                    f"(supported: {', '.join(sorted(supported))})")
+        if shown not in ignored:
+            ignored.append(shown)
+    return FixedSearch({k: tuple(v) for k, v in values.items()}, tuple(ignored))

@@ -31,14 +31,20 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import MethodNotAllowed
 
 from fhir_adapters.audit_event import audit_event
-from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.search.controls import ResultControls, parse_controls, prefers_strict
 from fhir_adapters.search.dates import date_range, interval_datetime
 from fhir_adapters.search.query import DATE_PREFIXES
 from fhir_adapters.search.references import parse_reference
 from fhir_adapters.subsetting import select_elements, summarize
 from healthledger.api import negotiation as http
-from healthledger.api.paging import CURSOR_PARAM, PageLinks, decode_cursor, parse_count, searchset_bundle
+from healthledger.api.paging import (
+    CURSOR_PARAM,
+    PageLinks,
+    decode_cursor,
+    ignored_outcome,
+    parse_count,
+    searchset_bundle,
+)
 from healthledger.audit.anchoring import EntryProof, anchored_proof
 from healthledger.audit.entries import AccessEntry, decode_entry
 from healthledger.audit.log import DEFAULT_LOG
@@ -592,13 +598,7 @@ class _AuditEventApi:
         results = query.results
         entries = [(f"{base}/{RESOURCE_TYPE}/{entry_id}", _subset(event, results)) for entry_id, event in events]
         shown_total = None if results.total == "none" and results.summary != "count" else total
-        outcome = None
-        if query.ignored:
-            outcome = operation_outcome(
-                "warning", "not-supported",
-                "ignored (not supported by this server): " + ", ".join(query.ignored[:20])
-                + "; send 'Prefer: handling=strict' to have such a search refused instead",
-            )
+        outcome = ignored_outcome(list(query.ignored))
         return _respond(searchset_bundle(entries, total=shown_total, links=links, outcome=outcome))
 
 

@@ -17,6 +17,7 @@ from flask import Blueprint, Request, Response, request
 from sqlalchemy import exc as sa_exc
 
 from fhir_adapters import bundles as fhir_bundles
+from fhir_adapters import definition_search
 from fhir_adapters.capability import TypeCapability, capability_statement
 from fhir_adapters.datatypes import ID, instant, with_version_meta
 from fhir_adapters.errors import FhirInputError, UnknownResourceType, UnsupportedSearch
@@ -24,7 +25,14 @@ from fhir_adapters.extensions import EXTENSIONS, structure_definition
 from fhir_adapters.operation_definitions import OURS, operation_definition, system_operations, type_operations
 from fhir_adapters.outcome import operation_outcome
 from fhir_adapters.search import parse_search
-from fhir_adapters.search.controls import ResultControls, is_control, parse_controls, prefers_strict
+from fhir_adapters.search.controls import (
+    FixedSearch,
+    ResultControls,
+    is_control,
+    parse_controls,
+    prefers_strict,
+    screen_fixed,
+)
 from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
@@ -36,6 +44,7 @@ from healthledger.api.paging import (
     PageLinks,
     decode_cursor,
     history_bundle,
+    ignored_outcome,
     parse_count,
     searchset_bundle,
 )
@@ -47,12 +56,25 @@ from healthledger.errors import (
     InvalidResource,
     KeyProviderUnavailable,
     NotFound,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from healthledger.store.access import Principal
-from healthledger.store.bundles import conditional_delete, conditional_update, execute_bundle
+from healthledger.store.bundles import (
+    EntryRead,
+    Target,
+    conditional_delete,
+    conditional_update,
+    execute_bundle,
+)
 from healthledger.store.patching import patch_resource
-from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
+from healthledger.store.repository import (
+    ResourceStore,
+    StoredResource,
+    UnitOfWork,
+    dump_resource,
+    fhir_errors,
+)
 from healthledger.store.search_results import run_search
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -66,7 +88,8 @@ STUDY_EDITS_REFUSED = "a study changes through its operations ($publish); it is 
 # The types that support other than TYPE_INTERACTIONS, with what they do support: the CapabilityStatement
 # declares this table and `_check_supported` refuses the rest on every generic path (REST and Bundle entries),
 # so the declaration and the refusals come from one place. AuditEvent is served by api/audit_events.py (writes
-# 405); ResearchStudy and the GET search of ResearchSubject by api/research.py (study edits 403, as here).
+# 405); ResearchStudy and the GET search of ResearchSubject by api/research.py (study edits 403, as here); the
+# searches of OperationDefinition and StructureDefinition by `_definitions` below.
 TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
     "AuditEvent": TypeCapability(
         ("read", "search-type"),
@@ -77,21 +100,43 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
     ),
     "ResearchStudy": TypeCapability(
         ("create", "read", "vread", "history-instance", "history-type", "search-type"),
-        notes={"create": "a researcher acting for an organisation defines a draft study and its cohort Group",
+        notes={"create": "a researcher acting for an organisation defines a draft study and its cohort Group "
+               "(POST /fhir/ResearchStudy; not in a Bundle: 403)",
                "history-type": "unrestricted callers only; others read a study's own history",
-               "search-type": "by status (and _count); drafts are shown to their owners only"},
+               "search-type": "by status (and _count); drafts are shown to their owners only; any other parameter "
+               "is ignored and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict "
+               "(Bundle entries: strict)"},
         search=(("status", "token", "the study's status, comma: any of"),),
         documentation="Defined by researchers; a study changes only through its operations ($publish, $enrol, "
         "$leave): update, patch and delete are refused (403).",
     ),
     "ResearchSubject": TypeCapability(
         TYPE_INTERACTIONS, conditional=True,
-        notes={"search-type": "GET lists enrolments made by ResearchStudy/$enrol: a study's participants to its "
-               "owner (study required), a patient's own enrolments to that patient"},
-        search=(("study", "reference", "the study (ResearchStudy/{id})"),),
+        notes={"search-type": "GET lists the enrolments made by ResearchStudy/$enrol that the caller may see (a "
+               "study's participants to its owner, a patient's own enrolments to that patient), then the "
+               "ResearchSubjects stored by clients that the caller may read; by study (required, except for "
+               "patients) and _count; any other parameter is ignored and named in an OperationOutcome entry, or "
+               "refused (400) under Prefer: handling=strict (Bundle entries: strict)"},
+        search=(("study", "reference", "the study (ResearchStudy/{id}); one study per search"),),
     ),
+    **{definitions: TypeCapability(
+        TYPE_INTERACTIONS, conditional=True,
+        notes={"read": f"this server's own {definitions}s are public (no token), at the id their canonical URL "
+               "ends in; any other id is an ordinary read",
+               "search-type": f"lists this server's own {definitions}s (public), then, to an authenticated caller, "
+               "the stored ones it may read; by url, _id and name, paged by _count; any other parameter is ignored "
+               "and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (Bundle "
+               "entries: strict)"},
+        search=(("url", "uri", "the canonical URL, exact (url|version: that version too); comma: any of"),
+                ("_id", "token", "the logical id, exact; comma: any of"),
+                ("name", "string", "the computer-friendly name, case-insensitive, starts with; comma: any of")),
+    ) for definitions in sorted(definition_search.PUBLISHED_TYPES)},
 }
 _REFUSED_BECAUSE: Final = {"ResearchStudy": STUDY_EDITS_REFUSED}
+# Interactions a type supports only outside Bundles, with why: a study is checked and given its owner and cohort by
+# the research module (api/research.py), which a Bundle entry (the store's generic create) would bypass.
+_NOT_IN_BUNDLES: Final = {("ResearchStudy", "create"): "a study is defined by POST /fhir/ResearchStudy (the research "
+                          "module checks it and gives it its owner and cohort), not in a Bundle"}
 # Result controls are interpreted here and only here: fhir_adapters.search.parse_search sets the result
 # parameters aside (RESULT_PARAMETERS) and parses criteria. These are the ones this module reads itself.
 _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_pretty"})
@@ -100,6 +145,8 @@ _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_prett
 # accurate) is honoured: the total, when given, is always exact.
 _REFUSED_CONTROLS = frozenset({"_page", "_contained", "_containedType"})
 _HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
+# What a search of the definitions answers (fhir_adapters/definition_search.py): declared in TYPE_CAPABILITIES.
+_DEFINITION_PARAMS = frozenset({*definition_search.CRITERIA, "_count", CURSOR_PARAM})
 
 class RefusalLog(Protocol):
     """Records authenticated attempts refused before any access decision (wired to the consent policy)."""
@@ -131,14 +178,17 @@ def fhir_blueprint(
     *,
     token_url: str | None = None,
     refusals: RefusalLog | None = None,
+    bundle_reads: Mapping[str, EntryRead] | None = None,
 ) -> Blueprint:
     """The /fhir blueprint bound to one store; no module-level state. `token_url`: the SMART token endpoint.
+    `bundle_reads`: GET entries of Bundles for the types another module serves (api/research.py `bundle_reads`),
+    so that such an entry answers as that module's REST request does.
 
     `refusals`: where an authenticated request refused before the store decided anything (a bad parameter,
     a bad purpose header, an unacceptable format) is recorded, so that every attempt leaves an entry.
     """
     bp = Blueprint("fhir", __name__, url_prefix="/fhir")
-    api = _FhirApi(store, settings, authenticate or Authenticator(settings))
+    api = _FhirApi(store, settings, authenticate or Authenticator(settings), bundle_reads or {})
     api.token_url = token_url
 
     if refusals is not None:
@@ -184,8 +234,12 @@ def fhir_blueprint(
 
 
 class _FhirApi:
-    def __init__(self, store: ResourceStore, settings: Settings, authenticate: Authenticator) -> None:
+    def __init__(self, store: ResourceStore, settings: Settings, authenticate: Authenticator,
+                 bundle_reads: Mapping[str, EntryRead]) -> None:
         self.store = store
+        # Bundle entries of the definitions are answered here as their REST requests are (_definitions).
+        self.bundle_reads: Mapping[str, EntryRead] = {
+            **bundle_reads, **{t: self._definition_entry for t in definition_search.PUBLISHED_TYPES}}
         self.settings = settings
         self.authenticate = authenticate
         self.token_url: str | None = None
@@ -320,12 +374,14 @@ class _FhirApi:
         bundle = self._body_resource()
         if bundle.get("resourceType") != "Bundle":
             raise BadRequest("POST /fhir takes a Bundle of type batch or transaction", expression="Bundle")
-        _check_bundle_supported(bundle)
-        result = execute_bundle(self.store, bundle, principal=principal)
+        refused = _unsupported_entries(bundle, frozenset(self.bundle_reads))
+        result = execute_bundle(self.store, bundle, principal=principal, reads=self.bundle_reads, refused=refused)
         return self._respond(result, 200)
 
     def type_endpoint(self, resource_type: str) -> Response:
         _check_type(resource_type)
+        if request.method in ("GET", "HEAD") and resource_type in definition_search.PUBLISHED_TYPES:
+            return self._definitions(resource_type, list(request.args.items(multi=True)))
         principal = self._principal()
         http.check_response_format(request)
         _check_supported(resource_type, _TYPE_LEVEL[request.method])
@@ -339,18 +395,74 @@ class _FhirApi:
 
     def search_post(self, resource_type: str) -> Response:
         _check_type(resource_type)
+        if resource_type in definition_search.PUBLISHED_TYPES:
+            return self._definitions(resource_type, [*request.args.items(multi=True), *self._form()])
         principal = self._principal()
         http.check_response_format(request)
         _check_supported(resource_type, "search-type")
+        return self._search(resource_type, principal, [*request.args.items(multi=True), *self._form()])
+
+    def _form(self) -> list[tuple[str, str]]:
+        """POST _search's parameters (R4 3.1.1.0.2): an application/x-www-form-urlencoded body."""
         kind = http.media_type(request.headers.get("Content-Type"))
         if kind != http.FORM_MEDIA_TYPE:
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
         raw = http.read_body(request, self.settings.max_request_bytes)
         try:
-            form = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=1000)
+            return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=1000)
         except (UnicodeDecodeError, ValueError):
             raise BadRequest("search parameters are not valid form-encoded UTF-8") from None
-        return self._search(resource_type, principal, [*request.args.items(multi=True), *form])
+
+    def _definitions(self, resource_type: str, params: list[tuple[str, str]]) -> Response:
+        """`GET /fhir/OperationDefinition|StructureDefinition[?url=&_id=&name=]`: the definitions this server
+        publishes at `/fhir/{Type}/{id}` (public, like them and the CapabilityStatement), then, to an authenticated
+        caller, the ones stored by clients that it may read (decided like any search), paged by `_count`; any
+        other parameter is ignored and named in an OperationOutcome entry, or refused under `Prefer:
+        handling=strict` (R4 3.1.1.4)."""
+        http.check_response_format(request)
+        search = screen_fixed(resource_type, params, _DEFINITION_PARAMS, strict=prefers_strict(request.headers.get("Prefer")))
+        count = parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
+                            maximum=self.settings.max_page_size)
+        cursor = search.last(CURSOR_PARAM)
+        offset = decode_cursor(cursor) if cursor is not None else 0
+        found = _published_matches(resource_type, search)
+        principal = self._optional_principal()
+        if principal is not None:
+            with self.store.reading(principal) as uow:
+                found += _stored_definitions(uow, resource_type, search)
+        base = self._base()
+        page = found[offset:offset + count]
+        next_offset = offset + count if 0 < count and offset + count < len(found) else None
+        kept = tuple((n, v) for n, v in params if n in definition_search.CRITERIA)
+        links = PageLinks(f"{base}/{resource_type}", kept, count, offset).links(next_offset)
+        return self._respond(searchset_bundle(((f"{base}/{url}", body) for url, body in page), total=len(found),
+                                              links=links, outcome=ignored_outcome(list(search.ignored))))
+
+    def _optional_principal(self) -> Principal | None:
+        """The caller of a public endpoint, if it says who it is: None without credentials (a token that does not
+        authenticate is still a 401)."""
+        try:
+            return self._principal()
+        except Unauthorized:
+            if request.headers.get("Authorization"):
+                raise
+            return None
+
+    def _definition_entry(self, uow: UnitOfWork, target: Target) -> StoredResource | dict[str, Any] | None:
+        """A Bundle's GET entry of OperationDefinition or StructureDefinition (EntryRead): answered as the REST
+        read and search answer it (strict handling, like every search entry; one page of `_count`)."""
+        resource_type = target.resource_type
+        if target.id is not None:
+            if target.version is None and target.id in definition_search.published_ids(resource_type):
+                return next(d for d in definition_search.published(resource_type) if d["id"] == target.id)
+            return None  # a stored one: the ordinary read
+        search = screen_fixed(resource_type, target.params or [], _DEFINITION_PARAMS, strict=True)
+        count = parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
+                            maximum=self.settings.max_page_size)
+        found = _published_matches(resource_type, search) + _stored_definitions(uow, resource_type, search)
+        bundle = searchset_bundle(found[:count], total=len(found), links=[])
+        del bundle["link"]
+        return bundle
 
     def type_history(self, resource_type: str) -> Response:
         _check_type(resource_type)
@@ -522,7 +634,7 @@ class _FhirApi:
         endpoint = f"{self._base()}/{resource_type}"
         kept = [(n, v) for n, v in criteria if n not in ignored and n.partition(":")[0] not in ignored]
         kept += list(result.kept)
-        outcome = _ignored_outcome(ignored)
+        outcome = ignored_outcome(ignored)
         show_total = result.total != "none" or result.summary == "count"
         if result.summary == "count" or count == 0:
             page = self.store.search(resource_type, query, count=0, offset=0, principal=principal)
@@ -617,6 +729,28 @@ def _named_patient(params: Any) -> str:
     return next(iter(named)) if len(named) == 1 else ""
 
 
+def _published_matches(resource_type: str, search: FixedSearch) -> list[tuple[str, dict[str, Any]]]:
+    """The published definitions `search` selects, as (relative url, resource)."""
+    return [(f"{resource_type}/{d['id']}", dict(d))
+            for d in definition_search.select(definition_search.published(resource_type), search)]
+
+
+def _stored_definitions(uow: UnitOfWork, resource_type: str, search: FixedSearch) -> list[tuple[str, dict[str, Any]]]:
+    """The definitions stored by clients that the caller may read and `search` selects (matched here: the store's
+    index has no `url` or `name` for them), in the store's order; none under a published id (that id reads ours)."""
+    ours = definition_search.published_ids(resource_type)
+    with fhir_errors():
+        everything = parse_search(resource_type, [])
+    found: list[tuple[str, dict[str, Any]]] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = uow.search(resource_type, everything, count=200, offset=offset)
+        shown = [_with_meta(item) for item in page.items if item.resource is not None and item.id not in ours]
+        found += [(f"{resource_type}/{d['id']}", dict(d)) for d in definition_search.select(shown, search)]
+        offset = page.next_offset
+    return found
+
+
 # -- pure helpers ---------------------------------------------------------------------------------
 def _check_type(resource_type: str) -> None:
     if not _TYPE.fullmatch(resource_type) or not is_resource_type(resource_type):
@@ -637,14 +771,17 @@ def _check_supported(resource_type: str, interaction: str) -> None:
                         or f"{interaction} is not supported on {resource_type} (see GET /fhir/metadata)")
 
 
-def _check_bundle_supported(bundle: dict[str, Any]) -> None:
-    """Every entry of a batch or transaction asks only for what its type supports (else the whole request is
-    refused, naming the entry). A Bundle that does not parse is left to execute_bundle to refuse in its words."""
+def _unsupported_entries(bundle: dict[str, Any], searched_elsewhere: frozenset[str]) -> dict[int, Forbidden]:
+    """The entries of a batch that ask for what their type does not support (TYPE_CAPABILITIES), each with the
+    refusal the same request outside a Bundle gets, by entry index: execute_bundle answers each of them on its own
+    (R4 3.1.0.11.1). A transaction is all or nothing: its first such entry (by index) refuses it whole,
+    naming the entry. A Bundle that does not parse is left to execute_bundle to refuse in its words."""
     try:
-        plan = fhir_bundles.plan_bundle(bundle)
+        plan = fhir_bundles.plan_bundle(bundle, searched_elsewhere=searched_elsewhere)
     except FhirInputError:
-        return
-    for entry in sorted(plan.entries, key=lambda e: e.index):  # a transaction's are in processing order
+        return {}
+    refused: dict[int, Forbidden] = {}
+    for entry in sorted(plan.entries, key=lambda e: e.index):  # a transaction's come in processing order
         if entry.resource_type is None or entry.error is not None:
             continue
         if entry.method in ("GET", "HEAD"):
@@ -656,8 +793,13 @@ def _check_bundle_supported(bundle: dict[str, Any]) -> None:
             interaction = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[entry.method]
         try:
             _check_supported(entry.resource_type, interaction)
-        except Forbidden as refused:
-            raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refused}") from None
+            if (entry.resource_type, interaction) in _NOT_IN_BUNDLES:
+                raise Forbidden(_NOT_IN_BUNDLES[(entry.resource_type, interaction)])
+        except Forbidden as refusal:
+            if plan.type != "batch":
+                raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refusal}") from None
+            refused[entry.index] = refusal
+    return refused
 
 
 def _check_id(resource_id: str) -> None:
@@ -713,18 +855,6 @@ def _subset(body: dict[str, Any], controls: ResultControls) -> dict[str, Any]:
     if controls.elements is not None:
         return select_elements(body, controls.elements)
     return body
-
-
-def _ignored_outcome(ignored: list[str]) -> dict[str, Any] | None:
-    """The searchset's OperationOutcome entry naming what lenient handling left out (names only, never values)."""
-    names = list(dict.fromkeys(ignored))
-    if not names:
-        return None
-    return operation_outcome(
-        "warning", "not-supported",
-        "ignored (not supported by this server): " + ", ".join(names[:20])
-        + "; send 'Prefer: handling=strict' to have such a search refused instead",
-    )
 
 
 def _parse_instant(value: str, name: str) -> datetime:

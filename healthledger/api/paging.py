@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from fhir_adapters.outcome import operation_outcome
 from healthledger.api.negotiation import etag
 from healthledger.errors import BadRequest
 
@@ -139,6 +140,21 @@ def history_bundle(
     return bundle
 
 
+
+
+def ignored_outcome(ignored: list[str]) -> dict[str, Any] | None:
+    """The searchset's OperationOutcome entry naming what lenient handling left out (names only, never values);
+    every search of the API words it so (api/fhir.py, api/research.py)."""
+    names = list(dict.fromkeys(ignored))
+    if not names:
+        return None
+    return operation_outcome(
+        "warning", "not-supported",
+        "ignored (not supported by this server): " + ", ".join(names[:20])
+        + "; send 'Prefer: handling=strict' to have such a search refused instead",
+    )
+
+
 __all__ = [
     "CURSOR_PARAM",
     "HistoryEntry",
@@ -146,6 +162,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "history_bundle",
+    "ignored_outcome",
     "parse_count",
     "searchset_bundle",
 ]

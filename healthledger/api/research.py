@@ -8,22 +8,31 @@
   POST with `password` activates it (first time) and adds the identity secret and, with `study`, the enrollee.
 - `POST /fhir/ResearchStudy/{id}/$enrol` (patient: proof, publicSignals, password) -> ResearchSubject;
   `POST /fhir/ResearchStudy/{id}/$leave` (patient: password) revokes the study consent's grant.
-- `GET /fhir/ResearchSubject?study=ResearchStudy/{id}` (owner): participants as pseudonyms;
-  a patient gets their own enrolments (in every study when `study` is left out).
+- `GET /fhir/ResearchSubject?study=ResearchStudy/{id}`: the study's enrolments (participants as pseudonyms) to
+  its owner, a patient's own enrolments to that patient (in every study when `study` is left out), and, to
+  everyone, the ResearchSubjects stored by clients (POST/PUT) that the caller may read, like any other search.
+
+Both searches take FHIR's lenient or strict handling of what they do not support (`Prefer: handling=`), as the
+generic search does; the same reads and searches answer GET entries of batch and transaction Bundles
+(`bundle_reads`), on the entry's own transaction.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session
 
 from fhir_adapters.research_study import study_reference
+from fhir_adapters.search import parse_search
+from fhir_adapters.search.controls import prefers_strict, screen_fixed
 from healthledger.api import negotiation as http
-from healthledger.api.paging import searchset_bundle
+from healthledger.api.fhir import STUDY_EDITS_REFUSED
+from healthledger.api.paging import ignored_outcome, parse_count, searchset_bundle
 from healthledger.config import Settings
 from healthledger.errors import BadRequest, Forbidden, NotFound, Unprocessable, UnsupportedMediaType
 from healthledger.ledger import patient_keys
@@ -31,13 +40,23 @@ from healthledger.principal import Principal
 from healthledger.research.credentials import Credential, CredentialIssuer
 from healthledger.research.enrolment import Enrolments
 from healthledger.research.studies import Studies, acting
-from healthledger.store.repository import ResourceStore, StoredResource, dump_resource
+from healthledger.store.bundles import EntryRead, Target
+from healthledger.store.repository import (
+    ResourceStore,
+    StoredResource,
+    UnitOfWork,
+    dump_resource,
+    fhir_errors,
+)
 from zk.credential import credential_inputs
 
 _STATUSES = frozenset({"draft", "active", "closed-to-accrual", "completed", "withdrawn", "administratively-completed",
                        "approved", "closed-to-accrual-and-intervention", "disapproved", "in-review",
                        "temporarily-closed-to-accrual", "temporarily-closed-to-accrual-and-intervention"})
 MAX_COUNT = 500
+# What the two searches answer (besides _format): declared in api/fhir.py TYPE_CAPABILITIES.
+STUDY_SEARCH: Final = frozenset({"status", "_count"})
+SUBJECT_SEARCH: Final = frozenset({"study", "_count"})
 
 
 def research_blueprint(store: ResourceStore, settings: Settings, authenticate: Callable[[], Principal], *,
@@ -46,8 +65,8 @@ def research_blueprint(store: ResourceStore, settings: Settings, authenticate: C
     """Register before the generic /fhir blueprint: these paths are more specific than /fhir/<type>."""
     bp = Blueprint("research", __name__, url_prefix="/fhir")
     studies = studies or Studies(store)
-    api = _ResearchApi(store, settings, authenticate, studies, issuer or CredentialIssuer(store),
-                       enrolments or Enrolments(store, studies))
+    enrolments = enrolments or Enrolments(store, studies)
+    api = _ResearchApi(store, settings, authenticate, studies, issuer or CredentialIssuer(store), enrolments)
     bp.add_url_rule("/ResearchStudy", "studies", api.studies, methods=["GET", "POST"])
     bp.add_url_rule("/ResearchStudy/_search", "studies_search", api.studies_search, methods=["POST"])
     bp.add_url_rule("/ResearchStudy/_history", "studies_history", api.studies_history, methods=["GET"])
@@ -94,6 +113,7 @@ class _ResearchApi:
         self.catalogue = studies
         self.issuer = issuer
         self.enrolments = enrolments
+        self.reads = ResearchReads(studies, enrolments)
 
     def _base(self) -> str:
         root = self.settings.base_url.rstrip("/") if self.settings.base_url else request.host_url.rstrip("/")
@@ -110,11 +130,7 @@ class _ResearchApi:
         return http.parse_json_object(http.read_body(request, self.settings.max_request_bytes))
 
     def _shown(self, stored: StoredResource) -> dict[str, Any]:
-        body = dict(stored.resource or {})
-        body["id"] = stored.id
-        body["meta"] = {**(body.get("meta") or {}), "versionId": str(stored.version_id),
-                        "lastUpdated": stored.last_updated.isoformat()}
-        return body
+        return _shown(stored)
 
     def _headers(self, stored: StoredResource, *, location: bool = False) -> dict[str, str]:
         headers = {"ETag": http.etag(stored.version_id), "Last-Modified": http.http_date(stored.last_updated)}
@@ -134,26 +150,10 @@ class _ResearchApi:
         return self._search(principal, list(request.args.items(multi=True)))
 
     def _search(self, principal: Principal, params: list[tuple[str, str]]) -> Response:
-        statuses: set[str] = set()
-        count = MAX_COUNT
-        for name, value in params:
-            if name == "status":
-                wanted = {v.strip() for v in value.split(",") if v.strip()}
-                unknown = wanted - _STATUSES
-                if unknown:
-                    raise BadRequest(f"unknown ResearchStudy status {min(unknown)!r}", expression="status")
-                statuses |= wanted
-            elif name == "_count":
-                if not value.isdigit() or not 0 < int(value) <= MAX_COUNT:
-                    raise BadRequest(f"_count must be 1 to {MAX_COUNT}", expression="_count")
-                count = int(value)
-            elif name not in ("_format",):
-                raise BadRequest(f"ResearchStudy is searched by status (and _count) only, not {name!r}",
-                                 expression=name)
-        found = self.catalogue.search(principal, statuses or None, count=count)
-        bundle = searchset_bundle(((f"{self._base()}/ResearchStudy/{s.id}", self._shown(s)) for s in found),
-                                  total=len(found), links=[{"relation": "self", "url": request.url}])
-        return self._respond(bundle)
+        self.catalogue.settle_quietly()
+        with self.store.reading(principal) as uow:
+            found = self.reads.studies(uow, params, strict=prefers_strict(request.headers.get("Prefer")))
+        return self._respond(found.bundle(self._base(), request.url))
 
     def studies_search(self) -> Response:
         """POST _search: the same search as GET, parameters from the query and the form body."""
@@ -184,7 +184,7 @@ class _ResearchApi:
         principal = self.authenticate()
         http.check_response_format(request)
         if request.method != "GET":
-            raise Forbidden("a study changes through its operations ($publish); it is not edited directly")
+            raise Forbidden(STUDY_EDITS_REFUSED)
         stored = self.catalogue.read(study_id, principal)
         return self._respond(self._shown(stored), 200, self._headers(stored))
 
@@ -264,24 +264,159 @@ class _ResearchApi:
         return self._respond(participant.research_subject(for_patient=for_patient))
 
     def subjects(self) -> Response:
+        """The ResearchSubject search (`ResearchReads.subjects`)."""
         principal = self.authenticate()
         http.check_response_format(request)
-        study = request.args.get("study", "")
-        study_id = study.removeprefix("ResearchStudy/")
+        self.catalogue.settle_quietly()
+        with self.store.reading(principal) as uow:
+            found = self.reads.subjects(uow, list(request.args.items(multi=True)),
+                                   strict=prefers_strict(request.headers.get("Prefer")))
+        return self._respond(found.bundle(self._base(), request.url))
+
+
+@dataclass(frozen=True)
+class Found:
+    """A research search's answer before rendering: the matches shown (url relative to the base, resource), how
+    many match in all, and the parameters lenient handling left out."""
+
+    entries: list[tuple[str, dict[str, Any]]]
+    total: int
+    ignored: tuple[str, ...]
+
+    def bundle(self, base: str | None = None, self_url: str | None = None) -> dict[str, Any]:
+        """The searchset Bundle: full URLs under `base` with a `self` link (REST), relative ones in a Bundle entry
+        (as the store's searches answer there)."""
+        prefix = f"{base}/" if base else ""
+        links = [{"relation": "self", "url": self_url}] if self_url else []
+        bundle = searchset_bundle(((prefix + url, body) for url, body in self.entries), total=self.total,
+                                  links=links, outcome=ignored_outcome(list(self.ignored)))
+        if not links:
+            del bundle["link"]
+        return bundle
+
+
+class ResearchReads:
+    """The research types' reads and searches on one unit of work (the caller's): the REST handlers' and, through
+    `bundle_reads`, a Bundle's GET entries, so that both answer alike. Nothing here settles studies (that writes):
+    the REST handlers settle first; a Bundle's entries read what the worker and earlier requests settled."""
+
+    def __init__(self, studies: Studies, enrolments: Enrolments) -> None:
+        self.catalogue = studies
+        self.enrolments = enrolments
+
+    def study(self, uow: UnitOfWork, study_id: str) -> StoredResource:
+        """A study the caller may see (drafts: their owners'); otherwise the 404 of a missing study."""
+        principal = uow.principal
+        return self.catalogue.shown(uow.acting_for(acting(principal)).read("ResearchStudy", study_id), principal)
+
+    def studies(self, uow: UnitOfWork, params: list[tuple[str, str]], *, strict: bool) -> Found:
+        """`GET ResearchStudy?status=` (and `_count`): the studies the caller may see."""
+        screened = screen_fixed("ResearchStudy", params, STUDY_SEARCH, strict=strict)
+        statuses: set[str] = set()
+        for value in screened.values.get("status", ()):
+            wanted = {v.strip() for v in value.split(",") if v.strip()}
+            unknown = wanted - _STATUSES
+            if unknown:
+                raise BadRequest(f"unknown ResearchStudy status {min(unknown)!r}", expression="status")
+            statuses |= wanted
+        count = parse_count(list(screened.values.get("_count", ())), default=MAX_COUNT, maximum=MAX_COUNT)
+        principal = uow.principal
+        found = self.catalogue.search_on(uow.acting_for(acting(principal)), principal, statuses or None)
+        entries = [(f"ResearchStudy/{s.id}", _shown(s)) for s in found[:count]]
+        return Found(entries, len(found), screened.ignored)
+
+    def subject(self, uow: UnitOfWork, subject_id: str) -> dict[str, Any] | None:
+        """An enrolment by id as its patient or the study's owner sees it; None: the ordinary read answers."""
+        found = self.enrolments.one(subject_id, uow.principal, read_study=lambda sid: self.study(uow, sid))
+        if found is None:
+            return None
+        participant, for_patient = found
+        return participant.research_subject(for_patient=for_patient)
+
+    def subjects(self, uow: UnitOfWork, params: list[tuple[str, str]], *, strict: bool) -> Found:
+        """`GET ResearchSubject[?study=]` (and `_count`): the enrolments the caller may see (a study's to its owner,
+        a patient's own to them; any one study, or all of a patient's when `study` is left out), then the
+        ResearchSubjects stored by clients (POST/PUT) of that study, searched as the caller like any other type
+        (what the consent decisions withhold is not there). Other callers than patients name the study: a search
+        of every enrolment of every study is not offered. An unknown study, and one whose enrolments the caller
+        may not see, answer alike (no enrolments)."""
+        screened = screen_fixed("ResearchSubject", params, SUBJECT_SEARCH, strict=strict)
+        count = parse_count(list(screened.values.get("_count", ())), default=MAX_COUNT, maximum=MAX_COUNT)
+        named = {v.strip().removeprefix("ResearchStudy/") for value in screened.values.get("study", ())
+                 for v in value.split(",") if v.strip()}
+        if len(named) > 1:
+            raise BadRequest("search ResearchSubject by one study at a time", expression="study")
+        study_id = next(iter(named), "")
+        principal = uow.principal
         if principal.role == "patient":
             if study_id:
                 mine = self.enrolments.mine(study_id, principal)
                 people = [mine] if mine is not None else []
             else:
                 people = self.enrolments.all_mine(principal)  # a patient's own studies, all of them
-            entries = [p.research_subject(for_patient=True) for p in people]
+            subjects = [p.research_subject(for_patient=True) for p in people]
         elif not study_id:
             raise BadRequest("search ResearchSubject by study=ResearchStudy/{id}", expression="study")
         else:
-            entries = [p.research_subject(for_patient=False) for p in self.enrolments.participants(study_id, principal)]
-        bundle = searchset_bundle(((f"{self._base()}/ResearchSubject/{e['id']}", e) for e in entries),
-                                  total=len(entries), links=[{"relation": "self", "url": request.url}])
-        return self._respond(bundle)
+            try:
+                people = self.enrolments.participants(study_id, principal, read_study=lambda sid: self.study(uow, sid))
+            except NotFound:
+                people = []
+            subjects = [p.research_subject(for_patient=False) for p in people]
+        entries = [(f"ResearchSubject/{s['id']}", s) for s in subjects]
+        enrolled = {s["id"] for s in subjects}
+        entries += [(f"ResearchSubject/{s.id}", _shown(s)) for s in _stored_subjects(uow, study_id)
+                    if s.id not in enrolled]
+        return Found(entries[:count], len(entries), screened.ignored)
+
+    def entry(self, uow: UnitOfWork, target: Target) -> StoredResource | dict[str, Any] | None:
+        """A Bundle's GET entry of ResearchStudy or ResearchSubject (EntryRead). No `Prefer` header of its own:
+        strict handling, like the store's searches in a Bundle."""
+        if target.resource_type == "ResearchStudy":
+            if target.id is None:
+                return self.studies(uow, target.params or [], strict=True).bundle()
+            if target.params is not None:
+                return None
+            shown = self.study(uow, target.id)  # a hidden draft answers like a missing study
+            return shown if target.version is None else None  # a version: the ordinary vread, once seen
+        if target.id is None:
+            return self.subjects(uow, target.params or [], strict=True).bundle()
+        if target.params is not None or target.version is not None:
+            return None
+        return self.subject(uow, target.id)
+
+
+def bundle_reads(studies: Studies, enrolments: Enrolments) -> dict[str, EntryRead]:
+    """The research types' GET entries for `execute_bundle`: answered as `GET /fhir/ResearchStudy...` and
+    `GET /fhir/ResearchSubject...` answer them."""
+    reads = ResearchReads(studies, enrolments)
+    return {"ResearchStudy": reads.entry, "ResearchSubject": reads.entry}
+
+
+def _shown(stored: StoredResource) -> dict[str, Any]:
+    """A stored resource with its meta (versionId, lastUpdated), as the research searches and reads show it."""
+    body = dict(stored.resource or {})
+    body["id"] = stored.id
+    body["meta"] = {**(body.get("meta") or {}), "versionId": str(stored.version_id),
+                    "lastUpdated": stored.last_updated.isoformat()}
+    return body
+
+
+def _stored_subjects(uow: UnitOfWork, study_id: str) -> list[StoredResource]:
+    """The ResearchSubjects stored by clients that the caller may read, of `study_id` when given. The study is
+    matched here, not by the store's blind index: ResearchSubject has no indexed `study` terms (stored ones are
+    few: enrolments live in the research tables)."""
+    with fhir_errors():
+        everything = parse_search("ResearchSubject", [])
+    wanted = study_reference(study_id) if study_id else None
+    found: list[StoredResource] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = uow.search("ResearchSubject", everything, count=200, offset=offset)
+        found += [s for s in page.items if s.resource is not None
+                  and (wanted is None or (s.resource.get("study") or {}).get("reference") == wanted)]
+        offset = page.next_offset
+    return found
 
 
 def _delegate(endpoint: str, **args: str) -> Response:

@@ -271,10 +271,13 @@ class Enrolments:
             ).order_by(Enrolment.enrolled_at))
             return [self._participant(session, r) for r in rows]
 
-    def one(self, subject_id: str, principal: Principal) -> tuple[Participant, bool] | None:
+    def one(self, subject_id: str, principal: Principal, *,
+            read_study: Callable[[str], StoredResource] | None = None) -> tuple[Participant, bool] | None:
         """The enrolment `ResearchSubject/{subject_id}` if the caller may see it: (participant, as the patient sees
         it); None otherwise, whether it exists or not. The patient sees their own enrolments (with their study
-        consent), the study's owner every enrolment of the study (pseudonyms and dates), nobody else anything."""
+        consent), the study's owner every enrolment of the study (pseudonyms and dates), nobody else anything.
+        `read_study`: the study as the caller may see it (default `Studies.read`; a Bundle entry reads it on its
+        own transaction)."""
         with self.store.engine.connect() as conn:
             session = _session(conn)
             row = session.scalar(sa.select(Enrolment).where(
@@ -287,7 +290,7 @@ class Enrolments:
                 return (self._participant(session, row), True) if address == row.enrollee else None
             participant = self._participant(session, row)
         try:
-            stored: StoredResource = self.studies.read(participant.study_id, principal)
+            stored = (read_study or (lambda sid: self.studies.read(sid, principal)))(participant.study_id)
         except NotFound:
             return None
         assert stored.resource is not None
@@ -295,9 +298,11 @@ class Enrolments:
             return participant, False
         return None
 
-    def participants(self, study_id: str, principal: Principal) -> list[Participant]:
-        """The study's participants for its owner: pseudonyms and dates only (denied == unknown study)."""
-        stored: StoredResource = self.studies.read(study_id, principal)
+    def participants(self, study_id: str, principal: Principal, *,
+                     read_study: Callable[[str], StoredResource] | None = None) -> list[Participant]:
+        """The study's participants for its owner: pseudonyms and dates only (denied == unknown study).
+        `read_study` as for `one`."""
+        stored = (read_study or (lambda sid: self.studies.read(sid, principal)))(study_id)
         assert stored.resource is not None
         if not principal.unrestricted and not is_owner(principal, _terms(stored.resource)):
             raise NotFound(f"ResearchStudy/{study_id} is not known")

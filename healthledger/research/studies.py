@@ -45,6 +45,7 @@ from fhir_adapters.research_study import (
     StudyTerms,
     study_terms,
 )
+from fhir_adapters.search import parse_search
 from healthledger.consent.lifecycle import ChainKeys
 from healthledger.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from healthledger.ledger import outbox, relayer
@@ -53,7 +54,7 @@ from healthledger.principal import HRESCH, Principal
 from healthledger.research.credentials import condition_hasher_for
 from healthledger.research.criteria_words import characteristics
 from healthledger.research.models import PublishedStudy
-from healthledger.store.repository import ResourceStore, StoredResource
+from healthledger.store.repository import ResourceStore, StoredResource, UnitOfWork
 from zk.criteria import CompiledCriteria, compile_criteria
 from zk.errors import CriteriaError
 from zk.prover import CircuitFiles
@@ -415,17 +416,25 @@ class Studies:
 
     def read(self, study_id: str, principal: Principal) -> StoredResource:
         self.settle_quietly()
-        stored = self.store.read("ResearchStudy", study_id, principal=acting(principal))
+        with self.store.reading(acting(principal)) as uow:
+            stored = uow.read("ResearchStudy", study_id)
+        return self.shown(stored, principal)
+
+    def shown(self, stored: StoredResource, principal: Principal) -> StoredResource:
+        """`stored` (read acting for the caller) if the caller may see it; a hidden draft is a missing study."""
         if stored.resource is None or not self.visible(stored.resource, principal):
-            raise NotFound(f"ResearchStudy/{study_id} is not known")
+            raise NotFound(f"ResearchStudy/{stored.id} is not known")
         return stored
 
-    def search(self, principal: Principal, status: set[str] | None, *, count: int) -> list[StoredResource]:
-        self.settle_quietly()
+    def search_on(self, uow: UnitOfWork, principal: Principal, status: set[str] | None) -> list[StoredResource]:
+        """Every study the caller may see, of those statuses (all when None), in the store's order, on an open unit
+        of work acting for the caller. It does not settle: settling writes, and a Bundle entry's transaction holds
+        the write lock already (SQLite); the REST search settles first (`settle_quietly`)."""
         found: list[StoredResource] = []
         offset: int | None = 0
+        everything = parse_search("ResearchStudy", [])
         while offset is not None:
-            page = self.store.search_params("ResearchStudy", [], count=200, offset=offset, principal=acting(principal))
+            page = uow.search("ResearchStudy", everything, count=200, offset=offset)
             for item in page.items:
                 resource = item.resource
                 if resource is None or not self.visible(resource, principal):
@@ -434,7 +443,7 @@ class Studies:
                     continue
                 found.append(item)
             offset = page.next_offset
-        return found[:count]
+        return found
 
     def settle_quietly(self) -> None:
         """Settle before answering, so a confirmed publication shows at once (the worker does it too)."""

@@ -9,6 +9,7 @@ after assigning ids to new resources and rewriting `urn:uuid:` and conditional r
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -50,6 +51,12 @@ class Target:
     id: str | None = None
     version: int | None = None
     params: list[tuple[str, str]] | None = None  # conditional / search URL: `Type?name=value`
+
+
+# A GET entry of a type that a module of its own serves (research: ResearchStudy, ResearchSubject), answered as that
+# module's REST read or search answers it, on the entry's unit of work: a stored resource (a read), a resource (a
+# searchset Bundle, an enrolment), or None where the store's generic read answers (after the module's checks).
+EntryRead = Callable[[UnitOfWork, Target], StoredResource | dict[str, Any] | None]
 
 
 def entry_target(entry: Any) -> Target:
@@ -162,8 +169,9 @@ def conditional_delete(uow: UnitOfWork, resource_type: str, params: list[tuple[s
 class _Executor:
     """Runs one entry's interaction on a unit of work."""
 
-    def __init__(self, uow: UnitOfWork) -> None:
+    def __init__(self, uow: UnitOfWork, reads: Mapping[str, EntryRead] | None = None) -> None:
         self.uow = uow
+        self.reads = reads or {}
 
     @translating_fhir_errors
     def run(self, entry: Any, resource: dict[str, Any] | None, assigned: dict[int, str]) -> dict[str, Any]:
@@ -171,6 +179,12 @@ class _Executor:
         target = entry_target(entry)
         uow = self.uow
         if method in ("GET", "HEAD"):
+            own = self.reads.get(target.resource_type)
+            answer = own(uow, target) if own is not None else None
+            if isinstance(answer, StoredResource):
+                return _response_entry(200, answer)
+            if answer is not None:
+                return _response_entry(200, resource=answer)
             if target.params is not None or target.id is None:
                 params = target.params or []
                 with fhir_errors():  # a bundle entry has no Prefer header of its own: strict handling
@@ -234,30 +248,45 @@ class _Executor:
         raise NotSupported(f"{method} is not supported in bundles")
 
 
-def execute_bundle(store: ResourceStore, bundle: dict[str, Any], *, principal: Principal | None = None) -> dict[str, Any]:
+def execute_bundle(store: ResourceStore, bundle: dict[str, Any], *, principal: Principal | None = None,
+                   reads: Mapping[str, EntryRead] | None = None,
+                   refused: Mapping[int, HealthLedgerError] | None = None) -> dict[str, Any]:
     """Run a batch or transaction Bundle; returns the batch-response / transaction-response Bundle.
+
+    `reads`: the GET entries of types another module serves (EntryRead), by type. `refused`: batch entries the
+    caller refused already (an interaction the type does not support), answered with that error, not run.
+
+    Each entry of a batch stands alone (R4 3.1.0.11.1): one that fails gets its status and an OperationOutcome in
+    `response.outcome`, the same status and words as the same request outside a Bundle (so a withheld resource
+    still reads like a missing one), and the others run; the batch-response is 200.
 
     A failing transaction raises the entry's error (message and expression name the entry); nothing
     of it is stored.
     """
     with fhir_errors():
-        plan = fhir_bundles.plan_bundle(bundle)
+        plan = fhir_bundles.plan_bundle(bundle, searched_elsewhere=frozenset(reads or ()))
     if plan.type == "batch":
-        return _batch(store, plan, principal)
-    return _transaction(store, plan, principal)
+        return _batch(store, plan, principal, reads, refused or {})
+    return _transaction(store, plan, principal, reads)
 
 
-def _batch(store: ResourceStore, plan: Any, principal: Principal | None) -> dict[str, Any]:
+def _batch(store: ResourceStore, plan: Any, principal: Principal | None, reads: Mapping[str, EntryRead] | None,
+           refused: Mapping[int, HealthLedgerError]) -> dict[str, Any]:
     responses: dict[int, dict[str, Any]] = {}
     for entry in plan.entries:
         if entry.error is not None:
-            responses[entry.index] = _error_entry(as_store_error(entry.error))
+            # Its resource or search is refused as the same request's would be, in those words; an entry that is
+            # itself malformed (no request, a bad URL) is named by its place in the Bundle.
+            responses[entry.index] = _error_entry(as_store_error(entry.error.cause or entry.error))
+            continue
+        if entry.index in refused:
+            responses[entry.index] = _error_entry(refused[entry.index])
             continue
         try:
             with store.unit_of_work(principal) as uow:
-                responses[entry.index] = _Executor(uow).run(entry, entry.resource, {})
+                responses[entry.index] = _Executor(uow, reads).run(entry, entry.resource, {})
         except HealthLedgerError as exc:
-            responses[entry.index] = _error_entry(_entry_error(exc, entry.index, entry.method, _type_of(entry)))
+            responses[entry.index] = _error_entry(exc)  # the single request's own answer
     return {
         "resourceType": "Bundle",
         "type": "batch-response",
@@ -279,7 +308,8 @@ def _type_of(entry: Any) -> str | None:
     return getattr(entry, "resource_type", None)
 
 
-def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -> dict[str, Any]:
+def _transaction(store: ResourceStore, plan: Any, principal: Principal | None,
+                 reads: Mapping[str, EntryRead] | None) -> dict[str, Any]:
     responses: dict[int, dict[str, Any]] = {}
     with store.unit_of_work(principal) as uow:
         # 0. Scopes first: an entry the caller's scopes refuse fails the transaction before anything of it
@@ -306,7 +336,7 @@ def _transaction(store: ResourceStore, plan: Any, principal: Principal | None) -
             except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         # 3. Execute in processing order; any failure rolls the whole transaction back.
-        executor = _Executor(uow)
+        executor = _Executor(uow, reads)
         for entry in plan.entries:
             try:
                 responses[entry.index] = executor.run(entry, resources[entry.index], assigned)

@@ -430,6 +430,11 @@ class UnitOfWork:
         self.keyring = store.keyring
         self._keys: dict[tuple[str, bytes | None], DataKeyRef] = {}
 
+    def acting_for(self, principal: Principal) -> UnitOfWork:
+        """The same transaction, deciding for `principal` instead: for a module that applies rules of its own on
+        top of the store's and acts for the caller (research: `studies.acting`), inside a Bundle's entry."""
+        return UnitOfWork(self.store, self.conn, principal)
+
     def authorize(
         self, action: Action, resource_type: str, resource: dict[str, Any] | None, resource_id: str = ""
     ) -> dict[str, Any] | None:

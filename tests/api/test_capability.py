@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from research_support import UNIVERSITY, register_researcher
 
 from fhir_adapters.capability import TYPE_INTERACTIONS
+from fhir_adapters.extensions import EXTENSIONS
 from fhir_adapters.operation_definitions import BULK_GROUP_EXPORT, OPERATION_BASE, OURS, operation_definition
 from fhir_adapters.research_study import (
     CRITERIA_URL,
@@ -39,6 +40,8 @@ JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 _REFUSED_WRITE = (403, 405)
 _REFUSED_READ = (403, 404, 405)
 _READS = frozenset({"read", "vread", "history-instance", "history-type", "search-type"})
+# The definitions the server publishes, by type: their type-level search lists them.
+DEFINITIONS = {"OperationDefinition": frozenset(OURS), "StructureDefinition": frozenset(EXTENSIONS)}
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +211,7 @@ def test_types_with_interactions_of_their_own_accept_what_is_declared_and_refuse
         "ResearchStudy": (study, researcher, "status=draft"),
         "AuditEvent": (entry, AUTH, "date=ge2000-01-01"),
     }
-    assert set(TYPE_CAPABILITIES) == {*cases, "ResearchSubject"}
+    assert set(TYPE_CAPABILITIES) == {*cases, "ResearchSubject", *DEFINITIONS}
     for resource_type, (resource, allowed, search) in cases.items():
         declared = _declared_interactions(metadata, resource_type)
         assert declared == set(TYPE_CAPABILITIES[resource_type].interactions)
@@ -230,6 +233,91 @@ def test_types_with_interactions_of_their_own_accept_what_is_declared_and_refuse
     for interaction in sorted(TYPE_INTERACTIONS - {"delete"}) + ["delete"]:
         status = _attempt(client, interaction, "ResearchSubject", subject, AUTH, f"study=ResearchStudy/{study['id']}")
         assert status in (200, 201, 204), (interaction, status)
+    # The definitions: every interaction on a stored one; their search lists the published ones and the stored.
+    for resource_type in DEFINITIONS:
+        assert _declared_interactions(metadata, resource_type) == set(TYPE_INTERACTIONS)
+        body = _stored_definition(resource_type, f"Probe{uuid.uuid4().hex[:8]}")
+        made = client.post(f"/fhir/{resource_type}", data=orjson.dumps(body), headers=JSON_HEADERS)
+        assert made.status_code == 201, made.data
+        definition = orjson.loads(made.data)
+        for interaction in sorted(TYPE_INTERACTIONS - {"delete"}) + ["delete"]:
+            status = _attempt(client, interaction, resource_type, definition, AUTH, f"url={body['url']}")
+            assert status in (200, 201, 204), (resource_type, interaction, status)
+
+
+def _stored_definition(resource_type: str, name: str) -> dict[str, Any]:
+    """A valid definition as a client would store one (not one the server publishes)."""
+    stored = {"resourceType": resource_type, "url": f"http://example.org/{name}", "name": name, "status": "draft"}
+    stored.update({"kind": "operation", "code": name.lower(), "system": True, "type": False, "instance": False}
+                  if resource_type == "OperationDefinition" else
+                  {"kind": "complex-type", "abstract": False, "type": "Extension"})
+    return stored
+
+
+def _searched(client: FlaskClient, query: str, **headers: str) -> dict[str, Any]:
+    resp = client.get(f"/fhir/{query}", headers=headers)
+    assert resp.status_code == 200, (query, resp.data[:300])
+    found: dict[str, Any] = orjson.loads(resp.data)
+    return found
+
+
+def _matches(bundle: dict[str, Any]) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+@pytest.mark.parametrize("resource_type", sorted(DEFINITIONS))
+def test_the_published_definitions_are_searched_by_what_is_declared(
+        client: FlaskClient, metadata: dict[str, Any], resource_type: str) -> None:
+    """`GET /fhir/OperationDefinition|StructureDefinition` lists what the server publishes at `/{Type}/{id}` (public,
+    no token), by each declared parameter (url, _id, name) and paged by `_count`; anything else follows the lenient
+    and strict handling of every search; stored ones are listed to a caller that may read them; a Bundle entry
+    answers alike."""
+    ours = DEFINITIONS[resource_type]
+    entry = next(r for r in metadata["rest"][0]["resource"] if r["type"] == resource_type)
+    assert [p["name"] for p in entry["searchParam"]] == ["url", "_id", "name"]
+    everything = _searched(client, resource_type)
+    assert set(_matches(everything)) == ours and everything["total"] == len(ours)
+    some = sorted(ours)[:2]
+    one = _searched(client, f"{resource_type}/{some[0]}")
+    assert [e["resource"] for e in everything["entry"] if e["resource"]["id"] == some[0]] == [one]
+    assert _matches(_searched(client, f"{resource_type}?url={one['url']}")) == [some[0]]
+    assert _matches(_searched(client, f"{resource_type}?url={one['url']}|{one['version']}")) == [some[0]]
+    assert _matches(_searched(client, f"{resource_type}?url={one['url']}|0.0.1")) == []
+    assert sorted(_matches(_searched(client, f"{resource_type}?_id={','.join(some)}"))) == some
+    assert some[0] in _matches(_searched(client, f"{resource_type}?name={one['name'][:5].lower()}"))
+    assert _matches(_searched(client, f"{resource_type}?name={one['name']}&_id={some[1]}")) == []  # AND
+    first = _searched(client, f"{resource_type}?_count=1")
+    assert len(_matches(first)) == 1 and first["total"] == len(ours)
+    following = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    second = _searched(client, following.split("/fhir/", 1)[1])
+    assert len(_matches(second)) == 1 and _matches(second) != _matches(first)
+    lenient = _searched(client, f"{resource_type}?_id={some[0]}&publisher=x")
+    assert _matches(lenient) == [some[0]]
+    outcome = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    assert "ignored (not supported by this server): publisher" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    strict = client.get(f"/fhir/{resource_type}?publisher=x", headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400 and "'publisher'" in strict.get_json()["issue"][0]["diagnostics"]
+    assert client.get(f"/fhir/{resource_type}", headers={"Authorization": "Bearer nope"}).status_code == 401
+    # One stored by a client: found by the caller that may read it, not by an anonymous one.
+    name = f"Stored{uuid.uuid4().hex[:8]}"
+    stored = _stored_definition(resource_type, name)
+    made = client.post(f"/fhir/{resource_type}", data=orjson.dumps(stored), headers=JSON_HEADERS)
+    assert made.status_code == 201, made.data
+    made_id = orjson.loads(made.data)["id"]
+    assert _matches(_searched(client, f"{resource_type}?name={name}", **AUTH)) == [made_id]
+    assert _matches(_searched(client, f"{resource_type}?url={stored['url']}")) == []
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"{resource_type}?url={stored['url']}"}},
+        {"request": {"method": "GET", "url": f"{resource_type}?_id={','.join(some)}"}},
+        {"request": {"method": "GET", "url": f"{resource_type}/{some[0]}"}},
+        {"request": {"method": "GET", "url": f"{resource_type}?publisher=x"}},
+    ]}
+    resp = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS)
+    assert resp.status_code == 200, resp.data[:300]
+    by_url, by_id, read, refused = orjson.loads(resp.data)["entry"]
+    assert _matches(by_url["resource"]) == [made_id] and sorted(_matches(by_id["resource"])) == some
+    assert read["resource"] == one
+    assert refused["response"]["status"] == "400"  # an entry has no Prefer header: strict
 
 
 def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms(
@@ -239,16 +327,27 @@ def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms
     search = "_id=" + uuid.uuid4().hex
     put = client.put(f"/fhir/ResearchStudy?{search}", data=orjson.dumps(study), headers=JSON_HEADERS)
     assert put.status_code == 403 and "$publish" in put.get_json()["issue"][0]["diagnostics"]
+    put_outcome = put.get_json()["issue"][0]["diagnostics"]
     assert client.delete(f"/fhir/ResearchStudy?{search}", headers=AUTH).status_code == 403
-    for kind in ("transaction", "batch"):
-        bundle = {"resourceType": "Bundle", "type": kind, "entry": [
-            {"request": {"method": "GET", "url": "ResearchStudy?_id=around"}},
-            {"resource": {**study, "id": "around"}, "request": {"method": "PUT", "url": "ResearchStudy/around"}},
-            {"request": {"method": "DELETE", "url": "AuditEvent/1"}},
-        ]}
-        resp = client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS)
-        assert resp.status_code == 403, resp.data
-        assert "entry 1 (PUT ResearchStudy)" in resp.get_json()["issue"][0]["diagnostics"]
+    entries = [
+        {"request": {"method": "GET", "url": "ResearchStudy?status=active"}},
+        {"resource": {**study, "id": "around"}, "request": {"method": "PUT", "url": "ResearchStudy/around"}},
+        {"request": {"method": "DELETE", "url": "AuditEvent/1"}},
+        {"resource": study, "request": {"method": "POST", "url": "ResearchStudy"}},  # would skip the study's checks
+    ]
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    resp = client.post("/fhir", data=orjson.dumps(transaction), headers=JSON_HEADERS)
+    assert resp.status_code == 403, resp.data  # all or nothing: refused whole, naming the entry
+    assert "entry 1 (PUT ResearchStudy)" in resp.get_json()["issue"][0]["diagnostics"]
+    # A batch: each refused entry answers as its request outside a Bundle would (403), the others run.
+    resp = client.post("/fhir", data=orjson.dumps({**transaction, "type": "batch"}), headers=JSON_HEADERS)
+    assert resp.status_code == 200, resp.data
+    searched, put, delete, create = (e["response"] for e in resp.get_json()["entry"])
+    assert searched["status"].startswith("200")
+    assert put["status"] == delete["status"] == create["status"] == "403"
+    assert "POST /fhir/ResearchStudy" in create["outcome"]["issue"][0]["diagnostics"]
+    assert put["outcome"]["issue"][0]["diagnostics"] == put_outcome
+    assert "delete is not supported on AuditEvent" in delete["outcome"]["issue"][0]["diagnostics"]
     assert client.get("/fhir/ResearchStudy/around", headers=AUTH).status_code == 404
     study_entry = next(r for r in metadata["rest"][0]["resource"] if r["type"] == "ResearchStudy")
     assert study_entry["conditionalUpdate"] is False and study_entry["conditionalDelete"] == "not-supported"

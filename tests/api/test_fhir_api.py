@@ -476,6 +476,38 @@ def test_failing_transaction_writes_nothing_and_batch_reports_per_entry(client: 
     assert len(search_all(client, f"/fhir/Patient?family={family}")[0]) == 1
 
 
+def test_a_refused_batch_entry_fails_alone_with_the_answer_of_the_same_request(client: FlaskClient) -> None:
+    """R4 3.1.0.11.1: each entry of a batch stands alone. Whatever refuses one (a missing resource, an interaction
+    the type does not support) gives that entry the status and OperationOutcome the same request gets outside a
+    Bundle, and the other entries run; the batch-response is 200."""
+    created = client.post("/fhir/Patient", data=orjson.dumps(patient(tag())), headers=JSON_HEADERS)
+    pid = body(created)["id"]
+    study = {"resourceType": "ResearchStudy", "id": "edited", "status": "active"}
+    requests = [
+        ("GET", f"Patient/{pid}", None),
+        ("GET", "Patient/no-such-patient", None),
+        ("PUT", "ResearchStudy/edited", study),
+        ("DELETE", "Patient/no-such-patient", None),
+        ("POST", "Patient", patient(tag())),
+        ("POST", "Patient", {"resourceType": "Patient", "birthDate": "never"}),
+        ("GET", "Patient?no-such-parameter=1", None),
+    ]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": method, "url": url}, **({"resource": res} if res else {})}
+        for method, url, res in requests]}
+    resp = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS)
+    assert resp.status_code == 200, resp.data[:500]
+    entries = body(resp)["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["200", "404", "403", "204", "201", "400", "400"]
+    missing = client.get("/fhir/Patient/no-such-patient", headers=AUTH)
+    edited = client.put("/fhir/ResearchStudy/edited", data=orjson.dumps(study), headers=JSON_HEADERS)
+    invalid = client.post("/fhir/Patient", data=orjson.dumps(requests[5][2]), headers=JSON_HEADERS)
+    strict = client.get("/fhir/Patient?no-such-parameter=1", headers={**AUTH, "Prefer": "handling=strict"})
+    for entry, alone in ((entries[1], missing), (entries[2], edited), (entries[5], invalid), (entries[6], strict)):
+        assert entry["response"]["status"] == str(alone.status_code)
+        assert entry["response"]["outcome"]["issue"] == body(alone)["issue"]
+
+
 def test_system_endpoint_rejects_non_bundles(client: FlaskClient) -> None:
     assert_outcome(client.post("/fhir", data=orjson.dumps(patient(tag())), headers=JSON_HEADERS), 400)
     collection = {"resourceType": "Bundle", "type": "collection", "entry": []}

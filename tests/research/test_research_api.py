@@ -299,3 +299,85 @@ def test_a_study_changes_only_through_its_operations(world: World) -> None:
         assert resp.status_code == 403 and "$publish" in issue(resp)
         assert world.client.delete(f"/fhir/ResearchStudy/{study['id']}", headers=world.headers(client)).status_code == 403
     assert world.dev_read(f"ResearchStudy/{study['id']}")["status"] == "draft"
+
+
+def bundle(world: World, client: str | None, kind: str, urls: list[str]) -> Any:
+    """POST a batch or transaction of GET entries, as a client (by its token) or as ann in her web session."""
+    body = {"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": u}} for u in urls]}
+    if client is None:
+        return world.patient_session("ann").post("", body)
+    return post(world, client, "", body)
+
+
+def ids(searchset: dict[str, Any]) -> list[str]:
+    return [e["resource"]["id"] for e in searchset.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+def test_study_searches_and_reads_in_a_bundle_answer_as_the_direct_requests(world: World, kind: str) -> None:
+    """A GET entry of ResearchStudy (or ResearchSubject) is answered by the research module as the same GET outside
+    a Bundle is: `status` is understood, and a draft stays its owner's (read or searched) on this path too."""
+    draft = post(world, "research", "ResearchStudy", study_body(title=f"Draft in a {kind}")).get_json()
+    for client in (None, "ehr", "research"):
+        direct = (world.patient_session("ann").get("ResearchStudy?status=active") if client is None else
+                  world.client.get("/fhir/ResearchStudy?status=active", headers=world.headers(client)))
+        resp = bundle(world, client, kind, ["ResearchStudy?status=active", "ResearchStudy?status=draft",
+                                            f"ResearchSubject?study=ResearchStudy/{draft['id']}"])
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        active, drafts, subjects = (e["resource"] for e in resp.get_json()["entry"])
+        assert ids(active) == ids(direct.get_json()) and active["total"] == direct.get_json()["total"]
+        assert (draft["id"] in ids(drafts)) is (client == "research"), client
+        assert subjects["resourceType"] == "Bundle" and subjects["total"] == 0
+    hidden = bundle(world, None, kind, [f"ResearchStudy/{draft['id']}"])
+    missing = bundle(world, None, kind, ["ResearchStudy/no-such-study"])
+    if kind == "batch":
+        assert hidden.status_code == missing.status_code == 200
+        hidden, missing = (r.get_json()["entry"][0]["response"] for r in (hidden, missing))
+        assert hidden["status"] == missing["status"] and hidden["status"].startswith("404")
+        said = [r["outcome"]["issue"][0]["diagnostics"] for r in (hidden, missing)]
+    else:
+        assert hidden.status_code == missing.status_code == 404
+        said = [issue(r) for r in (hidden, missing)]
+    assert said[0].replace(draft["id"], "ID") == said[1].replace("no-such-study", "ID")
+    owner = bundle(world, "research", kind, [f"ResearchStudy/{draft['id']}"])
+    assert owner.status_code == 200 and owner.get_json()["entry"][0]["resource"]["title"] == draft["title"]
+
+
+def test_research_searches_handle_what_they_do_not_support_like_every_search(world: World) -> None:
+    """Lenient by default: an unsupported parameter is left out and named in an OperationOutcome entry (search
+    mode outcome); `Prefer: handling=strict` makes it a 400. The same rule as the generic search (api/fhir.py)."""
+    draft = post(world, "research", "ResearchStudy", study_body(title="Searched leniently")).get_json()
+    for path in ("ResearchStudy?status=draft&title=x", f"ResearchSubject?study=ResearchStudy/{draft['id']}&title=x"):
+        lenient = world.client.get(f"/fhir/{path}", headers=world.headers("research"))
+        assert lenient.status_code == 200, lenient.get_data(as_text=True)
+        outcome = [e for e in lenient.get_json()["entry"] if e["search"]["mode"] == "outcome"]
+        assert len(outcome) == 1 and "ignored (not supported by this server): title" in (
+            outcome[0]["resource"]["issue"][0]["diagnostics"])
+        strict = world.client.get(f"/fhir/{path}", headers=world.headers("research", Prefer="handling=strict"))
+        assert strict.status_code == 400 and "'title' is not a supported search parameter" in issue(strict)
+    searched = world.client.get("/fhir/ResearchStudy?status=draft&title=x", headers=world.headers("research"))
+    assert draft["id"] in ids(searched.get_json())  # the ignored parameter did not narrow the search
+    assert world.client.get("/fhir/ResearchStudy?status=nonsense",
+                            headers=world.headers("research")).status_code == 400  # a bad value is an error either way
+
+
+def test_a_search_by_study_finds_the_research_subjects_clients_stored(world: World) -> None:
+    """A ResearchSubject created by a client (POST) is listed by `GET ResearchSubject?study=`, subject to the
+    consent decisions like any search: the patient it is about finds it, another patient does not."""
+    study = post(world, "research", "ResearchStudy", study_body(title="Recorded elsewhere")).get_json()
+    subject = {"resourceType": "ResearchSubject", "status": "on-study",
+               "study": {"reference": f"ResearchStudy/{study['id']}"},
+               "individual": {"reference": f"Patient/{world.patients['ann']}"}}
+    created = post(world, "ehr", "ResearchSubject", subject)
+    assert created.status_code == 201, created.get_data(as_text=True)
+    sid = created.get_json()["id"]
+    query = f"ResearchSubject?study=ResearchStudy/{study['id']}"
+    found = world.client.get(f"/fhir/{query}", headers=world.headers("ehr")).get_json()
+    assert ids(found) == [sid] and found["total"] == 1
+    assert ids(world.patient_session("ann").get(query).get_json()) == [sid]
+    assert sid in ids(world.patient_session("ann").get("ResearchSubject").get_json())
+    assert ids(world.patient_session("bob").get(query).get_json()) == []
+    other = world.client.get("/fhir/ResearchSubject?study=ResearchStudy/another", headers=world.headers("ehr"))
+    assert other.status_code == 200 and ids(other.get_json()) == []
+    in_batch = bundle(world, "ehr", "batch", [query]).get_json()["entry"][0]["resource"]
+    assert ids(in_batch) == [sid]

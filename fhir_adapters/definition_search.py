@@ -1,0 +1,72 @@
+"""Searching definitions (OperationDefinition, StructureDefinition) by `url`, `_id` and `name` (R4 3.1.1.4).
+
+The server's own definitions are published at `/fhir/{Type}/{id}` (fhir_adapters/operation_definitions.py,
+fhir_adapters/extensions.py); a type search lists them, and the HTTP shell adds the stored ones the caller may
+read. Matching follows the parameter types of R4: `url` is a uri (exact; a canonical `url|version` also matches
+the version), `_id` a token (exact), `name` a string (case-insensitive, starts with). Repeated parameters are
+AND-ed, commas inside one value OR-ed (R4 3.1.1.4.12, .13). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from fhir_adapters.extensions import EXTENSIONS, structure_definition
+from fhir_adapters.operation_definitions import OURS, operation_definition
+from fhir_adapters.search.controls import FixedSearch
+
+# What a definitions search answers besides `_count` and paging: the criteria below.
+CRITERIA: Final = ("url", "_id", "name")
+PUBLISHED_TYPES: Final = frozenset({"OperationDefinition", "StructureDefinition"})
+
+
+def published(resource_type: str) -> list[dict[str, Any]]:
+    """The definitions of `resource_type` this server publishes, in id order (ValueError for another type)."""
+    if resource_type == "OperationDefinition":
+        return [operation_definition(i) for i in sorted(OURS)]
+    if resource_type == "StructureDefinition":
+        return [structure_definition(i) for i in sorted(EXTENSIONS)]
+    raise ValueError(f"{resource_type} is not a type of definitions this server publishes")
+
+
+def published_ids(resource_type: str) -> frozenset[str]:
+    return frozenset(OURS if resource_type == "OperationDefinition" else EXTENSIONS)
+
+
+def select(definitions: Iterable[Mapping[str, Any]], search: FixedSearch) -> list[Mapping[str, Any]]:
+    """The definitions that match every criterion of `search` (those of CRITERIA; others are not looked at)."""
+    return [d for d in definitions if _matches(d, search.values)]
+
+
+def _matches(definition: Mapping[str, Any], values: Mapping[str, Sequence[str]]) -> bool:
+    return all(any(_match(name, definition, piece) for piece in _pieces(value))
+               for name in CRITERIA for value in values.get(name, ()) if _pieces(value))
+
+
+def _pieces(value: str) -> list[str]:
+    """A value's comma-separated alternatives (R4 3.1.1.4.13; `\\,` is a comma inside one), empty ones dropped."""
+    pieces, current, escaped = [], "", False
+    for char in value:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ",":
+            pieces.append(current)
+            current = ""
+        else:
+            current += char
+    pieces.append(current)
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _match(name: str, definition: Mapping[str, Any], wanted: str) -> bool:
+    if name == "_id":
+        return definition.get("id") == wanted
+    if name == "url":
+        url, _, version = wanted.partition("|")
+        return definition.get("url") == url and (not version or definition.get("version") == version)
+    given = definition.get("name")
+    return isinstance(given, str) and given.casefold().startswith(wanted.casefold())
