@@ -274,15 +274,13 @@ class ResourceStore:
                 self.policy.keep(conn, rescued)
 
     @contextmanager
-    def reading(self, principal: Principal | None = None, *, one_resource: bool = False) -> Iterator[UnitOfWork]:
+    def reading(self, principal: Principal | None = None) -> Iterator[UnitOfWork]:
         """A view for reads.
 
-        `one_resource` (a read or vread of one resource, the most frequent request there is): on PostgreSQL
-        the view runs in autocommit. Under read committed every statement takes a snapshot of its own whether a
-        transaction is open or not, so BEGIN (and the ROLLBACK when the pool takes the connection back) bought
-        two round trips and nothing else; the access-log entries are then one INSERT that commits by itself
-        (`commit_accesses_on_driver`). Searches and histories keep their transaction: they stream long scans
-        through a server-side cursor, which PostgreSQL declares only inside one.
+        On PostgreSQL the view runs in autocommit. Under read committed every statement takes a snapshot of its
+        own whether a transaction is open or not, so BEGIN (and the ROLLBACK when the pool takes the connection
+        back) bought two round trips and nothing else; the access-log entries are then one INSERT that commits
+        by itself (`commit_accesses_on_driver`), and long scans go in keyset batches (`UnitOfWork._scan`).
 
         Under a policy that logs accesses, reads make their log entries durable before returning (or
         raising). The decision is made on a read view, whose entries are only collected; when the read
@@ -296,7 +294,7 @@ class ResourceStore:
         policy = self.policy
         if policy.records_accesses and principal.via != "cli":
             self.open_keys()
-            with self._read_connection(one_resource) as conn:
+            with self._read_connection() as conn:
                 policy.begin(conn, defer=True)
                 try:
                     yield UnitOfWork(self, conn, principal)
@@ -306,8 +304,8 @@ class ResourceStore:
                     if entries:
                         policy.keep_durably(entries, conn)
                     raise
-                # On PostgreSQL the read's transaction (read committed) goes on into the entries' INSERT when
-                # this read leads the group: one BEGIN and COMMIT for both. On SQLite it ends first: a read
+                # On PostgreSQL (autocommit) the read holds no transaction; its entries' INSERT, when this read
+                # leads the group, commits by itself. On SQLite the read's transaction ends first: a read
                 # snapshot still held there (a statement not run to its end) would make the INSERT fail at
                 # once (SQLITE_BUSY_SNAPSHOT) whenever another writer committed meanwhile; after the rollback
                 # the connection holds none, and its INSERT waits for the write lock (busy timeout).
@@ -318,12 +316,12 @@ class ResourceStore:
                     policy.keep_durably(entries, conn)
             return
         self.open_keys()
-        with self._read_connection(one_resource) as conn:
+        with self._read_connection() as conn:
             yield UnitOfWork(self, conn, principal)
 
-    def _read_connection(self, one_resource: bool) -> Connection:
+    def _read_connection(self) -> Connection:
         conn = self.engine.connect()
-        if one_resource and not self._sqlite:  # (sqlite3 opens no transaction for a SELECT anyway)
+        if not self._sqlite:  # (sqlite3 opens no transaction for a SELECT anyway)
             conn.execution_options(isolation_level="AUTOCOMMIT")  # undone when the pool takes it back
         return conn
 
@@ -355,13 +353,13 @@ class ResourceStore:
             return uow.delete(resource_type, resource_id)
 
     def read(self, resource_type: str, resource_id: str, *, principal: Principal | None = None) -> StoredResource:
-        with self.reading(principal, one_resource=True) as uow:
+        with self.reading(principal) as uow:
             return uow.read(resource_type, resource_id)
 
     def vread(
         self, resource_type: str, resource_id: str, version_id: int, *, principal: Principal | None = None
     ) -> StoredResource:
-        with self.reading(principal, one_resource=True) as uow:
+        with self.reading(principal) as uow:
             return uow.vread(resource_type, resource_id, version_id)
 
     def history(
@@ -905,7 +903,8 @@ class UnitOfWork:
         withheld: list[Screened] = []
         pending_deletions: dict[str, list[StoredResource]] = {}  # resource id -> newer deletions awaiting it
         stored_any = False
-        for row in self.conn.execute(ordered.execution_options(**self._streamed())):
+        newest_first = (res_t.c.last_updated, res_t.c.row_id)
+        for row in self._scan(ordered, lambda last: sa.tuple_(*newest_first) < (last.last_updated, last.row_id)):
             stored_any = True
             stored = self._to_stored(row)
             if row.deleted or stored.resource is None:
@@ -941,13 +940,25 @@ class UnitOfWork:
         policy.record_results(self.principal, action, resource_type, shown, [], conn=self.conn)
 
 
-    def _streamed(self) -> dict[str, Any]:
-        """Execution options of a long scan: fetched in batches (a server-side cursor on PostgreSQL), except
-        on a view in autocommit (a one-resource read, whose scans are a patient's Consents at most), where
-        PostgreSQL declares no cursor."""
-        if self.conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-            return {}
-        return {"yield_per": _SCAN_BATCH}
+    def _scan(self, ordered: sa.Select[Any], after: Callable[[sa.Row[Any]], sa.ColumnElement[bool]]) -> Iterator[sa.Row[Any]]:
+        """The rows of a long scan in `ordered`'s order, a batch at a time.
+
+        In a transaction one cursor streams them (server-side on PostgreSQL). A PostgreSQL read view runs in
+        autocommit, where PostgreSQL declares no cursor: there each batch is a statement of its own, resuming
+        after the last row by `after(last row)`, the condition "past this row in the scan's order" (a keyset).
+        Under read committed a long scan saw the resources as each batch found them either way; a resource
+        changed meanwhile is still seen once, as it was or as it is.
+        """
+        if self.conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            yield from self.conn.execute(ordered.execution_options(yield_per=_SCAN_BATCH))
+            return
+        batch = ordered
+        while True:
+            rows = self.conn.execute(batch.limit(_SCAN_BATCH)).all()
+            yield from rows
+            if len(rows) < _SCAN_BATCH:
+                return
+            batch = ordered.where(after(rows[-1]))
 
     def _candidates(self, resource_type: str, query: Any) -> sa.Select[Any]:
         stmt = sa.select(*_COLUMNS).where(
@@ -1000,7 +1011,7 @@ class UnitOfWork:
             tally = _Tally()
             total = 0
             every: list[tuple[StoredResource, Screened | None]] = []  # with `sort`: all visible matches
-            for row in self.conn.execute(stmt.execution_options(**self._streamed())):
+            for row in self._scan(stmt, lambda last: res_t.c.resource_id > last.resource_id):
                 stored = self._to_stored(row)
                 assert stored.resource is not None
                 meta = fhir_search.ResourceMeta(id=stored.id, last_updated=stored.last_updated)

@@ -1,6 +1,6 @@
-"""The API on PostgreSQL: racing writers get 200/412/409, never a 500 or a lost update; a read of one
-resource sends no BEGIN or COMMIT (its SELECT, then its access-log entry's INSERT, in autocommit), and
-its connection goes back to the pool as it came."""
+"""The API on PostgreSQL: racing writers get 200/412/409, never a 500 or a lost update; a read sends no BEGIN
+or COMMIT (its SELECT, then its access-log entry's INSERT, in autocommit), and its connection goes back to the
+pool as it came."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,6 +19,7 @@ from healthledger.audit.models import AccessLogEntry
 from healthledger.config import Settings
 from healthledger.db import make_engine, upgrade
 from healthledger.keys import LocalFileKeyProvider
+from healthledger.store.access import DevelopmentPolicy, Principal, Screened
 from healthledger.store.models import data_keys_table, resources_table
 from healthledger.store.repository import ResourceStore, store_for_settings
 
@@ -108,3 +110,43 @@ def test_a_group_written_in_autocommit_is_all_or_nothing(pg_store: ResourceStore
         assert count() == before  # none of the group, though the bad row was not the first
         commit_accesses_on_driver(conn, good)
     assert count() == before + rows
+
+
+def test_long_scans_in_autocommit_see_every_match_once_in_order(pg_store: ResourceStore) -> None:
+    """A read view on PostgreSQL runs in autocommit, where scans go in keyset batches of _SCAN_BATCH: a search
+    and a type history longer than two batches, with updates between, give every match once, in order."""
+    from fhir_adapters import search as fhir_search
+    from healthledger.store.repository import _SCAN_BATCH
+
+    family = "Keyset" + pg_store.tenant[-6:]
+    n = 2 * _SCAN_BATCH + 37
+    made = [pg_store.create({"resourceType": "Patient", "name": [{"family": family}], "gender": "female"})[0].id
+            for _ in range(n)]
+    for pid in made[::50]:  # a second version of some: the search sees each once, the history both
+        pg_store.update("Patient", pid, {"resourceType": "Patient", "id": pid, "name": [{"family": family}]})
+    pg_store.policy = ScreensEveryVersion()  # decides per resource: the history scans too
+    caller = Principal("caller", role="clinician", scopes=())
+    query = fhir_search.parse_search("Patient", [("family", family)])
+    with pg_store.reading(caller) as uow:
+        assert uow.conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        page = uow.search("Patient", query, count=n + 10)
+    assert page.total == n
+    assert [item.id for item in page.items] == sorted(made)
+    versions = len(made) + len(made[::50])
+    history = pg_store.history("Patient", count=versions + 10, principal=caller)
+    assert history.total == versions
+    moments = [(item.last_updated, item.id, item.version_id) for item in history.items]
+    assert moments == sorted(moments, key=lambda m: m[0], reverse=True)
+    assert len(set(moments)) == versions
+
+
+class ScreensEveryVersion(DevelopmentPolicy):
+    """Shows a restricted caller everything, deciding each resource (and each version) on its own."""
+
+    filters_search_results = True
+
+    def check(self, principal: Principal, action: str, resource_type: str, resource: Any, **_: Any) -> Any:
+        return resource
+
+    def screen(self, principal: Principal, action: str, resource_type: str, resource: Any, **_: Any) -> Screened:
+        return Screened(resource_type, resource["id"], "", resource)
