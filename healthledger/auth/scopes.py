@@ -8,6 +8,7 @@ not granted: the server grants only what it enforces, and OAuth 2.0 (RFC 6749 §
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -81,6 +82,13 @@ def parse_scopes(scope_string: str) -> list[ResourceScope | str]:
         if parsed is not None:
             out.append(parsed)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def registered_scopes(scope_string: str) -> tuple[ResourceScope | str, ...]:
+    """`parse_scopes` of a client's registered scopes, remembered: they are read on every request of its tokens
+    (the string is the client's own row, which a change replaces, so a cached parse is never stale)."""
+    return tuple(parse_scopes(scope_string))
 
 
 def _intersect(a: ResourceScope, b: ResourceScope) -> ResourceScope | None:

@@ -38,7 +38,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_adapters.validation import check_json_text_nesting
 from healthledger.auth.models import ApiClient, AppAuthorization, SeenAssertion, User
-from healthledger.auth.scopes import InvalidScope, ResourceScope, format_scopes, grant_scopes, parse_scopes
+from healthledger.auth.scopes import (
+    InvalidScope,
+    ResourceScope,
+    format_scopes,
+    grant_scopes,
+    parse_scopes,
+    registered_scopes,
+)
 from healthledger.db import driver_fetch_one
 from healthledger.errors import BadRequest, HealthLedgerError, Unauthorized
 from healthledger.keys import KEY_FILES, TOKEN_SIGNING_KEY, KeyProvider
@@ -531,7 +538,7 @@ class TokenService:
             organization=client.organization,
             default_purpose=client.default_purpose,
             expires_at=claims["exp"],
-            registered_scopes=tuple(parse_scopes(client.scopes)),
+            registered_scopes=registered_scopes(client.scopes),
             consult_for_others=bool(client.consult_for_others),
             patient_id=claims["patient"] if claims.get("auth") else "",
             authorization_id=claims["auth"],
