@@ -763,10 +763,19 @@ _TYPE_LEVEL: Final = {"GET": "search-type", "HEAD": "search-type", "POST": "crea
 _INSTANCE_LEVEL: Final = {"GET": "read", "HEAD": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
+class _ReadOnlyEndpoint(Forbidden):
+    """A write to the access log, which its own endpoint (api/audit_events.py) answers 405: so in a Bundle too."""
+
+    status = 405
+    code = "not-supported"
+
+
 def _check_supported(resource_type: str, interaction: str) -> None:
     """Refuse an interaction TYPE_CAPABILITIES does not declare for the type (before anything is read)."""
     capability = TYPE_CAPABILITIES.get(resource_type)
     if capability is not None and interaction not in capability.interactions:
+        if resource_type == "AuditEvent":
+            raise _ReadOnlyEndpoint("method not allowed on this endpoint")
         raise Forbidden(_REFUSED_BECAUSE.get(resource_type)
                         or f"{interaction} is not supported on {resource_type} (see GET /fhir/metadata)")
 
@@ -797,7 +806,8 @@ def _unsupported_entries(bundle: dict[str, Any], searched_elsewhere: frozenset[s
                 raise Forbidden(_NOT_IN_BUNDLES[(entry.resource_type, interaction)])
         except Forbidden as refusal:
             if plan.type != "batch":
-                raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refusal}") from None
+                named = f"entry {entry.index} ({entry.method} {entry.resource_type}): {refusal}"
+                raise type(refusal)(named) from None
             refused[entry.index] = refusal
     return refused
 

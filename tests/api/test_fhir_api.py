@@ -476,6 +476,13 @@ def test_failing_transaction_writes_nothing_and_batch_reports_per_entry(client: 
     assert len(search_all(client, f"/fhir/Patient?family={family}")[0]) == 1
 
 
+AUDIT_EVENT = {
+    "resourceType": "AuditEvent", "recorded": "2026-12-01T12:00:00Z",
+    "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+    "agent": [{"requestor": True, "who": {"display": "someone"}}], "source": {"observer": {"display": "an EHR"}},
+}
+
+
 def test_a_refused_batch_entry_fails_alone_with_the_answer_of_the_same_request(client: FlaskClient) -> None:
     """R4 3.1.0.11.1: each entry of a batch stands alone. Whatever refuses one (a missing resource, an interaction
     the type does not support) gives that entry the status and OperationOutcome the same request gets outside a
@@ -491,6 +498,7 @@ def test_a_refused_batch_entry_fails_alone_with_the_answer_of_the_same_request(c
         ("POST", "Patient", patient(tag())),
         ("POST", "Patient", {"resourceType": "Patient", "birthDate": "never"}),
         ("GET", "Patient?no-such-parameter=1", None),
+        ("POST", "AuditEvent", AUDIT_EVENT),  # the access log is read-only: 405 alone
     ]
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": method, "url": url}, **({"resource": res} if res else {})}
@@ -498,12 +506,14 @@ def test_a_refused_batch_entry_fails_alone_with_the_answer_of_the_same_request(c
     resp = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS)
     assert resp.status_code == 200, resp.data[:500]
     entries = body(resp)["entry"]
-    assert [e["response"]["status"][:3] for e in entries] == ["200", "404", "403", "204", "201", "400", "400"]
+    assert [e["response"]["status"][:3] for e in entries] == ["200", "404", "403", "204", "201", "400", "400", "405"]
     missing = client.get("/fhir/Patient/no-such-patient", headers=AUTH)
     edited = client.put("/fhir/ResearchStudy/edited", data=orjson.dumps(study), headers=JSON_HEADERS)
     invalid = client.post("/fhir/Patient", data=orjson.dumps(requests[5][2]), headers=JSON_HEADERS)
     strict = client.get("/fhir/Patient?no-such-parameter=1", headers={**AUTH, "Prefer": "handling=strict"})
-    for entry, alone in ((entries[1], missing), (entries[2], edited), (entries[5], invalid), (entries[6], strict)):
+    logged = client.post("/fhir/AuditEvent", data=orjson.dumps(requests[7][2]), headers=JSON_HEADERS)
+    for entry, alone in ((entries[1], missing), (entries[2], edited), (entries[5], invalid), (entries[6], strict),
+                         (entries[7], logged)):
         assert entry["response"]["status"] == str(alone.status_code)
         assert entry["response"]["outcome"]["issue"] == body(alone)["issue"]
 
