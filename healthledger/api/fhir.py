@@ -806,8 +806,8 @@ def _unsupported_entries(bundle: dict[str, Any], searched_elsewhere: frozenset[s
                 raise Forbidden(_NOT_IN_BUNDLES[(entry.resource_type, interaction)])
         except Forbidden as refusal:
             if plan.type != "batch":
-                named = f"entry {entry.index} ({entry.method} {entry.resource_type}): {refusal}"
-                raise type(refusal)(named) from None
+                # (403 for the Bundle as a whole, even naming a write to the access log: POST /fhir is allowed)
+                raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refusal}") from None
             refused[entry.index] = refusal
     return refused
 
