@@ -104,9 +104,9 @@ def commit_accesses_on_driver(conn: Connection, entries: Sequence[AccessEntry], 
     """Append `entries` and COMMIT, through the database driver of `conn` (group commit's leader, on every read).
 
     Commits whatever `conn`'s driver connection holds: a read's own transaction (PostgreSQL: read committed,
-    nothing written) or none (SQLite: the read was rolled back first). A PostgreSQL view in autocommit (a
-    one-resource read, ResourceStore.reading) writes the group as one INSERT, atomic and committed by itself:
-    no BEGIN and COMMIT round trips. On an error the driver's transaction is rolled back and the error raised.
+    nothing written) or none (SQLite: the read was rolled back first). A PostgreSQL read view, in autocommit
+    (ResourceStore.reading), writes the group as one INSERT, atomic and committed by itself: no BEGIN and COMMIT
+    round trips. On an error the driver's transaction is rolled back and the error raised.
     SQLAlchemy's statement and transaction handling, skipped here, cost as much as the INSERT and COMMIT
     themselves on this path; the caller's Connection is not used again for writing.
     """

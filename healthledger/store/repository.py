@@ -943,11 +943,12 @@ class UnitOfWork:
     def _scan(self, ordered: sa.Select[Any], after: Callable[[sa.Row[Any]], sa.ColumnElement[bool]]) -> Iterator[sa.Row[Any]]:
         """The rows of a long scan in `ordered`'s order, a batch at a time.
 
-        In a transaction one cursor streams them (server-side on PostgreSQL). A PostgreSQL read view runs in
-        autocommit, where PostgreSQL declares no cursor: there each batch is a statement of its own, resuming
-        after the last row by `after(last row)`, the condition "past this row in the scan's order" (a keyset).
-        Under read committed a long scan saw the resources as each batch found them either way; a resource
-        changed meanwhile is still seen once, as it was or as it is.
+        In a transaction one cursor streams them (server-side on PostgreSQL), all from the statement's snapshot.
+        A PostgreSQL read view runs in autocommit, where PostgreSQL declares no cursor: there each batch is a
+        statement of its own, with its own snapshot, resuming after the last row by `after(last row)`, the
+        condition "past this row in the scan's order" (a keyset). A resource changed between two batches is
+        still seen at most once (searches go by id: as it was, or as it is now; a history, newest first, does
+        not reach back to versions written after it began), as a FHIR search's pages see it anyway.
         """
         if self.conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             yield from self.conn.execute(ordered.execution_options(yield_per=_SCAN_BATCH))
