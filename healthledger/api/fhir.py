@@ -8,7 +8,7 @@ error-to-OperationOutcome mapping in `healthledger.api.outcomes`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
@@ -37,7 +37,7 @@ from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
-from healthledger.api.outcomes import error_response
+from healthledger.api.outcomes import METHOD_NOT_ALLOWED, error_response
 from healthledger.api.paging import (
     CURSOR_PARAM,
     HistoryEntry,
@@ -132,7 +132,18 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
                 ("name", "string", "the computer-friendly name, case-insensitive, starts with; comma: any of")),
     ) for definitions in sorted(definition_search.PUBLISHED_TYPES)},
 }
-_REFUSED_BECAUSE: Final = {"ResearchStudy": STUDY_EDITS_REFUSED}
+class _ReadOnlyEndpoint(Forbidden):
+    """A write to the access log, which its own endpoint (api/audit_events.py) answers 405: so in a Bundle too."""
+
+    status = 405
+    code = "not-supported"
+
+
+# The refusal of an interaction a type does not support, where it is not the generic 403 (`_check_supported`).
+_REFUSALS: Final[Mapping[str, Callable[[], Forbidden]]] = {
+    "ResearchStudy": lambda: Forbidden(STUDY_EDITS_REFUSED),
+    "AuditEvent": lambda: _ReadOnlyEndpoint(METHOD_NOT_ALLOWED),
+}
 # Interactions a type supports only outside Bundles, with why: a study is checked and given its owner and cohort by
 # the research module (api/research.py), which a Bundle entry (the store's generic create) would bypass.
 _NOT_IN_BUNDLES: Final = {("ResearchStudy", "create"): "a study is defined by POST /fhir/ResearchStudy (the research "
@@ -763,21 +774,13 @@ _TYPE_LEVEL: Final = {"GET": "search-type", "HEAD": "search-type", "POST": "crea
 _INSTANCE_LEVEL: Final = {"GET": "read", "HEAD": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
-class _ReadOnlyEndpoint(Forbidden):
-    """A write to the access log, which its own endpoint (api/audit_events.py) answers 405: so in a Bundle too."""
-
-    status = 405
-    code = "not-supported"
-
-
 def _check_supported(resource_type: str, interaction: str) -> None:
     """Refuse an interaction TYPE_CAPABILITIES does not declare for the type (before anything is read)."""
     capability = TYPE_CAPABILITIES.get(resource_type)
     if capability is not None and interaction not in capability.interactions:
-        if resource_type == "AuditEvent":
-            raise _ReadOnlyEndpoint("method not allowed on this endpoint")
-        raise Forbidden(_REFUSED_BECAUSE.get(resource_type)
-                        or f"{interaction} is not supported on {resource_type} (see GET /fhir/metadata)")
+        refusal = _REFUSALS.get(resource_type)
+        raise refusal() if refusal else Forbidden(f"{interaction} is not supported on {resource_type} "
+                                                  "(see GET /fhir/metadata)")
 
 
 def _unsupported_entries(bundle: dict[str, Any], searched_elsewhere: frozenset[str]) -> dict[int, Forbidden]:

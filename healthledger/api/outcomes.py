@@ -100,10 +100,11 @@ def error_response(error: BaseException) -> Response:
     return outcome_response(operation_outcome("error", "exception", "internal server error"), 500)
 
 
+METHOD_NOT_ALLOWED = "method not allowed on this endpoint"
 _HTTP_MESSAGES = {
     400: "bad request",
     404: "no such endpoint",
-    405: "method not allowed on this endpoint",
+    405: METHOD_NOT_ALLOWED,
     413: "request body too large",
     414: "request URI too long",
     431: "request headers too large",
