@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -261,3 +262,12 @@ def _consent(patient_id: str, provision: dict[str, Any], status: str) -> dict[st
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         "provision": provision,
     }
+
+
+def world_per_database(request: Any, tmp_path_factory: Any, label: str) -> Iterator[World]:
+    """A World for a fixture parametrised by database ("sqlite", or "postgres": a schema of the test module's own,
+    so a deployment with its contracts, grants and access log per world); closed afterwards."""
+    url = request.getfixturevalue("postgres_module_schema_url")[0] if request.param == "postgres" else ""
+    built = World.build(tmp_path_factory.mktemp(f"{label}-{request.param}"), url)
+    yield built
+    built.close()

@@ -24,6 +24,7 @@ from consent_world import (
     deny_consent,
     password_parameters,
     permit_consent,
+    world_per_database,
 )
 from fhir_api_support import AUTH
 from sqlalchemy import select
@@ -34,13 +35,7 @@ from healthledger.ledger.models import ConsentEvent, OutboxItem
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    url = ""
-    if request.param == "postgres":
-        # A schema of its own: a deployment (contracts, grants, the access log) per world.
-        url, _schema = request.getfixturevalue("postgres_module_schema_url")
-    built = World.build(tmp_path_factory.mktemp(f"consent-world-{request.param}"), url)
-    yield built
-    built.close()
+    yield from world_per_database(request, tmp_path_factory, "consent-world")
 
 
 def status(resp) -> int:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from consent_world import CLINIC, HOSPITAL, PASSWORD, UNIVERSITY, World, permit_consent
+from consent_world import CLINIC, HOSPITAL, PASSWORD, UNIVERSITY, World, permit_consent, world_per_database
 from sqlalchemy import func, select
 
 from healthledger.consent.models import ConsentRequest
@@ -29,12 +29,7 @@ _PER_RESPONSE_HEADERS = {"Date", "Last-Modified", "Location", "X-Request-Id"}
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    url = ""
-    if request.param == "postgres":
-        url, _schema = request.getfixturevalue("postgres_module_schema_url")
-    built = World.build(tmp_path_factory.mktemp(f"consent-requests-{request.param}"), url)
-    yield built
-    built.close()
+    yield from world_per_database(request, tmp_path_factory, "consent-requests")
 
 
 def request_body(patient_id: str, *actors: str, status: str = "proposed", days: int = 90) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from consent_world import FHIR, PASSWORD, UNIVERSITY, World, password_parameters
+from consent_world import FHIR, PASSWORD, UNIVERSITY, World, password_parameters, world_per_database
 
 from fhir_adapters.research_study import (
     CRITERIA_URL,
@@ -27,10 +27,7 @@ from zk.merkle import MerklePath, compute_root
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    url = request.getfixturevalue("postgres_module_schema_url")[0] if request.param == "postgres" else ""
-    built = World.build(tmp_path_factory.mktemp(f"research-api-{request.param}"), url)
-    yield built
-    built.close()
+    yield from world_per_database(request, tmp_path_factory, "research-api")
 
 
 def study_body(**changes: Any) -> dict[str, Any]:
