@@ -409,14 +409,13 @@ def _stored_subjects(uow: UnitOfWork, study_id: str) -> list[StoredResource]:
     with fhir_errors():
         everything = parse_search("ResearchSubject", [])
     wanted = study_reference(study_id) if study_id else None
-    found: list[StoredResource] = []
-    offset: int | None = 0
-    while offset is not None:
-        page = uow.search("ResearchSubject", everything, count=200, offset=offset)
-        found += [s for s in page.items if s.resource is not None
-                  and (wanted is None or (s.resource.get("study") or {}).get("reference") == wanted)]
-        offset = page.next_offset
-    return found
+    # One page of all (a search scans every candidate for each page it answers: paging here was quadratic).
+    page = uow.search("ResearchSubject", everything, count=_ALL_STORED_SUBJECTS, offset=0)
+    return [s for s in page.items if s.resource is not None
+            and (wanted is None or (s.resource.get("study") or {}).get("reference") == wanted)]
+
+
+_ALL_STORED_SUBJECTS = 100_000
 
 
 def _delegate(endpoint: str, **args: str) -> Response:
