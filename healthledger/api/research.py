@@ -42,6 +42,7 @@ from healthledger.research.enrolment import Enrolments
 from healthledger.research.studies import Studies, acting
 from healthledger.store.bundles import EntryRead, Target
 from healthledger.store.repository import (
+    Page,
     ResourceStore,
     StoredResource,
     UnitOfWork,
@@ -363,11 +364,10 @@ class ResearchReads:
             except NotFound:
                 people = []
             subjects = [p.research_subject(for_patient=False) for p in people]
-        entries = [(f"ResearchSubject/{s['id']}", s) for s in subjects]
-        enrolled = {s["id"] for s in subjects}
-        entries += [(f"ResearchSubject/{s.id}", _shown(s)) for s in _stored_subjects(uow, study_id)
-                    if s.id not in enrolled]
-        return Found(entries[:count], len(entries), screened.ignored)
+        entries = [(f"ResearchSubject/{s['id']}", s) for s in subjects][:count]
+        stored = _stored_subjects(uow, study_id, {s["id"] for s in subjects}, count=count - len(entries))
+        entries += [(f"ResearchSubject/{s.id}", _shown(s)) for s in stored.items]
+        return Found(entries, len(subjects) + (stored.total or 0), screened.ignored)
 
     def entry(self, uow: UnitOfWork, target: Target) -> StoredResource | dict[str, Any] | None:
         """A Bundle's GET entry of ResearchStudy or ResearchSubject (EntryRead). No `Prefer` header of its own:
@@ -402,20 +402,21 @@ def _shown(stored: StoredResource) -> dict[str, Any]:
     return body
 
 
-def _stored_subjects(uow: UnitOfWork, study_id: str) -> list[StoredResource]:
-    """The ResearchSubjects stored by clients that the caller may read, of `study_id` when given. The study is
-    matched here, not by the store's blind index: ResearchSubject has no indexed `study` terms (stored ones are
-    few: enrolments live in the research tables)."""
+def _stored_subjects(uow: UnitOfWork, study_id: str, enrolled: set[str], *, count: int) -> Page:
+    """The first `count` ResearchSubjects stored by clients that the caller may read, of `study_id` when given
+    (not the enrolments, `enrolled`), and how many there are. The study is matched by the store's `keep`, not by
+    its blind index (ResearchSubject has no indexed `study` terms; stored ones are few, enrolments live in the
+    research tables), so what is left out is neither decided nor recorded as shown."""
     with fhir_errors():
         everything = parse_search("ResearchSubject", [])
     wanted = study_reference(study_id) if study_id else None
-    # One page of all (a search scans every candidate for each page it answers: paging here was quadratic).
-    page = uow.search("ResearchSubject", everything, count=_ALL_STORED_SUBJECTS, offset=0)
-    return [s for s in page.items if s.resource is not None
-            and (wanted is None or (s.resource.get("study") or {}).get("reference") == wanted)]
 
+    def of_the_study(resource: dict[str, Any]) -> bool:
+        if resource.get("id") in enrolled:
+            return False
+        return wanted is None or (resource.get("study") or {}).get("reference") == wanted
 
-_ALL_STORED_SUBJECTS = 100_000
+    return uow.search("ResearchSubject", everything, count=count, offset=0, keep=of_the_study)
 
 
 def _delegate(endpoint: str, **args: str) -> Response:

@@ -985,12 +985,14 @@ class UnitOfWork:
 
     def search(
         self, resource_type: str, query: Any, *, count: int = 50, offset: int = 0, check: bool = True,
-        sort: Sequence[Any] = (),
+        sort: Sequence[Any] = (), keep: Callable[[dict[str, Any]], bool] | None = None,
     ) -> Page:
         """Search current, live resources; stable order by id (or by `sort`, fhir_adapters.search.sorting);
         exact total (after decryption and matching). A `_has` clause is resolved first by a search of its own
         (store/search_results.py), decided and recorded like any other: what the caller may not see of the
-        other type does not select anything."""
+        other type does not select anything. `keep(resource)`: a further criterion of the caller's that the
+        index cannot answer (ResearchSubject's study), applied with the query's own, before any decision: what
+        it leaves out is neither decided nor recorded."""
         if check:
             self.authorize("search", resource_type, None)
         if getattr(query, "has", ()):
@@ -1000,7 +1002,7 @@ class UnitOfWork:
         # out of the page and of the total, as if they did not exist.
         screen = check and self._screens
         per_resource = screen and not self.principal.unrestricted
-        if not _has_criteria(query) and not per_resource and not sort:
+        if not _has_criteria(query) and not per_resource and not sort and keep is None:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
             rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
             items = [self._to_stored(r) for r in rows]
@@ -1018,7 +1020,7 @@ class UnitOfWork:
                 meta = fhir_search.ResourceMeta(id=stored.id, last_updated=stored.last_updated)
                 with fhir_errors():
                     ok = fhir_search.matches(stored.resource, query, meta)
-                if not ok:
+                if not ok or (keep is not None and not keep(stored.resource)):
                     continue
                 screened = None
                 if screen:

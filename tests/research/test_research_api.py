@@ -374,7 +374,15 @@ def test_a_search_by_study_finds_the_research_subjects_clients_stored(world: Wor
     assert ids(world.patient_session("ann").get(query).get_json()) == [sid]
     assert sid in ids(world.patient_session("ann").get("ResearchSubject").get_json())
     assert ids(world.patient_session("bob").get(query).get_json()) == []
+    before = world.log_size()
     other = world.client.get("/fhir/ResearchSubject?study=ResearchStudy/another", headers=world.headers("ehr"))
     assert other.status_code == 200 and ids(other.get_json()) == []
+    # Another study's search neither shows this subject nor records it as shown (or counted) in the access log.
+    assert sid not in {e.resource_id for e in world.log_since(before)}
+    before = world.log_size()
+    none_shown = world.client.get(f"/fhir/{query}&_count=0", headers=world.headers("ehr")).get_json()
+    assert none_shown["total"] == 1 and ids(none_shown) == []
+    counted = [e for e in world.log_since(before) if e.resource_type == "ResearchSubject"]
+    assert len(counted) == 1 and counted[0].resource_id == "" and counted[0].patient_pseudonym  # counted, not shown
     in_batch = bundle(world, "ehr", "batch", [query]).get_json()["entry"][0]["resource"]
     assert ids(in_batch) == [sid]
