@@ -436,17 +436,17 @@ class _FhirApi:
                             maximum=self.settings.max_page_size)
         cursor = search.last(CURSOR_PARAM)
         offset = decode_cursor(cursor) if cursor is not None else 0
-        found = _published_matches(resource_type, search)
         principal = self._optional_principal()
-        if principal is not None:
+        if principal is None:
+            page, total = _definitions_page(None, resource_type, search, count, offset)
+        else:
             with self.store.reading(principal) as uow:
-                found += _stored_definitions(uow, resource_type, search)
+                page, total = _definitions_page(uow, resource_type, search, count, offset)
         base = self._base()
-        page = found[offset:offset + count]
-        next_offset = offset + count if 0 < count and offset + count < len(found) else None
+        next_offset = offset + count if 0 < count and offset + count < total else None
         kept = tuple((n, v) for n, v in params if n in definition_search.CRITERIA)
         links = PageLinks(f"{base}/{resource_type}", kept, count, offset).links(next_offset)
-        return self._respond(searchset_bundle(((f"{base}/{url}", body) for url, body in page), total=len(found),
+        return self._respond(searchset_bundle(((f"{base}/{url}", body) for url, body in page), total=total,
                                               links=links, outcome=ignored_outcome(list(search.ignored))))
 
     def _optional_principal(self) -> Principal | None:
@@ -470,8 +470,8 @@ class _FhirApi:
         search = screen_fixed(resource_type, target.params or [], _DEFINITION_PARAMS, strict=True)
         count = parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
                             maximum=self.settings.max_page_size)
-        found = _published_matches(resource_type, search) + _stored_definitions(uow, resource_type, search)
-        bundle = searchset_bundle(found[:count], total=len(found), links=[])
+        page, total = _definitions_page(uow, resource_type, search, count, 0)
+        bundle = searchset_bundle(page, total=total, links=[])
         del bundle["link"]
         return bundle
 
@@ -740,26 +740,27 @@ def _named_patient(params: Any) -> str:
     return next(iter(named)) if len(named) == 1 else ""
 
 
-def _published_matches(resource_type: str, search: FixedSearch) -> list[tuple[str, dict[str, Any]]]:
-    """The published definitions `search` selects, as (relative url, resource)."""
-    return [(f"{resource_type}/{d['id']}", dict(d))
-            for d in definition_search.select(definition_search.published(resource_type), search)]
-
-
-def _stored_definitions(uow: UnitOfWork, resource_type: str, search: FixedSearch) -> list[tuple[str, dict[str, Any]]]:
-    """The definitions stored by clients that the caller may read and `search` selects (matched here: the store's
-    index has no `url` or `name` for them), in the store's order; none under a published id (that id reads ours)."""
+def _definitions_page(
+    uow: UnitOfWork | None, resource_type: str, search: FixedSearch, count: int, offset: int
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """One page of the definitions `search` selects, as (relative url, resource), and how many there are: the
+    published ones first, then (on `uow`, the caller's view; None: an anonymous caller) the stored ones the
+    caller may read, none under a published id (that id reads ours). The stored ones are matched by the store's
+    `keep` (its index has no `url` or `name` for them) and paged by the store, so only those shown are recorded
+    as shown."""
+    published = [(f"{resource_type}/{d['id']}", dict(d))
+                 for d in definition_search.select(definition_search.published(resource_type), search)]
+    page = published[offset:offset + count]
+    if uow is None:
+        return page, len(published)
     ours = definition_search.published_ids(resource_type)
     with fhir_errors():
         everything = parse_search(resource_type, [])
-    found: list[tuple[str, dict[str, Any]]] = []
-    offset: int | None = 0
-    while offset is not None:
-        page = uow.search(resource_type, everything, count=200, offset=offset)
-        shown = [_with_meta(item) for item in page.items if item.resource is not None and item.id not in ours]
-        found += [(f"{resource_type}/{d['id']}", dict(d)) for d in definition_search.select(shown, search)]
-        offset = page.next_offset
-    return found
+    stored = uow.search(resource_type, everything, count=count - len(page), offset=max(0, offset - len(published)),
+                        keep=lambda resource: resource.get("id") not in ours
+                        and bool(definition_search.select([resource], search)))
+    page += [(f"{resource_type}/{item.id}", _with_meta(item)) for item in stored.items]
+    return page, len(published) + (stored.total or 0)
 
 
 # -- pure helpers ---------------------------------------------------------------------------------

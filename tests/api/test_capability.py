@@ -306,6 +306,15 @@ def test_the_published_definitions_are_searched_by_what_is_declared(
     made_id = orjson.loads(made.data)["id"]
     assert _matches(_searched(client, f"{resource_type}?name={name}", **AUTH)) == [made_id]
     assert _matches(_searched(client, f"{resource_type}?url={stored['url']}")) == []
+    # Paged as one list, the published first, then the stored ones (paged by the store itself).
+    page = _searched(client, f"{resource_type}?_count={len(ours)}", **AUTH)
+    assert set(_matches(page)) == ours
+    seen = list(_matches(page))
+    while any(link["relation"] == "next" for link in page["link"]):
+        following = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        page = _searched(client, following.split("/fhir/", 1)[1], **AUTH)
+        seen += _matches(page)
+    assert made_id in seen and len(seen) == len(set(seen)) == page["total"] > len(ours)
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": f"{resource_type}?url={stored['url']}"}},
         {"request": {"method": "GET", "url": f"{resource_type}?_id={','.join(some)}"}},
