@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+TEST_WORKERS ?= 2   # pytest-xdist processes for `make test` (tests wait on servers and nodes as much as they compute)
 
 .PHONY: run test install dev-install node-tools system-deps lint bench clean
 
@@ -9,7 +10,7 @@ run: install node-tools            ## install into .venv and serve on embedded d
 	$(BIN)/healthledger serve
 
 test: dev-install node-tools system-deps   ## install dev dependencies (and chromium) and run the whole suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)

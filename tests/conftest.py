@@ -106,6 +106,9 @@ def migrated_sqlite_url(_migrated_sqlite_template: Path, tmp_path: Path) -> str:
 # ---- the session's logs, scanned for the fixtures' PHI ---------------------------------------------------
 
 _SESSION_LOG = pytest.StashKey[Path]()
+# Under pytest-xdist (`make test` runs two workers) the controller makes the folder, each worker writes its own
+# file there, and the controller scans them all at the end of the session.
+_SESSION_LOG_DIR_ENV = "HEALTHLEDGER_TEST_SESSION_LOG_DIR"
 
 
 class _Tee:
@@ -133,7 +136,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     from healthledger.observability import configure_logging, stdlib_json_formatter
 
-    path = Path(tempfile.mkdtemp(prefix="healthledger-test-logs-")) / "session.log"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    shared = os.environ.get(_SESSION_LOG_DIR_ENV, "")
+    if not (worker and shared):
+        shared = tempfile.mkdtemp(prefix="healthledger-test-logs-")
+        os.environ[_SESSION_LOG_DIR_ENV] = shared  # inherited by the xdist workers, started after this
+    path = Path(shared) / f"session-{worker or 'main'}.log"
     config.stash[_SESSION_LOG] = path
     os.environ[SESSION_LOG_ENV] = str(path)
     handle = open(path, "a")  # noqa: SIM115 (open for the whole session)
@@ -145,9 +153,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.stash.get(_SESSION_LOG, None)
-    if path is None or not path.exists() or not FIXTURES.is_dir():
-        return
-    text = path.read_text(errors="replace")
+    if os.environ.get("PYTEST_XDIST_WORKER") or path is None or not path.exists() or not FIXTURES.is_dir():
+        return  # a worker's file is scanned by the controller, with the others
+    text = "".join(log.read_text(errors="replace") for log in sorted(path.parent.glob("session-*.log")))
     leaked = phi_in(text, fixture_phi(FIXTURES))
     lines = text.count("\n")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -156,7 +164,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                             f"values, {len(leaked)} found")
     if leaked:
         if reporter is not None:
-            reporter.write_line(f"PHI in the session's logs ({path}): {sorted(leaked)[:10]}", red=True)
+            reporter.write_line(f"PHI in the session's logs ({path.parent}): {sorted(leaked)[:10]}", red=True)
         session.exitstatus = 1
     else:
         shutil.rmtree(path.parent, ignore_errors=True)
