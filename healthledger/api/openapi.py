@@ -17,10 +17,10 @@ READINESS = {
     "type": "object",
     "required": ["status", "checks"],
     "properties": {
-        "status": {"type": "string", "enum": ["ready", "not-ready"]},
+        "status": {"type": "string", "enum": ["ready", "degraded", "not-ready"]},
         "checks": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["ok"],
-            "properties": {"ok": {"type": "boolean"}, "detail": {"type": "string"}},
+            "properties": {"ok": {"type": "boolean"}, "required": {"type": "boolean"}, "detail": {"type": "string"}},
         }},
     },
 }  # fmt: skip
@@ -48,7 +48,8 @@ def openapi_document() -> dict[str, Any]:
                 "200": _json({"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok"]}}},
                              "the process answers")}}},
             "/readyz": {"get": {"summary": "readiness: database, migrations, key provider, consent index freshness",
-                                "responses": {"200": _json(READINESS, "ready"), "503": _json(READINESS, "not ready")}}},
+                                "responses": {"200": _json(READINESS, "ready, or degraded: a check that is not required failed"),
+                                              "503": _json(READINESS, "not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus text exposition", "responses": {
                 "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/.well-known/smart-configuration": {"get": {"summary": "SMART discovery", "responses": {
