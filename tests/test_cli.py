@@ -34,6 +34,7 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "users invite": ["some-patient"],
     "chain deploy": [],
     "chain status": [],
+    "chain operator": [],
     "chain role": ["grant", "RELAYER", "0x0000000000000000000000000000000000000001"],
     "chain pause": [],
     "chain node": ["--port", "0"],

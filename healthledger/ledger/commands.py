@@ -99,6 +99,18 @@ def deploy_command(runtime: Runtime, admin: str | None, force: bool, wait_second
         click.echo(f"admin transfer to {admin} started: it must call acceptAdmin() on each contract")
 
 
+@chain_group.command("operator")
+@click.pass_obj
+def operator_command(runtime: Runtime) -> None:
+    """The address that signs the service's chain transactions, its key made (wrapped, under the keys dir) if
+    absent. Needs no chain and no database: run it where the key material is made, then fund the address."""
+    from healthledger.data_dir import private_dir
+    from healthledger.ledger.chain import load_or_create_operator
+
+    keys_dir = private_dir(runtime.settings.keys_dir)
+    click.echo(load_or_create_operator(keys_dir, runtime.key_provider).address)
+
+
 @chain_group.command("status")
 @click.pass_obj
 def status_command(runtime: Runtime) -> None:

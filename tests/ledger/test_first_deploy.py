@@ -1,5 +1,6 @@
-"""`healthledger chain deploy` at a first deployment: the chain node may answer only after the job started
-(compose, a Kubernetes Job beside new validators), so deploy keeps trying for a bounded time, then says why."""
+"""A first deployment (deploy/README.md): the operator key is made outside the cluster with no chain and no
+database (`chain operator`), and `chain deploy` keeps trying a node that answers only after the job started
+(compose, a Kubernetes Job beside new validators) for a bounded time, then says why."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ from healthledger.ledger.chain import load_or_create_operator
 from healthledger.ledger.commands import wait_for_chain
 from tests.ledger.fixtures_relay import AnvilNode, _free_port
 from tests.reliability.faults import TcpProxy
+
+
+def test_chain_operator_makes_the_key_once_without_chain_or_database(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHLEDGER_DATA_DIR", str(tmp_path / "first-deploy"))
+    monkeypatch.setenv("HEALTHLEDGER_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")  # never reached
+    monkeypatch.setenv("HEALTHLEDGER_CHAIN_URL", "http://127.0.0.1:1")  # never reached
+    runner = CliRunner()
+    first = runner.invoke(cli, ["chain", "operator"])
+    assert first.exit_code == 0, first.output
+    assert runner.invoke(cli, ["chain", "operator"]).stdout == first.stdout  # made once, then read
+    keys = tmp_path / "first-deploy" / "keys"
+    assert sorted(p.name for p in keys.iterdir()) == ["chain-operator.json", "kek.json"]
+    assert first.stdout.strip() == load_or_create_operator(keys, key_provider_for("file", keys)).address
 
 
 class _Clock:
