@@ -7,6 +7,7 @@ replicas: leases keep indexing and anchoring to one at a time) against a consort
 import multiprocessing
 import os
 
+from healthledger.api.operations import mark_replica_started
 from healthledger.observability import enable_multiprocess, gunicorn_log_config, mark_worker_dead
 
 wsgi_app = "healthledger.app:create_app()"
@@ -30,8 +31,10 @@ control_socket_disable = True
 
 
 def on_starting(server):  # (gunicorn hook signature)
-    """Before any worker forks: every worker writes its metrics where any worker's /metrics reads them."""
+    """Before any worker forks: every worker writes its metrics where any worker's /metrics reads them, and
+    knows when the replica started (/readyz's start-up gate, passed once per replica, not per recycled worker)."""
     enable_multiprocess(os.environ.get("HEALTHLEDGER_METRICS_DIR", "/tmp/healthledger-metrics"))
+    mark_replica_started()
 
 
 def child_exit(server, worker):  # (gunicorn hook signature)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         Readiness,
         install_request_hooks,
         operations_blueprint,
+        replica_started_at,
     )
     from healthledger.api.outcomes import error_response
     from healthledger.auth.app_launch import AppLaunch
@@ -159,8 +161,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["healthledger.tokens"] = tokens
     app.extensions["healthledger.metrics"] = metrics
     install_request_hooks(app, metrics)
-    readiness = Readiness(engine, key_provider, max_index_age_seconds=consent_rules.max_index_age_seconds)
-    app.register_blueprint(operations_blueprint(readiness, metrics, LedgerGauges(engine)))
+    readiness = Readiness(engine, key_provider, max_index_age_seconds=consent_rules.max_index_age_seconds,
+                          started_at=replica_started_at(default=time.time()))
+    gauges = LedgerGauges(engine, tenant=settings.tenant, max_index_age_seconds=consent_rules.max_index_age_seconds)
+    app.register_blueprint(operations_blueprint(readiness, metrics, gauges))
 
     secure = settings.session_secure_cookies
     init_web(

@@ -125,6 +125,7 @@ def serve(runtime: Runtime, host: str | None, port: int | None, workers: int | N
     """Run the service (gunicorn; the Flask server only with --dev)."""
     runtime.override(**{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None})
     settings = runtime.settings
+    from healthledger.api.operations import mark_replica_started
     from healthledger.app import configure_logging
     from healthledger.observability import enable_multiprocess
 
@@ -134,8 +135,10 @@ def serve(runtime: Runtime, host: str | None, port: int | None, workers: int | N
     import os
 
     os.umask(os.umask(0o077) | 0o077)
-    # Before any worker forks: every worker writes its metrics where any worker's /metrics reads them.
+    # Before any worker forks: every worker writes its metrics where any worker's /metrics reads them, and
+    # knows when the replica started (/readyz's start-up gate, passed once per replica, not per worker).
     enable_multiprocess(settings.data_dir / "metrics")
+    mark_replica_started()
     done = runtime.bootstrap()  # schema, keys, home organisation and demo data before any worker starts
     if not ledger:
         _echo_start(done, settings)

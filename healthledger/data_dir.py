@@ -5,11 +5,14 @@ set explicitly: the usual umask 022 would make every file 0644, readable by ever
 creates `-wal`, `-shm` and `-journal` with the mode of the database file (sqlite3 os_unix.c,
 findCreateFileMode, which also fchmods them past the umask), so a database file is created 0600 here
 before SQLite opens it. Looser modes found later (files of an older release, a restored backup) are
-tightened with a warning rather than refused: the service keeps running, and says what it changed.
+tightened with a warning rather than refused: the service keeps running, and says what it changed. What it
+may not change (a read-only mount such as a Kubernetes Secret volume of key files, or a directory another
+user owns, such as an emptyDir) is left as it is, with a warning: its mode is the mount's owner's to set.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -22,6 +25,7 @@ log = structlog.get_logger(__name__)
 PRIVATE_DIR_MODE: Final = 0o700
 PRIVATE_FILE_MODE: Final = 0o600
 _GROUP_AND_OTHER: Final = 0o077
+_NOT_OURS_TO_CHANGE: Final = (errno.EROFS, errno.EPERM, errno.EACCES)  # chmod(2): read-only, not the owner
 SQLITE_COMPANIONS: Final = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database
 
 
@@ -88,7 +92,8 @@ def private_sqlite_file(path: Path) -> Path:
 def tighten(path: Path) -> bool:
     """Take group and other permissions off an existing file or directory (never through a symlink).
 
-    Returns True, with a warning naming the path and both modes, when it had any.
+    Returns True, with a warning naming the path and both modes, when it had any; False, with a warning, when
+    the mode may not be changed here (a read-only file system, another owner).
     """
     try:
         info = path.lstat()
@@ -97,7 +102,13 @@ def tighten(path: Path) -> bool:
     mode = stat.S_IMODE(info.st_mode)
     if stat.S_ISLNK(info.st_mode) or not mode & _GROUP_AND_OTHER:
         return False
-    os.chmod(path, mode & ~_GROUP_AND_OTHER)
+    try:
+        os.chmod(path, mode & ~_GROUP_AND_OTHER)
+    except OSError as exc:
+        if exc.errno not in _NOT_OURS_TO_CHANGE:
+            raise
+        log.warning("data_dir.mode_left", path=str(path), mode=f"{mode:o}", reason=errno.errorcode[exc.errno])
+        return False
     log.warning("data_dir.mode_tightened", path=str(path), was=f"{mode:o}", now=f"{mode & ~_GROUP_AND_OTHER:o}")
     return True
 

@@ -34,6 +34,7 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "users invite": ["some-patient"],
     "chain deploy": [],
     "chain status": [],
+    "chain operator": [],
     "chain role": ["grant", "RELAYER", "0x0000000000000000000000000000000000000001"],
     "chain pause": [],
     "chain node": ["--port", "0"],
@@ -68,6 +69,9 @@ HTTP_CLIENT_ARGS: dict[str, list[str]] = {
     "study leave": ["some-study", "--url", "http://127.0.0.1:9", "--user", "ann", "--password-stdin"],
 }
 
+# Commands that read neither settings nor the runtime: a liveness probe reads one file's age.
+NO_RUNTIME_ARGS: dict[str, list[str]] = {"relay alive": ["--heartbeat", "{json_file}.missing"]}
+
 
 def _leaf_commands(group: click.Group, prefix: str = "") -> set[str]:
     ctx = click.Context(group)
@@ -99,7 +103,17 @@ def test_command_modules_import_neither_the_app_nor_the_cli() -> None:
 
 def test_the_table_lists_every_command_here() -> None:
     assert _leaf_commands(cli) - {c for c in _leaf_commands(cli) if c.startswith("zk ")} == (
-        set(RUNTIME_ARGS) | set(HTTP_CLIENT_ARGS))
+        set(RUNTIME_ARGS) | set(HTTP_CLIENT_ARGS) | set(NO_RUNTIME_ARGS))
+
+
+@pytest.mark.parametrize("command", sorted(NO_RUNTIME_ARGS))
+def test_a_probe_command_answers_without_settings(command: str, tmp_path: Path) -> None:
+    def unreadable_settings(**_overrides: object) -> Settings:
+        raise ConfigurationError("the settings file cannot be read")
+
+    args = [*command.split(), *(a.format(json_file=tmp_path / "f") for a in NO_RUNTIME_ARGS[command])]
+    result = CliRunner().invoke(cli, args, obj=Runtime(load_settings=unreadable_settings))
+    assert result.exit_code == 1 and result.stderr.startswith("Error: no heartbeat at")
 
 
 @pytest.mark.parametrize("command", sorted(HTTP_CLIENT_ARGS))

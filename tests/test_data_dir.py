@@ -147,3 +147,56 @@ def test_modes_do_not_depend_on_the_umask(tmp_path: Path, umask: int) -> None:
     assert_private(modes(tmp_path / "a"))
     assert_private(modes(tmp_path / "c"))
     assert made.read_bytes() == b"" and nested.is_dir()
+
+
+_SECRET_VOLUME = r"""
+set -e
+keys="$1"; shift
+mkdir -p "$keys.src"; cp -a "$keys"/. "$keys.src"/
+mount -t tmpfs -o mode=0755 secret "$keys"
+# A Kubernetes Secret volume's layout: files in a timestamped directory, reached through ..data
+mkdir -m 0755 "$keys/..2026_12_02_00_00_00.000000001"
+for f in "$keys.src"/*; do
+  install -m 0400 "$f" "$keys/..2026_12_02_00_00_00.000000001/$(basename "$f")"
+  ln -s "..data/$(basename "$f")" "$keys/$(basename "$f")"
+done
+ln -s ..2026_12_02_00_00_00.000000001 "$keys/..data"
+mount -o remount,ro "$keys"
+exec "$@"
+"""
+_START_ON_IT = """
+import json, sys
+from pathlib import Path
+from structlog.testing import capture_logs
+from healthledger.app import bootstrap
+from healthledger.config import Settings
+
+with capture_logs() as logs:
+    bootstrap(Settings(data_dir=Path(sys.argv[1]), load_demo_data=False))
+print(json.dumps([{k: str(v) for k, v in e.items()} for e in logs if e["event"].startswith("data_dir.")]))
+"""
+
+
+def test_a_read_only_secret_mount_of_the_keys_is_left_as_it_is_with_a_warning(tmp_path: Path) -> None:
+    """The keys as Kubernetes mounts a Secret (read-only, directories 0755 the process may not change): the
+    service starts on them, says what it could not tighten, and still tightens the rest of the data dir."""
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("needs unshare (a private mount namespace) to mount a read-only file system")
+    settings = Settings(data_dir=tmp_path / "var", load_demo_data=False)
+    bootstrap(settings)  # the key material, made once outside the cluster (deploy/README.md)
+    loose = settings.data_dir / "left-by-an-older-release"
+    loose.write_bytes(b"")
+    os.chmod(loose, 0o644)
+    started = subprocess.run(
+        ["unshare", "-r", "-m", "sh", "-c", _SECRET_VOLUME, "sh", str(settings.keys_dir),
+         sys.executable, "-c", _START_ON_IT, str(settings.data_dir)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+    events = json.loads(started.stdout.strip().splitlines()[-1])
+    left = {e["path"]: e["reason"] for e in events if e["event"] == "data_dir.mode_left"}
+    assert left == {str(settings.keys_dir): "EROFS",
+                    str(settings.keys_dir / "..2026_12_02_00_00_00.000000001"): "EROFS"}
+    tightened = {e["path"] for e in events if e["event"] == "data_dir.mode_tightened"}
+    assert tightened == {str(loose)}
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600

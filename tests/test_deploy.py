@@ -72,6 +72,28 @@ def test_workloads_are_non_root_with_probes_and_settings_that_exist() -> None:
     assert api["resources"]["limits"]["cpu"]
 
 
+def _heartbeat(args: list[str]) -> str:
+    return args[args.index("--heartbeat") + 1]
+
+
+def test_the_ledger_worker_is_probed_by_its_heartbeat_only() -> None:
+    """No start-up work and no database in the probe: `relay alive` on the file `relay work` beats, which lies
+    on a writable volume (the root file system is read-only)."""
+    worker = next(d for d in _manifests() if d["metadata"]["name"] == "healthledger-ledger-worker")
+    pod = worker["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    probe = container["livenessProbe"]["exec"]["command"]
+    assert probe[:3] == ["healthledger", "relay", "alive"] and _heartbeat(probe) == _heartbeat(container["args"])
+    max_age = float(probe[probe.index("--max-age") + 1])
+    assert 60 <= max_age <= 600  # room for a slow pass, yet a stuck loop is restarted within minutes
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = next(v for path, v in mounts.items() if _heartbeat(probe).startswith(path + "/"))
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == volume)
+    service = _compose()["services"]["ledger-worker"]
+    check = service["healthcheck"]["test"]
+    assert check[1:4] == ["healthledger", "relay", "alive"] and _heartbeat(check) == _heartbeat(service["command"])
+
+
 def test_services_budgets_and_autoscaler_point_at_deployments() -> None:
     docs = _manifests()
     labels = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in docs if d["kind"] == "Deployment"}

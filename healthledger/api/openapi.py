@@ -1,6 +1,7 @@
-"""The OpenAPI 3.0 description of the service's non-FHIR JSON API (`GET /openapi.json`): SMART discovery and the
-token endpoint, the CDS Hooks consent consult, and the operator's endpoints. The FHIR API describes itself in
-its CapabilityStatement (`GET /fhir/metadata`). Schemathesis tests the running service against this document
+"""The OpenAPI 3.0 description of the service's non-FHIR JSON API (`GET /openapi.json`): SMART and OpenID Connect
+discovery, the authorization request's hand-over to the consent screen, the token endpoint, the CDS Hooks
+consent consult, and the operator's endpoints. The FHIR API describes itself in its CapabilityStatement
+(`GET /fhir/metadata`). Schemathesis tests the running service against this document
 (tests/reliability/test_schemathesis.py), so what it says is what the service does.
 """
 
@@ -17,10 +18,10 @@ READINESS = {
     "type": "object",
     "required": ["status", "checks"],
     "properties": {
-        "status": {"type": "string", "enum": ["ready", "not-ready"]},
+        "status": {"type": "string", "enum": ["ready", "degraded", "not-ready"]},
         "checks": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["ok"],
-            "properties": {"ok": {"type": "boolean"}, "detail": {"type": "string"}},
+            "properties": {"ok": {"type": "boolean"}, "required": {"type": "boolean"}, "detail": {"type": "string"}},
         }},
     },
 }  # fmt: skip
@@ -48,7 +49,8 @@ def openapi_document() -> dict[str, Any]:
                 "200": _json({"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok"]}}},
                              "the process answers")}}},
             "/readyz": {"get": {"summary": "readiness: database, migrations, key provider, consent index freshness",
-                                "responses": {"200": _json(READINESS, "ready"), "503": _json(READINESS, "not ready")}}},
+                                "responses": {"200": _json(READINESS, "ready, or degraded: a check that is not required failed"),
+                                              "503": _json(READINESS, "not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus text exposition", "responses": {
                 "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/.well-known/smart-configuration": {"get": {"summary": "SMART discovery", "responses": {
@@ -56,6 +58,26 @@ def openapi_document() -> dict[str, Any]:
                               "properties": {"token_endpoint": {"type": "string"},
                                              "grant_types_supported": {"type": "array", "items": {"type": "string"}}}},
                              "SMART configuration")}}},
+            "/.well-known/openid-configuration": {"get": {
+                "summary": "OpenID Connect discovery (with SMART App Launch; 404 when the service offers none)",
+                "responses": {
+                    "200": _json({"type": "object", "required": [
+                        "issuer", "authorization_endpoint", "token_endpoint", "jwks_uri", "response_types_supported",
+                        "subject_types_supported", "id_token_signing_alg_values_supported"],
+                        "properties": {name: {"type": "string"} for name in (
+                            "issuer", "authorization_endpoint", "token_endpoint", "jwks_uri")}},
+                        "OpenID Provider metadata (OpenID Connect Discovery 1.0 §3)"),
+                    **_errors(404),
+                }}},
+            "/auth/authorize": {"get": {
+                "summary": "SMART App Launch authorization request: sent on, as it came, to the patient's consent "
+                           "screen in the web app, which signs the patient in and validates it",
+                "parameters": [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                               for name in ("response_type", "client_id", "redirect_uri", "scope", "state", "aud",
+                                            "code_challenge", "code_challenge_method", "launch", "nonce")],
+                "responses": {"303": {"description": "to the consent screen, with the same query", "headers": {
+                    "Location": {"schema": {"type": "string"}}}}},
+            }},
             "/auth/jwks": {"get": {"summary": "the token signing keys", "responses": {
                 "200": _json({"type": "object", "required": ["keys"],
                               "properties": {"keys": {"type": "array", "items": {"type": "object"}}}}, "JWKS")}}},

@@ -2,17 +2,23 @@
 per-request hooks behind them (request id, latency by route, one JSON log line per request).
 
 Liveness says only that the process answers: a failing dependency must not get every replica restarted.
-Readiness says whether this replica should get traffic: the database answers, its schema is at every
-migration head this release knows, the key provider wraps and unwraps, and the consent index is fresh (the
-indexer passed within the consent policy's `max_index_age_seconds`, the bound reads fail closed on), so a
-replica turns ready only once consent-dependent reads can succeed.
+Readiness says whether this replica can serve: the database answers, its schema is at every migration head
+this release knows, and the key provider wraps and unwraps. The consent index's freshness (the indexer passed
+within the consent policy's `max_index_age_seconds`, the bound reads fail closed on) gates readiness only at
+start: a replica turns ready once the index has been fresh since it started, so its first consent-dependent
+reads succeed. Afterwards a stale index is reported (in the body, status "degraded", and in /metrics) without
+failing the probe: the chain and the ledger worker are shared by every replica, so failing it would take
+every endpoint out at once, while patient and break-the-glass reads can go on and other consent-dependent
+reads fail closed on their own.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -27,6 +33,23 @@ log = structlog.get_logger("healthledger.http")
 
 _PROBE = b"healthledger/readiness-probe"
 _UNMATCHED_ROUTE = "(unmatched)"
+REPLICA_STARTED_ENV = "HEALTHLEDGER_REPLICA_STARTED_AT"
+
+
+def mark_replica_started(now: float | None = None) -> float:
+    """In gunicorn's master, before the workers fork: the replica's start, inherited by every worker (and by
+    the workers that replace recycled ones), so the start-up gate of /readyz is passed once per replica."""
+    started = time.time() if now is None else now
+    os.environ[REPLICA_STARTED_ENV] = repr(started)
+    return started
+
+
+def replica_started_at(default: float) -> float:
+    """The start marked by `mark_replica_started`, else `default` (a process that is the whole replica)."""
+    try:
+        return float(os.environ[REPLICA_STARTED_ENV])
+    except (KeyError, ValueError):
+        return default
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,7 @@ class Check:
     name: str
     ok: bool
     detail: str = ""  # safe to show: no URL, no credentials, no data
+    required: bool = True  # False: reported, but this replica stays ready when it fails
 
 
 class Readiness:
@@ -47,12 +71,14 @@ class Readiness:
         max_index_age_seconds: float,
         indexer_name: str = "ledger",
         wall_clock: Callable[[], float] = time.time,
+        started_at: float | None = None,
     ) -> None:
         self.engine = engine
         self.key_provider = key_provider
         self.max_index_age_seconds = max_index_age_seconds
         self.indexer_name = indexer_name
         self.wall_clock = wall_clock
+        self.started_at = wall_clock() if started_at is None else started_at
         self._heads: frozenset[str] | None = None
 
     def checks(self) -> list[Check]:
@@ -111,28 +137,37 @@ class Readiness:
         if updated is None:
             return Check("consent_index", False, "the ledger worker has not indexed the chain yet")
         age = self.wall_clock() - float(updated)
-        if age > self.max_index_age_seconds:
-            return Check(
-                "consent_index", False,
-                f"the chain was last indexed {age:.0f} s ago (bound {self.max_index_age_seconds:.0f} s)",
-            )  # fmt: skip
-        return Check("consent_index", True, f"indexed {max(age, 0.0):.1f} s ago")
+        if age <= self.max_index_age_seconds:
+            return Check("consent_index", True, f"indexed {max(age, 0.0):.1f} s ago")
+        stale = f"the chain was last indexed {age:.0f} s ago (bound {self.max_index_age_seconds:.0f} s)"
+        # The index was fresh until updated + bound: if that is after this replica started, the start-up gate
+        # is passed, and the chain side's outage is every replica's alike (reads that need fresh consent fail
+        # closed by themselves), so it does not take this one out of the load balancer.
+        if float(updated) + self.max_index_age_seconds >= self.started_at:
+            return Check("consent_index", False, stale + "; reads that need fresh consent fail closed", required=False)
+        return Check("consent_index", False, stale + "; not ready until it is indexed once after the start")
 
 
 class LedgerGauges:
     """A Prometheus collector of what the database says about the ledger side, read at each scrape (so every
     replica reports the same, shared values): outbox depth by state and the age of its oldest pending write,
-    the indexer's lag, access-log entries appended, sequenced and anchored, resource versions stored."""
+    the indexer's lag, access-log entries appended, sequenced and anchored (the tenant's access log), resource
+    versions stored."""
 
-    def __init__(self, engine: Engine, *, indexer_name: str = "ledger", wall_clock: Callable[[], float] = time.time):
+    def __init__(self, engine: Engine, *, tenant: str, max_index_age_seconds: float, indexer_name: str = "ledger",
+                 wall_clock: Callable[[], float] = time.time):
         self.engine = engine
+        self.tenant = tenant
+        self.max_index_age_seconds = max_index_age_seconds
         self.indexer_name = indexer_name
         self.wall_clock = wall_clock
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from healthledger.audit.models import AccessLogEntry, AuditCheckpoint, AuditHead
+        from healthledger.audit.anchoring import chain_log_id
+        from healthledger.audit.log import DEFAULT_LOG
+        from healthledger.audit.models import AccessLogEntry, AuditHead
         from healthledger.ledger.models import IndexerCursor, LogAnchorEvent, OutboxItem
         from healthledger.store.models import StoredVersion
 
@@ -145,11 +180,10 @@ class LedgerGauges:
                 )
                 cursor = session.get(IndexerCursor, self.indexer_name)
                 appended = session.scalar(select(func.max(AccessLogEntry.id))) or 0
-                sequenced = session.scalar(select(func.coalesce(func.sum(AuditHead.size), 0))) or 0
-                anchored = session.scalar(select(func.max(LogAnchorEvent.tree_size))) or 0
-                last_anchor_made = session.scalar(
-                    select(AuditCheckpoint.created_at).where(AuditCheckpoint.size == anchored)
-                )
+                sequenced = session.scalar(select(AuditHead.size).where(AuditHead.log_id == DEFAULT_LOG)) or 0
+                anchored = session.scalar(select(func.max(LogAnchorEvent.tree_size)).where(
+                    LogAnchorEvent.log_id == "0x" + chain_log_id(self.tenant).hex())) or 0
+                oldest_unanchored = _oldest_unanchored(session, DEFAULT_LOG, int(anchored))
                 versions = session.scalar(select(func.max(StoredVersion.row_id))) or 0
         except Exception:  # noqa: BLE001 (the database is down: /metrics still answers with what the process knows)
             up = GaugeMetricFamily("healthledger_database_up", "1 if the database answered this scrape")
@@ -173,18 +207,39 @@ class LedgerGauges:
             yield _gauge("healthledger_indexer_last_pass_age_seconds",
                          "Seconds since the indexer's last pass (reads fail closed past the policy bound)",
                          max(0.0, now - float(cursor.updated_at)))
+        fresh = cursor is not None and now - float(cursor.updated_at) <= self.max_index_age_seconds
+        yield _gauge("healthledger_consent_index_fresh", "1 if the consent index passed within the policy bound "
+                     "(else reads that need fresh consent fail closed; /readyz says degraded)", int(fresh))
         yield _gauge("healthledger_access_log_appended", "Highest access-log entry id (entries appended)", appended)
         yield _gauge("healthledger_access_log_sequenced", "Access-log entries sequenced into the Merkle tree", sequenced)
         yield _gauge("healthledger_access_log_anchored", "Largest tree size anchored on-chain", anchored)
         lag_entries = max(0, int(sequenced) - int(anchored))
         yield _gauge("healthledger_anchoring_lag_entries", "Sequenced entries not yet covered by an anchor", lag_entries)
-        lag_seconds = 0.0
-        if lag_entries and last_anchor_made is not None:
-            lag_seconds = max(0.0, now - last_anchor_made.timestamp())
-        yield _gauge("healthledger_anchoring_lag_seconds", "Seconds since the newest anchored tree head was made, "
-                     "while entries wait for an anchor", lag_seconds)
+        lag_seconds = 0.0 if oldest_unanchored is None else max(0.0, now - oldest_unanchored.timestamp())
+        yield _gauge("healthledger_anchoring_lag_seconds", "Age of the oldest access-log entry no anchor covers "
+                     "(sequenced or not; 0 when every entry is anchored)", lag_seconds)
         yield _gauge("healthledger_store_versions", "Highest stored resource version row (writes and imports; "
                      "rate() is the import throughput)", versions)
+
+
+def _oldest_unanchored(session: Session, log_id: str, anchored: int) -> datetime | None:
+    """When the oldest entry not covered by the anchored tree size was recorded: the leaf at index `anchored`,
+    else (every sequenced entry anchored) the first entry not sequenced yet. Both through the log's
+    (log_id, leaf_index) index; leaves are given in id order (`integrate`)."""
+    from healthledger.audit.models import AccessLogEntry as Entry
+
+    leaf = session.scalar(select(Entry.recorded_at).where(Entry.log_id == log_id, Entry.leaf_index == anchored))
+    if leaf is not None:
+        return _utc(leaf)
+    first = session.scalar(select(func.min(Entry.id)).where(Entry.log_id == log_id, Entry.leaf_index.is_(None)))
+    return None if first is None else _utc(session.scalar(select(Entry.recorded_at).where(Entry.id == first)))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back; recorded_at is always UTC (AccessLogEntry)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 def _gauge(name: str, documentation: str, value: float) -> Any:
@@ -207,10 +262,11 @@ def operations_blueprint(readiness: Readiness, metrics: Metrics, gauges: LedgerG
     @bp.get("/readyz")
     def readyz() -> tuple[dict[str, Any], int]:
         checks = readiness.checks()
-        ready = all(c.ok for c in checks)
+        ready = all(c.ok or not c.required for c in checks)
         body = {
-            "status": "ready" if ready else "not-ready",
-            "checks": {c.name: {"ok": c.ok, **({"detail": c.detail} if c.detail else {})} for c in checks},
+            "status": ("ready" if all(c.ok for c in checks) else "degraded") if ready else "not-ready",
+            "checks": {c.name: {"ok": c.ok, **({} if c.required else {"required": False}),
+                                **({"detail": c.detail} if c.detail else {})} for c in checks},
         }
         return body, 200 if ready else 503
 

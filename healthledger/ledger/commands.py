@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from healthledger.errors import HealthLedgerError
+from healthledger.errors import ChainError, HealthLedgerError
 from healthledger.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -30,11 +31,32 @@ def _bootstrapped_chain(runtime: Runtime) -> Chain:
     return runtime.chain
 
 
+def wait_for_chain(open_chain: Callable[[], Chain], *, timeout: float, on_wait: Callable[[str, float], None],
+                   clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Chain:
+    """`open_chain()` once the node answers, trying again (1 s, doubling, at most 5 s apart) for `timeout` seconds:
+    at a first deployment the node may start after the job (compose, a Kubernetes Job beside new validators).
+    `on_wait(reason, seconds_left)` hears of each failed try; the last failure is raised as it came."""
+    deadline = clock() + timeout
+    pause = 1.0
+    while True:
+        try:
+            return open_chain()
+        except ChainError as exc:
+            left = deadline - clock()
+            if left <= 0:
+                raise
+            on_wait(exc.message, left)
+            sleep(min(pause, left))
+            pause = min(pause * 2, 5.0)
+
+
 @chain_group.command("deploy")
 @click.option("--admin", default=None, help="hand the admin role to this address (it must call acceptAdmin)")
 @click.option("--force", is_flag=True, help="deploy new instances even if verified ones are recorded")
+@click.option("--wait-for-node", "wait_seconds", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="seconds to keep trying a chain node that does not answer yet")
 @click.pass_obj
-def deploy_command(runtime: Runtime, admin: str | None, force: bool) -> None:
+def deploy_command(runtime: Runtime, admin: str | None, force: bool, wait_seconds: float) -> None:
     """Deploy the service's contracts (consent, access-log anchors, credentials, studies and the eligibility
     verifier) and record them in the database; on a chain with some of them recorded, only the missing ones."""
     from healthledger.ledger.deploy import (
@@ -45,7 +67,16 @@ def deploy_command(runtime: Runtime, admin: str | None, force: bool) -> None:
         verify_deployment,
     )
 
-    chain = _bootstrapped_chain(runtime)
+    runtime.bootstrap()
+
+    def waiting(reason: str, left: float) -> None:
+        click.echo(f"waiting for the chain: {reason} ({left:.0f} s left)", err=True)
+
+    try:
+        chain = wait_for_chain(lambda: runtime.chain, timeout=wait_seconds, on_wait=waiting)
+    except ChainError as exc:
+        raise ChainError(f"{exc.message} after {wait_seconds:.0f} s of trying: is the node running, and does "
+                         "HEALTHLEDGER_CHAIN_URL name it?") from exc
     with runtime.sessions() as session:
         existing = load_deployments(session, chain.chain_id)
         missing = missing_contracts(existing, chain.chain_id)
@@ -66,6 +97,18 @@ def deploy_command(runtime: Runtime, admin: str | None, force: bool) -> None:
     _print_records(records)
     if admin:
         click.echo(f"admin transfer to {admin} started: it must call acceptAdmin() on each contract")
+
+
+@chain_group.command("operator")
+@click.pass_obj
+def operator_command(runtime: Runtime) -> None:
+    """The address that signs the service's chain transactions, its key made (wrapped, under the keys dir) if
+    absent. Needs no chain and no database: run it where the key material is made, then fund the address."""
+    from healthledger.data_dir import private_dir
+    from healthledger.ledger.chain import load_or_create_operator
+
+    keys_dir = private_dir(runtime.settings.keys_dir)
+    click.echo(load_or_create_operator(keys_dir, runtime.key_provider).address)
 
 
 @chain_group.command("status")

@@ -4,8 +4,8 @@
   no reorganisation, 0 confirmations. Proof-of-work-style or probabilistic chains, and Ethereum before its
   checkpoint finalises (2 epochs, 64 slots), need confirmations before an event counts.
 - Log queries. Nodes cap `eth_getLogs`: Cosmos EVM at 10,000 blocks and 10,000 logs per query by default
-  (`json-rpc.filter-cap`/`block-range-cap` in app.toml), Besu at 5,000 blocks (`--rpc-max-logs-range`), public
-  providers lower. Queries are split into pages under the block cap; a page the node refuses as too large (or
+  (`json-rpc.block-range-cap`/`logs-cap` in app.toml; `filter-cap` bounds installed filters, not a query), Besu
+  at 5,000 blocks (`--rpc-max-logs-range`), public providers lower. Queries are split into pages under the block cap; a page the node refuses as too large (or
   that comes back at the result cap, which some nodes truncate at silently) is split in two and read again.
 - Rate limits. A hosted node answers 429 (HTTP) or JSON-RPC error -32005 when called too often: the request is
   sent again after the server's Retry-After or an exponential backoff, a bounded number of times.

@@ -1,17 +1,26 @@
-"""`healthledger relay`: the chain outbox worker and event indexer (run, inspect, requeue)."""
+"""`healthledger relay`: the chain outbox worker and event indexer (run, inspect, requeue, liveness).
+
+`relay work` is a daemon: what it reports while it runs are structured log events on stderr (JSON lines with
+`log_format=json`), like the API's; the other commands answer on stdout.
+"""
 
 from __future__ import annotations
 
 import signal
 import time
 from datetime import UTC
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import structlog
 from sqlalchemy.exc import OperationalError
 
 from healthledger.errors import HealthLedgerError
+from healthledger.ledger import heartbeat
 from healthledger.runtime import Runtime
+
+log = structlog.get_logger("healthledger.ledger.worker")
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -84,6 +93,25 @@ def requeue_command(runtime: Runtime, item_id: int) -> None:
     click.echo(f"#{item_id} queued again")
 
 
+_HEARTBEAT_PATH = click.Path(dir_okay=False, path_type=Path)
+
+
+@relay_group.command("alive")
+@click.option("--heartbeat", "path", type=_HEARTBEAT_PATH, envvar=heartbeat.HEARTBEAT_ENV, required=True,
+              help=f"the file `relay work --heartbeat` beats (env {heartbeat.HEARTBEAT_ENV})")
+@click.option("--max-age", type=float, default=heartbeat.DEFAULT_MAX_AGE_SECONDS, show_default=True,
+              help="seconds since the last pass beyond which the worker is taken for hung")
+def alive_command(path: Path, max_age: float) -> None:
+    """Liveness of a `relay work` loop: exit 0 if it beat within --max-age, else 1. Reads the file's age only:
+    no database, no chain, no start-up work (a probe must not fail because a shared dependency is down)."""
+    seconds = heartbeat.age(path, time.time())
+    if seconds is None:
+        raise click.ClickException(f"no heartbeat at {path}: the worker has not started its loop")
+    if seconds > max_age:
+        raise click.ClickException(f"last heartbeat {seconds:.0f} s ago (bound {max_age:.0f} s): the worker is stuck")
+    click.echo(f"alive: last pass {max(seconds, 0.0):.1f} s ago")
+
+
 @relay_group.command("work")
 @click.option("--once", is_flag=True, help="one outbox pass and one indexer pass, then exit")
 @click.option(
@@ -93,8 +121,11 @@ def requeue_command(runtime: Runtime, item_id: int) -> None:
     "--anchor-interval", type=float, default=None,
     help="also anchor the access log's tree head every this many seconds (default: never)",
 )
+@click.option("--heartbeat", "heartbeat_path", type=_HEARTBEAT_PATH, envvar=heartbeat.HEARTBEAT_ENV, default=None,
+              help=f"touch this file at the start and after every pass, for `relay alive` (env {heartbeat.HEARTBEAT_ENV})")
 @click.pass_obj
-def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_interval: float | None) -> None:
+def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_interval: float | None,
+                 heartbeat_path: Path | None) -> None:
     """Submit queued chain writes and index contract events, in a loop until interrupted.
 
     Any number of these may run against one database and chain (several replicas): every one submits the
@@ -108,6 +139,15 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
     from healthledger.ledger.indexer import INDEXER_LEASE, LEASE_MIN_SECONDS
 
     die_with_parent()
+
+    def beat() -> None:
+        if heartbeat_path is not None:
+            heartbeat.beat(heartbeat_path, time.time())
+
+    beat()  # the start-up below (schema, keys, deployments) counts against the probe's bound too
+    from healthledger.observability import configure_logging
+
+    configure_logging(runtime.settings.log_format)
     sessions = _sessions(runtime)
     chain = runtime.chain
     settings = runtime.settings
@@ -145,7 +185,7 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
                     except (HealthLedgerError, OperationalError):
                         raise
                     except Exception as exc:  # noqa: BLE001 (one failing pass must not stop the chain writes)
-                        click.echo(f"background pass failed: {type(exc).__name__}", err=True)
+                        log.warning("ledger.background_pass_failed", error=type(exc).__name__)
                 if held is not None and directory is None:  # a registry attached since this worker started
                     with sessions() as session:
                         directory = members.indexer_for(
@@ -153,14 +193,13 @@ def work_command(runtime: Runtime, once: bool, interval: float | None, anchor_in
                 if held is not None and directory is not None:
                     directory.run_once(time.time())
                 if report.claimed or (indexed is not None and indexed.to_block >= indexed.from_block):
-                    click.echo(
-                        f"outbox: {report.confirmed} confirmed, {report.failed} failed, {report.retried} retrying"
-                        + (f"; indexed to block {indexed.to_block}" if indexed is not None else "")
-                    )
+                    log.info("ledger.pass", confirmed=report.confirmed, failed=report.failed, retrying=report.retried,
+                             **({"indexed_to_block": indexed.to_block} if indexed is not None else {}))
             except HealthLedgerError as exc:  # the node is down, or the lease moved: keep the loop, say so
-                click.echo(f"chain unavailable: {exc.message}", err=True)
+                log.warning("ledger.chain_unavailable", reason=exc.message)
             except OperationalError:  # the database is down or restarting: the next pass tries again
-                click.echo("database unavailable: retrying", err=True)
+                log.warning("ledger.database_unavailable")
+            beat()  # the loop turned, whether the pass succeeded or not: alive (hung is what a probe should catch)
             if once:
                 break
             time.sleep(pause)
@@ -219,7 +258,7 @@ def _queue_anchor(sessions: Any, tenant: str) -> None:
     with sessions.begin() as session:
         cp = anchor_batch(session, datetime.now(UTC), tenant=tenant)
         if cp is not None:
-            click.echo(f"access log: tree head of size {cp.size} queued for anchoring")
+            log.info("ledger.anchor_queued", tree_size=cp.size)
 
 
 def _stop_on_signal(_signum: int, _frame: Any) -> None:

@@ -6,7 +6,9 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,16 +16,29 @@ import structlog
 from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
 from flask import Flask
 
-from healthledger.api.operations import Readiness
+from healthledger.api.operations import (
+    REPLICA_STARTED_ENV,
+    LedgerGauges,
+    Readiness,
+    mark_replica_started,
+    replica_started_at,
+)
+from healthledger.audit.anchoring import chain_log_id
+from healthledger.audit.log import integrate
+from healthledger.audit.models import AccessLogEntry
 from healthledger.db import make_engine
 from healthledger.keys import LocalFileKeyProvider
-from healthledger.ledger.models import IndexerCursor
+from healthledger.ledger.models import IndexerCursor, LogAnchorEvent
 from healthledger.observability import configure_logging, exception_summary, request_id_for
+
+STARTED_AGO = 600.0  # the module's app belongs to a replica started this long ago (its gunicorn master's mark)
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    application = build_app(api_settings(tmp_path_factory.mktemp("ops")))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(REPLICA_STARTED_ENV, repr(time.time() - STARTED_AGO))
+        application = build_app(api_settings(tmp_path_factory.mktemp("ops")))
     yield application
     dispose(application)
 
@@ -41,7 +56,7 @@ def test_healthz_answers_without_checking_anything(app: Flask) -> None:
     assert response.status_code == 200 and response.json == {"status": "ok"}
 
 
-def test_readyz_waits_for_a_fresh_consent_index(app: Flask) -> None:
+def test_readyz_waits_for_a_consent_index_fresh_since_the_replica_started(app: Flask) -> None:
     client = app.test_client()
     _set_index_age(app, None)
     response = client.get("/readyz")
@@ -49,12 +64,36 @@ def test_readyz_waits_for_a_fresh_consent_index(app: Flask) -> None:
     checks = response.json["checks"]
     assert checks["database"]["ok"] and checks["migrations"]["ok"] and checks["key_provider"]["ok"]
     assert not checks["consent_index"]["ok"] and "not indexed" in checks["consent_index"]["detail"]
-    _set_index_age(app, 3600)  # older than the policy's 60 s: reads would fail closed
+    _set_index_age(app, 3600)  # stale, and last fresh long before this replica started: the start-up gate holds
     response = client.get("/readyz")
-    assert response.status_code == 503 and "3600 s ago" in response.json["checks"]["consent_index"]["detail"]
+    assert response.status_code == 503 and response.json["status"] == "not-ready"
+    assert "3600 s ago" in response.json["checks"]["consent_index"]["detail"]
+    assert "required" not in response.json["checks"]["consent_index"]
     _set_index_age(app, 1)
     response = client.get("/readyz")
     assert response.status_code == 200 and response.json["status"] == "ready"
+
+
+def test_a_chain_side_outage_after_the_start_degrades_readiness_without_failing_it(app: Flask) -> None:
+    """The index was fresh after the replica started, then the chain or the ledger worker went away: every
+    replica sees the same stale index, so none leaves the load balancer; the body and /metrics say so."""
+    client = app.test_client()
+    _set_index_age(app, 90)  # stale (bound 60 s), but fresh until 30 s ago, after the start 600 s ago
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.json["status"] == "degraded"
+    index = response.json["checks"]["consent_index"]
+    assert index["ok"] is False and index["required"] is False and "90 s ago" in index["detail"]
+    assert "healthledger_consent_index_fresh 0.0" in client.get("/metrics").data.decode()
+    _set_index_age(app, 1)
+    assert client.get("/readyz").json["status"] == "ready"
+    assert "healthledger_consent_index_fresh 1.0" in client.get("/metrics").data.decode()
+
+
+def test_the_replica_start_is_marked_once_for_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(REPLICA_STARTED_ENV, raising=False)
+    assert replica_started_at(default=5.0) == 5.0  # not under gunicorn: the process is the replica
+    mark_replica_started(now=1234.5)
+    assert replica_started_at(default=5.0) == 1234.5  # what every forked (or re-forked) worker inherits
 
 
 def test_readyz_names_a_schema_behind_the_release(app: Flask) -> None:
@@ -133,6 +172,40 @@ def test_every_request_gets_a_request_id_and_one_json_line_without_ids_or_query(
     assert requests[0]["route"] == "/fhir/<resource_type>/<resource_id>" and requests[0]["status"] == 404
     logged = stream.getvalue()
     assert "no-such-id-0042" not in logged and "Quiggleworth" not in logged and "1961-02-03" not in logged
+
+
+def test_anchoring_lag_counts_from_the_oldest_entry_no_anchor_covers(app: Flask) -> None:
+    engine = app.extensions["healthledger.engine"]
+    clock = time.time() + 100
+    gauges = LedgerGauges(engine, tenant=app.config["SETTINGS"].tenant, max_index_age_seconds=60,
+                          wall_clock=lambda: clock)
+
+    def lag() -> float:
+        family = next(f for f in gauges.collect() if f.name == "healthledger_anchoring_lag_seconds")
+        return float(family.samples[0].value)
+
+    def recorded(which: Any) -> float:
+        with sa.orm.Session(engine) as session:
+            moment = session.scalar(sa.select(AccessLogEntry.recorded_at).order_by(which).limit(1))
+        assert moment is not None
+        return moment.replace(tzinfo=moment.tzinfo or UTC).timestamp()
+
+    client = app.test_client()
+    assert client.get("/fhir/Patient/no-such-patient", headers=AUTH).status_code == 404  # one entry at least
+    with sa.orm.Session(engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(LogAnchorEvent)) == 0
+    first = recorded(AccessLogEntry.id)
+    assert lag() == pytest.approx(clock - first, abs=0.01) and lag() >= 100  # nothing anchored yet: not 0
+    with sa.orm.Session(engine) as session, session.begin():
+        head = integrate(session, datetime.now(UTC))
+    assert lag() == pytest.approx(clock - first, abs=0.01)  # sequenced, still not anchored
+    with sa.orm.Session(engine) as session, session.begin():
+        session.add(LogAnchorEvent(log_id="0x" + chain_log_id(app.config["SETTINGS"].tenant).hex(),
+                                   tree_size=head.size, root_hash="0x" + head.root.hex(), block_number=1,
+                                   block_hash="0x" + "11" * 32, tx_hash="0x" + "22" * 32, log_index=0))
+    assert lag() == 0.0  # every entry anchored
+    assert client.get("/fhir/Patient/another-missing-one", headers=AUTH).status_code == 404
+    assert lag() == pytest.approx(clock - recorded(AccessLogEntry.id.desc()), abs=0.01)  # the new, unsequenced one
 
 
 def test_request_ids_offered_are_kept_only_when_plain() -> None:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from click.testing import CliRunner
 
 from healthledger.cli import cli
@@ -50,9 +51,12 @@ def test_relay_commands_submit_index_and_report(tmp_path: Path, monkeypatch: pyt
     before = runner.invoke(cli, ["relay", "status"])
     assert before.exit_code == 0 and "queued 2" in before.output and "indexer: not run yet" in before.output
 
-    worked = runner.invoke(cli, ["relay", "work", "--once"])
+    with structlog.testing.capture_logs() as logged:  # a daemon's progress: log events, not command output
+        worked = runner.invoke(cli, ["relay", "work", "--once", "--heartbeat", str(tmp_path / "alive")])
     assert worked.exit_code == 0, worked.output
-    assert "1 confirmed, 1 failed" in worked.output
+    passes = [e for e in logged if e["event"] == "ledger.pass"]
+    assert passes and passes[0]["confirmed"] == 1 and passes[0]["failed"] == 1
+    assert runner.invoke(cli, ["relay", "alive", "--heartbeat", str(tmp_path / "alive")]).exit_code == 0
 
     after = runner.invoke(cli, ["relay", "status"])
     assert "confirmed 1" in after.output and "failed 1" in after.output and "0 blocks" in after.output
