@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 from support import ROOT, append_to_session_log
+
+FHIR = "application/fhir+json"
 
 
 def free_port() -> int:
@@ -148,3 +152,30 @@ class Served:
             append_to_session_log(self.kept_output)
             self.log_path.unlink()
             self.log_path = None
+
+
+class PatientBrowser:
+    """A patient signed in to a served web app, as a browser is: the session cookie and the CSRF token that the
+    patient's own /fhir calls (Consent, `$sign`) carry."""
+
+    def __init__(self, base: str, username: str, password: str) -> None:
+        self.base = base
+        self.http = requests.Session()
+        page = self.http.get(f"{base}/app/login", timeout=30).text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert token
+        signed_in = self.http.post(f"{base}/app/login", allow_redirects=False, timeout=30, data={
+            "csrf_token": token.group(1), "username": username, "password": password})
+        assert signed_in.status_code == 303, signed_in.text[-500:]
+        home = self.http.get(f"{base}/app/account", timeout=30).text
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', home) or re.search(
+            r'name="csrf_token" value="([^"]+)"', home)
+        assert csrf
+        self.csrf = csrf.group(1)
+
+    def post(self, path: str, body: Any) -> requests.Response:
+        return self.http.post(f"{self.base}/fhir/{path}", json=body, timeout=60, headers={
+            "Content-Type": FHIR, "Accept": FHIR, "X-CSRFToken": self.csrf})
+
+    def get(self, path: str) -> requests.Response:
+        return self.http.get(f"{self.base}/fhir/{path}", timeout=60, headers={"Accept": FHIR})

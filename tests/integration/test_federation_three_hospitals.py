@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 from joserfc.jwk import ECKey
-from serving import Served, wait_for
+from serving import PatientBrowser, Served, wait_for
 from support import ROOT, node_tool
 
 from healthledger.auth.users import AccountNames, create_user
@@ -96,32 +96,6 @@ def value(body: dict[str, Any], name: str) -> Any:
     return None
 
 
-class PatientBrowser:
-    """The patient signed in to A's web app: their session and CSRF token."""
-
-    def __init__(self, base: str, username: str) -> None:
-        self.base = base
-        self.http = requests.Session()
-        page = self.http.get(f"{base}/app/login", timeout=30).text
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
-        assert token
-        signed_in = self.http.post(f"{base}/app/login", allow_redirects=False, timeout=30, data={
-            "csrf_token": token.group(1), "username": username, "password": PASSWORD})
-        assert signed_in.status_code == 303, signed_in.text[-500:]
-        home = self.http.get(f"{base}/app/account", timeout=30).text
-        csrf = re.search(r'name="csrf-token" content="([^"]+)"', home) or re.search(
-            r'name="csrf_token" value="([^"]+)"', home)
-        assert csrf
-        self.csrf = csrf.group(1)
-
-    def post(self, path: str, body: Any) -> requests.Response:
-        return self.http.post(f"{self.base}/fhir/{path}", json=body, timeout=60, headers={
-            "Content-Type": FHIR, "Accept": FHIR, "X-CSRFToken": self.csrf})
-
-    def get(self, path: str) -> requests.Response:
-        return self.http.get(f"{self.base}/fhir/{path}", timeout=60, headers={"Accept": FHIR})
-
-
 def set_up_consortium(anvil: str, hospitals: list[Hospital]) -> None:
     """Each hospital's own contracts, one MemberRegistry deployed by the first, every member served and admitted."""
     first = hospitals[0]
@@ -161,7 +135,7 @@ def set_up_patient(a: Hospital, *, observations: int) -> tuple[str, str, Patient
             create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
     finally:
         engine.dispose()
-    fay = PatientBrowser(a.base, "fay")
+    fay = PatientBrowser(a.base, "fay", PASSWORD)
     consent = {
         "resourceType": "Consent", "status": "proposed",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},

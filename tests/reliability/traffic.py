@@ -48,15 +48,19 @@ def percentile(values: list[float], q: float) -> float:
 @dataclass
 class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
+    by_kind: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))  # kind -> statuses
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    acknowledged: list[tuple[str, str]] = field(default_factory=list)  # (type, id) of every 2xx write
+    # (type, id, the fields sent) of every 2xx write: what a read of it must give back
+    acknowledged: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     bundles: list[tuple[bool, list[str]]] = field(default_factory=list)  # (acknowledged, Observation ids)
+    mismatched: Counter[str] = field(default_factory=Counter)  # 200 answers whose body was not what was written
     errors: Counter[str] = field(default_factory=Counter)  # transport errors (e.g. during a kill)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, kind: str, status: int, seconds: float) -> None:
         with self.lock:
             self.statuses[status] += 1
+            self.by_kind[kind][status] += 1
             self.latency[kind].append(seconds)
 
     @property
@@ -66,12 +70,26 @@ class Tally:
     def server_errors(self) -> int:
         return sum(n for s, n in self.statuses.items() if s >= 500)
 
+    def success_share(self, kind: str) -> float:
+        """Share of `kind`'s requests answered with its success status (201 for creates, else 200)."""
+        statuses = self.by_kind[kind]
+        return statuses[SUCCESS[kind]] / max(1, sum(statuses.values()))
+
     def summary(self) -> str:
         parts = []
         for kind, values in sorted(self.latency.items()):
-            parts.append(f"{kind} {len(values)} p50 {percentile(values, 50) * 1000:.1f} ms p99 "
+            refused = sum(n for s, n in self.by_kind[kind].items() if 400 <= s < 500)
+            parts.append(f"{kind} {len(values)} (4xx {refused}) p50 {percentile(values, 50) * 1000:.1f} ms p99 "
                          f"{percentile(values, 99) * 1000:.1f} ms")
         return "; ".join(parts)
+
+
+SUCCESS = {"create-patient": 201, "create-observation": 201, "transaction": 200, "read": 200, "search": 200}
+
+
+def differs(sent: dict[str, Any], body: Any) -> bool:
+    """Whether a resource read back lacks or changed any field that was written."""
+    return not isinstance(body, dict) or any(body.get(k) != v for k, v in sent.items())
 
 
 class Client:
@@ -125,13 +143,14 @@ def mixed_traffic(port: int, bearer: str, seconds: float, threads: int, tally: T
             try:
                 if not known or roll < 0.08:
                     kind = "create-patient"
-                    status, body = client.call("POST", "/fhir/Patient", {
-                        "resourceType": "Patient", "managingOrganization": {"reference": HOME}})
+                    patient = {"resourceType": "Patient", "managingOrganization": {"reference": HOME},
+                               "identifier": [{"system": "urn:example:load", "value": f"{n}-{rng.getrandbits(48):x}"}]}
+                    status, body = client.call("POST", "/fhir/Patient", patient)
                     if status == 201:
                         with patients_lock:
                             patients.append(body["id"])
                         with tally.lock:
-                            tally.acknowledged.append(("Patient", body["id"]))
+                            tally.acknowledged.append(("Patient", body["id"], patient))
                 elif roll < 0.08 + bundle_share:
                     kind = "transaction"
                     patient = rng.choice(known)
@@ -139,6 +158,7 @@ def mixed_traffic(port: int, bearer: str, seconds: float, threads: int, tally: T
                     entries = [{"resource": observation(patient, 60 + i, obs_id),
                                 "request": {"method": "PUT", "url": f"Observation/{obs_id}"}}
                                for i, obs_id in enumerate(ids)]
+                    sent = [entry["resource"] for entry in entries]
                     with tally.lock:
                         tally.bundles.append((False, ids))
                         slot = len(tally.bundles) - 1
@@ -147,21 +167,32 @@ def mixed_traffic(port: int, bearer: str, seconds: float, threads: int, tally: T
                     if status == 200:
                         with tally.lock:
                             tally.bundles[slot] = (True, ids)
-                            tally.acknowledged.extend(("Observation", i) for i in ids)
+                            tally.acknowledged.extend(("Observation", r["id"], r) for r in sent)
                 elif roll < 0.35 + bundle_share:
                     kind = "create-observation"
-                    status, body = client.call("POST", "/fhir/Observation", observation(rng.choice(known), rng.randint(40, 180)))
+                    created = observation(rng.choice(known), rng.randint(40, 180))
+                    status, body = client.call("POST", "/fhir/Observation", created)
                     if status == 201:
                         with tally.lock:
-                            tally.acknowledged.append(("Observation", body["id"]))
+                            tally.acknowledged.append(("Observation", body["id"], created))
                 elif roll < 0.8:
                     kind = "read"
                     with tally.lock:
-                        target = rng.choice(tally.acknowledged) if tally.acknowledged else ("Patient", known[0])
-                    status, _ = client.call("GET", f"/fhir/{target[0]}/{target[1]}")
+                        target = rng.choice(tally.acknowledged) if tally.acknowledged else ("Patient", known[0], {})
+                    status, body = client.call("GET", f"/fhir/{target[0]}/{target[1]}")
+                    if status == 200 and differs({**target[2], "id": target[1]}, body):
+                        with tally.lock:
+                            tally.mismatched[kind] += 1
                 else:
                     kind = "search"
-                    status, _ = client.call("GET", f"/fhir/Observation?patient=Patient/{rng.choice(known)}&_count=10")
+                    patient = rng.choice(known)
+                    status, body = client.call("GET", f"/fhir/Observation?patient=Patient/{patient}&_count=10")
+                    found = [e["resource"] for e in body.get("entry", []) if e["resource"]["resourceType"] == "Observation"] \
+                        if status == 200 else []
+                    if status == 200 and (body.get("type") != "searchset" or any(
+                            r["subject"]["reference"] != f"Patient/{patient}" for r in found)):
+                        with tally.lock:
+                            tally.mismatched[kind] += 1
             except (OSError, http.client.HTTPException) as exc:
                 with tally.lock:
                     tally.errors[type(exc).__name__] += 1
