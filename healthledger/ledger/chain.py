@@ -50,6 +50,7 @@ DEFAULT_PRIORITY_FEE_WEI = 10**9  # 1 gwei, when the node cannot suggest one
 GAS_MARGIN_PERCENT = 25  # added to eth_estimateGas: estimates are exact only for the state they ran on
 RECEIPT_TIMEOUT_SECONDS = 120.0
 RPC_TIMEOUT_SECONDS = 15.0
+UNREACHABLE = "chain node is unreachable"  # the message (and an outbox item's last_error) of a transport failure
 
 
 class ContractRevert(ChainError):
@@ -356,7 +357,7 @@ def translate_errors(table: ErrorTable | None = None) -> Iterator[None]:
             raise decode_revert(data, table) from None
         raise ContractRevert("Error", (str(exc.message or exc),)) from None
     except (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError) as exc:
-        raise ChainError("chain node is unreachable") from exc
+        raise ChainError(UNREACHABLE) from exc
     except Web3Exception as exc:
         raise ChainError(f"chain node refused the request: {_short(exc)}") from exc
     except EthValidationError as exc:

@@ -14,6 +14,9 @@ Life of an item: queued -> sent -> confirmed | failed(reason).
   12.5% per block). Every hash ever signed for the item is kept: whichever one gets mined counts.
 - Chain errors (node down, timeouts, paused contract) retry with exponential backoff, forever: an
   outage delays writes but never drops them. Only a revert is final: `failed` with the decoded reason.
+  Items backing off because the node was unreachable are due again as soon as a pass finds the node
+  answering (`release_when_reachable`): after a long outage the writes drain when the node returns, not
+  up to `max_backoff_seconds` later.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ class WorkerReport:
     retried: int = 0
     bumped: int = 0
     requeued: int = 0
+    released: int = 0  # items backing off for an unreachable node, due again because it answers
     errors: list[str] = field(default_factory=list)
 
 
@@ -274,10 +278,35 @@ def process_outbox(
     if calls is None:
         calls = RELAY_CALLS
     worker = _Worker(session_factory, chain, now, calls, policy, worker_id or "w-" + secrets.token_hex(6))
+    worker.report.released = release_when_reachable(session_factory, chain, now)
     for item_id in claim(session_factory, worker.worker_id, now, policy):
         worker.report.claimed += 1
         worker.handle(item_id)
     return worker.report
+
+
+def release_when_reachable(session_factory: sessionmaker[Session], chain: ChainPort, now: float) -> int:
+    """Items waiting out a backoff because the node could not be reached: if the node answers now, they are due
+    now (a node back after a long outage does not wait out backoffs of minutes). Asks the node only while such
+    an item waits; how many were released."""
+    from healthledger.ledger.chain import UNREACHABLE
+
+    waiting = (
+        OutboxItem.state.in_([OutboxState.QUEUED.value, OutboxState.SENT.value]),
+        OutboxItem.next_attempt_at > now,
+        OutboxItem.last_error == UNREACHABLE,
+    )
+    with session_factory() as session:
+        if session.scalar(select(OutboxItem.id).where(*waiting).limit(1)) is None:
+            return 0
+    try:
+        chain.head()
+    except ChainError:
+        return 0  # still down: the backoff stands
+    with session_factory.begin() as session:
+        return int(session.execute(
+            update(OutboxItem).where(*waiting).values(next_attempt_at=now)
+        ).rowcount or 0)
 
 
 def drain(

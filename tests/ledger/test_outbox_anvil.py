@@ -140,6 +140,35 @@ def test_node_outage_loses_no_write_and_sends_each_once(relay_db, anvil_ledger) 
     assert len(events) == 7 and len(set(patients)) == 7
 
 
+def test_writes_backing_off_for_an_unreachable_node_drain_as_soon_as_it_answers(relay_db, anvil_ledger) -> None:
+    """A long outage leaves items minutes into their backoff; the first pass that finds the node answering makes
+    them due at once (not up to max_backoff_seconds later); a node still down leaves the backoff standing."""
+    chain, deployed_at, node = anvil_ledger
+    slow = outbox.OutboxPolicy(base_backoff_seconds=60.0, receipt_poll_seconds=0.0, rebroadcast_after_seconds=0.0)
+    node.stop()
+    with relay_db.begin() as s:
+        for i in range(3):
+            relayer.submit_grant(s, domain_of(chain), *signed_grant(chain, f"back:{i}"), now=time.time())
+    t0 = time.time()
+    for attempt in range(4):  # backoffs 60, 120, 240, 300 s: as after a long outage
+        outbox.process_outbox(relay_db, chain, t0 + 1000 * attempt, policy=slow)
+    with relay_db() as s:
+        waiting = s.scalars(sa.select(OutboxItem)).all()
+        assert {i.last_error for i in waiting} == {"chain node is unreachable"}
+        assert min(i.next_attempt_at for i in waiting) >= t0 + 3000 + 240
+    still_down = outbox.process_outbox(relay_db, chain, t0 + 3010, policy=slow)
+    assert still_down.released == 0 and still_down.claimed == 0  # the backoff stands while the node is down
+
+    node.start()
+    back = outbox.process_outbox(relay_db, chain, t0 + 3020, policy=slow)
+    assert back.released == 3 and back.claimed == 3
+    report = outbox.drain(relay_db, chain, lambda: t0 + 3021, policy=slow, max_passes=10)
+    assert report.failed == 0
+    with relay_db() as s:
+        assert outbox.counts(s) == {"queued": 0, "sent": 0, "confirmed": 3, "failed": 0}
+    assert len(granted_events(chain, deployed_at)) == 3
+
+
 def _fast() -> dict[str, float]:
     return {"base_backoff_seconds": 0.0, "receipt_poll_seconds": 0.0, "rebroadcast_after_seconds": 0.0}
 
