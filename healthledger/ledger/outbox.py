@@ -304,9 +304,9 @@ def release_when_reachable(session_factory: sessionmaker[Session], chain: ChainP
     except ChainError:
         return 0  # still down: the backoff stands
     with session_factory.begin() as session:
-        return int(session.execute(
-            update(OutboxItem).where(*waiting).values(next_attempt_at=now)
-        ).rowcount or 0)
+        released = session.scalars(update(OutboxItem).where(*waiting).values(next_attempt_at=now)
+                                   .returning(OutboxItem.id)).all()
+    return len(released)
 
 
 def drain(
