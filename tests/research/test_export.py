@@ -21,7 +21,14 @@ import pytest
 from consent_world import PASSWORD, World, password_parameters
 from fhir_api_support import JSON_HEADERS, build_app, dispose
 from flask import Flask
-from research_support import add_patient, put_study, register_researcher, study_consent, study_resource
+from research_support import (
+    add_patient,
+    put_study,
+    register_researcher,
+    sources_phi,
+    study_consent,
+    study_resource,
+)
 from sqlalchemy import select, update
 from support import FIXTURES, node_tool
 
@@ -57,21 +64,6 @@ NARROW_PERIOD = ("2015-01-01", "2030-12-31")
 
 def bulk(resource_type: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (BULK / f"{resource_type}.000.ndjson").read_text().splitlines() if line.strip()]
-
-
-def sources_phi(patients: list[dict[str, Any]]) -> set[str]:
-    """Every name, identifier, address part, phone number and exact birth date of the source patients."""
-    phi: set[str] = set()
-    for p in patients:
-        for name in p.get("name", []):
-            phi.update([name.get("family", ""), *name.get("given", [])])
-        phi.update(str(i.get("value", "")) for i in p.get("identifier", []))
-        for address in p.get("address", []):
-            phi.update([*address.get("line", []), address.get("city", ""), address.get("postalCode", "")])
-        phi.update(str(t.get("value", "")) for t in p.get("telecom", []))
-        phi.add(p.get("birthDate", ""))
-        phi.add(p["id"])
-    return {v for v in phi if len(v) >= 5}
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "anvil"])
