@@ -5,6 +5,7 @@ researcher's side, over HTTP: `researcher_client`)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,8 +28,10 @@ def credentials_group() -> None:
 
 @credentials_group.command("issue")
 @click.option("--patient", "patients", multiple=True, help="Patient id (repeatable); default: every activated patient")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="processes computing leaves when there are many (default: one per CPU)")
 @click.pass_obj
-def issue_command(runtime: Runtime, patients: tuple[str, ...]) -> None:
+def issue_command(runtime: Runtime, patients: tuple[str, ...], workers: int | None) -> None:
     """Issue or re-issue the credentials of activated patients and queue the new root for anchoring."""
     from healthledger.research.credentials import CredentialIssuer
     from healthledger.research.worker import bulk_pair_hasher
@@ -38,7 +41,7 @@ def issue_command(runtime: Runtime, patients: tuple[str, ...]) -> None:
     refs = [p if p.startswith("Patient/") else f"Patient/{p}" for p in patients] or None
     started = time.perf_counter()
     with bulk_pair_hasher() as hasher, store.engine.begin() as conn:
-        report = CredentialIssuer(store).issue(conn, refs, hash_pairs=hasher)
+        report = CredentialIssuer(store).issue(conn, refs, hash_pairs=hasher, leaf_workers=workers or os.cpu_count() or 1)
     seconds = time.perf_counter() - started
     click.echo(f"examined {report.examined}: {report.issued} issued, {report.reissued} re-issued, "
                f"{report.unchanged} unchanged" + (f", {report.not_activated} not activated" if report.not_activated else ""))

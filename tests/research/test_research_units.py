@@ -245,3 +245,20 @@ def test_the_study_consent_releases_exactly_the_study_categories_codes_and_perio
     revoked = PatientContext("p1", consents=(rules,), grants={"c1": GrantStatus.REVOKED})
     facts = resource_facts("Patient", "p1", cases[0][1])
     assert decide(principal, "read", facts, revoked, Policy(), now).decision is not Decision.PERMIT
+
+
+def test_leaves_computed_in_worker_processes_equal_the_leaves_computed_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from healthledger.research import credentials
+    from zk.credential import EligibilityAttributes, leaf
+
+    rng = random.Random(5)
+    pairs = [(rng.randrange(R), EligibilityAttributes(rng.randrange(40_000), rng.randrange(1, 3),
+                                                      tuple(rng.randrange(R) for _ in range(8)),
+                                                      tuple(rng.randrange(10_000) for _ in range(3)), 20_000 + k))
+             for k in range(24)]
+    monkeypatch.setattr(credentials, "PARALLEL_LEAVES", 10)
+    in_order = [leaf(c, a) for c, a in pairs]
+    assert credentials.leaves_of(pairs, workers=2) == in_order
+    assert credentials.leaves_of(pairs[:5], workers=2) == in_order[:5]  # below the threshold: in process
