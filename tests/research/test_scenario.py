@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
-from consent_world import FHIR, PASSWORD, World
+from consent_world import FHIR, PASSWORD, UNIVERSITY, World
 from fhir_api_support import JSON_HEADERS
 from research_support import sources_phi
 from sqlalchemy import select, text
@@ -453,6 +453,17 @@ def test_10_a_researcher_defines_publishes_and_asks_feasibility_on_the_command_l
     again = researcher_cli(scenario, "feasibility", study_id)
     assert again.output.startswith(answer.group(1)) and "epsilon spent now 0" in again.output
     assert "stored release" in again.output
+    # As a researcher's web account (password on standard input) instead of a token; a wrong password is refused.
+    with scenario.world.sessions.begin() as s:
+        create_user(s, AccountNames(scenario.world.app.extensions["healthledger.store"]), username="rita",
+                    password=PASSWORD, role="researcher", now=datetime.now(UTC), organization=UNIVERSITY)
+    as_rita = CliRunner().invoke(cli, ["research", "studies", "--url", scenario.base_url, "--user", "rita",
+                                       "--password-stdin"], input=PASSWORD + "\n")
+    assert as_rita.exit_code == 0, as_rita.output
+    assert f"{study_id}\tactive\tDefined on the command line" in as_rita.output
+    wrong = CliRunner().invoke(cli, ["research", "studies", "--url", scenario.base_url, "--user", "rita",
+                                     "--password-stdin"], input="not the password\n")
+    assert wrong.exit_code == 1 and "sign-in refused" in wrong.output
     # Bad input: named, exit 1 or 2, nothing done.
     study_file.write_text("{not json")
     assert researcher_cli(scenario, "create", str(study_file)).exit_code == 2
