@@ -437,3 +437,55 @@ def test_a_study_whose_registration_failed_is_published_again_and_settles_when_r
         shown = world.client.get(f"/fhir/ResearchStudy/{study_id}", headers=world.headers("research")).get_json()
         circuit = PublishedCircuit.from_study(shown)
         assert world.chain.call(registry.functions.studies(circuit.chain_study_id))[0] == circuit.criteria_hash
+
+
+def test_two_patients_enrolling_at_once_for_the_last_place_one_is_refused(world: World,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full-study check is count-then-insert: serialised by a lock on the study's row (PostgreSQL: FOR
+    UPDATE) it lets exactly one of two simultaneous enrolments take the last place. Proof verification is
+    stubbed (both proofs 'verify'): the race is about the places, not the proofs."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from healthledger.research.models import Enrolment
+    from zk import groth16
+
+    study = post(world, "research", "ResearchStudy", study_body(title="One place", max_participants=1)).get_json()
+    sid = study["id"]
+    post(world, "research", f"ResearchStudy/{sid}/$publish", {})
+    world.sync()
+    circuit = PublishedCircuit.from_study(world.patient_session("ann").get(f"ResearchStudy/{sid}").get_json())
+    bodies = {}
+    for name in ("ann", "bob"):
+        if credential_of(world, name).status_code == 404:
+            credential_of(world, name, password=PASSWORD)
+            world.sync()
+    for nullifier, name in enumerate(("ann", "bob"), 1000):
+        cred = parameters(credential_of(world, name, password=PASSWORD, study=f"ResearchStudy/{sid}"))
+        assert cred["anchored"] is True
+        signals = [int(cred["root"]), circuit.chain_study_id, circuit.criteria_hash, int(cred["enrollee"], 16), nullifier]
+        bodies[name] = {"resourceType": "Parameters", "parameter": [
+            {"name": "proof", "valueString": dummy_proof()},
+            {"name": "publicSignals", "valueString": json.dumps([str(s) for s in signals])},
+            {"name": "password", "valueString": PASSWORD}]}
+    monkeypatch.setattr(groth16, "verify", lambda *_: True)
+    sessions = {name: world.patient_session(name) for name in bodies}
+    start = threading.Barrier(2)
+    answers: dict[str, Any] = {}
+
+    def enrol(name: str) -> None:
+        start.wait()
+        answers[name] = sessions[name].post(f"ResearchStudy/{sid}/$enrol", bodies[name])
+
+    threads = [threading.Thread(target=enrol, args=(name,)) for name in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(a.status_code for a in answers.values()) == [201, 409], {
+        n: a.get_data(as_text=True)[:300] for n, a in answers.items()}
+    refused = next(a for a in answers.values() if a.status_code == 409)
+    assert "is full (1 participants)" in issue(refused)
+    with world.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Enrolment).where(Enrolment.study_id == sid)) == 1
