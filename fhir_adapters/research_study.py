@@ -26,7 +26,17 @@ A participant's study consent is a Consent for the patient with purpose HRESCH w
 `provision.actor.reference` is `ResearchStudy/{id}` (`study_reference`), and whose grant is signed by the
 patient's per-study pseudonym (an Ethereum address), carried as `Consent.extension[study-pseudonym]`
 (valueString). The researcher sees the pseudonym as a `ResearchSubject.individual.identifier` in the
-`STUDY_PSEUDONYM_SYSTEM`, never a Patient reference.
+`STUDY_PSEUDONYM_SYSTEM`, never a Patient reference. Only `$enrol` writes one (`names_a_study`: the store
+refuses any other write of a Consent naming a study).
+
+Its provision (`study_consent_provision`) releases exactly the study's categories, each with its own codes, and
+the study's data period, under the consent engine's rule that nested provisions are exceptions to their parent
+(fhir_adapters/consent.py): the root permits the study (actor, purpose HRESCH) the requested resource types;
+under it, for each type the study narrows, a deny of that type whose own exceptions are one permit per
+category of the type (its codes, and the data period unless the type is undated, `UNDATED_TYPES`). A resource
+of a narrowed type then matches the deny and is released only if one of its permits matches too. No
+`dataPeriod` sits on a provision that covers the Patient resource: the engine dates a Patient by its birth
+date, so a period there would withhold it.
 """
 
 from __future__ import annotations
@@ -53,6 +63,12 @@ REGISTRATION_URL: Final = EXTENSION_BASE + "study-registration"
 STUDY_PSEUDONYM_SYSTEM: Final = "https://healthledger.dev/fhir/sid/study-pseudonym"
 
 Coding = tuple[str, str]  # (system or "", code)
+# Resource types without a clinical date, to which a study's data period does not apply: the participant
+# themself (de-identified demographics).
+UNDATED_TYPES: Final = frozenset({"Patient"})
+IRCP: Final = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+RESOURCE_TYPES: Final = "http://hl7.org/fhir/resource-types"
+V3_ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,62 @@ class StudyTerms:
 
 def study_reference(study_id: str) -> str:
     return f"ResearchStudy/{study_id}"
+
+
+def study_consent_provision(study_id: str, terms: StudyTerms) -> dict[str, Any]:
+    """The provision of a participant's study consent: the study's categories, codes and period, no more (see
+    the module docstring for its shape)."""
+    by_type: dict[str, list[DataCategory]] = {}
+    for category in terms.categories:
+        by_type.setdefault(category.resource_type, []).append(category)
+    period = terms.data_period
+    exceptions: list[dict[str, Any]] = []
+    for resource_type, categories in by_type.items():
+        dated = period is not None and resource_type not in UNDATED_TYPES
+        if not dated and any(not c.codes for c in categories):
+            continue  # every resource of the type, whenever: the root's class says it all
+        permits: list[dict[str, Any]] = []
+        for category in categories:
+            permit: dict[str, Any] = {"type": "permit", "class": [_resource_type(resource_type)]}
+            if category.codes:
+                permit["code"] = [{"coding": [{"system": s, "code": c} if s else {"code": c}]}
+                                  for s, c in category.codes]
+            if dated and period is not None:
+                permit["dataPeriod"] = _period_json(period)
+            permits.append(permit)
+        exceptions.append({"type": "deny", "class": [_resource_type(resource_type)], "provision": permits})
+    provision: dict[str, Any] = {
+        "type": "permit",
+        "actor": [{"role": {"coding": [dict(IRCP)]}, "reference": {"reference": study_reference(study_id)}}],
+        "purpose": [{"system": V3_ACT_REASON, "code": "HRESCH"}],
+        "class": [_resource_type(t) for t in by_type],
+    }
+    if exceptions:
+        provision["provision"] = exceptions
+    return provision
+
+
+def names_a_study(consent: Mapping[str, Any]) -> bool:
+    """Whether a Consent names a `ResearchStudy` as actor in any provision (only `$enrol` writes those)."""
+
+    def walk(p: Any) -> bool:
+        if not isinstance(p, Mapping):
+            return False
+        for actor in p.get("actor") or []:
+            ref = ((actor or {}).get("reference") or {}).get("reference") if isinstance(actor, Mapping) else None
+            if isinstance(ref, str) and ref.startswith("ResearchStudy/"):
+                return True
+        return any(walk(child) for child in p.get("provision") or [])
+
+    return walk(consent.get("provision"))
+
+
+def _resource_type(code: str) -> dict[str, str]:
+    return {"system": RESOURCE_TYPES, "code": code}
+
+
+def _period_json(period: Period) -> dict[str, str]:
+    return {k: v.isoformat() for k, v in (("start", period.start), ("end", period.end)) if v is not None}
 
 
 def study_terms(study: Mapping[str, Any]) -> StudyTerms:

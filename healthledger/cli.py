@@ -31,6 +31,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "audit": "healthledger.audit.commands:audit_group",
     "credentials": "healthledger.research.commands:credentials_group",
     "study": "healthledger.research.commands:study_group",
+    "research": "healthledger.research.commands:research_group",
     "backup": "healthledger.backup_commands:backup_command",
     "restore": "healthledger.backup_commands:restore_command",
     "research-data": "healthledger.research.data_commands:research_data_group",

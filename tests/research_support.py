@@ -130,3 +130,19 @@ def parameter(params: dict[str, Any], name: str) -> Any:
         if p["name"] == name:
             return next(v for k, v in p.items() if k.startswith("value"))
     return None
+
+
+def sources_phi(patients: list[dict[str, Any]]) -> set[str]:
+    """Every name, identifier, address part, phone number and exact birth date of the source patients (and
+    their ids), of 5 characters or more."""
+    phi: set[str] = set()
+    for p in patients:
+        for name in p.get("name", []):
+            phi.update([name.get("family", ""), *name.get("given", [])])
+        phi.update(str(i.get("value", "")) for i in p.get("identifier", []))
+        for address in p.get("address", []):
+            phi.update([*address.get("line", []), address.get("city", ""), address.get("postalCode", "")])
+        phi.update(str(t.get("value", "")) for t in p.get("telecom", []))
+        phi.add(p.get("birthDate", ""))
+        phi.add(p["id"])
+    return {v for v in phi if len(v) >= 5}

@@ -187,6 +187,12 @@ def leaf(commitment: int, attrs: EligibilityAttributes) -> int:
     return poseidon([commitment, *attrs.field_elements()])
 
 
+def leaves(pairs: Sequence[tuple[int, EligibilityAttributes]]) -> list[int]:
+    """`leaf` of each (identity commitment, attributes) pair, in order (one task of a pool of worker processes:
+    importing this module is all a worker needs)."""
+    return [leaf(commitment, attrs) for commitment, attrs in pairs]
+
+
 def nullifier(secret: int, study_id: int) -> int:
     """Poseidon([secret, studyId]): the same for every enrolment of one patient in one study."""
     _check_secret(secret)

@@ -37,15 +37,16 @@ from fhir_adapters.research_study import (
     STUDY_PSEUDONYM_SYSTEM,
     STUDY_PSEUDONYM_URL,
     StudyTerms,
+    study_consent_provision,
     study_reference,
 )
 from healthledger.consent.lifecycle import revoke_consent, sign_consent
 from healthledger.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from healthledger.ledger import outbox, patient_keys, relayer
-from healthledger.principal import HRESCH, Principal
+from healthledger.principal import Principal
 from healthledger.research.credentials import root_state
 from healthledger.research.models import Enrolment, PublishedStudy
-from healthledger.research.studies import V3_ACT_REASON, Studies, _terms, is_owner
+from healthledger.research.studies import Studies, _terms, is_owner
 from healthledger.store.repository import ResourceStore, StoredResource
 from zk import groth16
 from zk.errors import MalformedInput
@@ -59,8 +60,6 @@ from zk.snarkjs_io import (
     solidity_calldata,
 )
 
-IRCP = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
-RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
 CHAIN_STATE_URL = "https://healthledger.dev/fhir/StructureDefinition/enrolment-chain-state"
 
 
@@ -85,19 +84,8 @@ def _parse_proof(proof: Any, signals: Any) -> tuple[Proof, list[int]]:
 
 
 def study_consent(patient_id: str, study_id: str, terms: StudyTerms, pseudonym: str, now: datetime) -> dict[str, Any]:
-    """The study Consent (seam: fhir_adapters/research_study.py): research only, the study's data, its pseudonym."""
-    provision: dict[str, Any] = {
-        "type": "permit",
-        "actor": [{"role": {"coding": [IRCP]}, "reference": {"reference": study_reference(study_id)}}],
-        "purpose": [{"system": V3_ACT_REASON, "code": HRESCH}],
-        "class": [{"system": RESOURCE_TYPES, "code": c.resource_type} for c in terms.categories],
-    }
-    codes = [{"coding": [{"system": s, "code": c} if s else {"code": c}]} for cat in terms.categories for s, c in cat.codes]
-    if codes:
-        provision["code"] = codes
-    period = terms.data_period
-    if period is not None:
-        provision["dataPeriod"] = {k: v.isoformat() for k, v in (("start", period.start), ("end", period.end)) if v}
+    """The study Consent (seam: fhir_adapters/research_study.py): research only, exactly the study's categories,
+    codes and period (`study_consent_provision`), its pseudonym."""
     return {
         "resourceType": "Consent", "status": "proposed",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"}]},
@@ -105,7 +93,7 @@ def study_consent(patient_id: str, study_id: str, terms: StudyTerms, pseudonym: 
         "patient": {"reference": f"Patient/{patient_id}"}, "dateTime": now.isoformat(),
         "extension": [{"url": STUDY_PSEUDONYM_URL, "valueString": pseudonym}],
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-        "provision": provision,
+        "provision": study_consent_provision(study_id, terms),
     }
 
 
@@ -177,10 +165,7 @@ class Enrolments:
                                f"{published.state})")
             if now < published.opens_at or (published.closes_at and now >= published.closes_at):
                 raise Conflict(f"the enrolment window of ResearchStudy/{study_id} is closed")
-            count = session.scalar(sa.select(sa.func.count()).select_from(Enrolment).where(
-                Enrolment.tenant == self.store.tenant, Enrolment.study_id == study_id)) or 0
-            if published.max_participants and count >= published.max_participants:
-                raise Conflict(f"ResearchStudy/{study_id} is full ({published.max_participants} participants)")
+            self._check_room(session, published)  # fail fast; checked again under the lock below
             proof, public = _parse_proof(proof_json, signals_json)
             root, chain_id, criteria_hash, enrollee_field, nullifier = public
             if chain_id != int(published.chain_study_id) or criteria_hash != int(published.criteria_hash):
@@ -206,6 +191,12 @@ class Enrolments:
                 raise BadRequest(f"the proof is malformed: {exc}") from None
             if not valid:
                 raise Unprocessable("the proof does not verify", expression="proof")
+            # Count-then-insert is safe only serialised: lock the study's row until this transaction commits
+            # (PostgreSQL: SELECT ... FOR UPDATE; SQLite writers are serialised by BEGIN IMMEDIATE already).
+            locked = session.get(PublishedStudy, (self.store.tenant, study_id), with_for_update=True,
+                                 populate_existing=True)
+            assert locked is not None
+            self._check_room(session, locked)
             a, b, c, _ = solidity_calldata(proof, public)
             item = relayer.submit_enrolment(session, pseudonym.address, chain_id, root, nullifier, a, b, c, now=now)
             session.commit()  # releases the savepoint into the unit of work's transaction
@@ -213,7 +204,7 @@ class Enrolments:
             assert study is not None and study.resource is not None
             terms = _terms(study.resource)
             consent, _ = uow.create(study_consent(principal.patient_id, study_id, terms, pseudonym.address,
-                                                  datetime.fromtimestamp(now, UTC)))
+                                                  datetime.fromtimestamp(now, UTC)), study_consent=True)
             sign_consent(uow, consent.id, password, now=now, master=master)
             session = _session(conn)
             row = Enrolment(id=secrets.token_hex(16), tenant=self.store.tenant, study_id=study_id,
@@ -222,6 +213,16 @@ class Enrolments:
             session.add(row)
             session.commit()
             return self._participant(session, row)
+
+    def _check_room(self, session: Session, published: PublishedStudy) -> None:
+        """409 when the study has as many enrolments as it allows (every enrolment counts, a withdrawn one too:
+        StudyRegistry counts them the same way)."""
+        if not published.max_participants:
+            return
+        count = session.scalar(sa.select(sa.func.count()).select_from(Enrolment).where(
+            Enrolment.tenant == self.store.tenant, Enrolment.study_id == published.study_id)) or 0
+        if count >= published.max_participants:
+            raise Conflict(f"ResearchStudy/{published.study_id} is full ({published.max_participants} participants)")
 
     def leave(self, study_id: str, principal: Principal, password: str) -> Participant:
         """Withdraw: revoke the study consent's grant (signed by the pseudonym); the enrolment stays counted."""

@@ -7,8 +7,9 @@ url, count and our sha256 extension per file); `DELETE` on the status URL cancel
 files. Files are served only to the job's researcher, with the token.
 
 What goes into a file, in order (docs/research.md, "De-identified export"):
-1. The participants: patients whose study consent's grant is live now (`participants.live_participants`,
-   over the consent index every decision reads). One who left is not among them.
+1. The participants: enrolments by proof not withdrawn, whose on-chain enrolment is confirmed and whose study
+   consent's grant is live now (`participants.live_participants`, over the consent index every decision
+   reads). One who left is not among them, nor one whose enrolment is pending or failed on-chain.
 2. Per participant, the resources of the requested types (`_type`, within the study's data categories),
    updated at or after `_since` and not after the job's `transactionTime`, within the study's codes and data
    period (a resource whose clinical date is unknown is left out when the study names a period).
@@ -50,7 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhir_adapters import search as fhir_search
 from fhir_adapters.deidentify import PSEUDED
 from fhir_adapters.errors import FhirInputError
-from fhir_adapters.research_study import EXTENSION_BASE, StudyTerms, study_reference
+from fhir_adapters.research_study import EXTENSION_BASE, UNDATED_TYPES, StudyTerms, study_reference
 from fhir_adapters.validation import is_resource_type
 from healthledger import crypto, leases
 from healthledger.audit.entries import AccessEntry
@@ -76,9 +77,6 @@ SHA256_EXTENSION = EXTENSION_BASE + "export-file-sha256"
 NDJSON_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
 KICKOFF_PARAMS = frozenset({"_outputFormat", "_type", "_since"})
 RESOURCES_PER_FILE = 10_000
-# Resources that have no clinical date, so a data period cannot apply to them: the participant themself
-# (de-identified demographics: birth year, gender, country).
-UNDATED_TYPES = frozenset({"Patient"})
 # ResearchStudy.status codes (R4 research-study-status) under which the study may receive data.
 EXPORTING_STATUSES = frozenset({
     "active", "closed-to-accrual", "temporarily-closed-to-accrual", "closed-to-accrual-and-intervention",

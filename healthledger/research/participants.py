@@ -1,10 +1,17 @@
-"""A study as stored, who may ask about it, and its participants: patients whose study consent's grant is live.
+"""A study as stored, who may ask about it, and its participants: enrolments by proof whose study consent's
+grant is live.
 
 A study is the stored FHIR `ResearchStudy` (terms parsed once, by `fhir_adapters.research_study`); its owner
-is the researcher principal named in its `study-owner` extension. A participant is a patient with a Consent
-whose permit names `ResearchStudy/{id}` as actor, for purpose HRESCH, and whose on-chain grant the consent
-index (`healthledger.consent.index`, the same view every decision reads) reports LIVE while the Consent is
-active: a participant who left (grant revoked) is not one any more.
+is the researcher principal named in its `study-owner` extension. A participant is an enrolment `$enrol` made
+(a `research_enrolments` row: the proof verified, the study had room) that
+1. has not been withdrawn (`$leave`);
+2. has its `StudyRegistry.enrolFor` write confirmed on-chain: a pending one (queued or sent) is not a
+   participant yet, a failed one never is;
+3. has its study consent (the row's `consent_id`) still naming the study for HRESCH, signed by the row's
+   pseudonym, active, with an on-chain grant the consent index (`healthledger.consent.index`, the same view
+   every decision reads) reports LIVE: a participant who left (grant revoked) is not one any more.
+A Consent naming the study that no enrolment points to (which the store refuses to write anyway) makes nobody a
+participant.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from fhir_adapters import search as fhir_search
@@ -21,7 +29,10 @@ from fhir_adapters.research_study import STUDY_PSEUDONYM_URL, StudyTerms, study_
 from healthledger.consent.index import ConsentIndex, consent_grant_status
 from healthledger.errors import not_known
 from healthledger.ledger.grants import GrantStatus
+from healthledger.ledger.models import OutboxItem
+from healthledger.ledger.outbox import OutboxState
 from healthledger.principal import HRESCH, Principal
+from healthledger.research.models import Enrolment
 from healthledger.store.repository import ResourceStore
 
 _PAGE = 1000
@@ -98,31 +109,35 @@ def study_consent_names(rules: ConsentRules, study_ref: str) -> bool:
 def live_participants(
     store: ResourceStore, index: ConsentIndex, conn: Connection, study_id: str, now: datetime
 ) -> list[Participant]:
-    """The study's participants now, ordered by patient id: one per patient (their first live study consent)."""
+    """The study's participants now (see the module docstring), ordered by patient id, one per patient."""
     ref = study_reference(study_id)
+    enrolments = conn.execute(
+        sa.select(Enrolment.consent_id, Enrolment.enrollee)
+        .join(OutboxItem, OutboxItem.id == Enrolment.enrol_item)
+        .where(Enrolment.tenant == store.tenant, Enrolment.study_id == study_id, Enrolment.left_at.is_(None),
+               OutboxItem.state == OutboxState.CONFIRMED.value)
+        .order_by(Enrolment.enrolled_at, Enrolment.id)
+    ).all()
     uow = store.view_on(conn)
     index.refresh(conn)
-    query = fhir_search.parse_search("Consent", [("actor", ref)])
     candidates: dict[str, list[tuple[str, str]]] = {}
-    offset: int | None = 0
-    while offset is not None:
-        page = uow.search("Consent", query, count=_PAGE, offset=offset, check=False)
-        for item in page.items:
-            if item.resource is None:
-                continue
-            try:
-                rules = consent_rules(item.resource)
-            except FhirInputError:
-                continue
-            if study_consent_names(rules, ref):
-                candidates.setdefault(rules.patient_id, []).append((rules.consent_id, _pseudonym(item.resource)))
-        offset = page.next_offset
+    for consent_id, enrollee in enrolments:
+        stored = uow.peek("Consent", consent_id)
+        if stored is None or stored.resource is None:
+            continue
+        try:
+            rules = consent_rules(stored.resource)
+        except FhirInputError:
+            continue
+        if not study_consent_names(rules, ref) or _pseudonym(stored.resource).lower() != str(enrollee).lower():
+            continue
+        candidates.setdefault(rules.patient_id, []).append((consent_id, str(enrollee)))
     epoch = int(now.timestamp())
     out: list[Participant] = []
     for patient_id in sorted(candidates):
         entry = index.entry(conn, patient_id)
         effective = {c.consent_id: c for c in entry.consents}
-        for consent_id, pseudonym in sorted(candidates[patient_id]):
+        for consent_id, pseudonym in candidates[patient_id]:
             current = effective.get(consent_id)
             if current is None or current.status != "active":
                 continue

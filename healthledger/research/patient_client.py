@@ -13,65 +13,33 @@
 
 from __future__ import annotations
 
-import http.cookiejar
 import json
-import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from healthledger.errors import HealthLedgerError
 from healthledger.research.credentials import attributes_from_json
+from healthledger.research.service_client import (
+    ServiceClient,
+    ServiceError,
+    Transport,
+    UrllibTransport,
+)
+from healthledger.research.service_client import parameters as _parameters
 from healthledger.research.studies import PublishedCircuit, compiled_from_inputs
 from zk.credential import eligibility_inputs
 from zk.prover import NodeProver, ProofResult
 
-FHIR_JSON = "application/fhir+json"
-_CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
-_CSRF_META = re.compile(r'name="csrf-token" content="([^"]+)"')
+__all__ = ["JoinError", "JoinTimings", "Joined", "NotEligible", "PatientClient", "Transport", "UrllibTransport"]
 
 
-class JoinError(HealthLedgerError):
+class JoinError(ServiceError):
     """A step of joining or leaving failed; the message says which and what the server answered."""
 
 
 class NotEligible(JoinError):
     """The patient's credential does not meet the study's criteria (checked locally: nothing was sent)."""
-
-
-class Transport(Protocol):
-    """One HTTP exchange against the service: (status, headers, body). Cookies are the transport's business."""
-
-    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]: ...
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-class UrllibTransport:
-    """The standard library's HTTP client with a cookie jar (the session cookie), redirects not followed."""
-
-    def __init__(self, base_url: str, *, timeout: float = 120.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), _NoRedirect())
-
-    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers)
-        try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                return resp.status, dict(resp.headers.items()), resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers.items()), exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise JoinError(f"cannot reach {self.base_url}: {getattr(exc, 'reason', exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -92,62 +60,15 @@ class Joined:
     timings: JoinTimings
 
 
-def _outcome_text(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(data, dict) and data.get("resourceType") == "OperationOutcome":
-        return "; ".join(str(i.get("diagnostics", "")) for i in data.get("issue") or [])
-    return json.dumps(data)[:200]
-
-
-def _parameters(params: dict[str, Any]) -> dict[str, Any]:
-    return {p["name"]: next((v for k, v in p.items() if k.startswith("value")), None)
-            for p in params.get("parameter") or []}
-
-
-class PatientClient:
+class PatientClient(ServiceClient):
     """A signed-in patient's calls to the research API."""
+
+    error = JoinError
 
     def __init__(self, transport: Transport, *, sleep: Callable[[float], None] = time.sleep,
                  anchor_wait_seconds: float = 120.0) -> None:
-        self.transport = transport
-        self.csrf = ""
-        self.sleep = sleep
+        super().__init__(transport, sleep=sleep)
         self.anchor_wait_seconds = anchor_wait_seconds
-
-    # -- HTTP -------------------------------------------------------------------------------------
-    def _fhir(self, method: str, path: str, body: dict[str, Any] | None = None, *, ok: tuple[int, ...] = (200,),
-              what: str) -> dict[str, Any]:
-        headers = {"Accept": FHIR_JSON}
-        raw = None
-        if body is not None:
-            raw = json.dumps(body).encode()
-            headers["Content-Type"] = FHIR_JSON
-        if method != "GET":
-            headers["X-CSRFToken"] = self.csrf
-        status, _, answer = self.transport.request(method, f"/fhir/{path}", raw, headers)
-        if status not in ok:
-            raise JoinError(f"{what}: the server answered {status}: {_outcome_text(answer)}")
-        data: dict[str, Any] = json.loads(answer)
-        return data
-
-    def sign_in(self, username: str, password: str) -> None:
-        status, _, page = self.transport.request("GET", "/app/login", None, {"Accept": "text/html"})
-        token = _CSRF_INPUT.search(page.decode("utf-8", "replace"))
-        if status != 200 or token is None:
-            raise JoinError(f"sign-in page: unexpected answer {status}")
-        form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": token.group(1)})
-        status, _, _ = self.transport.request("POST", "/app/login", form.encode(),
-                                              {"Content-Type": "application/x-www-form-urlencoded"})
-        if status != 303:
-            raise JoinError("sign-in refused: check the user name and password")
-        status, _, page = self.transport.request("GET", "/app/account", None, {"Accept": "text/html"})
-        meta = _CSRF_META.search(page.decode("utf-8", "replace")) or _CSRF_INPUT.search(page.decode("utf-8", "replace"))
-        if status != 200 or meta is None:
-            raise JoinError(f"after sign-in: unexpected answer {status} from /app/account")
-        self.csrf = meta.group(1)
 
     def patient_id(self) -> str:
         bundle = self._fhir("GET", "Patient", what="finding your patient record")

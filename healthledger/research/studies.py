@@ -321,9 +321,13 @@ class Studies:
             current, terms = self._owned(uow, study_id, principal)
             conn: Connection = uow.conn
             session = _session(conn)
-            existing = session.get(PublishedStudy, (self.store.tenant, study_id))
+            existing = session.get(PublishedStudy, (self.store.tenant, study_id), with_for_update=True)
+            if existing is not None and existing.state == "failed" and terms.status == "draft":
+                return self._retry(uow, session, current, existing, now)
             if existing is not None or terms.status != "draft":
-                raise Conflict(f"ResearchStudy/{study_id} is already published (status {terms.status})")
+                state = f"registration {existing.state}" if existing is not None and terms.status == "draft" else ""
+                raise Conflict(f"ResearchStudy/{study_id} is already published (status {terms.status}"
+                               + (f", {state}" if state else "") + ")")
             assert current.resource is not None
             resource = dict(current.resource)
             terms = check_study(resource, now=self._now(), compile_for=self._compile_for(conn))
@@ -355,26 +359,42 @@ class Studies:
             stored, _ = uow.update("ResearchStudy", study_id, resource)
         return stored
 
+    def _retry(self, uow: Any, session: Session, current: StoredResource, published: PublishedStudy,
+               now: float) -> StoredResource:
+        """`$publish` of a study whose registration failed: the same registration write queued again (its
+        terms were fixed when it was first published; the window is checked again), the study stays draft
+        until the chain confirms it."""
+        assert current.resource is not None
+        check_study(dict(current.resource), now=self._now(), compile_for=self._compile_for(uow.conn))
+        if outbox.status(session, int(published.register_item)).state is OutboxState.FAILED:
+            outbox.requeue_failed(session, int(published.register_item), now=now)
+        published.state = "publishing"
+        session.commit()
+        return current
+
     def settle(self) -> int:
-        """Studies whose registration the chain confirmed become active (failed ones stay draft), and active
-        ones whose enrolment window has ended become closed-to-accrual; how many changed."""
+        """Studies whose registration the chain confirmed become active, and active ones whose enrolment window
+        has ended become closed-to-accrual; how many changed. A failed registration leaves the study draft (its
+        registration `failed`); once its write is queued again (`$publish` again, or an operator's `healthledger
+        relay requeue`) it is `publishing` again, and active when that write confirms."""
         changed = self._close_ended()
         with self.store.engine.connect() as conn:
             pending = conn.execute(
-                sa.select(PublishedStudy.study_id, PublishedStudy.register_item).where(
-                    PublishedStudy.tenant == self.store.tenant, PublishedStudy.state == "publishing"
+                sa.select(PublishedStudy.study_id, PublishedStudy.register_item, PublishedStudy.state).where(
+                    PublishedStudy.tenant == self.store.tenant, PublishedStudy.state.in_(("publishing", "failed"))
                 )
             ).all()
-        for study_id, item in pending:
+        for study_id, item, known in pending:
             with self.store.unit_of_work() as uow:
                 session = _session(uow.conn)
                 state = outbox.status(session, int(item)).state
-                if state not in (OutboxState.CONFIRMED, OutboxState.FAILED):
+                settled = {OutboxState.CONFIRMED: "active", OutboxState.FAILED: "failed"}.get(state, "publishing")
+                if settled == known:
                     continue
                 row = session.get(PublishedStudy, (self.store.tenant, study_id), with_for_update=True)
-                if row is None or row.state != "publishing":
+                if row is None or row.state != known:
                     continue
-                row.state = "active" if state is OutboxState.CONFIRMED else "failed"
+                row.state = settled
                 session.commit()
                 current = uow.peek("ResearchStudy", study_id)
                 if state is OutboxState.CONFIRMED and current is not None and current.resource is not None:

@@ -27,6 +27,7 @@ from fhir_adapters import search as fhir_search
 from fhir_adapters import validation as fhir_validation
 from fhir_adapters.datatypes import is_id, with_version_meta
 from fhir_adapters.errors import FhirInputError
+from fhir_adapters.research_study import names_a_study
 from fhir_adapters.search.sorting import sort_matches
 from healthledger import crypto
 from healthledger.actions import Action
@@ -40,6 +41,7 @@ from healthledger.errors import (
     InvalidResource,
     NotFound,
     PreconditionFailed,
+    Unprocessable,
     not_known,
 )
 from healthledger.keys import KeyProvider
@@ -653,12 +655,16 @@ class UnitOfWork:
         if_none_exist: list[tuple[str, str]] | None = None,
         resource_id: str | None = None,
         validated: bool = False,
+        study_consent: bool = False,
     ) -> tuple[StoredResource, bool]:
         """FHIR create (http://hl7.org/fhir/R4/http.html#create): the server assigns the id.
 
         Conditional create (`If-None-Exist`, R4 3.1.0.8.1) searches as the caller: matches it may not read
         do not exist for it, so no visible match creates, one returns it unchanged (created False), several
         fail with 412. Each match the probe touched is recorded for its patient.
+
+        `study_consent`: the caller is `$enrol` writing a participant's study consent; any other write of a
+        Consent naming a ResearchStudy is refused (`_refuse_study_consent`).
         """
         declared = resource.get("resourceType") if isinstance(resource, dict) else None
         if isinstance(declared, str) and fhir_validation.is_resource_type(declared):
@@ -667,6 +673,8 @@ class UnitOfWork:
             resource = self._validated(resource, None)
         resource_type = resource["resourceType"]
         self.check_scope("create", resource_type)
+        if not study_consent:
+            _refuse_study_consent(resource)
         self._compartment_of(resource)  # whose record it is must be clear before anyone decides on it
         if if_none_exist:
             matches = self.conditional_matches(resource_type, if_none_exist, "create")
@@ -728,6 +736,8 @@ class UnitOfWork:
             raise InvalidResource("the resource id does not match the id in the URL", expression=f"{resource_type}.id")
         if not validated or resource.get("resourceType") != resource_type:
             resource = self._validated(resource, resource_type)
+        if not already_decided:  # (the consent lifecycle's own status changes are decided beforehand)
+            _refuse_study_consent(resource)
         patient = self._compartment_of(resource)
         current = self._current_row(resource_type, resource_id, for_update=True)
         if current is not None and current.erased:
@@ -1082,6 +1092,17 @@ def _decoy_resource(resource_type: str) -> dict[str, Any]:
 
 def _same_resource(tenant: str, resource_type: str, resource_id: str) -> tuple[Any, ...]:
     return (res_t.c.tenant == tenant, res_t.c.resource_type == resource_type, res_t.c.resource_id == resource_id)
+
+
+def _refuse_study_consent(resource: dict[str, Any]) -> None:
+    """A study consent is made by enrolling by proof, never written directly: otherwise anyone could make
+    themself (or, for an unrestricted writer, anybody) a participant without meeting the criteria."""
+    if resource.get("resourceType") == "Consent" and names_a_study(resource):
+        raise Unprocessable(
+            "a Consent naming a ResearchStudy is made by POST /fhir/ResearchStudy/{id}/$enrol (enrolment by "
+            "proof), not written directly; to leave a study use $leave",
+            expression="Consent.provision.actor",
+        )
 
 
 def _same_patient(stored: dict[str, Any], patient_id: str | None) -> bool:

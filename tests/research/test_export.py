@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -20,7 +21,14 @@ import pytest
 from consent_world import PASSWORD, World, password_parameters
 from fhir_api_support import JSON_HEADERS, build_app, dispose
 from flask import Flask
-from research_support import add_patient, put_study, register_researcher, study_consent, study_resource
+from research_support import (
+    add_patient,
+    put_study,
+    register_researcher,
+    sources_phi,
+    study_consent,
+    study_resource,
+)
 from sqlalchemy import select, update
 from support import FIXTURES, node_tool
 
@@ -30,12 +38,17 @@ from healthledger.audit.entries import decode_entry
 from healthledger.audit.models import AccessLogEntry
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.users import AccountNames, create_user
+from healthledger.consent.models import ConsentBinding
 from healthledger.db import session_factory
+from healthledger.ledger import outbox, relayer
 from healthledger.ledger.chain import rpc_chain
+from healthledger.ledger.models import OutboxItem
+from healthledger.ledger.outbox import OutboxState
 from healthledger.ledger.patient_keys import create_patient_key
 from healthledger.principal import SYSTEM
 from healthledger.research.data_models import ExportFileContent, ExportJob
 from healthledger.research.export import SHA256_EXTENSION
+from healthledger.research.models import Enrolment
 from healthledger.store.importer import Importer
 from tests.integration.anvil import running_anvil
 
@@ -51,21 +64,6 @@ NARROW_PERIOD = ("2015-01-01", "2030-12-31")
 
 def bulk(resource_type: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (BULK / f"{resource_type}.000.ndjson").read_text().splitlines() if line.strip()]
-
-
-def sources_phi(patients: list[dict[str, Any]]) -> set[str]:
-    """Every name, identifier, address part, phone number and exact birth date of the source patients."""
-    phi: set[str] = set()
-    for p in patients:
-        for name in p.get("name", []):
-            phi.update([name.get("family", ""), *name.get("given", [])])
-        phi.update(str(i.get("value", "")) for i in p.get("identifier", []))
-        for address in p.get("address", []):
-            phi.update([*address.get("line", []), address.get("city", ""), address.get("postalCode", "")])
-        phi.update(str(t.get("value", "")) for t in p.get("telecom", []))
-        phi.add(p.get("birthDate", ""))
-        phi.add(p["id"])
-    return {v for v in phi if len(v) >= 5}
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "anvil"])
@@ -121,6 +119,13 @@ def _world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         consents[pid] = _signed_consent(w, consent)
     put_study(app, study_resource("other-study", categories=CATEGORIES))
     _signed_consent(w, study_consent(others[0], "other-study", classes=CATEGORIES, data_period=None))
+    # Live study consents that make nobody a participant: one no enrolment points to (the patient never enrolled
+    # by proof), one whose on-chain enrolment failed, one whose enrolment is still pending on-chain.
+    with sessions.begin() as s:
+        for pid in others[1:4]:
+            create_patient_key(s, f"Patient/{pid}", PASSWORD, provider, now=time.time())
+    for pid, enrolment in zip(others[1:4], (None, "failed", "pending"), strict=True):
+        _signed_consent(w, study_consent(pid, STUDY, classes=CATEGORIES, data_period=None), enrolment=enrolment)
     w.sync()
     # The third participant leaves: the grant is revoked on-chain.
     resp = w.client.post(f"/fhir/Consent/{consents[chosen[2]]}/$revoke", data=orjson.dumps(password_parameters()),
@@ -129,7 +134,8 @@ def _world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     w.sync()
     INDEXERS[app] = w.indexer
     yield {"backend": request.param, "world": w, "app": app, "token": w.token("research"), "remaining": chosen[:2] + [invented],
-           "left": chosen[2], "narrow": chosen[1], "synthea": synthea, "invented": invented}
+           "left": chosen[2], "narrow": chosen[1], "synthea": synthea, "invented": invented,
+           "not_participants": others[1:4]}
     w.close()
 
 
@@ -151,11 +157,32 @@ def _provider(app: Flask) -> Any:
     return key_provider_for(settings.key_provider, settings.keys_dir)
 
 
-def _signed_consent(w: World, consent: dict[str, Any]) -> str:
-    consent_id = w.dev_create(consent)
+def _signed_consent(w: World, consent: dict[str, Any], *, enrolment: str | None = "confirmed") -> str:
+    """A signed study consent and, unless `enrolment` is None, the enrolment row `$enrol` writes with it. Its
+    enrolment write is `confirmed` (it stands in as the consent's own grant write, mined by `w.sync()`: the
+    proof and the real `enrolFor` are the scenario's, tests/research/test_scenario.py), `failed`, or `pending`
+    (queued, never due). The store refuses to write a Consent naming a study outside `$enrol`: this writes it
+    the way `$enrol` does."""
+    store = w.app.extensions["healthledger.store"]
+    with store.unit_of_work(SYSTEM) as uow:
+        stored, _ = uow.create(consent, study_consent=True)
+    consent_id = str(stored.id)
     resp = w.client.post(f"/fhir/Consent/{consent_id}/$sign", data=orjson.dumps(password_parameters()),
                          headers=JSON_HEADERS)
     assert resp.status_code == 200, resp.get_data(as_text=True)
+    if enrolment is None:
+        return consent_id
+    study_id = consent["provision"]["actor"][0]["reference"]["reference"].removeprefix("ResearchStudy/")
+    with w.sessions.begin() as s:
+        if enrolment == "confirmed":
+            item = s.scalars(select(ConsentBinding.grant_item).where(ConsentBinding.consent_id == consent_id)).one()
+        else:
+            item = outbox.enqueue(s, relayer.STUDY_ENROL, {"nullifier": consent_id}, now=time.time())
+            state = OutboxState.FAILED if enrolment == "failed" else OutboxState.QUEUED
+            s.execute(update(OutboxItem).where(OutboxItem.id == item).values(state=state.value, next_attempt_at=1e12))
+        s.add(Enrolment(id=secrets.token_hex(16), tenant=store.tenant, study_id=study_id,
+                        nullifier=str(secrets.randbits(200)), enrollee=consent["extension"][0]["valueString"],
+                        root="1", enrol_item=item, consent_id=consent_id, enrolled_at=time.time()))
     return consent_id
 
 
@@ -282,6 +309,41 @@ def test_export_holds_exactly_the_remaining_participants_consented_data_deidenti
         raw = b"".join(p.read_bytes() for p in settings.data_dir.glob("healthledger.db*"))
         exported_ids = {r["id"].encode() for rs in files.values() for r in rs}
         assert exported_ids and not {i for i in exported_ids if i in raw}
+
+
+def test_a_study_consent_without_an_enrolment_by_proof_is_refused_and_makes_nobody_a_participant(
+        world: dict[str, Any]) -> None:
+    app, token, w = world["app"], world["token"], world["world"]
+    first = world["remaining"][0]
+    # Written directly, a Consent naming a study is refused: by the patient themself, and by a caller who may
+    # write anything else (POST, PUT, and as a transaction entry).
+    own = study_consent(first, STUDY, classes=CATEGORIES, data_period=None)
+    mine = w.patient_session("first-participant").post("Consent", own)
+    anyone = w.client.post("/fhir/Consent", data=orjson.dumps(own), headers=JSON_HEADERS)
+    put = w.client.put("/fhir/Consent/self-made", data=orjson.dumps({**own, "id": "self-made"}), headers=JSON_HEADERS)
+    for resp in (mine, anyone, put):
+        assert resp.status_code == 422, resp.get_data(as_text=True)
+        issue = resp.get_json()["issue"][0]
+        assert "$enrol" in issue["diagnostics"] and issue["expression"] == ["Consent.provision.actor"]
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"resource": own, "request": {"method": "POST", "url": "Consent"}}]}
+    assert w.client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS).status_code == 422
+    # A consent to another purpose is still the patient's to write.
+    ordinary = json.loads(json.dumps(own))
+    ordinary["provision"]["actor"][0]["reference"]["reference"] = "Organization/university"
+    assert w.patient_session("first-participant").post("Consent", ordinary).status_code == 201
+    # The fixture's live study consents of three patients who are no participants (never enrolled; enrolment
+    # failed on-chain; enrolment pending) deliver nothing, and nobody of theirs is logged as exported.
+    size = len(w.log_since(0))
+    done = run_to_completion(app, token, kick_off(app, token).headers["Content-Location"])
+    files = download(app, token, done.get_json())
+    assert len(files["Patient"]) == 2
+    indexer = app.extensions["healthledger.store"].indexer
+    outsiders = {patient_pseudonym(indexer, pid) for pid in world["not_participants"]}
+    insiders = {patient_pseudonym(indexer, pid) for pid in world["remaining"]}
+    exported = {e.patient_pseudonym for e in w.log_since(size)
+                if e.action == "export" and e.decision == "permit" and e.patient_pseudonym}
+    assert exported and exported <= insiders and not exported & outsiders
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -386,3 +387,105 @@ def test_a_search_by_study_finds_the_research_subjects_clients_stored(world: Wor
     assert len(counted) == 1 and counted[0].resource_id == "" and counted[0].patient_pseudonym  # counted, not shown
     in_batch = bundle(world, "ehr", "batch", [query]).get_json()["entry"][0]["resource"]
     assert ids(in_batch) == [sid]
+
+
+def test_a_study_whose_registration_failed_is_published_again_and_settles_when_requeued(world: World) -> None:
+    from sqlalchemy import select, update
+
+    from healthledger.ledger import outbox
+    from healthledger.ledger.models import OutboxItem
+    from healthledger.research.models import PublishedStudy
+
+    def fail_registration(study_id: str) -> int:
+        """The registration write fails before it is mined (as a revert or an exhausted retry would leave it)."""
+        with world.sessions.begin() as s:
+            item = s.scalars(select(PublishedStudy.register_item).where(PublishedStudy.study_id == study_id)).one()
+            s.execute(update(OutboxItem).where(OutboxItem.id == item).values(
+                state="failed", failure_reason="reverted: injected by the test"))
+        world.sync()
+        return int(item)
+
+    def state(study_id: str) -> tuple[str, str]:
+        resource = world.client.get(f"/fhir/ResearchStudy/{study_id}", headers=world.headers("research")).get_json()
+        with world.sessions() as s:
+            row = s.scalars(select(PublishedStudy.state).where(PublishedStudy.study_id == study_id)).one()
+        return resource["status"], row
+
+    # 1. Publishing again retries the failed registration: the same write queued again, active once mined.
+    first = post(world, "research", "ResearchStudy", study_body(title="Retried by the researcher")).get_json()["id"]
+    assert post(world, "research", f"ResearchStudy/{first}/$publish", {}).status_code == 202
+    fail_registration(first)
+    assert state(first) == ("draft", "failed")
+    assert post(world, "research", f"ResearchStudy/{first}/$publish", {}).status_code == 202
+    assert state(first) == ("draft", "publishing")
+    world.sync()
+    assert state(first) == ("active", "active")
+    resp = post(world, "research", f"ResearchStudy/{first}/$publish", {})
+    assert resp.status_code == 409 and "already published (status active)" in resp.get_data(as_text=True)
+
+    # 2. An operator requeues the failed write (`healthledger relay requeue`): settling picks it up.
+    second = post(world, "research", "ResearchStudy", study_body(title="Retried by the operator")).get_json()["id"]
+    assert post(world, "research", f"ResearchStudy/{second}/$publish", {}).status_code == 202
+    item = fail_registration(second)
+    assert state(second) == ("draft", "failed")
+    with world.sessions.begin() as s:
+        outbox.requeue_failed(s, item, now=time.time())
+    world.sync()
+    assert state(second) == ("active", "active")
+    registry = world.chain.contract("StudyRegistry")
+    for study_id in (first, second):
+        shown = world.client.get(f"/fhir/ResearchStudy/{study_id}", headers=world.headers("research")).get_json()
+        circuit = PublishedCircuit.from_study(shown)
+        assert world.chain.call(registry.functions.studies(circuit.chain_study_id))[0] == circuit.criteria_hash
+
+
+def test_two_patients_enrolling_at_once_for_the_last_place_one_is_refused(world: World,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full-study check is count-then-insert: serialised by a lock on the study's row (PostgreSQL: FOR
+    UPDATE) it lets exactly one of two simultaneous enrolments take the last place. Proof verification is
+    stubbed (both proofs 'verify'): the race is about the places, not the proofs."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from healthledger.research.models import Enrolment
+    from zk import groth16
+
+    study = post(world, "research", "ResearchStudy", study_body(title="One place", max_participants=1)).get_json()
+    sid = study["id"]
+    post(world, "research", f"ResearchStudy/{sid}/$publish", {})
+    world.sync()
+    circuit = PublishedCircuit.from_study(world.patient_session("ann").get(f"ResearchStudy/{sid}").get_json())
+    bodies = {}
+    for name in ("ann", "bob"):
+        if credential_of(world, name).status_code == 404:
+            credential_of(world, name, password=PASSWORD)
+            world.sync()
+    for nullifier, name in enumerate(("ann", "bob"), 1000):
+        cred = parameters(credential_of(world, name, password=PASSWORD, study=f"ResearchStudy/{sid}"))
+        assert cred["anchored"] is True
+        signals = [int(cred["root"]), circuit.chain_study_id, circuit.criteria_hash, int(cred["enrollee"], 16), nullifier]
+        bodies[name] = {"resourceType": "Parameters", "parameter": [
+            {"name": "proof", "valueString": dummy_proof()},
+            {"name": "publicSignals", "valueString": json.dumps([str(s) for s in signals])},
+            {"name": "password", "valueString": PASSWORD}]}
+    monkeypatch.setattr(groth16, "verify", lambda *_: True)
+    sessions = {name: world.patient_session(name) for name in bodies}
+    start = threading.Barrier(2)
+    answers: dict[str, Any] = {}
+
+    def enrol(name: str) -> None:
+        start.wait()
+        answers[name] = sessions[name].post(f"ResearchStudy/{sid}/$enrol", bodies[name])
+
+    threads = [threading.Thread(target=enrol, args=(name,)) for name in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(a.status_code for a in answers.values()) == [201, 409], {
+        n: a.get_data(as_text=True)[:300] for n, a in answers.items()}
+    refused = next(a for a in answers.values() if a.status_code == 409)
+    assert "is full (1 participants)" in issue(refused)
+    with world.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Enrolment).where(Enrolment.study_id == sid)) == 1

@@ -186,3 +186,79 @@ def test_what_a_credential_can_hold_from_facts() -> None:
     assert attrs.issuance_epoch == 20000 and attrs.labs["hba1c"] == Decimal("7.1")
     none, why = patient_attributes(EligibilityFacts("p", None, "male", (), labs), 1)
     assert none is None and why == "no full birth date"
+
+
+def test_the_study_consent_releases_exactly_the_study_categories_codes_and_period_patient_included() -> None:
+    """`$enrol`'s study Consent, decided by the real consent engine as the export decides (the study, HRESCH):
+    each category with its own codes, the data period on dated types only, so the Patient (dated by its birth
+    date, before the period) is released; a type the study does not ask for is not."""
+    from fhir_adapters.consent import consent_rules
+    from fhir_adapters.research_study import DATA_CATEGORY_URL, DATA_PERIOD_URL, study_terms
+    from healthledger.consent.engine import Decision, PatientContext, Policy, decide
+    from healthledger.consent.facts import resource_facts
+    from healthledger.ledger.grants import GrantStatus
+    from healthledger.research.enrolment import study_consent
+    from healthledger.research.export import in_study_scope, study_principal
+
+    bmi, hba1c, diabetes = ("http://loinc.org", "39156-5"), ("http://loinc.org", "4548-4"), ("http://snomed.info/sct", "44054006")
+
+    def category(resource_type: str, *codes: tuple[str, str]) -> dict[str, Any]:
+        return {"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": resource_type}, *(
+            {"url": "code", "valueCoding": {"system": s, "code": c}} for s, c in codes)]}
+
+    study = {"resourceType": "ResearchStudy", "id": "s1", "status": "active", "extension": [
+        category("Patient"), category("Observation", bmi), category("Observation", hba1c), category("Condition"),
+        {"url": DATA_PERIOD_URL, "valuePeriod": {"start": "2010-01-01", "end": "2030-12-31"}}]}
+    terms = study_terms(study)
+    consent = {**study_consent("p1", "s1", terms, "0x" + "ab" * 20, datetime(2026, 1, 1, tzinfo=UTC)), "id": "c1",
+               "status": "active"}
+    rules = consent_rules(consent)
+    ctx = PatientContext("p1", consents=(rules,), grants={"c1": GrantStatus.LIVE})
+    principal = study_principal(terms)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+
+    def observation(code: tuple[str, str], when: str) -> dict[str, Any]:
+        return {"resourceType": "Observation", "id": "o", "status": "final", "subject": {"reference": "Patient/p1"},
+                "code": {"coding": [{"system": code[0], "code": code[1]}]}, "effectiveDateTime": when}
+
+    cases: list[tuple[str, dict[str, Any], bool]] = [
+        ("the Patient, born before the period", {"resourceType": "Patient", "id": "p1", "birthDate": "1961-02-03"}, True),
+        ("a BMI in the period", observation(bmi, "2015-04-05"), True),
+        ("an HbA1c in the period (the second category's code)", observation(hba1c, "2020-01-01"), True),
+        ("a BMI before the period", observation(bmi, "2005-04-05"), False),
+        ("an Observation of another code", observation(("http://loinc.org", "8302-2"), "2015-04-05"), False),
+        ("a Condition of any code in the period", {"resourceType": "Condition", "id": "d", "subject": {
+            "reference": "Patient/p1"}, "code": {"coding": [{"system": diabetes[0], "code": diabetes[1]}]},
+            "onsetDateTime": "2012-01-01"}, True),
+        ("a Condition without a date", {"resourceType": "Condition", "id": "d", "subject": {
+            "reference": "Patient/p1"}, "code": {"coding": [{"system": diabetes[0], "code": diabetes[1]}]}}, False),
+        ("an Encounter (not asked for)", {"resourceType": "Encounter", "id": "e", "status": "finished", "class": {
+            "code": "AMB"}, "subject": {"reference": "Patient/p1"}, "period": {"start": "2015-01-01"}}, False),
+    ]
+    for what, resource, released in cases:
+        facts = resource_facts(resource["resourceType"], resource["id"], resource)
+        outcome = decide(principal, "read", facts, ctx, Policy(), now)  # as `screen` decides an export
+        assert (outcome.decision is Decision.PERMIT) is released, (what, outcome)
+        # The export's own narrowing by the study's terms agrees with the consent.
+        assert in_study_scope(terms, resource["resourceType"], resource) is released, what
+    # A revoked grant releases nothing; the consent's own denials still keep the rest out.
+    revoked = PatientContext("p1", consents=(rules,), grants={"c1": GrantStatus.REVOKED})
+    facts = resource_facts("Patient", "p1", cases[0][1])
+    assert decide(principal, "read", facts, revoked, Policy(), now).decision is not Decision.PERMIT
+
+
+def test_leaves_computed_in_worker_processes_equal_the_leaves_computed_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from healthledger.research import credentials
+    from zk.credential import EligibilityAttributes, leaf
+
+    rng = random.Random(5)
+    pairs = [(rng.randrange(R), EligibilityAttributes(rng.randrange(40_000), rng.randrange(1, 3),
+                                                      tuple(rng.randrange(R) for _ in range(8)),
+                                                      tuple(rng.randrange(10_000) for _ in range(3)), 20_000 + k))
+             for k in range(24)]
+    monkeypatch.setattr(credentials, "PARALLEL_LEAVES", 10)
+    in_order = [leaf(c, a) for c, a in pairs]
+    assert credentials.leaves_of(pairs, workers=2) == in_order
+    assert credentials.leaves_of(pairs[:5], workers=2) == in_order[:5]  # below the threshold: in process

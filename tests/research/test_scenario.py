@@ -8,6 +8,7 @@ anvil. Proving costs seconds: each patient proves once.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +20,9 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
-from consent_world import FHIR, PASSWORD, World
+from consent_world import FHIR, PASSWORD, UNIVERSITY, World
 from fhir_api_support import JSON_HEADERS
+from research_support import sources_phi
 from sqlalchemy import select, text
 from support import FIXTURES, node_tool
 from werkzeug.serving import make_server
@@ -36,6 +38,7 @@ from fhir_adapters.research_study import (
 from healthledger.auth.users import AccountNames, create_user
 from healthledger.cli import cli
 from healthledger.ledger.patient_keys import create_patient_key
+from healthledger.principal import SYSTEM
 from healthledger.research.models import Enrolment, IdentityCommitment
 from healthledger.research.patient_client import NotEligible, PatientClient
 from healthledger.research.studies import ETHICS_APPROVAL_URL, PublishedCircuit, compiled_from_inputs
@@ -52,6 +55,10 @@ SYNTHEA = FIXTURES / "synthea"
 # fixtures match, Buster Hoeger (24.6) does not; the invented Ivy Inventa (33.1) matches.
 CRITERIA = {"age": {"$between": [18, 80]}, "bmi": {"$gte": 30}}
 PEOPLE = {"clemente": "Clemente_Kreiger", "ned": "Ned_Hintz", "buster": "Buster_Hoeger"}
+# What the study asks for: the Patient and body mass index Observations from 2013 on (Clemente's of 2012 is
+# outside the period, his other 45 Observations of other codes outside the code set).
+BMI = {"system": "http://loinc.org", "code": "39156-5"}
+DATA_START = "2013-01-01"
 
 
 @dataclass
@@ -115,8 +122,10 @@ def study_body() -> dict[str, Any]:
         "period": {"start": "2020-01-01", "end": "2099-12-31"},
         "extension": [
             {"url": CRITERIA_URL, "valueString": json.dumps(CRITERIA)},
-            {"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": "Observation"}]},
-            {"url": DATA_PERIOD_URL, "valuePeriod": {"start": "2010-01-01"}},
+            {"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": "Patient"}]},
+            {"url": DATA_CATEGORY_URL, "extension": [{"url": "type", "valueCode": "Observation"},
+                                                     {"url": "code", "valueCoding": BMI}]},
+            {"url": DATA_PERIOD_URL, "valuePeriod": {"start": DATA_START}},
             {"url": MAX_PARTICIPANTS_URL, "valuePositiveInt": 3},
             {"url": ETHICS_APPROVAL_URL, "valueIdentifier": {"system": "urn:irb:university", "value": "IRB-7"}},
         ],
@@ -302,6 +311,65 @@ def test_6_one_participant_leaves_and_the_grant_is_revoked(scenario: Scenario) -
     assert states and "revoked" in json.dumps(states)
 
 
+def researcher_cli(scenario: Scenario, *args: str) -> Any:
+    """`healthledger research ...` over real HTTP with the researcher's token, the ledger worker running."""
+    stop = threading.Event()
+    syncer = threading.Thread(target=keep_syncing, args=(scenario.world, stop), daemon=True)
+    syncer.start()
+    try:
+        return CliRunner().invoke(cli, ["research", *args, "--url", scenario.base_url, "--token-stdin"],
+                                  input=scenario.world.token("research") + "\n")
+    finally:
+        stop.set()
+        syncer.join(timeout=30)
+
+
+def test_6b_the_researcher_exports_exactly_the_remaining_participants_consented_data_deidentified(
+        scenario: Scenario, tmp_path: Path) -> None:
+    world = scenario.world
+    listed = researcher_cli(scenario, "studies", "--status", "active")
+    assert listed.exit_code == 0, listed.output
+    assert f"{scenario.study_id}\tactive\tObesity and outcomes" in listed.output
+    result = researcher_cli(scenario, "export", scenario.study_id, "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "sha256 checked" in result.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["requiresAccessToken"] is True and manifest["request"].endswith("/$export")
+    files = {item["type"]: [json.loads(line) for line in (tmp_path / item["url"].rsplit("/", 1)[1]).read_text()
+                            .splitlines() if line.strip()] for item in manifest["output"]}
+
+    # Exactly Clemente's (Ivy left): his Patient, and his BMI Observations in the period; nothing of Ivy's BMI
+    # (2025), of his other Observations or of his BMI of 2012.
+    store = world.app.extensions["healthledger.store"]
+    clemente = world.patients["clemente"]
+    bmis = store.search_params("Observation", [("patient", f"Patient/{clemente}"), ("code", "39156-5")],
+                               count=100, principal=SYSTEM).items
+    in_period = [o.resource for o in bmis if o.resource and o.resource["effectiveDateTime"][:10] >= DATA_START]
+    assert len(bmis) == 3 and len(in_period) == 2
+    assert set(files) == {"Patient", "Observation"}
+    assert len(files["Patient"]) == 1 and len(files["Observation"]) == len(in_period)
+    subject = f"Patient/{files['Patient'][0]['id']}"
+    for obs in files["Observation"]:
+        assert [c["code"] for c in obs["code"]["coding"]] == ["39156-5"] and obs["subject"]["reference"] == subject
+        assert obs["effectiveDateTime"][:4] >= DATA_START[:4]
+    assert sorted(o["valueQuantity"]["value"] for o in files["Observation"]) == sorted(
+        o["valueQuantity"]["value"] for o in in_period)
+
+    # De-identified: no name, identifier, address, phone, exact birth date or id of any source patient in any
+    # line (the Synthea sources and the invented Ivy, stored ids included).
+    sources = [next(e["resource"] for e in json.loads(next(SYNTHEA.glob(f"{person}_*.json")).read_text())["entry"]
+                    if e["resource"]["resourceType"] == "Patient") for person in PEOPLE.values()]
+    sources += [store.read("Patient", pid, principal=SYSTEM).resource for pid in world.patients.values()]
+    needles = sources_phi(sources)
+    assert {"Kreiger", "Inventa", "MRN-IVY-77", "1979-05-17", clemente} <= needles
+    lines = [line for item in manifest["output"]
+             for line in (tmp_path / item["url"].rsplit("/", 1)[1]).read_text().splitlines() if line.strip()]
+    assert len(lines) == 1 + len(in_period)
+    assert [(n, line[:60]) for line in lines for n in needles if n in line] == []
+    patient = files["Patient"][0]
+    assert len(patient["birthDate"]) == 4 and not {"name", "identifier", "telecom"} & set(patient)
+
+
 def test_7_the_hospital_keeps_commitments_never_the_secret_so_it_cannot_prove(scenario: Scenario) -> None:
     from sqlalchemy.orm import Session
 
@@ -361,3 +429,43 @@ def test_9_nothing_identifying_reaches_the_chain(scenario: Scenario) -> None:
     needles |= {"Inventa": encodings("Inventa"), "MRN-IVY-77": encodings("MRN-IVY-77"),
                 "Ivy's birth date": date_encodings("1979-05-17")}
     assert scan(blobs, needles) == []
+
+
+def test_10_a_researcher_defines_publishes_and_asks_feasibility_on_the_command_line(
+        scenario: Scenario, tmp_path: Path) -> None:
+    body = study_body()
+    body["title"] = "Defined on the command line"
+    study_file = tmp_path / "study.json"
+    study_file.write_text(json.dumps(body))
+    created = researcher_cli(scenario, "create", str(study_file))
+    assert created.exit_code == 0, created.output
+    study_id = created.output.split("created ResearchStudy/")[1].split(" ")[0]
+    assert "(status draft, cohort Group/" in created.output
+    published = researcher_cli(scenario, "publish", study_id, "--wait", "60")
+    assert published.exit_code == 0, published.output
+    assert f"ResearchStudy/{study_id} is active" in published.output
+    asked = researcher_cli(scenario, "feasibility", study_id)
+    assert asked.exit_code == 0, asked.output
+    # Four patients: the noisy count is what it is ("fewer than 11" or about N), never an exact one.
+    answer = re.match(r"(fewer than 11|about \d+ patients \(noisy count\)); 95 % interval \d+ to \d+\n"
+                      r"epsilon spent now 0\.25, spent 0\.25, left 0\.75 of 1\.0\n$", asked.output)
+    assert answer, asked.output
+    again = researcher_cli(scenario, "feasibility", study_id)
+    assert again.output.startswith(answer.group(1)) and "epsilon spent now 0" in again.output
+    assert "stored release" in again.output
+    # As a researcher's web account (password on standard input) instead of a token; a wrong password is refused.
+    with scenario.world.sessions.begin() as s:
+        create_user(s, AccountNames(scenario.world.app.extensions["healthledger.store"]), username="rita",
+                    password=PASSWORD, role="researcher", now=datetime.now(UTC), organization=UNIVERSITY)
+    as_rita = CliRunner().invoke(cli, ["research", "studies", "--url", scenario.base_url, "--user", "rita",
+                                       "--password-stdin"], input=PASSWORD + "\n")
+    assert as_rita.exit_code == 0, as_rita.output
+    assert f"{study_id}\tactive\tDefined on the command line" in as_rita.output
+    wrong = CliRunner().invoke(cli, ["research", "studies", "--url", scenario.base_url, "--user", "rita",
+                                     "--password-stdin"], input="not the password\n")
+    assert wrong.exit_code == 1 and "sign-in refused" in wrong.output
+    # Bad input: named, exit 1 or 2, nothing done.
+    study_file.write_text("{not json")
+    assert researcher_cli(scenario, "create", str(study_file)).exit_code == 2
+    refused = researcher_cli(scenario, "export", "no-such-study", "--out", str(tmp_path / "none"))
+    assert refused.exit_code == 1 and "404" in refused.output and not (tmp_path / "none").exists()
