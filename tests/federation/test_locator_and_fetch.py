@@ -5,6 +5,7 @@ tests/integration/test_federation_three_hospitals.py)."""
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from consent_world import HOSPITAL, World, password_parameters, permit_consent
 from flask.testing import FlaskClient
 
+from healthledger.audit.merkle import leaf_hash, verify_inclusion
 from healthledger.federation.keys import MemberKeys, thumbprint_bytes
 from healthledger.federation.registry import admit, request_join
 from healthledger.keys import LocalFileKeyProvider
@@ -28,6 +30,7 @@ FHIR = "application/fhir+json"
 class _Response:
     def __init__(self, resp: Any) -> None:
         self.status_code = resp.status_code
+        self.headers = resp.headers
         self._data = resp.data
 
     def json(self) -> Any:
@@ -96,6 +99,11 @@ def parameters(**values: str) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": [{"name": k, "valueString": v} for k, v in values.items()]}
 
 
+def parts(response: Any) -> dict[str, Any]:
+    """The first `source` part of a `$federation-fetch` answer, by name."""
+    return {p["name"]: p for p in orjson.loads(response.data)["parameter"][0]["part"]}
+
+
 def values(body: dict[str, Any]) -> dict[str, Any]:
     return {p["name"]: p.get("valueString") or p.get("valueReference", {}).get("reference")
             for p in body.get("parameter", [])}
@@ -130,17 +138,28 @@ def test_patient_locator_link_fetch_refresh(pair: Pair) -> None:
     cal = b.add_patient("cal", HOSPITAL)
     again = b.client.post(f"/fhir/Patient/{cal}/$link-record",
                           data=orjson.dumps(parameters(locator=locator)), headers=ehr)
-    assert again.status_code == 409 and "did not accept the record locator" in again.get_data(as_text=True)
+    # That Consent is linked here already: refused before the locator is spent at A.
+    assert again.status_code == 409 and "already linked to a patient here" in again.get_data(as_text=True)
     damaged = b.client.post(link_path, data=orjson.dumps(parameters(locator="HLRL1.xx")), headers=ehr)
     assert damaged.status_code == 400
 
+    # Redeeming the locator told B who the patient is at A: A's log says so, in Ann's compartment.
+    redeemed = [e for e in a.log_since(0) if e.reason.startswith("federation-locator:hospital-b:")]
+    assert [(e.actor, e.resource_type, e.resource_id, e.decision) for e in redeemed] == [
+        ("member:hospital-b/client:ehr", "Patient", a.patients["ann"], "permit")]
+
     # Fetch: A's Observation lands in B's store under B's Ann, with a Provenance naming A and the Consent.
-    size_a = a.log_size()
+    size_a, size_b = a.log_size(), b.log_size()
     fetch_path = f"/fhir/Patient/{b.patients['ann']}/$federation-fetch"
     fetched = b.client.post(fetch_path, headers=ehr)
     assert fetched.status_code == 200, fetched.get_data(as_text=True)
-    source = {p["name"]: p for p in orjson.loads(fetched.data)["parameter"][0]["part"]}
+    source = parts(fetched)
+    assert "refused" not in source, source
     assert source["fetched"]["valueInteger"] == 1 and source["member"]["valueString"] == "hospital-a"
+    # B's own log has the fetch itself, as the caller's, beside its store's entry for each write.
+    own = [e for e in b.log_since(size_b) if e.reason.startswith("federation-fetch:")]
+    assert [(e.actor, e.reason, e.decision) for e in own] == [
+        ("client:ehr", f"federation-fetch:hospital-a:Consent/{cid}:1", "permit")]
     provenance_ref = source["provenance"]["valueReference"]["reference"]
     provenance = b.dev_read(provenance_ref)
     assert provenance["policy"] == [f"{A_BASE}/fhir/Consent/{cid}"]
@@ -153,22 +172,35 @@ def test_patient_locator_link_fetch_refresh(pair: Pair) -> None:
     assert reads and all(e.actor == "member:hospital-b/client:ehr" and e.purpose == "TREAT" for e in reads)
     assert any(e.decision == "permit" and e.resource_type == "Observation" for e in reads)
 
-    # The patient's history at A sums B's reads up; the web app makes locators too.
+    # The patient's history at A sums B's reads up (the Patient the locator disclosed, and the Observation), each
+    # with its inclusion proof; the web app makes locators too.
     page = ann_at_a.browser.get("/app/history").get_data(as_text=True)
-    assert "Hospital B read 1 record for" in page, page[:3000]
+    assert "Hospital B read 2 records for" in page, page[:3000]
+    events = ann_at_a.get(f"AuditEvent?patient=Patient/{a.patients['ann']}&_count=100").get_json()
+    by_b = [e["resource"]["id"] for e in events.get("entry", []) if e["resource"].get("entity")
+            and any("Hospital B" in (agent.get("who") or {}).get("display", "") for agent in e["resource"]["agent"])
+            and any(ent.get("what", {}).get("reference", "").startswith("Observation/") for ent in e["resource"]["entity"])]
+    assert by_b, events
+    answer = ann_at_a.get(f"AuditEvent/{by_b[0]}/$inclusion-proof").get_json()["parameter"]
+    proof = {p["name"]: p for p in answer}
+    body = base64.b64decode(proof["entry"]["valueBase64Binary"])
+    path = [bytes.fromhex(p["valueString"]) for p in answer if p["name"] == "auditPath"]
+    verify_inclusion(proof["leafIndex"]["valueInteger"], proof["treeSize"]["valueInteger"], leaf_hash(body), path,
+                     bytes.fromhex(proof["rootHash"]["valueString"]))
+    assert b'"actor":"member:hospital-b/client:ehr"' in body and b'"resource_type":"Observation"' in body
     assert "Make a one-time code" in ann_at_a.browser.get(f"/app/consents/{cid}").get_data(as_text=True)
     made_in_page = ann_at_a.browser.post(f"/app/consents/{cid}/record-locator", data={"csrf_token": ann_at_a.csrf})
     assert made_in_page.status_code == 200 and "HLRL1." in made_in_page.get_data(as_text=True)
 
     # Refresh: nothing changed, nothing fetched; a new record at A arrives alone.
-    again = b.client.post(fetch_path, headers=ehr)
-    assert orjson.loads(again.data)["parameter"][0]["part"][2]["valueInteger"] == 0
+    again = parts(b.client.post(fetch_path, headers=ehr))
+    assert "refused" not in again and again["fetched"]["valueInteger"] == 0, again
     time.sleep(1.1)
     a.dev_create({"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{a.patients['ann']}"},
                   "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
                   "effectiveDateTime": "2026-11-20", "valueQuantity": {"value": 5.4, "unit": "mmol/L"}})
-    third = b.client.post(fetch_path, headers=ehr)
-    assert orjson.loads(third.data)["parameter"][0]["part"][2]["valueInteger"] == 1
+    third = parts(b.client.post(fetch_path, headers=ehr))
+    assert "refused" not in third and third["fetched"]["valueInteger"] == 1, third
 
     # The patient revokes: B's next fetch is refused, and says so.
     assert ann_at_a.post(f"Consent/{cid}/$revoke", password_parameters()).status_code == 200
