@@ -18,10 +18,12 @@ from consent_world import HOSPITAL, World, password_parameters, permit_consent
 from flask.testing import FlaskClient
 
 from healthledger.audit.merkle import leaf_hash, verify_inclusion
+from healthledger.federation.client import FederationRefused
 from healthledger.federation.keys import MemberKeys, thumbprint_bytes
 from healthledger.federation.registry import admit, request_join
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.ledger.members import REGISTRY, MemberIndexer
+from healthledger.principal import Principal
 
 A_BASE, B_BASE = "http://127.0.0.1:8080", "http://127.0.0.1:8081"
 FHIR = "application/fhir+json"
@@ -221,3 +223,146 @@ def test_fetch_without_a_link_and_redeem_without_a_member_token(pair: Pair) -> N
     redeem = a.client.post("/fhir/$redeem-record-locator", data=orjson.dumps(parameters(locator="HLRL1.e30")),
                            headers=a.headers("ehr", **{"Content-Type": FHIR}))
     assert redeem.status_code == 404
+
+
+PSY = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+
+
+def grant_and_link(pair: Pair, name: str) -> tuple[str, str]:
+    """Patient `name` (at both) grants B at A, makes a locator, and B links its own `name` to it: (Consent id,
+    the fetch path at B)."""
+    a, b = pair.a, pair.b
+    at_a = a.patient_session(name)
+    cid = orjson.loads(at_a.post("Consent", permit_consent(a.patients[name], "Organization/hospital-b")).data)["id"]
+    assert at_a.post(f"Consent/{cid}/$sign", password_parameters()).status_code == 200
+    pair.sync()
+    locator = values(orjson.loads(at_a.post(f"Consent/{cid}/$record-locator", parameters()).data))["locator"]
+    linked = b.client.post(f"/fhir/Patient/{b.patients[name]}/$link-record", data=orjson.dumps(parameters(locator=locator)),
+                           headers=b.headers("ehr", **{"Content-Type": FHIR}))
+    assert linked.status_code == 200, linked.get_data(as_text=True)
+    return cid, f"/fhir/Patient/{b.patients[name]}/$federation-fetch"
+
+
+def observation(patient: str, code: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "effectiveDateTime": "2026-11-20",
+            "valueQuantity": {"value": 1, "unit": "x"}, **extra}
+
+
+def test_labels_travel_and_a_clock_ahead_at_b_loses_nothing(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    for world in (a, b):
+        world.add_patient("dee", HOSPITAL)
+    labelled = a.dev_create(observation(a.patients["dee"], "11111-1", meta={
+        "security": [PSY], "profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]}))
+    _, fetch_path = grant_and_link(pair, "dee")
+    ehr = b.headers("ehr", **{"Content-Type": FHIR})
+    federation_b = b.app.extensions["healthledger.federation"]
+    federation_b.clock = lambda: time.time() + 20  # B's clock 20 s ahead of A's (within the assertion leeway)
+    try:
+        first = parts(b.client.post(fetch_path, headers=ehr))
+        assert "refused" not in first and first["fetched"]["valueInteger"] == 2, first
+        late = a.dev_create(observation(a.patients["dee"], "22222-2"))
+        # The watermark is on A's clock: A's record written after the first fetch arrives, whatever B's clock says.
+        second = parts(b.client.post(fetch_path, headers=ehr))
+        assert "refused" not in second and second["fetched"]["valueInteger"] == 1, second
+        assert parts(b.client.post(fetch_path, headers=ehr))["fetched"]["valueInteger"] == 0
+    finally:
+        federation_b.clock = time.time
+    copies = {e["resource"]["meta"]["source"].split("/_history")[0].rsplit("/", 1)[1]: e["resource"]
+              for e in b.dev_read(f"Observation?patient=Patient/{b.patients['dee']}")["entry"]
+              if e["resource"]["meta"].get("source", "").startswith(A_BASE)}
+    assert set(copies) == {labelled, late, a.observations["dee"]}
+    assert copies[labelled]["meta"]["security"] == [PSY]
+    assert copies[labelled]["meta"]["profile"] == ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]
+    assert "security" not in copies[late]["meta"]
+
+    # B's consent engine decides the copy by A's label: Dee's deny of PSY-labelled data at B withholds it.
+    deny = {"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{b.patients['dee']}"}, "dateTime": "2026-11-01",
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+            "provision": {"type": "deny", "securityLabel": [PSY]}}
+    b.dev_create(deny)
+    b.sync()
+    reader = b.headers("ehr")
+    assert b.client.get(f"/fhir/Observation/{copies[labelled]['id']}", headers=reader).status_code == 404
+    assert b.client.get(f"/fhir/Observation/{copies[late]['id']}", headers=reader).status_code == 200
+
+
+def test_relink_unlink_regrant_and_refusals_in_both_logs(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    for world in (a, b):
+        world.add_patient("eve", HOSPITAL)
+    cid, fetch_path = grant_and_link(pair, "eve")
+    eve_at_a = a.patient_session("eve")
+    ehr = b.headers("ehr", **{"Content-Type": FHIR})
+    link_path = f"/fhir/Patient/{b.patients['eve']}/$link-record"
+    unlink_path = f"/fhir/Patient/{b.patients['eve']}/$unlink-record"
+
+    def locator_for(consent_id: str) -> str:
+        made = eve_at_a.post(f"Consent/{consent_id}/$record-locator", parameters())
+        return str(values(orjson.loads(made.data))["locator"])
+
+    def link(locator: str) -> Any:
+        return b.client.post(link_path, data=orjson.dumps(parameters(locator=locator)), headers=ehr)
+
+    # Linking the same Consent again: a clear 409, and the second locator is not spent at A.
+    second = locator_for(cid)
+    again = link(second)
+    assert again.status_code == 409 and "already linked to this patient here" in again.get_data(as_text=True)
+    missing = b.client.post(unlink_path, data=orjson.dumps(parameters(source="hospital-z")), headers=ehr)
+    assert missing.status_code == 404
+    unlinked = b.client.post(unlink_path, data=orjson.dumps(parameters(source="hospital-a", consent=f"Consent/{cid}")),
+                             headers=ehr)
+    assert unlinked.status_code == 200 and orjson.loads(unlinked.data)["parameter"][0]["valueInteger"] == 1
+    assert link(second).status_code == 200  # still good: the refused attempt did not redeem it
+
+    # The patient grants again under a new Consent: its locator replaces the link (one link, the new Consent).
+    new_cid = orjson.loads(eve_at_a.post("Consent", permit_consent(a.patients["eve"], "Organization/hospital-b")).data)["id"]
+    assert eve_at_a.post(f"Consent/{new_cid}/$sign", password_parameters()).status_code == 200
+    pair.sync()
+    assert link(locator_for(new_cid)).status_code == 200
+    from healthledger.federation.locators import links_of
+
+    with b.sessions() as s:
+        assert [lk.consent_ref for lk in links_of(s, b.app.config["SETTINGS"].tenant, b.patients["eve"])] == [
+            f"Consent/{new_cid}"]
+    assert "refused" not in parts(b.client.post(fetch_path, headers=ehr))
+
+    # Revoked: the refusal is in Eve's log at A (the Consent is real and names B) and in B's log.
+    assert eve_at_a.post(f"Consent/{new_cid}/$revoke", password_parameters()).status_code == 200
+    pair.sync()
+    size_a, size_b = a.log_size(), b.log_size()
+    refused = parts(b.client.post(fetch_path, headers=ehr))
+    assert "revoked" in refused["refused"]["valueString"]
+    at_a = [(e.actor, e.resource_type, e.resource_id, e.decision, e.reason) for e in a.log_since(size_a)]
+    assert at_a == [("member:hospital-b/client:ehr", "Consent", new_cid, "deny", "federation-token:grant-revoked")]
+    at_b = [(e.actor, e.resource_id, e.decision, e.reason) for e in b.log_since(size_b)]
+    assert ("client:ehr", b.patients["eve"], "error", f"federation-fetch-refused:hospital-a:Consent/{new_cid}:invalid_grant") in at_b
+    assert "1 attempt was refused" in eve_at_a.browser.get("/app/history").get_data(as_text=True)
+
+    # A Consent that does not name B (or does not exist): one answer, and no patient's log is touched at A.
+    bob_cid = orjson.loads(a.patient_session("bob").post(
+        "Consent", permit_consent(a.patients["bob"], "Organization/other-hospital")).data)["id"]
+    size_a = a.log_size()
+    federation_b = b.app.extensions["healthledger.federation"]
+    for consent in (f"{A_BASE}/fhir/Consent/{bob_cid}", f"{A_BASE}/fhir/Consent/00000000-0000-4000-8000-000000000000"):
+        with pytest.raises(FederationRefused, match="names no Consent here that grants 'hospital-b'"):
+            federation_b._token("hospital-a", f"{A_BASE}/fhir", consent, Principal("client:ehr", "system"), "TREAT",
+                                "system/*.rs")
+    assert a.log_size() == size_a
+
+
+def test_the_watermark_is_on_the_members_clock() -> None:
+    from healthledger.federation.service import WATERMARK_MARGIN, next_watermark
+
+    seen = [{"meta": {"lastUpdated": "2026-12-01T10:00:00.000Z"}}, {"meta": {"lastUpdated": "2026-12-01T10:00:05+00:00"}},
+            {"meta": {"lastUpdated": "not a time"}}, {}]
+    newest = 1_764_583_205.0  # 2026-12-01T10:00:05Z
+    assert next_watermark(None, 1_764_590_000.0, seen) == 1_764_590_000.0 - WATERMARK_MARGIN  # A's Date first
+    assert next_watermark(None, None, seen) == newest - WATERMARK_MARGIN  # else the newest record A showed
+    assert next_watermark(123.0, None, []) == 123.0  # nothing from A's clock: the watermark stays
+    assert next_watermark(newest, None, seen[:1]) == newest  # never backwards
