@@ -361,8 +361,8 @@ def test_the_watermark_is_on_the_members_clock() -> None:
 
     seen = [{"meta": {"lastUpdated": "2026-12-01T10:00:00.000Z"}}, {"meta": {"lastUpdated": "2026-12-01T10:00:05+00:00"}},
             {"meta": {"lastUpdated": "not a time"}}, {}]
-    newest = 1_764_583_205.0  # 2026-12-01T10:00:05Z
-    assert next_watermark(None, 1_764_590_000.0, seen) == 1_764_590_000.0 - WATERMARK_MARGIN  # A's Date first
+    newest = 1_796_119_205.0  # 2026-12-01T10:00:05Z
+    assert next_watermark(None, 1_796_200_000.0, seen) == 1_796_200_000.0 - WATERMARK_MARGIN  # A's Date first
     assert next_watermark(None, None, seen) == newest - WATERMARK_MARGIN  # else the newest record A showed
     assert next_watermark(123.0, None, []) == 123.0  # nothing from A's clock: the watermark stays
     assert next_watermark(newest, None, seen[:1]) == newest  # never backwards
