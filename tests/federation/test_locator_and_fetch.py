@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from consent_world import HOSPITAL, World, password_parameters, permit_consent
+from consent_world import HOSPITAL, PASSWORD, World, password_parameters, permit_consent
 from flask.testing import FlaskClient
 
 from healthledger.audit.merkle import leaf_hash, verify_inclusion
@@ -366,3 +366,30 @@ def test_the_watermark_is_on_the_members_clock() -> None:
     assert next_watermark(None, None, seen) == newest - WATERMARK_MARGIN  # else the newest record A showed
     assert next_watermark(123.0, None, []) == 123.0  # nothing from A's clock: the watermark stays
     assert next_watermark(newest, None, seen[:1]) == newest  # never backwards
+
+
+def test_the_share_form_offers_member_hospitals_by_name(pair: Pair) -> None:
+    """The patient grants B from A's web app: B is offered from the directory, and the consent page names it."""
+    import re
+    from datetime import date
+
+    a = pair.a
+    a.add_patient("fay", HOSPITAL)
+    browser = a.patient_session("fay").browser
+    page = browser.get("/app/share").get_data(as_text=True)
+    assert "Hospital B (member hospital)" in page and 'value="Organization/hospital-b"' in page
+    assert "Hospital A (member hospital)" not in page  # not itself
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None
+    shared = browser.post("/app/share", data={
+        "csrf_token": token.group(1), "recipient": "Organization/hospital-b", "purpose": "TREAT",
+        "categories": ["observations"], "start": date.today().isoformat(), "end": "", "password": PASSWORD})
+    assert shared.status_code == 303, shared.get_data(as_text=True)
+    consent_page = browser.get(shared.headers["Location"]).get_data(as_text=True)
+    assert "Hospital B" in consent_page, consent_page[:3000]
+    pair.sync()
+    consents = browser.get("/app/consents").get_data(as_text=True)
+    assert "Hospital B" in consents
+    # A Consent made through the API carries no display: the page names B from the directory all the same.
+    made = a.patient_session("fay").post("Consent", permit_consent(a.patients["fay"], "Organization/hospital-b"))
+    assert "Hospital B" in browser.get(f"/app/consents/{made.get_json()['id']}").get_data(as_text=True)
