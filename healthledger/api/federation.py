@@ -9,8 +9,8 @@
 - `POST /fhir/Patient/{id}/$unlink-record` (staff, at B): Parameters {source, consent?}: remove the patient's
   links to that member (only the one under `consent`, "Consent/{id}", when given). Returns {unlinked}.
 - `POST /fhir/Patient/{id}/$federation-fetch` (staff, at B): fetch what changed at every linked member into our
-  store. Returns Parameters with one `source` part per member: fetched count, per-type counts, the Provenance,
-  or why the member refused.
+  store, and remove the copies the member no longer shows us. Returns Parameters with one `source` part per
+  member: fetched count, per-type counts, removed count (when any), the Provenance, or why the member refused.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def _report(report: FetchReport) -> dict[str, Any]:
     ]
     part += [{"name": "type", "part": [{"name": "type", "valueCode": t}, {"name": "count", "valueInteger": n}]}
              for t, n in sorted(report.by_type.items())]
+    if report.removed:
+        part.append({"name": "removed", "valueInteger": report.removed})
     if report.provenance:
         part.append({"name": "provenance", "valueReference": {"reference": report.provenance}})
     if report.refused:

@@ -263,6 +263,7 @@ def fetch_command(runtime: Runtime, patient_id: str, user: str, purpose: str) ->
             click.echo(f"{r.source}: refused: {r.refused}")
         else:
             kinds = ", ".join(f"{n} {t}" for t, n in sorted(r.by_type.items())) or "nothing new"
-            click.echo(f"{r.source}: {r.fetched} records ({kinds}){' ' + r.provenance if r.provenance else ''}")
+            gone = f", {r.removed} removed (deleted there or no longer permitted)" if r.removed else ""
+            click.echo(f"{r.source}: {r.fetched} records ({kinds}){gone}{' ' + r.provenance if r.provenance else ''}")
     if failed:
         raise click.exceptions.Exit(1)

@@ -36,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from fhir_adapters.search import parse_search
 from healthledger.audit.entries import AccessEntry
 from healthledger.audit.log import record_access
 from healthledger.audit.pseudonym import patient_pseudonym
@@ -143,6 +144,7 @@ class FetchReport:
     by_type: dict[str, int] = field(default_factory=dict)
     provenance: str = ""
     refused: str = ""
+    removed: int = 0  # copies removed: deleted at the member, or no longer permitted
 
 
 class Federation:
@@ -287,7 +289,8 @@ class Federation:
         reports = []
         for link in links:
             try:
-                reports.append(self._fetch_one(principal, patient_id, link, purpose))
+                sole = sum(1 for other in links if other.source_org == link.source_org) == 1
+                reports.append(self._fetch_one(principal, patient_id, link, purpose, sole))
             except FederationRefused as exc:
                 log.warning("federation.fetch_refused", source=link.source_org, reason=exc.error or "refused")
                 self._log(principal, "read", "Patient", patient_id, patient_id, "error",
@@ -296,37 +299,39 @@ class Federation:
                 reports.append(FetchReport(link.source_org, link.consent_ref, refused=exc.message))
         return reports
 
-    def _fetch_one(self, principal: Principal, patient_id: str, link: RecordLinkRow, purpose: str) -> FetchReport:
+    def _fetch_one(self, principal: Principal, patient_id: str, link: RecordLinkRow, purpose: str,
+                   sole: bool = True) -> FetchReport:
+        """One link: what changed (all of it on the first fetch), then what A no longer shows B removed here.
+
+        `sole`: the patient's only link to that member (with several, one link's Consent must not remove copies
+        another's allowed, so nothing is removed)."""
         source, base = self._source(link.source_org)
         consent_url = f"{base}/{link.consent_ref}"
         token = self._token(source, base, consent_url, principal, purpose, "system/*.rs")
         report = FetchReport(source, consent_url)
         since = link.last_fetch_at
         records: list[dict[str, Any]] = []
+        shown: dict[str, set[str] | None] = {}  # type -> A's ids A shows B now (None: the listing was cut short)
         for resource_type in types_for(token.scope):
-            first = [("patient", link.source_patient), ("_count", str(PAGE_SIZE))]
-            if since is not None:
-                first.append(("_lastUpdated", "gt" + datetime.fromtimestamp(since, UTC).isoformat()))
-            params: list[tuple[str, str]] | None = first
-            url: str | None = f"{base}/{resource_type}"
-            for _ in range(MAX_PAGES):
-                if url is None:
-                    break
-                status, bundle = self.client.get(url, token.access_token, params)
-                params = None  # the next link carries them
-                if status != 200 or not isinstance(bundle, dict):
-                    raise FederationRefused(f"{source} refused the search of {resource_type} ({status}): "
-                                            f"{_outcome_text(bundle)}", error=str(status))
-                for entry in bundle.get("entry") or []:
-                    resource = entry.get("resource") if isinstance(entry, dict) else None
-                    if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
-                        records.append(resource)
-                url = next((link_["url"] for link_ in bundle.get("link") or []
-                            if isinstance(link_, dict) and link_.get("relation") == "next"), None)
+            criteria = [("patient", link.source_patient), ("_count", str(PAGE_SIZE))]
+            if since is None:
+                found, complete = self._search(source, base, token.access_token, resource_type, criteria)
+                records += found
+                shown[resource_type] = {r["id"] for r in found} if complete else None
+                continue
+            found, _ = self._search(source, base, token.access_token, resource_type,
+                                    [*criteria, ("_lastUpdated", "gt" + datetime.fromtimestamp(since, UTC).isoformat())])
+            records += found
+            # What A still shows: ids only (each decided and logged at A, as any search), so deletions at A and
+            # records the Consent no longer covers leave B too.
+            ids, complete = self._search(source, base, token.access_token, resource_type,
+                                         [("patient", link.source_patient), ("_elements", "id"), ("_count", "500")])
+            shown[resource_type] = {r["id"] for r in ids} if complete else None
         mapping = {link.source_patient: f"Patient/{patient_id}"}
         for r in records:
             mapping[f"{r['resourceType']}/{r['id']}"] = f"{r['resourceType']}/{local_id(source, r['resourceType'], r['id'])}"
         written: list[str] = []
+        removed: list[str] = []
         with self.store.unit_of_work(principal) as uow:
             for r in records:
                 copy = rewrite_references(r, mapping)
@@ -340,21 +345,74 @@ class Federation:
                 uow.update(r["resourceType"], new_id, copy)
                 written.append(f"{r['resourceType']}/{new_id}")
                 report.by_type[r["resourceType"]] = report.by_type.get(r["resourceType"], 0) + 1
+            if sole:
+                for resource_type in FETCH_TYPES:
+                    if resource_type in shown and shown[resource_type] is None:
+                        continue  # A's listing was cut short: remove nothing of this type
+                    allowed = shown.get(resource_type) or set()
+                    for held_id, source_id in self._copies(uow, base, resource_type, patient_id):
+                        if source_id not in allowed:  # deleted at A, no longer permitted, or a type no longer granted
+                            uow.delete(resource_type, held_id)
+                            removed.append(f"{resource_type}/{held_id}")
             if written:
                 provenance, _ = uow.create(self._provenance(patient_id, written, source, consent_url, purpose))
                 report.provenance = f"Provenance/{provenance.id}"
         report.fetched = len(written)
+        report.removed = len(removed)
         # Our own access log records the fetch itself (whoever asked, the CLI included), beside the store's entry
-        # for each record written.
+        # for each record written or removed.
         self._log(principal, "create", "Provenance", report.provenance.removeprefix("Provenance/"), patient_id,
-                  "permit", f"federation-fetch:{source}:{link.consent_ref}:{len(written)}", purpose=purpose)
+                  "permit", f"federation-fetch:{source}:{link.consent_ref}:{len(written)}"
+                  + (f":removed={len(removed)}" if removed else ""), purpose=purpose)
         with self.sessions.begin() as session:
             row = session.get(RecordLinkRow, link.id)
             if row is not None:
                 row.last_fetch_at = next_watermark(since, token.server_time, records)
                 row.fetched_count = (row.fetched_count or 0) + len(written)
-        log.info("federation.fetched", source=source, records=len(written), consent=link.consent_ref)
+        log.info("federation.fetched", source=source, records=len(written), removed=len(removed),
+                 consent=link.consent_ref)
         return report
+
+    def _search(self, source: str, base: str, token: str, resource_type: str,
+                criteria: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], bool]:
+        """Every page of one search at the member: (its records, whether the last page was reached)."""
+        records: list[dict[str, Any]] = []
+        params: list[tuple[str, str]] | None = criteria
+        url: str | None = f"{base}/{resource_type}"
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return records, True
+            status, bundle = self.client.get(url, token, params)
+            params = None  # the next link carries them
+            if status != 200 or not isinstance(bundle, dict):
+                raise FederationRefused(f"{source} refused the search of {resource_type} ({status}): "
+                                        f"{_outcome_text(bundle)}", error=str(status))
+            for entry in bundle.get("entry") or []:
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if isinstance(resource, dict) and resource.get("resourceType") == resource_type \
+                        and isinstance(resource.get("id"), str):
+                    records.append(resource)
+            url = next((link_["url"] for link_ in bundle.get("link") or []
+                        if isinstance(link_, dict) and link_.get("relation") == "next"), None)
+        return records, url is None
+
+    def _copies(self, uow: Any, base: str, resource_type: str, patient_id: str) -> list[tuple[str, str]]:
+        """(our id, A's id) of each copy of A's records of this type in our patient's compartment."""
+        prefix = f"{base}/{resource_type}/"
+
+        def from_member(resource: dict[str, Any]) -> bool:
+            return str((resource.get("meta") or {}).get("source", "")).startswith(prefix)
+
+        query = parse_search(resource_type, [("patient", f"Patient/{patient_id}")])
+        out: list[tuple[str, str]] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = uow.search(resource_type, query, count=PAGE_SIZE * 4, offset=offset, keep=from_member)
+            for item in page.items:
+                source = str(((item.resource or {}).get("meta") or {}).get("source", ""))
+                out.append((item.id, source.removeprefix(prefix).partition("/")[0]))
+            offset = page.next_offset
+        return out
 
     def _provenance(self, patient_id: str, targets: list[str], source: str, consent_url: str,
                     purpose: str) -> dict[str, Any]:

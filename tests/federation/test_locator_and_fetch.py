@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 from consent_world import HOSPITAL, PASSWORD, World, password_parameters, permit_consent
+from fhir_api_support import AUTH
 from flask.testing import FlaskClient
 
 from healthledger.audit.merkle import leaf_hash, verify_inclusion
@@ -393,3 +394,49 @@ def test_the_share_form_offers_member_hospitals_by_name(pair: Pair) -> None:
     # A Consent made through the API carries no display: the page names B from the directory all the same.
     made = a.patient_session("fay").post("Consent", permit_consent(a.patients["fay"], "Organization/hospital-b"))
     assert "Hospital B" in browser.get(f"/app/consents/{made.get_json()['id']}").get_data(as_text=True)
+
+
+def test_deletions_and_a_narrowed_consent_reach_b(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    for world in (a, b):
+        world.add_patient("gus", HOSPITAL)
+    gus = a.patients["gus"]
+    second = a.dev_create(observation(gus, "33333-3"))
+    condition = a.dev_create({"resourceType": "Condition", "subject": {"reference": f"Patient/{gus}"},
+                              "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}})
+    cid, fetch_path = grant_and_link(pair, "gus")
+    ehr = b.headers("ehr", **{"Content-Type": FHIR})
+
+    def held() -> set[str]:
+        found = set()
+        for rtype in ("Observation", "Condition"):
+            for e in b.dev_read(f"{rtype}?patient=Patient/{b.patients['gus']}").get("entry", []):
+                source = e["resource"]["meta"].get("source", "")
+                if source.startswith(A_BASE):
+                    found.add(source.split("/_history")[0].rsplit("/", 1)[1])
+        return found
+
+    first = parts(b.client.post(fetch_path, headers=ehr))
+    assert first["fetched"]["valueInteger"] == 3 and "removed" not in first, first
+    assert held() == {a.observations["gus"], second, condition}
+
+    # Deleted at A: gone from B at the next refresh (by A's listing of what it still shows B).
+    assert a.client.delete(f"/fhir/Observation/{second}", headers=AUTH).status_code in (200, 204)
+    refreshed = parts(b.client.post(fetch_path, headers=ehr))
+    assert refreshed["fetched"]["valueInteger"] == 0 and refreshed["removed"]["valueInteger"] == 1, refreshed
+    assert held() == {a.observations["gus"], condition}
+
+    # The patient narrows what B may see to Observations (a new Consent, the old one revoked): the Condition goes.
+    gus_at_a = a.patient_session("gus")
+    narrow = permit_consent(gus, "Organization/hospital-b", classes=("Observation",))
+    new_cid = orjson.loads(gus_at_a.post("Consent", narrow).data)["id"]
+    assert gus_at_a.post(f"Consent/{new_cid}/$sign", password_parameters()).status_code == 200
+    assert gus_at_a.post(f"Consent/{cid}/$revoke", password_parameters()).status_code == 200
+    pair.sync()
+    locator = values(orjson.loads(gus_at_a.post(f"Consent/{new_cid}/$record-locator", parameters()).data))["locator"]
+    relinked = b.client.post(f"/fhir/Patient/{b.patients['gus']}/$link-record",
+                             data=orjson.dumps(parameters(locator=locator)), headers=ehr)
+    assert relinked.status_code == 200, relinked.get_data(as_text=True)
+    narrowed = parts(b.client.post(fetch_path, headers=ehr))
+    assert "refused" not in narrowed and narrowed["removed"]["valueInteger"] == 1, narrowed
+    assert held() == {a.observations["gus"]}
