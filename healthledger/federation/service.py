@@ -19,7 +19,10 @@ At B (the hospital asking):
   `WATERMARK_MARGIN`; never B's clock); each stored in B's encrypted store under B's patient (ids derived from
   A's, references rewritten, `meta.source` naming A's copy, A's `meta.security` and `meta.profile` kept so B's
   consent engine decides the copy by A's labels), with one `Provenance` per fetch naming A, the Consent and the
-  time. B's writes are decided and logged by B's own store as the caller's; A logs every read on its side.
+  time. A refresh also lists the ids A still shows B (`_elements=id`) and removes the copies of those it no
+  longer shows (deleted at A, outside a narrowed Consent, a type no longer granted). B's writes and removals are
+  decided and logged by B's own store as the caller's, the fetch (or its refusal) by `_log`; A logs every read,
+  the locator's redemption and a refused token under a Consent naming B, on its side.
 """
 
 from __future__ import annotations
