@@ -319,7 +319,27 @@ def test_relink_unlink_regrant_and_refusals_in_both_logs(pair: Pair) -> None:
     unlinked = b.client.post(unlink_path, data=orjson.dumps(parameters(source="hospital-a", consent=f"Consent/{cid}")),
                              headers=ehr)
     assert unlinked.status_code == 200 and orjson.loads(unlinked.data)["parameter"][0]["valueInteger"] == 1
-    assert link(second).status_code == 200  # still good: the refused attempt did not redeem it
+    # Still good (the refused attempt did not redeem it); linked here for another purpose, which B passes on, with
+    # the display name of the user who asks.
+    federation_b = b.app.extensions["healthledger.federation"]
+    sent: list[str] = []
+    original = federation_b.client.token
+
+    def capture(endpoint: str, assertion: str, scope: str) -> Any:
+        sent.append(assertion)
+        return original(endpoint, assertion, scope)
+
+    federation_b.client.token = capture
+    size_a = a.log_size()
+    try:
+        federation_b.link_record(Principal("client:ehr", "internal", purpose="HOPERAT", via="cli"),
+                                 b.patients["eve"], second, "HOPERAT")
+    finally:
+        federation_b.client.token = original
+    b2b = orjson.loads(base64.urlsafe_b64decode(sent[0].split(".")[1] + "=="))["extensions"]["hl7-b2b"]
+    assert b2b["purpose_of_use"] == ["urn:oid:2.16.840.1.113883.5.8#HOPERAT"] and b2b["subject_name"] == "ehr"
+    assert [(e.purpose, e.reason) for e in a.log_since(size_a)] == [
+        ("HOPERAT", f"federation-locator:hospital-b:Consent/{cid}")]
 
     # The patient grants again under a new Consent: its locator replaces the link (one link, the new Consent).
     new_cid = orjson.loads(eve_at_a.post("Consent", permit_consent(a.patients["eve"], "Organization/hospital-b")).data)["id"]
