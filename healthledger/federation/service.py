@@ -335,6 +335,7 @@ class Federation:
             mapping[f"{r['resourceType']}/{r['id']}"] = f"{r['resourceType']}/{local_id(source, r['resourceType'], r['id'])}"
         written: list[str] = []
         removed: list[str] = []
+        withheld = 0  # copies the caller may not change here (each refusal decided and logged by our store)
         with self.store.unit_of_work(principal) as uow:
             for r in records:
                 copy = rewrite_references(r, mapping)
@@ -345,7 +346,11 @@ class Federation:
                 if held is not None and held.resource is not None and \
                         (held.resource.get("meta") or {}).get("source") == copy["meta"]["source"]:
                     continue  # this version of A's record is here already (the window overlaps the last fetch's)
-                uow.update(r["resourceType"], new_id, copy)
+                try:
+                    uow.update(r["resourceType"], new_id, copy)
+                except (NotFound, Forbidden):  # our own rules withhold that copy from the caller: it stays as it was
+                    withheld += 1
+                    continue
                 written.append(f"{r['resourceType']}/{new_id}")
                 report.by_type[r["resourceType"]] = report.by_type.get(r["resourceType"], 0) + 1
             if sole:
@@ -355,7 +360,11 @@ class Federation:
                     allowed = shown.get(resource_type) or set()
                     for held_id, source_id in self._copies(uow, base, resource_type, patient_id):
                         if source_id not in allowed:  # deleted at A, no longer permitted, or a type no longer granted
-                            uow.delete(resource_type, held_id)
+                            try:
+                                uow.delete(resource_type, held_id)
+                            except (NotFound, Forbidden):
+                                withheld += 1
+                                continue
                             removed.append(f"{resource_type}/{held_id}")
             if written:
                 provenance, _ = uow.create(self._provenance(patient_id, written, source, consent_url, purpose))
@@ -372,7 +381,7 @@ class Federation:
             if row is not None:
                 row.last_fetch_at = next_watermark(since, token.server_time, records)
                 row.fetched_count = (row.fetched_count or 0) + len(written)
-        log.info("federation.fetched", source=source, records=len(written), removed=len(removed),
+        log.info("federation.fetched", source=source, records=len(written), removed=len(removed), withheld=withheld,
                  consent=link.consent_ref)
         return report
 

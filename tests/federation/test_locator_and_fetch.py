@@ -22,6 +22,7 @@ from healthledger.audit.merkle import leaf_hash, verify_inclusion
 from healthledger.federation.client import FederationRefused
 from healthledger.federation.keys import MemberKeys, thumbprint_bytes
 from healthledger.federation.registry import admit, request_join
+from healthledger.federation.service import local_id
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.ledger.members import REGISTRY, MemberIndexer
 from healthledger.principal import Principal
@@ -291,6 +292,16 @@ def test_labels_travel_and_a_clock_ahead_at_b_loses_nothing(pair: Pair) -> None:
     reader = b.headers("ehr")
     assert b.client.get(f"/fhir/Observation/{copies[labelled]['id']}", headers=reader).status_code == 404
     assert b.client.get(f"/fhir/Observation/{copies[late]['id']}", headers=reader).status_code == 200
+    # A changes the labelled record: B's staff may not change that copy here any more, so the refresh leaves it as
+    # it was and still brings the rest.
+    changed = a.dev_read(f"Observation/{labelled}")
+    changed["valueQuantity"] = {"value": 2, "unit": "x"}
+    a.dev_put(changed)
+    newer = a.dev_create(observation(a.patients["dee"], "44444-4"))
+    after = parts(b.client.post(fetch_path, headers=ehr))
+    assert "refused" not in after and after["fetched"]["valueInteger"] == 1, after
+    assert b.client.get(f"/fhir/Observation/{local_id('hospital-a', 'Observation', newer)}", headers=reader).status_code == 200
+    assert b.dev_read(f"Observation/{copies[labelled]['id']}")["valueQuantity"]["value"] == 1
 
 
 def test_relink_unlink_regrant_and_refusals_in_both_logs(pair: Pair) -> None:
