@@ -358,7 +358,7 @@ class Federation:
                     if resource_type in shown and shown[resource_type] is None:
                         continue  # A's listing was cut short: remove nothing of this type
                     allowed = shown.get(resource_type) or set()
-                    for held_id, source_id in self._copies(uow, base, resource_type, patient_id):
+                    for held_id, source_id in self._copies(self.store.view_on(uow.conn), base, resource_type, patient_id):
                         if source_id not in allowed:  # deleted at A, no longer permitted, or a type no longer granted
                             try:
                                 uow.delete(resource_type, held_id)
@@ -408,8 +408,9 @@ class Federation:
                         if isinstance(link_, dict) and link_.get("relation") == "next"), None)
         return records, url is None
 
-    def _copies(self, uow: Any, base: str, resource_type: str, patient_id: str) -> list[tuple[str, str]]:
-        """(our id, A's id) of each copy of A's records of this type in our patient's compartment."""
+    def _copies(self, view: Any, base: str, resource_type: str, patient_id: str) -> list[tuple[str, str]]:
+        """(our id, A's id) of each copy of A's records of this type in our patient's compartment: bookkeeping on
+        the service's view (nothing decided or recorded; only the removals it leads to are, as the caller's)."""
         prefix = f"{base}/{resource_type}/"
 
         def from_member(resource: dict[str, Any]) -> bool:
@@ -419,7 +420,7 @@ class Federation:
         out: list[tuple[str, str]] = []
         offset: int | None = 0
         while offset is not None:
-            page = uow.search(resource_type, query, count=PAGE_SIZE * 4, offset=offset, keep=from_member)
+            page = view.search(resource_type, query, count=PAGE_SIZE * 4, offset=offset, keep=from_member)
             for item in page.items:
                 source = str(((item.resource or {}).get("meta") or {}).get("source", ""))
                 out.append((item.id, source.removeprefix(prefix).partition("/")[0]))

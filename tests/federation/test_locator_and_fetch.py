@@ -164,6 +164,8 @@ def test_patient_locator_link_fetch_refresh(pair: Pair) -> None:
     own = [e for e in b.log_since(size_b) if e.reason.startswith("federation-fetch:")]
     assert [(e.actor, e.reason, e.decision) for e in own] == [
         ("client:ehr", f"federation-fetch:hospital-a:Consent/{cid}:1", "permit")]
+    # Finding the copies to compare with A's listing is the server's bookkeeping, not a search by the caller.
+    assert not [e for e in b.log_since(size_b) if e.action == "search"]
     provenance_ref = source["provenance"]["valueReference"]["reference"]
     provenance = b.dev_read(provenance_ref)
     assert provenance["policy"] == [f"{A_BASE}/fhir/Consent/{cid}"]
