@@ -8,10 +8,15 @@ OBSERVATIONS Observations grants B, makes a record locator, B links and fetches.
 - remote search: `GET A/fhir/Observation?patient=...&_count=50` with B's member token (the consent engine decides
   each record under the named Consent, A logs each);
 - local search: the same search at B over B's copies of those records (B's development token);
-- fetch: `$federation-fetch` at B end to end, a refresh with nothing new (token, eight searches, nothing written);
+- full fetch: `$federation-fetch` at B end to end with every record new to B (token, eight searches, the
+  encrypted writes, Provenance), repeated FETCHES times: before each, B's copies are deleted and the link's
+  watermark cleared, so each run copies all OBSERVATIONS records again; records/s against a local read of the
+  same records at B;
+- refresh: `$federation-fetch` with nothing new (token, eight searches of what changed, eight id listings of what
+  A still shows, nothing written);
 - throughput of the remote and the local search with THREADS concurrent clients.
 
-Usage: .venv/bin/python benchmarks/federation.py [--samples 200] [--observations 20] [--threads 4]
+Usage: .venv/bin/python benchmarks/federation.py [--samples 200] [--observations 20] [--threads 4] [--fetches 20]
 Writes benchmarks/results/federation.json.
 """
 
@@ -77,10 +82,13 @@ def main() -> None:
     parser.add_argument("--observations", type=int, default=20)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
+    parser.add_argument("--fetches", type=int, default=20, help="repeated full fetches")
     args = parser.parse_args()
 
+    from sqlalchemy import text
     from support import node_tool
 
+    from healthledger.db import make_engine
     from healthledger.federation.client import client_assertion
     from healthledger.federation.keys import MemberKeys
     from healthledger.keys import LocalFileKeyProvider
@@ -139,15 +147,37 @@ def main() -> None:
             def refresh() -> None:
                 assert b.post(f"/fhir/Patient/{b_pid}/$federation-fetch").status_code == 200
 
+            b_engine = make_engine(b.settings.database_url)
+
+            def full_fetch() -> float:
+                """One fetch that copies every record again (the copies deleted, the watermark cleared first)."""
+                copies = http.get(local_url, timeout=30, headers=DEV).json().get("entry", [])
+                for entry in copies:
+                    assert http.delete(f"{b.base}/fhir/Observation/{entry['resource']['id']}", headers=DEV,
+                                       timeout=30).status_code in (200, 204)
+                with b_engine.begin() as conn:
+                    conn.execute(text("UPDATE federation_record_links SET last_fetch_at = NULL"))
+                started = time.perf_counter()
+                done = b.post(f"/fhir/Patient/{b_pid}/$federation-fetch")
+                elapsed = time.perf_counter() - started
+                fetched = {p["name"]: p for p in done.json()["parameter"][0]["part"]}
+                assert "refused" not in fetched and fetched["fetched"]["valueInteger"] == args.observations, done.text
+                return elapsed
+
             for call in (remote, local):
                 for _ in range(20):
                     call()  # warm: tokens verified once per worker, index and key caches
+            fetches = [full_fetch() for _ in range(args.fetches)]
+            local_reads = timed(local, args.samples)
             results: dict[str, Any] = {
                 "observations": args.observations,
                 "first_fetch_s": round(first_fetch, 3),
+                "full_fetch": percentiles(fetches),
+                "full_fetch_records_per_s": round(args.observations / statistics.median(fetches), 1),
+                "local_read_records_per_s": round(args.observations / statistics.median(local_reads), 1),
                 "token_exchange": percentiles(timed(token, min(args.samples, 100))),
                 "remote_search": percentiles(timed(remote, args.samples)),
-                "local_search": percentiles(timed(local, args.samples)),
+                "local_search": percentiles(local_reads),
                 "refresh_fetch": percentiles(timed(refresh, max(10, args.samples // 10))),
                 "threads": args.threads,
                 "remote_search_per_s": throughput(remote, args.threads, args.seconds),
@@ -160,9 +190,11 @@ def main() -> None:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"first full fetch of {args.observations} Observations: {results['first_fetch_s']} s")
     print(f"{'':16} {'p50 ms':>8} {'p99 ms':>8} {'n':>5}")
-    for name in ("token_exchange", "remote_search", "local_search", "refresh_fetch"):
+    for name in ("token_exchange", "remote_search", "local_search", "full_fetch", "refresh_fetch"):
         r = results[name]
         print(f"{name:16} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['n']:>5}")
+    print(f"full fetch: {results['full_fetch_records_per_s']} records/s (p50); local read of the same records at B: "
+          f"{results['local_read_records_per_s']} records/s")
     print(f"search throughput with {args.threads} clients: remote (B->A) {results['remote_search_per_s']}/s, "
           f"local (at B) {results['local_search_per_s']}/s")
     print(f"wrote {RESULTS.relative_to(ROOT)}")

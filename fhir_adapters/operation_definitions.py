@@ -100,22 +100,34 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     Operation(
         "link-record", "Patient", True, True, "Link a record at a member",
         "Staff record a record locator the patient brought against this patient: the server redeems it at the "
-        "member that made it and links this patient to the record there.",
+        "member that made it, for the caller's purpose of use, and links this patient to the record there. A "
+        "Consent already linked here is refused (409) before the locator is used; a link of this patient to the "
+        "same record under an older Consent is replaced.",
         inputs=(Param("locator", "string", "The record locator the patient brought."),),
         outputs=(Param("source", "string", "The member holding the linked record."),
                  Param("consent", "string", "The Consent at that member the link is made under."),
                  Param("patient-at-source", "string", "The patient at that member (Patient/{id}).")),
     ),
     Operation(
+        "unlink-record", "Patient", True, True, "Unlink a record at a member",
+        "Staff remove this patient's links to a member (only the one under `consent` when given), e.g. before "
+        "linking a locator the patient made under a new Consent. The copies already fetched stay.",
+        inputs=(Param("source", "string", "The member's organisation id."),
+                Param("consent", "string", "Only the link under this Consent at the member (Consent/{id}).", 0)),
+        outputs=(Param("unlinked", "integer", "How many links were removed."),),
+    ),
+    Operation(
         "federation-fetch", "Patient", True, True, "Fetch from linked members",
         "Staff fetch what changed at every member this patient is linked to, as each member's consent allows, into "
-        "this server's store; each fetch is recorded in a Provenance. Takes no parameters.",
+        "this server's store, and remove the copies a member no longer shows (deleted there, or no longer "
+        "permitted); each fetch is recorded in a Provenance. Takes no parameters.",
         outputs=(Param("source", None, "One per linked member.", 0, "*", parts=(
             Param("member", "string", "The member."),
             Param("consent", "string", "The Consent at the member the fetch was made under."),
             Param("fetched", "integer", "How many resources were written here."),
             Param("type", None, "Resources written, per type.", 0, "*", parts=(
                 Param("type", "code", "The resource type."), Param("count", "integer", "How many."))),
+            Param("removed", "integer", "How many copies were removed here, when any.", 0),
             Param("provenance", "Reference", "The Provenance recording the fetch.", 0),
             Param("refused", "string", "Why the member refused, when it did.", 0),
         )),),

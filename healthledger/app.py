@@ -196,16 +196,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(web_blueprint(
         sessions=sessions, names=AccountNames(store), limiter_storage_uri=settings.rate_limit_storage_uri,
         login_limit=settings.login_rate_limit, accounts=AccountServices(store, key_provider), app_launch=app_launch,
+        own_member=settings.federation_org_id,
     ))
     app.register_blueprint(cds_hooks_blueprint(
         ConsentConsultant(store, policy, caller), authenticate_cds,
         source=CardSource(url=f"{issuer}/cds-services"),
     ))
+    actor_names = ActorDirectory(sessions, AccountNames(store), store)
     # Before the generic /fhir rules: every /fhir/AuditEvent path is the access log's, read-only.
     app.register_blueprint(audit_event_blueprint(
         store, lambda: authenticate(request), policy.record_audit_access, index,
         pages=AuditPages(settings.default_page_size, settings.max_page_size, settings.base_url),
-        names=ActorDirectory(sessions, AccountNames(store), store), break_glass_reason=policy.break_glass_reason,
+        names=actor_names, break_glass_reason=policy.break_glass_reason,
     ))
     # Before the generic /fhir rules too: studies, subjects, credentials and enrolment (healthledger.research).
     from healthledger.api.research import bundle_reads, research_blueprint
@@ -236,7 +238,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     ))
     federation = Federation(
         store, sessions, org_id=settings.federation_org_id, fhir_base=issuer + "/fhir",
-        keys=lambda: MemberKeys.load_or_create(settings.keys_dir, key_provider),
+        keys=lambda: MemberKeys.load_or_create(settings.keys_dir, key_provider), user_names=actor_names.actor,
     )
     app.extensions["healthledger.federation"] = federation
     app.register_blueprint(federation_blueprint(

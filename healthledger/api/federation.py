@@ -4,10 +4,13 @@
   Consent grants (`member` parameter when it grants several). Returns Parameters {locator, member}.
 - `POST /fhir/$redeem-record-locator` (a member hospital's token, at A): Parameters {locator} -> {patient}.
 - `POST /fhir/Patient/{id}/$link-record` (staff, at B): Parameters {locator}: redeem it at the member that made
-  it and link our patient to the record there. Returns Parameters {source, consent, patient-at-source}.
+  it (for the caller's purpose of use) and link our patient to the record there. Returns Parameters {source,
+  consent, patient-at-source}; 409 when that Consent is linked here already (the locator is not spent).
+- `POST /fhir/Patient/{id}/$unlink-record` (staff, at B): Parameters {source, consent?}: remove the patient's
+  links to that member (only the one under `consent`, "Consent/{id}", when given). Returns {unlinked}.
 - `POST /fhir/Patient/{id}/$federation-fetch` (staff, at B): fetch what changed at every linked member into our
-  store. Returns Parameters with one `source` part per member: fetched count, per-type counts, the Provenance,
-  or why the member refused.
+  store, and remove the copies the member no longer shows us. Returns Parameters with one `source` part per
+  member: fetched count, per-type counts, removed count (when any), the Provenance, or why the member refused.
 """
 
 from __future__ import annotations
@@ -58,9 +61,18 @@ def federation_blueprint(
     def link_record(resource_id: str) -> Response:
         principal = authenticate(request)
         http.check_response_format(request)
-        link = federation.link_record(principal, resource_id, _required(parameters(), "locator"))
+        link = federation.link_record(principal, resource_id, _required(parameters(), "locator"), principal.purpose)
         return respond(_parameters(source=link.source_org, consent=link.consent_ref,
                                    **{"patient-at-source": link.source_patient}))
+
+    @bp.post("/Patient/<resource_id>/$unlink-record")
+    def unlink_record(resource_id: str) -> Response:
+        principal = authenticate(request)
+        http.check_response_format(request)
+        params = parameters()
+        removed = federation.unlink_record(principal, resource_id, _required(params, "source"),
+                                           _optional(params, "consent"))
+        return respond({"resourceType": "Parameters", "parameter": [{"name": "unlinked", "valueInteger": removed}]})
 
     @bp.post("/Patient/<resource_id>/$federation-fetch")
     def fetch(resource_id: str) -> Response:
@@ -98,6 +110,8 @@ def _report(report: FetchReport) -> dict[str, Any]:
     ]
     part += [{"name": "type", "part": [{"name": "type", "valueCode": t}, {"name": "count", "valueInteger": n}]}
              for t, n in sorted(report.by_type.items())]
+    if report.removed:
+        part.append({"name": "removed", "valueInteger": report.removed})
     if report.provenance:
         part.append({"name": "provenance", "valueReference": {"reference": report.provenance}})
     if report.refused:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from healthledger.auth.models import ApiClient, User
 from healthledger.auth.users import AccountNames
 from healthledger.errors import HealthLedgerError
-from healthledger.ledger.members import member_by_id
+from healthledger.ledger.members import member_by_id, member_name
 from healthledger.principal import SYSTEM
 from healthledger.store.repository import ResourceStore
 
@@ -95,7 +95,6 @@ class ActorDirectory:
             stored = self._store.read("Organization", rid, principal=SYSTEM)
         except HealthLedgerError:
             with self._sessions() as session:  # another member hospital, named as in the consortium directory
-                member = member_by_id(session, rid)
-            return member.name if member is not None else ""
+                return member_name(session, reference)
         name = (stored.resource or {}).get("name")
         return name.strip() if isinstance(name, str) else ""

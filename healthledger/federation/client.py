@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,6 +78,7 @@ class MemberToken:
     access_token: str
     scope: str
     expires_in: int
+    server_time: float | None = None  # the member's clock when it answered (its `Date`, RFC 9110 §6.6.1)
 
 
 HttpPost = Callable[..., Any]
@@ -117,7 +119,8 @@ class MemberClient:
             error = str(body.get("error", "")) if isinstance(body, dict) else ""
             text = str(body.get("error_description", "")) if isinstance(body, dict) else ""
             raise FederationRefused(f"the member refused a token: {error}: {text[:300]}", error, resp.status_code)
-        return MemberToken(str(body["access_token"]), str(body.get("scope", "")), int(body.get("expires_in", 0)))
+        return MemberToken(str(body["access_token"]), str(body.get("scope", "")), int(body.get("expires_in", 0)),
+                           _date(resp.headers.get("Date")))
 
     def post(self, url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
         """A FHIR operation (a Parameters body) at the member, with its token."""
@@ -136,6 +139,16 @@ class MemberClient:
         except requests.RequestException:
             raise FederationRefused("the member's FHIR API cannot be reached") from None
         return resp.status_code, _json(resp)
+
+
+def _date(value: Any) -> float | None:
+    """An HTTP-date (IMF-fixdate) as seconds since the epoch; None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _json(resp: Any) -> Any:

@@ -122,18 +122,24 @@ def remove_command(runtime: Runtime, org_id: str) -> None:
 @click.option("--org-id", default=None, help="this organisation's id (default: HEALTHLEDGER_FEDERATION_ORG_ID)")
 @click.pass_obj
 def rotate_key_command(runtime: Runtime, org_id: str | None) -> None:
-    """Replace this server's signing key in the directory (the old key stops working once indexed)."""
-    from healthledger.federation.keys import MemberKeys, thumbprint_bytes, thumbprint_hex
+    """Replace this server's signing key in the directory (the old key stops working once indexed).
+
+    The old key stays on file: this server signs with the key its own copy of the directory lists, so it keeps
+    using the old one until it indexes the rotation, as the other members do at the same poll. The rotation
+    after this one drops it (at most two keys on file)."""
+    from healthledger.federation.keys import MemberKeys, thumbprint_bytes
     from healthledger.federation.registry import on_chain_member, rotate_key
 
     org = _org_id(runtime, org_id)
     chain = _attached_chain(runtime)
     settings, provider = runtime.settings, runtime.key_provider
+    keys = MemberKeys.load_or_create(settings.keys_dir, provider)
+    listed = on_chain_member(chain, org).key_thumbprint
+    if listed and keys.by_thumbprint(listed) is not None:
+        keys = keys.keep_only(listed, settings.keys_dir, provider)  # the key before the last rotation goes now
     # The new key is on file before the directory names it, so a crash in between loses nothing.
-    keys = MemberKeys.load_or_create(settings.keys_dir, provider).with_new_key(settings.keys_dir, provider)
+    keys = keys.with_new_key(settings.keys_dir, provider)
     block = rotate_key(chain, org, thumbprint_bytes(keys.current))
-    if on_chain_member(chain, org).key_thumbprint == thumbprint_hex(keys.current):
-        keys.keep_only(thumbprint_hex(keys.current), settings.keys_dir, provider)
     click.echo(f"key of {org} rotated in block {block}: now {keys.current.kid}")
 
 
@@ -214,11 +220,31 @@ def _operator(user: str, purpose: str) -> Any:
 @click.argument("patient_id")
 @click.argument("locator")
 @click.option("--user", required=True, help="who asks, as the other member's log should name them (e.g. Practitioner/7)")
+@click.option("--purpose", default="TREAT", show_default=True, help="HL7 v3 PurposeOfUse code")
 @click.pass_obj
-def link_command(runtime: Runtime, patient_id: str, locator: str, user: str) -> None:
+def link_command(runtime: Runtime, patient_id: str, locator: str, user: str, purpose: str) -> None:
     """Record a patient's record LOCATOR (made by the patient at another member) against our PATIENT_ID."""
-    link = _federation(runtime).link_record(_operator(user, "TREAT"), patient_id, locator)
+    _check_purpose(purpose)
+    link = _federation(runtime).link_record(_operator(user, purpose), patient_id, locator, purpose)
     click.echo(f"Patient/{patient_id} linked to {link.source_patient} at {link.source_org} under {link.consent_ref}")
+
+
+@federation_group.command("unlink")
+@click.argument("patient_id")
+@click.argument("source")
+@click.option("--consent", default="", help="only the link under this Consent at SOURCE (Consent/{id})")
+@click.pass_obj
+def unlink_command(runtime: Runtime, patient_id: str, source: str, consent: str) -> None:
+    """Remove our PATIENT_ID's links to member SOURCE (the copies already fetched stay, with their Provenance)."""
+    removed = _federation(runtime).unlink_record(_operator("cli", "TREAT"), patient_id, source, consent)
+    click.echo(f"Patient/{patient_id}: {removed} link{'s' if removed != 1 else ''} to {source} removed")
+
+
+def _check_purpose(purpose: str) -> None:
+    from healthledger.principal import PURPOSES
+
+    if purpose not in PURPOSES:
+        raise click.BadParameter("an HL7 v3 PurposeOfUse code such as TREAT")
 
 
 @federation_group.command("fetch")
@@ -228,10 +254,7 @@ def link_command(runtime: Runtime, patient_id: str, locator: str, user: str) -> 
 @click.pass_obj
 def fetch_command(runtime: Runtime, patient_id: str, user: str, purpose: str) -> None:
     """Fetch what changed at every member our PATIENT_ID is linked to, into our store (with Provenance)."""
-    from healthledger.principal import PURPOSES
-
-    if purpose not in PURPOSES:
-        raise click.BadParameter("an HL7 v3 PurposeOfUse code such as TREAT")
+    _check_purpose(purpose)
     reports = _federation(runtime).fetch(_operator(user, purpose), patient_id, purpose)
     failed = False
     for r in reports:
@@ -240,6 +263,7 @@ def fetch_command(runtime: Runtime, patient_id: str, user: str, purpose: str) ->
             click.echo(f"{r.source}: refused: {r.refused}")
         else:
             kinds = ", ".join(f"{n} {t}" for t, n in sorted(r.by_type.items())) or "nothing new"
-            click.echo(f"{r.source}: {r.fetched} records ({kinds}){' ' + r.provenance if r.provenance else ''}")
+            gone = f", {r.removed} removed (deleted there or no longer permitted)" if r.removed else ""
+            click.echo(f"{r.source}: {r.fetched} records ({kinds}){gone}{' ' + r.provenance if r.provenance else ''}")
     if failed:
         raise click.exceptions.Exit(1)

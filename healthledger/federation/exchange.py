@@ -16,15 +16,16 @@ the requesting user, the consent relied on). Checks, in order (each refusal is l
 5. The Consent: a Consent here whose permit provisions name `Organization/{member id}`, whose on-chain grant is
    live in the consent index, and which permits that purpose now. A reference to a Consent that does not
    exist, or that grants someone else, gets the one answer `no-grant` (denied == missing: the caller learns
-   nothing of other patients); a Consent that does grant this member but is revoked, expired or does not cover
-   the purpose says so, since the member is its grantee and knows it already.
+   nothing of other patients) and touches no patient's log; a Consent that does grant this member but is
+   revoked, expired or does not cover the purpose says so, since the member is its grantee and knows it
+   already, and the refusal is an entry (`federation-token:{reason}`, deny) in that patient's access log.
 
 The token is short-lived (the server's token lifetime), its scopes are read/search of the types the Consent
 permits (all types when it names none), and it names the member, the purpose, the user and the Consent. It is
 no key to the data: every request is decided again by the consent engine with `Principal.consent_reference`
 set, so the live grant decides each read, and a revocation stops the member within one indexer poll. Each use
-re-checks the directory (member still active, the signing key unchanged), so a removal or a key rotation
-stops its tokens at once.
+re-checks the directory (member still active, the signing key unchanged, the copy fresh as in step 1), so a
+removal or a key rotation stops its tokens at once.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from sqlalchemy.orm import Session
 
 from fhir_adapters.consent import PERMIT, ConsentRules, Provision, consent_rules
 from fhir_adapters.errors import FhirInputError
+from healthledger.audit.entries import AccessEntry
+from healthledger.audit.log import record_access
+from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import InvalidScope, format_scopes, grant_scopes
 from healthledger.auth.tokens import (
     ASSERTION_TYPE,
@@ -60,7 +64,7 @@ from healthledger.auth.tokens import (
 from healthledger.consent.engine import GrantStatus
 from healthledger.consent.index import ConsentIndex
 from healthledger.consent.lifecycle import grantees_of
-from healthledger.errors import Unauthorized
+from healthledger.errors import HealthLedgerError, Unauthorized
 from healthledger.federation.keys import ASSERTION_ALGORITHM, thumbprint_hex
 from healthledger.ledger.members import ACTIVE, REMOVED, directory_age, member_by_id
 from healthledger.principal import PURPOSES
@@ -253,23 +257,39 @@ class FederatedTokens:
                 raise Refusal("temporarily_unavailable", "this server's consent state is not fresh enough; retry "
                               "shortly", "index-stale", 503)
             context = self.index.context(view.conn, rules.patient_id, at, age)
-        state = context.grants.get(consent_id, GrantStatus.UNKNOWN)
-        if state is not GrantStatus.LIVE:
-            label = {GrantStatus.REVOKED: "revoked", GrantStatus.EXPIRED: "expired"}.get(state, "not live yet")
-            raise Refusal("invalid_grant", f"the Consent under consent_reference is {label}", f"grant-{state.value}")
-        live = next((c for c in context.consents if c.consent_id == consent_id), None)
-        if live is None or live.status != "active":
-            raise Refusal("invalid_grant", "the Consent under consent_reference is not active", "consent-inactive")
-        provisions = permitting_provisions(live, reference, b2b.purpose, at)
-        if not provisions:
-            raise Refusal("invalid_grant", f"the Consent does not permit {org!r} access for purpose {b2b.purpose}",
-                          "purpose-not-covered")
+        try:
+            state = context.grants.get(consent_id, GrantStatus.UNKNOWN)
+            if state is not GrantStatus.LIVE:
+                label = {GrantStatus.REVOKED: "revoked", GrantStatus.EXPIRED: "expired"}.get(state, "not live yet")
+                raise Refusal("invalid_grant", f"the Consent under consent_reference is {label}",
+                              f"grant-{state.value}")
+            live = next((c for c in context.consents if c.consent_id == consent_id), None)
+            if live is None or live.status != "active":
+                raise Refusal("invalid_grant", "the Consent under consent_reference is not active", "consent-inactive")
+            provisions = permitting_provisions(live, reference, b2b.purpose, at)
+            if not provisions:
+                raise Refusal("invalid_grant", f"the Consent does not permit {org!r} access for purpose "
+                              f"{b2b.purpose}", "purpose-not-covered")
+        except Refusal as refusal:
+            # The Consent is real and names this member (checked above): the refusal goes into its patient's log.
+            # Never before that check, or the log would differ for a patient who exists (an oracle to non-members).
+            self._log_refusal(org, b2b, consent_id, rules.patient_id, at, refusal.reason)
+            raise
         try:
             scope = format_scopes(grant_scopes(requested_scope or "system/*.rs", scopes_for(provisions)))
         except InvalidScope as exc:
             raise Refusal("invalid_scope", exc.message, "scope") from None
         return FederatedIssue(member_client_id(org), scope, {"org": org, "pou": b2b.purpose, "usr": b2b.subject_id,
                                                              "cst": consent_id, "kth": key_thumbprint}, "", 0)
+
+    def _log_refusal(self, org: str, b2b: B2B, consent_id: str, patient_id: str, at: datetime, reason: str) -> None:
+        with Session(self.store.engine) as session, session.begin():
+            record_access(session, AccessEntry(
+                time=at, actor=f"member:{org}/{b2b.subject_id}", organization=member_reference(org), role="system",
+                purpose=b2b.purpose, action="read", resource_type="Consent", resource_id=consent_id,
+                patient_pseudonym=patient_pseudonym(self.store.indexer, patient_id), decision="deny",
+                reason=f"federation-token:{reason}",
+            ))  # fmt: skip
 
     def _consent_id(self, reference: str) -> str | None:
         """`{our FHIR base}/Consent/{id}` or `Consent/{id}` -> id; None for anything else."""
@@ -281,7 +301,12 @@ class FederatedTokens:
     def check(self, claims: dict[str, Any], grant: AccessGrant) -> AccessGrant:
         org = claims.get("org", "")
         with self.store.engine.connect() as conn, Session(bind=conn) as session:
+            indexed = directory_age(session)
             member = member_by_id(session, org)
+        if indexed is None or self.clock().timestamp() - indexed > self.max_index_age:
+            # As at issue: a removal or rotation we have not read yet must not let a request through (fail closed).
+            raise HealthLedgerError("this server's copy of the member directory is not fresh enough; retry shortly",
+                                    status=503)
         if member is None or member.status != ACTIVE:
             raise Unauthorized(f"{org!r} is no longer an active member of the consortium directory")
         if member.key_thumbprint != claims.get("kth"):

@@ -1,5 +1,6 @@
-"""A member's signing keys: the ES384 keys its servers sign client assertions with (one current, and during a
-rotation the next), kept wrapped by the key provider; the directory holds their RFC 7638 thumbprints."""
+"""A member's signing keys: the ES384 keys its servers sign client assertions with (the newest, and after a
+rotation the previous one, kept until the next rotation: a server signs with the key its copy of the directory
+lists), wrapped by the key provider; the directory holds their RFC 7638 thumbprints."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class MemberKeys:
         return out
 
     def keep_only(self, thumbprint: str, keys_dir: Path, provider: KeyProvider) -> MemberKeys:
-        """Drop every key but this one (last step of a rotation, once the directory lists it)."""
+        """Drop every key but this one (at the start of the next rotation: the key the directory lists now)."""
         key = self.by_thumbprint(thumbprint)
         if key is None:
             raise ConfigurationError("the directory's key for this member is not among the keys on file")

@@ -166,6 +166,14 @@ def list_members(session: Session) -> list[Member]:
     return [_member(r) for r in session.scalars(select(MemberRow).order_by(MemberRow.org_id))]
 
 
+def member_name(session: Session, reference: str) -> str:
+    """The directory's name for `Organization/{member id}` ("" when it names no member): how pages and the access
+    log name another member hospital, which has no Organization resource here."""
+    rtype, _, org_id = reference.partition("/")
+    member = member_by_id(session, org_id) if rtype == "Organization" and org_id else None
+    return member.name if member is not None else ""
+
+
 def directory_age(session: Session) -> float | None:
     """When the directory was last brought up to the chain (seconds since the epoch), None if never."""
     cursor = session.get(IndexerCursor, CURSOR_NAME)

@@ -88,7 +88,7 @@ def account_blueprint(
         except FhirCallError:
             name = ""
         try:
-            notices = patient_notices(api, principal.patient_id, principal.actor_id)
+            notices = patient_notices(api, principal.patient_id, principal.actor_id, sessions=sessions)
         except FhirCallError:
             notices = []
         return render_template("patient_home.html", name=name, notices=notices)

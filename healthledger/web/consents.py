@@ -41,10 +41,12 @@ def signing_refusal(error: FhirCallError) -> HealthLedgerError:
     return error
 
 
-def consent_view(api: FhirClient, consent: dict[str, Any]) -> ConsentView:
+def consent_view(
+    api: FhirClient, consent: dict[str, Any], sessions: sessionmaker[Session] | None = None
+) -> ConsentView:
     refs = [((a or {}).get("reference") or {}).get("reference", "")
             for a in (consent.get("provision") or {}).get("actor") or []]
-    return describe_consent(consent, names_for(api, [r for r in refs if r]))
+    return describe_consent(consent, names_for(api, [r for r in refs if r], sessions))
 
 
 def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
@@ -60,12 +62,12 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
             abort(404 if exc.status in (400, 404, 410) else exc.status)
         if (consent.get("patient") or {}).get("reference") != f"Patient/{principal.patient_id}":
             abort(404)
-        return consent, consent_view(api, consent)
+        return consent, consent_view(api, consent, sessions)
 
     @bp.get("/consents")
     def consents() -> str:
         principal = require_person(sessions, "patient")
-        views = patient_consents(api, principal.patient_id)
+        views = patient_consents(api, principal.patient_id, sessions)
         return render_template(
             "consents.html",
             sharing=[v for v in views if v.permits and v.status == "active" or v.chain_state == "pending"],
@@ -115,7 +117,7 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
     @bp.get("/requests")
     def requests() -> str:
         principal = require_person(sessions, "patient")
-        views = [v for v in patient_consents(api, principal.patient_id) if v.answerable_on(_today())]
+        views = [v for v in patient_consents(api, principal.patient_id, sessions) if v.answerable_on(_today())]
         return render_template("requests.html", requests=views, answer_forms={v.id: _answer_form(v.id) for v in views})
 
     @bp.post("/requests/<consent_id>/approve")
@@ -136,7 +138,7 @@ def consents_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
                 flash(f"Approved and signed with your key. {view.who_text} can see it once the ledger confirms.",
                       "success")
                 return redirect(url_for("web.consents.consent", consent_id=consent_id), 303)
-        views = [v for v in patient_consents(api, principal.patient_id) if v.answerable_on(_today())]
+        views = [v for v in patient_consents(api, principal.patient_id, sessions) if v.answerable_on(_today())]
         forms = {v.id: (form if v.id == consent_id else _answer_form(v.id)) for v in views}
         return render_template("requests.html", requests=views, answer_forms=forms), 400
 

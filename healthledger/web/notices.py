@@ -38,8 +38,11 @@ class Notice:
     when: str = ""
 
 
-def patient_consents(api: FhirClient, patient_id: str) -> list[ConsentView]:
-    """Every Consent of the patient, in plain words (newest first)."""
+def patient_consents(
+    api: FhirClient, patient_id: str, sessions: sessionmaker[Session] | None = None
+) -> list[ConsentView]:
+    """Every Consent of the patient, in plain words (newest first); with `sessions`, member hospitals named as the
+    consortium's directory names them."""
     resources = api.search_all("Consent", [("patient", f"Patient/{patient_id}")]).resources
     refs = [
         ((a or {}).get("reference") or {}).get("reference", "")
@@ -48,15 +51,16 @@ def patient_consents(api: FhirClient, patient_id: str) -> list[ConsentView]:
     refs += [g.get("valueString", "") for c in resources for e in c.get("extension") or []
              for part in e.get("extension") or [] for g in part.get("extension") or []
              if g.get("url") == "grantee"]
-    names = names_for(api, [r for r in refs if r and r != "*"])
+    names = names_for(api, [r for r in refs if r and r != "*"], sessions)
     views = [describe_consent(c, names) for c in resources]
     return sorted(views, key=lambda v: (v.start or date.min, v.id), reverse=True)
 
 
-def patient_notices(api: FhirClient, patient_id: str, me: str = "", *, today: date | None = None) -> list[Notice]:
+def patient_notices(api: FhirClient, patient_id: str, me: str = "", *, today: date | None = None,
+                    sessions: sessionmaker[Session] | None = None) -> list[Notice]:
     today = today or datetime.now(UTC).date()
     notices: list[Notice] = []
-    consents = patient_consents(api, patient_id)
+    consents = patient_consents(api, patient_id, sessions)
     for view in consents:
         if view.answerable_on(today):
             notices.append(Notice(
@@ -130,7 +134,7 @@ def notices_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
     @bp.get("/notices")
     def notices() -> str:
         principal = require_person(sessions, "patient")
-        found = patient_notices(api, principal.patient_id, principal.actor_id)
+        found = patient_notices(api, principal.patient_id, principal.actor_id, sessions=sessions)
         return render_template("notices.html", notices=found)
 
     return bp

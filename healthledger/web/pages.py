@@ -77,13 +77,15 @@ def web_blueprint(
     lockout: LockoutPolicy = _DEFAULT_LOCKOUT,
     accounts: AccountServices | None = None,
     app_launch: AppLaunch | None = None,
+    own_member: str = "",
 ) -> Blueprint:
     """The web app under /app, with its page blueprints. Needs `init_web` on the app.
 
     `login_limit` (Flask-Limiter notation) counts sign-in attempts per client address, and so do sign-up and
     recovery; behind a reverse proxy the app must see the client's address (werkzeug ProxyFix) or every
     user shares one budget. Sign-up and recovery are offered when `accounts` is given; the consent screen of
-    SMART App Launch and the patient's list of apps when `app_launch` is.
+    SMART App Launch and the patient's list of apps when `app_launch` is. `own_member`: this server's id in the
+    consortium's directory (the share form offers the other member hospitals).
     """
     bp = Blueprint(
         "web", __name__, url_prefix=WEB_PREFIX, template_folder="templates",
@@ -154,7 +156,7 @@ def web_blueprint(
         ))
     bp.register_blueprint(records_blueprint(sessions=sessions))
     bp.register_blueprint(consents_blueprint(sessions=sessions))
-    bp.register_blueprint(sharing_blueprint(sessions=sessions))
+    bp.register_blueprint(sharing_blueprint(sessions=sessions, own_member=own_member))
     bp.register_blueprint(history_blueprint(sessions=sessions))
     bp.register_blueprint(notices_blueprint(sessions=sessions))
     bp.register_blueprint(proving_blueprint())

@@ -2,7 +2,8 @@
 Consent and signs its grant with the patient's key, then shows its progress until the chain confirms it.
 
 Through the /fhir API as the patient: the recipients offered are the organisations and clinicians the API
-lists (`GET /fhir/Organization`, `/fhir/Practitioner`); the Consent is `POST /fhir/Consent` (status
+lists (`GET /fhir/Organization`, `/fhir/Practitioner`) and the active member hospitals of the consortium's
+directory other than this one (`Organization/{member id}`, docs/federation.md); the Consent is `POST /fhir/Consent` (status
 `proposed`) then `POST /fhir/Consent/{id}/$sign` with the patient's password. If signing fails (a wrong
 password), the unsigned draft is deleted again and the form comes back with everything the person chose.
 """
@@ -19,6 +20,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from fhir_adapters.readable.consents import CATEGORIES, EVERYTHING, OFFERED_PURPOSES, PURPOSES, draft_consent
 from fhir_adapters.readable.text import display_of
+from healthledger.ledger.members import list_members
 from healthledger.web.consents import password_parameters, signing_refusal
 from healthledger.web.context import require_person
 from healthledger.web.fhir_client import FhirCallError, FhirClient
@@ -29,7 +31,10 @@ RECIPIENT_TYPES = (("Organization", "organisation"), ("Practitioner", "clinician
 MAX_RECIPIENTS = 200
 
 
-def sharing_blueprint(*, sessions: sessionmaker[Session], today: Callable[[], date] | None = None) -> Blueprint:
+def sharing_blueprint(
+    *, sessions: sessionmaker[Session], today: Callable[[], date] | None = None, own_member: str = ""
+) -> Blueprint:
+    """`own_member`: this server's directory id (never offered: a hospital does not share with itself)."""
     bp = Blueprint("sharing", __name__)
     api = FhirClient()
     current_day = today or (lambda: datetime.now(UTC).date())
@@ -42,6 +47,10 @@ def sharing_blueprint(*, sessions: sessionmaker[Session], today: Callable[[], da
                 name = display_of(resource)
                 if name and resource.get("id"):
                     found.append((f"{rtype}/{resource['id']}", f"{name} ({kind})"))
+        offered = {reference for reference, _ in found}
+        with sessions() as session:
+            found += [(ref, f"{m.name} (member hospital)") for m in list_members(session)
+                      if m.active and m.org_id != own_member and (ref := f"Organization/{m.org_id}") not in offered]
         return sorted(found, key=lambda pair: pair[1].casefold())[:MAX_RECIPIENTS]
 
     def build_form(formdata: object = None) -> ShareForm:

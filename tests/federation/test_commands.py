@@ -44,8 +44,12 @@ def test_an_operator_joins_rotates_and_is_removed(tmp_path: Path, monkeypatch: p
     before = MemberKeys.load_or_create(settings.keys_dir, LocalFileKeyProvider(settings.keys_dir)).current
     assert "rotated" in run("federation", "rotate-key", "--org-id", "hospital-a")
     after = MemberKeys.load_or_create(settings.keys_dir, LocalFileKeyProvider(settings.keys_dir))
-    assert len(after.keys) == 1 and thumbprint_hex(after.current) != thumbprint_hex(before)
+    # The old key stays until the next rotation: this server signs with it until its directory copy names the new one.
+    assert [thumbprint_hex(k) for k in after.keys] == [thumbprint_hex(before), thumbprint_hex(after.current)]
     assert thumbprint_hex(after.current)[:18] in run("federation", "members")
+    assert "rotated" in run("federation", "rotate-key", "--org-id", "hospital-a")
+    third = MemberKeys.load_or_create(settings.keys_dir, LocalFileKeyProvider(settings.keys_dir))
+    assert [thumbprint_hex(k) for k in third.keys[:1]] == [thumbprint_hex(after.current)] and len(third.keys) == 2
 
     run("federation", "remove", "hospital-a")
     assert "hospital-a: removed" in run("federation", "status", "--org-id", "hospital-a")

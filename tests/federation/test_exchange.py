@@ -125,14 +125,20 @@ def test_refusals_are_clear_and_leak_nothing(a: Hospital) -> None:
         assert status in (400, 401), body
         return body
 
+    size = a.world.log_size()
     missing = refused(a.assertion("no-such-consent"))
     to_other = refused(a.assertion(other))
     assert missing == to_other and missing["error"] == "invalid_grant"  # denied == missing
+    assert a.world.log_size() == size  # and neither touches a patient's log (no oracle in the log either)
     assert "no Consent here that grants" in missing["error_description"]
     assert "not signed with the key the directory lists" in refused(a.assertion(cid, key=new_key()))[
         "error_description"]
     assert "not an active member" in refused(a.assertion(cid, org="hospital-z"))["error_description"]
     assert "does not permit" in refused(a.assertion(cid, purpose="HRESCH"))["error_description"]
+    # A Consent that names B: the refusal is in the patient's log, as B's user and purpose.
+    logged = [(e.actor, e.purpose, e.resource_id, e.decision, e.reason) for e in a.world.log_since(size)]
+    assert logged == [("member:hospital-b/Practitioner/dr-b", "HRESCH", cid, "deny",
+                       "federation-token:purpose-not-covered")]
     # The key of C is not B's: C cannot name B, nor rely on B's grant as itself.
     assert refused(a.assertion(cid, org="hospital-c"))["error"] == "invalid_client"
     # A directory copy that stopped following the chain refuses every member (fail closed).
@@ -141,6 +147,12 @@ def test_refusals_are_clear_and_leak_nothing(a: Hospital) -> None:
     status, body = a.token_response(a.assertion(cid))
     assert status == 503 and body["error"] == "temporarily_unavailable"
     a.sync()
+    issued = a.token(cid)
+    with a.world.sessions.begin() as s:  # ... and every request with a token issued before (each use re-checks)
+        s.execute(update(IndexerCursor).where(IndexerCursor.name == "members").values(updated_at=time.time() - 3600))
+    assert read(a, issued, f"Observation?patient=Patient/{a.world.patients['ann']}") == 503
+    a.sync()
+    assert read(a, issued, f"Observation?patient=Patient/{a.world.patients['ann']}") == 200
     assertion = a.assertion(cid)
     assert a.token_response(assertion)[0] == 200
     assert "already used" in refused(assertion)["error_description"]  # jti replay

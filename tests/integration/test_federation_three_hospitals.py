@@ -8,6 +8,7 @@ B's reads."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -23,8 +24,12 @@ import pytest
 import requests
 from joserfc.jwk import ECKey
 from serving import PatientBrowser, Served, wait_for
+from sqlalchemy import select
 from support import ROOT, node_tool
 
+from healthledger.audit.entries import decode_entry
+from healthledger.audit.merkle import leaf_hash, verify_inclusion
+from healthledger.audit.models import AccessLogEntry
 from healthledger.auth.users import AccountNames, create_user
 from healthledger.config import Settings
 from healthledger.db import make_engine, session_factory
@@ -185,7 +190,11 @@ def test_three_hospitals_one_chain(
         fetched = b.post(f"/fhir/Patient/{b_pid}/$federation-fetch")
         assert fetched.status_code == 200, fetched.text
         parts = {p["name"]: p for p in fetched.json()["parameter"][0]["part"]}
-        assert parts["fetched"]["valueInteger"] == 2, fetched.text
+        assert "refused" not in parts and parts["fetched"]["valueInteger"] == 2, fetched.text
+        with make_engine(b.database_url).connect() as conn:  # B's own log has the fetch, as the caller's
+            b_log = [decode_entry(body) for body in conn.execute(select(AccessLogEntry.body)).scalars()]
+        assert [e.reason for e in b_log if e.reason.startswith("federation-fetch:")] == [
+            f"federation-fetch:hospital-a:Consent/{cid}:2"]
         provenance = requests.get(f"{b.base}/fhir/{parts['provenance']['valueReference']['reference']}",
                                   headers=DEV, timeout=30).json()
         assert provenance["policy"] == [f"{a.base}/fhir/Consent/{cid}"]
@@ -223,8 +232,11 @@ def test_three_hospitals_one_chain(
         assert wait_for(lambda: ask_a(old_key, "hospital-b", f"{a.base}/fhir/Consent/{cid}").status_code == 401, 30)
         refused = ask_a(old_key, "hospital-b", f"{a.base}/fhir/Consent/{cid}").json()
         assert "not signed with the key the directory lists" in refused["error_description"]
-        assert wait_for(lambda: b.post(f"/fhir/Patient/{b_pid}/$federation-fetch").json()["parameter"][0]["part"][2]
-                        .get("valueInteger") == 0, 30)  # B's own directory caught up: it signs with the new key
+        def refreshed() -> bool:
+            found = {p["name"]: p for p in b.post(f"/fhir/Patient/{b_pid}/$federation-fetch").json()["parameter"][0]["part"]}
+            return "refused" not in found and found["fetched"]["valueInteger"] == 0
+
+        assert wait_for(refreshed, 30)  # B's own directory caught up: it signs with the new key
 
         # -- the patient revokes: B's next fetch is refused -----------------------------------------------------------
         revoked_at = time.monotonic()
@@ -245,6 +257,18 @@ def test_three_hospitals_one_chain(
                 if any(agent.get("who", {}).get("display") == "Hospital B" for agent in e["resource"]["agent"])]
         reads = [e for e in by_b if e.get("outcome") == "0"]
         assert len(reads) >= 2, history.text[:2000]
+        # The patient's page sums them up (the Patient the locator disclosed, the two Observations) with the refused
+        # attempts after the revocation; each entry proves against A's log.
+        page = fay.http.get(f"{a.base}/app/history", timeout=60).text
+        summed = re.search(r"Hospital B read 3 records for [^;<]*; (\d+) attempts were refused", page)
+        assert summed is not None and int(summed.group(1)) >= 2, re.findall(r"Hospital B[^<]*", page)
+        answer = fay.get(f"AuditEvent/{reads[0]['id']}/$inclusion-proof").json()["parameter"]
+        proof = {p["name"]: p for p in answer}
+        body = base64.b64decode(proof["entry"]["valueBase64Binary"])
+        verify_inclusion(proof["leafIndex"]["valueInteger"], proof["treeSize"]["valueInteger"], leaf_hash(body),
+                         [bytes.fromhex(p["valueString"]) for p in answer if p["name"] == "auditPath"],
+                         bytes.fromhex(proof["rootHash"]["valueString"]))
+        assert b'"actor":"member:hospital-b/' in body
         assert all(e["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT" for e in by_b)
         for h in hospitals:
             assert h.served.stop() == 0
