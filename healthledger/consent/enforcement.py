@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Connection
 
 from healthledger import crypto
@@ -317,6 +317,13 @@ class ConsentPolicy:
         if not consent_id:
             raise ValueError("a request for access is decided with the id it will be stored under")
         now = self.clock().timestamp()
+        if conn.dialect.name == "postgresql":
+            # One organisation's requests are counted and recorded one transaction at a time (two concurrent
+            # requests at the bound would otherwise both count below it); SQLite writers serialise already.
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                {"k": f"healthledger/access-requests|{self.store.tenant}|{principal.organization}"},
+            )
         made = conn.execute(
             select(func.count()).select_from(ConsentRequest).where(
                 ConsentRequest.tenant == self.store.tenant,

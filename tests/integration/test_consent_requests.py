@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import html
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -216,6 +219,52 @@ def test_requests_per_organisation_per_day_are_bounded(world: World) -> None:
         assert paper.status_code == 201
     finally:
         policy.policy = original
+
+
+class _SlowBound:
+    """The policy, whose daily bound takes 0.2 s to read: it is read between the count and the record, so each
+    request holds that window open long enough for the others to count too if nothing serialises them."""
+
+    def __init__(self, policy: Any) -> None:
+        self._policy = policy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
+
+    @property
+    def max_requests_per_day(self) -> int:
+        time.sleep(0.2)
+        return int(self._policy.max_requests_per_day)
+
+
+def test_concurrent_requests_at_the_bound_admit_exactly_one(world: World) -> None:
+    """Eight requests at once (about eight patients, so nothing of one patient's serialises them) with one left
+    under the day's bound: one is recorded, seven are refused (the count and the record are one step per
+    organisation, not a count each request passes before any records)."""
+    policy = world.app.extensions["healthledger.store"].policy
+    with world.sessions() as s:
+        since = datetime.now(UTC).timestamp() - 86_400
+        made = int(s.scalar(select(func.count()).select_from(ConsentRequest).where(
+            ConsentRequest.organization == CLINIC, ConsentRequest.requested_at > since)) or 0)
+    original = policy.policy
+    policy.policy = _SlowBound(replace(original, max_requests_per_day=made + 1))
+    start = threading.Barrier(8)
+
+    patients = [world.patients["ann"], *(str(uuid.uuid4()) for _ in range(7))]
+
+    def one(i: int) -> int:
+        client = world.app.test_client()
+        body = orjson.dumps(request_body(patients[i], CLINIC))
+        start.wait()
+        return int(client.post("/fhir/Consent", data=body,
+                               headers={**world.headers("clinic"), "Content-Type": FHIR}).status_code)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = sorted(pool.map(one, range(8)))
+    finally:
+        policy.policy = original
+    assert statuses == [201] + [429] * 7, statuses
 
 
 def test_a_request_whose_time_has_passed_is_no_longer_asked(world: World) -> None:
