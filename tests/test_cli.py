@@ -62,11 +62,19 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "federation members": [],
     "federation link": ["p1", "HLRL1.x", "--user", "u"],
     "federation fetch": ["p1", "--user", "u"],
+    "federation unlink": ["p1", "hospital-a"],
 }
-# Commands that use no runtime: a patient's side, talking HTTP to a service elsewhere (research/commands.py).
+# Commands that use no runtime: a patient's or a researcher's side, talking HTTP to a service elsewhere
+# (research/commands.py).
 HTTP_CLIENT_ARGS: dict[str, list[str]] = {
     "study join": ["some-study", "--url", "http://127.0.0.1:9", "--user", "ann", "--password-stdin"],
     "study leave": ["some-study", "--url", "http://127.0.0.1:9", "--user", "ann", "--password-stdin"],
+    "research studies": ["--url", "http://127.0.0.1:9", "--user", "rita", "--password-stdin"],
+    "research create": [str(ROOT / "package.json"), "--url", "http://127.0.0.1:9", "--user", "rita", "--password-stdin"],
+    "research publish": ["some-study", "--url", "http://127.0.0.1:9", "--user", "rita", "--password-stdin"],
+    "research feasibility": ["some-study", "--url", "http://127.0.0.1:9", "--user", "rita", "--password-stdin"],
+    "research export": ["some-study", "--out", "exported", "--url", "http://127.0.0.1:9", "--user", "rita",
+                        "--password-stdin"],
 }
 
 # Commands that read neither settings nor the runtime: a liveness probe reads one file's age.
@@ -117,7 +125,7 @@ def test_a_probe_command_answers_without_settings(command: str, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("command", sorted(HTTP_CLIENT_ARGS))
-def test_a_patient_command_against_an_unreachable_service_is_one_line_and_exit_1(command: str) -> None:
+def test_an_http_client_command_against_an_unreachable_service_is_one_line_and_exit_1(command: str) -> None:
     result = CliRunner().invoke(cli, [*command.split(), *HTTP_CLIENT_ARGS[command]], input="a password\n")
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1 and result.stdout == ""
