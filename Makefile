@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-TEST_WORKERS ?= 2   # pytest-xdist processes for `make test` (tests wait on servers and nodes as much as they compute)
+TEST_WORKERS ?= 2   # pytest-xdist processes for `make test` (tests wait on servers and nodes as much as they compute);
+                    # loadfile: a file's tests run in one process, in order (module worlds, ordered scenarios)
 
 .PHONY: run test install dev-install node-tools system-deps lint bench clean
 
@@ -10,7 +11,7 @@ run: install node-tools            ## install into .venv and serve on embedded d
 	$(BIN)/healthledger serve
 
 test: dev-install node-tools system-deps   ## install dev dependencies (and chromium) and run the whole suite
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
