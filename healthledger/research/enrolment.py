@@ -43,6 +43,7 @@ from fhir_adapters.research_study import (
 from healthledger.consent.lifecycle import revoke_consent, sign_consent
 from healthledger.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from healthledger.ledger import outbox, patient_keys, relayer
+from healthledger.ledger.models import OutboxItem
 from healthledger.principal import Principal
 from healthledger.research.credentials import root_state
 from healthledger.research.models import Enrolment, PublishedStudy
@@ -95,6 +96,12 @@ def study_consent(patient_id: str, study_id: str, terms: StudyTerms, pseudonym: 
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         "provision": study_consent_provision(study_id, terms),
     }
+
+
+def _refused_on_chain(session: Session, row: Enrolment) -> bool:
+    """Whether the chain refused the enrolment's enrolFor (its outbox item failed with a revert reason)."""
+    item = session.get(OutboxItem, int(row.enrol_item))
+    return item is not None and item.state == outbox.OutboxState.FAILED.value
 
 
 @dataclass(frozen=True)
@@ -182,8 +189,13 @@ class Enrolments:
                 raise Conflict("the credential root of this proof is not anchored on-chain yet; retry shortly")
             if state == "stale":
                 raise Conflict("the credential root of this proof is stale: fetch your credential again and re-prove")
-            used = session.scalar(sa.select(Enrolment.id).where(Enrolment.nullifier == str(nullifier)))
-            if used is not None:
+            # An enrolment whose enrolFor the chain refused (reverted: the outbox item failed) was never counted
+            # there and never made a participant: enrolling again replaces it (below) instead of being refused.
+            earlier = list(session.scalars(sa.select(Enrolment).where(
+                (Enrolment.nullifier == str(nullifier))
+                | ((Enrolment.tenant == self.store.tenant) & (Enrolment.study_id == study_id)
+                   & (Enrolment.enrollee == to_checksum_address(pseudonym.address))))))
+            if any(not _refused_on_chain(session, row) for row in earlier):
                 raise Conflict("this credential has already enrolled in this study (the nullifier is used)")
             try:
                 valid = self._verify(proof, public)
@@ -197,6 +209,11 @@ class Enrolments:
                                  populate_existing=True)
             assert locked is not None
             self._check_room(session, locked)
+            for superseded in earlier:  # its study consent is withdrawn (its grant revoked), then the row goes
+                if uow.peek("Consent", superseded.consent_id) is not None:
+                    revoke_consent(uow, superseded.consent_id, password, now=now)
+                session.delete(superseded)
+            session.flush()
             a, b, c, _ = solidity_calldata(proof, public)
             item = relayer.submit_enrolment(session, pseudonym.address, chain_id, root, nullifier, a, b, c, now=now)
             session.commit()  # releases the savepoint into the unit of work's transaction
@@ -216,11 +233,15 @@ class Enrolments:
 
     def _check_room(self, session: Session, published: PublishedStudy) -> None:
         """409 when the study has as many enrolments as it allows (every enrolment counts, a withdrawn one too:
-        StudyRegistry counts them the same way)."""
+        StudyRegistry counts them the same way; one whose enrolFor the chain refused does not, there or here)."""
         if not published.max_participants:
             return
-        count = session.scalar(sa.select(sa.func.count()).select_from(Enrolment).where(
-            Enrolment.tenant == self.store.tenant, Enrolment.study_id == published.study_id)) or 0
+        count = session.scalar(
+            sa.select(sa.func.count()).select_from(Enrolment)
+            .outerjoin(OutboxItem, OutboxItem.id == Enrolment.enrol_item)
+            .where(Enrolment.tenant == self.store.tenant, Enrolment.study_id == published.study_id,
+                   sa.or_(OutboxItem.state.is_(None), OutboxItem.state != outbox.OutboxState.FAILED.value))
+        ) or 0
         if count >= published.max_participants:
             raise Conflict(f"ResearchStudy/{published.study_id} is full ({published.max_participants} participants)")
 

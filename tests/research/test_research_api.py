@@ -489,3 +489,55 @@ def test_two_patients_enrolling_at_once_for_the_last_place_one_is_refused(world:
     assert "is full (1 participants)" in issue(refused)
     with world.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Enrolment).where(Enrolment.study_id == sid)) == 1
+
+
+def test_an_enrolment_the_chain_refused_takes_no_place_and_can_be_made_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain's verifier has the last word: an enrolment whose enrolFor reverts (here a dummy proof the Python
+    check is told to accept) was never counted on-chain, so it takes no place in a full study here either and
+    its nullifier is free: enrolling again replaces it, its study consent withdrawn (refused before: "already
+    enrolled" for good)."""
+    from sqlalchemy import update
+
+    from healthledger.research import enrolment as enrolment_module
+    from healthledger.research.models import PublishedStudy
+
+    sid = post(world, "research", "ResearchStudy", study_body(title="Refused on-chain")).get_json()["id"]
+    post(world, "research", f"ResearchStudy/{sid}/$publish", {})
+    world.sync()
+    ann = world.patient_session("ann")
+    circuit = PublishedCircuit.from_study(ann.get(f"ResearchStudy/{sid}").get_json())
+    if credential_of(world, "ann").status_code == 404:
+        credential_of(world, "ann", password=PASSWORD)
+        world.sync()
+    cred = parameters(credential_of(world, "ann", password=PASSWORD, study=f"ResearchStudy/{sid}"))
+    signals = [int(cred["root"]), circuit.chain_study_id, circuit.criteria_hash, int(cred["enrollee"], 16), 4242]
+    with world.sessions.begin() as s:
+        s.execute(update(PublishedStudy).where(PublishedStudy.study_id == sid).values(max_participants=1))
+    monkeypatch.setattr(enrolment_module.groth16, "verify", lambda *_: True)
+
+    def enrol() -> Any:
+        return ann.post(f"ResearchStudy/{sid}/$enrol", {"resourceType": "Parameters", "parameter": [
+            {"name": "proof", "valueString": dummy_proof()},
+            {"name": "publicSignals", "valueString": json.dumps([str(x) for x in signals])},
+            {"name": "password", "valueString": PASSWORD}]})
+
+    def chain_state(subject: dict[str, Any]) -> str:
+        return next(e["valueCode"] for e in subject["extension"] if e["url"].endswith("chain-state"))
+
+    first = enrol()
+    assert first.status_code == 201, first.get_data(as_text=True)
+    refused = first.get_json()
+    world.sync()  # StudyRegistry's verifier refuses the dummy proof: enrolFor reverts, the outbox item fails
+    assert chain_state(ann.get(f"ResearchSubject/{refused['id']}").get_json()) == "failed"
+
+    again = enrol()  # a full study (1 place) and a used nullifier, but the chain never counted the first
+    assert again.status_code == 201, again.get_data(as_text=True)
+    assert again.get_json()["id"] != refused["id"]
+    assert ann.get(f"ResearchSubject/{refused['id']}").status_code == 404
+    old_consent = refused["consent"]["reference"]
+    assert ann.get(old_consent).get_json()["status"] == "inactive"  # withdrawn, its grant revoked
+    world.sync()
+    assert chain_state(ann.get(f"ResearchSubject/{again.get_json()['id']}").get_json()) == "failed"
+    assert enrol().status_code == 201  # refused again on-chain, so again free: never a place taken for good
