@@ -303,10 +303,15 @@ class FederatedTokens:
         with self.store.engine.connect() as conn, Session(bind=conn) as session:
             indexed = directory_age(session)
             member = member_by_id(session, org)
+            consent_age = self.index.refresh(conn)
         if indexed is None or self.clock().timestamp() - indexed > self.max_index_age:
             # As at issue: a removal or rotation we have not read yet must not let a request through (fail closed).
             raise HealthLedgerError("this server's copy of the member directory is not fresh enough; retry shortly",
                                     status=503)
+        if consent_age > self.max_index_age:
+            # A member's request would otherwise be answered with every record withheld as `index-stale`: a search
+            # that looks like "nothing to show", from which the member would remove its copies. Say so instead.
+            raise HealthLedgerError("this server's consent state is not fresh enough; retry shortly", status=503)
         if member is None or member.status != ACTIVE:
             raise Unauthorized(f"{org!r} is no longer an active member of the consortium directory")
         if member.key_thumbprint != claims.get("kth"):

@@ -153,6 +153,13 @@ def test_refusals_are_clear_and_leak_nothing(a: Hospital) -> None:
     assert read(a, issued, f"Observation?patient=Patient/{a.world.patients['ann']}") == 503
     a.sync()
     assert read(a, issued, f"Observation?patient=Patient/{a.world.patients['ann']}") == 200
+    # A consent index gone stale (the directory copy still fresh) is a 503 too, not a search with every record
+    # withheld: from that a member would conclude there is nothing to copy any more.
+    with a.world.sessions.begin() as s:
+        s.execute(update(IndexerCursor).where(IndexerCursor.name != "members").values(updated_at=time.time() - 3600))
+    assert read(a, issued, f"Observation?patient=Patient/{a.world.patients['ann']}") == 503
+    a.sync()
+    assert read(a, issued, f"Observation?patient=Patient/{a.world.patients['ann']}") == 200
     assertion = a.assertion(cid)
     assert a.token_response(assertion)[0] == 200
     assert "already used" in refused(assertion)["error_description"]  # jti replay
