@@ -59,6 +59,13 @@ def postgres_schema_url() -> Iterator[tuple[str, str]]:
     yield from _fresh_schema()
 
 
+@pytest.fixture()
+def postgres_own_schema_url() -> Iterator[tuple[str, str]]:
+    """A schema of this test's own (the session's is shared with whatever ran before in this process: a
+    deployment with key files of its own must not meet another's data keys there)."""
+    yield from _fresh_schema()
+
+
 @pytest.fixture(scope="module")
 def postgres_module_schema_url() -> Iterator[tuple[str, str]]:
     """Like postgres_schema_url, but a schema of the test module's own (for a whole deployment per module)."""

@@ -167,9 +167,9 @@ def anvil() -> Iterator[str]:
 
 
 def test_three_hospitals_one_chain(
-    anvil: str, postgres_schema_url: tuple[str, str], postgres_module_schema_url: tuple[str, str], tmp_path: Path
+    anvil: str, postgres_own_schema_url: tuple[str, str], postgres_module_schema_url: tuple[str, str], tmp_path: Path
 ) -> None:
-    a = Hospital("hospital-a", "Hospital A", tmp_path / "a", postgres_schema_url[0], anvil)
+    a = Hospital("hospital-a", "Hospital A", tmp_path / "a", postgres_own_schema_url[0], anvil)
     b = Hospital("hospital-b", "Hospital B", tmp_path / "b", postgres_module_schema_url[0], anvil)
     c = Hospital("hospital-c", "Hospital C", tmp_path / "c", "", anvil)  # SQLite under its data dir
     hospitals = (a, b, c)
