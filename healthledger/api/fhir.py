@@ -784,6 +784,9 @@ def _check_supported(resource_type: str, interaction: str) -> None:
                                                   "(see GET /fhir/metadata)")
 
 
+_WRITE_INTERACTIONS: Final = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
 def _unsupported_entries(bundle: dict[str, Any], searched_elsewhere: frozenset[str]) -> dict[int, Forbidden]:
     """The entries of a batch that ask for what their type does not support (TYPE_CAPABILITIES), each with the
     refusal the same request outside a Bundle gets, by entry index: execute_bundle answers each of them on its own
@@ -795,25 +798,37 @@ def _unsupported_entries(bundle: dict[str, Any], searched_elsewhere: frozenset[s
         return {}
     refused: dict[int, Forbidden] = {}
     for entry in sorted(plan.entries, key=lambda e: e.index):  # a transaction's come in processing order
-        if entry.resource_type is None or entry.error is not None:
+        # An entry whose resource is invalid is refused like the same request outside a Bundle: by its type's
+        # refusal first (POST /fhir/AuditEvent is a 405 whatever the body), by the validation otherwise.
+        resource_type = entry.resource_type or _type_in_url(entry.url)
+        if resource_type is None:
             continue
         if entry.method in ("GET", "HEAD"):
             by_id = "vread" if entry.version_id else "read"
             interaction = by_id if entry.id is not None and entry.conditional is None else "search-type"
         elif entry.method == "POST":
             interaction = "create"
+        elif entry.method in _WRITE_INTERACTIONS:
+            interaction = _WRITE_INTERACTIONS[entry.method]
         else:
-            interaction = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[entry.method]
+            continue  # a method the plan refused already (entry.error)
         try:
-            _check_supported(entry.resource_type, interaction)
-            if (entry.resource_type, interaction) in _NOT_IN_BUNDLES:
-                raise Forbidden(_NOT_IN_BUNDLES[(entry.resource_type, interaction)])
+            _check_supported(resource_type, interaction)
+            if (resource_type, interaction) in _NOT_IN_BUNDLES:
+                raise Forbidden(_NOT_IN_BUNDLES[(resource_type, interaction)])
         except Forbidden as refusal:
             if plan.type != "batch":
                 # (403 for the Bundle as a whole, even naming a write to the access log: POST /fhir is allowed)
-                raise Forbidden(f"entry {entry.index} ({entry.method} {entry.resource_type}): {refusal}") from None
+                raise Forbidden(f"entry {entry.index} ({entry.method} {resource_type}): {refusal}") from None
             refused[entry.index] = refusal
     return refused
+
+
+def _type_in_url(url: str) -> str | None:
+    """The resource type an entry's request URL names (`Type`, `Type/id`, `Type?query`), if it is one we serve:
+    for an entry the plan could not read (an invalid resource), whose refusal by type still comes first."""
+    head = url.split("?", 1)[0].split("/", 1)[0]
+    return head if head in TYPE_CAPABILITIES else None
 
 
 def _check_id(resource_id: str) -> None:

@@ -274,13 +274,13 @@ def _batch(store: ResourceStore, plan: Any, principal: Principal | None, reads: 
            refused: Mapping[int, HealthLedgerError]) -> dict[str, Any]:
     responses: dict[int, dict[str, Any]] = {}
     for entry in plan.entries:
+        if entry.index in refused:  # first, as outside a Bundle: a type's refusal comes before its body is read
+            responses[entry.index] = _error_entry(refused[entry.index])
+            continue
         if entry.error is not None:
             # Its resource or search is refused as the same request's would be, in those words; an entry that is
             # itself malformed (no request, a bad URL) is named by its place in the Bundle.
             responses[entry.index] = _error_entry(as_store_error(entry.error.cause or entry.error))
-            continue
-        if entry.index in refused:
-            responses[entry.index] = _error_entry(refused[entry.index])
             continue
         try:
             with store.unit_of_work(principal) as uow:

@@ -361,6 +361,18 @@ def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms
     assert "POST /fhir/ResearchStudy" in create["outcome"]["issue"][0]["diagnostics"]
     assert put["outcome"]["issue"][0]["diagnostics"] == put_outcome
     assert client.get("/fhir/ResearchStudy/around", headers=AUTH).status_code == 404
+    # An entry whose body is invalid gets the same answer as its request alone: the type's refusal (405 for a
+    # write to the access log, 403 for a study edit) before any validation of the body.
+    invalid = [{"resource": {"resourceType": "AuditEvent", "bogus": 1}, "request": {"method": "POST", "url": "AuditEvent"}},
+               {"resource": {"resourceType": "ResearchStudy", "id": "x", "bogus": 1},
+                "request": {"method": "PUT", "url": "ResearchStudy/x"}}]
+    resp = client.post("/fhir", data=orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": invalid}),
+                       headers=JSON_HEADERS)
+    audit_write, study_edit = (e["response"] for e in resp.get_json()["entry"])
+    alone = client.post("/fhir/AuditEvent", data=orjson.dumps(invalid[0]["resource"]), headers=JSON_HEADERS)
+    assert audit_write["status"] == str(alone.status_code) == "405"
+    assert audit_write["outcome"]["issue"] == alone.get_json()["issue"]
+    assert study_edit["status"] == "403" and study_edit["outcome"]["issue"][0]["diagnostics"] == put_outcome
     study_entry = next(r for r in metadata["rest"][0]["resource"] if r["type"] == "ResearchStudy")
     assert study_entry["conditionalUpdate"] is False and study_entry["conditionalDelete"] == "not-supported"
     assert [p["name"] for p in study_entry["searchParam"]] == ["status"]
