@@ -137,6 +137,7 @@ class ConsentView:
     grants: tuple[Grant, ...]
     recorded: str  # Consent.dateTime in words
     recorded_by_patient: bool
+    exceptions: tuple[str, ...] = ()  # the nested provisions, each in words ("not ...", "only ...")
 
     @property
     def who_text(self) -> str:
@@ -241,7 +242,56 @@ def describe_consent(consent: Mapping[str, Any], names: Mapping[str, str]) -> Co
         grants=grants,
         recorded=human_date(consent.get("dateTime")) if consent.get("dateTime") else "",
         recorded_by_patient=bool(patient_ref) and patient_ref in performers,
+        exceptions=tuple(_exception_words(p, ptype == "permit", names) for p in provision.get("provision") or []
+                         if isinstance(p, Mapping)),
     )
+
+
+def _exception_words(p: Mapping[str, Any], root_permits: bool, names: Mapping[str, str]) -> str:
+    """A nested provision in words: what it takes out of (or adds to) the root's, and its own exceptions.
+
+    A deny under a permit whose own nested permits say what of it is still shared (the shape of a study consent:
+    a type narrowed to some codes and a period) reads "of your X, only ..."."""
+    denies = p.get("type") == "deny" if p.get("type") in ("deny", "permit") else root_permits
+    what = _what_words(p, names)
+    inner = [c for c in p.get("provision") or [] if isinstance(c, Mapping)]
+    if denies and inner and all(c.get("type") == "permit" for c in inner):
+        return f"of {what}, only " + _and([_what_words(c, names, bare=True) for c in inner], "or")
+    text = ("not " if denies else "also ") + what
+    if inner:
+        text += ", except " + _and([_what_words(c, names) for c in inner], "or")
+    return text
+
+
+def _what_words(p: Mapping[str, Any], names: Mapping[str, str], *, bare: bool = False) -> str:
+    """The data a provision is about, in words: its types, codes, labels, the period the data is from, and who
+    it is for when it names someone."""
+    types = [str(c.get("code")) for c in p.get("class") or [] if isinstance(c, Mapping)]
+    kinds = list(dict.fromkeys(_TYPE_WORDS.get(t, t) for t in types))
+    parts = [] if bare else [("your " + _and(kinds)) if kinds else "your data"]
+    codes = [concept_text(c) for c in p.get("code") or [] if isinstance(c, Mapping)]
+    if codes:
+        parts.append(("those " if bare else "") + "coded " + _and([c for c in codes if c], "or"))
+    labels = [concept_text({"coding": [c]}) for c in p.get("securityLabel") or [] if isinstance(c, Mapping)]
+    if labels:
+        parts.append(("those " if bare else "") + "labelled " + _and([x for x in labels if x], "or"))
+    period = p.get("dataPeriod") if isinstance(p.get("dataPeriod"), Mapping) else None
+    if period:
+        start, end = parse_date(period.get("start")), parse_date(period.get("end"))
+        span = (f"from {human_date(start.isoformat())} to {human_date(end.isoformat())}" if start and end
+                else f"from {human_date(start.isoformat())} on" if start
+                else f"up to {human_date(end.isoformat())}" if end else "")
+        if span:
+            parts.append(("those " if bare and not parts else "") + "recorded " + span)
+    actors = [ref for a in p.get("actor") or [] if isinstance(a, Mapping)
+              and (ref := str(((a.get("reference") or {}) if isinstance(a.get("reference"), Mapping) else {})
+                              .get("reference") or ""))]
+    if actors:
+        parts.append(("those " if bare and not parts else "") + "for " + _and(
+            [names.get(r) or _fallback_name(r) for r in actors], "or"))
+    if bare and not parts:
+        return "some of them"
+    return " ".join(parts)
 
 
 def chain_state(consent: Mapping[str, Any], names: Mapping[str, str]) -> tuple[str, tuple[Grant, ...]]:

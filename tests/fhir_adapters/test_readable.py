@@ -149,3 +149,33 @@ def test_an_access_log_entry_in_words() -> None:
 ])
 def test_reasons_in_words(reason: str, words: str) -> None:
     assert explain(reason).startswith(words)
+
+
+def test_a_consents_nested_provisions_are_its_limits_in_words() -> None:
+    """The exceptions a Consent makes (nested provisions) are said, not left out: a study consent narrows a type to
+    some codes and a period; a patient's own refusals take labelled or old data out."""
+    from datetime import UTC, datetime
+
+    from fhir_adapters.consent import Period
+    from fhir_adapters.research_study import DataCategory, StudyTerms, study_consent_provision
+
+    terms = StudyTerms(
+        study_id="s1", status="active", title="BMI", cohort_group_id=None, criteria={},
+        categories=(DataCategory("Patient"), DataCategory("Observation", (("http://loinc.org", "39156-5"),))),
+        data_period=Period(datetime(2020, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)),
+        enrolment_window=None, max_participants=None, owner_principal=None, owner_organization=None)
+    study = {"resourceType": "Consent", "status": "active", "provision": study_consent_provision("s1", terms)}
+    view = describe_consent(study, {"ResearchStudy/s1": "the BMI study"})
+    assert view.kinds_text == "your test results and measurements"
+    assert view.exceptions == (("of your test results and measurements, only those coded 39156-5 recorded from "
+                                "1 January 2020 to 1 January 2025"),)
+    own = {"resourceType": "Consent", "status": "active", "provision": {"type": "permit", "provision": [
+        {"type": "deny", "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY",
+                                            "display": "psychiatry"}]},
+        {"type": "deny", "class": [{"code": "Condition"}], "provision": [{"type": "permit", "actor": [
+            {"reference": {"reference": "Practitioner/dr"}}]}]}]}}
+    assert describe_consent(own, {"Practitioner/dr": "Dr Bea Okafor"}).exceptions == (
+        "not your data labelled psychiatry", "of your conditions and diagnoses, only those for Dr Bea Okafor")
+    plain = draft_consent(patient_id="p1", recipient="Organization/clinic", recipient_display="", purpose="TREAT",
+                          categories=["everything"], start=date(2026, 1, 1), end=None, today=date(2026, 1, 1))
+    assert describe_consent(plain, {}).exceptions == ()
