@@ -197,12 +197,17 @@ def test_the_patient_declines_and_the_requester_reads_rejected(world: World) -> 
         {"name": "password", "valueString": PASSWORD}]}).status_code == 409
 
 
-def test_requests_per_organisation_per_day_are_bounded(world: World) -> None:
-    policy = world.app.extensions["healthledger.store"].policy
+def requests_made_today(world: World) -> int:
+    """The clinic's requests for access in the last 24 hours (what the daily bound counts)."""
     with world.sessions() as s:
         since = datetime.now(UTC).timestamp() - 86_400
-        made = int(s.scalar(select(func.count()).select_from(ConsentRequest).where(
+        return int(s.scalar(select(func.count()).select_from(ConsentRequest).where(
             ConsentRequest.organization == CLINIC, ConsentRequest.requested_at > since)) or 0)
+
+
+def test_requests_per_organisation_per_day_are_bounded(world: World) -> None:
+    policy = world.app.extensions["healthledger.store"].policy
+    made = requests_made_today(world)
     original = policy.policy
     policy.policy = replace(original, max_requests_per_day=made + 1)
     try:
@@ -242,10 +247,7 @@ def test_concurrent_requests_at_the_bound_admit_exactly_one(world: World) -> Non
     under the day's bound: one is recorded, seven are refused (the count and the record are one step per
     organisation, not a count each request passes before any records)."""
     policy = world.app.extensions["healthledger.store"].policy
-    with world.sessions() as s:
-        since = datetime.now(UTC).timestamp() - 86_400
-        made = int(s.scalar(select(func.count()).select_from(ConsentRequest).where(
-            ConsentRequest.organization == CLINIC, ConsentRequest.requested_at > since)) or 0)
+    made = requests_made_today(world)
     original = policy.policy
     policy.policy = _SlowBound(replace(original, max_requests_per_day=made + 1))
     start = threading.Barrier(8)
