@@ -165,7 +165,8 @@ def fetch(port: int, path: str, token: str) -> tuple[int, dict[str, Any]]:
 
 
 class AccessLog:
-    """Read-only view of a server's `access_log` table (SQLite or PostgreSQL, beside the running server)."""
+    """A server's `access_log` table (SQLite or PostgreSQL, beside the running server), read as the service reads
+    it: on SQLite, the reads' entries still in the spool (healthledger.audit.spool) moved in first."""
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "healthledger.db"
@@ -184,7 +185,20 @@ class AccessLog:
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30) as db:
             return db.execute(sql).fetchall()
 
+    def _ingest(self) -> None:
+        if self.url:
+            return
+        from healthledger.audit.spool import ingest
+        from healthledger.db import make_engine
+
+        engine = make_engine(f"sqlite:///{self.path}")
+        try:
+            ingest(engine)
+        finally:
+            engine.dispose()
+
     def last_id(self) -> int:
+        self._ingest()
         return int(self._query("SELECT coalesce(max(id), 0) FROM access_log")[0][0])
 
     def tally_since(self, after_id: int) -> Counter[str]:
@@ -192,6 +206,7 @@ class AccessLog:
         from healthledger.audit.entries import decode_entry
 
         counts: Counter[str] = Counter()
+        self._ingest()
         for (body,) in self._query(f"SELECT body FROM access_log WHERE id > {int(after_id)}"):
             e = decode_entry(body)
             counts[f"{e.actor} {e.action} {e.decision} ({e.reason})"] += 1

@@ -104,6 +104,17 @@ def _run(command: list[str]) -> None:
         raise BackupError(f"{command[0]} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
 
 
+def _ingest_spool(database_url: str) -> None:
+    from healthledger.audit.spool import ingest
+    from healthledger.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        ingest(engine)
+    finally:
+        engine.dispose()
+
+
 def backup(settings: Settings, dest: Path, *, keys_dest: Path | None = None,
            now: datetime | None = None) -> BackupReport:
     """Write a backup of the configured database (and embedded chain) to the new folder `dest`; the key
@@ -121,6 +132,7 @@ def backup(settings: Settings, dest: Path, *, keys_dest: Path | None = None,
         files[CHAIN_FILE] = _sha256(dest / CHAIN_FILE)
     if settings.database_url.startswith("sqlite"):
         kind = "sqlite"
+        _ingest_spool(settings.database_url)  # reads' access-log entries still in the spool go into the copy
         _online_copy(_sqlite_path(settings.database_url), dest / SQLITE_FILE)
         files[SQLITE_FILE] = _sha256(dest / SQLITE_FILE)
     else:

@@ -50,6 +50,7 @@ from healthledger.audit.entries import AccessEntry, decode_entry
 from healthledger.audit.log import DEFAULT_LOG
 from healthledger.audit.models import AccessLogEntry
 from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.audit.spool import ingest
 from healthledger.auth.scopes import INTERACTION_PERMISSION, ResourceScope, scope_allows
 from healthledger.errors import BadRequest, Forbidden, NotFound
 from healthledger.principal import Principal
@@ -399,6 +400,7 @@ class _AuditEventApi:
         """Authenticate, run `work`, and record the attempt once, whether it succeeded or was refused."""
         principal = self.authenticate()
         attempt = _Attempt()
+        ingest(self.store.engine)  # (SQLite) the reads' entries still in the spool are in the log like any other
         try:
             return work(principal, attempt)
         finally:  # refused or answered: recorded (an unexpected error is an attempt too)

@@ -11,6 +11,7 @@ import click
 import sqlalchemy as sa
 
 from healthledger.audit.proof_check import PROOF_FORMAT
+from healthledger.audit.spool import ingest
 from healthledger.runtime import Runtime
 
 
@@ -73,6 +74,7 @@ def verify_command(runtime: Runtime, as_json: bool) -> None:
 
     from_block = _attach_chain(runtime)
     anchors = anchors_on_chain(runtime.chain, tenant=runtime.settings.tenant, from_block=from_block)
+    ingest(runtime.engine)  # (SQLite) reads' entries still in the spool are part of the log
     with runtime.sessions() as s:
         report = verify_log(s, anchors)
     p = report.problem
@@ -108,6 +110,7 @@ def prove_command(runtime: Runtime, entry_id: int, tree_size: int | None) -> Non
     from healthledger.ledger.deploy import ChainContract
 
     tenant = runtime.settings.tenant
+    ingest(runtime.engine)
     with runtime.sessions.begin() as s:
         integrate(s, datetime.now(UTC))
         if tree_size is None:

@@ -90,13 +90,14 @@ def record_accesses(
 _SQLITE_INSERT = "INSERT INTO access_log (log_id, body, recorded_at, patient_pseudonym) VALUES (?, ?, ?, ?)"
 
 
-def _sqlite_time(moment: datetime) -> str:
+def sqlite_time(moment: datetime) -> str:
+    """`moment` as SQLAlchemy's DateTime stores it on SQLite: UTC, naive, microseconds."""
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def _driver_rows(entries: Sequence[AccessEntry], log_id: str, *, sqlite: bool) -> list[tuple[Any, ...]]:
     """Parameters of the INSERT as the driver takes them (SQLite: the time as SQLAlchemy's DateTime stores it)."""
-    return [(log_id, encode_entry(e), _sqlite_time(e.time) if sqlite else e.time.astimezone(UTC),
+    return [(log_id, encode_entry(e), sqlite_time(e.time) if sqlite else e.time.astimezone(UTC),
              e.patient_pseudonym or None) for e in entries]
 
 

@@ -71,3 +71,15 @@ class AuditCheckpoint(Base):
     root: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     outbox_item: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AccessSpoolMark(Base):
+    """How far one access-log spool file has been moved into `access_log` (healthledger.audit.spool).
+
+    Written in the transaction that inserts the lines it covers, so each line is moved exactly once.
+    """
+
+    __tablename__ = "access_spool_marks"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    moved_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # the file's first bytes, whole lines

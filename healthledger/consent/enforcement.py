@@ -23,9 +23,10 @@ from sqlalchemy.engine import Connection
 from healthledger import crypto
 from healthledger.actions import LOGGED_ACTIONS, WRITE_ACTIONS, Action
 from healthledger.audit.entries import AccessEntry
-from healthledger.audit.group_commit import GroupCommitLog
-from healthledger.audit.log import record_access, record_accesses
+from healthledger.audit.group_commit import AccessLogWriteFailed, GroupCommitLog
+from healthledger.audit.log import DEFAULT_LOG, record_access, record_accesses
 from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.audit.spool import AccessSpool
 from healthledger.auth.scopes import scope_allows
 from healthledger.consent.engine import (
     ACCESS_REQUEST,
@@ -92,6 +93,7 @@ class ConsentPolicy:
         self._on_decision = on_decision
         self._sealing_key: bytes | None = None
         self._log_writer = GroupCommitLog(store.engine)
+        self._spool = AccessSpool.for_engine(store.engine)  # SQLite: reads' entries go to the spool instead
         self._pseudonyms: dict[str, str] = {}
         self._facts_kept: dict[tuple[str, ...], ResourceFacts] = {}
 
@@ -118,10 +120,20 @@ class ConsentPolicy:
         record_accesses(conn, entries)
 
     def keep_durably(self, entries: list[AccessEntry], conn: Connection) -> None:
-        """Commit a read's entries, in a group commit with the reads ending at the same time (on `conn`, the
-        read's own, rolled back, when it leads); returns only once they are durable, raises
-        AccessLogWriteFailed (503, nothing returned) when they are not."""
-        self._log_writer.append(entries, conn=conn)
+        """Make a read's entries durable; returns only once they are, raises AccessLogWriteFailed (503, nothing
+        returned) when they are not.
+
+        SQLite: appended to this process's spool file (healthledger.audit.spool), moved into the log in
+        batches. PostgreSQL: committed in a group commit with the reads ending at the same time (on `conn`,
+        the read's own, when it leads).
+        """
+        if self._spool is None:
+            self._log_writer.append(entries, conn=conn)
+            return
+        try:
+            self._spool.append(entries, log_id=DEFAULT_LOG)
+        except OSError as exc:
+            raise AccessLogWriteFailed() from exc
 
     def record_miss(
         self, principal: Principal, action: Action, resource_type: str, resource_id: str, *, conn: Connection

@@ -236,7 +236,9 @@ def _sequence_log(sessions: Any) -> int:
 
     from healthledger.audit.group_commit import WriterTurn
     from healthledger.audit.log import integrate, tree_head
+    from healthledger.audit.spool import ingest
 
+    ingest(sessions.kw["bind"])  # (SQLite) the reads' spooled entries first
     turn = WriterTurn.for_engine(sessions.kw["bind"])  # in turn with the web workers' group commits (SQLite)
     done = 0
     for _ in range(SEQUENCE_BATCHES_PER_PASS):

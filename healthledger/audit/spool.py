@@ -1,0 +1,258 @@
+"""The access-log spool: on SQLite, reads append their entries to a file of their own process before answering.
+
+A read may answer only once its access-log entries are durable. On SQLite, committing them costs a write
+transaction per read (or per group of reads, healthledger.audit.group_commit): the one write lock of the
+database taken in turn by every worker process, the WAL frames of four B-trees written, and every other
+connection's page cache emptied by the change, so that the reads after it start cold. That was most of what
+consent enforcement cost a read.
+
+Here a read appends its entries to its worker process's spool file instead, in one `write` of whole lines,
+before it answers. This is as durable as the commit it replaces: the service runs SQLite with
+`synchronous=NORMAL` (healthledger.db), so a committed transaction is in the WAL file in the operating
+system's cache, not yet on disk; a spool line written before the answer is in the spool file in that same
+cache. Both survive the process being killed at any point after the answer; neither a power cut before
+the next checkpoint. A write that fails (a full disk) fails the read: `AccessLogWriteFailed`, nothing
+returned.
+
+The lines are moved into `access_log` in batches by `ingest` (the ledger worker on each pass, and first
+thing wherever the log is read: AuditEvent reads and searches, the sequencer, proofs, verification,
+backups), each batch in one transaction together with how far it has moved each file
+(`access_spool_marks`), so every line is moved exactly once whoever moves it and whenever it is
+interrupted. A file whose writer is gone (its process ended, or it turned to a new file) and that has been
+moved to its end is deleted.
+
+Files live in `<database file>-access-spool/`, beside the database, private to the service (0700/0600).
+Each writer holds a shared `flock` on its current file while it may still write to it, so `ingest` can tell
+a finished file by taking the lock itself, whatever process id namespace the writer had. PostgreSQL, the
+multi-replica database whose replicas may keep no disk of their own, keeps the group commit.
+
+A line: `log_id` TAB `recorded_at` (as SQLAlchemy's DateTime stores it on SQLite) TAB the patient
+pseudonym TAB the entry's canonical encoding (healthledger.audit.entries: JSON, so no raw tab or newline)
+LF. A line without its LF (a writer killed inside `write`, which never answered) is never moved.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
+
+from sqlalchemy import Engine
+
+from healthledger.audit.entries import AccessEntry, encode_entry
+from healthledger.audit.log import sqlite_time
+
+SPOOL_SUFFIX = ".spool"
+# A writer turns to a new file past this size, so a finished file can be deleted once moved.
+ROTATE_BYTES = 16 * 1024 * 1024
+# Rows moved per transaction at most (the rest in the next one, in the same `ingest`).
+INGEST_BATCH_BYTES = 8 * 1024 * 1024
+
+_INSERT = "INSERT INTO access_log (log_id, body, recorded_at, patient_pseudonym) VALUES (?, ?, ?, ?)"
+_MARKS = "SELECT name, moved_bytes FROM access_spool_marks"
+_UPSERT_MARK = (
+    "INSERT INTO access_spool_marks (name, moved_bytes) VALUES (?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET moved_bytes = excluded.moved_bytes"
+)
+_DELETE_MARK = "DELETE FROM access_spool_marks WHERE name = ?"
+
+
+def spool_dir(engine: Engine) -> Path | None:
+    """The spool directory of a SQLite database file; None for PostgreSQL and in-memory databases."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(f"{database}-access-spool")
+
+
+def spool_lines(entries: Sequence[AccessEntry], log_id: str) -> bytes:
+    lines = []
+    for entry in entries:
+        body = encode_entry(entry)
+        lines.append(b"\t".join((log_id.encode(), sqlite_time(entry.time).encode(),
+                                 entry.patient_pseudonym.encode(), body)) + b"\n")
+    return b"".join(lines)
+
+
+class AccessSpool:
+    """The spool files of one database written by this process: `append` is durable when it returns."""
+
+    _kept: ClassVar[dict[Path, AccessSpool]] = {}
+    _opening: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, directory: Path, *, rotate_bytes: int = ROTATE_BYTES) -> None:
+        self.directory = directory
+        self.rotate_bytes = rotate_bytes
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+        self._size = 0
+        self._serial = 0
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> AccessSpool | None:
+        """The one spool of this database in this process (None where the database has none: PostgreSQL)."""
+        directory = spool_dir(engine)
+        if directory is None:
+            return None
+        with cls._opening:
+            return cls._kept.setdefault(directory, cls(directory))
+
+    def append(self, entries: Sequence[AccessEntry], *, log_id: str) -> None:
+        """Write `entries` as whole lines to this process's file, in one write; OSError if they could not be."""
+        data = spool_lines(entries, log_id)
+        if not data:
+            return
+        with self._lock:
+            fd = self._file()
+            view = memoryview(data)
+            while view:  # a regular file takes it whole; a short write is continued, not dropped
+                written = os.write(fd, view)
+                view = view[written:]
+            self._size += len(data)
+            if self._size >= self.rotate_bytes:
+                self._close()
+
+    def _file(self) -> int:
+        if self._fd is not None and self._pid == os.getpid():
+            return self._fd
+        # First write in this process (or a forked child's: the parent's descriptor, and its lock, stay the
+        # parent's): a new file of its own.
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        self._serial += 1
+        name = f"{os.getpid()}-{time.time_ns()}-{self._serial}"
+        # Locked under a name `ingest` does not look at, then renamed: seen unlocked, a file is finished.
+        fd = os.open(self.directory / f"{name}.new", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # held while this process may write here: `ingest` may not delete it
+        os.rename(self.directory / f"{name}.new", self.directory / f"{name}{SPOOL_SUFFIX}")
+        self._fd, self._pid, self._size = fd, os.getpid(), 0
+        return fd
+
+    def _close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)  # releases the lock: once moved to its end, the file may go
+        self._fd = None
+
+
+@contextmanager
+def _ingesting(directory: Path) -> Iterator[None]:
+    """One mover at a time per database (the others wait): two would only fail each other's transaction."""
+    fd = os.open(directory / "ingest.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _finished(path: Path) -> bool:
+    """Whether no process may write to `path` any more (no writer holds its lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (releases the lock taken, if it was)
+    return True
+
+
+def pending(engine: Engine) -> bool:
+    """Whether any spool file of this database holds lines not yet in `access_log` (no lock, no write)."""
+    directory = spool_dir(engine)
+    if directory is None or not directory.is_dir():
+        return False
+    files = {p.name: p.stat().st_size for p in directory.glob(f"*{SPOOL_SUFFIX}")}
+    if not files:
+        return False
+    raw = engine.raw_connection()
+    try:
+        marks = dict(raw.driver_connection.execute(_MARKS).fetchall())  # type: ignore[union-attr]
+    finally:
+        raw.close()
+    return any(size > marks.get(name, 0) for name, size in files.items())
+
+
+def ingest(engine: Engine) -> int:
+    """Move every whole spooled line of this database into `access_log`; returns how many were moved.
+
+    Lines go in file order, each file's in the order written; the leaf order of the Merkle tree follows.
+    Idempotent and safe to run from any process at any time; a no-op on PostgreSQL.
+    """
+    directory = spool_dir(engine)
+    if directory is None or not directory.is_dir():
+        return 0
+    moved = 0
+    with _ingesting(directory):
+        raw = engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            marks = dict(driver.execute(_MARKS).fetchall())  # type: ignore[union-attr]
+            done: list[str] = []
+            for path in sorted(directory.glob(f"*{SPOOL_SUFFIX}"), key=_file_order):
+                finished = _finished(path)  # before reading: a writer may add lines until then
+                start = marks.get(path.name, 0)
+                while True:
+                    rows, end = _read_lines(path, start)
+                    if not rows:
+                        break
+                    try:
+                        cursor = driver.cursor()  # type: ignore[union-attr]
+                        cursor.execute("BEGIN IMMEDIATE")
+                        cursor.executemany(_INSERT, rows)
+                        cursor.execute(_UPSERT_MARK, (path.name, end))
+                        cursor.close()
+                        driver.commit()  # type: ignore[union-attr]
+                    except BaseException:
+                        driver.rollback()  # type: ignore[union-attr]
+                        raise
+                    moved += len(rows)
+                    start = end
+                if finished:
+                    done.append(path.name)
+            for name in done:
+                # A finished file moved to its end (a partial last line, never answered for, is dropped with it):
+                # the file goes first, then its mark; a mark without its file is harmless, the reverse not.
+                (directory / name).unlink(missing_ok=True)
+                driver.execute(_DELETE_MARK, (name,))  # type: ignore[union-attr]
+                driver.commit()  # type: ignore[union-attr]
+        finally:
+            raw.close()
+    return moved
+
+
+def _file_order(path: Path) -> tuple[int, int]:
+    parts = path.name.removesuffix(SPOOL_SUFFIX).split("-")
+    try:
+        return int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def _read_lines(path: Path, start: int) -> tuple[list[tuple[str, bytes, str, str | None]], int]:
+    """The whole lines of `path` from byte `start` (a batch's worth at most), and where they end."""
+    try:
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read(INGEST_BATCH_BYTES)
+    except FileNotFoundError:
+        return [], start
+    whole = data.rfind(b"\n") + 1
+    if whole == 0 and len(data) == INGEST_BATCH_BYTES:
+        raise ValueError(f"{path.name}: a spool line longer than {INGEST_BATCH_BYTES} bytes")
+    rows = []
+    for line in data[:whole].splitlines():
+        log_id, recorded_at, pseudonym, body = line.split(b"\t", 3)
+        rows.append((log_id.decode(), body, recorded_at.decode(), pseudonym.decode() or None))
+    return rows, start + whole
