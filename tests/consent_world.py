@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from healthledger.audit.entries import AccessEntry, decode_entry
 from healthledger.audit.models import AccessLogEntry
+from healthledger.audit.spool import ingest
 from healthledger.auth.tokens import register_client
 from healthledger.auth.users import AccountNames, create_user
 from healthledger.db import session_factory
@@ -199,13 +200,17 @@ class World:
 
     # -- the access log ------------------------------------------------------------------------------
     def log_size(self) -> int:
+        ingest(self.sessions.kw["bind"])  # (SQLite) reads' entries still in the spool
         with self.sessions() as s:
             return int(s.scalar(select(func.count()).select_from(AccessLogEntry)) or 0)
 
     def log_since(self, size: int) -> list[AccessEntry]:
+        ingest(self.sessions.kw["bind"])
         with self.sessions() as s:
             rows = s.scalars(select(AccessLogEntry.body).order_by(AccessLogEntry.id).offset(size)).all()
-        return [decode_entry(body) for body in rows]
+        # In the order they were made: a read's entry reaches the table from the spool, after entries of writes
+        # and refusals made later (healthledger.audit.spool).
+        return sorted((decode_entry(body) for body in rows), key=lambda e: e.time)
 
 
 @dataclass

@@ -26,9 +26,9 @@ Each writer holds a shared `flock` on its current file while it may still write 
 a finished file by taking the lock itself, whatever process id namespace the writer had. PostgreSQL, the
 multi-replica database whose replicas may keep no disk of their own, keeps the group commit.
 
-A line: `log_id` TAB `recorded_at` (as SQLAlchemy's DateTime stores it on SQLite) TAB the patient
-pseudonym TAB the entry's canonical encoding (healthledger.audit.entries: JSON, so no raw tab or newline)
-LF. A line without its LF (a writer killed inside `write`, which never answered) is never moved.
+A line: `log_id` TAB `recorded_at` (as SQLAlchemy's DateTime stores it on SQLite) TAB the entry's
+canonical encoding (healthledger.audit.entries: ASCII JSON, so no raw tab or newline) LF; the patient
+pseudonym column is read from the encoding when the line is moved. A line without its LF (a writer killed inside `write`, which never answered) is never moved.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
+import orjson
 from sqlalchemy import Engine
 
 from healthledger.audit.entries import AccessEntry, encode_entry
@@ -76,8 +77,7 @@ def spool_lines(entries: Sequence[AccessEntry], log_id: str) -> bytes:
     lines = []
     for entry in entries:
         body = encode_entry(entry)
-        lines.append(b"\t".join((log_id.encode(), sqlite_time(entry.time).encode(),
-                                 entry.patient_pseudonym.encode(), body)) + b"\n")
+        lines.append(b"\t".join((log_id.encode(), sqlite_time(entry.time).encode(), body)) + b"\n")
     return b"".join(lines)
 
 
@@ -252,7 +252,9 @@ def _read_lines(path: Path, start: int) -> tuple[list[tuple[str, bytes, str, str
     if whole == 0 and len(data) == INGEST_BATCH_BYTES:
         raise ValueError(f"{path.name}: a spool line longer than {INGEST_BATCH_BYTES} bytes")
     rows = []
-    for line in data[:whole].splitlines():
-        log_id, recorded_at, pseudonym, body = line.split(b"\t", 3)
-        rows.append((log_id.decode(), body, recorded_at.decode(), pseudonym.decode() or None))
+    for line in data[:whole].split(b"\n")[:-1]:
+        log_id, recorded_at, body = line.split(b"\t", 2)
+        # The pseudonym column from the body itself, so the two agree (verify_log checks they do).
+        pseudonym = orjson.loads(body).get("patient_pseudonym")
+        rows.append((log_id.decode(), body, recorded_at.decode(), pseudonym or None))
     return rows, start + whole

@@ -2,6 +2,8 @@
 
 The API pages the log in append order (oldest first) and filters by patient and date; the newest entries
 are the last pages, so the total is asked first and the reading starts `limit` entries before the end.
+Append order follows when entries reached the table, within a second or so of when they were made, so the
+window read is shown sorted by the time recorded.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def latest_accesses(
             break
         found.extend(page)
         offset += len(page)
-    views = [describe_access(event, me) for event in found]
-    views.reverse()
+    # Newest first by when each access was made: the log's append order is when an entry reached the table, and
+    # a read's entry reaches it from the spool (healthledger.audit.spool) after entries made later by writes.
+    views = [describe_access(event, me) for event in reversed(found)]
+    views.sort(key=lambda view: view.recorded, reverse=True)
     return AccessWindow(views, total, total > limit)

@@ -26,6 +26,7 @@ from healthledger.api.operations import (
 from healthledger.audit.anchoring import chain_log_id
 from healthledger.audit.log import integrate
 from healthledger.audit.models import AccessLogEntry
+from healthledger.audit.spool import ingest
 from healthledger.db import make_engine
 from healthledger.keys import LocalFileKeyProvider
 from healthledger.ledger.models import IndexerCursor, LogAnchorEvent
@@ -185,6 +186,7 @@ def test_anchoring_lag_counts_from_the_oldest_entry_no_anchor_covers(app: Flask)
         return float(family.samples[0].value)
 
     def recorded(which: Any) -> float:
+        ingest(engine)
         with sa.orm.Session(engine) as session:
             moment = session.scalar(sa.select(AccessLogEntry.recorded_at).order_by(which).limit(1))
         assert moment is not None

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from fhir_adapters.audit_event import PATIENT_PSEUDONYM_SYSTEM
 from healthledger.audit.entries import AccessEntry, decode_entry
 from healthledger.audit.models import AccessLogEntry
+from healthledger.audit.spool import ingest
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.tokens import register_client
 
@@ -75,6 +76,7 @@ class LogWorld:
         return self.world.client.get(url, headers={"Authorization": f"Bearer {token}", "Accept": FHIR})
 
     def count(self, pseudonym: str | None = None) -> int:
+        ingest(self.world.sessions.kw["bind"])
         with self.world.sessions() as s:
             stmt = select(func.count()).select_from(AccessLogEntry)
             if pseudonym is not None:
@@ -83,11 +85,13 @@ class LogWorld:
 
     def count_own(self, actor: str) -> int:
         """The reference model of a researcher's view: entries whose actor they are, naming no patient."""
+        ingest(self.world.sessions.kw["bind"])
         with self.world.sessions() as s:
             bodies = s.scalars(select(AccessLogEntry.body)).all()
         return sum(1 for body in bodies if (e := decode_entry(body)).actor == actor and not e.patient_pseudonym)
 
     def bodies(self, ids: list[int]) -> dict[int, AccessEntry]:
+        ingest(self.world.sessions.kw["bind"])
         with self.world.sessions() as s:
             rows = s.execute(select(AccessLogEntry.id, AccessLogEntry.body).where(AccessLogEntry.id.in_(ids))).all()
         return {row.id: decode_entry(row.body) for row in rows}
@@ -107,6 +111,7 @@ class LogWorld:
 
 
 def _last_with(world: World, pseudonym: str, resource_type: str) -> int:
+    ingest(world.sessions.kw["bind"])
     with world.sessions() as s:
         rows = s.execute(select(AccessLogEntry.id, AccessLogEntry.body).order_by(AccessLogEntry.id.desc())).all()
     for row in rows:

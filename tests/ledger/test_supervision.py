@@ -15,6 +15,7 @@ from serving import Served, http, wait_for
 
 from healthledger.audit.entries import AccessEntry
 from healthledger.audit.log import record_access
+from healthledger.audit.spool import ingest
 from healthledger.db import make_engine
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,7 @@ def _anchored(engine: sa.Engine) -> int:
 
 
 def _appended(engine: sa.Engine) -> int:
+    ingest(engine)
     with engine.connect() as conn:
         return int(conn.execute(sa.text("select count(*) from access_log")).scalar_one())
 

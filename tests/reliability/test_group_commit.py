@@ -12,6 +12,7 @@ committed, and a group whose commit fails (or whose process is killed in it) fai
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from healthledger.audit.entries import AccessEntry, decode_entry
 from healthledger.audit.group_commit import AccessLogWriteFailed, GroupCommitLog
 from healthledger.audit.log import record_accesses
 from healthledger.audit.models import AccessLogEntry
+from healthledger.audit.spool import ingest
 from healthledger.db import make_engine
 
 
@@ -45,6 +47,7 @@ def entry(caller: int) -> AccessEntry:
 def durable_actors(url: str) -> set[str]:
     engine = make_engine(url)
     try:
+        ingest(engine)
         with engine.connect() as conn:
             return {decode_entry(body).actor for body in conn.scalars(select(AccessLogEntry.body))}
     finally:
@@ -194,8 +197,10 @@ def test_a_read_whose_entry_cannot_be_committed_answers_503_and_shows_nothing(wo
     path = f"/fhir/Patient/{world.patients['ann']}"
     assert world.client.get(path, headers=world.headers("ehr")).status_code == 200
     from healthledger.audit import group_commit
+    from healthledger.audit.spool import AccessSpool
 
     real_commit = group_commit.commit_accesses_on_driver
+    real_append = AccessSpool.append
     before = world.log_size()
 
     def failing(conn: Connection, entries: list[AccessEntry], *, log_id: str) -> None:
@@ -206,12 +211,17 @@ def test_a_read_whose_entry_cannot_be_committed_answers_503_and_shows_nothing(wo
         driver.rollback()
         raise OSError("the database went away")
 
+    def full_disk(self: AccessSpool, entries: list[AccessEntry], *, log_id: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # (SQLite) the spool file cannot take the lines
+
     group_commit.commit_accesses_on_driver = failing  # type: ignore[assignment]
+    AccessSpool.append = full_disk  # type: ignore[method-assign]
     try:
         response = world.client.get(path, headers=world.headers("ehr"))
         search = world.client.get(f"/fhir/Observation?patient={world.patients['ann']}", headers=world.headers("ehr"))
     finally:
         group_commit.commit_accesses_on_driver = real_commit
+        AccessSpool.append = real_append  # type: ignore[method-assign]
     assert world.log_size() == before  # the failed reads' entries are not stored
     for failed in (response, search):
         assert failed.status_code == 503, failed.get_data(as_text=True)

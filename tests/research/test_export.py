@@ -36,6 +36,7 @@ from fhir_adapters.deidentify import PSEUDED
 from healthledger import leases
 from healthledger.audit.entries import decode_entry
 from healthledger.audit.models import AccessLogEntry
+from healthledger.audit.spool import ingest
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.users import AccountNames, create_user
 from healthledger.consent.models import ConsentBinding
@@ -306,7 +307,8 @@ def test_export_holds_exactly_the_remaining_participants_consented_data_deidenti
     # At rest the files are ciphertext: no exported (pseudonymous) id is anywhere in the database files.
     if world["backend"] == "sqlite":
         settings = app.config["SETTINGS"]
-        raw = b"".join(p.read_bytes() for p in settings.data_dir.glob("healthledger.db*"))
+        raw = b"".join(p.read_bytes() for p in (*settings.data_dir.glob("healthledger.db*"),
+                                                 *settings.data_dir.glob("healthledger.db-access-spool/*")) if p.is_file())
         exported_ids = {r["id"].encode() for rs in files.values() for r in rs}
         assert exported_ids and not {i for i in exported_ids if i in raw}
 
@@ -571,6 +573,7 @@ def _cli(app: Flask, command: str) -> Any:
 # -- the researcher's own access log and their study's release history ------------------------------------
 def _all_entries(app: Flask) -> list[tuple[int, Any]]:
     engine = app.extensions["healthledger.engine"]
+    ingest(engine)
     with engine.connect() as conn:
         rows = conn.execute(select(AccessLogEntry.id, AccessLogEntry.body).order_by(AccessLogEntry.id)).all()
     return [(row.id, decode_entry(row.body)) for row in rows]

@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from healthledger.audit.models import AccessLogEntry
+from healthledger.audit.spool import ingest
 from healthledger.auth.enrolment import EnrolmentCodes
 from healthledger.auth.users import AccountNames
 
@@ -322,6 +323,7 @@ def test_recovery_with_the_printed_code(world: World) -> None:
 def test_pages_are_api_clients_every_read_is_logged(world: World) -> None:
     """The records page reads through /fhir as the patient: each resource it shows leaves an entry."""
     def count() -> int:
+        ingest(world.sessions.kw["bind"])
         with world.sessions() as s:
             return int(s.scalar(select(func.count()).select_from(AccessLogEntry)) or 0)
 
