@@ -168,10 +168,9 @@ class LedgerGauges:
         from healthledger.audit.anchoring import chain_log_id
         from healthledger.audit.log import DEFAULT_LOG
         from healthledger.audit.models import AccessLogEntry, AuditHead
+        from healthledger.audit.spool import ingest
         from healthledger.ledger.models import IndexerCursor, LogAnchorEvent, OutboxItem
         from healthledger.store.models import StoredVersion
-
-        from healthledger.audit.spool import ingest
 
         now = self.wall_clock()
         try:

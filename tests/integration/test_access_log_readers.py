@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from fhir_adapters.audit_event import PATIENT_PSEUDONYM_SYSTEM
 from healthledger.audit.entries import AccessEntry, decode_entry
 from healthledger.audit.models import AccessLogEntry
-from healthledger.audit.spool import ingest
 from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.audit.spool import ingest
 from healthledger.auth.tokens import register_client
 
 FHIR = "application/fhir+json"

@@ -36,8 +36,8 @@ from fhir_adapters.deidentify import PSEUDED
 from healthledger import leases
 from healthledger.audit.entries import decode_entry
 from healthledger.audit.models import AccessLogEntry
-from healthledger.audit.spool import ingest
 from healthledger.audit.pseudonym import patient_pseudonym
+from healthledger.audit.spool import ingest
 from healthledger.auth.users import AccountNames, create_user
 from healthledger.consent.models import ConsentBinding
 from healthledger.db import session_factory
