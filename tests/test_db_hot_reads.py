@@ -131,3 +131,22 @@ def test_sqlite_reads_through_the_pool(tmp_path: Path) -> None:
     with pytest.raises(DBAPIError):
         driver_fetch_one(engine, "SELECT nothing FROM nowhere", ())
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_on_a_connection_it_reads_in_that_connections_transaction(pg_engine: Engine) -> None:
+    with pg_engine.connect() as conn:
+        conn.execute(sa.text("UPDATE hot SET value = 'uncommitted' WHERE id = 1"))
+        for _ in range(3):  # (a cursor kept with the connection, the same answers each time)
+            assert driver_fetch_one(conn, "SELECT value FROM hot WHERE id = ?", (1,)) == ("uncommitted",)
+        assert driver_fetch_one(pg_engine, "SELECT value FROM hot WHERE id = ?", (1,)) == ("first",)
+        conn.rollback()
+    with pg_engine.connect() as conn:  # (the pool's reset on return ended the transaction the error left)
+        assert driver_fetch_one(conn, "SELECT value FROM hot WHERE id = ?", (1,)) == ("first",)
+        with pytest.raises(DBAPIError):
+            driver_fetch_one(conn, "SELECT nothing FROM nowhere", ())
+    with pg_engine.connect() as conn:
+        assert driver_fetch_one(conn, "SELECT value FROM hot WHERE id = ?", (1,)) == ("first",)
+    with pg_engine.connect() as conn:  # the pool replaced the connection: the cursor kept is not the old one's
+        conn.invalidate()
+        assert driver_fetch_one(conn, "SELECT value FROM hot WHERE id = ?", (1,)) == ("first",)
