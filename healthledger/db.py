@@ -206,6 +206,27 @@ class _HotConnection:
 _INHERITED: list[_HotConnection] = []
 
 
+# Connections kept for threads to come, per engine, once the thread that used one ended (a server that starts a
+# thread per request, as werkzeug's does, would otherwise connect on every request); more are closed.
+_HOT_IDLE_KEPT = 8
+
+
+class _Lease:
+    """A thread's hold on its connection, in the thread's `threading.local`: dropped when the thread ends, which
+    gives the connection back (`_HotReads._release`)."""
+
+    __slots__ = ("hot", "owner")
+
+    def __init__(self, owner: _HotReads) -> None:
+        self.owner = owner
+        self.hot: _HotConnection | None = None
+
+    def __del__(self) -> None:
+        if self.hot is not None:
+            with contextlib.suppress(Exception):  # (at interpreter exit, the module may be half gone)
+                self.owner._release(self.hot)
+
+
 class _HotReads:
     """Each thread's own PostgreSQL connection for `driver_fetch_one` on an Engine (the per-request SELECTs).
 
@@ -216,7 +237,8 @@ class _HotReads:
 
     Nothing is cached but the connection: each SELECT runs in its own snapshot, as on a pooled connection in
     autocommit. The connection is made by the engine's pool (its connect events and URL options) and detached from
-    it, so it does not hold one of the pool's slots: at most one more connection per thread. One idle for
+    it, so it does not hold one of the pool's slots: one more connection per thread that uses it (gunicorn's
+    gthread workers keep theirs), and up to _HOT_IDLE_KEPT kept for new threads when threads end. One idle for
     IDLE_PING_SECONDS is pinged first, as the pool does (`_ping_idle_connections`); one that failed is closed and
     a new one made on the next call; one made in another process (gunicorn forks its workers) is not used; all are
     closed when the engine is disposed.
@@ -224,43 +246,57 @@ class _HotReads:
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: set[_HotConnection] = set()
+        # Re-entrant: a thread's lease may be dropped (and give its connection back) wherever that thread ends.
+        self._lock = threading.RLock()
+        self._open: set[_HotConnection] = set()  # every connection made and not closed: leased or idle
+        self._idle: list[_HotConnection] = []  # given back by threads that ended
         self._generation = 0  # bumped by Engine.dispose: connections of an older one are closed
 
     def fetch_one(self, engine: Engine, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         dialect = engine.dialect
         dbapi_error = dialect.loaded_dbapi.Error
-        hot = self._connection(engine, dbapi_error)
+        lease = self._lease()
+        hot = self._connection(engine, lease, dbapi_error)
         try:
             hot.cursor.execute(sql, params)
             row = hot.cursor.fetchone()
         except dbapi_error as exc:
             # Translated as SQLAlchemy would (a lost database is a clean 503); the connection is not used again.
             disconnect = dialect.is_disconnect(exc, hot.driver, None)
-            self._discard(hot)
+            lease.hot = None
+            self._close(hot)
             raise DBAPIError.instance(sql, params, exc, dbapi_error, connection_invalidated=disconnect,
                                       dialect=dialect) from exc
         hot.used_at = time.monotonic()
         return None if row is None else tuple(row)
 
-    def _connection(self, engine: Engine, dbapi_error: type[Exception]) -> _HotConnection:
-        hot: _HotConnection | None = getattr(self._local, "hot", None)
+    def _lease(self) -> _Lease:
+        lease: _Lease | None = getattr(self._local, "lease", None)
+        if lease is None:
+            lease = self._local.lease = _Lease(self)
+        return lease
+
+    def _connection(self, engine: Engine, lease: _Lease, dbapi_error: type[Exception]) -> _HotConnection:
+        hot = lease.hot
+        if hot is None:
+            with self._lock:
+                hot = self._idle.pop() if self._idle else None
         if hot is not None:
             if hot.pid != os.getpid():
                 _INHERITED.append(hot)
-                hot = self._local.hot = None
+                hot = None
             elif hot.generation != self._generation:
-                self._discard(hot)
+                self._close(hot)
                 hot = None
             elif time.monotonic() - hot.used_at >= IDLE_PING_SECONDS:
                 try:
                     hot.cursor.execute("SELECT 1")
                     hot.cursor.fetchone()
                 except dbapi_error:  # the server restarted, or the connection was dropped: a new one
-                    self._discard(hot)
+                    self._close(hot)
                     hot = None
         if hot is None:
+            lease.hot = None
             proxy = _checkout(engine)
             try:
                 driver = proxy.driver_connection
@@ -271,22 +307,33 @@ class _HotReads:
                 raise
             with self._lock:
                 self._open.add(hot)
-            self._local.hot = hot
+        lease.hot = hot
         return hot
 
-    def _discard(self, hot: _HotConnection) -> None:
-        if getattr(self._local, "hot", None) is hot:
-            self._local.hot = None
+    def _release(self, hot: _HotConnection) -> None:
+        """A thread ended: its connection waits for another thread, or is closed if enough already wait."""
+        if hot.pid != os.getpid():
+            _INHERITED.append(hot)
+            return
+        with self._lock:
+            keep = hot in self._open and hot.generation == self._generation and len(self._idle) < _HOT_IDLE_KEPT
+            if keep:
+                self._idle.append(hot)
+        if not keep:
+            self._close(hot)
+
+    def _close(self, hot: _HotConnection) -> None:
         with self._lock:
             self._open.discard(hot)
         hot.close()
 
     def close_all(self) -> None:
-        """The engine was disposed: close every thread's connection (each thread makes a new one when next used)."""
+        """The engine was disposed: close every connection (each thread makes a new one when next used)."""
         with self._lock:
             self._generation += 1
             closing = [hot for hot in self._open if hot.pid == os.getpid()]
             self._open.clear()
+            self._idle.clear()
         for hot in closing:
             hot.close()
 

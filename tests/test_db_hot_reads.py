@@ -9,6 +9,7 @@ that sat idle is pinged first, and Engine.dispose closes them. On SQLite the poo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,9 +33,15 @@ def pg_engine(postgres_own_schema_url: tuple[str, str]) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _backend_alive(engine: Engine, pid: int) -> bool:
-    with engine.connect() as conn:
-        return bool(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).scalar())
+def _backend_alive(engine: Engine, pid: int, *, settle: float = 3.0) -> bool:
+    """Whether the server still has this backend, allowing it `settle` seconds to exit after its client closed."""
+    deadline = time.monotonic() + settle
+    while True:
+        with engine.connect() as conn:
+            alive = bool(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).scalar())
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
 
 
 @pytest.mark.postgres
@@ -64,9 +71,20 @@ def test_a_thread_keeps_its_connection_and_threads_do_not_share_one(pg_engine: E
 
 
 @pytest.mark.postgres
+def test_a_thread_that_ends_leaves_its_connection_to_the_next(pg_engine: Engine) -> None:
+    """A server with a thread per request (werkzeug's) connects once, not on every request."""
+    seen: list[object] = []
+    for _ in range(5):
+        thread = threading.Thread(target=lambda: seen.append(driver_fetch_one(pg_engine, "SELECT pg_backend_pid()", ())))
+        thread.start()
+        thread.join()
+    assert len(seen) == 5 and len(set(seen)) == 1
+
+
+@pytest.mark.postgres
 def test_dispose_closes_the_dedicated_connections(pg_engine: Engine) -> None:
     before = driver_fetch_one(pg_engine, "SELECT pg_backend_pid()", ())
-    assert before is not None and _backend_alive(pg_engine, before[0])
+    assert before is not None and _backend_alive(pg_engine, before[0], settle=0)
     pg_engine.dispose()
     assert not _backend_alive(pg_engine, before[0])
     after = driver_fetch_one(pg_engine, "SELECT pg_backend_pid()", ())  # a new one, made on the next call
@@ -150,3 +168,27 @@ def test_on_a_connection_it_reads_in_that_connections_transaction(pg_engine: Eng
     with pg_engine.connect() as conn:  # the pool replaced the connection: the cursor kept is not the old one's
         conn.invalidate()
         assert driver_fetch_one(conn, "SELECT value FROM hot WHERE id = ?", (1,)) == ("first",)
+
+
+@pytest.mark.postgres
+def test_threads_that_ended_leave_at_most_a_few_connections_open(pg_engine: Engine) -> None:
+    barrier = threading.Barrier(db._HOT_IDLE_KEPT + 4)
+    pids: list[object] = []
+
+    def read() -> None:
+        pids.append(driver_fetch_one(pg_engine, "SELECT pg_backend_pid()", ()))
+        barrier.wait()  # all at once: each its own connection
+
+    threads = [threading.Thread(target=read) for _ in range(barrier.parties)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(pids)) == barrier.parties
+    deadline = time.monotonic() + 3.0  # (a closed connection's backend exits a moment later)
+    while True:
+        alive = [pid for (pid,) in pids if _backend_alive(pg_engine, pid, settle=0)]  # type: ignore[misc]
+        if len(alive) <= db._HOT_IDLE_KEPT or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(alive) == db._HOT_IDLE_KEPT
