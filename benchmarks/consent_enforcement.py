@@ -296,7 +296,7 @@ def in_process(
 PROFILE_PARTS = (
     ("token: client's current state", "TokenService.authenticate"),
     ("consent index freshness check", "ConsentIndex.refresh"),
-    ("access log: group commit (wait + write)", "ConsentPolicy.keep_durably"),
+    ("access log: made durable (spool; PG: group commit)", "ConsentPolicy.keep_durably"),
     ("access log: entry built (pseudonym, sealing)", "ConsentPolicy._entry"),
     ("consent: resource facts", "resource_facts"),
     ("consent: decision (engine, patient context)", "ConsentPolicy._decide"),

@@ -52,7 +52,7 @@ SPOOL_SUFFIX = ".spool"
 # A writer turns to a new file past this size, so a finished file can be deleted once moved.
 ROTATE_BYTES = 16 * 1024 * 1024
 # Rows moved per transaction at most (the rest in the next one, in the same `ingest`).
-INGEST_BATCH_BYTES = 8 * 1024 * 1024
+INGEST_BATCH_BYTES = 1024 * 1024  # ~2,400 entries, ~20 ms of the write lock
 
 _INSERT = "INSERT INTO access_log (log_id, body, recorded_at, patient_pseudonym) VALUES (?, ?, ?, ?)"
 _MARKS = "SELECT name, moved_bytes FROM access_spool_marks"
