@@ -70,7 +70,9 @@ def spool_dir(engine: Engine) -> Path | None:
     database = engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return Path(f"{database}-access-spool")
+    # Absolute, as SQLite opens a relative path from the working directory: every process that opens this database
+    # file, wherever it was started, finds the same folder.
+    return Path(f"{Path(database).resolve()}-access-spool")
 
 
 def spool_lines(entries: Sequence[AccessEntry], log_id: str) -> bytes:

@@ -247,3 +247,13 @@ def test_any_entry_round_trips_through_a_spool_line(tmp_path_factory: pytest.Tem
     assert end == 2 * len(line)
     assert [decode_entry(body) for _, body, _, _ in rows] == [e, e]
     assert [p for _, _, _, p in rows] == [pseudonym or None] * 2
+
+
+def test_a_relative_database_path_finds_the_same_folder(migrated_sqlite_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    absolute = Path(migrated_sqlite_url.removeprefix("sqlite:///"))
+    monkeypatch.chdir(absolute.parent)
+    relative = make_engine(f"sqlite:///{absolute.name}")  # e.g. the CLI started in the data folder
+    assert spool_dir(relative) == spool_dir(make_engine(migrated_sqlite_url)) == Path(f"{absolute}-access-spool")
+    AccessSpool.for_engine(relative).append([entry(1)], log_id="access")  # type: ignore[union-attr]
+    assert ingest(make_engine(migrated_sqlite_url)) == 1
