@@ -400,8 +400,8 @@ class _AuditEventApi:
         """Authenticate, run `work`, and record the attempt once, whether it succeeded or was refused."""
         principal = self.authenticate()
         attempt = _Attempt()
-        ingest(self.store.engine)  # (SQLite) the reads' entries still in the spool are in the log like any other
         try:
+            ingest(self.store.engine)  # (SQLite) the reads' entries still in the spool are in the log like any other
             return work(principal, attempt)
         finally:  # refused or answered: recorded (an unexpected error is an attempt too)
             self.record(principal, action, attempt.targets(), attempt.decision, attempt.reason)

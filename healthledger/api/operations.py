@@ -14,6 +14,7 @@ reads fail closed on their own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 import structlog
 from flask import Blueprint, Flask, Response, g, request
 from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from healthledger.keys import KeyProvider
@@ -174,7 +176,8 @@ class LedgerGauges:
 
         now = self.wall_clock()
         try:
-            ingest(self.engine)  # (SQLite) the reads' entries still in the spool count as appended
+            with contextlib.suppress(DBAPIError, OSError):  # (a busy database: counted at the next scrape)
+                ingest(self.engine)  # (SQLite) the reads' entries still in the spool count as appended
             with Session(self.engine) as session:
                 states = dict(session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all())
                 oldest = session.scalar(

@@ -35,6 +35,7 @@ def anchor_command(runtime: Runtime, submit: bool) -> None:
     from healthledger.ledger.outbox import drain, status
 
     _attach_chain(runtime)
+    ingest(runtime.engine)  # (SQLite) reads' entries still in the spool: the head anchored covers them
     sessions = runtime.sessions
     with sessions.begin() as s:
         cp = anchor_batch(s, datetime.now(UTC), tenant=runtime.settings.tenant)

@@ -19,7 +19,8 @@ from healthledger.actions import LOGGED_ACTIONS
 from healthledger.audit.merkle import leaf_hash
 
 ENCODING_VERSION = 1
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds (version 1)
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds (version 1)
+_TIME_FORMAT = TIME_FORMAT
 _UTC_OFFSET = timedelta(0)
 
 DECISIONS = frozenset({"permit", "deny", "error"})

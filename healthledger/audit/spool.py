@@ -26,26 +26,32 @@ Each writer holds a shared `flock` on its current file while it may still write 
 a finished file by taking the lock itself, whatever process id namespace the writer had. PostgreSQL, the
 multi-replica database whose replicas may keep no disk of their own, keeps the group commit.
 
-A line: `log_id` TAB `recorded_at` (as SQLAlchemy's DateTime stores it on SQLite) TAB the entry's
-canonical encoding (healthledger.audit.entries: ASCII JSON, so no raw tab or newline) LF; the patient
-pseudonym column is read from the encoding when the line is moved. A line without its LF (a writer killed inside `write`, which never answered) is never moved.
+A line: `log_id` TAB the entry's canonical encoding (healthledger.audit.entries: ASCII JSON, so no raw tab
+or newline) LF; the `recorded_at` and `patient_pseudonym` columns are read from the encoding when the line is
+moved, so they agree with it. A line that is not one (which `append` never writes: a torn write is cut back
+off its file) is set aside in `malformed.lines` in the folder, logged without its content, and not moved. A line without its LF (a writer killed inside `write`, which never answered) is never moved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
-from healthledger.audit.entries import AccessEntry, encode_entry
+from healthledger.audit.entries import ENCODING_VERSION, TIME_FORMAT, AccessEntry, encode_entry
 from healthledger.audit.log import sqlite_time
 
 SPOOL_SUFFIX = ".spool"
@@ -79,7 +85,7 @@ def spool_lines(entries: Sequence[AccessEntry], log_id: str) -> bytes:
     lines = []
     for entry in entries:
         body = encode_entry(entry)
-        lines.append(b"\t".join((log_id.encode(), sqlite_time(entry.time).encode(), body)) + b"\n")
+        lines.append(log_id.encode() + b"\t" + body + b"\n")
     return b"".join(lines)
 
 
@@ -108,16 +114,26 @@ class AccessSpool:
             return cls._kept.setdefault(directory, cls(directory))
 
     def append(self, entries: Sequence[AccessEntry], *, log_id: str) -> None:
-        """Write `entries` as whole lines to this process's file, in one write; OSError if they could not be."""
+        """Write `entries` as whole lines to this process's file, in one write; OSError if they could not be.
+
+        A write that fails part of the way (a full disk, a quota) is cut back off the file, and the file is left
+        for a new one: the next read's lines never follow a torn one.
+        """
         data = spool_lines(entries, log_id)
         if not data:
             return
         with self._lock:
             fd = self._file()
             view = memoryview(data)
-            while view:  # a regular file takes it whole; a short write is continued, not dropped
-                written = os.write(fd, view)
-                view = view[written:]
+            try:
+                while view:  # a regular file takes it whole; a short write is continued, not dropped
+                    written = os.write(fd, view)
+                    view = view[written:]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._size)  # (if even that fails: a torn last line, never moved)
+                self._close()
+                raise
             self._size += len(data)
             if self._size >= self.rotate_bytes:
                 self._close()
@@ -131,10 +147,15 @@ class AccessSpool:
         self._serial += 1
         name = f"{os.getpid()}-{time.time_ns()}-{self._serial}"
         # Locked under a name `ingest` does not look at, then renamed: seen unlocked, a file is finished.
-        fd = os.open(self.directory / f"{name}.new", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                     0o600)
-        fcntl.flock(fd, fcntl.LOCK_SH)  # held while this process may write here: `ingest` may not delete it
-        os.rename(self.directory / f"{name}.new", self.directory / f"{name}{SPOOL_SUFFIX}")
+        fresh = self.directory / f"{name}.new"
+        fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # held while this process may write here: `ingest` may not delete it
+            os.rename(fresh, self.directory / f"{name}{SPOOL_SUFFIX}")
+        except OSError:
+            os.close(fd)
+            fresh.unlink(missing_ok=True)
+            raise
         self._fd, self._pid, self._size = fd, os.getpid(), 0
         return fd
 
@@ -190,48 +211,78 @@ def ingest(engine: Engine) -> int:
     """Move every whole spooled line of this database into `access_log`; returns how many were moved.
 
     Lines go in file order, each file's in the order written; the leaf order of the Merkle tree follows.
-    Idempotent and safe to run from any process at any time; a no-op on PostgreSQL.
+    Idempotent and safe to run from any process at any time; a no-op on PostgreSQL. A database error is raised
+    as SQLAlchemy's (OperationalError and friends: a 503 at the API, a pass to retry for the ledger worker).
     """
     directory = spool_dir(engine)
     if directory is None or not directory.is_dir():
         return 0
-    moved = 0
+    dbapi_error = engine.dialect.loaded_dbapi.Error
     with _ingesting(directory):
         raw = engine.raw_connection()
         try:
-            driver = raw.driver_connection
-            marks = dict(driver.execute(_MARKS).fetchall())  # type: ignore[union-attr]
-            done: list[str] = []
-            for path in sorted(directory.glob(f"*{SPOOL_SUFFIX}"), key=_file_order):
-                finished = _finished(path)  # before reading: a writer may add lines until then
-                start = marks.get(path.name, 0)
-                while True:
-                    rows, end = _read_lines(path, start)
-                    if not rows:
-                        break
-                    try:
-                        cursor = driver.cursor()  # type: ignore[union-attr]
-                        cursor.execute("BEGIN IMMEDIATE")
-                        cursor.executemany(_INSERT, rows)
-                        cursor.execute(_UPSERT_MARK, (path.name, end))
-                        cursor.close()
-                        driver.commit()  # type: ignore[union-attr]
-                    except BaseException:
-                        driver.rollback()  # type: ignore[union-attr]
-                        raise
-                    moved += len(rows)
-                    start = end
-                if finished:
-                    done.append(path.name)
-            for name in done:
-                # A finished file moved to its end (a partial last line, never answered for, is dropped with it):
-                # the file goes first, then its mark; a mark without its file is harmless, the reverse not.
-                (directory / name).unlink(missing_ok=True)
-                driver.execute(_DELETE_MARK, (name,))  # type: ignore[union-attr]
-                driver.commit()  # type: ignore[union-attr]
+            return _move(directory, raw.driver_connection, engine)
+        except dbapi_error as exc:
+            raise DBAPIError.instance(None, None, exc, dbapi_error, dialect=engine.dialect) from exc
         finally:
             raw.close()
+
+
+def _move(directory: Path, driver: Any, engine: Engine) -> int:
+    moved = 0
+    marks = dict(driver.execute(_MARKS).fetchall())
+    done: list[str] = []
+    for path in sorted(directory.glob(f"*{SPOOL_SUFFIX}"), key=_file_order):
+        finished = _finished(path)  # before reading: a writer may add lines until then
+        start = marks.get(path.name, 0)
+        while True:
+            batch = _read_lines(path, start)
+            if batch.end == start:
+                break
+            if batch.malformed:
+                _set_aside(directory, path.name, start, batch.malformed)
+            try:
+                cursor = driver.cursor()
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.executemany(_INSERT, batch.rows)
+                cursor.execute(_UPSERT_MARK, (path.name, batch.end))
+                cursor.close()
+                driver.commit()
+            except BaseException:
+                driver.rollback()
+                raise
+            moved += len(batch.rows)
+            start = batch.end
+        if finished:
+            done.append(path.name)
+    if done:
+        # A finished file moved to its end (a partial last line, never answered for, is dropped with it). Its rows
+        # were committed with synchronous=NORMAL: made durable first (the file's lines may be hours old, long on
+        # disk, and a power cut must not find them gone from both). Then the file goes, durably, and then its
+        # mark: a mark without its file is harmless, a file without its mark would be moved again.
+        _sync_database(engine)
+        for name in done:
+            (directory / name).unlink(missing_ok=True)
+        _sync_path(directory)
+        for name in done:
+            driver.execute(_DELETE_MARK, (name,))
+        driver.commit()
     return moved
+
+
+def _sync_database(engine: Engine) -> None:
+    database = Path(str(engine.url.database)).resolve()
+    for path in (database, Path(f"{database}-wal")):
+        if path.exists():
+            _sync_path(path)
+
+
+def _sync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _file_order(path: Path) -> tuple[int, int]:
@@ -242,21 +293,73 @@ def _file_order(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _read_lines(path: Path, start: int) -> tuple[list[tuple[str, bytes, str, str | None]], int]:
-    """The whole lines of `path` from byte `start` (a batch's worth at most), and where they end."""
+@dataclass
+class _Batch:
+    rows: list[tuple[str, bytes, str, str | None]] = field(default_factory=list)
+    malformed: list[bytes] = field(default_factory=list)
+    end: int = 0
+
+
+_LOG_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,32}")
+_MALFORMED_KEPT = 64 * 1024  # bytes of one malformed line set aside, at most
+
+
+def _read_lines(path: Path, start: int) -> _Batch:
+    """The whole lines of `path` from byte `start` (a batch's worth at most), as rows, and where they end."""
+    batch = _Batch(end=start)
     try:
         with path.open("rb") as f:
             f.seek(start)
             data = f.read(INGEST_BATCH_BYTES)
+            whole = data.rfind(b"\n") + 1
+            if whole == 0 and len(data) == INGEST_BATCH_BYTES:
+                # No line end in a whole batch: not a line append writes. Set aside up to the next line end.
+                skipped = len(data)
+                while chunk := f.read(INGEST_BATCH_BYTES):
+                    if (at := chunk.find(b"\n")) >= 0:
+                        batch.malformed.append(data[:_MALFORMED_KEPT])
+                        batch.end = start + skipped + at + 1
+                        return batch
+                    skipped += len(chunk)
+                return batch  # its end not written yet (or never will be: dropped with its file)
     except FileNotFoundError:
-        return [], start
-    whole = data.rfind(b"\n") + 1
-    if whole == 0 and len(data) == INGEST_BATCH_BYTES:
-        raise ValueError(f"{path.name}: a spool line longer than {INGEST_BATCH_BYTES} bytes")
-    rows = []
+        return batch
     for line in data[:whole].split(b"\n")[:-1]:
-        log_id, recorded_at, body = line.split(b"\t", 2)
-        # The pseudonym column from the body itself, so the two agree (verify_log checks they do).
-        pseudonym = orjson.loads(body).get("patient_pseudonym")
-        rows.append((log_id.decode(), body, recorded_at.decode(), pseudonym or None))
-    return rows, start + whole
+        row = _row_of(line)
+        if row is None:
+            batch.malformed.append(line[:_MALFORMED_KEPT])
+        else:
+            batch.rows.append(row)
+    batch.end = start + whole
+    return batch
+
+
+def _row_of(line: bytes) -> tuple[str, bytes, str, str | None] | None:
+    """The access_log row of a spool line, its columns read from the entry's encoding; None if it is not one."""
+    log_id, tab, body = line.partition(b"\t")
+    if not tab or not _LOG_ID.fullmatch(log_id):
+        return None
+    try:
+        fields = orjson.loads(body)
+        if not isinstance(fields, dict) or fields.get("v") != ENCODING_VERSION:
+            return None
+        moment = datetime.strptime(fields["time"], TIME_FORMAT).replace(tzinfo=UTC)
+        pseudonym = fields["patient_pseudonym"]
+        if not isinstance(pseudonym, str):
+            return None
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return log_id.decode(), body, sqlite_time(moment), pseudonym or None
+
+
+def _set_aside(directory: Path, name: str, offset: int, lines: list[bytes]) -> None:
+    """Keep malformed lines for whoever investigates (beside the spool, private), and say so without their content."""
+    import structlog
+
+    fd = os.open(directory / "malformed.lines", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"".join(f"{name}@{offset}\t".encode() + line + b"\n" for line in lines))
+    finally:
+        os.close(fd)
+    structlog.get_logger("healthledger.audit.spool").warning(
+        "audit.spool_malformed_lines", file=name, offset=offset, lines=len(lines))

@@ -238,7 +238,10 @@ def _sequence_log(sessions: Any) -> int:
     from healthledger.audit.log import integrate, tree_head
     from healthledger.audit.spool import ingest
 
-    ingest(sessions.kw["bind"])  # (SQLite) the reads' spooled entries first
+    try:
+        ingest(sessions.kw["bind"])  # (SQLite) the reads' spooled entries first
+    except Exception as exc:  # noqa: BLE001 - sequencing, anchoring and the chain writes go on; the next pass retries
+        log.warning("ledger.spool_ingest_failed", error=type(exc).__name__)
     turn = WriterTurn.for_engine(sessions.kw["bind"])  # in turn with the web workers' group commits (SQLite)
     done = 0
     for _ in range(SEQUENCE_BATCHES_PER_PASS):

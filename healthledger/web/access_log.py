@@ -37,9 +37,11 @@ def latest_accesses(
     if end is not None:
         params.append(("date", f"lt{(end + timedelta(days=1)).isoformat()}"))
     total = int(api.search("AuditEvent", [*params, ("_count", "0")]).get("total") or 0)
-    offset = max(0, total - limit)
+    # A page more than the window: an entry made a moment after another can reach the log before it (see above),
+    # so the newest `limit` by time are among the last `limit + PAGE` appended.
+    offset = max(0, total - limit - PAGE)
     found: list[dict[str, Any]] = []
-    while offset < total and len(found) < limit:
+    while offset < total:
         bundle = api.search("AuditEvent", [*params, ("_count", str(PAGE)), ("_offset", str(offset))])
         page = list(entries(bundle))
         if not page:
@@ -50,4 +52,4 @@ def latest_accesses(
     # a read's entry reaches it from the spool (healthledger.audit.spool) after entries made later by writes.
     views = [describe_access(event, me) for event in reversed(found)]
     views.sort(key=lambda view: view.recorded, reverse=True)
-    return AccessWindow(views, total, total > limit)
+    return AccessWindow(views[:limit], total, total > limit)

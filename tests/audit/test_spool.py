@@ -117,10 +117,11 @@ def test_a_file_larger_than_a_batch_is_moved_in_several_transactions(migrated_sq
     spool.append([entry(n) for n in range(10)], log_id="access")
     assert ingest(engine) == 10
     assert [decode_entry(b).resource_id for b, _, _ in stored(engine)] == [f"p{n}" for n in range(10)]
-    monkeypatch.setattr(spool_module, "INGEST_BATCH_BYTES", one // 2)
-    spool.append([entry(11)], log_id="access")
-    with pytest.raises(ValueError, match="longer than"):
-        ingest(engine)  # a line no batch can hold is an error, not a silent stop
+    monkeypatch.setattr(spool_module, "INGEST_BATCH_BYTES", one // 3)
+    spool.append([entry(11), entry(12)], log_id="access")  # lines no batch can hold: set aside, the rest goes on
+    assert ingest(engine) == 0
+    directory = spool_dir(engine)
+    assert directory is not None and (directory / "malformed.lines").read_bytes().count(b"\n") == 2
 
 
 WRITER = textwrap.dedent("""
@@ -240,13 +241,13 @@ def test_any_entry_round_trips_through_a_spool_line(tmp_path_factory: pytest.Tem
                     action="read", resource_type="Patient", resource_id=resource_id, patient_pseudonym=pseudonym,
                     decision="deny", reason=reason)
     line = spool_lines([e], "access")
-    assert line.count(b"\n") == 1 and line.endswith(b"\n") and line.count(b"\t") == 2  # no raw separators in it
+    assert line.count(b"\n") == 1 and line.endswith(b"\n") and line.count(b"\t") == 1  # no raw separators in it
     path = tmp_path_factory.mktemp("line") / f"1-1-1{SPOOL_SUFFIX}"
     path.write_bytes(line * 2)
-    rows, end = spool_module._read_lines(path, 0)
-    assert end == 2 * len(line)
-    assert [decode_entry(body) for _, body, _, _ in rows] == [e, e]
-    assert [p for _, _, _, p in rows] == [pseudonym or None] * 2
+    batch = spool_module._read_lines(path, 0)
+    assert batch.end == 2 * len(line) and not batch.malformed
+    assert [decode_entry(body) for _, body, _, _ in batch.rows] == [e, e]
+    assert [p for _, _, _, p in batch.rows] == [pseudonym or None] * 2
 
 
 def test_a_relative_database_path_finds_the_same_folder(migrated_sqlite_url: str,
@@ -257,3 +258,79 @@ def test_a_relative_database_path_finds_the_same_folder(migrated_sqlite_url: str
     assert spool_dir(relative) == spool_dir(make_engine(migrated_sqlite_url)) == Path(f"{absolute}-access-spool")
     AccessSpool.for_engine(relative).append([entry(1)], log_id="access")  # type: ignore[union-attr]
     assert ingest(make_engine(migrated_sqlite_url)) == 1
+
+
+def test_malformed_lines_are_set_aside_and_the_rest_moved(migrated_sqlite_url: str) -> None:
+    engine = make_engine(migrated_sqlite_url)
+    directory = spool_dir(engine)
+    assert directory is not None
+    directory.mkdir(mode=0o700)
+    good = spool_lines([entry(1)], "access")
+    bad = [b"no tab here\n", b"access\t{not json\n", b"acc ess\t{}\n", b"access\t{\"v\": 9}\n",
+           spool_lines([entry(2)], "access")[:30] + b"\n"]  # a torn line followed by a line end
+    (directory / f"1-1-1{SPOOL_SUFFIX}").write_bytes(good + b"".join(bad) + spool_lines([entry(3)], "access"))
+    assert ingest(engine) == 2  # no exception: a reader of the log is not stopped by one bad line
+    assert [decode_entry(b).resource_id for b, _, _ in stored(engine)] == ["p1", "p3"]
+    kept = (directory / "malformed.lines").read_bytes()
+    assert kept.count(b"\n") == len(bad) and (directory / "malformed.lines").stat().st_mode & 0o777 == 0o600
+
+
+TORN = textwrap.dedent("""
+    import resource, signal, sys
+    from datetime import UTC, datetime
+    from healthledger.audit.entries import AccessEntry
+    from healthledger.audit.spool import AccessSpool, spool_dir
+    from healthledger.db import make_engine
+
+    def entry(n):
+        return AccessEntry(time=datetime.now(UTC), actor="client:x", organization="", role="system", purpose="TREAT",
+                           action="read", resource_type="Patient", resource_id=f"t{n}", patient_pseudonym="",
+                           decision="permit", reason="policy")
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG instead
+    spool = AccessSpool(spool_dir(make_engine(sys.argv[1])))
+    spool.append([entry(1)], log_id="access")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (spool._size + 150, resource.RLIM_INFINITY))
+    try:
+        spool.append([entry(n) for n in range(2, 40)], log_id="access")  # the disk fills part of the way
+        print("written")
+    except OSError as exc:
+        print("failed", exc.errno)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    spool.append([entry(40)], log_id="access")  # the next read: a new file, after no torn line
+    print("appended")
+""")
+
+
+def test_a_write_that_fails_part_of_the_way_is_cut_back_and_the_next_goes_to_a_new_file(
+        migrated_sqlite_url: str) -> None:
+    import errno
+
+    done = subprocess.run([sys.executable, "-c", TORN, migrated_sqlite_url], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=True)
+    said = [line for line in done.stdout.splitlines() if line.startswith(("failed", "written", "appended"))]
+    assert said == [f"failed {errno.EFBIG}", "appended"]
+    engine = make_engine(migrated_sqlite_url)
+    assert ingest(engine) == 2
+    assert [decode_entry(b).resource_id for b, _, _ in stored(engine)] == ["t1", "t40"]  # the failed read's: none
+    directory = spool_dir(engine)
+    assert directory is not None and not (directory / "malformed.lines").exists() and spool_files(directory) == []
+
+
+def test_a_database_error_while_moving_is_sqlalchemys(migrated_sqlite_url: str) -> None:
+    import sqlite3
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(migrated_sqlite_url, connect_args={"timeout": 0.1})  # a short busy timeout
+    AccessSpool(spool_dir(engine)).append([entry(1)], log_id="access")  # type: ignore[arg-type]
+    holder = sqlite3.connect(migrated_sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+    try:
+        with pytest.raises(OperationalError):  # the API's 503, the ledger worker's pass to retry
+            ingest(engine)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert ingest(engine) == 1
