@@ -286,9 +286,10 @@ class ResourceStore:
 
         Under a policy that logs accesses, reads make their log entries durable before returning (or
         raising). The decision is made on a read view, whose entries are only collected; when the read
-        ends, its transaction is rolled back and the policy commits them (`keep_durably`: a group commit
-        shared with the reads that end at the same time, healthledger.audit.group_commit, written on this
-        connection when this read leads the group). A read never holds a write lock through decryption and
+        ends, its transaction is rolled back and the policy makes them durable (`keep_durably`: on SQLite a
+        write to this worker's access-log spool, healthledger.audit.spool; on PostgreSQL a group commit shared
+        with the reads that end at the same time, healthledger.audit.group_commit, written on this connection
+        when this read leads the group). A read never holds a write lock through decryption and
         the decision (SQLite has one writer at a time: that would serialise every reader); and if the
         entries cannot be committed, the read raises instead of answering.
         """
