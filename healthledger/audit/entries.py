@@ -20,7 +20,6 @@ from healthledger.audit.merkle import leaf_hash
 
 ENCODING_VERSION = 1
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds (version 1)
-_TIME_FORMAT = TIME_FORMAT
 _UTC_OFFSET = timedelta(0)
 
 DECISIONS = frozenset({"permit", "deny", "error"})
@@ -79,11 +78,11 @@ def encode_entry(entry: AccessEntry) -> bytes:
 
 
 def _utc_time_text(moment: datetime) -> str:
-    """`moment` in UTC as `_TIME_FORMAT` writes it, by isoformat (strftime costs 2x, and converting to UTC a
+    """`moment` in UTC as `TIME_FORMAT` writes it, by isoformat (strftime costs 2x, and converting to UTC a
     time already in it, more)."""
     utc = moment if moment.utcoffset() == _UTC_OFFSET else moment.astimezone(UTC)
     if utc.year < 1000:  # strftime's %Y does not pad years below 1000 to four digits (glibc); isoformat does
-        return utc.strftime(_TIME_FORMAT)
+        return utc.strftime(TIME_FORMAT)
     return utc.isoformat(timespec="microseconds")[:-6] + "Z"  # drops the "+00:00" of a zero offset
 
 
@@ -91,7 +90,7 @@ def decode_entry(body: bytes) -> AccessEntry:
     fields = json.loads(body)
     if fields.pop("v", None) != ENCODING_VERSION:
         raise ValueError("unsupported access-log entry encoding")
-    fields["time"] = datetime.strptime(fields["time"], _TIME_FORMAT).replace(tzinfo=UTC)
+    fields["time"] = datetime.strptime(fields["time"], TIME_FORMAT).replace(tzinfo=UTC)
     fields["sealed_note"] = base64.b64decode(fields["sealed_note"])
     return AccessEntry(**fields)
 

@@ -82,12 +82,12 @@ def record_accesses(
     if connection.dialect.name == "sqlite":
         # On every request's path: the driver directly, in the text form SQLAlchemy's DateTime uses on
         # SQLite (SQLAlchemy's own statement handling cost more than the insert).
-        connection.exec_driver_sql(_SQLITE_INSERT, _driver_rows(entries, log_id, sqlite=True))
+        connection.exec_driver_sql(SQLITE_INSERT, _driver_rows(entries, log_id, sqlite=True))
         return
     conn.execute(_INSERT, [_row(entry, log_id) for entry in entries])
 
 
-_SQLITE_INSERT = "INSERT INTO access_log (log_id, body, recorded_at, patient_pseudonym) VALUES (?, ?, ?, ?)"
+SQLITE_INSERT = "INSERT INTO access_log (log_id, body, recorded_at, patient_pseudonym) VALUES (?, ?, ?, ?)"
 
 
 def sqlite_time(moment: datetime) -> str:
@@ -118,7 +118,7 @@ def commit_accesses_on_driver(conn: Connection, entries: Sequence[AccessEntry], 
         cursor = driver.cursor()  # type: ignore[union-attr]
         try:
             if sqlite:
-                cursor.executemany(_SQLITE_INSERT, rows)
+                cursor.executemany(SQLITE_INSERT, rows)
             elif not driver.autocommit:  # type: ignore[union-attr]
                 cursor.executemany(_DRIVER_INSERT, rows)
             elif len(rows) <= _ONE_STATEMENT_ROWS:
@@ -134,7 +134,7 @@ def commit_accesses_on_driver(conn: Connection, entries: Sequence[AccessEntry], 
         raise
 
 
-_DRIVER_INSERT = _SQLITE_INSERT.replace("?", "%s")  # psycopg's placeholders
+_DRIVER_INSERT = SQLITE_INSERT.replace("?", "%s")  # psycopg's placeholders
 _DRIVER_MORE_VALUES = ", (%s, %s, %s, %s)"
 _ONE_STATEMENT_ROWS = 2_000  # 8,000 parameters, far below PostgreSQL's 65,535 to a statement
 

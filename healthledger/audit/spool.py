@@ -29,7 +29,8 @@ multi-replica database whose replicas may keep no disk of their own, keeps the g
 A line: `log_id` TAB the entry's canonical encoding (healthledger.audit.entries: ASCII JSON, so no raw tab
 or newline) LF; the `recorded_at` and `patient_pseudonym` columns are read from the encoding when the line is
 moved, so they agree with it. A line that is not one (which `append` never writes: a torn write is cut back
-off its file) is set aside in `malformed.lines` in the folder, logged without its content, and not moved. A line without its LF (a writer killed inside `write`, which never answered) is never moved.
+off its file) is set aside in `malformed.lines` in the folder, logged without its content, and not moved. A
+line without its LF (a writer killed inside `write`, which never answered) is never moved.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from healthledger.audit.entries import ENCODING_VERSION, TIME_FORMAT, AccessEntry, encode_entry
-from healthledger.audit.log import sqlite_time
+from healthledger.audit.log import SQLITE_INSERT, sqlite_time
 
 SPOOL_SUFFIX = ".spool"
 # A writer turns to a new file past this size, so a finished file can be deleted once moved.
@@ -60,7 +61,6 @@ ROTATE_BYTES = 16 * 1024 * 1024
 # Rows moved per transaction at most (the rest in the next one, in the same `ingest`).
 INGEST_BATCH_BYTES = 1024 * 1024  # ~2,400 entries, ~20 ms of the write lock
 
-_INSERT = "INSERT INTO access_log (log_id, body, recorded_at, patient_pseudonym) VALUES (?, ?, ?, ?)"
 _MARKS = "SELECT name, moved_bytes FROM access_spool_marks"
 _UPSERT_MARK = (
     "INSERT INTO access_spool_marks (name, moved_bytes) VALUES (?, ?)"
@@ -69,24 +69,26 @@ _UPSERT_MARK = (
 _DELETE_MARK = "DELETE FROM access_spool_marks WHERE name = ?"
 
 
-def spool_dir(engine: Engine) -> Path | None:
-    """The spool directory of a SQLite database file; None for PostgreSQL and in-memory databases."""
+def _database_file(engine: Engine) -> Path | None:
+    """A SQLite database's file, absolute (SQLite opens a relative path from the working directory: every process
+    that opens this file, wherever it was started, finds the same spool); None for PostgreSQL and in memory."""
     if engine.dialect.name != "sqlite":
         return None
     database = engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    # Absolute, as SQLite opens a relative path from the working directory: every process that opens this database
-    # file, wherever it was started, finds the same folder.
-    return Path(f"{Path(database).resolve()}-access-spool")
+    return Path(database).resolve()
+
+
+def spool_dir(engine: Engine) -> Path | None:
+    """The spool directory of a SQLite database file; None for PostgreSQL and in-memory databases."""
+    database = _database_file(engine)
+    return None if database is None else Path(f"{database}-access-spool")
 
 
 def spool_lines(entries: Sequence[AccessEntry], log_id: str) -> bytes:
-    lines = []
-    for entry in entries:
-        body = encode_entry(entry)
-        lines.append(log_id.encode() + b"\t" + body + b"\n")
-    return b"".join(lines)
+    prefix = log_id.encode() + b"\t"
+    return b"".join(prefix + encode_entry(entry) + b"\n" for entry in entries)
 
 
 class AccessSpool:
@@ -244,7 +246,7 @@ def _move(directory: Path, driver: Any, engine: Engine) -> int:
             try:
                 cursor = driver.cursor()
                 cursor.execute("BEGIN IMMEDIATE")
-                cursor.executemany(_INSERT, batch.rows)
+                cursor.executemany(SQLITE_INSERT, batch.rows)
                 cursor.execute(_UPSERT_MARK, (path.name, batch.end))
                 cursor.close()
                 driver.commit()
@@ -271,7 +273,8 @@ def _move(directory: Path, driver: Any, engine: Engine) -> int:
 
 
 def _sync_database(engine: Engine) -> None:
-    database = Path(str(engine.url.database)).resolve()
+    database = _database_file(engine)
+    assert database is not None  # (a spool exists only beside a database file)
     for path in (database, Path(f"{database}-wal")):
         if path.exists():
             _sync_path(path)

@@ -242,7 +242,7 @@ def _sequence_log(sessions: Any) -> int:
         ingest(sessions.kw["bind"])  # (SQLite) the reads' spooled entries first
     except Exception as exc:  # noqa: BLE001 - sequencing, anchoring and the chain writes go on; the next pass retries
         log.warning("ledger.spool_ingest_failed", error=type(exc).__name__)
-    turn = WriterTurn.for_engine(sessions.kw["bind"])  # in turn with the web workers' group commits (SQLite)
+    turn = WriterTurn.for_engine(sessions.kw["bind"])  # in turn with any group commit's leaders on the file (SQLite)
     done = 0
     for _ in range(SEQUENCE_BATCHES_PER_PASS):
         with turn, sessions.begin() as session:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from healthledger.audit import spool as spool_module
@@ -40,6 +40,13 @@ def stored(engine: object) -> list[tuple[bytes, str | None, datetime]]:
         return [tuple(r) for r in conn.execute(  # type: ignore[misc]
             select(AccessLogEntry.body, AccessLogEntry.patient_pseudonym, AccessLogEntry.recorded_at)
             .order_by(AccessLogEntry.id))]
+
+
+def database_and_spool(url: str) -> tuple[Engine, Path]:
+    engine = make_engine(url)
+    directory = spool_dir(engine)
+    assert directory is not None  # a database file: it has a spool folder
+    return engine, directory
 
 
 def spool_files(directory: Path) -> list[Path]:
@@ -67,9 +74,7 @@ def test_appended_entries_are_moved_once_with_their_columns(migrated_sqlite_url:
 
 
 def test_files_are_private_and_a_live_writers_file_stays(migrated_sqlite_url: str) -> None:
-    engine = make_engine(migrated_sqlite_url)
-    directory = spool_dir(engine)
-    assert directory is not None
+    engine, directory = database_and_spool(migrated_sqlite_url)
     spool = AccessSpool(directory)
     spool.append([entry(1)], log_id="access")
     ingest(engine)
@@ -80,9 +85,7 @@ def test_files_are_private_and_a_live_writers_file_stays(migrated_sqlite_url: st
 
 
 def test_a_rotated_file_is_deleted_once_moved_and_not_before(migrated_sqlite_url: str) -> None:
-    engine = make_engine(migrated_sqlite_url)
-    directory = spool_dir(engine)
-    assert directory is not None
+    engine, directory = database_and_spool(migrated_sqlite_url)
     spool = AccessSpool(directory, rotate_bytes=1)  # every append closes its file
     spool.append([entry(1)], log_id="access")
     spool.append([entry(2)], log_id="access")
@@ -95,9 +98,7 @@ def test_a_rotated_file_is_deleted_once_moved_and_not_before(migrated_sqlite_url
 
 
 def test_a_line_without_its_end_is_never_moved_and_goes_with_its_finished_file(migrated_sqlite_url: str) -> None:
-    engine = make_engine(migrated_sqlite_url)
-    directory = spool_dir(engine)
-    assert directory is not None
+    engine, directory = database_and_spool(migrated_sqlite_url)
     directory.mkdir(mode=0o700)
     whole = spool_lines([entry(1)], "access")
     torn = spool_lines([entry(2)], "access")[:40]  # a writer killed inside its write: never answered
@@ -194,9 +195,7 @@ def test_concurrent_writers_and_movers_move_every_line_exactly_once(migrated_sql
 
 
 def test_a_forked_child_writes_a_file_of_its_own(migrated_sqlite_url: str) -> None:
-    engine = make_engine(migrated_sqlite_url)
-    directory = spool_dir(engine)
-    assert directory is not None
+    engine, directory = database_and_spool(migrated_sqlite_url)
     spool = AccessSpool(directory)
     spool.append([entry(1)], log_id="access")
     pid = os.fork()
@@ -261,9 +260,7 @@ def test_a_relative_database_path_finds_the_same_folder(migrated_sqlite_url: str
 
 
 def test_malformed_lines_are_set_aside_and_the_rest_moved(migrated_sqlite_url: str) -> None:
-    engine = make_engine(migrated_sqlite_url)
-    directory = spool_dir(engine)
-    assert directory is not None
+    engine, directory = database_and_spool(migrated_sqlite_url)
     directory.mkdir(mode=0o700)
     good = spool_lines([entry(1)], "access")
     bad = [b"no tab here\n", b"access\t{not json\n", b"acc ess\t{}\n", b"access\t{\"v\": 9}\n",
