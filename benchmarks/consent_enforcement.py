@@ -26,7 +26,10 @@ stayed fresh). Modes alternate over repeats and each keeps its best run, as in f
 Usage: .venv/bin/python benchmarks/consent_enforcement.py [--patients 300] [--duration 5] [--repeats 3]
            [--database-url postgresql://postgres@127.0.0.1:5432/test]
 Needs `wrk` (Debian: apt-get install wrk; `make bench` installs it). With `--database-url` each server gets
-a fresh schema of that database (dropped afterwards). Writes benchmarks/results/consent_enforcement.json
+a fresh schema of that database (dropped afterwards), and the table gains the CPU of the machine's PostgreSQL
+processes per request (`db ms/req`): statements the enforced read adds cost the database as well as the server.
+The throughput and p99 targets are printed with the unenforced figure beside them: what this machine reaches
+with no enforcement at all. Writes benchmarks/results/consent_enforcement.json
 (consent_enforcement_postgres.json on PostgreSQL).
 """
 
@@ -453,7 +456,8 @@ def main() -> int:
                     for mode in op_modes if repeat % 2 == 0 else op_modes[::-1]:
                         port, token = servers[mode]
                         run = run_wrk(port, paths, duration=args.duration, token=token,
-                                      master_pid=procs[OFF if mode == OFF else ON][0].pid, **wrk_args)
+                                      master_pid=procs[OFF if mode == OFF else ON][0].pid,
+                                      database=bool(args.database_url), **wrk_args)
                         runs.setdefault(op, {}).setdefault(mode, []).append(run)
                     print(f"  {op}: repeat {repeat + 1}/{args.repeats} done", flush=True)
 
@@ -488,8 +492,11 @@ def main() -> int:
           f"{args.connections} connections, best of {args.repeats} alternating {args.duration}s runs per mode, "
           f"{prepared[ON]['resources']} resources ({args.patients} patients), both servers with the ledger sidecars")
     print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores (wrk and both servers share them)\n")
+    # On PostgreSQL the database's own processes (this machine's, every one) are a column of their own.
+    db_column = bool(args.database_url)
     header = (f"{'operation':28} {'mode':14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-              f"{'cpu ms/req':>10} {'cores busy':>10} {'runs req/s':>20}")
+              f"{'cpu ms/req':>10} {'cores busy':>10}" + (f" {'db ms/req':>9}" if db_column else "") +
+              f" {'runs req/s':>20}")
     print(header)
     print("-" * len(header))
     summary: dict[str, Any] = {}
@@ -498,8 +505,10 @@ def main() -> int:
             all_rps = "/".join(f"{x['req_per_s']:.0f}" for x in runs[op][mode])
             # Server CPU seconds per second: below what the cores could give, the server was waiting.
             r["server_cores_busy"] = r["server_cpu_ms_per_request"] * r["req_per_s"] / 1000
+            db = r.get("database_cpu_ms_per_request")
+            db_cell = (f" {db:9.2f}" if db is not None else f" {'-':>9}") if db_column else ""
             print(f"{op:28} {mode:14} {r['req_per_s']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:7d} "
-                  f"{r['server_cpu_ms_per_request']:10.2f} {r['server_cores_busy']:10.2f} {all_rps:>20}")
+                  f"{r['server_cpu_ms_per_request']:10.2f} {r['server_cores_busy']:10.2f}{db_cell} {all_rps:>20}")
             # gunicorn workers' CPU seconds in that run: one near zero means one worker took every connection.
             workers = [s for label, s in r["server_cpu_s_by_process"].items() if label.startswith("worker")]
             print(f"{'':28} {'':14} workers' CPU s: {' / '.join(f'{s:.2f}' for s in workers)}")
@@ -513,6 +522,9 @@ def main() -> int:
         }
         line = (f"{'':28} {'on/off':14} {entry['overhead_throughput']:7.2f}x throughput (off/on), "
                 f"{entry['overhead_p50']:.2f}x p50, {entry['overhead_cpu']:.2f}x server CPU per request")
+        if on.get("database_cpu_ms_per_request") and off.get("database_cpu_ms_per_request"):
+            entry["overhead_database_cpu"] = on["database_cpu_ms_per_request"] / off["database_cpu_ms_per_request"]
+            line += f", {entry['overhead_database_cpu']:.2f}x database CPU per request"
         if ON_DEV in by_mode:
             dev = by_mode[ON_DEV]
             entry["split_cpu_ms_per_request"] = {
@@ -610,9 +622,12 @@ def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
         on = entry[ON]
         checks.append({"what": f"{op}: enforced <= {TARGET_OVERHEAD}x unenforced", "measured": f"{entry['overhead_throughput']:.2f}x",
                        "met": entry["overhead_throughput"] <= TARGET_OVERHEAD})
-        checks.append({"what": f"{op}: enforced >= {TARGET_READ_REQ_PER_S:,.0f} req/s", "measured": f"{on['req_per_s']:,.0f} req/s",
+        off = entry[OFF]  # the same read without enforcement: what this machine allows at all
+        checks.append({"what": f"{op}: enforced >= {TARGET_READ_REQ_PER_S:,.0f} req/s",
+                       "measured": f"{on['req_per_s']:,.0f} req/s (unenforced {off['req_per_s']:,.0f})",
                        "met": on["req_per_s"] >= TARGET_READ_REQ_PER_S})
-        checks.append({"what": f"{op}: enforced p99 <= {TARGET_P99_MS:.0f} ms", "measured": f"{on['p99_ms']:.1f} ms",
+        checks.append({"what": f"{op}: enforced p99 <= {TARGET_P99_MS:.0f} ms",
+                       "measured": f"{on['p99_ms']:.1f} ms (unenforced {off['p99_ms']:.1f} ms)",
                        "met": on["p99_ms"] <= TARGET_P99_MS})
     entry = summary[SEARCH]
     checks.append({"what": f"{SEARCH}: enforced <= {TARGET_SEARCH_OVERHEAD}x unenforced",

@@ -155,6 +155,30 @@ def server_cpu_by_process(master_pid: int) -> dict[str, float]:
     return out
 
 
+def database_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) so far of every PostgreSQL process on this machine (server, backends, WAL
+    writer, checkpointer...); None when there is none to see (SQLite, or a database on another machine).
+
+    On PostgreSQL part of a request's cost is the database's: its backends parse, plan and run each statement
+    and flush the WAL at each commit, in processes of their own that the server's CPU does not count. Other
+    users of the same PostgreSQL show up here too; the benchmarks keep the other server idle while they measure.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total, seen = 0.0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "comm").read_text().startswith("postgres"):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        seen = True
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total if seen else None
+
+
 def _command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -176,11 +200,13 @@ def stop_servers(procs: list[subprocess.Popen[bytes]], *, timeout: float) -> Non
 
 def run_wrk(
     port: int, paths: list[str], *, duration: int, connections: int, threads: int, workdir: Path,
-    master_pid: int | None = None, token: str = TOKEN,
+    master_pid: int | None = None, token: str = TOKEN, database: bool = False,
 ) -> dict[str, Any]:
+    """One wrk run; with `database`, the local PostgreSQL's CPU per request as well (database_cpu_seconds)."""
     script = workdir / f"wrk-{port}.lua"
     script.write_text(LUA % {"paths": ", ".join(json.dumps(p) for p in paths), "token": token})
     cpu_before = server_cpu_by_process(master_pid) if master_pid else {}
+    database_before = database_cpu_seconds() if database else None
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
          f"http://127.0.0.1:{port}"],
@@ -192,6 +218,7 @@ def run_wrk(
     raw = json.loads(line.removeprefix("WRKJSON "))
     seconds = raw["duration_us"] / 1e6
     cpu_after = server_cpu_by_process(master_pid) if master_pid else {}
+    database_after = database_cpu_seconds() if database else None
     # Each process's share (a worker that served nothing shows the kernel's accept imbalance).
     by_process = {label: round(seconds - cpu_before.get(label, 0.0), 2) for label, seconds in cpu_after.items()}
     cpu = sum(by_process.values())
@@ -209,6 +236,10 @@ def run_wrk(
         "mean_ms": raw["mean_us"] / 1000,
         "errors": raw["socket_errors"] + raw["status_errors"],
         "server_cpu_s_by_process": by_process,
+        "database_cpu_ms_per_request": (
+            (database_after - database_before) * 1000 / raw["requests"]
+            if database_before is not None and database_after is not None and raw["requests"] else None
+        ),
     }
 
 
