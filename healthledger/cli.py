@@ -12,6 +12,8 @@ from healthledger.errors import HealthLedgerError
 from healthledger.runtime import Runtime
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from healthledger.app import Bootstrapped
 from zk.cli import LazyGroup
 
@@ -95,7 +97,7 @@ def _echo_start(done: Bootstrapped | None, settings: Settings) -> None:
                    "turns this off")
     base = f"http://{settings.host}:{settings.port}"
     exe = _command_name()
-    click.echo(f"a token: {exe} clients add \"My EHR\" --scopes \"system/*.rs\" --secret   (prints an id and a secret), "
+    click.echo(f"a token: {exe} clients add \"My EHR\" --scopes \"system/Patient.rs system/Observation.rs\" --secret   (prints an id and a secret), "
                f"then POST {base}/auth/token with grant_type=client_credentials, client_id, client_secret and "
                "scope (README: First ten minutes)")
     if settings.accepted_dev_token:
@@ -145,16 +147,16 @@ def serve(runtime: Runtime, host: str | None, port: int | None, workers: int | N
         _echo_start(done, settings)
         _serve_http(settings, dev)
         return
-    from healthledger.ledger.service import ledger_sidecars
+    from healthledger.ledger.service import ledger_sidecars, shutting_down
 
     with ledger_sidecars(settings) as run_settings:
         chain = "embedded chain" if not settings.chain_url else "chain at the configured URL"
         click.echo(f"ledger: {chain} at {run_settings.chain_url}, contracts verified, worker running")
         _echo_start(done, settings)
-        _serve_http(run_settings, dev)
+        _serve_http(run_settings, dev, on_stop=shutting_down)
 
 
-def _serve_http(settings: Settings, dev: bool) -> None:
+def _serve_http(settings: Settings, dev: bool, on_stop: Callable[[], None] | None = None) -> None:
     from healthledger.app import create_app
 
     click.echo(f"HealthLedger on http://{settings.host}:{settings.port}/  (data: {settings.data_dir.resolve()})")
@@ -164,7 +166,7 @@ def _serve_http(settings: Settings, dev: bool) -> None:
         return
     from healthledger.server import run_gunicorn
 
-    run_gunicorn(settings)
+    run_gunicorn(settings, on_stop=on_stop)
 
 
 def _dev_request_handler() -> type:

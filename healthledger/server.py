@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from healthledger.config import Settings
 from healthledger.observability import gunicorn_log_config, mark_worker_dead
@@ -12,11 +15,50 @@ from healthledger.observability import gunicorn_log_config, mark_worker_dead
 WORKER_CLASS = "healthledger.balanced_worker.BalancedThreadWorker"
 
 
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, telling `on_stop` first when a signal asks it to stop (from its main loop, not the handler).
+
+    Ctrl-C in a terminal signals the whole process group: `serve`'s sidecars (chain node, ledger worker) stop at
+    the same moment as the master, and without this their supervisor would take them for crashed and start them
+    again while the master shuts down.
+    """
+
+    def __init__(self, app: Any, on_stop: Callable[[], None] | None) -> None:
+        self._on_stop = on_stop
+        super().__init__(app)
+
+    def _stopping(self) -> None:
+        if self._on_stop is not None:
+            self._on_stop()
+
+    def handle_int(self) -> None:
+        self._stopping()
+        super().handle_int()
+
+    def handle_term(self) -> None:
+        self._stopping()
+        super().handle_term()
+
+    def handle_quit(self) -> None:
+        self._stopping()
+        super().handle_quit()
+
+
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, options: dict[str, Any], on_stop: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.options = options
+        self.on_stop = on_stop
         super().__init__()
+
+    def run(self) -> None:
+        """BaseApplication.run with our arbiter."""
+        try:
+            _Arbiter(self, self.on_stop).run()
+        except RuntimeError as e:
+            print(f"\nError: {e}\n", file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(1)
 
     def load_config(self) -> None:
         for key, value in self.options.items():
@@ -70,5 +112,6 @@ def _child_exit(_server: Any, worker: Any) -> None:
     mark_worker_dead(worker.pid)
 
 
-def run_gunicorn(settings: Settings, **extra: Any) -> None:
-    _Gunicorn(settings, gunicorn_options(settings, **extra)).run()
+def run_gunicorn(settings: Settings, *, on_stop: Callable[[], None] | None = None, **extra: Any) -> None:
+    """Serve until a signal stops the master; `on_stop` is called as soon as one does (before the workers stop)."""
+    _Gunicorn(settings, gunicorn_options(settings, **extra), on_stop).run()

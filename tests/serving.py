@@ -135,6 +135,18 @@ class Served:
         self._keep_log()
         return status
 
+    def interrupt(self, timeout: float = 40) -> int:
+        """SIGINT to the whole group, as Ctrl-C in a terminal sends it; the master's exit status."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            status = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._keep_log()
+        return status
+
     def kill(self) -> None:
         """SIGKILL to the whole group (cleanup)."""
         if self.process is None:

@@ -54,7 +54,10 @@ GRANT_TYPE = "client_credentials"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS384", "ES384")  # SMART Backend Services: servers SHALL support both
 MAX_ASSERTION_LIFETIME = 300  # seconds; SMART: exp no more than five minutes in the future
-CLOCK_LEEWAY = 30  # seconds
+CLOCK_LEEWAY = 30  # seconds: for what other parties' clocks stamped (client assertions, member hospitals' tokens)
+# Our own access tokens were stamped by a replica of this service, whose clocks differ by far less (NTP): an
+# expired token is refused within seconds, not half a minute.
+ACCESS_TOKEN_LEEWAY = 5  # seconds
 ACCESS_TOKEN_ALGORITHM = "ES256"
 
 _hasher = PasswordHasher()  # argon2id with the library's current defaults
@@ -485,7 +488,7 @@ class TokenService:
                 token = jwt.decode(bearer, self._signer.key, algorithms=[ACCESS_TOKEN_ALGORITHM])
                 JWTClaimsRegistry(
                     now=now,
-                    leeway=CLOCK_LEEWAY,
+                    leeway=ACCESS_TOKEN_LEEWAY,
                     iss={"essential": True, "value": self.issuer},
                     aud={"essential": True, "value": self.issuer},
                     exp={"essential": True},
@@ -505,7 +508,7 @@ class TokenService:
                 self._verified[bearer] = claims
                 while len(self._verified) > _VERIFIED_TOKENS:
                     self._verified.popitem(last=False)
-        if now > claims["exp"] + CLOCK_LEEWAY:
+        if now > claims["exp"] + ACCESS_TOKEN_LEEWAY:
             raise Unauthorized("invalid or expired access token")
         if claims["member"]:
             if self.federation is None:

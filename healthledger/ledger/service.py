@@ -139,7 +139,11 @@ class Supervised:
 
 
 class Supervisor:
-    """A daemon thread that checks its children every `every` seconds until `stop()`; then stops them in order."""
+    """A daemon thread that checks its children every `every` seconds until `stop()`; then stops them in order.
+
+    `hold()` (the server is stopping: `shutting_down`) ends the checks at once, so that children stopped by the
+    same signal as the server are not taken for crashed and started again; `stop()` then stops what is left.
+    """
 
     def __init__(self, children: list[Supervised], every: float = SUPERVISE_EVERY_SECONDS) -> None:
         self.children = children
@@ -148,7 +152,11 @@ class Supervisor:
         self._thread = threading.Thread(target=self._run, name="ledger-supervisor", daemon=True)
 
     def start(self) -> None:
+        _RUNNING.add(self)
         self._thread.start()
+
+    def hold(self) -> None:
+        self._stopping.set()
 
     def _run(self) -> None:
         while not self._stopping.wait(self.every):
@@ -159,9 +167,19 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stopping.set()
+        _RUNNING.discard(self)
         self._thread.join(timeout=10)
         for child in reversed(self.children):  # the worker before the node it talks to
             child.stop()
+
+
+_RUNNING: set[Supervisor] = set()  # supervisors started and not yet stopped (this process's `serve`)
+
+
+def shutting_down() -> None:
+    """The server is stopping: no sidecar is restarted from now on (gunicorn's master calls this on its signal)."""
+    for supervisor in list(_RUNNING):
+        supervisor.hold()
 
 
 def ledger_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
