@@ -52,6 +52,14 @@ class UnsupportedSearch(FhirInputError):
     code = "not-supported"
 
 
+class InvalidSearchValue(UnsupportedSearch):
+    """A search parameter we support, given a value it cannot take (a date that is not a date, `_total=maybe`):
+    the request is wrong, not the server lacking a feature, so the IssueType is `invalid`. Still an
+    UnsupportedSearch, so everything that handles those handles it."""
+
+    code = "invalid"
+
+
 class InvalidBundle(FhirInputError):
     """A batch/transaction Bundle we cannot process; `expression` names the entry, e.g. `Bundle.entry[3]`."""
 

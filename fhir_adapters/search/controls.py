@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from fhir_adapters.errors import UnsupportedSearch
+from fhir_adapters.errors import InvalidSearchValue, UnsupportedSearch
 from fhir_adapters.search.parameters import SearchParamDef, search_parameters
 from fhir_adapters.validation import is_resource_type
 
@@ -100,18 +100,18 @@ def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, str
             continue
         if base == "_summary":
             if value not in SUMMARY_VALUES:
-                raise UnsupportedSearch("_summary must be true, text, data, count or false", expression="_summary")
+                raise InvalidSearchValue("_summary must be true, text, data, count or false", expression="_summary")
             summary = None if value == "false" else value  # type: ignore[assignment]
             kept.append((name, value))
         elif base == "_total":
             if value not in TOTAL_VALUES:
-                raise UnsupportedSearch("_total must be none, estimate or accurate", expression="_total")
+                raise InvalidSearchValue("_total must be none, estimate or accurate", expression="_total")
             total = value  # type: ignore[assignment]
             kept.append((name, value))
         elif base == "_elements":
             names = [piece.strip() for piece in value.split(",") if piece.strip()]
             if not names or any(not _ELEMENT.match(n) for n in names):
-                raise UnsupportedSearch("_elements takes a comma-separated list of element names", expression="_elements")
+                raise InvalidSearchValue("_elements takes a comma-separated list of element names", expression="_elements")
             elements = [*(elements or []), *names]
             kept.append((name, value))
         elif base == "_sort":
@@ -143,7 +143,7 @@ def _sort_key(resource_type: str, piece: str, unsupported: Callable[[str, str], 
     descending = piece.startswith("-")
     name = piece.removeprefix("-")
     if not name:
-        raise UnsupportedSearch("_sort takes parameter names, e.g. _sort=-date,_id", expression="_sort")
+        raise InvalidSearchValue("_sort takes parameter names, e.g. _sort=-date,_id", expression="_sort")
     definition = search_parameters(resource_type).get(name)
     if definition is None or definition.type not in SORTABLE_TYPES:
         shown = _say(name)

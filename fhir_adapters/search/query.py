@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Final, Literal
 
-from fhir_adapters.errors import UnsupportedSearch
+from fhir_adapters.errors import InvalidSearchValue, UnsupportedSearch
 from fhir_adapters.search.dates import Interval, date_range
 from fhir_adapters.search.parameters import SearchParamDef, search_parameters
 from fhir_adapters.search.references import ReferenceValue, parse_reference
@@ -167,7 +167,7 @@ def parse_search(
         if not isinstance(name, str) or not isinstance(value, str):
             raise UnsupportedSearch("Search parameters must be text")
         if len(value) > MAX_VALUE_LENGTH * 4:
-            raise UnsupportedSearch(f"Value of '{_say(name)}' is too long")
+            raise InvalidSearchValue(f"Value of '{_say(name)}' is too long")
         base, _, modifier = name.partition(":")
         if base in RESULT_PARAMETERS or base in CONTROL_PARAMETERS:
             continue
@@ -267,7 +267,7 @@ def _parse_criterion(definition: SearchParamDef, modifier: str | None, value: st
             raise UnsupportedSearch(f"'{definition.name}' cannot refer to {modifier}")
     if modifier == "missing":
         if value not in ("true", "false"):
-            raise UnsupportedSearch(f"':missing' on '{definition.name}' takes true or false")
+            raise InvalidSearchValue(f"':missing' on '{definition.name}' takes true or false")
         return SearchCriterion(definition, modifier, (), missing=value == "true")
     pieces = split_unescaped(value, ",")
     if len(pieces) > MAX_OR_VALUES:
@@ -275,9 +275,9 @@ def _parse_criterion(definition: SearchParamDef, modifier: str | None, value: st
     parsed: list[SearchValue] = []
     for piece in pieces:
         if piece == "":
-            raise UnsupportedSearch(f"Empty alternative in '{definition.name}'")
+            raise InvalidSearchValue(f"Empty alternative in '{definition.name}'")
         if len(piece) > MAX_VALUE_LENGTH:
-            raise UnsupportedSearch(f"A value of '{definition.name}' is too long")
+            raise InvalidSearchValue(f"A value of '{definition.name}' is too long")
         parsed.append(_PARSERS[type_](definition, modifier, piece))
     return SearchCriterion(definition, modifier, tuple(parsed))
 
@@ -289,9 +289,9 @@ def _parse_token(definition: SearchParamDef, modifier: str | None, piece: str) -
     if len(parts) == 2:
         system, code = (_unescape(p) for p in parts)
         if system == "" and code == "":
-            raise UnsupportedSearch(f"Token value of '{definition.name}' needs a system or a code")
+            raise InvalidSearchValue(f"Token value of '{definition.name}' needs a system or a code")
         return TokenValue(system, code or None)
-    raise UnsupportedSearch(f"Token value of '{definition.name}' has more than one unescaped '|'")
+    raise InvalidSearchValue(f"Token value of '{definition.name}' has more than one unescaped '|'")
 
 
 def _parse_string(definition: SearchParamDef, modifier: str | None, piece: str) -> SearchValue:
@@ -305,7 +305,7 @@ def _parse_date(definition: SearchParamDef, modifier: str | None, piece: str) ->
     text = re.sub(r" (\d{2}:\d{2})$", r"+\1", text)
     interval = date_range(text)
     if interval is None:
-        raise UnsupportedSearch(
+        raise InvalidSearchValue(
             f"Date value of '{definition.name}' must be [prefix]YYYY[-MM[-DD[Thh:mm[:ss[.fff]][Z|+hh:mm]]]]"
         )
     return DateValue(prefix, interval, text)
@@ -328,7 +328,7 @@ def _parse_reference(definition: SearchParamDef, modifier: str | None, piece: st
 def _parse_quantity(definition: SearchParamDef, modifier: str | None, piece: str) -> SearchValue:
     parts = split_unescaped(piece, "|")
     if len(parts) not in (1, 3):
-        raise UnsupportedSearch(f"Quantity value of '{definition.name}' must be [prefix]number[|system|code]")
+        raise InvalidSearchValue(f"Quantity value of '{definition.name}' must be [prefix]number[|system|code]")
     number = _parse_number(definition, modifier, parts[0])
     assert isinstance(number, NumberValue)
     if len(parts) == 3:
@@ -343,11 +343,11 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,4})?$")
 def _parse_number(definition: SearchParamDef, modifier: str | None, piece: str) -> SearchValue:
     prefix, text = _split_prefix(piece)
     if not _NUMBER.match(text):
-        raise UnsupportedSearch(f"Value of '{definition.name}' must be [prefix]number")
+        raise InvalidSearchValue(f"Value of '{definition.name}' must be [prefix]number")
     try:
         value = Decimal(text)
     except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals
-        raise UnsupportedSearch(f"Value of '{definition.name}' must be [prefix]number") from None
+        raise InvalidSearchValue(f"Value of '{definition.name}' must be [prefix]number") from None
     # R4 3.1.1.4.2: the implicit range is half a unit of the last significant digit either side.
     half = Decimal(1).scaleb(value.as_tuple().exponent) / 2  # type: ignore[arg-type]
     return NumberValue(prefix, value, value - half, value + half)

@@ -58,8 +58,14 @@ def test_unknown_parameters_are_ignored_and_said_unless_strict(client: FlaskClie
     assert "nickname" not in lenient["link"][0]["url"]  # the self link says what was applied
     refused = _body(client.get(f"/fhir/Patient?family={w['family']}&nickname=bob", headers=STRICT), 400)
     assert "nickname" in refused["issue"][0]["diagnostics"]
-    # Values that do not parse are errors either way: ignoring them would widen the search.
-    _body(client.get("/fhir/Observation?date=banana", headers=AUTH), 400)
+    assert refused["issue"][0]["code"] == "not-supported"  # a parameter this server does not have
+    # Values that do not parse are errors either way: ignoring them would widen the search. The parameter is
+    # supported; the value is wrong: `invalid`, not `not-supported`.
+    for bad in ("/fhir/Observation?date=banana", "/fhir/Observation?value-quantity=lots",
+                "/fhir/Observation?code=a|b|c", f"/fhir/Patient?family={w['family']}&_total=sometimes",
+                f"/fhir/Patient?family={w['family']}&_summary=maybe"):
+        for headers in (AUTH, STRICT):
+            assert _body(client.get(bad, headers=headers), 400)["issue"][0]["code"] == "invalid", bad
     _body(client.get(f"/fhir/Patient?family={w['family']}&_sort=nickname", headers=STRICT), 400)
     ignored = _body(client.get(f"/fhir/Patient?family={w['family']}&_sort=nickname", headers=AUTH))
     assert "_sort=nickname" in _entries(ignored, "outcome")[0]["issue"][0]["diagnostics"]
