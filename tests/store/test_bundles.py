@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection
 
+from fhir_adapters.deidentify import deidentify
+from healthledger.actions import Action
 from healthledger.errors import HealthLedgerError, NotFound, PreconditionFailed
+from healthledger.principal import Principal
+from healthledger.store.access import DEV_CLIENT, DevelopmentPolicy, Screened
 from healthledger.store.bundles import execute_bundle
 from healthledger.store.repository import ResourceStore
 from tests.store.test_repository import observation, patient
@@ -152,3 +157,39 @@ def test_reference_transaction_bundles(store: ResourceStore, fixtures_dir: Path,
         execute_bundle(store, tx)
     assert (err.value.expression or "").startswith("Bundle.entry[")
     assert count(store, "Patient") == before
+
+
+class _DeidentifyingPolicy(DevelopmentPolicy):
+    """Shows every resource the way a research purpose does (the consent engine's de-identify obligation):
+    pseudonymised, its meta reduced to the security label, as `fhir_adapters.deidentify` returns it."""
+
+    filters_search_results = True
+
+    def check(self, principal: Principal, action: Action, resource_type: str, resource: dict[str, Any] | None, *,
+              resource_id: str = "", conn: Connection) -> dict[str, Any] | None:
+        return None if resource is None else deidentify(resource, pseudonym=lambda raw: f"ps-{raw[:6]}", now_year=2026)
+
+    def screen(self, principal: Principal, action: Action, resource_type: str, resource: dict[str, Any], *,
+               conn: Connection) -> Screened:
+        shown = deidentify(resource, pseudonym=lambda raw: f"ps-{raw[:6]}", now_year=2026)
+        return Screened(resource_type, str(resource.get("id", "")), "", shown)
+
+
+def test_batch_gets_say_which_version_they_show_as_rest_does(store: ResourceStore) -> None:
+    """A batch GET's resources (read and search) carry meta.versionId and lastUpdated even when what is shown
+    lost the stored meta (a researcher's de-identified view), like the REST read and search, which stamp them."""
+    store.update("Patient", "v-1", patient(mrn="V-1"))
+    store.update("Patient", "v-1", patient(mrn="V-1", gender="male"))  # version 2
+    store.policy = _DeidentifyingPolicy()
+    result = execute_bundle(store, bundle(
+        "batch",
+        {"request": {"method": "GET", "url": "Patient/v-1"}},
+        {"request": {"method": "GET", "url": "Patient?identifier=V-1"}},
+    ), principal=DEV_CLIENT)
+    read, search = result["entry"]
+    assert read["resource"]["meta"]["versionId"] == "2", read
+    [match] = search["resource"]["entry"]
+    shown = match["resource"]
+    assert shown["id"].startswith("ps-") and shown["meta"]["versionId"] == "2", shown
+    assert shown["meta"]["lastUpdated"] == read["resource"]["meta"]["lastUpdated"]
+    assert shown["meta"]["security"], "the de-identification label is kept beside the version"
