@@ -537,10 +537,11 @@ def main() -> int:
         print(line)
         summary[op] = entry
 
-    print("\nIn process (WSGI, one thread: no HTTP, no wait for SQLite's write lock; median CPU ms per request)\n")
-    header2 = f"{'operation':28} {OFF:>8} {ON_DEV:>14} {ON:>8} {'on/off':>8}  split of on - off"
-    print(header2)
-    print("-" * len(header2))
+    if local:  # (not with --no-in-process)
+        print("\nIn process (WSGI, one thread: no HTTP, no wait for SQLite's write lock; median CPU ms per request)\n")
+        header2 = f"{'operation':28} {OFF:>8} {ON_DEV:>14} {ON:>8} {'on/off':>8}  split of on - off"
+        print(header2)
+        print("-" * len(header2))
     local_summary: dict[str, Any] = {}
     for op, ms in local.items():
         split = {"transaction_index_check_and_access_log": ms[ON_DEV] - ms[OFF],
@@ -550,7 +551,8 @@ def main() -> int:
         print(f"{op:28} {ms[OFF]:8.3f} {ms[ON_DEV]:14.3f} {ms[ON]:8.3f} {ms[ON] / ms[OFF]:7.2f}x  "
               f"{split['transaction_index_check_and_access_log']:.3f} transaction + index check + log entry, "
               f"{token_ms:.3f} token, {split['scopes_facts_and_decision']:.3f} scopes + facts + decision")
-    print(f"(token: TokenService.authenticate alone, {token_ms:.3f} ms CPU per call)")
+    if local:
+        print(f"(token: TokenService.authenticate alone, {token_ms:.3f} ms CPU per call)")
     if profiles:
         print("\nWhere an enforced request's time goes (pyinstrument, in process, ms per request; wall time)\n")
         names = list(next(iter(profiles.values())))
