@@ -127,18 +127,17 @@ class Served:
         """SIGTERM to the master only (it must stop its sidecars itself); its exit status."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            status = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        self._keep_log()
-        return status
+        return self._exit_status(timeout)
 
     def interrupt(self, timeout: float = 40) -> int:
         """SIGINT to the whole group, as Ctrl-C in a terminal sends it; the master's exit status."""
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGINT)
+        return self._exit_status(timeout)
+
+    def _exit_status(self, timeout: float) -> int:
+        """The master's exit status once it stopped (killed with its group past `timeout`)."""
+        assert self.process is not None
         try:
             status = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import definition_search
 from fhir_adapters.capability import TypeCapability, capability_statement
-from fhir_adapters.datatypes import ID, instant, with_version_meta
+from fhir_adapters.datatypes import ID, instant
 from fhir_adapters.errors import FhirInputError, UnknownResourceType, UnsupportedSearch
 from fhir_adapters.extensions import EXTENSIONS, structure_definition
 from fhir_adapters.operation_definitions import OURS, operation_definition, system_operations, type_operations
@@ -269,7 +269,7 @@ class _FhirApi:
 
     def _shown_all(self, items: list[StoredResource]) -> list[dict[str, Any]]:
         """Resources as returned: meta from the store; Consents with their on-chain state (one query)."""
-        bodies = [_with_meta(item) for item in items]
+        bodies = [item.stamped() for item in items]
         consents = [i for i, item in enumerate(items) if item.resource_type == "Consent" and item.resource]
         if consents:
             with self.store.engine.connect() as conn:
@@ -699,7 +699,7 @@ class _FhirApi:
                     status=status,
                     version_id=item.version_id,
                     last_modified=instant(item.last_updated),
-                    resource=None if item.deleted or item.resource is None else _with_meta(item),
+                    resource=None if item.deleted or item.resource is None else item.stamped(),
                 )
             )
         kept = [(n, v) for n, v in params if n == "_since"]
@@ -759,7 +759,7 @@ def _definitions_page(
     stored = uow.search(resource_type, everything, count=count - len(page), offset=max(0, offset - len(published)),
                         keep=lambda resource: resource.get("id") not in ours
                         and bool(definition_search.select([resource], search)))
-    page += [(f"{resource_type}/{item.id}", _with_meta(item)) for item in stored.items]
+    page += [(f"{resource_type}/{item.id}", item.stamped()) for item in stored.items]
     return page, len(published) + (stored.total or 0)
 
 
@@ -843,11 +843,6 @@ def _check_body_type(resource: dict[str, Any], resource_type: str) -> None:
             f"resourceType in the body must be {resource_type!r} to match the URL",
             expression="resourceType",
         )
-
-
-def _with_meta(stored: StoredResource) -> dict[str, Any]:
-    """The resource as shown, its meta saying which stored version it is (whatever an obligation kept of it)."""
-    return with_version_meta(stored.resource or {}, stored.version_id, stored.last_updated)
 
 
 def _parameter(params: dict[str, Any], name: str) -> str:

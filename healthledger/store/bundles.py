@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import outcome as fhir_outcome
 from fhir_adapters import search as fhir_search
-from fhir_adapters.datatypes import instant, with_version_meta
+from fhir_adapters.datatypes import instant
 from fhir_adapters.errors import FhirInputError
 from fhir_adapters.search.controls import parse_controls
 from healthledger.actions import Action
@@ -94,7 +94,7 @@ def _response_entry(status: int, stored: StoredResource | None = None, *, resour
         response["lastModified"] = instant(stored.last_updated)
         if stored.resource is not None:
             entry["fullUrl"] = f"{stored.resource_type}/{stored.id}"
-            entry["resource"] = _stamped(stored)
+            entry["resource"] = stored.stamped()
     if resource is not None:
         entry["resource"] = resource
     entry["response"] = response
@@ -106,21 +106,13 @@ def _error_entry(exc: HealthLedgerError) -> dict[str, Any]:
     return {"response": {"status": str(exc.status), "outcome": outcome}}
 
 
-def _stamped(stored: StoredResource) -> dict[str, Any] | None:
-    """The resource as the REST interaction shows it: its meta says which stored version it is, whatever an
-    obligation (de-identification for research) kept of the stored meta."""
-    if stored.resource is None:
-        return None
-    return with_version_meta(stored.resource, stored.version_id, stored.last_updated)
-
-
 def _searchset(page: Any, included: list[StoredResource] | None = None) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": page.total,
         "entry": [
-            {"fullUrl": f"{r.resource_type}/{r.id}", "resource": _stamped(r), "search": {"mode": mode}}
+            {"fullUrl": f"{r.resource_type}/{r.id}", "resource": r.stamped(), "search": {"mode": mode}}
             for rows, mode in ((page.items, "match"), (included or [], "include"))
             for r in rows
         ],

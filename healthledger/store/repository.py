@@ -111,6 +111,11 @@ class StoredResource:
     def location(self) -> str:
         return f"{self.resource_type}/{self.id}/_history/{self.version_id}"
 
+    def stamped(self) -> dict[str, Any]:
+        """The resource as the API shows it: its meta says which stored version it is, whatever an obligation
+        (de-identification for research) kept of the stored meta."""
+        return with_version_meta(self.resource or {}, self.version_id, self.last_updated)
+
 
 @dataclass(frozen=True)
 class Page:
