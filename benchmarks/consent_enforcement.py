@@ -117,13 +117,14 @@ def _driver_url(url: str) -> str:
 def serve(data_dir: Path, port: int, mode: str, workers: int) -> None:
     """Child process: what `healthledger serve` does (bootstrap, ledger sidecars, gunicorn), no request log."""
     from healthledger.app import bootstrap
-    from healthledger.ledger.service import ledger_sidecars
+    from healthledger.ledger.service import ledger_sidecars, shutting_down
     from healthledger.server import run_gunicorn
 
     settings = settings_for(data_dir, port, mode, workers)
     bootstrap(settings)
     with ledger_sidecars(settings) as run_settings:
-        run_gunicorn(run_settings, accesslog=None, errorlog="-", loglevel="warning")
+        # on_stop: the sidecars, stopped with the process group, are not taken for crashed (as in `serve`)
+        run_gunicorn(run_settings, on_stop=shutting_down, accesslog=None, errorlog="-", loglevel="warning")
 
 
 def register_bench_client(data_dir: Path) -> tuple[str, str]:
@@ -407,9 +408,9 @@ def main() -> int:
                 if mode == ON:
                     client_id, secret = register_bench_client(data_dir)  # before the server starts
                 port = free_port()
-                procs[mode] = (subprocess.Popen(
+                procs[mode] = (fhir_http.start_server(
                     [sys.executable, __file__, "--workers", str(args.workers), "--serve", str(data_dir), str(port), mode],
-                    start_new_session=True,
+                    workdir / f"server-{mode}.log",
                 ), port)
             for mode, (_, port) in procs.items():
                 wait_ready(port, timeout=180)  # the chain node and the contracts come first
@@ -478,6 +479,9 @@ def main() -> int:
                 op: profile_split(on_app, smart_token, ops[op]) for op in (*READS, SEARCH)}
             for app in (on_app, off_app):
                 app.extensions["healthledger.engine"].dispose()
+        except BaseException:
+            fhir_http.show_server_logs(sorted(workdir.glob("server-*.log")))
+            raise
         finally:
             fhir_http.stop_servers([proc for proc, _ in procs.values()], timeout=30)
             for schema in schemas:

@@ -186,6 +186,21 @@ def _command_line(pid: int) -> str:
         return ""
 
 
+def start_server(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """A benchmark server in a process group of its own, its output (a JSON line per request) into `log`,
+    not the terminal: the figures stay readable. `show_server_logs` prints the ends of the logs on a failure."""
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def show_server_logs(logs: list[Path], lines: int = 30) -> None:
+    """The last `lines` of each server log (after a failure, before the temporary directory goes)."""
+    for log in logs:
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- last {len(tail)} lines of {log.name} ---", *tail, sep="\n", file=sys.stderr)
+
+
 def stop_servers(procs: list[subprocess.Popen[bytes]], *, timeout: float) -> None:
     """SIGTERM each server's process group, then SIGKILL what has not stopped within `timeout`."""
     for proc in procs:
@@ -352,10 +367,10 @@ def main() -> int:
                 data_dir = workdir / label.replace(" ", "-")
                 prepared[label] = prepare(data_dir, args.patients, privacy_off)
                 port = free_port()
-                proc = subprocess.Popen(
+                proc = start_server(
                     [sys.executable, __file__, "--workers", str(args.workers), "--serve", str(data_dir), str(port),
                      "1" if privacy_off else "0"],
-                    start_new_session=True,
+                    workdir / f"server-{label.replace(' ', '-')}.log",
                 )
                 servers[label] = (proc, port)
             for label, (_, port) in servers.items():
@@ -383,6 +398,9 @@ def main() -> int:
                         runs = all_runs.setdefault(op, {}).setdefault(label, [])
                         runs.append(run)
                         results.setdefault(op, {})[label] = max(runs, key=lambda r: r["req_per_s"])
+        except BaseException:
+            show_server_logs(sorted(workdir.glob("server-*.log")))
+            raise
         finally:
             stop_servers([proc for proc, _ in servers.values()], timeout=20)
 
