@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     federation_org_id: str = Field(
         default="", description="this hospital's organisation id in the consortium's member directory; empty = not a member"
     )
+    cors_allowed_origins: str = Field(
+        default="*",
+        description="origins of browser apps allowed to call /fhir and the SMART endpoints (comma-separated; "
+        "* = any, never with credentials; empty = no CORS): healthledger/api/cors.py",
+    )
     consent_policy: dict[str, Any] = Field(
         default_factory=dict,
         description="overrides of the consent policy defaults (healthledger.consent.engine.Policy fields), as JSON",

@@ -21,6 +21,7 @@ from healthledger.auth.tokens import (
     TokenService,
 )
 
+FHIR_PATH = "/fhir"  # the FHIR base, below the issuer (healthledger.api.fhir)
 TOKEN_PATH = "/auth/token"
 AUTHORIZE_PATH = "/auth/authorize"
 CONSENT_SCREEN_PATH = "/app/authorize"  # where the patient signs in and decides (healthledger.web.apps)
@@ -50,8 +51,9 @@ def smart_configuration(tokens: TokenService, app_launch: bool = True) -> dict[s
             "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
             "token_endpoint_auth_methods_supported": [
                 "private_key_jwt", "client_secret_basic", "client_secret_post", "none"],
-            "scopes_supported": [*NON_RESOURCE_SCOPES, "patient/*.rs", "patient/*.cruds", "patient/*.read",
-                                 "patient/*.write", *document["scopes_supported"]],
+            "scopes_supported": list(dict.fromkeys([  # (each once: CONTEXTS has patient/ too)
+                *NON_RESOURCE_SCOPES, "patient/*.rs", "patient/*.cruds", "patient/*.read", "patient/*.write",
+                *document["scopes_supported"]])),
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
             "id_token_signing_alg_values_supported": [ACCESS_TOKEN_ALGORITHM],
@@ -108,7 +110,10 @@ def _oauth_error(exc: OAuthError) -> Response:
 def smart_blueprint(tokens: TokenService, app_launch: AppLaunch | None = None) -> Blueprint:
     bp = Blueprint("smart", __name__)
 
+    # SMART App Launch 2.x §2.2: clients ask at `{FHIR base}/.well-known/smart-configuration`; the origin's is
+    # kept for clients of the 1.x era and OAuth tooling that look there.
     @bp.get("/.well-known/smart-configuration")
+    @bp.get(f"{FHIR_PATH}/.well-known/smart-configuration")
     def well_known() -> Response:
         return jsonify(smart_configuration(tokens, app_launch is not None))
 

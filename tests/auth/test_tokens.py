@@ -222,6 +222,9 @@ def test_discovery_and_server_jwks(env) -> None:
     assert conf["token_endpoint"] == TOKEN_URL
     assert "private_key_jwt" in conf["token_endpoint_auth_methods_supported"]
     assert set(conf["token_endpoint_auth_signing_alg_values_supported"]) == {"RS384", "ES384"}
+    assert len(conf["scopes_supported"]) == len(set(conf["scopes_supported"]))
+    # SMART App Launch 2.x clients ask below the FHIR base: the same document there.
+    assert env["client"].get("/fhir/.well-known/smart-configuration").get_json() == conf
     jwks = env["client"].get("/auth/jwks").get_json()
     assert len(jwks["keys"]) == 1 and "d" not in jwks["keys"][0]  # public half only
 
