@@ -45,7 +45,7 @@ from healthledger.audit.log import record_access
 from healthledger.audit.pseudonym import patient_pseudonym
 from healthledger.auth.scopes import ResourceScope, parse_scopes
 from healthledger.consent.lifecycle import grantees_of
-from healthledger.errors import BadRequest, ConfigurationError, Conflict, Forbidden, NotFound
+from healthledger.errors import BadRequest, Conflict, Forbidden, NotFound, NotSupported
 from healthledger.federation.client import FederationRefused, MemberClient, client_assertion
 from healthledger.federation.exchange import member_reference
 from healthledger.federation.keys import MemberKeys
@@ -67,6 +67,8 @@ log = structlog.get_logger("healthledger.federation")
 FETCH_TYPES = ("AllergyIntolerance", "Condition", "DiagnosticReport", "Encounter", "Immunization",
                "MedicationRequest", "Observation", "Procedure")
 PAGE_SIZE = 50
+NOT_A_MEMBER = ("this server is not a member of a hospital consortium, so federation operations are not available "
+                "(a member sets HEALTHLEDGER_FEDERATION_ORG_ID: docs/federation.md)")
 MAX_PAGES = 200  # per type and fetch: a bound, not a limit anyone should reach
 _ID_NAMESPACE = uuid.UUID("6f3f0c52-6a9e-4c8a-9a57-0f1d0b9e5a11")  # ids at B of records copied from members
 FEDERATED_TAG = {"system": "https://healthledger.dev/fhir/CodeSystem/federation", "code": "fetched",
@@ -178,8 +180,7 @@ class Federation:
     # -- at A ------------------------------------------------------------------------------------------
     def record_locator(self, principal: Principal, consent_id: str, member: str = "") -> tuple[str, str]:
         """(locator, member) for a Consent of the caller's that grants a member."""
-        if not self.org_id:
-            raise ConfigurationError("this server is not a member of a consortium (federation_org_id is not set)")
+        self._require_membership()
         from fhir_adapters.consent import consent_rules
 
         with self.store.unit_of_work(principal) as uow:
@@ -472,7 +473,7 @@ class Federation:
 
     def _require_membership(self) -> None:
         if not self.org_id:
-            raise ConfigurationError("this server is not a member of a consortium (federation_org_id is not set)")
+            raise NotSupported(NOT_A_MEMBER)
 
     def _source(self, org: str) -> tuple[str, str]:
         with self.sessions() as session:

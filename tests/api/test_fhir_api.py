@@ -522,3 +522,20 @@ def test_system_endpoint_rejects_non_bundles(client: FlaskClient) -> None:
     assert_outcome(client.post("/fhir", data=orjson.dumps(patient(tag())), headers=JSON_HEADERS), 400)
     collection = {"resourceType": "Bundle", "type": "collection", "entry": []}
     assert_outcome(client.post("/fhir", data=orjson.dumps(collection), headers=JSON_HEADERS), 400)
+
+
+def test_federation_operations_on_a_server_that_is_no_member_are_not_supported(client) -> None:
+    """501 not-supported (was 500) for a patient the caller may change; one it may not stays as missing (404)."""
+    seen = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS).get_json()["id"]
+    missing = client.post("/fhir/Patient/no-such-patient/$federation-fetch", json={"resourceType": "Parameters"},
+                          headers=JSON_HEADERS)
+    assert missing.status_code == 404
+    for url, parameters in [
+        (f"/fhir/Patient/{seen}/$federation-fetch", []),
+        (f"/fhir/Patient/{seen}/$link-record", [{"name": "locator", "valueString": "x"}]),
+        ("/fhir/Consent/no-such-consent/$record-locator", []),
+    ]:
+        response = client.post(url, json={"resourceType": "Parameters", "parameter": parameters}, headers=JSON_HEADERS)
+        assert response.status_code == 501, (url, response.get_json())
+        issue = response.get_json()["issue"][0]
+        assert issue["code"] == "not-supported" and "HEALTHLEDGER_FEDERATION_ORG_ID" in issue["diagnostics"]
