@@ -35,7 +35,8 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+# The project first: tests/fhir_adapters (a folder of tests) would otherwise stand in for the fhir_adapters package.
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "federation.json"
 

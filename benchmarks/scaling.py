@@ -30,7 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+# The project first: tests/fhir_adapters (a folder of tests) would otherwise stand in for the fhir_adapters package.
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import sqlalchemy as sa
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from fhir_adapters.errors import InvalidResource
-from fhir_adapters.search.references import parse_reference
+from fhir_adapters.search.references import ReferenceValue, parse_reference
 from fhir_adapters.search.values import values_at
 
 __all__ = [
@@ -343,3 +343,34 @@ def _contained(resource: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, 
         for i, item in enumerate(contained):
             if isinstance(item, Mapping):
                 yield f"contained[{i}]", item
+
+
+def searched_patients(resource_type: str, criteria: Iterable[Any]) -> frozenset[str] | None:
+    """The patients whose compartments hold every match of a search, when its criteria pin them (else None).
+
+    A plain reference criterion whose every value is `Patient/x` (or a bare id where the parameter refers to
+    Patient only, or with `:Patient`) holds only resources that refer to one of those patients, hence (rule 2:
+    a resource refers to one patient at most) in their compartments; `_id` pins a Patient search the same way.
+    Criteria AND, so each such one narrows the set. `criteria`: fhir_adapters.search.query.SearchCriterion.
+    """
+    from fhir_adapters.search.query import TokenValue  # (the search package imports this module's neighbours)
+
+    pinned: frozenset[str] | None = None
+    for criterion in criteria:
+        param, values = criterion.param, criterion.values
+        if criterion.missing is not None or not values:
+            continue
+        if resource_type == "Patient":
+            if param.name != "_id" or criterion.modifier is not None:
+                continue
+            named = [v.code if isinstance(v, TokenValue) and v.system is None else None for v in values]
+        else:
+            if param.type != "reference" or criterion.modifier not in (None, "Patient"):
+                continue
+            named = [v.id if isinstance(v, ReferenceValue) and v.url is None and (
+                v.type == "Patient" or (v.type is None and tuple(param.targets) == ("Patient",))) else None
+                for v in values]
+        if all(named):
+            ids = frozenset(str(n) for n in named)
+            pinned = ids if pinned is None else pinned & ids
+    return pinned

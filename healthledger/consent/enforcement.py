@@ -38,6 +38,7 @@ from healthledger.consent.engine import (
     Reason,
     ResourceFacts,
     decide,
+    may_permit_reads,
 )
 from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
 from healthledger.consent.index import ConsentIndex
@@ -203,6 +204,23 @@ class ConsentPolicy:
         outcome = _UNRESTRICTED if principal.unrestricted else self._decide(principal, "read", facts, conn)
         shown = self._apply(resource, outcome, principal) if outcome.permitted else None
         return Screened(resource_type, facts.resource_id, facts.patient_id, shown, outcome)
+
+    def withheld_patient(
+        self, principal: Principal, resource_type: str, patient_id: str, *, conn: Connection
+    ) -> Screened | None:
+        """A search pinned to `patient_id` whose matches this caller may see none of, whatever they say: their
+        withheld entry (the store then answers without reading the patient's records, in the time a patient
+        who does not exist takes). None where some match might be shown: each one is screened as ever."""
+        if principal.unrestricted:
+            return None
+        if principal.scope_context == "patient" and patient_id != principal.patient_id:
+            denied = Outcome(Decision.DENY, (Reason("scope", detail="patient scopes cover the patient's own data"),))
+            return Screened(resource_type, "", patient_id, None, denied)
+        now = self.clock()
+        if may_permit_reads(principal, resource_type, self.patient_context(conn, patient_id, now), self.policy, now):
+            return None
+        withheld = Outcome(Decision.NOT_APPLICABLE, (Reason("no-applicable-consent", detail="none of this type"),))
+        return Screened(resource_type, "", patient_id, None, withheld)
 
     def record_results(
         self,

@@ -52,6 +52,7 @@ __all__ = [
     "ResourceFacts",
     "asks_for_itself",
     "decide",
+    "may_permit_reads",
 ]
 
 # The rules of step 3, as reasons name them.
@@ -225,6 +226,88 @@ def decide(
     ):
         return Outcome(Decision.PERMIT, (Reason("policy:treating-organisation"),), _obligations(principal, redactions, policy))
     return Outcome(Decision.NOT_APPLICABLE, tuple(not_live) or (Reason("no-applicable-consent"),))
+
+
+def may_permit_reads(principal: Principal, resource_type: str, ctx: PatientContext, policy: Policy, now: datetime) -> bool:
+    """Whether `decide` could permit this principal to read some resource of `resource_type` in ctx's patient's
+    compartment. False only where it permits none, whatever the resource says (its codes, dates, labels, id):
+    then a search pinned to this patient is answered without looking at their records, in the time a search
+    for a patient who does not exist takes (docs/consent-semantics.md, "No existence oracle"). Where unsure,
+    True (the search screens each match as ever); tests/consent/test_may_permit.py holds it to `decide`.
+    """
+    if principal.purpose == policy.break_glass_purpose:
+        return principal.role in policy.break_glass_roles and bool(principal.break_glass_reason.strip())
+    if policy.patient_sees_own and principal.role == "patient" and principal.patient_id == ctx.patient_id:
+        return True
+    if resource_type == "Consent" and principal.organization and principal.organization in ctx.requests.values():
+        return True  # its own requests (step 3), whatever else the patient decided
+    if ctx.index_age_seconds > policy.max_index_age_seconds:
+        return False
+    identities = principal.identities()
+    access = CONSENT_ACTION["read"]
+    relevant = [c for c in ctx.consents if c.status == "active" and c.patient_id == ctx.patient_id]
+    if any(_denies_every(c.root, principal, identities, access, resource_type, now) for c in relevant):
+        return False
+    if any(
+        ctx.grants.get(c.consent_id, GrantStatus.UNKNOWN) is GrantStatus.LIVE
+        and (not principal.consent_reference or c.consent_id == principal.consent_reference)
+        and _may_permit(c.root, principal, identities, access, resource_type, now)
+        for c in relevant
+    ):
+        return True  # a live grant that may permit this caller some resource (its provisions decide which)
+    if principal.consent_reference:
+        return False
+    return (
+        principal.organization in ctx.care_organizations
+        and principal.purpose in policy.treating_purposes
+        and principal.role in policy.treating_roles
+    )
+
+
+def _applies_to_caller(
+    p: Provision, principal: Principal, identities: frozenset[str], action: str, resource_type: str, now: datetime
+) -> bool:
+    """Whether `p` may apply to this request, for some resource of `resource_type`: its conditions on the caller,
+    the action, the time and the type hold (those on what a resource says are left open)."""
+    return (
+        (p.period is None or p.period.contains(now))
+        and (not p.actor_refs or bool(p.actor_refs & identities))
+        and (not p.actions or action in p.actions)
+        and (not p.purposes or principal.purpose in p.purposes)
+        and (not p.classes or resource_type in p.classes)
+    )
+
+
+def _may_permit(
+    p: Provision, principal: Principal, identities: frozenset[str], action: str, resource_type: str, now: datetime
+) -> bool:
+    """Whether `_evaluate(p, ...)` may be PERMIT for some resource of `resource_type`."""
+    if not _applies_to_caller(p, principal, identities, action, resource_type, now):
+        return False
+    return p.type == PERMIT or any(
+        _may_permit(child, principal, identities, action, resource_type, now) for child in p.children)
+
+
+def _denies_every(
+    p: Provision, principal: Principal, identities: frozenset[str], action: str, resource_type: str, now: datetime
+) -> bool:
+    """Whether `_evaluate(p, ...)` is DENY for every resource of `resource_type`: `p` applies to them all (no
+    condition on what a resource says) and, if a deny, no exception of it could permit; if a permit, one of its
+    exceptions denies them all (a deny wins among exceptions)."""
+    applies_to_every = (
+        _applies_to_caller(p, principal, identities, action, resource_type, now)
+        and not (p.codes or p.data_refs or p.security_labels)
+        and p.data_period is None
+    )
+    if not applies_to_every:
+        return False
+    if p.type == DENY:
+        return not any(_could_permit(child) for child in p.children)
+    return any(_denies_every(child, principal, identities, action, resource_type, now) for child in p.children)
+
+
+def _could_permit(p: Provision) -> bool:
+    return p.type == PERMIT or any(_could_permit(child) for child in p.children)
 
 
 def asks_for_itself(principal: Principal, rules: ConsentRules, policy: Policy, now: datetime) -> bool:

@@ -64,6 +64,8 @@ class AccessPolicy(Protocol):
     - for searches and histories, when `filters_search_results`: `screen(...)` about every match, without
       recording (withheld matches are left out of pages and totals as if they did not exist), then
       `record_results(...)` once with what was disclosed, withheld, and counted in the total but not shown;
+      a search whose criteria pin its patients asks `withheld_patient(...)` about each first: when the caller
+      may see none of any of theirs, nothing is screened (the withheld entries are recorded, the page empty);
     - `rescue(conn)` when the operation fails (or, with `defer`, when it ends): the entries recorded so
       far, which the store then keeps with `keep(conn, entries)` in a transaction of their own, or, for a
       deferred read, with `keep_durably(entries)`: committed (grouped with other reads' entries) before
@@ -106,6 +108,10 @@ class AccessPolicy(Protocol):
         *,
         conn: Connection,
     ) -> Screened: ...
+
+    def withheld_patient(
+        self, principal: Principal, resource_type: str, patient_id: str, *, conn: Connection
+    ) -> Screened | None: ...
 
     def record_results(
         self,
@@ -173,6 +179,11 @@ class DevelopmentPolicy:
     ) -> Screened:
         shown = resource if principal.unrestricted else None
         return Screened(resource_type, str(resource.get("id", "")), "", shown)
+
+    def withheld_patient(
+        self, principal: Principal, resource_type: str, patient_id: str, *, conn: Connection
+    ) -> Screened | None:
+        return None  # each match is screened
 
     def record_results(
         self,

@@ -1013,11 +1013,13 @@ class UnitOfWork:
             self.authorize("search", resource_type, None)
         if getattr(query, "has", ()):
             query = resolve_has(self, query, check=check)
-        stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
         # A policy that decides per resource (consent) sees every candidate; results it denies are left
         # out of the page and of the total, as if they did not exist.
         screen = check and self._screens
         per_resource = screen and not self.principal.unrestricted
+        if per_resource and self._withheld_whole(resource_type, query):
+            return Page([], 0, None)
+        stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
         if not _has_criteria(query) and not per_resource and not sort and keep is None:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
             rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
@@ -1074,6 +1076,25 @@ class UnitOfWork:
                 )
         next_offset = offset + count if offset + count < total else None
         return Page(items, total, next_offset)
+
+
+    def _withheld_whole(self, resource_type: str, query: Any) -> bool:
+        """A search pinned to patients of whose `resource_type` records the caller may see none, whatever they
+        say: recorded as withheld from each, and answered empty without reading their records, so it takes the
+        time a search for patients who do not exist takes (timing would tell them apart otherwise: the scan and
+        its decisions grow with the patient's records; docs/consent-semantics.md, "No existence oracle")."""
+        named = fhir_compartment.searched_patients(resource_type, getattr(query, "criteria", ()))
+        if not named:
+            return False
+        policy = self.store.policy
+        withheld = []
+        for patient_id in sorted(named):
+            screened = policy.withheld_patient(self.principal, resource_type, patient_id, conn=self.conn)
+            if screened is None:
+                return False  # some of theirs may be shown: every match is screened
+            withheld.append(screened)
+        policy.record_results(self.principal, "search", resource_type, [], withheld, conn=self.conn)
+        return True
 
 
 _DECOY_PATIENT = "hl-decoy-6f1c2a9e4b7d40e38a5f9c1d2e3b4a5f"

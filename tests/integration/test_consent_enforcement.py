@@ -471,3 +471,40 @@ def test_the_index_freshness_read_with_the_token_serves_its_own_request_only(
     with world.app.extensions["healthledger.engine"].connect() as conn:
         assert index.refresh(conn) > 3600  # the epoch: as stale as can be
         assert index.refresh(conn) < 60
+
+
+def test_a_search_pinned_to_a_patient_the_caller_may_see_nothing_of_never_reads_their_records(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answered as for a patient who does not exist, without decrypting or deciding any of their records: the
+    time a search takes would otherwise grow with records the caller may not know exist (denied == missing)."""
+    from healthledger.audit.pseudonym import patient_pseudonym
+
+    store = world.app.extensions["healthledger.store"]
+    screened: list[str] = []
+    real_screen = store.policy.screen
+
+    def counting_screen(principal: Any, action: Any, resource_type: str, resource: dict, **kw: Any) -> Any:
+        screened.append(str(resource.get("id")))
+        return real_screen(principal, action, resource_type, resource, **kw)
+
+    monkeypatch.setattr(store.policy, "screen", counting_screen)
+    bob = world.patients["bob"]  # cared for by the other hospital: nothing of his for the hospital's EHR
+    before = world.log_size()
+    for query in (f"Observation?patient={bob}", f"Observation?subject=Patient/{bob}",
+                  f"Observation?subject:Patient={bob}&code=4548-4", f"Patient?_id={bob}",
+                  f"Observation?patient={bob}&_summary=count"):
+        denied = world.client.get(f"/fhir/{query}", headers=world.headers("ehr"))
+        missing = world.client.get(f"/fhir/{query.replace(bob, 'no-such-patient')}", headers=world.headers("ehr"))
+        assert status(denied) == status(missing) == 200
+        shown, absent = orjson.loads(denied.data), orjson.loads(missing.data)
+        assert shown["total"] == absent["total"] == 0 and "entry" not in shown
+        assert {k: v for k, v in shown.items() if k not in ("id", "link", "meta")} == {
+            k: v for k, v in absent.items() if k not in ("id", "link", "meta")}
+    assert screened == []
+    entries = [e for e in world.log_since(before) if e.patient_pseudonym == patient_pseudonym(store.indexer, bob)]
+    assert len(entries) == 5 and all(e.decision != "permit" for e in entries)  # each attempt on him is logged
+    # Where some records may be shown, each match is decided as ever.
+    ann = world.patients["ann"]
+    mine = orjson.loads(world.client.get(f"/fhir/Observation?patient={ann}", headers=world.headers("ehr")).data)
+    assert world.observations["ann"] in screened and mine["total"] >= 1
