@@ -23,6 +23,7 @@ from typing import Any, Final, Self
 
 from fhir_adapters.bindings import check_required_codes
 from fhir_adapters.errors import InvalidResource, MalformedJson, UnknownResourceType
+from fhir_adapters.json_types import check_json_types
 
 # All resource types of FHIR 4.0.1 (R4), the version we declare and clients speak: the 146 concrete types of
 # http://hl7.org/fhir/R4/resourcelist.html (the resource-types code system less Resource and DomainResource).
@@ -394,6 +395,9 @@ def _validate_model(data: dict[str, Any], resource_type: str, root: str | None =
 
     model = get_fhir_model_class(resource_type)
     where = root or resource_type
+    # First, so that its words name the problem: the models coerce ("true" passes as a boolean, "70.5" as a
+    # decimal), which R4 JSON does not allow (json.html), and word a wrong JSON type as a format problem.
+    check_json_types(data, resource_type, where)
     try:
         model.model_validate(data)
     except ValidationError as exc:
