@@ -84,8 +84,9 @@ class _WrongType(Exception):
 
 def check_json_types(data: Mapping[str, Any], model_name: str, root: str) -> None:
     """Raise InvalidResource (code `structure`, expression like `Patient.active`) at the first primitive
-    whose JSON type is not its datatype's. `data` has passed the model named `model_name`; `root` is the
-    expression of `data` itself (a resource type, or e.g. `Bundle.entry[3]` for an element)."""
+    whose JSON type is not its datatype's. `data` is an object of the model `model_name`, already cleaned
+    (FHIR names, no empties); `root` is its expression (a resource type, or e.g. `Bundle.entry[3]`). Structure
+    (an object where an array belongs, unknown names) is not judged here but left to the model."""
     try:
         _check_object(data, element_specs(model_name))
     except _WrongType as exc:
@@ -99,12 +100,28 @@ def check_json_types(data: Mapping[str, Any], model_name: str, root: str) -> Non
 
 
 def _check_object(data: Mapping[str, Any], table: Mapping[str, Spec]) -> None:
+    """Walk one JSON object (dicts, as loads_json and _drop_empty give them); paths are built only on failure."""
     for name, value in data.items():
         spec = table.get(name)
         if spec is None or value is None:
             continue  # resourceType; names the model refuses; a null aligning `_name` arrays
+        kind = spec[0]
+        if kind == "string" and type(value) is str:
+            continue  # most primitives: decided without a call
         try:
-            if isinstance(value, list):
+            if kind == _COMPLEX:
+                nested = _TABLES.get(spec[1]) or element_specs(spec[1])
+                if isinstance(value, dict):
+                    _check_object(value, nested)
+                elif isinstance(value, list):
+                    for index, item in enumerate(value):
+                        if isinstance(item, dict):
+                            try:
+                                _check_object(item, nested)
+                            except _WrongType as exc:
+                                exc.path.append(index)
+                                raise
+            elif isinstance(value, list):
                 for index, item in enumerate(value):
                     try:
                         if item is not None:
@@ -120,12 +137,10 @@ def _check_object(data: Mapping[str, Any], table: Mapping[str, Spec]) -> None:
 
 
 def _check_value(value: Any, spec: Spec) -> None:
+    """One primitive or nested resource (complex elements are walked by _check_object itself)."""
     kind, name = spec
-    if kind == _COMPLEX:
-        if isinstance(value, Mapping):
-            _check_object(value, element_specs(name))
-    elif kind == _RESOURCE:
-        if isinstance(value, Mapping) and isinstance(value.get("resourceType"), str):
+    if kind == _RESOURCE:
+        if isinstance(value, dict) and isinstance(value.get("resourceType"), str):
             _check_object(value, element_specs(value["resourceType"]))
     elif not has_json_kind(value, kind):
         raise _WrongType(kind, name, value)
