@@ -97,7 +97,8 @@ def capability_statement(
     """A CapabilityStatement (kind `instance`) listing exactly the interactions and search parameters given.
 
     `interactions` are the type/instance interaction codes the API implements for every type listed in
-    `resource_types` (default: every R4B resource type); search parameters come from SEARCH_PARAMETERS.
+    `resource_types` (default: every type we serve, validation.RESOURCE_TYPES: R4 types only); search
+    parameters come from SEARCH_PARAMETERS.
     `date` is when this capability was last changed (a parameter: the core reads no clock).
     `oauth_token_url` declares SMART on FHIR security (App Launch 2.0 §Conformance: the
     restful-security-service code and the oauth-uris extension). `read_only` maps types served read-only

@@ -23,7 +23,37 @@ from typing import Any, Final, Self
 
 from fhir_adapters.bindings import check_required_codes
 from fhir_adapters.errors import InvalidResource, MalformedJson, UnknownResourceType
+from fhir_adapters.json_types import check_json_types
 
+# All resource types of FHIR 4.0.1 (R4), the version we declare and clients speak: the 146 concrete types of
+# http://hl7.org/fhir/R4/resourcelist.html (the resource-types code system less Resource and DomainResource).
+_R4_RESOURCE_TYPE_NAMES: Final = """
+    Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment AppointmentResponse AuditEvent Basic
+    Binary BiologicallyDerivedProduct BodyStructure Bundle CapabilityStatement CarePlan CareTeam CatalogEntry
+    ChargeItem ChargeItemDefinition Claim ClaimResponse ClinicalImpression CodeSystem Communication
+    CommunicationRequest CompartmentDefinition Composition ConceptMap Condition Consent Contract Coverage
+    CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue Device DeviceDefinition DeviceMetric
+    DeviceRequest DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference EffectEvidenceSynthesis
+    Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare EventDefinition Evidence
+    EvidenceVariable ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag Goal GraphDefinition Group
+    GuidanceResponse HealthcareService ImagingStudy Immunization ImmunizationEvaluation
+    ImmunizationRecommendation ImplementationGuide InsurancePlan Invoice Library Linkage List Location Measure
+    MeasureReport Media Medication MedicationAdministration MedicationDispense MedicationKnowledge
+    MedicationRequest MedicationStatement MedicinalProduct MedicinalProductAuthorization
+    MedicinalProductContraindication MedicinalProductIndication MedicinalProductIngredient
+    MedicinalProductInteraction MedicinalProductManufactured MedicinalProductPackaged
+    MedicinalProductPharmaceutical MedicinalProductUndesirableEffect MessageDefinition MessageHeader
+    MolecularSequence NamingSystem NutritionOrder Observation ObservationDefinition OperationDefinition
+    OperationOutcome Organization OrganizationAffiliation Parameters Patient PaymentNotice PaymentReconciliation
+    Person PlanDefinition Practitioner PractitionerRole Procedure Provenance Questionnaire QuestionnaireResponse
+    RelatedPerson RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject
+    RiskAssessment RiskEvidenceSynthesis Schedule SearchParameter ServiceRequest Slot Specimen
+    SpecimenDefinition StructureDefinition StructureMap Subscription Substance SubstanceNucleicAcid
+    SubstancePolymer SubstanceProtein SubstanceReferenceInformation SubstanceSourceMaterial
+    SubstanceSpecification SupplyDelivery SupplyRequest Task TerminologyCapabilities TestReport TestScript
+    ValueSet VerificationResult VisionPrescription
+"""
+R4_RESOURCE_TYPES: Final[frozenset[str]] = frozenset(_R4_RESOURCE_TYPE_NAMES.split())
 # All concrete resource types of FHIR 4.3.0 (R4B), as modelled by fhir.resources.R4B (checked by a test).
 _R4B_RESOURCE_TYPE_NAMES: Final = """
     Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance Appointment
@@ -49,7 +79,13 @@ _R4B_RESOURCE_TYPE_NAMES: Final = """
     SupplyRequest Task TerminologyCapabilities TestReport TestScript ValueSet VerificationResult
     VisionPrescription
 """
-RESOURCE_TYPES: Final[frozenset[str]] = frozenset(_R4B_RESOURCE_TYPE_NAMES.split())
+R4B_MODELLED_TYPES: Final[frozenset[str]] = frozenset(_R4B_RESOURCE_TYPE_NAMES.split())
+# R4B reworked these R4 types (R4B history.html, evidence-based medicine): the R4B models would take R4B's shape,
+# refuse R4's, and let us serve R4B JSON as R4, so they are not served at all (docs/fhir-r4b.md).
+RESHAPED_IN_R4B: Final = frozenset({"Evidence", "EvidenceVariable"})
+# The types we serve and declare: R4 ones that the R4B models check as R4. An R4B-only type (Citation,
+# Ingredient, SubscriptionTopic, ...) is unknown here, as is an R4-only one (MedicinalProduct, ...).
+RESOURCE_TYPES: Final[frozenset[str]] = (R4_RESOURCE_TYPES & R4B_MODELLED_TYPES) - RESHAPED_IN_R4B
 
 MAX_ERRORS_NAMED: Final = 1  # the first failing path is named; the count of the rest is reported
 _NAME = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]*$")
@@ -57,7 +93,7 @@ _JSON_PROPERTY = re.compile(r"^_?[A-Za-z][A-Za-z0-9]{0,63}$")
 
 
 def is_resource_type(name: str) -> bool:
-    """True for every concrete FHIR R4B resource type name (case-sensitive, as FHIR requires)."""
+    """True for every resource type we serve: RESOURCE_TYPES (case-sensitive, as FHIR requires)."""
     return name in RESOURCE_TYPES
 
 
@@ -359,6 +395,9 @@ def _validate_model(data: dict[str, Any], resource_type: str, root: str | None =
 
     model = get_fhir_model_class(resource_type)
     where = root or resource_type
+    # First, so that its words name the problem: the models coerce ("true" passes as a boolean, "70.5" as a
+    # decimal), which R4 JSON does not allow (json.html), and word a wrong JSON type as a format problem.
+    check_json_types(data, resource_type, where)
     try:
         model.model_validate(data)
     except ValidationError as exc:
@@ -388,7 +427,7 @@ def error_expression(resource_type: str, loc: tuple[int | str, ...]) -> str:
 _SAFE_MESSAGES: Final[Mapping[str, str]] = {
     "missing": "required element is missing",
     "model_field_validation.missing": "required element is missing",
-    "extra_forbidden": "unknown element (not in FHIR R4B)",
+    "extra_forbidden": "unknown element (not in FHIR R4)",
     "list_type": "must be an array",
     "model_type": "must be a JSON object",
     "dict_type": "must be a JSON object",

@@ -383,3 +383,54 @@ def test_the_docs_say_where_clients_find_the_operations() -> None:
     assert "/fhir/OperationDefinition/" in text and "GET /fhir/metadata" in text
     for op in OURS.values():
         assert f"${op.code}" in text, op.code
+
+
+# Types of R4B (4.3.0) that R4 (4.0.1) does not have, and the R4 types R4B reshaped (R4B history.html).
+R4B_ONLY = ("Citation", "ClinicalUseDefinition", "Evidence", "EvidenceReport", "EvidenceVariable", "Ingredient",
+            "ManufacturedItemDefinition", "AdministrableProductDefinition", "PackagedProductDefinition",
+            "RegulatedAuthorization", "SubscriptionStatus", "SubscriptionTopic", "NutritionProduct",
+            "MedicinalProductDefinition", "SubstanceDefinition")
+
+
+def test_metadata_declares_r4_and_only_r4_types(metadata: dict[str, Any]) -> None:
+    from fhir_adapters.validation import R4_RESOURCE_TYPES
+
+    assert metadata["fhirVersion"] == "4.0.1"
+    declared = {resource["type"] for resource in metadata["rest"][0]["resource"]}
+    assert declared <= R4_RESOURCE_TYPES
+    assert not declared & set(R4B_ONLY)
+    assert {"Patient", "Observation", "Consent", "AuditEvent", "Bundle", "ResearchStudy"} <= declared
+
+
+def _outcome_without_name(resp: Any, name: str) -> tuple[int, str, list[Any]]:
+    body = orjson.loads(resp.data)
+    issues = [{k: (v.replace(name, "T") if isinstance(v, str) else v) for k, v in issue.items()}
+              for issue in body["issue"]]
+    return resp.status_code, body["resourceType"], issues
+
+
+@pytest.mark.parametrize("resource_type", R4B_ONLY)
+def test_an_r4b_only_type_is_answered_as_any_unknown_type(client: FlaskClient, resource_type: str) -> None:
+    body = orjson.dumps({"resourceType": resource_type, "status": "active"})
+    requests = [("GET", "", None), ("GET", "/x1", None), ("POST", "", body), ("PUT", "/x1", body),
+                ("DELETE", "/x1", None), ("GET", "/x1/_history", None)]
+    for method, tail, data in requests:
+        got = client.open(f"/fhir/{resource_type}{tail}", method=method, data=data, headers=JSON_HEADERS)
+        unknown = client.open(f"/fhir/Nonexistent{tail}", method=method,
+                              data=data and data.replace(resource_type.encode(), b"Nonexistent"), headers=JSON_HEADERS)
+        assert got.status_code == 404, (method, tail, got.data)
+        assert "unknown resource type" in got.get_data(as_text=True)
+        assert _outcome_without_name(got, resource_type) == _outcome_without_name(unknown, "Nonexistent")
+        assert got.content_type == unknown.content_type
+    # In a batch, as an entry naming any unknown type.
+    def batch(name: str) -> Any:
+        entries = [{"request": {"method": "GET", "url": f"{name}/x1"}},
+                   {"request": {"method": "POST", "url": name}, "resource": {"resourceType": name}}]
+        resp = client.post("/fhir", data=orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries}),
+                           headers=JSON_HEADERS)
+        assert resp.status_code == 200
+        return orjson.loads(resp.get_data(as_text=True).replace(name, "T"))
+
+    answered = batch(resource_type)
+    assert answered == batch("Nonexistent")
+    assert [entry["response"]["status"] for entry in answered["entry"]] == ["400", "400"]

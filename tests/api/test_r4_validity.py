@@ -137,3 +137,72 @@ def test_the_api_publishes_our_structure_definitions(client: FlaskClient) -> Non
         assert resp.status_code == 200
         assert orjson.loads(resp.data) == structure_definition(extension_id)
     assert client.get("/fhir/StructureDefinition/not-ours").status_code == 401  # an ordinary read: needs a token
+
+
+# Primitives of the wrong JSON type (R4 json.html), each with the path and JSON type the refusal must name. The
+# R4B models coerce every one of them; stored as sent, they were served back as invalid FHIR.
+WRONG_JSON_TYPES = [
+    ({"active": "true"}, "Patient.active", "JSON boolean"),
+    ({"active": 1}, "Patient.active", "JSON boolean"),
+    ({"multipleBirthInteger": "2"}, "Patient.multipleBirthInteger", "JSON number without a fraction"),
+    ({"deceasedBoolean": "false"}, "Patient.deceasedBoolean", "JSON boolean"),
+    ({"birthDate": 1980}, "Patient.birthDate", "JSON string"),
+    ({"name": [{"given": ["Ann", 7]}]}, "Patient.name[0].given[1]", "JSON string"),
+    ({"extension": [{"url": "http://example.org/x", "valueBoolean": "true"}]}, "Patient.extension[0].valueBoolean",
+     "JSON boolean"),
+    ({"birthDate": "1980-01-01", "_birthDate": {"extension": [{"url": "http://example.org/t", "valueInteger": "3"}]}},
+     "Patient._birthDate.extension[0].valueInteger", "JSON number without a fraction"),
+]
+
+
+def _refused_as(resp: Response, expression: str, expected: str, codes: tuple[str, ...] = ("structure", "value")) -> None:
+    assert resp.status_code == 400, resp.data
+    outcome = orjson.loads(resp.data)
+    issue = outcome["issue"][0]
+    assert outcome["resourceType"] == "OperationOutcome" and issue["code"] in codes, issue
+    assert issue["expression"] == [expression] and expected in issue["diagnostics"], issue
+
+
+@pytest.mark.parametrize(("wrong", "expression", "expected"), WRONG_JSON_TYPES, ids=lambda v: str(v)[:40])
+def test_a_primitive_of_the_wrong_json_type_is_refused_on_every_write_path(
+    client: FlaskClient, wrong: dict[str, Any], expression: str, expected: str
+) -> None:
+    mrn = uuid.uuid4().hex
+    base = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]}
+    bad = {**base, **wrong}
+    pid = orjson.loads(client.post("/fhir/Patient", data=orjson.dumps(base), headers=JSON_HEADERS).data)["id"]
+    _refused_as(client.post("/fhir/Patient", data=orjson.dumps(bad), headers=JSON_HEADERS), expression, expected)
+    _refused_as(client.post("/fhir/Patient", data=orjson.dumps(bad),
+                            headers={**JSON_HEADERS, "If-None-Exist": f"identifier=urn:mrn|{mrn}-new"}),
+                expression, expected)
+    _refused_as(client.put(f"/fhir/Patient/{pid}", data=orjson.dumps({**bad, "id": pid}), headers=JSON_HEADERS),
+                expression, expected)
+    _refused_as(client.put(f"/fhir/Patient?identifier=urn:mrn|{mrn}", data=orjson.dumps(bad), headers=JSON_HEADERS),
+                expression, expected)
+    patch = [{"op": "add", "path": f"/{name}", "value": value} for name, value in wrong.items()]
+    _refused_as(client.patch(f"/fhir/Patient/{pid}", data=orjson.dumps(patch),
+                             headers={**AUTH, "Content-Type": "application/json-patch+json"}), expression, expected)
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": bad, "request": {"method": "POST", "url": "Patient"}}]}
+    # A transaction names the entry (code `invalid`, as for any entry that does not validate).
+    _refused_as(client.post("/fhir", data=orjson.dumps(transaction), headers=JSON_HEADERS),
+                expression.replace("Patient", "Bundle.entry[0].resource", 1), expected, ("invalid",))
+    batch = orjson.loads(client.post("/fhir", data=orjson.dumps({**transaction, "type": "batch"}),
+                                     headers=JSON_HEADERS).data)
+    entry = batch["entry"][0]["response"]
+    assert entry["status"].startswith("400") and expected in entry["outcome"]["issue"][0]["diagnostics"]
+    # Nothing was written: the patient is still as created.
+    stored = orjson.loads(client.get(f"/fhir/Patient/{pid}", headers=AUTH).data)
+    assert stored["meta"]["versionId"] == "1" and not set(wrong) & set(stored)
+
+
+def test_an_observation_value_sent_as_a_string_is_refused_and_a_number_is_found_by_value(client: FlaskClient) -> None:
+    code = uuid.uuid4().hex[:12]
+    obs = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "urn:t", "code": code}]},
+           "valueQuantity": {"value": "70.5", "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}
+    _refused_as(client.post("/fhir/Observation", data=orjson.dumps(obs), headers=JSON_HEADERS),
+                "Observation.valueQuantity.value", "JSON number")
+    obs["valueQuantity"]["value"] = 70.5
+    assert client.post("/fhir/Observation", data=orjson.dumps(obs), headers=JSON_HEADERS).status_code == 201
+    found = orjson.loads(client.get(f"/fhir/Observation?code=urn:t|{code}&value-quantity=70.5", headers=AUTH).data)
+    assert found["total"] == 1 and found["entry"][0]["resource"]["valueQuantity"]["value"] == 70.5

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from fhir_adapters.errors import FhirInputError, InvalidResource, MalformedJson, UnknownResourceType
-from fhir_adapters.validation import RESOURCE_TYPES, dumps_resource, is_resource_type, parse_resource
+from fhir_adapters.validation import (
+    R4_RESOURCE_TYPES,
+    R4B_MODELLED_TYPES,
+    RESHAPED_IN_R4B,
+    RESOURCE_TYPES,
+    dumps_resource,
+    is_resource_type,
+    parse_resource,
+)
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 EXAMPLES = FIXTURES / "fhir-r4-examples"
@@ -222,11 +230,41 @@ def test_resource_type_list_matches_the_r4b_models() -> None:
             concrete = isinstance(cls, type) and issubclass(cls, Resource) and cls.__module__ == mod.__name__
             if concrete and cls.get_resource_type() == name and name not in {"Resource", "DomainResource"}:
                 found.add(name)
-    assert found == RESOURCE_TYPES
+    assert found == R4B_MODELLED_TYPES
     assert is_resource_type("Patient") and not is_resource_type("DomainResource")
-    assert (
-        "MedicinalProductDefinition" in RESOURCE_TYPES and "MedicinalProduct" not in RESOURCE_TYPES
-    )  # R4B-only
+
+
+# R4B history.html: what 4.3.0 added (the regulated-product, evidence and subscription modules) and removed.
+R4B_ADDED = {"AdministrableProductDefinition", "Citation", "ClinicalUseDefinition", "EvidenceReport", "Ingredient",
+             "ManufacturedItemDefinition", "MedicinalProductDefinition", "NutritionProduct",
+             "PackagedProductDefinition", "RegulatedAuthorization", "SubscriptionStatus", "SubscriptionTopic",
+             "SubstanceDefinition"}
+
+
+def test_served_types_are_r4_types_the_models_check_as_r4() -> None:
+    assert len(R4_RESOURCE_TYPES) == 146  # R4 resourcelist.html
+    assert R4B_MODELLED_TYPES - R4_RESOURCE_TYPES == R4B_ADDED
+    assert RESOURCE_TYPES == (R4_RESOURCE_TYPES & R4B_MODELLED_TYPES) - RESHAPED_IN_R4B
+    assert len(RESOURCE_TYPES) == 126
+    for r4b_only in sorted(R4B_ADDED | RESHAPED_IN_R4B):
+        assert not is_resource_type(r4b_only), r4b_only
+        with pytest.raises(UnknownResourceType) as info:
+            parse_resource({"resourceType": r4b_only})
+        assert info.value.status == 400 and info.value.expression == "resourceType"
+        with pytest.raises(UnknownResourceType) as info:
+            parse_resource({"resourceType": r4b_only}, expected_type=r4b_only)
+        assert info.value.status == 404
+    assert not is_resource_type("MedicinalProduct")  # R4-only: no model to check it with
+
+
+def test_an_r4b_only_resource_inside_a_bundle_or_contained_is_unknown() -> None:
+    for outer in ({"resourceType": "Patient", "contained": [{"resourceType": "Ingredient", "id": "i",
+                                                              "status": "active"}]},
+                  {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
+                      "resourceType": "SubscriptionTopic", "url": "http://x", "status": "active"}}]}):
+        with pytest.raises(InvalidResource) as info:
+            parse_resource(outer)
+        assert str(info.value.expression).endswith(".resourceType")
 
 
 def test_nan_cannot_be_dumped() -> None:
