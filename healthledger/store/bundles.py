@@ -30,6 +30,7 @@ from healthledger.errors import (
 )
 from healthledger.store.access import Principal
 from healthledger.store.repository import (
+    IfNoneMatch,
     ResourceStore,
     StoredResource,
     UnitOfWork,
@@ -145,7 +146,7 @@ def _single_match(uow: UnitOfWork, target: Target, what: str) -> StoredResource 
 
 def conditional_update(
     uow: UnitOfWork, resource_type: str, params: list[tuple[str, str]], resource: dict[str, Any], *,
-    if_match: int | None = None, validated: bool = False,
+    if_match: int | None = None, if_none_match: IfNoneMatch | None = None, validated: bool = False,
 ) -> tuple[StoredResource, bool]:
     """`PUT Type?query` (R4 3.1.0.4.3), as a REST request and as a bundle entry: scopes first, then the search as
     the caller (what it may not read does not exist for it): no match creates (with the body's id, if any), one
@@ -154,16 +155,19 @@ def conditional_update(
     match = _single_match(uow, Target(resource_type, params=params), "update")
     resource_id = match.id if match is not None else (resource.get("id") or uow.store.new_id())
     body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
-    return uow.update(resource_type, resource_id, body, if_match=if_match, validated=validated)
+    return uow.update(resource_type, resource_id, body, if_match=if_match, if_none_match=if_none_match,
+                      validated=validated)
 
 
-def conditional_delete(uow: UnitOfWork, resource_type: str, params: list[tuple[str, str]]) -> None:
+def conditional_delete(
+    uow: UnitOfWork, resource_type: str, params: list[tuple[str, str]], *, if_match: int | None = None
+) -> None:
     """`DELETE Type?query` (R4 3.1.0.7.1): the one match the caller can see is deleted; none is not an error (the
     same answer whether nothing matched or the match is withheld); several are a 412."""
     uow.check_scope("delete", resource_type)  # scopes before the conditional search
     match = _single_match(uow, Target(resource_type, params=params), "delete")
     if match is not None:
-        uow.delete(resource_type, match.id)
+        uow.delete(resource_type, match.id, if_match=if_match)
 
 
 class _Executor:
