@@ -30,6 +30,7 @@ from healthledger.errors import (
 )
 from healthledger.store.access import Principal
 from healthledger.store.repository import (
+    ANY_VERSION,
     IfNoneMatch,
     ResourceStore,
     StoredResource,
@@ -84,6 +85,16 @@ def parse_etag(value: Any) -> int | None:
     if not m:
         raise PreconditionFailed("If-Match does not name a version of this server (expected W/\"<n>\")")
     return int(m["v"])
+
+
+def parse_if_none_match(value: Any) -> IfNoneMatch | None:
+    """An entry's `request.ifNoneMatch` (R4 Bundle; RFC 7232 §3.2): `*`, or the versions that must not be current."""
+    if value is None or value == "":
+        return None
+    if str(value).strip() == "*":
+        return ANY_VERSION
+    versions = {parse_etag(tag) for tag in str(value).split(",") if tag.strip()}
+    return frozenset(v for v in versions if v is not None)
 
 
 def _response_entry(status: int, stored: StoredResource | None = None, *, resource: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -201,18 +212,19 @@ class _Executor:
                 return _response_entry(200, uow.vread(target.resource_type, target.id, target.version))
             return _response_entry(200, uow.read(target.resource_type, target.id))
         if method == "DELETE":
+            if_match = parse_etag(getattr(entry, "if_match", None))
             if target.params is not None:
                 if entry.index not in assigned:
-                    conditional_delete(uow, target.resource_type, target.params)
+                    conditional_delete(uow, target.resource_type, target.params, if_match=if_match)
                     return _response_entry(204)
                 uow.check_scope("delete", target.resource_type)
                 match_id = assigned[entry.index].removeprefix("delete:") or None  # a transaction searched already
                 if match_id is not None:
-                    uow.delete(target.resource_type, match_id)
+                    uow.delete(target.resource_type, match_id, if_match=if_match)
                 return _response_entry(204)
             if target.id is None:
                 raise BadRequest("DELETE needs 'Type/id' or 'Type?parameters'")
-            uow.delete(target.resource_type, target.id)
+            uow.delete(target.resource_type, target.id, if_match=if_match)
             return _response_entry(204)
         if resource is None:
             raise BadRequest(f"{method} needs a resource")
@@ -234,20 +246,24 @@ class _Executor:
             return _response_entry(201 if created else 200, stored)
         if method == "PUT":
             if_match = parse_etag(getattr(entry, "if_match", None))
+            if_none_match = parse_if_none_match(getattr(entry, "if_none_match", None))
             if target.params is not None:
                 resource_id = assigned.get(entry.index)
                 if resource_id is None:
                     stored, created = conditional_update(
-                        uow, target.resource_type, target.params, resource, if_match=if_match, validated=True
+                        uow, target.resource_type, target.params, resource, if_match=if_match,
+                        if_none_match=if_none_match, validated=True,
                     )
                     return _response_entry(201 if created else 200, stored)
                 uow.check_scope("update", target.resource_type)
                 body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
-                stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match, validated=True)
+                stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match,
+                                             if_none_match=if_none_match, validated=True)
                 return _response_entry(201 if created else 200, stored)
             if target.id is None or target.version is not None:
                 raise BadRequest("PUT needs 'Type/id' or 'Type?parameters'")
-            stored, created = uow.update(target.resource_type, target.id, resource, if_match=if_match, validated=True)
+            stored, created = uow.update(target.resource_type, target.id, resource, if_match=if_match,
+                                         if_none_match=if_none_match, validated=True)
             return _response_entry(201 if created else 200, stored)
         raise NotSupported(f"{method} is not supported in bundles")
 

@@ -207,3 +207,24 @@ def test_a_refused_token_is_named_in_the_challenge(client: FlaskClient) -> None:
     none = client.get("/fhir/Patient")
     _outcome(none, 401)
     assert none.headers["WWW-Authenticate"] == 'Bearer realm="healthledger"'  # no token, no error code (§3.1)
+
+
+def test_version_preconditions_of_bundle_entries(client: FlaskClient) -> None:
+    """`request.ifMatch` of a DELETE and `request.ifNoneMatch` of a PUT are honoured in Bundles as over REST."""
+    pid = _patient(client)["id"]
+    body = {"resourceType": "Patient", "id": pid, "gender": "other"}
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": f"Patient/{pid}", "ifMatch": 'W/"7"'}},
+        {"request": {"method": "DELETE", "url": f"Patient?_id={pid}", "ifMatch": 'W/"7"'}},
+        {"resource": body, "request": {"method": "PUT", "url": f"Patient/{pid}", "ifNoneMatch": "*"}},
+        {"resource": body, "request": {"method": "PUT", "url": f"Patient?_id={pid}", "ifNoneMatch": 'W/"1"'}},
+    ]}
+    answered = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS).get_json()
+    assert [e["response"]["status"] for e in answered["entry"]] == ["412"] * 4, answered
+    assert client.get(f"/fhir/Patient/{pid}", headers=AUTH).get_json()["meta"]["versionId"] == "1"
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": f"Patient?_id={pid}", "ifMatch": 'W/"7"'}}]}
+    assert client.post("/fhir", data=orjson.dumps(transaction), headers=JSON_HEADERS).status_code == 412
+    batch["entry"] = [{"request": {"method": "DELETE", "url": f"Patient/{pid}", "ifMatch": 'W/"1"'}}]
+    answered = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS).get_json()
+    assert answered["entry"][0]["response"]["status"].startswith("204")
