@@ -49,7 +49,8 @@ class TypeCapability:
 
     `interactions`: its TypeRestfulInteraction codes; `notes`: documentation of some of them (who may, how);
     `search`: its search parameters as (name, type, documentation), or None for those of SEARCH_PARAMETERS;
-    `conditional`: whether its create, update and delete take the server's conditional forms.
+    `conditional`: whether its create, update and delete take the server's conditional forms (and its read, the
+    conditional read, when the statement declares one).
     """
 
     interactions: tuple[str, ...]
@@ -85,6 +86,7 @@ def capability_statement(
     conditional_create: bool = False,
     conditional_update: bool = False,
     conditional_delete: str = "not-supported",
+    conditional_read: str = "not-supported",
     versioning: str = "versioned",
     update_create: bool = False,
     security_description: str | None = None,
@@ -107,6 +109,8 @@ def capability_statement(
     `operations` maps types to the operations they support as (name without `$`, canonical definition[,
     documentation]), e.g. {"Group": [("export", GROUP_EXPORT)]}; a type not in `resource_types` is not listed.
     `system_operations` are the system-level ones (`rest.operation`), in the same form.
+    `conditional_read`: R4 ConditionalReadStatus (not-supported | modified-since | not-match | full-support),
+    declared for every type that has read and is not `overrides`' without `conditional`.
     """
     type_codes = sorted(set(interactions))
     unknown = set(type_codes) - TYPE_INTERACTIONS
@@ -145,6 +149,8 @@ def capability_statement(
                 "conditionalUpdate": conditional_update and conditional and "update" in codes,
                 "conditionalDelete": conditional_delete if conditional and "delete" in codes else "not-supported",
             })
+        if "read" in codes and conditional and conditional_read != "not-supported":
+            entry["conditionalRead"] = conditional_read
         if override is not None and override.search is not None:
             entry["searchParam"] = [{"name": name, "type": kind, **({"documentation": doc} if doc else {})}
                                     for name, kind, doc in override.search]

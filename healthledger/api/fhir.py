@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from flask import Blueprint, Request, Response, request
 from sqlalchemy import exc as sa_exc
+from werkzeug.exceptions import MethodNotAllowed
 
 from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import definition_search
@@ -69,9 +70,12 @@ from healthledger.store.bundles import (
 )
 from healthledger.store.patching import patch_resource
 from healthledger.store.repository import (
+    ANY_VERSION,
+    IfNoneMatch,
     ResourceStore,
     StoredResource,
     UnitOfWork,
+    check_writable,
     dump_resource,
     fhir_errors,
 )
@@ -123,6 +127,8 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
         TYPE_INTERACTIONS, conditional=True,
         notes={"read": f"this server's own {definitions}s are public (no token), at the id their canonical URL "
                "ends in; any other id is an ordinary read",
+               **{write: f"refused (405) at the ids of this server's own {definitions}s, which are read only; "
+                  "other ids are ordinary" for write in ("update", "patch", "delete")},
                "search-type": f"lists this server's own {definitions}s (public), then, to an authenticated caller, "
                "the stored ones it may read; by url, _id and name, paged by _count; any other parameter is ignored "
                "and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (Bundle "
@@ -222,7 +228,8 @@ def fhir_blueprint(
                         raise
             return error_response(error)
 
-    bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET"])
+    # Every method, so that a write to /metadata is the 405 it is, not a request about a resource type "metadata".
+    bp.add_url_rule("/metadata", "metadata", api.metadata, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     bp.add_url_rule(
         "/StructureDefinition/<resource_id>", "extension_definition", api.extension_definition, methods=["GET"]
     )
@@ -299,6 +306,21 @@ class _FhirApi:
             response.headers.update(headers)
         return response
 
+    def _conditional_read(self, stored: StoredResource, headers: dict[str, str]) -> Response | None:
+        """304 Not Modified when the caller's copy is current (RFC 7232 §3.2, §3.3, §4.1; R4 3.1.0.3 conditional
+        read), else None. Asked only after the read was decided: a refused resource is the 404 of a missing one."""
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match is not None:
+            versions = http.parse_if_none_match(if_none_match)
+            if versions is None or stored.version_id in versions:
+                return _no_content(304, headers)
+            return None
+        if_modified_since = request.headers.get("If-Modified-Since")  # ignored when If-None-Match is sent (§6)
+        since = http.parse_http_date(if_modified_since) if if_modified_since is not None else None
+        if since is not None and stored.last_updated.replace(microsecond=0) <= since:
+            return _no_content(304, headers)
+        return None
+
     def _resource_headers(self, stored: StoredResource, *, location: bool = False) -> dict[str, str]:
         headers = {"ETag": http.etag(stored.version_id), "Last-Modified": http.http_date(stored.last_updated)}
         if location:
@@ -307,16 +329,15 @@ class _FhirApi:
             )
         return headers
 
-    def _write_response(self, stored: StoredResource, status: int) -> Response:
-        """Prefer: return=minimal | representation | OperationOutcome (FHIR R4 http.html#ops)."""
+    def _write_response(self, stored: StoredResource, status: int, *, verb: str = "") -> Response:
+        """Prefer: return=minimal | representation | OperationOutcome (FHIR R4 http.html#ops). `verb`: what
+        happened, for the OperationOutcome (default: created for 201, updated otherwise)."""
         headers = self._resource_headers(stored, location=True)
         prefer = _prefer_return(request.headers.get("Prefer", ""))
         if prefer == "minimal":
-            response = Response(b"", status=status)
-            response.headers.update(headers)
-            return response
+            return _no_content(status, headers)
         if prefer == "OperationOutcome":
-            verb = "created" if status == 201 else "updated"
+            verb = verb or ("created" if status == 201 else "updated")
             outcome = operation_outcome(
                 "information", "informational", f"{stored.resource_type}/{stored.id} {verb} (version {stored.version_id})"
             )
@@ -326,6 +347,8 @@ class _FhirApi:
     # -- endpoints -----------------------------------------------------------------------------
     def metadata(self) -> Response:
         """CapabilityStatement (FHIR R4 http.html#capabilities): public, built from what this module does."""
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(valid_methods=["GET", "HEAD"])  # 405 with Allow (outcomes.error_response)
         http.check_response_format(request)
         base = self._base()
         body = self._capability.get(base)
@@ -340,6 +363,7 @@ class _FhirApi:
                     conditional_create=True,  # If-None-Exist on POST
                     conditional_update=True,  # PUT /Type?query, as in bundles
                     conditional_delete="single",  # DELETE /Type?query: one match (several: 412)
+                    conditional_read="full-support",  # If-None-Match and If-Modified-Since: 304
                     versioning="versioned-update",  # If-Match is honoured
                     update_create=True,  # PUT to a new id creates it
                     oauth_token_url=self.token_url,
@@ -414,11 +438,14 @@ class _FhirApi:
         return self._search(resource_type, principal, [*request.args.items(multi=True), *self._form()])
 
     def _form(self) -> list[tuple[str, str]]:
-        """POST _search's parameters (R4 3.1.1.0.2): an application/x-www-form-urlencoded body."""
+        """POST _search's parameters (R4 3.1.1.0.2): an application/x-www-form-urlencoded body, or none (the
+        parameters all in the URL); an empty body needs no Content-Type."""
         kind = http.media_type(request.headers.get("Content-Type"))
+        raw = http.read_body(request, self.settings.max_request_bytes)
+        if not raw and kind in ("", http.FORM_MEDIA_TYPE):
+            return []
         if kind != http.FORM_MEDIA_TYPE:
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
-        raw = http.read_body(request, self.settings.max_request_bytes)
         try:
             return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=1000)
         except (UnicodeDecodeError, ValueError):
@@ -495,7 +522,9 @@ class _FhirApi:
         if request.method == "DELETE":
             return self._delete(resource_type, resource_id, principal)
         stored = self.store.read(resource_type, resource_id, principal=principal)
-        return self._respond(self._read_subset(resource_type, stored), 200, self._resource_headers(stored))
+        headers = self._resource_headers(stored)
+        return self._conditional_read(stored, headers) or self._respond(
+            self._read_subset(resource_type, stored), 200, headers)
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> Response:
         _check_type(resource_type)
@@ -506,7 +535,9 @@ class _FhirApi:
         if not _VID.fullmatch(version_id):
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id[:20]!r}")
         stored = self.store.vread(resource_type, resource_id, int(version_id), principal=principal)
-        return self._respond(self._read_subset(resource_type, stored), 200, self._resource_headers(stored))
+        headers = self._resource_headers(stored)
+        return self._conditional_read(stored, headers) or self._respond(
+            self._read_subset(resource_type, stored), 200, headers)
 
     def instance_history(self, resource_type: str, resource_id: str) -> Response:
         _check_type(resource_type)
@@ -546,8 +577,9 @@ class _FhirApi:
             if_none_exist = _parse_condition(header)
         stored, created = self.store.create(resource, if_none_exist=if_none_exist, principal=principal)
         if not created:
-            # Conditional create matched one resource: 200 OK with it, nothing written (http.html#ccreate).
-            return self._respond(self._shown(stored), 200, self._resource_headers(stored, location=True))
+            # Conditional create matched one resource: 200 OK with it (as Prefer asks), nothing written
+            # (http.html#ccreate).
+            return self._write_response(stored, 200, verb="exists already, nothing created")
         return self._write_response(stored, 201)
 
     def _update(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
@@ -560,11 +592,9 @@ class _FhirApi:
             raise InvalidResource("the resource must carry an id equal to the id in the URL", expression=f"{resource_type}.id")
         if body_id != resource_id:
             raise InvalidResource("the id in the resource does not match the id in the URL", expression=f"{resource_type}.id")
-        if_match = None
-        header = request.headers.get("If-Match")
-        if header is not None:
-            if_match = http.parse_etag(header)
-        stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match, principal=principal)
+        if_match, if_none_match = _write_preconditions()
+        stored, created = self.store.update(
+            resource_type, resource_id, resource, if_match=if_match, if_none_match=if_none_match, principal=principal)
         return self._write_response(stored, 201 if created else 200)
 
     def _conditions(self, what: str) -> list[tuple[str, str]]:
@@ -578,19 +608,22 @@ class _FhirApi:
         params = self._conditions("PUT")
         resource = self._body_resource()
         _check_body_type(resource, resource_type)
-        if_match = http.parse_etag(request.headers["If-Match"]) if "If-Match" in request.headers else None
+        if_match, if_none_match = _write_preconditions()
         with self.store.unit_of_work(principal) as uow:
-            stored, created = conditional_update(uow, resource_type, params, resource, if_match=if_match)
+            stored, created = conditional_update(
+                uow, resource_type, params, resource, if_match=if_match, if_none_match=if_none_match)
         return self._write_response(stored, 201 if created else 200)
 
     def _conditional_delete(self, resource_type: str, principal: Principal) -> Response:
         params = self._conditions("DELETE")
+        if_match = http.parse_etag(request.headers["If-Match"]) if "If-Match" in request.headers else None
         with self.store.unit_of_work(principal) as uow:
-            conditional_delete(uow, resource_type, params)
-        return Response(b"", status=204)
+            conditional_delete(uow, resource_type, params, if_match=if_match)
+        return _no_content(204)
 
     def _patch(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
         """JSON Patch (R4 http.html#patch; RFC 6902), honouring If-Match (store/patching.py)."""
+        check_writable(resource_type, resource_id)  # (a published definition is not stored: refused, not missing)
         if http.media_type(request.headers.get("Content-Type")) != JSON_PATCH:
             raise UnsupportedMediaType(f"PATCH takes {JSON_PATCH} (RFC 6902); FHIRPath Patch is not supported")
         raw = http.read_body(request, self.settings.max_request_bytes)
@@ -604,11 +637,9 @@ class _FhirApi:
         return self._write_response(stored, 200)
 
     def _delete(self, resource_type: str, resource_id: str, principal: Principal) -> Response:
-        stored = self.store.delete(resource_type, resource_id, principal=principal)
-        response = Response(b"", status=204)
-        if stored is not None:
-            response.headers["ETag"] = http.etag(stored.version_id)
-        return response
+        if_match = http.parse_etag(request.headers["If-Match"]) if "If-Match" in request.headers else None
+        stored = self.store.delete(resource_type, resource_id, if_match=if_match, principal=principal)
+        return _no_content(204, {"ETag": http.etag(stored.version_id)} if stored is not None else None)
 
     def _search(self, resource_type: str, principal: Principal, params: list[tuple[str, str]]) -> Response:
         """Type search with its result controls (fhir_adapters.search.controls) and FHIR's lenient handling of
@@ -687,8 +718,8 @@ class _FhirApi:
             url = f"{item.resource_type}/{item.id}"
             if item.deleted:
                 method, status = "DELETE", "204 No Content"
-            elif item.version_id == 1:
-                method, status = "POST", "201 Created"
+            elif item.version_id == 1:  # created: by POST Type, or by PUT Type/id (update-as-create)
+                method, status = "PUT" if item.by_update else "POST", "201 Created"
             else:
                 method, status = "PUT", "200 OK"
             entries.append(
@@ -889,6 +920,26 @@ def _parse_instant(value: str, name: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment
+
+
+def _no_content(status: int, headers: dict[str, str] | None = None) -> Response:
+    """A response without a body (204, 304, a 201/200 under `Prefer: return=minimal`): no Content-Type either
+    (RFC 7231 §3.1.1.5 describes a body; there is none)."""
+    response = Response(b"", status=status)
+    response.headers.remove("Content-Type")
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _write_preconditions() -> tuple[int | None, IfNoneMatch | None]:
+    """`If-Match` and `If-None-Match` of an update (RFC 7232 §3.1, §3.2; R4 3.1.0.5), as the store takes them."""
+    if_match = http.parse_etag(request.headers["If-Match"]) if "If-Match" in request.headers else None
+    header = request.headers.get("If-None-Match")
+    if header is None:
+        return if_match, None
+    versions = http.parse_if_none_match(header)
+    return if_match, ANY_VERSION if versions is None else versions
 
 
 def _prefer_return(prefer: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from flask import Request
@@ -19,6 +19,9 @@ JSON_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json", "appl
 # `_format` values that mean JSON (FHIR R4 http.html#mime-type: json, application/json, application/fhir+json).
 JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir"})
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+# The FHIR version this server speaks, as the `fhirVersion` media-type parameter names it (R4 http.html#version-parameter:
+# 4.0 is R4; a patch release such as 4.0.1 is the same version).
+FHIR_VERSION = "4.0"
 
 _READ_CHUNK = 64 * 1024
 
@@ -45,19 +48,48 @@ def check_response_format(request: Request) -> None:
     accept = request.headers.get("Accept", "")
     if not accept.strip():
         return
+    other_version = ""
     for part in accept.split(","):
         kind = media_type(part)
         if kind in JSON_MEDIA_TYPES or kind in {"*/*", "application/*", ""}:
-            return
+            version = _fhir_version(part)
+            if version is None or _is_ours(version):
+                return
+            other_version = other_version or version
+    if other_version:
+        shown = other_version if len(other_version) <= 16 and other_version.isprintable() else "?"
+        raise NotAcceptable(f"fhirVersion={shown} is not available: this server speaks FHIR R4 "
+                            f"(fhirVersion={FHIR_VERSION})")
     raise NotAcceptable("only application/fhir+json (or application/json) responses are available")
+
+
+def _fhir_version(media_range: str) -> str | None:
+    """The `fhirVersion` parameter of a media range (R4 http.html#version-parameter), if it has one."""
+    for parameter in media_range.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "fhirversion":
+            return value.strip().strip('"')
+    return None
+
+
+def _is_ours(version: str) -> bool:
+    """`4.0` or one of its patch releases (`4.0.1`)."""
+    return version == FHIR_VERSION or version.startswith(FHIR_VERSION + ".")
 
 
 def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, refusing anything over `max_bytes` without buffering more than that.
 
     Content-Length is checked first (cheap refusal); the stream is then read in chunks up to one byte
-    over the limit, which catches chunked uploads and lying Content-Length headers.
+    over the limit, which catches chunked uploads and lying Content-Length headers. A body sent with a
+    content coding (RFC 7231 §3.1.2.2: gzip, deflate, br) is refused with 415 naming the coding (RFC 7231
+    §6.5.13): we read identity bodies only (decompressing would let a small body expand past the limit).
     """
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding and coding != "identity":
+        shown = coding if len(coding) <= 32 and coding.isprintable() else "?"
+        raise UnsupportedMediaType(f"Content-Encoding '{shown}' is not supported: send the body uncompressed "
+                                   "(identity)")
     declared = request.headers.get("Content-Length")
     if declared is not None:
         try:
@@ -116,6 +148,29 @@ def parse_etag(value: str) -> int:
     if not text.isdigit() or len(text) > 18:
         raise BadRequest("If-Match must be a version ETag like W/\"3\"")
     return int(text)
+
+
+def parse_if_none_match(value: str) -> frozenset[int] | None:
+    """`If-None-Match` (RFC 7232 §3.2): None for `*` (any current version), else the versions it lists
+    (`W/"3", W/"4"`). 400 when an entry is not a version ETag."""
+    if value.strip() == "*":
+        return None
+    tags = [tag for tag in value.split(",") if tag.strip()]
+    if not tags:
+        raise BadRequest('If-None-Match must be * or version ETags like W/"3"')
+    try:
+        return frozenset(parse_etag(tag) for tag in tags)
+    except BadRequest:
+        raise BadRequest('If-None-Match must be * or version ETags like W/"3"') from None
+
+
+def parse_http_date(value: str) -> datetime | None:
+    """An HTTP-date (RFC 7231 §7.1.1.1), or None when it is not one (RFC 7232 §3.3: then ignored)."""
+    try:
+        moment = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def etag(version_id: int) -> str:

@@ -62,8 +62,7 @@ def error_response(error: BaseException) -> Response:
             log.error("api.error", status=status, error=type(error).__name__, route=_route())
         headers = {}
         if isinstance(error, Unauthorized):
-            # RFC 6750 §3: a 401 names the scheme the client must use.
-            headers["WWW-Authenticate"] = 'Bearer realm="healthledger"'
+            headers["WWW-Authenticate"] = bearer_challenge(error.message)
         outcome = operation_outcome("error", error.code, error.message, error.expression)
         return outcome_response(outcome, status, headers)
     if isinstance(error, FhirInputError):
@@ -98,6 +97,21 @@ def error_response(error: BaseException) -> Response:
         return outcome_response(outcome, 503, {"Retry-After": "1"})
     log.exception("api.unhandled", error=type(error).__name__, route=_route())
     return outcome_response(operation_outcome("error", "exception", "internal server error"), 500)
+
+
+def bearer_challenge(message: str) -> str:
+    """The WWW-Authenticate of a 401 (RFC 6750 §3): the scheme, and, when the request presented a bearer token,
+    `error="invalid_token"` with `message` as its description (a request without one gets no error code, §3.1)."""
+    challenge = 'Bearer realm="healthledger"'
+    try:
+        presented = request.headers.get("Authorization", "")
+    except RuntimeError:
+        presented = ""
+    if presented.strip().lower().startswith("bearer "):
+        # error_description: %x20-21 / %x23-5B / %x5D-7E (RFC 6750 §3): no quote, no backslash.
+        description = "".join(c for c in message if " " <= c <= "~" and c not in '"\\')
+        challenge += f', error="invalid_token", error_description="{description}"'
+    return challenge
 
 
 METHOD_NOT_ALLOWED = "method not allowed on this endpoint"

@@ -38,10 +38,11 @@ from healthledger.consent.engine import (
     Reason,
     ResourceFacts,
     decide,
+    decide_new_patient,
     may_permit_reads,
 )
 from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
-from healthledger.consent.index import ConsentIndex
+from healthledger.consent.index import ConsentIndex, care_named
 from healthledger.consent.models import ConsentRequest
 from healthledger.errors import DecryptionError, Forbidden, TooManyRequests, not_known
 from healthledger.principal import Principal
@@ -173,7 +174,12 @@ class ConsentPolicy:
         if type_level:
             return None  # each match is screened, and the page recorded, by the store
         facts = self._facts(resource_type, resource_id, resource, stored=action not in WRITE_ACTIONS)
-        outcome = self._decide(principal, action, facts, conn)
+        if action == "create" and resource_type == "Patient" and resource is not None:
+            # The same rule whether the id is the server's (POST) or the client's (PUT): docs/consent-semantics.md.
+            care = frozenset(care_named(resource) | {self.index.home_organization}) - {""}
+            outcome = decide_new_patient(principal, care, self.policy)
+        else:
+            outcome = self._decide(principal, action, facts, conn)
         if outcome.permitted and outcome.reasons[0].rule == ACCESS_REQUEST:
             outcome = self._admit_request(conn, principal, facts.resource_id)
         self.record(conn, principal, action, resource_type, facts.resource_id, facts.patient_id, outcome)

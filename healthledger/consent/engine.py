@@ -52,6 +52,7 @@ __all__ = [
     "ResourceFacts",
     "asks_for_itself",
     "decide",
+    "decide_new_patient",
     "may_permit_reads",
 ]
 
@@ -308,6 +309,23 @@ def _denies_every(
 
 def _could_permit(p: Provision) -> bool:
     return p.type == PERMIT or any(_could_permit(child) for child in p.children)
+
+
+def decide_new_patient(principal: Principal, care_organizations: frozenset[str], policy: Policy) -> Outcome:
+    """The create of a Patient (POST, or PUT to an id that holds nothing): a record nobody has consented about yet,
+    so decided by step 6's rule alone, on the care organisations the new Patient itself names (its
+    `managingOrganization`, `generalPractitioner`) and the home organisation, which cares for every patient.
+    A writer creates only a Patient its organisation will care for, so it can read what it created; an outside
+    organisation names itself as the managing organisation."""
+    if principal.role not in policy.writer_roles:
+        return Outcome(Decision.DENY, (Reason("policy:writer-role"),))
+    if (
+        principal.organization
+        and principal.organization in care_organizations
+        and principal.purpose in policy.treating_purposes
+    ):
+        return Outcome(Decision.PERMIT, (Reason("policy:treating-organisation"),))
+    return Outcome(Decision.NOT_APPLICABLE, (Reason("new-patient-not-in-care"),))
 
 
 def asks_for_itself(principal: Principal, rules: ConsentRules, policy: Policy, now: datetime) -> bool:

@@ -314,6 +314,11 @@ def _all(uow: Any, resource_type: str, params: list[tuple[str, str]]) -> list[di
     return [item.resource for item in page.items if item.resource is not None]
 
 
+def care_named(patient: dict[str, Any]) -> set[str]:
+    """The organisations a Patient names as caring for it (`managingOrganization`, `generalPractitioner`)."""
+    return _references(patient, _CARE)
+
+
 def _references(resource: dict[str, Any], elements: Sequence[str]) -> set[str]:
     out: set[str] = set()
     for name in elements:

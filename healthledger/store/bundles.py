@@ -30,6 +30,8 @@ from healthledger.errors import (
 )
 from healthledger.store.access import Principal
 from healthledger.store.repository import (
+    ANY_VERSION,
+    IfNoneMatch,
     ResourceStore,
     StoredResource,
     UnitOfWork,
@@ -83,6 +85,16 @@ def parse_etag(value: Any) -> int | None:
     if not m:
         raise PreconditionFailed("If-Match does not name a version of this server (expected W/\"<n>\")")
     return int(m["v"])
+
+
+def parse_if_none_match(value: Any) -> IfNoneMatch | None:
+    """An entry's `request.ifNoneMatch` (R4 Bundle; RFC 7232 §3.2): `*`, or the versions that must not be current."""
+    if value is None or value == "":
+        return None
+    if str(value).strip() == "*":
+        return ANY_VERSION
+    versions = {parse_etag(tag) for tag in str(value).split(",") if tag.strip()}
+    return frozenset(v for v in versions if v is not None)
 
 
 def _response_entry(status: int, stored: StoredResource | None = None, *, resource: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -145,7 +157,7 @@ def _single_match(uow: UnitOfWork, target: Target, what: str) -> StoredResource 
 
 def conditional_update(
     uow: UnitOfWork, resource_type: str, params: list[tuple[str, str]], resource: dict[str, Any], *,
-    if_match: int | None = None, validated: bool = False,
+    if_match: int | None = None, if_none_match: IfNoneMatch | None = None, validated: bool = False,
 ) -> tuple[StoredResource, bool]:
     """`PUT Type?query` (R4 3.1.0.4.3), as a REST request and as a bundle entry: scopes first, then the search as
     the caller (what it may not read does not exist for it): no match creates (with the body's id, if any), one
@@ -154,16 +166,19 @@ def conditional_update(
     match = _single_match(uow, Target(resource_type, params=params), "update")
     resource_id = match.id if match is not None else (resource.get("id") or uow.store.new_id())
     body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
-    return uow.update(resource_type, resource_id, body, if_match=if_match, validated=validated)
+    return uow.update(resource_type, resource_id, body, if_match=if_match, if_none_match=if_none_match,
+                      validated=validated)
 
 
-def conditional_delete(uow: UnitOfWork, resource_type: str, params: list[tuple[str, str]]) -> None:
+def conditional_delete(
+    uow: UnitOfWork, resource_type: str, params: list[tuple[str, str]], *, if_match: int | None = None
+) -> None:
     """`DELETE Type?query` (R4 3.1.0.7.1): the one match the caller can see is deleted; none is not an error (the
     same answer whether nothing matched or the match is withheld); several are a 412."""
     uow.check_scope("delete", resource_type)  # scopes before the conditional search
     match = _single_match(uow, Target(resource_type, params=params), "delete")
     if match is not None:
-        uow.delete(resource_type, match.id)
+        uow.delete(resource_type, match.id, if_match=if_match)
 
 
 class _Executor:
@@ -197,18 +212,19 @@ class _Executor:
                 return _response_entry(200, uow.vread(target.resource_type, target.id, target.version))
             return _response_entry(200, uow.read(target.resource_type, target.id))
         if method == "DELETE":
+            if_match = parse_etag(getattr(entry, "if_match", None))
             if target.params is not None:
                 if entry.index not in assigned:
-                    conditional_delete(uow, target.resource_type, target.params)
+                    conditional_delete(uow, target.resource_type, target.params, if_match=if_match)
                     return _response_entry(204)
                 uow.check_scope("delete", target.resource_type)
                 match_id = assigned[entry.index].removeprefix("delete:") or None  # a transaction searched already
                 if match_id is not None:
-                    uow.delete(target.resource_type, match_id)
+                    uow.delete(target.resource_type, match_id, if_match=if_match)
                 return _response_entry(204)
             if target.id is None:
                 raise BadRequest("DELETE needs 'Type/id' or 'Type?parameters'")
-            uow.delete(target.resource_type, target.id)
+            uow.delete(target.resource_type, target.id, if_match=if_match)
             return _response_entry(204)
         if resource is None:
             raise BadRequest(f"{method} needs a resource")
@@ -230,20 +246,24 @@ class _Executor:
             return _response_entry(201 if created else 200, stored)
         if method == "PUT":
             if_match = parse_etag(getattr(entry, "if_match", None))
+            if_none_match = parse_if_none_match(getattr(entry, "if_none_match", None))
             if target.params is not None:
                 resource_id = assigned.get(entry.index)
                 if resource_id is None:
                     stored, created = conditional_update(
-                        uow, target.resource_type, target.params, resource, if_match=if_match, validated=True
+                        uow, target.resource_type, target.params, resource, if_match=if_match,
+                        if_none_match=if_none_match, validated=True,
                     )
                     return _response_entry(201 if created else 200, stored)
                 uow.check_scope("update", target.resource_type)
                 body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
-                stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match, validated=True)
+                stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match,
+                                             if_none_match=if_none_match, validated=True)
                 return _response_entry(201 if created else 200, stored)
             if target.id is None or target.version is not None:
                 raise BadRequest("PUT needs 'Type/id' or 'Type?parameters'")
-            stored, created = uow.update(target.resource_type, target.id, resource, if_match=if_match, validated=True)
+            stored, created = uow.update(target.resource_type, target.id, resource, if_match=if_match,
+                                         if_none_match=if_none_match, validated=True)
             return _response_entry(201 if created else 200, stored)
         raise NotSupported(f"{method} is not supported in bundles")
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -29,6 +30,8 @@ class StoredVersion(Base):
     `compartment` is a blind index (keyed HMAC) of the patient compartment, never the patient id.
     `is_current` marks the newest version of each (tenant, type, id) for fast reads and search.
     `erased` is set when the compartment's data key was destroyed (crypto-shredding).
+    `by_update` marks a version written by an update (PUT Type/id, R4 3.1.0.4), not a create (POST Type): the
+    history of a resource created by PUT says so (R4 3.1.0.10, Bundle.entry.request).
     """
 
     __tablename__ = "store_resources"
@@ -45,6 +48,7 @@ class StoredVersion(Base):
     compartment: Mapped[bytes | None] = mapped_column(LargeBinary(16), nullable=True)
     data_key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    by_update: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         UniqueConstraint("tenant", "resource_type", "resource_id", "version_id", name="uq_store_resources_version"),

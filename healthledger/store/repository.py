@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fhir_adapters import compartment as fhir_compartment
+from fhir_adapters import definition_search
 from fhir_adapters import search as fhir_search
 from fhir_adapters import validation as fhir_validation
 from fhir_adapters.datatypes import is_id, with_version_meta
@@ -55,6 +56,11 @@ from healthledger.store.search_results import resolve_has
 
 _SCAN_BATCH = 200
 
+# `If-None-Match` of a write (RFC 7232 §3.2): ANY_VERSION (`*`: the resource must not exist), or the versions
+# that must not be current.
+ANY_VERSION = "*"
+IfNoneMatch = Collection[int] | str
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,7 +68,7 @@ R = TypeVar("R")
 # Built once: constructing Core statements per call cost more than running them (reads ~3x faster).
 _COLUMNS = (
     res_t.c.row_id, res_t.c.resource_type, res_t.c.resource_id, res_t.c.version_id, res_t.c.last_updated,
-    res_t.c.deleted, res_t.c.erased, res_t.c.compartment, res_t.c.data_key_id, res_t.c.payload,
+    res_t.c.deleted, res_t.c.erased, res_t.c.compartment, res_t.c.data_key_id, res_t.c.payload, res_t.c.by_update,
 )
 _SAME_RESOURCE = (
     res_t.c.tenant == sa.bindparam("tenant"),
@@ -94,7 +100,8 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class StoredResource:
-    """One version of a resource as the store returns it; `resource` is None for a tombstone."""
+    """One version of a resource as the store returns it; `resource` is None for a tombstone. `by_update`: written
+    by an update (PUT), not a create (POST): the interaction a history entry names (models.StoredVersion)."""
 
     resource_type: str
     id: str
@@ -102,6 +109,7 @@ class StoredResource:
     last_updated: datetime
     deleted: bool
     resource: dict[str, Any] | None
+    by_update: bool = False
 
     @property
     def etag(self) -> str:
@@ -158,6 +166,21 @@ def translating_fhir_errors(function: Callable[P, R]) -> Callable[P, R]:
             return function(*args, **kwargs)
 
     return translated
+
+
+class PublishedDefinition(Forbidden):
+    """A write to one of this server's own definitions (fhir_adapters/definition_search.py): they are published from
+    code and read at their ids whatever is stored there, so a write could only ever seem to succeed."""
+
+    status = 405
+    code = "not-supported"
+
+
+def check_writable(resource_type: str, resource_id: str) -> None:
+    """Refuse a write at the id of a definition this server publishes (public ids: the refusal discloses nothing)."""
+    if resource_type in definition_search.PUBLISHED_TYPES and resource_id in definition_search.published_ids(resource_type):
+        raise PublishedDefinition(f"{resource_type}/{resource_id} is this server's own definition, published from its "
+                                  "code: it is read only")
 
 
 def check_id(resource_id: str) -> str:
@@ -351,14 +374,17 @@ class ResourceStore:
         resource: dict[str, Any],
         *,
         if_match: int | None = None,
+        if_none_match: IfNoneMatch | None = None,
         principal: Principal | None = None,
     ) -> tuple[StoredResource, bool]:
         with self.unit_of_work(principal) as uow:
-            return uow.update(resource_type, resource_id, resource, if_match=if_match)
+            return uow.update(resource_type, resource_id, resource, if_match=if_match, if_none_match=if_none_match)
 
-    def delete(self, resource_type: str, resource_id: str, *, principal: Principal | None = None) -> StoredResource | None:
+    def delete(
+        self, resource_type: str, resource_id: str, *, if_match: int | None = None, principal: Principal | None = None
+    ) -> StoredResource | None:
         with self.unit_of_work(principal) as uow:
-            return uow.delete(resource_type, resource_id)
+            return uow.delete(resource_type, resource_id, if_match=if_match)
 
     def read(self, resource_type: str, resource_id: str, *, principal: Principal | None = None) -> StoredResource:
         with self.reading(principal) as uow:
@@ -423,6 +449,7 @@ class _NewVersion:
     data_key_id: str | None
     payload: bytes | None
     terms: list[tuple[str, bytes]]
+    by_update: bool = False
 
 
 class UnitOfWork:
@@ -516,6 +543,44 @@ class UnitOfWork:
         hidden = self._not_found(action, resource_type, resource_id)
         return Gone(message) if self.principal.unrestricted else hidden
 
+    def _gone_if_seen(self, action: Action, deletion: Any, message: str) -> HealthLedgerError:
+        """The answer about a deletion (`deletion`, its row): 410 Gone to a caller who could see what it deleted
+        (R4 3.1.0.7: a read of a deleted resource is 410), the 404 of a missing resource to anyone else.
+
+        Unrestricted callers see everything. Anyone else is decided, with `action`, on the version the deletion
+        buried, as if it were current: permitted, Gone (and recorded as that decision); refused, exactly the
+        404 of a resource that never existed (the refusal is recorded as any refusal is). Whether it existed is
+        itself something a consent may withhold, and a refusal costs what a miss costs (a decryption and a
+        decision), so neither the answer nor its time tells the two apart.
+        """
+        resource_type, resource_id = deletion.resource_type, deletion.resource_id
+        if self.principal.unrestricted:
+            self.store.policy.record_miss(self.principal, action, resource_type, resource_id, conn=self.conn)
+            return Gone(message)
+        buried = self._live_before(deletion)
+        if buried is None or buried.resource is None:
+            return self._not_found(action, resource_type, resource_id)
+        try:
+            self.authorize(action, resource_type, buried.resource, resource_id)
+        except Forbidden:
+            # A policy that refuses writes with 403 (DevelopmentPolicy, a consent refusing a delete): a deleted
+            # resource is still only ever Gone or unknown.
+            return not_known(resource_type, resource_id)
+        except NotFound as hidden:
+            return hidden
+        return Gone(message)
+
+    def _live_before(self, deletion: Any) -> StoredResource | None:
+        """The newest version before `deletion` (a row) that is not a deletion: the one it deleted."""
+        row = self.conn.execute(
+            sa.select(*_COLUMNS)
+            .where(*_same_resource(self.tenant, deletion.resource_type, deletion.resource_id),
+                   res_t.c.version_id < deletion.version_id, res_t.c.deleted.is_(False), res_t.c.erased.is_(False))
+            .order_by(res_t.c.version_id.desc())
+            .limit(1)
+        ).first()
+        return self._to_stored(row) if row is not None else None
+
     def peek(self, resource_type: str, resource_id: str) -> StoredResource | None:
         """The current version without any access decision (for the service's own bookkeeping)."""
         row = self._current_row(resource_type, resource_id)
@@ -562,8 +627,10 @@ class UnitOfWork:
         patient_id: str | None = None,
         index: dict[str, set[str]] | None = None,
         blind: list[tuple[str, bytes]] | None = None,
+        by_update: bool = False,
     ) -> tuple[_NewVersion, dict[str, Any] | None]:
-        """Stamp meta, seal and index one version. `resource` None writes a tombstone.
+        """Stamp meta, seal and index one version. `resource` None writes a tombstone; `by_update`: written by an
+        update (PUT), not a create.
 
         `patient_id`, `index` (its index_terms) or `blind` (those as blind terms) may be computed
         beforehand, e.g. by import workers.
@@ -578,14 +645,16 @@ class UnitOfWork:
         plaintext = dump_resource(resource)
         if not self.store.privacy:
             terms = blind if blind is not None else self._blind_terms(resource_type, resource, index)
-            return _NewVersion(resource_type, resource_id, version_id, now, False, None, None, plaintext, terms), resource
+            return _NewVersion(resource_type, resource_id, version_id, now, False, None, None, plaintext, terms,
+                               by_update), resource
         if patient_id is None:
             patient_id = self._compartment_of(resource)
         comp, key_id, key = self._seal_key(resource_type, patient_id)
         aad = envelope.resource_aad(self.tenant, resource_type, resource_id, version_id)
         payload = crypto.seal(key, plaintext, aad)
         terms = blind if blind is not None else self._blind_terms(resource_type, resource, index)
-        return _NewVersion(resource_type, resource_id, version_id, now, False, comp, key_id, payload, terms), resource
+        return _NewVersion(resource_type, resource_id, version_id, now, False, comp, key_id, payload, terms,
+                           by_update), resource
 
     def write_versions(self, versions: Sequence[_NewVersion], supersede: Sequence[int] = ()) -> list[int]:
         """Insert prepared versions (marking `supersede` rows no longer current); returns new row ids."""
@@ -602,6 +671,7 @@ class UnitOfWork:
                 "tenant": self.tenant, "resource_type": v.resource_type, "resource_id": v.resource_id,
                 "version_id": v.version_id, "last_updated": v.last_updated, "deleted": v.deleted, "is_current": True,
                 "erased": False, "compartment": v.compartment, "data_key_id": v.data_key_id, "payload": v.payload,
+                "by_update": v.by_update,
             }
             for v in versions
         ]
@@ -632,7 +702,8 @@ class UnitOfWork:
     def _to_stored(self, row: Any) -> StoredResource:
         resource = None if row.deleted or row.payload is None else self._open(row)
         return StoredResource(
-            row.resource_type, row.resource_id, row.version_id, _aware(row.last_updated), row.deleted, resource
+            row.resource_type, row.resource_id, row.version_id, _aware(row.last_updated), row.deleted, resource,
+            row.by_update,
         )
 
 
@@ -687,6 +758,7 @@ class UnitOfWork:
             if matches:
                 return matches[0], False  # FHIR: the match is the answer; nothing is created or decided
         new_id = resource_id or self.store.new_id()
+        check_writable(resource_type, new_id)
         self.authorize("create", resource_type, resource, new_id)  # decided (and recorded) under the id it gets
         version, stamped = self.prepare_version(resource_type, new_id, 1, resource)
         self.write_versions([version])
@@ -713,7 +785,7 @@ class UnitOfWork:
     def _stored(version: _NewVersion, resource: dict[str, Any] | None) -> StoredResource:
         return StoredResource(
             version.resource_type, version.resource_id, version.version_id, version.last_updated,
-            version.deleted, resource,
+            version.deleted, resource, version.by_update,
         )
 
     def update(
@@ -723,10 +795,16 @@ class UnitOfWork:
         resource: dict[str, Any],
         *,
         if_match: int | None = None,
+        if_none_match: IfNoneMatch | None = None,
         validated: bool = False,
         already_decided: bool = False,
     ) -> tuple[StoredResource, bool]:
         """FHIR update (R4 3.1.0.4); update of an unknown id creates it (update-as-create).
+
+        Preconditions (RFC 7232 §3.1, §3.2; R4 3.1.0.5) are evaluated after the decision, so that a 412 says
+        nothing to a caller the write would have been refused to: `if_match`, the version that must be current;
+        `if_none_match`, ANY_VERSION (the resource must not exist: a deleted one does not) or versions that must
+        not be current.
 
         `already_decided`: an operation has decided and recorded this change of the current version itself
         (`for_operation`); the store neither decides nor records it again.
@@ -736,6 +814,7 @@ class UnitOfWork:
         writer to be allowed to update that last live version too.
         """
         check_id(resource_id)
+        check_writable(resource_type, resource_id)
         self.check_scope("update", resource_type)
         body_id = resource.get("id") if isinstance(resource, dict) else None
         if body_id is not None and body_id != resource_id:
@@ -772,8 +851,15 @@ class UnitOfWork:
                 raise refused
         if if_match is not None and (current is None or current.version_id != if_match):
             raise PreconditionFailed("version mismatch: the resource was changed by someone else (If-Match)")
+        if if_none_match is not None and current is not None and not current.deleted and (
+            if_none_match == ANY_VERSION or current.version_id in if_none_match
+        ):
+            raise PreconditionFailed(
+                f"{resource_type}/{resource_id} exists (If-None-Match: *)" if if_none_match == ANY_VERSION
+                else f"{resource_type}/{resource_id} is at version {current.version_id} (If-None-Match)")
         next_version = 1 if current is None else current.version_id + 1
-        version, stamped = self.prepare_version(resource_type, resource_id, next_version, resource, patient_id=patient)
+        version, stamped = self.prepare_version(
+            resource_type, resource_id, next_version, resource, patient_id=patient, by_update=True)
         self.write_versions([version], supersede=[current.row_id] if current is not None else [])
         created = current is None or current.deleted
         return self._stored(version, stamped), created
@@ -790,24 +876,40 @@ class UnitOfWork:
         ).first()
         return self._to_stored(row) if row is not None else None
 
-    def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
+    def delete(self, resource_type: str, resource_id: str, *, if_match: int | None = None) -> StoredResource | None:
         """Soft delete (R4 3.1.0.7): a tombstone version.
 
-        To a caller who may see everything, deleting a missing or deleted resource is fine (204). To anyone
-        else a resource that is missing, already deleted, or one it may not delete is the same 404: whether
-        it exists may itself be what a consent withholds.
+        Deleting a deleted resource succeeds and writes nothing (R4: 200 or 204), to a caller who may delete the
+        version it buried (`_gone_if_seen`); to anyone else it is the 404 of a missing resource, as are a missing
+        resource and one it may not delete: whether it exists may itself be what a consent withholds. To a
+        caller who may see everything, deleting a missing resource is fine too (204).
+
+        `if_match` (RFC 7232 §3.1): the version that must be current, checked after the decision (a 412 says
+        nothing to a caller the delete would be refused to); a resource with no current version fails it.
         """
         check_id(resource_id)
+        check_writable(resource_type, resource_id)
         self.check_scope("delete", resource_type)
         current = self._current_row(resource_type, resource_id, for_update=True)
-        if current is None or current.deleted or current.erased:
+        if current is not None and current.deleted and not current.erased:
+            answer = self._gone_if_seen("delete", current, f"{resource_type}/{resource_id} was deleted")
+            if not isinstance(answer, Gone):
+                raise answer
+            if if_match is not None:
+                raise PreconditionFailed(f"{resource_type}/{resource_id} was deleted: no version matches If-Match")
+            return StoredResource(resource_type, resource_id, current.version_id, _aware(current.last_updated), True, None)
+        if current is None or current.erased:
             if not self.principal.unrestricted:
                 raise self._not_found("delete", resource_type, resource_id)
             self.store.policy.record_miss(self.principal, "delete", resource_type, resource_id, conn=self.conn)
+            if if_match is not None:
+                raise PreconditionFailed(f"{resource_type}/{resource_id} has no version that matches If-Match")
             if current is None:
                 return None
             return StoredResource(resource_type, resource_id, current.version_id, _aware(current.last_updated), True, None)
         self.authorize("delete", resource_type, self._to_stored(current).resource, resource_id)
+        if if_match is not None and current.version_id != if_match:
+            raise PreconditionFailed("version mismatch: the resource was changed by someone else (If-Match)")
         version, _ = self.prepare_version(
             resource_type, resource_id, current.version_id + 1, None, previous_compartment=current.compartment
         )
@@ -823,7 +925,7 @@ class UnitOfWork:
         if row.erased:
             raise self._gone_or_hidden("read", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
         if row.deleted:
-            raise self._gone_or_hidden("read", resource_type, resource_id, f"{resource_type}/{resource_id} was deleted")
+            raise self._gone_if_seen("read", row, f"{resource_type}/{resource_id} was deleted")
         stored = self._to_stored(row)
         return _replace_resource(stored, self.authorize("read", resource_type, stored.resource, resource_id))
 
@@ -840,9 +942,7 @@ class UnitOfWork:
         if row.erased:
             raise self._gone_or_hidden("vread", resource_type, resource_id, f"{resource_type}/{resource_id} was erased")
         if row.deleted:
-            raise self._gone_or_hidden(
-                "vread", resource_type, resource_id, f"{resource_type}/{resource_id} version {version_id} is a deletion"
-            )
+            raise self._gone_if_seen("vread", row, f"{resource_type}/{resource_id} version {version_id} is a deletion")
         stored = self._to_stored(row)
         return _replace_resource(stored, self.authorize("vread", resource_type, stored.resource, resource_id))
 
@@ -1174,10 +1274,7 @@ def _replace_resource(stored: StoredResource, resource: dict[str, Any] | None) -
     if resource is stored.resource:
         return stored
     shown_id = resource.get("id") if resource is not None else None
-    return StoredResource(
-        stored.resource_type, shown_id if isinstance(shown_id, str) and shown_id else stored.id,
-        stored.version_id, stored.last_updated, stored.deleted, resource,
-    )
+    return replace(stored, id=shown_id if isinstance(shown_id, str) and shown_id else stored.id, resource=resource)
 
 
 def _has_criteria(query: Any) -> bool:

@@ -29,7 +29,7 @@ def emitted(app: Flask) -> Iterator[list[tuple[str, dict[str, Any]]]]:
     def capture(response: Response) -> Response:
         from flask import request
 
-        if response.content_type.startswith("application/fhir+json") and response.data:
+        if (response.content_type or "").startswith("application/fhir+json") and response.data:  # (none: no body)
             seen.append((f"{request.method} {request.full_path}", orjson.loads(response.data)))
         return response
 

@@ -431,10 +431,12 @@ def test_reading_a_deleted_resource_is_logged_whoever_asks(world: World) -> None
     assert world.client.delete(f"/fhir/Observation/{oid}", headers=AUTH).status_code == 204
     before = world.log_size()
     assert world.client.get(f"/fhir/Observation/{oid}", headers=AUTH).status_code == 410  # the service sees it
-    assert world.client.get(f"/fhir/Observation/{oid}", headers=world.headers("ehr")).status_code == 404
+    # Ann's care organisation could read it: 410, decided on the version deleted; the clinic could not: 404.
+    assert world.client.get(f"/fhir/Observation/{oid}", headers=world.headers("ehr")).status_code == 410
+    assert world.client.get(f"/fhir/Observation/{oid}", headers=world.headers("clinic")).status_code == 404
     entries = world.log_since(before)
     assert [(e.actor, e.decision, e.resource_id) for e in entries] == [
-        ("dev-client", "deny", oid), ("client:ehr", "deny", oid)]
+        ("dev-client", "deny", oid), ("client:ehr", "permit", oid), ("client:clinic", "deny", oid)]
 
 
 def test_the_index_freshness_read_with_the_token_serves_its_own_request_only(

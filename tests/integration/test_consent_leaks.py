@@ -58,7 +58,9 @@ def pseudonym(world: World, name: str) -> str:
 
 
 def new_patient_body(**extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Patient", "name": [{"family": "Probe"}], **extra}
+    # The clinic creates it: a new Patient names the organisation that will care for it (docs/consent-semantics.md).
+    return {"resourceType": "Patient", "name": [{"family": "Probe"}], "managingOrganization": {"reference": CLINIC},
+            **extra}
 
 
 # -- 1. Conditional create answers as if the caller's denied matches did not exist -------------------------

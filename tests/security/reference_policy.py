@@ -39,8 +39,14 @@ The rules, in the order they are applied:
    totals; every version is decided on its own. In an instance history a deletion is shown exactly when
    the version it deleted is; a type history shows restricted callers no deletions; the service sees all.
    Writing over an id whose last live version is another patient's is an update of that version too.
-   Deletes: a restricted caller's delete of a missing, deleted or withheld resource, or one it may not
-   delete, is the 404 of a missing read (recorded as a deny); the service's delete of a missing one is 204.
+   A deletion (read, or vread of it) is decided on the version it deleted: 410 if that may be read, else the
+   404 of a missing read (the service: 410).
+   Deletes: a restricted caller's delete of a missing or withheld resource, or one it may not delete, is the
+   404 of a missing read (recorded as a deny); deleting a deletion is decided as a delete of the version it
+   deleted (204, nothing written, or that 404); the service's delete of a missing one is 204.
+   A new Patient (create, or update of an id that never held anything) is its own compartment, decided
+   on its own content: a clinician or system, purpose TREAT, of an organisation it names as
+   managingOrganization or generalPractitioner (there is no home organisation in these worlds).
 7. Conditional create/update/delete and conditional references search as the caller (its matches only;
    no search scope finds nothing). Create: scopes, then the probe: one visible match -> 200 with it (no
    create decided), several -> 412, none -> the create, decided like any.
@@ -443,6 +449,13 @@ def write_decision(
             return Decision(False, f"the patient reference at {element} is ambiguous", status=400)
     if caller.unrestricted:
         return Decision(True, "the development token is unrestricted")
+    if rtype == "Patient" and before is None and after is not None and action in ("create", "update"):
+        refs = [*values_at(after, "managingOrganization"), *values_at(after, "generalPractitioner")]
+        care = {str(r.get("reference", "")) for r in refs if isinstance(r, dict)}
+        if caller.role in TREATING_ROLES and caller.purpose == TREAT and caller.organization in care:
+            return Decision(True, f"a new Patient naming {caller.organization}, which will care for it")
+        return Decision(False, f"a new Patient not in the care of {caller.organization or 'no organisation'} "
+                               f"({caller.role}, {caller.purpose})", status=403)
     patients = (compartment(before) if before else frozenset()) | (compartment(after) if after else frozenset())
     if not patients:
         if caller.role == "patient":
@@ -517,7 +530,8 @@ def _shown(state: State, rtype: str, rid: str, version: Version) -> Shown:
 
 
 def expect_read(state: State, caller: Caller, rtype: str, rid: str, number: int | None = None) -> Expected:
-    """read (number None) or vread: 403 for scopes, 404 for missing, deleted or denied (410: the service)."""
+    """read (number None) or vread: 403 for scopes, 404 for missing or denied, 410 for a deletion of a version the
+    caller may read (the service: any deletion)."""
     action = "read" if number is None else "vread"
     if not scope_allows(caller, rtype, action):
         return _refused(403, f"{caller.name}'s scopes do not allow {action} on {rtype}")
@@ -526,7 +540,16 @@ def expect_read(state: State, caller: Caller, rtype: str, rid: str, number: int 
     if version is None:
         return Expected(404, why=f"{rtype}/{rid}{'' if number is None else f' version {number}'} does not exist")
     if version.resource is None:
-        return Expected(410 if caller.unrestricted else 404, why="a deletion looks missing (410 to the service)")
+        if caller.unrestricted:
+            return Expected(410, why="the service sees every deletion")
+        buried = next((v for v in reversed(history) if v.number < version.number and v.resource is not None), None)
+        if buried is None:
+            return Expected(404, why="a deletion of nothing")
+        decision = read_decision(state, caller, rtype, buried.resource)
+        if not decision.permitted:
+            return Expected(404, why=f"a deletion of v{buried.number}, which it may not read: {decision.why}")
+        return Expected(410, why=f"a deletion of v{buried.number}, which it may read: {decision.why}",
+                        break_glass=decision.break_glass)
     decision = read_decision(state, caller, rtype, version.resource)
     if not decision.permitted:
         return Expected(404, why=decision.why)
@@ -723,6 +746,14 @@ def expect_write(
             if caller.unrestricted:
                 return Expected(204, why="the service deletes a missing id: 204", log=(Touch(None, None),)), Decision(
                     True, "no-op")
+            if current is not None and before is not None:
+                again = write_decision(state, caller, "delete", rtype, before, None)
+                log = _write_log(state, caller, "delete", rtype, before, None, again)
+                if again.permitted:
+                    return Expected(204, why=f"deleted already, and it may delete what was: {again.why}", log=log,
+                                    break_glass=again.break_glass), Decision(True, "no-op", break_glass=again.break_glass)
+                why = f"deleted already, and it may not delete what was: {again.why}: the 404 of a missing read"
+                return Expected(404, why=why, log=log), Decision(False, why, status=404)
             why = f"nothing live at {rtype}/{rid}: the 404 of a missing read"
             return Expected(404, why=why, log=(Touch(None, False),)), Decision(False, why, status=404)
         before = current.resource

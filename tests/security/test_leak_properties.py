@@ -340,7 +340,9 @@ def probe_read(p: Probe, who: str, rtype: str, rid: str, number: int | None = No
         patient = ""  # nothing by that id: no patient
     elif expected.status != 403 and content is not None and len(patients) <= 1:
         patient = patients[0] if patients else ""
-    p.one_entry(who, request, entries, permitted=expected.status == 200, patient=patient,
+    # A 410 is decided on the version deleted (permitted) for a restricted caller; to the service it is a miss.
+    permitted = expected.status == 200 or (expected.status == 410 and not caller.unrestricted)
+    p.one_entry(who, request, entries, permitted=permitted, patient=patient,
                 break_glass=expected.break_glass if patients and expected.status == 200 else None)
 
 

@@ -196,7 +196,10 @@ def test_a_deletion_is_shown_with_the_version_it_deleted_in_instance_histories_o
     assert [s.number for s in ref.expect_type_history(state, BOB, "Observation").shown] == [2]  # no deletions
     assert [s.number for s in ref.expect_type_history(state, DEV, "Observation").shown] == [1, 2, 3]
     assert ref.expect_read(state, DEV, "Observation", "o").status == 410
-    assert ref.expect_read(state, BOB, "Observation", "o").status == 404
+    # A read of the deletion is decided on v2, Bob's: Gone to him, the 404 of a missing read to the hospital.
+    assert ref.expect_read(state, BOB, "Observation", "o").status == 410
+    assert ref.expect_read(state, BOB, "Observation", "o", 3).status == 410
+    assert ref.expect_read(state, EHR, "Observation", "o").status == 404
     state.record("Observation", "o", 4, obs("Patient/ann"), "2026-01-05T00:00:00.000Z")  # the id reused for Ann
     state.record("Observation", "o", 5, None, "2026-01-06T00:00:00.000Z")
     assert [s.number for s in ref.expect_history(state, EHR, "Observation", "o").shown] == [1, 4, 5]
@@ -254,6 +257,14 @@ def test_writes() -> None:
     assert ref.expect_write(state, ANN, "create", "Consent", None, consent("permit", CLINIC))[0].status == 201
     assert ref.expect_write(state, ANN, "create", "Organization", None, {"resourceType": "Organization"})[0].status == 403
     assert ref.expect_write(state, EHR, "create", "Organization", None, {"resourceType": "Organization"})[0].status == 201
+    # A new Patient: created for the organisation it names as caring for it, by POST and by PUT alike.
+    for rid in (None, "new"):
+        action = "create" if rid is None else "update"
+        body = {"resourceType": "Patient", **({"id": rid} if rid else {})}
+        named = {**body, "managingOrganization": {"reference": EHR.organization}}
+        assert ref.expect_write(state, EHR, action, "Patient", rid, body)[0].status == 403
+        assert ref.expect_write(state, EHR, action, "Patient", rid, named)[0].status == 201
+        assert ref.expect_write(state, CLINICIAN, action, "Patient", rid, named)[0].status == 403
     assert ref.expect_write(state, RESEARCH, "create", "Observation", None, new)[0].status == 403  # scopes
     ambiguous = {**new, "subject": {"display": "Ann"}}
     assert ref.expect_write(state, EHR, "create", "Observation", None, ambiguous)[0].status == 400
@@ -294,7 +305,9 @@ def test_deletes() -> None:
     assert [(t.patient, t.permitted) for t in expected.log] == [("ann", False)]
     assert delete(EHR, "a") == 204
     state.record("Observation", "a", 2, None, "2026-01-03T00:00:00.000Z")
-    assert delete(EHR, "a") == 404 and delete(DEV, "a") == 204  # already deleted
+    # Already deleted: decided as a delete of what was (R4: 204 again), or the 404 of a missing read.
+    assert delete(EHR, "a") == 204 and delete(DEV, "a") == 204
+    assert delete(CLINICIAN, "a") == 404 and delete(ANN, "a") == 404
 
 
 def log_of(expected: ref.Expected) -> list[tuple[Any, Any]]:
