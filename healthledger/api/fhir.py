@@ -7,13 +7,15 @@ error-to-OperationOutcome mapping in `healthledger.api.outcomes`.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Request, Response, request
+from flask import Blueprint, Request, Response, current_app, request
 from sqlalchemy import exc as sa_exc
 
 from fhir_adapters import bundles as fhir_bundles
@@ -37,6 +39,7 @@ from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
+from healthledger.api.bundle_entries import BatchCaller, answer_as_rest
 from healthledger.api.outcomes import METHOD_NOT_ALLOWED, error_response
 from healthledger.api.paging import (
     CURSOR_PARAM,
@@ -386,7 +389,24 @@ class _FhirApi:
         if bundle.get("resourceType") != "Bundle":
             raise BadRequest("POST /fhir takes a Bundle of type batch or transaction", expression="Bundle")
         refused = _unsupported_entries(bundle, frozenset(self.bundle_reads))
-        result = execute_bundle(self.store, bundle, principal=principal, reads=self.bundle_reads, refused=refused)
+        # A batch's GET/HEAD entries are answered by this handler's own REST views (api/bundle_entries.py), as the
+        # batch's caller; the endpoints other modules serve stay the store's entries (`bundle_reads`).
+        entry_api = copy.copy(self)
+        entry_api.authenticate = BatchCaller(principal)
+
+        def view_of(endpoint: str) -> Callable[..., Any] | None:
+            view = current_app.view_functions.get(endpoint)
+            if getattr(view, "__self__", None) is not self:
+                return None
+            return getattr(entry_api, view.__name__)  # type: ignore[union-attr,no-any-return]
+
+        base = self._base()
+        result = execute_bundle(
+            self.store, bundle, principal=principal, reads=self.bundle_reads, refused=refused,
+            routed=functools.partial(answer_as_rest, view_of=view_of, base=base), base=base,
+            prefer=_prefer_return(request.headers.get("Prefer", "")),  # type: ignore[arg-type]
+            max_count=self.settings.max_page_size,
+        )
         return self._respond(result, 200)
 
     def type_endpoint(self, resource_type: str) -> Response:
