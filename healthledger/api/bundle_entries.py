@@ -98,7 +98,9 @@ def _as_entry(response: Response, entry: Any, base: str) -> dict[str, Any]:
     meta = body.get("meta") if isinstance(body, dict) else None
     if status == 200 and not_modified(etag, last_modified, entry.if_none_match, entry.if_modified_since):
         status, body = 304, None
-    answer: dict[str, Any] = {"status": f"{status} {HTTP_STATUS_CODES.get(status, '')}".strip()}
+    # As the store's entries say it: a success with its reason phrase, an error by its code alone.
+    reason = HTTP_STATUS_CODES.get(status, "") if status < 400 else ""
+    answer: dict[str, Any] = {"status": f"{status} {reason}".strip()}
     if "Location" in response.headers:
         answer["location"] = response.headers["Location"]
     if etag:

@@ -128,8 +128,8 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
                "ends in; any other id is an ordinary read",
                "search-type": f"lists this server's own {definitions}s (public), then, to an authenticated caller, "
                "the stored ones it may read; by url, _id and name, paged by _count; any other parameter is ignored "
-               "and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (Bundle "
-               "entries: strict)"},
+               "and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (a batch "
+               "entry: as the batch's Prefer says; a transaction entry: strict)"},
         search=(("url", "uri", "the canonical URL, exact (url|version: that version too); comma: any of"),
                 ("_id", "token", "the logical id, exact; comma: any of"),
                 ("name", "string", "the computer-friendly name, case-insensitive, starts with; comma: any of")),
