@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import orjson
+import structlog
 from flask import Response, current_app, request
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -28,6 +29,15 @@ from healthledger.store.bundles import not_modified
 # Headers of the batch request that are not the entry's: its body's, and what the entry states for itself.
 _NOT_CARRIED: Final = frozenset({"content-type", "content-length", "content-encoding", "transfer-encoding",
                                  "accept", "if-none-match", "if-modified-since", "if-match", "if-none-exist"})
+
+# The reads and searches of the other modules under /fhir (the access log, research studies and subjects), which a
+# batch's GET entry is answered by too: they authenticate the entry's request, which carries the batch's headers.
+# Their operations ($export, $feasibility...) are not among them: a GET entry does not start work.
+READ_ENDPOINTS: Final = frozenset({
+    "audit_events.search", "audit_events.read",
+    "research.studies", "research.studies_history", "research.study", "research.study_history", "research.study_vread",
+    "research.subjects", "research.subject",
+})
 
 # The view REST routes an endpoint to, as this batch's handler (the batch request's principal), or None for an
 # endpoint another module serves (the entry is then the store's, through `EntryRead`).
@@ -60,18 +70,22 @@ def answer_as_rest(entry: Any, *, view_of: ViewOf, base: str) -> dict[str, Any] 
     if entry.if_modified_since:
         headers.append(("If-Modified-Since", entry.if_modified_since))
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    bound = structlog.contextvars.get_contextvars()  # the batch's request id: the entry's teardown clears it
     # (The caller is known to the entry's request once its handler asks for it (BatchCaller), as in REST: a request
     # refused before that, an unknown type, leaves no attempt in the access log, alone or in a batch.)
-    with app.test_request_context(
-        f"/fhir/{path}", base_url=request.url_root, query_string=query, method=entry.method,
-        headers=headers, environ_overrides={"REMOTE_ADDR": request.remote_addr or ""},
-    ):
-        view = None
-        if request.routing_exception is None and request.url_rule is not None:
-            view = view_of(request.url_rule.endpoint)
-            if view is None:
-                return None
-        response = _dispatch(app, view)
+    try:
+        with app.test_request_context(
+            f"/fhir/{path}", base_url=request.url_root, query_string=query, method=entry.method,
+            headers=headers, environ_overrides={"REMOTE_ADDR": request.remote_addr or ""},
+        ):
+            view = None
+            if request.routing_exception is None and request.url_rule is not None:
+                view = view_of(request.url_rule.endpoint)
+                if view is None:
+                    return None
+            response = _dispatch(app, view)
+    finally:
+        structlog.contextvars.bind_contextvars(**bound)
     return _as_entry(response, entry, base)
 
 

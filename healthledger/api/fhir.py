@@ -39,7 +39,7 @@ from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
-from healthledger.api.bundle_entries import BatchCaller, answer_as_rest
+from healthledger.api.bundle_entries import READ_ENDPOINTS, BatchCaller, answer_as_rest
 from healthledger.api.outcomes import METHOD_NOT_ALLOWED, error_response
 from healthledger.api.paging import (
     CURSOR_PARAM,
@@ -108,7 +108,7 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
                "history-type": "unrestricted callers only; others read a study's own history",
                "search-type": "by status (and _count); drafts are shown to their owners only; any other parameter "
                "is ignored and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict "
-               "(Bundle entries: strict)"},
+               "(a batch entry: as the batch's Prefer says; a transaction entry: strict)"},
         search=(("status", "token", "the study's status, comma: any of"),),
         documentation="Defined by researchers; a study changes only through its operations ($publish, $enrol, "
         "$leave): update, patch and delete are refused (403).",
@@ -119,7 +119,8 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
                "study's participants to its owner, a patient's own enrolments to that patient), then the "
                "ResearchSubjects stored by clients that the caller may read; by study (required, except for "
                "patients) and _count; any other parameter is ignored and named in an OperationOutcome entry, or "
-               "refused (400) under Prefer: handling=strict (Bundle entries: strict)"},
+               "refused (400) under Prefer: handling=strict (a batch entry: as the batch's Prefer says; a "
+               "transaction entry: strict)"},
         search=(("study", "reference", "the study (ResearchStudy/{id}); one study per search"),),
     ),
     **{definitions: TypeCapability(
@@ -389,16 +390,17 @@ class _FhirApi:
         if bundle.get("resourceType") != "Bundle":
             raise BadRequest("POST /fhir takes a Bundle of type batch or transaction", expression="Bundle")
         refused = _unsupported_entries(bundle, frozenset(self.bundle_reads))
-        # A batch's GET/HEAD entries are answered by this handler's own REST views (api/bundle_entries.py), as the
-        # batch's caller; the endpoints other modules serve stay the store's entries (`bundle_reads`).
+        # A batch's GET/HEAD entries are answered by the REST views themselves (api/bundle_entries.py): this
+        # handler's as the batch's caller, the reads and searches other modules serve (READ_ENDPOINTS) as they
+        # authenticate the same headers; anything else (their operations) stays the store's entry.
         entry_api = copy.copy(self)
         entry_api.authenticate = BatchCaller(principal)
 
         def view_of(endpoint: str) -> Callable[..., Any] | None:
             view = current_app.view_functions.get(endpoint)
-            if getattr(view, "__self__", None) is not self:
-                return None
-            return getattr(entry_api, view.__name__)  # type: ignore[union-attr,no-any-return]
+            if getattr(view, "__self__", None) is self:
+                return getattr(entry_api, view.__name__)  # type: ignore[union-attr,no-any-return]
+            return view if endpoint in READ_ENDPOINTS else None
 
         base = self._base()
         result = execute_bundle(

@@ -275,3 +275,19 @@ def test_an_unknown_type_in_any_entry_is_the_404_of_the_same_request(client: Fla
     refused = client.post("/fhir", data=orjson.dumps(transaction), headers=JSON_HEADERS)
     assert refused.status_code == 404
     assert "unknown resource type 'Foo'" in _json(refused)["issue"][0]["diagnostics"]
+
+
+def test_batch_entries_of_the_access_log_and_research_answer_as_their_modules_rest(
+        client: FlaskClient, world: dict[str, Any]) -> None:
+    """The reads and searches other modules serve under /fhir (the access log, research) are the same requests in a
+    batch: the access log's entries about the patient (the store holds no AuditEvent), a lenient research search."""
+    pid = world["pid"]
+    assert client.get(f"/fhir/Patient/{pid}", headers=AUTH).status_code == 200  # at least one entry about it
+    log, studies = _batch(client, [f"AuditEvent?patient={pid}&_count=50", "ResearchStudy?foo=1"])
+    alone = _json(client.get(f"/fhir/AuditEvent?patient={pid}&_count=50", headers=AUTH))
+    assert log["response"]["status"] == "200 OK" and log["resource"]["total"] >= 1
+    assert {e["fullUrl"] for e in log["resource"]["entry"]} <= {e["fullUrl"] for e in alone["entry"]}
+    assert studies["response"]["status"] == "200 OK"
+    assert studies["resource"]["entry"][-1]["search"]["mode"] == "outcome"
+    [strict] = _batch(client, ["ResearchStudy?foo=1"], Prefer="handling=strict")
+    assert strict["response"]["status"] == "400"
