@@ -63,6 +63,8 @@ class PlannedEntry:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     conditional: tuple[tuple[str, str], ...] | None = None
+    # a read's (GET/HEAD `Type/id[/_history/vid]?...`) parameters: `_summary` and `_elements` apply, as in REST
+    read_params: tuple[tuple[str, str], ...] = ()
     error: InvalidBundle | None = None  # batch only: why this entry cannot be processed
     # batch only, with `routed_reads`: a GET/HEAD entry the caller answers as the same REST request (`error`, if
     # set, is only why the plan could not read its URL, which that request may well serve: `Patient/_history`)
@@ -234,6 +236,7 @@ def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None,
     if routed and method in ("GET", "HEAD"):
         return _routed_entry(index, method, url, request, searched_elsewhere)
     resource_type, rid, version, conditional = _parse_request_url(url, method, searched_elsewhere)
+    read_params = _read_params(url, method, rid)
     raw_resource = entry.get("resource")
     resource: dict[str, Any] | None = None
     if method in ("POST", "PUT", "PATCH"):
@@ -272,6 +275,7 @@ def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None,
         if_none_match=_optional_text(request, "ifNoneMatch"),
         if_modified_since=_optional_text(request, "ifModifiedSince"),
         conditional=conditional,
+        read_params=read_params,
     )
 
 
@@ -284,14 +288,17 @@ def _routed_entry(index: int, method: Method, url: str, request: Mapping[str, An
     resource_type = rid = version = None
     conditional: tuple[tuple[str, str], ...] | None = None
     error: InvalidBundle | None = None
+    read_params: tuple[tuple[str, str], ...] = ()
     try:
         resource_type, rid, version, conditional = _parse_request_url(url, method, searched_elsewhere)
+        read_params = _read_params(url, method, rid)
     except FhirInputError as exc:
         error = _entry_error(index, exc)
     return PlannedEntry(
         index=index, method=method, url=url, resource_type=resource_type, id=rid, version_id=version,
         if_match=conditions["ifMatch"], if_none_match=conditions["ifNoneMatch"],
-        if_modified_since=conditions["ifModifiedSince"], conditional=conditional, error=error, routed=True,
+        if_modified_since=conditions["ifModifiedSince"], conditional=conditional, read_params=read_params,
+        error=error, routed=True,
     )
 
 
@@ -339,7 +346,7 @@ def _parse_request_url(
             "entry.request.url must be 'Type', 'Type/id', 'Type/id/_history/vid' or 'Type?query'"
         )
     conditional: tuple[tuple[str, str], ...] | None = None
-    if question:
+    if question and not (rid is not None and method in ("GET", "HEAD")):  # a read's parameters: `_read_params`
         if rid is not None:
             raise InvalidBundle("entry.request.url cannot have both an id and search parameters")
         checked = method not in ("GET", "HEAD") or resource_type not in searched_elsewhere
@@ -353,6 +360,18 @@ def _parse_request_url(
     if version is not None and method != "GET" and method != "HEAD":
         raise InvalidBundle("only GET can address a version (_history)")
     return resource_type, rid, version, conditional
+
+
+def _read_params(url: str, method: str, rid: str | None) -> tuple[tuple[str, str], ...]:
+    """The query of a read (GET/HEAD with an id), as REST reads it: any parameter is accepted, the caller applies
+    `_summary` and `_elements` (R4 3.1.1.5.8-9) and leaves the rest."""
+    _, question, query = url.partition("?")
+    if rid is None or method not in ("GET", "HEAD") or not question:
+        return ()
+    try:
+        return tuple(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
+    except ValueError:
+        raise InvalidBundle("search parameters in the request are not valid") from None
 
 
 def _check_query(resource_type: str, query: str, *, parse: bool = True) -> tuple[tuple[str, str], ...]:

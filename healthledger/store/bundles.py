@@ -333,6 +333,13 @@ class _Executor:
             return answer
         answer = self.answers.entry(200, stored)
         answer["response"].pop("location", None)  # a read has no Location (as REST)
+        wanted = [(n, v) for n, v in getattr(entry, "read_params", ()) if n in ("_summary", "_elements")]
+        if wanted and "resource" in answer:  # as the REST read (api/fhir.py `_read_subset`)
+            with fhir_errors():
+                controls = parse_controls(stored.resource_type, wanted, strict=True)
+            if controls.summary == "count":
+                raise BadRequest("_summary=count applies to searches, not reads", expression="_summary")
+            answer["resource"] = _subset(answer["resource"], controls)
         return answer
 
     def _search(self, target: Target) -> dict[str, Any]:

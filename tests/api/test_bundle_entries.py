@@ -291,3 +291,20 @@ def test_batch_entries_of_the_access_log_and_research_answer_as_their_modules_re
     assert studies["resource"]["entry"][-1]["search"]["mode"] == "outcome"
     [strict] = _batch(client, ["ResearchStudy?foo=1"], Prefer="handling=strict")
     assert strict["response"]["status"] == "400"
+
+
+def test_a_transaction_read_takes_summary_and_elements_as_the_rest_read(
+        client: FlaskClient, world: dict[str, Any]) -> None:
+    pid = world["pid"]
+    urls = [f"Patient/{pid}?_elements=gender", f"Patient/{pid}/_history/1?_summary=true", f"Patient/{pid}?foo=bar"]
+    entries = _batch(client, urls, kind="transaction")
+    for url, entry in zip(urls, entries, strict=True):
+        alone = client.get(f"/fhir/{url}", headers=AUTH)
+        assert alone.status_code == 200 and entry["resource"] == _json(alone), url
+    assert "name" not in entries[0]["resource"] and entries[0]["resource"]["gender"] == "female"
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"request": {"method": "GET", "url": f"Patient/{pid}?_summary=count"}}]}
+    refused = client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS)
+    alone = client.get(f"/fhir/Patient/{pid}?_summary=count", headers=AUTH)
+    assert refused.status_code == alone.status_code == 400
+    assert _json(alone)["issue"][0]["diagnostics"] in _json(refused)["issue"][0]["diagnostics"]
