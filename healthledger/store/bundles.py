@@ -282,8 +282,11 @@ class _Executor:
                 return answers.entry(204)
             if target.id is None:
                 raise BadRequest("DELETE needs 'Type/id' or 'Type?parameters'")
-            uow.delete(target.resource_type, target.id)
-            return answers.entry(204)
+            gone = uow.delete(target.resource_type, target.id)
+            answer = answers.entry(204)
+            if gone is not None:
+                answer["response"]["etag"] = gone.etag  # the tombstone's version, as REST's ETag
+            return answer
         if resource is None:
             raise BadRequest(f"{method} needs a resource")
         if method == "POST":

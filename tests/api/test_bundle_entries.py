@@ -308,3 +308,12 @@ def test_a_transaction_read_takes_summary_and_elements_as_the_rest_read(
     alone = client.get(f"/fhir/Patient/{pid}?_summary=count", headers=AUTH)
     assert refused.status_code == alone.status_code == 400
     assert _json(alone)["issue"][0]["diagnostics"] in _json(refused)["issue"][0]["diagnostics"]
+
+
+def test_a_delete_entry_says_the_version_it_made_as_rest_does(client: FlaskClient) -> None:
+    made = [_json(client.post("/fhir/Patient", data=orjson.dumps({"resourceType": "Patient"}), headers=JSON_HEADERS))
+            ["id"] for _ in range(2)]
+    alone = client.delete(f"/fhir/Patient/{made[0]}", headers=AUTH)
+    [entry] = _batch(client, [f"Patient/{made[1]}"], method="DELETE")
+    assert alone.status_code == 204 and entry["response"]["status"] == "204 No Content"
+    assert entry["response"]["etag"] == alone.headers["ETag"] == 'W/"2"'
