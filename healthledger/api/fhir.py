@@ -406,7 +406,7 @@ class _FhirApi:
         result = execute_bundle(
             self.store, bundle, principal=principal, reads=self.bundle_reads, refused=refused,
             routed=functools.partial(answer_as_rest, view_of=view_of, base=base), base=base,
-            prefer=_prefer_return(request.headers.get("Prefer", "")),  # type: ignore[arg-type]
+            prefer=_prefer_return(request.headers.get("Prefer", "")),
             max_count=self.settings.max_page_size,
         )
         return self._respond(result, 200)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fhir_adapters import bundles as fhir_bundles
@@ -43,8 +43,6 @@ from healthledger.store.repository import (
 from healthledger.store.search_results import included_resources
 
 _REASON = {200: "OK", 201: "Created", 204: "No Content"}
-# Prefer: return= (RFC 7240 §4.2; FHIR R4 http.html#ops), applied to an entry's write as to the same REST write.
-PreferReturn = Literal["minimal", "representation", "OperationOutcome"]
 _ETAG = re.compile(r'^(?:W/)?"?(?P<v>[0-9]+)"?$')
 
 
@@ -101,7 +99,7 @@ class _Answers:
     gives them; R4 bundle.html: a fullUrl is absolute) and what the request's `Prefer: return=` asks of writes."""
 
     base: str | None = None
-    prefer: PreferReturn = "representation"
+    prefer: str = "representation"  # Prefer: return= (RFC 7240 §4.2; R4 http.html#ops): minimal, OperationOutcome
 
     def url(self, relative: str) -> str:
         return f"{self.base.rstrip('/')}/{relative}" if self.base else relative
@@ -121,7 +119,7 @@ class _Answers:
                     response["outcome"] = fhir_outcome.operation_outcome(
                         "information", "informational",
                         f"{stored.resource_type}/{stored.id} {verb} (version {stored.version_id})")
-                elif not write or self.prefer == "representation":
+                elif not write or self.prefer != "minimal":
                     entry["fullUrl"] = self.url(f"{stored.resource_type}/{stored.id}")
                     entry["resource"] = stored.stamped()
         if resource is not None:
@@ -381,7 +379,7 @@ def execute_bundle(store: ResourceStore, bundle: dict[str, Any], *, principal: P
                    reads: Mapping[str, EntryRead] | None = None,
                    refused: Mapping[int, HealthLedgerError] | None = None,
                    routed: RoutedRead | None = None, base: str | None = None,
-                   prefer: PreferReturn = "representation", max_count: int | None = None) -> dict[str, Any]:
+                   prefer: str = "representation", max_count: int | None = None) -> dict[str, Any]:
     """Run a batch or transaction Bundle; returns the batch-response / transaction-response Bundle.
 
     `reads`: the GET entries of types another module serves (EntryRead), by type. `refused`: batch entries the
