@@ -111,6 +111,8 @@ def plan_bundle(bundle: Mapping[str, Any] | bytes | str, *, searched_elsewhere: 
         except FhirInputError as exc:
             error = _entry_error(index, exc)
             if transaction:
+                if isinstance(exc, UnknownResourceType):
+                    error.status = 400  # the transaction is what is invalid; a batch entry keeps REST's 404
                 raise error from None
             planned.append(_failed_entry(index, entry, error))
     if transaction:

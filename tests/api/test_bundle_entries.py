@@ -273,8 +273,8 @@ def test_an_unknown_type_in_any_entry_is_the_404_of_the_same_request(client: Fla
         assert entry["response"]["outcome"]["issue"] == _json(alone)["issue"]
     transaction = {**bundle, "type": "transaction", "entry": bundle["entry"][2:3]}
     refused = client.post("/fhir", data=orjson.dumps(transaction), headers=JSON_HEADERS)
-    assert refused.status_code == 404
-    assert "unknown resource type 'Foo'" in _json(refused)["issue"][0]["diagnostics"]
+    assert refused.status_code == 400  # the transaction as a whole is invalid, named by its entry in REST's words
+    assert _json(refused)["issue"][0]["diagnostics"] == "Bundle entry 0: unknown resource type 'Foo'"
 
 
 def test_batch_entries_of_the_access_log_and_research_answer_as_their_modules_rest(
