@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 from urllib.parse import parse_qsl
 
-from fhir_adapters.errors import FhirInputError, InvalidBundle, InvalidResource, MalformedJson
+from fhir_adapters.errors import (
+    FhirInputError,
+    InvalidBundle,
+    InvalidResource,
+    MalformedJson,
+    UnknownResourceType,
+)
 from fhir_adapters.search.query import parse_search
 from fhir_adapters.validation import is_resource_type, loads_json, parse_resource, validate_element
 
@@ -57,7 +63,12 @@ class PlannedEntry:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     conditional: tuple[tuple[str, str], ...] | None = None
+    # a read's (GET/HEAD `Type/id[/_history/vid]?...`) parameters: `_summary` and `_elements` apply, as in REST
+    read_params: tuple[tuple[str, str], ...] = ()
     error: InvalidBundle | None = None  # batch only: why this entry cannot be processed
+    # batch only, with `routed_reads`: a GET/HEAD entry the caller answers as the same REST request (`error`, if
+    # set, is only why the plan could not read its URL, which that request may well serve: `Patient/_history`)
+    routed: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,12 +78,16 @@ class BundlePlan:
     full_urls: Mapping[str, int] = field(default_factory=dict)  # fullUrl -> entry index
 
 
-def plan_bundle(bundle: Mapping[str, Any] | bytes | str, *, searched_elsewhere: frozenset[str] = frozenset()
-                ) -> BundlePlan:
+def plan_bundle(bundle: Mapping[str, Any] | bytes | str, *, searched_elsewhere: frozenset[str] = frozenset(),
+                routed_reads: bool = False) -> BundlePlan:
     """Check a batch/transaction Bundle and plan its entries (see module docstring). Raises InvalidBundle.
 
     `searched_elsewhere`: types whose GET searches are not the store's (a module of their own answers and checks
-    them, with parameters of its own): their query is kept as given, not parsed here."""
+    them, with parameters of its own): their query is kept as given, not parsed here.
+    `routed_reads`: the caller answers a batch's GET and HEAD entries as the same REST requests (R4 3.1.0.11.1):
+    such an entry is checked as an entry (request, method, url) and marked `routed`; its URL is parsed if it can
+    be, and what the plan cannot read in it is left for that request to answer (lenient search, history,
+    metadata), kept in `error` for a caller that does not route it after all."""
     data = loads_json(bundle) if isinstance(bundle, bytes | bytearray | str) else bundle
     if not isinstance(data, Mapping) or data.get("resourceType") != "Bundle":
         raise InvalidBundle("Expected a Bundle resource", expression="resourceType")
@@ -91,10 +106,13 @@ def plan_bundle(bundle: Mapping[str, Any] | bytes | str, *, searched_elsewhere: 
     planned: list[PlannedEntry] = []
     for index, entry in enumerate(entries):
         try:
-            planned.append(_plan_entry(index, entry, full_urls if transaction else None, searched_elsewhere))
+            planned.append(_plan_entry(index, entry, full_urls if transaction else None, searched_elsewhere,
+                                       routed=routed_reads and not transaction))
         except FhirInputError as exc:
             error = _entry_error(index, exc)
             if transaction:
+                if isinstance(exc, UnknownResourceType):
+                    error.status = 400  # the transaction is what is invalid; a batch entry keeps REST's 404
                 raise error from None
             planned.append(_failed_entry(index, entry, error))
     if transaction:
@@ -197,7 +215,7 @@ def _check_full_url(full_url: str) -> None:
 
 
 def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None,
-                searched_elsewhere: frozenset[str] = frozenset()) -> PlannedEntry:
+                searched_elsewhere: frozenset[str] = frozenset(), *, routed: bool = False) -> PlannedEntry:
     if not isinstance(entry, Mapping):
         raise InvalidBundle("entry must be a JSON object")
     validate_element(
@@ -217,7 +235,10 @@ def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None,
         if not isinstance(full_url, str):
             raise InvalidBundle("entry.fullUrl must be a string")
         _check_full_url(full_url)
+    if routed and method in ("GET", "HEAD"):
+        return _routed_entry(index, method, url, request, searched_elsewhere)
     resource_type, rid, version, conditional = _parse_request_url(url, method, searched_elsewhere)
+    read_params = _read_params(url, method, rid)
     raw_resource = entry.get("resource")
     resource: dict[str, Any] | None = None
     if method in ("POST", "PUT", "PATCH"):
@@ -256,6 +277,30 @@ def _plan_entry(index: int, entry: Any, full_urls: Mapping[str, int] | None,
         if_none_match=_optional_text(request, "ifNoneMatch"),
         if_modified_since=_optional_text(request, "ifModifiedSince"),
         conditional=conditional,
+        read_params=read_params,
+    )
+
+
+def _routed_entry(index: int, method: Method, url: str, request: Mapping[str, Any],
+                  searched_elsewhere: frozenset[str]) -> PlannedEntry:
+    """A batch GET/HEAD entry that the caller answers as its REST request (`plan_bundle(routed_reads=True)`)."""
+    conditions = {name: _optional_text(request, name) for name in ("ifNoneMatch", "ifModifiedSince", "ifMatch")}
+    if request.get("ifNoneExist") is not None:
+        raise InvalidBundle("ifNoneExist is only for POST (conditional create)")
+    resource_type = rid = version = None
+    conditional: tuple[tuple[str, str], ...] | None = None
+    error: InvalidBundle | None = None
+    read_params: tuple[tuple[str, str], ...] = ()
+    try:
+        resource_type, rid, version, conditional = _parse_request_url(url, method, searched_elsewhere)
+        read_params = _read_params(url, method, rid)
+    except FhirInputError as exc:
+        error = _entry_error(index, exc)
+    return PlannedEntry(
+        index=index, method=method, url=url, resource_type=resource_type, id=rid, version_id=version,
+        if_match=conditions["ifMatch"], if_none_match=conditions["ifNoneMatch"],
+        if_modified_since=conditions["ifModifiedSince"], conditional=conditional, read_params=read_params,
+        error=error, routed=True,
     )
 
 
@@ -285,8 +330,10 @@ def _parse_request_url(
             "entry.request.url names no resource type (system-level requests are not supported)"
         )
     resource_type = segments[0]
-    if not is_resource_type(resource_type):
-        raise InvalidBundle(f"entry.request.url names an unknown resource type '{_safe(resource_type)}'")
+    if not _TYPE.match(resource_type) or not is_resource_type(resource_type):
+        # The REST API's answer to the same URL (404, in its words: api/fhir.py `_check_type`).
+        shown = resource_type[:40] if resource_type.isprintable() else "?"
+        raise UnknownResourceType(f"unknown resource type {shown!r}")
     if any(segment.startswith("$") for segment in segments):
         raise InvalidBundle("operations ($name) are not supported in a batch or transaction", status=400)
     rid = version = None
@@ -301,7 +348,7 @@ def _parse_request_url(
             "entry.request.url must be 'Type', 'Type/id', 'Type/id/_history/vid' or 'Type?query'"
         )
     conditional: tuple[tuple[str, str], ...] | None = None
-    if question:
+    if question and not (rid is not None and method in ("GET", "HEAD")):  # a read's parameters: `_read_params`
         if rid is not None:
             raise InvalidBundle("entry.request.url cannot have both an id and search parameters")
         checked = method not in ("GET", "HEAD") or resource_type not in searched_elsewhere
@@ -315,6 +362,18 @@ def _parse_request_url(
     if version is not None and method != "GET" and method != "HEAD":
         raise InvalidBundle("only GET can address a version (_history)")
     return resource_type, rid, version, conditional
+
+
+def _read_params(url: str, method: str, rid: str | None) -> tuple[tuple[str, str], ...]:
+    """The query of a read (GET/HEAD with an id), as REST reads it: any parameter is accepted, the caller applies
+    `_summary` and `_elements` (R4 3.1.1.5.8-9) and leaves the rest."""
+    _, question, query = url.partition("?")
+    if rid is None or method not in ("GET", "HEAD") or not question:
+        return ()
+    try:
+        return tuple(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
+    except ValueError:
+        raise InvalidBundle("search parameters in the request are not valid") from None
 
 
 def _check_query(resource_type: str, query: str, *, parse: bool = True) -> tuple[tuple[str, str], ...]:
@@ -402,24 +461,52 @@ def references_in(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
 def rewrite_references(resource: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
     """A copy with each `reference` found in `mapping` replaced (e.g. urn:uuid:... -> Patient/123).
 
-    `urn:uuid:` keys match case-insensitively (RFC 4122 3: UUIDs compare as values). Others match exactly.
+    A key that is an absolute URL (a `fullUrl`: `urn:uuid:`, `urn:oid:`, `http(s)://`) is replaced wherever the
+    resource links to it (R4 http.html#trules: "resource references, elements of type uri, url, oid, uuid, and
+    <a href="" & <img src="" in the narrative"): in an element of those types that is exactly that URL (by name,
+    without the type model: `url`, as in Attachment.url, and the choices `value[x]` of those types; never an
+    Identifier.value, a string, that often repeats it on purpose), and in the `href` and `src` attributes of the
+    narrative (`div`). Other keys (conditional references `Type?query`) are references
+    only. `urn:uuid:` keys match case-insensitively (RFC 4122 3: UUIDs compare as values). Others match exactly.
     """
     normalised = {_full_url_key(k): v for k, v in mapping.items()}
+    links = {k: v for k, v in normalised.items() if _ABSOLUTE.match(k)}
 
     def replace(reference: str) -> str:
         return normalised.get(_full_url_key(reference), reference)
 
-    return _rewrite(resource, replace)  # type: ignore[no-any-return]
+    def replace_link(value: str) -> str:
+        return links.get(_full_url_key(value), value)
+
+    def replace_in_narrative(div: str) -> str:
+        def attribute(match: re.Match[str]) -> str:
+            target = links.get(_full_url_key(match["url"]))
+            return match[0] if target is None else f"{match['name']}={match['quote']}{target}{match['quote']}"
+
+        return _LINK_ATTRIBUTE.sub(attribute, div) if links else div
+
+    return _rewrite(resource, replace, replace_link, replace_in_narrative)  # type: ignore[no-any-return]
 
 
-def _rewrite(node: Any, replace: Callable[[str], str]) -> Any:
+_LINK_ELEMENTS: Final = frozenset({"url", "valueUri", "valueUrl", "valueOid", "valueUuid"})
+_ABSOLUTE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+# An XHTML attribute that links (R4 narrative.html: the div's `a href` and `img src`), its value quoted.
+_LINK_ATTRIBUTE: Final = re.compile(r"""(?P<name>\b(?:href|src))\s*=\s*(?P<quote>["'])(?P<url>[^"'<>]*)(?P=quote)""")
+
+
+def _rewrite(node: Any, replace: Callable[[str], str], replace_link: Callable[[str], str],
+             replace_in_narrative: Callable[[str], str], key: str = "") -> Any:
     if isinstance(node, Mapping):
-        return {
-            key: replace(value) if key == "reference" and isinstance(value, str) else _rewrite(value, replace)
-            for key, value in node.items()
-        }
+        return {k: _rewrite(v, replace, replace_link, replace_in_narrative, str(k)) for k, v in node.items()}
     if isinstance(node, list):
-        return [_rewrite(item, replace) for item in node]
+        return [_rewrite(item, replace, replace_link, replace_in_narrative, key) for item in node]
+    if isinstance(node, str):
+        if key == "reference":
+            return replace(node)
+        if key == "div":
+            return replace_in_narrative(node)
+        if key in _LINK_ELEMENTS:
+            return replace_link(node)
     return node
 
 

@@ -7,13 +7,15 @@ error-to-OperationOutcome mapping in `healthledger.api.outcomes`.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Request, Response, request
+from flask import Blueprint, Request, Response, current_app, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import MethodNotAllowed
 
@@ -38,6 +40,7 @@ from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
+from healthledger.api.bundle_entries import READ_ENDPOINTS, BatchCaller, answer_as_rest
 from healthledger.api.outcomes import METHOD_NOT_ALLOWED, error_response
 from healthledger.api.paging import (
     CURSOR_PARAM,
@@ -109,7 +112,7 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
                "history-type": "unrestricted callers only; others read a study's own history",
                "search-type": "by status (and _count); drafts are shown to their owners only; any other parameter "
                "is ignored and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict "
-               "(Bundle entries: strict)"},
+               "(a batch entry: as the batch's Prefer says; a transaction entry: strict)"},
         search=(("status", "token", "the study's status, comma: any of"),),
         documentation="Defined by researchers; a study changes only through its operations ($publish, $enrol, "
         "$leave): update, patch and delete are refused (403).",
@@ -120,7 +123,8 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
                "study's participants to its owner, a patient's own enrolments to that patient), then the "
                "ResearchSubjects stored by clients that the caller may read; by study (required, except for "
                "patients) and _count; any other parameter is ignored and named in an OperationOutcome entry, or "
-               "refused (400) under Prefer: handling=strict (Bundle entries: strict)"},
+               "refused (400) under Prefer: handling=strict (a batch entry: as the batch's Prefer says; a "
+               "transaction entry: strict)"},
         search=(("study", "reference", "the study (ResearchStudy/{id}); one study per search"),),
     ),
     **{definitions: TypeCapability(
@@ -131,8 +135,8 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
                   "other ids are ordinary" for write in ("update", "patch", "delete")},
                "search-type": f"lists this server's own {definitions}s (public), then, to an authenticated caller, "
                "the stored ones it may read; by url, _id and name, paged by _count; any other parameter is ignored "
-               "and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (Bundle "
-               "entries: strict)"},
+               "and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (a batch "
+               "entry: as the batch's Prefer says; a transaction entry: strict)"},
         search=(("url", "uri", "the canonical URL, exact (url|version: that version too); comma: any of"),
                 ("_id", "token", "the logical id, exact; comma: any of"),
                 ("name", "string", "the computer-friendly name, case-insensitive, starts with; comma: any of")),
@@ -410,7 +414,25 @@ class _FhirApi:
         if bundle.get("resourceType") != "Bundle":
             raise BadRequest("POST /fhir takes a Bundle of type batch or transaction", expression="Bundle")
         refused = _unsupported_entries(bundle, frozenset(self.bundle_reads))
-        result = execute_bundle(self.store, bundle, principal=principal, reads=self.bundle_reads, refused=refused)
+        # A batch's GET/HEAD entries are answered by the REST views themselves (api/bundle_entries.py): this
+        # handler's as the batch's caller, the reads and searches other modules serve (READ_ENDPOINTS) as they
+        # authenticate the same headers; anything else (their operations) stays the store's entry.
+        entry_api = copy.copy(self)
+        entry_api.authenticate = BatchCaller(principal)
+
+        def view_of(endpoint: str) -> Callable[..., Any] | None:
+            view = current_app.view_functions.get(endpoint)
+            if getattr(view, "__self__", None) is self:
+                return getattr(entry_api, view.__name__)  # type: ignore[union-attr,no-any-return]
+            return view if endpoint in READ_ENDPOINTS else None
+
+        base = self._base()
+        result = execute_bundle(
+            self.store, bundle, principal=principal, reads=self.bundle_reads, refused=refused,
+            routed=functools.partial(answer_as_rest, view_of=view_of, base=base), base=base,
+            prefer=_prefer_return(request.headers.get("Prefer", "")),
+            max_count=self.settings.max_page_size,
+        )
         return self._respond(result, 200)
 
     def type_endpoint(self, resource_type: str) -> Response:

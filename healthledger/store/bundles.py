@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,8 +20,9 @@ from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import outcome as fhir_outcome
 from fhir_adapters import search as fhir_search
 from fhir_adapters.datatypes import instant
-from fhir_adapters.errors import FhirInputError
-from fhir_adapters.search.controls import parse_controls
+from fhir_adapters.errors import FhirInputError, UnsupportedSearch
+from fhir_adapters.search.controls import ResultControls, parse_controls
+from fhir_adapters.subsetting import select_elements, summarize
 from healthledger.actions import Action
 from healthledger.errors import (
     BadRequest,
@@ -54,6 +57,11 @@ class Target:
     version: int | None = None
     params: list[tuple[str, str]] | None = None  # conditional / search URL: `Type?name=value`
 
+
+# A batch's GET or HEAD entry answered by the caller as the same REST request would be (status, resource, etag,
+# lastModified, outcome; decided and logged as that request): the batch-response entry, or None where the caller
+# leaves the entry to the store (a type another module serves, answered through EntryRead).
+RoutedRead = Callable[[Any], dict[str, Any] | None]
 
 # A GET entry of a type that a module of its own serves (research: ResearchStudy, ResearchSubject), answered as that
 # module's REST read or search answers it, on the entry's unit of work: a stored resource (a read), a resource (a
@@ -97,38 +105,97 @@ def parse_if_none_match(value: Any) -> IfNoneMatch | None:
     return frozenset(v for v in versions if v is not None)
 
 
-def _response_entry(status: int, stored: StoredResource | None = None, *, resource: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {"status": f"{status} {_REASON.get(status, '')}".strip()}
-    entry: dict[str, Any] = {}
-    if stored is not None:
-        response["location"] = stored.location
-        response["etag"] = stored.etag
-        response["lastModified"] = instant(stored.last_updated)
-        if stored.resource is not None:
-            entry["fullUrl"] = f"{stored.resource_type}/{stored.id}"
-            entry["resource"] = stored.stamped()
-    if resource is not None:
-        entry["resource"] = resource
-    entry["response"] = response
-    return entry
+@dataclass(frozen=True)
+class _Answers:
+    """How entries' answers are written: the server's base (fullUrl and location are absolute, as the REST API
+    gives them; R4 bundle.html: a fullUrl is absolute) and what the request's `Prefer: return=` asks of writes."""
+
+    base: str | None = None
+    prefer: str = "representation"  # Prefer: return= (RFC 7240 §4.2; R4 http.html#ops): minimal, OperationOutcome
+
+    def url(self, relative: str) -> str:
+        return f"{self.base.rstrip('/')}/{relative}" if self.base else relative
+
+    def entry(self, status: int, stored: StoredResource | None = None, *, resource: dict[str, Any] | None = None,
+              write: bool = False) -> dict[str, Any]:
+        """A response entry; `write`: a create/update, whose resource follows Prefer as the REST write's does."""
+        response: dict[str, Any] = {"status": f"{status} {_REASON.get(status, '')}".strip()}
+        entry: dict[str, Any] = {}
+        if stored is not None:
+            response["location"] = self.url(stored.location)
+            response["etag"] = stored.etag
+            response["lastModified"] = instant(stored.last_updated)
+            if stored.resource is not None:
+                if write and self.prefer == "OperationOutcome":
+                    verb = "created" if status == 201 else "updated"
+                    response["outcome"] = fhir_outcome.operation_outcome(
+                        "information", "informational",
+                        f"{stored.resource_type}/{stored.id} {verb} (version {stored.version_id})")
+                elif not write or self.prefer != "minimal":
+                    entry["fullUrl"] = self.url(f"{stored.resource_type}/{stored.id}")
+                    entry["resource"] = stored.stamped()
+        if resource is not None:
+            entry["resource"] = resource
+        entry["response"] = response
+        return entry
+
+    def searchset(self, page: Any, included: list[StoredResource], controls: ResultControls) -> dict[str, Any]:
+        """A transaction's search as the REST search shows it: absolute fullUrls, `_summary`/`_elements` applied,
+        the total unless `_total=none` (no paging links: the page is what the transaction saw)."""
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        if controls.total != "none" or controls.summary == "count":
+            bundle["total"] = page.total
+        bundle["entry"] = [
+            {"fullUrl": self.url(f"{r.resource_type}/{r.id}"), "resource": _subset(r.stamped(), controls),
+             "search": {"mode": mode}}
+            for rows, mode in ((page.items, "match"), (included, "include"))
+            for r in rows
+        ]
+        if not bundle["entry"]:
+            del bundle["entry"]
+        return bundle
+
+
+def _subset(body: dict[str, Any], controls: ResultControls) -> dict[str, Any]:
+    """A resource as `_summary` / `_elements` ask (fhir_adapters.subsetting), after every decision."""
+    if controls.summary in ("true", "text", "data"):
+        return summarize(body, controls.summary)  # type: ignore[arg-type]
+    if controls.elements is not None:
+        return select_elements(body, controls.elements)
+    return body
+
+
+def not_modified(etag: str | None, last_modified: datetime | None, if_none_match: str | None,
+                 if_modified_since: str | None) -> bool:
+    """Whether a read's conditions say the client's copy is current (304; R4 http.html#cread, RFC 7232 §3.2-3.3,
+    §6: If-None-Match wins over If-Modified-Since). Tags compare weakly (`W/"3"` equals `"3"`); an
+    ifModifiedSince that is not an instant is ignored, as RFC 7232 §3.3 says of an invalid date."""
+    if if_none_match is not None and if_none_match.strip():
+        if etag is None:
+            return False
+        tags = {_weak(tag) for tag in if_none_match.split(",")}
+        return "*" in tags or _weak(etag) in tags
+    if if_modified_since is None or last_modified is None:
+        return False
+    try:
+        since = datetime.fromisoformat(if_modified_since.strip())
+    except ValueError:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return last_modified.replace(microsecond=0) <= since
+
+
+def _weak(tag: str) -> str:
+    return tag.strip().removeprefix("W/").strip('"')
 
 
 def _error_entry(exc: HealthLedgerError) -> dict[str, Any]:
     outcome = fhir_outcome.operation_outcome("error", exc.code, exc.message, exc.expression)
     return {"response": {"status": str(exc.status), "outcome": outcome}}
-
-
-def _searchset(page: Any, included: list[StoredResource] | None = None) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": page.total,
-        "entry": [
-            {"fullUrl": f"{r.resource_type}/{r.id}", "resource": r.stamped(), "search": {"mode": mode}}
-            for rows, mode in ((page.items, "match"), (included or [], "include"))
-            for r in rows
-        ],
-    }
 
 
 def _entry_error(exc: Exception, index: int, method: str, resource_type: str | None) -> HealthLedgerError:
@@ -184,48 +251,56 @@ def conditional_delete(
 class _Executor:
     """Runs one entry's interaction on a unit of work."""
 
-    def __init__(self, uow: UnitOfWork, reads: Mapping[str, EntryRead] | None = None) -> None:
+    def __init__(self, uow: UnitOfWork, reads: Mapping[str, EntryRead] | None = None,
+                 answers: _Answers = _Answers(), max_count: int | None = None) -> None:
         self.uow = uow
         self.reads = reads or {}
+        self.answers = answers
+        self.max_count = max_count if max_count is not None else uow.store.page_size
+
+    def run(self, entry: Any, resource: dict[str, Any] | None, assigned: dict[int, str]) -> dict[str, Any]:
+        answer = self._run(entry, resource, assigned)
+        if entry.method.upper() == "HEAD":  # GET without the body (R4 http.html#read)
+            answer.pop("resource", None)
+            answer.pop("fullUrl", None)
+        return answer
 
     @translating_fhir_errors
-    def run(self, entry: Any, resource: dict[str, Any] | None, assigned: dict[int, str]) -> dict[str, Any]:
+    def _run(self, entry: Any, resource: dict[str, Any] | None, assigned: dict[int, str]) -> dict[str, Any]:
         method = entry.method.upper()
         target = entry_target(entry)
         uow = self.uow
+        answers = self.answers
         if method in ("GET", "HEAD"):
             own = self.reads.get(target.resource_type)
             answer = own(uow, target) if own is not None else None
             if isinstance(answer, StoredResource):
-                return _response_entry(200, answer)
+                return self._read(entry, answer)
             if answer is not None:
-                return _response_entry(200, resource=answer)
+                return answers.entry(200, resource=answer)
             if target.params is not None or target.id is None:
-                params = target.params or []
-                with fhir_errors():  # a bundle entry has no Prefer header of its own: strict handling
-                    query = fhir_search.parse_search(target.resource_type, params)
-                    controls = parse_controls(target.resource_type, params, strict=True)
-                page = uow.search(target.resource_type, query, count=uow.store.page_size, sort=controls.sort)
-                included = included_resources(uow, target.resource_type, page.items, controls)
-                return _response_entry(200, resource=_searchset(page, included))
+                return answers.entry(200, resource=self._search(target))
             if target.version is not None:
-                return _response_entry(200, uow.vread(target.resource_type, target.id, target.version))
-            return _response_entry(200, uow.read(target.resource_type, target.id))
+                return self._read(entry, uow.vread(target.resource_type, target.id, target.version))
+            return self._read(entry, uow.read(target.resource_type, target.id))
         if method == "DELETE":
             if_match = parse_etag(getattr(entry, "if_match", None))
             if target.params is not None:
                 if entry.index not in assigned:
                     conditional_delete(uow, target.resource_type, target.params, if_match=if_match)
-                    return _response_entry(204)
+                    return answers.entry(204)
                 uow.check_scope("delete", target.resource_type)
                 match_id = assigned[entry.index].removeprefix("delete:") or None  # a transaction searched already
                 if match_id is not None:
                     uow.delete(target.resource_type, match_id, if_match=if_match)
-                return _response_entry(204)
+                return answers.entry(204)
             if target.id is None:
                 raise BadRequest("DELETE needs 'Type/id' or 'Type?parameters'")
-            uow.delete(target.resource_type, target.id, if_match=if_match)
-            return _response_entry(204)
+            gone = uow.delete(target.resource_type, target.id, if_match=if_match)
+            answer = answers.entry(204)
+            if gone is not None:
+                answer["response"]["etag"] = gone.etag  # the tombstone's version, as REST's ETag
+            return answer
         if resource is None:
             raise BadRequest(f"{method} needs a resource")
         if method == "POST":
@@ -236,14 +311,14 @@ class _Executor:
                 existing = uow.peek(target.resource_type, assigned[entry.index].removeprefix("existing:"))
                 if existing is None:
                     raise PreconditionFailed("the resource the conditional create matched is gone")
-                return _response_entry(200, uow.present(existing))
+                return answers.entry(200, uow.present(existing))  # as REST: the match itself, whatever Prefer says
             if_none_exist = None
             if entry.if_none_exist and entry.index not in assigned:
                 if_none_exist = parse_qsl(entry.if_none_exist.lstrip("?"), keep_blank_values=True)
             stored, created = uow.create(
                 resource, if_none_exist=if_none_exist, resource_id=assigned.get(entry.index), validated=True
             )
-            return _response_entry(201 if created else 200, stored)
+            return answers.entry(201 if created else 200, stored, write=True)
         if method == "PUT":
             if_match = parse_etag(getattr(entry, "if_match", None))
             if_none_match = parse_if_none_match(getattr(entry, "if_none_match", None))
@@ -254,46 +329,113 @@ class _Executor:
                         uow, target.resource_type, target.params, resource, if_match=if_match,
                         if_none_match=if_none_match, validated=True,
                     )
-                    return _response_entry(201 if created else 200, stored)
+                    return answers.entry(201 if created else 200, stored, write=True)
                 uow.check_scope("update", target.resource_type)
                 body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
                 stored, created = uow.update(target.resource_type, resource_id, body, if_match=if_match,
                                              if_none_match=if_none_match, validated=True)
-                return _response_entry(201 if created else 200, stored)
+                return answers.entry(201 if created else 200, stored, write=True)
             if target.id is None or target.version is not None:
                 raise BadRequest("PUT needs 'Type/id' or 'Type?parameters'")
             stored, created = uow.update(target.resource_type, target.id, resource, if_match=if_match,
                                          if_none_match=if_none_match, validated=True)
-            return _response_entry(201 if created else 200, stored)
+            return answers.entry(201 if created else 200, stored, write=True)
         raise NotSupported(f"{method} is not supported in bundles")
+
+    def _read(self, entry: Any, stored: StoredResource) -> dict[str, Any]:
+        """A read's entry, or 304 when its ifNoneMatch / ifModifiedSince say the client's copy is current."""
+        if not_modified(stored.etag, stored.last_updated, getattr(entry, "if_none_match", None),
+                        getattr(entry, "if_modified_since", None)):
+            answer = self.answers.entry(200, stored)
+            answer.pop("resource", None)
+            answer.pop("fullUrl", None)
+            answer["response"].pop("location", None)
+            answer["response"]["status"] = "304 Not Modified"
+            return answer
+        answer = self.answers.entry(200, stored)
+        answer["response"].pop("location", None)  # a read has no Location (as REST)
+        wanted = [(n, v) for n, v in getattr(entry, "read_params", ()) if n in ("_summary", "_elements")]
+        if wanted and "resource" in answer:  # as the REST read (api/fhir.py `_read_subset`)
+            with fhir_errors():
+                controls = parse_controls(stored.resource_type, wanted, strict=True)
+            if controls.summary == "count":
+                raise BadRequest("_summary=count applies to searches, not reads", expression="_summary")
+            answer["resource"] = _subset(answer["resource"], controls)
+        return answer
+
+    def _search(self, target: Target) -> dict[str, Any]:
+        """A search entry with the REST search's result parameters (`_count`, `_summary`, `_elements`, `_total`,
+        `_sort`, `_include`); strict handling (a transaction's entry has no Prefer of its own to say otherwise)."""
+        params = target.params or []
+        with fhir_errors():
+            query = fhir_search.parse_search(target.resource_type, params)
+            controls = parse_controls(target.resource_type, params, strict=True)
+            if controls.summary is not None and controls.elements is not None:
+                raise UnsupportedSearch("use either _summary or _elements, not both")
+        count = _count([v for n, v in params if n == "_count"], default=self.uow.store.page_size,
+                       maximum=self.max_count)
+        uow = self.uow
+        if controls.summary == "count" or count == 0:
+            page = uow.search(target.resource_type, query, count=0)
+            return self.answers.searchset(page, [], controls)
+        page = uow.search(target.resource_type, query, count=count, sort=controls.sort)
+        included = included_resources(uow, target.resource_type, page.items, controls)
+        return self.answers.searchset(page, included, controls)
+
+
+def _count(values: list[str], *, default: int, maximum: int) -> int:
+    """`_count` (R4 search.html#count) in the REST API's words (api/paging.py parse_count)."""
+    if not values:
+        return default
+    if len(values) > 1:
+        raise BadRequest("_count may be given only once")
+    text = values[-1].strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise BadRequest("_count must be a non-negative integer")
+    return min(int(text), maximum)
 
 
 def execute_bundle(store: ResourceStore, bundle: dict[str, Any], *, principal: Principal | None = None,
                    reads: Mapping[str, EntryRead] | None = None,
-                   refused: Mapping[int, HealthLedgerError] | None = None) -> dict[str, Any]:
+                   refused: Mapping[int, HealthLedgerError] | None = None,
+                   routed: RoutedRead | None = None, base: str | None = None,
+                   prefer: str = "representation", max_count: int | None = None) -> dict[str, Any]:
     """Run a batch or transaction Bundle; returns the batch-response / transaction-response Bundle.
 
     `reads`: the GET entries of types another module serves (EntryRead), by type. `refused`: batch entries the
     caller refused already (an interaction the type does not support), answered with that error, not run.
+    `routed`: answers a batch's GET and HEAD entries as the same REST requests (RoutedRead), so that they honour
+    what REST honours (result parameters, lenient handling, history, metadata, HEAD, conditional reads).
+    `base`: the server's base URL, which fullUrl and location start with (R4: absolute, as in REST responses).
+    `prefer`: the request's `Prefer: return=`, applied to each created or updated resource as REST applies it.
+    `max_count`: the largest `_count` a search entry is given (default: the store's page size).
 
     Each entry of a batch stands alone (R4 3.1.0.11.1): one that fails gets its status and an OperationOutcome in
     `response.outcome`, the same status and words as the same request outside a Bundle (so a withheld resource
     still reads like a missing one), and the others run; the batch-response is 200.
 
     A failing transaction raises the entry's error (message and expression name the entry); nothing
-    of it is stored.
+    of it is stored. Its GET entries run inside it, after its writes (R4 3.1.0.11.2), on the store's search with
+    the REST search's result parameters but no paging links (see `_Executor._search`).
     """
+    answers = _Answers(base, prefer)
     with fhir_errors():
-        plan = fhir_bundles.plan_bundle(bundle, searched_elsewhere=frozenset(reads or ()))
+        plan = fhir_bundles.plan_bundle(bundle, searched_elsewhere=frozenset(reads or ()), routed_reads=routed is not None)
     if plan.type == "batch":
-        return _batch(store, plan, principal, reads, refused or {})
-    return _transaction(store, plan, principal, reads)
+        return _batch(store, plan, principal, reads, refused or {}, routed, answers, max_count)
+    return _transaction(store, plan, principal, reads, answers, max_count)
 
 
 def _batch(store: ResourceStore, plan: Any, principal: Principal | None, reads: Mapping[str, EntryRead] | None,
-           refused: Mapping[int, HealthLedgerError]) -> dict[str, Any]:
+           refused: Mapping[int, HealthLedgerError], routed: RoutedRead | None, answers: _Answers,
+           max_count: int | None) -> dict[str, Any]:
     responses: dict[int, dict[str, Any]] = {}
     for entry in plan.entries:
+        if entry.routed and routed is not None:
+            answer = routed(entry)  # the REST request's own answer, refusals included
+            if answer is not None:
+                responses[entry.index] = answer
+                continue
         if entry.index in refused:  # first, as outside a Bundle: a type's refusal comes before its body is read
             responses[entry.index] = _error_entry(refused[entry.index])
             continue
@@ -304,7 +446,7 @@ def _batch(store: ResourceStore, plan: Any, principal: Principal | None, reads: 
             continue
         try:
             with store.unit_of_work(principal) as uow:
-                responses[entry.index] = _Executor(uow, reads).run(entry, entry.resource, {})
+                responses[entry.index] = _Executor(uow, reads, answers, max_count).run(entry, entry.resource, {})
         except HealthLedgerError as exc:
             responses[entry.index] = _error_entry(exc)  # the single request's own answer
     return {
@@ -329,7 +471,7 @@ def _type_of(entry: Any) -> str | None:
 
 
 def _transaction(store: ResourceStore, plan: Any, principal: Principal | None,
-                 reads: Mapping[str, EntryRead] | None) -> dict[str, Any]:
+                 reads: Mapping[str, EntryRead] | None, answers: _Answers, max_count: int | None) -> dict[str, Any]:
     responses: dict[int, dict[str, Any]] = {}
     with store.unit_of_work(principal) as uow:
         # 0. Scopes first: an entry the caller's scopes refuse fails the transaction before anything of it
@@ -356,7 +498,7 @@ def _transaction(store: ResourceStore, plan: Any, principal: Principal | None,
             except HealthLedgerError as exc:
                 raise _entry_error(exc, entry.index, entry.method, _type_of(entry)) from None
         # 3. Execute in processing order; any failure rolls the whole transaction back.
-        executor = _Executor(uow, reads)
+        executor = _Executor(uow, reads, answers, max_count)
         for entry in plan.entries:
             try:
                 responses[entry.index] = executor.run(entry, resources[entry.index], assigned)

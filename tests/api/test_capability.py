@@ -321,12 +321,12 @@ def test_the_published_definitions_are_searched_by_what_is_declared(
         {"request": {"method": "GET", "url": f"{resource_type}/{some[0]}"}},
         {"request": {"method": "GET", "url": f"{resource_type}?publisher=x"}},
     ]}
-    resp = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS)
+    resp = client.post("/fhir", data=orjson.dumps(batch), headers={**JSON_HEADERS, "Prefer": "handling=strict"})
     assert resp.status_code == 200, resp.data[:300]
     by_url, by_id, read, refused = orjson.loads(resp.data)["entry"]
     assert _matches(by_url["resource"]) == [made_id] and sorted(_matches(by_id["resource"])) == some
     assert read["resource"] == one
-    assert refused["response"]["status"] == "400"  # an entry has no Prefer header: strict
+    assert refused["response"]["status"] == "400"  # the batch's Prefer: handling=strict holds for its entries
 
 
 def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms(

@@ -158,9 +158,9 @@ def test_batch_searches_take_sort_and_include(client: FlaskClient) -> None:
     bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": f"Observation?code={w['code']}&_sort=-date&_include=Observation:patient"}},
         {"request": {"method": "GET", "url": f"Observation?code={w['code']}&nickname=x"}}]}
-    reply = _body(client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS))
+    reply = _body(client.post("/fhir", data=orjson.dumps(bundle), headers={**JSON_HEADERS, **STRICT}))
     found, strict = reply["entry"]
     inner = found["resource"]
     assert [o["effectiveDateTime"] for o in _entries(inner)] == ["2025-02-02", "2024-05-01", "2023-01-01"]
     assert sorted(p["id"] for p in _entries(inner, "include")) == sorted(w["patients"][:2])
-    assert strict["response"]["status"].startswith("400")  # an entry has no Prefer: strict
+    assert strict["response"]["status"].startswith("400")  # the batch's Prefer: handling=strict holds for its entries

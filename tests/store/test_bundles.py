@@ -193,3 +193,33 @@ def test_batch_gets_say_which_version_they_show_as_rest_does(store: ResourceStor
     assert shown["id"].startswith("ps-") and shown["meta"]["versionId"] == "2", shown
     assert shown["meta"]["lastUpdated"] == read["resource"]["meta"]["lastUpdated"]
     assert shown["meta"]["security"], "the de-identification label is kept beside the version"
+
+
+def test_transaction_rewrites_urn_links_in_narrative_and_uri_elements(store: ResourceStore) -> None:
+    """R4 http.html#trules: a fullUrl is replaced in references, in elements of type uri (url, valueUri...) and in
+    the narrative's <a href> and <img src>; an Identifier.value that repeats it (a string) is left as sent."""
+    div = (f'<div xmlns="http://www.w3.org/1999/xhtml"><p>Of <a href="{P_URN}">the patient</a>'
+           f'<img src="{P_URN.upper().replace("URN:UUID:", "urn:uuid:")}"/> (id {P_URN})</p></div>')
+    obs = {**obs_for(P_URN), "text": {"status": "generated", "div": div},
+           "extension": [{"url": "http://example.org/fhir/source", "valueUri": P_URN}],
+           "identifier": [{"system": "urn:ietf:rfc:3986", "value": P_URN}]}
+    result = execute_bundle(store, bundle("transaction", post(obs, O_URN), post(patient(), P_URN)))
+    obs_loc, pat_loc = (e["response"]["location"] for e in result["entry"])
+    pid = pat_loc.split("/")[1]
+    stored = store.read("Observation", obs_loc.split("/")[1]).resource or {}
+    assert f'<a href="Patient/{pid}">' in stored["text"]["div"] and f'<img src="Patient/{pid}"/>' in stored["text"]["div"]
+    assert f"(id {P_URN})" in stored["text"]["div"]  # text, not a link
+    assert stored["extension"][0]["valueUri"] == f"Patient/{pid}"
+    assert stored["identifier"][0]["value"] == P_URN
+    assert stored["subject"]["reference"] == f"Patient/{pid}"
+
+
+def test_response_urls_are_absolute_given_the_base(store: ResourceStore) -> None:
+    base = "https://fhir.example.org/fhir"
+    result = execute_bundle(store, bundle("transaction", post(patient(), P_URN),
+                                          {"request": {"method": "GET", "url": "Patient"}}), base=base)
+    created, found = result["entry"]
+    pid = created["resource"]["id"]
+    assert created["fullUrl"] == f"{base}/Patient/{pid}"
+    assert created["response"]["location"] == f"{base}/Patient/{pid}/_history/1"
+    assert [e["fullUrl"] for e in found["resource"]["entry"]] == [f"{base}/Patient/{pid}"]
