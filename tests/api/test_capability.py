@@ -433,4 +433,4 @@ def test_an_r4b_only_type_is_answered_as_any_unknown_type(client: FlaskClient, r
 
     answered = batch(resource_type)
     assert answered == batch("Nonexistent")
-    assert [entry["response"]["status"] for entry in answered["entry"]] == ["400", "400"]
+    assert [entry["response"]["status"] for entry in answered["entry"]] == ["404", "404"]  # as over REST
