@@ -36,6 +36,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "research": "healthledger.research.commands:research_group",
     "backup": "healthledger.backup_commands:backup_command",
     "restore": "healthledger.backup_commands:restore_command",
+    "keys": "healthledger.backup_commands:keys_group",
     "research-data": "healthledger.research.data_commands:research_data_group",
     "federation": "healthledger.federation.commands:federation_group",
 }

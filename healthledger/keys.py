@@ -180,6 +180,19 @@ def _new_kek_id() -> str:
     return "kek-" + secrets.token_hex(8)
 
 
+def kek_file_ids(keys_dir: Path) -> list[str] | None:
+    """The ids of the KEKs a file provider's key file under `keys_dir` holds (a key backup's, a replica's), without
+    creating it: None if there is none (a KMS or HSM provider keeps its KEKs itself)."""
+    path = Path(keys_dir) / LocalFileKeyProvider.FILE_NAME
+    try:
+        state = json.loads(path.read_text())
+        return [str(kek_id) for kek_id in state["keys"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"key file {path} is unreadable") from exc
+
+
 def key_provider_for(kind: str, keys_dir: Path) -> KeyProvider:
     if kind == "file":
         return LocalFileKeyProvider(keys_dir)

@@ -48,6 +48,8 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "audit check-proof": ["{json_file}"],
     "backup": ["{json_file}.d"],
     "restore": ["."],
+    "keys list": [],
+    "keys check-backup": ["."],
     "chain besu-network": ["{json_file}.network"],
     "credentials issue": [],
     "research-data budgets": [],

@@ -149,21 +149,14 @@ class Readiness:
         return Check("key_provider", True)
 
     def _keks_not_held(self) -> list[str]:
-        """KEK ids that wrap live data keys (of this tenant) and that the provider does not hold. The distinct ids
-        are walked through the kek_id index one seek at a time (a loose index scan: there are a handful of KEKs
-        and millions of keys), then only an id the provider lacks is checked against the tenant."""
+        """KEK ids that wrap live data keys (of this tenant) and that the provider does not hold; an id the provider
+        lacks is checked against the tenant only then (a shared database may hold other tenants' keys)."""
+        from healthledger.key_custody import kek_ids_in_use
         from healthledger.store.models import data_keys_table as keys_t
 
-        table = keys_t.name
-        distinct = text(
-            f"WITH RECURSIVE k(id) AS (SELECT MIN(kek_id) FROM {table} UNION ALL "
-            f"SELECT (SELECT MIN(kek_id) FROM {table} WHERE kek_id > k.id) FROM k WHERE k.id IS NOT NULL) "
-            "SELECT id FROM k WHERE id IS NOT NULL"
-        )
         with self.engine.connect() as conn:
-            in_use = [str(kek) for kek in conn.execute(distinct).scalars()]
             held = set(self.key_provider.kek_ids())
-            missing = [kek for kek in in_use if kek not in held]
+            missing = [kek for kek in kek_ids_in_use(conn) if kek not in held]
             if self.tenant is not None:
                 mine = select(keys_t.c.key_id).where(keys_t.c.tenant == self.tenant).limit(1)
                 missing = [kek for kek in missing if conn.execute(mine.where(keys_t.c.kek_id == kek)).first()]
