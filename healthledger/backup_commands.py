@@ -72,6 +72,19 @@ def keys_list_command(runtime: Runtime) -> None:
         click.echo(f"{kek_id}{'  (active)' if kek_id == active else ''}")
 
 
+@keys_group.command("add")
+@click.pass_obj
+def keys_add_command(runtime: Runtime) -> None:
+    """Add a key-encryption key and make it active in the key file here, moving no data key: the first step of a
+    rotation when replicas mount the key files (a Kubernetes Secret, a compose volume). Hand the new kek.json to
+    every replica, then run `healthledger rotate-keys --retire-only` (docs/operations.md, Rotation)."""
+    _held_now(runtime)
+    kek_id = runtime.key_provider.rotate()
+    click.echo(f"new active key-encryption key: {kek_id} (the others kept: {', '.join(k for k in runtime.key_provider.kek_ids() if k != kek_id)})")
+    click.echo(f"next: give {runtime.settings.keys_dir / 'kek.json'} to every replica and ledger worker, wait until "
+               "each /readyz is ready, then run `healthledger rotate-keys --retire-only` here")
+
+
 @keys_group.command("check-backup")
 @click.argument("key_backups", nargs=-1, required=True,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))

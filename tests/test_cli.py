@@ -49,6 +49,7 @@ RUNTIME_ARGS: dict[str, list[str]] = {
     "backup": ["{json_file}.d"],
     "restore": ["."],
     "keys list": [],
+    "keys add": [],
     "keys check-backup": ["."],
     "chain besu-network": ["{json_file}.network"],
     "credentials issue": [],

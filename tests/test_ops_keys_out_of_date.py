@@ -10,10 +10,14 @@ from pathlib import Path
 import sqlalchemy as sa
 from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
 
+from click.testing import CliRunner
+
 from healthledger.app import create_app
+from healthledger.cli import cli
 from healthledger.db import session_factory
 from healthledger.key_rotation import rewrap_outside_store
 from healthledger.ledger.models import IndexerCursor
+from healthledger.runtime import Runtime
 from healthledger.store import maintenance
 
 
@@ -55,4 +59,42 @@ def test_a_replica_with_key_files_older_than_the_rotation_is_not_ready_and_answe
         assert client.get(f"/fhir/Patient/{created.json['id']}", headers=AUTH).status_code == 200
     finally:
         dispose(stale)
+        dispose(current)
+
+
+def test_adding_the_kek_first_keeps_every_replica_ready_through_a_rotation(tmp_path: Path) -> None:
+    """The documented procedure for mounted key files: `keys add` (no data key moves), the new kek.json to every
+    replica, then `rotate-keys --retire-only`: a replica is never without the KEK its data keys need."""
+    settings = api_settings(tmp_path / "a")
+    current = build_app(settings)
+    engine = current.extensions["healthledger.engine"]
+    with sa.orm.Session(engine) as session, session.begin():
+        session.add(IndexerCursor(name="ledger", last_block=0, updated_at=time.time()))
+    replica_settings = api_settings(tmp_path / "b", database_url=settings.database_url, tenant=settings.tenant,
+                                    home_organization="Organization/hospital")
+    shutil.copytree(settings.keys_dir, replica_settings.keys_dir)
+    replica = create_app(replica_settings)
+    client = replica.test_client()
+
+    def run(*args: str) -> str:
+        runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
+        try:
+            result = CliRunner().invoke(cli, list(args), obj=runtime)
+        finally:
+            runtime.close()
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    try:
+        added = run("keys", "add")
+        assert "rotate-keys --retire-only" in added
+        assert client.get("/readyz").json["checks"]["key_provider"] == {"ok": True}  # no data key moved yet
+        shutil.copy2(settings.keys_dir / "kek.json", replica_settings.keys_dir / "kek.json")  # handed to the replica
+        assert "retired:" in run("rotate-keys", "--retire-only")
+        assert client.get("/readyz").json["checks"]["key_provider"] == {"ok": True}
+        created = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS)
+        assert created.status_code == 201
+        assert client.get(f"/fhir/Patient/{created.json['id']}", headers=AUTH).status_code == 200
+    finally:
+        dispose(replica)
         dispose(current)
