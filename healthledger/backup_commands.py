@@ -45,6 +45,32 @@ def restore_command(runtime: Runtime, source: Path, keys_source: Path | None, fo
     kind = restore(runtime.settings, source, keys_source=keys_source, force=force)
     runtime.migrate()  # a backup of an older release is brought to this release's schema
     click.echo(f"restored the {kind} database from {source}; check it with `healthledger audit verify`")
+    _warn_if_older_than_the_last_anchor(runtime)
+
+
+def _warn_if_older_than_the_last_anchor(runtime: Runtime) -> None:
+    """A restored log shorter than what the chain has anchored of it: say so loudly, and what follows."""
+    import sqlalchemy as sa
+
+    from healthledger.audit.anchoring import RESTORE_DOCS, behind_chain_words, chain_anchor_size
+    from healthledger.audit.log import DEFAULT_LOG
+    from healthledger.audit.models import AccessLogEntry
+    from healthledger.errors import HealthLedgerError
+    from healthledger.ledger.deploy import attach_deployments
+
+    try:
+        with runtime.sessions() as session:
+            attach_deployments(runtime.chain, session)
+            local = int(session.scalar(sa.select(sa.func.count()).select_from(AccessLogEntry)
+                                       .where(AccessLogEntry.log_id == DEFAULT_LOG)) or 0)
+        anchored = chain_anchor_size(runtime.chain, tenant=runtime.settings.tenant)
+    except (HealthLedgerError, sa.exc.SQLAlchemyError) as exc:
+        message = exc.message if isinstance(exc, HealthLedgerError) else type(exc).__name__
+        click.echo(f"could not compare the restored access log with the chain's last anchor ({message}): run "
+                   f"`healthledger audit verify` before serving ({RESTORE_DOCS})", err=True)
+        return
+    if anchored > local:
+        click.echo(f"WARNING: {behind_chain_words(anchored, local)}", err=True)
 
 
 @click.group("keys")
