@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
-
 from click.testing import CliRunner
+from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
 
 from healthledger.app import create_app
 from healthledger.cli import cli
