@@ -25,7 +25,13 @@ def backup_command(runtime: Runtime, dest: Path, keys_dest: Path | None) -> None
     if report.keys_path is None:
         click.echo("keys not included: back them up apart (`--keys DIR`, or your KMS's own backup)")
     else:
+        from healthledger.keys import kek_file_ids
+
         click.echo(f"key material in {report.keys_path}: keep it apart from the data backup")
+        held = kek_file_ids(report.keys_path) or []
+        if len(held) > 1:
+            click.echo(f"it holds {len(held)} key-encryption keys ({', '.join(held)}): the ones not yet retired open "
+                       "older data backups too; `healthledger rotate-keys --retire-only` retires them")
     if report.kek_ids:
         click.echo(f"its data keys are wrapped by {', '.join(report.kek_ids)}: any copy of that key-encryption key (a "
                    "key backup, a replica's kek.json) opens this backup until the key is retired and the copies "

@@ -83,10 +83,10 @@ def copies_to_destroy(kek_ids: Sequence[str]) -> list[str]:
     """Where copies of `kek_ids` live outside the service's own key provider, as the operator is told."""
     ids = ", ".join(kek_ids)
     return [
-        (f"every key backup made before now (`backup --keys`) that holds {ids}: "
-        "`healthledger keys check-backup DIR` tells; destroy those (or replace them with a new key backup)"),
-        ("the first-deploy copy of the keys, and the key Secret or volume of every replica and ledger worker: "
-        "replace their kek.json with the current one (docs/operations.md, Rotation)"),
+        (f"every key backup made before now (`backup --keys`) that holds {ids}: `healthledger keys check-backup DIR` "
+         "tells; destroy those (a new key backup replaces them)"),
+        ("the first-deploy copy of the keys, and the key Secret or volume of every replica and ledger worker: replace "
+         "their keys with the current ones (docs/operations.md, Rotation)"),
         "with a KMS or HSM: the KEK versions themselves (disabling is reversible; schedule their destruction)",
     ]
 
@@ -96,16 +96,17 @@ def erasure_notice(held_now: Sequence[str]) -> list[str]:
     ids = ", ".join(held_now)
     return [
         ("the erased data key is still in every data backup made before now, wrapped by a key-encryption key the "
-        f"service holds now ({ids}) or held before; any key backup made before now holds those too, and the "
-        "two together open the records."),
-        "to make that impossible: `healthledger rotate-keys --retire-old` (a new KEK; " + ids + " retired), then "
-        "destroy every copy of the retired KEKs it lists, then take a new backup (`healthledger backup DEST --keys "
-        "KEYDEST`): data backups made before now can no longer be opened, for any patient.",
+         f"service holds now ({ids}) or held before; every key backup made before now holds those keys too, and the "
+         "two together open the records."),
+        (f"to make that impossible: `healthledger rotate-keys --retire-old` ({ids} retired; with replicas that mount "
+         "the key files, the steps of docs/operations.md, Rotation), then destroy every copy of the retired keys it "
+         "lists, then take a new backup (`healthledger backup DEST --keys KEYDEST`): data backups made before now can "
+         "then no longer be opened, for any patient."),
     ]
 
 
 def retirement_notice(retired: Sequence[str]) -> list[str]:
     """What `rotate-keys --retire-old` tells the operator about the KEKs it retired."""
-    lines = [(f"the service no longer holds {', '.join(retired)}; copies of them still open data backups made before "
-             "now (the data keys of patients erased since included) until destroyed:")]
+    lines = [(f"the service no longer holds {', '.join(retired)}; copies of these keys still open data backups made "
+              "before now (the data keys of patients erased since included) until they are destroyed:")]
     return lines + [f"  - {where}" for where in copies_to_destroy(retired)]
