@@ -166,7 +166,7 @@ def backup(settings: Settings, dest: Path, *, keys_dest: Path | None = None,
         _ingest_spool(settings.database_url)  # reads' access-log entries still in the spool go into the copy
         _online_copy(_sqlite_path(settings.database_url), dest / SQLITE_FILE)
         files[SQLITE_FILE] = _sha256(dest / SQLITE_FILE)
-        samples = _samples(f"sqlite:///{dest / SQLITE_FILE}", settings.tenant)  # the copy's own data keys
+        samples = _copy_samples(dest / SQLITE_FILE, settings.tenant)  # the copy's own data keys
     else:
         kind = "postgresql"
         # The dump's snapshot lies between these two reads: a rotation running meanwhile leaves its keys under the
@@ -241,14 +241,19 @@ def backup_samples(source: Path) -> list[DataKeySample] | None:
         return [DataKeySample.from_json(sample) for sample in manifest["data_keys"]]
     if SQLITE_FILE not in manifest.get("files", {}):
         return None
+    return _copy_samples(Path(source) / SQLITE_FILE, str(manifest.get("tenant", "")))
+
+
+def _copy_samples(copy: Path, tenant: str) -> list[DataKeySample]:
+    """`_samples` of a backup's SQLite copy, opened read-only (its SHA-256 is in the manifest)."""
     import sqlalchemy as sa
 
     from healthledger.key_custody import data_key_samples
 
-    engine = sa.create_engine(f"sqlite:///file:{Path(source) / SQLITE_FILE}?mode=ro&uri=true")
+    engine = sa.create_engine(f"sqlite:///file:{copy}?mode=ro&uri=true")
     try:
         with engine.connect() as conn:
-            return data_key_samples(conn, str(manifest.get("tenant", "")))
+            return data_key_samples(conn, tenant)
     finally:
         engine.dispose()
 

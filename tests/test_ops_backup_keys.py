@@ -95,3 +95,10 @@ def test_restore_refuses_keys_that_cannot_open_the_backup_before_changing_anythi
     with pytest.raises(BackupError, match="holds no kek.json; pass the key backup"):
         restore(target, data.path)
     assert not target.data_dir.exists()
+    # A backup of an older release names no data keys: a SQLite one is read (read-only) for them instead.
+    manifest = json.loads((data.path / "manifest.json").read_text())
+    del manifest["data_keys"]
+    (data.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackupError, match=f"wrapped by {data.kek_ids[0]}"):
+        restore(target, data.path, keys_source=tmp_path / "other-keys")
+    assert not target.data_dir.exists()
