@@ -75,6 +75,9 @@ def test_a_restore_older_than_the_last_anchor_is_named_and_anchor_exits_1(tmp_pa
     with engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from chain_outbox where state = 'failed'")).scalar_one() == 0
     engine.dispose()
+    verified = _cli(target, "audit", "verify")
+    assert verified.exit_code == 1 and "NOT INTACT (truncated)" in verified.output
+    assert "the record of what the restore lost" in verified.output
 
 
 def test_a_refused_anchor_is_explained_in_words() -> None:

@@ -101,6 +101,11 @@ def verify_command(runtime: Runtime, as_json: bool) -> None:
         click.echo(f"intact: {report.entries_checked} entries, {report.anchors_checked} anchored heads match the chain")
     else:
         click.echo(f"NOT INTACT ({p.kind}): {p.message}")
+        if p.kind == "truncated":
+            from healthledger.audit.anchoring import RESTORE_DOCS
+
+            click.echo("entries the chain has anchored are missing from the database: if it was restored from a "
+                       f"backup older than the last anchor, this is the record of what the restore lost ({RESTORE_DOCS})")
     sys.exit(0 if report.ok else 1)
 
 
