@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_request_hooks(app, metrics)
     install_cors(app, settings.cors_allowed_origins)
     readiness = Readiness(engine, key_provider, max_index_age_seconds=consent_rules.max_index_age_seconds,
-                          started_at=replica_started_at(default=time.time()))
+                          started_at=replica_started_at(default=time.time()), tenant=settings.tenant)
     gauges = LedgerGauges(engine, tenant=settings.tenant, max_index_age_seconds=consent_rules.max_index_age_seconds)
     app.register_blueprint(operations_blueprint(readiness, metrics, gauges))
 

@@ -36,6 +36,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "research": "healthledger.research.commands:research_group",
     "backup": "healthledger.backup_commands:backup_command",
     "restore": "healthledger.backup_commands:restore_command",
+    "keys": "healthledger.backup_commands:keys_group",
     "research-data": "healthledger.research.data_commands:research_data_group",
     "federation": "healthledger.federation.commands:federation_group",
 }
@@ -57,10 +58,35 @@ class _HealthLedgerGroup(LazyGroup):
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """HealthLedger: encrypted FHIR store, on-chain consent ledger, zero-knowledge eligibility."""
+    from healthledger.observability import configure_logging
+
+    # Every command's log lines as the service's (JSON by default) and on stderr, stdout being the command's output;
+    # before the command runs, so before the settings are read (a command may still override some).
+    configure_logging(_log_format())
     if ctx.obj is None:  # tests may hand in a runtime of their own
         runtime = Runtime()
         ctx.call_on_close(runtime.close)
         ctx.obj = runtime
+
+
+def _log_format() -> str:
+    """HEALTHLEDGER_LOG_FORMAT as the settings would give it (the settings file, then the environment), without
+    reading the rest of the settings: a bad value or file falls back to JSON, and the command that reads the
+    settings reports it."""
+    import json
+    import os
+    from pathlib import Path
+
+    from healthledger.config import SETTINGS_FILE_ENV
+    from healthledger.observability import LOG_FORMATS
+
+    chosen = os.environ.get("HEALTHLEDGER_LOG_FORMAT")
+    if chosen is None and os.environ.get(SETTINGS_FILE_ENV):
+        try:
+            chosen = json.loads(Path(os.environ[SETTINGS_FILE_ENV]).read_text()).get("log_format")
+        except (OSError, ValueError, AttributeError):
+            chosen = None
+    return chosen if chosen in LOG_FORMATS else "json"
 
 
 @cli.command()

@@ -33,9 +33,30 @@ from typing import Final, Protocol
 
 from healthledger import crypto
 from healthledger.data_dir import new_private_file, private_dir, sync_dir, tighten
-from healthledger.errors import ConfigurationError, DecryptionError
+from healthledger.errors import ConfigurationError, DecryptionError, KeyProviderUnavailable
 
 _WRAP_AAD = b"healthledger/kek-wrap/v1:"
+
+
+class KeyUnwrapError(KeyProviderUnavailable, DecryptionError):
+    """This process's key provider could not unwrap a data key: its key material is not the one that wrapped
+    it (key files out of date on this replica, a KEK retired, or a key backup that does not belong to the data).
+
+    A DecryptionError (callers that retry after a concurrent rotation catch it as one) that is also
+    KeyProviderUnavailable: the API answers 503 OperationOutcome, also while recording a refusal, never a 500.
+    """
+
+    def __init__(self, kek_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"key-encryption key {kek_id} did not unwrap a data key it is named on")
+        self.kek_id = kek_id
+
+
+class KekNotHeld(KeyUnwrapError):
+    """A data key is wrapped by a KEK this provider does not hold."""
+
+    def __init__(self, kek_id: str) -> None:
+        super().__init__(kek_id, f"data key was wrapped by key-encryption key {kek_id}, which this key provider "
+                                 "does not hold: its key files are out of date, or that key was retired")
 
 
 @dataclass(frozen=True)
@@ -106,7 +127,7 @@ class LocalFileKeyProvider:
             self._reload()
             keys = self._state["keys"]  # type: ignore[assignment]
         if kek_id not in keys:
-            raise DecryptionError("data key was wrapped by an unknown or retired key-encryption key")
+            raise KekNotHeld(kek_id)
         return bytes.fromhex(keys[kek_id])
 
     # -- KeyProvider ---------------------------------------------------------------------
@@ -114,6 +135,10 @@ class LocalFileKeyProvider:
         return str(self._state["active"])
 
     def kek_ids(self) -> list[str]:
+        """The KEKs in the file as it is now: one replaced under a running process (a Kubernetes Secret updated
+        after a rotation) is read again, so /readyz sees the new keys without a restart."""
+        with self._lock:
+            self._reload()
         return list(self._state["keys"])  # type: ignore[call-overload]
 
     def wrap(self, key: bytes, context: bytes = b"") -> WrappedKey:
@@ -122,7 +147,12 @@ class LocalFileKeyProvider:
 
     def unwrap(self, wrapped: WrappedKey, context: bytes = b"") -> bytes:
         aad = _WRAP_AAD + wrapped.kek_id.encode() + b":" + context
-        return crypto.open_(self._kek(wrapped.kek_id), wrapped.blob, aad)
+        try:
+            return crypto.open_(self._kek(wrapped.kek_id), wrapped.blob, aad)
+        except KeyUnwrapError:
+            raise
+        except DecryptionError:
+            raise KeyUnwrapError(wrapped.kek_id) from None
 
     def rotate(self) -> str:
         """Add a new KEK and make it active; old ones stay until retired (no downtime)."""
@@ -148,6 +178,19 @@ class LocalFileKeyProvider:
 
 def _new_kek_id() -> str:
     return "kek-" + secrets.token_hex(8)
+
+
+def kek_file_ids(keys_dir: Path) -> list[str] | None:
+    """The ids of the KEKs a file provider's key file under `keys_dir` holds (a key backup's, a replica's), without
+    creating it: None if there is none (a KMS or HSM provider keeps its KEKs itself)."""
+    path = Path(keys_dir) / LocalFileKeyProvider.FILE_NAME
+    try:
+        state = json.loads(path.read_text())
+        return [str(kek_id) for kek_id in state["keys"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"key file {path} is unreadable") from exc
 
 
 def key_provider_for(kind: str, keys_dir: Path) -> KeyProvider:

@@ -43,6 +43,14 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
         self._stopping()
         super().handle_quit()
 
+    def reap_workers(self) -> None:
+        # gunicorn reaps with waitpid(-1), so a child of the master that is no worker of its (serve's chain node and
+        # ledger worker) is reaped and its exit status dropped; the sidecars' own Popen objects take theirs first.
+        from healthledger.ledger.service import reap_sidecars
+
+        reap_sidecars()
+        super().reap_workers()
+
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, options: dict[str, Any], on_stop: Callable[[], None] | None = None) -> None:

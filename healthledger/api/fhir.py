@@ -225,11 +225,12 @@ def fhir_blueprint(
             if isinstance(principal, Principal):
                 try:
                     _record_refusal(log, principal, error)
-                except (sa_exc.DBAPIError, KeyProviderUnavailable):
-                    # The database or the key provider is down: the refusal cannot be logged, and nothing was
-                    # served; the caller gets the outage's 503, not a 500 from the error handler.
+                except (sa_exc.DBAPIError, KeyProviderUnavailable) as failure:
+                    # The database or the key provider is down (or this replica's keys are out of date): the
+                    # refusal cannot be logged, and nothing was served; the caller gets the outage's 503. Returned,
+                    # not raised: raised from here, Flask would call this handler again and the server answer HTML.
                     if not isinstance(error, sa_exc.DBAPIError | KeyProviderUnavailable):
-                        raise
+                        return error_response(failure)
             return error_response(error)
 
     # Every method, so that a write to /metadata is the 405 it is, not a request about a resource type "metadata".

@@ -3,7 +3,9 @@ per-request hooks behind them (request id, latency by route, one JSON log line p
 
 Liveness says only that the process answers: a failing dependency must not get every replica restarted.
 Readiness says whether this replica can serve: the database answers, its schema is at every migration head
-this release knows, and the key provider wraps and unwraps. The consent index's freshness (the indexer passed
+this release knows, and the key provider wraps and unwraps and holds every key-encryption key the database's
+data keys are wrapped with (a replica whose key files predate a rotation is not ready, and says which KEK it
+lacks). The consent index's freshness (the indexer passed
 within the consent policy's `max_index_age_seconds`, the bound reads fail closed on) gates readiness only at
 start: a replica turns ready once the index has been fresh since it started, so its first consent-dependent
 reads succeed. Afterwards a stale index is reported (in the body, status "degraded", and in /metrics) without
@@ -74,8 +76,10 @@ class Readiness:
         indexer_name: str = "ledger",
         wall_clock: Callable[[], float] = time.time,
         started_at: float | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.engine = engine
+        self.tenant = tenant  # whose data keys this replica must unwrap (None: every tenant's)
         self.key_provider = key_provider
         self.max_index_age_seconds = max_index_age_seconds
         self.indexer_name = indexer_name
@@ -88,7 +92,8 @@ class Readiness:
         if not database.ok:
             skipped = "not checked: the database is unavailable"
             return [database, Check("migrations", False, skipped), self._keys(), Check("consent_index", False, skipped)]
-        return [database, self._migrations(), self._keys(), self._consent_index()]
+        migrations = self._migrations()
+        return [database, migrations, self._keys(data_keys=migrations.ok), self._consent_index()]
 
     def _database(self) -> Check:
         try:
@@ -120,13 +125,42 @@ class Readiness:
             return Check("migrations", False, f"{len(missing)} migration branch(es) behind: run `healthledger init`")
         return Check("migrations", True)
 
-    def _keys(self) -> Check:
+    def _keys(self, *, data_keys: bool = False) -> Check:
+        """The provider wraps and unwraps; with `data_keys`, it also holds every KEK the database's data keys are
+        wrapped with (after a rotation, a replica still mounting the previous key files does not)."""
         try:
             wrapped = self.key_provider.wrap(_PROBE, b"readyz")
             ok = self.key_provider.unwrap(wrapped, b"readyz") == _PROBE
         except Exception as exc:  # noqa: BLE001
             return Check("key_provider", False, f"unavailable ({type(exc).__name__})")
-        return Check("key_provider", ok, "" if ok else "unwrap returned another value")
+        if not ok:
+            return Check("key_provider", False, "unwrap returned another value")
+        if not data_keys:
+            return Check("key_provider", True)
+        try:
+            missing = self._keks_not_held()
+        except Exception as exc:  # noqa: BLE001
+            return Check("key_provider", False, f"cannot compare its keys with the data keys' ({type(exc).__name__})")
+        if missing:
+            return Check("key_provider", False, (
+                f"does not hold {', '.join(missing)}, which the database's data keys are wrapped with: this replica's "
+                "key files are out of date (a rotation since they were made: give it the current ones, "
+                "docs/operations.md, Rotation) or the database was restored with another key backup"))
+        return Check("key_provider", True)
+
+    def _keks_not_held(self) -> list[str]:
+        """KEK ids that wrap live data keys (of this tenant) and that the provider does not hold; an id the provider
+        lacks is checked against the tenant only then (a shared database may hold other tenants' keys)."""
+        from healthledger.key_custody import kek_ids_in_use
+        from healthledger.store.models import data_keys_table as keys_t
+
+        with self.engine.connect() as conn:
+            held = set(self.key_provider.kek_ids())
+            missing = [kek for kek in kek_ids_in_use(conn) if kek not in held]
+            if self.tenant is not None:
+                mine = select(keys_t.c.key_id).where(keys_t.c.tenant == self.tenant).limit(1)
+                missing = [kek for kek in missing if conn.execute(mine.where(keys_t.c.kek_id == kek)).first()]
+        return missing
 
     def _consent_index(self) -> Check:
         from healthledger.ledger.models import IndexerCursor

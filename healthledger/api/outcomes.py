@@ -19,7 +19,8 @@ from werkzeug.exceptions import HTTPException
 from fhir_adapters.errors import FhirInputError
 from fhir_adapters.outcome import operation_outcome
 from healthledger.api.negotiation import FHIR_JSON
-from healthledger.errors import HealthLedgerError, Unauthorized
+from healthledger.errors import DecryptionError, HealthLedgerError, Unauthorized
+from healthledger.keys import KeyUnwrapError
 
 log = structlog.get_logger("healthledger.api")
 
@@ -54,6 +55,8 @@ def outcome_response(outcome: dict[str, Any], status: int, headers: dict[str, st
 
 def error_response(error: BaseException) -> Response:
     """Map any exception to an OperationOutcome response; the only translation point for the API."""
+    if isinstance(error, DecryptionError):
+        return _undecryptable(error)
     if isinstance(error, HealthLedgerError):
         status = error.status
         if status >= 500:
@@ -112,6 +115,28 @@ def bearer_challenge(message: str) -> str:
         description = "".join(c for c in message if " " <= c <= "~" and c not in '"\\')
         challenge += f', error="invalid_token", error_description="{description}"'
     return challenge
+
+
+KEYS_OUT_OF_DATE = (
+    "this server replica cannot unwrap the data keys: its key files are out of date (the key-encryption key "
+    "that wraps them is not among its keys); retry later"
+)
+UNDECRYPTABLE = (
+    "this server replica could not decrypt stored data: its key files may be out of date, or the stored data "
+    "is damaged; the error is logged"
+)
+
+
+def _undecryptable(error: DecryptionError) -> Response:
+    """A key or ciphertext that did not open. A replica whose key files predate a rotation (the KEK the data
+    keys are wrapped with is not among its keys) answers 503 `transient`: another replica, or this one once
+    its keys are updated, can serve the request. Anything else that does not open is a 503 `exception`. Never a
+    500: the replica cannot serve PHI, nothing is wrong with the request."""
+    if isinstance(error, KeyUnwrapError):
+        log.error("api.keys_out_of_date", error=type(error).__name__, kek_id=error.kek_id, route=_route())
+        return outcome_response(operation_outcome("error", "transient", KEYS_OUT_OF_DATE), 503, {"Retry-After": "5"})
+    log.error("api.undecryptable", error=type(error).__name__, route=_route())
+    return outcome_response(operation_outcome("error", "exception", UNDECRYPTABLE), 503)
 
 
 METHOD_NOT_ALLOWED = "method not allowed on this endpoint"

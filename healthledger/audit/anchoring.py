@@ -2,15 +2,22 @@
 
 The on-chain log id is a hash of the tenant and log name, so one AccessLogAnchor contract serves
 several tenants and logs without naming them in the clear.
+
+The contract accepts only growing tree sizes per log. A database restored from a backup older than the last anchor
+has a shorter log than the chain has anchored: its heads are refused (`TreeSizeNotIncreasing`) until the log grows
+past the anchored size, and the anchors made between the backup and the restore stay on-chain as the record of the
+entries lost (`audit verify` reports them). `anchor_batch` refuses to queue such a head (`AnchorBehindChain`), so
+no outbox item fails for it, and says so in words.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from healthledger.audit.log import (
@@ -23,7 +30,7 @@ from healthledger.audit.log import (
     tree_head,
 )
 from healthledger.audit.models import AccessLogEntry, AuditCheckpoint
-from healthledger.errors import NotFound
+from healthledger.errors import Conflict, NotFound
 from healthledger.ledger.chain import Chain
 from healthledger.ledger.models import LogAnchorEvent
 from healthledger.ledger.relayer import submit_anchor
@@ -37,9 +44,62 @@ def chain_log_id(tenant: str, log_id: str = DEFAULT_LOG) -> bytes:
     return hashlib.sha256(LOG_ID_TAG + f"{tenant}/{log_id}".encode()).digest()
 
 
-def anchor_batch(session: Session, now: datetime, *, tenant: str, log_id: str = DEFAULT_LOG) -> AuditCheckpoint | None:
+RESTORE_DOCS = "docs/operations.md, \"Restored a backup older than the last anchor\""
+
+
+class AnchorBehindChain(Conflict):
+    """The chain already holds an anchor of this log at a larger tree size than the database's log has."""
+
+    def __init__(self, anchored: int, local: int) -> None:
+        super().__init__(behind_chain_words(anchored, local))
+        self.anchored = anchored
+        self.local = local
+
+
+def behind_chain_words(anchored: int, local: int) -> str:
+    return (f"the chain already holds an anchor of this access log at tree size {anchored}, and this database's log "
+            f"has {local} entries: the database was restored from a backup older than the last anchor. Its tree "
+            f"heads are refused until the log passes {anchored} entries, and `healthledger audit verify` reports the "
+            f"entries lost since the backup (the anchors made after it); see {RESTORE_DOCS}")
+
+
+_NOT_INCREASING = re.compile(r"TreeSizeNotIncreasing\((\d+), (\d+)\)")
+
+
+def anchor_failure_words(reason: str | None) -> str:
+    """Why the chain refused an anchor, in words an operator can act on (the contract's error kept at the end)."""
+    found = _NOT_INCREASING.search(reason or "")
+    if found is not None:
+        return f"{behind_chain_words(int(found.group(1)), int(found.group(2)))} ({reason})"
+    return f"the chain refused the anchor ({reason or 'no reason given'})"
+
+
+def indexed_anchor_size(session: Session, *, tenant: str, log_id: str = DEFAULT_LOG) -> int:
+    """The largest tree size of this log anchored on-chain, as the indexer has read the events so far."""
+    chain_id = "0x" + chain_log_id(tenant, log_id).hex()
+    return int(session.scalar(select(func.max(LogAnchorEvent.tree_size)).where(LogAnchorEvent.log_id == chain_id)) or 0)
+
+
+def chain_anchor_size(chain: Chain, *, tenant: str, log_id: str = DEFAULT_LOG) -> int:
+    """The largest tree size of this log anchored on-chain, read from the contract now (`latest`)."""
+    size, _prefix = chain.call(chain.contract(ANCHOR_CONTRACT).functions.latest(chain_log_id(tenant, log_id)))
+    return int(size)
+
+
+def anchor_batch(
+    session: Session, now: datetime, *, tenant: str, log_id: str = DEFAULT_LOG, anchored: int | None = None
+) -> AuditCheckpoint | None:
     """Sequence pending entries, record the tree head as a checkpoint and queue it for anchoring,
-    all in the caller's transaction (so the checkpoint exists iff its outbox item does)."""
+    all in the caller's transaction (so the checkpoint exists iff its outbox item does).
+
+    Raises AnchorBehindChain, queuing nothing, when the chain already anchored a larger tree of this log
+    (`anchored`: its size as read from the contract; by default as indexed).
+    """
+    anchored = indexed_anchor_size(session, tenant=tenant, log_id=log_id) if anchored is None else anchored
+    if anchored:
+        local = integrate(session, now, log_id=log_id).size
+        if local < anchored:
+            raise AnchorBehindChain(anchored, local)
     cp = checkpoint(session, now, log_id=log_id)
     if cp is None:
         return None

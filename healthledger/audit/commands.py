@@ -30,15 +30,18 @@ def _attach_chain(runtime: Runtime) -> int:
 @click.option("--submit/--queue-only", default=True, help="also run the outbox worker until the anchor is mined")
 @click.pass_obj
 def anchor_command(runtime: Runtime, submit: bool) -> None:
-    """Anchor the access log's current tree head on-chain (through the durable outbox)."""
-    from healthledger.audit.anchoring import anchor_batch
-    from healthledger.ledger.outbox import drain, status
+    """Anchor the access log's current tree head on-chain (through the durable outbox). Exits 1 when the anchor is
+    refused or not confirmed, saying why."""
+    from healthledger.audit.anchoring import anchor_batch, anchor_failure_words, chain_anchor_size
+    from healthledger.ledger.outbox import OutboxState, drain, status
 
     _attach_chain(runtime)
     ingest(runtime.engine)  # (SQLite) reads' entries still in the spool: the head anchored covers them
     sessions = runtime.sessions
+    tenant = runtime.settings.tenant
+    anchored = chain_anchor_size(runtime.chain, tenant=tenant)
     with sessions.begin() as s:
-        cp = anchor_batch(s, datetime.now(UTC), tenant=runtime.settings.tenant)
+        cp = anchor_batch(s, datetime.now(UTC), tenant=tenant, anchored=anchored)
         summary = None if cp is None else (cp.size, cp.root.hex(), cp.outbox_item)
     if summary is None:
         click.echo("nothing new to anchor")
@@ -54,6 +57,12 @@ def anchor_command(runtime: Runtime, submit: bool) -> None:
         with sessions() as s:
             st = status(s, int(item))
         click.echo(f"outbox item {item}: {st.state}" + (f" in tx {st.tx_hash}" if st.tx_hash else ""))
+        if st.state == OutboxState.FAILED:
+            raise click.ClickException(f"the anchor failed: {anchor_failure_words(st.failure_reason)}")
+        if st.state != OutboxState.CONFIRMED:
+            raise click.ClickException(
+                f"the anchor is not confirmed yet ({st.last_error or 'waiting for the chain'}); the ledger worker "
+                f"goes on submitting it: `healthledger relay show {item}`")
 
 
 @click.group("audit")
@@ -92,6 +101,11 @@ def verify_command(runtime: Runtime, as_json: bool) -> None:
         click.echo(f"intact: {report.entries_checked} entries, {report.anchors_checked} anchored heads match the chain")
     else:
         click.echo(f"NOT INTACT ({p.kind}): {p.message}")
+        if p.kind == "truncated":
+            from healthledger.audit.anchoring import RESTORE_DOCS
+
+            click.echo("entries the chain has anchored are missing from the database: if it was restored from a "
+                       f"backup older than the last anchor, this is the record of what the restore lost ({RESTORE_DOCS})")
     sys.exit(0 if report.ok else 1)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +12,54 @@ import click
 from healthledger.runtime import Runtime
 
 if TYPE_CHECKING:
-    from healthledger.ledger.chain import Chain
+    from healthledger.ledger.chain import Chain, ContractRevert
+
+# MemberRegistry.Status, in the order the contract declares it.
+_STATUS = ("not in the directory", "waiting to be admitted", "an active member", "removed for good")
+_LISTED = "`healthledger federation members` lists the directory"
+
+
+def registry_refusal(error: ContractRevert, org_id: str, action: str) -> str:
+    """MemberRegistry's refusal of `action` on `org_id`, in words that say what to do (the contract's error kept)."""
+    name, args = error.error_name, error.error_args
+    if name == "WrongStatus" and len(args) == 2:
+        status = int(args[1])
+        if status == 0:
+            said = f"{org_id} has not asked to join: there is no such member ({_LISTED}); its server runs " \
+                   "`healthledger federation join` first"
+        elif action == "admit" and status == 2:
+            said = f"{org_id} is already an active member: nothing to admit"
+        elif status == 3:
+            said = f"{org_id} was removed for good; an organisation that rejoins does so under a new id"
+        else:
+            state = _STATUS[status] if status < len(_STATUS) else f"in status {status}"
+            said = f"{org_id} is {state}: `federation {action}` does not apply to it"
+    elif name == "UnknownMember":
+        said = f"{org_id} is not in the directory: no such member ({_LISTED})"
+    elif name == "NotAdmin":
+        said = f"this server's operator account ({args[0] if args else '?'}) is not the registry's admin: the " \
+               f"consortium's admin (who deployed the registry, or was handed the role) runs `federation {action}`"
+    elif name == "NotController":
+        said = f"{org_id} is controlled by another account: only its own server can do this"
+    elif name == "MemberExists":
+        said = f"{org_id} has already asked to join or is a member ({_LISTED})"
+    elif name == "InvalidMember":
+        said = "the organisation id, name or FHIR base URL was refused (empty, or longer than 256 characters)"
+    elif name == "ContractPaused":
+        said = "the member registry is paused: joining and admitting wait until its admin resumes it"
+    else:
+        return error.message
+    return f"{said} ({error.message.removeprefix('contract refused the call: ')})"
+
+
+@contextmanager
+def _explained(org_id: str, action: str) -> Iterator[None]:
+    from healthledger.ledger.chain import ContractRevert
+
+    try:
+        yield
+    except ContractRevert as exc:
+        raise click.ClickException(registry_refusal(exc, org_id, action)) from None
 
 
 @click.group("federation")
@@ -91,7 +140,8 @@ def join_command(runtime: Runtime, org_id: str | None, name: str, fhir_base_url:
     org = _org_id(runtime, org_id)
     chain = _attached_chain(runtime)
     keys = MemberKeys.load_or_create(runtime.settings.keys_dir, runtime.key_provider)
-    block = request_join(chain, org, name, fhir_base_url, thumbprint_bytes(keys.current))
+    with _explained(org, "join"):
+        block = request_join(chain, org, name, fhir_base_url, thumbprint_bytes(keys.current))
     click.echo(f"join requested for {org} in block {block} by {chain.operator.address}; key {keys.current.kid}")
     click.echo(f"the consortium admin admits it with: healthledger federation admit {org}")
 
@@ -104,7 +154,9 @@ def admit_command(runtime: Runtime, org_id: str) -> None:
     from healthledger.federation.registry import admit, check_org_id
 
     chain = _attached_chain(runtime)
-    click.echo(f"{org_id} admitted in block {admit(chain, check_org_id(org_id))}")
+    with _explained(org_id, "admit"):
+        block = admit(chain, check_org_id(org_id))
+    click.echo(f"{org_id} admitted in block {block}")
 
 
 @federation_group.command("remove")
@@ -115,7 +167,9 @@ def remove_command(runtime: Runtime, org_id: str) -> None:
     from healthledger.federation.registry import check_org_id, remove
 
     chain = _attached_chain(runtime)
-    click.echo(f"{org_id} removed in block {remove(chain, check_org_id(org_id))}")
+    with _explained(org_id, "remove"):
+        block = remove(chain, check_org_id(org_id))
+    click.echo(f"{org_id} removed in block {block}")
 
 
 @federation_group.command("rotate-key")
@@ -139,7 +193,8 @@ def rotate_key_command(runtime: Runtime, org_id: str | None) -> None:
         keys = keys.keep_only(listed, settings.keys_dir, provider)  # the key before the last rotation goes now
     # The new key is on file before the directory names it, so a crash in between loses nothing.
     keys = keys.with_new_key(settings.keys_dir, provider)
-    block = rotate_key(chain, org, thumbprint_bytes(keys.current))
+    with _explained(org, "rotate-key"):
+        block = rotate_key(chain, org, thumbprint_bytes(keys.current))
     click.echo(f"key of {org} rotated in block {block}: now {keys.current.kid}")
 
 

@@ -258,12 +258,16 @@ def _queue_anchor(sessions: Any, tenant: str) -> None:
     """Sequence the access log and queue its new tree head (if any) for anchoring."""
     from datetime import datetime
 
-    from healthledger.audit.anchoring import anchor_batch
+    from healthledger.audit.anchoring import AnchorBehindChain, anchor_batch
 
-    with sessions.begin() as session:
-        cp = anchor_batch(session, datetime.now(UTC), tenant=tenant)
-        if cp is not None:
-            log.info("ledger.anchor_queued", tree_size=cp.size)
+    try:
+        with sessions.begin() as session:
+            cp = anchor_batch(session, datetime.now(UTC), tenant=tenant)
+            if cp is not None:
+                log.info("ledger.anchor_queued", tree_size=cp.size)
+    except AnchorBehindChain as behind:  # a restore older than the last anchor: nothing queued, said at each pass
+        log.warning("ledger.anchor_behind_chain", anchored_tree_size=behind.anchored, log_tree_size=behind.local,
+                    reason=behind.message)
 
 
 def _stop_on_signal(_signum: int, _frame: Any) -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -114,7 +115,7 @@ class Supervised:
                     self._failures = 0
                 return
             if self.process is not None:  # it died: plan the restart
-                log.warning("ledger.sidecar_exited", sidecar=self.name, status=self.process.returncode,
+                log.warning("ledger.sidecar_exited", sidecar=self.name, **exit_status(self.process.returncode),
                             restart_in=RESTART_BACKOFF_SECONDS[min(self._failures, len(RESTART_BACKOFF_SECONDS) - 1)])
                 self._retry_at = now + RESTART_BACKOFF_SECONDS[min(self._failures, len(RESTART_BACKOFF_SECONDS) - 1)]
                 self._failures += 1
@@ -174,6 +175,27 @@ class Supervisor:
 
 
 _RUNNING: set[Supervisor] = set()  # supervisors started and not yet stopped (this process's `serve`)
+
+
+def exit_status(returncode: int | None) -> dict[str, object]:
+    """A child's exit as logged: `status` is its exit code, or minus the signal that killed it (named in `signal`)."""
+    if returncode is None or returncode >= 0:
+        return {"status": returncode}
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return {"status": returncode, "signal": name}
+
+
+def reap_sidecars() -> None:
+    """Collect the exit status of every supervised child that has exited (gunicorn's master calls this before it
+    reaps with waitpid(-1), which would take the status away: Popen then reports an exit code of 0)."""
+    for supervisor in list(_RUNNING):
+        for child in supervisor.children:
+            process = child.process
+            if process is not None:
+                process.poll()
 
 
 def shutting_down() -> None:

@@ -113,7 +113,10 @@ def rotate_keys_command(runtime: Runtime, retire_old: bool, retire_only: bool) -
         click.echo(f"keys still under an old key-encryption key: {report.remaining_on_old} (run again)")
     if retire_old or retire_only:
         if report.retired:
+            from healthledger.key_custody import retirement_notice
+
             click.echo(f"retired: {', '.join(report.retired)}")
+            click.echo("\n".join(retirement_notice(report.retired)))
         elif report.blocked_by:
             click.echo("old key-encryption keys NOT retired: still used outside the store by")
             for user in report.blocked_by:
@@ -141,3 +144,6 @@ def erase_patient_command(runtime: Runtime, patient_id: str, yes: bool) -> None:
     for resource_type, n in report.resources.items():
         click.echo(f"  {resource_type}: {n}")
     click.echo(f"  versions made unreadable (history included): {report.versions}")
+    from healthledger.key_custody import erasure_notice
+
+    click.echo("\n".join(erasure_notice(runtime.key_provider.kek_ids())))

@@ -3,11 +3,14 @@ no orphan and no record that stops the next start, and readiness is green as soo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -68,6 +71,11 @@ def test_killed_node_and_worker_are_restarted_and_a_killed_serve_starts_again(tm
         assert wait_for(lambda: served.pid_of("relay work") not in (None, worker), 30), served.output()[-2000:]
         _log_accesses(engine, 3, "c")
         assert wait_for(lambda: _anchored(engine) >= _appended(engine), 45), "the restarted worker did not anchor"
+        # Each death is logged with the signal that caused it (gunicorn's master, which reaps any child, took the
+        # status away before: both were logged as "status": 0).
+        exits = {line["sidecar"]: line for line in _events(served.output(), "ledger.sidecar_exited")}
+        for sidecar in ("chain-node", "ledger-worker"):
+            assert exits[sidecar]["status"] == -signal.SIGKILL and exits[sidecar]["signal"] == "SIGKILL", exits
 
         # Two gunicorn workers, one /metrics: the counts of both are in every scrape (multiprocess mode).
         for _ in range(6):
@@ -107,6 +115,16 @@ def test_killed_node_and_worker_are_restarted_and_a_killed_serve_starts_again(tm
     assert "ledger.sidecar_restarted" in served.output()
     print(f"\nsupervision: node back and anchoring again {node_recovery:.1f} s after kill -9")
     engine.dispose()
+
+
+def _events(output: str, event: str) -> list[dict[str, Any]]:
+    found = []
+    for line in output.splitlines():
+        start = line.find("{")
+        if event in line and start >= 0:
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line[start:]))
+    return found
 
 
 def _alive(pid: int | None) -> bool:

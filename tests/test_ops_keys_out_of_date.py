@@ -1,0 +1,99 @@
+"""A replica still holding the key files of before a KEK rotation: not ready, and a 503 OperationOutcome
+(never a 500 page), also when the failure comes while a refusal is recorded."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from click.testing import CliRunner
+from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
+
+from healthledger.app import create_app
+from healthledger.cli import cli
+from healthledger.db import session_factory
+from healthledger.key_rotation import rewrap_outside_store
+from healthledger.ledger.models import IndexerCursor
+from healthledger.runtime import Runtime
+from healthledger.store import maintenance
+
+
+def test_a_replica_with_key_files_older_than_the_rotation_is_not_ready_and_answers_503(tmp_path: Path) -> None:
+    settings = api_settings(tmp_path / "a")
+    current = build_app(settings)
+    created = current.test_client().post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS)
+    assert created.status_code == 201
+    first_deploy = shutil.copytree(settings.keys_dir, tmp_path / "first-deploy-keys")  # the Secret made at first deploy
+    store = current.extensions["healthledger.store"]
+    rotated = maintenance.rotate_keys(store)
+    rewrap_outside_store(settings, store.keyring.provider, session_factory(current.extensions["healthledger.engine"]))
+    engine = current.extensions["healthledger.engine"]
+    with sa.orm.Session(engine) as session, session.begin():
+        session.add(IndexerCursor(name="ledger", last_block=0, updated_at=time.time()))
+
+    stale_settings = api_settings(tmp_path / "b", database_url=settings.database_url, tenant=settings.tenant,
+                                  home_organization="Organization/hospital")  # as the operations team set it
+    shutil.copytree(first_deploy, stale_settings.keys_dir)
+    stale = create_app(stale_settings)
+    stale.testing = True
+    client = stale.test_client()
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json["status"] == "not-ready"
+        keys = ready.json["checks"]["key_provider"]
+        assert keys["ok"] is False and rotated.new_kek_id in keys["detail"] and "out of date" in keys["detail"]
+
+        read = client.get(f"/fhir/Patient/{created.json['id']}", headers=AUTH)
+        # A 400 whose refusal is recorded under the named patient's pseudonym (a keyed hash: the keys are needed).
+        refused = client.get("/fhir/Observation?patient=some-patient&date=not-a-date", headers=AUTH)
+        for response in (read, refused):
+            assert response.status_code == 503 and response.mimetype == "application/fhir+json"
+            issue = response.json["issue"][0]
+            assert issue["code"] == "transient" and "key files are out of date" in issue["diagnostics"]
+
+        shutil.copy2(settings.keys_dir / "kek.json", stale_settings.keys_dir / "kek.json")  # the Secret updated
+        assert client.get("/readyz").json["checks"]["key_provider"] == {"ok": True}
+        assert client.get(f"/fhir/Patient/{created.json['id']}", headers=AUTH).status_code == 200
+    finally:
+        dispose(stale)
+        dispose(current)
+
+
+def test_adding_the_kek_first_keeps_every_replica_ready_through_a_rotation(tmp_path: Path) -> None:
+    """The documented procedure for mounted key files: `keys add` (no data key moves), the new kek.json to every
+    replica, then `rotate-keys --retire-only`: a replica is never without the KEK its data keys need."""
+    settings = api_settings(tmp_path / "a")
+    current = build_app(settings)
+    engine = current.extensions["healthledger.engine"]
+    with sa.orm.Session(engine) as session, session.begin():
+        session.add(IndexerCursor(name="ledger", last_block=0, updated_at=time.time()))
+    replica_settings = api_settings(tmp_path / "b", database_url=settings.database_url, tenant=settings.tenant,
+                                    home_organization="Organization/hospital")
+    shutil.copytree(settings.keys_dir, replica_settings.keys_dir)
+    replica = create_app(replica_settings)
+    client = replica.test_client()
+
+    def run(*args: str) -> str:
+        runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
+        try:
+            result = CliRunner().invoke(cli, list(args), obj=runtime)
+        finally:
+            runtime.close()
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    try:
+        added = run("keys", "add")
+        assert "rotate-keys --retire-only" in added
+        assert client.get("/readyz").json["checks"]["key_provider"] == {"ok": True}  # no data key moved yet
+        shutil.copy2(settings.keys_dir / "kek.json", replica_settings.keys_dir / "kek.json")  # handed to the replica
+        assert "retired:" in run("rotate-keys", "--retire-only")
+        assert client.get("/readyz").json["checks"]["key_provider"] == {"ok": True}
+        created = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS)
+        assert created.status_code == 201
+        assert client.get(f"/fhir/Patient/{created.json['id']}", headers=AUTH).status_code == 200
+    finally:
+        dispose(replica)
+        dispose(current)
