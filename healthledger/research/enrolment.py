@@ -47,7 +47,8 @@ from healthledger.ledger.models import OutboxItem
 from healthledger.principal import Principal
 from healthledger.research.credentials import root_state
 from healthledger.research.models import Enrolment, PublishedStudy
-from healthledger.research.studies import Studies, _terms, is_owner
+from healthledger.research.participants import is_owner
+from healthledger.research.studies import Studies, _terms
 from healthledger.store.repository import ResourceStore, StoredResource
 from zk import groth16
 from zk.errors import MalformedInput

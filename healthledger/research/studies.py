@@ -276,7 +276,9 @@ def acting(principal: Principal) -> Principal:
     return replace(principal, scopes=None)
 
 
-def is_owner(principal: Principal, terms: StudyTerms) -> bool:
+def of_owner_organization(principal: Principal, terms: StudyTerms) -> bool:
+    """A researcher of the study's owning organisation: may see its draft and publish it. Its participants,
+    counts and exports are its owner's alone (`participants.is_owner`)."""
     return (principal.role == "researcher" and bool(principal.organization)
             and principal.organization == terms.owner_organization)
 
@@ -309,7 +311,7 @@ class Studies:
         if current is None or current.resource is None:
             raise NotFound(f"ResearchStudy/{study_id} is not known")
         terms = _terms(current.resource)
-        if not is_owner(principal, terms):
+        if not of_owner_organization(principal, terms):
             raise NotFound(f"ResearchStudy/{study_id} is not known")  # a denial answers like a miss
         return current, terms
 
@@ -432,7 +434,7 @@ class Studies:
         """Published studies are public to every authenticated caller; drafts only to their owners."""
         if resource.get("status") != "draft":
             return True
-        return principal.unrestricted or is_owner(principal, _terms(resource))
+        return principal.unrestricted or of_owner_organization(principal, _terms(resource))
 
     def read(self, study_id: str, principal: Principal) -> StoredResource:
         self.settle_quietly()

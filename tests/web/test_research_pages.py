@@ -247,3 +247,36 @@ def test_activity_entries_in_words() -> None:
     ]}]})
     assert [(j.job, j.status, j.requested, j.counts) for j in jobs] == [
         ("j1", "Expired (files removed)", "30 November 2026", [("Condition", 3), ("Observation", 9)])]
+
+
+def test_a_colleague_of_the_owner_sees_no_participant_of_the_study(world: World, rita: FlaskClient) -> None:
+    """The study's participants are its owner's to see (as its counts and exports are): another researcher of the
+    same organisation gets what a study that does not exist gives, by search and by id."""
+    import json
+
+    from healthledger.research.models import Enrolment, PublishedStudy
+
+    study_id = world.study_id  # type: ignore[attr-defined]
+    with world.sessions.begin() as s:
+        item = s.get(PublishedStudy, (world.app.extensions["healthledger.store"].tenant, study_id)).register_item
+        s.add(Enrolment(id="colleague-test-subject", tenant=world.app.extensions["healthledger.store"].tenant,
+                        study_id=study_id, nullifier="1", enrollee="0x" + "ab" * 20, root="1", enrol_item=item,
+                        consent_id="none", enrolled_at=1.0))
+    try:
+        owner = rita.get(f"/fhir/ResearchSubject?study=ResearchStudy/{study_id}", headers={"Accept": FHIR})
+        assert owner.status_code == 200 and owner.get_json()["total"] == 1
+        colleague = world.client.get(f"/fhir/ResearchSubject?study=ResearchStudy/{study_id}",
+                                     headers=world.headers("research"))
+        unknown = world.client.get("/fhir/ResearchSubject?study=ResearchStudy/no-such-study",
+                                   headers=world.headers("research"))
+        assert colleague.status_code == unknown.status_code == 200
+        assert colleague.get_json()["total"] == unknown.get_json()["total"] == 0
+        assert "ab" * 20 not in colleague.get_data(as_text=True)
+        by_id = world.client.get("/fhir/ResearchSubject/colleague-test-subject", headers=world.headers("research"))
+        missing = world.client.get("/fhir/ResearchSubject/no-such-subject0", headers=world.headers("research"))
+        assert by_id.status_code == missing.status_code == 404
+        assert (json.dumps(by_id.get_json()).replace("colleague-test-subject", "ID")
+                == json.dumps(missing.get_json()).replace("no-such-subject0", "ID"))
+    finally:
+        with world.sessions.begin() as s:
+            s.query(Enrolment).filter(Enrolment.id == "colleague-test-subject").delete()
