@@ -397,3 +397,39 @@ def test_the_history_filters_by_kind_of_data(world: World) -> None:
     assert "your consents" not in observations.split("Entries", 1)[1].replace("whatever your consents say", "")
     assert "test results and measurements" not in consents.split("Entries", 1)[1]
     assert browser.get("/app/history?kind=nonsense").status_code == 400
+
+
+def test_error_pages_are_the_apps_own_and_reveal_nothing(world: World) -> None:
+    """Inside /app an error is a page of the app (its layout and navigation, plain words, a link home), and a
+    consent of another patient's answers exactly as one that does not exist."""
+    ann, bob = world.patient_session("ann").browser, world.patient_session("bob").browser
+    consent_id = world.dev_create(permit_consent(world.patients["ann"], CLINIC))
+    missing = bob.get("/app/consents/no-such-consent")
+    others = bob.get(f"/app/consents/{consent_id}")
+    assert missing.status_code == others.status_code == 404
+    assert missing.get_data(as_text=True) == others.get_data(as_text=True).replace(consent_id, "no-such-consent")
+    for path in ("/app/nope", "/app/consents/no-such-consent", "/app/studies/nope", f"/app/consents/{consent_id}"):
+        page = bob.get(path)
+        body = page.get_data(as_text=True)
+        assert page.status_code == 404, path
+        assert "Page not found" in body and 'aria-label="Main"' in body and "<main" in body, path
+        assert 'href="/app/">Go to your home page' in body and "sign-in" not in body, path
+        assert "is not known" not in body and "ResearchStudy/" not in body, path
+    wrong_role = ann.get("/app/research")
+    assert wrong_role.status_code == 403 and "Not a page for your account" in wrong_role.get_data(as_text=True)
+    anonymous = world.app.test_client().get("/app/nope").get_data(as_text=True)
+    assert "Page not found" in anonymous and 'href="/app/login">Go to sign-in' in anonymous
+    # The FHIR API's own errors stay OperationOutcomes.
+    assert world.client.get("/fhir/nope", headers=world.headers("ehr")).get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_the_record_locator_is_offered_only_by_a_member_for_a_member(world: World) -> None:
+    """This server is no consortium member: no consent page offers a one-time code, and asking for one anyway is
+    the page's 404 (never an error in developer words)."""
+    ann = world.patient_session("ann").browser
+    consent_id = world.dev_create(permit_consent(world.patients["ann"], CLINIC))
+    world.sync()
+    page = ann.get(f"/app/consents/{consent_id}").get_data(as_text=True)
+    assert "Bring your record" not in page and "one-time code" not in page
+    asked = ann.post(f"/app/consents/{consent_id}/record-locator", data={"csrf_token": csrf(page)})
+    assert asked.status_code == 404 and "Page not found" in asked.get_data(as_text=True)

@@ -280,3 +280,28 @@ def test_a_colleague_of_the_owner_sees_no_participant_of_the_study(world: World,
     finally:
         with world.sessions.begin() as s:
             s.query(Enrolment).filter(Enrolment.id == "colleague-test-subject").delete()
+
+
+def test_a_colleague_reads_the_study_and_is_told_what_only_its_owner_can_do(world: World) -> None:
+    """Another researcher of the owner's organisation sees the study, not buttons that would fail: counts,
+    participants and exports are the owner's, and the page names them."""
+    study_id = world.study_id  # type: ignore[attr-defined]
+    store = world.app.extensions["healthledger.store"]
+    with world.sessions.begin() as s:
+        create_user(s, AccountNames(store), username="rob", password=PASSWORD, role="researcher",
+                    organization=UNIVERSITY, now=datetime.now(UTC), display_name="Rob Colleague")
+    rob = signed_in(world, "rob")
+    page = rob.get(f"/app/research/{study_id}").get_data(as_text=True)
+    words = text(page)
+    assert "Only the owner can ask how many patients meet its criteria" in words and "Rita Researcher" in words
+    assert "Ask how many patients meet the criteria" not in words and "Request an export" not in words
+    assert "Counts released so far" not in words and "taking part now" not in words
+    for action, says in (("feasibility", "ask how many patients meet the criteria"), ("export", "request an export")):
+        answer = rob.post(f"/app/research/{study_id}/{action}", data={"csrf_token": csrf(page)})
+        assert answer.status_code == 303
+        after = text(rob.get(answer.headers["Location"]).get_data(as_text=True))
+        assert f"Only the study's owner, Rita Researcher, can {says}." in after
+    # Pages of the patients' side are not for researchers: the app's own page, with the researcher's home.
+    records = rob.get("/app/records")
+    body = records.get_data(as_text=True)
+    assert records.status_code == 403 and "Not a page for your account" in body and 'href="/app/">' in body
