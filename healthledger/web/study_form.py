@@ -83,7 +83,8 @@ class StudyForm(Form):
 
     def with_choices(self, organisations: list[tuple[str, str]], investigators: list[tuple[str, str]]) -> StudyForm:
         self.sponsor.choices = options([("", "Choose…"), *organisations])
-        self.investigator.choices = options([("", "Choose…"), *investigators])
+        # Left empty, the server names the researcher themself (a Practitioner kept for their account).
+        self.investigator.choices = options([("", "Me (I lead this study)"), *investigators])
         self.categories.choices = options(CATEGORY_CHOICES)
         self.sexes.choices = options(list(SEXES))
         return self

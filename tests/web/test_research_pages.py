@@ -305,3 +305,21 @@ def test_a_colleague_reads_the_study_and_is_told_what_only_its_owner_can_do(worl
     records = rob.get("/app/records")
     body = records.get_data(as_text=True)
     assert records.status_code == 403 and "Not a page for your account" in body and 'href="/app/">' in body
+
+
+def test_a_researcher_on_a_fresh_install_leads_the_study_themself(world: World, rita: FlaskClient) -> None:
+    """No Practitioner is needed: the investigator left as "Me" is the researcher, a Practitioner kept for their
+    account (made once, named as they are)."""
+    page = rita.get("/app/research/new").get_data(as_text=True)
+    assert "Me (I lead this study)" in page
+    ids = []
+    for title in ("Led by me", "Led by me again"):
+        created = rita.post("/app/research/new", data={**GOOD_STUDY, "title": title, "investigator": "",
+                                                       "csrf_token": csrf(page)})
+        assert created.status_code == 303, field_errors(created.get_data(as_text=True))
+        study_id = created.headers["Location"].rstrip("/").rpartition("/")[2]
+        ids.append(world.dev_read(f"ResearchStudy/{study_id}")["principalInvestigator"]["reference"])
+    assert ids[0] == ids[1] and ids[0].startswith("Practitioner/")
+    assert world.dev_read(ids[0])["name"][0]["text"] == "Rita Researcher"
+    shown = text(rita.get(created.headers["Location"]).get_data(as_text=True))
+    assert "Rita Researcher" in shown
