@@ -22,6 +22,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from flask.blueprints import BlueprintSetupState
 from flask_wtf.csrf import CSRFError
+from limits import parse_many
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException, NotFound, TooManyRequests
 
@@ -78,6 +79,7 @@ def web_blueprint(
     accounts: AccountServices | None = None,
     app_launch: AppLaunch | None = None,
     own_member: str = "",
+    workers: int = 1,
 ) -> Blueprint:
     """The web app under /app, with its page blueprints. Needs `init_web` on the app.
 
@@ -85,7 +87,9 @@ def web_blueprint(
     recovery; behind a reverse proxy the app must see the client's address (werkzeug ProxyFix) or every
     user shares one budget. Sign-up and recovery are offered when `accounts` is given; the consent screen of
     SMART App Launch and the patient's list of apps when `app_launch` is. `own_member`: this server's id in the
-    consortium's directory (the share form offers the other member hospitals).
+    consortium's directory (the share form offers the other member hospitals). `workers`: the server's worker
+    processes; with `memory://` storage each counts on its own, so each gets its share of `login_limit`
+    (`per_process_limit`) and one address never has more than `login_limit` in all.
     """
     bp = Blueprint(
         "web", __name__, url_prefix=WEB_PREFIX, template_folder="templates",
@@ -159,6 +163,7 @@ def web_blueprint(
     def _no_such_page(_unknown: str) -> Response:
         raise NotFound()  # inside /app: the layout's "not found" page above (Flask's own is unstyled)
 
+    login_limit = per_process_limit(login_limit, limiter_storage_uri, workers)
     limiter = attempt_limiter(limiter_storage_uri)
     attach_limiter(bp, limiter)
     bp.register_blueprint(account_blueprint(
@@ -196,6 +201,16 @@ def _error_page(code: int) -> tuple[str, int]:
     link home. A page or record the caller may not see gets the 404 page, the same as one that does not exist."""
     heading, message = _ERROR_WORDS.get(code, ("That did not work", "Something went wrong. Try again in a moment."))
     return render_template("notice.html", heading=heading, message=message), code
+
+
+def per_process_limit(limit: str, storage_uri: str, workers: int) -> str:
+    """The limit each process enforces so that `workers` processes enforce `limit` together: unchanged for a shared
+    storage (redis://, memcached://...); with `memory://` (every process counts alone) each amount divided by the
+    workers, rounded up (10 per minute over 2 workers: 5 per minute in each, so at most 10 in all)."""
+    if workers <= 1 or not storage_uri.startswith("memory://"):
+        return limit
+    items = parse_many(limit)
+    return "; ".join(f"{-(-item.amount // workers)} per {item.multiples} {item.GRANULARITY.name}" for item in items)
 
 
 def has_page(endpoint: str) -> bool:
