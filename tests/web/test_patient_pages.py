@@ -118,8 +118,10 @@ def test_sign_up_keeps_what_was_typed_and_says_what_is_wrong(world: World) -> No
                                             "username": "someone new", "password": "short", "confirm": "other"})
     assert bad.status_code == 400
     body = bad.get_data(as_text=True)
+    # Every problem at once, the code's too (it was said only once the rest was right).
     assert field_errors(body) == {"username": "A username has no spaces", "password": "Use at least 12 characters",
-                                  "confirm": "The two passwords are not the same"}
+                                  "confirm": "The two passwords are not the same",
+                                  "code": "This enrolment code is not valid: check it, or ask the hospital for a new one"}
     assert 'value="WRON-GCOD-E000-0000"' in body and 'value="someone new"' in body
     assert 'aria-invalid="true"' in body and 'aria-describedby="username-hint username-error"' in body
     wrong_code = browser.post("/app/signup", data={"csrf_token": csrf(page), "code": "WRON-GCOD-E000-0000",

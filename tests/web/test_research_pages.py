@@ -323,3 +323,15 @@ def test_a_researcher_on_a_fresh_install_leads_the_study_themself(world: World, 
     assert world.dev_read(ids[0])["name"][0]["text"] == "Rita Researcher"
     shown = text(rita.get(created.headers["Location"]).get_data(as_text=True))
     assert "Rita Researcher" in shown
+
+
+def test_every_problem_of_a_new_study_is_reported_at_once_next_to_its_field(world: World, rita: FlaskClient) -> None:
+    page = rita.get("/app/research/new").get_data(as_text=True)
+    wrong = {**GOOD_STUDY, "max_age": "151", "conditions_in": "diabetes", "enrol_end": "2020-01-01",
+             "ethics_number": "", "sponsor": "", "categories": [], "max_participants": "", "csrf_token": csrf(page)}
+    answer = rita.post("/app/research/new", data=wrong)
+    assert answer.status_code == 400
+    errors = field_errors(answer.get_data(as_text=True))
+    assert set(errors) == {"max_age", "conditions_in", "enrol_end", "ethics_number", "sponsor", "categories",
+                           "max_participants"}, errors
+    assert "in the past" in errors["enrol_end"] and "ethics approval" in errors["ethics_number"]
