@@ -435,3 +435,23 @@ def test_the_record_locator_is_offered_only_by_a_member_for_a_member(world: Worl
     assert "Bring your record" not in page and "one-time code" not in page
     asked = ann.post(f"/app/consents/{consent_id}/record-locator", data={"csrf_token": csrf(page)})
     assert asked.status_code == 404 and "Page not found" in asked.get_data(as_text=True)
+
+
+def test_the_apps_page_shows_each_app_once_and_only_if_it_connected() -> None:
+    """Several consent screens answered for one app are one card; one whose code was never exchanged for tokens
+    did not connect it."""
+    from healthledger.auth.app_launch import AppAccess
+    from healthledger.web.apps import connected_apps
+
+    day = datetime(2026, 12, 1, tzinfo=UTC)
+    accesses = [
+        AppAccess("a3", "pocket", "Pocket Health", ("launch/patient", "patient/Patient.rs"), day + timedelta(days=2), None),
+        AppAccess("a2", "pocket", "Pocket Health", ("launch/patient", "patient/Observation.rs"), day + timedelta(days=1),
+                  day + timedelta(days=3)),
+        AppAccess("a1", "pocket", "Pocket Health", ("launch/patient",), day, None),
+        AppAccess("b1", "never", "Never Finished", ("launch/patient",), day, None),
+    ]
+    apps = connected_apps(accesses, completed={"a1", "a2"})
+    assert [(a.client_id, a.scopes, a.connected_at, a.last_used_at) for a in apps] == [
+        ("pocket", ("launch/patient", "patient/Observation.rs"), day, day + timedelta(days=3))]
+    assert connected_apps(accesses, completed=set()) == []
