@@ -13,11 +13,12 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import structlog
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.wrappers import Response as BaseResponse
 
 from fhir_adapters.readable.consents import CHAIN_STATE_URL, ConsentView, describe_consent
+from fhir_adapters.readable.studies import describe_study
 from healthledger.errors import BadRequest, HealthLedgerError
 from healthledger.ledger.members import member_by_id
 from healthledger.web.context import require_person
@@ -59,6 +60,49 @@ def study_granted(view: ConsentView) -> str:
     return ""
 
 
+_STUDY_WORDS = "_healthledger_web_study_words"
+
+
+def _study_data(study_id: str) -> tuple[str, str] | None:
+    """(title, what the study receives, dated: "your year of birth and sex (...); test results ..., dated from 1
+    January 2015 on") as its page says it, read as the signed-in patient; None when it cannot be read."""
+    cache: dict[str, tuple[str, str] | None] = g.setdefault(_STUDY_WORDS, {})
+    if study_id not in cache:
+        try:
+            shown = describe_study(FhirClient().read("ResearchStudy", study_id), {})
+        except FhirCallError:
+            cache[study_id] = None
+        else:
+            cache[study_id] = (shown.title, f"{'; '.join(shown.data)}, dated {shown.data_period}")
+    return cache[study_id]
+
+
+def consent_summary(view: ConsentView) -> str:
+    """The consent in one sentence, in the tense of its state: what it allows while it stands, what it allowed
+    once revoked, ended or declined. A study consent says what the study receives (from the study's terms:
+    the year of birth and sex, the kinds of data and from when), de-identified, for as long as the patient
+    takes part: its own provision names no end date, leaving ends it."""
+    study_id = study_granted(view)
+    study = _study_data(study_id) if study_id else None
+    ended = view.status in ("inactive", "entered-in-error") or view.chain_state in ("revoking", "revoked", "expired")
+    if study is not None:
+        title, data = study
+        if ended:
+            return (f"You left the study: {title} receives nothing more from your record. While you took part it "
+                    f"could receive {data}, de-identified under your study pseudonym.")
+        return (f"{title} receives {data}, de-identified under your study pseudonym, for health research, for as "
+                "long as you take part.")
+    allowed = f"{view.kinds_text} for {view.purposes_text}, {view.period_text}"
+    if view.status == "rejected":
+        return f"You declined: {view.who_text} asked to see {allowed}."
+    if not ended:
+        return view.sentence
+    state = "Ended" if view.chain_state == "expired" else "Revoked"
+    if view.permits:
+        return f"{state}: {view.who_text} may no longer see your data under this consent. It let them see {allowed}."
+    return f"{state}: it no longer applies. It kept {view.who_text} from seeing {allowed}."
+
+
 def locator_members(view: ConsentView, sessions: sessionmaker[Session], own_member: str) -> list[str]:
     """The names of the other member hospitals a live Consent grants, for which a record locator can be made
     (docs/federation.md); none when this server is no consortium member (`own_member` empty)."""
@@ -74,9 +118,12 @@ def consents_blueprint(*, sessions: sessionmaker[Session], own_member: str = "")
     """`own_member`: this server's id in the consortium's directory ("" = not a member: no record locators)."""
     bp = Blueprint("consents", __name__)
     api = FhirClient()
+    bp.add_app_template_global(consent_summary, "consent_summary")
 
     def consent_page(view: ConsentView, form: ConfirmWithPasswordForm, **extra: Any) -> str:
-        return render_template("consent.html", c=view, form=form, study_id=study_granted(view),
+        study_id = study_granted(view)
+        return render_template("consent.html", c=view, form=form, study_id=study_id,
+                               study=_study_data(study_id) if study_id else None,
                                members=locator_members(view, sessions, own_member), **extra)
 
     def own_consent(consent_id: str) -> tuple[dict[str, Any], ConsentView]:

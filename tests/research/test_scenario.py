@@ -482,6 +482,10 @@ def test_11_revoking_the_study_consent_is_leaving_the_study(scenario: Scenario) 
     page = clemente.browser.get(f"/app/consents/{consent_id}").get_data(as_text=True)
     assert "Leave the study" in page and "when you joined the study" in page
     assert "Bring your record" not in page and "by the hospital or by the organisation it names" not in page
+    # Its summary says what the study receives, from when, and for how long (not "with no end date").
+    words = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "receives your year of birth and sex" in words and "dated from" in words, words
+    assert "for as long as you take part" in words and "with no end date" not in words
 
     revoked = clemente.post(f"Consent/{consent_id}/$revoke", {
         "resourceType": "Parameters", "parameter": [{"name": "password", "valueString": PASSWORD}]})
@@ -497,3 +501,5 @@ def test_11_revoking_the_study_consent_is_leaving_the_study(scenario: Scenario) 
     assert left.status_code == 303
     study_page = clemente.browser.get(f"/app/studies/{scenario.study_id}").get_data(as_text=True)
     assert "You left this study on" in study_page
+    listed = " ".join(re.sub(r"<[^>]+>", " ", clemente.browser.get("/app/consents").get_data(as_text=True)).split())
+    assert "You left the study: Obesity and outcomes receives nothing more from your record." in listed

@@ -223,7 +223,12 @@ def test_share_shows_progress_until_the_chain_confirms_then_revoke(world: World)
     assert revoked.status_code == 303
     assert world.client.get(observation, headers=world.headers("clinic")).status_code == 404  # at once
     world.sync()
-    assert "Revoked on the ledger in block" in text(browser.get(location).get_data(as_text=True))
+    ended = text(browser.get(location).get_data(as_text=True))
+    assert "Revoked on the ledger in block" in ended
+    # What it allowed, in the past: not "city-clinic may see ..." as if it still did.
+    assert ("Revoked: city-clinic may no longer see your data under this consent. It let them see your test results "
+            "and measurements for your care and treatment, from ") in ended
+    assert "city-clinic may see" not in ended
     other = world.patient_session("bob").browser.get(location)
     assert other.status_code == 404  # Bob cannot see Ann's consent page
 
