@@ -219,7 +219,8 @@ def test_every_page_at_both_widths_is_accessible_and_keyboard_usable(page: Any, 
     sign_in(page, "ann")
     for path, name in (("/app/", "home-notices"), ("/app/consents", "consents"), ("/app/notices", "notices"),
                        ("/app/history?who=break-glass", "history-break-glass"), ("/app/account", "account"),
-                       ("/app/requests", "requests-empty"), ("/app/recover", "recover-signed-in")):
+                       ("/app/requests", "requests-empty"), ("/app/recover", "recover-signed-in"),
+                       ("/app/consents/no-such-consent", "not-found"), ("/app/research", "not-for-this-account")):
         page.goto(path)
         every_width(page, name)
     page.goto("/app/account")
