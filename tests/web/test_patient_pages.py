@@ -460,3 +460,25 @@ def test_the_apps_page_shows_each_app_once_and_only_if_it_connected() -> None:
     assert [(a.client_id, a.scopes, a.connected_at, a.last_used_at) for a in apps] == [
         ("pocket", ("launch/patient", "patient/Observation.rs"), day, day + timedelta(days=3))]
     assert connected_apps(accesses, completed=set()) == []
+
+
+def test_a_research_export_in_the_history_says_what_was_delivered() -> None:
+    """An export to a study delivers a de-identified copy under the study pseudonym (of the Patient resource: the
+    year of birth and sex), never "your name and date of birth"."""
+    from fhir_adapters.readable.access import describe_access
+    from healthledger.web.history import access_headline
+
+    def exported(resource_type: str, purpose: str = "HRESCH") -> str:
+        return access_headline(describe_access({
+            "resourceType": "AuditEvent", "id": "1", "recorded": "2026-12-01T10:00:00Z", "outcome": "0",
+            "subtype": [{"code": "operation"}],
+            "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                            "code": purpose}]}],
+            "agent": [{"requestor": True, "who": {"display": "Research study: Heart health over 40"}}],
+            "entity": [{"role": {"code": "4"}, "type": {"code": resource_type}}]}))
+
+    assert exported("Patient") == ("received your year of birth and sex, de-identified: under your study pseudonym, "
+                                   "without your name, address or record number")
+    assert exported("Observation").startswith("received a de-identified copy of your test results")
+    assert "name and date of birth" not in exported("Patient")
+    assert exported("Patient", purpose="TREAT") == "exported your name and date of birth"
