@@ -297,6 +297,12 @@ def test_the_consent_screen_of_an_app_narrows_and_the_apps_page_disconnects(
     answer = parse_qs(urlsplit(page.url).query)
     assert answer["state"] == ["xyz"] and answer["code"]
     page.goto("/app/apps")
+    page.get_by_text("No app is connected to your record.").wait_for()  # until the app exchanges its code
+    exchanged = requests.post(f"{server.url}/auth/token", timeout=30, data={
+        "grant_type": "authorization_code", "code": answer["code"][0], "redirect_uri": callback,
+        "client_id": "pocket", "code_verifier": "v" * 64})
+    assert exchanged.status_code == 200, exchanged.text
+    page.goto("/app/apps")
     card = page.get_by_role("listitem").filter(has=page.get_by_role("heading", name="Pocket Health"))
     assert card.get_by_text("Read your test results and measurements").is_visible()
     assert card.get_by_text("Read your conditions and diagnoses").count() == 0  # narrowed away
