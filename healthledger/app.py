@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(web_blueprint(
         sessions=sessions, names=AccountNames(store), limiter_storage_uri=settings.rate_limit_storage_uri,
         login_limit=settings.login_rate_limit, accounts=AccountServices(store, key_provider), app_launch=app_launch,
-        own_member=settings.federation_org_id,
+        own_member=settings.federation_org_id, workers=settings.workers,
     ))
     app.register_blueprint(cds_hooks_blueprint(
         ConsentConsultant(store, policy, caller), authenticate_cds,

@@ -47,7 +47,8 @@ from healthledger.ledger.models import OutboxItem
 from healthledger.principal import Principal
 from healthledger.research.credentials import root_state
 from healthledger.research.models import Enrolment, PublishedStudy
-from healthledger.research.studies import Studies, _terms, is_owner
+from healthledger.research.participants import is_owner
+from healthledger.research.studies import Studies, _terms
 from healthledger.store.repository import ResourceStore, StoredResource
 from zk import groth16
 from zk.errors import MalformedInput
@@ -104,6 +105,9 @@ def _refused_on_chain(session: Session, row: Enrolment) -> bool:
     return item is not None and item.state == outbox.OutboxState.FAILED.value
 
 
+_ENDED = frozenset({"inactive", "rejected", "entered-in-error"})  # a Consent's statuses that end it
+
+
 @dataclass(frozen=True)
 class Participant:
     """An enrolment as the researcher and the patient see it."""
@@ -152,7 +156,18 @@ class Enrolments:
     def _participant(self, session: Session, row: Enrolment) -> Participant:
         state = outbox.status(session, int(row.enrol_item)).state.value
         label = {"queued": "pending", "sent": "pending"}.get(state, state)
-        return Participant(row.id, row.study_id, row.enrollee, row.enrolled_at, row.left_at, label, row.consent_id)
+        left_at = row.left_at if row.left_at is not None else self._consent_ended(session, row)
+        return Participant(row.id, row.study_id, row.enrollee, row.enrolled_at, left_at, label, row.consent_id)
+
+    def _consent_ended(self, session: Session, row: Enrolment) -> float | None:
+        """When the study consent ended if it was revoked other than by `$leave` (`$revoke` on the Consent marks
+        it inactive): taking part rests on that consent, so its participant has left, as the export already
+        treats them (`participants.live_participants`). None while it stands (stored `proposed` until the
+        chain confirms, `active`)."""
+        stored = self.store.view_on(session.connection()).peek("Consent", row.consent_id)
+        if stored is None or stored.resource is None or stored.resource.get("status") not in _ENDED:
+            return None
+        return stored.last_updated.timestamp()
 
     def enrol(self, study_id: str, principal: Principal, proof_json: Any, signals_json: Any,
               password: str) -> Participant:

@@ -109,6 +109,21 @@ def _terms(resource: Mapping[str, Any]) -> StudyTerms:
         raise Unprocessable(exc.message, expression=exc.expression) from None
 
 
+ACCOUNT_SYSTEM: Final = "https://healthledger.dev/fhir/sid/account"  # a Practitioner standing for an account
+
+
+def _account_name(conn: Connection, store: ResourceStore, actor_id: str) -> str:
+    """The display name of a signed-in person's account ("" for an API client or a person without one)."""
+    from healthledger.auth.models import User
+    from healthledger.auth.users import AccountNames
+
+    if not actor_id.startswith("user:"):
+        return ""
+    with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+        user = session.get(User, actor_id.removeprefix("user:"))
+        return AccountNames(store).display_name(session, user) if user is not None else ""
+
+
 def check_researcher(principal: Principal) -> None:
     if principal.role != "researcher" or not principal.organization.startswith("Organization/"):
         raise Forbidden("only a researcher acting for an organisation may define studies")
@@ -276,7 +291,9 @@ def acting(principal: Principal) -> Principal:
     return replace(principal, scopes=None)
 
 
-def is_owner(principal: Principal, terms: StudyTerms) -> bool:
+def of_owner_organization(principal: Principal, terms: StudyTerms) -> bool:
+    """A researcher of the study's owning organisation: may see its draft and publish it. Its participants,
+    counts and exports are its owner's alone (`participants.is_owner`)."""
     return (principal.role == "researcher" and bool(principal.organization)
             and principal.organization == terms.owner_organization)
 
@@ -296,20 +313,39 @@ class Studies:
         return lambda document, reference: compile_criteria(document, reference, hasher)
 
     def create(self, resource: dict[str, Any], principal: Principal) -> tuple[StoredResource, StoredResource]:
-        """Check and store a new draft study and its cohort Group; (study, group)."""
+        """Check and store a new draft study and its cohort Group; (study, group). A study without a
+        `principalInvestigator` names the researcher themself (`_own_practitioner`)."""
         check_researcher(principal)
         with self.store.unit_of_work(acting(principal)) as uow:
+            if resource.get("resourceType") == "ResearchStudy" and "principalInvestigator" not in resource:
+                resource = {**resource, "principalInvestigator": {
+                    "reference": f"Practitioner/{self._own_practitioner(uow, principal)}"}}
             terms = check_study(resource, now=self._now(), compile_for=self._compile_for(uow.conn))
             group, _ = uow.create(cohort_group(str(resource["title"]), terms.criteria))
             study, _ = uow.create(prepared_study(resource, principal, group.id))
         return study, group
+
+    def _own_practitioner(self, uow: UnitOfWork, principal: Principal) -> str:
+        """The id of the Practitioner that stands for the researcher as a principal investigator: the one
+        identified by their account (`ACCOUNT_SYSTEM|actor id`), made on first use with their display name."""
+        query = parse_search("Practitioner", [("identifier", f"{ACCOUNT_SYSTEM}|{principal.actor_id}")])
+        found = uow.search("Practitioner", query, count=1, offset=0, check=False)
+        if found.items:
+            return found.items[0].id
+        practitioner: dict[str, Any] = {"resourceType": "Practitioner", "identifier": [
+            {"system": ACCOUNT_SYSTEM, "value": principal.actor_id}]}
+        name = _account_name(uow.conn, self.store, principal.actor_id)
+        if name:
+            practitioner["name"] = [{"text": name}]
+        created, _ = uow.create(practitioner)
+        return created.id
 
     def _owned(self, uow: Any, study_id: str, principal: Principal) -> tuple[StoredResource, StudyTerms]:
         current = uow.peek("ResearchStudy", study_id)
         if current is None or current.resource is None:
             raise NotFound(f"ResearchStudy/{study_id} is not known")
         terms = _terms(current.resource)
-        if not is_owner(principal, terms):
+        if not of_owner_organization(principal, terms):
             raise NotFound(f"ResearchStudy/{study_id} is not known")  # a denial answers like a miss
         return current, terms
 
@@ -432,7 +468,7 @@ class Studies:
         """Published studies are public to every authenticated caller; drafts only to their owners."""
         if resource.get("status") != "draft":
             return True
-        return principal.unrestricted or is_owner(principal, _terms(resource))
+        return principal.unrestricted or of_owner_organization(principal, _terms(resource))
 
     def read(self, study_id: str, principal: Principal) -> StoredResource:
         self.settle_quietly()

@@ -15,11 +15,13 @@ from datetime import UTC, datetime
 
 import structlog
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.wrappers import Response as BaseResponse
 
 from fhir_adapters.readable.consents import type_words
 from healthledger.auth.app_launch import (
+    AppAccess,
     AppLaunch,
     AuthorizationRequest,
     AuthorizeError,
@@ -27,6 +29,7 @@ from healthledger.auth.app_launch import (
     authorize,
     check_request,
 )
+from healthledger.auth.models import AuthorizationCode
 from healthledger.auth.scopes import InvalidScope, ResourceScope, parse_scope
 from healthledger.web.context import CONTENT_SECURITY_POLICY, require_person
 
@@ -64,6 +67,36 @@ def scope_words(scope: str) -> str:
         verbs = [", ".join(verbs[:-1]) + " and " + verbs[-1]]
     what = "all your health records" if parsed.resource_type == "*" else f"your {type_words(parsed.resource_type)}"
     return f"{verbs[0][:1].upper()}{verbs[0][1:]} {what}"
+
+
+@dataclass(frozen=True)
+class ConnectedApp:
+    """One app as the patient sees it: every completed authorisation of theirs for it, together (each consent
+    screen they answered makes one; only those whose one-time code the app exchanged connected it)."""
+
+    client_id: str
+    client_name: str
+    scopes: tuple[str, ...]  # what it may do under any of them, in the order first asked
+    connected_at: datetime  # the first
+    last_used_at: datetime | None
+
+
+def connected_apps(accesses: list[AppAccess], completed: set[str]) -> list[ConnectedApp]:
+    """The patient's apps, one per app, from their live authorisations of which `completed` (ids) were
+    exchanged for tokens; an app with none completed is not connected and not listed."""
+    by_app: dict[str, list[AppAccess]] = {}
+    for access in accesses:
+        if access.authorization_id in completed:
+            by_app.setdefault(access.client_id, []).append(access)
+    apps = []
+    for client_id, group in by_app.items():
+        used = [a.last_used_at for a in group if a.last_used_at is not None]
+        apps.append(ConnectedApp(
+            client_id=client_id, client_name=group[0].client_name,
+            scopes=tuple(dict.fromkeys(s for a in sorted(group, key=lambda a: a.created_at) for s in a.scopes)),
+            connected_at=min(a.created_at for a in group), last_used_at=max(used) if used else None,
+        ))
+    return sorted(apps, key=lambda app: app.client_name.casefold())
 
 
 def apps_blueprint(
@@ -125,16 +158,30 @@ def apps_blueprint(
         log.info("web.app_authorised", client_id=req.client_id)
         return redirect(location, 303)
 
+    def completed(accesses: list[AppAccess]) -> set[str]:
+        """Which of these authorisations the app finished: their one-time code was exchanged for tokens."""
+        ids = [a.authorization_id for a in accesses]
+        if not ids:
+            return set()
+        with sessions() as session:
+            return set(session.scalars(select(AuthorizationCode.authorization_id).where(
+                AuthorizationCode.authorization_id.in_(ids), AuthorizationCode.used_at.is_not(None))))
+
     @bp.get("/apps")
     def apps() -> str:
         principal = require_person(sessions, "patient")
-        connected = app_launch.authorizations_of(principal.actor_id.removeprefix("user:"))
-        return render_template("apps.html", connected=connected, scope_words=scope_words)
+        accesses = app_launch.authorizations_of(principal.actor_id.removeprefix("user:"))
+        return render_template("apps.html", connected=connected_apps(accesses, completed(accesses)),
+                               scope_words=scope_words)
 
-    @bp.post("/apps/<authorization_id>/revoke")
-    def revoke(authorization_id: str) -> BaseResponse:
+    @bp.post("/apps/<client_id>/revoke")
+    def revoke(client_id: str) -> BaseResponse:
+        """Disconnect the app: every authorisation of the patient's for it, completed or not, stops now."""
         principal = require_person(sessions, "patient")
-        if app_launch.revoke(principal.actor_id.removeprefix("user:"), authorization_id, now()):
+        user_id = principal.actor_id.removeprefix("user:")
+        stopped = [app_launch.revoke(user_id, a.authorization_id, now())
+                   for a in app_launch.authorizations_of(user_id) if a.client_id == client_id]
+        if any(stopped):
             log.info("web.app_disconnected")
             flash("Disconnected. The app can no longer read or change your record.", "success")
         return redirect(url_for("web.apps.apps"), 303)

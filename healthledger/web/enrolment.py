@@ -56,9 +56,15 @@ def enrolment_blueprint(
         def again(status: int = 400) -> tuple[str, int]:
             return render_template("signup.html", form=form, password_rule=PASSWORD_RULE), status
 
-        if not form.validate():
-            return again()
         now = clock()
+        if not form.validate():
+            if not form.code.errors:  # every problem at once: the code too, though the rest was not right
+                try:
+                    with sessions() as db:
+                        codes.patient_for(db, form.code.data or "", now)
+                except HealthLedgerError as exc:
+                    show_error(form, exc, default="code")
+            return again()
         try:
             with sessions.begin() as db:
                 enrolled = codes.redeem(db, key_provider, code=form.code.data or "", username=form.username.data or "",

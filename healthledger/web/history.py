@@ -97,6 +97,19 @@ class HospitalReads:
         return text
 
 
+def access_headline(access: AccessView) -> str:
+    """What happened, after who: "read your test results". A research export delivers a de-identified copy
+    (Safe Harbor, under the study pseudonym: docs/research.md), never the record as the patient sees it, so it
+    says what was delivered: of a Patient, only the year of birth and sex."""
+    if access.action == "exported" and access.purpose == "health research":
+        if access.resource_type == "Patient":
+            return ("received your year of birth and sex, de-identified: under your study pseudonym, without your "
+                    "name, address or record number")
+        return (f"received a de-identified copy of your {access.what}: under your study pseudonym, without your "
+                "name, address or record number")
+    return f"{access.action} your {access.what}"
+
+
 def other_hospitals(accesses: list[AccessView]) -> list[HospitalReads]:
     """Accesses by other member hospitals (`member:` actors, docs/federation.md), per organisation and purpose."""
     records: dict[tuple[str, str], set[str]] = {}
@@ -144,7 +157,7 @@ def history_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
             "history.html", form=form, entries=entries, total=len(shown), page=page,
             pages=(len(shown) + PER_PAGE - 1) // PER_PAGE, args=args, chart=access_chart(shown, start, end),
             start=human_date(start), end=human_date(end), truncated=window.truncated,
-            hospitals=other_hospitals(shown),
+            hospitals=other_hospitals(shown), headline=access_headline,
         ), (200 if valid else 400)
 
     return bp

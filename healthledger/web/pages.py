@@ -22,8 +22,9 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from flask.blueprints import BlueprintSetupState
 from flask_wtf.csrf import CSRFError
+from limits import parse_many
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.exceptions import TooManyRequests
+from werkzeug.exceptions import HTTPException, NotFound, TooManyRequests
 
 from healthledger.auth.app_launch import AppLaunch
 from healthledger.auth.users import AccountNames, LockoutPolicy
@@ -78,6 +79,7 @@ def web_blueprint(
     accounts: AccountServices | None = None,
     app_launch: AppLaunch | None = None,
     own_member: str = "",
+    workers: int = 1,
 ) -> Blueprint:
     """The web app under /app, with its page blueprints. Needs `init_web` on the app.
 
@@ -85,7 +87,9 @@ def web_blueprint(
     recovery; behind a reverse proxy the app must see the client's address (werkzeug ProxyFix) or every
     user shares one budget. Sign-up and recovery are offered when `accounts` is given; the consent screen of
     SMART App Launch and the patient's list of apps when `app_launch` is. `own_member`: this server's id in the
-    consortium's directory (the share form offers the other member hospitals).
+    consortium's directory (the share form offers the other member hospitals). `workers`: the server's worker
+    processes; with `memory://` storage each counts on its own, so each gets its share of `login_limit`
+    (`per_process_limit`) and one address never has more than `login_limit` in all.
     """
     bp = Blueprint(
         "web", __name__, url_prefix=WEB_PREFIX, template_folder="templates",
@@ -140,10 +144,26 @@ def web_blueprint(
     @bp.errorhandler(FhirCallError)
     def _api_refused(error: FhirCallError) -> tuple[str, int]:
         # A page's own request to the API failed where the page could not say more (the index is stale,
-        # the chain is down...): the API's message is safe to show.
+        # the chain is down...): the API's message is safe to show. What the API does not find (or may not
+        # show: the same answer) is the app's own "not found" page, not the API's wording.
+        if error.status in (404, 410):
+            return _error_page(404)
         status = error.status if error.status >= 400 else 500
         return render_template("notice.html", heading="That did not work", message=error.message), status
 
+    @bp.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> HTTPException | tuple[str, int]:
+        # A page that ends with an HTTP error (a page or record that is not there or not the caller's, a page
+        # of another role) answers in the app's own layout; a redirect raised by a guard passes through.
+        if error.response is not None or error.code is None or error.code < 400:
+            return error
+        return _error_page(error.code)
+
+    @bp.route("/<path:_unknown>", methods=["GET", "POST"])
+    def _no_such_page(_unknown: str) -> Response:
+        raise NotFound()  # inside /app: the layout's "not found" page above (Flask's own is unstyled)
+
+    login_limit = per_process_limit(login_limit, limiter_storage_uri, workers)
     limiter = attempt_limiter(limiter_storage_uri)
     attach_limiter(bp, limiter)
     bp.register_blueprint(account_blueprint(
@@ -155,16 +175,42 @@ def web_blueprint(
             limiter=limiter, attempt_limit=login_limit, clock=clock, lockout=lockout,
         ))
     bp.register_blueprint(records_blueprint(sessions=sessions))
-    bp.register_blueprint(consents_blueprint(sessions=sessions))
+    bp.register_blueprint(consents_blueprint(sessions=sessions, own_member=own_member))
     bp.register_blueprint(sharing_blueprint(sessions=sessions, own_member=own_member))
     bp.register_blueprint(history_blueprint(sessions=sessions))
     bp.register_blueprint(notices_blueprint(sessions=sessions))
     bp.register_blueprint(proving_blueprint())
     bp.register_blueprint(studies_blueprint(sessions=sessions))
-    bp.register_blueprint(research_portal_blueprint(sessions=sessions))
+    bp.register_blueprint(research_portal_blueprint(sessions=sessions, names=names))
     if app_launch is not None:
         bp.register_blueprint(apps_blueprint(sessions=sessions, app_launch=app_launch))
     return bp
+
+
+_ERROR_WORDS = {
+    404: ("Page not found", ("There is nothing to show at this address. The link may be old or mistyped, or it "
+                            "may lead to something that is not part of your account.")),
+    403: ("Not a page for your account", ("This page belongs to another kind of account (patients or "
+                                          "researchers) than the one you are signed in with.")),
+    405: ("That did not work", "This page cannot be used that way. Go back and use the page's own buttons."),
+}
+
+
+def _error_page(code: int) -> tuple[str, int]:
+    """The app's own page for an HTTP error: the layout (navigation for who is signed in), plain words and a
+    link home. A page or record the caller may not see gets the 404 page, the same as one that does not exist."""
+    heading, message = _ERROR_WORDS.get(code, ("That did not work", "Something went wrong. Try again in a moment."))
+    return render_template("notice.html", heading=heading, message=message), code
+
+
+def per_process_limit(limit: str, storage_uri: str, workers: int) -> str:
+    """The limit each process enforces so that `workers` processes enforce `limit` together: unchanged for a shared
+    storage (redis://, memcached://...); with `memory://` (every process counts alone) each amount divided by the
+    workers, rounded up (10 per minute over 2 workers: 5 per minute in each, so at most 10 in all)."""
+    if workers <= 1 or not storage_uri.startswith("memory://"):
+        return limit
+    items = parse_many(limit)
+    return "; ".join(f"{-(-item.amount // workers)} per {item.multiples} {item.GRANULARITY.name}" for item in items)
 
 
 def has_page(endpoint: str) -> bool:

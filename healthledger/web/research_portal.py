@@ -28,6 +28,9 @@ from fhir_adapters.readable.access import describe_access
 from fhir_adapters.readable.studies import StudyView, describe_study
 from fhir_adapters.readable.text import display_of, human_date, parse_date
 from fhir_adapters.research_study import study_reference
+from healthledger.auth.models import User
+from healthledger.auth.users import AccountNames
+from healthledger.principal import Principal
 from healthledger.web.context import page_guard
 from healthledger.web.directory import names_for
 from healthledger.web.fhir_client import FhirCallError, FhirClient, entries, refusal_text
@@ -234,10 +237,31 @@ def _file_sha256(output: dict[str, Any]) -> str:
     return ""
 
 
-def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
+def research_portal_blueprint(*, sessions: sessionmaker[Session], names: AccountNames | None = None) -> Blueprint:
+    """`names`: how the owner of a colleague's study is named on its page (without: "a colleague")."""
     bp = Blueprint("research", __name__, url_prefix="/research")
     api = FhirClient()
     researcher = page_guard(sessions, "researcher")
+
+    def owner_name(shown: StudyView) -> str:
+        """The display name of the researcher who owns the study (a colleague of the same organisation)."""
+        user_id = (shown.terms.owner_principal or "").removeprefix("user:")
+        if names is not None and user_id:
+            with sessions() as session:
+                user = session.get(User, user_id)
+                name = names.display_name(session, user) if user is not None else ""
+            if name:
+                return name
+        return "a colleague"
+
+    def is_owner(principal: Principal, shown: StudyView) -> bool:
+        """Counts, participants and exports are the owner's alone (the API answers anyone else as for a study that
+        does not exist): a colleague's page says so instead of offering them."""
+        return bool(shown.terms.owner_principal) and shown.terms.owner_principal == principal.actor_id
+
+    def owner_only(study_id: str, shown: StudyView, what: str) -> BaseResponse:
+        flash(f"Only the study's owner, {owner_name(shown)}, can {what}.", "info")
+        return redirect(url_for("web.research.study", study_id=study_id), 303)
 
     def choices(resource_type: str) -> list[tuple[str, str]]:
         try:
@@ -309,12 +333,15 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
     def study_page(study_id: str, *, answer: FeasibilityAnswer | None = None, refusal: str = "",
                    status: int = 200) -> tuple[str, int]:
         _, shown = own_study(study_id)
+        if not is_owner(researcher(), shown):
+            return render_template("research_study.html", s=shown, owner=False, owner_name=owner_name(shown),
+                                   criteria_json=json.dumps(shown.terms.criteria)), status
         days: list[EnrolmentDay] = []
         if shown.status != "draft":
             days = enrolment_days(list(entries(api.search("ResearchSubject", [("study", study_reference(study_id))]))))
         releases = past_releases(listing(f"ResearchStudy/{study_id}/$feasibility-releases"))
         exports = past_exports(listing(f"ResearchStudy/{study_id}/$export-jobs"))
-        return render_template("research_study.html", s=shown, days=days, answer=answer, refusal=refusal,
+        return render_template("research_study.html", s=shown, owner=True, days=days, answer=answer, refusal=refusal,
                                chart=enrolment_chart(days), chart_size=(CHART_WIDTH, CHART_HEIGHT),
                                releases=releases, exports=exports,
                                criteria_json=json.dumps(shown.terms.criteria)), status
@@ -351,8 +378,10 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
         return redirect(url_for("web.research.study", study_id=study_id), 303)
 
     @bp.post("/<study_id>/feasibility")
-    def feasibility(study_id: str) -> tuple[str, int]:
-        own_study(study_id)
+    def feasibility(study_id: str) -> BaseResponse | tuple[str, int]:
+        _, shown = own_study(study_id)
+        if not is_owner(researcher(), shown):
+            return owner_only(study_id, shown, "ask how many patients meet the criteria")
         response = api.call("POST", f"ResearchStudy/{study_id}/$feasibility")
         if response.status >= 400:
             refusal = refusal_text(response)
@@ -362,6 +391,8 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
     @bp.post("/<study_id>/export")
     def export(study_id: str) -> BaseResponse:
         _, shown = own_study(study_id)
+        if not is_owner(researcher(), shown):
+            return owner_only(study_id, shown, "request an export")
         if not shown.cohort_group_id:
             abort(404)
         response = api.call("GET", f"Group/{shown.cohort_group_id}/$export",
@@ -388,8 +419,12 @@ def research_portal_blueprint(*, sessions: sessionmaker[Session]) -> Blueprint:
             progress = response.headers.get("X-Progress", "")
         else:
             state, error = "error", refusal_text(response) or f"the export failed ({response.status})"
+        taking_part = None
+        if state == "complete" and not files:  # why nothing: nobody takes part, or their data holds nothing asked
+            subjects = entries(api.search("ResearchSubject", [("study", study_reference(study_id))]))
+            taking_part = sum(1 for subject in subjects if subject.get("status") != "withdrawn")
         return render_template("research_export.html", s=shown, job=job, state=state, progress=progress,
-                               files=files, error=error), 200 if state != "error" else 404
+                               files=files, error=error, taking_part=taking_part), 200 if state != "error" else 404
 
     @bp.get("/<study_id>/export/<job>/<name>")
     def export_file(study_id: str, job: str, name: str) -> Response:

@@ -2,14 +2,16 @@
 sex, condition codes present / absent, lab bounds), the study's data and windows, turned into the
 ResearchStudy the API takes (`fhir_adapters.research_study` names the extensions). Nobody types JSON.
 
-The form checks only what a field's type needs (a number, a date); what a study may ask for is the API's
-decision (`healthledger.research.studies.check_study`), and its refusal is put next to the field it is about
-(`field_for_refusal`).
+The form checks what a field's type needs (a number, a date) and what every study must have (`study_problems`:
+the API's rules that need nothing but the form, so that all of them are reported at once, each next to its field);
+what a study may ask for is still the API's decision (`healthledger.research.studies.check_study`), and its
+refusal is put next to the field it is about (`field_for_refusal`).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -81,12 +83,51 @@ class StudyForm(Form):
         if field.data is not None and self.min_age.data is not None and field.data < self.min_age.data:
             raise ValidationError("The oldest age must not be below the youngest")
 
+    def validate(self, extra_validators: Any = None) -> bool:
+        """The fields' own checks, then `study_problems` on every field they found nothing wrong with."""
+        valid = super().validate(extra_validators)
+        for name, message in study_problems(self):
+            if not self[name].errors:
+                self[name].errors = [*self[name].errors, message]
+                valid = False
+        return valid
+
     def with_choices(self, organisations: list[tuple[str, str]], investigators: list[tuple[str, str]]) -> StudyForm:
         self.sponsor.choices = options([("", "Choose…"), *organisations])
-        self.investigator.choices = options([("", "Choose…"), *investigators])
+        # Left empty, the server names the researcher themself (a Practitioner kept for their account).
+        self.investigator.choices = options([("", "Me (I lead this study)"), *investigators])
         self.categories.choices = options(CATEGORY_CHOICES)
         self.sexes.choices = options(list(SEXES))
         return self
+
+
+def study_problems(form: StudyForm) -> list[tuple[str, str]]:
+    """(field, what is wrong) for each rule of `check_study` that the form alone can check: what every study
+    needs (a sponsor, its ethics approval, an enrolment window ending in the future, a most participants, data
+    kinds and a start, a criterion) and dates in order."""
+    today = datetime.now(UTC).date()
+    problems = []
+    if not form.sponsor.data:
+        problems.append(("sponsor", "Choose the organisation that sponsors the study"))
+    if not (form.ethics_number.data or "").strip():
+        problems.append(("ethics_number", "Give the number of the study's ethics approval (a study needs one)"))
+    if form.enrol_end.data is None:
+        problems.append(("enrol_end", "Say when enrolment closes"))
+    elif form.enrol_end.data <= today:
+        problems.append(("enrol_end", "This date is today or in the past: enrolment must close after today"))
+    elif form.enrol_start.data is not None and form.enrol_start.data >= form.enrol_end.data:
+        problems.append(("enrol_start", "Enrolment must open before it closes"))
+    if form.max_participants.data is None:
+        problems.append(("max_participants", "Say how many people may take part at most"))
+    if not form.categories.data:
+        problems.append(("categories", "Choose at least one kind of data the study receives"))
+    if form.data_start.data is None:
+        problems.append(("data_start", "Say from which date the study wants data"))
+    elif form.data_end.data is not None and form.data_end.data < form.data_start.data:
+        problems.append(("data_end", "The data period ends before it starts"))
+    if not criteria_document(form):
+        problems.append(("min_age", "Give at least one criterion of who can join (an age range, for example)"))
+    return problems
 
 
 def _bound(low: Any, high: Any) -> dict[str, Any] | None:

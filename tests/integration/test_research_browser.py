@@ -182,8 +182,7 @@ def test_2_a_patient_who_does_not_qualify_checks_on_their_device_and_nothing_is_
     page.get_by_role("button", name="Check if I can join").click()
     page.get_by_text("You do not meet this study's criteria").wait_for(timeout=60_000)
     every_width(page, "patient-not-eligible")
-    subjects = requests.get(f"{server.url}/fhir/ResearchSubject", params={"study": f"ResearchStudy/{STATE['study']}"},
-                            headers=world.headers("research"), timeout=30).json()
+    subjects = world.dev_read(f"ResearchSubject?study=ResearchStudy/{STATE['study']}")  # as the service
     assert subjects.get("total") == 0
 
 
@@ -207,9 +206,12 @@ def test_3_a_patient_joins_by_a_proof_made_in_the_page(page: Any, world: World, 
     page.get_by_role("link", name="Back to research studies").click()
     assert page.get_by_text("You take part").is_visible()
     every_width(page, "patient-studies-joined")
-    subjects = requests.get(f"{server.url}/fhir/ResearchSubject", params={"study": f"ResearchStudy/{STATE['study']}"},
-                            headers=world.headers("research"), timeout=30).json()
+    subjects = world.dev_read(f"ResearchSubject?study=ResearchStudy/{STATE['study']}")  # as the service
     assert subjects.get("total") == 1 and "Patient" not in json.dumps(subjects)
+    # The participants are the study owner's (rita's) to see, not another researcher's of her organisation.
+    colleague = requests.get(f"{server.url}/fhir/ResearchSubject", params={"study": f"ResearchStudy/{STATE['study']}"},
+                             headers=world.headers("research"), timeout=30).json()
+    assert colleague.get("total") == 0
 
 
 def test_4_the_researcher_sees_one_participant_and_downloads_the_export(page: Any, world: World) -> None:
@@ -266,6 +268,5 @@ def test_5_the_patient_leaves_the_study(page: Any, world: World, server: LiveSer
     page.get_by_role("button", name="Leave the study").click()
     page.get_by_text("You left the study.").first.wait_for()
     every_width(page, "patient-left")
-    subjects = requests.get(f"{server.url}/fhir/ResearchSubject", params={"study": f"ResearchStudy/{STATE['study']}"},
-                            headers=world.headers("research"), timeout=30).json()
+    subjects = world.dev_read(f"ResearchSubject?study=ResearchStudy/{STATE['study']}")  # as the service
     assert subjects["entry"][0]["resource"]["status"] == "withdrawn"

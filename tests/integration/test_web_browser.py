@@ -219,7 +219,8 @@ def test_every_page_at_both_widths_is_accessible_and_keyboard_usable(page: Any, 
     sign_in(page, "ann")
     for path, name in (("/app/", "home-notices"), ("/app/consents", "consents"), ("/app/notices", "notices"),
                        ("/app/history?who=break-glass", "history-break-glass"), ("/app/account", "account"),
-                       ("/app/requests", "requests-empty"), ("/app/recover", "recover-signed-in")):
+                       ("/app/requests", "requests-empty"), ("/app/recover", "recover-signed-in"),
+                       ("/app/consents/no-such-consent", "not-found"), ("/app/research", "not-for-this-account")):
         page.goto(path)
         every_width(page, name)
     page.goto("/app/account")
@@ -295,6 +296,12 @@ def test_the_consent_screen_of_an_app_narrows_and_the_apps_page_disconnects(
     page.wait_for_url(re.compile(r"^http://127\.0\.0\.1:9/callback\?"))
     answer = parse_qs(urlsplit(page.url).query)
     assert answer["state"] == ["xyz"] and answer["code"]
+    page.goto("/app/apps")
+    page.get_by_text("No app is connected to your record.").wait_for()  # until the app exchanges its code
+    exchanged = requests.post(f"{server.url}/auth/token", timeout=30, data={
+        "grant_type": "authorization_code", "code": answer["code"][0], "redirect_uri": callback,
+        "client_id": "pocket", "code_verifier": "v" * 64})
+    assert exchanged.status_code == 200, exchanged.text
     page.goto("/app/apps")
     card = page.get_by_role("listitem").filter(has=page.get_by_role("heading", name="Pocket Health"))
     assert card.get_by_text("Read your test results and measurements").is_visible()

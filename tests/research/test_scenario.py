@@ -469,3 +469,37 @@ def test_10_a_researcher_defines_publishes_and_asks_feasibility_on_the_command_l
     assert researcher_cli(scenario, "create", str(study_file)).exit_code == 2
     refused = researcher_cli(scenario, "export", "no-such-study", "--out", str(tmp_path / "none"))
     assert refused.exit_code == 1 and "404" in refused.output and not (tmp_path / "none").exists()
+
+
+def test_11_revoking_the_study_consent_is_leaving_the_study(scenario: Scenario) -> None:
+    """The study consent ends by leaving: revoked by `$revoke` on the Consent, its participant has left (the owner
+    sees the enrolment withdrawn, as the export treats it); from the consents page, revoking it is `$leave`."""
+    world = scenario.world
+    clemente = world.patient_session("clemente")
+    subject = clemente.get(f"ResearchSubject?study=ResearchStudy/{scenario.study_id}").get_json()["entry"][0]["resource"]
+    assert subject["status"] == "on-study"
+    consent_id = subject["consent"]["reference"].split("/")[1]
+    page = clemente.browser.get(f"/app/consents/{consent_id}").get_data(as_text=True)
+    assert "Leave the study" in page and "when you joined the study" in page
+    assert "Bring your record" not in page and "by the hospital or by the organisation it names" not in page
+    # Its summary says what the study receives, from when, and for how long (not "with no end date").
+    words = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "receives your year of birth and sex" in words and "dated from" in words, words
+    assert "for as long as you take part" in words and "with no end date" not in words
+
+    revoked = clemente.post(f"Consent/{consent_id}/$revoke", {
+        "resourceType": "Parameters", "parameter": [{"name": "password", "valueString": PASSWORD}]})
+    assert revoked.status_code == 200, revoked.get_data(as_text=True)
+    seen = world.client.get(f"/fhir/ResearchSubject?study=ResearchStudy/{scenario.study_id}",
+                            headers=world.headers("research")).get_json()
+    assert {e["resource"]["status"] for e in seen["entry"]} == {"withdrawn"}  # Ivy left before; now Clemente
+
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None
+    left = clemente.browser.post(f"/app/consents/{consent_id}/revoke",
+                                 data={"csrf_token": token.group(1), "password": PASSWORD})
+    assert left.status_code == 303
+    study_page = clemente.browser.get(f"/app/studies/{scenario.study_id}").get_data(as_text=True)
+    assert "You left this study on" in study_page
+    listed = " ".join(re.sub(r"<[^>]+>", " ", clemente.browser.get("/app/consents").get_data(as_text=True)).split())
+    assert "You left the study: Obesity and outcomes receives nothing more from your record." in listed

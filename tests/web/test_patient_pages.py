@@ -118,8 +118,10 @@ def test_sign_up_keeps_what_was_typed_and_says_what_is_wrong(world: World) -> No
                                             "username": "someone new", "password": "short", "confirm": "other"})
     assert bad.status_code == 400
     body = bad.get_data(as_text=True)
+    # Every problem at once, the code's too (it was said only once the rest was right).
     assert field_errors(body) == {"username": "A username has no spaces", "password": "Use at least 12 characters",
-                                  "confirm": "The two passwords are not the same"}
+                                  "confirm": "The two passwords are not the same",
+                                  "code": "This enrolment code is not valid: check it, or ask the hospital for a new one"}
     assert 'value="WRON-GCOD-E000-0000"' in body and 'value="someone new"' in body
     assert 'aria-invalid="true"' in body and 'aria-describedby="username-hint username-error"' in body
     wrong_code = browser.post("/app/signup", data={"csrf_token": csrf(page), "code": "WRON-GCOD-E000-0000",
@@ -221,7 +223,12 @@ def test_share_shows_progress_until_the_chain_confirms_then_revoke(world: World)
     assert revoked.status_code == 303
     assert world.client.get(observation, headers=world.headers("clinic")).status_code == 404  # at once
     world.sync()
-    assert "Revoked on the ledger in block" in text(browser.get(location).get_data(as_text=True))
+    ended = text(browser.get(location).get_data(as_text=True))
+    assert "Revoked on the ledger in block" in ended
+    # What it allowed, in the past: not "city-clinic may see ..." as if it still did.
+    assert ("Revoked: city-clinic may no longer see your data under this consent. It let them see your test results "
+            "and measurements for your care and treatment, from ") in ended
+    assert "city-clinic may see" not in ended
     other = world.patient_session("bob").browser.get(location)
     assert other.status_code == 404  # Bob cannot see Ann's consent page
 
@@ -397,3 +404,81 @@ def test_the_history_filters_by_kind_of_data(world: World) -> None:
     assert "your consents" not in observations.split("Entries", 1)[1].replace("whatever your consents say", "")
     assert "test results and measurements" not in consents.split("Entries", 1)[1]
     assert browser.get("/app/history?kind=nonsense").status_code == 400
+
+
+def test_error_pages_are_the_apps_own_and_reveal_nothing(world: World) -> None:
+    """Inside /app an error is a page of the app (its layout and navigation, plain words, a link home), and a
+    consent of another patient's answers exactly as one that does not exist."""
+    ann, bob = world.patient_session("ann").browser, world.patient_session("bob").browser
+    consent_id = world.dev_create(permit_consent(world.patients["ann"], CLINIC))
+    missing = bob.get("/app/consents/no-such-consent")
+    others = bob.get(f"/app/consents/{consent_id}")
+    assert missing.status_code == others.status_code == 404
+    assert missing.get_data(as_text=True) == others.get_data(as_text=True).replace(consent_id, "no-such-consent")
+    for path in ("/app/nope", "/app/consents/no-such-consent", "/app/studies/nope", f"/app/consents/{consent_id}"):
+        page = bob.get(path)
+        body = page.get_data(as_text=True)
+        assert page.status_code == 404, path
+        assert "Page not found" in body and 'aria-label="Main"' in body and "<main" in body, path
+        assert 'href="/app/">Go to your home page' in body and "sign-in" not in body, path
+        assert "is not known" not in body and "ResearchStudy/" not in body, path
+    wrong_role = ann.get("/app/research")
+    assert wrong_role.status_code == 403 and "Not a page for your account" in wrong_role.get_data(as_text=True)
+    anonymous = world.app.test_client().get("/app/nope").get_data(as_text=True)
+    assert "Page not found" in anonymous and 'href="/app/login">Go to sign-in' in anonymous
+    # The FHIR API's own errors stay OperationOutcomes.
+    assert world.client.get("/fhir/nope", headers=world.headers("ehr")).get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_the_record_locator_is_offered_only_by_a_member_for_a_member(world: World) -> None:
+    """This server is no consortium member: no consent page offers a one-time code, and asking for one anyway is
+    the page's 404 (never an error in developer words)."""
+    ann = world.patient_session("ann").browser
+    consent_id = world.dev_create(permit_consent(world.patients["ann"], CLINIC))
+    world.sync()
+    page = ann.get(f"/app/consents/{consent_id}").get_data(as_text=True)
+    assert "Bring your record" not in page and "one-time code" not in page
+    asked = ann.post(f"/app/consents/{consent_id}/record-locator", data={"csrf_token": csrf(page)})
+    assert asked.status_code == 404 and "Page not found" in asked.get_data(as_text=True)
+
+
+def test_the_apps_page_shows_each_app_once_and_only_if_it_connected() -> None:
+    """Several consent screens answered for one app are one card; one whose code was never exchanged for tokens
+    did not connect it."""
+    from healthledger.auth.app_launch import AppAccess
+    from healthledger.web.apps import connected_apps
+
+    day = datetime(2026, 12, 1, tzinfo=UTC)
+    accesses = [
+        AppAccess("a3", "pocket", "Pocket Health", ("launch/patient", "patient/Patient.rs"), day + timedelta(days=2), None),
+        AppAccess("a2", "pocket", "Pocket Health", ("launch/patient", "patient/Observation.rs"), day + timedelta(days=1),
+                  day + timedelta(days=3)),
+        AppAccess("a1", "pocket", "Pocket Health", ("launch/patient",), day, None),
+        AppAccess("b1", "never", "Never Finished", ("launch/patient",), day, None),
+    ]
+    apps = connected_apps(accesses, completed={"a1", "a2"})
+    assert [(a.client_id, a.scopes, a.connected_at, a.last_used_at) for a in apps] == [
+        ("pocket", ("launch/patient", "patient/Observation.rs"), day, day + timedelta(days=3))]
+    assert connected_apps(accesses, completed=set()) == []
+
+
+def test_a_research_export_in_the_history_says_what_was_delivered() -> None:
+    """An export to a study delivers a de-identified copy under the study pseudonym (of the Patient resource: the
+    year of birth and sex), never "your name and date of birth"."""
+    from fhir_adapters.readable.access import describe_access
+    from healthledger.web.history import access_headline
+
+    def exported(resource_type: str, purpose: str = "HRESCH") -> str:
+        return access_headline(describe_access({
+            "resourceType": "AuditEvent", "id": "1", "recorded": "2026-12-01T10:00:00Z", "outcome": "0",
+            "subtype": [{"code": "operation"}],
+            "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                            "code": purpose}]}],
+            "agent": [{"requestor": True, "who": {"display": "Research study: Heart health over 40"}}],
+            "entity": [{"role": {"code": "4"}, "type": {"code": resource_type}}]}))
+
+    assert exported("Patient") == ("received your year of birth and sex, de-identified: under your study pseudonym, "
+                                   "without your name, address or record number")
+    assert exported("Observation").startswith("received a de-identified copy of your test results")
+    assert "name and date of birth" not in exported("Patient")
+    assert exported("Patient", purpose="TREAT") == "exported your name and date of birth"

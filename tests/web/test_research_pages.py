@@ -247,3 +247,91 @@ def test_activity_entries_in_words() -> None:
     ]}]})
     assert [(j.job, j.status, j.requested, j.counts) for j in jobs] == [
         ("j1", "Expired (files removed)", "30 November 2026", [("Condition", 3), ("Observation", 9)])]
+
+
+def test_a_colleague_of_the_owner_sees_no_participant_of_the_study(world: World, rita: FlaskClient) -> None:
+    """The study's participants are its owner's to see (as its counts and exports are): another researcher of the
+    same organisation gets what a study that does not exist gives, by search and by id."""
+    import json
+
+    from healthledger.research.models import Enrolment, PublishedStudy
+
+    study_id = world.study_id  # type: ignore[attr-defined]
+    with world.sessions.begin() as s:
+        item = s.get(PublishedStudy, (world.app.extensions["healthledger.store"].tenant, study_id)).register_item
+        s.add(Enrolment(id="colleague-test-subject", tenant=world.app.extensions["healthledger.store"].tenant,
+                        study_id=study_id, nullifier="1", enrollee="0x" + "ab" * 20, root="1", enrol_item=item,
+                        consent_id="none", enrolled_at=1.0))
+    try:
+        owner = rita.get(f"/fhir/ResearchSubject?study=ResearchStudy/{study_id}", headers={"Accept": FHIR})
+        assert owner.status_code == 200 and owner.get_json()["total"] == 1
+        colleague = world.client.get(f"/fhir/ResearchSubject?study=ResearchStudy/{study_id}",
+                                     headers=world.headers("research"))
+        unknown = world.client.get("/fhir/ResearchSubject?study=ResearchStudy/no-such-study",
+                                   headers=world.headers("research"))
+        assert colleague.status_code == unknown.status_code == 200
+        assert colleague.get_json()["total"] == unknown.get_json()["total"] == 0
+        assert "ab" * 20 not in colleague.get_data(as_text=True)
+        by_id = world.client.get("/fhir/ResearchSubject/colleague-test-subject", headers=world.headers("research"))
+        missing = world.client.get("/fhir/ResearchSubject/no-such-subject0", headers=world.headers("research"))
+        assert by_id.status_code == missing.status_code == 404
+        assert (json.dumps(by_id.get_json()).replace("colleague-test-subject", "ID")
+                == json.dumps(missing.get_json()).replace("no-such-subject0", "ID"))
+    finally:
+        with world.sessions.begin() as s:
+            s.query(Enrolment).filter(Enrolment.id == "colleague-test-subject").delete()
+
+
+def test_a_colleague_reads_the_study_and_is_told_what_only_its_owner_can_do(world: World) -> None:
+    """Another researcher of the owner's organisation sees the study, not buttons that would fail: counts,
+    participants and exports are the owner's, and the page names them."""
+    study_id = world.study_id  # type: ignore[attr-defined]
+    store = world.app.extensions["healthledger.store"]
+    with world.sessions.begin() as s:
+        create_user(s, AccountNames(store), username="rob", password=PASSWORD, role="researcher",
+                    organization=UNIVERSITY, now=datetime.now(UTC), display_name="Rob Colleague")
+    rob = signed_in(world, "rob")
+    page = rob.get(f"/app/research/{study_id}").get_data(as_text=True)
+    words = text(page)
+    assert "Only the owner can ask how many patients meet its criteria" in words and "Rita Researcher" in words
+    assert "Ask how many patients meet the criteria" not in words and "Request an export" not in words
+    assert "Counts released so far" not in words and "taking part now" not in words
+    for action, says in (("feasibility", "ask how many patients meet the criteria"), ("export", "request an export")):
+        answer = rob.post(f"/app/research/{study_id}/{action}", data={"csrf_token": csrf(page)})
+        assert answer.status_code == 303
+        after = text(rob.get(answer.headers["Location"]).get_data(as_text=True))
+        assert f"Only the study's owner, Rita Researcher, can {says}." in after
+    # Pages of the patients' side are not for researchers: the app's own page, with the researcher's home.
+    records = rob.get("/app/records")
+    body = records.get_data(as_text=True)
+    assert records.status_code == 403 and "Not a page for your account" in body and 'href="/app/">' in body
+
+
+def test_a_researcher_on_a_fresh_install_leads_the_study_themself(world: World, rita: FlaskClient) -> None:
+    """No Practitioner is needed: the investigator left as "Me" is the researcher, a Practitioner kept for their
+    account (made once, named as they are)."""
+    page = rita.get("/app/research/new").get_data(as_text=True)
+    assert "Me (I lead this study)" in page
+    ids = []
+    for title in ("Led by me", "Led by me again"):
+        created = rita.post("/app/research/new", data={**GOOD_STUDY, "title": title, "investigator": "",
+                                                       "csrf_token": csrf(page)})
+        assert created.status_code == 303, field_errors(created.get_data(as_text=True))
+        study_id = created.headers["Location"].rstrip("/").rpartition("/")[2]
+        ids.append(world.dev_read(f"ResearchStudy/{study_id}")["principalInvestigator"]["reference"])
+    assert ids[0] == ids[1] and ids[0].startswith("Practitioner/")
+    assert world.dev_read(ids[0])["name"][0]["text"] == "Rita Researcher"
+    shown = text(rita.get(created.headers["Location"]).get_data(as_text=True))
+    assert "Rita Researcher" in shown
+
+
+def test_every_problem_of_a_new_study_is_reported_at_once_next_to_its_field(world: World, rita: FlaskClient) -> None:
+    page = rita.get("/app/research/new").get_data(as_text=True)
+    wrong = {**GOOD_STUDY, "max_age": "151", "conditions_in": "diabetes", "enrol_end": "2020-01-01",
+             "ethics_number": "", "sponsor": "", "categories": [], "max_participants": "", "csrf_token": csrf(page)}
+    answer = rita.post("/app/research/new", data=wrong)
+    assert answer.status_code == 400
+    errors = field_errors(answer.get_data(as_text=True))
+    assert set(errors) == {"max_age", "conditions_in", "enrol_end", "ethics_number", "sponsor", "categories",
+                           "max_participants"}, errors
+    assert "in the past" in errors["enrol_end"] and "ethics approval" in errors["ethics_number"]

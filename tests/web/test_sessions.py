@@ -599,3 +599,14 @@ def test_a_copied_cookie_is_refused_on_the_fhir_api_after_sign_out(backend: str,
         assert replay.get("/app/").headers["Location"] == "/app/login"
     finally:
         dispose(app)
+
+
+def test_the_documented_sign_in_limit_holds_across_worker_processes() -> None:
+    """memory:// counts in each worker process alone: each enforces its share, so an address gets no more than the
+    limit from all workers together; a shared storage counts once and keeps the limit as given."""
+    from healthledger.web.pages import per_process_limit
+
+    assert per_process_limit("10 per minute", "memory://", 2) == "5 per 1 minute"
+    assert per_process_limit("10/minute;101/hour", "memory://", 3) == "4 per 1 minute; 34 per 1 hour"
+    assert per_process_limit("10 per minute", "memory://", 1) == "10 per minute"
+    assert per_process_limit("10 per minute", "redis://127.0.0.1:6379", 2) == "10 per minute"
