@@ -91,6 +91,7 @@ def capability_statement(
     update_create: bool = False,
     security_description: str | None = None,
     oauth_token_url: str | None = None,
+    oauth_uris: Mapping[str, str] | None = None,
     read_only: Mapping[str, Iterable[tuple[str, str]]] | None = None,
     overrides: Mapping[str, TypeCapability] | None = None,
     operations: Mapping[str, Iterable[tuple[str, ...]]] | None = None,
@@ -103,7 +104,8 @@ def capability_statement(
     parameters come from SEARCH_PARAMETERS.
     `date` is when this capability was last changed (a parameter: the core reads no clock).
     `oauth_token_url` declares SMART on FHIR security (App Launch 2.0 §Conformance: the
-    restful-security-service code and the oauth-uris extension). `read_only` maps types served read-only
+    restful-security-service code and the oauth-uris extension), `oauth_uris` the extension's other URIs
+    (authorize, manage, ...) for clients that read them there rather than from .well-known. `read_only` maps types served read-only
     (read and search-type) to their search parameters as (name, type), e.g. {"AuditEvent": [("date", "date")]};
     `overrides` gives, per type, exactly what that type supports instead (TypeCapability).
     `operations` maps types to the operations they support as (name without `$`, canonical definition[,
@@ -178,7 +180,8 @@ def capability_statement(
     if oauth_token_url:
         security["extension"] = [{
             "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-            "extension": [{"url": "token", "valueUri": oauth_token_url}],
+            "extension": [{"url": "token", "valueUri": oauth_token_url}]
+            + [{"url": name, "valueUri": uri} for name, uri in (oauth_uris or {}).items()],
         }]
         security["service"] = [{"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR",

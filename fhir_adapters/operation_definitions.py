@@ -270,18 +270,25 @@ OURS: Final[Mapping[str, Operation]] = {op.id: op for op in OPERATIONS if op.sta
 assert all(op.url.startswith(OPERATION_BASE) for op in OURS.values())
 
 
-def type_operations() -> dict[str, list[tuple[str, str, str]]]:
-    """resource type -> its operations as (code, canonical, description), for the CapabilityStatement."""
+# Operations between member hospitals (healthledger.api.federation): offered by a consortium member only.
+FEDERATION_OPERATIONS: Final = frozenset(
+    {"record-locator", "redeem-record-locator", "link-record", "unlink-record", "federation-fetch"})
+
+
+def type_operations(*, federation: bool = True) -> dict[str, list[tuple[str, str, str]]]:
+    """resource type -> its operations as (code, canonical, description), for the CapabilityStatement;
+    `federation`: whether the server is a consortium member (else FEDERATION_OPERATIONS are left out)."""
     declared: dict[str, list[tuple[str, str, str]]] = {}
     for op in OPERATIONS:
-        if op.resource is not None:
+        if op.resource is not None and (federation or op.code not in FEDERATION_OPERATIONS):
             declared.setdefault(op.resource, []).append((op.code, op.url, op.description))
     return declared
 
 
-def system_operations() -> list[tuple[str, str, str]]:
-    """The system-level operations as (code, canonical, description)."""
-    return [(op.code, op.url, op.description) for op in OPERATIONS if op.resource is None]
+def system_operations(*, federation: bool = True) -> list[tuple[str, str, str]]:
+    """The system-level operations as (code, canonical, description); `federation` as for type_operations."""
+    return [(op.code, op.url, op.description) for op in OPERATIONS
+            if op.resource is None and (federation or op.code not in FEDERATION_OPERATIONS)]
 
 
 def operation_definition(operation_id: str) -> dict[str, Any]:

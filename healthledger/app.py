@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.api.outcomes import error_response
     from healthledger.auth.app_launch import AppLaunch
     from healthledger.auth.directory import ActorDirectory
-    from healthledger.auth.smart import TOKEN_PATH, smart_blueprint
+    from healthledger.auth.smart import AUTHORIZE_PATH, MANAGE_PATH, TOKEN_PATH, smart_blueprint
     from healthledger.auth.tokens import TokenService, TokenSigner
     from healthledger.auth.users import AccountNames
     from healthledger.consent.consult import ConsentConsultant
@@ -247,6 +247,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         federation, authenticate, max_request_bytes=settings.max_request_bytes))
     app.register_blueprint(fhir_blueprint(
         store, settings, authenticate, token_url=issuer + TOKEN_PATH,
+        oauth_uris={"authorize": issuer + AUTHORIZE_PATH, "manage": issuer + MANAGE_PATH},
         refusals=None if settings.enforcement_off_for_benchmark else policy,
         bundle_reads=bundle_reads(studies, enrolments),  # Bundle entries read studies as api/research.py does
     ))

@@ -198,10 +198,12 @@ def fhir_blueprint(
     authenticate: Authenticator | None = None,
     *,
     token_url: str | None = None,
+    oauth_uris: Mapping[str, str] | None = None,
     refusals: RefusalLog | None = None,
     bundle_reads: Mapping[str, EntryRead] | None = None,
 ) -> Blueprint:
-    """The /fhir blueprint bound to one store; no module-level state. `token_url`: the SMART token endpoint.
+    """The /fhir blueprint bound to one store; no module-level state. `token_url`: the SMART token endpoint,
+    `oauth_uris` the other SMART endpoints the CapabilityStatement names (authorize, manage).
     `bundle_reads`: GET entries of Bundles for the types another module serves (api/research.py `bundle_reads`),
     so that such an entry answers as that module's REST request does.
 
@@ -211,6 +213,7 @@ def fhir_blueprint(
     bp = Blueprint("fhir", __name__, url_prefix="/fhir")
     api = _FhirApi(store, settings, authenticate or Authenticator(settings), bundle_reads or {})
     api.token_url = token_url
+    api.oauth_uris = dict(oauth_uris or {})
 
     if refusals is not None:
         log = refusals
@@ -266,6 +269,7 @@ class _FhirApi:
         self.settings = settings
         self.authenticate = authenticate
         self.token_url: str | None = None
+        self.oauth_uris: dict[str, str] = {}
         self._capability: dict[str, bytes] = {}
 
     # -- helpers -------------------------------------------------------------------------------
@@ -372,13 +376,16 @@ class _FhirApi:
                     versioning="versioned-update",  # If-Match is honoured
                     update_create=True,  # PUT to a new id creates it
                     oauth_token_url=self.token_url,
+                    oauth_uris=self.oauth_uris,
                     overrides=TYPE_CAPABILITIES,
-                    operations=type_operations(),
-                    system_operations=system_operations(),
+                    # Operations between hospitals only where this server is a consortium member (else 501).
+                    operations=type_operations(federation=bool(self.settings.federation_org_id)),
+                    system_operations=system_operations(federation=bool(self.settings.federation_org_id)),
                     security_description=(
-                        "SMART on FHIR Backend Services (client credentials with private_key_jwt): bearer access "
-                        "tokens from /auth/token, discovery at /.well-known/smart-configuration. Every access is "
-                        "decided by the patient's consents and recorded in a verifiable access log."
+                        "SMART on FHIR: Backend Services (client credentials with private_key_jwt) and the "
+                        "standalone patient launch; bearer access tokens from /auth/token, discovery at "
+                        "/fhir/.well-known/smart-configuration. Every access is decided by the patient's consents "
+                        "and recorded in a verifiable access log."
                     ),
                 )
             )

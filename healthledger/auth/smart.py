@@ -24,6 +24,7 @@ from healthledger.auth.tokens import (
 FHIR_PATH = "/fhir"  # the FHIR base, below the issuer (healthledger.api.fhir)
 TOKEN_PATH = "/auth/token"
 AUTHORIZE_PATH = "/auth/authorize"
+MANAGE_PATH = "/app/apps"  # where the patient sees and disconnects the apps they authorised
 CONSENT_SCREEN_PATH = "/app/authorize"  # where the patient signs in and decides (healthledger.web.apps)
 
 
@@ -57,7 +58,7 @@ def smart_configuration(tokens: TokenService, app_launch: bool = True) -> dict[s
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
             "id_token_signing_alg_values_supported": [ACCESS_TOKEN_ALGORITHM],
-            "management_endpoint": f"{tokens.issuer}/app/apps",
+            "management_endpoint": f"{tokens.issuer}{MANAGE_PATH}",
             "capabilities": [
                 "launch-standalone", "client-public", "client-confidential-symmetric",
                 "client-confidential-asymmetric", "context-standalone-patient", "sso-openid-connect",

@@ -20,7 +20,15 @@ from research_support import UNIVERSITY, register_researcher
 
 from fhir_adapters.capability import TYPE_INTERACTIONS
 from fhir_adapters.extensions import EXTENSIONS
-from fhir_adapters.operation_definitions import BULK_GROUP_EXPORT, OPERATION_BASE, OURS, operation_definition
+from fhir_adapters.operation_definitions import (
+    BULK_GROUP_EXPORT,
+    FEDERATION_OPERATIONS,
+    OPERATION_BASE,
+    OURS,
+    operation_definition,
+    system_operations,
+    type_operations,
+)
 from fhir_adapters.research_study import (
     CRITERIA_URL,
     DATA_CATEGORY_URL,
@@ -82,9 +90,11 @@ def _operation_routes(app: Flask) -> dict[tuple[str | None, str], bool]:
 
 
 def test_every_operation_route_is_declared_and_nothing_else(app: Flask, metadata: dict[str, Any]) -> None:
-    routes = _operation_routes(app)
+    # This server is no consortium member: the operations between hospitals answer 501 and are not declared.
+    routes = {key: instance for key, instance in _operation_routes(app).items() if key[1] not in FEDERATION_OPERATIONS}
     declared = _declared_operations(metadata)
-    assert len(routes) >= 15
+    assert not {code for _, code in declared} & FEDERATION_OPERATIONS
+    assert len(routes) >= 10
     assert set(routes) == set(declared), {"undeclared": set(routes) - set(declared),
                                           "declared without a route": set(declared) - set(routes)}
     for (resource_type, code), op in declared.items():
@@ -96,14 +106,18 @@ def test_every_operation_route_is_declared_and_nothing_else(app: Flask, metadata
             assert operation_definition(definition.removeprefix(OPERATION_BASE))["instance"] is routes[
                 (resource_type, code)]
     assert declared[("Group", "export")]["definition"] == BULK_GROUP_EXPORT  # what Bulk Data clients look for
-    assert (None, "redeem-record-locator") in declared  # system-level: rest.operation
+    # A member declares them too; redeem-record-locator at the system level (rest.operation).
+    assert ("redeem-record-locator", OPERATION_BASE + "redeem-record-locator") in {
+        op[:2] for op in system_operations(federation=True)}
+    member = {(t, op[0]) for t, ops in type_operations(federation=True).items() for op in ops}
+    assert {("Consent", "record-locator"), ("Patient", "link-record"), ("Patient", "federation-fetch")} <= member
 
 
 def test_every_definition_of_ours_is_served_publicly_as_a_valid_operation_definition(
         client: FlaskClient, metadata: dict[str, Any]) -> None:
     ours = {key: op for key, op in _declared_operations(metadata).items()
             if op["definition"].startswith(OPERATION_BASE)}
-    assert len(ours) == len(OURS)
+    assert len(ours) == len(OURS) - len(FEDERATION_OPERATIONS)  # (a member's own are served all the same)
     for (resource_type, code), op in ours.items():
         url = op["definition"]
         resp = client.get(f"/fhir/OperationDefinition/{url.rsplit('/', 1)[1]}")  # no token: public
@@ -434,3 +448,13 @@ def test_an_r4b_only_type_is_answered_as_any_unknown_type(client: FlaskClient, r
     answered = batch(resource_type)
     assert answered == batch("Nonexistent")
     assert [entry["response"]["status"] for entry in answered["entry"]] == ["404", "404"]  # as over REST
+
+
+def test_the_smart_endpoints_are_named_where_clients_read_them(metadata: dict[str, Any]) -> None:
+    """The oauth-uris extension (SMART App Launch 2.x) names authorize and manage beside token, for clients that
+    read the CapabilityStatement rather than .well-known."""
+    [security] = [ext for ext in metadata["rest"][0]["security"]["extension"] if ext["url"].endswith("/oauth-uris")]
+    uris = {ext["url"]: ext["valueUri"] for ext in security["extension"]}
+    assert set(uris) == {"token", "authorize", "manage"}
+    assert uris["token"].endswith("/auth/token") and uris["authorize"].endswith("/auth/authorize")
+    assert uris["manage"].endswith("/app/apps")
