@@ -98,7 +98,7 @@ class HasClause:
 class SearchQuery:
     resource_type: str
     criteria: tuple[SearchCriterion, ...]
-    now: datetime | None = None  # for `ap` on dates (10% of the gap to now); None: 10% of the value's span
+    now: datetime | None = None  # for `ap` on dates (10% of the gap to now, at least the value's precision)
     # Parameters set aside under lenient handling (R4 3.1.1.4 "handling"): unknown names, unsupported
     # modifiers. Each is named once, so the answer can say it was ignored (search.mode = outcome).
     ignored: tuple[str, ...] = ()

@@ -640,7 +640,7 @@ class _FhirApi:
         result = parse_controls(resource_type, params, strict=strict)
         if result.summary is not None and result.elements is not None:
             raise UnsupportedSearch("use either _summary or _elements, not both")
-        query = parse_search(resource_type, criteria, strict=strict)
+        query = parse_search(resource_type, criteria, now=self.store.clock(), strict=strict)
         ignored += [*query.ignored, *result.ignored]
         endpoint = f"{self._base()}/{resource_type}"
         kept = [(n, v) for n, v in criteria if n not in ignored and n.partition(":")[0] not in ignored]

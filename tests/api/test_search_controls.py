@@ -164,3 +164,19 @@ def test_batch_searches_take_sort_and_include(client: FlaskClient) -> None:
     assert [o["effectiveDateTime"] for o in _entries(inner)] == ["2025-02-02", "2024-05-01", "2023-01-01"]
     assert sorted(p["id"] for p in _entries(inner, "include")) == sorted(w["patients"][:2])
     assert strict["response"]["status"].startswith("400")  # an entry has no Prefer: strict
+
+
+def test_approximate_dates_reach_around_the_value(client: FlaskClient) -> None:
+    """R4 3.1.1.4.2 `ap`: 10% of the gap between the date and now, and at least a day around a day."""
+    family = f"Approx{uuid.uuid4().hex[:8]}"
+    pid = _create(client, {"resourceType": "Patient", "name": [{"family": family}], "birthDate": "1946-06-20"})
+    code = f"ap-{uuid.uuid4().hex[:8]}"
+    _create(client, {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": code}]},
+                     "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": "2025-12-16T09:00:00Z"})
+    found = lambda url: _body(client.get(url, headers=STRICT))["total"]
+    assert found(f"/fhir/Observation?code={code}&date=ap2025-12-17") == 1
+    assert found(f"/fhir/Observation?code={code}&date=ap2025-12-16") == 1
+    assert found(f"/fhir/Patient?family={family}&birthdate=ap1946-06-20") == 1
+    assert found(f"/fhir/Patient?family={family}&birthdate=ap1950-01-01") == 1  # ~77 years ago: ±7.7 years
+    assert found(f"/fhir/Patient?family={family}&birthdate=ap1960-01-01") == 0
+    assert found(f"/fhir/Observation?code={code}&date=ap2020-01-01") == 0
