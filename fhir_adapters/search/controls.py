@@ -3,8 +3,9 @@ and the client's `Prefer: handling=strict|lenient` (R4 3.1.1.4, http.html#prefer
 
 They select nothing, so `parse_search` sets them aside; whoever runs a search reads them here. Under lenient
 handling (FHIR's default) an unsupported control is left out and named in `ignored`; under strict handling it
-is an UnsupportedSearch. A value that is malformed (an `_include` that is not `Type:param`, a `_summary` that is
-not one of its codes) is an error either way.
+is an UnsupportedSearch (`not-supported`). A value that is malformed (an `_include` that is not
+`Type:parameter[:Target]`, a `_summary` that is not one of its codes) is an InvalidSearchValue (`invalid`) either
+way. A control with an empty value is ignored, as an empty criterion is (R4 3.1.1.4).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ SORTABLE_TYPES: Final = frozenset({"date", "string", "token"})
 MAX_SORT_KEYS: Final = 5
 MAX_INCLUDES: Final = 10
 _ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+_INCLUDE_PART = re.compile(r"^[A-Za-z][A-Za-z0-9_\-.]{0,63}$")
 _CONTROL_NAMES: Final = frozenset({"_sort", "_include", "_revinclude", "_elements", "_summary", "_total"})
 
 
@@ -93,7 +95,7 @@ def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, str
 
     for name, value in params:
         base, _, modifier = name.partition(":")
-        if base not in _CONTROL_NAMES:
+        if base not in _CONTROL_NAMES or value == "":
             continue
         if modifier:
             unsupported(f"'{base}:{_say(modifier)}' is not supported (no modifiers on {base})", f"{base}:{_say(modifier)}")
@@ -115,13 +117,16 @@ def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, str
             elements = [*(elements or []), *names]
             kept.append((name, value))
         elif base == "_sort":
+            applied: list[str] = []
             for piece in value.split(","):
                 key = _sort_key(resource_type, piece.strip(), unsupported)
                 if key is not None:
                     sort.append(key)
+                    applied.append(piece.strip())
             if len(sort) > MAX_SORT_KEYS:
                 raise UnsupportedSearch(f"_sort takes at most {MAX_SORT_KEYS} parameters", expression="_sort")
-            kept.append((name, value))
+            if applied:  # the paging links say what was applied: not the keys left out
+                kept.append((name, ",".join(applied)))
         else:
             spec = _include_spec(resource_type, base, value, unsupported)
             if spec is not None:
@@ -157,13 +162,19 @@ def _sort_key(resource_type: str, piece: str, unsupported: Callable[[str, str], 
 
 
 def _include_spec(resource_type: str, base: str, value: str, unsupported: Callable[[str, str], None]) -> IncludeSpec | None:
+    """`Type:parameter[:TargetType]` (R4 3.1.1.5.4). Malformed (another shape, an unknown type): invalid, in either
+    handling. Well-formed but beyond this server (a wildcard, a parameter it does not have, another source type
+    for `_include`): not-supported, i.e. ignored unless strict."""
     parts = value.split(":")
-    if value == "*" or len(parts) not in (2, 3) or not all(parts):
-        unsupported(f"{base} takes Type:parameter[:TargetType] (no wildcard)", f"{base}={_say(value)}")
+    wildcard = value == "*" or (len(parts) == 2 and parts[1] == "*" and bool(_INCLUDE_PART.match(parts[0])))
+    if wildcard:
+        unsupported(f"{base}: the wildcard '*' is not supported; name the parameter", f"{base}={_say(value)}")
         return None
+    if len(parts) not in (2, 3) or not all(_INCLUDE_PART.match(part) for part in parts):
+        raise InvalidSearchValue(f"{base} takes Type:parameter[:TargetType]", expression=base)
     source, param_name, target = parts[0], parts[1], parts[2] if len(parts) == 3 else None
     if not is_resource_type(source) or (target is not None and not is_resource_type(target)):
-        raise UnsupportedSearch(f"{base} names an unknown resource type", expression=base)
+        raise InvalidSearchValue(f"{base} names an unknown resource type", expression=base)
     definition = search_parameters(source).get(param_name)
     if definition is None or definition.type != "reference":
         unsupported(f"{base}: {source} has no reference parameter '{_say(param_name)}'", f"{base}={_say(value)}")

@@ -172,6 +172,8 @@ def parse_search(
         if base in RESULT_PARAMETERS or base in CONTROL_PARAMETERS:
             continue
         if base == "_has":
+            if value == "":
+                continue  # R4 3.1.1: a parameter with no value is ignored (whatever its chain names)
             clause = _parse_has(resource_type, name, value, now, strict)
             if clause is None:
                 unsupported(f"'{_say(name, 80)}' is not a supported _has (_has:Type:reference:parameter)", name)

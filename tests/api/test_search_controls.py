@@ -180,3 +180,31 @@ def test_approximate_dates_reach_around_the_value(client: FlaskClient) -> None:
     assert found(f"/fhir/Patient?family={family}&birthdate=ap1950-01-01") == 1  # ~77 years ago: ±7.7 years
     assert found(f"/fhir/Patient?family={family}&birthdate=ap1960-01-01") == 0
     assert found(f"/fhir/Observation?code={code}&date=ap2020-01-01") == 0
+
+
+def test_lenient_handling_is_consistent(client: FlaskClient) -> None:
+    """What lenient handling leaves out is left out of the `self` link too; a malformed `_include` is `invalid` in
+    either handling, a well-formed unsupported one `not-supported` (ignored unless strict); empty values are
+    ignored (R4 3.1.1.4)."""
+    w = _world(client)
+    url = f"/fhir/Patient?family={w['family']}"
+    sorted_by = _body(client.get(url + "&_sort=foo,-given", headers=AUTH))
+    assert "_sort=foo" in _entries(sorted_by, "outcome")[0]["issue"][0]["diagnostics"]
+    self_link = sorted_by["link"][0]["url"]
+    assert "foo" not in self_link and "_sort=-given" in self_link
+    assert [p["name"][0]["given"][0] for p in _entries(sorted_by)] == ["Carla", "Bert", "Adam"]
+    only_foo = _body(client.get(url + "&_sort=foo", headers=AUTH))
+    assert "_sort" not in only_foo["link"][0]["url"]
+    for malformed in ("Observation", "Observation:patient:Patient:x", "a:b", "Observation::Patient", "Nope:patient"):
+        for headers in (AUTH, STRICT):
+            refused = _body(client.get(f"{url}&_include={malformed}", headers=headers), 400)
+            assert refused["issue"][0]["code"] == "invalid", malformed
+    for unsupported in ("Patient:nope", "Patient:*", "Organization:partof"):
+        assert _body(client.get(f"{url}&_include={unsupported}", headers=STRICT), 400)["issue"][0]["code"] == "not-supported"
+        lenient = _body(client.get(f"{url}&_include={unsupported}", headers=AUTH))
+        assert lenient["total"] == 3 and "_include" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
+        assert "_include" not in lenient["link"][0]["url"]
+    for empty in ("_include=", "_revinclude=", "_sort=", "_elements=", "_has:Observation:patient:code="):
+        for headers in (AUTH, STRICT):
+            answered = _body(client.get(f"{url}&{empty}", headers=headers))
+            assert answered["total"] == 3 and not _entries(answered, "outcome"), empty
