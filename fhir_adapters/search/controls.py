@@ -210,11 +210,12 @@ class FixedSearch:
 
 
 def screen_fixed(resource_type: str, params: Sequence[tuple[str, str]], supported: frozenset[str], *,
-                 strict: bool) -> FixedSearch:
+                 strict: bool, what: str = "search parameter") -> FixedSearch:
     """R4 3.1.1.4 for a search over `supported` names only (no modifiers): under `Prefer: handling=strict` any
     other parameter (criterion, modifier or result control) is an UnsupportedSearch; lenient, it is left out and
     named once in `ignored`, as `parse_search` and `parse_controls` do for the store's searches. `_format` and
-    `_pretty` are always accepted. Names are echoed only when they look like names; values never are."""
+    `_pretty` are always accepted. Names are echoed only when they look like names; values never are. `what`: how
+    the refusal calls a parameter (a history's are not search parameters)."""
     values: dict[str, list[str]] = {}
     ignored: list[str] = []
     for name, value in params:
@@ -225,7 +226,7 @@ def screen_fixed(resource_type: str, params: Sequence[tuple[str, str]], supporte
             continue
         shown = _say(name)
         if strict:
-            raise UnsupportedSearch(f"'{shown}' is not a supported search parameter for {resource_type} "
+            raise UnsupportedSearch(f"'{shown}' is not a supported {what} for {resource_type} "
                                     f"(supported: {', '.join(sorted(supported))})")
         if shown not in ignored:
             ignored.append(shown)

@@ -155,7 +155,9 @@ _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_prett
 # named in the Bundle's OperationOutcome entry (FHIR R4 search.html#errors). `_total` (none, estimate,
 # accurate) is honoured: the total, when given, is always exact.
 _REFUSED_CONTROLS = frozenset({"_page", "_contained", "_containedType"})
-_HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
+# What a history answers (R4 http.html#history, and the general parameters of every interaction, http.html#general):
+# `_at` and `_list` are not among them (ignored and said, or refused under strict handling, as in a search).
+_HISTORY_PARAMS = frozenset({"_count", CURSOR_PARAM, "_since", "_summary", "_elements"})
 # What a search of the definitions answers (fhir_adapters/definition_search.py): declared in TYPE_CAPABILITIES.
 _DEFINITION_PARAMS = frozenset({*definition_search.CRITERIA, "_count", CURSOR_PARAM})
 
@@ -668,16 +670,27 @@ class _FhirApi:
         ))
 
     def _history(self, resource_type: str, resource_id: str | None, principal: Principal) -> Response:
+        """Instance or type history (R4 http.html#history) with `_since`, `_count`, and the parameters R4 gives
+        every interaction (`_format`, `_pretty`, `_summary`, `_elements`); any other parameter is handled as a
+        search's are (R4 3.1.1.4): ignored and said in the Bundle, or refused under `Prefer: handling=strict`.
+        Everything is checked before the store is asked, so a refusal never depends on what is stored."""
         params = list(request.args.items(multi=True))
-        unknown = sorted({name for name, _ in params if name not in _HISTORY_PARAMS})
-        if unknown:
-            raise BadRequest(f"unsupported history parameter {unknown[0][:40]!r} (supported: _since, _count)")
-        args = request.args
+        strict = prefers_strict(request.headers.get("Prefer"))
+        screened = screen_fixed(resource_type, params, _HISTORY_PARAMS, strict=strict, what="history parameter")
+        values = screened.values
         count = parse_count(
-            args.getlist("_count"), default=self.settings.default_page_size, maximum=self.settings.max_page_size
+            list(values.get("_count", ())), default=self.settings.default_page_size, maximum=self.settings.max_page_size
         )
-        offset = decode_cursor(args[CURSOR_PARAM]) if CURSOR_PARAM in args else 0
-        since = _parse_instant(args["_since"], "_since") if "_since" in args else None
+        cursor = screened.last(CURSOR_PARAM)
+        offset = decode_cursor(cursor) if cursor is not None else 0
+        since = _parse_instant(values["_since"][0], "_since") if "_since" in values else None
+        result = parse_controls(
+            resource_type, [(n, v) for n, v in params if n in ("_summary", "_elements")], strict=True
+        )
+        if result.summary is not None and result.elements is not None:
+            raise BadRequest("use either _summary or _elements, not both")
+        if result.summary == "count":
+            count = 0
         page = self.store.history(
             resource_type, resource_id, since=since, count=count, offset=offset, principal=principal
         )
@@ -699,15 +712,19 @@ class _FhirApi:
                     status=status,
                     version_id=item.version_id,
                     last_modified=instant(item.last_updated),
-                    resource=None if item.deleted or item.resource is None else item.stamped(),
+                    resource=None if item.deleted or item.resource is None else _subset(item.stamped(), result),
                 )
             )
-        kept = [(n, v) for n, v in params if n == "_since"]
-        endpoint = f"{base}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
+        kept = [*((n, v) for n, v in params if n == "_since"), *result.kept]
+        path = f"{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
         # `_count=0` asks for the total only: no `next` link (it would point at the same empty page forever).
         next_offset = page.next_offset if count > 0 else None
-        links = PageLinks(endpoint, tuple(kept), count, offset).links(next_offset)
-        return self._respond(history_bundle(entries, total=page.total, links=links))
+        links = PageLinks(f"{base}/{path}", tuple(kept), count, offset).links(next_offset)
+        if count == 0:
+            links = links[:1]
+        ignored = ignored_outcome(list(screened.ignored))
+        outcome = (links[0]["url"].removeprefix(f"{base}/"), ignored) if ignored is not None else None
+        return self._respond(history_bundle(entries, total=page.total, links=links, outcome=outcome))
 
 
 def _record_refusal(log: RefusalLog, principal: Principal, error: Exception) -> None:

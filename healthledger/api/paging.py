@@ -120,9 +120,13 @@ class HistoryEntry:
 
 
 def history_bundle(
-    entries: Iterable[HistoryEntry], *, total: int | None, links: list[dict[str, str]]
+    entries: Iterable[HistoryEntry], *, total: int | None, links: list[dict[str, str]],
+    outcome: tuple[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A `history` Bundle (FHIR R4 http.html#history): newest first, deletes carry no resource."""
+    """A `history` Bundle (FHIR R4 http.html#history): newest first, deletes carry no resource. `outcome`: (the
+    request as the history's `self` link gives it, an OperationOutcome about it, e.g. the parameters lenient
+    handling left out), as a last entry answering that request in `response.outcome`: a history entry must have
+    a request and a response (R4 bdl-3, bdl-4) and has no `search.mode`, so this is where a history says it."""
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
     if total is not None:
         bundle["total"] = total
@@ -135,6 +139,9 @@ def history_bundle(
         entry["request"] = {"method": item.method, "url": item.request_url}
         entry["response"] = {"status": item.status, "etag": etag(item.version_id), "lastModified": item.last_modified}
         out.append(entry)
+    if outcome is not None:
+        url, issue = outcome
+        out.append({"request": {"method": "GET", "url": url}, "response": {"status": "200 OK", "outcome": issue}})
     if out:
         bundle["entry"] = out
     return bundle
