@@ -11,7 +11,7 @@ way. A control with an empty value is ignored, as an empty criterion is (R4 3.1.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -76,8 +76,10 @@ def prefers_strict(prefer: str | None) -> bool:
     return False
 
 
-def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, strict: bool) -> ResultControls:
-    """The result controls among `params` (others are skipped: they are criteria or paging)."""
+def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, strict: bool,
+                   sortable: Mapping[str, SearchParamDef] | None = None) -> ResultControls:
+    """The result controls among `params` (others are skipped: they are criteria or paging). `sortable`: what
+    `_sort` may name, for a search the store's parameter table does not describe (default: that table's)."""
     summary: Summary | None = None
     total: Total | None = None
     elements: list[str] | None = None
@@ -119,7 +121,7 @@ def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, str
         elif base == "_sort":
             applied: list[str] = []
             for piece in value.split(","):
-                key = _sort_key(resource_type, piece.strip(), unsupported)
+                key = _sort_key(resource_type, piece.strip(), unsupported, sortable)
                 if key is not None:
                     sort.append(key)
                     applied.append(piece.strip())
@@ -144,12 +146,13 @@ def _say(text: str) -> str:
     return text[:40] if re.match(r"^[A-Za-z0-9_\-.:*]*$", text) else "(invalid)"
 
 
-def _sort_key(resource_type: str, piece: str, unsupported: Callable[[str, str], None]) -> SortKey | None:
+def _sort_key(resource_type: str, piece: str, unsupported: Callable[[str, str], None],
+              sortable: Mapping[str, SearchParamDef] | None) -> SortKey | None:
     descending = piece.startswith("-")
     name = piece.removeprefix("-")
     if not name:
         raise InvalidSearchValue("_sort takes parameter names, e.g. _sort=-date,_id", expression="_sort")
-    definition = search_parameters(resource_type).get(name)
+    definition = (search_parameters(resource_type) if sortable is None else sortable).get(name)
     if definition is None or definition.type not in SORTABLE_TYPES:
         shown = _say(name)
         unsupported(

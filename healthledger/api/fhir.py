@@ -20,7 +20,7 @@ from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import definition_search
 from fhir_adapters.capability import TypeCapability, capability_statement
 from fhir_adapters.datatypes import ID, instant
-from fhir_adapters.errors import FhirInputError, UnknownResourceType, UnsupportedSearch
+from fhir_adapters.errors import FhirInputError, InvalidSearchValue, UnknownResourceType, UnsupportedSearch
 from fhir_adapters.extensions import EXTENSIONS, structure_definition
 from fhir_adapters.operation_definitions import OURS, operation_definition, system_operations, type_operations
 from fhir_adapters.outcome import operation_outcome
@@ -28,6 +28,7 @@ from fhir_adapters.search import parse_search
 from fhir_adapters.search.controls import (
     FixedSearch,
     ResultControls,
+    SortKey,
     is_control,
     parse_controls,
     prefers_strict,
@@ -124,9 +125,10 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
         notes={"read": f"this server's own {definitions}s are public (no token), at the id their canonical URL "
                "ends in; any other id is an ordinary read",
                "search-type": f"lists this server's own {definitions}s (public), then, to an authenticated caller, "
-               "the stored ones it may read; by url, _id and name, paged by _count; any other parameter is ignored "
-               "and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (Bundle "
-               "entries: strict)"},
+               "the stored ones it may read; by url, _id and name, paged by _count, with _summary, _elements, _total "
+               "and _sort (by name, title, url, date, status, _id, _lastUpdated: ours, then the stored ones, each "
+               "in that order); any other parameter is ignored and named in an OperationOutcome entry, or refused "
+               "(400) under Prefer: handling=strict (Bundle entries: strict)"},
         search=(("url", "uri", "the canonical URL, exact (url|version: that version too); comma: any of"),
                 ("_id", "token", "the logical id, exact; comma: any of"),
                 ("name", "string", "the computer-friendly name, case-insensitive, starts with; comma: any of")),
@@ -159,7 +161,8 @@ _REFUSED_CONTROLS = frozenset({"_page", "_contained", "_containedType"})
 # `_at` and `_list` are not among them (ignored and said, or refused under strict handling, as in a search).
 _HISTORY_PARAMS = frozenset({"_count", CURSOR_PARAM, "_since", "_summary", "_elements"})
 # What a search of the definitions answers (fhir_adapters/definition_search.py): declared in TYPE_CAPABILITIES.
-_DEFINITION_PARAMS = frozenset({*definition_search.CRITERIA, "_count", CURSOR_PARAM})
+_DEFINITION_CONTROLS = frozenset({"_summary", "_elements", "_total", "_sort"})
+_DEFINITION_PARAMS = frozenset({*definition_search.CRITERIA, "_count", CURSOR_PARAM, *_DEFINITION_CONTROLS})
 
 class RefusalLog(Protocol):
     """Records authenticated attempts refused before any access decision (wired to the consent policy)."""
@@ -433,23 +436,32 @@ class _FhirApi:
         other parameter is ignored and named in an OperationOutcome entry, or refused under `Prefer:
         handling=strict` (R4 3.1.1.4)."""
         http.check_response_format(request)
-        search = screen_fixed(resource_type, params, _DEFINITION_PARAMS, strict=prefers_strict(request.headers.get("Prefer")))
-        count = parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
-                            maximum=self.settings.max_page_size)
+        strict = prefers_strict(request.headers.get("Prefer"))
+        search, result = _screen_definitions(resource_type, params, strict=strict)
+        count = self._definitions_count(search, result)
         cursor = search.last(CURSOR_PARAM)
         offset = decode_cursor(cursor) if cursor is not None else 0
         principal = self._optional_principal()
         if principal is None:
-            page, total = _definitions_page(None, resource_type, search, count, offset)
+            page, total = _definitions_page(None, resource_type, search, result.sort, count, offset)
         else:
             with self.store.reading(principal) as uow:
-                page, total = _definitions_page(uow, resource_type, search, count, offset)
+                page, total = _definitions_page(uow, resource_type, search, result.sort, count, offset)
         base = self._base()
         next_offset = offset + count if 0 < count and offset + count < total else None
-        kept = tuple((n, v) for n, v in params if n in definition_search.CRITERIA)
+        kept = (*((n, v) for n, v in params if n in definition_search.CRITERIA), *result.kept)
         links = PageLinks(f"{base}/{resource_type}", kept, count, offset).links(next_offset)
-        return self._respond(searchset_bundle(((f"{base}/{url}", body) for url, body in page), total=total,
-                                              links=links, outcome=ignored_outcome(list(search.ignored))))
+        if count == 0:
+            links = links[:1]
+        return self._respond(searchset_bundle(
+            ((f"{base}/{url}", _subset(body, result)) for url, body in page), total=_shown_total(total, result),
+            links=links, outcome=ignored_outcome([*search.ignored, *result.ignored])))
+
+    def _definitions_count(self, search: FixedSearch, result: ResultControls) -> int:
+        if result.summary == "count":
+            return 0
+        return parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
+                           maximum=self.settings.max_page_size)
 
     def _optional_principal(self) -> Principal | None:
         """The caller of a public endpoint, if it says who it is: None without credentials (a token that does not
@@ -469,11 +481,10 @@ class _FhirApi:
             if target.version is None and target.id in definition_search.published_ids(resource_type):
                 return next(d for d in definition_search.published(resource_type) if d["id"] == target.id)
             return None  # a stored one: the ordinary read
-        search = screen_fixed(resource_type, target.params or [], _DEFINITION_PARAMS, strict=True)
-        count = parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
-                            maximum=self.settings.max_page_size)
-        page, total = _definitions_page(uow, resource_type, search, count, 0)
-        bundle = searchset_bundle(page, total=total, links=[])
+        search, result = _screen_definitions(resource_type, target.params or [], strict=True)
+        page, total = _definitions_page(uow, resource_type, search, result.sort, self._definitions_count(search, result), 0)
+        bundle = searchset_bundle(((url, _subset(body, result)) for url, body in page),
+                                  total=_shown_total(total, result), links=[])
         del bundle["link"]
         return bundle
 
@@ -641,7 +652,7 @@ class _FhirApi:
             offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
         result = parse_controls(resource_type, params, strict=strict)
         if result.summary is not None and result.elements is not None:
-            raise UnsupportedSearch("use either _summary or _elements, not both")
+            raise InvalidSearchValue("use either _summary or _elements, not both", expression="_elements")
         query = parse_search(resource_type, criteria, now=self.store.clock(), strict=strict)
         ignored += [*query.ignored, *result.ignored]
         endpoint = f"{self._base()}/{resource_type}"
@@ -757,16 +768,35 @@ def _named_patient(params: Any) -> str:
     return next(iter(named)) if len(named) == 1 else ""
 
 
+def _screen_definitions(
+    resource_type: str, params: list[tuple[str, str]], *, strict: bool
+) -> tuple[FixedSearch, ResultControls]:
+    """A definitions search's criteria and result controls (`_sort` by definition_search.SORTABLE); what it does
+    not answer is ignored and named, or refused under strict handling (R4 3.1.1.4)."""
+    search = screen_fixed(resource_type, params, _DEFINITION_PARAMS, strict=strict)
+    result = parse_controls(resource_type, [(n, v) for n, v in params if n in _DEFINITION_CONTROLS], strict=strict,
+                            sortable=definition_search.SORTABLE)
+    if result.summary is not None and result.elements is not None:
+        raise InvalidSearchValue("use either _summary or _elements, not both", expression="_elements")
+    return search, result
+
+
+def _shown_total(total: int, result: ResultControls) -> int | None:
+    """The total unless `_total=none` asked for none (`_summary=count` is a total, whatever `_total` says)."""
+    return None if result.total == "none" and result.summary != "count" else total
+
+
 def _definitions_page(
-    uow: UnitOfWork | None, resource_type: str, search: FixedSearch, count: int, offset: int
+    uow: UnitOfWork | None, resource_type: str, search: FixedSearch, sort: tuple[SortKey, ...], count: int,
+    offset: int,
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     """One page of the definitions `search` selects, as (relative url, resource), and how many there are: the
     published ones first, then (on `uow`, the caller's view; None: an anonymous caller) the stored ones the
-    caller may read, none under a published id (that id reads ours). The stored ones are matched by the store's
-    `keep` (its index has no `url` or `name` for them) and paged by the store, so only those shown are recorded
-    as shown."""
-    published = [(f"{resource_type}/{d['id']}", dict(d))
-                 for d in definition_search.select(definition_search.published(resource_type), search)]
+    caller may read, none under a published id (that id reads ours); each group in `sort` order. The stored ones
+    are matched by the store's `keep` (its index has no `url` or `name` for them), sorted and paged by the store,
+    so only those shown are recorded as shown (which is why the groups are not merged into one order)."""
+    selected = definition_search.select(definition_search.published(resource_type), search)
+    published = [(f"{resource_type}/{d['id']}", dict(d)) for d in definition_search.ordered(selected, sort)]
     page = published[offset:offset + count]
     if uow is None:
         return page, len(published)
@@ -774,7 +804,7 @@ def _definitions_page(
     with fhir_errors():
         everything = parse_search(resource_type, [])
     stored = uow.search(resource_type, everything, count=count - len(page), offset=max(0, offset - len(published)),
-                        keep=lambda resource: resource.get("id") not in ours
+                        sort=sort, keep=lambda resource: resource.get("id") not in ours
                         and bool(definition_search.select([resource], search)))
     page += [(f"{resource_type}/{item.id}", item.stamped()) for item in stored.items]
     return page, len(published) + (stored.total or 0)

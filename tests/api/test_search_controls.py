@@ -208,3 +208,51 @@ def test_lenient_handling_is_consistent(client: FlaskClient) -> None:
         for headers in (AUTH, STRICT):
             answered = _body(client.get(f"{url}&{empty}", headers=headers))
             assert answered["total"] == 3 and not _entries(answered, "outcome"), empty
+
+
+def test_result_controls_on_the_definitions(client: FlaskClient) -> None:
+    """`_summary`, `_elements`, `_total` and `_sort` on OperationDefinition and StructureDefinition searches (public:
+    no token), as on every other type; the stored ones follow ours, each in `_sort` order."""
+    from fhir_adapters.extensions import EXTENSIONS
+    from fhir_adapters.operation_definitions import OURS
+
+    for resource_type, ours in (("OperationDefinition", OURS), ("StructureDefinition", EXTENSIONS)):
+        url = f"/fhir/{resource_type}"
+        counted = _body(client.get(f"{url}?_summary=count", headers={"Prefer": "handling=strict"}))
+        assert counted["total"] == len(ours) and "entry" not in counted
+        assert [link["relation"] for link in counted["link"]] == ["self"]
+        names = [d["name"] for d in _entries(_body(client.get(f"{url}?_sort=-name", headers={"Prefer": "handling=strict"})))]
+        assert names == sorted(names, key=str.casefold, reverse=True) and len(names) == len(ours)
+        ids = [d["id"] for d in _entries(_body(client.get(f"{url}?_sort=-_id&_count=2")))]
+        assert ids == sorted(ours, reverse=True)[:2]
+        following = _body(client.get(f"{url}?_sort=-_id&_count=2"))
+        next_url = next(link["url"] for link in following["link"] if link["relation"] == "next")
+        assert "_sort=-_id" in next_url
+        assert [d["id"] for d in _entries(_body(client.get(next_url.replace("http://localhost", ""))))] == \
+            sorted(ours, reverse=True)[2:4]
+        elements = _entries(_body(client.get(f"{url}?_elements=url&_count=3")))
+        assert elements and all(SUBSETTED in d["meta"]["tag"] and "url" in d and "description" not in d for d in elements)
+        summary = _entries(_body(client.get(f"{url}?_summary=true&_count=3")))
+        assert summary and all(SUBSETTED in d["meta"]["tag"] for d in summary)
+        untotalled = _body(client.get(f"{url}?_total=none", headers={"Prefer": "handling=strict"}))
+        assert "total" not in untotalled and len(_entries(untotalled)) == len(ours)
+        for bad in ("_total=maybe", "_summary=maybe", "_summary=true&_elements=url"):
+            for headers in ({}, {"Prefer": "handling=strict"}):
+                assert _body(client.get(f"{url}?{bad}", headers=headers), 400)["issue"][0]["code"] == "invalid"
+        assert _body(client.get(f"{url}?_sort=publisher", headers={"Prefer": "handling=strict"}), 400)["issue"][0]["code"] \
+            == "not-supported"
+        lenient = _body(client.get(f"{url}?_sort=publisher,name"))
+        assert "_sort=publisher" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
+        assert "publisher" not in lenient["link"][0]["url"]
+    # A stored one, to the caller that may read it: after ours, sorted among the stored ones.
+    prefix = f"Sorted{uuid.uuid4().hex[:6]}"
+    made = [_create(client, {"resourceType": "StructureDefinition", "url": f"http://example.org/{prefix}{n}",
+                             "name": f"{prefix}{n}", "status": "draft", "kind": "complex-type", "abstract": False,
+                             "type": "Extension"}) for n in ("A", "B")]
+    found = _entries(_body(client.get(f"/fhir/StructureDefinition?name={prefix}&_sort=-name", headers=AUTH)))
+    assert [d["id"] for d in found] == made[::-1]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"StructureDefinition?name={prefix}&_sort=-name&_elements=name"}}]}
+    [entry] = _body(client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS))["entry"]
+    assert [d["id"] for d in _entries(entry["resource"])] == made[::-1]
+    assert all(SUBSETTED in d["meta"]["tag"] and "abstract" in d and "derivation" not in d for d in _entries(entry["resource"]))
