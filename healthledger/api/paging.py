@@ -1,13 +1,16 @@
 """Search and history result Bundles with paging links (FHIR R4 bundle.html, search.html#paging, http.html#history).
 
-Paging links carry the client's parameters plus an opaque `_cursor` (the offset into the store's stable
-order), so a client only ever follows links it was given. A cursor is validated like any other input.
+Paging links carry the client's parameters plus an opaque `_cursor`: the position of the page (an offset into the
+stable order) and, where the order allows it, the sort position of the last entry shown (a keyset: the next page
+starts after it, so what is added or removed meanwhile does not shift a result onto two pages or off both). A
+keyset holds only what the page showed its client (an entry's id). A cursor is validated like any other input.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,15 +26,32 @@ from healthledger.errors import BadRequest
 CURSOR_PARAM = "_cursor"
 _CURSOR_VERSION = 1
 _MAX_OFFSET = 10**9
+_KEY = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # a keyset position: an id as FHIR spells one
 
 
-def encode_cursor(offset: int) -> str:
-    raw = orjson.dumps({"v": _CURSOR_VERSION, "o": offset})
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+@dataclass(frozen=True)
+class Cursor:
+    """Where the page a `next` link points at starts: `offset` into the order, or, when `after` is given, just
+    after the entry whose id that is (the offset then only places the page, for its `previous` link)."""
+
+    offset: int
+    after: str | None = None
+
+
+def encode_cursor(offset: int, after: str | None = None) -> str:
+    fields: dict[str, Any] = {"v": _CURSOR_VERSION, "o": offset}
+    if after is not None:
+        fields["a"] = after
+    return base64.urlsafe_b64encode(orjson.dumps(fields)).rstrip(b"=").decode()
 
 
 def decode_cursor(token: str) -> int:
     """The offset inside a cursor from one of our links; 400 for anything else."""
+    return read_cursor(token).offset
+
+
+def read_cursor(token: str) -> Cursor:
+    """The cursor of one of our links; 400 for anything else."""
     if len(token) > 200:
         raise BadRequest("invalid paging cursor")
     try:
@@ -44,7 +64,10 @@ def decode_cursor(token: str) -> int:
     offset = value.get("o")
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= _MAX_OFFSET:
         raise BadRequest("invalid paging cursor")
-    return offset
+    after = value.get("a")
+    if after is not None and not (isinstance(after, str) and _KEY.fullmatch(after)):
+        raise BadRequest("invalid paging cursor")
+    return Cursor(offset, after)
 
 
 def parse_count(values: Sequence[str], *, default: int, maximum: int, name: str = "_count") -> int:
@@ -68,16 +91,20 @@ class PageLinks:
     count: int
     offset: int
 
-    def url(self, offset: int) -> str:
+    after: str | None = None  # this page's keyset position (Cursor.after), for its `self` link
+
+    def url(self, offset: int, after: str | None = None) -> str:
         params = [*self.params, ("_count", str(self.count))]
-        if offset > 0:
-            params.append((CURSOR_PARAM, encode_cursor(offset)))
+        if offset > 0 or after is not None:
+            params.append((CURSOR_PARAM, encode_cursor(offset, after)))
         return f"{self.endpoint}?{urlencode(params)}"
 
-    def links(self, next_offset: int | None) -> list[dict[str, str]]:
-        links = [{"relation": "self", "url": self.url(self.offset)}]
+    def links(self, next_offset: int | None, next_after: str | None = None) -> list[dict[str, str]]:
+        """`self`, `next` (after `next_after` when given: a keyset) and, past the first page, `previous` (by
+        offset: a keyset runs one way)."""
+        links = [{"relation": "self", "url": self.url(self.offset, self.after)}]
         if next_offset is not None:
-            links.append({"relation": "next", "url": self.url(next_offset)})
+            links.append({"relation": "next", "url": self.url(next_offset, next_after)})
         if self.offset > 0:
             links.append({"relation": "previous", "url": self.url(max(0, self.offset - self.count))})
         return links
@@ -164,6 +191,7 @@ def ignored_outcome(ignored: list[str]) -> dict[str, Any] | None:
 
 __all__ = [
     "CURSOR_PARAM",
+    "Cursor",
     "HistoryEntry",
     "PageLinks",
     "decode_cursor",
@@ -171,5 +199,6 @@ __all__ = [
     "history_bundle",
     "ignored_outcome",
     "parse_count",
+    "read_cursor",
     "searchset_bundle",
 ]

@@ -256,3 +256,43 @@ def test_result_controls_on_the_definitions(client: FlaskClient) -> None:
     [entry] = _body(client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS))["entry"]
     assert [d["id"] for d in _entries(entry["resource"])] == made[::-1]
     assert all(SUBSETTED in d["meta"]["tag"] and "abstract" in d and "derivation" not in d for d in _entries(entry["resource"]))
+
+
+def test_audit_events_sort_by_date_and_page_by_the_last_entry_shown(client: FlaskClient) -> None:
+    """`_sort=-date` on the access log (newest first); every request adds entries, at the front of that order, yet
+    following `next` neither repeats an entry nor skips one: the cursor is the last entry shown (a keyset)."""
+    for _ in range(3):
+        _world(client)
+    strict = {**AUTH, "Prefer": "handling=strict"}
+    first = _body(client.get("/fhir/AuditEvent?_sort=-date&_count=3", headers=strict))
+    newest = _entries(first)
+    assert [e["recorded"] for e in newest] == sorted((e["recorded"] for e in newest), reverse=True)
+    seen = [e["id"] for e in newest]
+    page = first
+    for _ in range(3):  # each step writes to the log (this very request, and a create) before the next page
+        _world(client)
+        next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        assert "_sort=-date" in next_url
+        page = _body(client.get(next_url.replace("http://localhost", ""), headers=strict))
+        ids = [e["id"] for e in _entries(page)]
+        assert len(ids) == 3 and not set(ids) & set(seen), (ids, seen)
+        seen += ids
+    # Newest first throughout, ties by id: exactly the entries that were there when the first page was asked.
+    assert [int(i) for i in seen] == sorted((int(i) for i in seen), reverse=True)
+    everything: list[int] = []
+    url: str | None = "/fhir/AuditEvent?_sort=-date&_count=50"
+    while url is not None and (not everything or everything[-1] > int(seen[-1])):
+        page = _body(client.get(url, headers=strict))
+        everything += [int(e["id"]) for e in _entries(page)]
+        url = next((link["url"].replace("http://localhost", "") for link in page["link"] if link["relation"] == "next"), None)
+    assert [i for i in everything if int(seen[-1]) <= i <= int(seen[0])] == [int(i) for i in seen]
+    ascending = _entries(_body(client.get("/fhir/AuditEvent?_sort=_id&_count=3", headers=strict)))
+    assert [int(e["id"]) for e in ascending] == sorted(int(e["id"]) for e in ascending)
+    # The cursor names an entry shown, nothing else; one the search does not select is refused.
+    from healthledger.api.paging import encode_cursor
+
+    forged = client.get(f"/fhir/AuditEvent?_sort=-date&_count=3&_cursor={encode_cursor(3, '999999999')}", headers=AUTH)
+    assert forged.status_code == 400 and "cursor" in _body(forged, 400)["issue"][0]["diagnostics"]
+    lenient = _body(client.get("/fhir/AuditEvent?_sort=-outcome,-date&_count=2", headers=AUTH))
+    assert "_sort=outcome" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
+    assert "outcome" not in lenient["link"][0]["url"]
