@@ -13,10 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from fhir_adapters.errors import InvalidSearchValue, UnsupportedSearch
 from fhir_adapters.search.parameters import SearchParamDef, search_parameters
+from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type
 
 Summary = Literal["true", "text", "data", "count"]
@@ -60,6 +61,15 @@ class ResultControls:
     revinclude: tuple[IncludeSpec, ...] = ()
     ignored: tuple[str, ...] = ()
     kept: tuple[tuple[str, str], ...] = ()  # the controls applied, for paging links
+
+    def subset(self, resource: Mapping[str, Any]) -> dict[str, Any]:
+        """`resource` as `_summary` / `_elements` ask (R4 3.1.1.5.8, .9; fhir_adapters.subsetting): to apply after
+        every decision about it, to what the caller is shown."""
+        if self.summary in ("true", "text", "data"):
+            return summarize(resource, self.summary)
+        if self.elements is not None:
+            return select_elements(resource, self.elements)
+        return dict(resource)
 
 
 def is_control(name: str) -> bool:
@@ -206,23 +216,43 @@ class FixedSearch:
 
     values: dict[str, tuple[str, ...]]
     ignored: tuple[str, ...] = ()
+    results: ResultControls = ResultControls()  # `_summary`, `_elements`, `_total`, `_sort`, when taken
+
+    def shown_total(self, total: int) -> int | None:
+        """The total unless `_total=none` asked for none (`_summary=count` is a total, whatever `_total` says)."""
+        return None if self.results.total == "none" and self.results.summary != "count" else total
 
     def last(self, name: str) -> str | None:
         given = self.values.get(name)
         return given[-1] if given else None
 
 
+# The result controls a fixed search takes when it is given what `_sort` may name (`screen_fixed(sortable=)`).
+FIXED_RESULT_CONTROLS: Final = frozenset({"_summary", "_elements", "_total", "_sort"})
+
+
 def screen_fixed(resource_type: str, params: Sequence[tuple[str, str]], supported: frozenset[str], *,
-                 strict: bool, what: str = "search parameter") -> FixedSearch:
+                 strict: bool, what: str = "search parameter",
+                 sortable: Mapping[str, SearchParamDef] | None = None) -> FixedSearch:
     """R4 3.1.1.4 for a search over `supported` names only (no modifiers): under `Prefer: handling=strict` any
     other parameter (criterion, modifier or result control) is an UnsupportedSearch; lenient, it is left out and
     named once in `ignored`, as `parse_search` and `parse_controls` do for the store's searches. `_format` and
     `_pretty` are always accepted. Names are echoed only when they look like names; values never are. `what`: how
-    the refusal calls a parameter (a history's are not search parameters)."""
+    the refusal calls a parameter (a history's are not search parameters). `sortable` given: the result controls
+    (FIXED_RESULT_CONTROLS) are taken too, `_sort` naming those (`parse_controls`; `_summary` with `_elements`
+    is invalid), for whoever runs the search to apply them (`results`)."""
     values: dict[str, list[str]] = {}
     ignored: list[str] = []
+    results = ResultControls()
+    if sortable is not None:
+        results = parse_controls(resource_type, [(n, v) for n, v in params if n in FIXED_RESULT_CONTROLS],
+                                 strict=strict, sortable=sortable)
+        if results.summary is not None and results.elements is not None:
+            raise InvalidSearchValue("use either _summary or _elements, not both", expression="_elements")
+        supported = supported | FIXED_RESULT_CONTROLS
+        ignored += results.ignored
     for name, value in params:
-        if name in _FORMAT_PARAMETERS:
+        if name in _FORMAT_PARAMETERS or (sortable is not None and name in FIXED_RESULT_CONTROLS):
             continue
         if name in supported:
             values.setdefault(name, []).append(value)
@@ -233,4 +263,4 @@ def screen_fixed(resource_type: str, params: Sequence[tuple[str, str]], supporte
                                     f"(supported: {', '.join(sorted(supported))})")
         if shown not in ignored:
             ignored.append(shown)
-    return FixedSearch({k: tuple(v) for k, v in values.items()}, tuple(ignored))
+    return FixedSearch({k: tuple(v) for k, v in values.items()}, tuple(ignored), results)

@@ -37,7 +37,6 @@ from fhir_adapters.search.dates import date_range, interval_datetime
 from fhir_adapters.search.parameters import search_parameters
 from fhir_adapters.search.query import DATE_PREFIXES
 from fhir_adapters.search.references import parse_reference
-from fhir_adapters.subsetting import select_elements, summarize
 from healthledger.api import negotiation as http
 from healthledger.api.paging import (
     CURSOR_PARAM,
@@ -665,11 +664,7 @@ class _AuditEventApi:
 
 
 def _subset(event: dict[str, Any], results: ResultControls) -> dict[str, Any]:
-    if results.summary in ("true", "text", "data"):
-        return summarize(event, results.summary)  # type: ignore[arg-type]
-    if results.elements is not None:
-        return select_elements(event, results.elements)
-    return event
+    return results.subset(event)
 
 
 def _actor_spelling(actor: str) -> str:

@@ -34,7 +34,6 @@ from fhir_adapters.search.controls import (
     prefers_strict,
     screen_fixed,
 )
-from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
@@ -104,9 +103,10 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
         notes={"create": "a researcher acting for an organisation defines a draft study and its cohort Group "
                "(POST /fhir/ResearchStudy; not in a Bundle: 403)",
                "history-type": "unrestricted callers only; others read a study's own history",
-               "search-type": "by status (and _count); drafts are shown to their owners only; any other parameter "
-               "is ignored and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict "
-               "(Bundle entries: strict)"},
+               "search-type": "by status, with _count, _summary, _elements, _total and _sort (title, status, date, "
+               "_id, _lastUpdated); drafts are shown to their owners only; any other parameter is ignored and named "
+               "in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (Bundle entries: "
+               "strict)"},
         search=(("status", "token", "the study's status, comma: any of"),),
         documentation="Defined by researchers; a study changes only through its operations ($publish, $enrol, "
         "$leave): update, patch and delete are refused (403).",
@@ -161,8 +161,7 @@ _REFUSED_CONTROLS = frozenset({"_page", "_contained", "_containedType"})
 # `_at` and `_list` are not among them (ignored and said, or refused under strict handling, as in a search).
 _HISTORY_PARAMS = frozenset({"_count", CURSOR_PARAM, "_since", "_summary", "_elements"})
 # What a search of the definitions answers (fhir_adapters/definition_search.py): declared in TYPE_CAPABILITIES.
-_DEFINITION_CONTROLS = frozenset({"_summary", "_elements", "_total", "_sort"})
-_DEFINITION_PARAMS = frozenset({*definition_search.CRITERIA, "_count", CURSOR_PARAM, *_DEFINITION_CONTROLS})
+_DEFINITION_PARAMS = frozenset({*definition_search.CRITERIA, "_count", CURSOR_PARAM})
 
 class RefusalLog(Protocol):
     """Records authenticated attempts refused before any access decision (wired to the consent policy)."""
@@ -437,8 +436,10 @@ class _FhirApi:
         handling=strict` (R4 3.1.1.4)."""
         http.check_response_format(request)
         strict = prefers_strict(request.headers.get("Prefer"))
-        search, result = _screen_definitions(resource_type, params, strict=strict)
-        count = self._definitions_count(search, result)
+        search = screen_fixed(resource_type, params, _DEFINITION_PARAMS, strict=strict,
+                              sortable=definition_search.SORTABLE)
+        result = search.results
+        count = self._definitions_count(search)
         cursor = search.last(CURSOR_PARAM)
         offset = decode_cursor(cursor) if cursor is not None else 0
         principal = self._optional_principal()
@@ -454,11 +455,11 @@ class _FhirApi:
         if count == 0:
             links = links[:1]
         return self._respond(searchset_bundle(
-            ((f"{base}/{url}", _subset(body, result)) for url, body in page), total=_shown_total(total, result),
-            links=links, outcome=ignored_outcome([*search.ignored, *result.ignored])))
+            ((f"{base}/{url}", _subset(body, result)) for url, body in page), total=search.shown_total(total),
+            links=links, outcome=ignored_outcome(list(search.ignored))))
 
-    def _definitions_count(self, search: FixedSearch, result: ResultControls) -> int:
-        if result.summary == "count":
+    def _definitions_count(self, search: FixedSearch) -> int:
+        if search.results.summary == "count":
             return 0
         return parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
                            maximum=self.settings.max_page_size)
@@ -481,10 +482,11 @@ class _FhirApi:
             if target.version is None and target.id in definition_search.published_ids(resource_type):
                 return next(d for d in definition_search.published(resource_type) if d["id"] == target.id)
             return None  # a stored one: the ordinary read
-        search, result = _screen_definitions(resource_type, target.params or [], strict=True)
-        page, total = _definitions_page(uow, resource_type, search, result.sort, self._definitions_count(search, result), 0)
-        bundle = searchset_bundle(((url, _subset(body, result)) for url, body in page),
-                                  total=_shown_total(total, result), links=[])
+        search = screen_fixed(resource_type, target.params or [], _DEFINITION_PARAMS, strict=True,
+                              sortable=definition_search.SORTABLE)
+        page, total = _definitions_page(uow, resource_type, search, search.results.sort, self._definitions_count(search), 0)
+        bundle = searchset_bundle(((url, _subset(body, search.results)) for url, body in page),
+                                  total=search.shown_total(total), links=[])
         del bundle["link"]
         return bundle
 
@@ -768,24 +770,6 @@ def _named_patient(params: Any) -> str:
     return next(iter(named)) if len(named) == 1 else ""
 
 
-def _screen_definitions(
-    resource_type: str, params: list[tuple[str, str]], *, strict: bool
-) -> tuple[FixedSearch, ResultControls]:
-    """A definitions search's criteria and result controls (`_sort` by definition_search.SORTABLE); what it does
-    not answer is ignored and named, or refused under strict handling (R4 3.1.1.4)."""
-    search = screen_fixed(resource_type, params, _DEFINITION_PARAMS, strict=strict)
-    result = parse_controls(resource_type, [(n, v) for n, v in params if n in _DEFINITION_CONTROLS], strict=strict,
-                            sortable=definition_search.SORTABLE)
-    if result.summary is not None and result.elements is not None:
-        raise InvalidSearchValue("use either _summary or _elements, not both", expression="_elements")
-    return search, result
-
-
-def _shown_total(total: int, result: ResultControls) -> int | None:
-    """The total unless `_total=none` asked for none (`_summary=count` is a total, whatever `_total` says)."""
-    return None if result.total == "none" and result.summary != "count" else total
-
-
 def _definitions_page(
     uow: UnitOfWork | None, resource_type: str, search: FixedSearch, sort: tuple[SortKey, ...], count: int,
     offset: int,
@@ -921,11 +905,7 @@ def _parse_condition(header: str) -> list[tuple[str, str]]:
 
 def _subset(body: dict[str, Any], controls: ResultControls) -> dict[str, Any]:
     """A resource as `_summary` / `_elements` ask (fhir_adapters.subsetting), after every decision."""
-    if controls.summary in ("true", "text", "data"):
-        return summarize(body, controls.summary)  # type: ignore[arg-type]
-    if controls.elements is not None:
-        return select_elements(body, controls.elements)
-    return body
+    return controls.subset(body)
 
 
 def _parse_instant(value: str, name: str) -> datetime:

@@ -30,6 +30,9 @@ from sqlalchemy.orm import Session
 from fhir_adapters.research_study import study_reference
 from fhir_adapters.search import parse_search
 from fhir_adapters.search.controls import prefers_strict, screen_fixed
+from fhir_adapters.search.matching import ResourceMeta
+from fhir_adapters.search.parameters import COMMON_PARAMETERS, SearchParamDef
+from fhir_adapters.search.sorting import sort_matches
 from healthledger.api import negotiation as http
 from healthledger.api.fhir import STUDY_EDITS_REFUSED
 from healthledger.api.paging import ignored_outcome, parse_count, searchset_bundle
@@ -57,6 +60,11 @@ _STATUSES = frozenset({"draft", "active", "closed-to-accrual", "completed", "wit
 MAX_COUNT = 500
 # What the two searches answer (besides _format): declared in api/fhir.py TYPE_CAPABILITIES.
 STUDY_SEARCH: Final = frozenset({"status", "_count"})
+# What a study search sorts by (`_sort`; it takes `_summary`, `_elements` and `_total` too): R4's ResearchStudy
+# parameters that have an order.
+STUDY_SORTABLE: Final = {**COMMON_PARAMETERS, "title": SearchParamDef("title", "string", ("title",)),
+                         "status": SearchParamDef("status", "token", ("status",), single=True),
+                         "date": SearchParamDef("date", "date", ("period",), single=True)}
 SUBJECT_SEARCH: Final = frozenset({"study", "_count"})
 
 
@@ -281,7 +289,7 @@ class Found:
     many match in all, and the parameters lenient handling left out."""
 
     entries: list[tuple[str, dict[str, Any]]]
-    total: int
+    total: int | None  # None: `_total=none`
     ignored: tuple[str, ...]
 
     def bundle(self, base: str | None = None, self_url: str | None = None) -> dict[str, Any]:
@@ -311,8 +319,9 @@ class ResearchReads:
         return self.catalogue.shown(uow.acting_for(acting(principal)).read("ResearchStudy", study_id), principal)
 
     def studies(self, uow: UnitOfWork, params: list[tuple[str, str]], *, strict: bool) -> Found:
-        """`GET ResearchStudy?status=` (and `_count`): the studies the caller may see."""
-        screened = screen_fixed("ResearchStudy", params, STUDY_SEARCH, strict=strict)
+        """`GET ResearchStudy?status=` (and `_count`, `_sort`, `_summary`, `_elements`, `_total`): the studies the
+        caller may see."""
+        screened = screen_fixed("ResearchStudy", params, STUDY_SEARCH, strict=strict, sortable=STUDY_SORTABLE)
         statuses: set[str] = set()
         for value in screened.values.get("status", ()):
             wanted = {v.strip() for v in value.split(",") if v.strip()}
@@ -321,10 +330,14 @@ class ResearchReads:
                 raise BadRequest(f"unknown ResearchStudy status {min(unknown)!r}", expression="status")
             statuses |= wanted
         count = parse_count(list(screened.values.get("_count", ())), default=MAX_COUNT, maximum=MAX_COUNT)
+        results = screened.results
+        if results.summary == "count":
+            count = 0
         principal = uow.principal
         found = self.catalogue.search_on(uow.acting_for(acting(principal)), principal, statuses or None)
-        entries = [(f"ResearchStudy/{s.id}", _shown(s)) for s in found[:count]]
-        return Found(entries, len(found), screened.ignored)
+        found = sort_matches(found, results.sort, lambda s: (s.resource or {}, ResourceMeta(s.id, s.last_updated)))
+        entries = [(f"ResearchStudy/{s.id}", results.subset(_shown(s))) for s in found[:count]]
+        return Found(entries, screened.shown_total(len(found)), screened.ignored)
 
     def subject(self, uow: UnitOfWork, subject_id: str) -> dict[str, Any] | None:
         """An enrolment by id as its patient or the study's owner sees it; None: the ordinary read answers."""
