@@ -41,6 +41,7 @@ from healthledger.api import negotiation as http
 from healthledger.api.paging import (
     CURSOR_PARAM,
     PageLinks,
+    Position,
     ignored_outcome,
     parse_count,
     read_cursor,
@@ -311,9 +312,9 @@ def parse_audit_query(
         cursor = read_cursor(controls[CURSOR_PARAM][-1])
         offset = cursor.offset
         if cursor.after is not None:
-            if not _ENTRY_ID.fullmatch(cursor.after):
+            if len(cursor.after) != 1 or not _ENTRY_ID.fullmatch(str(cursor.after[0])):
                 raise BadRequest("invalid paging cursor")
-            after = int(cursor.after)
+            after = int(str(cursor.after[0]))
     elif "_offset" in controls:
         offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
     results = parse_controls(RESOURCE_TYPE, result_params, strict=strict, sortable=SORTABLE)
@@ -595,7 +596,7 @@ class _AuditEventApi:
         attempt.decision = "permit"
         next_offset = query.offset + len(rows) if more else None
         # Keyset: the next page starts after the last entry of this one (its id, which the page shows).
-        next_after = str(rows[-1].id) if more and query.keyset else None
+        next_after = (str(rows[-1].id),) if more and query.keyset else None
         return self._bundle(query, events, total, next_offset, next_after)
 
 
@@ -648,10 +649,10 @@ class _AuditEventApi:
 
     def _bundle(
         self, query: AuditQuery, events: list[tuple[int, dict[str, Any]]], total: int, next_offset: int | None,
-        next_after: str | None = None,
+        next_after: Position | None = None,
     ) -> Response:
         base = self._base()
-        after = str(query.after) if query.after is not None else None
+        after = (str(query.after),) if query.after is not None else None
         links = PageLinks(f"{base}/{RESOURCE_TYPE}", query.kept, query.count, query.offset, after).links(
             next_offset, next_after)
         if query.count == 0:

@@ -24,7 +24,7 @@ from fhir_adapters.errors import FhirInputError, InvalidSearchValue, UnknownReso
 from fhir_adapters.extensions import EXTENSIONS, structure_definition
 from fhir_adapters.operation_definitions import OURS, operation_definition, system_operations, type_operations
 from fhir_adapters.outcome import operation_outcome
-from fhir_adapters.search import parse_search
+from fhir_adapters.search import ResourceMeta, parse_search
 from fhir_adapters.search.controls import (
     FixedSearch,
     ResultControls,
@@ -34,6 +34,7 @@ from fhir_adapters.search.controls import (
     prefers_strict,
     screen_fixed,
 )
+from fhir_adapters.search.sorting import sort_position
 from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
@@ -42,10 +43,12 @@ from healthledger.api.paging import (
     CURSOR_PARAM,
     HistoryEntry,
     PageLinks,
+    Position,
     decode_cursor,
     history_bundle,
     ignored_outcome,
     parse_count,
+    read_cursor,
     searchset_bundle,
 )
 from healthledger.config import Settings
@@ -648,8 +651,10 @@ class _FhirApi:
             maximum=self.settings.max_page_size,
         )
         offset = 0
+        after: Position | None = None
         if CURSOR_PARAM in controls:
-            offset = decode_cursor(controls[CURSOR_PARAM][-1])
+            cursor = read_cursor(controls[CURSOR_PARAM][-1])
+            offset, after = cursor.offset, cursor.after
         elif "_offset" in controls:
             offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
         result = parse_controls(resource_type, params, strict=strict)
@@ -668,7 +673,8 @@ class _FhirApi:
             return self._respond(searchset_bundle(
                 [], total=page.total if show_total else None, links=links, outcome=outcome))
         found = run_search(
-            self.store, resource_type, query, count=count, offset=offset, controls=result, principal=principal
+            self.store, resource_type, query, count=count, offset=offset, controls=result, principal=principal,
+            after=after,
         )
         base = self._base()
         shown = [_subset(body, result) for body in self._shown_all(found.page.items)]
@@ -677,7 +683,13 @@ class _FhirApi:
             (f"{base}/{item.resource_type}/{item.id}", _subset(body, result))
             for item, body in zip(found.included, self._shown_all(found.included))
         ]
-        links = PageLinks(endpoint, tuple(kept), count, offset).links(found.page.next_offset)
+        # The next page starts past the last match shown (a keyset: its sort values, which the page shows unless
+        # `_elements`/`_summary` cut them, and its id), not at an offset that what is written meanwhile shifts.
+        next_after = None
+        if found.page.next_offset is not None and found.page.items:
+            last = found.page.items[-1]
+            next_after = sort_position(last.resource or {}, ResourceMeta(last.id, last.last_updated), result.sort)
+        links = PageLinks(endpoint, tuple(kept), count, offset, after).links(found.page.next_offset, next_after)
         return self._respond(searchset_bundle(
             entries, total=found.page.total if show_total else None, links=links, included=included, outcome=outcome
         ))

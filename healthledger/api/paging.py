@@ -3,7 +3,9 @@
 Paging links carry the client's parameters plus an opaque `_cursor`: the position of the page (an offset into the
 stable order) and, where the order allows it, the sort position of the last entry shown (a keyset: the next page
 starts after it, so what is added or removed meanwhile does not shift a result onto two pages or off both). A
-keyset holds only what the page showed its client (an entry's id). A cursor is validated like any other input.
+keyset holds only what the caller is shown of that entry: its id and sort values as shown to it (values of elements
+`_elements` or `_summary` left out of the page are ones the same search without them shows), never a real id behind
+a pseudonym. A cursor is validated like any other input; a forged one bounds only what the caller sees anyway.
 """
 
 from __future__ import annotations
@@ -20,28 +22,31 @@ from urllib.parse import urlencode
 import orjson
 
 from fhir_adapters.outcome import operation_outcome
+from fhir_adapters.search.sorting import Position
 from healthledger.api.negotiation import etag
 from healthledger.errors import BadRequest
 
 CURSOR_PARAM = "_cursor"
 _CURSOR_VERSION = 1
 _MAX_OFFSET = 10**9
-_KEY = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # a keyset position: an id as FHIR spells one
+_KEY = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # the end of a keyset position: an id as FHIR spells one
+_MAX_POSITION = 6  # sort values (fhir_adapters.search.controls.MAX_SORT_KEYS) and the id
+_MAX_CURSOR = 8192
 
 
 @dataclass(frozen=True)
 class Cursor:
     """Where the page a `next` link points at starts: `offset` into the order, or, when `after` is given, just
-    after the entry whose id that is (the offset then only places the page, for its `previous` link)."""
+    past that position (the offset then only places the page, for its `previous` link)."""
 
     offset: int
-    after: str | None = None
+    after: Position | None = None
 
 
-def encode_cursor(offset: int, after: str | None = None) -> str:
+def encode_cursor(offset: int, after: Position | None = None) -> str:
     fields: dict[str, Any] = {"v": _CURSOR_VERSION, "o": offset}
     if after is not None:
-        fields["a"] = after
+        fields["a"] = list(after)
     return base64.urlsafe_b64encode(orjson.dumps(fields)).rstrip(b"=").decode()
 
 
@@ -52,7 +57,7 @@ def decode_cursor(token: str) -> int:
 
 def read_cursor(token: str) -> Cursor:
     """The cursor of one of our links; 400 for anything else."""
-    if len(token) > 200:
+    if len(token) > _MAX_CURSOR:
         raise BadRequest("invalid paging cursor")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -65,9 +70,17 @@ def read_cursor(token: str) -> Cursor:
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= _MAX_OFFSET:
         raise BadRequest("invalid paging cursor")
     after = value.get("a")
-    if after is not None and not (isinstance(after, str) and _KEY.fullmatch(after)):
+    if after is None:
+        return Cursor(offset)
+    if (not isinstance(after, list) or not 1 <= len(after) <= _MAX_POSITION or not isinstance(after[-1], str)
+            or not _KEY.fullmatch(after[-1]) or not all(_is_sort_value(v) for v in after[:-1])):
         raise BadRequest("invalid paging cursor")
-    return Cursor(offset, after)
+    return Cursor(offset, tuple(after))
+
+
+def _is_sort_value(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and len(value) <= 1024) or (
+        isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63)
 
 
 def parse_count(values: Sequence[str], *, default: int, maximum: int, name: str = "_count") -> int:
@@ -91,15 +104,15 @@ class PageLinks:
     count: int
     offset: int
 
-    after: str | None = None  # this page's keyset position (Cursor.after), for its `self` link
+    after: Position | None = None  # this page's keyset position (Cursor.after), for its `self` link
 
-    def url(self, offset: int, after: str | None = None) -> str:
+    def url(self, offset: int, after: Position | None = None) -> str:
         params = [*self.params, ("_count", str(self.count))]
         if offset > 0 or after is not None:
             params.append((CURSOR_PARAM, encode_cursor(offset, after)))
         return f"{self.endpoint}?{urlencode(params)}"
 
-    def links(self, next_offset: int | None, next_after: str | None = None) -> list[dict[str, str]]:
+    def links(self, next_offset: int | None, next_after: Position | None = None) -> list[dict[str, str]]:
         """`self`, `next` (after `next_after` when given: a keyset) and, past the first page, `previous` (by
         offset: a keyset runs one way)."""
         links = [{"relation": "self", "url": self.url(self.offset, self.after)}]
@@ -194,6 +207,7 @@ __all__ = [
     "Cursor",
     "HistoryEntry",
     "PageLinks",
+    "Position",
     "decode_cursor",
     "encode_cursor",
     "history_bundle",

@@ -296,3 +296,37 @@ def test_audit_events_sort_by_date_and_page_by_the_last_entry_shown(client: Flas
     lenient = _body(client.get("/fhir/AuditEvent?_sort=-outcome,-date&_count=2", headers=AUTH))
     assert "_sort=outcome" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
     assert "outcome" not in lenient["link"][0]["url"]
+
+
+def test_pages_follow_the_last_match_shown_so_writes_between_pages_do_not_shift_them(client: FlaskClient) -> None:
+    """A `next` link starts past the last match of its page (a keyset), not at an offset: a resource created
+    before that point, or one deleted, between two pages neither puts a match on two pages nor hides one."""
+    family = f"Paged{uuid.uuid4().hex[:8]}"
+
+    def put(pid: str, given: str) -> None:
+        body = {"resourceType": "Patient", "id": pid, "name": [{"family": family, "given": [given]}]}
+        assert client.put(f"/fhir/Patient/{pid}", data=orjson.dumps(body), headers=JSON_HEADERS).status_code in (200, 201)
+
+    ids = [f"{family.lower()}-{n}" for n in "bdfhj"]
+    for pid, given in zip(ids, ("Bea", "Dan", "Fay", "Hal", "Jo")):
+        put(pid, given)
+
+    def following(page: dict[str, Any]) -> dict[str, Any]:
+        url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        return _body(client.get(url.replace("http://localhost", ""), headers=AUTH))
+
+    for sort, first_id, first_given in (("", f"{family.lower()}-a", "Zed"), ("&_sort=given", f"{family.lower()}-z", "Al")):
+        first = _body(client.get(f"/fhir/Patient?family={family}&_count=2{sort}", headers=AUTH))
+        shown = [p["id"] for p in _entries(first)]
+        assert shown == ids[:2]
+        put(first_id, first_given)  # sorts before everything shown: an offset would show ids[1] again
+        second = following(first)
+        assert [p["id"] for p in _entries(second)] == ids[2:4]
+        assert client.delete(f"/fhir/Patient/{ids[2]}", headers=AUTH).status_code == 204  # an offset would skip
+        third = following(second)
+        assert [p["id"] for p in _entries(third)] == ids[4:]
+        assert not any(link["relation"] == "next" for link in third["link"])
+        assert client.delete(f"/fhir/Patient/{first_id}", headers=AUTH).status_code == 204
+        put(ids[2], "Fay")  # back, for the next round
+    forged = client.get(f"/fhir/Patient?family={family}&_cursor=eyJ2IjoxLCJvIjowLCJhIjpbMV19", headers=AUTH)
+    assert forged.status_code == 400  # {"v":1,"o":0,"a":[1]}: an id must end a position
