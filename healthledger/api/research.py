@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session
@@ -162,7 +163,7 @@ class _ResearchApi:
         self.catalogue.settle_quietly()
         with self.store.reading(principal) as uow:
             found = self.reads.studies(uow, params, strict=prefers_strict(request.headers.get("Prefer")))
-        return self._respond(found.bundle(self._base(), request.url))
+        return self._respond(found.bundle(self._base(), found.link(f"{self._base()}/ResearchStudy")))
 
     def studies_search(self) -> Response:
         """POST _search: the same search as GET, parameters from the query and the form body."""
@@ -280,17 +281,22 @@ class _ResearchApi:
         with self.store.reading(principal) as uow:
             found = self.reads.subjects(uow, list(request.args.items(multi=True)),
                                    strict=prefers_strict(request.headers.get("Prefer")))
-        return self._respond(found.bundle(self._base(), request.url))
+        return self._respond(found.bundle(self._base(), found.link(f"{self._base()}/ResearchSubject")))
 
 
 @dataclass(frozen=True)
 class Found:
     """A research search's answer before rendering: the matches shown (url relative to the base, resource), how
-    many match in all, and the parameters lenient handling left out."""
+    many match in all, the parameters lenient handling left out and those applied (for the `self` link)."""
 
     entries: list[tuple[str, dict[str, Any]]]
     total: int | None  # None: `_total=none`
     ignored: tuple[str, ...]
+    kept: tuple[tuple[str, str], ...] = ()
+
+    def link(self, endpoint: str) -> str:
+        """The search as it was applied: what lenient handling left out is not in it (as in every search)."""
+        return f"{endpoint}?{urlencode(self.kept)}" if self.kept else endpoint
 
     def bundle(self, base: str | None = None, self_url: str | None = None) -> dict[str, Any]:
         """The searchset Bundle: full URLs under `base` with a `self` link (REST), relative ones in a Bundle entry
@@ -337,7 +343,8 @@ class ResearchReads:
         found = self.catalogue.search_on(uow.acting_for(acting(principal)), principal, statuses or None)
         found = sort_matches(found, results.sort, lambda s: (s.resource or {}, ResourceMeta(s.id, s.last_updated)))
         entries = [(f"ResearchStudy/{s.id}", results.subset(_shown(s))) for s in found[:count]]
-        return Found(entries, screened.shown_total(len(found)), screened.ignored)
+        kept = (*((n, v) for n, v in params if n in STUDY_SEARCH), *results.kept)
+        return Found(entries, screened.shown_total(len(found)), screened.ignored, kept)
 
     def subject(self, uow: UnitOfWork, subject_id: str) -> dict[str, Any] | None:
         """An enrolment by id as its patient or the study's owner sees it; None: the ordinary read answers."""
@@ -380,7 +387,8 @@ class ResearchReads:
         entries = [(f"ResearchSubject/{s['id']}", s) for s in subjects][:count]
         stored = _stored_subjects(uow, study_id, {s["id"] for s in subjects}, count=count - len(entries))
         entries += [(f"ResearchSubject/{s.id}", _shown(s)) for s in stored.items]
-        return Found(entries, len(subjects) + (stored.total or 0), screened.ignored)
+        kept = tuple((n, v) for n, v in params if n in SUBJECT_SEARCH)
+        return Found(entries, len(subjects) + (stored.total or 0), screened.ignored, kept)
 
     def entry(self, uow: UnitOfWork, target: Target) -> StoredResource | dict[str, Any] | None:
         """A Bundle's GET entry of ResearchStudy or ResearchSubject (EntryRead). No `Prefer` header of its own:

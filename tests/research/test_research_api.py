@@ -578,3 +578,8 @@ def test_study_searches_take_the_result_controls_of_every_search(world: World) -
     assert titles(lenient)[:1] == [f"{tag} C"]
     outcome = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
     assert "_sort=sponsor" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    # The self link says the search as applied: what was left out is not in it (as in every search).
+    self_link = lenient["link"][0]["url"]
+    assert "sponsor" not in self_link and "_sort=-title" in self_link and "status=draft" in self_link
+    ignored = searched("nickname=x", world.headers("research"))
+    assert "nickname" not in ignored["link"][0]["url"]
