@@ -747,7 +747,7 @@ class _FhirApi:
         links = PageLinks(f"{base}/{path}", tuple(kept), count, offset).links(next_offset)
         if count == 0:
             links = links[:1]
-        ignored = ignored_outcome(list(screened.ignored))
+        ignored = ignored_outcome(list(screened.ignored), "history")
         outcome = (links[0]["url"].removeprefix(f"{base}/"), ignored) if ignored is not None else None
         return self._respond(history_bundle(entries, total=page.total, links=links, outcome=outcome))
 

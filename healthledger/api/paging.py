@@ -189,16 +189,16 @@ def history_bundle(
 
 
 
-def ignored_outcome(ignored: list[str]) -> dict[str, Any] | None:
-    """The searchset's OperationOutcome entry naming what lenient handling left out (names only, never values);
-    every search of the API words it so (api/fhir.py, api/research.py)."""
+def ignored_outcome(ignored: list[str], what: str = "search") -> dict[str, Any] | None:
+    """The OperationOutcome naming what lenient handling left out of a search (or a `what` else: a history) (names
+    only, never values); every search and history of the API words it so (api/fhir.py, api/research.py)."""
     names = list(dict.fromkeys(ignored))
     if not names:
         return None
     return operation_outcome(
         "warning", "not-supported",
         "ignored (not supported by this server): " + ", ".join(names[:20])
-        + "; send 'Prefer: handling=strict' to have such a search refused instead",
+        + f"; send 'Prefer: handling=strict' to have such a {what} refused instead",
     )
 
 

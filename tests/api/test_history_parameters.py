@@ -88,6 +88,7 @@ def test_unsupported_parameters_are_ignored_and_said_unless_strict(client: Flask
         assert said["request"]["url"].startswith(f"Patient/{pid}/_history")
         assert said["response"]["outcome"]["issue"][0]["severity"] == "warning"
         assert name in said["response"]["outcome"]["issue"][0]["diagnostics"]
+        assert "such a history refused" in said["response"]["outcome"]["issue"][0]["diagnostics"]
         assert name not in lenient["link"][0]["url"]
         parse_resource(lenient)  # still a valid R4 history Bundle (bdl-3, bdl-4)
     missing = client.get(f"/fhir/Patient/no-such-{uuid.uuid4().hex[:6]}/_history?_summary=count&_at=2024", headers=AUTH)
