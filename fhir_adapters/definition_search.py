@@ -1,4 +1,5 @@
-"""Searching definitions (OperationDefinition, StructureDefinition) by `url`, `_id` and `name` (R4 3.1.1.4).
+"""Searching definitions (OperationDefinition, StructureDefinition) by `url`, `_id` and `name` (R4 3.1.1.4), sorted
+by their `_sort` parameters (SORTABLE).
 
 The server's own definitions are published at `/fhir/{Type}/{id}` (fhir_adapters/operation_definitions.py,
 fhir_adapters/extensions.py); a type search lists them, and the HTTP shell adds the stored ones the caller may
@@ -10,15 +11,30 @@ AND-ed, commas inside one value OR-ed (R4 3.1.1.4.12, .13). Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from fhir_adapters.extensions import EXTENSIONS, structure_definition
 from fhir_adapters.operation_definitions import OURS, operation_definition
-from fhir_adapters.search.controls import FixedSearch
+from fhir_adapters.search.controls import FixedSearch, SortKey
+from fhir_adapters.search.matching import ResourceMeta
+from fhir_adapters.search.parameters import COMMON_PARAMETERS, SearchParamDef
+from fhir_adapters.search.sorting import sort_matches
 
 # What a definitions search answers besides `_count` and paging: the criteria below.
 CRITERIA: Final = ("url", "_id", "name")
 PUBLISHED_TYPES: Final = frozenset({"OperationDefinition", "StructureDefinition"})
+# What `_sort` takes on a definitions search: R4's parameters of both types that have an order (the canonical `url`
+# compared as text), with `_id` and `_lastUpdated`.
+SORTABLE: Final[Mapping[str, SearchParamDef]] = {
+    **COMMON_PARAMETERS,
+    "name": SearchParamDef("name", "string", ("name",)),
+    "title": SearchParamDef("title", "string", ("title",)),
+    "url": SearchParamDef("url", "string", ("url",)),
+    "date": SearchParamDef("date", "date", ("date",), single=True),
+    "status": SearchParamDef("status", "token", ("status",), single=True),
+}
+_NEVER: Final = datetime(1, 1, 1, tzinfo=UTC)  # the lastUpdated of a definition without one (ours: built in)
 
 
 def published(resource_type: str) -> list[dict[str, Any]]:
@@ -37,6 +53,20 @@ def published_ids(resource_type: str) -> frozenset[str]:
 def select(definitions: Iterable[Mapping[str, Any]], search: FixedSearch) -> list[Mapping[str, Any]]:
     """The definitions that match every criterion of `search` (those of CRITERIA; others are not looked at)."""
     return [d for d in definitions if _matches(d, search.values)]
+
+
+def ordered(definitions: Iterable[Mapping[str, Any]], keys: Sequence[SortKey]) -> list[Mapping[str, Any]]:
+    """`definitions` in `_sort` order (R4 3.1.1.5.1; keys of SORTABLE), ties in the order given."""
+    return sort_matches(list(definitions), keys, lambda d: (d, ResourceMeta(str(d.get("id", "")), _last_updated(d))))
+
+
+def _last_updated(definition: Mapping[str, Any]) -> datetime:
+    meta = definition.get("meta")
+    text = meta.get("lastUpdated") if isinstance(meta, Mapping) else None
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else _NEVER
+    except ValueError:
+        return _NEVER
 
 
 def _matches(definition: Mapping[str, Any], values: Mapping[str, Sequence[str]]) -> bool:

@@ -3,19 +3,21 @@ and the client's `Prefer: handling=strict|lenient` (R4 3.1.1.4, http.html#prefer
 
 They select nothing, so `parse_search` sets them aside; whoever runs a search reads them here. Under lenient
 handling (FHIR's default) an unsupported control is left out and named in `ignored`; under strict handling it
-is an UnsupportedSearch. A value that is malformed (an `_include` that is not `Type:param`, a `_summary` that is
-not one of its codes) is an error either way.
+is an UnsupportedSearch (`not-supported`). A value that is malformed (an `_include` that is not
+`Type:parameter[:Target]`, a `_summary` that is not one of its codes) is an InvalidSearchValue (`invalid`) either
+way. A control with an empty value is ignored, as an empty criterion is (R4 3.1.1.4).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from fhir_adapters.errors import InvalidSearchValue, UnsupportedSearch
 from fhir_adapters.search.parameters import SearchParamDef, search_parameters
+from fhir_adapters.subsetting import select_elements, summarize
 from fhir_adapters.validation import is_resource_type
 
 Summary = Literal["true", "text", "data", "count"]
@@ -26,6 +28,7 @@ SORTABLE_TYPES: Final = frozenset({"date", "string", "token"})
 MAX_SORT_KEYS: Final = 5
 MAX_INCLUDES: Final = 10
 _ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+_INCLUDE_PART = re.compile(r"^[A-Za-z][A-Za-z0-9_\-.]{0,63}$")
 _CONTROL_NAMES: Final = frozenset({"_sort", "_include", "_revinclude", "_elements", "_summary", "_total"})
 
 
@@ -59,6 +62,15 @@ class ResultControls:
     ignored: tuple[str, ...] = ()
     kept: tuple[tuple[str, str], ...] = ()  # the controls applied, for paging links
 
+    def subset(self, resource: Mapping[str, Any]) -> dict[str, Any]:
+        """`resource` as `_summary` / `_elements` ask (R4 3.1.1.5.8, .9; fhir_adapters.subsetting): to apply after
+        every decision about it, to what the caller is shown."""
+        if self.summary in ("true", "text", "data"):
+            return summarize(resource, self.summary)
+        if self.elements is not None:
+            return select_elements(resource, self.elements)
+        return dict(resource)
+
 
 def is_control(name: str) -> bool:
     return name.partition(":")[0] in _CONTROL_NAMES
@@ -74,8 +86,10 @@ def prefers_strict(prefer: str | None) -> bool:
     return False
 
 
-def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, strict: bool) -> ResultControls:
-    """The result controls among `params` (others are skipped: they are criteria or paging)."""
+def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, strict: bool,
+                   sortable: Mapping[str, SearchParamDef] | None = None) -> ResultControls:
+    """The result controls among `params` (others are skipped: they are criteria or paging). `sortable`: what
+    `_sort` may name, for a search the store's parameter table does not describe (default: that table's)."""
     summary: Summary | None = None
     total: Total | None = None
     elements: list[str] | None = None
@@ -93,7 +107,7 @@ def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, str
 
     for name, value in params:
         base, _, modifier = name.partition(":")
-        if base not in _CONTROL_NAMES:
+        if base not in _CONTROL_NAMES or value == "":
             continue
         if modifier:
             unsupported(f"'{base}:{_say(modifier)}' is not supported (no modifiers on {base})", f"{base}:{_say(modifier)}")
@@ -115,13 +129,16 @@ def parse_controls(resource_type: str, params: Sequence[tuple[str, str]], *, str
             elements = [*(elements or []), *names]
             kept.append((name, value))
         elif base == "_sort":
+            applied: list[str] = []
             for piece in value.split(","):
-                key = _sort_key(resource_type, piece.strip(), unsupported)
+                key = _sort_key(resource_type, piece.strip(), unsupported, sortable)
                 if key is not None:
                     sort.append(key)
+                    applied.append(piece.strip())
             if len(sort) > MAX_SORT_KEYS:
                 raise UnsupportedSearch(f"_sort takes at most {MAX_SORT_KEYS} parameters", expression="_sort")
-            kept.append((name, value))
+            if applied:  # the paging links say what was applied: not the keys left out
+                kept.append((name, ",".join(applied)))
         else:
             spec = _include_spec(resource_type, base, value, unsupported)
             if spec is not None:
@@ -139,12 +156,13 @@ def _say(text: str) -> str:
     return text[:40] if re.match(r"^[A-Za-z0-9_\-.:*]*$", text) else "(invalid)"
 
 
-def _sort_key(resource_type: str, piece: str, unsupported: Callable[[str, str], None]) -> SortKey | None:
+def _sort_key(resource_type: str, piece: str, unsupported: Callable[[str, str], None],
+              sortable: Mapping[str, SearchParamDef] | None) -> SortKey | None:
     descending = piece.startswith("-")
     name = piece.removeprefix("-")
     if not name:
         raise InvalidSearchValue("_sort takes parameter names, e.g. _sort=-date,_id", expression="_sort")
-    definition = search_parameters(resource_type).get(name)
+    definition = (search_parameters(resource_type) if sortable is None else sortable).get(name)
     if definition is None or definition.type not in SORTABLE_TYPES:
         shown = _say(name)
         unsupported(
@@ -157,13 +175,19 @@ def _sort_key(resource_type: str, piece: str, unsupported: Callable[[str, str], 
 
 
 def _include_spec(resource_type: str, base: str, value: str, unsupported: Callable[[str, str], None]) -> IncludeSpec | None:
+    """`Type:parameter[:TargetType]` (R4 3.1.1.5.4). Malformed (another shape, an unknown type): invalid, in either
+    handling. Well-formed but beyond this server (a wildcard, a parameter it does not have, another source type
+    for `_include`): not-supported, i.e. ignored unless strict."""
     parts = value.split(":")
-    if value == "*" or len(parts) not in (2, 3) or not all(parts):
-        unsupported(f"{base} takes Type:parameter[:TargetType] (no wildcard)", f"{base}={_say(value)}")
+    wildcard = value == "*" or (len(parts) == 2 and parts[1] == "*" and bool(_INCLUDE_PART.match(parts[0])))
+    if wildcard:
+        unsupported(f"{base}: the wildcard '*' is not supported; name the parameter", f"{base}={_say(value)}")
         return None
+    if len(parts) not in (2, 3) or not all(_INCLUDE_PART.match(part) for part in parts):
+        raise InvalidSearchValue(f"{base} takes Type:parameter[:TargetType]", expression=base)
     source, param_name, target = parts[0], parts[1], parts[2] if len(parts) == 3 else None
     if not is_resource_type(source) or (target is not None and not is_resource_type(target)):
-        raise UnsupportedSearch(f"{base} names an unknown resource type", expression=base)
+        raise InvalidSearchValue(f"{base} names an unknown resource type", expression=base)
     definition = search_parameters(source).get(param_name)
     if definition is None or definition.type != "reference":
         unsupported(f"{base}: {source} has no reference parameter '{_say(param_name)}'", f"{base}={_say(value)}")
@@ -192,30 +216,51 @@ class FixedSearch:
 
     values: dict[str, tuple[str, ...]]
     ignored: tuple[str, ...] = ()
+    results: ResultControls = ResultControls()  # `_summary`, `_elements`, `_total`, `_sort`, when taken
+
+    def shown_total(self, total: int) -> int | None:
+        """The total unless `_total=none` asked for none (`_summary=count` is a total, whatever `_total` says)."""
+        return None if self.results.total == "none" and self.results.summary != "count" else total
 
     def last(self, name: str) -> str | None:
         given = self.values.get(name)
         return given[-1] if given else None
 
 
+# The result controls a fixed search takes when it is given what `_sort` may name (`screen_fixed(sortable=)`).
+FIXED_RESULT_CONTROLS: Final = frozenset({"_summary", "_elements", "_total", "_sort"})
+
+
 def screen_fixed(resource_type: str, params: Sequence[tuple[str, str]], supported: frozenset[str], *,
-                 strict: bool) -> FixedSearch:
+                 strict: bool, what: str = "search parameter",
+                 sortable: Mapping[str, SearchParamDef] | None = None) -> FixedSearch:
     """R4 3.1.1.4 for a search over `supported` names only (no modifiers): under `Prefer: handling=strict` any
     other parameter (criterion, modifier or result control) is an UnsupportedSearch; lenient, it is left out and
     named once in `ignored`, as `parse_search` and `parse_controls` do for the store's searches. `_format` and
-    `_pretty` are always accepted. Names are echoed only when they look like names; values never are."""
+    `_pretty` are always accepted. Names are echoed only when they look like names; values never are. `what`: how
+    the refusal calls a parameter (a history's are not search parameters). `sortable` given: the result controls
+    (FIXED_RESULT_CONTROLS) are taken too, `_sort` naming those (`parse_controls`; `_summary` with `_elements`
+    is invalid), for whoever runs the search to apply them (`results`)."""
     values: dict[str, list[str]] = {}
     ignored: list[str] = []
+    results = ResultControls()
+    if sortable is not None:
+        results = parse_controls(resource_type, [(n, v) for n, v in params if n in FIXED_RESULT_CONTROLS],
+                                 strict=strict, sortable=sortable)
+        if results.summary is not None and results.elements is not None:
+            raise InvalidSearchValue("use either _summary or _elements, not both", expression="_elements")
+        supported = supported | FIXED_RESULT_CONTROLS
+        ignored += results.ignored
     for name, value in params:
-        if name in _FORMAT_PARAMETERS:
+        if name in _FORMAT_PARAMETERS or (sortable is not None and name in FIXED_RESULT_CONTROLS):
             continue
         if name in supported:
             values.setdefault(name, []).append(value)
             continue
         shown = _say(name)
         if strict:
-            raise UnsupportedSearch(f"'{shown}' is not a supported search parameter for {resource_type} "
+            raise UnsupportedSearch(f"'{shown}' is not a supported {what} for {resource_type} "
                                     f"(supported: {', '.join(sorted(supported))})")
         if shown not in ignored:
             ignored.append(shown)
-    return FixedSearch({k: tuple(v) for k, v in values.items()}, tuple(ignored))
+    return FixedSearch({k: tuple(v) for k, v in values.items()}, tuple(ignored), results)

@@ -119,11 +119,13 @@ def interval_datetime(us: int) -> datetime:
 
 
 def approximate(s: Interval, now: datetime | None) -> Interval:
-    """`ap`: the value's range widened by 10% of the gap to now (R4 3.1.1.4.2), or 10% of its own span."""
+    """`ap`: the value's range widened on each side by 10% of the gap between the value and now (R4 3.1.1.4.2:
+    "for a date, 10% of the gap between now and the date"), and by at least the value's own precision (a day
+    around a day, a year around a year: the least a client expects of "approximately"). `now` None: by that
+    precision only."""
     assert s.lo is not None and s.hi is not None
+    slack = s.hi - s.lo
     if now is not None:
-        gap = abs(instant_range(now).lo - s.lo)  # type: ignore[operator]
-    else:
-        gap = s.hi - s.lo
-    slack = max(gap // 10, 1)
+        slack = max(slack, abs(instant_range(now).lo - s.lo) // 10)  # type: ignore[operator]
+    slack = max(slack, 1)
     return Interval(max(0, s.lo - slack), min(END_OF_TIME, s.hi + slack))

@@ -98,7 +98,7 @@ class HasClause:
 class SearchQuery:
     resource_type: str
     criteria: tuple[SearchCriterion, ...]
-    now: datetime | None = None  # for `ap` on dates (10% of the gap to now); None: 10% of the value's span
+    now: datetime | None = None  # for `ap` on dates (10% of the gap to now, at least the value's precision)
     # Parameters set aside under lenient handling (R4 3.1.1.4 "handling"): unknown names, unsupported
     # modifiers. Each is named once, so the answer can say it was ignored (search.mode = outcome).
     ignored: tuple[str, ...] = ()
@@ -172,6 +172,8 @@ def parse_search(
         if base in RESULT_PARAMETERS or base in CONTROL_PARAMETERS:
             continue
         if base == "_has":
+            if value == "":
+                continue  # R4 3.1.1: a parameter with no value is ignored (whatever its chain names)
             clause = _parse_has(resource_type, name, value, now, strict)
             if clause is None:
                 unsupported(f"'{_say(name, 80)}' is not a supported _has (_has:Type:reference:parameter)", name)

@@ -31,18 +31,20 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import MethodNotAllowed
 
 from fhir_adapters.audit_event import audit_event
+from fhir_adapters.errors import UnsupportedSearch
 from fhir_adapters.search.controls import ResultControls, parse_controls, prefers_strict
 from fhir_adapters.search.dates import date_range, interval_datetime
+from fhir_adapters.search.parameters import search_parameters
 from fhir_adapters.search.query import DATE_PREFIXES
 from fhir_adapters.search.references import parse_reference
-from fhir_adapters.subsetting import select_elements, summarize
 from healthledger.api import negotiation as http
 from healthledger.api.paging import (
     CURSOR_PARAM,
     PageLinks,
-    decode_cursor,
+    Position,
     ignored_outcome,
     parse_count,
+    read_cursor,
     searchset_bundle,
 )
 from healthledger.audit.anchoring import EntryProof, anchored_proof
@@ -59,7 +61,10 @@ from healthledger.store.repository import ResourceStore, dump_resource
 RESOURCE_TYPE = "AuditEvent"
 SEARCH_PARAMS = frozenset({"patient", "date"})
 CONTROLS = frozenset({"_count", "_offset", CURSOR_PARAM, "_format", "_pretty"})
-RESULT_CONTROLS = frozenset({"_summary", "_total", "_elements"})
+RESULT_CONTROLS = frozenset({"_summary", "_total", "_elements", "_sort"})
+# What `_sort` takes: the columns the log is ordered by (an entry's `recorded` is its `date` and, since an entry never
+# changes, its `_lastUpdated`); ties, and no `_sort`, go by id (append order).
+SORTABLE = {name: search_parameters(RESOURCE_TYPE)[name] for name in ("date", "_lastUpdated", "_id")}
 _ENTRY_ID = re.compile(r"[0-9]{1,18}")
 _NO_SUCH_ENTRY = "no AuditEvent with that id"
 _WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
@@ -245,15 +250,34 @@ class AuditQuery:
     kept: tuple[tuple[str, str], ...]  # the search parameters, for paging links
     count: int
     offset: int
-    results: ResultControls = dataclasses.field(default_factory=ResultControls)  # _summary, _total, _elements
+    results: ResultControls = dataclasses.field(default_factory=ResultControls)  # _summary, _total, _elements, _sort
     ignored: tuple[str, ...] = ()  # left out under lenient handling
+    after: int | None = None  # the page starts after this entry, in `order` (a keyset cursor); None: at `offset`
+
+    @property
+    def order(self) -> tuple[tuple[str, bool], ...]:
+        """The columns (`recorded_at`, `id`) the entries are in, each with descending or not, id last."""
+        columns: list[tuple[str, bool]] = []
+        for key in self.results.sort:
+            column = "id" if key.param.name == "_id" else "recorded_at"
+            if column not in (c for c, _ in columns):
+                columns.append((column, key.descending))
+        if "id" not in (c for c, _ in columns):
+            columns.append(("id", columns[-1][1] if columns else False))
+        return tuple(columns)
+
+    @property
+    def keyset(self) -> bool:
+        """Whether pages go by the last entry shown (a keyset): when every column runs the same way; otherwise
+        by offset."""
+        return len({descending for _, descending in self.order}) == 1
 
 
 def parse_audit_query(
     params: Sequence[tuple[str, str]], *, default_count: int, max_count: int, strict: bool = True
 ) -> AuditQuery:
-    """The search parameters AuditEvent search supports. Anything else is a BadRequest (400) under strict
-    handling; otherwise left out and named in `ignored` (FHIR's default, R4 3.1.1.4)."""
+    """The search parameters AuditEvent search supports. Anything else is an UnsupportedSearch (400 not-supported)
+    under strict handling; otherwise left out and named in `ignored` (FHIR's default, R4 3.1.1.4)."""
     controls: dict[str, list[str]] = {}
     patients: list[frozenset[str]] = []
     dates: list[tuple[DateCondition, ...]] = []
@@ -276,25 +300,50 @@ def parse_audit_query(
             if not strict:
                 ignored.append(shown)
                 continue
-            raise BadRequest(
+            raise UnsupportedSearch(
                 f"unsupported AuditEvent search parameter {shown!r} (supported: patient, date, _count, _offset, "
-                "_summary, _total, _elements)",
+                "_summary, _total, _elements, _sort)",
                 expression=shown if shown != "?" else None,
             )
     count = parse_count(controls.get("_count", []), default=default_count, maximum=max_count)
     offset = 0
+    after: int | None = None
     if CURSOR_PARAM in controls:
-        offset = decode_cursor(controls[CURSOR_PARAM][-1])
+        cursor = read_cursor(controls[CURSOR_PARAM][-1])
+        offset = cursor.offset
+        if cursor.after is not None:
+            if len(cursor.after) != 1 or not _ENTRY_ID.fullmatch(str(cursor.after[0])):
+                raise BadRequest("invalid paging cursor")
+            after = int(str(cursor.after[0]))
     elif "_offset" in controls:
         offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
-    results = parse_controls(RESOURCE_TYPE, result_params, strict=True)
+    results = parse_controls(RESOURCE_TYPE, result_params, strict=strict, sortable=SORTABLE)
     if results.summary is not None and results.elements is not None:
         raise BadRequest("use either _summary or _elements, not both")
     if results.summary == "count":
         count = 0
-    return AuditQuery(
-        tuple(patients), tuple(dates), (*kept, *results.kept), count, offset, results, tuple(dict.fromkeys(ignored))
-    )
+    query = AuditQuery(tuple(patients), tuple(dates), (*kept, *results.kept), count, offset, results,
+                       tuple(dict.fromkeys([*ignored, *results.ignored])))
+    return dataclasses.replace(query, after=after) if query.keyset else query
+
+
+def _past(conn: Connection, query: AuditQuery, columns: dict[str, Any], where: list[Any]) -> Any:
+    """The entries after `query.after` in `query.order` (a keyset; R4 search.html#paging leaves paging to the
+    server). That entry's time is looked up, not carried in the cursor (which holds only the id the page showed),
+    among the entries the search selects (`where`): a cursor naming any other is invalid, so a forged one tells
+    nothing about entries the caller does not see."""
+    assert query.after is not None
+    recorded = conn.execute(sa.select(AccessLogEntry.recorded_at).where(
+        *where, AccessLogEntry.id == query.after)).scalar_one_or_none()
+    if recorded is None:
+        raise BadRequest("invalid paging cursor")
+    anchor = {"id": query.after, "recorded_at": recorded}
+    clause: Any = sa.false()
+    # (a, b) after (x, y) in the order: a past x, or a equal to x and b past y.
+    for column, descending in reversed(query.order):
+        past = columns[column] < anchor[column] if descending else columns[column] > anchor[column]
+        clause = sa.or_(past, sa.and_(columns[column] == anchor[column], clause))
+    return clause
 
 
 def _pieces(name: str, value: str) -> list[str]:
@@ -525,13 +574,18 @@ class _AuditEventApi:
             total = int(conn.execute(sa.select(sa.func.count()).select_from(AccessLogEntry).where(*where)).scalar_one())
             rows: Sequence[Any] = ()
             if query.count > 0:
-                rows = conn.execute(
-                    sa.select(AccessLogEntry.id, AccessLogEntry.body, AccessLogEntry.leaf_index)
-                    .where(*where)
-                    .order_by(AccessLogEntry.id)  # append order: pages stay put as the log grows
-                    .limit(query.count)
-                    .offset(query.offset)
-                ).all()
+                columns = {"id": AccessLogEntry.id, "recorded_at": AccessLogEntry.recorded_at}
+                ordered = (sa.select(AccessLogEntry.id, AccessLogEntry.body, AccessLogEntry.leaf_index,
+                                     AccessLogEntry.recorded_at)
+                           .where(*where)
+                           .order_by(*(columns[c].desc() if down else columns[c] for c, down in query.order)))
+                if query.after is not None:
+                    ordered = ordered.where(_past(conn, query, columns, where))
+                else:
+                    ordered = ordered.offset(query.offset)
+                rows = conn.execute(ordered.limit(query.count + 1)).all()
+        # One row past the page says whether there is a next one, whatever was added meanwhile.
+        more, rows = len(rows) > query.count, rows[: query.count]
         events = []
         for row in rows:
             entry = decode_entry(row.body)
@@ -540,8 +594,11 @@ class _AuditEventApi:
             attempt.disclosed.append(entry.patient_pseudonym)
             events.append((row.id, self._render(row.id, entry, row.leaf_index, known, access)))
         attempt.decision = "permit"
-        next_offset = query.offset + query.count if query.count and query.offset + query.count < total else None
-        return self._bundle(query, events, total, next_offset)
+        next_offset = query.offset + len(rows) if more else None
+        # Keyset: the next page starts after the last entry of this one (its id, which the page shows).
+        next_after = (str(rows[-1].id),) if more and query.keyset else None
+        return self._bundle(query, events, total, next_offset, next_after)
+
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _visible(self, conn: Connection, access: AuditAccess) -> frozenset[str] | None:
@@ -591,10 +648,13 @@ class _AuditEventApi:
         )
 
     def _bundle(
-        self, query: AuditQuery, events: list[tuple[int, dict[str, Any]]], total: int, next_offset: int | None
+        self, query: AuditQuery, events: list[tuple[int, dict[str, Any]]], total: int, next_offset: int | None,
+        next_after: Position | None = None,
     ) -> Response:
         base = self._base()
-        links = PageLinks(f"{base}/{RESOURCE_TYPE}", query.kept, query.count, query.offset).links(next_offset)
+        after = (str(query.after),) if query.after is not None else None
+        links = PageLinks(f"{base}/{RESOURCE_TYPE}", query.kept, query.count, query.offset, after).links(
+            next_offset, next_after)
         if query.count == 0:
             links = links[:1]
         results = query.results
@@ -605,11 +665,7 @@ class _AuditEventApi:
 
 
 def _subset(event: dict[str, Any], results: ResultControls) -> dict[str, Any]:
-    if results.summary in ("true", "text", "data"):
-        return summarize(event, results.summary)  # type: ignore[arg-type]
-    if results.elements is not None:
-        return select_elements(event, results.elements)
-    return event
+    return results.subset(event)
 
 
 def _actor_spelling(actor: str) -> str:

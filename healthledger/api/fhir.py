@@ -23,20 +23,21 @@ from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import definition_search
 from fhir_adapters.capability import TypeCapability, capability_statement
 from fhir_adapters.datatypes import ID, instant
-from fhir_adapters.errors import FhirInputError, UnknownResourceType, UnsupportedSearch
+from fhir_adapters.errors import FhirInputError, InvalidSearchValue, UnknownResourceType, UnsupportedSearch
 from fhir_adapters.extensions import EXTENSIONS, structure_definition
 from fhir_adapters.operation_definitions import OURS, operation_definition, system_operations, type_operations
 from fhir_adapters.outcome import operation_outcome
-from fhir_adapters.search import parse_search
+from fhir_adapters.search import ResourceMeta, parse_search
 from fhir_adapters.search.controls import (
     FixedSearch,
     ResultControls,
+    SortKey,
     is_control,
     parse_controls,
     prefers_strict,
     screen_fixed,
 )
-from fhir_adapters.subsetting import select_elements, summarize
+from fhir_adapters.search.sorting import sort_position
 from fhir_adapters.validation import is_resource_type, loads_json
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
@@ -46,10 +47,12 @@ from healthledger.api.paging import (
     CURSOR_PARAM,
     HistoryEntry,
     PageLinks,
+    Position,
     decode_cursor,
     history_bundle,
     ignored_outcome,
     parse_count,
+    read_cursor,
     searchset_bundle,
 )
 from healthledger.config import Settings
@@ -110,9 +113,10 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
         notes={"create": "a researcher acting for an organisation defines a draft study and its cohort Group "
                "(POST /fhir/ResearchStudy; not in a Bundle: 403)",
                "history-type": "unrestricted callers only; others read a study's own history",
-               "search-type": "by status (and _count); drafts are shown to their owners only; any other parameter "
-               "is ignored and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict "
-               "(a batch entry: as the batch's Prefer says; a transaction entry: strict)"},
+               "search-type": "by status, with _count, _summary, _elements, _total and _sort (title, status, date, "
+               "_id, _lastUpdated); drafts are shown to their owners only; any other parameter is ignored and named "
+               "in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (a batch entry: as "
+               "the batch's Prefer says; a transaction entry: strict)"},
         search=(("status", "token", "the study's status, comma: any of"),),
         documentation="Defined by researchers; a study changes only through its operations ($publish, $enrol, "
         "$leave): update, patch and delete are refused (403).",
@@ -134,9 +138,11 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
                **{write: f"refused (405) at the ids of this server's own {definitions}s, which are read only; "
                   "other ids are ordinary" for write in ("update", "patch", "delete")},
                "search-type": f"lists this server's own {definitions}s (public), then, to an authenticated caller, "
-               "the stored ones it may read; by url, _id and name, paged by _count; any other parameter is ignored "
-               "and named in an OperationOutcome entry, or refused (400) under Prefer: handling=strict (a batch "
-               "entry: as the batch's Prefer says; a transaction entry: strict)"},
+               "the stored ones it may read; by url, _id and name, paged by _count, with _summary, _elements, _total "
+               "and _sort (by name, title, url, date, status, _id, _lastUpdated: ours, then the stored ones, each "
+               "in that order); any other parameter is ignored and named in an OperationOutcome entry, or refused "
+               "(400) under Prefer: handling=strict (a batch entry: as the batch's Prefer says; a "
+               "transaction entry: strict)"},
         search=(("url", "uri", "the canonical URL, exact (url|version: that version too); comma: any of"),
                 ("_id", "token", "the logical id, exact; comma: any of"),
                 ("name", "string", "the computer-friendly name, case-insensitive, starts with; comma: any of")),
@@ -165,7 +171,9 @@ _API_CONTROLS = frozenset({"_format", "_count", CURSOR_PARAM, "_offset", "_prett
 # named in the Bundle's OperationOutcome entry (FHIR R4 search.html#errors). `_total` (none, estimate,
 # accurate) is honoured: the total, when given, is always exact.
 _REFUSED_CONTROLS = frozenset({"_page", "_contained", "_containedType"})
-_HISTORY_PARAMS = frozenset({"_format", "_count", CURSOR_PARAM, "_since"})
+# What a history answers (R4 http.html#history, and the general parameters of every interaction, http.html#general):
+# `_at` and `_list` are not among them (ignored and said, or refused under strict handling, as in a search).
+_HISTORY_PARAMS = frozenset({"_count", CURSOR_PARAM, "_since", "_summary", "_elements"})
 # What a search of the definitions answers (fhir_adapters/definition_search.py): declared in TYPE_CAPABILITIES.
 _DEFINITION_PARAMS = frozenset({*definition_search.CRITERIA, "_count", CURSOR_PARAM})
 
@@ -488,23 +496,34 @@ class _FhirApi:
         other parameter is ignored and named in an OperationOutcome entry, or refused under `Prefer:
         handling=strict` (R4 3.1.1.4)."""
         http.check_response_format(request)
-        search = screen_fixed(resource_type, params, _DEFINITION_PARAMS, strict=prefers_strict(request.headers.get("Prefer")))
-        count = parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
-                            maximum=self.settings.max_page_size)
+        strict = prefers_strict(request.headers.get("Prefer"))
+        search = screen_fixed(resource_type, params, _DEFINITION_PARAMS, strict=strict,
+                              sortable=definition_search.SORTABLE)
+        result = search.results
+        count = self._definitions_count(search)
         cursor = search.last(CURSOR_PARAM)
         offset = decode_cursor(cursor) if cursor is not None else 0
         principal = self._optional_principal()
         if principal is None:
-            page, total = _definitions_page(None, resource_type, search, count, offset)
+            page, total = _definitions_page(None, resource_type, search, result.sort, count, offset)
         else:
             with self.store.reading(principal) as uow:
-                page, total = _definitions_page(uow, resource_type, search, count, offset)
+                page, total = _definitions_page(uow, resource_type, search, result.sort, count, offset)
         base = self._base()
         next_offset = offset + count if 0 < count and offset + count < total else None
-        kept = tuple((n, v) for n, v in params if n in definition_search.CRITERIA)
+        kept = (*((n, v) for n, v in params if n in definition_search.CRITERIA), *result.kept)
         links = PageLinks(f"{base}/{resource_type}", kept, count, offset).links(next_offset)
-        return self._respond(searchset_bundle(((f"{base}/{url}", body) for url, body in page), total=total,
-                                              links=links, outcome=ignored_outcome(list(search.ignored))))
+        if count == 0:
+            links = links[:1]
+        return self._respond(searchset_bundle(
+            ((f"{base}/{url}", _subset(body, result)) for url, body in page), total=search.shown_total(total),
+            links=links, outcome=ignored_outcome(list(search.ignored))))
+
+    def _definitions_count(self, search: FixedSearch) -> int:
+        if search.results.summary == "count":
+            return 0
+        return parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
+                           maximum=self.settings.max_page_size)
 
     def _optional_principal(self) -> Principal | None:
         """The caller of a public endpoint, if it says who it is: None without credentials (a token that does not
@@ -524,11 +543,11 @@ class _FhirApi:
             if target.version is None and target.id in definition_search.published_ids(resource_type):
                 return next(d for d in definition_search.published(resource_type) if d["id"] == target.id)
             return None  # a stored one: the ordinary read
-        search = screen_fixed(resource_type, target.params or [], _DEFINITION_PARAMS, strict=True)
-        count = parse_count(list(search.values.get("_count", ())), default=self.settings.default_page_size,
-                            maximum=self.settings.max_page_size)
-        page, total = _definitions_page(uow, resource_type, search, count, 0)
-        bundle = searchset_bundle(page, total=total, links=[])
+        search = screen_fixed(resource_type, target.params or [], _DEFINITION_PARAMS, strict=True,
+                              sortable=definition_search.SORTABLE)
+        page, total = _definitions_page(uow, resource_type, search, search.results.sort, self._definitions_count(search), 0)
+        bundle = searchset_bundle(((url, _subset(body, search.results)) for url, body in page),
+                                  total=search.shown_total(total), links=[])
         del bundle["link"]
         return bundle
 
@@ -694,14 +713,16 @@ class _FhirApi:
             maximum=self.settings.max_page_size,
         )
         offset = 0
+        after: Position | None = None
         if CURSOR_PARAM in controls:
-            offset = decode_cursor(controls[CURSOR_PARAM][-1])
+            cursor = read_cursor(controls[CURSOR_PARAM][-1])
+            offset, after = cursor.offset, cursor.after
         elif "_offset" in controls:
             offset = parse_count(controls["_offset"], default=0, maximum=10**9, name="_offset")
         result = parse_controls(resource_type, params, strict=strict)
         if result.summary is not None and result.elements is not None:
-            raise UnsupportedSearch("use either _summary or _elements, not both")
-        query = parse_search(resource_type, criteria, strict=strict)
+            raise InvalidSearchValue("use either _summary or _elements, not both", expression="_elements")
+        query = parse_search(resource_type, criteria, now=self.store.clock(), strict=strict)
         ignored += [*query.ignored, *result.ignored]
         endpoint = f"{self._base()}/{resource_type}"
         kept = [(n, v) for n, v in criteria if n not in ignored and n.partition(":")[0] not in ignored]
@@ -714,7 +735,8 @@ class _FhirApi:
             return self._respond(searchset_bundle(
                 [], total=page.total if show_total else None, links=links, outcome=outcome))
         found = run_search(
-            self.store, resource_type, query, count=count, offset=offset, controls=result, principal=principal
+            self.store, resource_type, query, count=count, offset=offset, controls=result, principal=principal,
+            after=after,
         )
         base = self._base()
         shown = [_subset(body, result) for body in self._shown_all(found.page.items)]
@@ -723,22 +745,39 @@ class _FhirApi:
             (f"{base}/{item.resource_type}/{item.id}", _subset(body, result))
             for item, body in zip(found.included, self._shown_all(found.included))
         ]
-        links = PageLinks(endpoint, tuple(kept), count, offset).links(found.page.next_offset)
+        # The next page starts past the last match shown (a keyset: its sort values, which the page shows unless
+        # `_elements`/`_summary` cut them, and its id), not at an offset that what is written meanwhile shifts.
+        next_after = None
+        if found.page.next_offset is not None and found.page.items:
+            last = found.page.items[-1]
+            next_after = sort_position(last.resource or {}, ResourceMeta(last.id, last.last_updated), result.sort)
+        links = PageLinks(endpoint, tuple(kept), count, offset, after).links(found.page.next_offset, next_after)
         return self._respond(searchset_bundle(
             entries, total=found.page.total if show_total else None, links=links, included=included, outcome=outcome
         ))
 
     def _history(self, resource_type: str, resource_id: str | None, principal: Principal) -> Response:
+        """Instance or type history (R4 http.html#history) with `_since`, `_count`, and the parameters R4 gives
+        every interaction (`_format`, `_pretty`, `_summary`, `_elements`); any other parameter is handled as a
+        search's are (R4 3.1.1.4): ignored and said in the Bundle, or refused under `Prefer: handling=strict`.
+        Everything is checked before the store is asked, so a refusal never depends on what is stored."""
         params = list(request.args.items(multi=True))
-        unknown = sorted({name for name, _ in params if name not in _HISTORY_PARAMS})
-        if unknown:
-            raise BadRequest(f"unsupported history parameter {unknown[0][:40]!r} (supported: _since, _count)")
-        args = request.args
+        strict = prefers_strict(request.headers.get("Prefer"))
+        screened = screen_fixed(resource_type, params, _HISTORY_PARAMS, strict=strict, what="history parameter")
+        values = screened.values
         count = parse_count(
-            args.getlist("_count"), default=self.settings.default_page_size, maximum=self.settings.max_page_size
+            list(values.get("_count", ())), default=self.settings.default_page_size, maximum=self.settings.max_page_size
         )
-        offset = decode_cursor(args[CURSOR_PARAM]) if CURSOR_PARAM in args else 0
-        since = _parse_instant(args["_since"], "_since") if "_since" in args else None
+        cursor = screened.last(CURSOR_PARAM)
+        offset = decode_cursor(cursor) if cursor is not None else 0
+        since = _parse_instant(values["_since"][0], "_since") if "_since" in values else None
+        result = parse_controls(
+            resource_type, [(n, v) for n, v in params if n in ("_summary", "_elements")], strict=True
+        )
+        if result.summary is not None and result.elements is not None:
+            raise BadRequest("use either _summary or _elements, not both")
+        if result.summary == "count":
+            count = 0
         page = self.store.history(
             resource_type, resource_id, since=since, count=count, offset=offset, principal=principal
         )
@@ -760,15 +799,19 @@ class _FhirApi:
                     status=status,
                     version_id=item.version_id,
                     last_modified=instant(item.last_updated),
-                    resource=None if item.deleted or item.resource is None else item.stamped(),
+                    resource=None if item.deleted or item.resource is None else _subset(item.stamped(), result),
                 )
             )
-        kept = [(n, v) for n, v in params if n == "_since"]
-        endpoint = f"{base}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
+        kept = [*((n, v) for n, v in params if n == "_since"), *result.kept]
+        path = f"{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
         # `_count=0` asks for the total only: no `next` link (it would point at the same empty page forever).
         next_offset = page.next_offset if count > 0 else None
-        links = PageLinks(endpoint, tuple(kept), count, offset).links(next_offset)
-        return self._respond(history_bundle(entries, total=page.total, links=links))
+        links = PageLinks(f"{base}/{path}", tuple(kept), count, offset).links(next_offset)
+        if count == 0:
+            links = links[:1]
+        ignored = ignored_outcome(list(screened.ignored), "history")
+        outcome = (links[0]["url"].removeprefix(f"{base}/"), ignored) if ignored is not None else None
+        return self._respond(history_bundle(entries, total=page.total, links=links, outcome=outcome))
 
 
 def _record_refusal(log: RefusalLog, principal: Principal, error: Exception) -> None:
@@ -802,15 +845,16 @@ def _named_patient(params: Any) -> str:
 
 
 def _definitions_page(
-    uow: UnitOfWork | None, resource_type: str, search: FixedSearch, count: int, offset: int
+    uow: UnitOfWork | None, resource_type: str, search: FixedSearch, sort: tuple[SortKey, ...], count: int,
+    offset: int,
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     """One page of the definitions `search` selects, as (relative url, resource), and how many there are: the
     published ones first, then (on `uow`, the caller's view; None: an anonymous caller) the stored ones the
-    caller may read, none under a published id (that id reads ours). The stored ones are matched by the store's
-    `keep` (its index has no `url` or `name` for them) and paged by the store, so only those shown are recorded
-    as shown."""
-    published = [(f"{resource_type}/{d['id']}", dict(d))
-                 for d in definition_search.select(definition_search.published(resource_type), search)]
+    caller may read, none under a published id (that id reads ours); each group in `sort` order. The stored ones
+    are matched by the store's `keep` (its index has no `url` or `name` for them), sorted and paged by the store,
+    so only those shown are recorded as shown (which is why the groups are not merged into one order)."""
+    selected = definition_search.select(definition_search.published(resource_type), search)
+    published = [(f"{resource_type}/{d['id']}", dict(d)) for d in definition_search.ordered(selected, sort)]
     page = published[offset:offset + count]
     if uow is None:
         return page, len(published)
@@ -818,7 +862,7 @@ def _definitions_page(
     with fhir_errors():
         everything = parse_search(resource_type, [])
     stored = uow.search(resource_type, everything, count=count - len(page), offset=max(0, offset - len(published)),
-                        keep=lambda resource: resource.get("id") not in ours
+                        sort=sort, keep=lambda resource: resource.get("id") not in ours
                         and bool(definition_search.select([resource], search)))
     page += [(f"{resource_type}/{item.id}", item.stamped()) for item in stored.items]
     return page, len(published) + (stored.total or 0)
@@ -935,11 +979,7 @@ def _parse_condition(header: str) -> list[tuple[str, str]]:
 
 def _subset(body: dict[str, Any], controls: ResultControls) -> dict[str, Any]:
     """A resource as `_summary` / `_elements` ask (fhir_adapters.subsetting), after every decision."""
-    if controls.summary in ("true", "text", "data"):
-        return summarize(body, controls.summary)  # type: ignore[arg-type]
-    if controls.elements is not None:
-        return select_elements(body, controls.elements)
-    return body
+    return controls.subset(body)
 
 
 def _parse_instant(value: str, name: str) -> datetime:

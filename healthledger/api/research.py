@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session
@@ -30,6 +31,9 @@ from sqlalchemy.orm import Session
 from fhir_adapters.research_study import study_reference
 from fhir_adapters.search import parse_search
 from fhir_adapters.search.controls import prefers_strict, screen_fixed
+from fhir_adapters.search.matching import ResourceMeta
+from fhir_adapters.search.parameters import COMMON_PARAMETERS, SearchParamDef
+from fhir_adapters.search.sorting import sort_matches
 from healthledger.api import negotiation as http
 from healthledger.api.fhir import STUDY_EDITS_REFUSED
 from healthledger.api.paging import ignored_outcome, parse_count, searchset_bundle
@@ -57,6 +61,11 @@ _STATUSES = frozenset({"draft", "active", "closed-to-accrual", "completed", "wit
 MAX_COUNT = 500
 # What the two searches answer (besides _format): declared in api/fhir.py TYPE_CAPABILITIES.
 STUDY_SEARCH: Final = frozenset({"status", "_count"})
+# What a study search sorts by (`_sort`; it takes `_summary`, `_elements` and `_total` too): R4's ResearchStudy
+# parameters that have an order.
+STUDY_SORTABLE: Final = {**COMMON_PARAMETERS, "title": SearchParamDef("title", "string", ("title",)),
+                         "status": SearchParamDef("status", "token", ("status",), single=True),
+                         "date": SearchParamDef("date", "date", ("period",), single=True)}
 SUBJECT_SEARCH: Final = frozenset({"study", "_count"})
 
 
@@ -154,7 +163,7 @@ class _ResearchApi:
         self.catalogue.settle_quietly()
         with self.store.reading(principal) as uow:
             found = self.reads.studies(uow, params, strict=prefers_strict(request.headers.get("Prefer")))
-        return self._respond(found.bundle(self._base(), request.url))
+        return self._respond(found.bundle(self._base(), found.link(f"{self._base()}/ResearchStudy")))
 
     def studies_search(self) -> Response:
         """POST _search: the same search as GET, parameters from the query and the form body."""
@@ -272,17 +281,22 @@ class _ResearchApi:
         with self.store.reading(principal) as uow:
             found = self.reads.subjects(uow, list(request.args.items(multi=True)),
                                    strict=prefers_strict(request.headers.get("Prefer")))
-        return self._respond(found.bundle(self._base(), request.url))
+        return self._respond(found.bundle(self._base(), found.link(f"{self._base()}/ResearchSubject")))
 
 
 @dataclass(frozen=True)
 class Found:
     """A research search's answer before rendering: the matches shown (url relative to the base, resource), how
-    many match in all, and the parameters lenient handling left out."""
+    many match in all, the parameters lenient handling left out and those applied (for the `self` link)."""
 
     entries: list[tuple[str, dict[str, Any]]]
-    total: int
+    total: int | None  # None: `_total=none`
     ignored: tuple[str, ...]
+    kept: tuple[tuple[str, str], ...] = ()
+
+    def link(self, endpoint: str) -> str:
+        """The search as it was applied: what lenient handling left out is not in it (as in every search)."""
+        return f"{endpoint}?{urlencode(self.kept)}" if self.kept else endpoint
 
     def bundle(self, base: str | None = None, self_url: str | None = None) -> dict[str, Any]:
         """The searchset Bundle: full URLs under `base` with a `self` link (REST), relative ones in a Bundle entry
@@ -311,8 +325,9 @@ class ResearchReads:
         return self.catalogue.shown(uow.acting_for(acting(principal)).read("ResearchStudy", study_id), principal)
 
     def studies(self, uow: UnitOfWork, params: list[tuple[str, str]], *, strict: bool) -> Found:
-        """`GET ResearchStudy?status=` (and `_count`): the studies the caller may see."""
-        screened = screen_fixed("ResearchStudy", params, STUDY_SEARCH, strict=strict)
+        """`GET ResearchStudy?status=` (and `_count`, `_sort`, `_summary`, `_elements`, `_total`): the studies the
+        caller may see."""
+        screened = screen_fixed("ResearchStudy", params, STUDY_SEARCH, strict=strict, sortable=STUDY_SORTABLE)
         statuses: set[str] = set()
         for value in screened.values.get("status", ()):
             wanted = {v.strip() for v in value.split(",") if v.strip()}
@@ -321,10 +336,15 @@ class ResearchReads:
                 raise BadRequest(f"unknown ResearchStudy status {min(unknown)!r}", expression="status")
             statuses |= wanted
         count = parse_count(list(screened.values.get("_count", ())), default=MAX_COUNT, maximum=MAX_COUNT)
+        results = screened.results
+        if results.summary == "count":
+            count = 0
         principal = uow.principal
         found = self.catalogue.search_on(uow.acting_for(acting(principal)), principal, statuses or None)
-        entries = [(f"ResearchStudy/{s.id}", _shown(s)) for s in found[:count]]
-        return Found(entries, len(found), screened.ignored)
+        found = sort_matches(found, results.sort, lambda s: (s.resource or {}, ResourceMeta(s.id, s.last_updated)))
+        entries = [(f"ResearchStudy/{s.id}", results.subset(_shown(s))) for s in found[:count]]
+        kept = (*((n, v) for n, v in params if n in STUDY_SEARCH), *results.kept)
+        return Found(entries, screened.shown_total(len(found)), screened.ignored, kept)
 
     def subject(self, uow: UnitOfWork, subject_id: str) -> dict[str, Any] | None:
         """An enrolment by id as its patient or the study's owner sees it; None: the ordinary read answers."""
@@ -367,7 +387,8 @@ class ResearchReads:
         entries = [(f"ResearchSubject/{s['id']}", s) for s in subjects][:count]
         stored = _stored_subjects(uow, study_id, {s["id"] for s in subjects}, count=count - len(entries))
         entries += [(f"ResearchSubject/{s.id}", _shown(s)) for s in stored.items]
-        return Found(entries, len(subjects) + (stored.total or 0), screened.ignored)
+        kept = tuple((n, v) for n, v in params if n in SUBJECT_SEARCH)
+        return Found(entries, len(subjects) + (stored.total or 0), screened.ignored, kept)
 
     def entry(self, uow: UnitOfWork, target: Target) -> StoredResource | dict[str, Any] | None:
         """A Bundle's GET entry of ResearchStudy or ResearchSubject (EntryRead). No `Prefer` header of its own:

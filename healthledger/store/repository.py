@@ -29,7 +29,7 @@ from fhir_adapters import validation as fhir_validation
 from fhir_adapters.datatypes import is_id, with_version_meta
 from fhir_adapters.errors import FhirInputError
 from fhir_adapters.research_study import names_a_study
-from fhir_adapters.search.sorting import sort_matches
+from fhir_adapters.search.sorting import Position, comes_after, sort_matches, sort_position
 from healthledger import crypto
 from healthledger.actions import Action
 from healthledger.config import Settings
@@ -1101,14 +1101,17 @@ class UnitOfWork:
 
     def search(
         self, resource_type: str, query: Any, *, count: int = 50, offset: int = 0, check: bool = True,
-        sort: Sequence[Any] = (), keep: Callable[[dict[str, Any]], bool] | None = None,
+        sort: Sequence[Any] = (), keep: Callable[[dict[str, Any]], bool] | None = None, after: Position | None = None,
     ) -> Page:
-        """Search current, live resources; stable order by id (or by `sort`, fhir_adapters.search.sorting);
-        exact total (after decryption and matching). A `_has` clause is resolved first by a search of its own
+        """Search current, live resources; stable order by id (or by `sort`, fhir_adapters.search.sorting, ties by
+        id); exact total (after decryption and matching). A `_has` clause is resolved first by a search of its own
         (store/search_results.py), decided and recorded like any other: what the caller may not see of the
         other type does not select anything. `keep(resource)`: a further criterion of the caller's that the
         index cannot answer (ResearchSubject's study), applied with the query's own, before any decision: what
-        it leaves out is neither decided nor recorded."""
+        it leaves out is neither decided nor recorded. `after`: the page starts just past that position
+        (sorting.sort_position of the previous page's last match, a keyset) rather than at `offset`, which then
+        only says where the page is; so what is created or deleted meanwhile does not shift a match onto two
+        pages or off both."""
         if check:
             self.authorize("search", resource_type, None)
         if getattr(query, "has", ()):
@@ -1120,9 +1123,20 @@ class UnitOfWork:
         if per_resource and self._withheld_whole(resource_type, query):
             return Page([], 0, None)
         stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
+        # Unsorted, the keyset is the id, compared by the database (in the order it lists them, its collation's).
+        past_id = after is not None and not sort
+        if past_id:
+            assert after is not None
+            stmt = stmt.add_columns((res_t.c.resource_id > str(after[-1])).label("past_anchor"))
+        more: bool | None = None  # past the page: whether anything is (None: offset + count < total says)
         if not _has_criteria(query) and not per_resource and not sort and keep is None:
             total = self.conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
-            rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
+            if past_id:
+                assert after is not None
+                rows = self.conn.execute(stmt.where(res_t.c.resource_id > str(after[-1])).limit(count + 1)).all()
+                more, rows = len(rows) > count, rows[:count]
+            else:
+                rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
             items = [self._to_stored(r) for r in rows]
             if screen:
                 self._record_unscreened("search", resource_type, items)
@@ -1132,6 +1146,12 @@ class UnitOfWork:
             tally = _Tally()
             total = 0
             every: list[tuple[StoredResource, Screened | None]] = []  # with `sort`: all visible matches
+            # With a keyset, unsorted: the page past the anchor and the page at the offset, until it is known
+            # which one the caller may be shown (`shown_as_is`); the decisions of both, recorded once known.
+            keyset_page: list[tuple[StoredResource, Screened | None]] = []
+            offset_page: list[tuple[StoredResource, Screened | None]] = []
+            candidates: list[Screened] = []
+            shown_as_is = True
             for row in self._scan(stmt, lambda last: res_t.c.resource_id > last.resource_id):
                 stored = self._to_stored(row)
                 assert stored.resource is not None
@@ -1151,18 +1171,52 @@ class UnitOfWork:
                     every.append((stored, screened))  # sorted (on what the caller is shown) and paged below
                     total += 1
                     continue
-                if offset <= total < offset + count:
+                by_offset = offset <= total < offset + count
+                by_key = past_id and bool(row.past_anchor) and len(keyset_page) < count
+                if past_id:
+                    shown_as_is = shown_as_is and stored.id == row.resource_id
+                    more = more or (bool(row.past_anchor) and not by_key)
+                    if by_key:
+                        keyset_page.append((stored, screened))
+                    if by_offset:
+                        offset_page.append((stored, screened))
+                    if (by_key or by_offset) and screened is not None:
+                        candidates.append(screened)
+                    elif screened is not None:
+                        tally.count(screened)
+                elif by_offset:
                     matched.append(stored)
                     if screened is not None:
                         tally.disclosed.append(screened)
                 elif screened is not None:
                     tally.count(screened)  # in the total, so its existence is disclosed too
                 total += 1
+            if past_id:
+                # The keyset compares real ids: it holds only where the caller is shown them. A view that shows
+                # pseudonyms (a de-identifying policy) pages by offset: the anchor must not tell it their order.
+                chosen = keyset_page if shown_as_is else offset_page
+                if not shown_as_is:
+                    more = None
+                matched = [item for item, _ in chosen]
+                on_page = {id(screened) for _, screened in chosen if screened is not None}
+                for screened in candidates:
+                    if id(screened) in on_page:
+                        tally.disclosed.append(screened)
+                    else:
+                        tally.count(screened)
             if sort:
-                every = sort_matches(every, sort, lambda pair: (
-                    pair[0].resource or {}, fhir_search.ResourceMeta(id=pair[0].id, last_updated=pair[0].last_updated)))
+                def view(pair: tuple[StoredResource, Screened | None]) -> tuple[dict[str, Any], fhir_search.ResourceMeta]:
+                    return pair[0].resource or {}, fhir_search.ResourceMeta(id=pair[0].id, last_updated=pair[0].last_updated)
+
+                # Ties by id as sorting.comes_after compares them (the database's collation may differ).
+                every = sort_matches(sorted(every, key=lambda pair: pair[0].id), sort, view)
+                start = offset
+                if after is not None:
+                    start = next((i for i, pair in enumerate(every)
+                                  if comes_after(sort_position(*view(pair), sort), after, sort)), len(every))
+                more = start + count < len(every)
                 for position, (stored, screened) in enumerate(every):
-                    if offset <= position < offset + count:
+                    if start <= position < start + count:
                         matched.append(stored)
                         if screened is not None:
                             tally.disclosed.append(screened)
@@ -1174,7 +1228,10 @@ class UnitOfWork:
                     self.principal, "search", resource_type, tally.disclosed, tally.withheld(),
                     counted=tally.counted(), conn=self.conn,
                 )
-        next_offset = offset + count if offset + count < total else None
+        if more is None:
+            next_offset = offset + count if offset + count < total else None
+        else:
+            next_offset = offset + len(items) if more else None
         return Page(items, total, next_offset)
 
 

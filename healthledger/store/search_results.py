@@ -19,6 +19,7 @@ from fhir_adapters.search.controls import ResultControls
 from fhir_adapters.search.parameters import ID_PARAM, search_parameters
 from fhir_adapters.search.query import SearchCriterion, SearchQuery, TokenValue
 from fhir_adapters.search.references import ReferenceValue
+from fhir_adapters.search.sorting import Position
 from fhir_adapters.search.values import element_references, element_values
 from healthledger.errors import BadRequest, Forbidden, Gone, NotFound
 
@@ -39,11 +40,12 @@ class SearchResult:
 
 def run_search(
     store: ResourceStore, resource_type: str, query: SearchQuery, *, count: int, offset: int,
-    controls: ResultControls, principal: Principal,
+    controls: ResultControls, principal: Principal, after: Position | None = None,
 ) -> SearchResult:
-    """One search with its result controls, in one view (one set of decisions and log entries)."""
+    """One search with its result controls, in one view (one set of decisions and log entries); `after`: a keyset
+    (UnitOfWork.search)."""
     with store.reading(principal) as uow:
-        page = uow.search(resource_type, query, count=count, offset=offset, sort=controls.sort)
+        page = uow.search(resource_type, query, count=count, offset=offset, sort=controls.sort, after=after)
         included = included_resources(uow, resource_type, page.items, controls) if count else []
     return SearchResult(page, included)
 

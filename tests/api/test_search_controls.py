@@ -164,3 +164,169 @@ def test_batch_searches_take_sort_and_include(client: FlaskClient) -> None:
     assert [o["effectiveDateTime"] for o in _entries(inner)] == ["2025-02-02", "2024-05-01", "2023-01-01"]
     assert sorted(p["id"] for p in _entries(inner, "include")) == sorted(w["patients"][:2])
     assert strict["response"]["status"].startswith("400")  # the batch's Prefer: handling=strict holds for its entries
+
+
+def test_approximate_dates_reach_around_the_value(client: FlaskClient) -> None:
+    """R4 3.1.1.4.2 `ap`: 10% of the gap between the date and now, and at least a day around a day."""
+    family = f"Approx{uuid.uuid4().hex[:8]}"
+    pid = _create(client, {"resourceType": "Patient", "name": [{"family": family}], "birthDate": "1946-06-20"})
+    code = f"ap-{uuid.uuid4().hex[:8]}"
+    _create(client, {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": code}]},
+                     "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": "2025-12-16T09:00:00Z"})
+    found = lambda url: _body(client.get(url, headers=STRICT))["total"]
+    assert found(f"/fhir/Observation?code={code}&date=ap2025-12-17") == 1
+    assert found(f"/fhir/Observation?code={code}&date=ap2025-12-16") == 1
+    assert found(f"/fhir/Patient?family={family}&birthdate=ap1946-06-20") == 1
+    assert found(f"/fhir/Patient?family={family}&birthdate=ap1950-01-01") == 1  # ~77 years ago: ±7.7 years
+    assert found(f"/fhir/Patient?family={family}&birthdate=ap1960-01-01") == 0
+    assert found(f"/fhir/Observation?code={code}&date=ap2020-01-01") == 0
+
+
+def test_lenient_handling_is_consistent(client: FlaskClient) -> None:
+    """What lenient handling leaves out is left out of the `self` link too; a malformed `_include` is `invalid` in
+    either handling, a well-formed unsupported one `not-supported` (ignored unless strict); empty values are
+    ignored (R4 3.1.1.4)."""
+    w = _world(client)
+    url = f"/fhir/Patient?family={w['family']}"
+    sorted_by = _body(client.get(url + "&_sort=foo,-given", headers=AUTH))
+    assert "_sort=foo" in _entries(sorted_by, "outcome")[0]["issue"][0]["diagnostics"]
+    self_link = sorted_by["link"][0]["url"]
+    assert "foo" not in self_link and "_sort=-given" in self_link
+    assert [p["name"][0]["given"][0] for p in _entries(sorted_by)] == ["Carla", "Bert", "Adam"]
+    only_foo = _body(client.get(url + "&_sort=foo", headers=AUTH))
+    assert "_sort" not in only_foo["link"][0]["url"]
+    for malformed in ("Observation", "Observation:patient:Patient:x", "a:b", "Observation::Patient", "Nope:patient"):
+        for headers in (AUTH, STRICT):
+            refused = _body(client.get(f"{url}&_include={malformed}", headers=headers), 400)
+            assert refused["issue"][0]["code"] == "invalid", malformed
+    for unsupported in ("Patient:nope", "Patient:*", "Organization:partof"):
+        assert _body(client.get(f"{url}&_include={unsupported}", headers=STRICT), 400)["issue"][0]["code"] == "not-supported"
+        lenient = _body(client.get(f"{url}&_include={unsupported}", headers=AUTH))
+        assert lenient["total"] == 3 and "_include" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
+        assert "_include" not in lenient["link"][0]["url"]
+    for empty in ("_include=", "_revinclude=", "_sort=", "_elements=", "_has:Observation:patient:code="):
+        for headers in (AUTH, STRICT):
+            answered = _body(client.get(f"{url}&{empty}", headers=headers))
+            assert answered["total"] == 3 and not _entries(answered, "outcome"), empty
+
+
+def test_result_controls_on_the_definitions(client: FlaskClient) -> None:
+    """`_summary`, `_elements`, `_total` and `_sort` on OperationDefinition and StructureDefinition searches (public:
+    no token), as on every other type; the stored ones follow ours, each in `_sort` order."""
+    from fhir_adapters.extensions import EXTENSIONS
+    from fhir_adapters.operation_definitions import OURS
+
+    for resource_type, ours in (("OperationDefinition", OURS), ("StructureDefinition", EXTENSIONS)):
+        url = f"/fhir/{resource_type}"
+        counted = _body(client.get(f"{url}?_summary=count", headers={"Prefer": "handling=strict"}))
+        assert counted["total"] == len(ours) and "entry" not in counted
+        assert [link["relation"] for link in counted["link"]] == ["self"]
+        names = [d["name"] for d in _entries(_body(client.get(f"{url}?_sort=-name", headers={"Prefer": "handling=strict"})))]
+        assert names == sorted(names, key=str.casefold, reverse=True) and len(names) == len(ours)
+        ids = [d["id"] for d in _entries(_body(client.get(f"{url}?_sort=-_id&_count=2")))]
+        assert ids == sorted(ours, reverse=True)[:2]
+        following = _body(client.get(f"{url}?_sort=-_id&_count=2"))
+        next_url = next(link["url"] for link in following["link"] if link["relation"] == "next")
+        assert "_sort=-_id" in next_url
+        assert [d["id"] for d in _entries(_body(client.get(next_url.replace("http://localhost", ""))))] == \
+            sorted(ours, reverse=True)[2:4]
+        elements = _entries(_body(client.get(f"{url}?_elements=url&_count=3")))
+        assert elements and all(SUBSETTED in d["meta"]["tag"] and "url" in d and "description" not in d for d in elements)
+        summary = _entries(_body(client.get(f"{url}?_summary=true&_count=3")))
+        assert summary and all(SUBSETTED in d["meta"]["tag"] for d in summary)
+        untotalled = _body(client.get(f"{url}?_total=none", headers={"Prefer": "handling=strict"}))
+        assert "total" not in untotalled and len(_entries(untotalled)) == len(ours)
+        for bad in ("_total=maybe", "_summary=maybe", "_summary=true&_elements=url"):
+            for headers in ({}, {"Prefer": "handling=strict"}):
+                assert _body(client.get(f"{url}?{bad}", headers=headers), 400)["issue"][0]["code"] == "invalid"
+        assert _body(client.get(f"{url}?_sort=publisher", headers={"Prefer": "handling=strict"}), 400)["issue"][0]["code"] \
+            == "not-supported"
+        lenient = _body(client.get(f"{url}?_sort=publisher,name"))
+        assert "_sort=publisher" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
+        assert "publisher" not in lenient["link"][0]["url"]
+    # A stored one, to the caller that may read it: after ours, sorted among the stored ones.
+    prefix = f"Sorted{uuid.uuid4().hex[:6]}"
+    made = [_create(client, {"resourceType": "StructureDefinition", "url": f"http://example.org/{prefix}{n}",
+                             "name": f"{prefix}{n}", "status": "draft", "kind": "complex-type", "abstract": False,
+                             "type": "Extension"}) for n in ("A", "B")]
+    found = _entries(_body(client.get(f"/fhir/StructureDefinition?name={prefix}&_sort=-name", headers=AUTH)))
+    assert [d["id"] for d in found] == made[::-1]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"StructureDefinition?name={prefix}&_sort=-name&_elements=name"}}]}
+    [entry] = _body(client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS))["entry"]
+    assert [d["id"] for d in _entries(entry["resource"])] == made[::-1]
+    assert all(SUBSETTED in d["meta"]["tag"] and "abstract" in d and "derivation" not in d for d in _entries(entry["resource"]))
+
+
+def test_audit_events_sort_by_date_and_page_by_the_last_entry_shown(client: FlaskClient) -> None:
+    """`_sort=-date` on the access log (newest first); every request adds entries, at the front of that order, yet
+    following `next` neither repeats an entry nor skips one: the cursor is the last entry shown (a keyset)."""
+    for _ in range(3):
+        _world(client)
+    strict = {**AUTH, "Prefer": "handling=strict"}
+    first = _body(client.get("/fhir/AuditEvent?_sort=-date&_count=3", headers=strict))
+    newest = _entries(first)
+    assert [e["recorded"] for e in newest] == sorted((e["recorded"] for e in newest), reverse=True)
+    seen = [e["id"] for e in newest]
+    page = first
+    for _ in range(3):  # each step writes to the log (this very request, and a create) before the next page
+        _world(client)
+        next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        assert "_sort=-date" in next_url
+        page = _body(client.get(next_url.replace("http://localhost", ""), headers=strict))
+        ids = [e["id"] for e in _entries(page)]
+        assert len(ids) == 3 and not set(ids) & set(seen), (ids, seen)
+        seen += ids
+    # Newest first throughout, ties by id: exactly the entries that were there when the first page was asked.
+    assert [int(i) for i in seen] == sorted((int(i) for i in seen), reverse=True)
+    everything: list[int] = []
+    url: str | None = "/fhir/AuditEvent?_sort=-date&_count=50"
+    while url is not None and (not everything or everything[-1] > int(seen[-1])):
+        page = _body(client.get(url, headers=strict))
+        everything += [int(e["id"]) for e in _entries(page)]
+        url = next((link["url"].replace("http://localhost", "") for link in page["link"] if link["relation"] == "next"), None)
+    assert [i for i in everything if int(seen[-1]) <= i <= int(seen[0])] == [int(i) for i in seen]
+    ascending = _entries(_body(client.get("/fhir/AuditEvent?_sort=_id&_count=3", headers=strict)))
+    assert [int(e["id"]) for e in ascending] == sorted(int(e["id"]) for e in ascending)
+    # The cursor names an entry shown, nothing else; one the search does not select is refused.
+    from healthledger.api.paging import encode_cursor
+
+    forged = client.get(f"/fhir/AuditEvent?_sort=-date&_count=3&_cursor={encode_cursor(3, '999999999')}", headers=AUTH)
+    assert forged.status_code == 400 and "cursor" in _body(forged, 400)["issue"][0]["diagnostics"]
+    lenient = _body(client.get("/fhir/AuditEvent?_sort=-outcome,-date&_count=2", headers=AUTH))
+    assert "_sort=outcome" in _entries(lenient, "outcome")[0]["issue"][0]["diagnostics"]
+    assert "outcome" not in lenient["link"][0]["url"]
+
+
+def test_pages_follow_the_last_match_shown_so_writes_between_pages_do_not_shift_them(client: FlaskClient) -> None:
+    """A `next` link starts past the last match of its page (a keyset), not at an offset: a resource created
+    before that point, or one deleted, between two pages neither puts a match on two pages nor hides one."""
+    family = f"Paged{uuid.uuid4().hex[:8]}"
+
+    def put(pid: str, given: str) -> None:
+        body = {"resourceType": "Patient", "id": pid, "name": [{"family": family, "given": [given]}]}
+        assert client.put(f"/fhir/Patient/{pid}", data=orjson.dumps(body), headers=JSON_HEADERS).status_code in (200, 201)
+
+    ids = [f"{family.lower()}-{n}" for n in "bdfhj"]
+    for pid, given in zip(ids, ("Bea", "Dan", "Fay", "Hal", "Jo")):
+        put(pid, given)
+
+    def following(page: dict[str, Any]) -> dict[str, Any]:
+        url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        return _body(client.get(url.replace("http://localhost", ""), headers=AUTH))
+
+    for sort, first_id, first_given in (("", f"{family.lower()}-a", "Zed"), ("&_sort=given", f"{family.lower()}-z", "Al")):
+        first = _body(client.get(f"/fhir/Patient?family={family}&_count=2{sort}", headers=AUTH))
+        shown = [p["id"] for p in _entries(first)]
+        assert shown == ids[:2]
+        put(first_id, first_given)  # sorts before everything shown: an offset would show ids[1] again
+        second = following(first)
+        assert [p["id"] for p in _entries(second)] == ids[2:4]
+        assert client.delete(f"/fhir/Patient/{ids[2]}", headers=AUTH).status_code == 204  # an offset would skip
+        third = following(second)
+        assert [p["id"] for p in _entries(third)] == ids[4:]
+        assert not any(link["relation"] == "next" for link in third["link"])
+        assert client.delete(f"/fhir/Patient/{first_id}", headers=AUTH).status_code == 204
+        put(ids[2], "Fay")  # back, for the next round
+    forged = client.get(f"/fhir/Patient?family={family}&_cursor=eyJ2IjoxLCJvIjowLCJhIjpbMV19", headers=AUTH)
+    assert forged.status_code == 400  # {"v":1,"o":0,"a":[1]}: an id must end a position

@@ -541,3 +541,45 @@ def test_an_enrolment_the_chain_refused_takes_no_place_and_can_be_made_again(
     world.sync()
     assert chain_state(ann.get(f"ResearchSubject/{again.get_json()['id']}").get_json()) == "failed"
     assert enrol().status_code == 201  # refused again on-chain, so again free: never a place taken for good
+
+
+def test_study_searches_take_the_result_controls_of_every_search(world: World) -> None:
+    """`_sort`, `_summary`, `_elements` and `_total` on ResearchStudy as on every type (R4 3.1.1.5); a `_sort` key it
+    does not have is ignored and named, or refused under strict handling."""
+    tag = f"Sorted {time.time_ns()}"
+    made = [post(world, "research", "ResearchStudy", study_body(title=f"{tag} {letter}")).get_json()["id"]
+            for letter in ("A", "C", "B")]
+    strict = world.headers("research", Prefer="handling=strict")
+
+    def searched(query: str, headers: dict[str, str] = strict) -> dict[str, Any]:
+        resp = world.client.get(f"/fhir/ResearchStudy?status=draft&{query}", headers=headers)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        found: dict[str, Any] = resp.get_json()
+        return found
+
+    def titles(bundle: dict[str, Any]) -> list[str]:
+        return [e["resource"]["title"] for e in bundle.get("entry", [])
+                if e["search"]["mode"] == "match" and e["resource"].get("title", "").startswith(tag)]
+
+    assert titles(searched("_sort=-title")) == [f"{tag} C", f"{tag} B", f"{tag} A"]
+    assert titles(searched("_sort=title")) == [f"{tag} A", f"{tag} B", f"{tag} C"]
+    assert [i for i in ids(searched("_sort=-_lastUpdated")) if i in made] == made[::-1]
+    everything = searched("")["total"]
+    counted = searched("_summary=count")
+    assert counted["total"] == everything and "entry" not in counted
+    assert "total" not in searched("_total=none")
+    subset = [e["resource"] for e in searched("_elements=title")["entry"]]
+    assert subset and all("extension" not in s and "SUBSETTED" in str(s["meta"]) for s in subset)
+    summary = [e["resource"] for e in searched("_summary=true")["entry"]]
+    assert summary and all("SUBSETTED" in str(s["meta"]) for s in summary)
+    refused = world.client.get("/fhir/ResearchStudy?_sort=sponsor", headers=strict)
+    assert refused.status_code == 400 and refused.get_json()["issue"][0]["code"] == "not-supported"
+    lenient = searched("_sort=sponsor,-title", world.headers("research"))
+    assert titles(lenient)[:1] == [f"{tag} C"]
+    outcome = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    assert "_sort=sponsor" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    # The self link says the search as applied: what was left out is not in it (as in every search).
+    self_link = lenient["link"][0]["url"]
+    assert "sponsor" not in self_link and "_sort=-title" in self_link and "status=draft" in self_link
+    ignored = searched("nickname=x", world.headers("research"))
+    assert "nickname" not in ignored["link"][0]["url"]
