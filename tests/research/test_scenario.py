@@ -85,7 +85,7 @@ def import_synthea(world: World, name: str, person: str) -> str:
     resp = world.client.post("/fhir", data=path.read_bytes(), headers=JSON_HEADERS)
     assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
     locations = [e["response"]["location"] for e in orjson.loads(resp.data)["entry"]]
-    pid = next(loc.split("/")[1] for loc in locations if loc.startswith("Patient/"))
+    pid = next(loc.split("Patient/")[1].split("/")[0] for loc in locations if "/Patient/" in f"/{loc}")  # (absolute)
     add_account(world, name, pid)
     return pid
 
