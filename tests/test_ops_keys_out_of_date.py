@@ -56,6 +56,7 @@ def test_a_replica_with_key_files_older_than_the_rotation_is_not_ready_and_answe
         shutil.copy2(settings.keys_dir / "kek.json", stale_settings.keys_dir / "kek.json")  # the Secret updated
         assert client.get("/readyz").json["checks"]["key_provider"] == {"ok": True}
         assert client.get(f"/fhir/Patient/{created.json['id']}", headers=AUTH).status_code == 200
+        assert client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS).status_code == 201
     finally:
         dispose(stale)
         dispose(current)
@@ -94,6 +95,41 @@ def test_adding_the_kek_first_keeps_every_replica_ready_through_a_rotation(tmp_p
         created = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS)
         assert created.status_code == 201
         assert client.get(f"/fhir/Patient/{created.json['id']}", headers=AUTH).status_code == 200
+        assert client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS).status_code == 201
+    finally:
+        dispose(replica)
+        dispose(current)
+
+
+def test_a_running_replica_does_not_wrap_new_data_keys_under_a_kek_a_rotation_replaced(tmp_path: Path) -> None:
+    """A replica that was serving before the rotation (its keys unwrapped and cached) and whose key files were not
+    updated would wrap a new patient's data key under its old active KEK, which the rotation retires next: that
+    key would then open nowhere (the patient's data lost). It refuses instead, 503, and writes nothing."""
+    settings = api_settings(tmp_path / "a")
+    current = build_app(settings)
+    replica_settings = api_settings(tmp_path / "b", database_url=settings.database_url, tenant=settings.tenant)
+    shutil.copytree(settings.keys_dir, replica_settings.keys_dir)  # the Secret made at first deploy
+    replica = build_app(replica_settings)
+    client = replica.test_client()
+    engine = current.extensions["healthledger.engine"]
+
+    def data_keys() -> list[str]:
+        with engine.connect() as conn:
+            return [str(k) for k in conn.execute(sa.text("select kek_id from store_data_keys")).scalars()]
+
+    try:
+        assert client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS).status_code == 201
+        store = current.extensions["healthledger.store"]
+        rotated = maintenance.rotate_keys(store)  # elsewhere: the replica's files still say the old KEK is active
+        before = data_keys()
+        assert set(before) == {rotated.new_kek_id}
+        refused = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS)
+        assert refused.status_code == 503 and refused.json["issue"][0]["code"] == "transient"
+        assert "key files are out of date" in refused.json["issue"][0]["diagnostics"]
+        assert data_keys() == before  # nothing wrapped under the old KEK
+        shutil.copy2(settings.keys_dir / "kek.json", replica_settings.keys_dir / "kek.json")  # the Secret updated
+        assert client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS).status_code == 201
+        assert set(data_keys()) == {rotated.new_kek_id}
     finally:
         dispose(replica)
         dispose(current)

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from healthledger import crypto
 from healthledger.errors import DecryptionError, Gone, HealthLedgerError, KeyProviderUnavailable
-from healthledger.keys import KeyProvider, WrappedKey
+from healthledger.keys import KekNotHeld, KeyProvider, WrappedKey
 from healthledger.store import envelope
 from healthledger.store.models import data_keys_table as keys_t
 
@@ -71,6 +71,18 @@ def _reaching(call: Callable[..., T], *args: object) -> T:
         raise KeyProviderUnavailable() from exc
 
 
+def kek_ids_in_use(conn: Connection) -> list[str]:
+    """The distinct KEK ids of live data keys (every tenant's), through the kek_id index one seek per id (a loose
+    index scan: a handful of KEKs, millions of keys). Destroyed keys have none."""
+    table = keys_t.name
+    distinct = sa.text(
+        f"WITH RECURSIVE k(id) AS (SELECT MIN(kek_id) FROM {table} UNION ALL "
+        f"SELECT (SELECT MIN(kek_id) FROM {table} WHERE kek_id > k.id) FROM k WHERE k.id IS NOT NULL) "
+        "SELECT id FROM k WHERE id IS NOT NULL"
+    )
+    return [str(kek_id) for kek_id in conn.execute(distinct).scalars()]
+
+
 class Keyring:
     """Finds or creates the data key of a compartment / resource type, and the blind-index keys.
 
@@ -89,6 +101,7 @@ class Keyring:
 
     # -- data keys -------------------------------------------------------------------------
     def _insert_if_absent(self, conn: Connection, key_class: str, scope: bytes) -> None:
+        self._check_keys_current(conn)
         key_id = "dk-" + secrets.token_hex(12)
         context = envelope.wrap_context(self.tenant, key_id)
         key = crypto.new_key()
@@ -104,6 +117,17 @@ class Keyring:
         }
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         conn.execute(dialect.insert(keys_t).values(**values).on_conflict_do_nothing())
+
+    def _check_keys_current(self, conn: Connection) -> None:
+        """Before a new data key is wrapped: this process holds every KEK the stored keys use. One that does not
+        has key files older than a rotation made elsewhere (a replica whose key Secret was not updated): its
+        active KEK is the old one, which the rotation is about to retire, and a key wrapped with it now would
+        open nowhere once it is (its data lost). Refused instead, as a key not held (503, `transient`); the
+        replica is not ready either (/readyz) until its key files are current."""
+        held = set(_reaching(self.provider.kek_ids))
+        for kek_id in kek_ids_in_use(conn):
+            if kek_id not in held:
+                raise KekNotHeld(kek_id)
 
     def key_for_scope(self, conn: Connection, key_class: str, scope: bytes) -> DataKeyRef:
         """The live data key of (class, scope), created if missing; Gone if it was destroyed."""

@@ -208,6 +208,9 @@ class _UnreachableKms:
     def active_kek_id(self) -> str:
         return str(self.real.active_kek_id())
 
+    def kek_ids(self) -> list[str]:
+        raise TimeoutError("kms.internal:443 timed out")
+
     def wrap(self, key: bytes, context: bytes = b"") -> Any:
         raise TimeoutError("kms.internal:443 timed out")
 
