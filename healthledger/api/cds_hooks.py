@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from fhir_adapters.errors import FhirInputError
 from healthledger.api.negotiation import media_type, read_body
+from healthledger.api.outcomes import bearer_challenge
 from healthledger.consent.consult_hook import (
     HOOK,
     CardSource,
@@ -165,6 +166,6 @@ def _error_response(error: BaseException) -> Response:
         status, description = 500, "internal server error"
     response = _plain_error(status, description)
     if status == 401:
-        # RFC 6750 §3: a 401 names the scheme the client must use.
-        response.headers["WWW-Authenticate"] = 'Bearer realm="healthledger"'
+        # RFC 6750 §3: a 401 names the scheme the client must use, and why a presented token was refused.
+        response.headers["WWW-Authenticate"] = bearer_challenge(description)
     return response

@@ -100,7 +100,8 @@ def research_data_blueprint(
             return outcome_response(operation_outcome("error", slow.code, slow.message), 429,
                                     {"Retry-After": str(slow.retry_after)})
         if status.state == "in-progress":
-            response = Response(b"", status=202)
+            response = Response(status=202)  # no body: no Content-Type (Bulk Data: progress in X-Progress)
+            response.headers.remove("Content-Type")
             response.headers["X-Progress"] = status.progress[:90]
             response.headers["Retry-After"] = str(status.retry_after)
             return response

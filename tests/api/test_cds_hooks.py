@@ -299,7 +299,12 @@ def test_authentication_failure_is_401_json_before_the_body_is_read(
     resp = cds_client.post(ENDPOINT, data="{not json", headers=JSON_HEADERS)
     error = assert_json_error(resp, 401, "unauthorized")
     assert "Bearer" in error["error_description"]
-    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="healthledger"'
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="healthledger"'  # no token sent: no error code
+    auth.refuse = Unauthorized("invalid or expired access token")
+    expired = cds_client.post(ENDPOINT, data="{}", headers={**JSON_HEADERS, "Authorization": "Bearer expired"})
+    assert expired.status_code == 401  # RFC 6750 §3: a token presented and refused says so
+    assert expired.headers["WWW-Authenticate"] == (
+        'Bearer realm="healthledger", error="invalid_token", error_description="invalid or expired access token"')
     assert consult.calls == []
 
     auth.refuse = Forbidden("this client may not consult consents")

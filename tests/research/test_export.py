@@ -254,6 +254,7 @@ def test_export_holds_exactly_the_remaining_participants_consented_data_deidenti
     assert "/fhir/$export-status/" in status_url
     pending = poll(app, token, status_url)
     assert pending.status_code == 202 and pending.headers["X-Progress"] and int(pending.headers["Retry-After"]) >= 1
+    assert "Content-Type" not in pending.headers  # no body
     too_soon = poll(app, token, status_url)
     assert too_soon.status_code == 429 and too_soon.headers["Retry-After"]
     assert too_soon.get_json()["issue"][0]["code"] == "throttled"
