@@ -56,7 +56,13 @@ from healthledger.api.paging import (
     searchset_bundle,
 )
 from healthledger.config import Settings
-from healthledger.consent.lifecycle import chain_states, present_consent, revoke_consent, sign_consent
+from healthledger.consent.lifecycle import (
+    CHAIN_STATE_URL,
+    chain_states,
+    present_consent,
+    revoke_consent,
+    sign_consent,
+)
 from healthledger.errors import (
     BadRequest,
     Forbidden,
@@ -449,7 +455,29 @@ class _FhirApi:
             prefer=_prefer_return(request.headers.get("Prefer", "")),
             max_count=self.settings.max_page_size,
         )
-        return self._respond(result, 200)
+        return self._respond(self._present_consents(result), 200)
+
+    def _present_consents(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The Consents a Bundle's entries return (written, read, or found by a transaction's search), with their
+        on-chain state as REST shows them (`_shown_all`: status from the chain, the chain-state extension); one
+        query for all. Entries the REST views answered (a batch's GETs) carry it already."""
+        found: list[tuple[dict[str, Any], str]] = []  # (the dict holding the resource, its key)
+        for entry in result.get("entry") or []:
+            resource = entry.get("resource")
+            holders = [(entry, resource)]
+            if isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
+                holders = [(inner, inner.get("resource")) for inner in resource.get("entry") or []]
+            for holder, body in holders:
+                if (isinstance(body, dict) and body.get("resourceType") == "Consent" and isinstance(body.get("id"), str)
+                        and not any(isinstance(e, dict) and e.get("url") == CHAIN_STATE_URL
+                                    for e in body.get("extension") or [])):
+                    found.append((holder, body["id"]))
+        if found:
+            with self.store.engine.connect() as conn:
+                states = chain_states(conn, self.store.tenant, [consent_id for _, consent_id in found])
+            for holder, consent_id in found:
+                holder["resource"] = present_consent(holder["resource"], states[consent_id])
+        return result
 
     def type_endpoint(self, resource_type: str) -> Response:
         _check_type(resource_type)

@@ -510,3 +510,27 @@ def test_a_search_pinned_to_a_patient_the_caller_may_see_nothing_of_never_reads_
     ann = world.patients["ann"]
     mine = orjson.loads(world.client.get(f"/fhir/Observation?patient={ann}", headers=world.headers("ehr")).data)
     assert world.observations["ann"] in screened and mine["total"] >= 1
+
+
+def test_a_consent_written_or_read_in_a_bundle_shows_its_chain_state_as_rest_does(world: World) -> None:
+    """A permit recorded by staff is `proposed` until the patient signs it (its grants are not live): the
+    transaction's answer says so, with the chain-state extension, exactly as a REST read of it does."""
+    consent = permit_consent(world.patients["ann"], CLINIC)  # sent as `active`: the chain decides what it is
+    headers = {**world.headers("ehr"), "Content-Type": "application/fhir+json"}
+    written = world.client.post("/fhir", data=orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:4b0c0a4e-58f4-4c6e-9d43-3b1f1f6f3a01", "resource": consent,
+         "request": {"method": "POST", "url": "Consent"}}]}), headers=headers)
+    assert status(written) == 200
+    [entry] = orjson.loads(written.data)["entry"]
+    cid = entry["resource"]["id"]
+    read = orjson.loads(world.client.get(f"/fhir/Consent/{cid}", headers=world.headers("ehr")).data)
+    assert entry["resource"]["status"] == read["status"] == "proposed"
+    assert chain_state(entry["resource"]) == chain_state(read)
+    for kind in ("transaction", "batch"):
+        got = world.client.post("/fhir", data=orjson.dumps({"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": {"method": "GET", "url": f"Consent/{cid}"}},
+            {"request": {"method": "GET", "url": f"Consent?_id={cid}"}}]}), headers=headers)
+        one, found = orjson.loads(got.data)["entry"]
+        searched = found["resource"]["entry"][0]["resource"]
+        for shown in (one["resource"], searched):
+            assert shown["status"] == "proposed" and chain_state(shown) == chain_state(read), kind
