@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 
 from healthledger.errors import DecryptionError
 from healthledger.keys import KeyProvider, WrappedKey
-from healthledger.store.keyring import kek_ids_in_use
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,20 @@ class DataKeySample:
     @classmethod
     def from_json(cls, value: dict[str, str]) -> DataKeySample:
         return cls(str(value["key_id"]), str(value["tenant"]), str(value["kek_id"]), bytes.fromhex(value["wrapped"]))
+
+
+def kek_ids_in_use(conn: Connection) -> list[str]:
+    """The distinct KEK ids of live data keys (every tenant's), through the kek_id index one seek per id (a loose
+    index scan: a handful of KEKs, millions of keys). Destroyed keys have none."""
+    from healthledger.store.models import data_keys_table as keys_t
+
+    table = keys_t.name
+    distinct = text(
+        f"WITH RECURSIVE k(id) AS (SELECT MIN(kek_id) FROM {table} UNION ALL "
+        f"SELECT (SELECT MIN(kek_id) FROM {table} WHERE kek_id > k.id) FROM k WHERE k.id IS NOT NULL) "
+        "SELECT id FROM k WHERE id IS NOT NULL"
+    )
+    return [str(kek_id) for kek_id in conn.execute(distinct).scalars()]
 
 
 def data_key_samples(conn: Connection, tenant: str, kek_ids: Iterable[str] | None = None) -> list[DataKeySample]:

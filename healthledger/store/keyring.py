@@ -71,18 +71,6 @@ def _reaching(call: Callable[..., T], *args: object) -> T:
         raise KeyProviderUnavailable() from exc
 
 
-def kek_ids_in_use(conn: Connection) -> list[str]:
-    """The distinct KEK ids of live data keys (every tenant's), through the kek_id index one seek per id (a loose
-    index scan: a handful of KEKs, millions of keys). Destroyed keys have none."""
-    table = keys_t.name
-    distinct = sa.text(
-        f"WITH RECURSIVE k(id) AS (SELECT MIN(kek_id) FROM {table} UNION ALL "
-        f"SELECT (SELECT MIN(kek_id) FROM {table} WHERE kek_id > k.id) FROM k WHERE k.id IS NOT NULL) "
-        "SELECT id FROM k WHERE id IS NOT NULL"
-    )
-    return [str(kek_id) for kek_id in conn.execute(distinct).scalars()]
-
-
 class Keyring:
     """Finds or creates the data key of a compartment / resource type, and the blind-index keys.
 
@@ -119,15 +107,17 @@ class Keyring:
         conn.execute(dialect.insert(keys_t).values(**values).on_conflict_do_nothing())
 
     def _check_keys_current(self, conn: Connection) -> None:
-        """Before a new data key is wrapped: this process holds every KEK the stored keys use. One that does not
-        has key files older than a rotation made elsewhere (a replica whose key Secret was not updated): its
-        active KEK is the old one, which the rotation is about to retire, and a key wrapped with it now would
-        open nowhere once it is (its data lost). Refused instead, as a key not held (503, `transient`); the
-        replica is not ready either (/readyz) until its key files are current."""
-        held = set(_reaching(self.provider.kek_ids))
-        for kek_id in kek_ids_in_use(conn):
-            if kek_id not in held:
-                raise KekNotHeld(kek_id)
+        """Before a new data key is wrapped: this process holds the KEK the tenant's blind-index master key is
+        wrapped with (every rotation moves it too, so it names the KEK of the latest rotation to reach the
+        store). A process that does not has key files older than a rotation made elsewhere (a replica whose key
+        Secret was not updated, its keys unwrapped and cached from before): its active KEK is the old one, which
+        the rotation retires next, and a key wrapped with it now would open nowhere once it is (its data lost).
+        Refused instead, as a key not held (503, `transient`); /readyz says the replica is not ready too."""
+        master = conn.execute(sa.select(keys_t.c.kek_id).where(
+            keys_t.c.tenant == self.tenant, keys_t.c.key_class == INDEX_MASTER, keys_t.c.scope == b"",
+        )).scalar_one_or_none()
+        if master is not None and master not in _reaching(self.provider.kek_ids):
+            raise KekNotHeld(master)
 
     def key_for_scope(self, conn: Connection, key_class: str, scope: bytes) -> DataKeyRef:
         """The live data key of (class, scope), created if missing; Gone if it was destroyed."""
