@@ -10,6 +10,9 @@ The search asks for every Observation of that patient (`patient=`, who has `--re
 patient who does not exist: the scan and decisions of a patient's records would take longer the more there
 are, so a search pinned to a patient the caller may see nothing of is answered without them.
 
+A second search asks as the hospital's EHR about a patient in its care whose Consent denies every Observation
+("search, care"), against a patient who does not exist (whom the EHR would be shown).
+
 For each kind of request (read, vread, instance history, search) it reports both medians, their difference, a
 95% bootstrap interval of that difference, and the noise: the difference between two halves of the
 *same* kind of request (missing vs missing). The target is a difference inside the noise. Because wall
@@ -73,19 +76,34 @@ def main() -> None:
         world.dev_create({"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{bob_id}"},
                           "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
                           "effectiveDateTime": f"2024-05-{1 + i % 28:02d}", "valueQuantity": {"value": 60 + i % 40}})
-    cases = {  # (denied, missing, the status both answer)
+    # A patient of the hospital's own care whose Consent denies every Observation: the hospital's EHR may read
+    # them (step 6) but for that; the search of a patient who does not exist is one it would be shown.
+    from consent_world import HOSPITAL, deny_consent
+
+    dee = world.add_patient("dee", HOSPITAL)
+    world.dev_create(deny_consent(dee, classes=("Observation",)))
+    for i in range(args.records):
+        world.dev_create({"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{dee}"},
+                          "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                          "effectiveDateTime": f"2024-06-{1 + i % 28:02d}", "valueQuantity": {"value": 60 + i % 40}})
+    world.sync()
+    cases = {  # (denied, missing, the status both answer[, the caller's headers])
         "read": (f"/fhir/Observation/{bob}", "/fhir/Observation/{missing}", 404),
         "vread": (f"/fhir/Observation/{bob}/_history/1", "/fhir/Observation/{missing}/_history/1", 404),
         "history": (f"/fhir/Observation/{bob}/_history", "/fhir/Observation/{missing}/_history", 404),
         # One patient id that does not exist, asked again and again as an attacker would (a new id each time
         # would also be a new patient for the consent index to look up, which a known one asked again is not).
         "search": (f"/fhir/Observation?patient={bob_id}", "/fhir/Observation?patient=no-such-patient", 200),
+        "search, care": (
+            f"/fhir/Observation?patient={dee}", "/fhir/Observation?patient=no-such-patient", 200, world.headers("ehr")),
     }
     rng = random.Random(7)
     results = {}
-    print(f"{'request':10} {'denied µs':>10} {'missing µs':>11} {'diff µs':>8} {'95% CI':>18} {'noise µs':>9}"
+    print(f"{'request':14} {'denied µs':>10} {'missing µs':>11} {'diff µs':>8} {'95% CI':>18} {'noise µs':>9}"
           f" {'calls d/m':>12}")
-    for name, (denied_url, missing_url, answer) in cases.items():
+    clinic = headers
+    for name, (denied_url, missing_url, answer, *caller) in cases.items():
+        headers = caller[0] if caller else clinic
         for _ in range(200):  # warm caches (token, index, keys, SQLite pages) for both paths
             client.get(denied_url, headers=headers)
             client.get(missing_url.format(missing="warm-up"), headers=headers)
@@ -113,7 +131,7 @@ def main() -> None:
             "noise_us": round(noise, 1), "relative_difference": round((d_med - m_med) / m_med, 4),
             "samples": args.samples,
         }
-        print(f"{name:10} {d_med:10.1f} {m_med:11.1f} {d_med - m_med:8.1f} {f'[{low:.1f}, {high:.1f}]':>18} {noise:9.1f}"
+        print(f"{name:14} {d_med:10.1f} {m_med:11.1f} {d_med - m_med:8.1f} {f'[{low:.1f}, {high:.1f}]':>18} {noise:9.1f}"
               f" {f'{calls_denied:.0f}/{calls_missing:.0f}':>12}")
     world.close()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

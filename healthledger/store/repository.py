@@ -1120,9 +1120,9 @@ class UnitOfWork:
         # out of the page and of the total, as if they did not exist.
         screen = check and self._screens
         per_resource = screen and not self.principal.unrestricted
-        if per_resource and self._withheld_whole(resource_type, query):
-            return Page([], 0, None)
         stmt = self._candidates(resource_type, query).order_by(res_t.c.resource_id)
+        if per_resource and self._withheld_whole(resource_type, query, stmt):
+            return Page([], 0, None)
         # Unsorted, the keyset is the id, compared by the database (in the order it lists them, its collation's).
         past_id = after is not None and not sort
         if past_id:
@@ -1235,11 +1235,13 @@ class UnitOfWork:
         return Page(items, total, next_offset)
 
 
-    def _withheld_whole(self, resource_type: str, query: Any) -> bool:
+    def _withheld_whole(self, resource_type: str, query: Any, candidates: sa.Select[Any]) -> bool:
         """A search pinned to patients of whose `resource_type` records the caller may see none, whatever they
         say: recorded as withheld from each, and answered empty without reading their records, so it takes the
         time a search for patients who do not exist takes (timing would tell them apart otherwise: the scan and
-        its decisions grow with the patient's records; docs/consent-semantics.md, "No existence oracle")."""
+        its decisions grow with the patient's records; docs/consent-semantics.md, "No existence oracle"). The
+        index is still asked for the first candidate, as the scan of a patient with no records asks and finds
+        none: skipping that query too would make a withheld patient answer faster than a missing one."""
         named = fhir_compartment.searched_patients(resource_type, getattr(query, "criteria", ()))
         if not named:
             return False
@@ -1250,6 +1252,7 @@ class UnitOfWork:
             if screened is None:
                 return False  # some of theirs may be shown: every match is screened
             withheld.append(screened)
+        self.conn.execute(candidates.with_only_columns(res_t.c.resource_id).limit(1)).all()  # (nothing decrypted)
         policy.record_results(self.principal, "search", resource_type, [], withheld, conn=self.conn)
         return True
 
