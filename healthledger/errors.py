@@ -52,6 +52,12 @@ def not_known(resource_type: str, resource_id: str) -> NotFound:
     return NotFound(f"{resource_type}/{resource_id} is not known")
 
 
+def refused_write(resource_type: str) -> Forbidden:
+    """The one answer for a create or update the caller may not make: which of the two it was would tell a writer
+    refused either way whether the id is taken (docs/consent-semantics.md)."""
+    return Forbidden(f"writing this {resource_type} is not permitted for this caller")
+
+
 class Gone(HealthLedgerError, LookupError):
     status = 410
     code = "deleted"

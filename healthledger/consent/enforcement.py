@@ -44,7 +44,7 @@ from healthledger.consent.engine import (
 from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
 from healthledger.consent.index import ConsentIndex, care_named
 from healthledger.consent.models import ConsentRequest
-from healthledger.errors import DecryptionError, Forbidden, TooManyRequests, not_known
+from healthledger.errors import DecryptionError, Forbidden, TooManyRequests, not_known, refused_write
 from healthledger.principal import Principal
 from healthledger.store.access import Screened
 from healthledger.store.repository import ResourceStore
@@ -190,11 +190,13 @@ class ConsentPolicy:
                     "last 24 hours, the most allowed; try again later"
                 )
             if action in ("create", "update"):
-                # Deliberate (docs/consent-semantics.md): the writer learns that this id is taken, nothing of
-                # whose it is or what it holds; a delete refused is the same 404 as a missing resource.
-                asking = action == "create" and resource_type == "Consent"
-                hint = _REQUEST_HINT.format(days=self.policy.max_request_days) if asking else ""
-                raise Forbidden(f"{action} on {resource_type} is not permitted for this caller{hint}")
+                # Deliberate (docs/consent-semantics.md): a write the caller may make to an id nobody holds
+                # creates it, so the writer may learn that an id is taken, nothing of whose it is or what it
+                # holds. A refused create and a refused update say the same (a PUT refused either way does not
+                # tell whether the id is taken); a delete refused is the same 404 as a missing resource.
+                hint = _REQUEST_HINT.format(days=self.policy.max_request_days) if resource_type == "Consent" else ""
+                refused = refused_write(resource_type)
+                raise Forbidden(refused.message + hint)
             raise not_known(resource_type, facts.resource_id)
         if action in WRITE_ACTIONS:
             return resource  # the writer is shown what it sent

@@ -44,6 +44,7 @@ from healthledger.errors import (
     PreconditionFailed,
     Unprocessable,
     not_known,
+    refused_write,
 )
 from healthledger.keys import KeyProvider
 from healthledger.store import envelope
@@ -830,7 +831,7 @@ class UnitOfWork:
                 # An erased resource looks missing, but its id cannot be taken over: refused like any
                 # existing resource the caller may not write (recorded).
                 self.store.policy.record_miss(self.principal, "update", resource_type, resource_id, conn=self.conn)
-                raise Forbidden(f"update on {resource_type} is not permitted for this caller")
+                raise refused_write(resource_type)
             raise Gone(f"{resource_type}/{resource_id} was erased")
         if already_decided:
             before = self._to_stored(current) if current is not None else None

@@ -113,7 +113,7 @@ def test_a_new_patient_is_created_by_post_and_put_under_one_rule(world: World) -
             _call(world, client_id, "POST", "Patient", _new_patient(managingOrganization={"reference": "Organization/x"})),
         ]
         assert [r.status_code for r in refused] == [403] * 4, [r.data for r in refused]
-        assert all("create on Patient is not permitted" in r.get_json()["issue"][0]["diagnostics"] for r in refused)
+        assert all("writing this Patient is not permitted" in r.get_json()["issue"][0]["diagnostics"] for r in refused)
         batch = {"resourceType": "Bundle", "type": "batch", "entry": [
             {"resource": _new_patient(id=pid + "b"), "request": {"method": "PUT", "url": f"Patient/{pid}b"}},
             {"resource": _new_patient(), "request": {"method": "POST", "url": "Patient"}}]}

@@ -534,3 +534,24 @@ def test_a_consent_written_or_read_in_a_bundle_shows_its_chain_state_as_rest_doe
         searched = found["resource"]["entry"][0]["resource"]
         for shown in (one["resource"], searched):
             assert shown["status"] == "proposed" and chain_state(shown) == chain_state(read), kind
+
+
+def test_a_write_refused_either_way_does_not_tell_whether_the_id_is_taken(world: World) -> None:
+    """PUT to a Patient the clinic may not change and to an id nobody holds, which it may not create: the same 403
+    in the same words (it was 'update on …' against 'create on …'), over REST and in a batch."""
+    headers = {**world.headers("clinic"), "Content-Type": "application/fhir+json"}
+
+    def put(pid: str) -> Any:
+        body = {"resourceType": "Patient", "id": pid, "managingOrganization": {"reference": OTHER_HOSPITAL}}
+        return world.client.put(f"/fhir/Patient/{pid}", data=orjson.dumps(body), headers=headers)
+
+    hers = world.dev_create({"resourceType": "Patient", "managingOrganization": {"reference": HOSPITAL}})
+    taken, free = put(hers), put("no-such-patient-id")
+    assert status(taken) == status(free) == 403
+    said = [orjson.loads(r.data)["issue"][0]["diagnostics"] for r in (taken, free)]
+    assert said[0] == said[1] == "writing this Patient is not permitted for this caller"
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "id": pid}, "request": {"method": "PUT", "url": f"Patient/{pid}"}}
+        for pid in (hers, "no-such-patient-id")]}
+    first, second = orjson.loads(world.client.post("/fhir", data=orjson.dumps(batch), headers=headers).data)["entry"]
+    assert first["response"] == second["response"]
