@@ -80,6 +80,7 @@ from healthledger.store.bundles import (
     conditional_update,
     execute_bundle,
 )
+from healthledger.store.own_definitions import refuse_own_url
 from healthledger.store.patching import patch_resource
 from healthledger.store.repository import (
     ANY_VERSION,
@@ -652,7 +653,11 @@ class _FhirApi:
         header = request.headers.get("If-None-Exist")
         if header is not None:
             if_none_exist = _parse_condition(header)
-        stored, created = self.store.create(resource, if_none_exist=if_none_exist, principal=principal)
+            with fhir_errors():
+                definition_search.check_conditional(resource_type, if_none_exist, "create")
+        with self.store.unit_of_work(principal) as uow:
+            refuse_own_url(uow, "create", resource)
+            stored, created = uow.create(resource, if_none_exist=if_none_exist)
         if not created:
             # Conditional create matched one resource: 200 OK with it (as Prefer asks), nothing written
             # (http.html#ccreate).
@@ -670,8 +675,11 @@ class _FhirApi:
         if body_id != resource_id:
             raise InvalidResource("the id in the resource does not match the id in the URL", expression=f"{resource_type}.id")
         if_match, if_none_match = _write_preconditions()
-        stored, created = self.store.update(
-            resource_type, resource_id, resource, if_match=if_match, if_none_match=if_none_match, principal=principal)
+        check_writable(resource_type, resource_id)  # (a published id is refused as such, whatever the body says)
+        with self.store.unit_of_work(principal) as uow:
+            refuse_own_url(uow, "update", resource)
+            stored, created = uow.update(
+                resource_type, resource_id, resource, if_match=if_match, if_none_match=if_none_match)
         return self._write_response(stored, 201 if created else 200)
 
     def _conditions(self, what: str) -> list[tuple[str, str]]:

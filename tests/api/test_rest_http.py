@@ -228,3 +228,71 @@ def test_version_preconditions_of_bundle_entries(client: FlaskClient) -> None:
     batch["entry"] = [{"request": {"method": "DELETE", "url": f"Patient/{pid}", "ifMatch": 'W/"1"'}}]
     answered = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS).get_json()
     assert answered["entry"][0]["response"]["status"].startswith("204")
+
+
+def _definition(resource_type: str, url: str) -> dict[str, Any]:
+    if resource_type == "StructureDefinition":
+        return {"resourceType": "StructureDefinition", "url": url, "name": "Impostor", "status": "draft",
+                "kind": "complex-type", "abstract": False, "type": "Extension"}
+    return {"resourceType": "OperationDefinition", "url": url, "name": "Impostor", "status": "draft",
+            "kind": "operation", "code": "impostor", "system": True, "type": False, "instance": False}
+
+
+def _refused_as_ours(resp: Any) -> None:
+    assert resp.status_code == 422, (resp.status_code, resp.data[:300])
+    issue = orjson.loads(resp.data)["issue"][0]
+    assert issue["code"] == "business-rule" and "this server's own definition" in issue["diagnostics"]
+
+
+def test_no_definition_is_stored_under_one_of_our_canonical_urls(client: FlaskClient) -> None:
+    for resource_type in sorted(definition_search.PUBLISHED_TYPES):
+        ours = definition_search.published(resource_type)[0]["url"]
+        under_base = definition_search.OWN_BASES[resource_type] + "not-one-of-ours"
+        for url in (ours, f"{ours}|9", under_base):
+            body = orjson.dumps(_definition(resource_type, url))
+            _refused_as_ours(client.post(f"/fhir/{resource_type}", data=body, headers=JSON_HEADERS))
+            sid = f"impostor-{uuid.uuid4().hex[:12]}"
+            body_with_id = orjson.dumps({**_definition(resource_type, url), "id": sid})
+            _refused_as_ours(client.put(f"/fhir/{resource_type}/{sid}", data=body_with_id, headers=JSON_HEADERS))
+            _refused_as_ours(client.put(f"/fhir/{resource_type}?_id={sid}", data=body_with_id, headers=JSON_HEADERS))
+            for kind in ("batch", "transaction"):
+                bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+                    {"resource": _definition(resource_type, url), "request": {"method": "POST", "url": resource_type}},
+                ]}
+                answer = client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS)
+                if kind == "batch":
+                    assert answer.get_json()["entry"][0]["response"]["status"].startswith("422"), answer.get_json()
+                else:
+                    _refused_as_ours(answer)
+        found = client.get(f"/fhir/{resource_type}", query_string={"url": ours}).get_json()
+        assert found["total"] == 1, found  # ours alone
+        # A definition of its own URL is stored; PATCHing our URL into it is refused, and it keeps its own.
+        theirs = client.post(f"/fhir/{resource_type}", data=orjson.dumps(
+            _definition(resource_type, f"https://example.org/fhir/{resource_type}/{uuid.uuid4().hex}")),
+            headers=JSON_HEADERS)
+        assert theirs.status_code == 201, theirs.data
+        patched = client.patch(f"/fhir/{resource_type}/{theirs.get_json()['id']}",
+                               data=orjson.dumps([{"op": "replace", "path": "/url", "value": ours}]),
+                               headers={**AUTH, "Content-Type": "application/json-patch+json"})
+        _refused_as_ours(patched)
+
+
+def test_conditional_interactions_on_definitions_name_the_parameters_they_take(client: FlaskClient) -> None:
+    for resource_type in sorted(definition_search.PUBLISHED_TYPES):
+        url = f"https://example.org/fhir/{resource_type}/{uuid.uuid4().hex}"
+        body = orjson.dumps(_definition(resource_type, url))
+        query = {"url": url}
+        for resp in (client.put(f"/fhir/{resource_type}", query_string=query, data=body, headers=JSON_HEADERS),
+                     client.delete(f"/fhir/{resource_type}", query_string=query, headers=AUTH),
+                     client.post(f"/fhir/{resource_type}", data=body,
+                                 headers={**JSON_HEADERS, "If-None-Exist": f"url={url}"})):
+            said = _outcome(resp, 400)
+            assert "selects by _id and _lastUpdated only; 'url' is answered by a search" in said, said
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": _definition(resource_type, url), "request": {"method": "PUT", "url": f"{resource_type}?url={url}"}},
+            {"resource": _definition(resource_type, url),
+             "request": {"method": "POST", "url": resource_type, "ifNoneExist": f"url={url}"}},
+            {"request": {"method": "DELETE", "url": f"{resource_type}?name=Impostor"}}]}
+        answered = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS).get_json()
+        assert [e["response"]["status"][:3] for e in answered["entry"]] == ["400"] * 3, answered
+        assert client.get(f"/fhir/{resource_type}", query_string=query, headers=AUTH).get_json()["total"] == 0
