@@ -47,7 +47,6 @@ from healthledger.store.repository import (
 )
 from healthledger.store.search_results import included_resources
 
-_REASON = {200: "OK", 201: "Created", 204: "No Content"}
 _ETAG = re.compile(r'^(?:W/)?"?(?P<v>[0-9]+)"?$')
 
 
@@ -122,7 +121,7 @@ class _Answers:
     def entry(self, status: int, stored: StoredResource | None = None, *, resource: dict[str, Any] | None = None,
               write: bool = False) -> dict[str, Any]:
         """A response entry; `write`: a create/update, whose resource follows Prefer as the REST write's does."""
-        response: dict[str, Any] = {"status": f"{status} {_REASON.get(status, '')}".strip()}
+        response: dict[str, Any] = {"status": fhir_bundles.response_status(status)}
         entry: dict[str, Any] = {}
         if stored is not None:
             response["location"] = self.url(stored.location)
@@ -198,7 +197,7 @@ def _weak(tag: str) -> str:
 
 def _error_entry(exc: HealthLedgerError) -> dict[str, Any]:
     outcome = fhir_outcome.operation_outcome("error", exc.code, exc.message, exc.expression)
-    return {"response": {"status": str(exc.status), "outcome": outcome}}
+    return {"response": {"status": fhir_bundles.response_status(exc.status), "outcome": outcome}}
 
 
 def _entry_error(exc: Exception, index: int, method: str, resource_type: str | None) -> HealthLedgerError:
@@ -361,7 +360,7 @@ class _Executor:
             answer.pop("resource", None)
             answer.pop("fullUrl", None)
             answer["response"].pop("location", None)
-            answer["response"]["status"] = "304 Not Modified"
+            answer["response"]["status"] = fhir_bundles.response_status(304)
             return answer
         answer = self.answers.entry(200, stored)
         answer["response"].pop("location", None)  # a read has no Location (as REST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -516,7 +517,7 @@ def test_a_refused_batch_entry_fails_alone_with_the_answer_of_the_same_request(c
     logged = client.post("/fhir/AuditEvent", data=orjson.dumps(requests[7][2]), headers=JSON_HEADERS)
     for entry, alone in ((entries[1], missing), (entries[2], edited), (entries[5], invalid), (entries[6], strict),
                          (entries[7], logged)):
-        assert entry["response"]["status"] == str(alone.status_code)
+        assert entry["response"]["status"] == f"{alone.status_code} {HTTPStatus(alone.status_code).phrase}"
         assert entry["response"]["outcome"]["issue"] == body(alone)["issue"]
 
 
