@@ -506,10 +506,11 @@ class _FhirApi:
 
     def _form(self) -> list[tuple[str, str]]:
         """POST _search's parameters (R4 3.1.1.0.2): an application/x-www-form-urlencoded body, or none (the
-        parameters all in the URL); an empty body needs no Content-Type."""
+        parameters all in the URL). An empty body carries no parameters whatever type it declares (fhir-kit-client
+        sends application/fhir+json with it)."""
         kind = http.media_type(request.headers.get("Content-Type"))
         raw = http.read_body(request, self.settings.max_request_bytes)
-        if not raw and kind in ("", http.FORM_MEDIA_TYPE):
+        if not raw:
             return []
         if kind != http.FORM_MEDIA_TYPE:
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")

@@ -165,6 +165,12 @@ def test_post_search_without_a_body(client: FlaskClient) -> None:
     form = client.post(f"/fhir/Patient/_search?family={family}", data=b"",
                        headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
     assert form.get_json()["total"] == 1
+    for declared in ("application/fhir+json", "application/json", "text/plain"):  # empty: no parameters, any type
+        typed = client.post(f"/fhir/Patient/_search?family={family}", data=b"", headers={**AUTH, "Content-Type": declared})
+        assert typed.status_code == 200 and typed.get_json()["total"] == 1, (declared, typed.data[:300])
+    definitions = client.post("/fhir/StructureDefinition/_search", data=b"",
+                              headers={**AUTH, "Content-Type": "application/fhir+json"})
+    assert definitions.status_code == 200 and definitions.get_json()["total"] >= 1
     _outcome(client.post("/fhir/Patient/_search", data=b"family=x", headers={**AUTH, "Content-Type": "text/plain"}), 415)
 
 
