@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import gzip
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from fhir_api_support import AUTH, JSON_HEADERS
+from flask import Flask
 from flask.testing import FlaskClient
+from joserfc.jwk import ECKey, KeySet
 
 from fhir_adapters import definition_search
+from healthledger.auth.tokens import register_client
+from healthledger.db import session_factory
 
 
 def _patient(client: FlaskClient, **extra: Any) -> dict[str, Any]:
@@ -213,6 +218,31 @@ def test_a_refused_token_is_named_in_the_challenge(client: FlaskClient) -> None:
     none = client.get("/fhir/Patient")
     _outcome(none, 401)
     assert none.headers["WWW-Authenticate"] == 'Bearer realm="healthledger"'  # no token, no error code (§3.1)
+    empty = client.get("/fhir/Patient", headers={"Authorization": "Bearer "})
+    assert "empty bearer token" in _outcome(empty, 401)
+    assert "empty bearer token" in _outcome(client.get("/fhir/Patient", headers={"Authorization": "bearer"}), 401)
+    assert "unsupported authorization scheme" in _outcome(client.get("/fhir/Patient", headers={"Authorization": "Basic x"}), 401)
+
+
+def test_a_token_refused_for_its_scopes_is_told_insufficient_scope(app: Flask, client: FlaskClient) -> None:
+    """RFC 6750 §3.1: a 403 for the token's scopes names `insufficient_scope`; a 403 of another kind does not."""
+    client_id = f"scoped-{uuid.uuid4().hex[:8]}"
+    with session_factory(app.extensions["healthledger.engine"]).begin() as session:
+        register_client(session, client_id=client_id, name="Scoped", scopes="system/Patient.rs", role="system",
+                        jwks=KeySet([ECKey.generate_key("P-256", auto_kid=True)]).as_dict(private=False),
+                        now=datetime.now(UTC))
+    tokens = app.extensions["healthledger.tokens"]
+    bearer = {"Authorization": f"Bearer {tokens.access_token(client_id, 'system/Patient.rs', tokens.now())}"}
+    assert client.get("/fhir/Patient", headers=bearer).status_code == 200
+    refused = client.get("/fhir/Observation", headers=bearer)
+    said = _outcome(refused, 403)
+    assert refused.headers["WWW-Authenticate"] == (
+        f'Bearer realm="healthledger", error="insufficient_scope", error_description="{said}"')
+    # A write the policy refuses (a study changes through its operations) is a 403 for another reason.
+    study = {"resourceType": "ResearchStudy", "status": "active", "title": "Not by PUT"}
+    policy = client.put(f"/fhir/ResearchStudy?_id={uuid.uuid4().hex}", data=orjson.dumps(study), headers=JSON_HEADERS)
+    _outcome(policy, 403)
+    assert "WWW-Authenticate" not in policy.headers
 
 
 def test_version_preconditions_of_bundle_entries(client: FlaskClient) -> None:
