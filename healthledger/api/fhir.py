@@ -107,6 +107,10 @@ STUDY_EDITS_REFUSED = "a study changes through its operations ($publish); it is 
 # so the declaration and the refusals come from one place. AuditEvent is served by api/audit_events.py (writes
 # 405); ResearchStudy and the GET search of ResearchSubject by api/research.py (study edits 403, as here); the
 # searches of OperationDefinition and StructureDefinition by `_definitions` below.
+# What the definitions' writes refuse besides the ids of ours (fhir_adapters/definition_search.py).
+_CONDITIONAL_NOTE: Final = "; conditional ones select by _id and _lastUpdated only (by url or name: 400)"
+_OWN_URL_NOTE: Final = ("; a definition whose url lies under this server's canonical base for the type is refused "
+                        "(422)" + _CONDITIONAL_NOTE)
 TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
     "AuditEvent": TypeCapability(
         ("read", "search-type"),
@@ -143,7 +147,9 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
         notes={"read": f"this server's own {definitions}s are public (no token), at the id their canonical URL "
                "ends in; any other id is an ordinary read",
                **{write: f"refused (405) at the ids of this server's own {definitions}s, which are read only; "
-                  "other ids are ordinary" for write in ("update", "patch", "delete")},
+                  "other ids are ordinary" + (_OWN_URL_NOTE if write != "delete" else _CONDITIONAL_NOTE)
+                  for write in ("update", "patch", "delete")},
+               "create": _OWN_URL_NOTE.removeprefix("; "),
                "search-type": f"lists this server's own {definitions}s (public), then, to an authenticated caller, "
                "the stored ones it may read; by url, _id and name, paged by _count, with _summary, _elements, _total "
                "and _sort (by name, title, url, date, status, _id, _lastUpdated: ours, then the stored ones, each "
