@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Final, Literal, cast
 from urllib.parse import parse_qsl
 
@@ -76,6 +77,15 @@ class BundlePlan:
     type: Literal["batch", "transaction"]
     entries: tuple[PlannedEntry, ...]  # transaction: processing order; batch: as sent
     full_urls: Mapping[str, int] = field(default_factory=dict)  # fullUrl -> entry index
+
+
+def response_status(status: int) -> str:
+    """Bundle.entry.response.status (R4 bundle.html: "status code starting with a 3 digit HTTP code, may contain
+    text"): the code and its reason phrase (RFC 9110 §15), for an error as for a success: `"404 Not Found"`."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
 
 
 def plan_bundle(bundle: Mapping[str, Any] | bytes | str, *, searched_elsewhere: frozenset[str] = frozenset(),

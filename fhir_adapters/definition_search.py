@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from fhir_adapters.extensions import EXTENSIONS, structure_definition
-from fhir_adapters.operation_definitions import OURS, operation_definition
+from fhir_adapters.errors import FhirInputError, UnsupportedSearch
+from fhir_adapters.extensions import EXTENSION_BASE, EXTENSIONS, structure_definition
+from fhir_adapters.operation_definitions import OPERATION_BASE, OURS, operation_definition
 from fhir_adapters.search.controls import FixedSearch, SortKey
 from fhir_adapters.search.matching import ResourceMeta
 from fhir_adapters.search.parameters import COMMON_PARAMETERS, SearchParamDef
@@ -34,6 +35,8 @@ SORTABLE: Final[Mapping[str, SearchParamDef]] = {
     "date": SearchParamDef("date", "date", ("date",), single=True),
     "status": SearchParamDef("status", "token", ("status",), single=True),
 }
+# The canonical base of each type's definitions published here: no stored definition may take a URL under it.
+OWN_BASES: Final[Mapping[str, str]] = {"OperationDefinition": OPERATION_BASE, "StructureDefinition": EXTENSION_BASE}
 _NEVER: Final = datetime(1, 1, 1, tzinfo=UTC)  # the lastUpdated of a definition without one (ours: built in)
 
 
@@ -48,6 +51,44 @@ def published(resource_type: str) -> list[dict[str, Any]]:
 
 def published_ids(resource_type: str) -> frozenset[str]:
     return frozenset(OURS if resource_type == "OperationDefinition" else EXTENSIONS)
+
+
+class OwnDefinitionUrl(FhirInputError):
+    """A definition to be stored under a canonical URL of this server's own (`check_not_own_url`)."""
+
+    status = 422
+    code = "business-rule"
+
+
+def check_not_own_url(resource: Mapping[str, Any]) -> None:
+    """Refuse to store a definition whose `url` lies under this server's canonical base for the type (OWN_BASES),
+    where every definition it publishes has its URL (operation_definitions.py, extensions.py). A canonical URL names
+    one definition (R4 2.17.0.1); a stored second one would answer a `url` search beside ours and could pass for it.
+    Other resource types pass unexamined."""
+    resource_type = resource.get("resourceType")
+    url = resource.get("url")
+    if resource_type not in PUBLISHED_TYPES or not isinstance(url, str):
+        return
+    bare = url.partition("|")[0]  # (a canonical may carry `|version`)
+    if bare.startswith(OWN_BASES[resource_type]):
+        raise OwnDefinitionUrl(f"{resource_type}.url is the canonical URL of this server's own definition (or lies "
+                               f"under its canonical base {OWN_BASES[resource_type]}): those are published from its "
+                               "code, and no stored definition may take their URLs", expression=f"{resource_type}.url")
+
+
+def check_conditional(resource_type: str, params: Iterable[tuple[str, str]], what: str) -> None:
+    """Refuse a conditional interaction (`what`: create, update, delete, reference) on a definition type that selects
+    by a criterion only its search answers (`url`, `name`): the conditional search runs over the store's index, which
+    has `_id` and `_lastUpdated` for them and neither of those (the search matches them on the resources, see
+    healthledger/api/fhir.py `_definitions_page`). Not supported (400), naming what is; other types pass."""
+    if resource_type not in PUBLISHED_TYPES:
+        return
+    named = sorted({name.partition(":")[0] for name, _ in params} & (set(CRITERIA) - set(COMMON_PARAMETERS)))
+    if named:
+        listed = ", ".join(f"'{n}'" for n in named)
+        raise UnsupportedSearch(f"conditional {what} on {resource_type} selects by {' and '.join(COMMON_PARAMETERS)} "
+                                f"only; {listed} is answered by a search ({resource_type}?url=...), not in a "
+                                "conditional interaction")
 
 
 def select(definitions: Iterable[Mapping[str, Any]], search: FixedSearch) -> list[Mapping[str, Any]]:

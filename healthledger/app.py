@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from healthledger.api.audit_events import AuditPages, audit_event_blueprint
     from healthledger.api.auth_seam import Authenticator
     from healthledger.api.cds_hooks import cds_hooks_blueprint
-    from healthledger.api.cors import install_cors
+    from healthledger.api.cors import bodiless_options_answer, install_cors
     from healthledger.api.federation import federation_blueprint
     from healthledger.api.fhir import fhir_blueprint, request_is_fhir
     from healthledger.api.operations import (
@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["healthledger.metrics"] = metrics
     install_request_hooks(app, metrics)
     install_cors(app, settings.cors_allowed_origins)
+    app.after_request(bodiless_options_answer)
     readiness = Readiness(engine, key_provider, max_index_age_seconds=consent_rules.max_index_age_seconds,
                           started_at=replica_started_at(default=time.time()), tenant=settings.tenant)
     gauges = LedgerGauges(engine, tenant=settings.tenant, max_index_age_seconds=consent_rules.max_index_age_seconds)

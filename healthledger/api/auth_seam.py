@@ -62,6 +62,8 @@ class Authenticator:
             if session is not None:
                 return session
             raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+        if authorization.strip().lower() == _BEARER.strip():  # the scheme and nothing after it (or only spaces)
+            raise Unauthorized("empty bearer token: send 'Authorization: Bearer <token>'")
         if authorization[: len(_BEARER)].lower() != _BEARER:
             raise Unauthorized("unsupported authorization scheme: use 'Bearer <token>'")
         token = authorization[len(_BEARER) :].strip()

@@ -18,8 +18,8 @@ from typing import Any, Final
 import orjson
 import structlog
 from flask import Response, current_app, request
-from werkzeug.http import HTTP_STATUS_CODES
 
+from fhir_adapters.bundles import response_status
 from fhir_adapters.datatypes import instant
 from healthledger.api import negotiation as http
 from healthledger.api.auth_seam import CALLER_KEY, Authenticator
@@ -113,9 +113,7 @@ def _as_entry(response: Response, entry: Any, base: str) -> dict[str, Any]:
     meta = body.get("meta") if isinstance(body, dict) else None
     if status == 200 and not_modified(etag, last_modified, entry.if_none_match, entry.if_modified_since):
         status, body = 304, None
-    # As the store's entries say it: a success with its reason phrase, an error by its code alone.
-    reason = HTTP_STATUS_CODES.get(status, "") if status < 400 else ""
-    answer: dict[str, Any] = {"status": f"{status} {reason}".strip()}
+    answer: dict[str, Any] = {"status": response_status(status)}  # as the store's entries say it
     if "Location" in response.headers:
         answer["location"] = response.headers["Location"]
     if etag:

@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from fhir_adapters.errors import FhirInputError
 from healthledger.api.negotiation import media_type, read_body
-from healthledger.api.outcomes import bearer_challenge
+from healthledger.api.outcomes import SCOPE_REFUSALS, bearer_challenge
 from healthledger.consent.consult_hook import (
     HOOK,
     CardSource,
@@ -168,4 +168,6 @@ def _error_response(error: BaseException) -> Response:
     if status == 401:
         # RFC 6750 §3: a 401 names the scheme the client must use, and why a presented token was refused.
         response.headers["WWW-Authenticate"] = bearer_challenge(description)
+    elif status == 403 and description.startswith(SCOPE_REFUSALS):
+        response.headers["WWW-Authenticate"] = bearer_challenge(description, "insufficient_scope")  # §3.1
     return response

@@ -13,7 +13,7 @@ CORS off.
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response, request
 from flask_cors import CORS
 
 from healthledger.api.auth_seam import BREAK_GLASS_HEADER, PURPOSE_HEADER
@@ -51,3 +51,12 @@ def install_cors(app: Flask, setting: str) -> None:
         methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         max_age=PREFLIGHT_MAX_AGE_SECONDS,
     )
+
+
+def bodiless_options_answer(response: Response) -> Response:
+    """An OPTIONS answer without a body (a CORS preflight, Flask's automatic OPTIONS) has no Content-Type either:
+    the header describes a body (RFC 9110 §8.3) and there is none (as the API's other bodiless answers,
+    healthledger/api/fhir.py `_no_content`). Installed for every path, with CORS on or off."""
+    if request.method == "OPTIONS" and not response.is_streamed and response.get_data() == b"":
+        response.headers.remove("Content-Type")
+    return response

@@ -80,6 +80,7 @@ from healthledger.store.bundles import (
     conditional_update,
     execute_bundle,
 )
+from healthledger.store.own_definitions import refuse_own_url
 from healthledger.store.patching import patch_resource
 from healthledger.store.repository import (
     ANY_VERSION,
@@ -106,6 +107,10 @@ STUDY_EDITS_REFUSED = "a study changes through its operations ($publish); it is 
 # so the declaration and the refusals come from one place. AuditEvent is served by api/audit_events.py (writes
 # 405); ResearchStudy and the GET search of ResearchSubject by api/research.py (study edits 403, as here); the
 # searches of OperationDefinition and StructureDefinition by `_definitions` below.
+# What the definitions' writes refuse besides the ids of ours (fhir_adapters/definition_search.py).
+_CONDITIONAL_NOTE: Final = "; conditional ones select by _id and _lastUpdated only (by url or name: 400)"
+_OWN_URL_NOTE: Final = ("; a definition whose url lies under this server's canonical base for the type is refused "
+                        "(422)" + _CONDITIONAL_NOTE)
 TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
     "AuditEvent": TypeCapability(
         ("read", "search-type"),
@@ -142,7 +147,9 @@ TYPE_CAPABILITIES: Final[Mapping[str, TypeCapability]] = {
         notes={"read": f"this server's own {definitions}s are public (no token), at the id their canonical URL "
                "ends in; any other id is an ordinary read",
                **{write: f"refused (405) at the ids of this server's own {definitions}s, which are read only; "
-                  "other ids are ordinary" for write in ("update", "patch", "delete")},
+                  "other ids are ordinary" + (_OWN_URL_NOTE if write != "delete" else _CONDITIONAL_NOTE)
+                  for write in ("update", "patch", "delete")},
+               "create": _OWN_URL_NOTE.removeprefix("; "),
                "search-type": f"lists this server's own {definitions}s (public), then, to an authenticated caller, "
                "the stored ones it may read; by url, _id and name, paged by _count, with _summary, _elements, _total "
                "and _sort (by name, title, url, date, status, _id, _lastUpdated: ours, then the stored ones, each "
@@ -505,10 +512,11 @@ class _FhirApi:
 
     def _form(self) -> list[tuple[str, str]]:
         """POST _search's parameters (R4 3.1.1.0.2): an application/x-www-form-urlencoded body, or none (the
-        parameters all in the URL); an empty body needs no Content-Type."""
+        parameters all in the URL). An empty body carries no parameters whatever type it declares (fhir-kit-client
+        sends application/fhir+json with it)."""
         kind = http.media_type(request.headers.get("Content-Type"))
         raw = http.read_body(request, self.settings.max_request_bytes)
-        if not raw and kind in ("", http.FORM_MEDIA_TYPE):
+        if not raw:
             return []
         if kind != http.FORM_MEDIA_TYPE:
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
@@ -652,7 +660,11 @@ class _FhirApi:
         header = request.headers.get("If-None-Exist")
         if header is not None:
             if_none_exist = _parse_condition(header)
-        stored, created = self.store.create(resource, if_none_exist=if_none_exist, principal=principal)
+            with fhir_errors():
+                definition_search.check_conditional(resource_type, if_none_exist, "create")
+        with self.store.unit_of_work(principal) as uow:
+            refuse_own_url(uow, "create", resource)
+            stored, created = uow.create(resource, if_none_exist=if_none_exist)
         if not created:
             # Conditional create matched one resource: 200 OK with it (as Prefer asks), nothing written
             # (http.html#ccreate).
@@ -670,8 +682,11 @@ class _FhirApi:
         if body_id != resource_id:
             raise InvalidResource("the id in the resource does not match the id in the URL", expression=f"{resource_type}.id")
         if_match, if_none_match = _write_preconditions()
-        stored, created = self.store.update(
-            resource_type, resource_id, resource, if_match=if_match, if_none_match=if_none_match, principal=principal)
+        check_writable(resource_type, resource_id)  # (a published id is refused as such, whatever the body says)
+        with self.store.unit_of_work(principal) as uow:
+            refuse_own_url(uow, "update", resource)
+            stored, created = uow.update(
+                resource_type, resource_id, resource, if_match=if_match, if_none_match=if_none_match)
         return self._write_response(stored, 201 if created else 200)
 
     def _conditions(self, what: str) -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from fhir_adapters.errors import FhirInputError
 from fhir_adapters.outcome import operation_outcome
 from healthledger.api.negotiation import FHIR_JSON
-from healthledger.errors import DecryptionError, HealthLedgerError, Unauthorized
+from healthledger.errors import DecryptionError, Forbidden, HealthLedgerError, Unauthorized
 from healthledger.keys import KeyUnwrapError
 
 log = structlog.get_logger("healthledger.api")
@@ -66,6 +66,8 @@ def error_response(error: BaseException) -> Response:
         headers = {}
         if isinstance(error, Unauthorized):
             headers["WWW-Authenticate"] = bearer_challenge(error.message)
+        elif isinstance(error, Forbidden) and error.message.startswith(SCOPE_REFUSALS) and _presented_bearer():
+            headers["WWW-Authenticate"] = bearer_challenge(error.message, "insufficient_scope")
         outcome = operation_outcome("error", error.code, error.message, error.expression)
         return outcome_response(outcome, status, headers)
     if isinstance(error, FhirInputError):
@@ -102,19 +104,30 @@ def error_response(error: BaseException) -> Response:
     return outcome_response(operation_outcome("error", "exception", "internal server error"), 500)
 
 
-def bearer_challenge(message: str) -> str:
-    """The WWW-Authenticate of a 401 (RFC 6750 §3): the scheme, and, when the request presented a bearer token,
-    `error="invalid_token"` with `message` as its description (a request without one gets no error code, §3.1)."""
+# The 403s that refuse a request for its token's scopes (healthledger/consent/enforcement.py `check_scope`,
+# healthledger/consent/consult.py): only those name `insufficient_scope` (RFC 6750 §3.1); a write a policy refuses
+# is a 403 without it, and a refusal by consent is the 404 of a missing resource.
+SCOPE_REFUSALS = ("the access token's scopes do not allow ", "asking for consent decisions needs a scope ")
+
+
+def bearer_challenge(message: str, error: str = "invalid_token") -> str:
+    """The WWW-Authenticate of a 401 (`invalid_token`) or of a 403 for scopes (`insufficient_scope`) (RFC 6750
+    §3): the scheme, and, when the request presented a bearer token, the error code with `message` as its
+    description (a request without one gets no error code, §3.1)."""
     challenge = 'Bearer realm="healthledger"'
+    if _presented_bearer():
+        # error_description: %x20-21 / %x23-5B / %x5D-7E (RFC 6750 §3): no quote, no backslash.
+        description = "".join(c for c in message if " " <= c <= "~" and c not in '"\\')
+        challenge += f', error="{error}", error_description="{description}"'
+    return challenge
+
+
+def _presented_bearer() -> bool:
     try:
         presented = request.headers.get("Authorization", "")
     except RuntimeError:
         presented = ""
-    if presented.strip().lower().startswith("bearer "):
-        # error_description: %x20-21 / %x23-5B / %x5D-7E (RFC 6750 §3): no quote, no backslash.
-        description = "".join(c for c in message if " " <= c <= "~" and c not in '"\\')
-        challenge += f', error="invalid_token", error_description="{description}"'
-    return challenge
+    return presented.strip().lower().startswith("bearer ")
 
 
 KEYS_OUT_OF_DATE = (

@@ -205,6 +205,7 @@ class Federation:
 
     def redeem_locator(self, principal: Principal, text: str) -> str:
         """The patient reference a member's locator leads to (used once)."""
+        self._require_membership()
         member = principal.organization.removeprefix("Organization/")
         if not principal.consent_reference or not principal.actor_id.startswith("member:"):
             raise NotFound("no such record locator")
@@ -272,6 +273,7 @@ class Federation:
         """Remove our patient's links to `source` (only the one under `consent`, "Consent/{id}", when given); the
         copies already fetched stay, with their Provenance. Returns how many links were removed."""
         self._may_change(principal, patient_id)
+        self._require_membership()
         with self.sessions.begin() as session:
             rows = [r for r in links_of(session, self.store.tenant, patient_id)
                     if r.source_org == source and (not consent or r.consent_ref == consent)]

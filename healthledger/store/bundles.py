@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fhir_adapters import bundles as fhir_bundles
+from fhir_adapters import definition_search
 from fhir_adapters import outcome as fhir_outcome
 from fhir_adapters import search as fhir_search
 from fhir_adapters.datatypes import instant
@@ -32,6 +33,7 @@ from healthledger.errors import (
     PreconditionFailed,
 )
 from healthledger.store.access import Principal
+from healthledger.store.own_definitions import refuse_own_url
 from healthledger.store.repository import (
     ANY_VERSION,
     IfNoneMatch,
@@ -39,12 +41,12 @@ from healthledger.store.repository import (
     StoredResource,
     UnitOfWork,
     as_store_error,
+    check_writable,
     fhir_errors,
     translating_fhir_errors,
 )
 from healthledger.store.search_results import included_resources
 
-_REASON = {200: "OK", 201: "Created", 204: "No Content"}
 _ETAG = re.compile(r'^(?:W/)?"?(?P<v>[0-9]+)"?$')
 
 
@@ -119,7 +121,7 @@ class _Answers:
     def entry(self, status: int, stored: StoredResource | None = None, *, resource: dict[str, Any] | None = None,
               write: bool = False) -> dict[str, Any]:
         """A response entry; `write`: a create/update, whose resource follows Prefer as the REST write's does."""
-        response: dict[str, Any] = {"status": f"{status} {_REASON.get(status, '')}".strip()}
+        response: dict[str, Any] = {"status": fhir_bundles.response_status(status)}
         entry: dict[str, Any] = {}
         if stored is not None:
             response["location"] = self.url(stored.location)
@@ -195,7 +197,7 @@ def _weak(tag: str) -> str:
 
 def _error_entry(exc: HealthLedgerError) -> dict[str, Any]:
     outcome = fhir_outcome.operation_outcome("error", exc.code, exc.message, exc.expression)
-    return {"response": {"status": str(exc.status), "outcome": outcome}}
+    return {"response": {"status": fhir_bundles.response_status(exc.status), "outcome": outcome}}
 
 
 def _entry_error(exc: Exception, index: int, method: str, resource_type: str | None) -> HealthLedgerError:
@@ -218,6 +220,8 @@ def _entry_error(exc: Exception, index: int, method: str, resource_type: str | N
 def _single_match(uow: UnitOfWork, target: Target, what: str) -> StoredResource | None:
     """The one resource a conditional URL names, as the caller sees it; None when none; 412 when several
     (R4 3.1.0.4.3). Matches the caller may not read do not exist for it (UnitOfWork.conditional_matches)."""
+    with fhir_errors():
+        definition_search.check_conditional(target.resource_type, target.params or [], what)
     matches = uow.conditional_matches(target.resource_type, target.params or [], what)
     return matches[0] if matches else None
 
@@ -233,6 +237,8 @@ def conditional_update(
     match = _single_match(uow, Target(resource_type, params=params), "update")
     resource_id = match.id if match is not None else (resource.get("id") or uow.store.new_id())
     body = {**resource, "id": resource_id} if resource.get("id") in (None, resource_id) else resource
+    check_writable(resource_type, resource_id)  # (a published id is refused as such, whatever the body says)
+    refuse_own_url(uow, "update", body)
     return uow.update(resource_type, resource_id, body, if_match=if_match, if_none_match=if_none_match,
                       validated=validated)
 
@@ -303,6 +309,9 @@ class _Executor:
             return answer
         if resource is None:
             raise BadRequest(f"{method} needs a resource")
+        if method == "PUT" and target.id is not None:
+            check_writable(target.resource_type, target.id)  # (a published id is refused as such, whatever the body)
+        refuse_own_url(uow, "create" if method == "POST" else "update", resource)
         if method == "POST":
             if target.id is not None or target.params is not None:
                 raise NotSupported("POST to an instance or with parameters (operations) is not supported")
@@ -315,6 +324,7 @@ class _Executor:
             if_none_exist = None
             if entry.if_none_exist and entry.index not in assigned:
                 if_none_exist = parse_qsl(entry.if_none_exist.lstrip("?"), keep_blank_values=True)
+                definition_search.check_conditional(target.resource_type, if_none_exist, "create")
             stored, created = uow.create(
                 resource, if_none_exist=if_none_exist, resource_id=assigned.get(entry.index), validated=True
             )
@@ -350,7 +360,7 @@ class _Executor:
             answer.pop("resource", None)
             answer.pop("fullUrl", None)
             answer["response"].pop("location", None)
-            answer["response"]["status"] = "304 Not Modified"
+            answer["response"]["status"] = fhir_bundles.response_status(304)
             return answer
         answer = self.answers.entry(200, stored)
         answer["response"].pop("location", None)  # a read has no Location (as REST)

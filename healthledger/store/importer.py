@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from fhir_adapters import bundles as fhir_bundles
 from fhir_adapters import compartment as fhir_compartment
+from fhir_adapters import definition_search
 from fhir_adapters import search as fhir_search
 from fhir_adapters import validation as fhir_validation
 from fhir_adapters.errors import FhirInputError
@@ -142,6 +143,7 @@ def prepare(where: str, item: Any, indexer: envelope.BlindIndexer | None = None)
     try:
         with fhir_errors():
             resource = fhir_validation.parse_resource(item)
+            definition_search.check_not_own_url(resource)
             if "id" in resource:
                 check_id(resource["id"])
             terms = fhir_search.index_terms(resource)

@@ -15,6 +15,7 @@ from fhir_adapters import compartment as fhir_compartment
 from fhir_adapters.patch import apply_json_patch
 from healthledger.errors import Forbidden, PreconditionFailed
 from healthledger.principal import Principal
+from healthledger.store.own_definitions import refuse_own_url
 from healthledger.store.repository import ResourceStore, StoredResource, fhir_errors
 
 
@@ -33,5 +34,6 @@ def patch_resource(
             patched = apply_json_patch(current.resource, operations)
             before = fhir_compartment.patient_compartment(current.resource)
             after = fhir_compartment.patient_compartment(patched)
+        refuse_own_url(uow, "update", patched)
         stored, _ = uow.update(resource_type, resource_id, patched, already_decided=before == after)
         return stored

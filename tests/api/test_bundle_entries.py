@@ -113,7 +113,7 @@ def test_a_batch_get_entry_answers_what_the_same_get_answers(client: FlaskClient
     assert lenient["entry"][-1]["search"]["mode"] == "outcome"
     assert entries[5]["resource"]["type"] == "history" and len(entries[5]["resource"]["entry"]) == 1
     assert entries[9]["resource"]["resourceType"] == "CapabilityStatement"
-    assert entries[12]["response"]["status"] == "404"
+    assert entries[12]["response"]["status"] == "404 Not Found"
     assert entries[12]["response"]["outcome"]["issue"][0]["diagnostics"] == "unknown resource type 'Foo'"
 
 
@@ -122,7 +122,7 @@ def test_a_batch_says_strict_handling_for_its_entries(client: FlaskClient, world
     [entry] = _batch(client, [url], Prefer="handling=strict")
     alone = client.get(f"/fhir/{url}", headers={**AUTH, "Prefer": "handling=strict"})
     assert alone.status_code == 400
-    assert entry["response"]["status"] == "400" and entry["response"]["outcome"] == _json(alone)
+    assert entry["response"]["status"] == "400 Bad Request" and entry["response"]["outcome"] == _json(alone)
 
 
 def test_a_head_entry_has_no_body(client: FlaskClient, world: dict[str, Any]) -> None:
@@ -132,7 +132,7 @@ def test_a_head_entry_has_no_body(client: FlaskClient, world: dict[str, Any]) ->
     assert read["response"]["status"] == "200 OK" and read["response"]["etag"] == 'W/"1"'
     assert "resource" not in read and "fullUrl" not in read
     assert search["response"]["status"] == "200 OK" and "resource" not in search
-    assert missing["response"]["status"] == "404"
+    assert missing["response"]["status"] == "404 Not Found"
 
 
 def test_a_conditional_read_entry_is_304_when_the_copy_is_current(client: FlaskClient, world: dict[str, Any]) -> None:
@@ -269,7 +269,7 @@ def test_an_unknown_type_in_any_entry_is_the_404_of_the_same_request(client: Fla
     ]}
     entries = _json(client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS))["entry"]
     for entry in entries:
-        assert entry["response"]["status"] == "404"
+        assert entry["response"]["status"] == "404 Not Found"
         assert entry["response"]["outcome"]["issue"] == _json(alone)["issue"]
     transaction = {**bundle, "type": "transaction", "entry": bundle["entry"][2:3]}
     refused = client.post("/fhir", data=orjson.dumps(transaction), headers=JSON_HEADERS)
@@ -290,7 +290,7 @@ def test_batch_entries_of_the_access_log_and_research_answer_as_their_modules_re
     assert studies["response"]["status"] == "200 OK"
     assert studies["resource"]["entry"][-1]["search"]["mode"] == "outcome"
     [strict] = _batch(client, ["ResearchStudy?foo=1"], Prefer="handling=strict")
-    assert strict["response"]["status"] == "400"
+    assert strict["response"]["status"] == "400 Bad Request"
 
 
 def test_a_transaction_read_takes_summary_and_elements_as_the_rest_read(

@@ -340,7 +340,7 @@ def test_the_published_definitions_are_searched_by_what_is_declared(
     by_url, by_id, read, refused = orjson.loads(resp.data)["entry"]
     assert _matches(by_url["resource"]) == [made_id] and sorted(_matches(by_id["resource"])) == some
     assert read["resource"] == one
-    assert refused["response"]["status"] == "400"  # the batch's Prefer: handling=strict holds for its entries
+    assert refused["response"]["status"] == "400 Bad Request"  # the batch's Prefer: handling=strict holds for its entries
 
 
 def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms(
@@ -368,9 +368,9 @@ def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms
     assert resp.status_code == 200, resp.data
     searched, put, delete, create = (e["response"] for e in resp.get_json()["entry"])
     assert searched["status"].startswith("200")
-    assert put["status"] == create["status"] == "403"
+    assert put["status"] == create["status"] == "403 Forbidden"
     alone = client.delete("/fhir/AuditEvent/1", headers=AUTH)
-    assert delete["status"] == str(alone.status_code) == "405"
+    assert delete["status"] == f"{alone.status_code} Method Not Allowed" == "405 Method Not Allowed"
     assert delete["outcome"]["issue"] == alone.get_json()["issue"]
     assert "POST /fhir/ResearchStudy" in create["outcome"]["issue"][0]["diagnostics"]
     assert put["outcome"]["issue"][0]["diagnostics"] == put_outcome
@@ -384,9 +384,9 @@ def test_refused_interactions_stay_refused_in_their_conditional_and_bundle_forms
                        headers=JSON_HEADERS)
     audit_write, study_edit = (e["response"] for e in resp.get_json()["entry"])
     alone = client.post("/fhir/AuditEvent", data=orjson.dumps(invalid[0]["resource"]), headers=JSON_HEADERS)
-    assert audit_write["status"] == str(alone.status_code) == "405"
+    assert audit_write["status"] == f"{alone.status_code} Method Not Allowed" == "405 Method Not Allowed"
     assert audit_write["outcome"]["issue"] == alone.get_json()["issue"]
-    assert study_edit["status"] == "403" and study_edit["outcome"]["issue"][0]["diagnostics"] == put_outcome
+    assert study_edit["status"] == "403 Forbidden" and study_edit["outcome"]["issue"][0]["diagnostics"] == put_outcome
     study_entry = next(r for r in metadata["rest"][0]["resource"] if r["type"] == "ResearchStudy")
     assert study_entry["conditionalUpdate"] is False and study_entry["conditionalDelete"] == "not-supported"
     assert [p["name"] for p in study_entry["searchParam"]] == ["status"]
@@ -447,7 +447,7 @@ def test_an_r4b_only_type_is_answered_as_any_unknown_type(client: FlaskClient, r
 
     answered = batch(resource_type)
     assert answered == batch("Nonexistent")
-    assert [entry["response"]["status"] for entry in answered["entry"]] == ["404", "404"]  # as over REST
+    assert [entry["response"]["status"] for entry in answered["entry"]] == ["404 Not Found"] * 2  # as over REST
 
 
 def test_the_smart_endpoints_are_named_where_clients_read_them(metadata: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ def test_a_preflight_from_any_origin_is_answered_without_credentials(sqlite_clie
     allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
     assert {"authorization", "content-type", "if-match"} <= allowed
     assert "Access-Control-Allow-Credentials" not in response.headers
+    assert response.data == b"" and "Content-Type" not in response.headers  # no body, so nothing to describe
 
 
 def test_answers_name_the_headers_a_fhir_client_reads(sqlite_client: FlaskClient) -> None:
@@ -72,3 +73,10 @@ def test_listed_origins_only(listed: FlaskClient) -> None:
 def test_no_cors_when_the_setting_is_empty(off: FlaskClient) -> None:
     response = off.get("/fhir/metadata", headers={"Origin": APP_ORIGIN})
     assert response.status_code == 200 and "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/fhir/metadata", "/fhir/Patient", "/auth/token"])
+def test_a_plain_options_answer_has_no_body_and_no_content_type(off: FlaskClient, path: str) -> None:
+    response = off.options(path)
+    assert response.status_code == 200 and "OPTIONS" in response.headers["Allow"]
+    assert response.data == b"" and "Content-Type" not in response.headers

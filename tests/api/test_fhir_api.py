@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -516,7 +517,7 @@ def test_a_refused_batch_entry_fails_alone_with_the_answer_of_the_same_request(c
     logged = client.post("/fhir/AuditEvent", data=orjson.dumps(requests[7][2]), headers=JSON_HEADERS)
     for entry, alone in ((entries[1], missing), (entries[2], edited), (entries[5], invalid), (entries[6], strict),
                          (entries[7], logged)):
-        assert entry["response"]["status"] == str(alone.status_code)
+        assert entry["response"]["status"] == f"{alone.status_code} {HTTPStatus(alone.status_code).phrase}"
         assert entry["response"]["outcome"]["issue"] == body(alone)["issue"]
 
 
@@ -538,6 +539,21 @@ def test_federation_operations_on_a_server_that_is_no_member_are_not_supported(c
         ("/fhir/Consent/no-such-consent/$record-locator", []),
     ]:
         response = client.post(url, json={"resourceType": "Parameters", "parameter": parameters}, headers=JSON_HEADERS)
+        assert response.status_code == 501, (url, response.get_json())
+        issue = response.get_json()["issue"][0]
+        assert issue["code"] == "not-supported" and "HEALTHLEDGER_FEDERATION_ORG_ID" in issue["diagnostics"]
+
+
+def test_redeeming_and_unlinking_on_a_server_that_is_no_member_are_not_supported(client) -> None:
+    """$redeem-record-locator and $unlink-record answer the 501 of the other federation operations, not a 404 that
+    reads as if a locator or a link were missing; a patient the caller may not change stays missing (404)."""
+    seen = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON_HEADERS).get_json()["id"]
+    unlink = {"resourceType": "Parameters", "parameter": [{"name": "source", "valueString": "elsewhere"}]}
+    missing = client.post("/fhir/Patient/no-such-patient/$unlink-record", json=unlink, headers=JSON_HEADERS)
+    assert missing.status_code == 404
+    redeem = {"resourceType": "Parameters", "parameter": [{"name": "locator", "valueString": "x"}]}
+    for url, body in [(f"/fhir/Patient/{seen}/$unlink-record", unlink), ("/fhir/$redeem-record-locator", redeem)]:
+        response = client.post(url, json=body, headers=JSON_HEADERS)
         assert response.status_code == 501, (url, response.get_json())
         issue = response.get_json()["issue"][0]
         assert issue["code"] == "not-supported" and "HEALTHLEDGER_FEDERATION_ORG_ID" in issue["diagnostics"]

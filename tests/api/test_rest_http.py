@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import gzip
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from fhir_api_support import AUTH, JSON_HEADERS
+from flask import Flask
 from flask.testing import FlaskClient
+from joserfc.jwk import ECKey, KeySet
 
 from fhir_adapters import definition_search
+from healthledger.auth.tokens import register_client
+from healthledger.db import session_factory
 
 
 def _patient(client: FlaskClient, **extra: Any) -> dict[str, Any]:
@@ -134,7 +139,7 @@ def test_the_published_definitions_are_read_only(client: FlaskClient) -> None:
             {"resource": published.get_json(), "request": {"method": "PUT", "url": f"{resource_type}/{ours}"}},
             {"request": {"method": "DELETE", "url": f"{resource_type}/{ours}"}}]}
         answered = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS).get_json()
-        assert [e["response"]["status"] for e in answered["entry"]] == ["405", "405"], answered
+        assert [e["response"]["status"] for e in answered["entry"]] == ["405 Method Not Allowed"] * 2, answered
         conditional = client.put(f"/fhir/{resource_type}?_id={ours}", data=body, headers=JSON_HEADERS)
         _outcome(conditional, 405)
         assert client.get(url).get_json() == published.get_json()
@@ -165,6 +170,12 @@ def test_post_search_without_a_body(client: FlaskClient) -> None:
     form = client.post(f"/fhir/Patient/_search?family={family}", data=b"",
                        headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
     assert form.get_json()["total"] == 1
+    for declared in ("application/fhir+json", "application/json", "text/plain"):  # empty: no parameters, any type
+        typed = client.post(f"/fhir/Patient/_search?family={family}", data=b"", headers={**AUTH, "Content-Type": declared})
+        assert typed.status_code == 200 and typed.get_json()["total"] == 1, (declared, typed.data[:300])
+    definitions = client.post("/fhir/StructureDefinition/_search", data=b"",
+                              headers={**AUTH, "Content-Type": "application/fhir+json"})
+    assert definitions.status_code == 200 and definitions.get_json()["total"] >= 1
     _outcome(client.post("/fhir/Patient/_search", data=b"family=x", headers={**AUTH, "Content-Type": "text/plain"}), 415)
 
 
@@ -207,6 +218,31 @@ def test_a_refused_token_is_named_in_the_challenge(client: FlaskClient) -> None:
     none = client.get("/fhir/Patient")
     _outcome(none, 401)
     assert none.headers["WWW-Authenticate"] == 'Bearer realm="healthledger"'  # no token, no error code (§3.1)
+    empty = client.get("/fhir/Patient", headers={"Authorization": "Bearer "})
+    assert "empty bearer token" in _outcome(empty, 401)
+    assert "empty bearer token" in _outcome(client.get("/fhir/Patient", headers={"Authorization": "bearer"}), 401)
+    assert "unsupported authorization scheme" in _outcome(client.get("/fhir/Patient", headers={"Authorization": "Basic x"}), 401)
+
+
+def test_a_token_refused_for_its_scopes_is_told_insufficient_scope(app: Flask, client: FlaskClient) -> None:
+    """RFC 6750 §3.1: a 403 for the token's scopes names `insufficient_scope`; a 403 of another kind does not."""
+    client_id = f"scoped-{uuid.uuid4().hex[:8]}"
+    with session_factory(app.extensions["healthledger.engine"]).begin() as session:
+        register_client(session, client_id=client_id, name="Scoped", scopes="system/Patient.rs", role="system",
+                        jwks=KeySet([ECKey.generate_key("P-256", auto_kid=True)]).as_dict(private=False),
+                        now=datetime.now(UTC))
+    tokens = app.extensions["healthledger.tokens"]
+    bearer = {"Authorization": f"Bearer {tokens.access_token(client_id, 'system/Patient.rs', tokens.now())}"}
+    assert client.get("/fhir/Patient", headers=bearer).status_code == 200
+    refused = client.get("/fhir/Observation", headers=bearer)
+    said = _outcome(refused, 403)
+    assert refused.headers["WWW-Authenticate"] == (
+        f'Bearer realm="healthledger", error="insufficient_scope", error_description="{said}"')
+    # A write the policy refuses (a study changes through its operations) is a 403 for another reason.
+    study = {"resourceType": "ResearchStudy", "status": "active", "title": "Not by PUT"}
+    policy = client.put(f"/fhir/ResearchStudy?_id={uuid.uuid4().hex}", data=orjson.dumps(study), headers=JSON_HEADERS)
+    _outcome(policy, 403)
+    assert "WWW-Authenticate" not in policy.headers
 
 
 def test_version_preconditions_of_bundle_entries(client: FlaskClient) -> None:
@@ -220,7 +256,7 @@ def test_version_preconditions_of_bundle_entries(client: FlaskClient) -> None:
         {"resource": body, "request": {"method": "PUT", "url": f"Patient?_id={pid}", "ifNoneMatch": 'W/"1"'}},
     ]}
     answered = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS).get_json()
-    assert [e["response"]["status"] for e in answered["entry"]] == ["412"] * 4, answered
+    assert [e["response"]["status"] for e in answered["entry"]] == ["412 Precondition Failed"] * 4, answered
     assert client.get(f"/fhir/Patient/{pid}", headers=AUTH).get_json()["meta"]["versionId"] == "1"
     transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"request": {"method": "DELETE", "url": f"Patient?_id={pid}", "ifMatch": 'W/"7"'}}]}
@@ -228,3 +264,71 @@ def test_version_preconditions_of_bundle_entries(client: FlaskClient) -> None:
     batch["entry"] = [{"request": {"method": "DELETE", "url": f"Patient/{pid}", "ifMatch": 'W/"1"'}}]
     answered = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS).get_json()
     assert answered["entry"][0]["response"]["status"].startswith("204")
+
+
+def _definition(resource_type: str, url: str) -> dict[str, Any]:
+    if resource_type == "StructureDefinition":
+        return {"resourceType": "StructureDefinition", "url": url, "name": "Impostor", "status": "draft",
+                "kind": "complex-type", "abstract": False, "type": "Extension"}
+    return {"resourceType": "OperationDefinition", "url": url, "name": "Impostor", "status": "draft",
+            "kind": "operation", "code": "impostor", "system": True, "type": False, "instance": False}
+
+
+def _refused_as_ours(resp: Any) -> None:
+    assert resp.status_code == 422, (resp.status_code, resp.data[:300])
+    issue = orjson.loads(resp.data)["issue"][0]
+    assert issue["code"] == "business-rule" and "this server's own definition" in issue["diagnostics"]
+
+
+def test_no_definition_is_stored_under_one_of_our_canonical_urls(client: FlaskClient) -> None:
+    for resource_type in sorted(definition_search.PUBLISHED_TYPES):
+        ours = definition_search.published(resource_type)[0]["url"]
+        under_base = definition_search.OWN_BASES[resource_type] + "not-one-of-ours"
+        for url in (ours, f"{ours}|9", under_base):
+            body = orjson.dumps(_definition(resource_type, url))
+            _refused_as_ours(client.post(f"/fhir/{resource_type}", data=body, headers=JSON_HEADERS))
+            sid = f"impostor-{uuid.uuid4().hex[:12]}"
+            body_with_id = orjson.dumps({**_definition(resource_type, url), "id": sid})
+            _refused_as_ours(client.put(f"/fhir/{resource_type}/{sid}", data=body_with_id, headers=JSON_HEADERS))
+            _refused_as_ours(client.put(f"/fhir/{resource_type}?_id={sid}", data=body_with_id, headers=JSON_HEADERS))
+            for kind in ("batch", "transaction"):
+                bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+                    {"resource": _definition(resource_type, url), "request": {"method": "POST", "url": resource_type}},
+                ]}
+                answer = client.post("/fhir", data=orjson.dumps(bundle), headers=JSON_HEADERS)
+                if kind == "batch":
+                    assert answer.get_json()["entry"][0]["response"]["status"].startswith("422"), answer.get_json()
+                else:
+                    _refused_as_ours(answer)
+        found = client.get(f"/fhir/{resource_type}", query_string={"url": ours}).get_json()
+        assert found["total"] == 1, found  # ours alone
+        # A definition of its own URL is stored; PATCHing our URL into it is refused, and it keeps its own.
+        theirs = client.post(f"/fhir/{resource_type}", data=orjson.dumps(
+            _definition(resource_type, f"https://example.org/fhir/{resource_type}/{uuid.uuid4().hex}")),
+            headers=JSON_HEADERS)
+        assert theirs.status_code == 201, theirs.data
+        patched = client.patch(f"/fhir/{resource_type}/{theirs.get_json()['id']}",
+                               data=orjson.dumps([{"op": "replace", "path": "/url", "value": ours}]),
+                               headers={**AUTH, "Content-Type": "application/json-patch+json"})
+        _refused_as_ours(patched)
+
+
+def test_conditional_interactions_on_definitions_name_the_parameters_they_take(client: FlaskClient) -> None:
+    for resource_type in sorted(definition_search.PUBLISHED_TYPES):
+        url = f"https://example.org/fhir/{resource_type}/{uuid.uuid4().hex}"
+        body = orjson.dumps(_definition(resource_type, url))
+        query = {"url": url}
+        for resp in (client.put(f"/fhir/{resource_type}", query_string=query, data=body, headers=JSON_HEADERS),
+                     client.delete(f"/fhir/{resource_type}", query_string=query, headers=AUTH),
+                     client.post(f"/fhir/{resource_type}", data=body,
+                                 headers={**JSON_HEADERS, "If-None-Exist": f"url={url}"})):
+            said = _outcome(resp, 400)
+            assert "selects by _id and _lastUpdated only; 'url' is answered by a search" in said, said
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": _definition(resource_type, url), "request": {"method": "PUT", "url": f"{resource_type}?url={url}"}},
+            {"resource": _definition(resource_type, url),
+             "request": {"method": "POST", "url": resource_type, "ifNoneExist": f"url={url}"}},
+            {"request": {"method": "DELETE", "url": f"{resource_type}?name=Impostor"}}]}
+        answered = client.post("/fhir", data=orjson.dumps(batch), headers=JSON_HEADERS).get_json()
+        assert [e["response"]["status"][:3] for e in answered["entry"]] == ["400"] * 3, answered
+        assert client.get(f"/fhir/{resource_type}", query_string=query, headers=AUTH).get_json()["total"] == 0

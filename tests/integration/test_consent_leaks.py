@@ -286,7 +286,7 @@ def test_scopes_are_checked_before_existence(world: World) -> None:
     bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "DELETE", "url": "Observation?code=http://loinc.org|4548-4"}}]}
     entry = orjson.loads(post(world, "research", "", bundle).data)["entry"][0]
-    assert entry["response"]["status"] == "403"
+    assert entry["response"]["status"] == "403 Forbidden"
     # In a transaction, an entry the scopes refuse fails it before any conditional reference is resolved.
     transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},

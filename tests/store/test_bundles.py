@@ -131,7 +131,7 @@ def test_batch_entries_stand_alone(store: ResourceStore) -> None:
     )
     assert result["type"] == "batch-response"
     statuses = [e["response"]["status"] for e in result["entry"]]
-    assert statuses[:4] == ["201 Created", "412", "200 OK", "200 OK"] and statuses[4].startswith("400")
+    assert statuses[:4] == ["201 Created", "412 Precondition Failed", "200 OK", "200 OK"] and statuses[4].startswith("400")
     assert result["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert result["entry"][3]["resource"]["total"] == 1
     assert count(store, "Patient") == 2

@@ -48,6 +48,18 @@ def test_bad_lines_are_rejected_with_reasons(store: ResourceStore, tmp_path: Pat
     assert "Quarrington" not in json.dumps(f.problems)  # reasons never echo values
 
 
+def test_a_definition_under_our_canonical_base_is_not_imported(store: ResourceStore, tmp_path: Path) -> None:
+    ours = {"resourceType": "StructureDefinition", "id": "imp-sd", "name": "Impostor", "status": "draft",
+            "kind": "complex-type", "abstract": False, "type": "Extension",
+            "url": "https://healthledger.dev/fhir/StructureDefinition/consent-chain-state"}
+    theirs = {**ours, "id": "imp-sd-2", "url": "https://example.org/fhir/StructureDefinition/imp"}
+    (tmp_path / "defs.ndjson").write_text(f"{json.dumps(ours)}\n{json.dumps(theirs)}\n")
+    f = Importer(store, workers=0).import_paths([tmp_path / "defs.ndjson"]).files[0]
+    assert (f.imported, f.rejected) == (1, 1)
+    [(where, kind, reason)] = f.problems
+    assert where == "line 1" and kind == "rejected" and "this server's own definition" in reason
+
+
 def test_bundle_files_and_folders(store: ResourceStore, fixtures_dir: Path, tmp_path: Path) -> None:
     shutil.copy(fixtures_dir / "synthea" / "hospitalInformation1559319163815.json", tmp_path / "a.json")
     (tmp_path / "broken.json").write_text("{nope")
