@@ -93,6 +93,11 @@ class Forbidden(HealthLedgerError, PermissionError):
     code = "forbidden"
 
 
+class InsufficientScope(Forbidden):
+    """403 because the access token's scopes do not allow the request (RFC 6750 §3.1 `insufficient_scope`): the
+    only 403 whose challenge names the token; a write a policy refuses is a plain Forbidden."""
+
+
 class TooManyRequests(HealthLedgerError):
     """A caller past a bound on how much it may ask (e.g. access requests per organisation per day)."""
 

@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from fhir_adapters.errors import FhirInputError
 from healthledger.api.negotiation import media_type, read_body
-from healthledger.api.outcomes import SCOPE_REFUSALS, bearer_challenge
+from healthledger.api.outcomes import bearer_challenge
 from healthledger.consent.consult_hook import (
     HOOK,
     CardSource,
@@ -35,7 +35,13 @@ from healthledger.consent.consult_hook import (
     parse_consult_request,
 )
 from healthledger.consent.engine import Decision
-from healthledger.errors import BadRequest, HealthLedgerError, NotFound, UnsupportedMediaType
+from healthledger.errors import (
+    BadRequest,
+    HealthLedgerError,
+    InsufficientScope,
+    NotFound,
+    UnsupportedMediaType,
+)
 
 __all__ = ["MAX_BODY_BYTES", "SERVICE_ID", "cds_hooks_blueprint", "discovery_document"]
 
@@ -168,6 +174,6 @@ def _error_response(error: BaseException) -> Response:
     if status == 401:
         # RFC 6750 §3: a 401 names the scheme the client must use, and why a presented token was refused.
         response.headers["WWW-Authenticate"] = bearer_challenge(description)
-    elif status == 403 and description.startswith(SCOPE_REFUSALS):
+    elif isinstance(error, InsufficientScope):
         response.headers["WWW-Authenticate"] = bearer_challenge(description, "insufficient_scope")  # §3.1
     return response

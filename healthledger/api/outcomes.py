@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from fhir_adapters.errors import FhirInputError
 from fhir_adapters.outcome import operation_outcome
 from healthledger.api.negotiation import FHIR_JSON
-from healthledger.errors import DecryptionError, Forbidden, HealthLedgerError, Unauthorized
+from healthledger.errors import DecryptionError, HealthLedgerError, InsufficientScope, Unauthorized
 from healthledger.keys import KeyUnwrapError
 
 log = structlog.get_logger("healthledger.api")
@@ -66,7 +66,7 @@ def error_response(error: BaseException) -> Response:
         headers = {}
         if isinstance(error, Unauthorized):
             headers["WWW-Authenticate"] = bearer_challenge(error.message)
-        elif isinstance(error, Forbidden) and error.message.startswith(SCOPE_REFUSALS) and _presented_bearer():
+        elif isinstance(error, InsufficientScope) and _presented_bearer():
             headers["WWW-Authenticate"] = bearer_challenge(error.message, "insufficient_scope")
         outcome = operation_outcome("error", error.code, error.message, error.expression)
         return outcome_response(outcome, status, headers)
@@ -102,12 +102,6 @@ def error_response(error: BaseException) -> Response:
         return outcome_response(outcome, 503, {"Retry-After": "1"})
     log.exception("api.unhandled", error=type(error).__name__, route=_route())
     return outcome_response(operation_outcome("error", "exception", "internal server error"), 500)
-
-
-# The 403s that refuse a request for its token's scopes (healthledger/consent/enforcement.py `check_scope`,
-# healthledger/consent/consult.py): only those name `insufficient_scope` (RFC 6750 §3.1); a write a policy refuses
-# is a 403 without it, and a refusal by consent is the 404 of a missing resource.
-SCOPE_REFUSALS = ("the access token's scopes do not allow ", "asking for consent decisions needs a scope ")
 
 
 def bearer_challenge(message: str, error: str = "invalid_token") -> str:

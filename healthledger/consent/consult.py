@@ -42,7 +42,7 @@ from healthledger.consent.engine import (
     ResourceFacts,
     decide,
 )
-from healthledger.errors import Forbidden
+from healthledger.errors import Forbidden, InsufficientScope
 from healthledger.principal import HRESCH, PURPOSES, TREAT, Principal
 from healthledger.store.repository import ResourceStore
 
@@ -70,7 +70,7 @@ class ConsentConsultant:
                 caller.scopes or (), caller.scope_context, "Consent", "read"
             ):
                 self.policy.record(conn, caller, "decide", classes_asked, "", "", _NO_SCOPE)
-                raise Forbidden("asking for consent decisions needs a scope that allows reading Consent")
+                raise InsufficientScope("asking for consent decisions needs a scope that allows reading Consent")
             principal = self._asking(uow, request, caller)
             if principal is None:
                 self.policy.record(conn, caller, "decide", classes_asked, "", "", _NOT_ITSELF)

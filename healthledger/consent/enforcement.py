@@ -44,7 +44,14 @@ from healthledger.consent.engine import (
 from healthledger.consent.facts import UNRESOLVED_PATIENT, resource_facts
 from healthledger.consent.index import ConsentIndex, care_named
 from healthledger.consent.models import ConsentRequest
-from healthledger.errors import DecryptionError, Forbidden, TooManyRequests, not_known, refused_write
+from healthledger.errors import (
+    DecryptionError,
+    Forbidden,
+    InsufficientScope,
+    TooManyRequests,
+    not_known,
+    refused_write,
+)
 from healthledger.principal import Principal
 from healthledger.store.access import Screened
 from healthledger.store.repository import ResourceStore
@@ -150,7 +157,7 @@ class ConsentPolicy:
             return
         outcome = Outcome(Decision.DENY, (Reason("scope", detail=f"{principal.scope_context}/{resource_type}"),))
         self.record(conn, principal, action, resource_type, "", "", outcome)
-        raise Forbidden(f"the access token's scopes do not allow {action} on {resource_type}")
+        raise InsufficientScope(f"the access token's scopes do not allow {action} on {resource_type}")
 
     def check(
         self,
