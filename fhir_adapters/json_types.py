@@ -141,7 +141,19 @@ def _check_object(data: Mapping[str, Any], table: Mapping[str, Spec]) -> None:
             if type(value) is list:
                 if not value:
                     raise _Refused(_EMPTY_ARRAY)
-                _check_array(data, name, value, spec)
+                if kind == _COMPLEX and name[0] != "_":  # the common array (codings, extensions): inline
+                    nested = _TABLES.get(spec[1]) or element_specs(spec[1])
+                    for index, item in enumerate(value):
+                        try:
+                            if type(item) is dict and item:
+                                _check_object(item, nested)
+                            elif item is None or type(item) is dict:
+                                raise _Refused(_NULL if item is None else _EMPTY_OBJECT)
+                        except _Refused as exc:
+                            exc.path.append(index)
+                            raise
+                else:
+                    _check_array(data, name, value, spec)
             elif kind == _COMPLEX:
                 if isinstance(value, dict):
                     if not value:
