@@ -4,9 +4,10 @@ Why R4B and not the package default: `fhir.resources` 8 defaults to R5 and ships
 (e.g. Synthea Encounters, whose `class` is a Coding, a list in R5) fails R5 and passes R4B. See docs/fhir-r4b.md.
 
 Round-trip fidelity: the pydantic models are used only to *check* the JSON. `parse_resource` returns the
-client's own JSON (key order, strings, decimal text), normalised only as FHIR allows (FHIR R4 2.6.2 "JSON":
-`null` is not a value and empty objects/arrays are not allowed, so such properties are dropped). The models
-would otherwise re-serialise decimals (`1.50` -> `1.5`, precision is significant in FHIR, 2.24.0.1 decimal).
+client's own JSON (key order, strings, decimal text), as sent; the models would otherwise re-serialise
+decimals (`1.50` -> `1.5`, precision is significant in FHIR, 2.24.0.1 decimal). FHIR R4 2.6.2 "JSON" allows
+no `null` value (but to align a repeating primitive with its `_name` array) and no empty object or array:
+these are refused (400, json_types.check_json_types), never dropped nor stored.
 Decimals whose text a Python float would not reproduce are kept as `FhirDecimal` (a float that remembers its
 text): stock `json.dumps` still works on the result, `dumps_resource` writes the exact text back.
 """
@@ -262,9 +263,7 @@ def parse_resource(raw: bytes | str | Mapping[str, Any], expected_type: str | No
         raise InvalidResource(
             f"Expected a {expected_type} resource but got {resource_type}", expression="resourceType"
         )
-    cleaned = _drop_empty(data, resource_type)
-    if not isinstance(cleaned, dict):  # pragma: no cover - resourceType keeps it non-empty
-        raise InvalidResource("Empty resource", expression=resource_type)
+    cleaned = _check_names(data, resource_type)
     _validate_model(cleaned, resource_type)
     check_required_codes(cleaned)
     return cleaned
@@ -294,27 +293,30 @@ class _NotFhirJson(Exception):
 _KNOWN_PROPERTIES: set[str] = set()  # property names already checked (bounded: FHIR has a few thousand)
 
 
-def _drop_empty(value: Any, path: str) -> Any:
-    """Drop null / {} / [] object properties (FHIR R4 2.6.2); check names and nested `resourceType`s.
+def _check_names(value: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """A copy of `value` once its property names and nested `resourceType`s are checked and it nests no deeper
+    than MAX_JSON_DEPTH. Nothing is dropped: a null, `{}` or `[]` is refused by check_json_types (R4 json.html),
+    not taken as absent.
 
-    Returns None if everything was empty. Runs a fast pass without path bookkeeping; only when that fails is
-    the input walked again with paths, to name the problem.
+    Runs a fast pass without path bookkeeping; only when that fails is the input walked again with paths, to
+    name the problem.
     """
     try:
-        return _clean(value, 1)
+        copied: dict[str, Any] = _copy_checked(value, 1)
     except _TooDeep:
         # The first recursive walk of every path into validation (API, NDJSON import, bundles) stops here.
         raise MalformedJson(f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels") from None
     except _NotFhirJson:
         _locate_problem(value, path)
         raise InvalidResource("Invalid resource", expression=path) from None  # pragma: no cover
+    return copied
 
 
 class _TooDeep(Exception):
     pass
 
 
-def _clean(value: Any, depth: int) -> Any:
+def _copy_checked(value: Any, depth: int) -> Any:
     if depth > MAX_JSON_DEPTH:
         raise _TooDeep
     if isinstance(value, Mapping):
@@ -325,29 +327,15 @@ def _clean(value: Any, depth: int) -> Any:
                     raise _NotFhirJson
                 if len(_KNOWN_PROPERTIES) < 10_000:
                     _KNOWN_PROPERTIES.add(key)
-            if item is None:
-                continue
-            if isinstance(item, Mapping | list):
-                item = _clean(item, depth + 1)
-                if item is None:
-                    continue
-            out[key] = item
+            out[key] = _copy_checked(item, depth + 1) if isinstance(item, Mapping | list) else item
         nested_type = out.get("resourceType")
         if nested_type is not None and (
             not isinstance(nested_type, str) or not is_resource_type(nested_type)
         ):
             raise _NotFhirJson
-        return out or None
+        return out
     if isinstance(value, list):
-        # Nulls inside arrays are kept: they align primitive values with their `_name` extension arrays.
-        # An emptied object stays `{}` in place so positions keep lining up.
-        items = [
-            item
-            if not isinstance(item, Mapping | list)
-            else (_clean(item, depth + 1) or ({} if isinstance(item, Mapping) else None))
-            for item in value
-        ]
-        return items if any(item is not None for item in items) else None
+        return [_copy_checked(item, depth + 1) if isinstance(item, Mapping | list) else item for item in value]
     return value
 
 
@@ -381,10 +369,10 @@ def _locate_problem(value: Any, path: str) -> None:
 def validate_element(data: Mapping[str, Any], model_name: str, path: str) -> dict[str, Any]:
     """Check a non-resource element against its R4B model (e.g. `BundleEntry` without its resource).
 
-    Same rules as parse_resource (FHIR names only, empties dropped); errors are rooted at `path`,
+    Same rules as parse_resource (FHIR names only, no null or empties); errors are rooted at `path`,
     e.g. `Bundle.entry[3].request.ifMatch`.
     """
-    cleaned = _drop_empty(data, path) or {}
+    cleaned = _check_names(data, path)
     _validate_model(cleaned, model_name, root=path)
     return cleaned
 

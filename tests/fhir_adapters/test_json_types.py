@@ -98,8 +98,8 @@ def test_known_elements(owner: str, element: str, spec: tuple[str, str]) -> None
      "Observation.valueQuantity.value", "a FHIR decimal must be a JSON number, not a string"),
     ({"resourceType": "Observation", "status": "final", "code": {"text": "w"}, "valueBoolean": 0},
      "Observation.valueBoolean", "JSON boolean"),
-    ({"resourceType": "Patient", "name": [{"given": ["a", None, 3]}], "_name": None}, "Patient.name[0].given[2]",
-     "JSON string"),
+    ({"resourceType": "Patient", "name": [{"given": ["a", None, 3], "_given": [None, {"id": "g"}, None]}]},
+     "Patient.name[0].given[2]", "JSON string"),
     ({"resourceType": "Patient", "name": [{"given": ["a"], "_given": [{"id": 5}]}]},
      "Patient.name[0]._given[0].id", "JSON string"),
     ({"resourceType": "Patient", "modifierExtension": [{"url": "u", "extension": [{"url": "v", "valueInteger": True}]}]},
@@ -236,3 +236,105 @@ def test_uuid_module_is_what_the_models_use_for_value_uuid() -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
     assert _python_type(get_fhir_model_class("Extension").model_fields["valueUuid"].annotation) is uuid.UUID
+
+
+# --- property: nulls and empties (R4 json.html) against a small reference ----------------------------------------
+
+
+def _first_null_or_empty(value: dict[str, Any], model: str, path: str) -> str | None:
+    """Reference: the path of the first element json.html does not allow, in JSON order, or None. A null, `{}` or
+    `[]` is never a value; in the arrays of a repeating primitive (`given`) and of its `_given`, a null may stand
+    only where the other array has an entry, and the two arrays are as long as each other."""
+    for name, item in value.items():
+        where = f"{path}.{name}"
+        if item is None or item == [] or item == {}:
+            return where
+        spec = element_specs(model).get(name)
+        if spec is None:
+            continue
+        kind, type_name = spec
+        paired = kind not in ("complex", "resource") or name.startswith("_")
+        other = value.get(name[1:] if name.startswith("_") else "_" + name) if paired else None
+        items = item if isinstance(item, list) else [item]
+        if isinstance(item, list) and isinstance(other, list) and len(other) != len(item):
+            return where
+        for index, element in enumerate(items):
+            at = f"{where}[{index}]" if isinstance(item, list) else where
+            if element is None:
+                if not (isinstance(other, list) and other[index] is not None):
+                    return at
+            elif element == {}:
+                return at
+            elif isinstance(element, dict) and kind in ("complex", "resource"):
+                inner = type_name if kind == "complex" else element.get("resourceType")
+                if isinstance(inner, str):
+                    found = _first_null_or_empty(element, inner, at)
+                    if found is not None:
+                        return found
+    return None
+
+
+_NULL_OR_EMPTY_ITEM = st.sampled_from([None, {}])  # in an array of objects (an array there is a structure error)
+_EXTENSION = st.fixed_dictionaries({"url": st.just("http://example.org/x")},
+                                   optional={"valueString": st.one_of(st.just("v"), st.none())})
+_PRIMITIVE_EXT = st.one_of(st.none(), st.just({}), st.just({"id": "e"}),
+                           st.builds(lambda e: {"extension": [e]}, _EXTENSION))
+_ALIGNED_GIVEN = st.lists(st.tuples(st.one_of(st.just("g"), st.none()), st.one_of(st.none(), st.just({"id": "e"}))),
+                          min_size=1, max_size=3).map(lambda pairs: {"given": [g for g, _ in pairs],
+                                                                     "_given": [e for _, e in pairs]})
+_HUMAN_NAME = st.one_of(_NULL_OR_EMPTY_ITEM, _ALIGNED_GIVEN, st.fixed_dictionaries({}, optional={
+    "family": st.one_of(st.just("F"), st.none()),
+    "given": st.lists(st.one_of(st.just("g"), st.none()), max_size=3),
+    "_given": st.lists(_PRIMITIVE_EXT, max_size=3),
+    "period": st.sampled_from([{}, {"start": "2020-01-01"}, None]),
+    "extension": st.lists(_EXTENSION, max_size=2),
+}))
+_PATIENT_BODY = {
+    "active": st.one_of(st.booleans(), st.none()),
+    "_birthDate": _PRIMITIVE_EXT,
+    "name": st.one_of(st.none(), st.lists(_HUMAN_NAME, max_size=3)),
+    "extension": st.lists(_EXTENSION, max_size=2),
+}
+_PATIENT = st.fixed_dictionaries({"resourceType": st.just("Patient")}, optional={
+    **_PATIENT_BODY,
+    "contained": st.lists(st.one_of(_NULL_OR_EMPTY_ITEM, st.fixed_dictionaries(
+        {"resourceType": st.just("Patient"), "id": st.just("c")}, optional=_PATIENT_BODY)), max_size=2),
+})
+
+
+@SETTINGS
+@given(_PATIENT)
+def test_fast_check_refuses_nulls_and_empties_as_the_reference_does(patient: dict[str, Any]) -> None:
+    expected = _first_null_or_empty(patient, "Patient", "Patient")
+    assert _fast_verdict(patient) == expected
+    if expected is None:
+        assert parse_resource(patient) == patient  # nothing dropped, aligning nulls kept
+    else:
+        with pytest.raises(InvalidResource) as info:
+            parse_resource(patient)
+        assert info.value.expression == expected and "R4 JSON" in info.value.message
+
+
+@SETTINGS
+@given(_ALIGNED_GIVEN)
+def test_given_and_its_extensions_align_as_the_reference_says(name: dict[str, Any]) -> None:
+    patient = {"resourceType": "Patient", "name": [name]}
+    expected = _first_null_or_empty(patient, "Patient", "Patient")
+    both_null = [i for i, (g, e) in enumerate(zip(name["given"], name["_given"], strict=True)) if g is None and e is None]
+    assert expected == (f"Patient.name[0].given[{both_null[0]}]" if both_null else None)
+    assert _fast_verdict(patient) == expected
+    if expected is None:
+        assert parse_resource(patient) == patient
+
+
+def test_the_reference_of_nulls_and_empties_finds_the_tester_cases() -> None:
+    for body, path in [({"active": None}, "Patient.active"), ({"name": []}, "Patient.name"),
+                       ({"name": [{}]}, "Patient.name[0]"), ({"name": [{"given": ["a", None]}]}, "Patient.name[0].given[1]")]:
+        assert _first_null_or_empty({"resourceType": "Patient", **body}, "Patient", "Patient") == path
+    aligned = {"resourceType": "Patient", "name": [{"given": ["a", None], "_given": [None, {"id": "e"}]}]}
+    assert _first_null_or_empty(aligned, "Patient", "Patient") is None
+
+
+def test_the_fixtures_have_no_null_or_empty_element() -> None:
+    for resource in REAL:
+        assert _first_null_or_empty(resource, resource["resourceType"], resource["resourceType"]) is None

@@ -85,25 +85,88 @@ def test_large_and_exponent_decimals_round_trip() -> None:
         assert dumps_resource(parse_resource(body % text)) == body % text
 
 
-def test_empty_properties_are_dropped_but_array_nulls_kept() -> None:
+def test_array_nulls_aligning_a_primitive_with_its_extensions_are_kept() -> None:
     raw = {
         "resourceType": "Patient",
-        "active": None,
-        "identifier": [],
         "name": [
             {
                 "given": ["Ann", None],
                 "_given": [None, {"extension": [{"url": "http://x", "valueCode": "IN"}]}],
             }
         ],
-        "contact": [{}],
     }
     parsed = parse_resource(raw)
-    assert "active" not in parsed and "identifier" not in parsed
+    assert parsed == raw
+    only_values = {"resourceType": "Patient", "name": [{"given": ["Ann", "Bo"], "_given": [None, None]}]}
+    assert parse_resource(only_values) == only_values  # json.html: `_name` may hold nulls where values exist
     falsy = parse_resource({"resourceType": "Patient", "active": False, "multipleBirthInteger": 0})
     assert falsy == {"resourceType": "Patient", "active": False, "multipleBirthInteger": 0}
-    assert parsed["name"][0]["given"] == ["Ann", None]
-    assert parsed["name"][0]["_given"][0] is None
+
+
+_EXT = {"extension": [{"url": "http://example.org/why", "valueCode": "masked"}]}
+_OBS = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expression", "words"),
+    [
+        # R4 json.html: null is not a value, and empty objects and arrays are not allowed, at any depth.
+        ({"resourceType": "Patient", "active": None}, "Patient.active", "null is not allowed"),
+        ({"resourceType": "Patient", "name": []}, "Patient.name", "an empty array is not allowed"),
+        ({"resourceType": "Patient", "name": [{}]}, "Patient.name[0]", "an empty object is not allowed"),
+        ({"resourceType": "Patient", "name": [{"given": ["a", None]}]}, "Patient.name[0].given[1]",
+         "null is allowed in given only where _given has an entry"),
+        ({"resourceType": "Patient", "maritalStatus": {}}, "Patient.maritalStatus", "an empty object"),
+        ({"resourceType": "Patient", "name": [{"family": "F", "period": {}}]}, "Patient.name[0].period",
+         "an empty object"),
+        ({"resourceType": "Patient", "contact": [{"name": {"given": []}}]}, "Patient.contact[0].name.given",
+         "an empty array"),
+        ({"resourceType": "Patient", "name": [{"family": "F"}, None]}, "Patient.name[1]", "null is not allowed"),
+        ({"resourceType": "Patient", "_birthDate": None}, "Patient._birthDate", "null is not allowed"),
+        ({"resourceType": "Patient", "_birthDate": {}}, "Patient._birthDate", "an empty object"),
+        ({"resourceType": "Patient", "extension": [{"url": "http://x", "valueString": None}]},
+         "Patient.extension[0].valueString", "null is not allowed"),
+        ({"resourceType": "Patient", "extension": [{"url": "http://x", "extension": []}]},
+         "Patient.extension[0].extension", "an empty array"),
+        ({"resourceType": "Patient", "contained": [{}]}, "Patient.contained[0]", "an empty object"),
+        ({"resourceType": "Patient", "contained": [{"resourceType": "Patient", "id": "c", "gender": None}]},
+         "Patient.contained[0].gender", "null is not allowed"),
+        ({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {**_OBS, "note": [{}]}}]},
+         "Bundle.entry[0].resource.note[0]", "an empty object"),
+        ({"resourceType": "Parameters", "parameter": [{"name": "p", "resource": {}}]},
+         "Parameters.parameter[0].resource", "an empty object"),
+        ({"resourceType": "Patient", "unknownElement": None}, "Patient.unknownElement", "null is not allowed"),
+        # The `_name` array: nulls only where the value array has a value; the two arrays as long as each other.
+        ({"resourceType": "Patient", "name": [{"given": ["a", None], "_given": [None, None]}]},
+         "Patient.name[0].given[1]", "null is allowed in given only where _given has an entry"),
+        ({"resourceType": "Patient", "name": [{"_given": [None, _EXT]}]}, "Patient.name[0]._given[0]",
+         "null is allowed in _given only where given has an entry"),
+        ({"resourceType": "Patient", "name": [{"given": ["a", None], "_given": [_EXT, None]}]},
+         "Patient.name[0].given[1]", "null is allowed in given only where _given has an entry"),
+        ({"resourceType": "Patient", "name": [{"given": ["a", "b"], "_given": [None, _EXT, _EXT]}]},
+         "Patient.name[0].given", "given and _given must have the same number of entries"),
+        ({"resourceType": "Patient", "name": [{"_given": [_EXT], "given": ["a", "b"]}]},
+         "Patient.name[0]._given", "given and _given must have the same number of entries"),
+        ({"resourceType": "Patient", "name": [{"given": ["a", None], "_given": [None, {}]}]},
+         "Patient.name[0]._given[1]", "an empty object"),
+    ],
+)
+def test_null_and_empty_elements_are_refused_naming_the_path(raw: dict[str, Any], expression: str, words: str) -> None:
+    with pytest.raises(InvalidResource) as info:
+        parse_resource(raw)
+    assert info.value.status == 400 and info.value.code == "structure"
+    assert info.value.expression == expression
+    assert f"at {expression}: " in info.value.message and words in info.value.message
+    assert "R4 JSON" in info.value.message  # says what R4 allows
+
+
+def test_null_and_empty_refusals_never_echo_a_value() -> None:
+    secret = "Sensitive-Name-4711"
+    for raw in ({"resourceType": "Patient", "name": [{"given": [secret, None]}]},
+                {"resourceType": "Patient", "name": [{"given": [secret], "_given": [_EXT, _EXT]}]}):
+        with pytest.raises(InvalidResource) as info:
+            parse_resource(raw)
+        assert secret not in info.value.message
 
 
 @pytest.mark.parametrize(
