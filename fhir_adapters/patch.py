@@ -1,6 +1,7 @@
 """JSON Patch (RFC 6902) on a FHIR resource (R4 http.html#patch, `application/json-patch+json`).
 
-The patch is applied by `jsonpatch` to a copy; the result is then validated like any update. A patch may not
+The patch is applied by `jsonpatch` to a copy, without the arrays and objects it left empty (removing the last
+`name` removes the element); the result is then validated like any update. A patch may not
 change what the URL names (`resourceType`, `id`), and every failure (a malformed operation, a path that does not
 exist, a failed `test`) is an `UnprocessablePatch` (422, RFC 5789 §2.2) whose message names the operation by
 index and kind, never the values in it.
@@ -50,7 +51,29 @@ def apply_json_patch(resource: dict[str, Any], operations: Any) -> dict[str, Any
         raise UnprocessablePatch(f"the patch cannot be applied: {_safe(exc)}") from None
     if not isinstance(patched, dict):
         raise UnprocessablePatch("the patch must leave a resource (a JSON object)")
-    return patched
+    kept: dict[str, Any] = _without_emptied(patched, resource)
+    return kept
+
+
+def _without_emptied(value: Any, before: Any) -> Any:
+    """The patched resource without the arrays and objects the patch emptied (removing a Patient's last `name`
+    leaves `"name": []`, which R4 JSON does not allow): the element is gone, as the patch meant. What was not
+    there before (an explicit `add` of `[]` or `{}`) stays, as do nulls, and validation refuses them. Arrays are
+    compared element by element where they line up; a stored resource holds no empty container, so an empty one
+    in a patched array came from the patch emptying it."""
+    if isinstance(value, dict):
+        old = before if isinstance(before, dict) else {}
+        kept = {key: _without_emptied(item, old.get(key)) for key, item in value.items()}
+        return {key: item for key, item in kept.items() if not (_empty(item) and old.get(key) not in (None, [], {}))}
+    if isinstance(value, list):
+        old_items = before if isinstance(before, list) else []
+        kept_items = [_without_emptied(item, old_items[i] if i < len(old_items) else None) for i, item in enumerate(value)]
+        return [item for item in kept_items if not (_empty(item) and old_items)]
+    return value
+
+
+def _empty(value: Any) -> bool:
+    return isinstance(value, list | dict) and not value
 
 
 def _safe(exc: Exception) -> str:

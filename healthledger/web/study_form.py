@@ -194,7 +194,8 @@ def study_resource(form: StudyForm) -> dict[str, Any]:
         ext.append({"url": DATA_PERIOD_URL, "valuePeriod": data_period})
     if form.max_participants.data is not None:
         ext.append({"url": MAX_PARTICIPANTS_URL, "valuePositiveInt": form.max_participants.data})
-    study["extension"] = ext
+    if ext:  # (R4 JSON allows no empty array)
+        study["extension"] = ext
     return study
 
 

@@ -75,3 +75,15 @@ def test_conditional_update_and_delete(client: FlaskClient) -> None:
     assert patient["conditionalUpdate"] is True and patient["conditionalDelete"] == "single"
     assert {"code": "patch"} in patient["interaction"] and capability["patchFormat"] == ["application/json-patch+json"]
     assert "Observation:patient" in patient["searchRevInclude"]
+
+
+def test_a_patch_that_removes_the_last_of_an_element_removes_the_element(client: FlaskClient) -> None:
+    """R4 JSON allows no empty array or object: removing a Patient's last `name` (or the last part of it) leaves
+    the element out, as the patch meant, instead of an invalid `"name": []` (a 400 that would refuse it)."""
+    p = _patient(client)
+    emptied = _body(_patch(client, p["id"], [{"op": "remove", "path": "/name/0/given/0"},
+                                             {"op": "remove", "path": "/name/0/family"}]), 200)
+    assert "name" not in emptied and emptied["gender"] == "female"
+    assert "name" not in _body(client.get(f"/fhir/Patient/{p['id']}", headers=AUTH), 200)
+    # A null a patch puts in is still refused, as in any write.
+    _body(_patch(client, p["id"], [{"op": "add", "path": "/active", "value": None}]), 400)
