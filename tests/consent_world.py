@@ -238,9 +238,7 @@ def password_parameters(password: str = PASSWORD) -> dict[str, Any]:
 
 def permit_consent(patient_id: str, *actors: str, classes: tuple[str, ...] = (), status: str = "active",
                    period_end: str | None = None) -> dict[str, Any]:
-    provision: dict[str, Any] = {"type": "permit", "actor": [
-        {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                              "code": "IRCP"}]}, "reference": {"reference": a}} for a in actors]}
+    provision: dict[str, Any] = {"type": "permit", **_actors(actors)}
     if classes:
         provision["class"] = [{"system": "http://hl7.org/fhir/resource-types", "code": c} for c in classes]
     if period_end:
@@ -249,12 +247,18 @@ def permit_consent(patient_id: str, *actors: str, classes: tuple[str, ...] = (),
 
 
 def deny_consent(patient_id: str, *actors: str, classes: tuple[str, ...] = ()) -> dict[str, Any]:
-    provision: dict[str, Any] = {"type": "deny", "actor": [
-        {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                              "code": "IRCP"}]}, "reference": {"reference": a}} for a in actors]}
+    provision: dict[str, Any] = {"type": "deny", **_actors(actors)}
     if classes:
         provision["class"] = [{"system": "http://hl7.org/fhir/resource-types", "code": c} for c in classes]
     return _consent(patient_id, provision, "active")
+
+
+def _actors(actors: tuple[str, ...]) -> dict[str, Any]:
+    """`provision.actor` naming `actors`; none at all (no element: R4 JSON has no empty array) names no one."""
+    if not actors:
+        return {}
+    return {"actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                            "code": "IRCP"}]}, "reference": {"reference": a}} for a in actors]}
 
 
 def _consent(patient_id: str, provision: dict[str, Any], status: str) -> dict[str, Any]:

@@ -45,7 +45,9 @@ def obs(reference: str, element: str = "subject") -> dict[str, Any]:
 
 
 def consent(kind: str, *actors: str, classes: tuple[str, ...] = ()) -> dict[str, Any]:
-    provision: dict[str, Any] = {"type": kind, "actor": [{"reference": {"reference": a}} for a in actors]}
+    provision: dict[str, Any] = {"type": kind}
+    if actors:  # (R4 JSON has no empty array)
+        provision["actor"] = [{"reference": {"reference": a}} for a in actors]
     if classes:
         provision["class"] = [{"code": c} for c in classes]
     return {"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/ann"},
