@@ -108,6 +108,8 @@ def plan_bundle(bundle: Mapping[str, Any] | bytes | str, *, searched_elsewhere: 
     entries = data.get("entry", [])
     if not isinstance(entries, list):
         raise InvalidBundle("Bundle.entry must be an array", expression="Bundle.entry")
+    if "entry" in data and not entries:  # (a Bundle of nothing leaves `entry` out)
+        raise InvalidBundle("Bundle.entry must not be an empty array (R4 JSON): leave it out", expression="Bundle.entry")
     _check_bundle_shell(data)
     full_urls = _check_full_urls(entries)
     transaction = kind == "transaction"

@@ -223,3 +223,17 @@ def test_response_urls_are_absolute_given_the_base(store: ResourceStore) -> None
     assert created["fullUrl"] == f"{base}/Patient/{pid}"
     assert created["response"]["location"] == f"{base}/Patient/{pid}/_history/1"
     assert [e["fullUrl"] for e in found["resource"]["entry"]] == [f"{base}/Patient/{pid}"]
+
+
+def test_an_empty_entry_array_is_refused_and_a_bundle_without_entries_is_empty() -> None:
+    """R4 JSON allows no empty array: `"entry": []` is a 400 naming Bundle.entry, as any other element's would be;
+    a batch that leaves `entry` out asks for nothing and answers an empty batch-response."""
+    import pytest
+
+    from fhir_adapters.bundles import plan_bundle
+    from fhir_adapters.errors import FhirInputError
+
+    with pytest.raises(FhirInputError) as refused:
+        plan_bundle({"resourceType": "Bundle", "type": "batch", "entry": []})
+    assert refused.value.status == 400 and refused.value.expression == "Bundle.entry"
+    assert not plan_bundle({"resourceType": "Bundle", "type": "batch"}).entries
