@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,18 @@ def phi_in(text: str, phi: set[str]) -> set[str]:
     """The PHI values that occur in `text` (as written or lower-cased)."""
     lowered = text.lower()
     return {v for v in phi if v in text or v.lower() in lowered}
+
+
+def invoke_cli(settings: Any, *args: str) -> Any:
+    """`healthledger ARGS` in process, on `settings` (a Settings), through click's runner; the runtime (and the
+    embedded chain it may have opened) closed afterwards."""
+    from click.testing import CliRunner
+
+    from healthledger.cli import cli
+    from healthledger.runtime import Runtime
+
+    runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
+    try:
+        return CliRunner().invoke(cli, list(args), obj=runtime)
+    finally:
+        runtime.close()

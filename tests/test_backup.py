@@ -10,16 +10,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
-from support import FIXTURES, patient_phi
+from support import FIXTURES, invoke_cli, patient_phi
 
 from healthledger.app import bootstrap, create_app
 from healthledger.backup import BackupError, backup, libpq_url, restore
-from healthledger.cli import cli
 from healthledger.config import Settings
 from healthledger.db import make_engine
 from healthledger.ledger.service import check_contracts
-from healthledger.runtime import Runtime
 from healthledger.store.maintenance import erase_patient
 
 AUTH = {"Authorization": "Bearer dev-token", "Content-Type": "application/fhir+json"}
@@ -28,13 +25,6 @@ AUTH = {"Authorization": "Bearer dev-token", "Content-Type": "application/fhir+j
 def _settings(data_dir: Path, url: str = "", **extra: Any) -> Settings:
     return Settings(data_dir=data_dir, database_url=url, load_demo_data=False, tenant="backup-test", **extra)
 
-
-def _cli(settings: Settings, *args: str) -> Any:
-    runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
-    try:
-        return CliRunner().invoke(cli, list(args), obj=runtime)
-    finally:
-        runtime.close()  # releases the embedded chain
 
 
 def _patient(client: Any, family: str) -> str:
@@ -64,7 +54,7 @@ def _scenario(source: Settings, dest: Path, keys_dest: Path) -> tuple[str, str, 
     for i in range(5):
         _observation(client, kept, i)
         _observation(client, erased, i)
-    assert _cli(source, "anchor").exit_code == 0
+    assert invoke_cli(source, "anchor").exit_code == 0
     erase_patient(app.extensions["healthledger.store"], erased)
     acknowledged: list[str] = []
     stop = threading.Event()
@@ -90,7 +80,7 @@ def _scenario(source: Settings, dest: Path, keys_dest: Path) -> tuple[str, str, 
     stop.set()
     thread.join(timeout=30)
     assert not errors
-    anchored = _cli(source, "anchor")  # the live system goes on anchoring after the backup
+    anchored = invoke_cli(source, "anchor")  # the live system goes on anchoring after the backup
     assert anchored.exit_code == 0, anchored.output
     app.extensions["healthledger.engine"].dispose()
     return kept, erased, acknowledged, {"during_backup": during, "total": len(acknowledged)}
@@ -107,8 +97,8 @@ def test_backup_while_writing_restores_verifiable_and_erasure_survives(tmp_path:
     assert b"Backupkeeper" not in blob and b"1961-02-03" not in blob
 
     target = _settings(tmp_path / "restored")
-    assert _cli(target, "restore", str(dest), "--keys", str(keys_dest)).exit_code == 0
-    verified = _cli(target, "audit", "verify")
+    assert invoke_cli(target, "restore", str(dest), "--keys", str(keys_dest)).exit_code == 0
+    verified = invoke_cli(target, "audit", "verify")
     assert verified.exit_code == 0, verified.output
     assert "intact" in verified.output
 
@@ -159,9 +149,9 @@ def test_postgres_backup_and_restore_pass_audit_verify(postgres_module_schema_ur
     with admin.begin() as conn:  # the database is lost
         conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))  # the restore creates it again
     target = _settings(tmp_path / "restored", url)
-    restored = _cli(target, "restore", str(dest), "--keys", str(keys_dest))
+    restored = invoke_cli(target, "restore", str(dest), "--keys", str(keys_dest))
     assert restored.exit_code == 0, restored.output
-    verified = _cli(target, "audit", "verify")
+    verified = invoke_cli(target, "audit", "verify")
     assert verified.exit_code == 0, verified.output
     app = create_app(target)
     client = app.test_client()

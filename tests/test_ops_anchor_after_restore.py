@@ -6,19 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from click.testing import CliRunner
+from support import invoke_cli
 
 from healthledger.app import bootstrap, create_app
 from healthledger.audit.anchoring import anchor_failure_words
 from healthledger.backup import backup
-from healthledger.cli import cli
 from healthledger.config import Settings
 from healthledger.db import make_engine
 from healthledger.ledger.service import check_contracts
-from healthledger.runtime import Runtime
 
 AUTH = {"Authorization": "Bearer dev-token", "Content-Type": "application/fhir+json"}
 
@@ -26,13 +23,6 @@ AUTH = {"Authorization": "Bearer dev-token", "Content-Type": "application/fhir+j
 def _settings(data_dir: Path) -> Settings:
     return Settings(data_dir=data_dir, load_demo_data=False, tenant="ops-anchor")
 
-
-def _cli(settings: Settings, *args: str) -> Any:
-    runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
-    try:
-        return CliRunner().invoke(cli, list(args), obj=runtime)
-    finally:
-        runtime.close()
 
 
 def _reads(settings: Settings, n: int) -> None:
@@ -48,10 +38,10 @@ def test_a_restore_older_than_the_last_anchor_is_named_and_anchor_exits_1(tmp_pa
     bootstrap(live)
     check_contracts(live, embedded=True)
     _reads(live, 3)
-    assert _cli(live, "anchor").exit_code == 0
+    assert invoke_cli(live, "anchor").exit_code == 0
     backup(live, tmp_path / "data", keys_dest=tmp_path / "keys")
     _reads(live, 6)
-    assert _cli(live, "anchor").exit_code == 0  # the chain goes past the backup
+    assert invoke_cli(live, "anchor").exit_code == 0  # the chain goes past the backup
 
     # The chain went on past the backup; it is not restored with the database (an external chain: here the backup
     # without its embedded chain's state, restored beside the live chain's).
@@ -62,12 +52,12 @@ def test_a_restore_older_than_the_last_anchor_is_named_and_anchor_exits_1(tmp_pa
     target = _settings(tmp_path / "restored")
     (target.data_dir / "chain").mkdir(parents=True)
     shutil.copy2(live.data_dir / "chain" / "chain.sqlite3", target.data_dir / "chain" / "chain.sqlite3")
-    restored = _cli(target, "restore", str(tmp_path / "data"), "--keys", str(tmp_path / "keys"))
+    restored = invoke_cli(target, "restore", str(tmp_path / "data"), "--keys", str(tmp_path / "keys"))
     assert restored.exit_code == 0, restored.output
     assert "WARNING: the chain already holds an anchor of this access log at tree size" in restored.output
     assert "restored from a backup older than the last anchor" in restored.output
 
-    anchored = _cli(target, "anchor")
+    anchored = invoke_cli(target, "anchor")
     assert anchored.exit_code == 1
     assert "restored from a backup older than the last anchor" in anchored.output
     assert "docs/operations.md" in anchored.output
@@ -75,7 +65,7 @@ def test_a_restore_older_than_the_last_anchor_is_named_and_anchor_exits_1(tmp_pa
     with engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from chain_outbox where state = 'failed'")).scalar_one() == 0
     engine.dispose()
-    verified = _cli(target, "audit", "verify")
+    verified = invoke_cli(target, "audit", "verify")
     assert verified.exit_code == 1 and "NOT INTACT (truncated)" in verified.output
     assert "the record of what the restore lost" in verified.output
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from support import invoke_cli
 
 from healthledger.app import bootstrap, create_app
 from healthledger.backup import BackupError, backup, restore
-from healthledger.cli import cli
 from healthledger.config import Settings
 from healthledger.keys import kek_file_ids
-from healthledger.runtime import Runtime
 
 AUTH = {"Authorization": "Bearer dev-token", "Content-Type": "application/fhir+json"}
 
@@ -23,13 +20,6 @@ AUTH = {"Authorization": "Bearer dev-token", "Content-Type": "application/fhir+j
 def _settings(data_dir: Path) -> Settings:
     return Settings(data_dir=data_dir, load_demo_data=False, tenant="ops-keys")
 
-
-def _cli(settings: Settings, *args: str) -> Any:
-    runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
-    try:
-        return CliRunner().invoke(cli, list(args), obj=runtime)
-    finally:
-        runtime.close()
 
 
 def _live_with_a_patient(data_dir: Path) -> tuple[Settings, str]:
@@ -50,34 +40,34 @@ def test_after_an_erasure_the_key_backups_holding_the_retired_kek_are_named(tmp_
     assert before.kek_ids == [live_kek]
     assert json.loads((tmp_path / "vault-1" / "keys-manifest.json").read_text())["kek_ids"] == [live_kek]
 
-    erased = _cli(live, "erase-patient", patient, "--yes")
+    erased = invoke_cli(live, "erase-patient", patient, "--yes")
     assert erased.exit_code == 0, erased.output
     assert live_kek in erased.output and "rotate-keys --retire-old" in erased.output
     assert "key backup made before now" in erased.output
-    assert _cli(live, "keys", "check-backup", str(tmp_path / "vault-1")).exit_code == 0  # nothing retired yet
+    assert invoke_cli(live, "keys", "check-backup", str(tmp_path / "vault-1")).exit_code == 0  # nothing retired yet
 
-    retired = _cli(live, "rotate-keys", "--retire-old")
+    retired = invoke_cli(live, "rotate-keys", "--retire-old")
     assert retired.exit_code == 0, retired.output
     assert f"retired: {old_kek}" in retired.output and "keys check-backup" in retired.output
-    checked = _cli(live, "keys", "check-backup", str(tmp_path / "vault-1"))
+    checked = invoke_cli(live, "keys", "check-backup", str(tmp_path / "vault-1"))
     assert checked.exit_code == 1 and f"retired: {old_kek}" in checked.output and "DESTROY" in checked.output
 
     after = backup(live, tmp_path / "data-2", keys_dest=tmp_path / "vault-2")
     new_kek = after.kek_ids[0]
     assert new_kek != old_kek and kek_file_ids(tmp_path / "vault-2") == [new_kek]
-    fresh = _cli(live, "keys", "check-backup", str(tmp_path / "vault-2"))
+    fresh = invoke_cli(live, "keys", "check-backup", str(tmp_path / "vault-2"))
     assert fresh.exit_code == 0 and "no retired key-encryption key" in fresh.output
-    listed = _cli(live, "keys", "list")
+    listed = invoke_cli(live, "keys", "list")
     assert listed.exit_code == 0 and listed.output.strip() == f"{new_kek}  (active)"
 
     # The old pair still opens, the erased patient included: why check-backup says to destroy the old key backup.
     old_pair = _settings(tmp_path / "old-pair")
-    assert _cli(old_pair, "restore", str(tmp_path / "data-1"), "--keys", str(tmp_path / "vault-1")).exit_code == 0
+    assert invoke_cli(old_pair, "restore", str(tmp_path / "data-1"), "--keys", str(tmp_path / "vault-1")).exit_code == 0
     app = create_app(old_pair)
     assert app.test_client().get(f"/fhir/Patient/{patient}", headers=AUTH).status_code == 200
     app.extensions["healthledger.engine"].dispose()
     # Without the old key backup the old data backup opens no more: the new keys cannot unwrap its data keys.
-    refused = _cli(_settings(tmp_path / "new-keys"), "restore", str(tmp_path / "data-1"), "--keys",
+    refused = invoke_cli(_settings(tmp_path / "new-keys"), "restore", str(tmp_path / "data-1"), "--keys",
                    str(tmp_path / "vault-2"))
     assert refused.exit_code == 1 and old_kek in refused.output and "Nothing was changed" in refused.output
 

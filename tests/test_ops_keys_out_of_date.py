@@ -8,15 +8,13 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from click.testing import CliRunner
 from fhir_api_support import AUTH, JSON_HEADERS, api_settings, build_app, dispose
+from support import invoke_cli
 
 from healthledger.app import create_app
-from healthledger.cli import cli
 from healthledger.db import session_factory
 from healthledger.key_rotation import rewrap_outside_store
 from healthledger.ledger.models import IndexerCursor
-from healthledger.runtime import Runtime
 from healthledger.store import maintenance
 
 
@@ -77,11 +75,7 @@ def test_adding_the_kek_first_keeps_every_replica_ready_through_a_rotation(tmp_p
     client = replica.test_client()
 
     def run(*args: str) -> str:
-        runtime = Runtime(load_settings=lambda **o: settings.model_copy(update=o))
-        try:
-            result = CliRunner().invoke(cli, list(args), obj=runtime)
-        finally:
-            runtime.close()
+        result = invoke_cli(settings, *args)
         assert result.exit_code == 0, result.output
         return result.output
 
