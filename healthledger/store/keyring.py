@@ -116,7 +116,9 @@ class Keyring:
         master = conn.execute(sa.select(keys_t.c.kek_id).where(
             keys_t.c.tenant == self.tenant, keys_t.c.key_class == INDEX_MASTER, keys_t.c.scope == b"",
         )).scalar_one_or_none()
-        if master is not None and master not in _reaching(self.provider.kek_ids):
+        if master is None or master == self.provider.active_kek_id():
+            return  # (the usual case: no key file read)
+        if master not in _reaching(self.provider.kek_ids):
             raise KekNotHeld(master)
 
     def key_for_scope(self, conn: Connection, key_class: str, scope: bytes) -> DataKeyRef:
